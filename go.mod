@@ -1,0 +1,3 @@
+module github.com/csi-rbdj/csi-rbdj
+
+go 1.26
