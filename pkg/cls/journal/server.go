@@ -1,0 +1,753 @@
+package clsjournal
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"syscall"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+)
+
+// Header omap keys, as cls_journal.cc names them.
+const (
+	keyOrder        = "order"
+	keySplayWidth   = "splay_width"
+	keyPoolID       = "pool_id"
+	keyMinimumSet   = "minimum_set"
+	keyActiveSet    = "active_set"
+	keyNextTagTid   = "next_tag_tid"
+	keyNextTagClass = "next_tag_class"
+	clientPrefix    = "client_"
+	tagPrefix       = "tag_"
+)
+
+// maxKeysRead is the page size of the class's own omap scans (MAX_KEYS_READ).
+const maxKeysRead = 64
+
+// maxOmapEntriesPerRequest is the OSD's cap on one omap listing
+// (osd_max_omap_entries_per_request), which bounds a client_list whatever
+// max_return the caller asks for.
+const maxOmapEntriesPerRequest = 1024
+
+func clientKey(id string) string { return clientPrefix + id }
+
+// tagKey is "tag_" and the tid in 16 zero-padded lower-case hex digits
+// (to_hex in cls_journal.cc), so that keys sort in tid order.
+func tagKey(tid uint64) string { return fmt.Sprintf("%s%016x", tagPrefix, tid) }
+
+// tagTidFromKey parses a tag key the way Ceph does (istringstream >>
+// std::hex after the prefix): leading hex digits, 0 if there are none, and
+// the largest value on overflow.
+func tagTidFromKey(key string) uint64 {
+	var v uint64
+	for _, c := range []byte(key[min(len(tagPrefix), len(key)):]) {
+		var digit uint64
+		switch {
+		case '0' <= c && c <= '9':
+			digit = uint64(c - '0')
+		case 'a' <= c && c <= 'f':
+			digit = uint64(c-'a') + 10
+		case 'A' <= c && c <= 'F':
+			digit = uint64(c-'A') + 10
+		default:
+			return v
+		}
+		if v > (math.MaxUint64-digit)/16 {
+			return math.MaxUint64
+		}
+		v = v*16 + digit
+	}
+	return v
+}
+
+// Class returns the "journal" object class: every method of Ceph 16's
+// cls_journal with the same inputs, outputs, omap keys, value encodings and
+// return codes.
+//
+// One difference remains: Ceph's append pads the object with zeros to the
+// OSD's allocation unit once the cluster's minimum client release is Octopus
+// or later; this append never pads (what a Ceph 16 cluster with the default
+// require_min_compat_client does). Journal readers must accept both.
+func Class() objstore.Class {
+	return objstore.Class{
+		"create":              {Write: true, Call: create},
+		"get_order":           {Call: getOrder},
+		"get_splay_width":     {Call: getSplayWidth},
+		"get_pool_id":         {Call: getPoolID},
+		"get_minimum_set":     {Call: getMinimumSet},
+		"set_minimum_set":     {Write: true, Call: setMinimumSet},
+		"get_active_set":      {Call: getActiveSet},
+		"set_active_set":      {Write: true, Call: setActiveSet},
+		"get_client":          {Call: getClient},
+		"client_register":     {Write: true, Call: clientRegister},
+		"client_update_data":  {Write: true, Call: clientUpdateData},
+		"client_update_state": {Write: true, Call: clientUpdateState},
+		"client_unregister":   {Write: true, Call: clientUnregister},
+		"client_commit":       {Write: true, Call: clientCommit},
+		"client_list":         {Call: clientList},
+		"get_next_tag_tid":    {Call: getNextTagTid},
+		"get_tag":             {Call: getTag},
+		"tag_create":          {Write: true, Call: tagCreate},
+		"tag_list":            {Call: tagList},
+		"guard_append":        {Write: true, Call: guardAppend},
+		"append":              {Write: true, Call: appendData},
+	}
+}
+
+// badInput is the -EINVAL every method returns for an undecodable input.
+func badInput(d *cephenc.Decoder) error {
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
+	}
+	return nil
+}
+
+func isNotFound(err error) bool { return errors.Is(err, objstore.ErrNotFound) }
+
+// readKey reads and decodes one omap value. As Ceph's read_key, a missing
+// key is -ENOENT and an undecodable value -EINVAL.
+func readKey[T any](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) (T, error)) (T, error) {
+	var zero T
+	b, err := ctx.OmapGet(key)
+	if err != nil {
+		return zero, err
+	}
+	v, err := dec(cephenc.NewDecoder(b))
+	if err != nil {
+		return zero, fmt.Errorf("omap key %q: %w: %w", key, objstore.ErrInvalid, err)
+	}
+	return v, nil
+}
+
+func decU8(d *cephenc.Decoder) (uint8, error)   { v := d.U8(); return v, d.Err() }
+func decU64(d *cephenc.Decoder) (uint64, error) { v := d.U64(); return v, d.Err() }
+func decS64(d *cephenc.Decoder) (int64, error)  { v := d.S64(); return v, d.Err() }
+
+func decClient(d *cephenc.Decoder) (Client, error) {
+	var c Client
+	err := c.Decode(d)
+	return c, err
+}
+
+func decTag(d *cephenc.Decoder) (Tag, error) {
+	var t Tag
+	err := t.Decode(d)
+	return t, err
+}
+
+func writeKey(ctx objstore.MethodContext, key string, enc func(e *cephenc.Encoder)) error {
+	var e cephenc.Encoder
+	enc(&e)
+	return ctx.OmapSet(map[string][]byte{key: e.Data()})
+}
+
+func writeU64(ctx objstore.MethodContext, key string, v uint64) error {
+	return writeKey(ctx, key, func(e *cephenc.Encoder) { e.U64(v) })
+}
+
+func writeClient(ctx objstore.MethodContext, c Client) error {
+	return writeKey(ctx, clientKey(c.ID), c.Encode)
+}
+
+func out(enc func(e *cephenc.Encoder)) []byte {
+	var e cephenc.Encoder
+	enc(&e)
+	return e.Data()
+}
+
+// create: input u8 order, u8 splay_width, s64 pool_id. -EEXIST if the header
+// has an order key.
+func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	order, splay, pool := d.U8(), d.U8(), d.S64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	if _, err := ctx.OmapGet(keyOrder); err == nil {
+		return nil, fmt.Errorf("journal already exists: %w", objstore.ErrExists)
+	} else if !isNotFound(err) {
+		return nil, err
+	}
+	var zero [8]byte
+	kv := map[string][]byte{
+		keyOrder:        {order},
+		keySplayWidth:   {splay},
+		keyPoolID:       out(func(e *cephenc.Encoder) { e.S64(pool) }),
+		keyActiveSet:    zero[:],
+		keyMinimumSet:   zero[:],
+		keyNextTagTid:   zero[:],
+		keyNextTagClass: zero[:],
+	}
+	return nil, ctx.OmapSet(kv)
+}
+
+func getOrder(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
+	v, err := readKey(ctx, keyOrder, decU8)
+	if err != nil {
+		return nil, err
+	}
+	return []byte{v}, nil
+}
+
+func getSplayWidth(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
+	v, err := readKey(ctx, keySplayWidth, decU8)
+	if err != nil {
+		return nil, err
+	}
+	return []byte{v}, nil
+}
+
+func getPoolID(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
+	v, err := readKey(ctx, keyPoolID, decS64)
+	if err != nil {
+		return nil, err
+	}
+	return out(func(e *cephenc.Encoder) { e.S64(v) }), nil
+}
+
+func getU64(key string) func(objstore.MethodContext, []byte) ([]byte, error) {
+	return func(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
+		v, err := readKey(ctx, key, decU64)
+		if err != nil {
+			return nil, err
+		}
+		return out(func(e *cephenc.Encoder) { e.U64(v) }), nil
+	}
+}
+
+var (
+	getMinimumSet = getU64(keyMinimumSet)
+	getActiveSet  = getU64(keyActiveSet)
+	getNextTagTid = getU64(keyNextTagTid)
+)
+
+// setMinimumSet: the minimum set may only move forward (-ESTALE) and never
+// past the active set (-EINVAL); setting the current value is a no-op.
+func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	set := d.U64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	active, err := readKey(ctx, keyActiveSet, decU64)
+	if err != nil {
+		return nil, err
+	}
+	if active < set {
+		return nil, fmt.Errorf("minimum set %d beyond active set %d: %w", set, active, objstore.ErrInvalid)
+	}
+	cur, err := readKey(ctx, keyMinimumSet, decU64)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case set == cur:
+		return nil, nil
+	case set < cur:
+		return nil, fmt.Errorf("minimum set %d before current %d: %w", set, cur, objstore.ErrStale)
+	}
+	return nil, writeU64(ctx, keyMinimumSet, set)
+}
+
+// setActiveSet: the active set may only move forward (-ESTALE) and never
+// behind the minimum set (-EINVAL); setting the current value is a no-op.
+func setActiveSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	set := d.U64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	minimum, err := readKey(ctx, keyMinimumSet, decU64)
+	if err != nil {
+		return nil, err
+	}
+	if minimum > set {
+		return nil, fmt.Errorf("active set %d before minimum set %d: %w", set, minimum, objstore.ErrInvalid)
+	}
+	cur, err := readKey(ctx, keyActiveSet, decU64)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case set == cur:
+		return nil, nil
+	case set < cur:
+		return nil, fmt.Errorf("active set %d before current %d: %w", set, cur, objstore.ErrStale)
+	}
+	return nil, writeU64(ctx, keyActiveSet, set)
+}
+
+func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id := d.Str()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return nil, err
+	}
+	return out(c.Encode), nil
+}
+
+// clientRegister needs an existing journal (its order key: -ENOENT
+// otherwise) and a new id (-EEXIST). The client starts at the oldest commit
+// position of the registered clients, so that it does not pin entries the
+// others have already trimmed.
+func clientRegister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id, data := d.Str(), d.Bytes()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	if _, err := readKey(ctx, keyOrder, decU8); err != nil {
+		return nil, err
+	}
+	if _, err := ctx.OmapGet(clientKey(id)); err == nil {
+		return nil, fmt.Errorf("client %q already registered: %w", id, objstore.ErrExists)
+	} else if !isNotFound(err) {
+		return nil, err
+	}
+	minset, err := findMinCommitPosition(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return nil, writeClient(ctx, Client{ID: id, Data: data, CommitPosition: minset})
+}
+
+// findMinCommitPosition returns the commit position of the client whose
+// newest position (the first) has the lowest tag tid, then entry tid.
+//
+// It ports Ceph 16's quirks as they are: a client with an empty position
+// resets the result to empty but only stops the scan of its own page of
+// clients, and disconnected clients count (Ceph skips them only since 17).
+func findMinCommitPosition(ctx objstore.MethodContext) (ObjectSetPosition, error) {
+	var (
+		minset           ObjectSetPosition
+		valid            bool
+		tagTid, entryTid uint64
+		startAfter       string
+	)
+	for {
+		batch, err := clientListRange(ctx, startAfter, maxReturn)
+		if err != nil {
+			return ObjectSetPosition{}, err
+		}
+		if len(batch) == 0 {
+			break
+		}
+		startAfter = batch[len(batch)-1].ID
+		for _, c := range batch {
+			if len(c.CommitPosition.ObjectPositions) == 0 {
+				minset = ObjectSetPosition{}
+				break
+			}
+			first := c.CommitPosition.ObjectPositions[0]
+			if !valid || tagTid > first.TagTid || (tagTid == first.TagTid && entryTid > first.EntryTid) {
+				tagTid, entryTid = first.TagTid, first.EntryTid
+				minset = c.CommitPosition
+				valid = true
+			}
+		}
+		if len(batch) < maxReturn {
+			break
+		}
+	}
+	return minset, nil
+}
+
+// clientListRange lists up to max clients with ids after startAfter ("" for
+// the first). An undecodable client is -EIO.
+func clientListRange(ctx objstore.MethodContext, startAfter string, max uint64) ([]Client, error) {
+	lastRead := ""
+	if startAfter != "" {
+		lastRead = clientKey(startAfter)
+	}
+	page, err := ctx.OmapList(lastRead, clientPrefix, int(min(max, maxOmapEntriesPerRequest)))
+	if err != nil {
+		return nil, err
+	}
+	clients := make([]Client, 0, len(page.Entries))
+	for _, kv := range page.Entries {
+		var c Client
+		if err := cephenc.Unmarshal(kv.Value, &c); err != nil {
+			return nil, fmt.Errorf("omap key %q: %w: %w", kv.Key, syscall.EIO, err)
+		}
+		clients = append(clients, c)
+	}
+	return clients, nil
+}
+
+func clientUpdateData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id, data := d.Str(), d.Bytes()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return nil, err
+	}
+	c.Data = data
+	return nil, writeClient(ctx, c)
+}
+
+// clientUpdateState stores any state value, as Ceph does.
+func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id, state := d.Str(), ClientState(d.U8())
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return nil, err
+	}
+	c.State = state
+	return nil, writeClient(ctx, c)
+}
+
+// clientUnregister removes the client (-ENOENT if not registered), then
+// expires the tags that only it still needed.
+func clientUnregister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id := d.Str()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	key := clientKey(id)
+	if _, err := ctx.OmapGet(key); err != nil {
+		return nil, err
+	}
+	if err := ctx.OmapRemove(key); err != nil {
+		return nil, err
+	}
+	return nil, expireTags(ctx, &id)
+}
+
+// clientCommit stores the client's commit position. A position naming more
+// objects than the splay width is -EINVAL; an unchanged one is not written.
+func clientCommit(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	id := d.Str()
+	var pos ObjectSetPosition
+	if err := pos.Decode(d); err != nil {
+		return nil, fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
+	}
+	splay, err := readKey(ctx, keySplayWidth, decU8)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos.ObjectPositions) > int(splay) {
+		return nil, fmt.Errorf("%d commit positions for splay width %d: %w", len(pos.ObjectPositions), splay, objstore.ErrInvalid)
+	}
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return nil, err
+	}
+	if c.CommitPosition.Equal(pos) {
+		return nil, nil
+	}
+	c.CommitPosition = pos
+	return nil, writeClient(ctx, c)
+}
+
+// clientList: input string start_after, u64 max_return; output the clients
+// after start_after as a std::set<Client>.
+func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	startAfter, max := d.Str(), d.U64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	clients, err := clientListRange(ctx, startAfter, max)
+	if err != nil {
+		return nil, err
+	}
+	return out(func(e *cephenc.Encoder) { encodeClients(e, clients) }), nil
+}
+
+func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	tid := d.U64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	t, err := readKey(ctx, tagKey(tid), decTag)
+	if err != nil {
+		return nil, err
+	}
+	return out(t.Encode), nil
+}
+
+// tagCreate: the tid must not exist (-EEXIST) and must be next_tag_tid
+// (-ESTALE), which makes tags a gap-free sequence that concurrent writers
+// race for. TagClassNew allocates next_tag_class; any other class must
+// already be allocated (-EINVAL). Expired tags are pruned before the new one
+// is written.
+func tagCreate(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	tid, class, data := d.U64(), d.U64(), d.Bytes()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	key := tagKey(tid)
+	if _, err := ctx.OmapGet(key); err == nil {
+		return nil, fmt.Errorf("tag %d exists: %w", tid, objstore.ErrExists)
+	} else if !isNotFound(err) {
+		return nil, err
+	}
+	next, err := readKey(ctx, keyNextTagTid, decU64)
+	if err != nil {
+		return nil, err
+	}
+	if tid != next {
+		return nil, fmt.Errorf("tag %d out of sequence (next is %d): %w", tid, next, objstore.ErrStale)
+	}
+	nextClass, err := readKey(ctx, keyNextTagClass, decU64)
+	if err != nil {
+		return nil, err
+	}
+	if class == TagClassNew {
+		class = nextClass
+		if err := writeU64(ctx, keyNextTagClass, class+1); err != nil {
+			return nil, err
+		}
+	} else if class >= nextClass {
+		return nil, fmt.Errorf("tag class %d not allocated (next is %d): %w", class, nextClass, objstore.ErrInvalid)
+	}
+	if err := expireTags(ctx, nil); err != nil {
+		return nil, err
+	}
+	if err := writeU64(ctx, keyNextTagTid, tid+1); err != nil {
+		return nil, err
+	}
+	return nil, writeKey(ctx, key, Tag{Tid: tid, TagClass: class, Data: data}.Encode)
+}
+
+// tagPass is a pass of the two-pass tag scans of expireTags and tagList.
+type tagPass int
+
+const (
+	passMinimums tagPass = iota // per class, the newest tag up to the oldest committed tag
+	passSecond                  // scrub (expireTags) or list (tagList)
+	passDone
+)
+
+// expireTags removes the tags no client needs any more (expire_tags).
+//
+// The oldest tag tid in any connected client's commit position bounds what
+// is in use; if a connected client has an empty commit position nothing is
+// pruned. Disconnected clients, and skipClientID (being unregistered), do
+// not count. Then, scanning tags in tid order up to and including the first
+// tag at or past that bound, the newest tag of each class is the class's
+// oldest tag in use; a second scan removes the older tags of each class. A
+// tag whose key does not match its tid is -EINVAL, an undecodable client or
+// tag -EIO.
+func expireTags(ctx objstore.MethodContext, skipClientID *string) error {
+	skipKey := ""
+	if skipClientID != nil {
+		skipKey = clientKey(*skipClientID)
+	}
+	minimumTagTid := uint64(math.MaxUint64)
+	lastRead := ""
+	for {
+		page, err := ctx.OmapList(lastRead, clientPrefix, maxKeysRead)
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		for _, kv := range page.Entries {
+			if skipClientID != nil && kv.Key == skipKey {
+				continue
+			}
+			var c Client
+			if err := cephenc.Unmarshal(kv.Value, &c); err != nil {
+				return fmt.Errorf("omap key %q: %w: %w", kv.Key, syscall.EIO, err)
+			}
+			if c.State == ClientStateDisconnected {
+				continue
+			}
+			if len(c.CommitPosition.ObjectPositions) == 0 {
+				return nil
+			}
+			for _, p := range c.CommitPosition.ObjectPositions {
+				minimumTagTid = min(minimumTagTid, p.TagTid)
+			}
+		}
+		if n := len(page.Entries); n > 0 {
+			lastRead = page.Entries[n-1].Key
+		}
+		if !page.More {
+			break
+		}
+	}
+	if minimumTagTid == math.MaxUint64 {
+		return nil // no connected client has committed yet
+	}
+
+	classMin := make(map[uint64]uint64)
+	pass := passMinimums
+	lastRead = tagPrefix
+	for pass != passDone {
+		page, err := ctx.OmapList(lastRead, tagPrefix, maxKeysRead)
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		entries, more := page.Entries, page.More
+		for _, kv := range entries {
+			var t Tag
+			if err := cephenc.Unmarshal(kv.Value, &t); err != nil {
+				return fmt.Errorf("omap key %q: %w: %w", kv.Key, syscall.EIO, err)
+			}
+			if t.Tid != tagTidFromKey(kv.Key) {
+				return fmt.Errorf("omap key %q holds tag %d: %w", kv.Key, t.Tid, objstore.ErrInvalid)
+			}
+			if pass == passMinimums {
+				classMin[t.TagClass] = t.Tid
+			} else if t.Tid < classMin[t.TagClass] {
+				if err := ctx.OmapRemove(kv.Key); err != nil && !isNotFound(err) {
+					return err
+				}
+			}
+			if t.Tid >= minimumTagTid {
+				// later tags are all in use, whatever their class
+				entries, more = nil, false
+				break
+			}
+		}
+		if !more {
+			lastRead = tagPrefix
+			pass++
+		} else if n := len(entries); n > 0 {
+			lastRead = entries[n-1].Key
+		}
+	}
+	return nil
+}
+
+// tagList: input u64 start_after_tag_tid (0: from the start), u64
+// max_return, string client_id (-ENOENT if not registered), optional u64
+// tag class; output a std::set<Tag>.
+//
+// It returns the tags the client may still need: from the minimum pass of
+// expireTags computed over the client's own commit position (all tags if it
+// is empty), each tag at or after its class's oldest tag in use, filtered by
+// class. Listing stops once max_return tags are collected.
+func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	startAfter, max, clientID := d.U64(), d.U64(), d.Str()
+	var classFilter *uint64
+	if d.Bool() {
+		c := d.U64()
+		classFilter = &c
+	}
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	client, err := readKey(ctx, clientKey(clientID), decClient)
+	if err != nil {
+		return nil, err
+	}
+	minimumTagTid := uint64(math.MaxUint64)
+	for _, p := range client.CommitPosition.ObjectPositions {
+		minimumTagTid = min(minimumTagTid, p.TagTid)
+	}
+
+	var tags []Tag
+	seen := make(map[uint64]bool) // a std::set<Tag> keeps the first tag of a tid
+	classMin := make(map[uint64]uint64)
+	pass := passMinimums
+	if minimumTagTid == math.MaxUint64 {
+		pass = passSecond
+	}
+	lastRead := tagPrefix
+	for pass != passDone {
+		page, err := ctx.OmapList(lastRead, tagPrefix, maxKeysRead)
+		if err != nil && !isNotFound(err) {
+			return nil, err
+		}
+		entries, more := page.Entries, page.More
+		for _, kv := range entries {
+			var t Tag
+			if err := cephenc.Unmarshal(kv.Value, &t); err != nil {
+				return nil, fmt.Errorf("omap key %q: %w: %w", kv.Key, syscall.EIO, err)
+			}
+			switch pass {
+			case passMinimums:
+				classMin[t.TagClass] = t.Tid
+				if t.Tid >= minimumTagTid {
+					entries, more = nil, false
+				}
+			case passSecond:
+				if startAfter != 0 && t.Tid <= startAfter {
+					continue
+				}
+				if t.Tid >= classMin[t.TagClass] && (classFilter == nil || *classFilter == t.TagClass) && !seen[t.Tid] {
+					seen[t.Tid] = true
+					tags = append(tags, t)
+				}
+				if uint64(len(tags)) >= max {
+					pass = passDone
+				}
+			}
+			if entries == nil {
+				break
+			}
+		}
+		if pass != passDone && !more {
+			lastRead = tagPrefix
+			pass++
+		} else if n := len(entries); n > 0 {
+			lastRead = entries[n-1].Key
+		}
+	}
+	slices.SortFunc(tags, func(a, b Tag) int { return cmp.Compare(a.Tid, b.Tid) })
+	return out(func(e *cephenc.Encoder) { encodeTags(e, tags) }), nil
+}
+
+// guardAppend: -EOVERFLOW once the data object holds soft_max_size bytes or
+// more. A missing object is empty.
+func guardAppend(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	softMax := d.U64()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	size, err := ctx.Stat()
+	if isNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if size >= softMax {
+		return nil, fmt.Errorf("journal object full (%d >= %d): %w", size, softMax, objstore.ErrOverflow)
+	}
+	return nil, nil
+}
+
+// appendData is the "append" method: input u64 soft_max_size, bufferlist
+// data. Like guard_append it refuses a full object, then writes data at its
+// end, creating it if needed. An object may thus end up to one append's
+// size beyond soft_max_size. (No padding: see Class.)
+func appendData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+	d := cephenc.NewDecoder(in)
+	softMax, data := d.U64(), d.Bytes()
+	if err := badInput(d); err != nil {
+		return nil, err
+	}
+	size, err := ctx.Stat()
+	if err != nil && !isNotFound(err) {
+		return nil, err
+	}
+	if isNotFound(err) {
+		size = 0
+	}
+	if size >= softMax {
+		return nil, fmt.Errorf("journal object full (%d >= %d): %w", size, softMax, objstore.ErrOverflow)
+	}
+	return nil, ctx.Write(size, data)
+}

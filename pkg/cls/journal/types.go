@@ -1,0 +1,267 @@
+// Package clsjournal is Ceph's cls_journal: the journal header's types and
+// their encodings, the client-side calls that librbd's journaler makes
+// (cls_journal_client.cc), and the server side of the "journal" object
+// class (cls_journal.cc) implemented in Go for backends without Ceph.
+//
+// Everything here is byte-compatible with Ceph 16 (Pacific): the same omap
+// keys, value encodings, method inputs and outputs, and return codes.
+package clsjournal
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+)
+
+// TagClassNew asks tag_create to allocate a new tag class (Ceph's
+// Tag::TAG_CLASS_NEW).
+const TagClassNew = math.MaxUint64
+
+// maxReturn is the page size of client_list and tag_list calls
+// (cls::journal::JOURNAL_MAX_RETURN).
+const maxReturn = 256
+
+// structHeader is the size of an ENCODE_START envelope, the least an
+// encoded struct can take; it bounds container counts while decoding.
+const structHeader = 6
+
+// ObjectPosition is the position of one committed entry.
+type ObjectPosition struct {
+	ObjectNumber uint64
+	TagTid       uint64
+	EntryTid     uint64
+}
+
+// Encode appends p's encoding, ENCODE_START(1, 1).
+func (p ObjectPosition) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.U64(p.ObjectNumber)
+	e.U64(p.TagTid)
+	e.U64(p.EntryTid)
+	e.Finish(m)
+}
+
+// Decode decodes p.
+func (p *ObjectPosition) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	p.ObjectNumber = d.U64()
+	p.TagTid = d.U64()
+	p.EntryTid = d.U64()
+	d.Finish(s)
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("decode object position: %w", err)
+	}
+	return nil
+}
+
+// String formats p the way Ceph prints it.
+func (p ObjectPosition) String() string {
+	return fmt.Sprintf("[object_number=%d, tag_tid=%d, entry_tid=%d]", p.ObjectNumber, p.TagTid, p.EntryTid)
+}
+
+// ObjectSetPosition is a client's commit position: the newest committed
+// entry of each splay object, newest first.
+type ObjectSetPosition struct {
+	ObjectPositions []ObjectPosition
+}
+
+// Encode appends p's encoding, ENCODE_START(1, 1) around a u32 count and
+// the positions.
+func (p ObjectSetPosition) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.U32(uint32(len(p.ObjectPositions)))
+	for _, op := range p.ObjectPositions {
+		op.Encode(e)
+	}
+	e.Finish(m)
+}
+
+// Decode decodes p.
+func (p *ObjectSetPosition) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	n := d.Count(structHeader)
+	p.ObjectPositions = nil
+	if n > 0 {
+		p.ObjectPositions = make([]ObjectPosition, n)
+	}
+	for i := range p.ObjectPositions {
+		if err := p.ObjectPositions[i].Decode(d); err != nil {
+			return fmt.Errorf("decode object set position: %w", err)
+		}
+	}
+	d.Finish(s)
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("decode object set position: %w", err)
+	}
+	return nil
+}
+
+// Equal reports whether p and q hold the same positions in the same order.
+func (p ObjectSetPosition) Equal(q ObjectSetPosition) bool {
+	if len(p.ObjectPositions) != len(q.ObjectPositions) {
+		return false
+	}
+	for i := range p.ObjectPositions {
+		if p.ObjectPositions[i] != q.ObjectPositions[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// String formats p the way Ceph prints it.
+func (p ObjectSetPosition) String() string {
+	var b strings.Builder
+	b.WriteString("[positions=[")
+	for i, op := range p.ObjectPositions {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(op.String())
+	}
+	b.WriteString("]]")
+	return b.String()
+}
+
+// ClientState is whether a registered client still counts for trimming.
+type ClientState uint8
+
+// Client states (cls::journal::ClientState).
+const (
+	ClientStateConnected    ClientState = 0
+	ClientStateDisconnected ClientState = 1
+)
+
+func (s ClientState) String() string {
+	switch s {
+	case ClientStateConnected:
+		return "connected"
+	case ClientStateDisconnected:
+		return "disconnected"
+	}
+	return fmt.Sprintf("unknown (%d)", uint8(s))
+}
+
+// Client is a registered journal client (omap key client_<id>).
+type Client struct {
+	ID             string
+	Data           []byte // opaque to the journal; librbd stores a ClientData
+	CommitPosition ObjectSetPosition
+	State          ClientState
+}
+
+// Encode appends c's encoding, ENCODE_START(1, 1).
+func (c Client) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(c.ID)
+	e.Bytes(c.Data)
+	c.CommitPosition.Encode(e)
+	e.U8(uint8(c.State))
+	e.Finish(m)
+}
+
+// Decode decodes c. Data is a copy, not an alias of the input.
+func (c *Client) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	c.ID = d.Str()
+	c.Data = bytes.Clone(d.Bytes())
+	if err := c.CommitPosition.Decode(d); err != nil {
+		return fmt.Errorf("decode client: %w", err)
+	}
+	c.State = ClientState(d.U8())
+	d.Finish(s)
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("decode client: %w", err)
+	}
+	return nil
+}
+
+// Equal reports whether c and o are the same client record.
+func (c Client) Equal(o Client) bool {
+	return c.ID == o.ID && bytes.Equal(c.Data, o.Data) &&
+		c.CommitPosition.Equal(o.CommitPosition) && c.State == o.State
+}
+
+// Tag is a journal tag (omap key tag_<tid>): an epoch of one writer of a tag
+// class. librbd stores a TagData in Data.
+type Tag struct {
+	Tid      uint64
+	TagClass uint64
+	Data     []byte
+}
+
+// Encode appends t's encoding, ENCODE_START(1, 1).
+func (t Tag) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.U64(t.Tid)
+	e.U64(t.TagClass)
+	e.Bytes(t.Data)
+	e.Finish(m)
+}
+
+// Decode decodes t. Data is a copy, not an alias of the input.
+func (t *Tag) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	t.Tid = d.U64()
+	t.TagClass = d.U64()
+	t.Data = bytes.Clone(d.Bytes())
+	d.Finish(s)
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("decode tag: %w", err)
+	}
+	return nil
+}
+
+// Equal reports whether t and o are the same tag.
+func (t Tag) Equal(o Tag) bool {
+	return t.Tid == o.Tid && t.TagClass == o.TagClass && bytes.Equal(t.Data, o.Data)
+}
+
+// encodeClients encodes a std::set<Client> (sorted by id, as the omap keys
+// are) the way client_list returns it.
+func encodeClients(e *cephenc.Encoder, clients []Client) {
+	e.U32(uint32(len(clients)))
+	for _, c := range clients {
+		c.Encode(e)
+	}
+}
+
+func decodeClients(d *cephenc.Decoder) ([]Client, error) {
+	n := d.Count(structHeader)
+	if err := d.Err(); err != nil {
+		return nil, fmt.Errorf("decode clients: %w", err)
+	}
+	clients := make([]Client, n)
+	for i := range clients {
+		if err := clients[i].Decode(d); err != nil {
+			return nil, err
+		}
+	}
+	return clients, nil
+}
+
+// encodeTags encodes a std::set<Tag> (sorted by tid) the way tag_list
+// returns it.
+func encodeTags(e *cephenc.Encoder, tags []Tag) {
+	e.U32(uint32(len(tags)))
+	for _, t := range tags {
+		t.Encode(e)
+	}
+}
+
+func decodeTags(d *cephenc.Decoder) ([]Tag, error) {
+	n := d.Count(structHeader)
+	if err := d.Err(); err != nil {
+		return nil, fmt.Errorf("decode tags: %w", err)
+	}
+	tags := make([]Tag, n)
+	for i := range tags {
+		if err := tags[i].Decode(d); err != nil {
+			return nil, err
+		}
+	}
+	return tags, nil
+}
