@@ -297,7 +297,9 @@ func (d *Device) serve() {
 	defer d.wg.Done()
 	defer close(d.served)
 	d.srv.Serve()
-	if !d.closing.Load() {
+	// After a teardown or a failure (the watchdog aborted the connection)
+	// the server is expected to stop.
+	if !d.closing.Load() && !d.failed.Load() {
 		err := fmt.Errorf("%w: %s", ErrServerStopped, d.mnt)
 		klog.ErrorS(err, "fuseloop: FUSE server stopped while the device was in use", "name", d.name, "device", d.loopPath)
 		d.fail(err)
