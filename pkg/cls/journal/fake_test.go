@@ -35,7 +35,9 @@ func (o *memObject) clone() *memObject {
 	return &c
 }
 
-func (o *memObject) Caller() objstore.ClientInfo { return objstore.ClientInfo{ID: 4100, Addr: "127.0.0.1:0/1"} }
+func (o *memObject) Caller() objstore.ClientInfo {
+	return objstore.ClientInfo{ID: 4100, Addr: "127.0.0.1:0/1"}
+}
 
 func (o *memObject) Stat() (uint64, error) {
 	if !o.exists {
