@@ -36,6 +36,7 @@ type memBackend struct {
 	inflight, maxInflight                    atomic.Int64
 
 	failFrom, failTo atomic.Int64 // reads and writes overlapping [failFrom, failTo) fail
+	writeDelay       atomic.Int64 // nanoseconds each WriteAt sleeps (a slow store)
 
 	// blockWrites: WriteAt blocks until its context is cancelled.
 	blockWrites atomic.Bool
@@ -116,6 +117,9 @@ func (b *memBackend) WriteAt(ctx context.Context, p []byte, off int64) (int, err
 	}
 	if err := b.check(off, int64(len(p))); err != nil {
 		return 0, err
+	}
+	if d := b.writeDelay.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
