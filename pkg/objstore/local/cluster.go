@@ -310,7 +310,11 @@ func (c *Cluster) fullRecover() error {
 	startLSN, ok := readWALHeader(c.wal)
 	if !ok {
 		// A new log, or a header torn during a checkpoint (everything before
-		// it was synced): start an empty log.
+		// it was synced): start an empty log. Its records are of no use and
+		// are dropped so that none can be mistaken for a new one.
+		if err := c.wal.Truncate(walHeaderSize); err != nil {
+			return err
+		}
 		if err := c.resetWAL(1); err != nil {
 			return err
 		}
@@ -390,7 +394,10 @@ func (c *Cluster) applyLogged(r *record) error {
 	return nil
 }
 
-// cutWAL truncates the log at end (dropping a torn tail) if it is longer.
+// cutWAL truncates the log at end if it is longer, dropping a torn tail and
+// whatever follows it: a record after a torn one was computed on a state
+// that never became durable and must never be replayed, even if the next
+// records end up aligned with it. The file regrows with zeros (preallocWAL).
 func (c *Cluster) cutWAL(end int64) error {
 	st, err := c.wal.Stat()
 	if err != nil {
@@ -408,18 +415,15 @@ func (c *Cluster) cutWAL(end int64) error {
 	return unix.Fsync(int(c.wal.Fd()))
 }
 
-// resetWAL empties the log and starts it at startLSN.
+// resetWAL starts an empty log at startLSN, keeping the file's blocks.
 func (c *Cluster) resetWAL(startLSN uint64) error {
-	if err := c.wal.Truncate(walHeaderSize); err != nil {
-		return err
-	}
 	if _, err := c.wal.WriteAt(encodeWALHeader(startLSN), 0); err != nil {
 		return err
 	}
 	if c.opts.NoSync {
 		return nil
 	}
-	return unix.Fsync(int(c.wal.Fd()))
+	return unix.Fdatasync(int(c.wal.Fd()))
 }
 
 // checkpoint makes every applied change durable in the object files, then

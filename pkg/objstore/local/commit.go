@@ -224,8 +224,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 			pr.r.err = &objstore.OpError{Op: "operate", OID: pr.r.oid, Err: fmt.Errorf("%w: %v", syscall.EIO, err)}
 		}
 	}
+	if err := c.preallocWAL(logEnd + int64(len(buf))); err != nil {
+		s.busy().Store(0)
+		klog.ErrorS(err, "local cluster: log preallocation failed", "dir", c.dir)
+		fail(err)
+		return
+	}
 	if _, err := c.wal.WriteAt(buf, logEnd); err != nil {
-		c.wal.Truncate(logEnd)
 		s.busy().Store(0)
 		klog.ErrorS(err, "local cluster: log write failed", "dir", c.dir)
 		fail(err)
@@ -235,7 +240,9 @@ func (c *Cluster) commitBatch(batch []*request) {
 		testHookAfterLogWrite()
 	}
 	if err := c.sync(c.wal); err != nil {
-		c.wal.Truncate(logEnd)
+		// The records may or may not be durable; they were not applied and
+		// are overwritten by the next batch (a record is only replayed if
+		// every record before it is valid, and the next batch rewrites them).
 		s.busy().Store(0)
 		klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
 		fail(err)
@@ -260,6 +267,36 @@ func (c *Cluster) commitBatch(batch []*request) {
 			klog.ErrorS(err, "local cluster: checkpoint failed", "dir", c.dir)
 		}
 	}
+}
+
+// walChunk is the unit by which the log file grows. The log is extended with
+// written zeros ahead of the records, so that a batch overwrites allocated
+// blocks and its fdatasync has no file metadata to commit (several times
+// cheaper than an appending fdatasync on ext4 and xfs). After a checkpoint
+// the log is reused from the start: stale records there carry older LSNs and
+// never continue the expected sequence.
+const walChunk = 4 << 20
+
+// preallocWAL makes the log file at least end bytes long.
+func (c *Cluster) preallocWAL(end int64) error {
+	st, err := c.wal.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	if size >= end {
+		return nil
+	}
+	target := (end + walChunk - 1) / walChunk * walChunk
+	zeros := make([]byte, 1<<20)
+	for size < target {
+		n := min(int64(len(zeros)), target-size)
+		if _, err := c.wal.WriteAt(zeros[:n], size); err != nil {
+			return err
+		}
+		size += n
+	}
+	return nil
 }
 
 // testHookAfterLogWrite, if set, runs after a batch's records are written to
