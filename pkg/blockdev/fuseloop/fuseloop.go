@@ -389,6 +389,9 @@ func (d *Device) Close(ctx context.Context) error {
 	select {
 	case <-d.served:
 	case <-ctx.Done():
+		if isClosed(d.served) {
+			break
+		}
 		logger.Info("fuseloop: FUSE server did not stop in time, aborting the connection", "inflight", d.tr.count())
 		d.fail(ErrAborted)
 		if err := d.waitServed(serverStopGrace); err != nil {
@@ -442,6 +445,15 @@ func (d *Device) Abort() error {
 	d.finish(ErrAborted)
 	klog.InfoS("fuseloop: aborted", "name", d.name, "device", d.loopPath, "err", d.Err())
 	return nil
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 func (d *Device) waitServed(grace time.Duration) error {

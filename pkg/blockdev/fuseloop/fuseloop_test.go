@@ -700,3 +700,47 @@ func TestAttachFailureUndoes(t *testing.T) {
 		t.Fatalf("Attach accepted a size that is not a multiple of 512")
 	}
 }
+
+// Without fusectl the connection is aborted by a forced unmount; a negative
+// RequestTimeout disables the watchdog.
+func TestAbortByForcedUnmount(t *testing.T) {
+	requireKernel(t)
+	requireTools(t, "dd")
+	b := newMemBackend(32*MiB, 32*MiB)
+	d := attach(t, b, Options{RequestTimeout: -1})
+	b.blockWrites.Store(true)
+	type result struct {
+		out string
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		out, err := run(t, 60*time.Second, "dd", "if=/dev/zero", "of="+d.Path(), "bs=4096", "count=1", "oflag=direct")
+		res <- result{out, err}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.blocked.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case r := <-res:
+		t.Fatalf("writer finished with the watchdog disabled and the backend blocked: %v %s", r.err, r.out)
+	case <-d.Done():
+		t.Fatalf("device stopped with the watchdog disabled: %v", d.Err())
+	default:
+	}
+	if err := abortConn(0, d.mnt); err != nil {
+		t.Fatalf("abortConn via forced unmount: %v", err)
+	}
+	select {
+	case r := <-res:
+		t.Logf("writer after the forced unmount: %v: %s", r.err, lastLine(r.out))
+		if r.err == nil {
+			t.Errorf("writer succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("writer still blocked after the forced unmount")
+	}
+	assertNoStuckTasks(t)
+}
