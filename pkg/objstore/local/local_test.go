@@ -9,7 +9,9 @@ import (
 )
 
 func testOptions() Options {
-	return Options{Classes: objstoretest.Classes()}
+	cls := objstoretest.Classes()
+	cls["crashtest"] = crashClass()
+	return Options{Classes: cls}
 }
 
 // openT opens a client of dir, closed at the end of the test.
