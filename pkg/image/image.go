@@ -127,8 +127,11 @@ func (img *Image) Refresh(ctx context.Context) error {
 // checkServable fails for images this package cannot read correctly and
 // returns why writes must be refused for images it can only read.
 func (img *Image) checkServable(ctx context.Context, m clsrbd.MutableMetadata) (readOnly, err error) {
-	if unknown := m.Incompatible &^ clsrbd.FeaturesAll; unknown != 0 {
-		return nil, fmt.Errorf("unknown incompatible features 0x%x: %w", unknown, ErrUnsupported)
+	// librbd refuses only unknown incompatible features; an unknown
+	// feature the server does not flag may still change the layout for
+	// all this package knows, so refuse those too.
+	if unknown := (m.Features | m.Incompatible) &^ clsrbd.FeaturesAll; unknown != 0 {
+		return nil, fmt.Errorf("unknown features 0x%x: %w", unknown, ErrUnsupported)
 	}
 	if f := m.Features & unservedFeatures; f != 0 {
 		return nil, fmt.Errorf("features %v: %w", clsrbd.FeatureNames(f), ErrUnsupported)

@@ -43,8 +43,9 @@ func (img *Image) checkWritable(op string) error {
 // in parallel (at most maxParallel at once) when there are several. It
 // returns the first error; after one, pieces not yet started are skipped.
 func (img *Image) forEachExtent(ctx context.Context, off, length int64, fn func(ctx context.Context, e extent) error) error {
-	if length == 0 {
-		return ctx.Err()
+	// Backends may complete fast operations without looking at ctx.
+	if err := ctx.Err(); err != nil || length == 0 {
+		return err
 	}
 	first := uint64(off) >> img.order
 	last := (uint64(off) + uint64(length) - 1) >> img.order
