@@ -347,7 +347,7 @@ func TestRemove(t *testing.T) {
 	// Partial images as a crash part-way through Create or Remove leaves
 	// them: Remove finishes the job.
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, p objstore.Pool, img *Image)
 	}{
 		{"complete", func(*testing.T, objstore.Pool, *Image) {}},
