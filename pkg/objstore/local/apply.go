@@ -96,6 +96,9 @@ func (c *Cluster) applyRecord(r *record) error {
 			return errCorrupt
 		}
 	}
+	if testHookBeforeMeta != nil {
+		testHookBeforeMeta(r)
+	}
 	if r.hasMeta {
 		if len(r.meta) == 0 {
 			if err := os.Remove(paths.meta); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -116,6 +119,10 @@ func (c *Cluster) applyRecord(r *record) error {
 	}
 	return nil
 }
+
+// testHookBeforeMeta, if set, runs in applyRecord after the data mutations
+// and before the meta file is written (crash tests).
+var testHookBeforeMeta func(r *record)
 
 // zeroRange zeroes [off, off+n) of f without changing its size.
 func zeroRange(f *os.File, off, n uint64) error {

@@ -157,6 +157,8 @@ func runChild(mode string) int {
 		err = childWatcher(dir, opts)
 	case "victim":
 		err = childVictim(dir, opts)
+	case "midapply":
+		err = childMidApply(dir, opts)
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}
@@ -549,4 +551,32 @@ func childVictim(dir string, opts Options) error {
 		out("ack %d", i)
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// childMidApply performs LOCAL_TEST_OPS acknowledged appends, then one more
+// whose process dies in the middle of applying it: data written, omap not.
+func childMidApply(dir string, opts Options) error {
+	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
+	c, err := Open(dir, opts)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	p, err := c.Pool(ctx, "rbd")
+	if err != nil {
+		return err
+	}
+	cw, err := newChunkWriter(ctx, p, []string{"midapply"})
+	if err != nil {
+		return err
+	}
+	for i := 1; i <= n; i++ {
+		if err := cw.append(ctx, "midapply", uint64(i), 1000+i, false); err != nil {
+			return err
+		}
+		out("ack %d", i)
+	}
+	testHookBeforeMeta = func(*record) { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	cw.append(ctx, "midapply", uint64(n+1), 4000, false)
+	return fmt.Errorf("still alive")
 }
