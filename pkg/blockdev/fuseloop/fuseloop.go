@@ -341,11 +341,11 @@ func (d *Device) watchdog() {
 // future request on the device fails with EIO), records err and closes Done.
 func (d *Device) fail(err error) {
 	d.failed.Store(true)
+	d.setDone(err) // before the abort, so whoever sees the I/O error also sees Err
 	d.bstop()
 	if d.conn != 0 || d.srv != nil {
 		_ = abortConn(d.conn, d.mnt)
 	}
-	d.setDone(err)
 }
 
 func (d *Device) setDone(err error) {
