@@ -65,12 +65,13 @@ func (img *Image) forEachExtent(ctx context.Context, off, length int64, fn func(
 		firstErr error
 	)
 	sem := make(chan struct{}, maxParallel)
-	for n := first; n <= last; n++ {
+	stopped := false
+	for n := first; n <= last && !stopped; n++ {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 		}
-		if ctx.Err() != nil {
+		if stopped = ctx.Err() != nil; stopped {
 			break
 		}
 		wg.Add(1)
@@ -91,7 +92,10 @@ func (img *Image) forEachExtent(ctx context.Context, off, length int64, fn func(
 	if firstErr != nil {
 		return firstErr
 	}
-	return ctx.Err()
+	if stopped {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // ReadAt reads len(p) bytes at off. Parts of the image never written (or

@@ -348,7 +348,7 @@ func TestRemove(t *testing.T) {
 	// them: Remove finishes the job.
 	tests := []struct {
 		name   string
-		break_ func(t *testing.T, p objstore.Pool, img *Image)
+		damage func(t *testing.T, p objstore.Pool, img *Image)
 	}{
 		{"complete", func(*testing.T, objstore.Pool, *Image) {}},
 		{"header gone", func(t *testing.T, p objstore.Pool, img *Image) {
@@ -389,7 +389,7 @@ func TestRemove(t *testing.T) {
 			if n := len(objects(t, p, "rbd_data.")); n != 3 {
 				t.Fatalf("%d data objects", n)
 			}
-			tt.break_(t, p, img)
+			tt.damage(t, p, img)
 			if err := Remove(ctx, p, "vol"); err != nil {
 				t.Fatal(err)
 			}
