@@ -1,0 +1,437 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"k8s.io/klog/v2"
+)
+
+// Future is the outcome of one Append. It completes when its entry is
+// durable ("safe") and every earlier entry has completed ("consistent"), so
+// futures complete strictly in append order; if any append fails, it and
+// every later future complete with the error.
+type Future struct {
+	TagTid    uint64
+	EntryTid  uint64
+	CommitTid uint64
+
+	safe bool // guarded by Journaler.mu
+	done chan struct{}
+	err  error
+}
+
+// Done is closed when the future completes.
+func (f *Future) Done() <-chan struct{} { return f.done }
+
+// Err returns the outcome; valid once Done is closed.
+func (f *Future) Err() error { return f.err }
+
+// Wait blocks until the future completes or ctx ends.
+func (f *Future) Wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type appendReq struct {
+	fut    *Future
+	data   []byte // the encoded entry
+	commit *commitEntry
+}
+
+// splayRecorder batches the appends bound for one splay offset. At most one
+// append operation per splay offset is in flight, which keeps the entries in
+// each object in tid order whatever the backend does with concurrent ops.
+type splayRecorder struct {
+	offset uint64
+	// object is the data object appended to last and objectBytes what this
+	// journaler appended to it: Ceph's ObjectRecorder closes an object once
+	// it reaches the soft limit rather than relying on guard_append alone.
+	object       uint64
+	objectBytes  int
+	pending      []*appendReq
+	pendingBytes int
+	firstPending time.Time
+	timer        *time.Timer
+	inflight     bool
+}
+
+// recorder is the append side (JournalRecorder). Guarded by Journaler.mu.
+type recorder struct {
+	splays     []*splayRecorder
+	futures    []*Future // appended, not yet completed, in order
+	flushUntil uint64    // send immediately every entry with commit tid <= this
+	advancing  bool      // an object-set advance is draining in-flight appends
+	lastFuture *Future
+	// barriers are the commit tids of the first entry of each new tag: an
+	// entry at or past a barrier is not sent until every entry before the
+	// barrier is durable, so an epoch never lands ahead of its predecessor's
+	// tail and replay stays a prefix of what was appended.
+	barriers []uint64
+}
+
+// blocked reports whether sending the entry with commit tid must wait
+// for an earlier epoch's entries.
+func (r *recorder) blocked(tid uint64) bool {
+	return len(r.barriers) > 0 && tid >= r.barriers[0]
+}
+
+// passBarriers drops the barriers every earlier entry of which is durable.
+func (r *recorder) passBarriers() bool {
+	passed := false
+	for len(r.barriers) > 0 && (len(r.futures) == 0 || r.futures[0].CommitTid >= r.barriers[0]) {
+		r.barriers = r.barriers[1:]
+		passed = true
+	}
+	return passed
+}
+
+func (r *recorder) init(width int) {
+	r.splays = make([]*splayRecorder, width)
+	for i := range r.splays {
+		r.splays[i] = &splayRecorder{offset: uint64(i)}
+	}
+}
+
+func (r *recorder) stopTimers() {
+	for _, s := range r.splays {
+		if s.timer != nil {
+			s.timer.Stop()
+			s.timer = nil
+		}
+	}
+}
+
+func (r *recorder) anyInflight() bool {
+	for _, s := range r.splays {
+		if s.inflight {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *recorder) kickAllLocked(j *Journaler) {
+	for _, s := range r.splays {
+		j.maybeSendLocked(s)
+	}
+}
+
+// Append journals payload under tagTid. The entry tid is the next of the
+// tag's sequence. The returned future reports when the entry is durable.
+func (j *Journaler) Append(tagTid uint64, payload []byte) *Future {
+	if len(payload) > j.MaxAppendSize() {
+		f := &Future{TagTid: tagTid, done: make(chan struct{})}
+		f.err = fmt.Errorf("journal %s: %d-byte payload: %w (max %d)", j.id, len(payload), ErrTooLarge, j.MaxAppendSize())
+		close(f.done)
+		return f
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.appendableLocked(); err != nil {
+		f := &Future{TagTid: tagTid, done: make(chan struct{}), err: err}
+		close(f.done)
+		return f
+	}
+	var entryTid uint64
+	if last, ok := j.lastEntryTid[tagTid]; ok {
+		entryTid = last + 1
+	}
+	j.lastEntryTid[tagTid] = entryTid
+	w := uint64(j.splayWidth)
+	splay := entryTid % w
+	c := j.commits.allocate(j.activeSet*w+splay, tagTid, entryTid)
+	f := &Future{TagTid: tagTid, EntryTid: entryTid, CommitTid: c.tid, done: make(chan struct{})}
+	if last := j.rec.lastFuture; last != nil && last.TagTid != tagTid {
+		j.rec.barriers = append(j.rec.barriers, c.tid)
+		j.rec.passBarriers()
+	}
+	e := Entry{TagTid: tagTid, EntryTid: entryTid, Data: payload}
+	req := &appendReq{fut: f, data: e.AppendEncoded(make([]byte, 0, e.EncodedLen())), commit: c}
+	j.rec.futures = append(j.rec.futures, f)
+	j.rec.lastFuture = f
+	s := j.rec.splays[splay]
+	if len(s.pending) == 0 {
+		s.firstPending = time.Now()
+	}
+	s.pending = append(s.pending, req)
+	s.pendingBytes += len(req.data)
+	j.maybeSendLocked(s)
+	return f
+}
+
+func (j *Journaler) appendableLocked() error {
+	switch {
+	case j.failed != nil:
+		return j.failed
+	case j.closing:
+		return ErrClosed
+	}
+	if _, ok := j.clients[j.clientID]; !ok {
+		return fmt.Errorf("journal %s client %q: %w", j.id, j.clientID, ErrClientNotRegistered)
+	}
+	return nil
+}
+
+// Flush sends every pending append now and waits until all appends made
+// before the call are durable (or failed).
+func (j *Journaler) Flush(ctx context.Context) error {
+	j.mu.Lock()
+	last := j.rec.lastFuture
+	if last != nil {
+		j.rec.flushUntil = last.CommitTid
+		j.rec.kickAllLocked(j)
+	}
+	j.mu.Unlock()
+	if last == nil {
+		return nil
+	}
+	return last.Wait(ctx)
+}
+
+// maybeSendLocked starts an append operation for s if it has pending
+// entries, nothing in flight, and its batch is due.
+func (j *Journaler) maybeSendLocked(s *splayRecorder) {
+	if s.inflight || len(s.pending) == 0 || j.rec.advancing || j.failed != nil || j.rec.blocked(s.pending[0].commit.tid) {
+		return
+	}
+	due := j.s.FlushAge == 0 || s.pendingBytes >= j.s.FlushBytes ||
+		s.pending[0].commit.tid <= j.rec.flushUntil || time.Since(s.firstPending) >= j.s.FlushAge
+	if !due {
+		if s.timer == nil && !j.closing {
+			s.timer = time.AfterFunc(j.s.FlushAge-time.Since(s.firstPending), func() {
+				j.mu.Lock()
+				defer j.mu.Unlock()
+				s.timer = nil
+				if !j.closing {
+					j.maybeSendLocked(s)
+				}
+			})
+		}
+		return
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	w := uint64(j.splayWidth)
+	objNum := j.activeSet*w + s.offset
+	if objNum != s.object {
+		s.object, s.objectBytes = objNum, 0
+	}
+	limit := 1 << j.order
+	if s.objectBytes >= limit {
+		j.startAdvanceLocked()
+		return
+	}
+	maxBatch := min(j.s.MaxBatchBytes, limit-s.objectBytes)
+	n, size := 0, 0
+	for n < len(s.pending) && (n == 0 || (size+len(s.pending[n].data) <= maxBatch && !j.rec.blocked(s.pending[n].commit.tid))) {
+		size += len(s.pending[n].data)
+		n++
+	}
+	batch := s.pending[:n:n]
+	s.pending = s.pending[n:]
+	s.pendingBytes -= size
+	if len(s.pending) > 0 {
+		s.firstPending = time.Now()
+	}
+	buf := make([]byte, 0, size)
+	for _, req := range batch {
+		req.commit.objectNumber = objNum
+		buf = append(buf, req.data...)
+	}
+	s.inflight = true
+	j.wg.Add(1)
+	go j.writeBatch(s, objNum, batch, buf)
+}
+
+// writeBatch appends one batch to its object, guarded so that a full object
+// refuses it (-EOVERFLOW) instead of growing without bound.
+func (j *Journaler) writeBatch(s *splayRecorder, objNum uint64, batch []*appendReq, buf []byte) {
+	defer j.wg.Done()
+	op := &objstore.WriteOp{}
+	clsjournal.GuardAppend(op, 1<<j.order)
+	op.Append(buf)
+	oid := j.DataOID(objNum)
+	ctx, cancel := context.WithTimeout(context.Background(), j.s.OpTimeout)
+	err := j.dataPool.Operate(ctx, oid, op)
+	cancel()
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s.inflight = false
+	switch {
+	case err == nil:
+		for _, req := range batch {
+			req.fut.safe = true
+		}
+		if s.object == objNum {
+			s.objectBytes += len(buf)
+		}
+		j.completeFuturesLocked()
+	case errors.Is(err, objstore.ErrOverflow):
+		if s.object == objNum {
+			s.objectBytes = 1 << j.order
+		}
+		// The object is full: re-send this batch, ahead of what queued
+		// behind it, to the next object set.
+		s.pending = append(append([]*appendReq(nil), batch...), s.pending...)
+		s.pendingBytes += len(buf)
+		j.startAdvanceLocked()
+	default:
+		j.failLocked(fmt.Errorf("journal %s: append to %s: %w", j.id, oid, err))
+	}
+	j.cond.Broadcast()
+	j.maybeSendLocked(s)
+}
+
+// completeFuturesLocked completes, in order, every future whose entry and
+// predecessors are safe.
+func (j *Journaler) completeFuturesLocked() {
+	i := 0
+	for ; i < len(j.rec.futures) && j.rec.futures[i].safe; i++ {
+		close(j.rec.futures[i].done)
+	}
+	j.rec.futures = j.rec.futures[i:]
+	if len(j.rec.futures) == 0 {
+		j.rec.futures = nil
+	}
+	if j.rec.passBarriers() {
+		j.rec.kickAllLocked(j)
+	}
+}
+
+// failLocked makes the journaler refuse further appends and completes every
+// outstanding future with err: once an append is lost, no later entry may be
+// reported durable (it would not be replayed past the hole).
+func (j *Journaler) failLocked(err error) {
+	if j.failed == nil {
+		j.failed = err
+		if !errors.Is(err, ErrClosed) {
+			klog.ErrorS(err, "Journal failed; further appends are refused", "journal", j.id)
+		}
+	}
+	j.completeFuturesLocked()
+	for _, f := range j.rec.futures {
+		f.err = j.failed
+		close(f.done)
+	}
+	j.rec.futures = nil
+	for _, s := range j.rec.splays {
+		s.pending, s.pendingBytes = nil, 0
+	}
+}
+
+// Err returns why the journaler refuses appends, or nil.
+func (j *Journaler) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.failed
+}
+
+// startAdvanceLocked moves appends to the next object set once every
+// in-flight append has finished, as Ceph's JournalRecorder does, so that no
+// splay offset skips a set (librbd's player walks the sets one by one).
+func (j *Journaler) startAdvanceLocked() {
+	if j.rec.advancing || j.failed != nil {
+		return
+	}
+	j.rec.advancing = true
+	j.wg.Add(1)
+	go j.advanceSet()
+}
+
+func (j *Journaler) advanceSet() {
+	defer j.wg.Done()
+	j.mu.Lock()
+	for j.rec.anyInflight() && j.bg.Err() == nil {
+		j.cond.Wait()
+	}
+	next := j.activeSet + 1
+	j.mu.Unlock()
+
+	op := &objstore.WriteOp{}
+	clsjournal.SetActiveSet(op, next)
+	ctx, cancel := j.opCtx(j.bg)
+	err := j.pool.Operate(ctx, j.headerOID, op)
+	cancel()
+	if errors.Is(err, objstore.ErrStale) {
+		// Someone recorded a newer set already; adopt it.
+		err = j.refresh(j.bg)
+	}
+
+	j.mu.Lock()
+	j.rec.advancing = false
+	if err != nil {
+		j.failLocked(fmt.Errorf("journal %s: advance to object set %d: %w", j.id, next, err))
+		j.mu.Unlock()
+		return
+	}
+	if next > j.activeSet {
+		j.activeSet = next
+	}
+	klog.V(4).InfoS("Journal advanced object set", "journal", j.id, "activeSet", j.activeSet)
+	j.rec.kickAllLocked(j)
+	j.mu.Unlock()
+	j.notifyUpdate(j.bg)
+}
+
+// commitEntry tracks one entry from append (or replay) to commit.
+type commitEntry struct {
+	tid          uint64
+	objectNumber uint64
+	tagTid       uint64
+	entryTid     uint64
+	committed    bool
+}
+
+// commitTracker hands out commit tids in order and reports the entries the
+// commit position may move past: those committed with every earlier one.
+type commitTracker struct {
+	next    uint64
+	pending []*commitEntry // tids next-len(pending) .. next-1, oldest first
+}
+
+func (c *commitTracker) init() { c.next = 1 }
+
+func (c *commitTracker) allocate(objectNumber, tagTid, entryTid uint64) *commitEntry {
+	e := &commitEntry{tid: c.next, objectNumber: objectNumber, tagTid: tagTid, entryTid: entryTid}
+	c.next++
+	c.pending = append(c.pending, e)
+	return e
+}
+
+// commit marks tid committed and returns the entries that became
+// contiguous-committed, oldest first.
+func (c *commitTracker) commit(tid uint64) []*commitEntry {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	base := c.pending[0].tid
+	if tid < base || tid >= base+uint64(len(c.pending)) {
+		return nil // already committed, or never allocated
+	}
+	c.pending[tid-base].committed = true
+	n := 0
+	for n < len(c.pending) && c.pending[n].committed {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	done := c.pending[:n:n]
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.pending = nil
+	}
+	return done
+}
