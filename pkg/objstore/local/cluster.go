@@ -32,6 +32,9 @@ type Options struct {
 	// NoSync skips every fsync. Operations stay atomic with respect to
 	// process crashes but not to power loss. For tests only.
 	NoSync bool
+	// MaxObjectSize bounds object sizes: a write, truncate or zero reaching
+	// past it fails with EFBIG. Default 128 MiB (Ceph's osd_max_object_size).
+	MaxObjectSize uint64
 	// DefaultNotifyTimeout is used by Notify when it is given timeout 0.
 	// Default 10s (librados' client_notify_timeout).
 	DefaultNotifyTimeout time.Duration
@@ -92,13 +95,28 @@ type Cluster struct {
 
 const (
 	defaultMaxLog        = 64 << 20
+	defaultMaxObjectSize = 128 << 20
 	defaultNotifyTimeout = 10 * time.Second
 	firstClientID        = 4100
 )
 
-// liveClients maps the address of every open Cluster of this process to it,
-// so that notifications between clients of one process skip the socket.
-var liveClients sync.Map // string → *Cluster
+// liveClients maps every open Cluster of this process, by directory and
+// nonce, to it, so that notifications between clients of one process skip
+// the socket.
+var liveClients sync.Map // liveKey → *Cluster
+
+type liveKey struct {
+	dir   string
+	nonce uint32
+}
+
+// liveClient returns the open Cluster of this process with this nonce on c's directory.
+func (c *Cluster) liveClient(nonce uint32) *Cluster {
+	if v, ok := liveClients.Load(liveKey{c.dir, nonce}); ok {
+		return v.(*Cluster)
+	}
+	return nil
+}
 
 var errClosed = fmt.Errorf("%w: local cluster client is closed", syscall.ENOTCONN)
 
@@ -109,6 +127,9 @@ var errClosed = fmt.Errorf("%w: local cluster client is closed", syscall.ENOTCON
 func Open(dir string, opts Options) (*Cluster, error) {
 	if opts.MaxLogBytes <= 0 {
 		opts.MaxLogBytes = defaultMaxLog
+	}
+	if opts.MaxObjectSize == 0 {
+		opts.MaxObjectSize = defaultMaxObjectSize
 	}
 	if opts.DefaultNotifyTimeout <= 0 {
 		opts.DefaultNotifyTimeout = defaultNotifyTimeout
@@ -184,7 +205,7 @@ func Open(dir string, opts Options) (*Cluster, error) {
 	c.wg.Add(2)
 	go c.committer()
 	go c.maintain()
-	liveClients.Store(c.client.Addr, c)
+	liveClients.Store(liveKey{c.dir, c.nonce}, c)
 	ok = true
 	klog.V(2).InfoS("local cluster opened", "dir", dir, "client", c.client.Name(), "addr", c.client.Addr, "recovered", first)
 	return c, nil
@@ -217,7 +238,7 @@ func (c *Cluster) Close() error {
 		c.srv.close()
 	}
 	c.wg.Wait()
-	liveClients.Delete(c.client.Addr)
+	liveClients.Delete(liveKey{c.dir, c.nonce})
 	if c.aliveF != nil {
 		os.Remove(c.aliveF.Name())
 		if c.srv != nil && c.srv.path != "" {
@@ -345,7 +366,11 @@ func (c *Cluster) fullRecover() error {
 	s.poolsVer().Add(1)
 	s.busy().Store(0)
 	c.gcClients()
-	klog.InfoS("local cluster recovered", "dir", c.dir, "records", n, "nextLSN", next, "duration", time.Since(start))
+	if n > 0 {
+		klog.InfoS("local cluster recovered", "dir", c.dir, "records", n, "nextLSN", next, "duration", time.Since(start))
+	} else {
+		klog.V(2).InfoS("local cluster opened clean", "dir", c.dir, "nextLSN", next)
+	}
 	return nil
 }
 
@@ -558,7 +583,7 @@ func (c *Cluster) clientFile(nonce uint32, suffix string) string {
 // clientAlive reports whether the client with this nonce still runs: it
 // holds an exclusive flock on its lock file for its lifetime.
 func (c *Cluster) clientAlive(nonce uint32) bool {
-	if _, ok := liveClients.Load(addrOf(nonce)); ok {
+	if c.liveClient(nonce) != nil {
 		return true
 	}
 	f, err := os.Open(c.clientFile(nonce, ".lock"))
@@ -679,7 +704,7 @@ func (c *Cluster) Pool(ctx context.Context, name string) (objstore.Pool, error) 
 	if err := c.refreshPools(true); err != nil {
 		return nil, err
 	}
-	klog.InfoS("local cluster: pool created", "dir", c.dir, "pool", name, "id", id)
+	klog.V(1).InfoS("local cluster: pool created", "dir", c.dir, "pool", name, "id", id)
 	return c.lookupPool(name, 0), nil
 }
 

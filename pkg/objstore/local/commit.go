@@ -3,6 +3,8 @@ package local
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -231,7 +233,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 		return
 	}
 	if _, err := c.wal.WriteAt(buf, logEnd); err != nil {
-		s.busy().Store(0)
+		c.abandonLogged(logEnd)
 		klog.ErrorS(err, "local cluster: log write failed", "dir", c.dir)
 		fail(err)
 		return
@@ -240,21 +242,17 @@ func (c *Cluster) commitBatch(batch []*request) {
 		testHookAfterLogWrite()
 	}
 	if err := c.sync(c.wal); err != nil {
-		// The records may or may not be durable; they were not applied and
-		// are overwritten by the next batch (a record is only replayed if
-		// every record before it is valid, and the next batch rewrites them).
-		s.busy().Store(0)
+		c.abandonLogged(logEnd)
 		klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
 		fail(err)
 		return
 	}
-	for i, pr := range recs {
+	for _, pr := range recs {
 		if err := c.applyLogged(pr.rec); err != nil {
 			// The records are durable; the next commit-lock holder replays
 			// them (busy stays set). Report the outcome as unknown.
 			klog.ErrorS(err, "local cluster: applying a logged operation failed", "dir", c.dir, "oid", pr.rec.oid)
 			fail(err)
-			_ = i
 			return
 		}
 	}
@@ -262,11 +260,30 @@ func (c *Cluster) commitBatch(batch []*request) {
 	s.nextLSN().Store(lsn)
 	s.commitSeq().Add(1)
 	s.busy().Store(0)
+	for _, pr := range recs {
+		if m := pr.rec.muts; len(m) > 0 && m[len(m)-1].kind == mutRemove {
+			// As an OSD does, removing an object disconnects its watchers
+			// (they notice their registration is gone).
+			esc, _ := escapeName(pr.rec.oid)
+			os.RemoveAll(filepath.Join(c.poolDir(pr.rec.poolID), "watch", esc))
+		}
+	}
 	if int64(s.logEnd().Load()) > c.opts.MaxLogBytes {
 		if err := c.checkpoint(); err != nil {
 			klog.ErrorS(err, "local cluster: checkpoint failed", "dir", c.dir)
 		}
 	}
+}
+
+// abandonLogged drops the records a failed batch may have left after
+// logEnd: they were not acknowledged, and a stale record must never follow
+// the next batch's records in the log. If even that fails, the batch is left
+// for the next commit-lock holder's recovery (which may apply it).
+func (c *Cluster) abandonLogged(logEnd int64) {
+	if err := c.wal.Truncate(logEnd); err != nil {
+		return // busy stays set
+	}
+	c.shm.busy().Store(0)
 }
 
 // walChunk is the unit by which the log file grows. The log is extended with

@@ -481,3 +481,33 @@ func TestCheckpointAndReopen(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveDisconnectsWatchers: as an OSD does, removing an object
+// disconnects its watchers.
+func TestRemoveDisconnectsWatchers(t *testing.T) {
+	c := openT(t, t.TempDir(), testOptions())
+	p := poolT(t, c, "rbd")
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	if err := p.Operate(context.Background(), "w", op); err != nil {
+		t.Fatal(err)
+	}
+	h := newRecHandler("r")
+	w, err := p.Watch(context.Background(), "w", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op = &objstore.WriteOp{}
+	op.Remove()
+	if err := p.Operate(context.Background(), "w", op); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-h.errs:
+		if objstore.Errno(err) != syscall.ENOTCONN || objstore.Errno(w.Check()) != syscall.ENOTCONN {
+			t.Fatalf("watch error %v, check %v", err, w.Check())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch not disconnected")
+	}
+}

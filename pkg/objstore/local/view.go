@@ -204,9 +204,18 @@ func (o *opCtx) remove() error {
 	return nil
 }
 
+// checkExtent fails with EFBIG, as Ceph does, for an extent reaching past
+// the maximum object size.
+func (o *opCtx) checkExtent(off, length uint64) error {
+	if end := off + length; end < off || end > o.c.opts.MaxObjectSize {
+		return syscall.EFBIG
+	}
+	return nil
+}
+
 func (o *opCtx) writeAt(off uint64, data []byte) error {
-	if off+uint64(len(data)) < off {
-		return syscall.EINVAL
+	if err := o.checkExtent(off, uint64(len(data))); err != nil {
+		return err
 	}
 	o.ensureExists()
 	if off > o.st.size {
@@ -222,6 +231,9 @@ func (o *opCtx) writeAt(off uint64, data []byte) error {
 }
 
 func (o *opCtx) writeFull(data []byte) error {
+	if err := o.checkExtent(0, uint64(len(data))); err != nil {
+		return err
+	}
 	o.ensureExists()
 	if len(data) > 0 {
 		o.addMut(mut{kind: mutWrite, a: 0, data: data})
@@ -235,30 +247,35 @@ func (o *opCtx) writeFull(data []byte) error {
 	return nil
 }
 
-func (o *opCtx) truncate(size uint64) {
+func (o *opCtx) truncate(size uint64) error {
+	if err := o.checkExtent(size, 0); err != nil {
+		return err
+	}
 	if !o.st.exists {
-		return // Ceph: truncating a missing object is a no-op
+		return nil // Ceph: truncating a missing object is a no-op
 	}
 	if size != o.st.size {
 		o.addMut(mut{kind: mutSetSize, a: o.st.size, b: size})
 		o.st.size = size
 	}
 	o.touched = true
+	return nil
 }
 
-func (o *opCtx) zero(off, length uint64) {
+func (o *opCtx) zero(off, length uint64) error {
+	if err := o.checkExtent(off, length); err != nil {
+		return err
+	}
 	if !o.st.exists {
-		return
+		return nil
 	}
 	o.touched = true
 	if off >= o.st.size || length == 0 {
-		return
+		return nil
 	}
 	end := min(o.st.size, off+length)
-	if end < off { // overflow
-		end = o.st.size
-	}
 	o.addMut(mut{kind: mutZero, a: off, b: end - off})
+	return nil
 }
 
 // errno wraps a step's failure as Ceph reports it.
@@ -312,11 +329,9 @@ func (o *opCtx) writeStep(s *objstore.Step) error {
 		o.ensureExists()
 		return o.writeAt(o.st.size, s.Data)
 	case objstore.StepTruncate:
-		o.truncate(s.Off)
-		return nil
+		return o.truncate(s.Off)
 	case objstore.StepZero:
-		o.zero(s.Off, s.Len)
-		return nil
+		return o.zero(s.Off, s.Len)
 	case objstore.StepSetOmap:
 		o.ensureExists()
 		m, err := o.mutableMeta()

@@ -402,8 +402,7 @@ func (p *pool) Notify(ctx context.Context, oid string, payload []byte, timeout t
 	var remote sync.WaitGroup
 	var conns []net.Conn
 	for nonce, group := range byClient {
-		if v, ok := liveClients.Load(addrOf(nonce)); ok {
-			tc := v.(*Cluster)
+		if tc := c.liveClient(nonce); tc != nil {
 			for _, r := range group {
 				n := objstore.NewNotification(notifyID, r.cookie, c.client.ID, payload, func(reply []byte) {
 					replies <- notifyReply{reg: r, reply: reply}

@@ -386,6 +386,11 @@ func testWrite(t *testing.T, s *suite) {
 		op.Write(6, []byte("c"))
 	})
 	wantData(t, s.p, oid3, []byte("aabb\x00\x00c"))
+
+	// Past the maximum object size (Ceph: osd_max_object_size, 128 MiB by default).
+	wantErrno(t, "write at 1 TiB", operate(t, s.p, oid3, func(op *objstore.WriteOp) { op.Write(1<<40, []byte("x")) }), syscall.EFBIG)
+	wantErrno(t, "truncate to 1 TiB", operate(t, s.p, oid3, func(op *objstore.WriteOp) { op.Truncate(1 << 40) }), syscall.EFBIG)
+	wantData(t, s.p, oid3, []byte("aabb\x00\x00c"))
 }
 
 func testWriteFull(t *testing.T, s *suite) {
