@@ -239,6 +239,20 @@ func (c *Cluster) Close() error {
 	}
 	c.wg.Wait()
 	liveClients.Delete(liveKey{c.dir, c.nonce})
+	// The last client to close checkpoints, so that the next Open has no
+	// log to replay.
+	if unix.Flock(int(c.openLockF.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := c.lockCommit(ctx); err == nil {
+			if c.shm.logEnd().Load() > walHeaderSize {
+				if err := c.checkpoint(); err != nil {
+					klog.ErrorS(err, "local cluster: checkpoint at close failed", "dir", c.dir)
+				}
+			}
+			c.unlockCommit()
+		}
+		cancel()
+	}
 	if c.aliveF != nil {
 		os.Remove(c.aliveF.Name())
 		if c.srv != nil && c.srv.path != "" {

@@ -31,7 +31,7 @@ func flockCtx(ctx context.Context, fd int, how int) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		if backoff < 2*time.Millisecond {
+		if backoff < 500*time.Microsecond {
 			backoff *= 2
 		}
 	}

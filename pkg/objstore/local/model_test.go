@@ -358,12 +358,13 @@ func TestPowerLoss(t *testing.T) {
 		}
 		oids, m := runModel(t, p, seed, 3, 200, snap)
 		snap()
-		c.Close()
-
+		// The power goes out now: the log as synced (before Close, whose
+		// checkpoint would make the object files durable).
 		crash := t.TempDir()
 		for _, f := range []string{"wal", "cluster.json"} {
 			copyFile(t, filepath.Join(dir, f), filepath.Join(crash, f))
 		}
+		c.Close()
 		kept, dropped := 0, 0
 		for rel, vs := range versions {
 			pick := r.Intn(len(vs) + 1)
