@@ -1,0 +1,529 @@
+// Package blockdev is the journaled block device: an RBD image whose every
+// write is first appended to the image's journal as a librbd event, then
+// applied to the image's data objects, then committed. It implements the
+// interface fuseloop exposes to the kernel.
+//
+// Invariants (DESIGN.md "The journaled write path"):
+//   - a change is applied to the image only once its journal entry and every
+//     earlier one are durable (the journal future completed);
+//   - changes to overlapping extents reach the image in journal order;
+//   - a read returns the latest acknowledged write, even while its apply is
+//     still in flight (the pending set is laid over what the image holds);
+//   - Flush returns once every earlier acknowledged write is durable;
+//   - Open replays what lies past the commit position before anything else,
+//     then starts a new epoch (tag) whose predecessor records where the old
+//     epoch ended, so a stale writer's later entries are never replayed.
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"k8s.io/klog/v2"
+)
+
+// AckPolicy says when a write is acknowledged.
+type AckPolicy int
+
+const (
+	// AckApplied acknowledges a write once it is in the journal and in the
+	// image (the conservative policy).
+	AckApplied AckPolicy = iota
+	// AckJournaled acknowledges a write once its journal entry is durable;
+	// the image is updated in the background while reads see the change
+	// through the pending set.
+	AckJournaled
+)
+
+func (p AckPolicy) String() string {
+	switch p {
+	case AckApplied:
+		return "applied"
+	case AckJournaled:
+		return "journaled"
+	}
+	return fmt.Sprintf("AckPolicy(%d)", int(p))
+}
+
+// ParseAckPolicy parses "applied" or "journaled".
+func ParseAckPolicy(s string) (AckPolicy, error) {
+	switch s {
+	case "applied":
+		return AckApplied, nil
+	case "journaled":
+		return AckJournaled, nil
+	}
+	return 0, fmt.Errorf("unknown ack policy %q (want applied or journaled)", s)
+}
+
+// Errors callers branch on.
+var (
+	ErrNotJournaled = errors.New("image does not have the journaling feature")
+	ErrOutOfRange   = errors.New("I/O beyond the end of the device")
+	ErrClosed       = errors.New("device closed")
+	ErrFailed       = errors.New("device failed")
+)
+
+// Options configure a Device. Zero values select defaults.
+type Options struct {
+	AckPolicy AckPolicy
+	// MaxPayload caps the data bytes of one journal event; a larger write
+	// becomes several events. librbd uses 16 KiB; bigger is faster.
+	MaxPayload int
+	// MaxPendingBytes bounds the written bytes journaled but not yet
+	// applied; writers wait beyond it (backpressure).
+	MaxPendingBytes int64
+	// Journal tunes batching and commit-position flushing.
+	Journal journal.Settings
+	// ClientID is the journal client (librbd's is "").
+	ClientID string
+	// Unjournaled serves the image without a journal (benchmark baseline).
+	Unjournaled bool
+}
+
+const (
+	defaultMaxPayload      = 256 << 10
+	defaultMaxPendingBytes = 64 << 20
+)
+
+// Device is an open journaled image. Its methods are safe for concurrent use.
+type Device struct {
+	img  *image.Image
+	j    *journal.Journaler // nil when unjournaled
+	tag  uint64
+	o    Options
+	size int64
+
+	maxAppend uint64
+
+	mu      sync.Mutex
+	pending pendingSet
+	closed  bool
+	failed  error
+
+	// inflight bounds MaxPendingBytes: each write holds its bytes of it.
+	inflight *weighted
+	wg       sync.WaitGroup // apply goroutines
+}
+
+// Open opens image name in pool as a journaled device: replays its journal,
+// then starts a new epoch. The caller must own the image (exclusive lock).
+func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Device, error) {
+	if o.MaxPayload <= 0 {
+		o.MaxPayload = defaultMaxPayload
+	}
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = defaultMaxPendingBytes
+	}
+	img, err := image.Open(ctx, pool, name)
+	if err != nil {
+		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
+	d := &Device{img: img, o: o, size: img.Size(), inflight: newWeighted(o.MaxPendingBytes)}
+	if o.Unjournaled {
+		return d, nil
+	}
+	if img.Features()&clsrbd.FeatureJournaling == 0 {
+		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
+	}
+	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
+	if err != nil {
+		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
+	d.j = j
+	d.maxAppend = rbdjournal.MaxAppendSize(j.Order(), uint64(o.MaxPayload)+rbdjournal.AioWriteFixedSize)
+	if err := d.start(ctx); err != nil {
+		_ = j.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// start replays the journal and begins a new epoch.
+func (d *Device) start(ctx context.Context) error {
+	c, err := d.j.Client()
+	if err != nil {
+		return err
+	}
+	var cd rbdjournal.ClientData
+	if err := cephenc.Unmarshal(c.Data, &cd); err != nil {
+		return fmt.Errorf("journal client %q data: %w", d.o.ClientID, err)
+	}
+	meta, ok := cd.Meta.(rbdjournal.ImageClientMeta)
+	if !ok {
+		return fmt.Errorf("journal client %q is not an image client", d.o.ClientID)
+	}
+	epochEnd, err := d.epochEnds(ctx, meta.TagClass)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, d.replayEntry)
+	if err != nil {
+		return err
+	}
+	if err := d.j.FlushCommitPosition(ctx); err != nil {
+		return err
+	}
+	// The new epoch records where the old one ended: its predecessor.
+	td := rbdjournal.TagData{MirrorUUID: rbdjournal.LocalMirrorUUID}
+	if ps := d.j.CommitPosition().ObjectPositions; len(ps) > 0 {
+		td.Predecessor = rbdjournal.TagPredecessor{CommitValid: true, TagTid: ps[0].TagTid, EntryTid: ps[0].EntryTid}
+	}
+	tag, err := d.j.AllocateTag(ctx, meta.TagClass, cephenc.Marshal(td))
+	if err != nil {
+		return err
+	}
+	d.tag = tag.Tid
+	klog.InfoS("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
+		"replayedEntries", st.Entries, "replayedBytes", st.Bytes, "staleEntries", st.StaleEntries,
+		"droppedEntries", st.Dropped, "replayTime", time.Since(start))
+	return nil
+}
+
+// epochEnds reads, from the tags of the image's class, where each epoch
+// that was taken over ended.
+func (d *Device) epochEnds(ctx context.Context, tagClass uint64) (map[uint64]uint64, error) {
+	tags, err := d.j.Tags(ctx, &tagClass)
+	if err != nil {
+		return nil, err
+	}
+	ends := map[uint64]uint64{}
+	for _, t := range tags {
+		var td rbdjournal.TagData
+		if err := cephenc.Unmarshal(t.Data, &td); err != nil {
+			return nil, fmt.Errorf("tag %d data: %w", t.Tid, err)
+		}
+		p := td.Predecessor
+		if p.CommitValid && p.MirrorUUID == rbdjournal.LocalMirrorUUID && td.MirrorUUID == rbdjournal.LocalMirrorUUID {
+			if e, ok := ends[p.TagTid]; !ok || p.EntryTid < e {
+				ends[p.TagTid] = p.EntryTid
+			}
+		}
+	}
+	return ends, nil
+}
+
+// replayEntry applies one journal entry to the image and commits it.
+func (d *Device) replayEntry(ctx context.Context, e journal.ReplayEntry) error {
+	var ev rbdjournal.EventEntry
+	if err := cephenc.Unmarshal(e.Data, &ev); err != nil {
+		return fmt.Errorf("decode event: %w", err)
+	}
+	if err := d.applyEvent(ctx, ev.Event); err != nil {
+		return err
+	}
+	d.j.Committed(e.CommitTid)
+	return nil
+}
+
+func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
+	switch ev := ev.(type) {
+	case rbdjournal.AioWriteEvent:
+		if _, err := d.img.WriteAt(ctx, ev.Data, int64(ev.Offset)); err != nil {
+			return fmt.Errorf("replay write %d+%d: %w", ev.Offset, len(ev.Data), err)
+		}
+	case rbdjournal.AioDiscardEvent:
+		if err := d.img.Discard(ctx, int64(ev.Offset), int64(ev.Length)); err != nil {
+			return fmt.Errorf("replay discard %d+%d: %w", ev.Offset, ev.Length, err)
+		}
+	case rbdjournal.AioWriteSameEvent:
+		if err := d.writeSame(ctx, int64(ev.Offset), int64(ev.Length), ev.Data); err != nil {
+			return fmt.Errorf("replay write-same %d+%d: %w", ev.Offset, ev.Length, err)
+		}
+	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
+		// Nothing to apply: a flush is a barrier the journal order already keeps.
+	default:
+		// Maintenance operations (snapshots, resize, ...) are applied by
+		// librbd's management path, not by the data path.
+		klog.InfoS("Journal event skipped by the data path", "image", d.img.Name(), "event", ev.Type())
+	}
+	return nil
+}
+
+func (d *Device) writeSame(ctx context.Context, off, length int64, pattern []byte) error {
+	if allZero(pattern) {
+		return d.img.WriteZeroes(ctx, off, length)
+	}
+	const chunk = 1 << 20
+	buf := make([]byte, 0, chunk)
+	for len(buf)+len(pattern) <= chunk {
+		buf = append(buf, pattern...)
+	}
+	for length > 0 {
+		n := min(length, int64(len(buf)))
+		if _, err := d.img.WriteAt(ctx, buf[:n], off); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Size is the device size in bytes.
+func (d *Device) Size() int64 { return d.size }
+
+// Name is the image name.
+func (d *Device) Name() string { return d.img.Name() }
+
+// Tag is the journal tag (epoch) of this device's writes.
+func (d *Device) Tag() uint64 { return d.tag }
+
+// Journal returns the device's journaler (nil when unjournaled).
+func (d *Device) Journal() *journal.Journaler { return d.j }
+
+// Err returns why the device stopped serving writes, or nil.
+func (d *Device) Err() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failed != nil {
+		return d.failed
+	}
+	if d.j != nil {
+		if err := d.j.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Device) check(op string, off, length int64) error {
+	if off < 0 || length < 0 || off > d.size || length > d.size-off {
+		return fmt.Errorf("%s %d+%d on %d-byte device %s: %w", op, off, length, d.size, d.img.Name(), ErrOutOfRange)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("%s on %s: %w", op, d.img.Name(), ErrClosed)
+	}
+	if d.failed != nil {
+		return fmt.Errorf("%s on %s: %w: %w", op, d.img.Name(), ErrFailed, d.failed)
+	}
+	return nil
+}
+
+func (d *Device) fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failed == nil {
+		d.failed = err
+		klog.ErrorS(err, "Journaled device failed; I/O now returns errors until it is reopened (the journal keeps every acknowledged write)", "image", d.img.Name())
+	}
+}
+
+// ReadAt reads len(p) bytes at off: the image's data with the pending
+// (journaled, not yet applied) changes laid over it.
+func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := d.check("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	ws := d.pending.overlapping(off, off+int64(len(p)))
+	d.mu.Unlock()
+	n, err := d.img.ReadAt(ctx, p, off)
+	if err != nil {
+		return n, fmt.Errorf("read %s %d+%d: %w", d.img.Name(), off, len(p), err)
+	}
+	overlay(p, off, ws)
+	return n, nil
+}
+
+// WriteAt journals and applies a write.
+func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := d.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if d.j == nil {
+		return d.img.WriteAt(ctx, p, off)
+	}
+	// The caller may reuse p once we return; a pending change outlives that
+	// in AckJournaled mode.
+	data := p
+	if d.o.AckPolicy == AckJournaled {
+		data = append([]byte(nil), p...)
+	}
+	var changes []change
+	for _, ev := range rbdjournal.SplitWrite(uint64(off), data, d.maxAppend) {
+		changes = append(changes, change{off: int64(ev.Offset), end: int64(ev.Offset) + int64(len(ev.Data)), data: ev.Data, event: ev})
+	}
+	if err := d.submit(ctx, "write", changes, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Discard journals and applies a discard; the range then reads as zeros.
+func (d *Device) Discard(ctx context.Context, off, length int64) error {
+	if err := d.check("discard", off, length); err != nil {
+		return err
+	}
+	if d.j == nil {
+		return d.img.Discard(ctx, off, length)
+	}
+	ev := rbdjournal.AioDiscardEvent{Offset: uint64(off), Length: uint64(length)}
+	return d.submit(ctx, "discard", []change{{off: off, end: off + length, event: ev}}, 0)
+}
+
+// WriteZeroes journals and applies a write of zeros (librbd journals it as
+// a write-same of a zero block).
+func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
+	if err := d.check("write-zeroes", off, length); err != nil {
+		return err
+	}
+	if d.j == nil {
+		return d.img.WriteZeroes(ctx, off, length)
+	}
+	ev := rbdjournal.AioWriteSameEvent{Offset: uint64(off), Length: uint64(length), Data: make([]byte, 512)}
+	return d.submit(ctx, "write-zeroes", []change{{off: off, end: off + length, event: ev}}, 0)
+}
+
+// Flush returns once every write acknowledged before it is durable. It
+// journals an AioFlush event, as librbd does.
+func (d *Device) Flush(ctx context.Context) error {
+	if err := d.check("flush", 0, 0); err != nil {
+		return err
+	}
+	if d.j == nil {
+		return d.img.Flush(ctx)
+	}
+	f := d.j.Append(d.tag, cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.AioFlushEvent{}, Timestamp: time.Now()}))
+	if err := d.j.Flush(ctx); err != nil {
+		return fmt.Errorf("flush %s: %w", d.img.Name(), err)
+	}
+	if err := f.Wait(ctx); err != nil {
+		return fmt.Errorf("flush %s: %w", d.img.Name(), err)
+	}
+	d.j.Committed(f.CommitTid)
+	return d.img.Flush(ctx)
+}
+
+// change is one journal event of a request and the extent it changes.
+type change struct {
+	off, end int64
+	data     []byte // nil: zeros
+	event    rbdjournal.Event
+}
+
+// submit journals a request's changes and waits as the ack policy says.
+func (d *Device) submit(ctx context.Context, op string, changes []change, weight int64) error {
+	weight = max(weight, 1)
+	if err := d.inflight.acquire(ctx, weight); err != nil {
+		return err
+	}
+	now := time.Now()
+	futures := make([]*journal.Future, len(changes))
+	pws := make([]*pendingWrite, len(changes))
+	d.mu.Lock()
+	for i, c := range changes {
+		// Appending and registering under one lock keeps the pending set in
+		// journal order.
+		futures[i] = d.j.Append(d.tag, cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now}))
+		pws[i] = d.pending.add(c.off, c.end, c.data)
+	}
+	d.mu.Unlock()
+
+	done := make(chan error, 1)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.inflight.release(weight)
+		done <- d.apply(changes, futures, pws)
+	}()
+	if d.o.AckPolicy == AckApplied {
+		if err := <-done; err != nil {
+			return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+		}
+		return nil
+	}
+	for _, f := range futures {
+		if err := f.Wait(ctx); err != nil {
+			return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+		}
+	}
+	return nil
+}
+
+// apply applies each change once its entry is durable and the earlier
+// changes it overlaps are applied, then commits it. Owned by Device.wg.
+func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite) error {
+	// Applying must finish even if the request's context ends: the entry is
+	// in the journal and must reach the image (or be replayed).
+	ctx := context.Background()
+	var firstErr error
+	for i, c := range changes {
+		w := pws[i]
+		err := futures[i].Wait(ctx)
+		for _, ch := range w.waitFor {
+			<-ch
+		}
+		if err == nil {
+			err = d.applyChange(ctx, c)
+			if err != nil {
+				d.fail(err)
+			}
+		}
+		d.mu.Lock()
+		if err == nil {
+			d.j.Committed(futures[i].CommitTid)
+		}
+		// On failure the device refuses further I/O; the entry, if it was
+		// journaled, stays uncommitted and is replayed on the next open.
+		d.pending.remove(w)
+		d.mu.Unlock()
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+func (d *Device) applyChange(ctx context.Context, c change) error {
+	switch ev := c.event.(type) {
+	case rbdjournal.AioWriteEvent:
+		_, err := d.img.WriteAt(ctx, ev.Data, int64(ev.Offset))
+		return err
+	default:
+		return d.applyEvent(ctx, ev)
+	}
+}
+
+// Close waits for every write to be applied, flushes the journal and its
+// commit position, and releases the journal. The device cannot be used
+// afterwards.
+func (d *Device) Close(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
+	if d.j == nil {
+		return nil
+	}
+	if err := d.j.Close(ctx); err != nil {
+		return fmt.Errorf("close %s: %w", d.img.Name(), err)
+	}
+	klog.InfoS("Journaled device closed", "image", d.img.Name())
+	return nil
+}
