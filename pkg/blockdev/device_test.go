@@ -276,8 +276,11 @@ func TestReplayOnOpen(t *testing.T) {
 	}
 }
 
-// TestStaleEpochNotReplayed: entries a fenced-out writer appended to its
-// old epoch after the new owner took over never reach the image.
+// TestStaleEpochNotReplayed builds seed 002's hazard: a new owner took over
+// (replayed the old epoch, started its own) and crashed before committing
+// anything of its epoch; meanwhile the old owner, still alive, appended the
+// next entry of its old epoch. That entry follows the commit position in
+// tid order, so only the new epoch's predecessor shows it is stale.
 func TestStaleEpochNotReplayed(t *testing.T) {
 	ctx := context.Background()
 	pool := openPool(t, t.TempDir())
@@ -285,22 +288,38 @@ func TestStaleEpochNotReplayed(t *testing.T) {
 	oldTag := journalWrites(t, pool, "vol", 0, []rbdjournal.Event{
 		rbdjournal.AioWriteEvent{Offset: 0, Length: 4, Data: []byte("old1")},
 	}, nil)
-	d := openDevice(t, pool, "vol", Options{}) // replays old1, starts a new epoch
-	if _, err := d.WriteAt(ctx, []byte("new!"), 0); err != nil {
+	// The new owner: replays old1, commits it, starts its epoch, writes
+	// "new!" to the journal and crashes before applying or committing it.
+	d := openDevice(t, pool, "vol", Options{})
+	newTag := d.Tag()
+	d.Close(ctx)
+	img, _ := image.Open(ctx, pool, "vol")
+	j, err := journal.Open(ctx, pool, img.ID(), "", journal.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	d.Close(ctx)
-	// The zombie appends to its old epoch after the takeover.
-	img, _ := image.Open(ctx, pool, "vol")
-	j, _ := journal.Open(ctx, pool, img.ID(), "", journal.Options{})
-	f := j.Append(oldTag, cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.AioWriteEvent{Offset: 0, Length: 4, Data: []byte("ZOMB")}, Timestamp: time.Now()}))
-	if err := f.Wait(ctx); err != nil {
+	ev := func(off uint64, s string) []byte {
+		return cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.AioWriteEvent{Offset: off, Length: uint64(len(s)), Data: []byte(s)}, Timestamp: time.Now()})
+	}
+	if err := j.Append(newTag, ev(0, "new!")).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	j.Close(ctx)
+	// The zombie's next entry of the old epoch: tid 1, splay object 1.
+	zombie := journal.Entry{TagTid: oldTag, EntryTid: 1, Data: ev(100, "ZOMB")}.AppendEncoded(nil)
+	op := &objstore.WriteOp{}
+	op.Append(zombie)
+	if err := pool.Operate(ctx, journal.DataOIDPrefix(pool.ID(), img.ID())+"1", op); err != nil {
+		t.Fatal(err)
+	}
+
 	d = openDevice(t, pool, "vol", Options{})
-	if got := readAll(t, d, 4); string(got) != "new!" {
-		t.Fatalf("image holds %q: a stale epoch's entry was replayed", got)
+	got := readAll(t, d, 104)
+	if string(got[:4]) != "new!" {
+		t.Fatalf("the new owner's journaled write was not replayed: %q", got[:4])
+	}
+	if !bytes.Equal(got[100:104], make([]byte, 4)) {
+		t.Fatalf("image holds %q at 100: a stale epoch's entry was replayed over newer data", got[100:104])
 	}
 }
 
