@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -467,6 +468,10 @@ func TestCheckpointAndReopen(t *testing.T) {
 		want[oid] = append(want[oid], b...)
 	}
 	c.Close()
+	// The last client to close checkpointed: nothing is left to replay.
+	if offs, _ := walRecords(t, filepath.Join(dir, "wal")); len(offs) != 0 {
+		t.Fatalf("%d records left in the log after the last close", len(offs))
+	}
 	c = openT(t, dir, opts)
 	p = poolT(t, c, "rbd")
 	names, err := p.List(ctx, "obj.")
@@ -509,5 +514,38 @@ func TestRemoveDisconnectsWatchers(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("watch not disconnected")
+	}
+}
+
+// TestExecSeesUncommittedState: in local, a class method sees everything the
+// earlier steps of its operation did (data and omap too, which Ceph's reads
+// from a method do not), and the later steps see what it did.
+func TestExecSeesUncommittedState(t *testing.T) {
+	c := openT(t, t.TempDir(), testOptions())
+	p := poolT(t, c, "rbd")
+	ctx := context.Background()
+	op := &objstore.WriteOp{}
+	op.WriteFull([]byte("hello there"))
+	op.Exec("hello", "turn_it_to_11", nil)
+	op.Append([]byte(", general"))
+	if err := p.Operate(ctx, "a", op); err != nil {
+		t.Fatal(err)
+	}
+	op = &objstore.WriteOp{}
+	op.SetOmap(map[string][]byte{"n": []byte("40")})
+	op.Exec("numops", "add", objstoretest.NumopsArgs("n", 2))
+	op.Exec("numops", "mul", objstoretest.NumopsArgs("n", 10))
+	if err := p.Operate(ctx, "b", op); err != nil {
+		t.Fatal(err)
+	}
+	rop := &objstore.ReadOp{}
+	d := rop.Read(0, 0)
+	if err := p.Read(ctx, "a", rop); err != nil || string(d.Data()) != "HELLO THERE, general" {
+		t.Fatalf("a = %q, %v", d.Data(), err)
+	}
+	rop = &objstore.ReadOp{}
+	v := rop.GetOmapValsByKeys("n")
+	if err := p.Read(ctx, "b", rop); err != nil || len(v.Page().Entries) != 1 || string(v.Page().Entries[0].Value) != "420" {
+		t.Fatalf("b = %+v, %v", v.Page(), err)
 	}
 }

@@ -248,11 +248,11 @@ func (o *opCtx) writeFull(data []byte) error {
 }
 
 func (o *opCtx) truncate(size uint64) error {
-	if err := o.checkExtent(size, 0); err != nil {
-		return err
-	}
 	if !o.st.exists {
 		return nil // Ceph: truncating a missing object is a no-op
+	}
+	if err := o.checkExtent(size, 0); err != nil {
+		return err
 	}
 	if size != o.st.size {
 		o.addMut(mut{kind: mutSetSize, a: o.st.size, b: size})
