@@ -1,0 +1,416 @@
+package blockdev
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"golang.org/x/sys/unix"
+)
+
+// TestServeHelperProcess is the serving process of the kernel tests: it
+// opens the journaled device (replaying its journal), exposes it through
+// FUSE and loop, prints "READY <loop device>", and serves until SIGTERM
+// (clean close) or SIGKILL (the crash under test).
+func TestServeHelperProcess(t *testing.T) {
+	dir := os.Getenv("BLOCKDEV_SERVE_DIR")
+	if dir == "" {
+		t.Skip("helper process for the kernel crash tests")
+	}
+	ctx := context.Background()
+	policy, err := ParseAckPolicy(os.Getenv("BLOCKDEV_SERVE_POLICY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := openPool(t, dir)
+	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy})
+	if err != nil {
+		fmt.Printf("ERROR %v\n", err)
+		os.Exit(3)
+	}
+	dev, err := fuseloop.Attach(ctx, d, fuseloop.Options{StateDir: os.Getenv("BLOCKDEV_SERVE_STATE"), Name: "vol", RequestTimeout: 30 * time.Second})
+	if err != nil {
+		fmt.Printf("ERROR %v\n", err)
+		os.Exit(3)
+	}
+	fmt.Printf("READY %s\n", dev.Path())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	<-sig
+	if err := dev.Close(ctx); err != nil {
+		fmt.Printf("ERROR %v\n", err)
+	}
+	d.Close(ctx)
+}
+
+func requireKernel(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices, FUSE, mounts)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+}
+
+// server runs and kills serving processes for one device.
+type server struct {
+	t        *testing.T
+	dir      string
+	stateDir string
+	policy   AckPolicy
+	cmd      *exec.Cmd
+	dev      string
+}
+
+func (s *server) start() {
+	s.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestServeHelperProcess$", "-test.v=false")
+	cmd.Env = append(os.Environ(), "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = cmd
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "READY ") {
+		s.kill()
+		s.t.Fatalf("serving process: %q %v", line, err)
+	}
+	s.dev = strings.TrimSpace(strings.TrimPrefix(line, "READY "))
+}
+
+func (s *server) kill() {
+	if s.cmd != nil {
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// crash SIGKILLs the server; the caller then unmounts or closes what uses
+// the device and runs fuseloop.Cleanup.
+func (s *server) crash() { s.kill() }
+
+func (s *server) stop() {
+	if s.cmd != nil {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			s.cmd.Process.Kill()
+			<-done
+		}
+		s.cmd = nil
+	}
+	fuseloop.Cleanup(context.Background(), s.stateDir, "vol")
+}
+
+func newServer(t *testing.T, policy AckPolicy, size int64) *server {
+	dir := t.TempDir()
+	pool := openPool(t, dir)
+	if err := image.Create(context.Background(), pool, "vol", size, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, dir: dir, stateDir: t.TempDir(), policy: policy}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func mount(t *testing.T, dev, fs, mnt string) {
+	t.Helper()
+	run(t, "mount", "-t", fs, dev, mnt)
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+}
+
+func unmount(t *testing.T, mnt string) {
+	t.Helper()
+	if err := unix.Unmount(mnt, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Fatalf("unmount %s: %v", mnt, err)
+		}
+	}
+}
+
+func fileContent(seq int) []byte {
+	r := rand.New(rand.NewPCG(uint64(seq), 7))
+	b := make([]byte, 4096+r.IntN(200<<10))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// writeFiles writes files until an error (the server died) or stop, and
+// returns the ones that were fully written, fsynced and whose directory
+// entry was fsynced.
+func writeFiles(dir string, first int, stop <-chan struct{}) []int {
+	var durable []int
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	for seq := first; ; seq++ {
+		select {
+		case <-stop:
+			return durable
+		default:
+		}
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			return durable
+		}
+		_, err = f.Write(fileContent(seq))
+		if err == nil {
+			err = f.Sync()
+		}
+		f.Close()
+		if err == nil {
+			err = d.Sync()
+		}
+		if err != nil {
+			return durable
+		}
+		durable = append(durable, seq)
+	}
+}
+
+func fsck(t *testing.T, fs, dev string) {
+	t.Helper()
+	switch fs {
+	case "ext4":
+		run(t, "e2fsck", "-fn", dev)
+	case "xfs":
+		run(t, "xfs_repair", "-n", dev)
+	}
+}
+
+// TestCrashConsistencyFilesystem: ext4 and xfs on the journaled device,
+// both ack policies; the serving process is SIGKILLed at random moments
+// while files are written and fsynced. After each kill and replay the
+// filesystem checks clean and every file whose fsync returned is intact.
+func TestCrashConsistencyFilesystem(t *testing.T) {
+	requireKernel(t)
+	kills := 5
+	if testing.Short() {
+		kills = 2
+	}
+	for _, fs := range []string{"ext4", "xfs"} {
+		for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+			t.Run(fs+"/"+policy.String(), func(t *testing.T) {
+				s := newServer(t, policy, 512<<20)
+				s.start()
+				switch fs {
+				case "ext4":
+					run(t, "mkfs.ext4", "-q", "-F", s.dev)
+				case "xfs":
+					run(t, "mkfs.xfs", "-q", "-f", s.dev)
+				}
+				mnt := t.TempDir()
+				r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+				var durable []int
+				next := 0
+				for kill := 0; kill < kills; kill++ {
+					mount(t, s.dev, fs, mnt)
+					stop := make(chan struct{})
+					var got []int
+					var wg sync.WaitGroup
+					wg.Add(1)
+					go func() { defer wg.Done(); got = writeFiles(mnt, next, stop) }()
+					time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond)
+					s.crash() // the writer now gets EIO
+					close(stop)
+					wg.Wait()
+					unmount(t, mnt)
+					if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
+						t.Fatal(err)
+					}
+					durable = append(durable, got...)
+					next += len(got) + 1000
+
+					s.start() // replays the journal
+					// Let the filesystem recover its own log, then check it.
+					mount(t, s.dev, fs, mnt)
+					unmount(t, mnt)
+					fsck(t, fs, s.dev)
+					mount(t, s.dev, fs, mnt)
+					for _, seq := range durable {
+						b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
+						if err != nil || !bytes.Equal(b, fileContent(seq)) {
+							t.Fatalf("kill %d: fsynced file f%06d lost or damaged: %v", kill, seq, err)
+						}
+					}
+					t.Logf("kill %d: %d files written and fsynced in this round, %d verified", kill, len(got), len(durable))
+					// Make room for the next round.
+					for _, seq := range durable {
+						os.Remove(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
+					}
+					durable = nil
+					unmount(t, mnt)
+				}
+			})
+		}
+	}
+}
+
+const (
+	rawBlock  = 4096
+	rawBlocks = 8192 // 32 MiB
+	rawMagic  = 0x7264626a626c6b31
+)
+
+func rawContent(block, gen uint64) []byte {
+	b := make([]byte, rawBlock)
+	binary.LittleEndian.PutUint64(b, rawMagic)
+	binary.LittleEndian.PutUint64(b[8:], block)
+	binary.LittleEndian.PutUint64(b[16:], gen)
+	r := rand.New(rand.NewPCG(block, gen))
+	for i := 28; i < rawBlock; i++ {
+		b[i] = byte(r.Uint32())
+	}
+	binary.LittleEndian.PutUint32(b[24:], crc32.ChecksumIEEE(b[28:]))
+	return b
+}
+
+// TestCrashConsistencyRaw: a verifying writer on the raw loop device (8
+// writers, O_DIRECT, each block's generation recorded once its write
+// returned); after each SIGKILL and replay every block holds its last
+// acknowledged generation or the one in flight, never older and never torn.
+func TestCrashConsistencyRaw(t *testing.T) {
+	requireKernel(t)
+	kills := 3
+	if testing.Short() {
+		kills = 1
+	}
+	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+		t.Run(policy.String(), func(t *testing.T) {
+			s := newServer(t, policy, rawBlocks*rawBlock)
+			acked := make([]uint64, rawBlocks)    // last acknowledged generation (0: never written)
+			inflight := make([]uint64, rawBlocks) // generation being written
+			r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+			for kill := 0; kill < kills; kill++ {
+				s.start()
+				f, err := os.OpenFile(s.dev, os.O_RDWR|unix.O_DIRECT, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Verify what the previous rounds left.
+				verifyRaw(t, f, acked, inflight, fmt.Sprintf("kill %d", kill))
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				writes := 0
+				for w := uint64(0); w < 8; w++ {
+					wg.Add(1)
+					go func(w uint64) {
+						defer wg.Done()
+						wr := rand.New(rand.NewPCG(w, uint64(kill)))
+						buf := alignedBuf(rawBlock)
+						for {
+							blk := w + 8*wr.Uint64N(rawBlocks/8) // each writer owns its blocks
+							mu.Lock()
+							gen := acked[blk] + 1
+							inflight[blk] = gen
+							mu.Unlock()
+							copy(buf, rawContent(blk, gen))
+							if _, err := f.WriteAt(buf, int64(blk*rawBlock)); err != nil {
+								return
+							}
+							mu.Lock()
+							acked[blk], inflight[blk] = gen, 0
+							writes++
+							mu.Unlock()
+						}
+					}(w)
+				}
+				time.Sleep(time.Duration(300+r.IntN(1000)) * time.Millisecond)
+				s.crash()
+				wg.Wait()
+				f.Close()
+				if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("kill %d: %d acknowledged block writes", kill, writes)
+			}
+			s.start() // the last round's writes are verified on this start too
+			f, err := os.OpenFile(s.dev, os.O_RDONLY|unix.O_DIRECT, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			verifyRaw(t, f, acked, inflight, "final")
+		})
+	}
+}
+
+// verifyRaw checks every block holds its last acknowledged generation, or
+// the generation that was in flight at the crash, or (if nothing was ever
+// acknowledged for it) zeros; then it adopts what it found.
+func verifyRaw(t *testing.T, f *os.File, acked, inflight []uint64, when string) {
+	t.Helper()
+	buf := alignedBuf(rawBlock)
+	zero := make([]byte, rawBlock)
+	for blk := uint64(0); blk < rawBlocks; blk++ {
+		if _, err := f.ReadAt(buf, int64(blk*rawBlock)); err != nil {
+			t.Fatal(err)
+		}
+		gen, ok := parseRaw(buf, blk)
+		switch {
+		case ok && (gen == acked[blk] || (inflight[blk] != 0 && gen == inflight[blk])):
+			acked[blk] = gen
+		case !ok && acked[blk] == 0 && bytes.Equal(buf, zero):
+		default:
+			t.Fatalf("%s: block %d holds generation %d (valid %v); acknowledged %d, in flight %d",
+				when, blk, gen, ok, acked[blk], inflight[blk])
+		}
+		inflight[blk] = 0
+	}
+}
+
+func parseRaw(b []byte, blk uint64) (gen uint64, ok bool) {
+	if binary.LittleEndian.Uint64(b) != rawMagic || binary.LittleEndian.Uint64(b[8:]) != blk {
+		return 0, false
+	}
+	if binary.LittleEndian.Uint32(b[24:]) != crc32.ChecksumIEEE(b[28:]) {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[16:]), true
+}
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := 4096 - int(uintptr(unsafe.Pointer(&b[0]))%4096)
+	return b[off : off+n]
+}
