@@ -71,6 +71,8 @@ var (
 	ErrOutOfRange   = errors.New("I/O beyond the end of the device")
 	ErrClosed       = errors.New("device closed")
 	ErrFailed       = errors.New("device failed")
+	// ErrLocked: another client owns the image (its exclusive lock is held).
+	ErrLocked = errors.New("image is locked by another client")
 )
 
 // Options configure a Device. Zero values select defaults.
