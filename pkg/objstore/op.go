@@ -51,7 +51,18 @@ type Step struct {
 // The zero value is an empty operation.
 type WriteOp struct {
 	steps []Step
+	lazy  bool
 }
+
+// SetLazy lets the backend complete the operation before it is durable: it
+// becomes durable no later than the next non-lazy operation issued by the
+// same client completes. A journaled device uses it for image writes, whose
+// durability the journal already guarantees until a later (synced) commit
+// position update. Backends where every operation is durable (Ceph) ignore it.
+func (op *WriteOp) SetLazy() { op.lazy = true }
+
+// Lazy reports whether SetLazy was called.
+func (op *WriteOp) Lazy() bool { return op.lazy }
 
 // Steps returns the steps for a backend to execute.
 func (op *WriteOp) Steps() []Step { return op.steps }

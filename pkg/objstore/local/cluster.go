@@ -125,6 +125,11 @@ var errClosed = fmt.Errorf("%w: local cluster client is closed", syscall.ENOTCON
 // open at once. The first client to open a directory that no client has open
 // recovers it from its log.
 func Open(dir string, opts Options) (*Cluster, error) {
+	classes := make(map[string]objstore.Class, len(opts.Classes))
+	for name, cls := range opts.Classes {
+		classes[name] = cls
+	}
+	opts.Classes = classes
 	if opts.MaxLogBytes <= 0 {
 		opts.MaxLogBytes = defaultMaxLog
 	}

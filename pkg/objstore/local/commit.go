@@ -241,11 +241,19 @@ func (c *Cluster) commitBatch(batch []*request) {
 	if testHookAfterLogWrite != nil {
 		testHookAfterLogWrite()
 	}
-	if err := c.sync(c.wal); err != nil {
-		c.abandonLogged(logEnd)
-		klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
-		fail(err)
-		return
+	// A batch of lazy operations only is not synced: a later synced batch
+	// syncs the whole log, these records included.
+	needSync := false
+	for _, pr := range recs {
+		needSync = needSync || !pr.r.op.Lazy()
+	}
+	if needSync {
+		if err := c.sync(c.wal); err != nil {
+			c.abandonLogged(logEnd)
+			klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
+			fail(err)
+			return
+		}
 	}
 	for _, pr := range recs {
 		if err := c.applyLogged(pr.rec); err != nil {

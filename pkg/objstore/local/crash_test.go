@@ -272,7 +272,15 @@ func (h *recHandler) HandleWatchError(err error) { h.errs <- err }
 // process and a child, then kills the child: its watch then counts as timed
 // out at once and is unregistered.
 func TestWatchNotifyProcesses(t *testing.T) {
-	dir := t.TempDir()
+	t.Run("socket file", func(t *testing.T) { testWatchNotifyProcesses(t, t.TempDir()) })
+	t.Run("abstract socket", func(t *testing.T) {
+		// A directory whose socket paths do not fit in sun_path.
+		dir := filepath.Join(t.TempDir(), strings.Repeat("d", 120))
+		testWatchNotifyProcesses(t, dir)
+	})
+}
+
+func testWatchNotifyProcesses(t *testing.T, dir string) {
 	c := openT(t, dir, testOptions())
 	p := poolT(t, c, "rbd")
 	ch := startChild(t, "watcher", "LOCAL_TEST_DIR="+dir)
