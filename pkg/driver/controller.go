@@ -1,0 +1,456 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/klog/v2"
+)
+
+// DefaultVolumeBytes is the size of a volume whose request names none.
+const DefaultVolumeBytes int64 = 1 << 30
+
+// controllerTimeout bounds one controller operation on the backend.
+const controllerTimeout = 2 * time.Minute
+
+// recordPrefix names the per-volume record objects: "csi.volume.<image>"
+// holds the CSI name and parameters a volume was created with, written
+// before the image is created and removed after it is deleted. It makes
+// CreateVolume idempotent by name (with a full parameter comparison) and
+// lets ListVolumes list only this driver's volumes.
+const recordPrefix = "csi.volume."
+
+// volumeRecord is the content of a record object.
+type volumeRecord struct {
+	Name    string       `json:"name"`
+	Params  VolumeParams `json:"params"`
+	Created time.Time    `json:"created"`
+}
+
+func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
+
+// ResolveVolumeID parses a volume id from a request and checks that this
+// plugin's backend serves it. Errors are gRPC statuses: InvalidArgument for
+// a missing or damaged id, NotFound for an id this driver never issues,
+// FailedPrecondition for a volume of another backend or cluster.
+func ResolveVolumeID(st Storage, id string) (VolumeID, error) {
+	if id == "" {
+		return VolumeID{}, status.Error(codes.InvalidArgument, "volume_id is missing")
+	}
+	v, err := ParseVolumeID(id)
+	switch {
+	case errors.Is(err, ErrForeignVolumeID):
+		return VolumeID{}, status.Errorf(codes.NotFound, "volume %q does not exist: %v", id, err)
+	case err != nil:
+		return VolumeID{}, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if v.Backend != st.Backend() || v.Cluster != st.ClusterID() {
+		return VolumeID{}, status.Errorf(codes.FailedPrecondition,
+			"volume %q belongs to cluster %q of backend %q, but this plugin serves cluster %q of backend %q: use the plugin configured for that cluster",
+			id, v.Cluster, v.Backend, st.ClusterID(), st.Backend())
+	}
+	return v, nil
+}
+
+// CreateVolume creates a journaled image (idempotent by name).
+func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is missing (the CO names each volume it creates)")
+	}
+	if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
+	}
+	params, err := ParseParams(req.GetParameters())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	size, err := d.volumeSize(req.GetCapacityRange(), params.ObjectOrder)
+	if err != nil {
+		return nil, err
+	}
+	if !d.locks.TryLock("name/" + name) {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", name)
+	}
+	defer d.locks.Unlock("name/" + name)
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	defer cancel()
+	logger := klog.FromContext(ctx).WithValues("name", name)
+
+	pool, err := d.o.Storage.EnsurePool(ctx, params.Pool)
+	if err != nil {
+		if errors.Is(err, ErrPoolNotFound) {
+			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: %v (create the pool first)", ParamPool, err)
+		}
+		return nil, status.Errorf(codes.Unavailable, "open pool %q: %v", params.Pool, err)
+	}
+	imageName := ImageNameFor(name)
+	vid := VolumeID{Backend: d.o.Storage.Backend(), Cluster: d.o.Storage.ClusterID(), Pool: params.Pool, Image: imageName}
+	if err := vid.Validate(); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
+	}
+	resp := func(size int64) *csi.CreateVolumeResponse {
+		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext()}}
+	}
+	capRange := req.GetCapacityRange()
+
+	rec, err := readRecord(ctx, pool, imageName)
+	switch {
+	case err == nil:
+		if rec.Name != name {
+			return nil, status.Errorf(codes.Internal, "image %s already belongs to volume %q (name hash collision with %q)", imageName, rec.Name, name)
+		}
+		if rec.Params != params {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
+		}
+		info, err := d.o.Storage.ImageInfo(ctx, pool, imageName)
+		if err == nil {
+			if info.Size < capRange.GetRequiredBytes() || (capRange.GetLimitBytes() > 0 && info.Size > capRange.GetLimitBytes()) {
+				return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes, outside the requested range [%d, %d]",
+					name, info.Size, capRange.GetRequiredBytes(), capRange.GetLimitBytes())
+			}
+			if diff := params.Matches(info); diff != "" {
+				return nil, status.Errorf(codes.AlreadyExists, "volume %q exists but its image differs: %s", name, diff)
+			}
+			logger.V(2).Info("Volume exists", "volumeID", vid.String(), "size", info.Size)
+			return resp(info.Size), nil
+		}
+		if !errors.Is(err, image.ErrNotFound) {
+			return nil, status.Errorf(codes.Internal, "inspect image %s: %v", imageName, err)
+		}
+		// A previous attempt wrote the record but did not finish the image:
+		// clear what it left and create it now.
+		if err := d.o.Storage.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
+			return nil, status.Errorf(codes.Internal, "clear partial image %s: %v", imageName, err)
+		}
+	case errors.Is(err, objstore.ErrNotFound):
+		if err := writeRecord(ctx, pool, imageName, volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}); err != nil {
+			return nil, status.Errorf(codes.Internal, "write volume record: %v", err)
+		}
+	default:
+		return nil, status.Errorf(codes.Internal, "read volume record: %v", err)
+	}
+
+	if err := d.o.Storage.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
+		code := codes.Internal
+		if errors.Is(err, image.ErrInvalid) {
+			code = codes.InvalidArgument
+		}
+		if !errors.Is(err, image.ErrExists) {
+			if rerr := removeRecord(context.WithoutCancel(ctx), pool, imageName); rerr != nil {
+				logger.Error(rerr, "Could not remove the record of a volume whose image was not created", "image", imageName)
+			}
+		}
+		return nil, status.Errorf(code, "create image %s/%s: %v", params.Pool, imageName, err)
+	}
+	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
+		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)
+	return resp(size), nil
+}
+
+// volumeSize picks the image size for a capacity range: the required size
+// (or DefaultVolumeBytes) rounded up to the object size.
+func (d *Driver) volumeSize(cr *csi.CapacityRange, order uint8) (int64, error) {
+	req, lim := cr.GetRequiredBytes(), cr.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "capacity_range has negative bytes (required %d, limit %d)", req, lim)
+	}
+	if lim > 0 && req > lim {
+		return 0, status.Errorf(codes.InvalidArgument, "capacity_range: required_bytes %d exceeds limit_bytes %d", req, lim)
+	}
+	size := req
+	if size == 0 {
+		size = DefaultVolumeBytes
+		if lim > 0 && lim < size {
+			size = lim
+		}
+	}
+	obj := int64(1) << order
+	if size > d.o.MaxVolumeBytes {
+		return 0, status.Errorf(codes.OutOfRange, "requested %d bytes, but the largest volume this driver creates is %d bytes (%d TiB); request less", size, d.o.MaxVolumeBytes, d.o.MaxVolumeBytes>>40)
+	}
+	size = (size + obj - 1) / obj * obj
+	if lim > 0 && size > lim {
+		return 0, status.Errorf(codes.OutOfRange, "capacity is rounded up to whole %d-byte objects: %d bytes exceeds limit_bytes %d; raise the limit or lower objectOrder", obj, size, lim)
+	}
+	return size, nil
+}
+
+func paramsDiff(a, b VolumeParams) string {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return fmt.Sprintf("existing %s, requested %s", ja, jb)
+}
+
+func readRecord(ctx context.Context, pool objstore.Pool, imageName string) (volumeRecord, error) {
+	var op objstore.ReadOp
+	r := op.Read(0, 0)
+	if err := pool.Read(ctx, recordPrefix+imageName, &op); err != nil {
+		return volumeRecord{}, err
+	}
+	var rec volumeRecord
+	if err := json.Unmarshal(r.Data(), &rec); err != nil {
+		return volumeRecord{}, fmt.Errorf("volume record %s%s: %w", recordPrefix, imageName, err)
+	}
+	return rec, nil
+}
+
+func writeRecord(ctx context.Context, pool objstore.Pool, imageName string, rec volumeRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	var op objstore.WriteOp
+	op.Create(true)
+	op.WriteFull(b)
+	return pool.Operate(ctx, recordPrefix+imageName, &op)
+}
+
+func removeRecord(ctx context.Context, pool objstore.Pool, imageName string) error {
+	var op objstore.WriteOp
+	op.Remove()
+	err := pool.Operate(ctx, recordPrefix+imageName, &op)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// DeleteVolume removes the image and its record (idempotent). An image that
+// is still open somewhere (staged on a node) is refused.
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	vid, err := ResolveVolumeID(d.o.Storage, req.GetVolumeId())
+	if err != nil {
+		if status.Code(err) == codes.NotFound {
+			return &csi.DeleteVolumeResponse{}, nil // never issued by us: nothing to delete
+		}
+		return nil, err
+	}
+	if !d.locks.TryLock("id/" + vid.String()) {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", vid)
+	}
+	defer d.locks.Unlock("id/" + vid.String())
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	defer cancel()
+
+	pool, err := d.o.Storage.Pool(ctx, vid.Pool)
+	if errors.Is(err, ErrPoolNotFound) {
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+	}
+	users, err := d.o.Storage.ImageUsers(ctx, pool, vid.Image)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "check users of %s: %v", vid, err)
+	}
+	if len(users) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
+	}
+	if err := d.o.Storage.RemoveImage(ctx, pool, vid.Image); err != nil {
+		switch {
+		case errors.Is(err, image.ErrNotFound):
+		case errors.Is(err, image.ErrBusy):
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (its image has watchers); unstage it first: %v", vid, err)
+		default:
+			return nil, status.Errorf(codes.Internal, "remove image %s: %v", vid, err)
+		}
+	}
+	if err := removeRecord(ctx, pool, vid.Image); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove volume record of %s: %v", vid, err)
+	}
+	klog.FromContext(ctx).Info("Volume deleted", "volumeID", vid.String())
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// lookupVolume finds an existing volume (NotFound otherwise).
+func (d *Driver) lookupVolume(ctx context.Context, id string) (VolumeID, ImageInfo, volumeRecord, error) {
+	vid, err := ResolveVolumeID(d.o.Storage, id)
+	if err != nil {
+		return vid, ImageInfo{}, volumeRecord{}, err
+	}
+	pool, err := d.o.Storage.Pool(ctx, vid.Pool)
+	if errors.Is(err, ErrPoolNotFound) {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
+	}
+	if err != nil {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+	}
+	rec, err := readRecord(ctx, pool, vid.Image)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist", vid)
+	}
+	if err != nil {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Internal, "read volume record of %s: %v", vid, err)
+	}
+	info, err := d.o.Storage.ImageInfo(ctx, pool, vid.Image)
+	if errors.Is(err, image.ErrNotFound) {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (its image is gone)", vid)
+	}
+	if err != nil {
+		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Internal, "inspect image of %s: %v", vid, err)
+	}
+	return vid, info, rec, nil
+}
+
+// ValidateVolumeCapabilities confirms the capabilities a volume supports.
+func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume_capabilities are missing (give at least one)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	defer cancel()
+	if _, _, _, err := d.lookupVolume(ctx, req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	if len(req.GetParameters()) > 0 {
+		if _, err := ParseParams(req.GetParameters()); err != nil {
+			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+		}
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// listToken encodes the position of a ListVolumes page: the id of the last
+// volume returned. Volumes are listed in id order, so a token stays valid
+// when volumes are added or deleted between pages.
+const listTokenPrefix = "after:"
+
+// ListVolumes lists this driver's volumes in id order, with paging.
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", req.GetMaxEntries())
+	}
+	after := ""
+	if tok := req.GetStartingToken(); tok != "" {
+		rest, ok := strings.CutPrefix(tok, listTokenPrefix)
+		if !ok {
+			return nil, status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", tok)
+		}
+		if _, err := ParseVolumeID(rest); err != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", tok, err)
+		}
+		after = rest
+	}
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	defer cancel()
+	ids, err := d.allVolumes(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
+	}
+	i := sort.SearchStrings(ids, after)
+	if i < len(ids) && ids[i] == after {
+		i++
+	}
+	resp := &csi.ListVolumesResponse{}
+	for ; i < len(ids); i++ {
+		if max := int(req.GetMaxEntries()); max > 0 && len(resp.Entries) == max {
+			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
+			break
+		}
+		vid, info, rec, err := d.lookupVolume(ctx, ids[i])
+		if status.Code(err) == codes.NotFound {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{
+			VolumeId: vid.String(), CapacityBytes: info.Size, VolumeContext: rec.Params.VolumeContext()}})
+	}
+	return resp, nil
+}
+
+// allVolumes returns the ids of every volume with a record, sorted.
+func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
+	pools, err := d.o.Storage.ListPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, pn := range pools {
+		if validateName("pool", pn) != nil {
+			continue
+		}
+		pool, err := d.o.Storage.Pool(ctx, pn)
+		if err != nil {
+			return nil, err
+		}
+		names, err := pool.List(ctx, recordPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", pn, err)
+		}
+		for _, n := range names {
+			v := VolumeID{Backend: d.o.Storage.Backend(), Cluster: d.o.Storage.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
+			if v.Validate() == nil {
+				ids = append(ids, v.String())
+			}
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// GetCapacity reports what the backend can still hold (volumes are thin).
+func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if len(req.GetVolumeCapabilities()) > 0 {
+		if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+			return &csi.GetCapacityResponse{}, nil // no capacity for what cannot be created
+		}
+	}
+	if len(req.GetParameters()) > 0 {
+		if _, err := ParseParams(req.GetParameters()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	defer cancel()
+	avail, err := d.o.Storage.Available(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "backend capacity: %v", err)
+	}
+	return &csi.GetCapacityResponse{
+		AvailableCapacity: avail,
+		MaximumVolumeSize: wrapperspb.Int64(d.o.MaxVolumeBytes),
+		MinimumVolumeSize: wrapperspb.Int64(1 << image.MinOrder),
+	}, nil
+}
+
+// ControllerGetCapabilities advertises what the controller implements.
+func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}

@@ -1,0 +1,334 @@
+// Package driver is csi-rbdj's CSI gRPC server: one Driver type that serves
+// the Identity service always, the Controller service in the controller and
+// all modes, and the Node service (implemented in pkg/nodeserver) in the node
+// and all modes. It also holds what both sides share: volume ids, StorageClass
+// parameters, access-mode rules, and the Storage interface that separates the
+// CSI servers from the storage backends (local now, ceph later).
+//
+// Volume ids encode the backend, cluster id, pool and image
+// ("rbdj1/local/default/rbd/csi-vol-<24 hex>"), so the node needs no call to
+// the controller. The controller does not implement ControllerPublish: a
+// volume is attached by NodeStage taking the image's exclusive lock, which
+// enforces one writer wherever the request comes from (see README.md).
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// DefaultName is the driver's name (CSIDriver object, StorageClass
+// provisioner).
+const DefaultName = "rbdj.csi-rbdj.dev"
+
+// Mode says which CSI services a Driver serves.
+type Mode string
+
+// Modes.
+const (
+	ModeController Mode = "controller"
+	ModeNode       Mode = "node"
+	ModeAll        Mode = "all"
+)
+
+// ParseMode parses a --mode value.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeController, ModeNode, ModeAll:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown mode %q (want controller, node or all)", s)
+}
+
+func (m Mode) controller() bool { return m == ModeController || m == ModeAll }
+func (m Mode) node() bool       { return m == ModeNode || m == ModeAll }
+
+// Readier is implemented by a node server that is not ready at once (it
+// re-serves staged volumes first); Probe reports it.
+type Readier interface {
+	// Ready returns nil once the server can take requests.
+	Ready() error
+}
+
+// Options configure a Driver.
+type Options struct {
+	// Name is the driver name (default DefaultName).
+	Name string
+	// Version is reported by GetPluginInfo.
+	Version string
+	// Mode selects the services.
+	Mode Mode
+	// Storage is the backend.
+	Storage Storage
+	// NodeServer serves the Node service (required in node and all modes).
+	NodeServer csi.NodeServer
+	// MaxVolumeBytes bounds a volume's size (default DefaultMaxVolumeBytes).
+	MaxVolumeBytes int64
+}
+
+// DefaultMaxVolumeBytes is the largest volume CreateVolume makes: 64 TiB.
+const DefaultMaxVolumeBytes int64 = 64 << 40
+
+// Driver is a CSI plugin instance.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+
+	o Options
+
+	// locks serialises controller operations per volume name / id.
+	locks keyLocks
+
+	mu  sync.Mutex
+	srv *grpc.Server
+}
+
+// New validates o and returns a Driver.
+func New(o Options) (*Driver, error) {
+	if o.Name == "" {
+		o.Name = DefaultName
+	}
+	if err := validateDriverName(o.Name); err != nil {
+		return nil, err
+	}
+	if _, err := ParseMode(string(o.Mode)); err != nil {
+		return nil, err
+	}
+	if o.Storage == nil {
+		return nil, errors.New("driver: no storage backend")
+	}
+	if o.Mode.node() && o.NodeServer == nil {
+		return nil, fmt.Errorf("driver: mode %s needs a node server", o.Mode)
+	}
+	if o.MaxVolumeBytes <= 0 {
+		o.MaxVolumeBytes = DefaultMaxVolumeBytes
+	}
+	if o.Version == "" {
+		o.Version = "dev"
+	}
+	return &Driver{o: o}, nil
+}
+
+// validateDriverName applies the CSI rule: at most 63 characters, a DNS
+// name of alphanumerics, '-' and '.', starting and ending alphanumeric.
+func validateDriverName(n string) error {
+	if len(n) > 63 {
+		return fmt.Errorf("driver name %q is longer than 63 characters", n)
+	}
+	for i, c := range n {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (c != '-' && c != '.' || i == 0 || i == len(n)-1) {
+			return fmt.Errorf("driver name %q is not a DNS-style name (alphanumerics, '-' and '.')", n)
+		}
+	}
+	if n == "" {
+		return errors.New("empty driver name")
+	}
+	return nil
+}
+
+// Name returns the driver name.
+func (d *Driver) Name() string { return d.o.Name }
+
+// ParseEndpoint turns "unix:///path" (or "unix:/path", or a bare path)
+// into a socket path.
+func ParseEndpoint(ep string) (string, error) {
+	if strings.HasPrefix(ep, "/") {
+		return ep, nil
+	}
+	u, err := url.Parse(ep)
+	if err != nil {
+		return "", fmt.Errorf("endpoint %q: %w", ep, err)
+	}
+	if u.Scheme != "unix" {
+		return "", fmt.Errorf("endpoint %q: only unix:///path endpoints are supported", ep)
+	}
+	p := u.Path
+	if p == "" {
+		p = u.Opaque
+	}
+	if u.Host != "" {
+		p = filepath.Join(u.Host, p)
+	}
+	if p == "" {
+		return "", fmt.Errorf("endpoint %q has no path", ep)
+	}
+	return p, nil
+}
+
+// Listen opens the unix socket for endpoint, replacing a stale socket file.
+func Listen(endpoint string) (net.Listener, error) {
+	path, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve serves CSI on l until ctx is done or Stop is called; then it stops
+// gracefully (bounded by 10 s, then forcibly).
+func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
+	srv := grpc.NewServer(grpc.UnaryInterceptor(logInterceptor))
+	csi.RegisterIdentityServer(srv, d)
+	if d.o.Mode.controller() {
+		csi.RegisterControllerServer(srv, d)
+	}
+	if d.o.Mode.node() {
+		csi.RegisterNodeServer(srv, d.o.NodeServer)
+	}
+	d.mu.Lock()
+	d.srv = srv
+	d.mu.Unlock()
+
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // owned by Serve: ends when Serve returns
+		select {
+		case <-ctx.Done():
+			d.Stop()
+		case <-done:
+		}
+	}()
+	klog.InfoS("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Storage.Backend(),
+		"cluster", d.o.Storage.ClusterID(), "endpoint", l.Addr().String())
+	err := srv.Serve(l)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	return err
+}
+
+// Stop stops serving: in-flight calls get 10 s to finish.
+func (d *Driver) Stop() {
+	d.mu.Lock()
+	srv := d.srv
+	d.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		srv.Stop()
+		<-stopped
+	}
+}
+
+// logInterceptor logs each call with its volume id and outcome (never the
+// request itself: it may carry secrets) and turns plain errors into
+// Internal ones.
+func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
+	if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
+		kv = append(kv, "volumeID", v.GetVolumeId())
+	}
+	if v, ok := req.(interface{ GetName() string }); ok && v.GetName() != "" {
+		kv = append(kv, "name", v.GetName())
+	}
+	if err != nil {
+		if _, ok := status.FromError(err); !ok {
+			err = status.Error(codes.Internal, err.Error())
+		}
+		klog.InfoS("CSI call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
+		return resp, err
+	}
+	if method == "Probe" || method == "NodeGetCapabilities" || method == "NodeGetVolumeStats" {
+		klog.V(5).InfoS("CSI call", kv...)
+	} else {
+		klog.V(2).InfoS("CSI call", kv...)
+	}
+	return resp, nil
+}
+
+// keyLocks gives one mutex per key; TryLock-style acquisition makes a
+// concurrent second operation on the same volume fail with Aborted, which the
+// CO retries (the CSI spec's recommendation).
+type keyLocks struct {
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+// TryLock takes key or returns false if it is held.
+func (l *keyLocks) TryLock(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == nil {
+		l.held = map[string]bool{}
+	}
+	if l.held[key] {
+		return false
+	}
+	l.held[key] = true
+	return true
+}
+
+// Unlock releases key.
+func (l *keyLocks) Unlock(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.held, key)
+}
+
+// --- Identity ---
+
+// GetPluginInfo returns the driver name and version.
+func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: d.o.Name, VendorVersion: d.o.Version,
+		Manifest: map[string]string{"backend": d.o.Storage.Backend(), "mode": string(d.o.Mode)}}, nil
+}
+
+// GetPluginCapabilities advertises the controller service.
+func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	var caps []*csi.PluginCapability
+	if d.o.Mode.controller() {
+		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_Service_{
+			Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}})
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// Probe reports the backend's health and, on a node, whether the staged
+// volumes have been re-served after a restart.
+func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.o.Storage.Health(ctx); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "backend unhealthy: %v", err)
+	}
+	if r, ok := d.o.NodeServer.(Readier); ok && d.o.Mode.node() {
+		if err := r.Ready(); err != nil {
+			klog.V(2).InfoS("Probe: node not ready", "reason", err)
+			return &csi.ProbeResponse{Ready: wrapBool(false)}, nil
+		}
+	}
+	return &csi.ProbeResponse{Ready: wrapBool(true)}, nil
+}

@@ -1,0 +1,201 @@
+package driver
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+)
+
+// StorageClass parameters (CreateVolumeRequest.parameters). README.md lists
+// them with their defaults.
+const (
+	ParamPool              = "pool"
+	ParamImageFeatures     = "imageFeatures"
+	ParamObjectOrder       = "objectOrder"
+	ParamJournalOrder      = "journalOrder"
+	ParamJournalSplayWidth = "journalSplayWidth"
+	ParamFsType            = "fsType"
+	ParamAckPolicy         = "ackPolicy"
+)
+
+// Volume context keys: what CreateVolume hands to the node through the PV.
+const (
+	CtxFsType    = "csi-rbdj.dev/fsType"
+	CtxAckPolicy = "csi-rbdj.dev/ackPolicy"
+)
+
+// Defaults.
+const (
+	DefaultPool              = "rbd"
+	DefaultObjectOrder       = 22 // 4 MiB objects
+	DefaultJournalOrder      = 24 // 16 MiB journal objects
+	DefaultJournalSplayWidth = 4
+	DefaultFsType            = "ext4"
+	DefaultAckPolicy         = "applied"
+	maxJournalSplayWidth     = 64
+)
+
+// allowedFeatures are the image features a volume may have: the ones the
+// journaled data path serves. exclusive-lock and journaling are always on.
+const (
+	requiredFeatures = clsrbd.FeatureExclusiveLock | clsrbd.FeatureJournaling
+	allowedFeatures  = requiredFeatures | clsrbd.FeatureLayering | clsrbd.FeatureDeepFlatten
+)
+
+// SupportedFsTypes are the filesystems NodeStage formats and mounts.
+var SupportedFsTypes = []string{"ext4", "xfs"}
+
+// ignoredParamPrefix marks parameters the external-provisioner adds
+// (csi.storage.k8s.io/pvc/name with --extra-create-metadata); they carry no
+// configuration.
+const ignoredParamPrefix = "csi.storage.k8s.io/"
+
+// VolumeParams are the validated parameters of a volume.
+type VolumeParams struct {
+	Pool              string `json:"pool"`
+	Features          uint64 `json:"features"`
+	ObjectOrder       uint8  `json:"objectOrder"`
+	JournalOrder      uint8  `json:"journalOrder"`
+	JournalSplayWidth uint8  `json:"journalSplayWidth"`
+	FsType            string `json:"fsType"`
+	AckPolicy         string `json:"ackPolicy"`
+}
+
+// ParamError is a parameter that cannot be accepted; its message names the
+// parameter and says what would be accepted.
+type ParamError struct {
+	Param string
+	Msg   string
+}
+
+func (e *ParamError) Error() string { return fmt.Sprintf("parameter %q: %s", e.Param, e.Msg) }
+
+// ParseParams validates CreateVolume parameters and fills in defaults.
+func ParseParams(in map[string]string) (VolumeParams, error) {
+	p := VolumeParams{
+		Pool:              DefaultPool,
+		Features:          image.DefaultFeatures,
+		ObjectOrder:       DefaultObjectOrder,
+		JournalOrder:      DefaultJournalOrder,
+		JournalSplayWidth: DefaultJournalSplayWidth,
+		FsType:            DefaultFsType,
+		AckPolicy:         DefaultAckPolicy,
+	}
+	keys := make([]string, 0, len(in))
+	for k := range in {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // report the first bad parameter deterministically
+	for _, k := range keys {
+		v := in[k]
+		switch k {
+		case ParamPool:
+			if err := validateName("pool", v); err != nil {
+				return p, &ParamError{k, err.Error()}
+			}
+			p.Pool = v
+		case ParamImageFeatures:
+			f, err := clsrbd.ParseFeatures(v)
+			if err != nil {
+				return p, &ParamError{k, fmt.Sprintf("%v (want a comma-separated list of layering, exclusive-lock, journaling, deep-flatten)", err)}
+			}
+			if bad := f &^ allowedFeatures; bad != 0 {
+				return p, &ParamError{k, fmt.Sprintf("features %v are not supported by the journaled data path (allowed: layering, exclusive-lock, journaling, deep-flatten)", clsrbd.FeatureNames(bad))}
+			}
+			p.Features = f | requiredFeatures
+		case ParamObjectOrder:
+			n, err := parseUint8(v, image.MinOrder, image.MaxOrder)
+			if err != nil {
+				return p, &ParamError{k, err.Error() + " (log2 of the object size: 22 = 4 MiB)"}
+			}
+			p.ObjectOrder = n
+		case ParamJournalOrder:
+			n, err := parseUint8(v, journal.MinOrder, journal.MaxOrder)
+			if err != nil {
+				return p, &ParamError{k, err.Error() + " (log2 of the journal object size: 24 = 16 MiB)"}
+			}
+			p.JournalOrder = n
+		case ParamJournalSplayWidth:
+			n, err := parseUint8(v, 1, maxJournalSplayWidth)
+			if err != nil {
+				return p, &ParamError{k, err.Error() + " (journal objects written in parallel)"}
+			}
+			p.JournalSplayWidth = n
+		case ParamFsType:
+			if !isSupportedFs(v) {
+				return p, &ParamError{k, fmt.Sprintf("filesystem %q is not supported (want one of %s)", v, strings.Join(SupportedFsTypes, ", "))}
+			}
+			p.FsType = v
+		case ParamAckPolicy:
+			if _, err := blockdev.ParseAckPolicy(v); err != nil {
+				return p, &ParamError{k, err.Error()}
+			}
+			p.AckPolicy = v
+		default:
+			if strings.HasPrefix(k, ignoredParamPrefix) {
+				continue
+			}
+			return p, &ParamError{k, fmt.Sprintf("unknown parameter (known: %s)", strings.Join([]string{
+				ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy}, ", "))}
+		}
+	}
+	return p, nil
+}
+
+func parseUint8(s string, lo, hi int) (uint8, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not an integer", s)
+	}
+	if n < lo || n > hi {
+		return 0, fmt.Errorf("%d is out of range [%d, %d]", n, lo, hi)
+	}
+	return uint8(n), nil
+}
+
+func isSupportedFs(s string) bool {
+	for _, f := range SupportedFsTypes {
+		if s == f {
+			return true
+		}
+	}
+	return false
+}
+
+// IsSupportedFsType reports whether NodeStage can format and mount fs.
+func IsSupportedFsType(fs string) bool { return isSupportedFs(fs) }
+
+// CreateOptions are the image options the parameters ask for.
+func (p VolumeParams) CreateOptions() image.CreateOptions {
+	return image.CreateOptions{Order: p.ObjectOrder, Features: p.Features, JournalOrder: p.JournalOrder, JournalSplayWidth: p.JournalSplayWidth}
+}
+
+// VolumeContext is what the node needs beyond the volume id.
+func (p VolumeParams) VolumeContext() map[string]string {
+	return map[string]string{CtxFsType: p.FsType, CtxAckPolicy: p.AckPolicy}
+}
+
+// Matches reports how an existing image differs from the parameters ("" if
+// it does not).
+func (p VolumeParams) Matches(info ImageInfo) string {
+	var diffs []string
+	if info.Order != p.ObjectOrder {
+		diffs = append(diffs, fmt.Sprintf("objectOrder %d (requested %d)", info.Order, p.ObjectOrder))
+	}
+	if info.Features != p.Features {
+		diffs = append(diffs, fmt.Sprintf("features %v (requested %v)", clsrbd.FeatureNames(info.Features), clsrbd.FeatureNames(p.Features)))
+	}
+	if info.JournalOrder != p.JournalOrder {
+		diffs = append(diffs, fmt.Sprintf("journalOrder %d (requested %d)", info.JournalOrder, p.JournalOrder))
+	}
+	if info.JournalSplayWidth != p.JournalSplayWidth {
+		diffs = append(diffs, fmt.Sprintf("journalSplayWidth %d (requested %d)", info.JournalSplayWidth, p.JournalSplayWidth))
+	}
+	return strings.Join(diffs, ", ")
+}
