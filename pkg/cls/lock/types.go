@@ -1,0 +1,525 @@
+package clslock
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+)
+
+// ErrSyntax is returned (wrapped) for text that is not an entity name or an
+// entity address.
+var ErrSyntax = errors.New("clslock: invalid syntax")
+
+// LockType is Ceph's ClsLockType, encoded as a u8.
+type LockType uint8
+
+// Lock types of Ceph 16 (cls_lock_types.h).
+const (
+	LockNone               LockType = 0
+	LockExclusive          LockType = 1
+	LockShared             LockType = 2
+	LockExclusiveEphemeral LockType = 3 // the object is removed when the last locker goes
+)
+
+// String returns the name Ceph prints (cls_lock_type_str).
+func (t LockType) String() string {
+	switch t {
+	case LockNone:
+		return "none"
+	case LockExclusive:
+		return "exclusive"
+	case LockShared:
+		return "shared"
+	case LockExclusiveEphemeral:
+		return "exclusive-ephemeral"
+	}
+	return "<unknown>"
+}
+
+func (t LockType) valid() bool {
+	return t == LockExclusive || t == LockShared || t == LockExclusiveEphemeral
+}
+
+func (t LockType) exclusive() bool { return t == LockExclusive || t == LockExclusiveEphemeral }
+
+// Flags modify a lock request.
+type Flags uint8
+
+// Lock flags of Ceph 16. At most one of them may be set.
+const (
+	// FlagMayRenew lets the current holder take the lock again (renewing
+	// its expiration) instead of failing with objstore.ErrExists.
+	FlagMayRenew Flags = 0x1
+	// FlagMustRenew makes the request fail with objstore.ErrNotFound unless
+	// the caller already holds the lock: a renewal that cannot turn into a
+	// fresh acquisition after the lock expired or was broken.
+	FlagMustRenew Flags = 0x2
+)
+
+// UTime is Ceph's utime_t: seconds and nanoseconds since the Unix epoch,
+// each a u32. It is kept as its two fields, not as a time.Time, because Ceph
+// compares and adds them as they are, unnormalised values included.
+type UTime struct {
+	Sec, Nsec uint32
+}
+
+// UTimeOf returns t as Ceph's clock reports it (ceph_clock_now): the Unix
+// seconds truncated to 32 bits and the nanoseconds.
+func UTimeOf(t time.Time) UTime {
+	return UTime{Sec: uint32(t.Unix()), Nsec: uint32(t.Nanosecond())}
+}
+
+// DurationUTime converts d as Ceph converts a duration to utime_t: negative
+// durations become zero and seconds beyond the u32 range are capped.
+func DurationUTime(d time.Duration) UTime {
+	if d <= 0 {
+		return UTime{}
+	}
+	return UTime{Sec: uint32(min(uint64(d/time.Second), math.MaxUint32)), Nsec: uint32(d % time.Second)}
+}
+
+// Time returns u as a time.Time.
+func (u UTime) Time() time.Time { return time.Unix(int64(u.Sec), int64(u.Nsec)) }
+
+// IsZero reports whether u is zero, which for a locker's expiration means
+// that it never expires.
+func (u UTime) IsZero() bool { return u.Sec == 0 && u.Nsec == 0 }
+
+// Before reports whether u is earlier than v (utime_t's operator<).
+func (u UTime) Before(v UTime) bool {
+	return u.Sec < v.Sec || (u.Sec == v.Sec && u.Nsec < v.Nsec)
+}
+
+// add is utime_t's operator+=: the seconds are capped at the u32 maximum and
+// the nanoseconds normalised only when they exceed one second (strictly, as
+// Ceph's normalize does).
+func (u UTime) add(v UTime) UTime {
+	r := UTime{Sec: uint32(min(uint64(u.Sec)+uint64(v.Sec), math.MaxUint32)), Nsec: u.Nsec + v.Nsec}
+	if r.Nsec > 1e9 {
+		r.Sec = uint32(min(uint64(r.Sec)+uint64(r.Nsec/1e9), math.MaxUint32))
+		r.Nsec %= 1e9
+	}
+	return r
+}
+
+// Encode writes u as utime_t: u32 seconds, u32 nanoseconds.
+func (u UTime) Encode(e *cephenc.Encoder) {
+	e.U32(u.Sec)
+	e.U32(u.Nsec)
+}
+
+// Decode reads a utime_t.
+func (u *UTime) Decode(d *cephenc.Decoder) error {
+	u.Sec, u.Nsec = d.U32(), d.U32()
+	return d.Err()
+}
+
+// Entity types (CEPH_ENTITY_TYPE_*), the first byte of an entity name.
+const (
+	EntityTypeMon    uint8 = 0x01
+	EntityTypeMDS    uint8 = 0x02
+	EntityTypeOSD    uint8 = 0x04
+	EntityTypeClient uint8 = 0x08
+	EntityTypeMgr    uint8 = 0x10
+	EntityTypeAuth   uint8 = 0x20
+)
+
+// EntityName is Ceph's entity_name_t, e.g. client.4123: a u8 type and an s64
+// number. A lock holder is identified by its entity name and a cookie.
+type EntityName struct {
+	Type uint8
+	Num  int64
+}
+
+// ClientName is the entity name of client id (objstore.ClientInfo.ID).
+func ClientName(id uint64) EntityName {
+	return EntityName{Type: EntityTypeClient, Num: int64(id)}
+}
+
+var entityTypeNames = []struct {
+	t    uint8
+	name string
+}{
+	{EntityTypeMon, "mon"},
+	{EntityTypeMDS, "mds"},
+	{EntityTypeOSD, "osd"},
+	{EntityTypeClient, "client"},
+	{EntityTypeMgr, "mgr"},
+	{EntityTypeAuth, "auth"},
+}
+
+// String formats n as Ceph does: "client.4123", or "client.?" for a negative
+// number.
+func (n EntityName) String() string {
+	typ := "unknown"
+	for _, tn := range entityTypeNames {
+		if tn.t == n.Type {
+			typ = tn.name
+		}
+	}
+	if n.Num < 0 {
+		return typ + ".?"
+	}
+	return typ + "." + strconv.FormatInt(n.Num, 10)
+}
+
+// ParseEntityName parses what entity_name_t::parse accepts: mon., osd.,
+// mds., client. or mgr. followed by a decimal number.
+func ParseEntityName(s string) (EntityName, error) {
+	for _, tn := range entityTypeNames {
+		num, ok := strings.CutPrefix(s, tn.name+".")
+		if !ok || tn.t == EntityTypeAuth {
+			continue
+		}
+		n, err := strconv.ParseInt(num, 10, 64)
+		if err != nil {
+			break
+		}
+		return EntityName{Type: tn.t, Num: n}, nil
+	}
+	return EntityName{}, fmt.Errorf("entity name %q: %w", s, ErrSyntax)
+}
+
+// Encode writes n: u8 type, s64 number.
+func (n EntityName) Encode(e *cephenc.Encoder) {
+	e.U8(n.Type)
+	e.S64(n.Num)
+}
+
+// Decode reads an entity_name_t.
+func (n *EntityName) Decode(d *cephenc.Decoder) error {
+	n.Type, n.Num = d.U8(), d.S64()
+	return d.Err()
+}
+
+// compare orders entity names as entity_name_t's operator<: by type, then
+// number.
+func (n EntityName) compare(o EntityName) int {
+	return cmp.Or(cmp.Compare(n.Type, o.Type), cmp.Compare(n.Num, o.Num))
+}
+
+// LockerID is Ceph's locker_id_t: who holds a lock.
+type LockerID struct {
+	Locker EntityName
+	Cookie string
+}
+
+// compare is locker_id_t's operator<, the order of a lock's lockers map.
+func (id LockerID) compare(o LockerID) int {
+	return cmp.Or(id.Locker.compare(o.Locker), strings.Compare(id.Cookie, o.Cookie))
+}
+
+// Encode writes id as ENCODE_START(1, 1){entity_name_t locker, string cookie}.
+func (id LockerID) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	id.Locker.Encode(e)
+	e.String(id.Cookie)
+	e.Finish(m)
+}
+
+// Decode reads a locker_id_t.
+func (id *LockerID) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	_ = id.Locker.Decode(d)
+	id.Cookie = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// LockerInfo is Ceph's locker_info_t: what is known about one holder.
+type LockerInfo struct {
+	// Expiration is when the lock lapses; zero means never.
+	Expiration UTime
+	// Addr is the holder's address when it locked, of type v1 (Ceph
+	// records every holder's address as a legacy one).
+	Addr EntityAddr
+	// Description is the holder's free-form text.
+	Description string
+}
+
+// Encode writes i as ENCODE_START(1, 1){utime_t expiration, entity_addr_t
+// addr, string description}, with the address in the form an OSD writes for
+// a Nautilus or later client.
+func (i LockerInfo) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	i.Expiration.Encode(e)
+	i.Addr.Encode(e)
+	e.String(i.Description)
+	e.Finish(m)
+}
+
+// Decode reads a locker_info_t; the address may be in either encoding.
+func (i *LockerInfo) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	_ = i.Expiration.Decode(d)
+	_ = i.Addr.Decode(d)
+	i.Description = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// LockInfo is the state of one lock: Ceph's lock_info_t, stored in the
+// object's xattr "lock.<name>", and cls_lock_get_info_reply, which get_info
+// returns and which has the same encoding.
+type LockInfo struct {
+	Lockers map[LockerID]LockerInfo
+	Type    LockType
+	Tag     string
+}
+
+// Equal reports whether two lock states are the same (nil and empty locker
+// maps are equal).
+func (li LockInfo) Equal(o LockInfo) bool {
+	return li.Type == o.Type && li.Tag == o.Tag && maps.Equal(li.Lockers, o.Lockers)
+}
+
+// minLockerSize is the smallest encoding of one lockers map entry: a
+// locker_id_t (6 + 9 + 4 bytes) and a locker_info_t (6 + 8 + 19 + 4).
+const minLockerSize = 19 + 37
+
+// Encode writes li as ENCODE_START(1, 1){map<locker_id_t, locker_info_t>
+// lockers, u8 lock_type, string tag}, the lockers in locker_id_t order.
+func (li LockInfo) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	ids := slices.SortedFunc(maps.Keys(li.Lockers), LockerID.compare)
+	e.U32(uint32(len(ids)))
+	for _, id := range ids {
+		id.Encode(e)
+		li.Lockers[id].Encode(e)
+	}
+	e.U8(uint8(li.Type))
+	e.String(li.Tag)
+	e.Finish(m)
+}
+
+// Decode reads a lock_info_t or cls_lock_get_info_reply. As Ceph's map
+// decoding, a repeated locker keeps the last value.
+func (li *LockInfo) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	n := d.Count(minLockerSize)
+	li.Lockers = make(map[LockerID]LockerInfo, n)
+	for range n {
+		var id LockerID
+		var info LockerInfo
+		if id.Decode(d) != nil || info.Decode(d) != nil {
+			break
+		}
+		li.Lockers[id] = info
+	}
+	li.Type = LockType(d.U8())
+	li.Tag = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// LockOp is cls_lock_lock_op, the input of lock.lock.
+type LockOp struct {
+	Name        string
+	Type        LockType
+	Cookie      string
+	Tag         string
+	Description string
+	Duration    UTime // zero: the lock never expires
+	Flags       Flags
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// cookie, string tag, string description, utime_t duration, u8 flags}.
+func (op LockOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	e.U8(uint8(op.Type))
+	e.String(op.Cookie)
+	e.String(op.Tag)
+	e.String(op.Description)
+	op.Duration.Encode(e)
+	e.U8(uint8(op.Flags))
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_lock_op.
+func (op *LockOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	op.Type = LockType(d.U8())
+	op.Cookie = d.Str()
+	op.Tag = d.Str()
+	op.Description = d.Str()
+	_ = op.Duration.Decode(d)
+	op.Flags = Flags(d.U8())
+	d.Finish(s)
+	return d.Err()
+}
+
+// UnlockOp is cls_lock_unlock_op, the input of lock.unlock.
+type UnlockOp struct {
+	Name   string
+	Cookie string
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name, string cookie}.
+func (op UnlockOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	e.String(op.Cookie)
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_unlock_op.
+func (op *UnlockOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	op.Cookie = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// BreakOp is cls_lock_break_op, the input of lock.break_lock.
+type BreakOp struct {
+	Name   string
+	Locker EntityName
+	Cookie string
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name, entity_name_t locker,
+// string cookie}.
+func (op BreakOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	op.Locker.Encode(e)
+	e.String(op.Cookie)
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_break_op.
+func (op *BreakOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	_ = op.Locker.Decode(d)
+	op.Cookie = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// GetInfoOp is cls_lock_get_info_op, the input of lock.get_info.
+type GetInfoOp struct {
+	Name string
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name}.
+func (op GetInfoOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_get_info_op.
+func (op *GetInfoOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// ListLocksReply is cls_lock_list_locks_reply, the output of
+// lock.list_locks: the names of the object's locks.
+type ListLocksReply struct {
+	Locks []string
+}
+
+// Encode writes r as ENCODE_START(1, 1){list<string> locks}.
+func (r ListLocksReply) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.U32(uint32(len(r.Locks)))
+	for _, l := range r.Locks {
+		e.String(l)
+	}
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_list_locks_reply.
+func (r *ListLocksReply) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	n := d.Count(4)
+	r.Locks = make([]string, 0, n)
+	for range n {
+		r.Locks = append(r.Locks, d.Str())
+	}
+	d.Finish(s)
+	if err := d.Err(); err != nil {
+		r.Locks = nil
+		return err
+	}
+	return nil
+}
+
+// AssertOp is cls_lock_assert_op, the input of lock.assert_locked.
+type AssertOp struct {
+	Name   string
+	Type   LockType
+	Cookie string
+	Tag    string
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// cookie, string tag}.
+func (op AssertOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	e.U8(uint8(op.Type))
+	e.String(op.Cookie)
+	e.String(op.Tag)
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_assert_op.
+func (op *AssertOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	op.Type = LockType(d.U8())
+	op.Cookie = d.Str()
+	op.Tag = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
+
+// SetCookieOp is cls_lock_set_cookie_op, the input of lock.set_cookie.
+type SetCookieOp struct {
+	Name      string
+	Type      LockType
+	Cookie    string
+	Tag       string
+	NewCookie string
+}
+
+// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// cookie, string tag, string new_cookie}.
+func (op SetCookieOp) Encode(e *cephenc.Encoder) {
+	m := e.Start(1, 1)
+	e.String(op.Name)
+	e.U8(uint8(op.Type))
+	e.String(op.Cookie)
+	e.String(op.Tag)
+	e.String(op.NewCookie)
+	e.Finish(m)
+}
+
+// Decode reads a cls_lock_set_cookie_op.
+func (op *SetCookieOp) Decode(d *cephenc.Decoder) error {
+	s := d.Start(1)
+	op.Name = d.Str()
+	op.Type = LockType(d.U8())
+	op.Cookie = d.Str()
+	op.Tag = d.Str()
+	op.NewCookie = d.Str()
+	d.Finish(s)
+	return d.Err()
+}
