@@ -1,0 +1,173 @@
+// Command csi-rbdj is the csi-rbdj CSI driver: Kubernetes volumes on Ceph RBD
+// images whose writes are journaled in userspace by the node plugin.
+//
+//	csi-rbdj serve --endpoint unix:///run/csi-rbdj/csi.sock --mode all --backend local --local-dir DIR
+//	csi-rbdj demo
+//	csi-rbdj version
+//
+// See README.md for every flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"k8s.io/klog/v2"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `csi-rbdj %s: CSI driver for journaled Ceph RBD volumes
+
+Usage:
+  csi-rbdj serve [flags]   serve CSI (controller, node or both) on a unix socket
+  csi-rbdj demo [flags]    run the driver's main job end to end on the local backend
+  csi-rbdj version         print the version
+
+Run "csi-rbdj serve -h" or "csi-rbdj demo -h" for their flags.
+`, version)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serveMain(os.Args[2:])
+	case "demo":
+		err = demoMain(os.Args[2:])
+	case "version", "--version", "-version":
+		fmt.Printf("csi-rbdj %s (driver %s)\n", version, driver.DefaultName)
+	case "help", "-h", "--help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "csi-rbdj: unknown command %q\n\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	klog.Flush()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "csi-rbdj %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// serveConfig is what `serve` is configured with.
+type serveConfig struct {
+	endpoint       string
+	mode           string
+	nodeID         string
+	backend        string
+	localDir       string
+	clusterID      string
+	stateDir       string
+	driverName     string
+	requestTimeout time.Duration
+	maxVolumes     int64
+	noSync         bool
+}
+
+func serveFlags(fs *flag.FlagSet, c *serveConfig) {
+	host, _ := os.Hostname()
+	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/csi-rbdj/csi.sock", "CSI endpoint: unix:///path/to/csi.sock")
+	fs.StringVar(&c.mode, "mode", "all", "services to serve: controller, node or all")
+	fs.StringVar(&c.nodeID, "node-id", host, "node id reported by NodeGetInfo (node and all modes; default: the host name)")
+	fs.StringVar(&c.backend, "backend", driver.BackendLocal, "storage backend: local (embedded, one machine) or ceph")
+	fs.StringVar(&c.localDir, "local-dir", "/var/lib/csi-rbdj/cluster", "local backend: the cluster directory (created if missing)")
+	fs.StringVar(&c.clusterID, "cluster-id", "default", "cluster id written into volume ids")
+	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/csi-rbdj/node", "node: staging records and FUSE mount points; must survive plugin restarts")
+	fs.StringVar(&c.driverName, "driver-name", driver.DefaultName, "CSI driver name (the StorageClass provisioner)")
+	fs.DurationVar(&c.requestTimeout, "request-timeout", 90*time.Second, "node: a device I/O request running longer aborts the device's FUSE connection (no task hangs in D state)")
+	fs.Int64Var(&c.maxVolumes, "max-volumes-per-node", 0, "node: max_volumes_per_node reported to the CO (0: no limit)")
+	fs.BoolVar(&c.noSync, "local-no-sync", false, "local backend: skip fsync (tests only: loses data on power loss)")
+	klog.InitFlags(fs)
+}
+
+func serveMain(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	var c serveConfig
+	serveFlags(fs, &c)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return serve(ctx, c)
+}
+
+// openStorage opens the configured backend.
+func openStorage(c serveConfig) (driver.Storage, error) {
+	switch c.backend {
+	case driver.BackendLocal:
+		return driver.OpenLocal(driver.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+	case driver.BackendCeph:
+		return driver.OpenCeph()
+	}
+	return nil, fmt.Errorf("unknown backend %q (want local or ceph)", c.backend)
+}
+
+// serve runs the driver until ctx is done.
+func serve(ctx context.Context, c serveConfig) error {
+	mode, err := driver.ParseMode(c.mode)
+	if err != nil {
+		return err
+	}
+	st, err := openStorage(c)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var ns *nodeserver.Server
+	if mode == driver.ModeNode || mode == driver.ModeAll {
+		ns, err = nodeserver.New(nodeserver.Options{
+			NodeID: c.nodeID, StateDir: c.stateDir, Storage: st,
+			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Storage: st}
+	if ns != nil {
+		opts.NodeServer = ns
+	}
+	d, err := driver.New(opts)
+	if err != nil {
+		return err
+	}
+	l, err := driver.Listen(c.endpoint)
+	if err != nil {
+		return err
+	}
+	if ns != nil {
+		ns.Start(ctx)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			ns.Stop(sctx)
+		}()
+	}
+	err = d.Serve(ctx, l)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	klog.InfoS("Shutting down", "reason", context.Cause(ctx))
+	return nil
+}

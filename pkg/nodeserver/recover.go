@@ -1,0 +1,104 @@
+package nodeserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"k8s.io/klog/v2"
+)
+
+// recoverAll re-serves every volume recorded as staged. It runs once, at
+// start, before any node call is answered.
+func (s *Server) recoverAll(ctx context.Context) {
+	recs, errs := s.store.load()
+	for _, err := range errs {
+		klog.ErrorS(err, "Unreadable staging record skipped")
+	}
+	if len(recs) == 0 {
+		return
+	}
+	klog.InfoS("Re-serving volumes staged before the restart", "count", len(recs))
+	for _, r := range recs {
+		v := &volume{rec: r}
+		s.set(r.VolumeID, v)
+		vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v)
+		cancel()
+		if err != nil {
+			klog.ErrorS(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
+				"volumeID", r.VolumeID, "stagingPath", r.StagingPath)
+		}
+	}
+}
+
+// reserve serves a recorded volume again after the process that served it
+// died, and repairs its mounts:
+//
+//  1. the publish bind mounts and the staging mount still reference the
+//     filesystem on the dead loop device: they are unmounted (lazily when
+//     a process still holds files there, which then keep failing with EIO);
+//  2. what the dead process left (its aborted FUSE mount, the loop device)
+//     is cleaned up (fuseloop.Cleanup);
+//  3. the image is opened again (the journal is replayed first) and attached
+//     as a new loop device;
+//  4. the new device is mounted at the staging path (ext4 is checked by
+//     fsck first; both filesystems replay their own log) and every publish
+//     target is bound again.
+//
+// Called with the volume's operation lock held, or during start.
+func (s *Server) reserve(ctx context.Context, v *volume) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	r := v.rec
+	vid, err := driver.ResolveVolumeID(s.o.Storage, r.VolumeID)
+	if err != nil {
+		s.update(func() { v.err = err })
+		return err
+	}
+	for _, t := range r.targets() {
+		if err := unmountAll(t, true); err != nil {
+			logger.Error(err, "Unmounting a dead publish mount failed", "targetPath", t)
+		}
+	}
+	if !r.Block {
+		if err := unmountAll(r.StagingPath, true); err != nil {
+			logger.Error(err, "Unmounting the dead staging mount failed")
+		}
+	}
+	if err := s.serve(ctx, v, vid); err != nil {
+		s.update(func() { v.err = err })
+		return err
+	}
+	r = v.rec // with the new device
+	if err := s.store.save(r); err != nil {
+		logger.Error(err, "Saving the new device in the staging record failed")
+	}
+	if !r.Block {
+		if err := s.mountStaging(r); err != nil {
+			s.teardown(ctx, v)
+			s.update(func() { v.dev, v.loop, v.err = nil, nil, err })
+			return fmt.Errorf("mount the new device at the staging path: %w", err)
+		}
+	}
+	var errs []error
+	for _, t := range r.targets() {
+		if err := s.bindTarget(r, t, r.Publish[t].ReadOnly); err != nil {
+			errs = append(errs, fmt.Errorf("publish target %s: %w", t, err))
+		}
+	}
+	s.startMonitor(v)
+	logger.Info("Volume re-served after restart", "device", r.Device, "tag", v.dev.Tag(),
+		"publishTargets", len(r.Publish), "duration", time.Since(start).Round(time.Millisecond))
+	return errors.Join(errs...)
+}
+
+// update changes a volume's fields under the server's lock (NodeGetVolumeStats
+// reads them without the volume's operation lock).
+func (s *Server) update(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}

@@ -1,0 +1,316 @@
+// Package nodeserver is csi-rbdj's CSI Node service: it serves journaled
+// RBD images to the kernel from inside the node plugin and mounts them for
+// kubelet.
+//
+// NodeStageVolume opens the image as a journaled device (blockdev.Open: take
+// the exclusive lock, replay what the journal holds past the commit position,
+// start a new epoch), exposes it as a loop device over an in-process FUSE
+// file (fuseloop.Attach), and for Filesystem volumes formats it when blank
+// (ext4 or xfs, k8s.io/mount-utils SafeFormatAndMount) and mounts it at the
+// staging path. NodePublishVolume bind-mounts the staging mount (or, for
+// Block volumes, the loop device node) at the target. NodeUnstageVolume
+// undoes it all: unmount, detach, drain and commit the journal, release the
+// lock.
+//
+// The devices live in this process, so they die with it. Every staged volume
+// is recorded in <state dir>/volumes/<key>.json (with its publish targets);
+// a restarted plugin re-serves each one (replay first), replaces the dead
+// staging mount with the new loop device and binds the publish targets again.
+// README.md says what a pod sees meanwhile.
+package nodeserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// Options configure a Server.
+type Options struct {
+	// NodeID is reported by NodeGetInfo.
+	NodeID string
+	// StateDir holds the staging records (volumes/) and the FUSE mounts
+	// (fuse/). It must survive plugin restarts (a hostPath in Kubernetes).
+	StateDir string
+	// Storage is the backend the images live in.
+	Storage driver.Storage
+	// RequestTimeout bounds one I/O request of a device before its FUSE
+	// connection is aborted (0: fuseloop.DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	// MaxVolumes is reported as max_volumes_per_node (0: no limit).
+	MaxVolumes int64
+	// OpTimeout bounds one stage, unstage or recovery of a volume
+	// (default 5 minutes: formatting a large volume takes a while).
+	OpTimeout time.Duration
+}
+
+// Server is the CSI Node service.
+type Server struct {
+	csi.UnimplementedNodeServer
+
+	o       Options
+	store   store
+	fuseDir string
+	mounter *mount.SafeFormatAndMount
+
+	// opMu serialises operations on one volume (by volume id).
+	opMu sync.Mutex
+	busy map[string]chan struct{}
+
+	mu   sync.Mutex
+	vols map[string]*volume // by volume id
+
+	ready    chan struct{} // closed when the recovery at start is over
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// volume is a staged volume and what serves it.
+type volume struct {
+	rec  *record
+	dev  *blockdev.Device  // nil if serving it failed
+	loop *fuseloop.Device  // nil if serving it failed
+	err  error             // why it is not served (recovery failed)
+	mon  chan struct{}     // closed to stop the monitor goroutine
+	done chan struct{}     // closed when the monitor goroutine ended
+}
+
+// New checks o and prepares the state directory. Call Start to re-serve
+// what a previous instance staged.
+func New(o Options) (*Server, error) {
+	if o.NodeID == "" {
+		return nil, errors.New("nodeserver: node id is empty (set --node-id)")
+	}
+	if o.StateDir == "" {
+		return nil, errors.New("nodeserver: state directory is empty (set --state-dir)")
+	}
+	if o.Storage == nil {
+		return nil, errors.New("nodeserver: no storage backend")
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = 5 * time.Minute
+	}
+	s := &Server{
+		o:       o,
+		store:   store{dir: filepath.Join(o.StateDir, "volumes")},
+		fuseDir: filepath.Join(o.StateDir, "fuse"),
+		mounter: mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New()),
+		busy:    map[string]chan struct{}{},
+		vols:    map[string]*volume{},
+		ready:   make(chan struct{}),
+	}
+	for _, d := range []string{s.store.dir, s.fuseDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("nodeserver: state directory: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Start re-serves, in the background, every volume a previous instance of
+// the plugin staged (see recover.go). Node calls wait until it is done;
+// Ready reports it.
+func (s *Server) Start(ctx context.Context) {
+	s.wg.Add(1)
+	go func() { // owned by Server: Stop waits for it
+		defer s.wg.Done()
+		defer close(s.ready)
+		s.recoverAll(ctx)
+	}()
+}
+
+// Ready returns nil once the staged volumes have been re-served.
+func (s *Server) Ready() error {
+	select {
+	case <-s.ready:
+		return nil
+	default:
+		return errors.New("re-serving the volumes staged before the restart")
+	}
+}
+
+// waitReady waits for the recovery at start.
+func (s *Server) waitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return status.Error(codes.Unavailable, "the node plugin is still re-serving the volumes staged before its restart; retry")
+	}
+}
+
+// Stop is the graceful shutdown: every device stops serving with its
+// journal drained and committed and its lock released (the kernel sees EIO
+// on the loop devices from now on, as it would after a crash, but the next
+// start has nothing to replay). The records stay: the next start re-serves
+// the volumes and repairs their mounts.
+func (s *Server) Stop(ctx context.Context) {
+	s.stopOnce.Do(func() {
+		s.wg.Wait()
+		s.mu.Lock()
+		vols := make([]*volume, 0, len(s.vols))
+		for _, v := range s.vols {
+			vols = append(vols, v)
+		}
+		s.mu.Unlock()
+		for _, v := range vols {
+			s.shutdown(ctx, v)
+		}
+	})
+}
+
+// shutdown stops serving v without touching its mounts or record.
+func (s *Server) shutdown(ctx context.Context, v *volume) {
+	s.stopMonitor(v)
+	if v.loop != nil {
+		_ = v.loop.Abort()
+	}
+	if v.dev != nil {
+		if err := v.dev.Close(ctx); err != nil {
+			klog.ErrorS(err, "Closing the journaled device at shutdown failed (the journal keeps every acknowledged write; the next start replays it)", "volumeID", v.rec.VolumeID)
+		}
+	}
+	klog.InfoS("Volume no longer served (plugin shutdown)", "volumeID", v.rec.VolumeID, "device", v.rec.Device)
+}
+
+// lock serialises operations on one volume; a second operation waits for
+// the first (bounded by ctx).
+func (s *Server) lock(ctx context.Context, id string) (unlock func(), err error) {
+	for {
+		s.opMu.Lock()
+		ch, held := s.busy[id]
+		if !held {
+			ch = make(chan struct{})
+			s.busy[id] = ch
+			s.opMu.Unlock()
+			return func() {
+				s.opMu.Lock()
+				delete(s.busy, id)
+				close(ch)
+				s.opMu.Unlock()
+			}, nil
+		}
+		s.opMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, status.Errorf(codes.Aborted, "another operation on volume %q is in progress; retry", id)
+		}
+	}
+}
+
+func (s *Server) get(id string) *volume {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vols[id]
+}
+
+func (s *Server) set(id string, v *volume) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v == nil {
+		delete(s.vols, id)
+	} else {
+		s.vols[id] = v
+	}
+}
+
+// NodeGetInfo returns the node id.
+func (s *Server) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: s.o.NodeID, MaxVolumesPerNode: s.o.MaxVolumes}, nil
+}
+
+// NodeGetCapabilities advertises what is implemented.
+func (s *Server) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, c := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_VOLUME_CONDITION,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// monitor logs when a device stops serving (the FUSE connection was aborted
+// by the watchdog, or the journal failed). Owned by the volume: stopMonitor
+// ends it.
+func (s *Server) startMonitor(v *volume) {
+	v.mon = make(chan struct{})
+	v.done = make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(v.done)
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		var reported bool
+		for {
+			select {
+			case <-v.mon:
+				return
+			case <-v.loop.Done():
+				if !reported {
+					klog.ErrorS(v.loop.Err(), "Volume's loop device stopped serving: I/O on it fails until the volume is unstaged and staged again or the plugin restarts",
+						"volumeID", v.rec.VolumeID, "device", v.rec.Device)
+					reported = true
+				}
+			case <-t.C:
+				if err := v.dev.Err(); err != nil && !reported {
+					klog.ErrorS(err, "Volume's journaled device failed: I/O on it fails until it is served again (the journal keeps every acknowledged write)",
+						"volumeID", v.rec.VolumeID, "device", v.rec.Device)
+					reported = true
+				}
+			}
+			if reported {
+				<-v.mon
+				return
+			}
+		}
+	}()
+}
+
+func (s *Server) stopMonitor(v *volume) {
+	if v.mon != nil {
+		select {
+		case <-v.mon:
+		default:
+			close(v.mon)
+		}
+		<-v.done
+	}
+}
+
+// condition is the volume's health for NodeGetVolumeStats.
+func (v *volume) condition() *csi.VolumeCondition {
+	switch {
+	case v.err != nil:
+		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("volume is not served: %v", v.err)}
+	case v.loop == nil || v.dev == nil:
+		return &csi.VolumeCondition{Abnormal: true, Message: "volume is not served"}
+	}
+	if err := v.loop.Err(); err != nil {
+		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("loop device %s stopped serving: %v", v.rec.Device, err)}
+	}
+	if err := v.dev.Err(); err != nil {
+		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("journaled device failed: %v", err)}
+	}
+	return &csi.VolumeCondition{Message: fmt.Sprintf("served on %s (journal tag %d, ack policy %s)", v.rec.Device, v.dev.Tag(), v.rec.AckPolicy)}
+}

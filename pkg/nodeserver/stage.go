@@ -1,0 +1,334 @@
+package nodeserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// NodeStageVolume serves the image on this node and, for Filesystem
+// volumes, formats (when blank) and mounts it at the staging path.
+func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path is missing")
+	}
+	if req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is missing")
+	}
+	if err := driver.ValidateCapability(req.GetVolumeCapability()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	want, err := s.stagingRecord(req)
+	if err != nil {
+		return nil, err
+	}
+	vid, err := driver.ResolveVolumeID(s.o.Storage, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, want.VolumeID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+	defer cancel()
+	logger := klog.FromContext(ctx).WithValues("volumeID", want.VolumeID, "stagingPath", want.StagingPath)
+	ctx = klog.NewContext(ctx, logger)
+
+	if v := s.get(want.VolumeID); v != nil {
+		if v.rec.StagingPath != want.StagingPath {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is already staged at %s on this node; unstage it there first", want.VolumeID, v.rec.StagingPath)
+		}
+		if diff := compatible(v.rec, want); diff != "" {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged at %s with a different capability (%s)", want.VolumeID, want.StagingPath, diff)
+		}
+		if v.dev == nil {
+			// Re-serving it at start failed: try again now.
+			if err := s.reserve(ctx, v); err != nil {
+				return nil, status.Errorf(codes.Internal, "serve volume %s again: %v", want.VolumeID, err)
+			}
+			return &csi.NodeStageVolumeResponse{}, nil
+		}
+		if !v.rec.Block {
+			mounted, err := isMounted(v.rec.StagingPath)
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "%v", err)
+			}
+			if !mounted {
+				logger.Info("Staging mount is gone; mounting it again")
+				if err := s.mountStaging(v.rec); err != nil {
+					return nil, err
+				}
+			}
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+
+	if fi, err := os.Stat(want.StagingPath); err != nil || !fi.IsDir() {
+		return nil, status.Errorf(codes.InvalidArgument, "staging_target_path %s must be an existing directory (kubelet creates it)", want.StagingPath)
+	}
+
+	start := time.Now()
+	v := &volume{rec: want}
+	if err := s.serve(ctx, v, vid); err != nil {
+		return nil, err
+	}
+	// From here on a failure must undo everything: no half-staged volume.
+	if err := s.store.save(v.rec); err != nil {
+		s.teardown(ctx, v)
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if !v.rec.Block {
+		if err := s.mountStaging(v.rec); err != nil {
+			s.teardown(ctx, v)
+			if rerr := s.store.remove(v.rec.Key); rerr != nil {
+				logger.Error(rerr, "Could not remove the staging record of a volume whose staging failed")
+			}
+			return nil, err
+		}
+	}
+	s.set(want.VolumeID, v)
+	s.startMonitor(v)
+	logger.Info("Volume staged", "device", v.rec.Device, "block", v.rec.Block, "fsType", v.rec.FsType,
+		"ackPolicy", v.rec.AckPolicy, "tag", v.dev.Tag(), "duration", time.Since(start).Round(time.Millisecond))
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stagingRecord builds the record a NodeStage request asks for.
+func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error) {
+	c := req.GetVolumeCapability()
+	vc := req.GetVolumeContext()
+	r := &record{
+		VolumeID:    req.GetVolumeId(),
+		Key:         volumeKey(req.GetVolumeId()),
+		StagingPath: filepath.Clean(req.GetStagingTargetPath()),
+		AccessMode:  c.GetAccessMode().GetMode().String(),
+		ReadOnly:    driver.IsReadOnlyMode(c),
+		AckPolicy:   vc[driver.CtxAckPolicy],
+		Publish:     map[string]publication{},
+		StagedAt:    time.Now().UTC(),
+	}
+	if r.AckPolicy == "" {
+		r.AckPolicy = driver.DefaultAckPolicy
+	}
+	if _, err := blockdev.ParseAckPolicy(r.AckPolicy); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", driver.CtxAckPolicy, err)
+	}
+	if m := c.GetMount(); m != nil {
+		r.FsType = m.GetFsType()
+		if r.FsType == "" {
+			r.FsType = vc[driver.CtxFsType]
+		}
+		if r.FsType == "" {
+			r.FsType = driver.DefaultFsType
+		}
+		if !driver.IsSupportedFsType(r.FsType) {
+			return nil, status.Errorf(codes.InvalidArgument, "filesystem %q is not supported (use ext4 or xfs)", r.FsType)
+		}
+		r.MountFlags = append([]string(nil), m.GetMountFlags()...)
+	} else {
+		r.Block = true
+	}
+	return r, nil
+}
+
+// compatible says how an existing staging differs from a request ("" if it
+// does not).
+func compatible(have, want *record) string {
+	switch {
+	case have.Block != want.Block:
+		return fmt.Sprintf("block %v vs %v", have.Block, want.Block)
+	case have.FsType != want.FsType:
+		return fmt.Sprintf("fsType %s vs %s", have.FsType, want.FsType)
+	case !slices.Equal(have.MountFlags, want.MountFlags):
+		return fmt.Sprintf("mount flags %v vs %v", have.MountFlags, want.MountFlags)
+	case have.ReadOnly != want.ReadOnly:
+		return fmt.Sprintf("read-only %v vs %v", have.ReadOnly, want.ReadOnly)
+	}
+	return ""
+}
+
+// serve opens the journaled device (lock, replay, new epoch) and attaches
+// it as a loop device; on success v.dev, v.loop and v.rec.Device are set.
+// It first clears what a dead instance may have left for this volume.
+func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) error {
+	logger := klog.FromContext(ctx)
+	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
+		if !errors.Is(err, fuseloop.ErrBusy) {
+			return status.Errorf(codes.Internal, "clean up a previous device of volume %s: %v", v.rec.VolumeID, err)
+		}
+		// The old loop device is still open (a dead filesystem on it still
+		// referenced by a process): the kernel detaches it when that ends.
+		logger.Info("A previous loop device of this volume is still open; the kernel detaches it once closed", "err", err)
+	}
+	pool, err := s.o.Storage.Pool(ctx, vid.Pool)
+	if errors.Is(err, driver.ErrPoolNotFound) {
+		return status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
+	}
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+	}
+	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
+	openStart := time.Now()
+	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{AckPolicy: policy})
+	switch {
+	case err == nil:
+	case errors.Is(err, image.ErrNotFound):
+		return status.Errorf(codes.NotFound, "volume %s does not exist", vid)
+	case errors.Is(err, blockdev.ErrLocked):
+		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the other node first", vid, err)
+	case errors.Is(err, blockdev.ErrNotJournaled), errors.Is(err, image.ErrUnsupported):
+		return status.Errorf(codes.FailedPrecondition, "volume %s cannot be served by the journaled data path: %v", vid, err)
+	default:
+		return status.Errorf(codes.Internal, "open journaled device of %s: %v", vid, err)
+	}
+	openDur := time.Since(openStart)
+	loop, err := fuseloop.Attach(ctx, dev, fuseloop.Options{
+		StateDir: s.fuseDir, Name: v.rec.Key, RequestTimeout: s.o.RequestTimeout, ReadOnly: v.rec.ReadOnly})
+	if err != nil {
+		if cerr := dev.Close(context.WithoutCancel(ctx)); cerr != nil {
+			logger.Error(cerr, "Closing the journaled device after a failed attach")
+		}
+		return status.Errorf(codes.Internal, "attach loop device for %s: %v", vid, err)
+	}
+	rec := v.rec.clone()
+	rec.Device = loop.Path()
+	s.update(func() { v.dev, v.loop, v.err, v.rec = dev, loop, nil, rec })
+	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
+	return nil
+}
+
+// mountStaging formats the device when blank and mounts it at the staging
+// path.
+func (s *Server) mountStaging(r *record) error {
+	opts := append([]string(nil), r.MountFlags...)
+	if r.ReadOnly {
+		opts = append(opts, "ro")
+	}
+	if r.FsType == "xfs" {
+		// Every replacement device after a restart carries the same
+		// filesystem UUID; nouuid lets XFS mount it.
+		opts = append(opts, "nouuid")
+	}
+	if err := s.mounter.FormatAndMount(r.Device, r.StagingPath, r.FsType, opts); err != nil {
+		return status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", r.Device, r.FsType, r.StagingPath, err)
+	}
+	return nil
+}
+
+// teardown stops serving v: it detaches the loop device and closes the
+// journaled device (draining and committing the journal, releasing the
+// lock). Best effort, for error paths.
+func (s *Server) teardown(ctx context.Context, v *volume) {
+	ctx = context.WithoutCancel(ctx)
+	logger := klog.FromContext(ctx)
+	s.stopMonitor(v)
+	if v.loop != nil {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := v.loop.Close(cctx); err != nil {
+			logger.Error(err, "Detaching the loop device failed; aborting it")
+			_ = v.loop.Abort()
+		}
+		cancel()
+	}
+	if v.dev != nil {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := v.dev.Close(cctx); err != nil {
+			logger.Error(err, "Closing the journaled device failed (the journal keeps every acknowledged write)")
+		}
+		cancel()
+	}
+	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
+		logger.Error(err, "Cleaning up the device's leftovers failed")
+	}
+}
+
+// NodeUnstageVolume unmounts the staging path, detaches the loop device,
+// drains and commits the journal and releases the image.
+func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, path := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+	}
+	if path == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path is missing")
+	}
+	path = filepath.Clean(path)
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+	defer cancel()
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", path)
+	ctx = klog.NewContext(ctx, logger)
+
+	v := s.get(id)
+	if v == nil {
+		return &csi.NodeUnstageVolumeResponse{}, nil // not staged (any more): nothing to do
+	}
+	if v.rec.StagingPath != path {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged at %s, not at %s", id, v.rec.StagingPath, path)
+	}
+	if len(v.rec.Publish) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %v; unpublish it first", id, v.rec.targets())
+	}
+	start := time.Now()
+	if !v.rec.Block {
+		if err := unmountAll(path, v.dev == nil); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+		}
+	}
+	s.stopMonitor(v)
+	if v.loop != nil {
+		if err := v.loop.Close(ctx); err != nil {
+			if errors.Is(err, fuseloop.ErrBusy) && v.loop.Err() == nil {
+				s.startMonitor(v)
+				return nil, status.Errorf(codes.FailedPrecondition, "loop device %s of volume %s is still in use: %v", v.rec.Device, id, err)
+			}
+			logger.Error(err, "Detaching the loop device failed; aborting its FUSE connection")
+			_ = v.loop.Abort()
+		}
+	}
+	if v.dev != nil {
+		if err := v.dev.Close(ctx); err != nil {
+			// The journal keeps every acknowledged write: the next
+			// stage replays what was not committed.
+			logger.Error(err, "Closing the journaled device failed")
+		}
+	}
+	s.update(func() { v.dev, v.loop = nil, nil })
+	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil && !errors.Is(err, fuseloop.ErrBusy) {
+		return nil, status.Errorf(codes.Internal, "clean up device of %s: %v", id, err)
+	}
+	if err := s.store.remove(v.rec.Key); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	s.set(id, nil)
+	logger.Info("Volume unstaged", "duration", time.Since(start).Round(time.Millisecond))
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
