@@ -22,6 +22,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/klog/v2"
 )
@@ -120,7 +121,7 @@ func (d *demo) do(what string, f func() (string, error)) error {
 	if err != nil {
 		status = "FAILED"
 	}
-	line := fmt.Sprintf("demo: [%2d] %-44s %-6s %9s", d.step, what, status, dur.Round(time.Millisecond))
+	line := fmt.Sprintf("demo: [%2d] %-52s %-6s %9s", d.step, what, status, dur.Round(time.Millisecond))
 	if detail != "" {
 		line += "  " + detail
 	}
@@ -264,13 +265,18 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	if err := d.do("the fd opened before the crash", func() (string, error) {
 		buf := make([]byte, 4096)
-		_, rerr := oldFd.ReadAt(buf, int64(d.fileSize/2))
+		_, cached := oldFd.ReadAt(buf, 0)
+		// Drop the file's clean pages: a read must now reach the device
+		// the old mount sits on (the dead one).
+		_ = unix.Fadvise(int(oldFd.Fd()), 0, 0, unix.FADV_DONTNEED)
+		_, uncached := oldFd.ReadAt(buf, int64(d.fileSize/2))
 		f, oerr := os.Open(filepath.Join(target, "file-000"))
 		if oerr == nil {
+			_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 			_, oerr = f.ReadAt(buf, int64(d.fileSize/2))
 			f.Close()
 		}
-		return fmt.Sprintf("old fd read: %s; new open+read: %s", errString(rerr), errString(oerr)), nil
+		return fmt.Sprintf("old fd: cached read %s, uncached read %s; new open+read: %s", errString(cached), errString(uncached), errString(oerr)), nil
 	}); err != nil {
 		return err
 	}
@@ -426,7 +432,10 @@ func (d *demo) startNode(ctx context.Context) (string, error) {
 }
 
 func dial(sock string) (*grpc.ClientConn, error) {
-	return grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	bo := backoff.DefaultConfig
+	bo.BaseDelay, bo.MaxDelay = 20*time.Millisecond, 200*time.Millisecond
+	return grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: time.Second}))
 }
 
 func (d *demo) stopNode() error {

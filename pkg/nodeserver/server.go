@@ -82,11 +82,11 @@ type Server struct {
 // volume is a staged volume and what serves it.
 type volume struct {
 	rec  *record
-	dev  *blockdev.Device  // nil if serving it failed
-	loop *fuseloop.Device  // nil if serving it failed
-	err  error             // why it is not served (recovery failed)
-	mon  chan struct{}     // closed to stop the monitor goroutine
-	done chan struct{}     // closed when the monitor goroutine ended
+	dev  *blockdev.Device // nil if serving it failed
+	loop *fuseloop.Device // nil if serving it failed
+	err  error            // why it is not served (recovery failed)
+	mon  chan struct{}    // closed to stop the monitor goroutine
+	done chan struct{}    // closed when the monitor goroutine ended
 }
 
 // New checks o and prepares the state directory. Call Start to re-serve
