@@ -17,25 +17,25 @@ import (
 func (c *Cluster) applyRecord(r *record) error {
 	pd := c.poolDir(r.poolID)
 	paths := objPathsIn(pd, r.oid)
-	var f *os.File
+	fd := -1
 	defer func() {
-		if f != nil {
-			f.Close()
+		if fd >= 0 {
+			unix.Close(fd)
 		}
 	}()
 	open := func(flag int) error {
-		if f != nil && flag&os.O_TRUNC == 0 {
+		if fd >= 0 && flag&unix.O_TRUNC == 0 {
 			return nil
 		}
-		if f != nil {
-			f.Close()
-			f = nil
+		if fd >= 0 {
+			unix.Close(fd)
+			fd = -1
 		}
 		var err error
-		f, err = os.OpenFile(paths.data, os.O_RDWR|os.O_CREATE|flag, 0o644)
-		if errors.Is(err, fs.ErrNotExist) {
+		fd, err = openData(paths.data, unix.O_RDWR|unix.O_CREAT|flag)
+		if errors.Is(err, unix.ENOENT) {
 			if err = ensurePoolDirs(pd); err == nil {
-				f, err = os.OpenFile(paths.data, os.O_RDWR|os.O_CREATE|flag, 0o644)
+				fd, err = openData(paths.data, unix.O_RDWR|unix.O_CREAT|flag)
 			}
 		}
 		return err
@@ -43,9 +43,9 @@ func (c *Cluster) applyRecord(r *record) error {
 	for _, m := range r.muts {
 		switch m.kind {
 		case mutRemove:
-			if f != nil {
-				f.Close()
-				f = nil
+			if fd >= 0 {
+				unix.Close(fd)
+				fd = -1
 			}
 			for _, p := range []string{paths.data, paths.meta, paths.name} {
 				if p != "" {
@@ -58,7 +58,7 @@ func (c *Cluster) applyRecord(r *record) error {
 			if err := os.Remove(paths.meta); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
-			if err := open(os.O_TRUNC); err != nil {
+			if err := open(unix.O_TRUNC); err != nil {
 				return err
 			}
 			if paths.name != "" {
@@ -70,18 +70,18 @@ func (c *Cluster) applyRecord(r *record) error {
 			if err := open(0); err != nil {
 				return err
 			}
-			if _, err := f.WriteAt(m.data, int64(m.a)); err != nil {
+			if err := pwriteAll(fd, m.data, int64(m.a)); err != nil {
 				return err
 			}
 		case mutSetSize:
 			if err := open(0); err != nil {
 				return err
 			}
-			if err := f.Truncate(int64(m.b)); err != nil {
+			if err := unix.Ftruncate(fd, int64(m.b)); err != nil {
 				return err
 			}
 			if m.b > m.a {
-				if err := zeroRange(f, m.a, m.b-m.a); err != nil {
+				if err := zeroRange(fd, m.a, m.b-m.a); err != nil {
 					return err
 				}
 			}
@@ -89,7 +89,7 @@ func (c *Cluster) applyRecord(r *record) error {
 			if err := open(0); err != nil {
 				return err
 			}
-			if err := zeroRange(f, m.a, m.b); err != nil {
+			if err := zeroRange(fd, m.a, m.b); err != nil {
 				return err
 			}
 		default:
@@ -120,36 +120,80 @@ func (c *Cluster) applyRecord(r *record) error {
 	return nil
 }
 
+func openData(path string, flag int) (int, error) {
+	for {
+		fd, err := unix.Open(path, flag|unix.O_CLOEXEC, 0o644)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func pwriteAll(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+		off += int64(n)
+	}
+	return nil
+}
+
+// preadFull reads len(b) bytes at off, or up to the end of the file; the
+// rest of b is left alone.
+func preadFull(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pread(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		b = b[n:]
+		off += int64(n)
+	}
+	return nil
+}
+
 // testHookBeforeMeta, if set, runs in applyRecord after the data mutations
 // and before the meta file is written (crash tests).
 var testHookBeforeMeta func(r *record)
 
-// zeroRange zeroes [off, off+n) of f without changing its size.
-func zeroRange(f *os.File, off, n uint64) error {
+// zeroRange zeroes [off, off+n) of fd without changing its size.
+func zeroRange(fd int, off, n uint64) error {
 	if n == 0 {
 		return nil
 	}
-	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(n))
+	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(n))
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
 		return err
 	}
-	st, err := f.Stat()
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if int64(off) >= st.Size() {
+	if int64(off) >= st.Size {
 		return nil
 	}
-	if end := uint64(st.Size()); off+n > end {
+	if end := uint64(st.Size); off+n > end {
 		n = end - off
 	}
 	zeros := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		k := min(n, uint64(len(zeros)))
-		if _, err := f.WriteAt(zeros[:k], int64(off)); err != nil {
+		if err := pwriteAll(fd, zeros[:k], int64(off)); err != nil {
 			return err
 		}
 		off += k

@@ -103,10 +103,11 @@ func (p *pool) Read(ctx context.Context, oid string, op *objstore.ReadOp) error 
 	}
 	paths := p.paths(oid)
 	return p.consistent(ctx, oid, func() error {
-		st, err := loadState(paths)
+		st, err := openState(paths)
 		if err != nil {
 			return stepErr("read", oid, err)
 		}
+		defer st.closeFile()
 		steps := op.Steps()
 		if !st.exists && len(steps) > 0 {
 			return &objstore.OpError{Op: stepName(steps[0]), OID: oid, Err: syscall.ENOENT}

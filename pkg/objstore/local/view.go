@@ -3,7 +3,6 @@ package local
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"sort"
@@ -24,11 +23,12 @@ type objState struct {
 	mtime  int64
 	meta   *objMeta // nil: not loaded from disk yet
 	muts   []mut    // data mutations on top of the disk content, in order
+	fd     int      // the data file open for reading, or -1
 }
 
 // loadState reads an object's existence, size and mtime from disk.
 func loadState(paths objPaths) (*objState, error) {
-	st := &objState{paths: paths}
+	st := &objState{paths: paths, fd: -1}
 	var s unix.Stat_t
 	err := unix.Stat(paths.data, &s)
 	if errors.Is(err, unix.ENOENT) {
@@ -42,6 +42,37 @@ func loadState(paths objPaths) (*objState, error) {
 	st.size = uint64(s.Size)
 	st.mtime = s.Mtim.Nano()
 	return st, nil
+}
+
+// openState is loadState keeping the data file open for reading (close
+// it with closeFile).
+func openState(paths objPaths) (*objState, error) {
+	st := &objState{paths: paths, fd: -1}
+	fd, err := openData(paths.data, unix.O_RDONLY)
+	if errors.Is(err, unix.ENOENT) {
+		st.meta = &objMeta{}
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s unix.Stat_t
+	if err := unix.Fstat(fd, &s); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	st.fd = fd
+	st.exists = true
+	st.size = uint64(s.Size)
+	st.mtime = s.Mtim.Nano()
+	return st, nil
+}
+
+func (st *objState) closeFile() {
+	if st.fd >= 0 {
+		unix.Close(st.fd)
+		st.fd = -1
+	}
 }
 
 // branch returns a copy that an operation can change without affecting st.
@@ -88,14 +119,20 @@ func (st *objState) read(off, length uint64) ([]byte, error) {
 		}
 	}
 	if start == 0 {
-		f, err := os.Open(st.paths.data)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
+		fd := st.fd
+		if fd < 0 {
+			var err error
+			fd, err = openData(st.paths.data, unix.O_RDONLY)
+			if errors.Is(err, unix.ENOENT) {
+				fd = -1
+			} else if err != nil {
+				return nil, err
+			} else {
+				defer unix.Close(fd)
+			}
 		}
-		if err == nil {
-			_, err = f.ReadAt(buf, int64(off))
-			f.Close()
-			if err != nil && err != io.EOF {
+		if fd >= 0 {
+			if err := preadFull(fd, buf, int64(off)); err != nil {
 				return nil, err
 			}
 		}
