@@ -72,9 +72,11 @@ func decodeInput(in []byte, v cephenc.Decodable) error {
 // holders. A lock that was never taken on an existing object is the zero
 // state; on a missing object it is objstore.ErrNotFound (cls_cxx_getxattr's
 // -ENOENT, where a missing xattr is -ENODATA). An undecodable state is -EIO.
-// An ephemeral lock left without holders removes the object, as in Ceph,
-// where a failure to remove is only logged.
-func (s server) readLock(ctx objstore.MethodContext, name string) (LockInfo, error) {
+// An ephemeral lock left without holders removes the object: in a write
+// method, as in Ceph, a failure to remove is only logged (ignored here); a
+// read-only method fails with -EIO, which is what an OSD returns for a
+// method not marked as writing that tries to write.
+func (s server) readLock(ctx objstore.MethodContext, name string, write bool) (LockInfo, error) {
 	b, err := ctx.GetXattr(XattrName(name))
 	if errors.Is(err, objstore.ErrNotFound) {
 		if _, err := ctx.Stat(); err != nil {
@@ -94,6 +96,9 @@ func (s server) readLock(ctx objstore.MethodContext, name string) (LockInfo, err
 		return !info.Expiration.IsZero() && info.Expiration.Before(now)
 	})
 	if len(li.Lockers) == 0 && li.Type == LockExclusiveEphemeral {
+		if !write {
+			return LockInfo{}, fmt.Errorf("lock %q: expired ephemeral lock: a read cannot remove the object: %w", name, syscall.EIO)
+		}
 		_ = ctx.Remove()
 	}
 	return li, nil
@@ -133,7 +138,7 @@ func (s server) lock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	case !failIfExists && failIfMissing:
 		return nil, fmt.Errorf("lock %q: may-renew and must-renew together: %w", op.Name, objstore.ErrInvalid)
 	}
-	li, err := s.readLock(ctx, op.Name)
+	li, err := s.readLock(ctx, op.Name, true)
 	if err != nil && !errors.Is(err, objstore.ErrNotFound) {
 		return nil, err
 	}
@@ -176,7 +181,7 @@ func (s server) lock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // removeLock is remove_lock: it drops locker's hold with cookie.
 func (s server) removeLock(ctx objstore.MethodContext, name string, locker EntityName, cookie string) error {
-	li, err := s.readLock(ctx, name)
+	li, err := s.readLock(ctx, name, true)
 	if err != nil {
 		return err
 	}
@@ -217,7 +222,7 @@ func (s server) getInfo(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := decodeInput(in, &op); err != nil {
 		return nil, err
 	}
-	li, err := s.readLock(ctx, op.Name)
+	li, err := s.readLock(ctx, op.Name, false)
 	if err != nil {
 		return nil, err
 	}
@@ -246,14 +251,14 @@ func listLocks(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 // heldByCaller checks what assert_locked and set_cookie require: lock name
 // is held by the caller with cookie, with type typ and tag tag. It returns
 // the lock's state and the caller's id.
-func (s server) heldByCaller(ctx objstore.MethodContext, name string, typ LockType, cookie, tag string) (LockInfo, LockerID, error) {
+func (s server) heldByCaller(ctx objstore.MethodContext, name string, typ LockType, cookie, tag string, write bool) (LockInfo, LockerID, error) {
 	switch {
 	case !typ.valid():
 		return LockInfo{}, LockerID{}, fmt.Errorf("lock %q: type %d: %w", name, typ, objstore.ErrInvalid)
 	case name == "":
 		return LockInfo{}, LockerID{}, fmt.Errorf("lock: empty name: %w", objstore.ErrInvalid)
 	}
-	li, err := s.readLock(ctx, name)
+	li, err := s.readLock(ctx, name, write)
 	if err != nil {
 		return LockInfo{}, LockerID{}, err
 	}
@@ -276,7 +281,7 @@ func (s server) assertLocked(ctx objstore.MethodContext, in []byte) ([]byte, err
 	if err := decodeInput(in, &op); err != nil {
 		return nil, err
 	}
-	_, _, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag)
+	_, _, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag, false)
 	return nil, err
 }
 
@@ -285,7 +290,7 @@ func (s server) setCookie(ctx objstore.MethodContext, in []byte) ([]byte, error)
 	if err := decodeInput(in, &op); err != nil {
 		return nil, err
 	}
-	li, id, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag)
+	li, id, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag, true)
 	if err != nil {
 		return nil, err
 	}
