@@ -142,6 +142,10 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	d.j = j
+	// The journal holds every write until the commit position moves past
+	// it, and that move is a synced operation of the same client: image
+	// writes need no sync of their own.
+	img.SetLazyWrites(true)
 	d.maxAppend = rbdjournal.MaxAppendSize(j.Order(), uint64(o.MaxPayload)+rbdjournal.AioWriteFixedSize)
 	if err := d.start(ctx); err != nil {
 		_ = j.Close(context.WithoutCancel(ctx))

@@ -72,6 +72,28 @@ type Image struct {
 	features uint64
 	snapc    clsrbd.SnapContext
 	readOnly error // why writes are refused, nil if they are not
+	lazy     bool  // data writes may complete before they are durable
+}
+
+// SetLazyWrites lets data writes (WriteAt, Discard, WriteZeroes) complete
+// before they are durable (objstore.WriteOp.SetLazy): they become durable
+// with the pool client's next non-lazy operation. For a journaled image the
+// journal keeps every such write until the commit position moves past it,
+// and that move is a non-lazy operation of the same client.
+func (img *Image) SetLazyWrites(lazy bool) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.lazy = lazy
+}
+
+func (img *Image) newWriteOp() *objstore.WriteOp {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	op := &objstore.WriteOp{}
+	if img.lazy {
+		op.SetLazy()
+	}
+	return op
 }
 
 // Open opens image name in pool: it looks up the id from rbd_id.<name> and

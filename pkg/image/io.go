@@ -128,7 +128,8 @@ func (img *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) 
 }
 
 // WriteAt writes p at off. Each object's part is durable when WriteAt
-// returns nil; after an error some parts may have been written.
+// returns nil (see SetLazyWrites); after an error some parts may have been
+// written.
 func (img *Image) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if _, err := img.checkRange("write", off, int64(len(p))); err != nil {
 		return 0, err
@@ -138,9 +139,9 @@ func (img *Image) WriteAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	err := img.forEachExtent(ctx, off, int64(len(p)), func(ctx context.Context, e extent) error {
 		oid := img.DataOID(e.objNo)
-		var op objstore.WriteOp
+		op := img.newWriteOp()
 		op.Write(e.objOff, p[e.bufOff:e.bufOff+int64(e.length)])
-		if err := img.pool.Operate(ctx, oid, &op); err != nil {
+		if err := img.pool.Operate(ctx, oid, op); err != nil {
 			return fmt.Errorf("write %s: %w", oid, err)
 		}
 		return nil
@@ -170,7 +171,7 @@ func (img *Image) Discard(ctx context.Context, off, length int64) error {
 		// Bytes of an object past the end of the image are never read,
 		// so a range reaching the image's end reaches the object's.
 		toEnd := e.objOff+e.length == objSize || objStart+e.objOff+e.length >= uint64(size)
-		var op objstore.WriteOp
+		op := img.newWriteOp()
 		switch {
 		case e.objOff == 0 && toEnd:
 			op.Remove()
@@ -181,7 +182,7 @@ func (img *Image) Discard(ctx context.Context, off, length int64) error {
 			op.AssertExists()
 			op.Zero(e.objOff, e.length)
 		}
-		return img.operateIfExists(ctx, "discard", e.objNo, &op)
+		return img.operateIfExists(ctx, "discard", e.objNo, op)
 	})
 }
 
@@ -196,10 +197,10 @@ func (img *Image) WriteZeroes(ctx context.Context, off, length int64) error {
 		return err
 	}
 	return img.forEachExtent(ctx, off, length, func(ctx context.Context, e extent) error {
-		var op objstore.WriteOp
+		op := img.newWriteOp()
 		op.AssertExists()
 		op.Zero(e.objOff, e.length)
-		return img.operateIfExists(ctx, "write zeroes", e.objNo, &op)
+		return img.operateIfExists(ctx, "write zeroes", e.objNo, op)
 	})
 }
 
