@@ -52,8 +52,12 @@ type step struct {
 	want syscall.Errno
 }
 
-func a(op func(*objstore.WriteOp), want syscall.Errno) step { return step{who: "a", op: op, want: want} }
-func b(op func(*objstore.WriteOp), want syscall.Errno) step { return step{who: "b", op: op, want: want} }
+func a(op func(*objstore.WriteOp), want syscall.Errno) step {
+	return step{who: "a", op: op, want: want}
+}
+func b(op func(*objstore.WriteOp), want syscall.Errno) step {
+	return step{who: "b", op: op, want: want}
+}
 
 func (s step) after(d time.Duration) step { s.at = d; return s }
 
