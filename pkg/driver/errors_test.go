@@ -1,0 +1,282 @@
+package driver_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// startDriver serves a driver in mode all over a unix socket and returns
+// clients; everything stops in t.Cleanup.
+func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient, string) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Storage: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Storage: st, NodeServer: ns, MaxVolumeBytes: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "csi.sock")
+	l, err := driver.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ns.Start(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, l) }()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+		defer scancel()
+		ns.Stop(sctx)
+		st.Close()
+		cleanupNode(t, dir, filepath.Join(dir, "node"))
+	})
+	return csi.NewControllerClient(conn), csi.NewNodeClient(conn), csi.NewIdentityClient(conn), dir
+}
+
+func mountCap(mode csi.VolumeCapability_AccessMode_Mode, fs string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+	}
+}
+
+var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "ext4")
+
+// TestErrorPaths checks each CSI error path: the status code and that the
+// message says what to fix.
+func TestErrorPaths(t *testing.T) {
+	ctrl, node, _, dir := startDriver(t)
+	ctx := context.Background()
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "existing", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	existing := vol.GetVolume().GetVolumeId()
+	unknown := driver.VolumeID{Backend: "local", Cluster: "default", Pool: "rbd", Image: driver.ImageNameFor("never-created")}.String()
+	otherCluster := driver.VolumeID{Backend: "local", Cluster: "elsewhere", Pool: "rbd", Image: "csi-vol-x"}.String()
+	staging := filepath.Join(dir, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	create := func(name string, caps []*csi.VolumeCapability, params map[string]string, cr *csi.CapacityRange) func() error {
+		return func() error {
+			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: caps, Parameters: params, CapacityRange: cr})
+			return err
+		}
+	}
+	stage := func(id string, c *csi.VolumeCapability, path string) func() error {
+		return func() error {
+			_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, VolumeCapability: c, StagingTargetPath: path})
+			return err
+		}
+	}
+	caps := []*csi.VolumeCapability{rwo}
+	for _, tc := range []struct {
+		name string
+		call func() error
+		code codes.Code
+		msg  string // a substring the message must hold: what to fix
+	}{
+		// Bad capability.
+		{"create multi-node writer", create("v", []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "")}, nil, nil),
+			codes.InvalidArgument, "one journal writer"},
+		{"create multi-node reader", create("v", []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY, "")}, nil, nil),
+			codes.InvalidArgument, "use a SINGLE_NODE_* mode"},
+		{"create unsupported fs", create("v", []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "btrfs")}, nil, nil),
+			codes.InvalidArgument, "use ext4 or xfs"},
+		{"create no access type", create("v", []*csi.VolumeCapability{{AccessMode: rwo.AccessMode}}, nil, nil),
+			codes.InvalidArgument, "use block or mount"},
+		{"create no access mode", create("v", []*csi.VolumeCapability{{AccessType: rwo.AccessType}}, nil, nil),
+			codes.InvalidArgument, "no access mode"},
+		{"stage multi-node", stage(existing, mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER, ""), staging),
+			codes.InvalidArgument, "one node at a time"},
+		{"publish multi-node", func() error {
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"),
+				VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "")})
+			return err
+		}, codes.InvalidArgument, "one journal writer"},
+
+		// Missing arguments.
+		{"create no name", create("", caps, nil, nil), codes.InvalidArgument, "name is missing"},
+		{"create no capabilities", create("v", nil, nil, nil), codes.InvalidArgument, "volume capabilities are missing"},
+		{"delete no id", func() error { _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{}); return err }, codes.InvalidArgument, "volume_id is missing"},
+		{"validate no caps", func() error {
+			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: existing})
+			return err
+		}, codes.InvalidArgument, "volume_capabilities are missing"},
+		{"stage no id", stage("", rwo, staging), codes.InvalidArgument, "volume_id is missing"},
+		{"stage no path", stage(existing, rwo, ""), codes.InvalidArgument, "staging_target_path is missing"},
+		{"stage no capability", stage(existing, nil, staging), codes.InvalidArgument, "volume_capability is missing"},
+		{"publish no target", func() error {
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, VolumeCapability: rwo})
+			return err
+		}, codes.InvalidArgument, "target_path is missing"},
+		{"publish no staging path", func() error {
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo})
+			return err
+		}, codes.InvalidArgument, "call NodeStageVolume first"},
+		{"unstage no path", func() error {
+			_, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: existing})
+			return err
+		}, codes.InvalidArgument, "staging_target_path is missing"},
+		{"stats no path", func() error {
+			_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: existing})
+			return err
+		}, codes.InvalidArgument, "volume_path is missing"},
+
+		// Unknown volume.
+		{"validate unknown", func() error {
+			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: unknown, VolumeCapabilities: caps})
+			return err
+		}, codes.NotFound, "does not exist"},
+		{"validate foreign id", func() error {
+			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "pvc-1234", VolumeCapabilities: caps})
+			return err
+		}, codes.NotFound, "not a csi-rbdj volume id"},
+		{"validate damaged id", func() error {
+			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "rbdj1/local/default/rbd", VolumeCapabilities: caps})
+			return err
+		}, codes.InvalidArgument, "want 5 '/'-separated fields"},
+		{"validate other cluster", func() error {
+			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: otherCluster, VolumeCapabilities: caps})
+			return err
+		}, codes.FailedPrecondition, "use the plugin configured for that cluster"},
+		{"stage unknown", stage(unknown, rwo, staging), codes.NotFound, "does not exist"},
+		{"publish unstaged", func() error {
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo})
+			return err
+		}, codes.FailedPrecondition, "call NodeStageVolume first"},
+		{"stats unknown", func() error {
+			_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: unknown, VolumePath: staging})
+			return err
+		}, codes.NotFound, "not staged on this node"},
+		{"list bad token", func() error {
+			_, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "garbage"})
+			return err
+		}, codes.Aborted, "restart the listing without a token"},
+
+		// Capacity too large.
+		{"create too large", create("big", caps, nil, &csi.CapacityRange{RequiredBytes: 2 << 40}), codes.OutOfRange, "request less"},
+		{"create rounding past limit", create("odd", caps, nil, &csi.CapacityRange{RequiredBytes: 5 << 20, LimitBytes: 6 << 20}),
+			codes.OutOfRange, "raise the limit or lower objectOrder"},
+		{"create required over limit", create("odd", caps, nil, &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 6 << 20}),
+			codes.InvalidArgument, "exceeds limit_bytes"},
+		{"create existing bigger", create("existing", caps, nil, &csi.CapacityRange{RequiredBytes: 64 << 20}),
+			codes.AlreadyExists, "outside the requested range"},
+
+		// Wrong parameter.
+		{"unknown parameter", create("p", caps, map[string]string{"replicas": "3"}, nil), codes.InvalidArgument, `"replicas": unknown parameter (known: pool,`},
+		{"journal order too big", create("p", caps, map[string]string{"journalOrder": "40"}, nil), codes.InvalidArgument, `"journalOrder": 40 is out of range [12, 26]`},
+		{"journal order not a number", create("p", caps, map[string]string{"journalOrder": "big"}, nil), codes.InvalidArgument, `is not an integer`},
+		{"splay width zero", create("p", caps, map[string]string{"journalSplayWidth": "0"}, nil), codes.InvalidArgument, `"journalSplayWidth": 0 is out of range [1, 64]`},
+		{"object order", create("p", caps, map[string]string{"objectOrder": "30"}, nil), codes.InvalidArgument, `"objectOrder": 30 is out of range [12, 25]`},
+		{"object map feature", create("p", caps, map[string]string{"imageFeatures": "layering,object-map"}, nil), codes.InvalidArgument, `not supported by the journaled data path`},
+		{"unknown feature", create("p", caps, map[string]string{"imageFeatures": "turbo"}, nil), codes.InvalidArgument, `"imageFeatures"`},
+		{"fs type", create("p", caps, map[string]string{"fsType": "zfs"}, nil), codes.InvalidArgument, `want one of ext4, xfs`},
+		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied or journaled`},
+		{"existing with other params", create("existing", caps, map[string]string{"journalSplayWidth": "8"}, nil), codes.AlreadyExists, "different parameters"},
+		{"content source", func() error {
+			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{
+				Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}})
+			return err
+		}, codes.InvalidArgument, "omit dataSource"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			st, _ := status.FromError(err)
+			if st.Code() != tc.code || !strings.Contains(st.Message(), tc.msg) {
+				t.Errorf("got %v %q, want %v with %q", st.Code(), st.Message(), tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+// TestCreateVolumeIdempotent: same name and parameters give the same volume,
+// rounded up to the object size; ListVolumes pages through them.
+func TestCreateVolumeIdempotent(t *testing.T) {
+	ctrl, _, id, _ := startDriver(t)
+	ctx := context.Background()
+	req := &csi.CreateVolumeRequest{Name: "pvc-a", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 5<<20 + 1},
+		Parameters:    map[string]string{"objectOrder": "20", "journalOrder": "20", "journalSplayWidth": "2", "imageFeatures": "layering", "csi.storage.k8s.io/pvc/name": "a"}}
+	a, err := ctrl.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.GetVolume().GetCapacityBytes(); got != 6<<20 {
+		t.Errorf("capacity %d, want %d (rounded up to 1 MiB objects)", got, 6<<20)
+	}
+	b, err := ctrl.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.GetVolume().GetVolumeId() != b.GetVolume().GetVolumeId() || b.GetVolume().GetCapacityBytes() != 6<<20 {
+		t.Errorf("second create: %v, want %v", b.GetVolume(), a.GetVolume())
+	}
+	for i := range 4 {
+		if _, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-" + string(rune('b'+i)), VolumeCapabilities: []*csi.VolumeCapability{rwo},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []string
+	token := ""
+	for range 10 {
+		r, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: 2, StartingToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range r.GetEntries() {
+			ids = append(ids, e.GetVolume().GetVolumeId())
+		}
+		if token = r.GetNextToken(); token == "" {
+			break
+		}
+	}
+	if len(ids) != 5 {
+		t.Errorf("listed %d volumes, want 5: %v", len(ids), ids)
+	}
+	p, err := id.Probe(ctx, &csi.ProbeRequest{})
+	if err != nil || !p.GetReady().GetValue() {
+		t.Errorf("probe: %v %v", p, err)
+	}
+	for _, v := range ids {
+		if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
+			t.Fatalf("second delete: %v", err)
+		}
+	}
+}

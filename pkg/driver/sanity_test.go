@@ -1,0 +1,176 @@
+package driver_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+)
+
+// TestSanity runs csi-test's sanity suite against the driver in mode all,
+// served on a unix socket, with real staging (journaled device, FUSE, loop
+// device, mkfs, mounts): once with the mount access type, once with block.
+// Each run is a child process (Ginkgo runs one suite per process).
+func TestSanity(t *testing.T) {
+	requireRoot(t)
+	for _, at := range []string{"mount", "block"} {
+		t.Run(at, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestSanityChild$", "-test.v")
+			cmd.Env = append(os.Environ(), "CSI_RBDJ_SANITY_ACCESS_TYPE="+at)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = cmd.Stdout
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
+			summary := regexp.MustCompile(`^Ran \d+ of \d+ Specs|Passed \| \d+ Failed|SUCCESS!|FAIL!`)
+			sc := bufio.NewScanner(out)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			var tail []string
+			for sc.Scan() {
+				line := sc.Text()
+				tail = append(tail, line)
+				if len(tail) > 400 {
+					tail = tail[1:]
+				}
+				if summary.MatchString(line) || strings.Contains(line, "[FAIL]") || strings.Contains(line, "[SKIPPED]") {
+					t.Log(line)
+				}
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("sanity (%s): %v\n%s", at, err, strings.Join(tail, "\n"))
+			}
+		})
+	}
+}
+
+// TestSanityChild is the child process of TestSanity.
+func TestSanityChild(t *testing.T) {
+	at := os.Getenv("CSI_RBDJ_SANITY_ACCESS_TYPE")
+	if at == "" {
+		t.Skip("child process of TestSanity")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "csi.sock")
+	stateDir := filepath.Join(dir, "node")
+	st, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Storage: st, RequestTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Storage: st, NodeServer: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := driver.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ns.Start(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+		defer scancel()
+		ns.Stop(sctx)
+		st.Close()
+		cleanupNode(t, dir, stateDir)
+	})
+
+	cfg := sanity.NewTestConfig()
+	cfg.Address = sock
+	cfg.TargetPath = filepath.Join(dir, "target")
+	cfg.StagingPath = filepath.Join(dir, "staging")
+	cfg.TestVolumeAccessType = at
+	cfg.TestVolumeSize = 64 << 20
+	cfg.TestVolumeExpandSize = 128 << 20
+	cfg.TestVolumeParameters = map[string]string{driver.ParamAckPolicy: "journaled", driver.ParamJournalSplayWidth: "2"}
+	if at == "block" {
+		cfg.TestVolumeParameters[driver.ParamAckPolicy] = "applied"
+	}
+	sanity.Test(t, cfg)
+}
+
+// cleanupNode removes whatever a failed run left under dir: mounts
+// (deepest first) and the devices' FUSE mounts and loop devices.
+func cleanupNode(t *testing.T, dir, stateDir string) {
+	t.Helper()
+	for _, m := range reverse(mountsUnder(dir)) {
+		if !strings.Contains(m, "/fuse/") {
+			t.Logf("cleanup: unmounting leftover %s", m)
+			_ = exec.Command("umount", "-l", m).Run()
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(stateDir, "fuse"))
+	for _, e := range ents {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := fuseloopCleanup(ctx, filepath.Join(stateDir, "fuse"), e.Name()); err != nil {
+			t.Logf("cleanup %s: %v", e.Name(), err)
+		}
+		cancel()
+	}
+	if left := mountsUnder(dir); len(left) > 0 {
+		t.Errorf("mounts left under %s: %v", dir, left)
+	}
+}
+
+func reverse(s []string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[len(s)-1-i] = v
+	}
+	return out
+}
+
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	return scanMounts(f, dir)
+}
+
+func scanMounts(r io.Reader, dir string) []string {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			out = append(out, fields[4])
+		}
+	}
+	return out
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices, FUSE, mounts)")
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skip(fmt.Sprintf("needs %s", p))
+		}
+	}
+}
