@@ -1,0 +1,418 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestMain lets the test binary act as the csi-rbdj command: the tests run
+// the node plugin as a child process (`serve --mode node`) so that they can
+// SIGKILL it.
+func TestMain(m *testing.M) {
+	if os.Getenv("CSI_RBDJ_TEST_AS_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices, FUSE, mounts)")
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+}
+
+// env is a controller in-process and a node plugin child process sharing a
+// local cluster directory.
+type env struct {
+	t        *testing.T
+	dir      string
+	ctrl     csi.ControllerClient
+	node     csi.NodeClient
+	ident    csi.IdentityClient
+	child    *exec.Cmd
+	childErr chan error
+	log      *os.File
+}
+
+func newEnv(t *testing.T) *env {
+	requireRoot(t)
+	e := &env{t: t, dir: t.TempDir()}
+	st, err := driver.OpenLocal(driver.LocalOptions{Dir: e.path("cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := driver.New(driver.Options{Mode: driver.ModeController, Storage: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := driver.Listen("unix://" + e.path("controller.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(context.Background(), l) }()
+	cc := e.dial("controller.sock")
+	e.ctrl = csi.NewControllerClient(cc)
+	if e.log, err = os.Create(e.path("node.log")); err != nil {
+		t.Fatal(err)
+	}
+	nc := e.dial("node.sock")
+	e.node, e.ident = csi.NewNodeClient(nc), csi.NewIdentityClient(nc)
+	t.Cleanup(func() {
+		e.stopNode()
+		cc.Close()
+		nc.Close()
+		d.Stop()
+		<-done
+		st.Close()
+		e.cleanupMounts()
+		if t.Failed() {
+			b, _ := os.ReadFile(e.path("node.log"))
+			t.Logf("node plugin log:\n%s", tail(string(b), 60))
+		}
+		e.log.Close()
+	})
+	return e
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *env) path(p ...string) string { return filepath.Join(append([]string{e.dir}, p...)...) }
+
+func (e *env) dial(sock string) *grpc.ClientConn {
+	c, err := dial(e.path(sock))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+// startNode starts the node plugin child and waits until Probe says ready.
+func (e *env) startNode() {
+	e.t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--mode", "node", "--endpoint", "unix://"+e.path("node.sock"),
+		"--backend", "local", "--local-dir", e.path("cluster"), "--local-no-sync", "--state-dir", e.path("node-state"),
+		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2")
+	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
+	cmd.Stdout, cmd.Stderr = e.log, e.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.child = cmd
+	e.childErr = make(chan error, 1)
+	go func() { e.childErr <- cmd.Wait() }()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		r, err := e.ident.Probe(ctx, &csi.ProbeRequest{})
+		cancel()
+		if err == nil && r.GetReady().GetValue() {
+			return
+		}
+		select {
+		case err := <-e.childErr:
+			e.child = nil
+			e.t.Fatalf("node plugin exited: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	e.t.Fatal("node plugin not ready after 1m")
+}
+
+// killNode SIGKILLs the node plugin (the crash under test).
+func (e *env) killNode() {
+	if e.child != nil {
+		_ = e.child.Process.Signal(syscall.SIGKILL)
+		<-e.childErr
+		e.child = nil
+	}
+}
+
+func (e *env) stopNode() {
+	if e.child == nil {
+		return
+	}
+	_ = e.child.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.childErr:
+	case <-time.After(time.Minute):
+		_ = e.child.Process.Kill()
+		<-e.childErr
+	}
+	e.child = nil
+}
+
+// cleanupMounts removes whatever a failed test left: mounts under the
+// directory (deepest first), then the devices' FUSE mounts and loop devices.
+func (e *env) cleanupMounts() {
+	ms := mountsUnder(e.dir)
+	for i := len(ms) - 1; i >= 0; i-- {
+		if !strings.Contains(ms[i], "/node-state/fuse/") {
+			e.t.Logf("cleanup: unmounting leftover %s", ms[i])
+			_ = unix.Unmount(ms[i], unix.MNT_DETACH)
+		}
+	}
+	ents, _ := os.ReadDir(e.path("node-state", "fuse"))
+	for _, ent := range ents {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := fuseloop.Cleanup(ctx, e.path("node-state", "fuse"), ent.Name()); err != nil {
+			e.t.Logf("cleanup %s: %v", ent.Name(), err)
+		}
+		cancel()
+	}
+	if left := mountsUnder(e.dir); len(left) > 0 {
+		e.t.Errorf("mounts left: %v", left)
+	}
+	if left := loopsUnder(e.dir); len(left) > 0 {
+		e.t.Errorf("loop devices left: %v", left)
+	}
+}
+
+func (e *env) must(err error) {
+	e.t.Helper()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestRestartFilesystem stages and publishes a filesystem volume (at a
+// read-write and a read-only target), writes files, SIGKILLs the node
+// plugin, starts it again and checks that the files are readable at the
+// publish paths, what a file descriptor opened before the kill sees, and
+// that the volume unstages and deletes cleanly.
+func TestRestartFilesystem(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { testRestartFilesystem(t, fs) })
+	}
+}
+
+func testRestartFilesystem(t *testing.T, fs string) {
+	e := newEnv(t)
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs, MountFlags: []string{"noatime"}}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restart-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: map[string]string{"ackPolicy": "journaled"}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, rw, ro := e.path("staging"), e.path("pods", "a", "vol"), e.path("pods", "b", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
+	e.must(err)
+	if opts := mountOptions(staging); !strings.Contains(opts, "noatime") {
+		t.Errorf("mount flags not honoured: staging mounted with %q", opts)
+	}
+	for _, tgt := range []struct {
+		path string
+		ro   bool
+	}{{rw, false}, {ro, true}} {
+		_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: tgt.path, VolumeCapability: vc, Readonly: tgt.ro})
+		e.must(err)
+	}
+	want := map[string][]byte{}
+	for i := range 8 {
+		b := make([]byte, 64<<10+i*4096)
+		rand.Read(b)
+		name := fmt.Sprintf("f%d", i)
+		e.must(writeSync(filepath.Join(rw, name), b))
+		want[name] = b
+	}
+	e.must(syncPath(rw))
+	oldFd, err := os.Open(filepath.Join(rw, "f0"))
+	e.must(err)
+	defer oldFd.Close()
+	oldDev := mountSource(staging)
+
+	// DeleteVolume while staged is refused.
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "unstage it first") {
+		t.Errorf("DeleteVolume of a staged volume: %v, want FailedPrecondition", err)
+	}
+
+	e.killNode()
+	// The gap: a new file cannot be made durable.
+	if err := writeSync(filepath.Join(rw, "gap"), []byte("lost")); err == nil {
+		t.Errorf("fsync during the gap succeeded")
+	} else {
+		t.Logf("during the gap: create+write+fsync: %v", err)
+	}
+	start := time.Now()
+	e.startNode()
+	t.Logf("re-served in %v", time.Since(start))
+
+	newDev := mountSource(staging)
+	if newDev == oldDev || newDev == "?" {
+		t.Errorf("staging still mounted from %s (was %s)", newDev, oldDev)
+	}
+	for _, dir := range []string{rw, ro, staging} {
+		for name, b := range want {
+			got, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatalf("after restart, read %s: %v", filepath.Join(dir, name), err)
+			}
+			if string(got) != string(b) {
+				t.Fatalf("after restart, %s differs", filepath.Join(dir, name))
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(rw, "gap")); err == nil {
+		t.Logf("the file created during the gap exists after the restart")
+	}
+	if err := writeSync(filepath.Join(ro, "x"), []byte("x")); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write at the read-only target after restart: %v, want EROFS", err)
+	}
+	e.must(writeSync(filepath.Join(rw, "after"), []byte("after restart")))
+
+	// The descriptor opened before the kill still points at the old, dead
+	// filesystem: cached pages read, anything else fails.
+	buf := make([]byte, 4096)
+	_, cachedErr := oldFd.ReadAt(buf, 0)
+	_ = unix.Fadvise(int(oldFd.Fd()), 0, 0, unix.FADV_DONTNEED)
+	_, uncachedErr := oldFd.ReadAt(buf, 32<<10)
+	t.Logf("fd opened before the kill: cached read: %v; uncached read: %v", cachedErr, uncachedErr)
+	if uncachedErr == nil {
+		t.Errorf("an uncached read through the pre-crash fd succeeded; the old filesystem should be dead")
+	}
+	oldFd.Close()
+
+	st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: rw})
+	e.must(err)
+	if st.GetVolumeCondition().GetAbnormal() || len(st.GetUsage()) != 2 {
+		t.Errorf("stats after restart: %v", st)
+	}
+	for _, p := range []string{rw, ro} {
+		_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: p})
+		e.must(err)
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("target %s not removed: %v", p, err)
+		}
+	}
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
+
+// TestRestartBlock does the same for a Block volume: data written to the
+// published device node survives the kill and is read back through the
+// re-bound target.
+func TestRestartBlock(t *testing.T) {
+	e := newEnv(t)
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restart-block", VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "dev")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
+	e.must(err)
+	_, err = f.WriteAt(data, 3<<20)
+	e.must(err)
+	e.must(f.Sync())
+	f.Close()
+
+	e.killNode()
+	e.startNode()
+
+	f, err = os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
+	e.must(err)
+	got := alignedBuf(len(data))
+	_, err = f.ReadAt(got, 3<<20)
+	f.Close()
+	e.must(err)
+	if string(got) != string(data) {
+		t.Fatal("block data differs after the restart")
+	}
+	st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+	e.must(err)
+	if u := st.GetUsage(); len(u) != 1 || u[0].GetTotal() != 16<<20 || st.GetVolumeCondition().GetAbnormal() {
+		t.Errorf("block stats: %v", st)
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := 4096 - int(uintptr(unsafePointer(b))&4095)
+	return b[off : off+n]
+}
+
+// waitNoLoops waits for the kernel to release loop devices of dir (a
+// detach the kernel deferred completes when the last opener closes).
+func waitNoLoops(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(loopsUnder(dir)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := loopsUnder(dir); len(left) > 0 {
+		t.Errorf("loop devices left: %v", left)
+	}
+}
+
+func mountOptions(path string) string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	opts := ""
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 5 && fields[4] == path {
+			opts = fields[5]
+		}
+	}
+	return opts
+}
