@@ -249,19 +249,27 @@ func chunkOmap(size uint64, crc uint32, seq uint64) map[string][]byte {
 // omap consistent with the data. It returns the seqs.
 func verifyChunkObject(t testing.TB, p objstore.Pool, oid string) []uint64 {
 	t.Helper()
+	seqs, err := checkChunkObject(p, oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seqs
+}
+
+func checkChunkObject(p objstore.Pool, oid string) ([]uint64, error) {
 	op := &objstore.ReadOp{}
 	d := op.Read(0, 0)
 	om := op.GetOmapValsByKeys("size", "crc", "last")
 	if err := p.Read(context.Background(), oid, op); err != nil {
 		if objstore.Errno(err) == syscall.ENOENT {
-			return nil
+			return nil, nil
 		}
-		t.Fatalf("read %s: %v", oid, err)
+		return nil, fmt.Errorf("read %s: %w", oid, err)
 	}
 	data := d.Data()
 	seqs, err := parseChunks(data)
 	if err != nil {
-		t.Fatalf("%s: %v", oid, err)
+		return nil, fmt.Errorf("%s: %w", oid, err)
 	}
 	m := map[string]string{}
 	for _, e := range om.Page().Entries {
@@ -276,10 +284,10 @@ func verifyChunkObject(t testing.TB, p objstore.Pool, oid string) []uint64 {
 	}
 	for k, v := range want {
 		if m[k] != v {
-			t.Fatalf("%s: omap %s = %q, want %q (data %d bytes, %d chunks): a partial operation is visible", oid, k, m[k], v, len(data), len(seqs))
+			return nil, fmt.Errorf("%s: omap %s = %q, want %q (data %d bytes, %d chunks): a partial operation is visible", oid, k, m[k], v, len(data), len(seqs))
 		}
 	}
-	return seqs
+	return seqs, nil
 }
 
 // chunkWriter appends chunks to objects it owns, keeping their omap in step.

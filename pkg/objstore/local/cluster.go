@@ -86,6 +86,8 @@ type Cluster struct {
 	nextNotify atomic.Uint64
 	srv        *server
 
+	takeovers atomic.Int64 // batches of dead committers this client finished
+
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	life   sync.RWMutex // operations hold it shared; Close exclusive
@@ -420,6 +422,7 @@ func (c *Cluster) recoverIfBusy() error {
 	s.evenBuckets()
 	s.commitSeq().Add(1)
 	s.busy().Store(0)
+	c.takeovers.Add(1)
 	klog.InfoS("local cluster: finished a dead committer's batch", "dir", c.dir, "records", n)
 	return nil
 }

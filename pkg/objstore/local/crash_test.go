@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +76,122 @@ func TestCrashKill(t *testing.T) {
 		t.Logf("round %d: %d ops acknowledged before the kill; %d acknowledged in all, %d present", round, n, len(acked), len(present))
 	}
 	t.Logf("%d kills (%d during open/recovery): %d acknowledged operations all present and intact; %d operations present in all", kills, duringOpen, len(acked), totalPresent)
+}
+
+// TestCrashKillWhileOpen is TestCrashKill with the test process keeping the
+// directory open and reading the child's objects all along: the child's
+// kills (in the middle of log writes, applies and checkpoints) are repaired
+// by the surviving client (takeover recovery, by its readers or its next
+// commit), and no read ever sees a partial operation, across processes.
+func TestCrashKillWhileOpen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	const kills = 20
+	dir := t.TempDir()
+	c := openT(t, dir, testOptions())
+	p := poolT(t, c, "rbd")
+	seed := time.Now().UnixNano()
+	r := rand.New(rand.NewSource(seed))
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bgErr := make(chan error, 2)
+	var reads atomic.Int64
+	var parentSeq atomic.Uint64
+	bg.Add(2)
+	go func() { // reads the child's objects all along
+		defer bg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for w := 0; w < crashWorkers; w++ {
+				for _, oid := range crashObjects(w) {
+					if _, err := checkChunkObject(p, oid); err != nil {
+						bgErr <- fmt.Errorf("concurrent reader: %w", err)
+						return
+					}
+					reads.Add(1)
+				}
+			}
+		}
+	}()
+	go func() { // writes its own object all along
+		defer bg.Done()
+		mine, err := newChunkWriter(context.Background(), p, []string{"parent"})
+		if err != nil {
+			bgErr <- err
+			return
+		}
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			s := parentSeq.Load() + 1
+			if err := mine.append(context.Background(), "parent", s, int(s*37%3000), s%2 == 0); err != nil {
+				bgErr <- err
+				return
+			}
+			parentSeq.Store(s)
+		}
+	}()
+	acked := map[uint64]string{}
+	ackRe := regexp.MustCompile(`^ack (\d+) (\S+)$`)
+	for round := 0; round < kills; round++ {
+		ch := startChild(t, "crashloop", "LOCAL_TEST_DIR="+dir,
+			fmt.Sprintf("LOCAL_TEST_SEQBASE=%d", uint64(round+1)*1_000_000_000),
+			"LOCAL_TEST_MAXLOG="+strconv.Itoa(2<<20))
+		ch.expect("ready", time.Minute)
+		time.Sleep(time.Duration(10+r.Intn(300)) * time.Millisecond)
+		ch.kill()
+		for l := range ch.lines {
+			if m := ackRe.FindStringSubmatch(l); m != nil {
+				s, _ := strconv.ParseUint(m[1], 10, 64)
+				acked[s] = m[2]
+			}
+		}
+		// Let the test process's writer commit (and so repair) before checking.
+		for want := parentSeq.Load() + 2; parentSeq.Load() < want; {
+			select {
+			case err := <-bgErr:
+				t.Fatalf("round %d (seed %d): %v", round, seed, err)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		present := map[uint64]string{}
+		for w := 0; w < crashWorkers; w++ {
+			for _, oid := range crashObjects(w) {
+				for _, s := range verifyChunkObject(t, p, oid) {
+					present[s] = oid
+				}
+			}
+		}
+		for s, oid := range acked {
+			if got, ok := present[s]; !ok || got != oid {
+				t.Fatalf("round %d (seed %d): acknowledged op %d on %s lost (found on %q)", round, seed, s, oid, got)
+			}
+		}
+	}
+	close(stop)
+	bg.Wait()
+	select {
+	case err := <-bgErr:
+		t.Fatal(err)
+	default:
+	}
+	if seqs := verifyChunkObject(t, p, "parent"); len(seqs) != int(parentSeq.Load()) {
+		t.Fatalf("the test process's object has %d ops, want %d", len(seqs), parentSeq.Load())
+	}
+	t.Logf("%d kills with the directory open: %d acknowledged child operations and %d of the test process all present; "+
+		"the test process finished %d of the killed child's batches; %d consistent concurrent reads",
+		kills, len(acked), parentSeq.Load(), c.takeovers.Load(), reads.Load())
+	if c.takeovers.Load() == 0 {
+		t.Errorf("no kill landed inside a batch of the child: the takeover path was not exercised")
+	}
 }
 
 // walRecords returns the offset and length of every valid record of the log.
