@@ -8,15 +8,16 @@ GOTAGS ?=
 TESTFLAGS ?= -count=1 -timeout 30m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test deps vet unit fuzz bench clean
+.PHONY: all build demo test deps vet unit fuzz bench clean csi-sanity
 
 all: build
 
 build:
 	$(GO) build $(if $(GOTAGS),-tags '$(GOTAGS)') -o bin/csi-rbdj ./cmd/csi-rbdj
 
-## demo: the driver's main job end to end on the embedded local backend.
-demo: build
+## demo: the driver's main job end to end on the embedded local backend
+## (as root: loop devices, FUSE and mounts; installs e2fsprogs etc. first).
+demo: deps build
 	./bin/csi-rbdj demo
 
 ## test: install what the tests need, then run the whole suite.
@@ -39,6 +40,11 @@ fuzz:
 ## bench: journal and object-store benchmarks on the local backend.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/journal ./pkg/objstore/local
+
+## csi-sanity: the standalone csi-sanity command against `csi-rbdj serve --mode all`
+## (also run by `make test` through cmd/csi-rbdj's TestStandaloneCSISanity).
+csi-sanity: build
+	./hack/csi-sanity.sh ./bin/csi-rbdj
 
 clean:
 	rm -rf bin

@@ -32,6 +32,9 @@ func usage() {
 Usage:
   csi-rbdj serve [flags]   serve CSI (controller, node or both) on a unix socket
   csi-rbdj demo [flags]    run the driver's main job end to end on the local backend
+  csi-rbdj node-cleanup --state-dir DIR
+                           tear down what a dead node plugin left staged
+                           (mounts, loop devices) without serving it again
   csi-rbdj version         print the version
 
 Run "csi-rbdj serve -h" or "csi-rbdj demo -h" for their flags.
@@ -49,6 +52,8 @@ func main() {
 		err = serveMain(os.Args[2:])
 	case "demo":
 		err = demoMain(os.Args[2:])
+	case "node-cleanup":
+		err = nodeCleanupMain(os.Args[2:])
 	case "version", "--version", "-version":
 		fmt.Printf("csi-rbdj %s (driver %s)\n", version, driver.DefaultName)
 	case "help", "-h", "--help":
@@ -170,4 +175,16 @@ func serve(ctx context.Context, c serveConfig) error {
 	}
 	klog.InfoS("Shutting down", "reason", context.Cause(ctx))
 	return nil
+}
+
+func nodeCleanupMain(args []string) error {
+	fs := flag.NewFlagSet("node-cleanup", flag.ExitOnError)
+	stateDir := fs.String("state-dir", "/var/lib/csi-rbdj/node", "the node plugin's --state-dir")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return nodeserver.CleanupState(ctx, *stateDir)
 }

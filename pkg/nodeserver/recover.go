@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"k8s.io/klog/v2"
 )
@@ -101,4 +104,51 @@ func (s *Server) update(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f()
+}
+
+// CleanupState tears down, without serving them again, the volumes a dead
+// node plugin left staged under stateDir: it unmounts their publish targets
+// and staging mounts (lazily), removes what their devices left (FUSE mounts,
+// loop devices) and deletes the records. The journals keep every
+// acknowledged write: the next NodeStageVolume replays them. Never run it
+// while a plugin serves stateDir.
+func CleanupState(ctx context.Context, stateDir string) error {
+	st := store{dir: filepath.Join(stateDir, "volumes")}
+	fuseDir := filepath.Join(stateDir, "fuse")
+	recs, errs := st.load()
+	for _, r := range recs {
+		for _, t := range r.targets() {
+			if err := unmountAll(t, true); err != nil {
+				errs = append(errs, err)
+			}
+			if err := removeTarget(t); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if !r.Block {
+			if err := unmountAll(r.StagingPath, true); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := fuseloop.Cleanup(ctx, fuseDir, r.Key); err != nil && !errors.Is(err, fuseloop.ErrBusy) {
+			errs = append(errs, err)
+			continue
+		}
+		if err := st.remove(r.Key); err != nil {
+			errs = append(errs, err)
+		}
+		klog.InfoS("Cleaned up a staged volume", "volumeID", r.VolumeID, "stagingPath", r.StagingPath, "targets", len(r.Publish))
+	}
+	// Devices without a record (a plugin that died between attach and
+	// saving the record).
+	ents, err := os.ReadDir(fuseDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range ents {
+		if err := fuseloop.Cleanup(ctx, fuseDir, e.Name()); err != nil && !errors.Is(err, fuseloop.ErrBusy) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

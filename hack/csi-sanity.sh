@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the standalone csi-sanity command (kubernetes-csi/csi-test) against the
+# csi-rbdj binary started by hand: `csi-rbdj serve --mode all --backend local`,
+# once with the mount access type and once with block. Needs root (FUSE, loop
+# devices, mounts).
+#
+# Usage: hack/csi-sanity.sh [path/to/csi-rbdj]   (default: bin/csi-rbdj, built if missing)
+# csi-sanity is built once into ${CSI_RBDJ_CACHE:-~/.cache/csi-rbdj}.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/bin/csi-rbdj}
+CSI_TEST_VERSION=v5.4.0
+CACHE=${CSI_RBDJ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/csi-rbdj}
+SANITY=$CACHE/csi-sanity-$CSI_TEST_VERSION
+export PATH=/usr/local/go/bin:$PATH
+
+if [ ! -x "$SANITY" ]; then
+  echo "csi-sanity.sh: building csi-sanity $CSI_TEST_VERSION into $CACHE"
+  mkdir -p "$CACHE/build"
+  # csi-test has no replace directives, so `go install mod@version` works
+  # (sidecars with replace directives need the copy-and-build route).
+  (cd "$CACHE/build" && GOBIN="$CACHE/build" go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION")
+  mv "$CACHE/build/csi-sanity" "$SANITY"
+fi
+if [ ! -x "$BIN" ]; then
+  (cd "$ROOT" && go build -o "$BIN" ./cmd/csi-rbdj)
+fi
+
+WORK=$(mktemp -d /tmp/csi-rbdj-sanity.XXXXXX)
+PID=""
+cleanup() {
+  local rc=$?
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for _ in $(seq 1 600); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+  fi
+  # What a failed run may have left staged: mounts, loop devices, FUSE.
+  "$BIN" node-cleanup --state-dir "$WORK/node" >>"$WORK/cleanup.log" 2>&1 || true
+  { grep -o " $WORK/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
+  if grep -q " $WORK/" /proc/self/mounts; then
+    echo "csi-sanity.sh: mounts left under $WORK:"; grep " $WORK/" /proc/self/mounts; rc=1
+  fi
+  if [ $rc -ne 0 ]; then
+    echo "csi-sanity.sh: server log (last 40 lines of $WORK/server.log):"; tail -40 "$WORK/server.log" || true
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+SOCK=$WORK/csi.sock
+"$BIN" serve --mode all --backend local --endpoint "unix://$SOCK" \
+  --local-dir "$WORK/cluster" --state-dir "$WORK/node" --node-id sanity-node -v 2 >"$WORK/server.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+[ -S "$SOCK" ] || { echo "csi-sanity.sh: server did not create $SOCK"; exit 1; }
+
+cat >"$WORK/params.yaml" <<'YAML'
+ackPolicy: journaled
+journalSplayWidth: "2"
+YAML
+
+status=0
+for type in mount block; do
+  echo "csi-sanity.sh: access type $type"
+  if ! "$SANITY" --csi.endpoint "unix://$SOCK" \
+      --csi.stagingdir "$WORK/staging-$type" --csi.mountdir "$WORK/target-$type" \
+      --csi.testvolumesize $((64 << 20)) --csi.testvolumeexpandsize $((128 << 20)) \
+      --csi.testvolumeparameters "$WORK/params.yaml" \
+      --csi.testvolumeaccesstype "$type" --ginkgo.no-color >"$WORK/sanity-$type.log" 2>&1; then
+    status=1
+    echo "csi-sanity.sh: FAILED ($type); failures:"
+    grep -A15 "\[FAIL\]" "$WORK/sanity-$type.log" | head -80 || tail -40 "$WORK/sanity-$type.log"
+  fi
+  grep -E "^(Ran [0-9]+ of [0-9]+ Specs|SUCCESS!|FAIL!)" "$WORK/sanity-$type.log" | sed "s/^/csi-sanity.sh: [$type] /"
+done
+exit $status
