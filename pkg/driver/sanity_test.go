@@ -174,3 +174,16 @@ func requireRoot(t *testing.T) {
 		}
 	}
 }
+
+// loopsUnder lists loop devices whose backing file is under dir.
+func loopsUnder(dir string) []string {
+	ms, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, m := range ms {
+		b, err := os.ReadFile(m)
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/") {
+			out = append(out, m)
+		}
+	}
+	return out
+}

@@ -1,0 +1,70 @@
+package driver
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestVolumeIDRoundTrip(t *testing.T) {
+	v := VolumeID{Backend: BackendLocal, Cluster: "default", Pool: "rbd", Image: ImageNameFor("pvc-0f6c")}
+	got, err := ParseVolumeID(v.String())
+	if err != nil || got != v {
+		t.Fatalf("ParseVolumeID(%q) = %v, %v", v.String(), got, err)
+	}
+	if ImageNameFor("a") == ImageNameFor("b") || ImageNameFor("a") != ImageNameFor("a") {
+		t.Error("image names must be deterministic and distinct")
+	}
+	if n := ImageNameFor(strings.Repeat("x", 128)); len(n) != len(imagePrefix)+24 {
+		t.Errorf("image name %q: unexpected length", n)
+	}
+}
+
+func TestParseVolumeIDErrors(t *testing.T) {
+	for _, tc := range []struct {
+		id   string
+		want error
+	}{
+		{"pvc-1234", ErrForeignVolumeID},
+		{"fake-vol-id", ErrForeignVolumeID},
+		{"rbdj1/local/default/rbd", ErrMalformedVolumeID},
+		{"rbdj1/local/default/rbd/img/extra", ErrMalformedVolumeID},
+		{"rbdj1/nfs/default/rbd/img", ErrMalformedVolumeID},
+		{"rbdj1/local//rbd/img", ErrMalformedVolumeID},
+		{"rbdj1/local/default/rbd/im@g", ErrMalformedVolumeID},
+		{"rbdj1/local/default/rbd/" + strings.Repeat("i", 65), ErrMalformedVolumeID},
+	} {
+		if _, err := ParseVolumeID(tc.id); !errors.Is(err, tc.want) {
+			t.Errorf("ParseVolumeID(%q) = %v, want %v", tc.id, err, tc.want)
+		}
+	}
+}
+
+func TestParseParamsDefaults(t *testing.T) {
+	p, err := ParseParams(map[string]string{"imageFeatures": "layering", "csi.storage.k8s.io/pv/name": "pv-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Features&requiredFeatures != requiredFeatures {
+		t.Errorf("features %x: exclusive-lock and journaling must always be on", p.Features)
+	}
+	if p.Pool != DefaultPool || p.ObjectOrder != DefaultObjectOrder || p.JournalOrder != DefaultJournalOrder ||
+		p.JournalSplayWidth != DefaultJournalSplayWidth || p.FsType != DefaultFsType || p.AckPolicy != DefaultAckPolicy {
+		t.Errorf("defaults: %+v", p)
+	}
+}
+
+func TestParseEndpoint(t *testing.T) {
+	for in, want := range map[string]string{
+		"unix:///run/csi/csi.sock": "/run/csi/csi.sock",
+		"unix:/run/csi/csi.sock":   "/run/csi/csi.sock",
+		"/run/csi/csi.sock":        "/run/csi/csi.sock",
+	} {
+		if got, err := ParseEndpoint(in); err != nil || got != want {
+			t.Errorf("ParseEndpoint(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := ParseEndpoint("tcp://127.0.0.1:10000"); err == nil {
+		t.Error("tcp endpoints must be refused")
+	}
+}
