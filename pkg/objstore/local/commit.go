@@ -93,13 +93,48 @@ func (c *Cluster) committer() {
 			c.failPending()
 			return
 		}
+		prev := 0
 		for {
+			c.gather(prev)
 			batch := c.takeBatch()
 			if len(batch) == 0 {
 				break
 			}
+			prev = len(batch)
 			c.commitBatch(batch)
 		}
+	}
+}
+
+// gatherWait bounds how long the committer waits for a batch to fill.
+const gatherWait = 250 * time.Microsecond
+
+// gather waits briefly, after a batch of prev operations, until about as
+// many are queued again. The callers of the last batch react to its
+// completion with new operations (the journal's next append per splay
+// object, a device's apply of what was just journaled); taking the queue at
+// once would start a sync for the first of them and leave the rest a whole
+// sync behind.
+func (c *Cluster) gather(prev int) {
+	if prev < 2 {
+		return
+	}
+	deadline := time.Now().Add(gatherWait)
+	for {
+		c.pendMu.Lock()
+		n := len(c.pending)
+		c.pendMu.Unlock()
+		left := time.Until(deadline)
+		if n >= prev || left <= 0 {
+			return
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-c.kick:
+		case <-t.C:
+		case <-c.ctx.Done():
+		}
+		t.Stop()
 	}
 }
 
@@ -198,12 +233,6 @@ func (c *Cluster) commitBatch(batch []*request) {
 			continue
 		}
 		if rec == nil {
-			continue
-		}
-		if rec.bodyLen() > maxRecordBody {
-			r.err = &objstore.OpError{Op: "operate", OID: r.oid, Err: fmt.Errorf("%w: %v", syscall.EFBIG, errRecordTooBig)}
-			// The state of this object in the batch now includes the op: rebuild it.
-			delete(states, objKey{r.p.id, r.oid})
 			continue
 		}
 		rec.lsn = lsn
@@ -349,7 +378,6 @@ func (c *Cluster) execWrite(r *request, states map[objKey]*objState, now int64) 
 			return nil, stepErr(stepName(s), r.oid, err)
 		}
 	}
-	states[key] = st
 	rec := &record{poolID: r.p.id, oid: r.oid, muts: st.muts[len(base.muts):]}
 	if st.exists && o.metaChanged {
 		rec.hasMeta = true
@@ -362,6 +390,10 @@ func (c *Cluster) execWrite(r *request, states map[objKey]*objState, now int64) 
 		rec.mtime = now
 		st.mtime = now
 	}
+	if rec.bodyLen() > maxRecordBody {
+		return nil, &objstore.OpError{Op: "operate", OID: r.oid, Err: fmt.Errorf("%w: %v", syscall.EFBIG, errRecordTooBig)}
+	}
+	states[key] = st
 	if len(rec.muts) == 0 && !rec.hasMeta && rec.mtime == 0 {
 		return nil, nil
 	}
