@@ -18,8 +18,8 @@ type Reader interface {
 }
 
 // Lock adds lock.lock to op: the caller (identified by its entity name and
-// cookie) takes lock name of type typ. A duration of zero or less never
-// expires; a positive one is rounded to nanoseconds and capped at 2^32-1
+// cookie) takes lock name of type typ, tagged tag. A hold with a duration
+// of zero or less never expires; a positive duration is capped at 2^32-1
 // seconds, as Ceph converts it. description is free-form text for people.
 //
 // The operation fails with objstore.ErrBusy if another locker holds the lock
@@ -73,6 +73,8 @@ func exec(op *objstore.WriteOp, method string, in cephenc.Encodable) {
 // GetLockInfo reads lock name of object oid: its holders, type and tag,
 // without the holders whose hold has expired. A lock nobody ever took has
 // no holders and type LockNone; a missing object is objstore.ErrNotFound.
+// As on Ceph, reading an exclusive-ephemeral lock whose holder expired fails
+// with EIO (the class would have to remove the object, which a read cannot).
 func GetLockInfo(ctx context.Context, r Reader, oid, name string) (LockInfo, error) {
 	var op objstore.ReadOp
 	res := op.Exec(className, "get_info", cephenc.Marshal(GetInfoOp{Name: name}))
