@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/bin/csi-rbdj}
 CSI_TEST_VERSION=v5.4.0
-CACHE=${CSI_RBDJ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/csi-rbdj}
+CACHE=${CSI_RBDJ_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/csi-rbdj}
 SANITY=$CACHE/csi-sanity-$CSI_TEST_VERSION
 export PATH=/usr/local/go/bin:$PATH
 

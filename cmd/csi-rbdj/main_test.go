@@ -367,6 +367,22 @@ func TestRestartBlock(t *testing.T) {
 	if string(got) != string(data) {
 		t.Fatal("block data differs after the restart")
 	}
+	// A graceful stop while the volume is staged (a DaemonSet rollout):
+	// the plugin drains and exits promptly, the next one re-serves.
+	start := time.Now()
+	e.stopNode()
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("SIGTERM with a staged volume took %v", d)
+	}
+	e.startNode()
+	f, err = os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
+	e.must(err)
+	_, err = f.ReadAt(got, 3<<20)
+	f.Close()
+	e.must(err)
+	if string(got) != string(data) {
+		t.Fatal("block data differs after a graceful restart")
+	}
 	st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
 	e.must(err)
 	if u := st.GetUsage(); len(u) != 1 || u[0].GetTotal() != 16<<20 || st.GetVolumeCondition().GetAbnormal() {

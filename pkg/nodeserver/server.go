@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -75,6 +76,7 @@ type Server struct {
 	vols map[string]*volume // by volume id
 
 	ready    chan struct{} // closed when the recovery at start is over
+	started  atomic.Bool
 	wg       sync.WaitGroup
 	stopOnce sync.Once
 }
@@ -125,6 +127,9 @@ func New(o Options) (*Server, error) {
 // the plugin staged (see recover.go). Node calls wait until it is done;
 // Ready reports it.
 func (s *Server) Start(ctx context.Context) {
+	if s.started.Swap(true) {
+		return
+	}
 	s.wg.Add(1)
 	go func() { // owned by Server: Stop waits for it
 		defer s.wg.Done()
@@ -160,7 +165,12 @@ func (s *Server) waitReady(ctx context.Context) error {
 // the volumes and repairs their mounts.
 func (s *Server) Stop(ctx context.Context) {
 	s.stopOnce.Do(func() {
-		s.wg.Wait()
+		if s.started.Load() {
+			select {
+			case <-s.ready: // the recovery at start is over
+			case <-ctx.Done():
+			}
+		}
 		s.mu.Lock()
 		vols := make([]*volume, 0, len(s.vols))
 		for _, v := range s.vols {
@@ -170,6 +180,7 @@ func (s *Server) Stop(ctx context.Context) {
 		for _, v := range vols {
 			s.shutdown(ctx, v)
 		}
+		s.wg.Wait() // the monitors ended with shutdown
 	})
 }
 
