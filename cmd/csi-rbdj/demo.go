@@ -246,7 +246,13 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := d.do("restart node plugin: re-serve, replay, remount", func() (string, error) { return d.startNode(ctx) }); err != nil {
+	if err := d.do("restart node plugin: re-serve, replay, remount", func() (string, error) {
+		s, err := d.startNode(ctx)
+		if n := lastReplayed(d.path("node.log")); n != "" {
+			s += ", replayed " + n + " journal entries"
+		}
+		return s, err
+	}); err != nil {
 		return err
 	}
 	if err := d.do("verify files at the publish path", func() (string, error) {
@@ -645,4 +651,20 @@ func errString(err error) string {
 		return "EOF"
 	}
 	return err.Error()
+}
+
+// lastReplayed returns the replayedEntries of the last device start the
+// node plugin logged.
+func lastReplayed(logPath string) string {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return ""
+	}
+	n := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if i := strings.Index(line, "replayedEntries="); i >= 0 && strings.Contains(line, "Journaled device started") {
+			n = strings.Fields(line[i+len("replayedEntries="):])[0]
+		}
+	}
+	return n
 }
