@@ -144,48 +144,58 @@ func ClientName(id uint64) EntityName {
 	return EntityName{Type: EntityTypeClient, Num: int64(id)}
 }
 
-var entityTypeNames = []struct {
-	t    uint8
-	name string
-}{
-	{EntityTypeMon, "mon"},
-	{EntityTypeMDS, "mds"},
-	{EntityTypeOSD, "osd"},
-	{EntityTypeClient, "client"},
-	{EntityTypeMgr, "mgr"},
-	{EntityTypeAuth, "auth"},
+// entityTypeName is ceph_entity_type_name.
+func entityTypeName(t uint8) string {
+	switch t {
+	case EntityTypeMon:
+		return "mon"
+	case EntityTypeMDS:
+		return "mds"
+	case EntityTypeOSD:
+		return "osd"
+	case EntityTypeClient:
+		return "client"
+	case EntityTypeMgr:
+		return "mgr"
+	case EntityTypeAuth:
+		return "auth"
+	}
+	return "unknown"
 }
 
 // String formats n as Ceph does: "client.4123", or "client.?" for a negative
 // number.
 func (n EntityName) String() string {
-	typ := "unknown"
-	for _, tn := range entityTypeNames {
-		if tn.t == n.Type {
-			typ = tn.name
-		}
-	}
 	if n.Num < 0 {
-		return typ + ".?"
+		return entityTypeName(n.Type) + ".?"
 	}
-	return typ + "." + strconv.FormatInt(n.Num, 10)
+	return entityTypeName(n.Type) + "." + strconv.FormatInt(n.Num, 10)
 }
 
 // ParseEntityName parses what entity_name_t::parse accepts: mon., osd.,
 // mds., client. or mgr. followed by a decimal number.
 func ParseEntityName(s string) (EntityName, error) {
-	for _, tn := range entityTypeNames {
-		num, ok := strings.CutPrefix(s, tn.name+".")
-		if !ok || tn.t == EntityTypeAuth {
-			continue
-		}
-		n, err := strconv.ParseInt(num, 10, 64)
-		if err != nil {
-			break
-		}
-		return EntityName{Type: tn.t, Num: n}, nil
+	typ, num, _ := strings.Cut(s, ".")
+	var n EntityName
+	switch typ {
+	case "mon":
+		n.Type = EntityTypeMon
+	case "mds":
+		n.Type = EntityTypeMDS
+	case "osd":
+		n.Type = EntityTypeOSD
+	case "client":
+		n.Type = EntityTypeClient
+	case "mgr":
+		n.Type = EntityTypeMgr
+	default:
+		return EntityName{}, fmt.Errorf("entity name %q: %w", s, ErrSyntax)
 	}
-	return EntityName{}, fmt.Errorf("entity name %q: %w", s, ErrSyntax)
+	var err error
+	if n.Num, err = strconv.ParseInt(num, 10, 64); err != nil {
+		return EntityName{}, fmt.Errorf("entity name %q: %w", s, ErrSyntax)
+	}
+	return n, nil
 }
 
 // Encode writes n: u8 type, s64 number.
