@@ -26,7 +26,7 @@ func TestSanity(t *testing.T) {
 	requireRoot(t)
 	for _, at := range []string{"mount", "block"} {
 		t.Run(at, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestSanityChild$", "-test.v")
+			cmd := exec.Command(os.Args[0], "-test.run=^TestSanityChild$", "-test.v", "-ginkgo.no-color")
 			cmd.Env = append(os.Environ(), "CSI_RBDJ_SANITY_ACCESS_TYPE="+at)
 			out, err := cmd.StdoutPipe()
 			if err != nil {
