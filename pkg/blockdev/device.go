@@ -24,6 +24,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -71,8 +72,8 @@ var (
 	ErrOutOfRange   = errors.New("I/O beyond the end of the device")
 	ErrClosed       = errors.New("device closed")
 	ErrFailed       = errors.New("device failed")
-	// ErrLocked: another client owns the image (its exclusive lock is held).
-	ErrLocked = errors.New("image is locked by another client")
+	// ErrLocked: another live client owns the image (its exclusive lock).
+	ErrLocked = exclusivelock.ErrLocked
 )
 
 // Options configure a Device. Zero values select defaults.
@@ -90,6 +91,14 @@ type Options struct {
 	ClientID string
 	// Unjournaled serves the image without a journal (benchmark baseline).
 	Unjournaled bool
+	// Fencer fences a dead lock holder before its lock is broken.
+	Fencer exclusivelock.Fencer
+	// LockDescription is recorded with the lock (e.g. the node's name).
+	LockDescription string
+	// DeadOwners are client addresses known dead (this node plugin's own
+	// previous incarnation): their locks are broken without waiting for
+	// their watches to time out.
+	DeadOwners []string
 }
 
 const (
@@ -100,6 +109,7 @@ const (
 // Device is an open journaled image. Its methods are safe for concurrent use.
 type Device struct {
 	img  *image.Image
+	lock *exclusivelock.Lock
 	j    *journal.Journaler // nil when unjournaled
 	tag  uint64
 	o    Options
@@ -130,15 +140,25 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
-	d := &Device{img: img, o: o, size: img.Size(), inflight: newWeighted(o.MaxPendingBytes)}
+	if !o.Unjournaled && img.Features()&clsrbd.FeatureJournaling == 0 {
+		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
+	}
+	// Own the image before touching its journal: replaying while another
+	// writer appends would race it.
+	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
+		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners,
+		OnNotify: func([]byte) { img.Refresh(context.Background()) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
+	d := &Device{img: img, lock: lk, o: o, size: img.Size(), inflight: newWeighted(o.MaxPendingBytes)}
 	if o.Unjournaled {
 		return d, nil
 	}
-	if img.Features()&clsrbd.FeatureJournaling == 0 {
-		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
-	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
 	if err != nil {
+		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	d.j = j
@@ -149,6 +169,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	d.maxAppend = rbdjournal.MaxAppendSize(j.Order(), uint64(o.MaxPayload)+rbdjournal.AioWriteFixedSize)
 	if err := d.start(ctx); err != nil {
 		_ = j.Close(context.WithoutCancel(ctx))
+		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	return d, nil
@@ -303,6 +324,9 @@ func (d *Device) Err() error {
 	defer d.mu.Unlock()
 	if d.failed != nil {
 		return d.failed
+	}
+	if err := d.lock.Err(); err != nil {
+		return err
 	}
 	if d.j != nil {
 		if err := d.j.Err(); err != nil {
@@ -524,12 +548,20 @@ func (d *Device) Close(ctx context.Context) error {
 	d.closed = true
 	d.mu.Unlock()
 	d.wg.Wait()
-	if d.j == nil {
-		return nil
+	if d.j != nil {
+		if err := d.j.Close(ctx); err != nil {
+			// Keep the lock: the next owner must find the journal as is
+			// and replay it after fencing us.
+			return fmt.Errorf("close %s: %w", d.img.Name(), err)
+		}
 	}
-	if err := d.j.Close(ctx); err != nil {
+	if err := d.lock.Release(ctx); err != nil {
 		return fmt.Errorf("close %s: %w", d.img.Name(), err)
 	}
 	klog.InfoS("Journaled device closed", "image", d.img.Name())
 	return nil
 }
+
+// Owner identifies this device's lock holder (its address is what a
+// restarted node plugin passes as DeadOwners).
+func (d *Device) Owner() exclusivelock.Holder { return d.lock.Owner() }

@@ -12,22 +12,18 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
-	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 )
 
-func classes() map[string]objstore.Class {
-	return map[string]objstore.Class{"journal": clsjournal.Class(), "rbd": clsrbd.Class()}
-}
-
 func openPool(t testing.TB, dir string) objstore.Pool {
 	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: classes()})
+	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,8 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,8 +41,16 @@ func TestServeHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := openPool(t, dir)
-	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy})
+	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pool, err := c.Pool(ctx, "rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
+
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
@@ -54,6 +58,9 @@ type Storage interface {
 	Available(ctx context.Context) (int64, error)
 	// Health returns nil while the backend answers.
 	Health(ctx context.Context) error
+	// Fencer blocklists clients so that a dead image owner's lock can be
+	// broken safely.
+	Fencer() exclusivelock.Fencer
 	// Close releases the backend's connection.
 	Close() error
 }
@@ -90,7 +97,7 @@ type localStorage struct {
 // ObjectClasses are the object classes the driver's clients run on a local
 // cluster: what the image layer and the journal call.
 func ObjectClasses() map[string]objstore.Class {
-	return map[string]objstore.Class{"journal": clsjournal.Class(), "rbd": clsrbd.Class()}
+	return classes.Standard()
 }
 
 // OpenLocal opens the local backend in o.Dir.
@@ -219,6 +226,8 @@ func (s *localStorage) Health(ctx context.Context) error {
 	}
 	return nil
 }
+
+func (s *localStorage) Fencer() exclusivelock.Fencer { return s.c }
 
 func (s *localStorage) Close() error { return s.c.Close() }
 

@@ -190,7 +190,16 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) erro
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
-	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{AckPolicy: policy})
+	var dead []string
+	if v.rec.Owner != "" && v.rec.Owner != pool.Client().Addr {
+		dead = append(dead, v.rec.Owner) // this plugin's previous incarnation
+	}
+	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
+		AckPolicy:       policy,
+		Fencer:          s.o.Storage.Fencer(),
+		LockDescription: "csi-rbdj node " + s.o.NodeID,
+		DeadOwners:      dead,
+	})
 	switch {
 	case err == nil:
 	case errors.Is(err, image.ErrNotFound):
@@ -213,6 +222,7 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) erro
 	}
 	rec := v.rec.clone()
 	rec.Device = loop.Path()
+	rec.Owner = dev.Owner().Addr
 	s.update(func() { v.dev, v.loop, v.err, v.rec = dev, loop, nil, rec })
 	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
 	return nil

@@ -38,6 +38,10 @@ type record struct {
 	AckPolicy  string `json:"ackPolicy"`
 	// Device is the loop device serving the volume (changes on restart).
 	Device string `json:"device"`
+	// Owner is the address under which this plugin holds the image's lock:
+	// after a crash it is known dead, so a restarted plugin breaks that
+	// lock (fencing the address first) without waiting for a watch timeout.
+	Owner string `json:"owner,omitempty"`
 	// Publish are the NodePublish targets (bind mounts of StagingPath or,
 	// for block volumes, of Device).
 	Publish  map[string]publication `json:"publish,omitempty"`

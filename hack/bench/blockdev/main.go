@@ -20,12 +20,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
+
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
-	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 )
 
@@ -134,7 +133,7 @@ func run(dir string, runtime time.Duration, span, jsonOut, only string, payload 
 }
 
 func serve(ctx context.Context, dir string, size int64, order uint8, o blockdev.Options) (string, func() error, error) {
-	c, err := local.Open(dir, local.Options{Classes: map[string]objstore.Class{"journal": clsjournal.Class(), "rbd": clsrbd.Class()}})
+	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
 	if err != nil {
 		return "", nil, err
 	}
