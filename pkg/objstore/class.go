@@ -29,6 +29,8 @@ type MethodContext interface {
 	OmapRemove(key string) error
 	// GetXattr returns an xattr, or ErrNotFound.
 	GetXattr(name string) ([]byte, error)
+	// GetXattrs returns every xattr (cls_cxx_getxattrs).
+	GetXattrs() (map[string][]byte, error)
 	// SetXattr sets an xattr.
 	SetXattr(name string, value []byte) error
 }

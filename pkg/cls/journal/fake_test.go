@@ -153,6 +153,17 @@ func (o *memObject) GetXattr(name string) ([]byte, error) {
 	return bytes.Clone(v), nil
 }
 
+func (o *memObject) GetXattrs() (map[string][]byte, error) {
+	if !o.exists {
+		return nil, objstore.ErrNotFound
+	}
+	out := make(map[string][]byte, len(o.xattrs))
+	for k, v := range o.xattrs {
+		out[k] = bytes.Clone(v)
+	}
+	return out, nil
+}
+
 func (o *memObject) SetXattr(name string, value []byte) error {
 	o.exists = true
 	o.xattrs[name] = bytes.Clone(value)

@@ -21,12 +21,6 @@ const xattrPrefix = "lock."
 // encoded LockInfo.
 func XattrName(name string) string { return xattrPrefix + name }
 
-// xattrLister is the part of a MethodContext that list_locks needs beyond
-// objstore.MethodContext: every xattr of the object (cls_cxx_getxattrs).
-type xattrLister interface {
-	GetXattrs() (map[string][]byte, error)
-}
-
 // Class returns the "lock" object class: every method of Ceph 16's cls_lock
 // with the same inputs, outputs, on-object state and return codes, timed by
 // the local clock.
@@ -39,10 +33,6 @@ func Class() objstore.Class { return ClassWithClock(time.Now) }
 // XattrName(name). A lock records the caller as objstore.MethodContext's
 // Caller reports it: entity name client.<ID>, and the address parsed by
 // ParseEntityAddr and typed v1, as Ceph records every holder's address.
-//
-// list_locks needs to list the object's xattrs: it works on a MethodContext
-// that also has a method GetXattrs() (map[string][]byte, error), and fails
-// with objstore.ErrNotSupp on one that does not.
 func ClassWithClock(now func() time.Time) objstore.Class {
 	s := server{now: now}
 	return objstore.Class{
@@ -231,11 +221,7 @@ func (s server) getInfo(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // listLocks ignores its input, as Ceph does.
 func listLocks(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	l, ok := ctx.(xattrLister)
-	if !ok {
-		return nil, fmt.Errorf("list locks: the backend cannot list xattrs: %w", objstore.ErrNotSupp)
-	}
-	xattrs, err := l.GetXattrs()
+	xattrs, err := ctx.GetXattrs()
 	if err != nil {
 		return nil, err
 	}

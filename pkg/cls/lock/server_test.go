@@ -300,7 +300,7 @@ func TestGetLockInfo(t *testing.T) {
 }
 
 func TestListLocks(t *testing.T) {
-	c, cl := scenario(t,
+	_, cl := scenario(t,
 		a(lockStep("rbd_lock", LockExclusive, "c", "internal", 0, 0), 0),
 		b(lockStep("b", LockShared, "c", "", 0, 0), 0),
 		b(unlockStep("b", "c"), 0),
@@ -312,11 +312,6 @@ func TestListLocks(t *testing.T) {
 	}
 	if _, err := ListLocks(context.Background(), cl["a"], "missing"); !errors.Is(err, objstore.ErrNotFound) {
 		t.Errorf("missing object: %v", err)
-	}
-	// A backend whose method context cannot list xattrs.
-	ctx := struct{ objstore.MethodContext }{&memCtx{o: c.object(testOID), caller: infoA}}
-	if _, err := c.class["list_locks"].Call(ctx, nil); !errors.Is(err, objstore.ErrNotSupp) {
-		t.Errorf("list_locks without GetXattrs: %v", err)
 	}
 }
 

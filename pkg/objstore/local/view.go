@@ -642,6 +642,21 @@ func (m *methodCtx) GetXattr(name string) ([]byte, error) {
 	return append([]byte{}, v...), nil
 }
 
+func (m *methodCtx) GetXattrs() (map[string][]byte, error) {
+	if !m.o.st.exists {
+		return nil, syscall.ENOENT
+	}
+	meta, err := m.o.st.loadMeta()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(meta.xattrs))
+	for k, v := range meta.xattrs {
+		out[k] = append([]byte{}, v...)
+	}
+	return out, nil
+}
+
 func (m *methodCtx) SetXattr(name string, value []byte) error {
 	if !m.write {
 		return syscall.EPERM
