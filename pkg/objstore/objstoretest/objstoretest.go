@@ -440,11 +440,17 @@ func testZero(t *testing.T, s *suite) {
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.WriteFull([]byte("0123456789")) })
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Zero(2, 3) })
 	wantData(t, s.p, oid, []byte("01\x00\x00\x0056789"))
-	// Zeroing across or past the end never extends the object.
+	// Zeroing across or past the end never extends the object. A range
+	// reaching the end may shrink it to the range's start instead of
+	// writing zeros (Ceph's OSD truncates; local keeps the size): the bytes
+	// read back are the same up to the old end, zeros past the new one.
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Zero(8, 100) })
-	wantData(t, s.p, oid, []byte("01\x00\x00\x00567\x00\x00"))
+	wantZeroTail(t, s.p, oid, []byte("01\x00\x00\x00567"), 10)
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Zero(50, 10) })
-	wantData(t, s.p, oid, []byte("01\x00\x00\x00567\x00\x00"))
+	wantZeroTail(t, s.p, oid, []byte("01\x00\x00\x00567"), 10)
+	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.WriteFull([]byte("0123456789")) })
+	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Zero(6, 4) }) // exactly to the end
+	wantZeroTail(t, s.p, oid, []byte("012345"), 10)
 	// A large zero within a large object.
 	big := bytes.Repeat([]byte{0xab}, 1<<20)
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.WriteFull(big) })
@@ -456,6 +462,23 @@ func testZero(t *testing.T, s *suite) {
 	oid2 := s.oid(t)
 	mustOperate(t, s.p, oid2, func(op *objstore.WriteOp) { op.Zero(0, 10) })
 	wantMissing(t, s.p, oid2)
+}
+
+// wantZeroTail checks that oid holds keep followed by zeros, and is either
+// len(keep) bytes (shrunk) or oldSize bytes long.
+func wantZeroTail(t *testing.T, p objstore.Pool, oid string, keep []byte, oldSize int) {
+	t.Helper()
+	got := mustData(t, p, oid)
+	if len(got) != len(keep) && len(got) != oldSize {
+		t.Fatalf("size of %s = %d, want %d or %d", oid, len(got), len(keep), oldSize)
+	}
+	want := append(append([]byte{}, keep...), make([]byte, len(got)-len(keep))...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("data of %s = %q, want %q", oid, trunc(got), trunc(want))
+	}
+	if st := mustStat(t, p, oid); st.Size != uint64(len(got)) {
+		t.Fatalf("stat size of %s = %d, read %d bytes", oid, st.Size, len(got))
+	}
 }
 
 func testReadRanges(t *testing.T, s *suite) {

@@ -1,0 +1,379 @@
+//go:build ceph && pacific
+
+package ceph
+
+/*
+#cgo CXXFLAGS: -std=c++17 -O2 -Wall
+#cgo LDFLAGS: -lrados
+#include <stdlib.h>
+#include "radosops.h"
+*/
+import "C"
+
+import (
+	"encoding/binary"
+	"fmt"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+)
+
+// cbuf returns a pointer to b's first byte for a C call that copies it, or
+// nil for an empty slice.
+func cbuf(b []byte) *C.char {
+	if len(b) == 0 {
+		return nil
+	}
+	return (*C.char)(unsafe.Pointer(&b[0]))
+}
+
+// cstr returns a pointer to s's bytes for a C call that copies them.
+func cstr(s string) *C.char {
+	if s == "" {
+		return nil
+	}
+	return (*C.char)(unsafe.Pointer(unsafe.StringData(s)))
+}
+
+// appendStr appends s as {u32 length, bytes}, the encoding radosops.cc parses.
+func appendStr(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// errnoOf turns a negative librados return code into a syscall.Errno.
+func errnoOf(ret C.int) error {
+	if ret >= 0 {
+		return nil
+	}
+	return syscall.Errno(-ret)
+}
+
+// writeOp is a write operation built in C++ memory: building copies the
+// caller's data, so it is safe to run after the caller has returned.
+type writeOp struct {
+	p      *C.csi_wop
+	name   string // how an error names the operation
+	cnames []*C.char
+}
+
+// buildWriteOp translates op into a librados write operation.
+func buildWriteOp(op *objstore.WriteOp) (*writeOp, error) {
+	w := &writeOp{p: C.csi_wop_new(), name: "write"}
+	if w.p == nil {
+		return nil, syscall.ENOMEM
+	}
+	steps := op.Steps()
+	if len(steps) == 1 {
+		w.name = stepName(&steps[0])
+	}
+	for i := range steps {
+		s := &steps[i]
+		if err := w.add(s); err != nil {
+			w.free()
+			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+		}
+	}
+	return w, nil
+}
+
+func (w *writeOp) cstring(s string) *C.char {
+	c := C.CString(s)
+	w.cnames = append(w.cnames, c)
+	return c
+}
+
+func (w *writeOp) add(s *objstore.Step) error {
+	switch s.Kind {
+	case objstore.StepCreate:
+		excl := C.int(0)
+		if s.Exclusive {
+			excl = 1
+		}
+		C.csi_wop_create(w.p, excl)
+	case objstore.StepRemove:
+		C.csi_wop_remove(w.p)
+	case objstore.StepWrite:
+		C.csi_wop_write(w.p, C.uint64_t(s.Off), cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepWriteFull:
+		C.csi_wop_write_full(w.p, cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepAppend:
+		C.csi_wop_append(w.p, cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepTruncate:
+		C.csi_wop_truncate(w.p, C.uint64_t(s.Off))
+	case objstore.StepZero:
+		C.csi_wop_zero(w.p, C.uint64_t(s.Off), C.uint64_t(s.Len))
+	case objstore.StepSetOmap:
+		var b []byte
+		for k, v := range s.Omap {
+			b = appendStr(b, k)
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
+			b = append(b, v...)
+		}
+		return errnoOf(C.csi_wop_omap_set(w.p, cbuf(b), C.size_t(len(b))))
+	case objstore.StepRmOmapKeys:
+		var b []byte
+		for _, k := range s.Keys {
+			b = appendStr(b, k)
+		}
+		return errnoOf(C.csi_wop_omap_rm_keys(w.p, cbuf(b), C.size_t(len(b))))
+	case objstore.StepClearOmap:
+		C.csi_wop_omap_clear(w.p)
+	case objstore.StepSetXattr:
+		C.csi_wop_setxattr(w.p, w.cstring(s.Name), cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepRmXattr:
+		C.csi_wop_rmxattr(w.p, w.cstring(s.Name))
+	case objstore.StepAssertExists:
+		C.csi_wop_assert_exists(w.p)
+	case objstore.StepExec:
+		C.csi_wop_exec(w.p, w.cstring(s.Class), w.cstring(s.Method), cbuf(s.Data), C.size_t(len(s.Data)))
+	default:
+		return fmt.Errorf("%w: step kind %d in a write", syscall.EINVAL, s.Kind)
+	}
+	return nil
+}
+
+// operate runs the operation (blocking). It must be called once.
+func (w *writeOp) operate(io *C.csi_ioctx, oid string) error {
+	return errnoOf(C.csi_wop_operate(io, cstr(oid), C.size_t(len(oid)), w.p))
+}
+
+func (w *writeOp) free() {
+	C.csi_wop_free(w.p)
+	for _, c := range w.cnames {
+		C.free(unsafe.Pointer(c))
+	}
+	w.p, w.cnames = nil, nil
+}
+
+// readOp is a read operation built in C++ memory. Its results are decoded
+// into Go values by collect, which the caller's goroutine then stores into
+// the steps (apply), so a caller that gave up never sees a late write.
+type readOp struct {
+	p       *C.csi_rop
+	steps   []*objstore.Step
+	cnames  []*C.char
+	results []any
+}
+
+func buildReadOp(op *objstore.ReadOp) (*readOp, error) {
+	steps := op.Steps()
+	r := &readOp{p: C.csi_rop_new(C.size_t(len(steps))), steps: steps}
+	if r.p == nil {
+		return nil, syscall.ENOMEM
+	}
+	for i, s := range steps {
+		if err := r.add(C.size_t(i), s); err != nil {
+			r.free()
+			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+		}
+	}
+	return r, nil
+}
+
+func (r *readOp) cstring(s string) *C.char {
+	c := C.CString(s)
+	r.cnames = append(r.cnames, c)
+	return c
+}
+
+func (r *readOp) add(i C.size_t, s *objstore.Step) error {
+	switch s.Kind {
+	case objstore.StepRead:
+		C.csi_rop_read(r.p, i, C.uint64_t(s.Off), C.uint64_t(s.Len))
+	case objstore.StepStat:
+		C.csi_rop_stat(r.p, i)
+	case objstore.StepGetOmapVals:
+		max := s.MaxReturn
+		if max <= 0 || max > maxOmapEntries {
+			max = maxOmapEntries
+		}
+		C.csi_rop_omap_get_vals(r.p, i, cstr(s.StartAfter), C.size_t(len(s.StartAfter)),
+			cstr(s.Prefix), C.size_t(len(s.Prefix)), C.uint64_t(max))
+	case objstore.StepGetOmapValsByKeys:
+		var b []byte
+		for _, k := range s.Keys {
+			b = appendStr(b, k)
+		}
+		return errnoOf(C.csi_rop_omap_get_vals_by_keys(r.p, i, cbuf(b), C.size_t(len(b))))
+	case objstore.StepGetXattr:
+		C.csi_rop_getxattr(r.p, i, r.cstring(s.Name))
+	case objstore.StepGetXattrs:
+		C.csi_rop_getxattrs(r.p, i)
+	case objstore.StepAssertExists:
+		C.csi_rop_assert_exists(r.p, i)
+	case objstore.StepExec:
+		C.csi_rop_exec(r.p, i, r.cstring(s.Class), r.cstring(s.Method), cbuf(s.Data), C.size_t(len(s.Data)))
+	default:
+		return fmt.Errorf("%w: step kind %d in a read", syscall.EINVAL, s.Kind)
+	}
+	return nil
+}
+
+// operate runs the read (blocking) and decodes every step's result. On
+// failure it returns the failing step's name with the error.
+func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
+	ret := C.csi_rop_operate(io, cstr(oid), C.size_t(len(oid)), r.p)
+	if ret < 0 {
+		name := "read"
+		for i, s := range r.steps {
+			if rv := C.csi_rop_rval(r.p, C.size_t(i)); rv < 0 {
+				name = stepName(s)
+				if s.Kind == objstore.StepGetXattr && rv == -C.int(syscall.ENODATA) {
+					// the contract's error for a missing xattr
+					return name, fmt.Errorf("xattr %q: %w", s.Name, syscall.ENOENT)
+				}
+				break
+			}
+		}
+		return name, errnoOf(ret)
+	}
+	r.results = make([]any, len(r.steps))
+	for i, s := range r.steps {
+		ci := C.size_t(i)
+		var buf *C.char
+		var n C.size_t
+		C.csi_rop_bytes(r.p, ci, &buf, &n)
+		raw := C.GoBytes(unsafe.Pointer(buf), C.int(n))
+		switch s.Kind {
+		case objstore.StepRead, objstore.StepGetXattr, objstore.StepExec:
+			r.results[i] = raw
+		case objstore.StepStat:
+			var size C.uint64_t
+			var sec, nsec C.int64_t
+			C.csi_rop_stat_result(r.p, ci, &size, &sec, &nsec)
+			r.results[i] = objstore.Stat{Size: uint64(size), MTime: time.Unix(int64(sec), int64(nsec)).UnixNano()}
+		case objstore.StepGetOmapVals, objstore.StepGetOmapValsByKeys:
+			page, err := decodePage(raw)
+			if err != nil {
+				return stepName(s), err
+			}
+			if s.Kind == objstore.StepGetOmapValsByKeys {
+				page.More = false
+			}
+			r.results[i] = page
+		case objstore.StepGetXattrs:
+			page, err := decodePage(raw)
+			if err != nil {
+				return stepName(s), err
+			}
+			m := make(map[string][]byte, len(page.Entries))
+			for _, kv := range page.Entries {
+				m[kv.Key] = kv.Value
+			}
+			r.results[i] = m
+		}
+	}
+	return "", nil
+}
+
+// apply stores the decoded results into the caller's steps.
+func (r *readOp) apply() {
+	for i, s := range r.steps {
+		if r.results[i] != nil {
+			s.Result = r.results[i]
+		}
+	}
+}
+
+func (r *readOp) free() {
+	C.csi_rop_free(r.p)
+	for _, c := range r.cnames {
+		C.free(unsafe.Pointer(c))
+	}
+	r.p, r.cnames = nil, nil
+}
+
+var errShortResult = fmt.Errorf("%w: malformed result from librados shim", syscall.EIO)
+
+// decodePage decodes {u8 more, u32 n, n times {u32 klen, key, u32 vlen, value}}.
+func decodePage(b []byte) (objstore.OmapPage, error) {
+	var page objstore.OmapPage
+	if len(b) < 5 {
+		return page, errShortResult
+	}
+	page.More = b[0] != 0
+	n := binary.LittleEndian.Uint32(b[1:])
+	b = b[5:]
+	take := func() ([]byte, bool) {
+		if len(b) < 4 {
+			return nil, false
+		}
+		l := binary.LittleEndian.Uint32(b)
+		if uint64(len(b)-4) < uint64(l) {
+			return nil, false
+		}
+		v := b[4 : 4+l : 4+l]
+		b = b[4+l:]
+		return v, true
+	}
+	page.Entries = make([]objstore.KV, 0, n)
+	for range n {
+		k, ok1 := take()
+		v, ok2 := take()
+		if !ok1 || !ok2 {
+			return page, errShortResult
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		page.Entries = append(page.Entries, objstore.KV{Key: string(k), Value: v})
+	}
+	return page, nil
+}
+
+// maxOmapEntries bounds an omap listing that asks for "all" (max <= 0), as
+// the local backend does.
+const maxOmapEntries = 1 << 16
+
+// listWatchers returns the watchers of oid (blocking).
+func listWatchers(io *C.csi_ioctx, oid string) ([]objstore.WatcherInfo, error) {
+	var out *C.char
+	var n C.size_t
+	if err := errnoOf(C.csi_list_watchers(io, cstr(oid), C.size_t(len(oid)), &out, &n)); err != nil {
+		return nil, err
+	}
+	defer C.csi_free(unsafe.Pointer(out))
+	b := C.GoBytes(unsafe.Pointer(out), C.int(n))
+	var ws []objstore.WatcherInfo
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return nil, errShortResult
+		}
+		l := binary.LittleEndian.Uint32(b)
+		if uint64(len(b)) < 4+uint64(l)+20 {
+			return nil, errShortResult
+		}
+		addr := string(b[4 : 4+l])
+		b = b[4+l:]
+		id := binary.LittleEndian.Uint64(b)
+		cookie := binary.LittleEndian.Uint64(b[8:])
+		b = b[20:]
+		ws = append(ws, objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id, Addr: normalizeAddr(addr)}, Cookie: cookie})
+	}
+	return ws, nil
+}
+
+var stepNames = map[objstore.StepKind]string{
+	objstore.StepCreate: "create", objstore.StepRemove: "remove", objstore.StepWrite: "write",
+	objstore.StepWriteFull: "writefull", objstore.StepAppend: "append", objstore.StepTruncate: "truncate",
+	objstore.StepZero: "zero", objstore.StepSetOmap: "omap-set", objstore.StepRmOmapKeys: "omap-rm-keys",
+	objstore.StepClearOmap: "omap-clear", objstore.StepSetXattr: "setxattr", objstore.StepRmXattr: "rmxattr",
+	objstore.StepAssertExists: "assert-exists", objstore.StepExec: "exec", objstore.StepRead: "read",
+	objstore.StepStat: "stat", objstore.StepGetOmapVals: "omap-get-vals",
+	objstore.StepGetOmapValsByKeys: "omap-get-vals-by-keys", objstore.StepGetXattr: "getxattr",
+	objstore.StepGetXattrs: "getxattrs",
+}
+
+// stepName names a step in errors, as the local backend does.
+func stepName(s *objstore.Step) string {
+	if s.Kind == objstore.StepExec {
+		return "exec " + s.Class + "." + s.Method
+	}
+	if n, ok := stepNames[s.Kind]; ok {
+		return n
+	}
+	return fmt.Sprintf("step %d", s.Kind)
+}

@@ -1,0 +1,193 @@
+//go:build ceph && pacific
+
+package ceph
+
+/*
+#include "radosops.h"
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+
+	"github.com/ceph/go-ceph/rados"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+)
+
+// Pool is one pool of a Cluster: an objstore.Pool over a librados I/O
+// context. Its methods are safe for concurrent use.
+type Pool struct {
+	c     *Cluster
+	name  string
+	id    int64
+	ioctx *rados.IOContext
+	io    *C.csi_ioctx // the C++ API's view of ioctx
+}
+
+var _ objstore.Pool = (*Pool)(nil)
+
+func newPool(c *Cluster, name string, ioctx *rados.IOContext) (*Pool, error) {
+	io := C.csi_ioctx_new(C.rados_ioctx_t(ioctx.Pointer()))
+	if io == nil {
+		return nil, syscall.ENOMEM
+	}
+	return &Pool{c: c, name: name, id: ioctx.GetPoolID(), ioctx: ioctx, io: io}, nil
+}
+
+func (p *Pool) destroy() {
+	C.csi_ioctx_free(p.io)
+	p.ioctx.Destroy()
+}
+
+// ID is the pool's id.
+func (p *Pool) ID() int64 { return p.id }
+
+// Name is the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// Client identifies the cluster client this pool belongs to.
+func (p *Pool) Client() objstore.ClientInfo { return p.c.client }
+
+// Cluster is the client this pool belongs to.
+func (p *Pool) Cluster() *Cluster { return p.c }
+
+// IOContext is the go-ceph I/O context of the pool, for librbd calls
+// (pkg/librbd). Run blocking calls on it through Cluster().Call.
+func (p *Pool) IOContext() *rados.IOContext { return p.ioctx }
+
+func opErr(op, oid string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var oe *objstore.OpError
+	if errors.As(err, &oe) {
+		if oe.OID == "" {
+			oe.OID = oid
+		}
+		return err
+	}
+	return &objstore.OpError{Op: op, OID: oid, Err: err}
+}
+
+// Operate applies op to oid atomically (one librados write operation).
+func (p *Pool) Operate(ctx context.Context, oid string, op *objstore.WriteOp) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if op.Empty() {
+		return nil
+	}
+	w, err := buildWriteOp(op)
+	if err != nil {
+		return opErr("write", oid, err)
+	}
+	var opErrno error
+	started, cerr := p.c.run(ctx, func() {
+		defer w.free()
+		opErrno = w.operate(p.io, oid)
+	})
+	if !started {
+		w.free()
+	}
+	if cerr != nil {
+		return opErr(w.name, oid, cerr)
+	}
+	return opErr(w.name, oid, opErrno)
+}
+
+// Read runs op's steps against oid (one librados read operation) and fills
+// their results.
+func (p *Pool) Read(ctx context.Context, oid string, op *objstore.ReadOp) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(op.Steps()) == 0 {
+		return nil
+	}
+	r, err := buildReadOp(op)
+	if err != nil {
+		return opErr("read", oid, err)
+	}
+	var (
+		name  string
+		rdErr error
+	)
+	started, cerr := p.c.run(ctx, func() {
+		defer r.free()
+		name, rdErr = r.operate(p.io, oid)
+	})
+	if !started {
+		r.free()
+	}
+	if cerr != nil {
+		return opErr("read", oid, cerr)
+	}
+	if rdErr != nil {
+		return opErr(name, oid, rdErr)
+	}
+	r.apply()
+	return nil
+}
+
+// List returns the names of the pool's objects (default namespace) that
+// start with prefix. Ceph lists every object of the pool: the cost grows
+// with the pool, not with the answer.
+func (p *Pool) List(ctx context.Context, prefix string) ([]string, error) {
+	var (
+		names []string
+		err   error
+	)
+	// The listing runs in one call so that it is abandoned as a whole when
+	// ctx ends; stop asks it to end early.
+	stop := make(chan struct{})
+	defer close(stop)
+	cerr := p.c.call(ctx, func() {
+		var it *rados.Iter
+		it, err = p.ioctx.Iter()
+		if err != nil {
+			return
+		}
+		defer it.Close()
+		for it.Next() {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if oid := it.Value(); strings.HasPrefix(oid, prefix) {
+				names = append(names, oid)
+			}
+		}
+		err = it.Err()
+	})
+	if cerr != nil {
+		return nil, opErr("list", prefix+"*", cerr)
+	}
+	if err != nil {
+		return nil, opErr("list", prefix+"*", errnoErr(err))
+	}
+	return names, nil
+}
+
+// ListWatchers returns the watches registered on oid.
+func (p *Pool) ListWatchers(ctx context.Context, oid string) ([]objstore.WatcherInfo, error) {
+	var (
+		ws  []objstore.WatcherInfo
+		err error
+	)
+	if cerr := p.c.call(ctx, func() { ws, err = listWatchers(p.io, oid) }); cerr != nil {
+		return nil, opErr("list-watchers", oid, cerr)
+	}
+	if err != nil {
+		return nil, opErr("list-watchers", oid, err)
+	}
+	return ws, nil
+}
+
+// String names the pool for logs.
+func (p *Pool) String() string { return fmt.Sprintf("ceph pool %s (id %d)", p.name, p.id) }

@@ -1,0 +1,346 @@
+//go:build ceph && pacific
+
+// See radosops.h.
+
+#include "radosops.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <list>
+#include <map>
+#include <new>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <rados/librados.hpp>
+
+using librados::bufferlist;
+
+struct csi_ioctx {
+  librados::IoCtx io;
+};
+
+struct csi_wop {
+  librados::ObjectWriteOperation op;
+};
+
+namespace {
+
+enum StepKind { kNone, kRead, kStat, kOmap, kXattr, kXattrs, kExec, kAssert };
+
+struct ReadStep {
+  StepKind kind = kNone;
+  int rval = 0;
+  bufferlist bl;
+  std::map<std::string, bufferlist> kv;
+  bool more = false;
+  uint64_t size = 0;
+  struct timespec mtime = {0, 0};
+  std::string encoded;  // what csi_rop_bytes returns for map results
+};
+
+void put_u32(std::string *s, uint32_t v) {
+  char b[4] = {char(v), char(v >> 8), char(v >> 16), char(v >> 24)};
+  s->append(b, 4);
+}
+
+void put_u64(std::string *s, uint64_t v) {
+  put_u32(s, uint32_t(v));
+  put_u32(s, uint32_t(v >> 32));
+}
+
+uint32_t get_u32(const char *p) {
+  const unsigned char *u = reinterpret_cast<const unsigned char *>(p);
+  return uint32_t(u[0]) | uint32_t(u[1]) << 8 | uint32_t(u[2]) << 16 | uint32_t(u[3]) << 24;
+}
+
+// next_string reads {u32 length, bytes} at *p (bounded by end).
+bool next_string(const char **p, const char *end, std::string *out) {
+  if (end - *p < 4) return false;
+  uint32_t n = get_u32(*p);
+  *p += 4;
+  if (uint64_t(end - *p) < n) return false;
+  out->assign(*p, n);
+  *p += n;
+  return true;
+}
+
+bufferlist to_bl(const char *buf, size_t len) {
+  bufferlist bl;
+  if (len > 0) bl.append(buf, len);
+  return bl;
+}
+
+}  // namespace
+
+struct csi_rop {
+  librados::ObjectReadOperation op;
+  std::vector<ReadStep> steps;
+};
+
+extern "C" {
+
+csi_ioctx *csi_ioctx_new(rados_ioctx_t p) {
+  try {
+    csi_ioctx *io = new csi_ioctx;
+    librados::IoCtx::from_rados_ioctx_t(p, io->io);
+    return io;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void csi_ioctx_free(csi_ioctx *io) { delete io; }
+
+csi_wop *csi_wop_new(void) {
+  try {
+    return new csi_wop;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void csi_wop_free(csi_wop *op) { delete op; }
+
+void csi_wop_create(csi_wop *op, int exclusive) { op->op.create(exclusive != 0); }
+void csi_wop_remove(csi_wop *op) { op->op.remove(); }
+void csi_wop_write(csi_wop *op, uint64_t off, const char *buf, size_t len) { op->op.write(off, to_bl(buf, len)); }
+void csi_wop_write_full(csi_wop *op, const char *buf, size_t len) { op->op.write_full(to_bl(buf, len)); }
+void csi_wop_append(csi_wop *op, const char *buf, size_t len) { op->op.append(to_bl(buf, len)); }
+void csi_wop_truncate(csi_wop *op, uint64_t size) { op->op.truncate(size); }
+void csi_wop_zero(csi_wop *op, uint64_t off, uint64_t len) { op->op.zero(off, len); }
+
+int csi_wop_omap_set(csi_wop *op, const char *kv, size_t len) {
+  try {
+    std::map<std::string, bufferlist> m;
+    const char *p = kv, *end = kv + len;
+    while (p < end) {
+      std::string k, v;
+      if (!next_string(&p, end, &k) || !next_string(&p, end, &v)) return -EINVAL;
+      m[k] = to_bl(v.data(), v.size());
+    }
+    op->op.omap_set(m);
+    return 0;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_wop_omap_rm_keys(csi_wop *op, const char *keys, size_t len) {
+  try {
+    std::set<std::string> s;
+    const char *p = keys, *end = keys + len;
+    while (p < end) {
+      std::string k;
+      if (!next_string(&p, end, &k)) return -EINVAL;
+      s.insert(k);
+    }
+    op->op.omap_rm_keys(s);
+    return 0;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+void csi_wop_omap_clear(csi_wop *op) { op->op.omap_clear(); }
+void csi_wop_setxattr(csi_wop *op, const char *name, const char *buf, size_t len) {
+  op->op.setxattr(name, to_bl(buf, len));
+}
+void csi_wop_rmxattr(csi_wop *op, const char *name) { op->op.rmxattr(name); }
+void csi_wop_assert_exists(csi_wop *op) { op->op.assert_exists(); }
+
+void csi_wop_exec(csi_wop *op, const char *cls, const char *method, const char *in, size_t len) {
+  bufferlist bl = to_bl(in, len);
+  op->op.exec(cls, method, bl);
+}
+
+int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op) {
+  try {
+    return io->io.operate(std::string(oid, oid_len), &op->op);
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+csi_rop *csi_rop_new(size_t nsteps) {
+  try {
+    csi_rop *op = new csi_rop;
+    op->steps.resize(nsteps);  // never resized again: librados keeps pointers into it
+    return op;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void csi_rop_free(csi_rop *op) { delete op; }
+
+void csi_rop_read(csi_rop *op, size_t i, uint64_t off, uint64_t len) {
+  ReadStep &s = op->steps[i];
+  s.kind = kRead;
+  // length 0 reads to the end of the object
+  op->op.read(off, len, &s.bl, &s.rval);
+}
+
+void csi_rop_stat(csi_rop *op, size_t i) {
+  ReadStep &s = op->steps[i];
+  s.kind = kStat;
+  op->op.stat2(&s.size, &s.mtime, &s.rval);
+}
+
+void csi_rop_omap_get_vals(csi_rop *op, size_t i, const char *after, size_t after_len,
+                           const char *prefix, size_t prefix_len, uint64_t max) {
+  ReadStep &s = op->steps[i];
+  s.kind = kOmap;
+  op->op.omap_get_vals2(std::string(after, after_len), std::string(prefix, prefix_len), max, &s.kv, &s.more,
+                        &s.rval);
+}
+
+int csi_rop_omap_get_vals_by_keys(csi_rop *op, size_t i, const char *keys, size_t len) {
+  try {
+    ReadStep &s = op->steps[i];
+    s.kind = kOmap;
+    std::set<std::string> set;
+    const char *p = keys, *end = keys + len;
+    while (p < end) {
+      std::string k;
+      if (!next_string(&p, end, &k)) return -EINVAL;
+      set.insert(k);
+    }
+    op->op.omap_get_vals_by_keys(set, &s.kv, &s.rval);
+    return 0;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+void csi_rop_getxattr(csi_rop *op, size_t i, const char *name) {
+  ReadStep &s = op->steps[i];
+  s.kind = kXattr;
+  op->op.getxattr(name, &s.bl, &s.rval);
+}
+
+void csi_rop_getxattrs(csi_rop *op, size_t i) {
+  ReadStep &s = op->steps[i];
+  s.kind = kXattrs;
+  op->op.getxattrs(&s.kv, &s.rval);
+}
+
+void csi_rop_assert_exists(csi_rop *op, size_t i) {
+  op->steps[i].kind = kAssert;
+  op->op.assert_exists();
+}
+
+void csi_rop_exec(csi_rop *op, size_t i, const char *cls, const char *method, const char *in, size_t len) {
+  ReadStep &s = op->steps[i];
+  s.kind = kExec;
+  bufferlist bl = to_bl(in, len);
+  op->op.exec(cls, method, bl, &s.bl, &s.rval);
+}
+
+int csi_rop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op) {
+  try {
+    bufferlist out;
+    int r = io->io.operate(std::string(oid, oid_len), &op->op, &out);
+    for (ReadStep &s : op->steps) {
+      if (s.kind == kOmap || s.kind == kXattrs) {
+        s.encoded.clear();
+        s.encoded.push_back(s.more ? 1 : 0);
+        put_u32(&s.encoded, uint32_t(s.kv.size()));
+        for (auto &e : s.kv) {
+          put_u32(&s.encoded, uint32_t(e.first.size()));
+          s.encoded.append(e.first);
+          put_u32(&s.encoded, uint32_t(e.second.length()));
+          s.encoded.append(e.second.c_str(), e.second.length());
+        }
+      }
+    }
+    return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_rop_rval(csi_rop *op, size_t i) { return op->steps[i].rval; }
+
+void csi_rop_bytes(csi_rop *op, size_t i, const char **buf, size_t *len) {
+  ReadStep &s = op->steps[i];
+  if (s.kind == kOmap || s.kind == kXattrs) {
+    *buf = s.encoded.data();
+    *len = s.encoded.size();
+    return;
+  }
+  *len = s.bl.length();
+  *buf = *len ? s.bl.c_str() : nullptr;
+}
+
+void csi_rop_stat_result(csi_rop *op, size_t i, uint64_t *size, int64_t *sec, int64_t *nsec) {
+  ReadStep &s = op->steps[i];
+  *size = s.size;
+  *sec = s.mtime.tv_sec;
+  *nsec = s.mtime.tv_nsec;
+}
+
+int csi_list_watchers(csi_ioctx *io, const char *oid, size_t oid_len, char **out, size_t *out_len) {
+  try {
+    std::list<obj_watch_t> ws;
+    int r = io->io.list_watchers(std::string(oid, oid_len), &ws);
+    if (r < 0) return r;
+    std::string enc;
+    for (auto &w : ws) {
+      size_t n = strnlen(w.addr, sizeof(w.addr));
+      put_u32(&enc, uint32_t(n));
+      enc.append(w.addr, n);
+      put_u64(&enc, uint64_t(w.watcher_id));
+      put_u64(&enc, w.cookie);
+      put_u32(&enc, w.timeout_seconds);
+    }
+    *out_len = enc.size();
+    *out = static_cast<char *>(malloc(enc.size() + 1));
+    if (*out == nullptr) return -ENOMEM;
+    memcpy(*out, enc.data(), enc.size());
+    return 0;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+void csi_free(void *p) { free(p); }
+
+int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, size_t len,
+               uint64_t timeout_ms, char **out, size_t *out_len) {
+  *out = nullptr;
+  *out_len = 0;
+  try {
+    bufferlist bl = to_bl(buf, len), reply;
+    int r = io->io.notify2(std::string(oid, oid_len), bl, timeout_ms, &reply);
+    if (reply.length() > 0) {
+      *out = static_cast<char *>(malloc(reply.length()));
+      if (*out == nullptr) return -ENOMEM;
+      reply.begin().copy(reply.length(), *out);
+      *out_len = reply.length();
+    }
+    return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,87 @@
+// C interface to the parts of librados' C++ API that the C API (and so
+// go-ceph) lacks: compound write and read operations with every step the
+// object store needs (append, truncate, zero, rmxattr, whole-object reads,
+// stat with nanoseconds, single getxattr, omap listing with "more"), and
+// list_watchers. Every function catches C++ exceptions; errors are negative
+// errnos, as in librados.
+#ifndef CSI_RBDJ_RADOSOPS_H
+#define CSI_RBDJ_RADOSOPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <rados/librados.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// An IoCtx of the C++ API sharing the C handle's pool context.
+typedef struct csi_ioctx csi_ioctx;
+csi_ioctx *csi_ioctx_new(rados_ioctx_t io);
+void csi_ioctx_free(csi_ioctx *io);
+
+// Write operations. Data is copied when a step is added.
+typedef struct csi_wop csi_wop;
+csi_wop *csi_wop_new(void);
+void csi_wop_free(csi_wop *op);
+void csi_wop_create(csi_wop *op, int exclusive);
+void csi_wop_remove(csi_wop *op);
+void csi_wop_write(csi_wop *op, uint64_t off, const char *buf, size_t len);
+void csi_wop_write_full(csi_wop *op, const char *buf, size_t len);
+void csi_wop_append(csi_wop *op, const char *buf, size_t len);
+void csi_wop_truncate(csi_wop *op, uint64_t size);
+void csi_wop_zero(csi_wop *op, uint64_t off, uint64_t len);
+// kv: n times {u32 key length, key, u32 value length, value} (little-endian)
+int csi_wop_omap_set(csi_wop *op, const char *kv, size_t len);
+// keys: n times {u32 length, key}
+int csi_wop_omap_rm_keys(csi_wop *op, const char *keys, size_t len);
+void csi_wop_omap_clear(csi_wop *op);
+void csi_wop_setxattr(csi_wop *op, const char *name, const char *buf, size_t len);
+void csi_wop_rmxattr(csi_wop *op, const char *name);
+void csi_wop_assert_exists(csi_wop *op);
+void csi_wop_exec(csi_wop *op, const char *cls, const char *method, const char *in, size_t len);
+// Runs op on oid (blocking). Returns 0 or a negative errno.
+int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op);
+
+// Read operations: steps are numbered 0..n-1 when added; their results are
+// read after csi_rop_operate.
+typedef struct csi_rop csi_rop;
+csi_rop *csi_rop_new(size_t nsteps);
+void csi_rop_free(csi_rop *op);
+void csi_rop_read(csi_rop *op, size_t i, uint64_t off, uint64_t len);
+void csi_rop_stat(csi_rop *op, size_t i);
+void csi_rop_omap_get_vals(csi_rop *op, size_t i, const char *after, size_t after_len,
+                           const char *prefix, size_t prefix_len, uint64_t max);
+int csi_rop_omap_get_vals_by_keys(csi_rop *op, size_t i, const char *keys, size_t len);
+void csi_rop_getxattr(csi_rop *op, size_t i, const char *name);
+void csi_rop_getxattrs(csi_rop *op, size_t i);
+void csi_rop_assert_exists(csi_rop *op, size_t i);
+void csi_rop_exec(csi_rop *op, size_t i, const char *cls, const char *method, const char *in, size_t len);
+int csi_rop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op);
+// The step's return value (0 or a negative errno; 0 also if it did not run).
+int csi_rop_rval(csi_rop *op, size_t i);
+// The step's bytes: data read, exec output, xattr value, or, for omap and
+// xattrs steps, the entries encoded as {u8 more, u32 n, n times {u32 klen,
+// key, u32 vlen, value}}. Valid until csi_rop_free.
+void csi_rop_bytes(csi_rop *op, size_t i, const char **buf, size_t *len);
+// The stat step's result.
+void csi_rop_stat_result(csi_rop *op, size_t i, uint64_t *size, int64_t *sec, int64_t *nsec);
+
+// list_watchers: the watchers of oid encoded as n times {u32 addr length,
+// addr, i64 watcher id, u64 cookie, u32 timeout seconds}; free *out with
+// csi_free.
+int csi_list_watchers(csi_ioctx *io, const char *oid, size_t oid_len, char **out, size_t *out_len);
+void csi_free(void *p);
+
+// notify2: sends buf to the watchers of oid and waits up to timeout_ms
+// (0: librados' default) for their acks. *out (free with csi_free) is
+// librados' reply: {u32 n, n times {u64 gid, u64 cookie, u32 len, reply}},
+// {u32 n, n times {u64 gid, u64 cookie}} (acks, then timeouts). Returns
+// -ETIMEDOUT if a watcher did not ack; *out is set then too.
+int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, size_t len,
+               uint64_t timeout_ms, char **out, size_t *out_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
