@@ -6,6 +6,9 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 )
 
 // BenchmarkWrite measures writes through the device (no kernel path):
@@ -24,7 +27,15 @@ func BenchmarkWrite(b *testing.B) {
 			for _, m := range modes {
 				b.Run(fmt.Sprintf("%dK/qd%d/%s", size>>10, qd, m.name), func(b *testing.B) {
 					ctx := context.Background()
-					pool := openPool(b, b.TempDir())
+					c, err := local.Open(b.TempDir(), local.Options{Classes: classes.Standard()})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer c.Close()
+					pool, err := c.Pool(ctx, "rbd")
+					if err != nil {
+						b.Fatal(err)
+					}
 					newImage(b, pool, "vol", 22)
 					d := openDevice(b, pool, "vol", m.o)
 					b.SetBytes(int64(size))
@@ -47,6 +58,10 @@ func BenchmarkWrite(b *testing.B) {
 						}(w)
 					}
 					wg.Wait()
+					b.StopTimer()
+					st := c.Stats()
+					b.ReportMetric(float64(st.Syncs)/float64(per*qd), "syncs/write")
+					b.ReportMetric(float64(st.Ops)/float64(max(st.Batches, 1)), "ops/batch")
 				})
 			}
 		}

@@ -460,13 +460,17 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 		return err
 	}
 	now := time.Now()
-	futures := make([]*journal.Future, len(changes))
+	var futures []*journal.Future
 	pws := make([]*pendingWrite, len(changes))
-	d.mu.Lock()
+	payloads := make([][]byte, len(changes))
 	for i, c := range changes {
-		// Appending and registering under one lock keeps the pending set in
-		// journal order.
-		futures[i] = d.j.Append(d.tag, cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now}))
+		payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
+	}
+	d.mu.Lock()
+	// Appending and registering under one lock keeps the pending set in
+	// journal order.
+	futures = d.j.AppendBatch(d.tag, payloads)
+	for i, c := range changes {
 		pws[i] = d.pending.add(c.off, c.end, c.data)
 	}
 	d.mu.Unlock()

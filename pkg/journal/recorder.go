@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
@@ -47,9 +48,7 @@ type appendReq struct {
 	commit *commitEntry
 }
 
-// splayRecorder batches the appends bound for one splay offset. At most one
-// append operation per splay offset is in flight, which keeps the entries in
-// each object in tid order whatever the backend does with concurrent ops.
+// splayRecorder batches the appends bound for one splay offset.
 type splayRecorder struct {
 	offset uint64
 	// object is the data object appended to last and objectBytes what this
@@ -61,7 +60,6 @@ type splayRecorder struct {
 	pendingBytes int
 	firstPending time.Time
 	timer        *time.Timer
-	inflight     bool
 }
 
 // recorder is the append side (JournalRecorder). Guarded by Journaler.mu.
@@ -70,6 +68,7 @@ type recorder struct {
 	futures    []*Future // appended, not yet completed, in order
 	flushUntil uint64    // send immediately every entry with commit tid <= this
 	advancing  bool      // an object-set advance is draining in-flight appends
+	waveOps    int       // appends of the wave in flight
 	lastFuture *Future
 	// barriers are the commit tids of the first entry of each new tag: an
 	// entry at or past a barrier is not sent until every entry before the
@@ -110,37 +109,46 @@ func (r *recorder) stopTimers() {
 	}
 }
 
-func (r *recorder) anyInflight() bool {
-	for _, s := range r.splays {
-		if s.inflight {
-			return true
-		}
-	}
-	return false
-}
+func (r *recorder) anyInflight() bool { return r.waveOps > 0 }
 
-func (r *recorder) kickAllLocked(j *Journaler) {
-	for _, s := range r.splays {
-		j.maybeSendLocked(s)
-	}
-}
+func (r *recorder) kickAllLocked(j *Journaler) { j.maybeSendLocked(nil) }
 
 // Append journals payload under tagTid. The entry tid is the next of the
 // tag's sequence. The returned future reports when the entry is durable.
 func (j *Journaler) Append(tagTid uint64, payload []byte) *Future {
-	if len(payload) > j.MaxAppendSize() {
-		f := &Future{TagTid: tagTid, done: make(chan struct{})}
-		f.err = fmt.Errorf("journal %s: %d-byte payload: %w (max %d)", j.id, len(payload), ErrTooLarge, j.MaxAppendSize())
-		close(f.done)
-		return f
+	return j.AppendBatch(tagTid, [][]byte{payload})[0]
+}
+
+// AppendBatch journals several payloads as consecutive entries of tagTid,
+// sent together (the events of one request become durable with one sync).
+func (j *Journaler) AppendBatch(tagTid uint64, payloads [][]byte) []*Future {
+	fs := make([]*Future, len(payloads))
+	failed := func(err error) []*Future {
+		for i := range fs {
+			fs[i] = &Future{TagTid: tagTid, done: make(chan struct{}), err: err}
+			close(fs[i].done)
+		}
+		return fs
+	}
+	for _, p := range payloads {
+		if len(p) > j.MaxAppendSize() {
+			return failed(fmt.Errorf("journal %s: %d-byte payload: %w (max %d)", j.id, len(p), ErrTooLarge, j.MaxAppendSize()))
+		}
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.appendableLocked(); err != nil {
-		f := &Future{TagTid: tagTid, done: make(chan struct{}), err: err}
-		close(f.done)
-		return f
+		return failed(err)
 	}
+	for i, p := range payloads {
+		fs[i] = j.appendLocked(tagTid, p)
+	}
+	j.maybeSendLocked(nil)
+	return fs
+}
+
+// appendLocked queues one entry.
+func (j *Journaler) appendLocked(tagTid uint64, payload []byte) *Future {
 	var entryTid uint64
 	if last, ok := j.lastEntryTid[tagTid]; ok {
 		entryTid = last + 1
@@ -164,7 +172,6 @@ func (j *Journaler) Append(tagTid uint64, payload []byte) *Future {
 	}
 	s.pending = append(s.pending, req)
 	s.pendingBytes += len(req.data)
-	j.maybeSendLocked(s)
 	return f
 }
 
@@ -197,11 +204,45 @@ func (j *Journaler) Flush(ctx context.Context) error {
 	return last.Wait(ctx)
 }
 
-// maybeSendLocked starts an append operation for s if it has pending
-// entries, nothing in flight, and its batch is due.
-func (j *Journaler) maybeSendLocked(s *splayRecorder) {
-	if s.inflight || len(s.pending) == 0 || j.rec.advancing || j.failed != nil || j.rec.blocked(s.pending[0].commit.tid) {
+// maybeSendLocked starts a wave of appends unless one is in flight: every
+// splay object with a due batch gets one append, all submitted together so
+// that a backend with group commit makes them durable with one sync. The
+// next wave starts when this one completes and carries everything appended
+// meanwhile (group commit without added latency). One append per object
+// per wave keeps each object's entries in tid order.
+func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
+	if j.rec.waveOps > 0 || j.rec.advancing || j.failed != nil {
 		return
+	}
+	var wave []waveOp
+	for _, s := range j.rec.splays {
+		if op, ok := j.takeBatchLocked(s); ok {
+			wave = append(wave, op)
+		}
+		if j.rec.advancing {
+			break // an object is full: the wave waits for the next set
+		}
+	}
+	if len(wave) == 0 {
+		return
+	}
+	j.rec.waveOps = len(wave)
+	j.wg.Add(1)
+	go j.writeWave(wave)
+}
+
+// waveOp is one splay object's append in a wave.
+type waveOp struct {
+	s      *splayRecorder
+	objNum uint64
+	batch  []*appendReq
+	buf    []byte
+}
+
+// takeBatchLocked takes s's due batch, if any.
+func (j *Journaler) takeBatchLocked(s *splayRecorder) (waveOp, bool) {
+	if len(s.pending) == 0 || j.rec.blocked(s.pending[0].commit.tid) {
+		return waveOp{}, false
 	}
 	due := j.s.FlushAge == 0 || s.pendingBytes >= j.s.FlushBytes ||
 		s.pending[0].commit.tid <= j.rec.flushUntil || time.Since(s.firstPending) >= j.s.FlushAge
@@ -216,7 +257,7 @@ func (j *Journaler) maybeSendLocked(s *splayRecorder) {
 				}
 			})
 		}
-		return
+		return waveOp{}, false
 	}
 	if s.timer != nil {
 		s.timer.Stop()
@@ -230,7 +271,7 @@ func (j *Journaler) maybeSendLocked(s *splayRecorder) {
 	limit := 1 << j.order
 	if s.objectBytes >= limit {
 		j.startAdvanceLocked()
-		return
+		return waveOp{}, false
 	}
 	maxBatch := min(j.s.MaxBatchBytes, limit-s.objectBytes)
 	n, size := 0, 0
@@ -249,49 +290,71 @@ func (j *Journaler) maybeSendLocked(s *splayRecorder) {
 		req.commit.objectNumber = objNum
 		buf = append(buf, req.data...)
 	}
-	s.inflight = true
-	j.wg.Add(1)
-	go j.writeBatch(s, objNum, batch, buf)
+	return waveOp{s: s, objNum: objNum, batch: batch, buf: buf}, true
 }
 
-// writeBatch appends one batch to its object, guarded so that a full object
-// refuses it (-EOVERFLOW) instead of growing without bound.
-func (j *Journaler) writeBatch(s *splayRecorder, objNum uint64, batch []*appendReq, buf []byte) {
+// writeWave appends each batch to its object, guarded so that a full
+// object refuses it (-EOVERFLOW) instead of growing without bound.
+func (j *Journaler) writeWave(wave []waveOp) {
 	defer j.wg.Done()
-	op := &objstore.WriteOp{}
-	clsjournal.GuardAppend(op, 1<<j.order)
-	op.Append(buf)
-	oid := j.DataOID(objNum)
+	ops := make([]objstore.BatchOp, len(wave))
+	for i, w := range wave {
+		op := &objstore.WriteOp{}
+		clsjournal.GuardAppend(op, 1<<j.order)
+		op.Append(w.buf)
+		ops[i] = objstore.BatchOp{OID: j.DataOID(w.objNum), Op: op}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), j.s.OpTimeout)
-	err := j.dataPool.Operate(ctx, oid, op)
+	errs := operateAll(ctx, j.dataPool, ops)
 	cancel()
 
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	s.inflight = false
-	switch {
-	case err == nil:
-		for _, req := range batch {
-			req.fut.safe = true
+	j.rec.waveOps = 0
+	for i, w := range wave {
+		s, err := w.s, errs[i]
+		switch {
+		case err == nil:
+			for _, req := range w.batch {
+				req.fut.safe = true
+			}
+			if s.object == w.objNum {
+				s.objectBytes += len(w.buf)
+			}
+		case errors.Is(err, objstore.ErrOverflow):
+			if s.object == w.objNum {
+				s.objectBytes = 1 << j.order
+			}
+			// The object is full: re-send this batch, ahead of what queued
+			// behind it, to the next object set.
+			s.pending = append(append([]*appendReq(nil), w.batch...), s.pending...)
+			s.pendingBytes += len(w.buf)
+			j.startAdvanceLocked()
+		default:
+			j.failLocked(fmt.Errorf("journal %s: append to %s: %w", j.id, ops[i].OID, err))
 		}
-		if s.object == objNum {
-			s.objectBytes += len(buf)
-		}
-		j.completeFuturesLocked()
-	case errors.Is(err, objstore.ErrOverflow):
-		if s.object == objNum {
-			s.objectBytes = 1 << j.order
-		}
-		// The object is full: re-send this batch, ahead of what queued
-		// behind it, to the next object set.
-		s.pending = append(append([]*appendReq(nil), batch...), s.pending...)
-		s.pendingBytes += len(buf)
-		j.startAdvanceLocked()
-	default:
-		j.failLocked(fmt.Errorf("journal %s: append to %s: %w", j.id, oid, err))
 	}
+	j.completeFuturesLocked()
 	j.cond.Broadcast()
-	j.maybeSendLocked(s)
+	j.maybeSendLocked(nil)
+}
+
+// operateAll applies ops, in one call where the pool takes batches.
+func operateAll(ctx context.Context, pool objstore.Pool, ops []objstore.BatchOp) []error {
+	if b, ok := pool.(objstore.Batcher); ok {
+		return b.OperateBatch(ctx, ops)
+	}
+	errs := make([]error, len(ops))
+	var wg sync.WaitGroup
+	for i, o := range ops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = pool.Operate(ctx, o.OID, o.Op)
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 // completeFuturesLocked completes, in order, every future whose entry and

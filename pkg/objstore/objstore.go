@@ -164,3 +164,17 @@ type NotifyAck struct {
 	Watcher WatcherInfo
 	Reply   []byte
 }
+
+// BatchOp is one operation of a batch: op applied to object OID.
+type BatchOp struct {
+	OID string
+	Op  *WriteOp
+}
+
+// Batcher is implemented by pools that can take several operations in one
+// call: each still applies atomically on its own object and in the order
+// given for the same object, but a backend with group commit can make them
+// durable together. Operate is the fallback.
+type Batcher interface {
+	OperateBatch(ctx context.Context, ops []BatchOp) []error
+}

@@ -52,6 +52,7 @@ type Cluster struct {
 	opts   Options
 	client objstore.ClientInfo
 	nonce  uint32
+	stats  stats
 
 	openLockF   *os.File // flock: shared while open; exclusive for first-open recovery
 	commitLockF *os.File // flock: exclusive while committing
@@ -887,4 +888,19 @@ func (c *Cluster) setBlocklist(ctx context.Context, addr string, until int64) er
 	}
 	c.shm.blockVer().Add(1)
 	return nil
+}
+
+// Stats count this client's write path since Open.
+type Stats struct {
+	Ops     uint64 // write operations committed
+	Batches uint64 // log writes
+	Syncs   uint64 // log syncs (fdatasync)
+}
+
+type stats struct{ ops, batches, syncs atomic.Uint64 }
+
+// Stats returns this client's write-path counters: how well group commit
+// batches shows as Ops per Sync.
+func (c *Cluster) Stats() Stats {
+	return Stats{Ops: c.stats.ops.Load(), Batches: c.stats.batches.Load(), Syncs: c.stats.syncs.Load()}
 }

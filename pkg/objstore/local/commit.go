@@ -47,35 +47,63 @@ func opSize(op *objstore.WriteOp) int {
 
 // Operate applies op to oid atomically and durably.
 func (p *pool) Operate(ctx context.Context, oid string, op *objstore.WriteOp) error {
+	return p.OperateBatch(ctx, []objstore.BatchOp{{OID: oid, Op: op}})[0]
+}
+
+// OperateBatch queues every operation at once, so that one log sync can
+// commit them all, and waits for each.
+func (p *pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error {
 	c := p.c
+	errs := make([]error, len(ops))
 	if err := c.enter(); err != nil {
-		return &objstore.OpError{Op: "operate", OID: oid, Err: err}
+		for i, o := range ops {
+			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: err}
+		}
+		return errs
 	}
 	defer c.exit()
-	if oid == "" || op == nil {
-		return &objstore.OpError{Op: "operate", OID: oid, Err: syscall.EINVAL}
+	reqs := make([]*request, len(ops))
+	for i, o := range ops {
+		switch {
+		case o.OID == "" || o.Op == nil:
+			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: syscall.EINVAL}
+		case ctx.Err() != nil:
+			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: ctx.Err()}
+		default:
+			reqs[i] = &request{p: p, oid: o.OID, op: o.Op, size: opSize(o.Op), done: make(chan struct{})}
+		}
 	}
-	if err := ctx.Err(); err != nil {
-		return &objstore.OpError{Op: "operate", OID: oid, Err: err}
-	}
-	r := &request{p: p, oid: oid, op: op, size: opSize(op), done: make(chan struct{})}
 	c.pendMu.Lock()
-	c.pending = append(c.pending, r)
+	for _, r := range reqs {
+		if r != nil {
+			c.pending = append(c.pending, r)
+		}
+	}
 	c.pendMu.Unlock()
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
+	for i, r := range reqs {
+		if r != nil {
+			errs[i] = c.wait(ctx, r)
+		}
+	}
+	return errs
+}
+
+// wait waits for a queued request's outcome.
+func (c *Cluster) wait(ctx context.Context, r *request) error {
 	select {
 	case <-r.done:
 		return r.err
 	case <-ctx.Done():
 		if r.state.CompareAndSwap(reqPending, reqCancelled) {
-			return &objstore.OpError{Op: "operate", OID: oid, Err: ctx.Err()}
+			return &objstore.OpError{Op: "operate", OID: r.oid, Err: ctx.Err()}
 		}
 	case <-c.ctx.Done():
 		if r.state.CompareAndSwap(reqPending, reqCancelled) {
-			return &objstore.OpError{Op: "operate", OID: oid, Err: errClosed}
+			return &objstore.OpError{Op: "operate", OID: r.oid, Err: errClosed}
 		}
 	}
 	<-r.done // already being committed: its outcome is known shortly
@@ -276,7 +304,10 @@ func (c *Cluster) commitBatch(batch []*request) {
 	for _, pr := range recs {
 		needSync = needSync || !pr.r.op.Lazy()
 	}
+	c.stats.batches.Add(1)
+	c.stats.ops.Add(uint64(len(recs)))
 	if needSync {
+		c.stats.syncs.Add(1)
 		if err := c.sync(c.wal); err != nil {
 			c.abandonLogged(logEnd)
 			klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
