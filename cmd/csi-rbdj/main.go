@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"k8s.io/klog/v2"
 )
@@ -83,6 +84,8 @@ type serveConfig struct {
 	requestTimeout time.Duration
 	maxVolumes     int64
 	noSync         bool
+	kubeletRegDir  string
+	kubeletRegPath string
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -98,6 +101,8 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 90*time.Second, "node: a device I/O request running longer aborts the device's FUSE connection (no task hangs in D state)")
 	fs.Int64Var(&c.maxVolumes, "max-volumes-per-node", 0, "node: max_volumes_per_node reported to the CO (0: no limit)")
 	fs.BoolVar(&c.noSync, "local-no-sync", false, "local backend: skip fsync (tests only: loses data on power loss)")
+	fs.StringVar(&c.kubeletRegDir, "kubelet-registration-dir", "", "node: register with the kubelet through a socket in this directory (<kubelet root>/plugins_registry); empty: do not register")
+	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	klog.InitFlags(fs)
 }
 
@@ -169,12 +174,43 @@ func serve(ctx context.Context, c serveConfig) error {
 			ns.Stop(sctx)
 		}()
 	}
+	if c.kubeletRegDir != "" {
+		reg, err := listenKubeletRegistration(c)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		go func() { // ends when reg.Close runs (deferred below)
+			if err := reg.Serve(); err != nil {
+				klog.ErrorS(err, "Kubelet registration server failed")
+			}
+		}()
+		// Runs before the node server stops: the kubelet deregisters the driver first.
+		defer reg.Close()
+	}
 	err = d.Serve(ctx, l)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	klog.InfoS("Shutting down", "reason", context.Cause(ctx))
 	return nil
+}
+
+// listenKubeletRegistration creates the kubelet plugin-registration socket
+// that points the kubelet at the node plugin's CSI endpoint.
+func listenKubeletRegistration(c serveConfig) (*kubeletreg.Server, error) {
+	if c.mode != "node" && c.mode != "all" {
+		return nil, fmt.Errorf("--kubelet-registration-dir needs --mode node or all, not %q", c.mode)
+	}
+	path := c.kubeletRegPath
+	if path == "" {
+		p, err := driver.ParseEndpoint(c.endpoint)
+		if err != nil {
+			return nil, err
+		}
+		path = p
+	}
+	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir})
 }
 
 func nodeCleanupMain(args []string) error {
