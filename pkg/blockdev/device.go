@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -99,6 +100,15 @@ type Options struct {
 	// previous incarnation): their locks are broken without waiting for
 	// their watches to time out.
 	DeadOwners []string
+	// OwnerTimeout is how long a lock holder that still watches the image
+	// has to answer a lock request before it counts as frozen and is
+	// fenced (exclusivelock.Options.OwnerTimeout; 0: its default).
+	OwnerTimeout time.Duration
+	// OnResize is called (not under any lock of the device) after the
+	// device grew because the image did (a resize by the controller, seen
+	// through a header update or performed as lock owner): the kernel-side
+	// device follows it (fuseloop.Device.Resize).
+	OnResize func(newSize int64)
 }
 
 const (
@@ -109,11 +119,14 @@ const (
 // Device is an open journaled image. Its methods are safe for concurrent use.
 type Device struct {
 	img  *image.Image
+	pool objstore.Pool
 	lock *exclusivelock.Lock
 	j    *journal.Journaler // nil when unjournaled
 	tag  uint64
 	o    Options
-	size int64
+	size atomic.Int64
+
+	owner ownerState // header refresh and owner-side requests (owner.go)
 
 	maxAppend uint64
 
@@ -143,16 +156,23 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if !o.Unjournaled && img.Features()&clsrbd.FeatureJournaling == 0 {
 		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
 	}
+	d := &Device{img: img, pool: pool, o: o, inflight: newWeighted(o.MaxPendingBytes)}
+	d.size.Store(img.Size())
 	// Own the image before touching its journal: replaying while another
 	// writer appends would race it.
 	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
-		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners,
-		OnNotify: func([]byte) { img.Refresh(context.Background()) },
+		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners, OwnerTimeout: o.OwnerTimeout,
+		OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
-	d := &Device{img: img, lock: lk, o: o, size: img.Size(), inflight: newWeighted(o.MaxPendingBytes)}
+	d.lock = lk
+	// The previous owner may have changed the header: read it as owner.
+	if err := d.startOwner(ctx); err != nil {
+		lk.Release(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
 	if o.Unjournaled {
 		return d, nil
 	}
@@ -306,8 +326,9 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// Size is the device size in bytes.
-func (d *Device) Size() int64 { return d.size }
+// Size is the device size in bytes. It grows when the image does (see
+// Refresh).
+func (d *Device) Size() int64 { return d.size.Load() }
 
 // Name is the image name.
 func (d *Device) Name() string { return d.img.Name() }
@@ -336,9 +357,12 @@ func (d *Device) Err() error {
 	return nil
 }
 
-func (d *Device) check(op string, off, length int64) error {
-	if off < 0 || length < 0 || off > d.size || length > d.size-off {
-		return fmt.Errorf("%s %d+%d on %d-byte device %s: %w", op, off, length, d.size, d.img.Name(), ErrOutOfRange)
+func (d *Device) check(ctx context.Context, op string, off, length int64) error {
+	// A header update (or a lost watch: a possibly missed one) is applied
+	// before the next I/O.
+	d.refreshIfNeeded(ctx)
+	if size := d.size.Load(); off < 0 || length < 0 || off > size || length > size-off {
+		return fmt.Errorf("%s %d+%d on %d-byte device %s: %w", op, off, length, size, d.img.Name(), ErrOutOfRange)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -363,7 +387,7 @@ func (d *Device) fail(err error) {
 // ReadAt reads len(p) bytes at off: the image's data with the pending
 // (journaled, not yet applied) changes laid over it.
 func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if err := d.check("read", off, int64(len(p))); err != nil {
+	if err := d.check(ctx, "read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	d.mu.Lock()
@@ -379,7 +403,7 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 // WriteAt journals and applies a write.
 func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if err := d.check("write", off, int64(len(p))); err != nil {
+	if err := d.check(ctx, "write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	if d.j == nil {
@@ -403,7 +427,7 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 
 // Discard journals and applies a discard; the range then reads as zeros.
 func (d *Device) Discard(ctx context.Context, off, length int64) error {
-	if err := d.check("discard", off, length); err != nil {
+	if err := d.check(ctx, "discard", off, length); err != nil {
 		return err
 	}
 	if d.j == nil {
@@ -416,7 +440,7 @@ func (d *Device) Discard(ctx context.Context, off, length int64) error {
 // WriteZeroes journals and applies a write of zeros (librbd journals it as
 // a write-same of a zero block).
 func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
-	if err := d.check("write-zeroes", off, length); err != nil {
+	if err := d.check(ctx, "write-zeroes", off, length); err != nil {
 		return err
 	}
 	if d.j == nil {
@@ -429,7 +453,7 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
 // Flush returns once every write acknowledged before it is durable. It
 // journals an AioFlush event, as librbd does.
 func (d *Device) Flush(ctx context.Context) error {
-	if err := d.check("flush", 0, 0); err != nil {
+	if err := d.check(ctx, "flush", 0, 0); err != nil {
 		return err
 	}
 	if d.j == nil {
