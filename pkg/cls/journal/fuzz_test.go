@@ -11,6 +11,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 // seedGolden adds every value of the golden header omaps to f's corpus.
@@ -106,7 +107,7 @@ func FuzzClassMethods(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method uint8, in []byte, key uint8, value []byte) {
 		o := fuzzHeader(t)
 		if k := keys[int(key)%len(keys)]; k != "" {
-			o.omap[k] = value
+			o.Omap[k] = value
 		}
 		name := methods[int(method)%len(methods)]
 		out, err := Class()[name].Call(o, in)
@@ -124,8 +125,8 @@ func FuzzClassMethods(f *testing.F) {
 
 // fuzzHeader is the golden-clean header with a second client and a data
 // payload, as a fresh test double.
-func fuzzHeader(t *testing.T) *memObject {
-	p := newMemPool()
+func fuzzHeader(t *testing.T) *classtest.Object {
+	p := newPool()
 	steps := []func(*objstore.WriteOp){
 		func(op *objstore.WriteOp) { Create(op, 24, 4, -1) },
 		func(op *objstore.WriteOp) { ClientRegister(op, "", librbdClientData) },
@@ -140,12 +141,12 @@ func fuzzHeader(t *testing.T) *memObject {
 			t.Fatal(err)
 		}
 	}
-	return p.objects[testOID]
+	return p.Objects[testOID]
 }
 
-func totalSize(o *memObject) int {
-	n := len(o.data)
-	for k, v := range o.omap {
+func totalSize(o *classtest.Object) int {
+	n := len(o.Data)
+	for k, v := range o.Omap {
 		n += len(k) + len(v)
 	}
 	return n

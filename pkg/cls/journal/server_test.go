@@ -11,11 +11,17 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 const testOID = "journal.10257c397567"
 
-func operate(p *memPool, build ...func(op *objstore.WriteOp)) error {
+// newPool is an empty pool with the journal class.
+func newPool() *classtest.Pool {
+	return classtest.NewPool(map[string]objstore.Class{className: Class()})
+}
+
+func operate(p *classtest.Pool, build ...func(op *objstore.WriteOp)) error {
 	var op objstore.WriteOp
 	for _, b := range build {
 		b(&op)
@@ -23,7 +29,7 @@ func operate(p *memPool, build ...func(op *objstore.WriteOp)) error {
 	return p.Operate(context.Background(), testOID, &op)
 }
 
-func mustOperate(t testing.TB, p *memPool, build ...func(op *objstore.WriteOp)) {
+func mustOperate(t testing.TB, p *classtest.Pool, build ...func(op *objstore.WriteOp)) {
 	t.Helper()
 	if err := operate(p, build...); err != nil {
 		t.Fatal(err)
@@ -32,9 +38,9 @@ func mustOperate(t testing.TB, p *memPool, build ...func(op *objstore.WriteOp)) 
 
 // newJournal is a header as librbd creates it: order 24, splay width 4,
 // data in the image's pool.
-func newJournal(t testing.TB) *memPool {
+func newJournal(t testing.TB) *classtest.Pool {
 	t.Helper()
-	p := newMemPool()
+	p := newPool()
 	mustOperate(t, p, func(op *objstore.WriteOp) { Create(op, 24, 4, -1) })
 	return p
 }
@@ -67,16 +73,16 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	// The calls librbd made for golden-crash: create the journal, register
 	// the image's client, allocate a tag class with tag 0 (journal create)
 	// and tag 1 of that class (lock acquisition).
-	p := newMemPool()
+	p := newPool()
 	mustOperate(t, p, func(op *objstore.WriteOp) { Create(op, 24, 4, -1) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { ClientRegister(op, "", librbdClientData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 0, TagClassNew, librbdTagData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 1, 0, librbdTagData) })
-	compareOmap(t, p.objects[testOID].omap, goldenOmap(t, "crash"))
+	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "crash"))
 
 	// Then the commit position it flushed on close (golden-clean).
 	mustOperate(t, p, commit("", cleanCommitPosition.ObjectPositions...))
-	compareOmap(t, p.objects[testOID].omap, goldenOmap(t, "clean"))
+	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "clean"))
 }
 
 func compareOmap(t *testing.T, got, want map[string][]byte) {
@@ -168,7 +174,7 @@ func TestMethodReturnCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newMemPool()
+			p := newPool()
 			if !tt.none {
 				p = newJournal(t)
 			}
@@ -195,18 +201,18 @@ func sets(active, minimum uint64) []func(*objstore.WriteOp) {
 func TestNoOpsDoNotWrite(t *testing.T) {
 	p := newJournal(t)
 	mustOperate(t, p, register("a"), commit("a", at(0, 1)))
-	o := p.objects[testOID]
+	o := p.Objects[testOID]
 	for _, step := range steps(
 		commit("a", at(0, 1)),
 		func(op *objstore.WriteOp) { SetMinimumSet(op, 0) },
 		func(op *objstore.WriteOp) { SetActiveSet(op, 0) },
 	) {
 		method, in := input(step)
-		before := o.omapWrites
+		before := o.OmapWrites
 		if _, err := Class()[method].Call(o, in); err != nil {
 			t.Fatal(err)
 		}
-		if o.omapWrites != before {
+		if o.OmapWrites != before {
 			t.Errorf("%s wrote the header", method)
 		}
 	}
@@ -217,7 +223,7 @@ func TestBadInputIsEINVAL(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := newJournal(t)
 			mustOperate(t, p, register(""))
-			o := p.objects[testOID]
+			o := p.Objects[testOID]
 			_, err := m.Call(o, nil)
 			switch name {
 			case "get_order", "get_splay_width", "get_pool_id", "get_minimum_set", "get_active_set", "get_next_tag_tid":
@@ -239,26 +245,26 @@ func TestCorruptHeader(t *testing.T) {
 		key     string
 		value   []byte
 		op      func(*objstore.WriteOp)
-		read    func(p *memPool) error
+		read    func(p *classtest.Pool) error
 		want    syscall.Errno
 		wantMsg string
 	}{
-		{name: "undecodable order", key: keyOrder, value: nil, read: func(p *memPool) error {
+		{name: "undecodable order", key: keyOrder, value: nil, read: func(p *classtest.Pool) error {
 			_, _, _, err := GetImmutableMetadata(context.Background(), p, testOID)
 			return err
 		}, want: syscall.EINVAL},
 		{name: "undecodable active set", key: keyActiveSet, value: []byte{1}, op: func(op *objstore.WriteOp) { SetMinimumSet(op, 0) }, want: syscall.EINVAL},
-		{name: "undecodable client read", key: clientKey("a"), value: []byte{1, 1}, read: func(p *memPool) error {
+		{name: "undecodable client read", key: clientKey("a"), value: []byte{1, 1}, read: func(p *classtest.Pool) error {
 			_, err := GetClient(context.Background(), p, testOID, "a")
 			return err
 		}, want: syscall.EINVAL},
-		{name: "undecodable client listed", key: clientKey("a"), value: []byte{1, 1}, read: func(p *memPool) error {
+		{name: "undecodable client listed", key: clientKey("a"), value: []byte{1, 1}, read: func(p *classtest.Pool) error {
 			_, err := ClientList(context.Background(), p, testOID)
 			return err
 		}, want: syscall.EIO},
 		{name: "undecodable client while expiring tags", key: clientKey("a"), value: []byte{9}, op: tagCreateStep(0, TagClassNew), want: syscall.EIO},
 		{name: "tag stored under another tid", key: tagKey(7), value: cephenc.Marshal(Tag{Tid: 8}), op: tagCreateStep(0, TagClassNew), want: syscall.EINVAL},
-		{name: "undecodable tag listed", key: tagKey(0), value: []byte{1}, read: func(p *memPool) error {
+		{name: "undecodable tag listed", key: tagKey(0), value: []byte{1}, read: func(p *classtest.Pool) error {
 			_, err := TagList(context.Background(), p, testOID, "c", nil)
 			return err
 		}, want: syscall.EIO},
@@ -268,7 +274,7 @@ func TestCorruptHeader(t *testing.T) {
 			p := newJournal(t)
 			// A committed client so that tag_create does scan the tags.
 			mustOperate(t, p, register("c"), commit("c", at(0, 0)))
-			p.objects[testOID].omap[tt.key] = tt.value
+			p.Objects[testOID].Omap[tt.key] = tt.value
 			var err error
 			if tt.op != nil {
 				err = operate(p, tt.op)
@@ -337,9 +343,9 @@ func TestClientRegisterStartsAtMinimumCommitPosition(t *testing.T) {
 }
 
 // tagsOf lists the tids of the header's tag keys.
-func tagsOf(p *memPool) []uint64 {
+func tagsOf(p *classtest.Pool) []uint64 {
 	var tids []uint64
-	for k := range p.objects[testOID].omap {
+	for k := range p.Objects[testOID].Omap {
 		if len(k) > len(tagPrefix) && k[:len(tagPrefix)] == tagPrefix {
 			tids = append(tids, tagTidFromKey(k))
 		}
@@ -350,7 +356,7 @@ func tagsOf(p *memPool) []uint64 {
 
 // withTags is a journal with tags 0 (class 0), 1 (class 1), 2, 3 (class 0)
 // and 4 (class 1).
-func withTags(t *testing.T) *memPool {
+func withTags(t *testing.T) *classtest.Pool {
 	p := newJournal(t)
 	mustOperate(t, p,
 		tagCreateStep(0, TagClassNew), tagCreateStep(1, TagClassNew),
@@ -442,7 +448,7 @@ func TestTagList(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := withTags(t)
 			mustOperate(t, p, register("c"), commit("c", tt.commit...))
-			o := p.objects[testOID]
+			o := p.Objects[testOID]
 			out, err := Class()["tag_list"].Call(o, encodeTagListInput(tt.startAfter, tt.max, "c", tt.class))
 			if err != nil {
 				t.Fatal(err)
@@ -502,7 +508,7 @@ func TestPaging(t *testing.T) {
 
 func TestReads(t *testing.T) {
 	ctx := context.Background()
-	p := newMemPool()
+	p := newPool()
 	mustOperate(t, p, func(op *objstore.WriteOp) { Create(op, 22, 8, 5) })
 	mustOperate(t, p,
 		func(op *objstore.WriteOp) { ClientRegister(op, "m", []byte("meta")) },
@@ -546,7 +552,7 @@ func TestReads(t *testing.T) {
 func TestGuardAppendAndAppend(t *testing.T) {
 	const dataOID = "journal_data.1.x.0"
 	ctx := context.Background()
-	p := newMemPool()
+	p := newPool()
 	run := func(build func(op *objstore.WriteOp)) error {
 		var op objstore.WriteOp
 		build(&op)
@@ -569,7 +575,7 @@ func TestGuardAppendAndAppend(t *testing.T) {
 	if err := run(func(op *objstore.WriteOp) { Append(op, 10, []byte("abc")) }); err != nil {
 		t.Fatal(err)
 	}
-	if got := string(p.objects[dataOID].data); got != "123456789abc" {
+	if got := string(p.Objects[dataOID].Data); got != "123456789abc" {
 		t.Errorf("object holds %q", got)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 // seedRecorded adds every input, output and xattr of the recorded OSD
@@ -164,19 +165,18 @@ func FuzzClassMethods(f *testing.F) {
 	f.Add(uint8(0), cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c"}), state, false, int64(5e9))
 	f.Add(uint8(1), []byte{}, []byte{1, 1, 0xff, 0xff, 0xff, 0xff}, true, int64(-1))
 	f.Fuzz(func(t *testing.T, method uint8, in, stored []byte, callerB bool, at int64) {
-		o := &memObject{exists: true, xattrs: map[string][]byte{"other": {1}}}
+		o := &classtest.Object{Exists: true, Xattrs: map[string][]byte{"other": {1}}}
 		if stored != nil {
-			o.xattrs["lock.L"] = stored
+			o.Xattrs["lock.L"] = stored
 		}
-		before := maps.Clone(o.xattrs)
+		before := maps.Clone(o.Xattrs)
 		caller := infoA
 		if callerB {
 			caller = infoB
 		}
 		name := methods[int(method)%len(methods)]
-		m := Class()[name]
 		now := time.Unix(1_700_000_000, 0).Add(time.Duration(at))
-		out, err := ClassWithClock(func() time.Time { return now })[name].Call(&memCtx{o: o, caller: caller, write: m.Write}, in)
+		out, err := classtest.Call(ClassWithClock(func() time.Time { return now })[name], o, caller, in)
 		if err != nil {
 			if objstore.Errno(err) == 0 {
 				t.Fatalf("%s failed without an errno: %v", name, err)
@@ -186,7 +186,7 @@ func FuzzClassMethods(f *testing.F) {
 		if limit := 2*(len(in)+len(stored)) + 256; len(out) > limit {
 			t.Fatalf("%s returned %d bytes from %d of input and %d of state", name, len(out), len(in), len(stored))
 		}
-		for k, v := range o.xattrs {
+		for k, v := range o.Xattrs {
 			if string(before[k]) == string(v) {
 				continue
 			}

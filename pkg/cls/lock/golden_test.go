@@ -14,6 +14,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 // cephSession is a session recorded against a Ceph 16.2.15 OSD by
@@ -118,7 +119,7 @@ func stepClock(t *testing.T, client recordedClient, st cephStep) time.Time {
 func TestCephGolden(t *testing.T) {
 	s := loadSession(t)
 	c := newMemCluster()
-	clients := map[string]*memClient{}
+	clients := map[string]*classtest.Pool{}
 	for name, ci := range s.Clients {
 		clients[name] = c.client(ci.ID, ci.Addr)
 	}
@@ -126,15 +127,15 @@ func TestCephGolden(t *testing.T) {
 	for i, st := range s.Steps {
 		oid := st.Object
 		if st.Setup {
-			o := c.object(oid)
-			o.exists = true
+			o := c.Object(oid)
+			o.Exists = true
 			if st.SetData != nil {
-				o.data = bytes.Clone(*st.SetData)
+				o.Data = bytes.Clone(*st.SetData)
 			}
 			for k, v := range st.SetXattrs {
-				o.xattrs[k] = bytes.Clone(v)
+				o.Xattrs[k] = bytes.Clone(v)
 			}
-			c.objects[oid] = o
+			c.Objects[oid] = o
 		} else {
 			cl := clients[st.Client]
 			c.now = stepClock(t, s.Clients[st.Client], st)
@@ -162,16 +163,16 @@ func TestCephGolden(t *testing.T) {
 				t.Errorf("step %d (%s): output\n%x\nCeph returned\n%x", i, st.Note, out, []byte(st.Output))
 			}
 		}
-		got := c.object(oid)
-		if got.exists != st.Exists || len(got.data) != st.Size {
-			t.Errorf("step %d (%s): exists %v size %d, Ceph: exists %v size %d", i, st.Note, got.exists, len(got.data), st.Exists, st.Size)
+		got := c.Object(oid)
+		if got.Exists != st.Exists || len(got.Data) != st.Size {
+			t.Errorf("step %d (%s): exists %v size %d, Ceph: exists %v size %d", i, st.Note, got.Exists, len(got.Data), st.Exists, st.Size)
 		}
 		want := map[string][]byte{}
 		for k, v := range st.Xattrs {
 			want[k] = v
 		}
-		if !maps.EqualFunc(got.xattrs, want, bytes.Equal) {
-			t.Errorf("step %d (%s): xattrs\n%x\nCeph has\n%x", i, st.Note, got.xattrs, want)
+		if !maps.EqualFunc(got.Xattrs, want, bytes.Equal) {
+			t.Errorf("step %d (%s): xattrs\n%x\nCeph has\n%x", i, st.Note, got.Xattrs, want)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 const testOID = "rbd_header.10257c397567"
@@ -62,11 +63,11 @@ func b(op func(*objstore.WriteOp), want syscall.Errno) step {
 func (s step) after(d time.Duration) step { s.at = d; return s }
 
 // scenario runs steps on a fresh cluster and returns it with its clients.
-func scenario(t *testing.T, steps ...step) (*memCluster, map[string]*memClient) {
+func scenario(t *testing.T, steps ...step) (*memCluster, map[string]*classtest.Pool) {
 	t.Helper()
 	c := newMemCluster()
 	start := c.now
-	clients := map[string]*memClient{"a": c.client(infoA.ID, infoA.Addr), "b": c.client(infoB.ID, infoB.Addr)}
+	clients := map[string]*classtest.Pool{"a": c.client(infoA.ID, infoA.Addr), "b": c.client(infoB.ID, infoB.Addr)}
 	for i, s := range steps {
 		c.now = start.Add(s.at)
 		var op objstore.WriteOp
@@ -319,12 +320,12 @@ func TestOnObjectLayout(t *testing.T) {
 	c, _ := scenario(t, a(func(op *objstore.WriteOp) {
 		Lock(op, "rbd_lock", LockExclusive, "auto 140245", "internal", "", 30*time.Second, 0)
 	}, 0))
-	o := c.object(testOID)
-	if got := slices.Sorted(maps.Keys(o.xattrs)); !slices.Equal(got, []string{"lock.rbd_lock"}) {
+	o := c.Object(testOID)
+	if got := slices.Sorted(maps.Keys(o.Xattrs)); !slices.Equal(got, []string{"lock.rbd_lock"}) {
 		t.Fatalf("xattrs %q", got)
 	}
 	var li LockInfo
-	if err := cephenc.Unmarshal(o.xattrs["lock.rbd_lock"], &li); err != nil {
+	if err := cephenc.Unmarshal(o.Xattrs["lock.rbd_lock"], &li); err != nil {
 		t.Fatal(err)
 	}
 	exp := UTimeOf(c.now.Add(30 * time.Second))
@@ -334,8 +335,8 @@ func TestOnObjectLayout(t *testing.T) {
 	if !li.Equal(want) {
 		t.Errorf("stored %+v, want %+v", li, want)
 	}
-	if len(o.data) != 0 {
-		t.Errorf("lock wrote %d bytes of data", len(o.data))
+	if len(o.Data) != 0 {
+		t.Errorf("lock wrote %d bytes of data", len(o.Data))
 	}
 }
 
@@ -395,12 +396,12 @@ func TestExpiration(t *testing.T) {
 			t.Errorf("b's hold is gone: %+v", li)
 		}
 		var stored LockInfo
-		_ = cephenc.Unmarshal(c.object(testOID).xattrs["lock.L"], &stored)
+		_ = cephenc.Unmarshal(c.Object(testOID).Xattrs["lock.L"], &stored)
 		if len(stored.Lockers) != 2 {
 			t.Errorf("a read rewrote the lock: %+v", stored)
 		}
 		mustOperate(t, cl["b"], unlockStep("L", "c"))
-		_ = cephenc.Unmarshal(c.object(testOID).xattrs["lock.L"], &stored)
+		_ = cephenc.Unmarshal(c.Object(testOID).Xattrs["lock.L"], &stored)
 		if len(stored.Lockers) != 0 || stored.Type != LockShared || stored.Tag != "t" {
 			t.Errorf("after b's unlock the lock is %+v, want no holders, type and tag kept", stored)
 		}
@@ -445,7 +446,7 @@ func TestEphemeral(t *testing.T) {
 			b(lockStep("E", LockExclusive, "c", "", 0, 0), syscall.EBUSY),
 			a(unlockStep("E", "c"), 0),
 		)
-		if o := c.object(testOID); o.exists {
+		if o := c.Object(testOID); o.Exists {
 			t.Errorf("object kept after unlock: %+v", o)
 		}
 	})
@@ -454,7 +455,7 @@ func TestEphemeral(t *testing.T) {
 			a(lockStep("E", LockExclusiveEphemeral, "c", "", 0, 0), 0),
 			b(breakStep("E", "c", nameA), 0),
 		)
-		if c.object(testOID).exists {
+		if c.Object(testOID).Exists {
 			t.Error("object kept after break")
 		}
 	})
@@ -470,12 +471,12 @@ func TestEphemeral(t *testing.T) {
 		if _, err := GetLockInfo(context.Background(), cl["b"], testOID, "E"); !errors.Is(err, syscall.EIO) {
 			t.Errorf("get_info of an expired ephemeral lock: %v, want EIO as from an OSD", err)
 		}
-		if o := c.object(testOID); !o.exists || string(o.data) != "data" {
+		if o := c.Object(testOID); !o.Exists || string(o.Data) != "data" {
 			t.Fatalf("object changed by failed calls: %+v", o)
 		}
 		mustOperate(t, cl["b"], lockStep("E", LockExclusiveEphemeral, "c", "", 0, 0))
-		o := c.object(testOID)
-		if !o.exists || len(o.data) != 0 || len(o.xattrs) != 1 {
+		o := c.Object(testOID)
+		if !o.Exists || len(o.Data) != 0 || len(o.Xattrs) != 1 {
 			t.Errorf("a lock after expiry recreates the object with the lock alone: %+v", o)
 		}
 	})
@@ -498,7 +499,7 @@ func TestBadStoredState(t *testing.T) {
 	// Ceph asserts that an ephemeral lock has a single holder; a state with
 	// two is refused instead.
 	two := LockInfo{Type: LockExclusiveEphemeral, Lockers: map[LockerID]LockerInfo{{nameA, "c"}: {}, {nameB, "c"}: {}}}
-	c.objects[testOID].xattrs["lock.E"] = cephenc.Marshal(two)
+	c.Objects[testOID].Xattrs["lock.E"] = cephenc.Marshal(two)
 	if err := operate(cl["a"], unlockStep("E", "c")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("unlock of a corrupt ephemeral lock: %v, want EIO", err)
 	}
@@ -513,8 +514,8 @@ func TestBadInputs(t *testing.T) {
 			if method == "list_locks" {
 				continue // ignores its input
 			}
-			o := c.object(testOID)
-			_, err := m.Call(&memCtx{o: o, caller: infoA, write: m.Write}, in)
+			o := c.Object(testOID)
+			_, err := classtest.Call(m, o, infoA, in)
 			if !errors.Is(err, syscall.EINVAL) || !errors.Is(err, cephenc.ErrMalformed) {
 				t.Errorf("%s(%x): %v, want EINVAL wrapping the decoding error", method, in, err)
 			}
@@ -539,13 +540,13 @@ func TestClassMethods(t *testing.T) {
 	}
 }
 
-func operate(cl *memClient, build func(*objstore.WriteOp)) error {
+func operate(cl *classtest.Pool, build func(*objstore.WriteOp)) error {
 	var op objstore.WriteOp
 	build(&op)
 	return cl.Operate(context.Background(), testOID, &op)
 }
 
-func mustOperate(t testing.TB, cl *memClient, build func(*objstore.WriteOp)) {
+func mustOperate(t testing.TB, cl *classtest.Pool, build func(*objstore.WriteOp)) {
 	t.Helper()
 	if err := operate(cl, build); err != nil {
 		t.Fatal(err)

@@ -6,12 +6,13 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
 // populated returns an object holding a header, a directory and an id at
 // once, so that every method finds something to read.
-func populated(t testing.TB) *memObject {
-	o := newMemObject()
+func populated(t testing.TB) *classtest.Object {
+	o := classtest.NewObject()
 	if _, err := create(o, encoded(func(e *cephenc.Encoder) {
 		e.U64(1 << 30)
 		e.U8(22)
@@ -21,17 +22,17 @@ func populated(t testing.TB) *memObject {
 		t.Fatal(err)
 	}
 	overlap := uint64(4096)
-	o.omap[keyParent] = encoded(parentRecord{poolID: 1, imageID: "p", snapID: 2, headOverlap: &overlap}.encode)
-	o.omap[snapKey(2)] = encoded(func(e *cephenc.Encoder) {
+	o.Omap[keyParent] = encoded(parentRecord{poolID: 1, imageID: "p", snapID: 2, headOverlap: &overlap}.encode)
+	o.Omap[snapKey(2)] = encoded(func(e *cephenc.Encoder) {
 		m := e.Start(8, 8)
 		e.U64(2)
 		e.String("s")
 		e.U64(4096)
 		e.Finish(m)
 	})
-	o.omap[dirKeyForName("vol")] = encString("abc")
-	o.omap[dirKeyForID("abc")] = encString("vol")
-	o.data = encString("abc")
+	o.Omap[dirKeyForName("vol")] = encString("abc")
+	o.Omap[dirKeyForID("abc")] = encString("vol")
+	o.Data = encString("abc")
 	return o
 }
 
@@ -121,8 +122,8 @@ func FuzzStoredValues(f *testing.F) {
 	f.Fuzz(func(t *testing.T, which uint8, v1, v2 []byte) {
 		k := keys[int(which)%len(keys)]
 		o := populated(t)
-		o.omap[k] = v1
-		o.data = v2
+		o.Omap[k] = v1
+		o.Data = v2
 		for name, m := range class {
 			if m.Write {
 				continue

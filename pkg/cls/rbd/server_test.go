@@ -14,9 +14,15 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
 
-func call1(t *testing.T, o *memObject, method string, in []byte) ([]byte, error) {
+// newPool is an empty pool with the rbd class.
+func newPool() *classtest.Pool {
+	return classtest.NewPool(map[string]objstore.Class{className: Class()})
+}
+
+func call1(t *testing.T, o *classtest.Object, method string, in []byte) ([]byte, error) {
 	t.Helper()
 	m, ok := Class()[method]
 	if !ok {
@@ -25,7 +31,7 @@ func call1(t *testing.T, o *memObject, method string, in []byte) ([]byte, error)
 	return m.Call(o, in)
 }
 
-func mustCreate(t *testing.T, p *memPool, oid string, size uint64, order uint8, features uint64, prefix string) {
+func mustCreate(t *testing.T, p *classtest.Pool, oid string, size uint64, order uint8, features uint64, prefix string) {
 	t.Helper()
 	var op objstore.WriteOp
 	op.Create(true)
@@ -40,11 +46,11 @@ func mustCreate(t *testing.T, p *memPool, oid string, size uint64, order uint8, 
 // and the three timestamps (utime_t: u32 sec, u32 nsec, all the same
 // instant), nothing else without the data-pool feature.
 func TestCreateHeaderLayout(t *testing.T) {
-	p := newMemPool()
+	p := newPool()
 	before := time.Now().Truncate(time.Second)
 	mustCreate(t, p, HeaderOID("102770f22d36"), 64<<20, 22, 0x45, "rbd_data.102770f22d36")
 	after := time.Now()
-	o := p.objects[HeaderOID("102770f22d36")]
+	o := p.Objects[HeaderOID("102770f22d36")]
 	want := map[string][]byte{
 		"size":          unhex(t, "0000000400000000"),
 		"order":         unhex(t, "16"),
@@ -52,7 +58,7 @@ func TestCreateHeaderLayout(t *testing.T) {
 		"object_prefix": append(unhex(t, "15000000"), "rbd_data.102770f22d36"...),
 		"snap_seq":      unhex(t, "0000000000000000"),
 	}
-	ts := o.omap["create_timestamp"]
+	ts := o.Omap["create_timestamp"]
 	if len(ts) != 8 {
 		t.Fatalf("create_timestamp = %x, want 8 bytes", ts)
 	}
@@ -63,11 +69,11 @@ func TestCreateHeaderLayout(t *testing.T) {
 	for _, k := range []string{"create_timestamp", "access_timestamp", "modify_timestamp"} {
 		want[k] = ts
 	}
-	if !maps.EqualFunc(o.omap, want, bytes.Equal) {
-		t.Fatalf("header omap:\n got %x\nwant %x", o.omap, want)
+	if !maps.EqualFunc(o.Omap, want, bytes.Equal) {
+		t.Fatalf("header omap:\n got %x\nwant %x", o.Omap, want)
 	}
-	if len(o.data) != 0 {
-		t.Fatalf("header data = %x, want none", o.data)
+	if len(o.Data) != 0 {
+		t.Fatalf("header data = %x, want none", o.Data)
 	}
 }
 
@@ -103,7 +109,7 @@ func TestCreateErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o := newMemObject()
+			o := classtest.NewObject()
 			_, err := call1(t, o, "create", tt.in)
 			if tt.want == nil {
 				if err != nil {
@@ -119,18 +125,18 @@ func TestCreateErrors(t *testing.T) {
 			}
 		})
 	}
-	o := newMemObject()
+	o := classtest.NewObject()
 	if _, err := call1(t, o, "create", enc(1, 22, FeatureDataPool, "rbd_data.1.x", &pool5)); err != nil {
 		t.Fatal(err)
 	}
-	if got := o.omap["data_pool_id"]; !bytes.Equal(got, unhex(t, "0500000000000000")) {
+	if got := o.Omap["data_pool_id"]; !bytes.Equal(got, unhex(t, "0500000000000000")) {
 		t.Fatalf("data_pool_id = %x", got)
 	}
 }
 
 func TestHeaderMethods(t *testing.T) {
 	ctx := context.Background()
-	p := newMemPool()
+	p := newPool()
 	hdr := HeaderOID("abc")
 	mustCreate(t, p, hdr, 10<<20, 22, FeatureLayering|FeatureExclusiveLock|FeatureJournaling, "rbd_data.abc")
 
@@ -188,17 +194,17 @@ func TestHeaderMethods(t *testing.T) {
 	}
 
 	// set_modify_timestamp moves the modify timestamp only.
-	old := slices.Clone(p.objects[hdr].omap["modify_timestamp"])
+	old := slices.Clone(p.Objects[hdr].Omap["modify_timestamp"])
 	time.Sleep(2 * time.Millisecond)
 	var op objstore.WriteOp
 	SetModifyTimestamp(&op)
 	if err := p.Operate(ctx, hdr, &op); err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Equal(old, p.objects[hdr].omap["modify_timestamp"]) {
+	if bytes.Equal(old, p.Objects[hdr].Omap["modify_timestamp"]) {
 		t.Fatal("modify_timestamp unchanged")
 	}
-	if !bytes.Equal(p.objects[hdr].omap["create_timestamp"], p.objects[hdr].omap["access_timestamp"]) {
+	if !bytes.Equal(p.Objects[hdr].Omap["create_timestamp"], p.Objects[hdr].Omap["access_timestamp"]) {
 		t.Fatal("access_timestamp changed")
 	}
 
@@ -237,9 +243,9 @@ func TestSetFeatures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o := newMemObject()
-			o.exists = true
-			o.omap["features"] = u64Bytes(base)
+			o := classtest.NewObject()
+			o.Exists = true
+			o.Omap["features"] = u64Bytes(base)
 			var e cephenc.Encoder
 			e.U64(tt.features)
 			e.U64(tt.mask)
@@ -253,7 +259,7 @@ func TestSetFeatures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := binary.LittleEndian.Uint64(o.omap["features"]); got != tt.want {
+			if got := binary.LittleEndian.Uint64(o.Omap["features"]); got != tt.want {
 				t.Fatalf("features = %x, want %x", got, tt.want)
 			}
 		})
@@ -261,7 +267,7 @@ func TestSetFeatures(t *testing.T) {
 }
 
 func TestSnapContextAndSnapshotSize(t *testing.T) {
-	o := newMemObject()
+	o := classtest.NewObject()
 	if _, err := call1(t, o, "create", encoded(func(e *cephenc.Encoder) {
 		e.U64(100)
 		e.U8(22)
@@ -280,10 +286,10 @@ func TestSnapContextAndSnapshotSize(t *testing.T) {
 		e.U64(id * 1000)
 		e.Raw([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0})
 		e.Finish(m)
-		o.omap[snapKey(id)] = e.Data()
+		o.Omap[snapKey(id)] = e.Data()
 	}
-	o.omap["snap_seq"] = u64Bytes(0x12)
-	o.omap["snapshot_zzz"] = nil // sorts after the real ones; parses as 0
+	o.Omap["snap_seq"] = u64Bytes(0x12)
+	o.Omap["snapshot_zzz"] = nil // sorts after the real ones; parses as 0
 	out, err := call1(t, o, "get_snapcontext", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +313,7 @@ func TestSnapContextAndSnapshotSize(t *testing.T) {
 	}
 	// Snapshot keys are many pages long (RBD_MAX_KEYS_READ is 64).
 	for id := uint64(100); id < 300; id++ {
-		o.omap[snapKey(id)] = nil
+		o.Omap[snapKey(id)] = nil
 	}
 	out, _ = call1(t, o, "get_snapcontext", nil)
 	if err := sc.Decode(cephenc.NewDecoder(out)); err != nil || len(sc.Snaps) != 204 || sc.Snaps[1] != 299 {
@@ -335,10 +341,10 @@ func TestParent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newMemPool()
+			p := newPool()
 			mustCreate(t, p, "h", 8<<20, 22, tt.features, "rbd_data.x")
 			if tt.stored != nil {
-				p.objects["h"].omap["parent"] = tt.stored
+				p.Objects["h"].Omap["parent"] = tt.stored
 			}
 			got, err := GetParent(context.Background(), p, "h", NoSnap)
 			if tt.err != nil {
@@ -357,9 +363,9 @@ func TestParent(t *testing.T) {
 	}
 
 	// Shrinking a clone below its overlap shrinks the overlap.
-	p := newMemPool()
+	p := newPool()
 	mustCreate(t, p, "h", 8<<20, 22, FeatureLayering, "rbd_data.x")
-	p.objects["h"].omap["parent"] = encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode)
+	p.Objects["h"].Omap["parent"] = encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode)
 	var op objstore.WriteOp
 	SetSize(&op, 4096)
 	if err := p.Operate(context.Background(), "h", &op); err != nil {
@@ -371,14 +377,14 @@ func TestParent(t *testing.T) {
 }
 
 func TestStripeUnitCount(t *testing.T) {
-	p := newMemPool()
+	p := newPool()
 	mustCreate(t, p, "h", 8<<20, 22, FeatureLayering|FeatureStripingV2, "rbd_data.x")
 	u, c, err := GetStripeUnitCount(context.Background(), p, "h")
 	if err != nil || u != 4<<20 || c != 1 {
 		t.Fatalf("default striping = %d, %d, %v", u, c, err)
 	}
-	p.objects["h"].omap["stripe_unit"] = u64Bytes(65536)
-	p.objects["h"].omap["stripe_count"] = u64Bytes(8)
+	p.Objects["h"].Omap["stripe_unit"] = u64Bytes(65536)
+	p.Objects["h"].Omap["stripe_count"] = u64Bytes(8)
 	if u, c, _ := GetStripeUnitCount(context.Background(), p, "h"); u != 65536 || c != 8 {
 		t.Fatalf("striping = %d, %d", u, c)
 	}
@@ -386,7 +392,7 @@ func TestStripeUnitCount(t *testing.T) {
 
 func TestIDObject(t *testing.T) {
 	ctx := context.Background()
-	p := newMemPool()
+	p := newPool()
 	oid := IDOID("vol")
 
 	// librbd's create_id_object: exclusive create + set_id.
@@ -397,8 +403,8 @@ func TestIDObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The id is the object's data, encoded as a Ceph string.
-	if want := append(unhex(t, "0c000000"), "102770f22d36"...); !bytes.Equal(p.objects[oid].data, want) {
-		t.Fatalf("rbd_id data = %x, want %x", p.objects[oid].data, want)
+	if want := append(unhex(t, "0c000000"), "102770f22d36"...); !bytes.Equal(p.Objects[oid].Data, want) {
+		t.Fatalf("rbd_id data = %x, want %x", p.Objects[oid].Data, want)
 	}
 	if id, err := GetID(ctx, p, oid); err != nil || id != "102770f22d36" {
 		t.Fatalf("GetID = %q, %v", id, err)
@@ -429,16 +435,16 @@ func TestIDObject(t *testing.T) {
 			}
 		})
 	}
-	if _, ok := p.objects[IDOID("other")]; ok {
+	if _, ok := p.Objects[IDOID("other")]; ok {
 		t.Fatal("failed set_id left an object behind")
 	}
 
 	// An empty id object has no id; a corrupt one is EIO.
-	p.objects["empty"] = &memObject{exists: true, omap: map[string][]byte{}}
+	p.Objects["empty"] = &classtest.Object{Exists: true, Omap: map[string][]byte{}}
 	if _, err := GetID(ctx, p, "empty"); !errors.Is(err, syscall.ENOENT) {
 		t.Fatalf("GetID(empty) = %v, want ENOENT", err)
 	}
-	p.objects["bad"] = &memObject{exists: true, data: []byte{9, 0, 0, 0, 'x'}, omap: map[string][]byte{}}
+	p.Objects["bad"] = &classtest.Object{Exists: true, Data: []byte{9, 0, 0, 0, 'x'}, Omap: map[string][]byte{}}
 	if _, err := GetID(ctx, p, "bad"); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("GetID(corrupt) = %v, want EIO", err)
 	}
@@ -446,7 +452,7 @@ func TestIDObject(t *testing.T) {
 
 func TestDirectory(t *testing.T) {
 	ctx := context.Background()
-	p := newMemPool()
+	p := newPool()
 	add := func(name, id string) error {
 		var op objstore.WriteOp
 		DirAddImage(&op, name, id)
@@ -469,7 +475,7 @@ func TestDirectory(t *testing.T) {
 		"name_vol": unhex(t, "03000000 616263"),
 		"id_abc":   unhex(t, "03000000 766f6c"),
 	}
-	if got := p.objects[DirectoryOID].omap; !maps.EqualFunc(got, want, bytes.Equal) {
+	if got := p.Objects[DirectoryOID].Omap; !maps.EqualFunc(got, want, bytes.Equal) {
 		t.Fatalf("directory omap = %x, want %x", got, want)
 	}
 
@@ -527,7 +533,7 @@ func TestDirectory(t *testing.T) {
 	if err := remove("vol", "abc"); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.objects[DirectoryOID].omap; len(got) != 0 {
+	if got := p.Objects[DirectoryOID].Omap; len(got) != 0 {
 		t.Fatalf("directory after removing everything = %v", got)
 	}
 
@@ -571,7 +577,7 @@ func TestDirectory(t *testing.T) {
 }
 
 func TestWriteMethodsRefusedInReads(t *testing.T) {
-	p := newMemPool()
+	p := newPool()
 	var op objstore.ReadOp
 	op.Exec("rbd", "dir_add_image", encoded(func(e *cephenc.Encoder) { e.String("a"); e.String("b") }))
 	if err := p.Read(context.Background(), DirectoryOID, &op); !errors.Is(err, objstore.ErrPerm) {
