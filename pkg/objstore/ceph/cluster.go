@@ -3,6 +3,7 @@
 package ceph
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -520,7 +521,8 @@ func (c *Cluster) ListBlocklist(ctx context.Context) (map[string]time.Time, erro
 		Addr  string `json:"addr"`
 		Until string `json:"until"`
 	}
-	if err := json.Unmarshal(out, &entries); err != nil {
+	// The output is two JSON arrays: addresses, then ranges (16.2.15+).
+	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&entries); err != nil {
 		return nil, fmt.Errorf("list blocklist: decode %q: %w", out, err)
 	}
 	m := make(map[string]time.Time, len(entries))

@@ -77,6 +77,33 @@ bufferlist to_bl(const char *buf, size_t len) {
 
 }  // namespace
 
+// Exported by watch.go.
+extern "C" void csiWatchNotify(uint64_t token, uint64_t notify_id, uint64_t cookie, uint64_t notifier_id,
+                               char *data, size_t len);
+extern "C" void csiWatchError(uint64_t token, uint64_t cookie, int err);
+
+namespace {
+
+class WatchCtx : public librados::WatchCtx2 {
+ public:
+  explicit WatchCtx(uint64_t token) : token_(token) {}
+  void handle_notify(uint64_t notify_id, uint64_t cookie, uint64_t notifier_id, bufferlist &bl) override {
+    csiWatchNotify(token_, notify_id, cookie, notifier_id, bl.length() ? bl.c_str() : nullptr, bl.length());
+  }
+  void handle_error(uint64_t cookie, int err) override { csiWatchError(token_, cookie, err); }
+
+ private:
+  uint64_t token_;
+};
+
+}  // namespace
+
+struct csi_watch {
+  explicit csi_watch(uint64_t token) : ctx(token) {}
+  WatchCtx ctx;
+  uint64_t handle = 0;
+};
+
 struct csi_rop {
   librados::ObjectReadOperation op;
   std::vector<ReadStep> steps;
@@ -336,6 +363,58 @@ int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, 
       *out_len = reply.length();
     }
     return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_watch_new(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t token, uint32_t timeout_s,
+              csi_watch **out) {
+  *out = nullptr;
+  try {
+    csi_watch *w = new csi_watch(token);
+    int r = io->io.watch3(std::string(oid, oid_len), &w->handle, &w->ctx, timeout_s);
+    if (r < 0) {
+      delete w;
+      return r;
+    }
+    *out = w;
+    return 0;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+uint64_t csi_watch_handle(csi_watch *w) { return w->handle; }
+
+int csi_watch_check(csi_ioctx *io, csi_watch *w) {
+  try {
+    return io->io.watch_check(w->handle);
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_unwatch(csi_ioctx *io, csi_watch *w) {
+  try {
+    return io->io.unwatch2(w->handle);
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+void csi_watch_free(csi_watch *w) { delete w; }
+
+int csi_notify_ack(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t notify_id, uint64_t cookie,
+                   const char *buf, size_t len) {
+  try {
+    bufferlist bl = to_bl(buf, len);
+    io->io.notify_ack(std::string(oid, oid_len), notify_id, cookie, bl);
+    return 0;
   } catch (const std::bad_alloc &) {
     return -ENOMEM;
   } catch (...) {

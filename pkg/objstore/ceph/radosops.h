@@ -81,6 +81,20 @@ void csi_free(void *p);
 int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, size_t len,
                uint64_t timeout_ms, char **out, size_t *out_len);
 
+// Watches. Callbacks go to the Go functions csiWatchNotify and
+// csiWatchError (watch.go) with the token given to csi_watch; they must not
+// block. After csi_unwatch, rados_watch_flush must run before
+// csi_watch_free (callbacks may still be queued).
+typedef struct csi_watch csi_watch;
+int csi_watch_new(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t token, uint32_t timeout_s,
+              csi_watch **out);
+uint64_t csi_watch_handle(csi_watch *w);
+int csi_watch_check(csi_ioctx *io, csi_watch *w);
+int csi_unwatch(csi_ioctx *io, csi_watch *w);
+void csi_watch_free(csi_watch *w);
+int csi_notify_ack(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t notify_id, uint64_t cookie,
+                   const char *buf, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,28 +15,31 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
-	"github.com/ceph/go-ceph/rados"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
-// watch is a librados watch (go-ceph's Watcher) with the contract's
-// semantics: handler calls are serialised by a dispatcher goroutine fed
-// from an unbounded queue (librados' callback thread never waits for a
-// handler), a lost watch is reported once, and Close waits for a running
-// handler call. The watch owns two goroutines, pump and dispatch; close
-// ends both.
+// watch is a librados watch (the C++ API's watch3 with a WatchCtx2 whose
+// callbacks land in csiWatchNotify and csiWatchError) with the contract's
+// semantics: librados' callback thread only queues events (it never waits
+// for a handler), a dispatcher goroutine owned by the watch calls the
+// handler one event at a time, a lost watch is reported once, and Close
+// waits for a running handler call.
 type watch struct {
-	c   *Cluster
-	p   *Pool
-	oid string
-	rw  *rados.Watcher
-	h   objstore.WatchHandler
+	c     *Cluster
+	p     *Pool
+	oid   string
+	h     objstore.WatchHandler
+	token uint64
+	cw    *C.csi_watch
+	// cookie is librados' watch handle (valid once registered).
+	cookie uint64
 
 	mu     sync.Mutex
 	lost   error
@@ -45,9 +48,37 @@ type watch struct {
 
 	kick     chan struct{}
 	stop     chan struct{}
-	pumpDone chan struct{}
 	dispDone chan struct{}
 	gid      uint64 // the dispatcher goroutine
+}
+
+// watches maps the token handed to the C++ watch context to its watch.
+var (
+	watches   sync.Map // uint64 → *watch
+	nextToken atomic.Uint64
+)
+
+//export csiWatchNotify
+func csiWatchNotify(token, notifyID, cookie, notifierID C.uint64_t, data *C.char, n C.size_t) {
+	v, ok := watches.Load(uint64(token))
+	if !ok {
+		return
+	}
+	var payload []byte
+	if n > 0 {
+		payload = C.GoBytes(unsafe.Pointer(data), C.int(n))
+	}
+	v.(*watch).deliver(uint64(notifyID), uint64(cookie), uint64(notifierID), payload)
+}
+
+//export csiWatchError
+func csiWatchError(token, cookie C.uint64_t, errno C.int) {
+	v, ok := watches.Load(uint64(token))
+	if !ok {
+		return
+	}
+	w := v.(*watch)
+	w.lose(opErr("watch", w.oid, errnoOf(errno)))
 }
 
 // Watch registers h for the notifications sent to oid (ENOENT if oid does
@@ -56,26 +87,32 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 	if oid == "" || h == nil {
 		return nil, opErr("watch", oid, syscall.EINVAL)
 	}
+	w := &watch{
+		c: p.c, p: p, oid: oid, h: h, token: nextToken.Add(1),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), dispDone: make(chan struct{}),
+	}
+	watches.Store(w.token, w)
 	var (
 		mu       sync.Mutex
 		gaveUp   bool
 		finished bool
-		rw       *rados.Watcher
-		err      error
+		ret      C.int
 	)
 	_, cerr := p.c.run(ctx, func() {
-		w, e := p.ioctx.WatchWithTimeout(oid, 0)
+		var cw *C.csi_watch
+		r := C.csi_watch_new(p.io, cstr(oid), C.size_t(len(oid)), C.uint64_t(w.token), 0, &cw)
 		mu.Lock()
 		defer mu.Unlock()
 		if gaveUp {
-			if e == nil {
-				if derr := w.Delete(); derr != nil {
-					klog.V(2).InfoS("Unwatching an abandoned watch failed", "oid", oid, "err", derr)
-				}
+			if r >= 0 {
+				C.csi_unwatch(p.io, cw)
+				p.c.flushWatchCallbacks()
+				C.csi_watch_free(cw)
 			}
+			watches.Delete(w.token)
 			return
 		}
-		rw, err, finished = w, e, true
+		ret, finished, w.cw = r, true, cw
 	})
 	if cerr != nil {
 		mu.Lock()
@@ -86,40 +123,43 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 		}
 		// registered after all: keep it
 	}
-	if err != nil {
-		return nil, opErr("watch", oid, errnoErr(err))
+	if ret < 0 {
+		watches.Delete(w.token)
+		return nil, opErr("watch", oid, errnoOf(ret))
 	}
-	w := &watch{
-		c: p.c, p: p, oid: oid, rw: rw, h: h,
-		kick: make(chan struct{}, 1), stop: make(chan struct{}),
-		pumpDone: make(chan struct{}), dispDone: make(chan struct{}),
-	}
+	w.cookie = uint64(C.csi_watch_handle(w.cw))
 	p.c.watchMu.Lock()
 	p.c.watches[w] = struct{}{}
 	p.c.watchMu.Unlock()
 	started := make(chan struct{})
-	go w.pump()
 	go w.dispatch(started)
 	<-started
 	return w, nil
 }
 
+// flushWatchCallbacks waits until librados has run every queued watch
+// callback (ours never block).
+func (c *Cluster) flushWatchCallbacks() {
+	if err := c.conn.WatcherFlush(); err != nil {
+		klog.V(2).InfoS("Flushing watch callbacks failed", "err", err)
+	}
+}
+
 // Cookie is the watch handle librados assigned.
-func (w *watch) Cookie() uint64 { return uint64(w.rw.ID()) }
+func (w *watch) Cookie() uint64 { return w.cookie }
 
 // Check returns nil while the watch is established.
 func (w *watch) Check() error {
 	w.mu.Lock()
-	closed, lost := w.closed, w.lost
-	w.mu.Unlock()
+	defer w.mu.Unlock()
 	switch {
-	case closed:
+	case w.closed:
 		return opErr("watch-check", w.oid, syscall.ENOTCONN)
-	case lost != nil:
-		return lost
+	case w.lost != nil:
+		return w.lost
 	}
-	if _, err := w.rw.Check(); err != nil {
-		return opErr("watch-check", w.oid, errnoErr(err))
+	if r := C.csi_watch_check(w.p.io, w.cw); r < 0 {
+		return opErr("watch-check", w.oid, errnoOf(r))
 	}
 	return nil
 }
@@ -142,58 +182,44 @@ func (w *watch) close() error {
 	}
 	w.closed = true
 	w.queue = nil
+	lost := w.lost
 	w.mu.Unlock()
-	// Delete unwatches (blocking, bounded by the op timeout) and closes the
-	// event channels, which ends pump.
-	err := w.rw.Delete()
+	// Blocking, bounded by the op timeout.
+	err := errnoOf(C.csi_unwatch(w.p.io, w.cw))
+	w.c.flushWatchCallbacks()
+	watches.Delete(w.token)
+	C.csi_watch_free(w.cw)
 	close(w.stop)
-	<-w.pumpDone
 	if goroutineID() != w.gid {
 		<-w.dispDone
 	}
-	if err != nil {
-		err = errnoErr(err)
-		if err == syscall.ENOTCONN || err == syscall.ESHUTDOWN || err == syscall.ENOENT {
-			return nil // the watch was gone already (lost, blocklisted, object removed)
-		}
+	if err != nil && lost == nil && err != syscall.ENOTCONN && err != syscall.ENOENT {
 		return opErr("unwatch", w.oid, err)
 	}
 	return nil
 }
 
-// pump moves librados' events into the queue.
-func (w *watch) pump() {
-	defer close(w.pumpDone)
-	events, errs := w.rw.Events(), w.rw.Errors()
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				return
-			}
-			w.deliver(ev)
-		case err, ok := <-errs:
-			if !ok {
-				return
-			}
-			w.lose(opErr("watch", w.oid, errnoErr(err)))
-		}
-	}
-}
-
-func (w *watch) deliver(ev rados.NotifyEvent) {
+func (w *watch) deliver(notifyID, cookie, notifierID uint64, payload []byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed || w.lost != nil {
 		return
 	}
-	n := objstore.NewNotification(uint64(ev.ID), uint64(ev.WatcherID), uint64(ev.NotifierID), ev.Data,
-		func(reply []byte) {
-			if err := ev.Ack(reply); err != nil {
-				klog.V(2).InfoS("Acknowledging a notification failed", "oid", w.oid, "notify", ev.ID, "err", err)
-			}
-		})
+	n := objstore.NewNotification(notifyID, cookie, notifierID, payload, func(reply []byte) { w.ack(notifyID, cookie, reply) })
 	w.enqueueLocked(func() { w.h.HandleNotify(n) })
+}
+
+// ack acknowledges a notification (librados queues the message: it does
+// not block).
+func (w *watch) ack(notifyID, cookie uint64, reply []byte) {
+	if err := w.c.enter(); err != nil {
+		return // closed: the notifier times out on this watcher
+	}
+	defer w.c.exit()
+	if r := C.csi_notify_ack(w.p.io, cstr(w.oid), C.size_t(len(w.oid)), C.uint64_t(notifyID), C.uint64_t(cookie),
+		cbuf(reply), C.size_t(len(reply))); r < 0 {
+		klog.V(2).InfoS("Acknowledging a notification failed", "oid", w.oid, "notify", notifyID, "err", errnoOf(r))
+	}
 }
 
 // lose marks the watch lost and reports err to the handler once.
