@@ -39,29 +39,10 @@ func clientKey(id string) string { return clientPrefix + id }
 // (to_hex in cls_journal.cc), so that keys sort in tid order.
 func tagKey(tid uint64) string { return fmt.Sprintf("%s%016x", tagPrefix, tid) }
 
-// tagTidFromKey parses a tag key the way Ceph does (istringstream >>
-// std::hex after the prefix): leading hex digits, 0 if there are none, and
-// the largest value on overflow.
+// tagTidFromKey parses the tid of a tag key the way Ceph does
+// (cephenc.ParseHex after the prefix).
 func tagTidFromKey(key string) uint64 {
-	var v uint64
-	for _, c := range []byte(key[min(len(tagPrefix), len(key)):]) {
-		var digit uint64
-		switch {
-		case '0' <= c && c <= '9':
-			digit = uint64(c - '0')
-		case 'a' <= c && c <= 'f':
-			digit = uint64(c-'a') + 10
-		case 'A' <= c && c <= 'F':
-			digit = uint64(c-'A') + 10
-		default:
-			return v
-		}
-		if v > (math.MaxUint64-digit)/16 {
-			return math.MaxUint64
-		}
-		v = v*16 + digit
-	}
-	return v
+	return cephenc.ParseHex(key[min(len(tagPrefix), len(key)):])
 }
 
 // Class returns the "journal" object class: every method of Ceph 16's

@@ -3,7 +3,6 @@ package clsrbd
 import (
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"syscall"
 	"time"
@@ -43,29 +42,10 @@ func dirKeyForID(id string) string     { return dirIDKeyPrefix + id }
 // (key_from_snap_id), so that keys sort in id order.
 func snapKey(id uint64) string { return fmt.Sprintf("%s%016x", snapKeyPrefix, id) }
 
-// snapIDFromKey parses a snapshot key as snap_id_from_key does (istringstream
-// >> std::hex after the prefix): leading hex digits, the largest value on
-// overflow.
+// snapIDFromKey parses a snapshot key as snap_id_from_key does
+// (cephenc.ParseHex after the prefix).
 func snapIDFromKey(key string) uint64 {
-	var v uint64
-	for _, c := range []byte(key[min(len(snapKeyPrefix), len(key)):]) {
-		var digit uint64
-		switch {
-		case '0' <= c && c <= '9':
-			digit = uint64(c - '0')
-		case 'a' <= c && c <= 'f':
-			digit = uint64(c-'a') + 10
-		case 'A' <= c && c <= 'F':
-			digit = uint64(c-'A') + 10
-		default:
-			return v
-		}
-		if v > (math.MaxUint64-digit)/16 {
-			return math.MaxUint64
-		}
-		v = v*16 + digit
-	}
-	return v
+	return cephenc.ParseHex(key[min(len(snapKeyPrefix), len(key)):])
 }
 
 // Class returns the "rbd" object class: the methods of Ceph 16's cls_rbd
