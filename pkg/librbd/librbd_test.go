@@ -221,4 +221,3 @@ func TestConnectErrors(t *testing.T) {
 		t.Fatalf("wrong key: %v", err)
 	}
 }
-
