@@ -52,6 +52,15 @@ func Marshal(v Encodable) []byte {
 	return e.Data()
 }
 
+// MarshalFunc returns what enc encodes (nil for a nil enc).
+func MarshalFunc(enc func(e *Encoder)) []byte {
+	var e Encoder
+	if enc != nil {
+		enc(&e)
+	}
+	return e.Data()
+}
+
 // Unmarshal decodes v from the start of b. Like Ceph's decode of an omap
 // value or a method's input, it ignores bytes after the value.
 func Unmarshal(b []byte, v Decodable) error {

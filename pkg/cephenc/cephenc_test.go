@@ -292,4 +292,10 @@ func TestMarshalUnmarshal(t *testing.T) {
 	if out != in {
 		t.Errorf("got %+v, want %+v", out, in)
 	}
+	if f := MarshalFunc(in.Encode); !bytes.Equal(f, b) {
+		t.Errorf("MarshalFunc = %x, Marshal = %x", f, b)
+	}
+	if f := MarshalFunc(nil); f != nil {
+		t.Errorf("MarshalFunc(nil) = %x", f)
+	}
 }

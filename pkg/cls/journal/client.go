@@ -18,11 +18,7 @@ type Reader interface {
 }
 
 func exec(op *objstore.WriteOp, method string, enc func(e *cephenc.Encoder)) {
-	var e cephenc.Encoder
-	if enc != nil {
-		enc(&e)
-	}
-	op.Exec(className, method, e.Data())
+	op.Exec(className, method, cephenc.MarshalFunc(enc))
 }
 
 // Create adds journal.create to op: it initialises a journal header with

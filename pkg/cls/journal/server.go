@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -79,34 +80,13 @@ func Class() objstore.Class {
 	}
 }
 
-// badInput is the -EINVAL every method returns for an undecodable input.
-func badInput(d *cephenc.Decoder) error {
-	if err := d.Err(); err != nil {
-		return fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
-	}
-	return nil
-}
-
 func isNotFound(err error) bool { return errors.Is(err, objstore.ErrNotFound) }
 
-// readKey reads and decodes one omap value. As Ceph's read_key, a missing
-// key is -ENOENT and an undecodable value -EINVAL.
+// readKey is cls_journal's read_key: a missing key is -ENOENT, an
+// undecodable value -EINVAL.
 func readKey[T any](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) (T, error)) (T, error) {
-	var zero T
-	b, err := ctx.OmapGet(key)
-	if err != nil {
-		return zero, err
-	}
-	v, err := dec(cephenc.NewDecoder(b))
-	if err != nil {
-		return zero, fmt.Errorf("omap key %q: %w: %w", key, objstore.ErrInvalid, err)
-	}
-	return v, nil
+	return clsenc.ReadKey(ctx, key, dec, objstore.ErrInvalid)
 }
-
-func decU8(d *cephenc.Decoder) (uint8, error)   { v := d.U8(); return v, d.Err() }
-func decU64(d *cephenc.Decoder) (uint64, error) { v := d.U64(); return v, d.Err() }
-func decS64(d *cephenc.Decoder) (int64, error)  { v := d.S64(); return v, d.Err() }
 
 func decClient(d *cephenc.Decoder) (Client, error) {
 	var c Client
@@ -120,24 +100,8 @@ func decTag(d *cephenc.Decoder) (Tag, error) {
 	return t, err
 }
 
-func writeKey(ctx objstore.MethodContext, key string, enc func(e *cephenc.Encoder)) error {
-	var e cephenc.Encoder
-	enc(&e)
-	return ctx.OmapSet(map[string][]byte{key: e.Data()})
-}
-
-func writeU64(ctx objstore.MethodContext, key string, v uint64) error {
-	return writeKey(ctx, key, func(e *cephenc.Encoder) { e.U64(v) })
-}
-
 func writeClient(ctx objstore.MethodContext, c Client) error {
-	return writeKey(ctx, clientKey(c.ID), c.Encode)
-}
-
-func out(enc func(e *cephenc.Encoder)) []byte {
-	var e cephenc.Encoder
-	enc(&e)
-	return e.Data()
+	return clsenc.WriteKey(ctx, clientKey(c.ID), c.Encode)
 }
 
 // create: input u8 order, u8 splay_width, s64 pool_id. -EEXIST if the header
@@ -145,7 +109,7 @@ func out(enc func(e *cephenc.Encoder)) []byte {
 func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	order, splay, pool := d.U8(), d.U8(), d.S64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	if _, err := ctx.OmapGet(keyOrder); err == nil {
@@ -157,7 +121,7 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	kv := map[string][]byte{
 		keyOrder:        {order},
 		keySplayWidth:   {splay},
-		keyPoolID:       out(func(e *cephenc.Encoder) { e.S64(pool) }),
+		keyPoolID:       cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.S64(pool) }),
 		keyActiveSet:    zero[:],
 		keyMinimumSet:   zero[:],
 		keyNextTagTid:   zero[:],
@@ -167,7 +131,7 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 }
 
 func getOrder(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keyOrder, decU8)
+	v, err := readKey(ctx, keyOrder, clsenc.U8)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +139,7 @@ func getOrder(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 }
 
 func getSplayWidth(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keySplayWidth, decU8)
+	v, err := readKey(ctx, keySplayWidth, clsenc.U8)
 	if err != nil {
 		return nil, err
 	}
@@ -183,20 +147,20 @@ func getSplayWidth(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 }
 
 func getPoolID(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keyPoolID, decS64)
+	v, err := readKey(ctx, keyPoolID, clsenc.S64)
 	if err != nil {
 		return nil, err
 	}
-	return out(func(e *cephenc.Encoder) { e.S64(v) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.S64(v) }), nil
 }
 
 func getU64(key string) func(objstore.MethodContext, []byte) ([]byte, error) {
 	return func(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-		v, err := readKey(ctx, key, decU64)
+		v, err := readKey(ctx, key, clsenc.U64)
 		if err != nil {
 			return nil, err
 		}
-		return out(func(e *cephenc.Encoder) { e.U64(v) }), nil
+		return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.U64(v) }), nil
 	}
 }
 
@@ -211,17 +175,17 @@ var (
 func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	set := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	active, err := readKey(ctx, keyActiveSet, decU64)
+	active, err := readKey(ctx, keyActiveSet, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
 	if active < set {
 		return nil, fmt.Errorf("minimum set %d beyond active set %d: %w", set, active, objstore.ErrInvalid)
 	}
-	cur, err := readKey(ctx, keyMinimumSet, decU64)
+	cur, err := readKey(ctx, keyMinimumSet, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +195,7 @@ func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	case set < cur:
 		return nil, fmt.Errorf("minimum set %d before current %d: %w", set, cur, objstore.ErrStale)
 	}
-	return nil, writeU64(ctx, keyMinimumSet, set)
+	return nil, clsenc.WriteU64(ctx, keyMinimumSet, set)
 }
 
 // setActiveSet: the active set may only move forward (-ESTALE) and never
@@ -239,17 +203,17 @@ func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func setActiveSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	set := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	minimum, err := readKey(ctx, keyMinimumSet, decU64)
+	minimum, err := readKey(ctx, keyMinimumSet, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
 	if minimum > set {
 		return nil, fmt.Errorf("active set %d before minimum set %d: %w", set, minimum, objstore.ErrInvalid)
 	}
-	cur, err := readKey(ctx, keyActiveSet, decU64)
+	cur, err := readKey(ctx, keyActiveSet, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
@@ -259,20 +223,20 @@ func setActiveSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	case set < cur:
 		return nil, fmt.Errorf("active set %d before current %d: %w", set, cur, objstore.ErrStale)
 	}
-	return nil, writeU64(ctx, keyActiveSet, set)
+	return nil, clsenc.WriteU64(ctx, keyActiveSet, set)
 }
 
 func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	c, err := readKey(ctx, clientKey(id), decClient)
 	if err != nil {
 		return nil, err
 	}
-	return out(c.Encode), nil
+	return cephenc.MarshalFunc(c.Encode), nil
 }
 
 // clientRegister needs an existing journal (its order key: -ENOENT
@@ -282,10 +246,10 @@ func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func clientRegister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id, data := d.Str(), d.Bytes()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	if _, err := readKey(ctx, keyOrder, decU8); err != nil {
+	if _, err := readKey(ctx, keyOrder, clsenc.U8); err != nil {
 		return nil, err
 	}
 	if _, err := ctx.OmapGet(clientKey(id)); err == nil {
@@ -366,7 +330,7 @@ func clientListRange(ctx objstore.MethodContext, startAfter string, max uint64) 
 func clientUpdateData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id, data := d.Str(), d.Bytes()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	c, err := readKey(ctx, clientKey(id), decClient)
@@ -381,7 +345,7 @@ func clientUpdateData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id, state := d.Str(), ClientState(d.U8())
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	c, err := readKey(ctx, clientKey(id), decClient)
@@ -397,7 +361,7 @@ func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func clientUnregister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	key := clientKey(id)
@@ -416,10 +380,10 @@ func clientCommit(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id := d.Str()
 	var pos ObjectSetPosition
-	if err := pos.Decode(d); err != nil {
-		return nil, fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
+	if err := clsenc.BadInput(pos.Decode(d)); err != nil {
+		return nil, err
 	}
-	splay, err := readKey(ctx, keySplayWidth, decU8)
+	splay, err := readKey(ctx, keySplayWidth, clsenc.U8)
 	if err != nil {
 		return nil, err
 	}
@@ -442,27 +406,27 @@ func clientCommit(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	startAfter, max := d.Str(), d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	clients, err := clientListRange(ctx, startAfter, max)
 	if err != nil {
 		return nil, err
 	}
-	return out(func(e *cephenc.Encoder) { encodeClients(e, clients) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeClients(e, clients) }), nil
 }
 
 func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	tid := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	t, err := readKey(ctx, tagKey(tid), decTag)
 	if err != nil {
 		return nil, err
 	}
-	return out(t.Encode), nil
+	return cephenc.MarshalFunc(t.Encode), nil
 }
 
 // tagCreate: the tid must not exist (-EEXIST) and must be next_tag_tid
@@ -473,7 +437,7 @@ func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func tagCreate(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	tid, class, data := d.U64(), d.U64(), d.Bytes()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	key := tagKey(tid)
@@ -482,20 +446,20 @@ func tagCreate(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	} else if !isNotFound(err) {
 		return nil, err
 	}
-	next, err := readKey(ctx, keyNextTagTid, decU64)
+	next, err := readKey(ctx, keyNextTagTid, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
 	if tid != next {
 		return nil, fmt.Errorf("tag %d out of sequence (next is %d): %w", tid, next, objstore.ErrStale)
 	}
-	nextClass, err := readKey(ctx, keyNextTagClass, decU64)
+	nextClass, err := readKey(ctx, keyNextTagClass, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
 	if class == TagClassNew {
 		class = nextClass
-		if err := writeU64(ctx, keyNextTagClass, class+1); err != nil {
+		if err := clsenc.WriteU64(ctx, keyNextTagClass, class+1); err != nil {
 			return nil, err
 		}
 	} else if class >= nextClass {
@@ -504,10 +468,10 @@ func tagCreate(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := expireTags(ctx, nil); err != nil {
 		return nil, err
 	}
-	if err := writeU64(ctx, keyNextTagTid, tid+1); err != nil {
+	if err := clsenc.WriteU64(ctx, keyNextTagTid, tid+1); err != nil {
 		return nil, err
 	}
-	return nil, writeKey(ctx, key, Tag{Tid: tid, TagClass: class, Data: data}.Encode)
+	return nil, clsenc.WriteKey(ctx, key, Tag{Tid: tid, TagClass: class, Data: data}.Encode)
 }
 
 // tagPass is a pass of the two-pass tag scans of expireTags and tagList.
@@ -626,7 +590,7 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		c := d.U64()
 		classFilter = &c
 	}
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	client, err := readKey(ctx, clientKey(clientID), decClient)
@@ -687,7 +651,7 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		}
 	}
 	slices.SortFunc(tags, func(a, b Tag) int { return cmp.Compare(a.Tid, b.Tid) })
-	return out(func(e *cephenc.Encoder) { encodeTags(e, tags) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeTags(e, tags) }), nil
 }
 
 // guardAppend: -EOVERFLOW once the data object holds soft_max_size bytes or
@@ -695,7 +659,7 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func guardAppend(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	softMax := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	size, err := ctx.Stat()
@@ -717,7 +681,7 @@ func guardAppend(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func appendData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	softMax, data := d.U64(), d.Bytes()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	size, err := ctx.Stat()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -48,14 +49,6 @@ func ClassWithClock(now func() time.Time) objstore.Class {
 
 type server struct {
 	now func() time.Time
-}
-
-// decodeInput decodes a method's input; like Ceph, a failure is -EINVAL.
-func decodeInput(in []byte, v cephenc.Decodable) error {
-	if err := cephenc.Unmarshal(in, v); err != nil {
-		return fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
-	}
-	return nil
 }
 
 // readLock is read_lock: the state of lock name without its expired
@@ -115,7 +108,7 @@ func caller(ctx objstore.MethodContext, cookie string) (LockerID, EntityAddr, er
 // lock is lock_op / lock_obj.
 func (s server) lock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op LockOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	failIfExists := op.Flags&FlagMayRenew == 0
@@ -193,7 +186,7 @@ func (s server) removeLock(ctx objstore.MethodContext, name string, locker Entit
 
 func (s server) unlock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op UnlockOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	return nil, s.removeLock(ctx, op.Name, ClientName(ctx.Caller().ID), op.Cookie)
@@ -201,7 +194,7 @@ func (s server) unlock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 func (s server) breakLock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op BreakOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	return nil, s.removeLock(ctx, op.Name, op.Locker, op.Cookie)
@@ -209,7 +202,7 @@ func (s server) breakLock(ctx objstore.MethodContext, in []byte) ([]byte, error)
 
 func (s server) getInfo(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op GetInfoOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	li, err := s.readLock(ctx, op.Name, false)
@@ -264,7 +257,7 @@ func (s server) heldByCaller(ctx objstore.MethodContext, name string, typ LockTy
 
 func (s server) assertLocked(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op AssertOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	_, _, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag, false)
@@ -273,7 +266,7 @@ func (s server) assertLocked(ctx objstore.MethodContext, in []byte) ([]byte, err
 
 func (s server) setCookie(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	var op SetCookieOp
-	if err := decodeInput(in, &op); err != nil {
+	if err := clsenc.DecodeInput(in, &op); err != nil {
 		return nil, err
 	}
 	li, id, err := s.heldByCaller(ctx, op.Name, op.Type, op.Cookie, op.Tag, true)

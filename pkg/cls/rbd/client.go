@@ -19,11 +19,7 @@ type Reader interface {
 }
 
 func exec(op *objstore.WriteOp, method string, enc func(e *cephenc.Encoder)) {
-	var e cephenc.Encoder
-	if enc != nil {
-		enc(&e)
-	}
-	op.Exec(className, method, e.Data())
+	op.Exec(className, method, cephenc.MarshalFunc(enc))
 }
 
 // Create adds rbd.create to op (cls_client::create_image): it initialises
@@ -113,7 +109,7 @@ func call(ctx context.Context, r Reader, oid, method string, in []byte, dec func
 func encU64(v uint64) []byte { return u64Bytes(v) }
 
 func encString(s string) []byte {
-	return encoded(func(e *cephenc.Encoder) { e.String(s) })
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(s) })
 }
 
 // GetSize returns the size and order of the image head (snapID NoSnap) or of
@@ -149,7 +145,7 @@ func GetFeatures(ctx context.Context, r Reader, oid string, readOnly bool) (feat
 // encodeGetFeatures is get_features_start's input: the (deprecated) snap id
 // is always NoSnap.
 func encodeGetFeatures(readOnly bool) []byte {
-	return encoded(func(e *cephenc.Encoder) {
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(NoSnap)
 		e.Bool(readOnly)
 	})
@@ -287,7 +283,7 @@ type DirEntry struct {
 // object oid, in name order. A missing directory fails with
 // objstore.ErrNotFound (librbd treats that as an empty pool).
 func DirList(ctx context.Context, r Reader, oid, startAfter string, max uint64) ([]DirEntry, error) {
-	in := encoded(func(e *cephenc.Encoder) {
+	in := cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.String(startAfter)
 		e.U64(max)
 	})

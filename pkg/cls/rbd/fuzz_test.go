@@ -13,7 +13,7 @@ import (
 // once, so that every method finds something to read.
 func populated(t testing.TB) *classtest.Object {
 	o := classtest.NewObject()
-	if _, err := create(o, encoded(func(e *cephenc.Encoder) {
+	if _, err := create(o, cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(1 << 30)
 		e.U8(22)
 		e.U64(FeatureLayering | FeatureStripingV2 | FeatureExclusiveLock)
@@ -22,8 +22,8 @@ func populated(t testing.TB) *classtest.Object {
 		t.Fatal(err)
 	}
 	overlap := uint64(4096)
-	o.Omap[keyParent] = encoded(parentRecord{poolID: 1, imageID: "p", snapID: 2, headOverlap: &overlap}.encode)
-	o.Omap[snapKey(2)] = encoded(func(e *cephenc.Encoder) {
+	o.Omap[keyParent] = cephenc.MarshalFunc(parentRecord{poolID: 1, imageID: "p", snapID: 2, headOverlap: &overlap}.encode)
+	o.Omap[snapKey(2)] = cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		m := e.Start(8, 8)
 		e.U64(2)
 		e.String("s")
@@ -53,9 +53,9 @@ func FuzzMethodInput(f *testing.F) {
 	})
 	f.Add(uint8(0), []byte{})
 	f.Add(uint8(1), u64Bytes(NoSnap))
-	f.Add(uint8(2), encoded(func(e *cephenc.Encoder) { e.String("vol"); e.String("abc") }))
-	f.Add(uint8(3), encoded(func(e *cephenc.Encoder) { e.String(""); e.U64(100) }))
-	f.Add(uint8(4), encoded(func(e *cephenc.Encoder) {
+	f.Add(uint8(2), cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String("vol"); e.String("abc") }))
+	f.Add(uint8(3), cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(""); e.U64(100) }))
+	f.Add(uint8(4), cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(1)
 		e.U8(12)
 		e.U64(1)
@@ -139,7 +139,7 @@ func FuzzStoredValues(f *testing.F) {
 			case "dir_get_name":
 				in = encString("abc")
 			case "dir_list":
-				in = encoded(func(e *cephenc.Encoder) { e.String(""); e.U64(10) })
+				in = cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(""); e.U64(10) })
 			}
 			out, err := m.Call(o, in)
 			if err != nil {
@@ -156,9 +156,9 @@ func FuzzStoredValues(f *testing.F) {
 // FuzzDecoders feeds arbitrary bytes to every decoder of a method output or
 // stored value: no panic, and no allocation beyond what the input can hold.
 func FuzzDecoders(f *testing.F) {
-	f.Add(encoded(SnapContext{Seq: 5, Snaps: []uint64{5, 3}}.Encode))
-	f.Add(encoded(parentRecord{poolID: 1, imageID: "x", snapID: 3}.encode))
-	f.Add(encoded(func(e *cephenc.Encoder) { encodeDirEntries(e, []DirEntry{{"a", "b"}}) }))
+	f.Add(cephenc.MarshalFunc(SnapContext{Seq: 5, Snaps: []uint64{5, 3}}.Encode))
+	f.Add(cephenc.MarshalFunc(parentRecord{poolID: 1, imageID: "x", snapID: 3}.encode))
+	f.Add(cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeDirEntries(e, []DirEntry{{"a", "b"}}) }))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var c SnapContext
@@ -166,14 +166,14 @@ func FuzzDecoders(f *testing.F) {
 			if len(c.Snaps)*8 > len(b) {
 				t.Fatalf("%d snaps from %d bytes", len(c.Snaps), len(b))
 			}
-			if err := cephenc.Unmarshal(encoded(c.Encode), &c); err != nil {
+			if err := cephenc.Unmarshal(cephenc.MarshalFunc(c.Encode), &c); err != nil {
 				t.Fatalf("re-encoded snap context does not decode: %v", err)
 			}
 		}
 		var p parentRecord
 		if err := p.decode(cephenc.NewDecoder(b)); err == nil {
 			var q parentRecord
-			if err := q.decode(cephenc.NewDecoder(encoded(p.encode))); err != nil {
+			if err := q.decode(cephenc.NewDecoder(cephenc.MarshalFunc(p.encode))); err != nil {
 				t.Fatalf("re-encoded parent does not decode: %v", err)
 			}
 			if q.poolID != p.poolID || q.imageID != p.imageID || q.snapID != p.snapID || q.poolNamespace != p.poolNamespace ||

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -97,59 +98,30 @@ func readOnly(fn callFunc) callFunc {
 	}
 }
 
-// badInput is the -EINVAL every method returns for an undecodable input.
-func badInput(d *cephenc.Decoder) error {
-	if err := d.Err(); err != nil {
-		return fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
-	}
-	return nil
-}
-
 func isNotFound(err error) bool { return errors.Is(err, objstore.ErrNotFound) }
 
 // errIO is the -EIO cls_rbd returns for a stored value it cannot decode.
 const errIO = syscall.EIO
 
-// readKey reads and decodes one omap value. As cls_rbd's read_key, a missing
-// key is -ENOENT and an undecodable value -EIO.
-func readKey[T any](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) T) (T, error) {
-	var zero T
-	b, err := ctx.OmapGet(key)
-	if err != nil {
-		return zero, err
-	}
-	d := cephenc.NewDecoder(b)
-	v := dec(d)
-	if err := d.Err(); err != nil {
-		return zero, fmt.Errorf("omap key %q: %w: %w", key, errIO, err)
-	}
-	return v, nil
+// readKey is cls_rbd's read_key: a missing key is -ENOENT, an undecodable
+// value -EIO.
+func readKey[T any](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) (T, error)) (T, error) {
+	return clsenc.ReadKey(ctx, key, dec, errIO)
 }
 
-func decU8(d *cephenc.Decoder) uint8   { return d.U8() }
-func decU64(d *cephenc.Decoder) uint64 { return d.U64() }
-func decS64(d *cephenc.Decoder) int64  { return d.S64() }
-func decStr(d *cephenc.Decoder) string { return d.Str() }
-
-func decUTime(d *cephenc.Decoder) UTime {
+func decUTime(d *cephenc.Decoder) (UTime, error) {
 	var u UTime
 	_ = u.Decode(d) // the error stays in d
-	return u
+	return u, d.Err()
 }
 
-func decParent(d *cephenc.Decoder) parentRecord {
+func decParent(d *cephenc.Decoder) (parentRecord, error) {
 	var p parentRecord
 	_ = p.decode(d) // the error stays in d
-	return p
+	return p, d.Err()
 }
 
-func encoded(enc func(e *cephenc.Encoder)) []byte {
-	var e cephenc.Encoder
-	enc(&e)
-	return e.Data()
-}
-
-func u64Bytes(v uint64) []byte { return encoded(func(e *cephenc.Encoder) { e.U64(v) }) }
+func u64Bytes(v uint64) []byte { return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.U64(v) }) }
 
 // checkExists is cls_rbd's check_exists: the object's stat.
 func checkExists(ctx objstore.MethodContext) error {
@@ -161,7 +133,7 @@ func checkExists(ctx objstore.MethodContext) error {
 // need; an image without a "features" key is a format-1 image, which has
 // none.
 func requireFeature(ctx objstore.MethodContext, need uint64) error {
-	f, err := readKey(ctx, keyFeatures, decU64)
+	f, err := readKey(ctx, keyFeatures, clsenc.U64)
 	if isNotFound(err) {
 		return syscall.ENOEXEC
 	}
@@ -186,7 +158,7 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if d.Err() == nil && d.Remaining() > 0 {
 		dataPoolID = d.S64()
 	}
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	if features&^FeaturesAll != 0 {
@@ -198,12 +170,12 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if _, err := ctx.OmapGet(keyObjectPrefix); !isNotFound(err) {
 		return nil, fmt.Errorf("header already initialised: %w", objstore.ErrExists)
 	}
-	ts := encoded(UTimeOf(time.Now()).Encode)
+	ts := cephenc.MarshalFunc(UTimeOf(time.Now()).Encode)
 	vals := map[string][]byte{
 		keySize:            u64Bytes(size),
 		keyOrder:           {order},
 		keyFeatures:        u64Bytes(features),
-		keyObjectPrefix:    encoded(func(e *cephenc.Encoder) { e.String(prefix) }),
+		keyObjectPrefix:    cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(prefix) }),
 		keySnapSeq:         u64Bytes(0),
 		keyCreateTimestamp: ts,
 		keyAccessTimestamp: ts,
@@ -216,7 +188,7 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		if dataPoolID == -1 {
 			return nil, fmt.Errorf("data-pool feature without a data pool: %w", objstore.ErrInvalid)
 		}
-		vals[keyDataPoolID] = encoded(func(e *cephenc.Encoder) { e.S64(dataPoolID) })
+		vals[keyDataPoolID] = cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.S64(dataPoolID) })
 	} else if dataPoolID != -1 {
 		return nil, fmt.Errorf("data pool without the data-pool feature: %w", objstore.ErrInvalid)
 	}
@@ -228,23 +200,23 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func getSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	snapID := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	order, err := readKey(ctx, keyOrder, decU8)
+	order, err := readKey(ctx, keyOrder, clsenc.U8)
 	if err != nil {
 		return nil, err
 	}
 	var size uint64
 	if snapID == NoSnap {
-		size, err = readKey(ctx, keySize, decU64)
+		size, err = readKey(ctx, keySize, clsenc.U64)
 	} else {
 		size, err = readKey(ctx, snapKey(snapID), decSnapImageSize)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) {
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U8(order)
 		e.U64(size)
 	}), nil
@@ -252,13 +224,13 @@ func getSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // decSnapImageSize reads the image size of a cls_rbd_snap record, whose
 // first fields (every version) are u64 id, string name, u64 image_size.
-func decSnapImageSize(d *cephenc.Decoder) uint64 {
+func decSnapImageSize(d *cephenc.Decoder) (uint64, error) {
 	s := d.Start(8)
 	d.U64()
 	d.Str()
 	size := d.U64()
 	d.Finish(s)
-	return size
+	return size, d.Err()
 }
 
 // setSize sets the image size and, when shrinking a clone, shrinks its
@@ -266,14 +238,14 @@ func decSnapImageSize(d *cephenc.Decoder) uint64 {
 func setSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	size := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	orig, err := readKey(ctx, keySize, decU64)
+	orig, err := readKey(ctx, keySize, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
-	if err := ctx.OmapSet(map[string][]byte{keySize: u64Bytes(size)}); err != nil {
+	if err := clsenc.WriteU64(ctx, keySize, size); err != nil {
 		return nil, err
 	}
 	if size >= orig {
@@ -288,7 +260,7 @@ func setSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	}
 	if p.exists() && p.headOverlap != nil && *p.headOverlap > size {
 		p.headOverlap = &size
-		return nil, ctx.OmapSet(map[string][]byte{keyParent: encoded(p.encode)})
+		return nil, clsenc.WriteKey(ctx, keyParent, p.encode)
 	}
 	return nil, nil
 }
@@ -307,10 +279,10 @@ func getFeatures(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if d.Err() == nil && d.Remaining() > 0 {
 		readOnly = d.Bool()
 	}
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	f, err := readKey(ctx, keyFeatures, decU64)
+	f, err := readKey(ctx, keyFeatures, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
@@ -318,7 +290,7 @@ func getFeatures(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if readOnly {
 		incompatible = f & FeaturesIncompatible
 	}
-	return encoded(func(e *cephenc.Encoder) {
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(f)
 		e.U64(incompatible)
 	}), nil
@@ -330,10 +302,10 @@ func setFeatures(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	features := d.U64()
 	mask := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	orig, err := readKey(ctx, keyFeatures, decU64)
+	orig, err := readKey(ctx, keyFeatures, clsenc.U64)
 	if err != nil && !isNotFound(err) {
 		return nil, err
 	}
@@ -348,28 +320,28 @@ func setFeatures(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		return nil, fmt.Errorf("disable immutable features 0x%x: %w", disabled&^(FeaturesMutable|FeaturesDisableOnly), objstore.ErrInvalid)
 	}
 	f := orig&^mask | features&mask
-	return nil, ctx.OmapSet(map[string][]byte{keyFeatures: u64Bytes(f)})
+	return nil, clsenc.WriteU64(ctx, keyFeatures, f)
 }
 
 // getObjectPrefix returns the string prefix of the image's data objects.
 func getObjectPrefix(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	p, err := readKey(ctx, keyObjectPrefix, decStr)
+	p, err := readKey(ctx, keyObjectPrefix, clsenc.String)
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) { e.String(p) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(p) }), nil
 }
 
 // getDataPool returns the s64 id of the image's data pool, -1 for none.
 func getDataPool(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	id, err := readKey(ctx, keyDataPoolID, decS64)
+	id, err := readKey(ctx, keyDataPoolID, clsenc.S64)
 	if isNotFound(err) {
 		id, err = -1, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) { e.S64(id) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.S64(id) }), nil
 }
 
 // getSnapContext returns the image's snapshot context: u64 snap_seq and the
@@ -392,7 +364,7 @@ func getSnapContext(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 			break
 		}
 	}
-	seq, err := readKey(ctx, keySnapSeq, decU64)
+	seq, err := readKey(ctx, keySnapSeq, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +372,7 @@ func getSnapContext(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 	for i := len(ids) - 1; i >= 0; i-- {
 		c.Snaps = append(c.Snaps, ids[i])
 	}
-	return encoded(c.Encode), nil
+	return cephenc.MarshalFunc(c.Encode), nil
 }
 
 // getParent returns the image's parent: s64 pool id (-1 for none), string
@@ -412,7 +384,7 @@ func getSnapContext(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 func getParent(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	snapID := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	if err := checkExists(ctx); err != nil {
@@ -441,7 +413,7 @@ func getParent(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 			p = parentRecord{poolID: -1, snapID: NoSnap}
 		}
 	}
-	return encoded(func(e *cephenc.Encoder) {
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.S64(p.poolID)
 		e.String(p.imageID)
 		e.U64(p.snapID)
@@ -462,9 +434,9 @@ func getStripeUnitCount(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 	if err := requireFeature(ctx, FeatureStripingV2); err != nil {
 		return nil, err
 	}
-	unit, err := readKey(ctx, keyStripeUnit, decU64)
+	unit, err := readKey(ctx, keyStripeUnit, clsenc.U64)
 	if isNotFound(err) {
-		order, oerr := readKey(ctx, keyOrder, decU8)
+		order, oerr := readKey(ctx, keyOrder, clsenc.U8)
 		if oerr != nil {
 			return nil, fmt.Errorf("read order: %w", errIO)
 		}
@@ -473,14 +445,14 @@ func getStripeUnitCount(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	count, err := readKey(ctx, keyStripeCount, decU64)
+	count, err := readKey(ctx, keyStripeCount, clsenc.U64)
 	if isNotFound(err) {
 		count, err = 1, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) {
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(unit)
 		e.U64(count)
 	}), nil
@@ -497,7 +469,7 @@ func getTimestamp(key string) callFunc {
 		if err != nil {
 			return nil, err
 		}
-		return encoded(u.Encode), nil
+		return cephenc.MarshalFunc(u.Encode), nil
 	}
 }
 
@@ -507,7 +479,7 @@ func setTimestamp(key string) callFunc {
 		if err := checkExists(ctx); err != nil {
 			return nil, err
 		}
-		return nil, ctx.OmapSet(map[string][]byte{key: encoded(UTimeOf(time.Now()).Encode)})
+		return nil, clsenc.WriteKey(ctx, key, UTimeOf(time.Now()).Encode)
 	}
 }
 
@@ -547,7 +519,7 @@ func getID(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 	if err := d.Err(); err != nil {
 		return nil, fmt.Errorf("decode id: %w: %w", errIO, err)
 	}
-	return encoded(func(e *cephenc.Encoder) { e.String(id) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(id) }), nil
 }
 
 // setID stores the id in an existing, empty rbd_id object. Input: string id.
@@ -557,7 +529,7 @@ func setID(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	}
 	d := cephenc.NewDecoder(in)
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	if !isValidID(id) {
@@ -570,7 +542,7 @@ func setID(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if size != 0 {
 		return nil, fmt.Errorf("id already set: %w", objstore.ErrExists)
 	}
-	return nil, ctx.Write(0, encoded(func(e *cephenc.Encoder) { e.String(id) }))
+	return nil, ctx.Write(0, cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(id) }))
 }
 
 func dirAddImageHelper(ctx objstore.MethodContext, name, id string, checkUniqueID bool) error {
@@ -578,25 +550,25 @@ func dirAddImageHelper(ctx objstore.MethodContext, name, id string, checkUniqueI
 		return fmt.Errorf("invalid name %q or id %q: %w", name, id, objstore.ErrInvalid)
 	}
 	nameKey, idKey := dirKeyForName(name), dirKeyForID(id)
-	if _, err := readKey(ctx, nameKey, decStr); !isNotFound(err) {
+	if _, err := readKey(ctx, nameKey, clsenc.String); !isNotFound(err) {
 		return fmt.Errorf("image name %q: %w", name, objstore.ErrExists)
 	}
-	if _, err := readKey(ctx, idKey, decStr); !isNotFound(err) && checkUniqueID {
+	if _, err := readKey(ctx, idKey, clsenc.String); !isNotFound(err) && checkUniqueID {
 		return fmt.Errorf("image id %q: %w", id, syscall.EBADF)
 	}
 	return ctx.OmapSet(map[string][]byte{
-		nameKey: encoded(func(e *cephenc.Encoder) { e.String(id) }),
-		idKey:   encoded(func(e *cephenc.Encoder) { e.String(name) }),
+		nameKey: cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(id) }),
+		idKey:   cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(name) }),
 	})
 }
 
 func dirRemoveImageHelper(ctx objstore.MethodContext, name, id string) error {
 	nameKey, idKey := dirKeyForName(name), dirKeyForID(id)
-	storedID, err := readKey(ctx, nameKey, decStr)
+	storedID, err := readKey(ctx, nameKey, clsenc.String)
 	if err != nil {
 		return err
 	}
-	storedName, err := readKey(ctx, idKey, decStr)
+	storedName, err := readKey(ctx, idKey, clsenc.String)
 	if err != nil {
 		return err
 	}
@@ -619,7 +591,7 @@ func dirAddImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	name := d.Str()
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	return nil, dirAddImageHelper(ctx, name, id, true)
@@ -631,7 +603,7 @@ func dirRemoveImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	name := d.Str()
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	return nil, dirRemoveImageHelper(ctx, name, id)
@@ -644,7 +616,7 @@ func dirRenameImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	src := d.Str()
 	dest := d.Str()
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	if err := dirRemoveImageHelper(ctx, src, id); err != nil {
@@ -663,28 +635,28 @@ func dirRenameImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 func dirGetID(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	name := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	id, err := readKey(ctx, dirKeyForName(name), decStr)
+	id, err := readKey(ctx, dirKeyForName(name), clsenc.String)
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) { e.String(id) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(id) }), nil
 }
 
 // dirGetName returns the string name of an image. Input: string id.
 func dirGetName(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	id := d.Str()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	name, err := readKey(ctx, dirKeyForID(id), decStr)
+	name, err := readKey(ctx, dirKeyForID(id), clsenc.String)
 	if err != nil {
 		return nil, err
 	}
-	return encoded(func(e *cephenc.Encoder) { e.String(name) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(name) }), nil
 }
 
 // dirList returns up to max_return images after start_after in name order,
@@ -694,7 +666,7 @@ func dirList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	startAfter := d.Str()
 	maxReturn := d.U64()
-	if err := badInput(d); err != nil {
+	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
 	var images []DirEntry
@@ -724,7 +696,7 @@ func dirList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 			break
 		}
 	}
-	return encoded(func(e *cephenc.Encoder) { encodeDirEntries(e, images) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeDirEntries(e, images) }), nil
 }
 
 func encodeDirEntries(e *cephenc.Encoder, images []DirEntry) {

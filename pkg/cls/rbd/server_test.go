@@ -268,7 +268,7 @@ func TestSetFeatures(t *testing.T) {
 
 func TestSnapContextAndSnapshotSize(t *testing.T) {
 	o := classtest.NewObject()
-	if _, err := call1(t, o, "create", encoded(func(e *cephenc.Encoder) {
+	if _, err := call1(t, o, "create", cephenc.MarshalFunc(func(e *cephenc.Encoder) {
 		e.U64(100)
 		e.U8(22)
 		e.U64(1)
@@ -331,13 +331,13 @@ func TestParent(t *testing.T) {
 		err      error
 	}{
 		{"no parent", FeatureLayering, nil, ParentInfo{PoolID: -1, SnapID: NoSnap}, nil},
-		{"v2 parent", FeatureLayering, encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{2, "p1", 4, 1 << 20}, nil},
-		{"v2 parent without head overlap", FeatureLayering, encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4}.encode), ParentInfo{2, "p1", 4, 0}, nil},
+		{"v2 parent", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{2, "p1", 4, 1 << 20}, nil},
+		{"v2 parent without head overlap", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4}.encode), ParentInfo{2, "p1", 4, 0}, nil},
 		// ENCODE_START(1, 1), s64 pool, string id, u64 snap, u64 overlap
 		{"v1 parent", FeatureLayering, unhex(t, "0101 1e000000 0300000000000000 02000000 7031 0500000000000000 0000200000000000"), ParentInfo{3, "p1", 5, 2 << 20}, nil},
-		{"namespace", FeatureLayering, encoded(parentRecord{poolID: 2, poolNamespace: "ns", imageID: "p1", snapID: 4}.encode), ParentInfo{}, syscall.EXDEV},
+		{"namespace", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, poolNamespace: "ns", imageID: "p1", snapID: 4}.encode), ParentInfo{}, syscall.EXDEV},
 		{"corrupt", FeatureLayering, []byte{2, 2, 9}, ParentInfo{}, syscall.EIO},
-		{"no layering", FeatureExclusiveLock, encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{PoolID: -1, SnapID: NoSnap}, nil},
+		{"no layering", FeatureExclusiveLock, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{PoolID: -1, SnapID: NoSnap}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -365,7 +365,7 @@ func TestParent(t *testing.T) {
 	// Shrinking a clone below its overlap shrinks the overlap.
 	p := newPool()
 	mustCreate(t, p, "h", 8<<20, 22, FeatureLayering, "rbd_data.x")
-	p.Objects["h"].Omap["parent"] = encoded(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode)
+	p.Objects["h"].Omap["parent"] = cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode)
 	var op objstore.WriteOp
 	SetSize(&op, 4096)
 	if err := p.Operate(context.Background(), "h", &op); err != nil {
@@ -579,7 +579,7 @@ func TestDirectory(t *testing.T) {
 func TestWriteMethodsRefusedInReads(t *testing.T) {
 	p := newPool()
 	var op objstore.ReadOp
-	op.Exec("rbd", "dir_add_image", encoded(func(e *cephenc.Encoder) { e.String("a"); e.String("b") }))
+	op.Exec("rbd", "dir_add_image", cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String("a"); e.String("b") }))
 	if err := p.Read(context.Background(), DirectoryOID, &op); !errors.Is(err, objstore.ErrPerm) {
 		t.Fatalf("write method in a read = %v", err)
 	}
