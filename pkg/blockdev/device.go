@@ -126,7 +126,8 @@ type Device struct {
 	o    Options
 	size atomic.Int64
 
-	owner ownerState // header refresh and owner-side requests (owner.go)
+	owner       ownerState          // header refresh and owner-side requests (owner.go)
+	replayStats journal.ReplayStats // what Open replayed
 
 	maxAppend uint64
 
@@ -218,6 +219,7 @@ func (d *Device) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.replayStats = st
 	if err := d.j.FlushCommitPosition(ctx); err != nil {
 		return err
 	}
@@ -335,6 +337,9 @@ func (d *Device) Name() string { return d.img.Name() }
 
 // Tag is the journal tag (epoch) of this device's writes.
 func (d *Device) Tag() uint64 { return d.tag }
+
+// ReplayStats reports what Open replayed from the journal.
+func (d *Device) ReplayStats() journal.ReplayStats { return d.replayStats }
 
 // Journal returns the device's journaler (nil when unjournaled).
 func (d *Device) Journal() *journal.Journaler { return d.j }

@@ -84,6 +84,12 @@ func (d *Device) refreshIfNeeded(ctx context.Context) {
 	if d.lock == nil || d.lock.UpdateSeq() == d.owner.seenSeq.Load() {
 		return
 	}
+	// A lost lock (this client was fenced, or the lock broken) also moves
+	// the sequence: stop taking I/O rather than try it.
+	if err := d.lock.Err(); err != nil {
+		d.fail(err)
+		return
+	}
 	if err := d.refresh(ctx); err != nil {
 		klog.V(1).InfoS("Refreshing the image header before an I/O failed", "image", d.img.Name(), "err", err)
 	}
