@@ -5,10 +5,15 @@ export PATH := /usr/local/go/bin:$(PATH)
 # Packages that need Ceph's C libraries are behind the `ceph` build tag
 # (with `pacific` for go-ceph); everything else builds and tests without them.
 GOTAGS ?=
+# Build tags of the Ceph backend: `ceph` selects this project's Ceph code,
+# `pacific` makes go-ceph link against Debian 12's Ceph 16 libraries.
+CEPHTAGS ?= ceph,pacific
+# Packages with Ceph-only tests (files behind the `ceph` build tag).
+CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg cmd 2>/dev/null | xargs -rn1 dirname | sort -u | sed 's|^|./|')
 TESTFLAGS ?= -count=1 -timeout 30m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test deps vet unit fuzz bench clean csi-sanity
+.PHONY: all build demo test deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench clean csi-sanity
 
 all: build
 
@@ -20,8 +25,21 @@ build:
 demo: deps build
 	./bin/csi-rbdj demo
 
-## test: install what the tests need, then run the whole suite.
-test: deps vet unit
+## test: install what the tests need (Ceph included), start the single-node
+## Ceph test cluster, then run the whole suite: vet (plain and with the Ceph
+## tags), the unit tests, and the Ceph tests against the cluster.
+test: deps ceph-up vet vet-ceph unit unit-ceph
+
+## test-ceph: only the Ceph side (cluster, vet and tests with the Ceph tags).
+test-ceph: deps ceph-up vet-ceph unit-ceph
+
+## ceph-up / ceph-down: the single-node Ceph cluster of the tests
+## (hack/ceph-up.sh; state in /var/tmp/csi-rbdj-ceph unless CEPH_DIR is set).
+ceph-up:
+	./hack/ceph-up.sh >/dev/null
+
+ceph-down:
+	./hack/ceph-down.sh --wipe
 
 deps:
 	./hack/install-deps.sh
@@ -30,8 +48,15 @@ vet:
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 
+vet-ceph:
+	$(GO) vet -tags '$(CEPHTAGS)' ./...
+
 unit:
 	$(GO) test $(TESTFLAGS) ./...
+
+# CSI_RBDJ_REQUIRE_CEPH=1: a test that finds no cluster fails instead of skipping.
+unit-ceph:
+	CSI_RBDJ_REQUIRE_CEPH=1 $(GO) test $(TESTFLAGS) -tags '$(CEPHTAGS)' $(CEPHPKGS)
 
 ## fuzz: run every fuzz target for FUZZTIME.
 fuzz:
