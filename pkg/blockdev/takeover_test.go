@@ -105,6 +105,7 @@ func (noFencer) Blocklist(context.Context, string, time.Duration) error { return
 //	w <off> <len> <seed> <marker 0|1>   write a pattern   -> OK | ERR <error>
 //	r <off> <len>                       read              -> DATA <crc32c>
 //	f                                   flush             -> OK | ERR <error>
+//	s                                   device size       -> SIZE <bytes>
 //	c                                   close and exit    -> OK | ERR <error>
 func TestTakeoverHelperProcess(t *testing.T) {
 	be := os.Getenv("TAKEOVER_BACKEND")
@@ -160,6 +161,8 @@ func TestTakeoverHelperProcess(t *testing.T) {
 			fmt.Printf("DATA %08x\n", crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)))
 		case "f":
 			reply(d.Flush(ctx))
+		case "s":
+			fmt.Printf("SIZE %d\n", d.Size())
 		case "c":
 			reply(d.Close(ctx))
 			return
@@ -623,6 +626,11 @@ func testStaleEpochAfterTakeover(t *testing.T, be takeoverBackend) {
 		t.Fatalf("unfenced zombie write: %s (the hazard needs it to land)", r)
 	}
 	a.kill()
+	// A is gone; fence it as its death would be handled (on Ceph its
+	// watches would otherwise linger until they time out).
+	if err := fencer.Blocklist(ctx, a.ready["addr"], time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	if z := zombieEntries(t, journalEntries(t, pool, img)); z != 1 {
 		t.Fatalf("%d zombie entries in the journal, want 1: the hazard was not built", z)
 	}
