@@ -13,7 +13,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 30m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench clean csi-sanity
+.PHONY: all build demo test deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity
 
 all: build
 
@@ -62,9 +62,20 @@ unit-ceph:
 fuzz:
 	./hack/fuzz.sh $(FUZZTIME)
 
-## bench: journal and object-store benchmarks on the local backend.
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/journal ./pkg/objstore/local
+## bench: the block paths side by side in one run (our device on local and
+## Ceph, librbd with and without journaling, a plain loop device) plus the
+## replay race against librbd; prints a Markdown table and writes JSON and a
+## PNG chart to _output/bench/. BENCH_FLAGS passes options (e.g. -runtime 5s).
+BENCH_FLAGS ?=
+bench: deps ceph-up
+	mkdir -p _output/bench
+	$(GO) build -tags '$(CEPHTAGS)' -o bin/blockdev-bench ./hack/bench/blockdev
+	./bin/blockdev-bench -ceph-conf "$$(./hack/ceph-up.sh)" -json _output/bench/bench.json \
+		-md _output/bench/bench.md -png _output/bench/bench.png $(BENCH_FLAGS)
+
+## bench-go: the Go micro-benchmarks (journal, object store, device).
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/journal ./pkg/objstore/local ./pkg/blockdev
 
 ## csi-sanity: the standalone csi-sanity command against `csi-rbdj serve --mode all`
 ## (also run by `make test` through cmd/csi-rbdj's TestStandaloneCSISanity).
