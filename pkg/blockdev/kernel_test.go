@@ -24,6 +24,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,8 +93,7 @@ type server struct {
 
 func (s *server) start() {
 	s.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestServeHelperProcess$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String())
+	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
 // crashPayload is the deterministic payload of append idx in round seed, so
@@ -110,17 +110,10 @@ func TestCrashReplaysAcknowledgedPrefix(t *testing.T) {
 	totalAcked, totalReplayed := 0, 0
 	for round := 0; round < rounds; round++ {
 		seed := uint64(round)
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelperProcess$", "-test.v=false")
-		cmd.Env = append(os.Environ(), "JOURNAL_CRASH_DIR="+dir, "JOURNAL_CRASH_SEED="+strconv.FormatUint(seed, 10))
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
+		cmd := testproc.Command("^TestCrashHelperProcess$", "JOURNAL_CRASH_DIR="+dir, "JOURNAL_CRASH_SEED="+strconv.FormatUint(seed, 10))
 		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		child := testproc.Start(t, cmd)
+		stdout := child.Stdout
 		var issued []crashEntry
 		acked := map[uint64]bool{}
 		var childErr string
@@ -146,9 +139,9 @@ func TestCrashReplaysAcknowledgedPrefix(t *testing.T) {
 			io.Copy(io.Discard, stdout)
 		}()
 		time.Sleep(time.Duration(150+r.IntN(500)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
+		child.Cmd.Process.Signal(syscall.SIGKILL)
 		<-done
-		cmd.Wait()
+		child.Wait()
 		if childErr != "" {
 			t.Fatalf("round %d: child failed: %s", round, childErr)
 		}

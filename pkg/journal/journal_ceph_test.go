@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
 func cephID(prefix string) string {
@@ -374,8 +374,7 @@ func TestCephReplayLibrbdCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCephLibrbdWriterHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "JOURNAL_CEPH_LIBRBD_IMAGE="+name)
+	cmd := testproc.Command("^TestCephLibrbdWriterHelper$", "JOURNAL_CEPH_LIBRBD_IMAGE="+name)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !bytes.Contains(out, []byte("WRITTEN")) {
 		t.Fatalf("librbd writer: %v\n%s", err, out)

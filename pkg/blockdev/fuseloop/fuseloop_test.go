@@ -469,7 +469,7 @@ func TestServerProcessDeath(t *testing.T) {
 		}
 	})
 	h := startHelper(t, stateDir, name, 128*MiB)
-	t.Logf("child pid %d serves %s (FUSE connection %d)", h.cmd.Process.Pid, h.dev, h.conn)
+	t.Logf("child pid %d serves %s (FUSE connection %d)", h.Cmd.Process.Pid, h.dev, h.conn)
 	t.Cleanup(func() { unmountAllOf(t, h.dev) })
 	liveMu.Lock()
 	liveConns[h.conn] = mountPoint(stateDir, name)
@@ -486,11 +486,11 @@ func TestServerProcessDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := h.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := h.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-h.exited:
+	case <-h.Exited():
 	case <-time.After(30 * time.Second):
 		t.Fatalf("child did not die")
 	}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -496,44 +497,21 @@ func serveHelper() int {
 }
 
 type helperProc struct {
-	cmd    *exec.Cmd
-	dev    string
-	conn   uint64
-	stderr *bytes.Buffer
-	exited chan struct{}
+	*testproc.Proc
+	dev  string
+	conn uint64
 }
 
-// startHelper re-executes the test binary as a serving child. Its cleanup
-// kills the child by PID and reaps it.
+// startHelper re-executes the test binary as a serving child, killed by
+// PID and reaped at the end of the test.
 func startHelper(t *testing.T, stateDir, name string, size int64) *helperProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=serve", helperStateEnv+"="+stateDir,
-		helperNameEnv+"="+name, helperSizeEnv+"="+strconv.FormatInt(size, 10))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &helperProc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	cmd.Stderr = &lockedWriter{w: h.stderr}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = cmd.Wait(); close(h.exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		select {
-		case <-h.exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("helper pid %d did not exit", cmd.Process.Pid)
-		}
-		if t.Failed() {
-			t.Logf("helper stderr:\n%s", h.stderr.String())
-		}
-	})
+	h := &helperProc{Proc: testproc.Start(t, testproc.Command("^$", helperEnv+"=serve", helperStateEnv+"="+stateDir,
+		helperNameEnv+"="+name, helperSizeEnv+"="+strconv.FormatInt(size, 10)))}
+	go func() { _ = h.Wait() }()
 	lines := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
+		sc := bufio.NewScanner(h.Stdout)
 		for sc.Scan() {
 			if strings.HasPrefix(sc.Text(), "READY ") {
 				lines <- sc.Text()
@@ -544,24 +522,13 @@ func startHelper(t *testing.T, stateDir, name string, size int64) *helperProc {
 	select {
 	case l, ok := <-lines:
 		if !ok {
-			t.Fatalf("helper exited before READY:\n%s", h.stderr.String())
+			t.Fatalf("helper exited before READY:\n%s", h.Stderr.String())
 		}
 		f := strings.Fields(l)
 		h.dev = f[1]
 		h.conn, _ = strconv.ParseUint(f[2], 10, 64)
 	case <-time.After(30 * time.Second):
-		t.Fatalf("helper not ready:\n%s", h.stderr.String())
+		t.Fatalf("helper not ready:\n%s", h.Stderr.String())
 	}
 	return h
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"math/rand"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/objstoretest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
 // The tests in this file re-execute the test binary as child processes:
@@ -38,8 +38,8 @@ func TestMain(m *testing.M) {
 
 // child is a running child process.
 type child struct {
+	*testproc.Proc
 	t     testing.TB
-	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines chan string
 	done  chan struct{} // closed when stdout is closed
@@ -47,38 +47,20 @@ type child struct {
 
 func startChild(t testing.TB, mode string, env ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append([]string{childEnv + "=" + mode}, env...)...)
+	cmd := testproc.Command("^$", append([]string{childEnv + "=" + mode}, env...)...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 1<<16), done: make(chan struct{})}
+	c := &child{Proc: testproc.Start(t, cmd), t: t, stdin: stdin, lines: make(chan string, 1<<16), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		defer close(c.lines)
-		sc := bufio.NewScanner(stdout)
+		sc := bufio.NewScanner(c.Stdout)
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
 	}()
-	pid := cmd.Process.Pid
-	t.Cleanup(func() {
-		syscall.Kill(pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() && stderr.Len() > 0 {
-			t.Logf("child %s (pid %d) stderr:\n%s", mode, pid, stderr.String())
-		}
-	})
 	return c
 }
 
@@ -107,28 +89,6 @@ func (c *child) send(line string) {
 		c.t.Fatalf("write to child: %v", err)
 	}
 }
-
-func (c *child) kill() {
-	syscall.Kill(c.cmd.Process.Pid, syscall.SIGKILL)
-	c.cmd.Wait()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() > 1<<20 {
-		return len(p), nil
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Len() int       { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Len() }
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // out prints one line to the parent (children only).
 var outMu sync.Mutex

@@ -47,7 +47,7 @@ func TestCrashKill(t *testing.T) {
 			ch.expect("ready", time.Minute)
 			time.Sleep(time.Duration(10+r.Intn(300)) * time.Millisecond)
 		}
-		ch.kill()
+		ch.Kill()
 		n := 0
 		for l := range ch.lines {
 			if m := ackRe.FindStringSubmatch(l); m != nil {
@@ -147,7 +147,7 @@ func TestCrashKillWhileOpen(t *testing.T) {
 			"LOCAL_TEST_MAXLOG="+strconv.Itoa(2<<20))
 		ch.expect("ready", time.Minute)
 		time.Sleep(time.Duration(10+r.Intn(300)) * time.Millisecond)
-		ch.kill()
+		ch.Kill()
 		for l := range ch.lines {
 			if m := ackRe.FindStringSubmatch(l); m != nil {
 				s, _ := strconv.ParseUint(m[1], 10, 64)
@@ -262,7 +262,7 @@ func TestTornTail(t *testing.T) {
 			ch := startChild(t, "torn", "LOCAL_TEST_DIR="+dir, "LOCAL_TEST_OPS="+strconv.Itoa(ops))
 			ch.expect(fmt.Sprintf("ack %d", ops), time.Minute)
 			<-ch.done
-			ch.cmd.Wait()
+			ch.Wait()
 			wal := filepath.Join(dir, "wal")
 			offs, lens := walRecords(t, wal)
 			if len(offs) == 0 {
@@ -437,7 +437,7 @@ func testWatchNotifyProcesses(t *testing.T, dir string) {
 		t.Fatal("parent's watch got nothing")
 	}
 
-	ch.kill()
+	ch.Kill()
 	start := time.Now()
 	res, err = p.Notify(context.Background(), "watched", []byte("anyone?"), 5*time.Second)
 	if objstore.Errno(err) != syscall.ETIMEDOUT || len(res.TimedOut) != 1 || res.TimedOut[0].Cookie != childCookie ||

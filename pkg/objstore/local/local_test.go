@@ -430,7 +430,7 @@ func TestDeadApplier(t *testing.T) {
 	ch := startChild(t, "midapply", "LOCAL_TEST_DIR="+dir, "LOCAL_TEST_OPS=10")
 	ch.expect("ack 10", time.Minute)
 	<-ch.done
-	ch.cmd.Wait()
+	ch.Wait()
 	seqs := verifyChunkObject(t, p, "midapply") // reads repair the object first
 	if len(seqs) != 11 {
 		t.Fatalf("ops %v, want 1..11 (the logged operation is completed)", seqs)
