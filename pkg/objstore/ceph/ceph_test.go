@@ -21,14 +21,40 @@ func TestMain(m *testing.M) { cephtest.Main(m) }
 // TestContract runs the object-store contract suite against pool rbd of
 // the real cluster.
 func TestContract(t *testing.T) {
-	objstoretest.Run(t, func(t *testing.T) objstore.Pool { return cephtest.Pool(t) })
+	objstoretest.Run(t, func(t *testing.T) objstore.Pool {
+		p := cephtest.Pool(t)
+		removeAtEnd(t, p, "objstoretest.")
+		return p
+	})
+}
+
+// removeAtEnd removes the objects named prefix* when t ends: the suite
+// leaves its objects behind, and memstore never gives memory back.
+func removeAtEnd(t *testing.T, p objstore.Pool, prefix string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		oids, err := p.List(ctx, prefix)
+		if err != nil {
+			t.Errorf("list %s*: %v", prefix, err)
+			return
+		}
+		for _, oid := range oids {
+			op := &objstore.WriteOp{}
+			op.Remove()
+			if err := p.Operate(ctx, oid, op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
+				t.Errorf("remove %s: %v", oid, err)
+			}
+		}
+	})
 }
 
 // TestContractTwoClients runs the two-client part of the suite with two
 // client instances (two librados handles: two addresses, two global ids).
 func TestContractTwoClients(t *testing.T) {
 	objstoretest.RunTwoClients(t, func(t *testing.T) (objstore.Pool, objstore.Pool) {
-		return cephtest.Pool(t), cephtest.Pool(t)
+		a := cephtest.Pool(t)
+		removeAtEnd(t, a, "objstoretest2.")
+		return a, cephtest.Pool(t)
 	})
 }
 
