@@ -17,7 +17,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,9 +29,10 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
 // takeoverBackend is a cluster the takeover tests run on.
@@ -63,15 +63,7 @@ var helperConnectors = map[string]func(t testing.TB) (objstore.Pool, fencerListe
 
 func connectLocal(t testing.TB, dir string) (objstore.Pool, fencerLister) {
 	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, p := localtest.Open(t, dir, local.Options{})
 	return p, c
 }
 
@@ -213,7 +205,7 @@ func crcOf(b []byte) string {
 type node struct {
 	t     testing.TB
 	name  string
-	cmd   *exec.Cmd
+	p     *testproc.Proc
 	in    io.WriteCloser
 	lines chan string
 	ready map[string]string
@@ -230,35 +222,28 @@ type nodeOptions struct {
 // (or fails to open: then it returns the OPENERR line and a nil node).
 func startNode(t testing.TB, be takeoverBackend, name, img string, o nodeOptions) (*node, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTakeoverHelperProcess$", "-test.v=false")
-	cmd.Env = append(append(os.Environ(), be.env...), "TAKEOVER_IMAGE="+img, "TAKEOVER_NODE="+name)
+	env := append([]string{"TAKEOVER_IMAGE=" + img, "TAKEOVER_NODE=" + name}, be.env...)
 	if o.commitAge > 0 {
-		cmd.Env = append(cmd.Env, "TAKEOVER_COMMIT_AGE="+o.commitAge.String())
+		env = append(env, "TAKEOVER_COMMIT_AGE="+o.commitAge.String())
 	}
 	if o.ownerTimeout != 0 {
-		cmd.Env = append(cmd.Env, "TAKEOVER_OWNER_TIMEOUT="+o.ownerTimeout.String())
+		env = append(env, "TAKEOVER_OWNER_TIMEOUT="+o.ownerTimeout.String())
 	}
 	if o.noFence {
-		cmd.Env = append(cmd.Env, "TAKEOVER_FENCE=none")
+		env = append(env, "TAKEOVER_FENCE=none")
 	}
+	cmd := testproc.Command("^TestTakeoverHelperProcess$", env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n := &node{t: t, name: name, cmd: cmd, in: in, lines: make(chan string, 16)}
+	n := &node{t: t, name: name, in: in, lines: make(chan string, 16)}
+	n.p = testproc.Start(t, cmd)
 	// The reader goroutine ends when the process's stdout closes (it exits
-	// or is killed; Cleanup kills it).
+	// or is killed; testproc kills it at the end of the test).
 	go func() {
 		defer close(n.lines)
-		sc := bufio.NewScanner(out)
+		sc := bufio.NewScanner(n.p.Stdout)
 		for sc.Scan() {
 			n.lines <- sc.Text()
 		}
@@ -334,7 +319,7 @@ func (n *node) duration(key string) time.Duration {
 
 func (n *node) signal(sig syscall.Signal) {
 	n.t.Helper()
-	if err := n.cmd.Process.Signal(sig); err != nil {
+	if err := n.p.Cmd.Process.Signal(sig); err != nil {
 		n.t.Fatalf("node %s: %v: %v", n.name, sig, err)
 	}
 }
@@ -344,7 +329,7 @@ func (n *node) waitStopped() {
 	n.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.p.Cmd.Process.Pid))
 		if err == nil {
 			if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && (b[i+2] == 'T' || b[i+2] == 't') {
 				return
@@ -361,10 +346,9 @@ func (n *node) kill() {
 		return
 	}
 	n.dead = true
-	n.cmd.Process.Signal(syscall.SIGCONT)
-	n.cmd.Process.Signal(syscall.SIGKILL)
+	n.p.Cmd.Process.Signal(syscall.SIGCONT)
+	n.p.Kill()
 	n.in.Close()
-	n.cmd.Wait()
 	for range n.lines {
 	}
 }
@@ -376,12 +360,12 @@ func (n *node) close() {
 		n.t.Fatalf("node %s: close: %s", n.name, r)
 	}
 	n.in.Close()
-	if err := n.cmd.Wait(); err != nil {
+	for range n.lines {
+	}
+	if err := n.p.Wait(); err != nil {
 		n.t.Fatalf("node %s: %v", n.name, err)
 	}
 	n.dead = true
-	for range n.lines {
-	}
 }
 
 const (

@@ -17,8 +17,8 @@ import (
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
 
@@ -27,16 +27,7 @@ const oid = "rbd_header.1234abcd"
 // client opens a new client instance of the cluster in dir.
 func client(t *testing.T, dir string) (*local.Cluster, objstore.Pool) {
 	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, p
+	return localtest.Open(t, dir, local.Options{NoSync: true})
 }
 
 func newHeader(t *testing.T) (string, *local.Cluster, objstore.Pool) {
