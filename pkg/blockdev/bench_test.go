@@ -7,8 +7,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
 
 // BenchmarkWrite measures writes through the device (no kernel path):
@@ -27,15 +27,7 @@ func BenchmarkWrite(b *testing.B) {
 			for _, m := range modes {
 				b.Run(fmt.Sprintf("%dK/qd%d/%s", size>>10, qd, m.name), func(b *testing.B) {
 					ctx := context.Background()
-					c, err := local.Open(b.TempDir(), local.Options{Classes: classes.Standard()})
-					if err != nil {
-						b.Fatal(err)
-					}
-					defer c.Close()
-					pool, err := c.Pool(ctx, "rbd")
-					if err != nil {
-						b.Fatal(err)
-					}
+					c, pool := localtest.Open(b, b.TempDir(), local.Options{})
 					newImage(b, pool, "vol", 22)
 					d := openDevice(b, pool, "vol", m.o)
 					b.SetBytes(int64(size))

@@ -16,22 +16,14 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 )
 
 func openPool(t testing.TB, dir string) objstore.Pool {
 	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := localtest.Open(t, dir, local.Options{})
 	return p
 }
 

@@ -22,8 +22,8 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"golang.org/x/sys/unix"
 )
@@ -42,15 +42,7 @@ func TestServeHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	pool, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, pool := localtest.Open(t, dir, local.Options{})
 	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)

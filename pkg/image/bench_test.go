@@ -7,23 +7,15 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
 
 // benchImage creates a 64 MiB image with 4 MiB objects on a local cluster,
 // with fsync (durable, as in production) or without.
 func benchImage(b *testing.B, sync bool) *Image {
 	b.Helper()
-	c, err := local.Open(b.TempDir(), local.Options{Classes: classes(), NoSync: !sync})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	var p objstore.Pool
-	if p, err = c.Pool(context.Background(), "rbd"); err != nil {
-		b.Fatal(err)
-	}
+	_, p := localtest.Open(b, b.TempDir(), local.Options{NoSync: !sync})
 	return mustCreate(b, p, "bench", 64<<20, CreateOptions{})
 }
 

@@ -9,29 +9,17 @@ import (
 	"testing"
 	"time"
 
-	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
 
-func classes() map[string]objstore.Class {
-	return map[string]objstore.Class{"rbd": clsrbd.Class(), "journal": clsjournal.Class()}
-}
-
-// newPool returns pool "rbd" of a new local cluster, with the classes the
-// image layer calls. noSync skips fsync (the tests do not cut power).
+// newPool returns pool "rbd" of a new local cluster. NoSync skips fsync
+// (the tests do not cut power).
 func newPool(t testing.TB) objstore.Pool {
 	t.Helper()
-	c, err := local.Open(t.TempDir(), local.Options{Classes: classes(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := localtest.Open(t, t.TempDir(), local.Options{NoSync: true})
 	return p
 }
 

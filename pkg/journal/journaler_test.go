@@ -15,24 +15,13 @@ import (
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
-
-func testClasses() map[string]objstore.Class {
-	return map[string]objstore.Class{"journal": clsjournal.Class()}
-}
 
 // openCluster opens a local cluster in dir as a new client instance.
 func openCluster(t testing.TB, dir string) objstore.Pool {
 	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: testClasses()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := localtest.Open(t, dir, local.Options{})
 	return p
 }
 

@@ -11,21 +11,8 @@ import (
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
-
-func openLocal(t *testing.T, dir string) (*local.Cluster, objstore.Pool) {
-	t.Helper()
-	c, err := local.Open(dir, local.Options{Classes: map[string]objstore.Class{"lock": clslock.Class()}, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p, err := c.Pool(context.Background(), "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, p
-}
 
 // TestLocalBackend has two clients of one local directory contend for
 // librbd's image lock the way the node plugin takes over from a dead owner:
@@ -34,8 +21,8 @@ func openLocal(t *testing.T, dir string) (*local.Cluster, objstore.Pool) {
 func TestLocalBackend(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	_, pa := openLocal(t, dir)
-	cb, pb := openLocal(t, dir)
+	_, pa := localtest.Open(t, dir, local.Options{NoSync: true})
+	cb, pb := localtest.Open(t, dir, local.Options{NoSync: true})
 	const oid, name, tag = "rbd_header.10257c397567", "rbd_lock", "internal"
 	cookieA, cookieB := "auto 1", "auto 2"
 
