@@ -40,7 +40,7 @@ type demo struct {
 
 	ctrl      *driver.Driver
 	ctrlDone  chan error
-	ctrlStore driver.Storage
+	ctrlStore driver.Backend
 	ctrlConn  *grpc.ClientConn
 	nodeConn  *grpc.ClientConn
 	node      *exec.Cmd
@@ -365,7 +365,7 @@ func (d *demo) startController() (string, error) {
 	}
 	klog.LogToStderr(false)
 	klog.SetOutput(logf)
-	drv, err := driver.New(driver.Options{Mode: driver.ModeController, Storage: st, Version: version})
+	drv, err := driver.New(driver.Options{Mode: driver.ModeController, Backend: st, Version: version})
 	if err != nil {
 		return "", err
 	}

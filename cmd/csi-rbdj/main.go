@@ -56,7 +56,11 @@ func main() {
 	case "node-cleanup":
 		err = nodeCleanupMain(os.Args[2:])
 	case "version", "--version", "-version":
-		fmt.Printf("csi-rbdj %s (driver %s)\n", version, driver.DefaultName)
+		backends := "local, ceph"
+		if !driver.CephBuilt {
+			backends = "local (built without Ceph support)"
+		}
+		fmt.Printf("csi-rbdj %s (driver %s; backends: %s)\n", version, driver.DefaultName, backends)
 	case "help", "-h", "--help":
 		usage()
 	default:
@@ -86,6 +90,12 @@ type serveConfig struct {
 	noSync         bool
 	kubeletRegDir  string
 	kubeletRegPath string
+
+	cephConfig         string
+	cephCredentialsDir string
+	cephConnectTimeout time.Duration
+	cephOpTimeout      time.Duration
+	journalCommitAge   time.Duration
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -93,9 +103,14 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/csi-rbdj/csi.sock", "CSI endpoint: unix:///path/to/csi.sock")
 	fs.StringVar(&c.mode, "mode", "all", "services to serve: controller, node or all")
 	fs.StringVar(&c.nodeID, "node-id", host, "node id reported by NodeGetInfo (node and all modes; default: the host name)")
-	fs.StringVar(&c.backend, "backend", driver.BackendLocal, "storage backend: local (embedded, one machine) or ceph")
+	fs.StringVar(&c.backend, "backend", driver.BackendLocal, "storage backend: local (embedded, one machine) or ceph"+cephNote())
 	fs.StringVar(&c.localDir, "local-dir", "/var/lib/csi-rbdj/cluster", "local backend: the cluster directory (created if missing)")
-	fs.StringVar(&c.clusterID, "cluster-id", "default", "cluster id written into volume ids")
+	fs.StringVar(&c.clusterID, "cluster-id", "default", "local backend: cluster id written into volume ids")
+	fs.StringVar(&c.cephConfig, "ceph-config", "/etc/csi-rbdj/config/config.json", `ceph backend: the clusters, JSON [{"clusterID": "ceph-a", "monitors": ["10.0.0.1:6789"]}] (ceph-csi's config.json; re-read on every request)`)
+	fs.StringVar(&c.cephCredentialsDir, "ceph-credentials-dir", "", "ceph backend: default credentials, files userID and userKey (a mounted Secret), used by requests without secrets (ListVolumes, GetCapacity, Probe) and by a restarted node plugin re-serving staged volumes; empty: none")
+	fs.DurationVar(&c.cephConnectTimeout, "ceph-connect-timeout", 10*time.Second, "ceph backend: how long to wait for a cluster's monitors")
+	fs.DurationVar(&c.cephOpTimeout, "ceph-op-timeout", 30*time.Second, "ceph backend: bound of every OSD and monitor operation")
+	fs.DurationVar(&c.journalCommitAge, "journal-commit-age", 0, "node: how long a moved journal commit position may stay in memory before it is written (librbd's rbd_journal_commit_age; 0: 1s); a crash replays at most that window")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/csi-rbdj/node", "node: staging records and FUSE mount points; must survive plugin restarts")
 	fs.StringVar(&c.driverName, "driver-name", driver.DefaultName, "CSI driver name (the StorageClass provisioner)")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 90*time.Second, "node: a device I/O request running longer aborts the device's FUSE connection (no task hangs in D state)")
@@ -121,15 +136,26 @@ func serveMain(args []string) error {
 	return serve(ctx, c)
 }
 
-// openStorage opens the configured backend.
-func openStorage(c serveConfig) (driver.Storage, error) {
+// openBackend opens the configured backend.
+func openBackend(c serveConfig) (driver.Backend, error) {
 	switch c.backend {
 	case driver.BackendLocal:
 		return driver.OpenLocal(driver.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
 	case driver.BackendCeph:
-		return driver.OpenCeph()
+		return driver.OpenCeph(driver.CephOptions{
+			ConfigFile: c.cephConfig, CredentialsDir: c.cephCredentialsDir,
+			ConnectTimeout: c.cephConnectTimeout, OpTimeout: c.cephOpTimeout,
+		})
 	}
 	return nil, fmt.Errorf("unknown backend %q (want local or ceph)", c.backend)
+}
+
+// cephNote says whether this binary carries the ceph backend.
+func cephNote() string {
+	if driver.CephBuilt {
+		return ""
+	}
+	return " (this binary was built without Ceph support)"
 }
 
 // serve runs the driver until ctx is done.
@@ -138,7 +164,7 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStorage(c)
+	st, err := openBackend(c)
 	if err != nil {
 		return err
 	}
@@ -147,14 +173,15 @@ func serve(ctx context.Context, c serveConfig) error {
 	var ns *nodeserver.Server
 	if mode == driver.ModeNode || mode == driver.ModeAll {
 		ns, err = nodeserver.New(nodeserver.Options{
-			NodeID: c.nodeID, StateDir: c.stateDir, Storage: st,
+			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
+			JournalCommitAge: c.journalCommitAge,
 		})
 		if err != nil {
 			return err
 		}
 	}
-	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Storage: st}
+	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Backend: st}
 	if ns != nil {
 		opts.NodeServer = ns
 	}

@@ -66,7 +66,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{Mode: driver.ModeController, Storage: st})
+	d, err := driver.New(driver.Options{Mode: driver.ModeController, Backend: st})
 	if err != nil {
 		t.Fatal(err)
 	}

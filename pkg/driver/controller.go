@@ -43,8 +43,9 @@ func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
 // ResolveVolumeID parses a volume id from a request and checks that this
 // plugin's backend serves it. Errors are gRPC statuses: InvalidArgument for
 // a missing or damaged id, NotFound for an id this driver never issues,
-// FailedPrecondition for a volume of another backend or cluster.
-func ResolveVolumeID(st Storage, id string) (VolumeID, error) {
+// FailedPrecondition for a volume of another backend. Whether the plugin
+// knows the id's cluster is checked by VolumeStorage.
+func ResolveVolumeID(b Backend, id string) (VolumeID, error) {
 	if id == "" {
 		return VolumeID{}, status.Error(codes.InvalidArgument, "volume_id is missing")
 	}
@@ -55,12 +56,28 @@ func ResolveVolumeID(st Storage, id string) (VolumeID, error) {
 	case err != nil:
 		return VolumeID{}, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if v.Backend != st.Backend() || v.Cluster != st.ClusterID() {
+	if v.Backend != b.Kind() {
 		return VolumeID{}, status.Errorf(codes.FailedPrecondition,
-			"volume %q belongs to cluster %q of backend %q, but this plugin serves cluster %q of backend %q: use the plugin configured for that cluster",
-			id, v.Cluster, v.Backend, st.ClusterID(), st.Backend())
+			"volume %q belongs to cluster %q of backend %q, but this plugin serves backend %q: use the plugin configured for that backend",
+			id, v.Cluster, v.Backend, b.Kind())
 	}
 	return v, nil
+}
+
+// VolumeStorage opens the storage of vid's cluster with the request's
+// secrets (of says which StorageClass parameters carry them). Errors are
+// gRPC statuses (StorageStatus).
+func VolumeStorage(ctx context.Context, b Backend, vid VolumeID, secrets map[string]string, of SecretsOf) (Storage, error) {
+	st, err := b.Storage(ctx, vid.Cluster, secrets)
+	if err != nil {
+		return nil, StorageStatus(err, of, fromVolumeID)
+	}
+	return st, nil
+}
+
+// poolNotFound is the status of a missing pool named by a StorageClass.
+func poolNotFound(pool string, err error) error {
+	return status.Errorf(codes.InvalidArgument, "parameter %q: %v: create it first (ceph osd pool create %s && rbd pool init %s) or name an existing pool", ParamPool, err, pool, pool)
 }
 
 // CreateVolume creates a journaled image (idempotent by name).
@@ -91,15 +108,20 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	defer cancel()
 	logger := klog.FromContext(ctx).WithValues("name", name)
 
-	pool, err := d.o.Storage.EnsurePool(ctx, params.Pool)
+	st, err := d.o.Backend.Storage(ctx, params.ClusterID, req.GetSecrets())
+	if err != nil {
+		return nil, StorageStatus(err, SecretsProvisioner, fromParams)
+	}
+	params.ClusterID = st.ClusterID()
+	pool, err := st.EnsurePool(ctx, params.Pool)
 	if err != nil {
 		if errors.Is(err, ErrPoolNotFound) {
-			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: %v (create the pool first)", ParamPool, err)
+			return nil, poolNotFound(params.Pool, err)
 		}
-		return nil, status.Errorf(codes.Unavailable, "open pool %q: %v", params.Pool, err)
+		return nil, opStatus(err, SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", params.Pool))
 	}
 	imageName := ImageNameFor(name)
-	vid := VolumeID{Backend: d.o.Storage.Backend(), Cluster: d.o.Storage.ClusterID(), Pool: params.Pool, Image: imageName}
+	vid := VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
 	if err := vid.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
 	}
@@ -117,7 +139,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
-		info, err := d.o.Storage.ImageInfo(ctx, pool, imageName)
+		info, err := st.ImageInfo(ctx, pool, imageName)
 		if err == nil {
 			if info.Size < capRange.GetRequiredBytes() || (capRange.GetLimitBytes() > 0 && info.Size > capRange.GetLimitBytes()) {
 				return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes, outside the requested range [%d, %d]",
@@ -130,22 +152,22 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return resp(info.Size), nil
 		}
 		if !errors.Is(err, image.ErrNotFound) {
-			return nil, status.Errorf(codes.Internal, "inspect image %s: %v", imageName, err)
+			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "inspect image "+imageName)
 		}
 		// A previous attempt wrote the record but did not finish the image:
 		// clear what it left and create it now.
-		if err := d.o.Storage.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
-			return nil, status.Errorf(codes.Internal, "clear partial image %s: %v", imageName, err)
+		if err := st.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
+			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
 		if err := writeRecord(ctx, pool, imageName, volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}); err != nil {
-			return nil, status.Errorf(codes.Internal, "write volume record: %v", err)
+			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "write volume record")
 		}
 	default:
-		return nil, status.Errorf(codes.Internal, "read volume record: %v", err)
+		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "read volume record")
 	}
 
-	if err := d.o.Storage.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
+	if err := st.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
 		code := codes.Internal
 		if errors.Is(err, image.ErrInvalid) {
 			code = codes.InvalidArgument
@@ -155,7 +177,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 				logger.Error(rerr, "Could not remove the record of a volume whose image was not created", "image", imageName)
 			}
 		}
-		return nil, status.Errorf(code, "create image %s/%s: %v", params.Pool, imageName, err)
+		return nil, opStatus(err, SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
 	}
 	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
 		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)
@@ -233,7 +255,7 @@ func removeRecord(ctx context.Context, pool objstore.Pool, imageName string) err
 // DeleteVolume removes the image and its record (idempotent). An image that
 // is still open somewhere (staged on a node) is refused.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	vid, err := ResolveVolumeID(d.o.Storage, req.GetVolumeId())
+	vid, err := ResolveVolumeID(d.o.Backend, req.GetVolumeId())
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
 			return &csi.DeleteVolumeResponse{}, nil // never issued by us: nothing to delete
@@ -247,62 +269,71 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
 
-	pool, err := d.o.Storage.Pool(ctx, vid.Pool)
+	st, err := VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), SecretsProvisioner)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := st.Pool(ctx, vid.Pool)
 	if errors.Is(err, ErrPoolNotFound) {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+		return nil, opStatus(err, SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
 	}
-	users, err := d.o.Storage.ImageUsers(ctx, pool, vid.Image)
+	users, err := st.ImageUsers(ctx, pool, vid.Image)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "check users of %s: %v", vid, err)
+		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "check users of "+vid.String())
 	}
 	if len(users) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
 	}
-	if err := d.o.Storage.RemoveImage(ctx, pool, vid.Image); err != nil {
+	if err := st.RemoveImage(ctx, pool, vid.Image); err != nil {
 		switch {
 		case errors.Is(err, image.ErrNotFound):
 		case errors.Is(err, image.ErrBusy):
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (its image has watchers); unstage it first: %v", vid, err)
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (its image has watchers; a crashed client's watch expires after 30 s); unstage it first: %v", vid, err)
 		default:
-			return nil, status.Errorf(codes.Internal, "remove image %s: %v", vid, err)
+			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "remove image "+vid.String())
 		}
 	}
 	if err := removeRecord(ctx, pool, vid.Image); err != nil {
-		return nil, status.Errorf(codes.Internal, "remove volume record of %s: %v", vid, err)
+		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "remove volume record of "+vid.String())
 	}
 	klog.FromContext(ctx).Info("Volume deleted", "volumeID", vid.String())
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// lookupVolume finds an existing volume (NotFound otherwise).
-func (d *Driver) lookupVolume(ctx context.Context, id string) (VolumeID, ImageInfo, volumeRecord, error) {
-	vid, err := ResolveVolumeID(d.o.Storage, id)
+// lookupVolume finds an existing volume (NotFound otherwise), with the
+// given secrets (of names where they come from).
+func (d *Driver) lookupVolume(ctx context.Context, id string, secrets map[string]string, of SecretsOf) (VolumeID, ImageInfo, volumeRecord, error) {
+	vid, err := ResolveVolumeID(d.o.Backend, id)
 	if err != nil {
 		return vid, ImageInfo{}, volumeRecord{}, err
 	}
-	pool, err := d.o.Storage.Pool(ctx, vid.Pool)
+	st, err := VolumeStorage(ctx, d.o.Backend, vid, secrets, of)
+	if err != nil {
+		return vid, ImageInfo{}, volumeRecord{}, err
+	}
+	pool, err := st.Pool(ctx, vid.Pool)
 	if errors.Is(err, ErrPoolNotFound) {
 		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
 	}
 	rec, err := readRecord(ctx, pool, vid.Image)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist", vid)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Internal, "read volume record of %s: %v", vid, err)
+		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Internal, "read volume record of "+vid.String())
 	}
-	info, err := d.o.Storage.ImageInfo(ctx, pool, vid.Image)
+	info, err := st.ImageInfo(ctx, pool, vid.Image)
 	if errors.Is(err, image.ErrNotFound) {
 		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (its image is gone)", vid)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.Internal, "inspect image of %s: %v", vid, err)
+		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Internal, "inspect image of "+vid.String())
 	}
 	return vid, info, rec, nil
 }
@@ -317,7 +348,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	}
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
-	if _, _, _, err := d.lookupVolume(ctx, req.GetVolumeId()); err != nil {
+	if _, _, _, err := d.lookupVolume(ctx, req.GetVolumeId(), req.GetSecrets(), SecretsControllerValidate); err != nil {
 		return nil, err
 	}
 	if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -360,7 +391,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	defer cancel()
 	ids, err := d.allVolumes(ctx)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
+		return nil, err
 	}
 	i := sort.SearchStrings(ids, after)
 	if i < len(ids) && ids[i] == after {
@@ -372,7 +403,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
 			break
 		}
-		vid, info, rec, err := d.lookupVolume(ctx, ids[i])
+		vid, info, rec, err := d.lookupVolume(ctx, ids[i], nil, SecretsNone)
 		if status.Code(err) == codes.NotFound {
 			continue // deleted meanwhile
 		}
@@ -385,29 +416,44 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	return resp, nil
 }
 
-// allVolumes returns the ids of every volume with a record, sorted.
+// allVolumes returns the ids of every volume with a record in every
+// configured cluster (with the default credentials), sorted. Errors are
+// gRPC statuses.
 func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
-	pools, err := d.o.Storage.ListPools(ctx)
+	clusters, err := d.o.Backend.Clusters()
 	if err != nil {
-		return nil, err
+		return nil, status.Errorf(codes.FailedPrecondition, "cluster configuration: %v", err)
 	}
 	var ids []string
-	for _, pn := range pools {
-		if validateName("pool", pn) != nil {
-			continue
-		}
-		pool, err := d.o.Storage.Pool(ctx, pn)
+	for _, cl := range clusters {
+		st, err := d.o.Backend.Storage(ctx, cl, nil)
 		if err != nil {
-			return nil, err
+			return nil, StorageStatus(fmt.Errorf("list volumes of cluster %q: %w", cl, err), SecretsNone, fromVolumeID)
 		}
-		names, err := pool.List(ctx, recordPrefix)
+		pools, err := st.ListPools(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("pool %s: %w", pn, err)
+			return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
 		}
-		for _, n := range names {
-			v := VolumeID{Backend: d.o.Storage.Backend(), Cluster: d.o.Storage.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
-			if v.Validate() == nil {
-				ids = append(ids, v.String())
+		for _, pn := range pools {
+			if validateName("pool", pn) != nil {
+				continue
+			}
+			pool, err := st.Pool(ctx, pn)
+			if errors.Is(err, ErrPoolNotFound) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
+			}
+			names, err := pool.List(ctx, recordPrefix)
+			if err != nil {
+				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
+			}
+			for _, n := range names {
+				v := VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
+				if v.Validate() == nil {
+					ids = append(ids, v.String())
+				}
 			}
 		}
 	}
@@ -422,16 +468,19 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 			return &csi.GetCapacityResponse{}, nil // no capacity for what cannot be created
 		}
 	}
-	if len(req.GetParameters()) > 0 {
-		if _, err := ParseParams(req.GetParameters()); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-		}
+	params, err := ParseParams(req.GetParameters())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
-	avail, err := d.o.Storage.Available(ctx)
+	st, err := d.o.Backend.Storage(ctx, params.ClusterID, nil)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "backend capacity: %v", err)
+		return nil, StorageStatus(err, SecretsNone, fromParams)
+	}
+	avail, err := st.Available(ctx)
+	if err != nil {
+		return nil, opStatus(err, SecretsNone, codes.Unavailable, "backend capacity")
 	}
 	return &csi.GetCapacityResponse{
 		AvailableCapacity: avail,

@@ -72,8 +72,9 @@ type Options struct {
 	Version string
 	// Mode selects the services.
 	Mode Mode
-	// Storage is the backend.
-	Storage Storage
+	// Backend opens the storage of a request's cluster with its
+	// credentials.
+	Backend Backend
 	// NodeServer serves the Node service (required in node and all modes).
 	NodeServer csi.NodeServer
 	// MaxVolumeBytes bounds a volume's size (default DefaultMaxVolumeBytes).
@@ -108,7 +109,7 @@ func New(o Options) (*Driver, error) {
 	if _, err := ParseMode(string(o.Mode)); err != nil {
 		return nil, err
 	}
-	if o.Storage == nil {
+	if o.Backend == nil {
 		return nil, errors.New("driver: no storage backend")
 	}
 	if o.Mode.node() && o.NodeServer == nil {
@@ -213,9 +214,13 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 		case <-done:
 		}
 	}()
-	klog.InfoS("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Storage.Backend(),
-		"cluster", d.o.Storage.ClusterID(), "endpoint", l.Addr().String())
-	err := srv.Serve(l)
+	clusters, err := d.o.Backend.Clusters()
+	if err != nil {
+		klog.ErrorS(err, "Cluster configuration unreadable; requests fail until it is fixed")
+	}
+	klog.InfoS("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Backend.Kind(),
+		"clusters", clusters, "endpoint", l.Addr().String())
+	err = srv.Serve(l)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
@@ -303,7 +308,7 @@ func (l *keyLocks) Unlock(key string) {
 // GetPluginInfo returns the driver name and version.
 func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	return &csi.GetPluginInfoResponse{Name: d.o.Name, VendorVersion: d.o.Version,
-		Manifest: map[string]string{"backend": d.o.Storage.Backend(), "mode": string(d.o.Mode)}}, nil
+		Manifest: map[string]string{"backend": d.o.Backend.Kind(), "mode": string(d.o.Mode)}}, nil
 }
 
 // GetPluginCapabilities advertises the controller service.
@@ -316,13 +321,22 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// Probe reports the backend's health and, on a node, whether the staged
-// volumes have been re-served after a restart.
+// Probe reports the health of the default cluster (with the default
+// credentials; without them it is not checked) and, on a node, whether the
+// staged volumes have been re-served after a restart.
 func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := d.o.Storage.Health(ctx); err != nil {
+	st, err := d.o.Backend.Storage(ctx, "", nil)
+	switch {
+	case errors.Is(err, ErrNoCredentials):
+		klog.V(5).InfoS("Probe: no default credentials; the cluster is not checked")
+	case err != nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "backend unhealthy: %v", err)
+	default:
+		if err := st.Health(ctx); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "backend unhealthy: %v", err)
+		}
 	}
 	if r, ok := d.o.NodeServer.(Readier); ok && d.o.Mode.node() {
 		if err := r.Ready(); err != nil {

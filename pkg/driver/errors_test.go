@@ -26,11 +26,11 @@ func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.Identi
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Storage: st})
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: st})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Storage: st, NodeServer: ns, MaxVolumeBytes: 1 << 40})
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: st, NodeServer: ns, MaxVolumeBytes: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +196,16 @@ func TestErrorPaths(t *testing.T) {
 			codes.AlreadyExists, "outside the requested range"},
 
 		// Wrong parameter.
-		{"unknown parameter", create("p", caps, map[string]string{"replicas": "3"}, nil), codes.InvalidArgument, `"replicas": unknown parameter (known: pool,`},
+		{"unknown parameter", create("p", caps, map[string]string{"replicas": "3"}, nil), codes.InvalidArgument, `"replicas": unknown parameter (known: clusterID, pool,`},
 		{"journal order too big", create("p", caps, map[string]string{"journalOrder": "40"}, nil), codes.InvalidArgument, `"journalOrder": 40 is out of range [12, 26]`},
 		{"journal order not a number", create("p", caps, map[string]string{"journalOrder": "big"}, nil), codes.InvalidArgument, `is not an integer`},
 		{"splay width zero", create("p", caps, map[string]string{"journalSplayWidth": "0"}, nil), codes.InvalidArgument, `"journalSplayWidth": 0 is out of range [1, 64]`},
 		{"object order", create("p", caps, map[string]string{"objectOrder": "30"}, nil), codes.InvalidArgument, `"objectOrder": 30 is out of range [12, 25]`},
 		{"object map feature", create("p", caps, map[string]string{"imageFeatures": "layering,object-map"}, nil), codes.InvalidArgument, `not supported by the journaled data path`},
 		{"unknown feature", create("p", caps, map[string]string{"imageFeatures": "turbo"}, nil), codes.InvalidArgument, `"imageFeatures"`},
+		{"features without journaling", create("p", caps, map[string]string{"imageFeatures": "layering,exclusive-lock"}, nil), codes.InvalidArgument, `journaling is always on`},
+		{"journaling off", create("p", caps, map[string]string{"journaling": "false"}, nil), codes.InvalidArgument, `journaling is always on`},
+		{"unknown cluster", create("p", caps, map[string]string{"clusterID": "elsewhere"}, nil), codes.InvalidArgument, `"clusterID": unknown cluster id "elsewhere"`},
 		{"fs type", create("p", caps, map[string]string{"fsType": "zfs"}, nil), codes.InvalidArgument, `want one of ext4, xfs`},
 		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied or journaled`},
 		{"existing with other params", create("existing", caps, map[string]string{"journalSplayWidth": "8"}, nil), codes.AlreadyExists, "different parameters"},
@@ -229,7 +232,7 @@ func TestCreateVolumeIdempotent(t *testing.T) {
 	ctx := context.Background()
 	req := &csi.CreateVolumeRequest{Name: "pvc-a", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 5<<20 + 1},
-		Parameters:    map[string]string{"objectOrder": "20", "journalOrder": "20", "journalSplayWidth": "2", "imageFeatures": "layering", "csi.storage.k8s.io/pvc/name": "a"}}
+		Parameters:    map[string]string{"objectOrder": "20", "journalOrder": "20", "journalSplayWidth": "2", "imageFeatures": "layering,journaling", "csi.storage.k8s.io/pvc/name": "a"}}
 	a, err := ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		t.Fatal(err)

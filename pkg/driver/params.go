@@ -15,6 +15,7 @@ import (
 // StorageClass parameters (CreateVolumeRequest.parameters). README.md lists
 // them with their defaults.
 const (
+	ParamClusterID         = "clusterID"
 	ParamPool              = "pool"
 	ParamImageFeatures     = "imageFeatures"
 	ParamObjectOrder       = "objectOrder"
@@ -22,6 +23,8 @@ const (
 	ParamJournalSplayWidth = "journalSplayWidth"
 	ParamFsType            = "fsType"
 	ParamAckPolicy         = "ackPolicy"
+	// ParamJournaling may only say "true": journaling is always on.
+	ParamJournaling = "journaling"
 )
 
 // Volume context keys: what CreateVolume hands to the node through the PV.
@@ -58,6 +61,9 @@ const ignoredParamPrefix = "csi.storage.k8s.io/"
 
 // VolumeParams are the validated parameters of a volume.
 type VolumeParams struct {
+	// ClusterID is the cluster the volume lives in (CreateVolume fills in
+	// the default one when the StorageClass names none).
+	ClusterID         string `json:"clusterID,omitempty"`
 	Pool              string `json:"pool"`
 	Features          uint64 `json:"features"`
 	ObjectOrder       uint8  `json:"objectOrder"`
@@ -95,6 +101,17 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 	for _, k := range keys {
 		v := in[k]
 		switch k {
+		case ParamClusterID:
+			if err := validateName("cluster id", v); err != nil {
+				return p, &ParamError{k, err.Error()}
+			}
+			p.ClusterID = v
+		case ParamJournaling:
+			switch strings.ToLower(v) {
+			case "true", "yes", "on", "1":
+			default:
+				return p, &ParamError{k, fmt.Sprintf("%q asks to turn journaling off, but journaling is always on: csi-rbdj journals every write in the node plugin (that is what it is for); remove the parameter, or use another RBD driver for unjournaled volumes", v)}
+			}
 		case ParamPool:
 			if err := validateName("pool", v); err != nil {
 				return p, &ParamError{k, err.Error()}
@@ -108,6 +125,10 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 			if bad := f &^ allowedFeatures; bad != 0 {
 				return p, &ParamError{k, fmt.Sprintf("features %v are not supported by the journaled data path (allowed: layering, exclusive-lock, journaling, deep-flatten)", clsrbd.FeatureNames(bad))}
 			}
+			if f&clsrbd.FeatureJournaling == 0 {
+				return p, &ParamError{k, fmt.Sprintf("%q leaves out journaling, but journaling is always on: csi-rbdj journals every write in the node plugin; add it (imageFeatures: layering,exclusive-lock,journaling) or omit imageFeatures", v)}
+			}
+			// journaling needs exclusive-lock (librbd's rule): added.
 			p.Features = f | requiredFeatures
 		case ParamObjectOrder:
 			n, err := parseUint8(v, image.MinOrder, image.MaxOrder)
@@ -142,7 +163,7 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 				continue
 			}
 			return p, &ParamError{k, fmt.Sprintf("unknown parameter (known: %s)", strings.Join([]string{
-				ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy}, ", "))}
+				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling}, ", "))}
 		}
 	}
 	return p, nil

@@ -71,11 +71,11 @@ func TestSanityChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Storage: st, RequestTimeout: 30 * time.Second})
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Backend: st, RequestTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Storage: st, NodeServer: ns})
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: st, NodeServer: ns})
 	if err != nil {
 		t.Fatal(err)
 	}

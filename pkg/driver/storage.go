@@ -30,7 +30,9 @@ const (
 // and the management of RBD images in them. The CSI servers hold no storage
 // logic of their own beyond what they express through this interface, so a
 // backend plugs in by implementing it (local: the embedded object store
-// with pkg/image; ceph: librados and librbd).
+// with pkg/image; ceph: librados and librbd). A Backend hands out the
+// Storage of a cluster for a request's credentials and owns it: callers
+// never close a Storage.
 type Storage interface {
 	// Backend is BackendLocal or BackendCeph.
 	Backend() string
@@ -61,8 +63,6 @@ type Storage interface {
 	// Fencer blocklists clients so that a dead image owner's lock can be
 	// broken safely.
 	Fencer() exclusivelock.Fencer
-	// Close releases the backend's connection.
-	Close() error
 }
 
 // ImageInfo describes an existing image.
@@ -100,8 +100,8 @@ func ObjectClasses() map[string]objstore.Class {
 	return classes.Standard()
 }
 
-// OpenLocal opens the local backend in o.Dir.
-func OpenLocal(o LocalOptions) (Storage, error) {
+// openLocalStorage opens the local cluster in o.Dir.
+func openLocalStorage(o LocalOptions) (*localStorage, error) {
 	if o.Dir == "" {
 		return nil, errors.New("local backend: no directory (set --local-dir)")
 	}
@@ -228,14 +228,6 @@ func (s *localStorage) Health(ctx context.Context) error {
 }
 
 func (s *localStorage) Fencer() exclusivelock.Fencer { return s.c }
-
-func (s *localStorage) Close() error { return s.c.Close() }
-
-// OpenCeph is the ceph backend's constructor. This binary does not carry it
-// yet: see README.md ("Backends").
-func OpenCeph() (Storage, error) {
-	return nil, errors.New("ceph backend: not built into this binary yet (build with the ceph backend, or use --backend local)")
-}
 
 // describeUsers formats watchers for an error message.
 func describeUsers(ws []objstore.WatcherInfo) string {

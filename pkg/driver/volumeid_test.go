@@ -41,12 +41,12 @@ func TestParseVolumeIDErrors(t *testing.T) {
 }
 
 func TestParseParamsDefaults(t *testing.T) {
-	p, err := ParseParams(map[string]string{"imageFeatures": "layering", "csi.storage.k8s.io/pv/name": "pv-1"})
+	p, err := ParseParams(map[string]string{"imageFeatures": "layering,journaling", "journaling": "true", "csi.storage.k8s.io/pv/name": "pv-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.Features&requiredFeatures != requiredFeatures {
-		t.Errorf("features %x: exclusive-lock and journaling must always be on", p.Features)
+		t.Errorf("features %x: exclusive-lock (which journaling needs) must be added", p.Features)
 	}
 	if p.Pool != DefaultPool || p.ObjectOrder != DefaultObjectOrder || p.JournalOrder != DefaultJournalOrder ||
 		p.JournalSplayWidth != DefaultJournalSplayWidth || p.FsType != DefaultFsType || p.AckPolicy != DefaultAckPolicy {

@@ -30,7 +30,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := driver.ValidateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if _, err := driver.ResolveVolumeID(s.o.Storage, id); err != nil {
+	if _, err := driver.ResolveVolumeID(s.o.Backend, id); err != nil {
 		return nil, err
 	}
 	target, staging = filepath.Clean(target), filepath.Clean(staging)

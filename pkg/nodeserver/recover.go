@@ -28,7 +28,7 @@ func (s *Server) recoverAll(ctx context.Context) {
 		v := &volume{rec: r}
 		s.set(r.VolumeID, v)
 		vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v)
+		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v, nil, driver.SecretsNone)
 		cancel()
 		if err != nil {
 			klog.ErrorS(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
@@ -46,17 +46,28 @@ func (s *Server) recoverAll(ctx context.Context) {
 //  2. what the dead process left (its aborted FUSE mount, the loop device)
 //     is cleaned up (fuseloop.Cleanup);
 //  3. the image is opened again (the journal is replayed first) and attached
-//     as a new loop device;
+//     as a new loop device; at start there is no request, so the storage
+//     is opened with the backend's default credentials (ceph:
+//     --ceph-credentials-dir), later with the secrets of the NodeStageVolume
+//     that retries it;
 //  4. the new device is mounted at the staging path (ext4 is checked by
 //     fsck first; both filesystems replay their own log) and every publish
 //     target is bound again.
 //
-// Called with the volume's operation lock held, or during start.
-func (s *Server) reserve(ctx context.Context, v *volume) error {
+// Called with the volume's operation lock held, or during start. Without
+// storage (no credentials, cluster unreachable) it leaves the dead mounts
+// as they are: they keep failing with EIO rather than turning into empty
+// directories.
+func (s *Server) reserve(ctx context.Context, v *volume, secrets map[string]string, of driver.SecretsOf) error {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	r := v.rec
-	vid, err := driver.ResolveVolumeID(s.o.Storage, r.VolumeID)
+	vid, err := driver.ResolveVolumeID(s.o.Backend, r.VolumeID)
+	if err != nil {
+		s.update(func() { v.err = err })
+		return err
+	}
+	st, err := driver.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
 	if err != nil {
 		s.update(func() { v.err = err })
 		return err
@@ -71,7 +82,7 @@ func (s *Server) reserve(ctx context.Context, v *volume) error {
 			logger.Error(err, "Unmounting the dead staging mount failed")
 		}
 	}
-	if err := s.serve(ctx, v, vid); err != nil {
+	if err := s.serve(ctx, v, vid, st); err != nil {
 		s.update(func() { v.err = err })
 		return err
 	}

@@ -47,8 +47,10 @@ type Options struct {
 	// StateDir holds the staging records (volumes/) and the FUSE mounts
 	// (fuse/). It must survive plugin restarts (a hostPath in Kubernetes).
 	StateDir string
-	// Storage is the backend the images live in.
-	Storage driver.Storage
+	// Backend opens the storage the images live in: with the secrets of
+	// NodeStageVolume, or its default credentials when re-serving staged
+	// volumes after a restart (the plugin never stores credentials).
+	Backend driver.Backend
 	// RequestTimeout bounds one I/O request of a device before its FUSE
 	// connection is aborted (0: fuseloop.DefaultRequestTimeout).
 	RequestTimeout time.Duration
@@ -57,6 +59,11 @@ type Options struct {
 	// OpTimeout bounds one stage, unstage or recovery of a volume
 	// (default 5 minutes: formatting a large volume takes a while).
 	OpTimeout time.Duration
+	// JournalCommitAge is how long a moved commit position may stay in
+	// memory before it is written to the journal header (librbd's
+	// rbd_journal_commit_age; 0: the journal's default, 1 s). A crash
+	// replays at most what was acknowledged in that window.
+	JournalCommitAge time.Duration
 }
 
 // Server is the CSI Node service.
@@ -100,7 +107,7 @@ func New(o Options) (*Server, error) {
 	if o.StateDir == "" {
 		return nil, errors.New("nodeserver: state directory is empty (set --state-dir)")
 	}
-	if o.Storage == nil {
+	if o.Backend == nil {
 		return nil, errors.New("nodeserver: no storage backend")
 	}
 	if o.OpTimeout <= 0 {

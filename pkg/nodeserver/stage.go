@@ -7,13 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -38,7 +42,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	vid, err := driver.ResolveVolumeID(s.o.Storage, req.GetVolumeId())
+	vid, err := driver.ResolveVolumeID(s.o.Backend, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -63,8 +67,12 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged at %s with a different capability (%s)", want.VolumeID, want.StagingPath, diff)
 		}
 		if v.dev == nil {
-			// Re-serving it at start failed: try again now.
-			if err := s.reserve(ctx, v); err != nil {
+			// Re-serving it at start failed: try again now, with this
+			// request's secrets.
+			if err := s.reserve(ctx, v, req.GetSecrets(), driver.SecretsNodeStage); err != nil {
+				if _, ok := status.FromError(err); ok {
+					return nil, err
+				}
 				return nil, status.Errorf(codes.Internal, "serve volume %s again: %v", want.VolumeID, err)
 			}
 			return &csi.NodeStageVolumeResponse{}, nil
@@ -88,9 +96,13 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.InvalidArgument, "staging_target_path %s must be an existing directory (kubelet creates it)", want.StagingPath)
 	}
 
+	st, err := driver.VolumeStorage(ctx, s.o.Backend, vid, req.GetSecrets(), driver.SecretsNodeStage)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	v := &volume{rec: want}
-	if err := s.serve(ctx, v, vid); err != nil {
+	if err := s.serve(ctx, v, vid, st); err != nil {
 		return nil, err
 	}
 	// From here on a failure must undo everything: no half-staged volume.
@@ -171,7 +183,7 @@ func compatible(have, want *record) string {
 // serve opens the journaled device (lock, replay, new epoch) and attaches
 // it as a loop device; on success v.dev, v.loop and v.rec.Device are set.
 // It first clears what a dead instance may have left for this volume.
-func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) error {
+func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st driver.Storage) error {
 	logger := klog.FromContext(ctx)
 	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
 		if !errors.Is(err, fuseloop.ErrBusy) {
@@ -181,12 +193,12 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) erro
 		// referenced by a process): the kernel detaches it when that ends.
 		logger.Info("A previous loop device of this volume is still open; the kernel detaches it once closed", "err", err)
 	}
-	pool, err := s.o.Storage.Pool(ctx, vid.Pool)
+	pool, err := st.Pool(ctx, vid.Pool)
 	if errors.Is(err, driver.ErrPoolNotFound) {
-		return status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
+		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", vid, err)
 	}
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "open pool %q: %v", vid.Pool, err)
+		return driver.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), driver.SecretsNodeStage, false)
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
@@ -196,20 +208,23 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) erro
 	}
 	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
 		AckPolicy:       policy,
-		Fencer:          s.o.Storage.Fencer(),
+		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
 		DeadOwners:      dead,
+		Journal:         journal.Settings{CommitAge: s.o.JournalCommitAge},
 	})
 	switch {
 	case err == nil:
 	case errors.Is(err, image.ErrNotFound):
-		return status.Errorf(codes.NotFound, "volume %s does not exist", vid)
+		return status.Errorf(codes.NotFound, "volume %s does not exist (no image %s in pool %s)", vid, vid.Image, vid.Pool)
 	case errors.Is(err, blockdev.ErrLocked):
 		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the other node first", vid, err)
-	case errors.Is(err, blockdev.ErrNotJournaled), errors.Is(err, image.ErrUnsupported):
+	case errors.Is(err, blockdev.ErrNotJournaled):
+		return notJournaled(ctx, st, pool, vid)
+	case errors.Is(err, image.ErrUnsupported):
 		return status.Errorf(codes.FailedPrecondition, "volume %s cannot be served by the journaled data path: %v", vid, err)
 	default:
-		return status.Errorf(codes.Internal, "open journaled device of %s: %v", vid, err)
+		return driver.StorageStatus(fmt.Errorf("open journaled device of %s: %w", vid, err), driver.SecretsNodeStage, false)
 	}
 	openDur := time.Since(openStart)
 	loop, err := fuseloop.Attach(ctx, dev, fuseloop.Options{
@@ -226,6 +241,24 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID) erro
 	s.update(func() { v.dev, v.loop, v.err, v.rec = dev, loop, nil, rec })
 	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
 	return nil
+}
+
+// notJournaled is the error of an image without the journaling feature (a
+// pre-provisioned image of a static PersistentVolume): it says how to
+// enable the feature.
+func notJournaled(ctx context.Context, st driver.Storage, pool objstore.Pool, vid driver.VolumeID) error {
+	spec := vid.Pool + "/" + vid.Image
+	enable := "journaling"
+	features := "unknown"
+	if info, err := st.ImageInfo(ctx, pool, vid.Image); err == nil {
+		features = strings.Join(clsrbd.FeatureNames(info.Features), ",")
+		if info.Features&clsrbd.FeatureExclusiveLock == 0 {
+			enable = "exclusive-lock journaling"
+		}
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"volume %s: image %s (features: %s) does not have the journaling feature, and csi-rbdj serves only journaled images: enable it with `rbd feature enable %s %s` (while no client has the image open), then stage the volume again",
+		vid, spec, features, spec, enable)
 }
 
 // mountStaging formats the device when blank and mounts it at the staging
