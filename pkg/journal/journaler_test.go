@@ -66,6 +66,15 @@ func payload(r *rand.Rand, max int) []byte {
 	return b
 }
 
+// payloads returns n payloads of 1 to max random bytes.
+func payloads(r *rand.Rand, n, max int) [][]byte {
+	ps := make([][]byte, n)
+	for i := range ps {
+		ps[i] = payload(r, max)
+	}
+	return ps
+}
+
 func replayAll(t testing.TB, j *Journaler) ([]ReplayEntry, ReplayStats) {
 	t.Helper()
 	var got []ReplayEntry
@@ -198,10 +207,7 @@ func TestCommitPositionAndTrim(t *testing.T) {
 	pool := newPool(t)
 	j, tag := newJournal(t, pool, "img", 12)
 	r := rand.New(rand.NewPCG(5, 6))
-	var ps [][]byte
-	for i := 0; i < 200; i++ {
-		ps = append(ps, payload(r, 1500))
-	}
+	ps := payloads(r, 200, 1500)
 	fs := appendAll(t, j, tag, ps)
 	minBefore, active := j.Sets()
 	if active < 3 {
@@ -427,10 +433,7 @@ func TestWatchRefresh(t *testing.T) {
 	}
 
 	r := rand.New(rand.NewPCG(7, 8))
-	var ps [][]byte
-	for i := 0; i < 40; i++ {
-		ps = append(ps, payload(r, 1500))
-	}
+	ps := payloads(r, 40, 1500)
 	fs := appendAll(t, a, tag, ps)
 	_, activeA := a.Sets()
 	for _, f := range fs {
@@ -502,10 +505,7 @@ func TestRemove(t *testing.T) {
 	pool := newPool(t)
 	j, tag := newJournal(t, pool, "img", 12)
 	r := rand.New(rand.NewPCG(9, 10))
-	var ps [][]byte
-	for i := 0; i < 60; i++ {
-		ps = append(ps, payload(r, 1500))
-	}
+	ps := payloads(r, 60, 1500)
 	appendAll(t, j, tag, ps)
 	j.Close(ctx)
 	if err := Remove(ctx, pool, nil, "img"); err != nil {

@@ -130,44 +130,25 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	return nil, ctx.OmapSet(kv)
 }
 
-func getOrder(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keyOrder, clsenc.U8)
-	if err != nil {
-		return nil, err
-	}
-	return []byte{v}, nil
-}
-
-func getSplayWidth(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keySplayWidth, clsenc.U8)
-	if err != nil {
-		return nil, err
-	}
-	return []byte{v}, nil
-}
-
-func getPoolID(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-	v, err := readKey(ctx, keyPoolID, clsenc.S64)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.S64(v) }), nil
-}
-
-func getU64(key string) func(objstore.MethodContext, []byte) ([]byte, error) {
+// getValue is a method without input that returns the value stored under
+// key, decoded with dec and encoded again with enc.
+func getValue[T any](key string, dec func(*cephenc.Decoder) (T, error), enc func(*cephenc.Encoder, T)) func(objstore.MethodContext, []byte) ([]byte, error) {
 	return func(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
-		v, err := readKey(ctx, key, clsenc.U64)
+		v, err := readKey(ctx, key, dec)
 		if err != nil {
 			return nil, err
 		}
-		return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.U64(v) }), nil
+		return cephenc.MarshalFunc(func(e *cephenc.Encoder) { enc(e, v) }), nil
 	}
 }
 
 var (
-	getMinimumSet = getU64(keyMinimumSet)
-	getActiveSet  = getU64(keyActiveSet)
-	getNextTagTid = getU64(keyNextTagTid)
+	getOrder      = getValue(keyOrder, clsenc.U8, (*cephenc.Encoder).U8)
+	getSplayWidth = getValue(keySplayWidth, clsenc.U8, (*cephenc.Encoder).U8)
+	getPoolID     = getValue(keyPoolID, clsenc.S64, (*cephenc.Encoder).S64)
+	getMinimumSet = getValue(keyMinimumSet, clsenc.U64, (*cephenc.Encoder).U64)
+	getActiveSet  = getValue(keyActiveSet, clsenc.U64, (*cephenc.Encoder).U64)
+	getNextTagTid = getValue(keyNextTagTid, clsenc.U64, (*cephenc.Encoder).U64)
 )
 
 // setMinimumSet: the minimum set may only move forward (-ESTALE) and never

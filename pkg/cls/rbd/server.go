@@ -79,8 +79,8 @@ func Class() objstore.Class {
 		"dir_add_image":         {Write: true, Call: dirAddImage},
 		"dir_remove_image":      {Write: true, Call: dirRemoveImage},
 		"dir_rename_image":      {Write: true, Call: dirRenameImage},
-		"dir_get_id":            {Call: readOnly(dirGetID)},
-		"dir_get_name":          {Call: readOnly(dirGetName)},
+		"dir_get_id":            {Call: readOnly(dirGet(dirKeyForName))},
+		"dir_get_name":          {Call: readOnly(dirGet(dirKeyForID))},
 		"dir_list":              {Call: readOnly(dirList)},
 	}
 }
@@ -631,32 +631,22 @@ func dirRenameImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	return nil, dirAddImageHelper(ctx, dest, id, false)
 }
 
-// dirGetID returns the string id of an image. Input: string name.
-func dirGetID(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	name := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
+// dirGet returns the string the directory stores under key(in), for an
+// input string: dir_get_id with dirKeyForName (input: name; output: id),
+// dir_get_name with dirKeyForID (input: id; output: name).
+func dirGet(key func(string) string) callFunc {
+	return func(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+		d := cephenc.NewDecoder(in)
+		k := d.Str()
+		if err := clsenc.BadInput(d.Err()); err != nil {
+			return nil, err
+		}
+		v, err := readKey(ctx, key(k), clsenc.String)
+		if err != nil {
+			return nil, err
+		}
+		return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(v) }), nil
 	}
-	id, err := readKey(ctx, dirKeyForName(name), clsenc.String)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(id) }), nil
-}
-
-// dirGetName returns the string name of an image. Input: string id.
-func dirGetName(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
-	}
-	name, err := readKey(ctx, dirKeyForID(id), clsenc.String)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { e.String(name) }), nil
 }
 
 // dirList returns up to max_return images after start_after in name order,

@@ -307,19 +307,29 @@ func crashObjects(worker int) []string {
 
 const crashWorkers = 4
 
+// openChild opens a client of dir and its pool "rbd" (children only).
+func openChild(dir string, opts Options) (*Cluster, objstore.Pool, error) {
+	c, err := Open(dir, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.Pool(context.Background(), "rbd")
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
 // childCrashLoop appends chunks to its objects until killed, printing
 // "ack <seq> <oid>" after each acknowledged operation.
 func childCrashLoop(dir string, opts Options) error {
 	base, _ := strconv.ParseUint(os.Getenv("LOCAL_TEST_SEQBASE"), 10, 64)
-	c, err := Open(dir, opts)
+	_, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	out("ready")
 	var seq atomic.Uint64
 	seq.Store(base)
@@ -351,15 +361,11 @@ func childCrashLoop(dir string, opts Options) error {
 // whose process dies right after the log write (before fsync and apply).
 func childTorn(dir string, opts Options) error {
 	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
-	c, err := Open(dir, opts)
+	_, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	cw, err := newChunkWriter(ctx, p, []string{"torn"})
 	if err != nil {
 		return err
@@ -379,16 +385,12 @@ func childTorn(dir string, opts Options) error {
 // objects and counts with numops, concurrently with other processes.
 func childHammer(dir string, opts Options) error {
 	first, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_WRITER"))
-	c, err := Open(dir, opts)
+	c, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	out("ready")
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
@@ -445,16 +447,12 @@ func (printHandler) HandleWatchError(err error) { out("watcherror %d", objstore.
 // childWatcher watches "watched" and obeys stdin commands: "notify" (notify
 // "watched" and print the acks), "quit".
 func childWatcher(dir string, opts Options) error {
-	c, err := Open(dir, opts)
+	c, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	op := &objstore.WriteOp{}
 	op.Create(false)
 	if err := p.Operate(ctx, "watched", op); err != nil {
@@ -486,16 +484,12 @@ func childWatcher(dir string, opts Options) error {
 // until a write fails; it prints "ack <n>", then "writeerr <errno>", and
 // "watcherror <errno>" when its watch is lost.
 func childVictim(dir string, opts Options) error {
-	c, err := Open(dir, opts)
+	c, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	op := &objstore.WriteOp{}
 	op.Create(false)
 	if err := p.Operate(ctx, "victim", op); err != nil {
@@ -525,15 +519,11 @@ func childVictim(dir string, opts Options) error {
 // whose process dies in the middle of applying it: data written, omap not.
 func childMidApply(dir string, opts Options) error {
 	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
-	c, err := Open(dir, opts)
+	_, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	p, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		return err
-	}
 	cw, err := newChunkWriter(ctx, p, []string{"midapply"})
 	if err != nil {
 		return err

@@ -34,12 +34,9 @@ func TestCrashKill(t *testing.T) {
 	seed := time.Now().UnixNano()
 	r := rand.New(rand.NewSource(seed))
 	acked := map[uint64]string{}
-	ackRe := regexp.MustCompile(`^ack (\d+) (\S+)$`)
 	var totalPresent, duringOpen int
 	for round := 0; round < kills; round++ {
-		ch := startChild(t, "crashloop", "LOCAL_TEST_DIR="+dir,
-			fmt.Sprintf("LOCAL_TEST_SEQBASE=%d", uint64(round+1)*1_000_000_000),
-			"LOCAL_TEST_MAXLOG="+strconv.Itoa(2<<20))
+		ch := startCrashLoop(t, dir, round)
 		if round%5 == 4 {
 			time.Sleep(time.Duration(r.Intn(20_000)) * time.Microsecond)
 			duringOpen++
@@ -48,34 +45,59 @@ func TestCrashKill(t *testing.T) {
 			time.Sleep(time.Duration(10+r.Intn(300)) * time.Millisecond)
 		}
 		ch.Kill()
-		n := 0
-		for l := range ch.lines {
-			if m := ackRe.FindStringSubmatch(l); m != nil {
-				s, _ := strconv.ParseUint(m[1], 10, 64)
-				acked[s] = m[2]
-				n++
-			}
-		}
+		n := readAcks(ch, acked)
 		c := openT(t, dir, testOptions())
-		p := poolT(t, c, "rbd")
-		present := map[uint64]string{}
-		for w := 0; w < crashWorkers; w++ {
-			for _, oid := range crashObjects(w) {
-				for _, s := range verifyChunkObject(t, p, oid) {
-					present[s] = oid
-				}
-			}
-		}
-		for s, oid := range acked {
-			if got, ok := present[s]; !ok || got != oid {
-				t.Fatalf("round %d (seed %d): acknowledged op %d on %s lost (found on %q)", round, seed, s, oid, got)
-			}
-		}
+		present := checkAcked(t, poolT(t, c, "rbd"), acked, round, seed)
 		totalPresent = len(present)
 		c.Close()
 		t.Logf("round %d: %d ops acknowledged before the kill; %d acknowledged in all, %d present", round, n, len(acked), len(present))
 	}
 	t.Logf("%d kills (%d during open/recovery): %d acknowledged operations all present and intact; %d operations present in all", kills, duringOpen, len(acked), totalPresent)
+}
+
+// startCrashLoop starts the crashloop child of a round on dir; its seqs
+// start at (round+1)·10⁹.
+func startCrashLoop(t *testing.T, dir string, round int) *child {
+	return startChild(t, "crashloop", "LOCAL_TEST_DIR="+dir,
+		fmt.Sprintf("LOCAL_TEST_SEQBASE=%d", uint64(round+1)*1_000_000_000),
+		"LOCAL_TEST_MAXLOG="+strconv.Itoa(2<<20))
+}
+
+var ackRe = regexp.MustCompile(`^ack (\d+) (\S+)$`)
+
+// readAcks adds the operations a dead crashloop child acknowledged ("ack
+// <seq> <oid>") to acked and returns how many it read.
+func readAcks(ch *child, acked map[uint64]string) int {
+	n := 0
+	for l := range ch.lines {
+		if m := ackRe.FindStringSubmatch(l); m != nil {
+			s, _ := strconv.ParseUint(m[1], 10, 64)
+			acked[s] = m[2]
+			n++
+		}
+	}
+	return n
+}
+
+// checkAcked checks the crash objects (intact chunks, omap consistent with
+// the data) and that every acknowledged operation is on its object; it
+// returns the seqs present with their objects.
+func checkAcked(t *testing.T, p objstore.Pool, acked map[uint64]string, round int, seed int64) map[uint64]string {
+	t.Helper()
+	present := map[uint64]string{}
+	for w := 0; w < crashWorkers; w++ {
+		for _, oid := range crashObjects(w) {
+			for _, s := range verifyChunkObject(t, p, oid) {
+				present[s] = oid
+			}
+		}
+	}
+	for s, oid := range acked {
+		if got, ok := present[s]; !ok || got != oid {
+			t.Fatalf("round %d (seed %d): acknowledged op %d on %s lost (found on %q)", round, seed, s, oid, got)
+		}
+	}
+	return present
 }
 
 // TestCrashKillWhileOpen is TestCrashKill with the test process keeping the
@@ -140,20 +162,12 @@ func TestCrashKillWhileOpen(t *testing.T) {
 		}
 	}()
 	acked := map[uint64]string{}
-	ackRe := regexp.MustCompile(`^ack (\d+) (\S+)$`)
 	for round := 0; round < kills; round++ {
-		ch := startChild(t, "crashloop", "LOCAL_TEST_DIR="+dir,
-			fmt.Sprintf("LOCAL_TEST_SEQBASE=%d", uint64(round+1)*1_000_000_000),
-			"LOCAL_TEST_MAXLOG="+strconv.Itoa(2<<20))
+		ch := startCrashLoop(t, dir, round)
 		ch.expect("ready", time.Minute)
 		time.Sleep(time.Duration(10+r.Intn(300)) * time.Millisecond)
 		ch.Kill()
-		for l := range ch.lines {
-			if m := ackRe.FindStringSubmatch(l); m != nil {
-				s, _ := strconv.ParseUint(m[1], 10, 64)
-				acked[s] = m[2]
-			}
-		}
+		readAcks(ch, acked)
 		// Let the test process's writer commit (and so repair) before checking.
 		for want := parentSeq.Load() + 2; parentSeq.Load() < want; {
 			select {
@@ -162,19 +176,7 @@ func TestCrashKillWhileOpen(t *testing.T) {
 			case <-time.After(time.Millisecond):
 			}
 		}
-		present := map[uint64]string{}
-		for w := 0; w < crashWorkers; w++ {
-			for _, oid := range crashObjects(w) {
-				for _, s := range verifyChunkObject(t, p, oid) {
-					present[s] = oid
-				}
-			}
-		}
-		for s, oid := range acked {
-			if got, ok := present[s]; !ok || got != oid {
-				t.Fatalf("round %d (seed %d): acknowledged op %d on %s lost (found on %q)", round, seed, s, oid, got)
-			}
-		}
+		checkAcked(t, p, acked, round, seed)
 	}
 	close(stop)
 	bg.Wait()

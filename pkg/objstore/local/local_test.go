@@ -35,6 +35,16 @@ func openT(t testing.TB, dir string, opts Options) *Cluster {
 	return c
 }
 
+// createT creates object oid in p.
+func createT(t testing.TB, p objstore.Pool, oid string) {
+	t.Helper()
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	if err := p.Operate(context.Background(), oid, op); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func poolT(t testing.TB, c *Cluster, name string) objstore.Pool {
 	t.Helper()
 	p, err := c.Pool(context.Background(), name)
@@ -151,11 +161,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 			t.Fatal(err)
 		}
 		pa, pb := poolT(t, a, "rbd"), poolT(t, b, "rbd")
-		op := &objstore.WriteOp{}
-		op.Create(false)
-		if err := pa.Operate(context.Background(), "w", op); err != nil {
-			t.Fatal(err)
-		}
+		createT(t, pa, "w")
 		for _, p := range []objstore.Pool{pa, pb} {
 			if _, err := p.Watch(context.Background(), "w", newRecHandler("r")); err != nil {
 				t.Fatal(err)
@@ -183,11 +189,7 @@ func TestCloseUnregistersWatches(t *testing.T) {
 	a := openT(t, dir, testOptions())
 	b := openT(t, dir, testOptions())
 	pa, pb := poolT(t, a, "rbd"), poolT(t, b, "rbd")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := pa.Operate(context.Background(), "w", op); err != nil {
-		t.Fatal(err)
-	}
+	createT(t, pa, "w")
 	h := newRecHandler("r")
 	if _, err := pb.Watch(context.Background(), "w", h); err != nil {
 		t.Fatal(err)
@@ -223,11 +225,7 @@ func (h *closingHandler) HandleWatchError(error) {}
 func TestWatchCloseFromHandler(t *testing.T) {
 	c := openT(t, t.TempDir(), testOptions())
 	p := poolT(t, c, "rbd")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(context.Background(), "w", op); err != nil {
-		t.Fatal(err)
-	}
+	createT(t, p, "w")
 	h := &closingHandler{w: make(chan objstore.Watch, 1), done: make(chan struct{})}
 	w, err := p.Watch(context.Background(), "w", h)
 	if err != nil {
@@ -256,11 +254,7 @@ func TestBlocklist(t *testing.T) {
 	a := openT(t, dir, testOptions())
 	b := openT(t, dir, testOptions())
 	pa, pb := poolT(t, a, "rbd"), poolT(t, b, "rbd")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := pb.Operate(ctx, "obj", op); err != nil {
-		t.Fatal(err)
-	}
+	createT(t, pb, "obj")
 	h := newRecHandler("r")
 	w, err := pb.Watch(ctx, "obj", h)
 	if err != nil {
@@ -338,7 +332,7 @@ func TestBlocklist(t *testing.T) {
 		t.Fatalf("list: %v", err)
 	}
 	// The other client is unaffected.
-	op = &objstore.WriteOp{}
+	op := &objstore.WriteOp{}
 	op.Append([]byte{2})
 	if err := pa.Operate(ctx, "obj", op); err != nil {
 		t.Fatal(err)
@@ -398,11 +392,7 @@ func TestCancelWaitingForLock(t *testing.T) {
 func TestNotifyCancel(t *testing.T) {
 	c := openT(t, t.TempDir(), testOptions())
 	p := poolT(t, c, "rbd")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(context.Background(), "w", op); err != nil {
-		t.Fatal(err)
-	}
+	createT(t, p, "w")
 	if _, err := p.Watch(context.Background(), "w", silentHandler{}); err != nil {
 		t.Fatal(err)
 	}
@@ -492,17 +482,13 @@ func TestCheckpointAndReopen(t *testing.T) {
 func TestRemoveDisconnectsWatchers(t *testing.T) {
 	c := openT(t, t.TempDir(), testOptions())
 	p := poolT(t, c, "rbd")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(context.Background(), "w", op); err != nil {
-		t.Fatal(err)
-	}
+	createT(t, p, "w")
 	h := newRecHandler("r")
 	w, err := p.Watch(context.Background(), "w", h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	op = &objstore.WriteOp{}
+	op := &objstore.WriteOp{}
 	op.Remove()
 	if err := p.Operate(context.Background(), "w", op); err != nil {
 		t.Fatal(err)
