@@ -1,0 +1,401 @@
+package charts
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+)
+
+const (
+	chartDir    = "csi-rbdj"
+	kubeVersion = "1.33.13"
+)
+
+// helmBinary finds helm: $HELM, then the e2e's tool cache, then PATH. Without
+// one the tests skip, unless CSI_RBDJ_REQUIRE_HELM is set (make test sets it).
+func helmBinary(t *testing.T) string {
+	t.Helper()
+	if h := os.Getenv("HELM"); h != "" {
+		return h
+	}
+	cache := os.Getenv("CSI_RBDJ_CACHE")
+	if cache == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			cache = filepath.Join(home, ".cache", "csi-rbdj")
+		}
+	}
+	if h := filepath.Join(cache, "k8s", "bin", "helm"); cache != "" {
+		if _, err := os.Stat(h); err == nil {
+			return h
+		}
+	}
+	if h, err := exec.LookPath("helm"); err == nil {
+		return h
+	}
+	if os.Getenv("CSI_RBDJ_REQUIRE_HELM") != "" {
+		t.Fatal("helm not found (build it with e2e/build-tools.sh helm, or set HELM)")
+	}
+	t.Skip("helm not found (e2e/build-tools.sh helm builds it)")
+	return ""
+}
+
+func helm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(helmBinary(t), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	// Keep helm's own files out of $HOME.
+	tmp := t.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+tmp, "HELM_CONFIG_HOME="+tmp, "HELM_DATA_HOME="+tmp)
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+// decoder decodes the API types the chart renders, strictly: unknown and
+// duplicate fields are errors, and so is any kind not registered here.
+func decoder(t *testing.T) runtime.Decoder {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{
+		corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, storagev1.AddToScheme,
+	} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+}
+
+// render runs helm template and decodes every document strictly.
+func render(t *testing.T, args ...string) []runtime.Object {
+	t.Helper()
+	out, err := helm(t, append([]string{"template", "rbdj", chartDir, "--namespace", "csi-rbdj",
+		"--kube-version", kubeVersion}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := decoder(t)
+	var objs []runtime.Object
+	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, gvk, err := dec.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("decode %v: %v\n%s", gvk, err, doc)
+		}
+		objs = append(objs, obj)
+	}
+	return objs
+}
+
+func stripComments(doc []byte) []byte {
+	var b bytes.Buffer
+	for line := range bytes.Lines(doc) {
+		if !bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
+			b.Write(line)
+		}
+	}
+	return b.Bytes()
+}
+
+// find returns the objects of type T.
+func find[T runtime.Object](objs []runtime.Object) []T {
+	var r []T
+	for _, o := range objs {
+		if v, ok := o.(T); ok {
+			r = append(r, v)
+		}
+	}
+	return r
+}
+
+func one[T runtime.Object](t *testing.T, objs []runtime.Object) T {
+	t.Helper()
+	r := find[T](objs)
+	if len(r) != 1 {
+		var zero T
+		t.Fatalf("%T: %d objects, want 1", zero, len(r))
+	}
+	return r[0]
+}
+
+func kinds(objs []runtime.Object) []string {
+	var ks []string
+	for _, o := range objs {
+		ks = append(ks, fmt.Sprintf("%T", o))
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func container(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
+	t.Helper()
+	for _, c := range spec.Containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %q", name)
+	return corev1.Container{}
+}
+
+func TestLint(t *testing.T) {
+	for _, args := range [][]string{
+		nil,
+		{"-f", "testdata/all-options.yaml"},
+		{"-f", "testdata/local.yaml"},
+	} {
+		out, err := helm(t, append([]string{"lint", "--strict", chartDir, "--kube-version", kubeVersion}, args...)...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if !strings.Contains(out, "0 chart(s) failed") {
+			t.Fatalf("helm lint %v:\n%s", args, out)
+		}
+	}
+}
+
+func TestTemplateDefaults(t *testing.T) {
+	objs := render(t)
+	want := []string{
+		"*v1.ClusterRole", "*v1.ClusterRoleBinding", "*v1.ConfigMap", "*v1.CSIDriver",
+		"*v1.DaemonSet", "*v1.Deployment", "*v1.Role", "*v1.RoleBinding",
+		"*v1.ServiceAccount", "*v1.ServiceAccount",
+	}
+	slices.Sort(want)
+	if got := kinds(objs); !slices.Equal(got, want) {
+		t.Fatalf("objects %v, want %v", got, want)
+	}
+
+	d := one[*storagev1.CSIDriver](t, objs)
+	if d.Name != "rbdj.csi-rbdj.dev" || d.Spec.AttachRequired == nil || *d.Spec.AttachRequired ||
+		d.Spec.PodInfoOnMount == nil || !*d.Spec.PodInfoOnMount ||
+		!slices.Equal(d.Spec.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) ||
+		d.Spec.FSGroupPolicy == nil || *d.Spec.FSGroupPolicy != storagev1.FileFSGroupPolicy {
+		t.Errorf("CSIDriver spec %+v", d.Spec)
+	}
+
+	dep := one[*appsv1.Deployment](t, objs)
+	if n := len(dep.Spec.Template.Spec.Containers); n != 2 {
+		t.Errorf("controller has %d containers, want csi-rbdj + csi-provisioner (no attacher, no resizer)", n)
+	}
+	prov := container(t, dep.Spec.Template.Spec, "csi-provisioner")
+	if prov.Image != "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0" {
+		t.Errorf("provisioner image %s", prov.Image)
+	}
+	ctl := container(t, dep.Spec.Template.Spec, "csi-rbdj")
+	if !slices.Contains(ctl.Args, "--mode=controller") || !slices.Contains(ctl.Args, "--backend=ceph") {
+		t.Errorf("controller args %v", ctl.Args)
+	}
+
+	ds := one[*appsv1.DaemonSet](t, objs)
+	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
+	if node.SecurityContext == nil || node.SecurityContext.Privileged == nil || !*node.SecurityContext.Privileged {
+		t.Error("node plugin is not privileged")
+	}
+	for _, a := range []string{"--mode=node", "--kubelet-registration-dir=/var/lib/kubelet/plugins_registry",
+		"--endpoint=unix:///var/lib/kubelet/plugins/rbdj.csi-rbdj.dev/csi.sock", "--state-dir=/var/lib/csi-rbdj/node"} {
+		if !slices.Contains(node.Args, a) {
+			t.Errorf("node args %v lack %s", node.Args, a)
+		}
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range node.VolumeMounts {
+		mounts[m.MountPath] = m
+	}
+	for path, prop := range map[string]corev1.MountPropagationMode{
+		"/var/lib/kubelet": corev1.MountPropagationBidirectional, "/var/lib/csi-rbdj/node": corev1.MountPropagationBidirectional,
+		"/dev": "", "/sys": "",
+	} {
+		m, ok := mounts[path]
+		if !ok {
+			t.Errorf("node plugin does not mount %s", path)
+			continue
+		}
+		if got := ptrValue(m.MountPropagation); got != prop {
+			t.Errorf("%s: propagation %q, want %q", path, got, prop)
+		}
+	}
+	for _, sa := range find[*corev1.ServiceAccount](objs) {
+		if strings.HasSuffix(sa.Name, "-node") && (sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken) {
+			t.Error("node ServiceAccount mounts a token")
+		}
+	}
+	checkLeastPrivilege(t, objs)
+}
+
+func ptrValue[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// checkLeastPrivilege: the provisioner's rules are exactly the ones it needs.
+func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
+	t.Helper()
+	allowed := map[string]bool{
+		"/persistentvolumes": true, "/persistentvolumeclaims": true, "storage.k8s.io/storageclasses": true,
+		"/events": true, "storage.k8s.io/csinodes": true, "/nodes": true,
+		"coordination.k8s.io/leases": true, "/secrets": true,
+	}
+	var rules []rbacv1.PolicyRule
+	for _, r := range find[*rbacv1.ClusterRole](objs) {
+		rules = append(rules, r.Rules...)
+	}
+	for _, r := range find[*rbacv1.Role](objs) {
+		rules = append(rules, r.Rules...)
+	}
+	for _, r := range rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				if !allowed[g+"/"+res] {
+					t.Errorf("RBAC grants %s/%s %v", g, res, r.Verbs)
+				}
+				if res == "secrets" && (len(r.ResourceNames) == 0 || !slices.Equal(r.Verbs, []string{"get"})) {
+					t.Errorf("secrets rule %+v: want get on named secrets only", r)
+				}
+				if res == "nodes" && slices.ContainsFunc(r.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
+					t.Errorf("nodes rule %+v: want read only", r)
+				}
+			}
+		}
+	}
+}
+
+func TestTemplateAllOptions(t *testing.T) {
+	objs := render(t, "-f", "testdata/all-options.yaml")
+	sc := one[*storagev1.StorageClass](t, objs)
+	wantParams := map[string]string{
+		"pool": "kube", "clusterID": "dr", "journalOrder": "22", "journalSplayWidth": "8",
+		"ackPolicy": "journaled", "csi.storage.k8s.io/fstype": "xfs",
+		"imageFeatures": "layering,exclusive-lock,journaling,deep-flatten", "objectOrder": "23",
+		"csi.storage.k8s.io/provisioner-secret-name":      "rbdj-ceph-creds",
+		"csi.storage.k8s.io/provisioner-secret-namespace": "csi-rbdj",
+		"csi.storage.k8s.io/node-stage-secret-name":       "rbdj-ceph-creds",
+		"csi.storage.k8s.io/node-stage-secret-namespace":  "csi-rbdj",
+	}
+	if !maps.Equal(sc.Parameters, wantParams) {
+		t.Errorf("StorageClass parameters %v, want %v", sc.Parameters, wantParams)
+	}
+	if sc.Provisioner != "rbdj.example.com" || ptrValue(sc.ReclaimPolicy) != corev1.PersistentVolumeReclaimRetain ||
+		ptrValue(sc.VolumeBindingMode) != storagev1.VolumeBindingWaitForFirstConsumer ||
+		ptrValue(sc.AllowVolumeExpansion) || !slices.Equal(sc.MountOptions, []string{"noatime", "discard"}) ||
+		sc.Annotations["storageclass.kubernetes.io/is-default-class"] != "true" {
+		t.Errorf("StorageClass %+v", sc)
+	}
+	secret := one[*corev1.Secret](t, objs)
+	if secret.Name != "rbdj-ceph-creds" || secret.StringData["userID"] != "kubernetes" || secret.StringData["userKey"] == "" {
+		t.Errorf("Secret %s %v", secret.Name, secret.StringData)
+	}
+	cm := one[*corev1.ConfigMap](t, objs)
+	if want := `[{"clusterID":"prod-1","monitors":["10.1.0.1:6789","[v2:10.1.0.2:3300,v1:10.1.0.2:6789]"]},{"clusterID":"dr","monitors":["10.2.0.1:6789"]}]`; cm.Data["config.json"] != want {
+		t.Errorf("config.json = %s, want %s", cm.Data["config.json"], want)
+	}
+	ds := one[*appsv1.DaemonSet](t, objs)
+	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
+	for _, a := range []string{"--kubelet-registration-dir=/var/lib/k0s/kubelet/plugins_registry",
+		"--endpoint=unix:///var/lib/k0s/kubelet/plugins/rbdj.example.com/csi.sock", "--cluster-id=prod-1",
+		"--ceph-op-timeout=30s", "--request-timeout=2m", "--max-volumes-per-node=64", "-v=4"} {
+		if !slices.Contains(node.Args, a) {
+			t.Errorf("node args %v lack %s", node.Args, a)
+		}
+	}
+	dep := one[*appsv1.Deployment](t, objs)
+	prov := container(t, dep.Spec.Template.Spec, "csi-provisioner")
+	if !slices.Contains(prov.Args, "--worker-threads=20") || !slices.Contains(prov.Args, "--timeout=2m30s") ||
+		!slices.Contains(prov.Env, corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: "127.0.0.1"}) {
+		t.Errorf("provisioner args %v env %v", prov.Args, prov.Env)
+	}
+	checkLeastPrivilege(t, objs)
+}
+
+func TestTemplateLocal(t *testing.T) {
+	objs := render(t, "-f", "testdata/local.yaml")
+	if n := len(find[*corev1.Secret](objs)) + len(find[*corev1.ConfigMap](objs)); n != 0 {
+		t.Errorf("local backend renders %d Ceph config objects", n)
+	}
+	sc := one[*storagev1.StorageClass](t, objs)
+	for k := range sc.Parameters {
+		if k == "clusterID" || strings.Contains(k, "secret") {
+			t.Errorf("local StorageClass has parameter %s (the driver refuses unknown parameters)", k)
+		}
+	}
+	dep := one[*appsv1.Deployment](t, objs)
+	ds := one[*appsv1.DaemonSet](t, objs)
+	for _, spec := range []corev1.PodSpec{dep.Spec.Template.Spec, ds.Spec.Template.Spec} {
+		a := spec.Affinity
+		if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+			t.Fatal("local backend pod not pinned to local.nodeName")
+		}
+		term := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms[0].MatchExpressions[0]
+		if term.Key != "kubernetes.io/hostname" || !slices.Equal(term.Values, []string{"localhost"}) {
+			t.Errorf("affinity %+v", term)
+		}
+		c := container(t, spec, "csi-rbdj")
+		if !slices.Contains(c.Args, "--backend=local") || !slices.Contains(c.Args, "--local-dir=/tmp/csi-rbdj-e2e/local") {
+			t.Errorf("args %v", c.Args)
+		}
+	}
+	role := one[*rbacv1.Role](t, objs)
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"leases"}) {
+		t.Errorf("local Role rules %+v: want leases only (no secrets)", role.Rules)
+	}
+}
+
+// The schema is strict: unknown keys and bad values fail before rendering.
+func TestSchemaRejects(t *testing.T) {
+	for _, set := range []string{
+		"bogus=1",
+		"storageClass.bogus=1",
+		"node.stateDir=relative/path",
+		"backend=rados",
+		"storageClass.fsType=btrfs",
+		"storageClass.journalOrder=30",
+		"storageClass.ackPolicy=never",
+		"controller.provisioner.timeout=soon",
+	} {
+		if _, err := helm(t, "template", "rbdj", chartDir, "--set", set); err == nil {
+			t.Errorf("--set %s accepted", set)
+		}
+	}
+	// Required values.
+	for _, args := range [][]string{
+		{"--set", "backend=local"},           // no local.nodeName
+		{"--set", "ceph.secret.create=true"}, // no userKey
+	} {
+		if _, err := helm(t, append([]string{"template", "rbdj", chartDir}, args...)...); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
