@@ -143,6 +143,17 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 	if !d.owner.ready.Load() {
 		return fmt.Errorf("resize %s: the device is still opening: %w", d.img.Name(), syscall.EAGAIN)
 	}
+	// Close waits for a resize in progress (it uses the journal).
+	d.mu.Lock()
+	closed, failed := d.closed, d.failed
+	if !closed && failed == nil {
+		d.wg.Add(1)
+	}
+	d.mu.Unlock()
+	if closed || failed != nil {
+		return fmt.Errorf("resize %s: device closed or failed: %w", d.img.Name(), syscall.EBUSY)
+	}
+	defer d.wg.Done()
 	d.owner.resizeMu.Lock()
 	defer d.owner.resizeMu.Unlock()
 	if err := d.refresh(ctx); err != nil {
@@ -156,12 +167,6 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 		return nil
 	case int64(size) < cur:
 		return fmt.Errorf("resize %s from %d to %d: shrinking a served volume is refused: %w", d.img.Name(), cur, size, syscall.EBUSY)
-	}
-	d.mu.Lock()
-	closed, failed := d.closed, d.failed
-	d.mu.Unlock()
-	if closed || failed != nil {
-		return fmt.Errorf("resize %s: device closed or failed: %w", d.img.Name(), syscall.EBUSY)
 	}
 	// Journal the operation as librbd's owner does (rbd-mirror replays it):
 	// the op event is durable before the header changes, and its result
