@@ -325,8 +325,8 @@ func TestTemplateAllOptions(t *testing.T) {
 	ds := one[*appsv1.DaemonSet](t, objs)
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
 	for _, a := range []string{"--kubelet-registration-dir=/var/lib/k0s/kubelet/plugins_registry",
-		"--endpoint=unix:///var/lib/k0s/kubelet/plugins/rbdj.example.com/csi.sock", "--cluster-id=prod-1",
-		"--ceph-op-timeout=30s", "--request-timeout=2m", "--max-volumes-per-node=64", "-v=4"} {
+		"--endpoint=unix:///var/lib/k0s/kubelet/plugins/rbdj.example.com/csi.sock",
+		"--journal-commit-age=2s", "--ceph-op-timeout=1m", "--ceph-config=/etc/csi-rbdj/config/config.json", "--ceph-credentials-dir=/etc/csi-rbdj/credentials", "--request-timeout=2m", "--max-volumes-per-node=64", "-v=4"} {
 		if !slices.Contains(node.Args, a) {
 			t.Errorf("node args %v lack %s", node.Args, a)
 		}

@@ -41,13 +41,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Arguments both roles share: the backend. */}}
 {{- define "csi-rbdj.backendArgs" -}}
 - --backend={{ .Values.backend }}
-- --cluster-id={{ .Values.clusterID }}
 {{- if eq .Values.backend "local" }}
+- --cluster-id={{ .Values.clusterID }}
 - --local-dir={{ .Values.local.dir }}
 {{- if .Values.local.noSync }}
 - --local-no-sync
 {{- end }}
 {{- else }}
+- --ceph-config=/etc/csi-rbdj/config/config.json
+- --ceph-credentials-dir=/etc/csi-rbdj/credentials
+- --ceph-connect-timeout={{ .Values.ceph.connectTimeout }}
+- --ceph-op-timeout={{ .Values.ceph.opTimeout }}
 {{- range .Values.ceph.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -61,7 +65,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   mountPath: {{ .Values.local.dir }}
 {{- else }}
 - name: ceph-config
-  mountPath: /etc/csi-rbdj/clusters
+  mountPath: /etc/csi-rbdj/config
+  readOnly: true
+# Default credentials: for calls without secrets (ListVolumes, GetCapacity, Probe)
+# and for a restarted node plugin re-serving its staged volumes.
+- name: ceph-credentials
+  mountPath: /etc/csi-rbdj/credentials
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -76,6 +85,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: ceph-config
   configMap:
     name: {{ include "csi-rbdj.fullname" . }}-ceph-config
+- name: ceph-credentials
+  secret:
+    secretName: {{ include "csi-rbdj.secretName" . }}
+    defaultMode: 0400
 {{- end }}
 {{- end -}}
 
