@@ -446,6 +446,9 @@ func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
 				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
 			}
 			names, err := pool.List(ctx, recordPrefix)
+			if errors.Is(err, objstore.ErrNotFound) {
+				continue // deleted meanwhile
+			}
 			if err != nil {
 				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
 			}

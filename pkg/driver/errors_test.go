@@ -17,20 +17,28 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// startDriver serves a driver in mode all over a unix socket and returns
-// clients; everything stops in t.Cleanup.
+// startDriver serves a driver in mode all over a unix socket on a new
+// local cluster and returns clients; everything stops in t.Cleanup.
 func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient, string) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	b, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: st})
+	ctrl, node, ident := serveDriver(t, dir, b)
+	return ctrl, node, ident, dir
+}
+
+// serveDriver serves a driver in mode all on backend b (closed at the
+// end) over a unix socket in dir, with its node state in dir/node.
+func serveDriver(t *testing.T, dir string, b driver.Backend) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
+	t.Helper()
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: st, NodeServer: ns, MaxVolumeBytes: 1 << 40})
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: b, NodeServer: ns, MaxVolumeBytes: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,10 +64,10 @@ func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.Identi
 		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 		defer scancel()
 		ns.Stop(sctx)
-		st.Close()
+		b.Close()
 		cleanupNode(t, dir, filepath.Join(dir, "node"))
 	})
-	return csi.NewControllerClient(conn), csi.NewNodeClient(conn), csi.NewIdentityClient(conn), dir
+	return csi.NewControllerClient(conn), csi.NewNodeClient(conn), csi.NewIdentityClient(conn)
 }
 
 func mountCap(mode csi.VolumeCapability_AccessMode_Mode, fs string) *csi.VolumeCapability {

@@ -3,12 +3,14 @@ package driver_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -24,10 +26,17 @@ import (
 // Each run is a child process (Ginkgo runs one suite per process).
 func TestSanity(t *testing.T) {
 	requireRoot(t)
+	runSanityChildren(t, "TestSanityChild")
+}
+
+// runSanityChildren runs test child once per access type (mount, block),
+// each in a child process, and logs the summary and the skipped specs.
+func runSanityChildren(t *testing.T, child string, env ...string) {
 	for _, at := range []string{"mount", "block"} {
 		t.Run(at, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestSanityChild$", "-test.v", "-ginkgo.no-color")
-			cmd.Env = append(os.Environ(), "CSI_RBDJ_SANITY_ACCESS_TYPE="+at)
+			report := filepath.Join(t.TempDir(), "report.json")
+			cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.v", "-ginkgo.no-color", "-ginkgo.json-report="+report)
+			cmd.Env = append(append(os.Environ(), "CSI_RBDJ_SANITY_ACCESS_TYPE="+at), env...)
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -47,14 +56,58 @@ func TestSanity(t *testing.T) {
 				if len(tail) > 400 {
 					tail = tail[1:]
 				}
-				if summary.MatchString(line) || strings.Contains(line, "[FAIL]") || strings.Contains(line, "[SKIPPED]") {
+				if summary.MatchString(line) || strings.Contains(line, "[FAIL]") {
 					t.Log(line)
 				}
 			}
 			if err := cmd.Wait(); err != nil {
 				t.Errorf("sanity (%s): %v\n%s", at, err, strings.Join(tail, "\n"))
 			}
+			logSkipped(t, report)
 		})
+	}
+}
+
+// logSkipped logs the specs a ginkgo JSON report did not run, grouped by
+// the reason.
+func logSkipped(t *testing.T, report string) {
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Errorf("ginkgo report: %v", err)
+		return
+	}
+	var reports []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			State                   string
+			Failure                 struct{ Message string }
+		}
+	}
+	if err := json.Unmarshal(b, &reports); err != nil {
+		t.Errorf("ginkgo report: %v", err)
+		return
+	}
+	byReason := map[string][]string{}
+	for _, r := range reports {
+		for _, s := range r.SpecReports {
+			if s.State == "passed" || s.LeafNodeText == "" {
+				continue
+			}
+			reason := s.State
+			if s.Failure.Message != "" {
+				reason += ": " + s.Failure.Message
+			}
+			byReason[reason] = append(byReason[reason], strings.Join(append(s.ContainerHierarchyTexts, s.LeafNodeText), " "))
+		}
+	}
+	reasons := make([]string, 0, len(byReason))
+	for r := range byReason {
+		reasons = append(reasons, r)
+	}
+	sort.Strings(reasons)
+	for _, r := range reasons {
+		t.Logf("not run (%s): %d specs: %s", r, len(byReason[r]), strings.Join(byReason[r], "; "))
 	}
 }
 
@@ -65,17 +118,28 @@ func TestSanityChild(t *testing.T) {
 		t.Skip("child process of TestSanity")
 	}
 	dir := t.TempDir()
+	b, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := sanityConfig(t, dir, b, at)
+	cfg.TestVolumeParameters = map[string]string{driver.ParamAckPolicy: "journaled", driver.ParamJournalSplayWidth: "2"}
+	if at == "block" {
+		cfg.TestVolumeParameters[driver.ParamAckPolicy] = "applied"
+	}
+	sanity.Test(t, cfg)
+}
+
+// sanityConfig serves a driver in mode all on b (closed at the end) in dir
+// and returns a sanity configuration for it: access type at, paths in dir.
+func sanityConfig(t *testing.T, dir string, b driver.Backend, at string) sanity.TestConfig {
 	sock := filepath.Join(dir, "csi.sock")
 	stateDir := filepath.Join(dir, "node")
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Backend: b, RequestTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Backend: st, RequestTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: st, NodeServer: ns})
+	d, err := driver.New(driver.Options{Mode: driver.ModeAll, Backend: b, NodeServer: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +157,7 @@ func TestSanityChild(t *testing.T) {
 		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 		defer scancel()
 		ns.Stop(sctx)
-		st.Close()
+		b.Close()
 		cleanupNode(t, dir, stateDir)
 	})
 
@@ -104,11 +168,7 @@ func TestSanityChild(t *testing.T) {
 	cfg.TestVolumeAccessType = at
 	cfg.TestVolumeSize = 64 << 20
 	cfg.TestVolumeExpandSize = 128 << 20
-	cfg.TestVolumeParameters = map[string]string{driver.ParamAckPolicy: "journaled", driver.ParamJournalSplayWidth: "2"}
-	if at == "block" {
-		cfg.TestVolumeParameters[driver.ParamAckPolicy] = "applied"
-	}
-	sanity.Test(t, cfg)
+	return cfg
 }
 
 // cleanupNode removes whatever a failed run left under dir: mounts
