@@ -13,7 +13,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 30m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity
+.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity
 
 all: build
 
@@ -51,8 +51,20 @@ vet:
 vet-ceph:
 	$(GO) vet -tags '$(CEPHTAGS)' ./...
 
-unit:
-	$(GO) test $(TESTFLAGS) ./...
+# CSI_RBDJ_REQUIRE_HELM=1: the chart tests (charts/) fail instead of skipping without helm.
+unit: helm
+	CSI_RBDJ_REQUIRE_HELM=1 $(GO) test $(TESTFLAGS) ./...
+
+## helm: helm v3.22.0 built from its Go module into ~/.cache/csi-rbdj/k8s/bin (the chart tests use it).
+helm:
+	./e2e/build-tools.sh helm >/dev/null
+
+## e2e: the Helm chart on a real single-node Kubernetes v1.33.13 (as root): builds or reuses
+## the Kubernetes binaries (~/.cache/csi-rbdj/k8s), the image, starts etcd, the control
+## plane, containerd and a kubelet, installs the chart and runs the five checks, then tears
+## everything down. E2E_BACKEND=local|ceph|auto (default auto: ceph when the binary has it).
+e2e: deps
+	./e2e/run.sh
 
 # CSI_RBDJ_REQUIRE_CEPH=1: a test that finds no cluster fails instead of skipping.
 unit-ceph:

@@ -3,7 +3,8 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl (v1.33.13),
 # helm (v3.22.0) and external-provisioner (v6.3.0). No prebuilt binaries are downloaded.
 #
-# Usage: e2e/build-tools.sh            (prints the bin directory on its last line)
+# Usage: e2e/build-tools.sh [all|helm]   (prints the bin directory on its last line)
+#   all (default)  everything below;  helm  only helm (for the chart's tests)
 # Cache: $CSI_RBDJ_CACHE/k8s (default ~/.cache/csi-rbdj/k8s), outside the repository.
 # Cold: ~11-13 min on 2 cores; warm: a version-stamp check per binary (seconds).
 # WITH_ATTACHER=1 also builds external-attacher v4.13.0 (the chart does not use it:
@@ -109,10 +110,16 @@ build_sidecar() {
   stamp "$cmd" "$ver-static"
 }
 
-build_kube
-build_helm
-build_sidecar github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
-if [ -n "${WITH_ATTACHER:-}" ]; then
-  build_sidecar github.com/kubernetes-csi/external-attacher/v4 "$ATTACHER_VERSION" csi-attacher
-fi
+case "${1:-all}" in
+  all)
+    build_kube
+    build_helm
+    build_sidecar github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
+    if [ -n "${WITH_ATTACHER:-}" ]; then
+      build_sidecar github.com/kubernetes-csi/external-attacher/v4 "$ATTACHER_VERSION" csi-attacher
+    fi
+    ;;
+  helm) build_helm ;;
+  *) echo "usage: $0 [all|helm]" >&2; exit 2 ;;
+esac
 echo "$BIN"

@@ -1,0 +1,516 @@
+#!/usr/bin/env bash
+# The end-to-end test: csi-rbdj installed with its Helm chart on a real single-node
+# Kubernetes (v1.33.13: etcd, kube-apiserver, controller-manager, scheduler, containerd,
+# kubelet; e2e/cluster.sh), then five checks through the Kubernetes API:
+#
+#   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
+#   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
+#      the data is intact and the volume usable again
+#   3. a StatefulSet with 2 replicas: each replica's data survives pod re-creation
+#   4. PVC deletion removes the image and its journal
+#   5. a Block-mode PVC consumed as a raw device
+#
+# Usage (root): e2e/run.sh   (make e2e)
+# Environment:
+#   E2E_BACKEND  local | ceph | auto (default): ceph when the built binary serves
+#                `--backend ceph` (built with the ceph tags), local otherwise
+#   E2E_DIR      work directory (default /tmp/csi-rbdj-e2e; wiped at start)
+#   E2E_KEEP=1   leave the cluster running (e2e/cluster.sh down stops it)
+#   CSI_RBDJ_CACHE  tool and image cache (default ~/.cache/csi-rbdj)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export PATH=/usr/local/go/bin:$PATH
+export E2E_DIR=${E2E_DIR:-/tmp/csi-rbdj-e2e}
+CACHE=${CSI_RBDJ_CACHE:-$HOME/.cache/csi-rbdj}
+BACKEND=${E2E_BACKEND:-auto}
+NS=csi-rbdj
+RELEASE=rbdj
+SC=rbdj
+CEPH_WAS_UP=""
+T0=$(date +%s.%N)
+
+log() { echo "[e2e $(date +%T.%3N)] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (containerd, kubelet, loop devices, mounts)"
+
+# ---- build -----------------------------------------------------------------
+"$ROOT/e2e/install-deps.sh"
+"$ROOT/hack/install-deps.sh" >/dev/null
+TOOLS=$("$ROOT/e2e/build-tools.sh" | tail -n1)
+export TOOLS
+KUBECTL="$TOOLS/kubectl"
+HELM="$TOOLS/helm"
+export KUBECONFIG=$E2E_DIR/admin.kubeconfig
+export HELM_CACHE_HOME=$CACHE/helm/cache HELM_CONFIG_HOME=$CACHE/helm/config HELM_DATA_HOME=$CACHE/helm/data
+
+GOTAGS=""
+if [ -f /usr/include/rados/librados.h ] && [ -f /usr/include/rbd/librbd.h ]; then GOTAGS="ceph,pacific"; fi
+log "building csi-rbdj${GOTAGS:+ (tags: $GOTAGS)}"
+make -s build GOTAGS="$GOTAGS"
+BIN=$ROOT/bin/csi-rbdj
+export CSI_RBDJ_BIN=$BIN
+GOFLAGS=${GOFLAGS:-} go build -o "$ROOT/bin/rbdj-inspect" ./e2e/cmd/rbdj-inspect
+INSPECT=$ROOT/bin/rbdj-inspect
+
+if [ "$BACKEND" = auto ]; then
+  # The binary says plainly when it carries no Ceph support.
+  if "$BIN" serve -h 2>&1 | grep -q -- "-ceph-config" &&
+    ! timeout 20 "$BIN" serve --mode controller --backend ceph --ceph-config /nonexistent \
+      --endpoint "unix://$(mktemp -u /tmp/csi-rbdj-probe.XXXXXX).sock" 2>&1 | grep -q "built without Ceph support"; then
+    BACKEND=ceph
+  else
+    BACKEND=local
+  fi
+fi
+log "backend: $BACKEND"
+
+# ---- cluster ---------------------------------------------------------------
+teardown() {
+  local rc=$?
+  set +e
+  if [ -n "${E2E_KEEP:-}" ]; then
+    log "E2E_KEEP set: cluster left running (KUBECONFIG=$KUBECONFIG; e2e/cluster.sh down stops it)"
+    return $rc
+  fi
+  log "teardown"
+  if [ -f "$KUBECONFIG" ] && "$KUBECTL" get --raw /readyz >/dev/null 2>&1; then
+    "$KUBECTL" delete pod,statefulset --all -n e2e --wait=true --timeout=120s >/dev/null 2>&1
+    "$KUBECTL" delete pvc --all -n e2e --wait=true --timeout=120s >/dev/null 2>&1
+    "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 120s >/dev/null 2>&1
+  fi
+  "$ROOT/e2e/cluster.sh" down
+  if [ "$BACKEND" = ceph ] && [ -z "$CEPH_WAS_UP" ]; then "$ROOT/hack/ceph-down.sh" >/dev/null 2>&1; fi
+  log "teardown done ($(elapsed "$T0")s in all)"
+  return $rc
+}
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}'; }
+
+# A previous run's leftovers (E2E_KEEP or a killed run): stop them first.
+if [ -d "$E2E_DIR" ]; then "$ROOT/e2e/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$E2E_DIR"; fi
+mkdir -p "$E2E_DIR/images"
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+log "images"
+"$ROOT/hack/build-image.sh" "$BIN" localhost/csi-rbdj:e2e "$CACHE/images/csi-rbdj-e2e.tar"
+CGO_ENABLED=0 go build -trimpath -o "$CACHE/images/pause" ./e2e/cmd/pause
+"$ROOT/e2e/mkimage.sh" "$CACHE/images/pause" localhost/pause:e2e "$CACHE/images/pause.tar" /pause
+"$ROOT/e2e/mkimage.sh" "$TOOLS/csi-provisioner" localhost/csi-provisioner:v6.3.0 "$CACHE/images/csi-provisioner.tar" /csi-provisioner
+ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$E2E_DIR/images/"
+
+CEPH_CONF=""
+if [ "$BACKEND" = ceph ]; then
+  # the project's test cluster (hack/ceph-up.sh); stopped at the end only if this run started it
+  conf=${CEPH_DIR:-/var/tmp/csi-rbdj-ceph}/ceph.conf
+  if [ -s "$conf" ] && CEPH_CONF=$conf timeout 10 ceph -s >/dev/null 2>&1; then CEPH_WAS_UP=1; fi
+  CEPH_CONF=$("$ROOT/hack/ceph-up.sh" | tail -n1)
+  export CEPH_CONF
+fi
+
+t=$(date +%s.%N)
+"$ROOT/e2e/cluster.sh" up
+log "cluster up in $(elapsed "$t")s"
+
+# ---- install ----------------------------------------------------------------
+VALUES=$E2E_DIR/values.yaml
+cat > "$VALUES" <<X
+backend: $BACKEND
+kubeletDir: $E2E_DIR/kubelet/root
+image: {repository: localhost/csi-rbdj, tag: e2e, pullPolicy: Never}
+apiServer: {host: 127.0.0.1, port: "6443"}
+controller:
+  hostNetwork: true
+  logLevel: 4
+  provisioner:
+    image: {repository: localhost/csi-provisioner, tag: v6.3.0, pullPolicy: Never}
+    timeout: 60s
+    leaderElection: true
+    logLevel: 3
+node:
+  hostNetwork: true
+  logLevel: 4
+  stateDir: $E2E_DIR/node
+  terminationGracePeriodSeconds: 30
+storageClass:
+  create: true
+  name: $SC
+  pool: rbd
+  journalOrder: 24
+  journalSplayWidth: 4
+  ackPolicy: applied
+  fsType: ext4
+  reclaimPolicy: Delete
+  volumeBindingMode: Immediate
+X
+if [ "$BACKEND" = local ]; then
+  cat >> "$VALUES" <<X
+local: {dir: $E2E_DIR/local, nodeName: localhost, noSync: false}
+X
+else
+  MON=$(awk -F' *= *' '$1 ~ /mon[ _]host/ {print $2; exit}' "$CEPH_CONF")
+  KEY=$(cat "$(dirname "$CEPH_CONF")/client.admin.key")
+  cat >> "$VALUES" <<X
+clusterID: e2e
+ceph:
+  clusters: [{clusterID: e2e, monitors: ["$MON"]}]
+  secret: {create: true, name: csi-rbdj-ceph, userID: admin, userKey: "$KEY"}
+X
+fi
+t=$(date +%s.%N)
+"$HELM" lint --strict "$ROOT/charts/csi-rbdj" -f "$VALUES" >/dev/null
+"$HELM" upgrade --install "$RELEASE" "$ROOT/charts/csi-rbdj" -n "$NS" --create-namespace -f "$VALUES" --wait --timeout 3m >/dev/null ||
+  { "$KUBECTL" -n "$NS" get pods -o wide >&2; "$KUBECTL" -n "$NS" describe pods >&2; die "helm install failed"; }
+wait_registered() {
+  local i
+  for i in $(seq 1 60); do
+    "$KUBECTL" get csinode localhost -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw rbdj.csi-rbdj.dev && return 0
+    sleep 1
+  done
+  return 1
+}
+wait_registered || die "the node plugin did not register with the kubelet (CSINode)"
+log "chart installed, node plugin registered with the kubelet in $(elapsed "$t")s"
+"$KUBECTL" create namespace e2e >/dev/null
+"$KUBECTL" -n e2e create configmap e2e-scripts --from-file="$ROOT/e2e/pods/" >/dev/null
+
+# ---- helpers ------------------------------------------------------------------
+K() { "$KUBECTL" -n e2e "$@"; }
+node_pod() { "$KUBECTL" -n "$NS" get pod -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}'; }
+pv_of() { K get pvc "$1" -o jsonpath='{.spec.volumeName}'; }
+handle_of() { "$KUBECTL" get pv "$1" -o jsonpath='{.spec.csi.volumeHandle}'; }
+# rbdj1/<backend>/<cluster>/<pool>/<image>
+image_of() { echo "${1##*/}"; }
+pool_of() { local h=${1%/*}; echo "${h##*/}"; }
+
+pvc() { # name size [volumeMode]
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC
+  volumeMode: ${3:-Filesystem}
+  resources: {requests: {storage: $2}}
+X
+}
+
+# inspect_image POOL IMAGE: JSON (local) or `rbd info` text (ceph), with journaling shown.
+inspect_image() {
+  if [ "$BACKEND" = local ]; then
+    "$INSPECT" --dir "$E2E_DIR/local" --pool "$1" image "$2"
+  else
+    rbd info "$1/$2" && rbd journal info --pool "$1" --image "$2"
+  fi
+}
+# leftovers POOL IMAGE ID: objects of the image or its journal still in the pool.
+leftovers() {
+  if [ "$BACKEND" = local ]; then
+    "$INSPECT" --dir "$E2E_DIR/local" --pool "$1" objects "$2" "$3"
+  else
+    rados -p "$1" ls | grep -e "$2" -e "$3" || true
+  fi
+}
+image_id() {
+  if [ "$BACKEND" = local ]; then
+    inspect_image "$1" "$2" | sed -n 's/^  "id": "\(.*\)",$/\1/p'
+  else
+    rbd info "$1/$2" | sed -n 's/^\s*id: //p'
+  fi
+}
+
+RESULTS=()
+PASSED=0 FAILED=0
+check() { # number title function
+  local n=$1 title=$2 fn=$3 t rc
+  log "=== check $n: $title"
+  t=$(date +%s.%N)
+  set +e
+  (set -e; "$fn")
+  rc=$?
+  set -e
+  local dt
+  dt=$(elapsed "$t")
+  if [ $rc = 0 ]; then
+    RESULTS+=("$(printf '%-2s %-66s PASS %7ss' "$n" "$title" "$dt")")
+    PASSED=$((PASSED + 1))
+  else
+    RESULTS+=("$(printf '%-2s %-66s FAIL %7ss' "$n" "$title" "$dt")")
+    FAILED=$((FAILED + 1))
+  fi
+  log "=== check $n: $([ $rc = 0 ] && echo PASS || echo FAIL) in ${dt}s"
+}
+
+# The pods' image is csi-rbdj's own (Debian: bash, coreutils, util-linux).
+POD_IMAGE=localhost/csi-rbdj:e2e
+
+# ---- check 1 ------------------------------------------------------------------
+check1() {
+  pvc data-fs 1Gi
+  K wait pvc/data-fs --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+  local pv h
+  pv=$(pv_of data-fs) h=$(handle_of "$pv")
+  log "PVC data-fs Bound to $pv, volume $h"
+  "$KUBECTL" get pv "$pv" -o jsonpath='{.spec.csi.driver} {.spec.capacity.storage} {.spec.csi.volumeAttributes}{"\n"}' >&2
+  local info
+  info=$(inspect_image "$(pool_of "$h")" "$(image_of "$h")")
+  echo "$info" | sed 's/^/    /' >&2
+  grep -q journaling <<< "$info" || { log "image has no journaling feature"; return 1; }
+  if [ "$BACKEND" = local ]; then
+    grep -q '"journalHeader": "journal\.' <<< "$info" || { log "no journal header object"; return 1; }
+    grep -q '"journalOrder": 24' <<< "$info" && grep -q '"journalSplayWidth": 4' <<< "$info"
+  fi
+}
+
+# ---- check 2 ------------------------------------------------------------------
+# Two containers run e2e/pods/watch.sh (a ConfigMap) and log each change of what they
+# see: "plain" with the default mountPropagation (None), "h2c" with HostToContainer.
+watch_pod() { # name pvc
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: plain
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, /scripts/watch.sh]
+      env: [{name: CONTAINER, value: plain}]
+      volumeMounts: [{name: data, mountPath: /data}, {name: scripts, mountPath: /scripts}]
+    - name: h2c
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, /scripts/watch.sh]
+      env: [{name: CONTAINER, value: h2c}]
+      volumeMounts: [{name: data, mountPath: /data, mountPropagation: HostToContainer}, {name: scripts, mountPath: /scripts}]
+  volumes:
+    - {name: data, persistentVolumeClaim: {claimName: $2}}
+    - {name: scripts, configMap: {name: e2e-scripts}}
+X
+}
+check2() {
+  # the watchers need the payload before they start: write it from a first pod
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: seed}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+    - name: seed
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, "dd if=/dev/urandom of=/data/payload bs=1M count=32 conv=fsync status=none && cd /data && sha256sum payload > payload.sha256 && sync && cat payload.sha256"]
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
+X
+  K wait pod/seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
+  local sum
+  sum=$(K logs seed)
+  log "pod seed wrote 32 MiB + checksum: $sum"
+  K delete pod seed --wait=true >/dev/null
+  watch_pod watcher data-fs
+  K wait pod/watcher --for=condition=Ready --timeout=120s >/dev/null
+  sleep 2
+
+  local np cid pid t restarts
+  np=$(node_pod)
+  restarts=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  cid=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].containerID}')
+  cid=${cid#containerd://}
+  pid=$(ctr --address "$E2E_DIR/containerd/containerd.sock" -n k8s.io tasks ls | awk -v c="$cid" '$1 == c {print $2}')
+  [ -n "$pid" ] || { log "no task for the node plugin container $cid"; return 1; }
+  log "SIGKILL the node plugin: pod $np, container ${cid:0:12}, pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60)...)"
+  t=$(date +%s.%N)
+  kill -9 "$pid"
+  # back: restarted by the kubelet, re-served its volumes, registered again
+  local i back=""
+  for i in $(seq 1 120); do
+    if [ "$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].restartCount}')" -gt "$restarts" ] &&
+      [ "$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].ready}')" = true ]; then
+      back=$(elapsed "$t")
+      break
+    fi
+    sleep 0.5
+  done
+  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  log "node plugin container restarted by the kubelet and ready after ${back}s"
+  # wait until the HostToContainer view reads again
+  local usable=""
+  for i in $(seq 1 120); do
+    if K exec watcher -c h2c -- dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>/dev/null; then
+      usable=$(elapsed "$t")
+      break
+    fi
+    sleep 0.5
+  done
+  sleep 2
+  log "what the pod saw (container 'plain', mountPropagation None):"
+  K logs watcher -c plain | sed 's/^/    plain: /' >&2
+  log "what the pod saw (container 'h2c', mountPropagation HostToContainer):"
+  K logs watcher -c h2c | sed 's/^/    h2c:   /' >&2
+  [ -n "$usable" ] || { log "volume not usable again through HostToContainer after 60 s"; return 1; }
+  log "volume readable again in the running container (HostToContainer) ${usable}s after the kill"
+  # in the running container (h2c): the data is intact, new writes work
+  K exec watcher -c h2c -- bash -c 'cd /data && sha256sum -c payload.sha256 && dd if=/dev/urandom of=/data/after-restart bs=1M count=4 conv=fsync status=none && sha256sum after-restart > after-restart.sha256 && sync' >&2
+  # the default-propagation container keeps the dead mount: say what it gets now
+  local plain
+  plain=$(K exec watcher -c plain -- bash -c 'cat /data/payload.sha256 >/dev/null 2>&1 && echo "cached read ok" || echo "cached read failed"; dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>&1 || true; touch /data/x 2>&1 || true' 2>&1 | tr '\n' ';')
+  log "container 'plain' now: $plain"
+  # a new pod (fresh container, new bind of the re-served volume) sees everything
+  K delete pod watcher --wait=true >/dev/null
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: verify}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+    - name: verify
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, "cd /data && sha256sum -c payload.sha256 after-restart.sha256 && ls -la /data"]
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
+X
+  K wait pod/verify --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null ||
+    { K logs verify >&2; return 1; }
+  K logs verify | sed 's/^/    verify: /' >&2
+  K delete pod verify --wait=true >/dev/null
+}
+
+# ---- check 3 ------------------------------------------------------------------
+check3() {
+  K apply -f - >/dev/null <<X
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: app
+          image: $POD_IMAGE
+          imagePullPolicy: Never
+          env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+          command: [bash, -c, 'if [ ! -f /data/id ]; then echo "\$POD_NAME \$(date +%s%N) \$RANDOM" > /data/id; head -c 8M /dev/urandom > /data/blob; cd /data && sha256sum blob > blob.sha256; sync; fi; exec sleep infinity']
+          readinessProbe: {exec: {command: [test, -f, /data/blob.sha256]}, periodSeconds: 1}
+          volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: $SC
+        resources: {requests: {storage: 256Mi}}
+X
+  K rollout status statefulset/web --timeout=180s >/dev/null
+  local p before after
+  declare -A ids
+  for p in web-0 web-1; do
+    ids[$p]=$(K exec "$p" -- bash -c 'cat /data/id; cat /data/blob.sha256')
+    log "$p: $(echo "${ids[$p]}" | tr '\n' ' ')"
+  done
+  [ "${ids[web-0]}" != "${ids[web-1]}" ] || { log "replicas share data"; return 1; }
+  K delete pod web-0 web-1 --wait=true >/dev/null
+  log "deleted web-0 and web-1; waiting for the StatefulSet to re-create them"
+  sleep 1
+  K rollout status statefulset/web --timeout=180s >/dev/null
+  K wait pod/web-0 pod/web-1 --for=condition=Ready --timeout=120s >/dev/null
+  for p in web-0 web-1; do
+    after=$(K exec "$p" -- bash -c 'cat /data/id; cat /data/blob.sha256; cd /data && sha256sum -c --quiet blob.sha256')
+    if [ "$after" != "${ids[$p]}" ]; then
+      log "$p after re-creation: $(echo "$after" | tr '\n' ' ') (was $(echo "${ids[$p]}" | tr '\n' ' '))"
+      return 1
+    fi
+    log "$p re-created (uid $(K get pod "$p" -o jsonpath='{.metadata.uid}' | cut -c1-8)): same id and blob checksum verified"
+  done
+}
+
+# ---- check 5 ------------------------------------------------------------------
+block_pod() { # name script
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+    - name: raw
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, '$2']
+      volumeDevices: [{name: data, devicePath: /dev/xvda}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-block}}]
+X
+  K wait "pod/$1" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null || { K logs "$1" >&2; return 1; }
+  K logs "$1"
+  K delete pod "$1" --wait=true >/dev/null
+}
+check5() {
+  pvc data-block 128Mi Block
+  K wait pvc/data-block --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+  local w r
+  w=$(block_pod block-writer 'set -e; ls -l /dev/xvda; echo size $(blockdev --getsize64 /dev/xvda); head -c 4M /dev/urandom > /tmp/p; dd if=/tmp/p of=/dev/xvda bs=1M seek=100 oflag=direct conv=fsync status=none; echo wrote $(sha256sum < /tmp/p | cut -c1-64); echo read $(dd if=/dev/xvda bs=1M skip=100 count=4 iflag=direct status=none | sha256sum | cut -c1-64)')
+  echo "$w" | sed 's/^/    block-writer: /' >&2
+  grep -q '^size 134217728$' <<< "$w" || { log "device size is not 128 MiB"; return 1; }
+  local ws rs
+  ws=$(sed -n 's/^wrote //p' <<< "$w") rs=$(sed -n 's/^read //p' <<< "$w")
+  [ -n "$ws" ] && [ "$ws" = "$rs" ] || { log "read-back differs"; return 1; }
+  r=$(block_pod block-reader 'set -e; echo read $(dd if=/dev/xvda bs=1M skip=100 count=4 iflag=direct status=none | sha256sum | cut -c1-64)')
+  echo "$r" | sed 's/^/    block-reader: /' >&2
+  [ "$(sed -n 's/^read //p' <<< "$r")" = "$ws" ] || { log "a new pod reads other data"; return 1; }
+}
+
+# ---- check 4 ------------------------------------------------------------------
+check4() {
+  local claims=(data-fs data-web-0 data-web-1 data-block) c pv h
+  declare -A pvs handles idsof
+  for c in "${claims[@]}"; do
+    pv=$(pv_of "$c") h=$(handle_of "$pv")
+    pvs[$c]=$pv handles[$c]=$h
+    idsof[$c]=$(image_id "$(pool_of "$h")" "$(image_of "$h")")
+    [ -n "${idsof[$c]}" ] || { log "$c: image $(image_of "$h") not found before deletion"; return 1; }
+  done
+  K delete statefulset web --wait=true >/dev/null
+  K delete pod --all --wait=true >/dev/null
+  K delete pvc "${claims[@]}" --wait=true >/dev/null
+  for c in "${claims[@]}"; do
+    "$KUBECTL" wait "pv/${pvs[$c]}" --for=delete --timeout=120s >/dev/null 2>&1 || true
+    if "$KUBECTL" get pv "${pvs[$c]}" >/dev/null 2>&1; then log "PV ${pvs[$c]} of $c not deleted"; return 1; fi
+    h=${handles[$c]}
+    local left
+    left=$(leftovers "$(pool_of "$h")" "$(image_of "$h")" "${idsof[$c]}")
+    if [ -n "$left" ]; then
+      log "$c: objects left of image $(image_of "$h") (id ${idsof[$c]}): $(echo "$left" | tr '\n' ' ')"
+      return 1
+    fi
+    log "$c: PV ${pvs[$c]} deleted; no object of image $(image_of "$h") or of journal.${idsof[$c]} is left"
+  done
+}
+
+check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" check1
+check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
+check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
+check 5 "Block-mode PVC consumed as a raw device" check5
+check 4 "PVC deletion removes the image and its journal" check4
+
+echo
+echo "e2e results (backend $BACKEND, kubernetes v1.33.13, $(date -u +%FT%TZ)):"
+printf '  %s\n' "${RESULTS[@]}"
+echo "e2e: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
