@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -127,8 +129,19 @@ func TestGoldenReplay(t *testing.T) {
 // payloads, commit them — and compares every header omap value and every
 // data object with librbd's bytes.
 func TestGoldenBytes(t *testing.T) {
-	ctx := context.Background()
+	pool := newPool(t)
 	id, golden := goldenObjects(t, "golden-clean")
+	writeGoldenClean(t, pool, id, golden)
+	checkGoldenClean(t, pool, id, golden)
+}
+
+// writeGoldenClean creates journal id in pool as librbd did for
+// golden-clean, whose data objects are golden: create the journal,
+// register client "" with its image client meta, allocate tag 0 (new class)
+// and tag 1, append the same six payloads, commit them.
+func writeGoldenClean(t *testing.T, pool objstore.Pool, id string, golden map[uint64][]byte) {
+	t.Helper()
+	ctx := context.Background()
 	var payloads [][]byte
 	for n := uint64(0); n < 6; n++ {
 		b := golden[n%4]
@@ -143,8 +156,6 @@ func TestGoldenBytes(t *testing.T) {
 			off += k
 		}
 	}
-
-	pool := newPool(t)
 	if err := Create(ctx, pool, id, CreateOptions{Order: 24, SplayWidth: 4, DataPoolID: -1}); err != nil {
 		t.Fatal(err)
 	}
@@ -170,17 +181,14 @@ func TestGoldenBytes(t *testing.T) {
 	if err := j.FlushCommitPosition(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
 
-	op := &objstore.ReadOp{}
-	res := op.GetOmapVals("", "", 1000)
-	if err := pool.Read(ctx, HeaderOID(id), op); err != nil {
-		t.Fatal(err)
-	}
+// checkGoldenClean compares every header omap value and every data object
+// of journal id with librbd's golden-clean bytes (data objects golden).
+func checkGoldenClean(t *testing.T, pool objstore.Pool, id string, golden map[uint64][]byte) {
+	t.Helper()
+	got := headerOmap(t, pool, id)
 	want := goldenOmap(t, "golden-clean")
-	got := map[string][]byte{}
-	for _, kv := range res.Page().Entries {
-		got[kv.Key] = kv.Value
-	}
 	for k, v := range want {
 		if !bytes.Equal(got[k], v) {
 			t.Errorf("header omap %q:\n got %x\nwant %x", k, got[k], v)
@@ -191,14 +199,52 @@ func TestGoldenBytes(t *testing.T) {
 			t.Errorf("header omap has extra key %q", k)
 		}
 	}
+	data := dataByNumber(t, pool, id)
 	for n, b := range golden {
-		op := &objstore.ReadOp{}
-		res := op.Read(0, 0)
-		if err := pool.Read(ctx, j.DataOID(n), op); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(res.Data(), b) {
-			t.Errorf("data object %d differs from librbd's (%d vs %d bytes)", n, len(res.Data()), len(b))
+		if !bytes.Equal(data[n], b) {
+			t.Errorf("data object %d differs from librbd's (%d vs %d bytes)", n, len(data[n]), len(b))
 		}
 	}
+}
+
+// headerOmap returns every omap entry of the journal's header.
+func headerOmap(t *testing.T, pool objstore.Pool, id string) map[string][]byte {
+	t.Helper()
+	op := &objstore.ReadOp{}
+	res := op.GetOmapVals("", "", 10000)
+	if err := pool.Read(context.Background(), HeaderOID(id), op); err != nil {
+		t.Fatal(err)
+	}
+	if res.Page().More {
+		t.Fatal("header omap has more than 10000 keys")
+	}
+	m := map[string][]byte{}
+	for _, kv := range res.Page().Entries {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+// dataByNumber returns the journal's data objects by object number.
+func dataByNumber(t *testing.T, pool objstore.Pool, id string) map[uint64][]byte {
+	t.Helper()
+	prefix := DataOIDPrefix(pool.ID(), id)
+	names, err := pool.List(context.Background(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64][]byte{}
+	for _, name := range names {
+		n, err := strconv.ParseUint(strings.TrimPrefix(name, prefix), 10, 64)
+		if err != nil {
+			t.Fatalf("data object %s: %v", name, err)
+		}
+		op := &objstore.ReadOp{}
+		r := op.Read(0, 0)
+		if err := pool.Read(context.Background(), name, op); err != nil {
+			t.Fatal(err)
+		}
+		out[n] = r.Data()
+	}
+	return out
 }

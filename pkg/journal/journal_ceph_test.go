@@ -13,7 +13,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,48 +40,6 @@ func removeJournalAtEnd(t *testing.T, pool objstore.Pool, id string) {
 			t.Errorf("remove journal %s: %v", id, err)
 		}
 	})
-}
-
-// headerOmap returns every omap entry of the journal's header.
-func headerOmap(t *testing.T, pool objstore.Pool, id string) map[string][]byte {
-	t.Helper()
-	op := &objstore.ReadOp{}
-	res := op.GetOmapVals("", "", 10000)
-	if err := pool.Read(context.Background(), HeaderOID(id), op); err != nil {
-		t.Fatal(err)
-	}
-	if res.Page().More {
-		t.Fatal("header omap has more than 10000 keys")
-	}
-	m := map[string][]byte{}
-	for _, kv := range res.Page().Entries {
-		m[kv.Key] = kv.Value
-	}
-	return m
-}
-
-// dataByNumber returns the journal's data objects by object number.
-func dataByNumber(t *testing.T, pool objstore.Pool, id string) map[uint64][]byte {
-	t.Helper()
-	prefix := DataOIDPrefix(pool.ID(), id)
-	names, err := pool.List(context.Background(), prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[uint64][]byte{}
-	for _, name := range names {
-		n, err := strconv.ParseUint(strings.TrimPrefix(name, prefix), 10, 64)
-		if err != nil {
-			t.Fatalf("data object %s: %v", name, err)
-		}
-		op := &objstore.ReadOp{}
-		r := op.Read(0, 0)
-		if err := pool.Read(context.Background(), name, op); err != nil {
-			t.Fatal(err)
-		}
-		out[n] = r.Data()
-	}
-	return out
 }
 
 // journalScenario runs one fixed sequence of journal operations on pool:
@@ -214,69 +171,13 @@ func TestCephDifferentialHeader(t *testing.T) {
 // through what librbd did for golden-clean writes librbd's header omap and
 // data objects byte for byte, through the OSD's cls_journal.
 func TestCephGoldenBytes(t *testing.T) {
-	ctx := context.Background()
 	pool := cephtest.Pool(t)
 	goldenID, golden := goldenObjects(t, "golden-clean")
 	// A journal id of our own (the pool is shared); ids are not in the bytes.
 	id := cephID("golden")
 	removeJournalAtEnd(t, pool, id)
-	var payloads [][]byte
-	for n := uint64(0); n < 6; n++ {
-		b := golden[n%4]
-		for off := 0; off < len(b); {
-			e, k, err := DecodeEntry(b[off:])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.EntryTid == n {
-				payloads = append(payloads, e.Data)
-			}
-			off += k
-		}
-	}
-	if err := Create(ctx, pool, id, CreateOptions{Order: 24, SplayWidth: 4, DataPoolID: -1}); err != nil {
-		t.Fatal(err)
-	}
-	j, err := Open(ctx, pool, id, "", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close(ctx)
-	if err := j.RegisterClient(ctx, cephenc.Marshal(rbdjournal.ClientData{Meta: rbdjournal.ImageClientMeta{TagClass: 0}})); err != nil {
-		t.Fatal(err)
-	}
-	tagData := cephenc.Marshal(rbdjournal.TagData{})
-	if tag, err := j.AllocateTag(ctx, clsjournal.TagClassNew, tagData); err != nil || tag.Tid != 0 || tag.TagClass != 0 {
-		t.Fatalf("tag 0: %+v %v", tag, err)
-	}
-	tag, err := j.AllocateTag(ctx, 0, tagData)
-	if err != nil || tag.Tid != 1 {
-		t.Fatalf("tag 1: %+v %v", tag, err)
-	}
-	for _, f := range appendAll(t, j, tag.Tid, payloads) {
-		j.Committed(f.CommitTid)
-	}
-	if err := j.FlushCommitPosition(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got := headerOmap(t, pool, id)
-	want := goldenOmap(t, "golden-clean")
-	for k, v := range want {
-		if !bytes.Equal(got[k], v) {
-			t.Errorf("header omap %q:\n got %x\nwant %x", k, got[k], v)
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			t.Errorf("header omap has extra key %q", k)
-		}
-	}
-	data := dataByNumber(t, pool, id)
-	for n, b := range golden {
-		if !bytes.Equal(data[n], b) {
-			t.Errorf("data object %d differs from librbd's (%d vs %d bytes)", n, len(data[n]), len(b))
-		}
-	}
+	writeGoldenClean(t, pool, id, golden)
+	checkGoldenClean(t, pool, id, golden)
 	t.Logf("golden-clean (librbd journal %s) reproduced on Ceph as journal %s", goldenID, id)
 }
 
