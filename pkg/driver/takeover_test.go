@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,20 +30,53 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// serveNode serves a driver in mode (all or node) for node id on dir's
-// shared cluster; it stops when ctx ends.
-func serveNode(t *testing.T, ctx context.Context, dir, id string, mode driver.Mode) (sock string, stop func()) {
+// takeoverBackends open the backend the two nodes share, by name, from
+// the environment a child node also gets (see nodeKind.env).
+var takeoverBackends = map[string]func(t testing.TB, getenv func(string) string) driver.Backend{
+	"local": func(t testing.TB, getenv func(string) string) driver.Backend {
+		b, err := driver.OpenLocal(driver.LocalOptions{Dir: getenv("CSI_RBDJ_TAKEOVER_CLUSTER"), NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	},
+}
+
+// nodeKind is how both nodes reach the shared cluster.
+type nodeKind struct {
+	name   string
+	env    []string          // CSI_RBDJ_TAKEOVER_BACKEND=... and the backend's settings
+	params map[string]string // StorageClass parameters of the test volumes
+	// beforeTakeover, if set, runs before n1 is killed or frozen (the Ceph
+	// tests note n1's address to lift its fence at the end).
+	beforeTakeover func(t *testing.T, volumeID string)
+}
+
+func (k nodeKind) getenv(key string) string {
+	for _, kv := range k.env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func localKind(dir string) nodeKind {
+	return nodeKind{name: "local",
+		env:    []string{"CSI_RBDJ_TAKEOVER_BACKEND=local", "CSI_RBDJ_TAKEOVER_CLUSTER=" + filepath.Join(dir, "cluster")},
+		params: map[string]string{driver.ParamAckPolicy: "applied"}}
+}
+
+// serveNode serves a driver in mode (all or node) for node id with state in
+// dir/<id>; it stops when stop is called.
+func serveNode(t testing.TB, b driver.Backend, dir, id string, mode driver.Mode) (sock string, stop func()) {
 	t.Helper()
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	stateDir := filepath.Join(dir, id)
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: id, StateDir: stateDir, Backend: st, RequestTimeout: 30 * time.Second})
+	ns, err := nodeserver.New(nodeserver.Options{NodeID: id, StateDir: stateDir, Backend: b, RequestTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{Mode: mode, Backend: st, NodeServer: ns, MaxVolumeBytes: 1 << 40})
+	d, err := driver.New(driver.Options{Mode: mode, Backend: b, NodeServer: ns, MaxVolumeBytes: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +85,7 @@ func serveNode(t *testing.T, ctx context.Context, dir, id string, mode driver.Mo
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(context.Background())
 	ns.Start(ctx)
 	done := make(chan error, 1)
 	go func() { done <- d.Serve(ctx, l) }()
@@ -64,7 +97,7 @@ func serveNode(t *testing.T, ctx context.Context, dir, id string, mode driver.Mo
 		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 		defer scancel()
 		ns.Stop(sctx)
-		st.Close()
+		b.Close()
 	}
 }
 
@@ -78,14 +111,18 @@ func dial(t *testing.T, sock string) *grpc.ClientConn {
 	return conn
 }
 
-// TestTakeoverNodeChild is node n1 of TestNodeStage*: it serves the node
-// service on the shared cluster until killed.
+// TestTakeoverNodeChild is node n1 of the two-node tests: it serves the
+// node service on the shared cluster until killed.
 func TestTakeoverNodeChild(t *testing.T) {
-	dir := os.Getenv("CSI_RBDJ_TAKEOVER_DIR")
-	if dir == "" {
+	kind := os.Getenv("CSI_RBDJ_TAKEOVER_BACKEND")
+	if kind == "" {
 		t.Skip("child process of the two-node tests")
 	}
-	sock, stop := serveNode(t, context.Background(), dir, "n1", driver.ModeNode)
+	open, ok := takeoverBackends[kind]
+	if !ok {
+		t.Fatalf("backend %q not built into this binary", kind)
+	}
+	sock, stop := serveNode(t, open(t, os.Getenv), os.Getenv("CSI_RBDJ_TAKEOVER_DIR"), "n1", driver.ModeNode)
 	defer stop()
 	fmt.Printf("READY %s\n", sock)
 	// Serve until stdin closes (the parent ends) or a signal ends us.
@@ -93,45 +130,36 @@ func TestTakeoverNodeChild(t *testing.T) {
 }
 
 type twoNodes struct {
-	dir        string
-	ctrl       csi.ControllerClient
-	n1, n2     csi.NodeClient
-	child      *exec.Cmd
-	childStdin interface{ Close() error }
+	dir    string
+	kind   nodeKind
+	ctrl   csi.ControllerClient
+	n1, n2 csi.NodeClient
+	child  *testproc.Proc
 }
 
-func startTwoNodes(t *testing.T) *twoNodes {
+// startTwoNodes serves n2 and the controller in this process and n1 in a
+// child, both on the cluster kind names (local: a directory under dir).
+func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 	t.Helper()
 	requireRoot(t)
 	dir := t.TempDir()
-	tn := &twoNodes{dir: dir}
+	tn := &twoNodes{dir: dir, kind: kind(dir)}
 	// n2 and the controller, in this process.
-	sock2, stop2 := serveNode(t, context.Background(), dir, "n2", driver.ModeAll)
+	sock2, stop2 := serveNode(t, takeoverBackends[tn.kind.name](t, tn.kind.getenv), dir, "n2", driver.ModeAll)
 	conn2 := dial(t, sock2)
 	tn.ctrl, tn.n2 = csi.NewControllerClient(conn2), csi.NewNodeClient(conn2)
 	// n1 in a child.
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTakeoverNodeChild$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "CSI_RBDJ_TAKEOVER_DIR="+dir)
+	cmd := testproc.Command("^TestTakeoverNodeChild$", append([]string{"CSI_RBDJ_TAKEOVER_DIR=" + dir}, tn.kind.env...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	tn.child, tn.childStdin = cmd, in
 	t.Cleanup(func() {
-		// Continue a frozen child before killing it; then clear what it
-		// left (its target bind mounts, its dead FUSE mounts and loops).
-		cmd.Process.Signal(syscall.SIGCONT)
-		cmd.Process.Signal(syscall.SIGKILL)
+		// Kill the child (continuing it if frozen), then clear what it left
+		// (its target bind mounts, its dead FUSE mounts and loops).
+		tn.child.Cmd.Process.Signal(syscall.SIGCONT)
+		tn.child.Kill()
 		in.Close()
-		cmd.Wait()
 		for _, m := range reverse(mountsUnder(dir)) {
 			if !strings.Contains(m, "/fuse/") && strings.Contains(m, "/n1-") {
 				_ = unix.Unmount(m, unix.MNT_DETACH)
@@ -141,7 +169,8 @@ func startTwoNodes(t *testing.T) *twoNodes {
 		stop2()
 		cleanupNode(t, dir, filepath.Join(dir, "n2"))
 	})
-	line, err := bufio.NewReader(out).ReadString('\n')
+	tn.child = testproc.Start(t, cmd)
+	line, err := bufio.NewReader(tn.child.Stdout).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "READY ") {
 		t.Fatalf("node n1: %q %v", line, err)
 	}
@@ -184,13 +213,22 @@ func (tn *twoNodes) unpublishAndUnstage(t *testing.T, n csi.NodeClient, id, name
 
 func (tn *twoNodes) createVolume(t *testing.T, name string) string {
 	t.Helper()
-	vol, err := tn.ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name,
+	vol, err := tn.ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()),
 		VolumeCapabilities: []*csi.VolumeCapability{blockRWO}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
-		Parameters: map[string]string{driver.ParamAckPolicy: "applied"}})
+		Parameters: tn.kind.params})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return vol.GetVolume().GetVolumeId()
+	id := vol.GetVolume().GetVolumeId()
+	// Registered after startTwoNodes' cleanup, so it runs before it: the
+	// volume goes while n2 still serves (best effort: a failed test may
+	// leave it staged).
+	t.Cleanup(func() {
+		if _, err := tn.ctrl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil && !t.Failed() {
+			t.Errorf("delete volume: %v", err)
+		}
+	})
+	return id
 }
 
 // directIO reads or writes one aligned block of a block device file with
@@ -234,7 +272,11 @@ func randomBlock(seed uint64) []byte {
 // n1 (alive) serves the volume fails with FailedPrecondition naming n1 as
 // the holder, at once; n1 keeps serving.
 func TestNodeStageWhileAnotherNodeHoldsTheLock(t *testing.T) {
-	tn := startTwoNodes(t)
+	testNodeStageWhileAnotherNodeHoldsTheLock(t, localKind)
+}
+
+func testNodeStageWhileAnotherNodeHoldsTheLock(t *testing.T, kind func(string) nodeKind) {
+	tn := startTwoNodes(t, kind)
 	ctx := context.Background()
 	id := tn.createVolume(t, "shared")
 	target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
@@ -280,11 +322,13 @@ func TestNodeStageWhileAnotherNodeHoldsTheLock(t *testing.T) {
 // serves; the time from n2's NodeStageVolume call to a completed read on
 // its device is logged. A frozen n1, once continued, cannot write: its
 // device fails, and its write reaches neither n2's device nor the image.
-func TestNodeStageTakeover(t *testing.T) {
+func TestNodeStageTakeover(t *testing.T) { testNodeStageTakeover(t, localKind) }
+
+func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGSTOP} {
 		name := map[syscall.Signal]string{syscall.SIGKILL: "SIGKILL", syscall.SIGSTOP: "SIGSTOP"}[sig]
 		t.Run(name, func(t *testing.T) {
-			tn := startTwoNodes(t)
+			tn := startTwoNodes(t, kind)
 			ctx := context.Background()
 			id := tn.createVolume(t, "moving")
 			target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
@@ -296,7 +340,10 @@ func TestNodeStageTakeover(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := tn.child.Process.Signal(sig); err != nil {
+			if f := tn.kind.beforeTakeover; f != nil {
+				f(t, id)
+			}
+			if err := tn.child.Cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
 			if sig == syscall.SIGKILL {
@@ -314,8 +361,8 @@ func TestNodeStageTakeover(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s takeover through CSI on local: NodeStage+NodePublish on n2 %v, first read done %v after the NodeStageVolume call",
-				name, staged.Round(time.Millisecond), usable.Round(time.Millisecond))
+			t.Logf("%s takeover through CSI on %s: NodeStage+NodePublish on n2 %v, first read done %v after the NodeStageVolume call",
+				name, tn.kind.name, staged.Round(time.Millisecond), usable.Round(time.Millisecond))
 			if !bytes.Equal(got, randomBlock(0)) {
 				t.Fatal("n2 does not see n1's acknowledged write")
 			}
@@ -326,7 +373,7 @@ func TestNodeStageTakeover(t *testing.T) {
 				}
 			}
 			if sig == syscall.SIGSTOP {
-				tn.child.Process.Signal(syscall.SIGCONT)
+				tn.child.Cmd.Process.Signal(syscall.SIGCONT)
 				zombie := bytes.Repeat([]byte("ZOMBIE-WRITE...."), 4096)
 				_, err := directIO(target1, 0, zombie, true)
 				t.Logf("the continued n1's write: %v", err)
