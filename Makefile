@@ -4,10 +4,17 @@ GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 # Packages that need Ceph's C libraries are behind the `ceph` build tag
 # (with `pacific` for go-ceph); everything else builds and tests without them.
-GOTAGS ?=
 # Build tags of the Ceph backend: `ceph` selects this project's Ceph code,
 # `pacific` makes go-ceph link against Debian 12's Ceph 16 libraries.
 CEPHTAGS ?= ceph,pacific
+# Build tags of bin/csi-rbdj: the Ceph backend whenever its C headers and a
+# C++ compiler are installed (hack/install-deps.sh ceph: librados-dev,
+# libradospp-dev, librbd-dev, g++), otherwise none: a pure-Go binary with
+# the local backend only (`make demo` on a machine without Ceph). Evaluated
+# when the binary is built. Force one with `make build GOTAGS=` or
+# `make build GOTAGS=ceph,pacific`.
+CEPH_DEV = $(shell test -f /usr/include/rados/librados.h && test -f /usr/include/rados/librados.hpp && test -f /usr/include/rbd/librbd.h && command -v g++ >/dev/null && echo yes)
+GOTAGS ?= $(if $(CEPH_DEV),$(CEPHTAGS))
 # Packages with Ceph-only tests (files behind the `ceph` build tag).
 CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg cmd 2>/dev/null | xargs -rn1 dirname | sort -u | sed 's|^|./|')
 TESTFLAGS ?= -count=1 -timeout 30m
@@ -19,6 +26,7 @@ all: build
 
 build:
 	$(GO) build $(if $(GOTAGS),-tags '$(GOTAGS)') -o bin/csi-rbdj ./cmd/csi-rbdj
+	@echo "bin/csi-rbdj: $(if $(GOTAGS),with Ceph support (tags $(GOTAGS)),without Ceph support (no Ceph headers: hack/install-deps.sh ceph))"
 
 ## demo: the driver's main job end to end on the embedded local backend
 ## (as root: loop devices, FUSE and mounts; installs e2fsprogs etc. first).
