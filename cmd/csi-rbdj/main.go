@@ -140,7 +140,11 @@ func serveMain(args []string) error {
 func openBackend(c serveConfig) (driver.Backend, error) {
 	switch c.backend {
 	case driver.BackendLocal:
-		return driver.OpenLocal(driver.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+		b, err := driver.OpenLocal(driver.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
 	case driver.BackendCeph:
 		return driver.OpenCeph(driver.CephOptions{
 			ConfigFile: c.cephConfig, CredentialsDir: c.cephCredentialsDir,

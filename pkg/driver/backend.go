@@ -240,41 +240,35 @@ func opStatus(err error, secrets SecretsOf, code codes.Code, what string) error 
 	return status.Errorf(code, "%s: %v", what, err)
 }
 
-// localBackend is the local Backend: one directory is one cluster, and
-// requests need no credentials.
-type localBackend struct{ st *localStorage }
+// LocalBackend is the local Backend: one directory is one cluster, and
+// requests need no credentials. It is also that cluster's Storage, for
+// tools that need no Backend.
+type LocalBackend struct{ *localStorage }
 
 // OpenLocal opens the local backend in o.Dir.
-func OpenLocal(o LocalOptions) (Backend, error) {
+func OpenLocal(o LocalOptions) (*LocalBackend, error) {
 	st, err := openLocalStorage(o)
 	if err != nil {
 		return nil, err
 	}
-	return &localBackend{st: st}, nil
+	return &LocalBackend{localStorage: st}, nil
 }
 
-func (b *localBackend) Kind() string                { return BackendLocal }
-func (b *localBackend) Clusters() ([]string, error) { return []string{b.st.clusterID}, nil }
-func (b *localBackend) Close() error                { return b.st.c.Close() }
+// Kind is BackendLocal.
+func (b *LocalBackend) Kind() string { return BackendLocal }
+
+// Clusters is the one cluster of the directory.
+func (b *LocalBackend) Clusters() ([]string, error) { return []string{b.clusterID}, nil }
+
+// Close closes the cluster directory.
+func (b *LocalBackend) Close() error { return b.c.Close() }
 
 // Storage ignores secrets: the local backend has no users.
-func (b *localBackend) Storage(_ context.Context, clusterID string, _ map[string]string) (Storage, error) {
-	if clusterID != "" && clusterID != b.st.clusterID {
-		return nil, fmt.Errorf("%w %q: this plugin's local backend is cluster %q (--cluster-id); use the plugin configured for that cluster", ErrUnknownCluster, clusterID, b.st.clusterID)
+func (b *LocalBackend) Storage(_ context.Context, clusterID string, _ map[string]string) (Storage, error) {
+	if clusterID != "" && clusterID != b.clusterID {
+		return nil, fmt.Errorf("%w %q: this plugin's local backend is cluster %q (--cluster-id); use the plugin configured for that cluster", ErrUnknownCluster, clusterID, b.clusterID)
 	}
-	return b.st, nil
-}
-
-// defaultCluster returns the cluster a request naming none uses.
-func defaultCluster(b Backend) (string, error) {
-	ids, err := b.Clusters()
-	if err != nil {
-		return "", err
-	}
-	if len(ids) == 0 {
-		return "", fmt.Errorf("%w: no cluster is configured", ErrUnknownCluster)
-	}
-	return ids[0], nil
+	return b.localStorage, nil
 }
 
 func sortedKeys(keys []string) []string {
