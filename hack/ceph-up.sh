@@ -98,7 +98,8 @@ auth_client_required = cephx
 keyring = $CEPH_DIR/keyring
 run_dir = $CEPH_DIR/run
 pid_file = $CEPH_DIR/run/\$name.pid
-admin_socket = $CEPH_DIR/run/\$name.asok
+# daemons only (below): clients of one user would fight over one socket
+admin_socket =
 log_file = $CEPH_DIR/log/\$name.log
 mon_cluster_log_file = $CEPH_DIR/log/cluster.log
 crash_dir = $CEPH_DIR/crash
@@ -122,8 +123,10 @@ paxos_propose_interval = 0.1
 ${CEPH_EXTRA_CONF:-}
 [mon]
 mon_data = $CEPH_DIR/mon.\$id
+admin_socket = $CEPH_DIR/run/\$name.asok
 [osd]
 osd_data = $CEPH_DIR/osd.\$id
+admin_socket = $CEPH_DIR/run/\$name.asok
 keyring = $CEPH_DIR/osd.\$id/keyring
 osd_objectstore = memstore
 memstore_device_bytes = 8589934592
