@@ -5,8 +5,8 @@ package ceph_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -227,9 +227,57 @@ func TestCancelReturnsPromptly(t *testing.T) {
 	}
 }
 
+// TestClose: Close unregisters live watches, later calls fail with
+// ErrClosed, and a second Close is a no-op.
+func TestClose(t *testing.T) {
+	ctx := context.Background()
+	c, err := ceph.Connect(ctx, cephtest.Config(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.OpenPool(ctx, cephtest.PoolName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := cephtest.Pool(t)
+	oid := fmt.Sprintf("cephtest.close.%d", time.Now().UnixNano())
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	if err := p.Operate(ctx, oid, op); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		op := &objstore.WriteOp{}
+		op.Remove()
+		other.Operate(ctx, oid, op)
+	}()
+	if _, err := p.Watch(ctx, oid, silent{}); err != nil {
+		t.Fatal(err)
+	}
+	if ws, err := other.ListWatchers(ctx, oid); err != nil || len(ws) != 1 {
+		t.Fatalf("watchers %+v, %v", ws, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ws, err := other.ListWatchers(ctx, oid); err != nil || len(ws) != 0 {
+		t.Fatalf("watchers after close %+v, %v", ws, err)
+	}
+	op = &objstore.WriteOp{}
+	op.Create(false)
+	if err := p.Operate(ctx, oid, op); !errors.Is(err, ceph.ErrClosed) {
+		t.Fatalf("operate after close: %v", err)
+	}
+	if _, err := c.Pool(ctx, "rbd2"); !errors.Is(err, ceph.ErrClosed) {
+		t.Fatalf("pool after close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type silent struct{}
 
 func (silent) HandleNotify(*objstore.Notification) {}
 func (silent) HandleWatchError(error)              {}
 
-var _ = syscall.ESHUTDOWN

@@ -44,6 +44,9 @@ func Setup() (string, error) {
 
 func setup() (string, error) {
 	if c := os.Getenv("CSI_RBDJ_CEPH_CONF"); c != "" {
+		if _, err := os.Stat(c); err != nil {
+			return "", fmt.Errorf("CSI_RBDJ_CEPH_CONF: %w", err)
+		}
 		return c, nil
 	}
 	root, err := repoRoot()
