@@ -34,9 +34,10 @@ type cephBackend struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // connection attempts
 
-	mu     sync.Mutex
-	closed bool
-	conns  map[string]*cephConn
+	mu      sync.Mutex
+	closed  bool
+	conns   map[string]*cephConn
+	retired []*cephStorage // forgotten connections, closed by Close
 }
 
 // cephConn is a connection, or the attempt to make it (done closes when
@@ -170,6 +171,23 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 	klog.InfoS("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
 }
 
+// Forget drops st from the cache: the next request for its cluster and
+// credentials connects anew. The node server calls it when the cluster
+// fenced this client (a takeover blocklisted its address: every operation
+// fails with ESHUTDOWN from then on); devices still using st fail on their
+// own, and st is closed by Close.
+func (b *cephBackend) Forget(st Storage) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for key, c := range b.conns {
+		if c.st != nil && Storage(c.st) == st {
+			delete(b.conns, key)
+			b.retired = append(b.retired, c.st)
+			klog.InfoS("Dropped a fenced Ceph connection; the next request connects anew", "cluster", c.st.clusterID, "user", c.st.user, "addr", c.st.c.Client().Addr)
+		}
+	}
+}
+
 // Close cancels connection attempts and closes every connection (their
 // watches, and with them the images this process still has open, go too).
 func (b *cephBackend) Close() error {
@@ -183,15 +201,18 @@ func (b *cephBackend) Close() error {
 	b.cancel()
 	b.wg.Wait()
 	b.mu.Lock()
-	conns := b.conns
-	b.conns = nil
+	sts := b.retired
+	for _, c := range b.conns {
+		if c.st != nil {
+			sts = append(sts, c.st)
+		}
+	}
+	b.conns, b.retired = nil, nil
 	b.mu.Unlock()
 	var errs []error
-	for _, c := range conns {
-		if c.st != nil {
-			if err := c.st.c.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close connection to Ceph cluster %q: %w", c.st.clusterID, err))
-			}
+	for _, st := range sts {
+		if err := st.c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close connection to Ceph cluster %q: %w", st.clusterID, err))
 		}
 	}
 	return errors.Join(errs...)

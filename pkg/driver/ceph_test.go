@@ -9,6 +9,7 @@ package driver_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -403,4 +404,92 @@ func TestCephErrorNotJournaled(t *testing.T) {
 	if _, err := node.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: req.VolumeId, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestCephFencedConnectionReplaced: when the cluster fences this node's
+// Ceph client (its address blocklisted, as a node taking a volume over
+// does to an unresponsive owner), the volumes it served fail, and the
+// cached connection is dropped: the next NodeStageVolume with the same
+// credentials connects anew and works (at once: a stage that finds its
+// connection fenced retries on a new one itself).
+func TestCephFencedConnectionReplaced(t *testing.T) {
+	requireRoot(t)
+	f := newCephFixture(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	a, b := uniqueName("csirbdj-fenced-a"), uniqueName("csirbdj-fenced-b")
+	f.createImage(t, a, "layering,exclusive-lock,journaling", 16)
+	f.createImage(t, b, "layering,exclusive-lock,journaling", 16)
+	stage := func(name string) (string, error) {
+		staging, target := filepath.Join(dir, "staging-"+name), filepath.Join(dir, "target-"+name)
+		if err := os.MkdirAll(staging, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
+			VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
+			return "", err
+		}
+		_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
+			TargetPath: target, VolumeCapability: blockVolCap})
+		return target, err
+	}
+	unstage := func(name string) {
+		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: staticVolumeID(name), TargetPath: filepath.Join(dir, "target-"+name)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: filepath.Join(dir, "staging-"+name)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeBlock := func(target string) error {
+		dev, err := os.OpenFile(target, os.O_RDWR|syscall.O_DIRECT, 0)
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		buf := alignedBytes(4096)
+		copy(buf, "fenced?")
+		if _, err := dev.WriteAt(buf, 1<<20); err != nil {
+			return err
+		}
+		return dev.Sync()
+	}
+
+	ta, err := stage(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeBlock(ta); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := filepath.Glob(filepath.Join(dir, "node", "volumes", "*.json"))
+	var rec struct{ Owner string }
+	if len(recs) != 1 {
+		t.Fatalf("staging records: %v", recs)
+	}
+	if raw, err := os.ReadFile(recs[0]); err != nil || json.Unmarshal(raw, &rec) != nil || rec.Owner == "" {
+		t.Fatalf("staging record %s: %v", recs[0], err)
+	}
+	if out, err := cephCLI(ctx, f.conf, "ceph", "osd", "blocklist", "add", rec.Owner); err != nil {
+		t.Fatalf("blocklist %s: %v\n%s", rec.Owner, err, out)
+	}
+	t.Cleanup(func() { _, _ = cephCLI(ctx, f.conf, "ceph", "osd", "blocklist", "rm", rec.Owner) })
+	err = writeBlock(ta)
+	t.Logf("write after the node's client %s was blocklisted: %v", rec.Owner, err)
+	if err == nil {
+		t.Fatal("a fenced client's write succeeded")
+	}
+
+	start := time.Now()
+	tb, err := stage(b)
+	if err != nil {
+		t.Fatalf("NodeStageVolume of another volume after the fence: %v", err)
+	}
+	t.Logf("NodeStageVolume of another volume after the fence: ok after %v (on a new connection)", time.Since(start).Round(time.Millisecond))
+	if err := writeBlock(tb); err != nil {
+		t.Fatalf("write through the volume staged on the new connection: %v", err)
+	}
+	unstage(b)
+	unstage(a)
 }

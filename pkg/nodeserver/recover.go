@@ -82,7 +82,7 @@ func (s *Server) reserve(ctx context.Context, v *volume, secrets map[string]stri
 			logger.Error(err, "Unmounting the dead staging mount failed")
 		}
 	}
-	if err := s.serve(ctx, v, vid, st); err != nil {
+	if err := s.serveOn(ctx, v, vid, st, secrets, of); err != nil {
 		s.update(func() { v.err = err })
 		return err
 	}

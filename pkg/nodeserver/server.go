@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -88,8 +89,27 @@ type Server struct {
 	stopOnce sync.Once
 }
 
+// forgetter is a backend that caches connections which the cluster can
+// fence (ceph: the OSD blocklist of a client address after a takeover): a
+// fenced one must not serve the next stage.
+type forgetter interface {
+	Forget(driver.Storage)
+}
+
+// fenced reports whether err says the cluster fenced this client.
+func fenced(err error) bool { return errors.Is(err, syscall.ESHUTDOWN) }
+
+// forgetIfFenced drops st from the backend's cache when err says the
+// cluster fenced it.
+func (s *Server) forgetIfFenced(st driver.Storage, err error) {
+	if f, ok := s.o.Backend.(forgetter); ok && st != nil && fenced(err) {
+		f.Forget(st)
+	}
+}
+
 // volume is a staged volume and what serves it.
 type volume struct {
+	st   driver.Storage // what dev was opened on (nil if not served)
 	rec  *record
 	dev  *blockdev.Device // nil if serving it failed
 	loop *fuseloop.Device // nil if serving it failed
@@ -293,7 +313,8 @@ func (s *Server) startMonitor(v *volume) {
 			case <-t.C:
 				if err := v.dev.Err(); err != nil && !reported {
 					klog.ErrorS(err, "Volume's journaled device failed: I/O on it fails until it is served again (the journal keeps every acknowledged write)",
-						"volumeID", v.rec.VolumeID, "device", v.rec.Device)
+						"volumeID", v.rec.VolumeID, "device", v.rec.Device, "fenced", fenced(err))
+					s.forgetIfFenced(v.st, err)
 					reported = true
 				}
 			}

@@ -102,7 +102,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	start := time.Now()
 	v := &volume{rec: want}
-	if err := s.serve(ctx, v, vid, st); err != nil {
+	if err := s.serveOn(ctx, v, vid, st, req.GetSecrets(), driver.SecretsNodeStage); err != nil {
 		return nil, err
 	}
 	// From here on a failure must undo everything: no half-staged volume.
@@ -180,6 +180,40 @@ func compatible(have, want *record) string {
 	return ""
 }
 
+// fencedError is serve's error when the cluster fenced the connection it
+// used (which is then forgotten): a new one may work.
+type fencedError struct {
+	vid driver.VolumeID
+	err error
+}
+
+func (e *fencedError) Error() string {
+	return fmt.Sprintf("open journaled device of %s: this node's Ceph client was fenced (blocklisted by a node that took a volume over): %v", e.vid, e.err)
+}
+
+func (e *fencedError) Unwrap() error { return e.err }
+
+// GRPCStatus makes it Unavailable: a retry connects anew.
+func (e *fencedError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, e.Error()+"; retry")
+}
+
+// serveOn is serve on st, and once more on a new connection if the cluster
+// had fenced st (the backend forgot it).
+func (s *Server) serveOn(ctx context.Context, v *volume, vid driver.VolumeID, st driver.Storage, secrets map[string]string, of driver.SecretsOf) error {
+	err := s.serve(ctx, v, vid, st)
+	var fe *fencedError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	klog.FromContext(ctx).Info("The cached Ceph connection was fenced; serving on a new one", "err", fe.err)
+	st, err = driver.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
+	if err != nil {
+		return err
+	}
+	return s.serve(ctx, v, vid, st)
+}
+
 // serve opens the journaled device (lock, replay, new epoch) and attaches
 // it as a loop device; on success v.dev, v.loop and v.rec.Device are set.
 // It first clears what a dead instance may have left for this volume.
@@ -223,6 +257,9 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st d
 		return notJournaled(ctx, st, pool, vid)
 	case errors.Is(err, image.ErrUnsupported):
 		return status.Errorf(codes.FailedPrecondition, "volume %s cannot be served by the journaled data path: %v", vid, err)
+	case fenced(err):
+		s.forgetIfFenced(st, err)
+		return &fencedError{vid: vid, err: err}
 	default:
 		return driver.StorageStatus(fmt.Errorf("open journaled device of %s: %w", vid, err), driver.SecretsNodeStage, false)
 	}
@@ -238,7 +275,7 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st d
 	rec := v.rec.clone()
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
-	s.update(func() { v.dev, v.loop, v.err, v.rec = dev, loop, nil, rec })
+	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
 	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
 	return nil
 }
