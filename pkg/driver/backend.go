@@ -61,6 +61,9 @@ var (
 	ErrBadCredentials = errors.New("credentials rejected")
 	// ErrUnreachable: the cluster did not answer.
 	ErrUnreachable = errors.New("cluster unreachable")
+	// ErrBadConfig: the cluster configuration (--ceph-config) is missing
+	// or invalid.
+	ErrBadConfig = errors.New("bad cluster configuration")
 	// ErrCephNotBuilt: this binary has no Ceph support.
 	ErrCephNotBuilt = errors.New("this binary was built without Ceph support: build with -tags ceph,pacific (make build does when librados and librbd headers are installed), or use --backend local")
 )
@@ -191,6 +194,7 @@ const (
 //	credentials rejected       Unauthenticated naming the user (never the key)
 //	EPERM/EACCES on an op      PermissionDenied: the user lacks a capability
 //	cluster unreachable        Unavailable naming the monitors
+//	bad --ceph-config          FailedPrecondition
 //	anything else              Internal
 func StorageStatus(err error, secrets SecretsOf, clusterFromParams bool) error {
 	if err == nil {
@@ -214,7 +218,7 @@ func StorageStatus(err error, secrets SecretsOf, clusterFromParams bool) error {
 		return status.Errorf(codes.Unauthenticated, "%v (check the %s and %s of the Secret)", err, SecretUserID, SecretUserKey)
 	case errors.Is(err, ErrUnreachable):
 		return status.Errorf(codes.Unavailable, "%v", err)
-	case errors.Is(err, ErrCephNotBuilt):
+	case errors.Is(err, ErrCephNotBuilt), errors.Is(err, ErrBadConfig):
 		return status.Errorf(codes.FailedPrecondition, "%v", err)
 	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
 		return status.Errorf(codes.PermissionDenied, "%v (the user lacks a capability: give it `mon 'profile rbd' osd 'profile rbd'`)", err)

@@ -112,6 +112,7 @@ func TestStorageStatus(t *testing.T) {
 		{classify(ErrBadCredentials, errors.New("as client.csi: refused")), SecretsProvisioner, fromParams, codes.Unauthenticated, "client.csi"},
 		{classify(ErrUnreachable, errors.New("monitors 10.0.0.1:6789")), SecretsProvisioner, fromParams, codes.Unavailable, "10.0.0.1:6789"},
 		{fmt.Errorf("op: %w", syscall.EPERM), SecretsProvisioner, fromParams, codes.PermissionDenied, "profile rbd"},
+		{classify(ErrBadConfig, errors.New("config.json: bad")), SecretsProvisioner, fromParams, codes.FailedPrecondition, "config.json"},
 		{errors.New("boom"), SecretsProvisioner, fromParams, codes.Internal, "boom"},
 	} {
 		st, _ := status.FromError(StorageStatus(tc.err, tc.of, tc.fromParams))

@@ -73,7 +73,7 @@ func (b *cephBackend) Kind() string { return BackendCeph }
 func (b *cephBackend) Clusters() ([]string, error) {
 	cs, err := LoadCephConfig(b.o.ConfigFile)
 	if err != nil {
-		return nil, err
+		return nil, classify(ErrBadConfig, err)
 	}
 	ids := make([]string, len(cs))
 	for i, c := range cs {
@@ -87,7 +87,7 @@ func (b *cephBackend) Clusters() ([]string, error) {
 func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map[string]string) (Storage, error) {
 	cs, err := LoadCephConfig(b.o.ConfigFile)
 	if err != nil {
-		return nil, err
+		return nil, classify(ErrBadConfig, err)
 	}
 	cl, err := findCephCluster(b.o.ConfigFile, cs, clusterID)
 	if err != nil {
