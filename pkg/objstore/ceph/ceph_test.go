@@ -280,4 +280,3 @@ type silent struct{}
 
 func (silent) HandleNotify(*objstore.Notification) {}
 func (silent) HandleWatchError(error)              {}
-
