@@ -30,6 +30,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
 func init() {
@@ -113,6 +114,23 @@ func holderOf(t testing.TB, pool objstore.Pool, img string) (clslock.LockerID, b
 		return id, true
 	}
 	return clslock.LockerID{}, false
+}
+
+// holderAddr returns the address of the image lock's holder.
+func holderAddr(t testing.TB, pool objstore.Pool, img string) string {
+	t.Helper()
+	im, err := image.Open(context.Background(), pool, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := clslock.GetLockInfo(context.Background(), pool, clsrbd.HeaderOID(im.ID()), exclusivelock.LockName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, li := range info.Lockers {
+		return li.Addr.ClientAddr()
+	}
+	return ""
 }
 
 // TestLibrbdWriterRefusedCeph: `rbd bench --io-type write` on an image a
@@ -331,4 +349,85 @@ func TestWatchLostCeph(t *testing.T) {
 	if _, ok := holderOf(t, pool, img); ok {
 		t.Fatal("the lock outlived a clean close")
 	}
+}
+
+// TestLibrbdOwnerHandsOverCeph: a librbd client that holds the lock with
+// librbd's automatic policy (`rbd bench` reading a journaled image takes the
+// lock) releases it when a csi-rbdj node asks; the node takes it without
+// fencing anyone, and the librbd client's next I/O, which asks for the lock
+// back, fails with EROFS.
+func TestLibrbdOwnerHandsOverCeph(t *testing.T) {
+	be := cephBackend(t)
+	conf := cephtest.Conf(t)
+	img := fmt.Sprintf("handover-%d", time.Now().UnixNano()%1e6)
+	pool, fencer := be.connect(t)
+	// rbd bench exits on the error without closing the image: its watch
+	// would keep the image from being removed for 30 s. At the end, fence
+	// it (the OSD drops its watch), remove the image, lift the fence.
+	var benchAddr string
+	t.Cleanup(func() {
+		if benchAddr != "" {
+			fencer.Unblocklist(context.Background(), benchAddr)
+		}
+	})
+	be.createImage(t, img, imageSize)
+	t.Cleanup(func() {
+		if benchAddr != "" {
+			fencer.Blocklist(context.Background(), benchAddr, time.Hour)
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "rbd", "-c", conf, "bench", "--io-type", "read", "--io-size", "4096", "--io-threads", "1",
+		"--io-total", "100G", "--io-pattern", "rand", cephtest.PoolName+"/"+img)
+	cmd.Env = append(os.Environ(), "CEPH_ARGS=--admin-socket=")
+	var out testproc.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	done := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(time.Minute)
+	var librbd clslock.LockerID
+	for {
+		if id, ok := holderOf(t, pool, img); ok {
+			librbd = id
+			benchAddr = holderAddr(t, pool, img)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rbd bench never took the lock:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	a, errLine := startNode(t, be, "a", img, nodeOptions{})
+	if a == nil {
+		t.Fatalf("node a could not take the lock from a cooperative librbd client: %s", errLine)
+	}
+	t.Logf("took the lock from librbd's %s in %v", librbd.Locker, a.duration("open").Round(time.Millisecond))
+	select {
+	case <-done:
+		t.Logf("rbd bench: %v\n%s", waitErr, out.String())
+		if waitErr == nil || !strings.Contains(out.String(), "Read-only file system") {
+			t.Fatalf("rbd bench after the handover: %v, want EROFS", waitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("rbd bench still runs after the handover:\n%s", out.String())
+	}
+	if blocklisted(t, fencer, benchAddr) {
+		t.Fatalf("the cooperative librbd client was fenced")
+	}
+	if h, _ := holderOf(t, pool, img); h.Locker == librbd.Locker {
+		t.Fatalf("librbd holds the lock again")
+	}
+	a.write(0, blk, 5)
+	a.close()
 }

@@ -22,7 +22,12 @@
 //     the holder is dead or only frozen. A negative OwnerTimeout restores
 //     librbd's behaviour.
 //
-// A holder that answers is alive: Acquire fails with ErrLocked naming it.
+// A holder that answers is alive: if it refuses (a csi-rbdj node, an
+// exclusive rbd-nbd or krbd mapping: -EROFS) Acquire fails with ErrLocked
+// naming it; if it agrees (a librbd client with the automatic policy, e.g.
+// `rbd bench`), Acquire waits up to 30 s for it to release (woken by its
+// ReleasedLock notification, since such a client asks for the lock back as
+// soon as it has I/O) and takes the lock, fencing nobody.
 //
 // # The owner's answers (like `rbd-nbd --exclusive` and krbd's "exclusive")
 //
@@ -170,6 +175,12 @@ func (h Holder) String() string {
 	return s
 }
 
+// releaseTimeout is how long a holder that agreed to release the lock (a
+// librbd client with the automatic policy) has to do it: librbd flushes
+// its I/O and closes its journal first, which may wait for its commit age
+// (rbd_journal_commit_age, 5 s).
+const releaseTimeout = 30 * time.Second
+
 // resizeTimeout bounds one proxied resize (librbd's requester gives up
 // after rbd_request_timed_out_seconds, 30 s, without progress).
 const resizeTimeout = 25 * time.Second
@@ -198,13 +209,17 @@ type Lock struct {
 	released   bool
 	rewatching bool
 	async      map[rbdnotify.AsyncRequestID]bool // proxied requests in progress
+
+	// releasedC wakes an Acquire waiting for a holder to release the lock
+	// (a ReleasedLock notification arrived).
+	releasedC chan struct{}
 }
 
 // Acquire takes the exclusive lock on header object oid. If a live client
 // holds it, the error wraps ErrLocked and names the holder.
 func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*Lock, error) {
 	o = o.withDefaults()
-	l := &Lock{pool: pool, oid: oid, o: o, async: map[rbdnotify.AsyncRequestID]bool{}}
+	l := &Lock{pool: pool, oid: oid, o: o, async: map[rbdnotify.AsyncRequestID]bool{}, releasedC: make(chan struct{}, 1)}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	w, err := pool.Watch(ctx, oid, &handler{l: l, gen: 1})
 	if err != nil {
@@ -253,8 +268,11 @@ func handleOf(cookie string) (uint64, bool) {
 	return h, err == nil
 }
 
-// maxAcquireAttempts bounds the lock/fence/break rounds of one Acquire.
-const maxAcquireAttempts = 4
+// maxAcquireAttempts bounds the lock/fence/break (or request/release)
+// rounds of one Acquire. A librbd client with the automatic policy that
+// releases on request but wants the lock back at once (it has I/O queued)
+// may win a few races before this node gets the lock.
+const maxAcquireAttempts = 8
 
 func (l *Lock) acquire(ctx context.Context) error {
 	cookie := l.Cookie()
@@ -334,7 +352,7 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 	// The owner agreed to release the lock (a librbd client with the
 	// automatic policy): wait for it to do so.
 	if err := l.waitReleased(ctx, id); err != nil {
-		return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, l.o.OwnerTimeout)
+		return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, releaseTimeout)
 	}
 	return "", nil
 }
@@ -379,13 +397,21 @@ func (l *Lock) requestLock(ctx context.Context, gid, handle uint64) (requestResu
 	return requestResult{gone: true}, nil
 }
 
-// waitReleased polls until the lock of id is gone, for at most OwnerTimeout.
+// waitReleased waits until the lock of id is gone, for at most
+// releaseTimeout: it returns as soon as a ReleasedLock notification arrives
+// (the holder may want the lock back at once: the caller must try to take
+// it without delay), and polls in case the notification is lost.
 func (l *Lock) waitReleased(ctx context.Context, id clslock.LockerID) error {
-	ctx, cancel := context.WithTimeout(ctx, max(l.o.OwnerTimeout, time.Second))
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
+		select {
+		case <-l.releasedC:
+			return nil
+		default:
+		}
 		h, hid, err := l.holder(ctx)
 		if err == nil && (h == nil || hid != id) {
 			return nil
@@ -393,6 +419,8 @@ func (l *Lock) waitReleased(ctx context.Context, id clslock.LockerID) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-l.releasedC:
+			return nil
 		case <-t.C:
 		}
 	}
@@ -622,7 +650,13 @@ func (h *handler) HandleNotify(n *objstore.Notification) {
 			klog.InfoS("Another client announced that it acquired the lock this node holds; the lock was broken after fencing this node", "object", l.oid, "client", p.Client.String())
 		}
 		n.Ack(nil)
-	case rbdnotify.ReleasedLock, rbdnotify.AsyncProgress, rbdnotify.AsyncComplete,
+	case rbdnotify.ReleasedLock:
+		select {
+		case l.releasedC <- struct{}{}:
+		default:
+		}
+		n.Ack(nil)
+	case rbdnotify.AsyncProgress, rbdnotify.AsyncComplete,
 		rbdnotify.Quiesce, rbdnotify.Unquiesce:
 		// Not ours to answer: librbd's watchers acknowledge these empty
 		// (quiesce replies are optional; there is no I/O to quiesce here
