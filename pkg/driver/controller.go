@@ -136,6 +136,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if rec.Name != name {
 			return nil, status.Errorf(codes.Internal, "image %s already belongs to volume %q (name hash collision with %q)", imageName, rec.Name, name)
 		}
+		if rec.Params.ClusterID == "" { // a record written before volumes named their cluster
+			rec.Params.ClusterID = params.ClusterID
+		}
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
