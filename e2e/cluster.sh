@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Kubernetes for the e2e, everything on 127.0.0.1 and under $E2E_DIR:
 # etcd (Debian's etcd-server), kube-apiserver, kube-controller-manager, kube-scheduler,
-# containerd (Debian) and a kubelet (node "localhost"). No CNI: pods use hostNetwork.
+# containerd (Debian) and a kubelet (node "localhost"). No pod network: pods use hostNetwork.
 #
 #   e2e/cluster.sh up      start (idempotent: a running cluster is reused)
 #   e2e/cluster.sh down    stop everything it started (by pid file), unmount, restore the
@@ -133,6 +133,12 @@ state = "$E2E_DIR/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$E2E_DIR/cni/net.d"
+X
+  # No pod network: every e2e pod uses hostNetwork. containerd reports the network
+  # ready once a CNI config loads (plugins run only for non-hostNetwork pods, which
+  # then fail plainly: this plugin type does not exist).
+  cat > "$E2E_DIR/cni/net.d/10-hostnetwork-only.conflist" <<X
+{"cniVersion": "0.4.0", "name": "e2e-hostnetwork-only", "plugins": [{"type": "e2e-hostnetwork-only"}]}
 X
   cat > "$E2E_DIR/kubelet/config.yaml" <<X
 apiVersion: kubelet.config.k8s.io/v1beta1

@@ -265,8 +265,11 @@ check1() {
 }
 
 # ---- check 2 ------------------------------------------------------------------
-# Two containers run e2e/pods/watch.sh (a ConfigMap) and log each change of what they
-# see: "plain" with the default mountPropagation (None), "h2c" with HostToContainer.
+# Two containers run e2e/pods/watch.sh and log each change of what they see:
+#   app  the default mountPropagation (None), with a liveness probe that reads the volume
+#        (O_DIRECT): the kubelet restarts it when the volume fails, as the README advises;
+#   h2c  mountPropagation HostToContainer and no probe: does the re-served mount reach a
+#        running container?
 watch_pod() { # name pvc
   K apply -f - >/dev/null <<X
 apiVersion: v1
@@ -276,11 +279,16 @@ spec:
   hostNetwork: true
   terminationGracePeriodSeconds: 2
   containers:
-    - name: plain
+    - name: app
       image: $POD_IMAGE
       imagePullPolicy: Never
       command: [bash, /scripts/watch.sh]
-      env: [{name: CONTAINER, value: plain}]
+      env: [{name: CONTAINER, value: app}]
+      livenessProbe:
+        exec: {command: [dd, if=/data/payload, of=/dev/null, bs=4k, count=1, iflag=direct, status=none]}
+        periodSeconds: 1
+        failureThreshold: 2
+        timeoutSeconds: 5
       volumeMounts: [{name: data, mountPath: /data}, {name: scripts, mountPath: /scripts}]
     - name: h2c
       image: $POD_IMAGE
@@ -292,6 +300,12 @@ spec:
     - {name: data, persistentVolumeClaim: {claimName: $2}}
     - {name: scripts, configMap: {name: e2e-scripts}}
 X
+}
+restarts_of() { # namespace pod container
+  "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
+}
+ready_of() {
+  "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].ready}"
 }
 check2() {
   # the watchers need the payload before they start: write it from a first pod
@@ -311,17 +325,16 @@ spec:
   volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
 X
   K wait pod/seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
-  local sum
-  sum=$(K logs seed)
-  log "pod seed wrote 32 MiB + checksum: $sum"
+  log "pod seed wrote 32 MiB (fsynced) and its checksum: $(K logs seed)"
   K delete pod seed --wait=true >/dev/null
   watch_pod watcher data-fs
   K wait pod/watcher --for=condition=Ready --timeout=120s >/dev/null
   sleep 2
 
-  local np cid pid t restarts
+  local np cid pid t plugin_restarts app_restarts i back="" usable=""
   np=$(node_pod)
-  restarts=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  plugin_restarts=$(restarts_of "$NS" "$np" csi-rbdj)
+  app_restarts=$(restarts_of e2e watcher app)
   cid=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].containerID}')
   cid=${cid#containerd://}
   pid=$(ctr --address "$E2E_DIR/containerd/containerd.sock" -n k8s.io tasks ls | awk -v c="$cid" '$1 == c {print $2}')
@@ -329,41 +342,42 @@ X
   log "SIGKILL the node plugin: pod $np, container ${cid:0:12}, pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60)...)"
   t=$(date +%s.%N)
   kill -9 "$pid"
-  # back: restarted by the kubelet, re-served its volumes, registered again
-  local i back=""
-  for i in $(seq 1 120); do
-    if [ "$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].restartCount}')" -gt "$restarts" ] &&
-      [ "$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.status.containerStatuses[0].ready}')" = true ]; then
+  for i in $(seq 1 240); do
+    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$plugin_restarts" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
       back=$(elapsed "$t")
       break
     fi
-    sleep 0.5
+    sleep 0.25
   done
   [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
-  log "node plugin container restarted by the kubelet and ready after ${back}s"
-  # wait until the HostToContainer view reads again
-  local usable=""
-  for i in $(seq 1 120); do
-    if K exec watcher -c h2c -- dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>/dev/null; then
+  log "node plugin restarted by the kubelet and ready ${back}s after the kill"
+  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Journal replayed|Volume re-served|Registered with the kubelet' | sed 's/^/    node plugin: /' >&2
+  # the app container: its liveness probe fails on the dead mount, the kubelet restarts it
+  for i in $(seq 1 240); do
+    if [ "$(restarts_of e2e watcher app)" -gt "$app_restarts" ] && [ "$(ready_of e2e watcher app)" = true ] &&
+      K exec watcher -c app -- dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>/dev/null; then
       usable=$(elapsed "$t")
       break
     fi
-    sleep 0.5
+    sleep 0.25
   done
   sleep 2
-  log "what the pod saw (container 'plain', mountPropagation None):"
-  K logs watcher -c plain | sed 's/^/    plain: /' >&2
-  log "what the pod saw (container 'h2c', mountPropagation HostToContainer):"
-  K logs watcher -c h2c | sed 's/^/    h2c:   /' >&2
-  [ -n "$usable" ] || { log "volume not usable again through HostToContainer after 60 s"; return 1; }
-  log "volume readable again in the running container (HostToContainer) ${usable}s after the kill"
-  # in the running container (h2c): the data is intact, new writes work
-  K exec watcher -c h2c -- bash -c 'cd /data && sha256sum -c payload.sha256 && dd if=/dev/urandom of=/data/after-restart bs=1M count=4 conv=fsync status=none && sha256sum after-restart > after-restart.sha256 && sync' >&2
-  # the default-propagation container keeps the dead mount: say what it gets now
-  local plain
-  plain=$(K exec watcher -c plain -- bash -c 'cat /data/payload.sha256 >/dev/null 2>&1 && echo "cached read ok" || echo "cached read failed"; dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>&1 || true; touch /data/x 2>&1 || true' 2>&1 | tr '\n' ';')
-  log "container 'plain' now: $plain"
-  # a new pod (fresh container, new bind of the re-served volume) sees everything
+  log "what the pod saw — container 'app' (mountPropagation None) before the kubelet restarted it:"
+  K logs watcher -c app --previous | sed 's/^/    app (before restart): /' >&2
+  log "container 'app' after its restart:"
+  K logs watcher -c app | sed 's/^/    app (after restart):  /' >&2
+  log "container 'h2c' (mountPropagation HostToContainer, no liveness probe, never restarted):"
+  K logs watcher -c h2c | sed 's/^/    h2c: /' >&2
+  [ -n "$usable" ] || { log "the app container could not read its volume 60 s after the kill"; return 1; }
+  log "volume usable again in the restarted app container ${usable}s after the kill"
+  # in the restarted container: the data is intact, new writes work
+  K exec watcher -c app -- bash -c 'cd /data && sha256sum -c payload.sha256 && dd if=/dev/urandom of=/data/after-restart bs=1M count=4 conv=fsync status=none && sha256sum after-restart > after-restart.sha256 && sync && echo "wrote after-restart (4 MiB, fsynced)"' 2>&1 | sed 's/^/    app: /' >&2
+  if K exec watcher -c h2c -- dd if=/data/payload of=/dev/null bs=1M count=1 iflag=direct status=none 2>/dev/null; then
+    log "h2c: the re-served volume reached the running container"
+  else
+    log "h2c: still the dead mount (the re-served mount does not propagate over the container's bind of the old one)"
+  fi
+  # a new pod sees everything written before the crash and after the restart
   K delete pod watcher --wait=true >/dev/null
   K apply -f - >/dev/null <<X
 apiVersion: v1
@@ -376,13 +390,13 @@ spec:
     - name: verify
       image: $POD_IMAGE
       imagePullPolicy: Never
-      command: [bash, -c, "cd /data && sha256sum -c payload.sha256 after-restart.sha256 && ls -la /data"]
+      command: [bash, -c, "cd /data && sha256sum -c payload.sha256 after-restart.sha256"]
       volumeMounts: [{name: data, mountPath: /data}]
   volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
 X
   K wait pod/verify --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null ||
     { K logs verify >&2; return 1; }
-  K logs verify | sed 's/^/    verify: /' >&2
+  K logs verify | sed 's/^/    new pod: /' >&2
   K delete pod verify --wait=true >/dev/null
 }
 

@@ -10,16 +10,16 @@ probe() {
   if e=$("$@" 2>&1 >/dev/null); then
     echo ok
   else
-    e=${e##*: }
-    echo "ERR(${e//$'\n'/ })"
+    e=${e%%$'\n'*} # the first line: "dd: error reading '/data/payload': Input/output error"
+    echo "ERR(${e##*: })"
   fi
 }
 last="" n=0
 while true; do
   n=$((n + 1))
-  r=$(probe dd if=/data/payload of=/dev/null bs=1M count=4 iflag=direct)
+  r=$(probe dd if=/data/payload of=/dev/null bs=1M count=4 iflag=direct status=none)
   c=$(probe cat /data/payload.sha256)
-  w=$(probe dd if=/dev/zero of="/data/probe-$CONTAINER" bs=4k count=1 conv=fsync)
+  w=$(probe dd if=/dev/zero of="/data/probe-$CONTAINER" bs=4k count=1 conv=fsync status=none)
   l=$(probe ls /data)
   s="direct-read=$r cached-read=$c write+fsync=$w ls=$l"
   if [ "$s" != "$last" ]; then
