@@ -34,7 +34,9 @@
 //   - RequestLock (a librbd client that wants to write, e.g. `rbd bench`):
 //     ResponseMessage(-EROFS), librbd's StandardPolicy: the requester's I/O
 //     fails at once with EROFS instead of waiting, and the lock is never
-//     silently handed over (a journaled volume has one writer).
+//     silently handed over (a journaled volume has one writer). A forced
+//     request (forced mirror promotion) is refused too, as StandardPolicy
+//     refuses it: demote or unstage the volume first.
 //   - Resize (librbd's `rbd resize` proxies it to the owner): handled as
 //     owner through Options.Resize (the device grows; shrinking is refused),
 //     answered with ResponseMessage(0) and then an AsyncComplete
