@@ -206,8 +206,8 @@ func (n *node) size() int64 {
 // TestLibrbdResizeHandledByOwnerCeph: `rbd resize` while a csi-rbdj node
 // owns the image is proxied to the node (librbd's Resize notification),
 // which grows the image as owner (journaling the resize as librbd does)
-// and its device; shrinking is refused with EBUSY. Neither takes the lock
-// from the node.
+// and its device; shrinking is refused with EBUSY; snapshots, feature
+// changes and renames fail with EROFS. None takes the lock from the node.
 func TestLibrbdResizeHandledByOwnerCeph(t *testing.T) {
 	be := cephBackend(t)
 	conf := cephtest.Conf(t)
@@ -263,6 +263,21 @@ func TestLibrbdResizeHandledByOwnerCeph(t *testing.T) {
 	}
 	if s := a.size(); s != 128<<20 {
 		t.Fatalf("device size %d after a refused shrink", s)
+	}
+	// The maintenance operations the owner does not perform fail at once
+	// with EROFS (the owner answers EOPNOTSUPP, librbd then asks for the
+	// lock and is refused), as with an exclusive krbd or rbd-nbd mapping.
+	for _, args := range [][]string{
+		{"snap", "create", cephtest.PoolName + "/" + img + "@s1"},
+		{"feature", "disable", cephtest.PoolName + "/" + img, "journaling"},
+		{"rename", cephtest.PoolName + "/" + img, cephtest.PoolName + "/" + img + "-renamed"},
+	} {
+		start := time.Now()
+		out, err := rbdCLI(ctx, conf, args...)
+		t.Logf("rbd %s while served: %v after %v", strings.Join(args[:2], " "), err, time.Since(start).Round(time.Millisecond))
+		if err == nil || !strings.Contains(out, "Read-only file system") {
+			t.Errorf("rbd %v while served: %v\n%s", args, err, out)
+		}
 	}
 	if after, _ := holderOf(t, pool, img); after != before {
 		t.Fatalf("lock holder changed: %+v -> %+v", before, after)
