@@ -76,11 +76,19 @@ teardown() {
   fi
   log "teardown"
   if [ -f "$KUBECONFIG" ] && "$KUBECTL" get --raw /readyz >/dev/null 2>&1; then
+    local p
+    for p in $("$KUBECTL" -n "$NS" get pods -o name 2>/dev/null); do
+      "$KUBECTL" -n "$NS" logs "$p" --all-containers --previous > "$E2E_DIR/logs/${p#pod/}.previous.log" 2>/dev/null
+      "$KUBECTL" -n "$NS" logs "$p" --all-containers > "$E2E_DIR/logs/${p#pod/}.log" 2>/dev/null
+    done
     "$KUBECTL" delete pod,statefulset --all -n e2e --wait=true --timeout=120s >/dev/null 2>&1
     "$KUBECTL" delete pvc --all -n e2e --wait=true --timeout=120s >/dev/null 2>&1
     "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 120s >/dev/null 2>&1
   fi
+  "$KUBECTL" -n "$NS" logs -l app.kubernetes.io/component=node --tail=-1 >> "$E2E_DIR/logs/node-plugin-at-uninstall.log" 2>/dev/null
   "$ROOT/e2e/cluster.sh" down
+  losetup -n -O NAME,BACK-FILE > "$E2E_DIR/logs/losetup-after.txt" 2>/dev/null
+  log "logs in $E2E_DIR/logs"
   if [ "$BACKEND" = ceph ] && [ -z "$CEPH_WAS_UP" ]; then "$ROOT/hack/ceph-down.sh" >/dev/null 2>&1; fi
   log "teardown done ($(elapsed "$T0")s in all)"
   return $rc
@@ -89,7 +97,8 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}'; 
 
 # A previous run's leftovers (E2E_KEEP or a killed run): stop them first.
 if [ -d "$E2E_DIR" ]; then "$ROOT/e2e/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$E2E_DIR"; fi
-mkdir -p "$E2E_DIR/images"
+mkdir -p "$E2E_DIR/images" "$E2E_DIR/logs"
+losetup -n -O NAME,BACK-FILE > "$E2E_DIR/logs/losetup-before.txt" 2>/dev/null || true
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
