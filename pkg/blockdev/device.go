@@ -215,7 +215,11 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	start := time.Now()
-	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, d.replayEntry)
+	rp := newReplayer(d)
+	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, rp.entry)
+	if werr := rp.wait(); err == nil {
+		err = werr
+	}
 	if err != nil {
 		return err
 	}
@@ -260,19 +264,6 @@ func (d *Device) epochEnds(ctx context.Context, tagClass uint64) (map[uint64]uin
 		}
 	}
 	return ends, nil
-}
-
-// replayEntry applies one journal entry to the image and commits it.
-func (d *Device) replayEntry(ctx context.Context, e journal.ReplayEntry) error {
-	var ev rbdjournal.EventEntry
-	if err := cephenc.Unmarshal(e.Data, &ev); err != nil {
-		return fmt.Errorf("decode event: %w", err)
-	}
-	if err := d.applyEvent(ctx, ev.Event); err != nil {
-		return err
-	}
-	d.j.Committed(e.CommitTid)
-	return nil
 }
 
 func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
