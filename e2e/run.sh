@@ -87,6 +87,18 @@ teardown() {
   fi
   "$KUBECTL" -n "$NS" logs -l app.kubernetes.io/component=node --tail=-1 >> "$E2E_DIR/logs/node-plugin-at-uninstall.log" 2>/dev/null
   "$ROOT/e2e/cluster.sh" down
+  # The loop device of the node plugin killed in check 2 can outlive it: the plugin opened
+  # its FUSE file through its container's mount namespace, which died with it, so the
+  # restarted plugin cannot find the device by its backing path (it shows as "/disk") and
+  # leaves it attached. Detach the devices this run's plugins attached that still hang on
+  # such a dead file.
+  local dev back
+  for dev in $(cat "$E2E_DIR"/logs/*node*.log 2>/dev/null | grep '"fuseloop: attached"' | grep -oE 'device="/dev/loop[0-9]+"' | grep -oE '/dev/loop[0-9]+' | sort -u); do
+    back=$(losetup -n -O BACK-FILE "$dev" 2>/dev/null) || continue
+    if [ "$back" = /disk ] || [[ $back == "$E2E_DIR"/* ]]; then
+      losetup -d "$dev" 2>/dev/null && log "detached $dev (backing file $back) left attached by the killed node plugin"
+    fi
+  done
   losetup -n -O NAME,BACK-FILE > "$E2E_DIR/logs/losetup-after.txt" 2>/dev/null
   log "logs in $E2E_DIR/logs"
   if [ "$BACKEND" = ceph ] && [ -z "$CEPH_WAS_UP" ]; then "$ROOT/hack/ceph-down.sh" >/dev/null 2>&1; fi
