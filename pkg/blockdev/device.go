@@ -382,19 +382,61 @@ func (d *Device) fail(err error) {
 
 // ReadAt reads len(p) bytes at off: the image's data with the pending
 // (journaled, not yet applied) changes laid over it.
+//
+// The pending changes are taken before the image is read, so one of them
+// may be applied, and a newer overlapping change applied after it, while
+// the read runs: laying the older one over what was read would then return
+// stale data (a filesystem rewriting that block loses what the newer write
+// held). A newer overlapping change is applied only after the older ones,
+// so if every change taken is still pending once the read is done, nothing
+// newer than them can be in what was read. Otherwise the read is retried,
+// and eventually done with the pending set held still.
 func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if err := d.check(ctx, "read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	d.mu.Lock()
-	ws := d.pending.overlapping(off, off+int64(len(p)))
-	d.mu.Unlock()
-	n, err := d.img.ReadAt(ctx, p, off)
-	if err != nil {
-		return n, fmt.Errorf("read %s %d+%d: %w", d.img.Name(), off, len(p), err)
+	end := off + int64(len(p))
+	for attempt := 0; ; attempt++ {
+		d.mu.Lock()
+		ws := d.pending.overlapping(off, end)
+		if attempt == maxOptimisticReads {
+			// Applies remove their change under d.mu: none completes
+			// while this read holds it.
+			n, err := d.img.ReadAt(ctx, p, off)
+			if err == nil {
+				overlay(p, off, ws)
+			}
+			d.mu.Unlock()
+			if err != nil {
+				return n, fmt.Errorf("read %s %d+%d: %w", d.img.Name(), off, len(p), err)
+			}
+			return n, nil
+		}
+		d.mu.Unlock()
+		n, err := d.img.ReadAt(ctx, p, off)
+		if err != nil {
+			return n, fmt.Errorf("read %s %d+%d: %w", d.img.Name(), off, len(p), err)
+		}
+		if stillPending(ws) {
+			overlay(p, off, ws)
+			return n, nil
+		}
 	}
-	overlay(p, off, ws)
-	return n, nil
+}
+
+// maxOptimisticReads bounds the reads retried because a pending change
+// was applied while they ran.
+const maxOptimisticReads = 3
+
+func stillPending(ws []*pendingWrite) bool {
+	for _, w := range ws {
+		select {
+		case <-w.applied:
+			return false
+		default:
+		}
+	}
+	return true
 }
 
 // WriteAt journals and applies a write.
