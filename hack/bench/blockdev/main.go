@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -113,10 +114,18 @@ func main() {
 	flag.StringVar(&o.cephConf, "ceph-conf", os.Getenv("CEPH_CONF"), "ceph.conf of the cluster (hack/ceph-up.sh prints it)")
 	flag.IntVar(&o.replayMB, "replay-mib", 64, "uncommitted journal to replay, MiB (Ceph)")
 	flag.IntVar(&o.payload, "max-payload", 0, "journal event payload cap of our device (0: default)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		must(err)
+		must(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 	o.span = int64(*span) << 20
 	rep, err := run(o)
 	if err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "blockdev-bench:", err)
 		os.Exit(1)
 	}
