@@ -26,7 +26,7 @@ all: build
 
 build:
 	$(GO) build $(if $(GOTAGS),-tags '$(GOTAGS)') -o bin/csi-rbdj ./cmd/csi-rbdj
-	@echo "bin/csi-rbdj: $(if $(GOTAGS),with Ceph support (tags $(GOTAGS)),without Ceph support (no Ceph headers: hack/install-deps.sh ceph))"
+	@echo "bin/csi-rbdj: $(if $(GOTAGS),with Ceph support (tags $(GOTAGS)),without Ceph support (no GOTAGS: the Ceph headers are missing, hack/install-deps.sh ceph installs them))"
 
 ## demo: the driver's main job end to end on the embedded local backend
 ## (as root: loop devices, FUSE and mounts; installs e2fsprogs etc. first).
