@@ -268,6 +268,23 @@ func randomBlock(seed uint64) []byte {
 	return b
 }
 
+// waitStopped waits until process pid is stopped (state T in /proc): a
+// signal is delivered asynchronously.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err == nil {
+			if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && (b[i+2] == 'T' || b[i+2] == 't') {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("process %d did not stop", pid)
+}
+
 // TestNodeStageWhileAnotherNodeHoldsTheLock: NodeStageVolume on n2 while
 // n1 (alive) serves the volume fails with FailedPrecondition naming n1 as
 // the holder, at once; n1 keeps serving.
@@ -348,6 +365,8 @@ func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 			}
 			if sig == syscall.SIGKILL {
 				tn.child.Wait()
+			} else {
+				waitStopped(t, tn.child.Cmd.Process.Pid)
 			}
 
 			start := time.Now()
