@@ -20,6 +20,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"time"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -73,6 +74,8 @@ type Image struct {
 	snapc    clsrbd.SnapContext
 	readOnly error // why writes are refused, nil if they are not
 	lazy     bool  // data writes may complete before they are durable
+
+	writes combiner // concurrent writes to one object share an operation
 }
 
 // SetLazyWrites lets data writes (WriteAt, Discard, WriteZeroes) complete
@@ -84,6 +87,17 @@ func (img *Image) SetLazyWrites(lazy bool) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	img.lazy = lazy
+}
+
+// SetWriteLinger makes a data write to an object with no write in flight
+// wait d for later writes to the same object to join its operation (0, the
+// default: send at once). Writes then complete up to d later but cost the
+// store far fewer operations; for callers that do not wait on their
+// writes, such as a journaled device applying what its journal holds.
+func (img *Image) SetWriteLinger(d time.Duration) {
+	img.writes.mu.Lock()
+	defer img.writes.mu.Unlock()
+	img.writes.linger = d
 }
 
 func (img *Image) newWriteOp() *objstore.WriteOp {

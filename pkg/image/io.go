@@ -138,13 +138,7 @@ func (img *Image) WriteAt(ctx context.Context, p []byte, off int64) (int, error)
 		return 0, err
 	}
 	err := img.forEachExtent(ctx, off, int64(len(p)), func(ctx context.Context, e extent) error {
-		oid := img.DataOID(e.objNo)
-		op := img.newWriteOp()
-		op.Write(e.objOff, p[e.bufOff:e.bufOff+int64(e.length)])
-		if err := img.pool.Operate(ctx, oid, op); err != nil {
-			return fmt.Errorf("write %s: %w", oid, err)
-		}
-		return nil
+		return img.writes.write(ctx, img, e.objNo, e.objOff, p[e.bufOff:e.bufOff+int64(e.length)])
 	})
 	if err != nil {
 		return 0, err
