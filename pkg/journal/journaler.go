@@ -172,6 +172,7 @@ type Journaler struct {
 	commitKick   chan struct{}
 
 	rec     recorder
+	stats   stats
 	failed  error // sticky: appends fail once set
 	closing bool
 
@@ -234,6 +235,10 @@ func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Option
 	if c, ok := j.clients[clientID]; ok {
 		j.commitPos = c.CommitPosition
 	}
+	if err := j.sizeActiveSet(ctx); err != nil {
+		cancel()
+		return nil, fmt.Errorf("open journal %s: %w", id, err)
+	}
 	w, err := pool.Watch(ctx, hdr, watchHandler{j})
 	if err != nil {
 		cancel()
@@ -244,6 +249,42 @@ func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Option
 	go j.refreshLoop()
 	go j.commitLoop()
 	return j, nil
+}
+
+// sizeActiveSet reads the sizes of the active set's objects, so that
+// appends to them need no guard (splayRecorder.sized).
+func (j *Journaler) sizeActiveSet(ctx context.Context) error {
+	ctx, cancel := j.opCtx(ctx)
+	defer cancel()
+	w := uint64(j.splayWidth)
+	sizes := make([]uint64, w)
+	errs := make([]error, w)
+	var wg sync.WaitGroup
+	for i := range w {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var op objstore.ReadOp
+			st := op.Stat()
+			err := j.dataPool.Read(ctx, j.DataOID(j.activeSet*w+i), &op)
+			switch {
+			case err == nil:
+				sizes[i] = st.Stat().Size
+			case !errors.Is(err, objstore.ErrNotFound):
+				errs[i] = fmt.Errorf("stat %s: %w", j.DataOID(j.activeSet*w+i), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i, s := range j.rec.splays {
+		s.object, s.objectBytes, s.sized = j.activeSet*w+uint64(i), int(min(sizes[i], 1<<j.order)), true
+	}
+	return nil
 }
 
 // ID returns the journal id.

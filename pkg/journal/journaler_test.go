@@ -521,3 +521,55 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("remove twice: %v", err)
 	}
 }
+
+// TestAppendsNeedNoGuard: a journaler knows the size of every object it
+// appends to (it reads the active set's at Open, and sets it advances to
+// start empty), so its appends carry no guard_append, yet no object grows
+// past the soft limit by more than the entry that crossed it, across
+// sessions that find the active set partly filled.
+func TestAppendsNeedNoGuard(t *testing.T) {
+	pool := newPool(t)
+	const order, maxPayload = 12, 1500
+	j, tag := newJournal(t, pool, "img1", order)
+	r := rand.New(rand.NewPCG(3, 4))
+	var want [][]byte
+	for session := 0; session < 4; session++ {
+		if session > 0 {
+			j = openJournal(t, pool, "img1")
+			replayAll(t, j) // continues the tag's entry tids
+		}
+		ps := payloads(r, 37+session*11, maxPayload)
+		appendAll(t, j, tag, ps)
+		want = append(want, ps...)
+		if st := j.Stats(); st.Guarded != 0 || st.Entries != uint64(len(ps)) || st.Appends == 0 {
+			t.Fatalf("session %d: stats %+v: want %d entries, none guarded", session, st, len(ps))
+		}
+		if err := j.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names, err := pool.List(context.Background(), DataOIDPrefix(pool.ID(), "img1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := uint64(1)<<order + uint64(maxPayload+EntryOverhead)
+	for _, oid := range names {
+		var op objstore.ReadOp
+		st := op.Stat()
+		if err := pool.Read(context.Background(), oid, &op); err != nil {
+			t.Fatal(err)
+		}
+		if st.Stat().Size > limit {
+			t.Errorf("%s holds %d bytes: more than the soft limit and one entry (%d)", oid, st.Stat().Size, limit)
+		}
+	}
+	got, _ := replayAll(t, openJournal(t, pool, "img1"))
+	if len(got) != len(want) {
+		t.Fatalf("replayed %d entries, want %d", len(got), len(want))
+	}
+	for i, e := range got {
+		if !bytes.Equal(e.Data, want[i]) {
+			t.Fatalf("entry %d differs", i)
+		}
+	}
+}
