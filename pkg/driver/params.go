@@ -35,10 +35,16 @@ const (
 
 // Defaults.
 const (
-	DefaultPool              = "rbd"
-	DefaultObjectOrder       = 22 // 4 MiB objects
-	DefaultJournalOrder      = 24 // 16 MiB journal objects
-	DefaultJournalSplayWidth = 4
+	DefaultPool         = "rbd"
+	DefaultObjectOrder  = 22 // 4 MiB objects
+	DefaultJournalOrder = 24 // 16 MiB journal objects
+	// DefaultJournalSplayWidth is 1, not librbd's 4: the node plugin
+	// gathers every write that arrives while an append is in flight into
+	// the next one (group commit), so each splay object costs one OSD
+	// operation per round; with one object a round is one operation
+	// (measured: about 1.7× the 4K QD16 write IOPS of width 4 on one OSD).
+	// Wider splays spread a busy journal over more OSDs.
+	DefaultJournalSplayWidth = 1
 	DefaultFsType            = "ext4"
 	DefaultAckPolicy         = "applied"
 	maxJournalSplayWidth     = 64
