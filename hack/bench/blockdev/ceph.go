@@ -18,9 +18,13 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/librbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 )
 
@@ -61,7 +65,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 	newImage := func(features uint64) (string, error) {
 		n++
 		name := fmt.Sprintf("bench-%s-%d", stamp, n)
-		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features})
+		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: driver.DefaultJournalSplayWidth})
 	}
 	removeImage := func(name string) error { return librbd.Remove(context.Background(), pool, name) }
 	ours := func(label string, features uint64, bo blockdev.Options) func() (*target, error) {
@@ -156,7 +160,7 @@ const crashWriteSize = 8 << 10 // one librbd event per write
 // replayBench leaves the same uncommitted librbd journal on two images (a
 // librbd writer exits without closing), then times librbd acquiring the lock
 // (it replays on acquisition) on one and our device opening the other.
-func replayBench(ctx context.Context, o options) (*replayResult, error) {
+func replayBench(ctx context.Context, o options, splayWidth uint8) (*replayResult, error) {
 	c, pool, err := connect(ctx, o)
 	if err != nil {
 		return nil, err
@@ -165,10 +169,23 @@ func replayBench(ctx context.Context, o options) (*replayResult, error) {
 	stamp := time.Now().Format("150405")
 	names := []string{"replay-librbd-" + stamp, "replay-ours-" + stamp}
 	for _, name := range names {
-		if err := librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: journaledFeatures}); err != nil {
+		if err := librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: journaledFeatures, JournalSplayWidth: splayWidth}); err != nil {
 			return nil, err
 		}
 		defer librbd.Remove(context.Background(), pool, name)
+		info, err := librbd.GetInfo(ctx, pool, name)
+		if err != nil {
+			return nil, err
+		}
+		// librbd commits each entry once its image write is done and trims
+		// what every client committed: a second client that commits
+		// nothing keeps every entry, and setting the image client's commit
+		// position back to the start once the writer is dead leaves all of
+		// them uncommitted, so both replays replay the whole journal.
+		hdr := journal.HeaderOID(info.ID)
+		if err := journalOp(ctx, pool, hdr, func(op *objstore.WriteOp) { clsjournal.ClientRegister(op, replayPinClient, nil) }); err != nil {
+			return nil, err
+		}
 		addr, err := crashWrite(o, name)
 		if err != nil {
 			return nil, err
@@ -179,6 +196,12 @@ func replayBench(ctx context.Context, o options) (*replayResult, error) {
 			return nil, err
 		}
 		if err := waitNoWatchers(ctx, pool, name); err != nil {
+			return nil, err
+		}
+		if err := journalOp(ctx, pool, hdr, func(op *objstore.WriteOp) {
+			clsjournal.ClientCommit(op, "", clsjournal.ObjectSetPosition{})
+			clsjournal.ClientUnregister(op, replayPinClient)
+		}); err != nil {
 			return nil, err
 		}
 	}
@@ -215,6 +238,11 @@ func replayBench(ctx context.Context, o options) (*replayResult, error) {
 		return nil, fmt.Errorf("our replay: %w", err)
 	}
 	oursTime := time.Since(start)
+	// Every write's entry, and the writer's final flush.
+	if st := d.ReplayStats(); st.Entries < (o.replayMB<<20)/crashWriteSize {
+		d.Close(ctx)
+		return nil, fmt.Errorf("our replay replayed %d entries, want at least %d", st.Entries, (o.replayMB<<20)/crashWriteSize)
+	}
 	got = make([]byte, crashWriteSize)
 	_, err = d.ReadAt(ctx, got, at)
 	d.Close(ctx)
@@ -222,10 +250,23 @@ func replayBench(ctx context.Context, o options) (*replayResult, error) {
 		return nil, fmt.Errorf("our replay: the image does not hold the journaled data (%v)", err)
 	}
 	return &replayResult{
-		MB: o.replayMB, Entries: (o.replayMB << 20) / crashWriteSize,
+		SplayWidth: int(splayWidth), MB: o.replayMB, Entries: (o.replayMB << 20) / crashWriteSize,
 		OursSeconds: oursTime.Seconds(), LibrbdSecond: librbdTime.Seconds(),
 		Speedup: librbdTime.Seconds() / oursTime.Seconds(),
 	}, nil
+}
+
+// replayPinClient is the journal client that keeps the crash writer's
+// entries from being trimmed.
+const replayPinClient = "csi-rbdj-bench-pin"
+
+func journalOp(ctx context.Context, pool *ceph.Pool, oid string, fn func(op *objstore.WriteOp)) error {
+	op := &objstore.WriteOp{}
+	fn(op)
+	if err := pool.Operate(ctx, oid, op); err != nil {
+		return fmt.Errorf("journal header %s: %w", oid, err)
+	}
+	return nil
 }
 
 func pattern(i int) []byte { return bytes.Repeat([]byte{byte(i%251 + 1)}, crashWriteSize) }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
@@ -71,12 +72,13 @@ type report struct {
 	Runtime string         `json:"runtime_per_job"`
 	Span    string         `json:"span"`
 	Results []result       `json:"results"`
-	Replay  *replayResult  `json:"replay,omitempty"`
+	Replay  []replayResult `json:"replay,omitempty"`
 	Notes   []string       `json:"notes,omitempty"`
 	Ratios  map[string]any `json:"ratios,omitempty"`
 }
 
 type replayResult struct {
+	SplayWidth   int     `json:"journal_splay_width"`
 	MB           int     `json:"uncommitted_mb"`
 	Entries      int     `json:"entries"`
 	OursSeconds  float64 `json:"ours_seconds"`
@@ -214,11 +216,16 @@ func run(o options) (*report, error) {
 		rep.Results = append(rep.Results, res)
 	}
 	if o.ceph && o.replayMB > 0 && (o.only == "" || matchesAny("replay", o.only)) {
-		r, err := replayBench(ctx, o)
-		if err != nil {
-			return nil, fmt.Errorf("replay: %w", err)
+		// The driver's journals (splay width 1) and librbd's default (4):
+		// librbd's player reads the splay objects of a set in parallel, so
+		// the width changes its replay time.
+		for _, width := range []uint8{driver.DefaultJournalSplayWidth, 4} {
+			r, err := replayBench(ctx, o, width)
+			if err != nil {
+				return nil, fmt.Errorf("replay (splay width %d): %w", width, err)
+			}
+			rep.Replay = append(rep.Replay, *r)
 		}
-		rep.Replay = r
 	}
 	rep.Ratios = ratios(rep)
 	return rep, nil
@@ -250,7 +257,7 @@ func localDevice(ctx context.Context, o options, name string, bo blockdev.Option
 		c.Close()
 		return nil, err
 	}
-	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{}); err != nil {
+	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: driver.DefaultJournalSplayWidth}); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -17,7 +17,7 @@ func cephTargets(context.Context, options) ([]func() (*target, error), []string,
 	return nil, nil, errNoCeph
 }
 
-func replayBench(context.Context, options) (*replayResult, error) { return nil, errNoCeph }
+func replayBench(context.Context, options, uint8) (*replayResult, error) { return nil, errNoCeph }
 
 func crashWriterMain([]string) {
 	fmt.Fprintln(os.Stderr, errNoCeph)

@@ -45,8 +45,8 @@ func ratios(rep *report) map[string]any {
 			out["ceph "+policy+": 4K randwrite QD1 vs our unjournaled"] = ours.Values["4K randwrite QD1"] / off.Values["4K randwrite QD1"]
 		}
 	}
-	if r := rep.Replay; r != nil {
-		out["replay speedup vs librbd"] = r.Speedup
+	for _, r := range rep.Replay {
+		out[fmt.Sprintf("replay speedup vs librbd (journal splay width %d)", r.SplayWidth)] = r.Speedup
 	}
 	return out
 }
@@ -79,9 +79,9 @@ func markdown(rep *report) string {
 	if a != nil {
 		fmt.Fprintf(&b, "\n(×: ratio to the anchor, %s)\n", anchorName)
 	}
-	if r := rep.Replay; r != nil {
-		fmt.Fprintf(&b, "\nReplay of the same %d MiB uncommitted librbd journal (%d entries): ours %.2f s, librbd %.2f s (lock acquisition) — %.1f× faster.\n",
-			r.MB, r.Entries, r.OursSeconds, r.LibrbdSecond, r.Speedup)
+	for _, r := range rep.Replay {
+		fmt.Fprintf(&b, "\nReplay of the same %d MiB uncommitted librbd journal (%d entries, splay width %d): ours %.2f s, librbd %.2f s (lock acquisition) — %.1f× faster.\n",
+			r.MB, r.Entries, r.SplayWidth, r.OursSeconds, r.LibrbdSecond, r.Speedup)
 	}
 	if len(rep.Ratios) > 0 {
 		b.WriteString("\nRatios:\n")
