@@ -86,14 +86,28 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 			return t, nil
 		}
 	}
-	viaLibrbd := func(label string, features uint64, bench bool) func() (*target, error) {
+	// librbd acknowledges writes from its cache (rbd_cache, on by
+	// default) before their journal entries are safe; with the cache off
+	// it acknowledges a journaled write once it is in the journal and the
+	// image, the contract our device keeps in both ack policies.
+	noCacheConf := filepath.Join(o.dir, "ceph-rbd-cache-off.conf")
+	conf, err := os.ReadFile(o.cephConf)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	if err := os.WriteFile(noCacheConf, append(conf, "\n[client]\nrbd_cache = false\n"...), 0o600); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	viaLibrbd := func(label string, features uint64, bench bool, env ...string) func() (*target, error) {
 		return func() (*target, error) {
 			name, err := newImage(features)
 			if err != nil {
 				return nil, err
 			}
 			run := func(j job) (float64, error) {
-				return fio(j, o.runtime, o.span, "--ioengine=rbd", "--clientname=admin", "--pool=rbd", "--rbdname="+name)
+				return fioEnv(env, j, o.runtime, o.span, "--ioengine=rbd", "--clientname=admin", "--pool=rbd", "--rbdname="+name)
 			}
 			if bench {
 				run = func(j job) (float64, error) { return rbdBench(name, j) }
@@ -104,6 +118,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 	targets := []func() (*target, error){
 		viaLibrbd(anchorName, journaledFeatures, false),
 		viaLibrbd("librbd, no journaling (fio rbd engine)", unjournaledFeatures, false),
+		viaLibrbd(librbdNoCacheName, journaledFeatures, false, "CEPH_CONF="+noCacheConf),
 		viaLibrbd("librbd, journaling (rbd bench)", journaledFeatures, true),
 		viaLibrbd("librbd, no journaling (rbd bench)", unjournaledFeatures, true),
 		ours("ours, journaled, ack after apply", journaledFeatures, blockdev.Options{AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}),

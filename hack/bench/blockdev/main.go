@@ -325,6 +325,11 @@ func fioDevice(dev string, j job, runtime time.Duration, span int64) (float64, e
 }
 
 func fio(j job, runtime time.Duration, span int64, engine ...string) (float64, error) {
+	return fioEnv(nil, j, runtime, span, engine...)
+}
+
+// fioEnv runs fio with env added to this process's environment.
+func fioEnv(env []string, j job, runtime time.Duration, span int64, engine ...string) (float64, error) {
 	args := append([]string{
 		"--name=" + strings.ReplaceAll(j.Name, " ", "_"),
 		"--rw=" + j.RW, "--bs=" + j.BS, fmt.Sprintf("--iodepth=%d", j.QD),
@@ -332,7 +337,11 @@ func fio(j job, runtime time.Duration, span int64, engine ...string) (float64, e
 		fmt.Sprintf("--runtime=%d", max(1, int(runtime.Seconds()))), "--ramp_time=1",
 		"--output-format=json", "--randrepeat=0", "--norandommap",
 	}, engine...)
-	out, err := exec.Command("fio", args...).Output()
+	cmd := exec.Command("fio", args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return 0, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
 	}

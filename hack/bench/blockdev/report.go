@@ -8,6 +8,10 @@ import (
 // anchorName is the block path a user would pick instead of ours.
 const anchorName = "librbd, journaling (fio rbd engine)"
 
+// librbdNoCacheName is librbd with the durability contract of our device:
+// a write is acknowledged once its journal entry is safe.
+const librbdNoCacheName = "librbd, journaling, rbd_cache off (fio rbd engine)"
+
 // anchor returns the anchor's results, or nil when it was not measured.
 func anchor(rep *report) *result {
 	for i := range rep.Results {
@@ -39,6 +43,10 @@ func ratios(rep *report) map[string]any {
 		if a != nil {
 			out["ceph "+policy+": 4K randwrite QD16 vs librbd journaling"] = ours.Values["4K randwrite QD16"] / a.Values["4K randwrite QD16"]
 			out["ceph "+policy+": 64K seqwrite QD4 vs librbd journaling"] = ours.Values["64K seqwrite QD4"] / a.Values["64K seqwrite QD4"]
+		}
+		if nc := find(rep, librbdNoCacheName, "ceph"); nc != nil {
+			out["ceph "+policy+": 4K randwrite QD16 vs librbd journaling, cache off"] = ours.Values["4K randwrite QD16"] / nc.Values["4K randwrite QD16"]
+			out["ceph "+policy+": 64K seqwrite QD4 vs librbd journaling, cache off"] = ours.Values["64K seqwrite QD4"] / nc.Values["64K seqwrite QD4"]
 		}
 		if off := find(rep, "ours, journaling off", "ceph"); off != nil {
 			out["ceph "+policy+": 4K randwrite QD16 vs our unjournaled"] = ours.Values["4K randwrite QD16"] / off.Values["4K randwrite QD16"]
