@@ -64,14 +64,32 @@ ackPolicy: journaled
 journalSplayWidth: "2"
 YAML
 
+run_sanity() {
+  "$SANITY" --csi.endpoint "unix://$SOCK" \
+    --csi.stagingdir "$WORK/staging-$1" --csi.mountdir "$WORK/target-$1" \
+    --csi.testvolumesize $((64 << 20)) --csi.testvolumeexpandsize $((128 << 20)) \
+    --csi.testvolumeparameters "$WORK/params.yaml" \
+    --csi.testvolumeaccesstype "$1" --ginkgo.no-color >"$WORK/sanity-$1.log" 2>&1
+}
+
 status=0
 for type in mount block; do
   echo "csi-sanity.sh: access type $type"
-  if ! "$SANITY" --csi.endpoint "unix://$SOCK" \
-      --csi.stagingdir "$WORK/staging-$type" --csi.mountdir "$WORK/target-$type" \
-      --csi.testvolumesize $((64 << 20)) --csi.testvolumeexpandsize $((128 << 20)) \
-      --csi.testvolumeparameters "$WORK/params.yaml" \
-      --csi.testvolumeaccesstype "$type" --ginkgo.no-color >"$WORK/sanity-$type.log" 2>&1; then
+  ok=1
+  if ! run_sanity "$type"; then
+    ok=0
+    # csi-test's connect dials, then waits for the connection state to
+    # change from what it reads right after the dial: when the connection
+    # is ready before that read, it waits a minute and fails the first
+    # spec with "Connection timed out" (a race in csi-test, not the
+    # driver). Run once more in that case.
+    if grep -q "Connection timed out" "$WORK/sanity-$type.log"; then
+      echo "csi-sanity.sh: csi-test's connect missed the ready connection (its race); running $type again"
+      cp "$WORK/sanity-$type.log" "$WORK/sanity-$type.first.log"
+      run_sanity "$type" && ok=1
+    fi
+  fi
+  if [ "$ok" = 0 ]; then
     status=1
     echo "csi-sanity.sh: FAILED ($type); failures:"
     grep -A15 "\[FAIL\]" "$WORK/sanity-$type.log" | head -80 || tail -40 "$WORK/sanity-$type.log"

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,6 +149,7 @@ func sanityConfig(t *testing.T, dir string, b driver.Backend, at string) sanity.
 	if err != nil {
 		t.Fatal(err)
 	}
+	l = &slowFirstAccept{Listener: l}
 	ctx, cancel := context.WithCancel(context.Background())
 	ns.Start(ctx)
 	done := make(chan error, 1)
@@ -169,6 +172,24 @@ func sanityConfig(t *testing.T, dir string, b driver.Backend, at string) sanity.
 	cfg.TestVolumeSize = 64 << 20
 	cfg.TestVolumeExpandSize = 128 << 20
 	return cfg
+}
+
+// slowFirstAccept delays the first connection by 200 ms. csi-test's
+// utils.Connect dials and then waits for the connection state to change
+// from what it reads right after the dial; a server in the same process
+// can make the connection ready before that read, and the wait then times
+// out after a minute ("Connection timed out" in the first spec's
+// BeforeEach). A connection still being set up when the state is read
+// cannot be missed.
+type slowFirstAccept struct {
+	net.Listener
+	once sync.Once
+}
+
+func (l *slowFirstAccept) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	l.once.Do(func() { time.Sleep(200 * time.Millisecond) })
+	return c, err
 }
 
 // cleanupNode removes whatever a failed run left under dir: mounts
