@@ -119,7 +119,7 @@ type Options struct {
 }
 
 const (
-	defaultApplyLinger     = 50 * time.Millisecond
+	defaultApplyLinger     = 200 * time.Millisecond
 	defaultMaxPayload      = 256 << 10
 	defaultMaxPendingBytes = 64 << 20
 )

@@ -11,6 +11,9 @@ import (
 const (
 	maxCombinedSteps = 256
 	maxCombinedBytes = 8 << 20
+	// lingerBytes cuts a linger short: an operation this big gains
+	// little from waiting for more, and waiting holds its writers' memory.
+	lingerBytes = 1 << 20
 )
 
 // combiner merges concurrent writes to one data object into a single
@@ -36,6 +39,11 @@ type combiner struct {
 // flight.
 type objectQueue struct {
 	waiting []*queuedWrite
+	// full is closed when the writes of a lingering leader and those
+	// queued behind it reach lingerBytes: they go out without waiting
+	// out the linger (nil when not lingering).
+	full  chan struct{}
+	bytes int
 }
 
 type queuedWrite struct {
@@ -62,13 +70,23 @@ func (c *combiner) write(ctx context.Context, img *Image, objNo uint64, off uint
 		q = &objectQueue{}
 		c.queues[objNo] = q
 		linger := c.linger
+		if linger > 0 && len(data) < lingerBytes {
+			q.full, q.bytes = make(chan struct{}), len(data)
+		}
+		full := q.full
 		c.mu.Unlock()
 		batch := []*queuedWrite{w}
-		if linger > 0 {
+		if full != nil {
 			// Not cut short by ctx: writes of other callers may have
 			// joined, and they go out with this one.
-			time.Sleep(linger)
+			t := time.NewTimer(linger)
+			select {
+			case <-t.C:
+			case <-full:
+				t.Stop()
+			}
 			c.mu.Lock()
+			q.full = nil
 			n := batchLen(q.waiting, len(w.data))
 			batch = append(batch, q.waiting[:n]...)
 			q.waiting = append([]*queuedWrite(nil), q.waiting[n:]...)
@@ -78,6 +96,12 @@ func (c *combiner) write(ctx context.Context, img *Image, objNo uint64, off uint
 		return w.err
 	}
 	q.waiting = append(q.waiting, w)
+	if q.full != nil {
+		if q.bytes += len(data); q.bytes >= lingerBytes {
+			close(q.full)
+			q.full = nil
+		}
+	}
 	c.mu.Unlock()
 	select {
 	case <-w.wake:

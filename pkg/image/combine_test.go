@@ -162,3 +162,54 @@ func TestCombinedWriteCancelled(t *testing.T) {
 		t.Fatal("the withdrawn write reached the image, or another one did not")
 	}
 }
+
+// TestWriteLinger: with a linger, writes to an idle object wait for later
+// ones and go out together; enough bytes end the linger early.
+func TestWriteLinger(t *testing.T) {
+	p := newPool(t)
+	img := mustCreate(t, p, "linger", 8<<20, CreateOptions{Order: 22})
+	g := &gatedPool{Pool: p, prefix: img.objectPrefix, gate: make(chan struct{})}
+	close(g.gate)
+	limg, err := Open(ctxT(t), g, "linger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	writeAll := func(n, size int) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := limg.WriteAt(ctx, bytes.Repeat([]byte{byte(i + 1)}, size), int64(i*size)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+
+	limg.SetWriteLinger(300 * time.Millisecond)
+	if d := writeAll(8, 4096); d < 300*time.Millisecond {
+		t.Fatalf("lingering writes done after %v, before the linger", d)
+	}
+	if ops := g.ops.Swap(0); ops > 2 {
+		t.Fatalf("8 concurrent writes in %d operations; the linger should gather them", ops)
+	}
+
+	limg.SetWriteLinger(time.Minute)
+	if d := writeAll(4, lingerBytes/4); d > 30*time.Second {
+		t.Fatalf("writes of %d bytes waited out the linger (%v)", lingerBytes, d)
+	}
+	got := make([]byte, lingerBytes)
+	if _, err := limg.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if got[i*lingerBytes/4] != byte(i+1) || got[(i+1)*lingerBytes/4-1] != byte(i+1) {
+			t.Fatalf("write %d not in the image", i)
+		}
+	}
+}
