@@ -65,6 +65,10 @@ type Options struct {
 	// rbd_journal_commit_age; 0: the journal's default, 1 s). A crash
 	// replays at most what was acknowledged in that window.
 	JournalCommitAge time.Duration
+	// Mounter formats and mounts the staging filesystems (nil: the host's
+	// mount and mkfs/fsck/blkid). Tests put a fake here; bind mounts and
+	// unmounts do not go through it.
+	Mounter *mount.SafeFormatAndMount
 }
 
 // Server is the CSI Node service.
@@ -133,11 +137,14 @@ func New(o Options) (*Server, error) {
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 5 * time.Minute
 	}
+	if o.Mounter == nil {
+		o.Mounter = mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New())
+	}
 	s := &Server{
 		o:       o,
 		store:   store{dir: filepath.Join(o.StateDir, "volumes")},
 		fuseDir: filepath.Join(o.StateDir, "fuse"),
-		mounter: mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New()),
+		mounter: o.Mounter,
 		busy:    map[string]chan struct{}{},
 		vols:    map[string]*stagedVolume{},
 		ready:   make(chan struct{}),
