@@ -347,7 +347,7 @@ func TestStageAgain(t *testing.T) {
 		{name: "same block volume", staged: record{Block: true}, served: true,
 			req: &csi.NodeStageVolumeRequest{VolumeCapability: blockCap(rwop)}, code: codes.OK},
 		{name: "not served: retried with the request's secrets", staged: record{Block: true},
-			req: &csi.NodeStageVolumeRequest{VolumeCapability: blockCap(rwo), Secrets: map[string]string{storage.SecretUserID: "csi"}},
+			req:  &csi.NodeStageVolumeRequest{VolumeCapability: blockCap(rwo), Secrets: map[string]string{storage.SecretUserID: "csi"}},
 			code: codes.Unavailable, msg: "cluster unreachable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
