@@ -75,8 +75,8 @@ type testServer struct {
 	exec    *testingexec.FakeExec
 }
 
-// newTestServer starts a server on stateDir ("": a new one) once the
-// records of prepare are in place.
+// newTestServer starts a server on stateDir ("": a new one), re-serving
+// the records already there, and waits until it is ready.
 func newTestServer(t *testing.T, b *fakeBackend, stateDir string) *testServer {
 	t.Helper()
 	if b == nil {
