@@ -32,8 +32,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"golang.org/x/sys/unix"
 )
 
@@ -61,7 +62,7 @@ func newCephEnv(t *testing.T) *cephEnv {
 	if err != nil {
 		t.Fatalf("create client.%s: %v", cephUser, err)
 	}
-	e.secrets = map[string]string{driver.SecretUserID: cephUser, driver.SecretUserKey: strings.TrimSpace(key)}
+	e.secrets = map[string]string{storage.SecretUserID: cephUser, storage.SecretUserKey: strings.TrimSpace(key)}
 	e.configFile = filepath.Join(e.dir, "config.json")
 	cfg := fmt.Sprintf(`[{"clusterID": %q, "monitors": [%q]}]`, cephCluster, cephtest.MonHost(t))
 	if err := os.WriteFile(e.configFile, []byte(cfg), 0o644); err != nil {
@@ -126,7 +127,7 @@ func (e *cephEnv) createImage(prefix string) string {
 }
 
 func volumeID(image string) string {
-	return driver.VolumeID{Backend: driver.BackendCeph, Cluster: cephCluster, Pool: cephtest.PoolName, Image: image}.String()
+	return volume.VolumeID{Backend: storage.BackendCeph, Cluster: cephCluster, Pool: cephtest.PoolName, Image: image}.String()
 }
 
 // plugin is a node plugin child process.
@@ -608,7 +609,7 @@ func TestCephRestartReserves(t *testing.T) {
 	// No staging record holds a key.
 	recs, _ := filepath.Glob(filepath.Join(p.stateDir, "volumes", "*.json"))
 	for _, r := range recs {
-		if b, _ := os.ReadFile(r); bytes.Contains(b, []byte(e.secrets[driver.SecretUserKey])) {
+		if b, _ := os.ReadFile(r); bytes.Contains(b, []byte(e.secrets[storage.SecretUserKey])) {
 			t.Errorf("staging record %s holds the key", r)
 		}
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -40,7 +42,7 @@ type demo struct {
 
 	ctrl      *driver.Driver
 	ctrlDone  chan error
-	ctrlStore driver.Backend
+	ctrlStore storage.Backend
 	ctrlConn  *grpc.ClientConn
 	nodeConn  *grpc.ClientConn
 	node      *exec.Cmd
@@ -70,7 +72,7 @@ func demoMain(args []string) error {
 			return fmt.Errorf("the demo needs %s: %w", dev, err)
 		}
 	}
-	if !driver.IsSupportedFsType(d.fsType) {
+	if !volume.IsSupportedFsType(d.fsType) {
 		return fmt.Errorf("--fs %q: want ext4 or xfs", d.fsType)
 	}
 	if d.dir == "" {
@@ -174,7 +176,7 @@ func (d *demo) run(ctx context.Context) error {
 			Name:               "demo-volume",
 			CapacityRange:      &csi.CapacityRange{RequiredBytes: size},
 			VolumeCapabilities: []*csi.VolumeCapability{volCap},
-			Parameters:         map[string]string{driver.ParamFsType: d.fsType, driver.ParamAckPolicy: "applied"},
+			Parameters:         map[string]string{volume.ParamFsType: d.fsType, volume.ParamAckPolicy: "applied"},
 		})
 		if err != nil {
 			return "", err
@@ -184,7 +186,7 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	volCtx := map[string]string{driver.CtxFsType: d.fsType, driver.CtxAckPolicy: "applied"}
+	volCtx := map[string]string{volume.CtxFsType: d.fsType, volume.CtxAckPolicy: "applied"}
 	stage := func() (string, error) {
 		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: volCap, VolumeContext: volCtx})
 		if err != nil {
@@ -354,7 +356,7 @@ func (d *demo) run(ctx context.Context) error {
 }
 
 func (d *demo) startController() (string, error) {
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: d.path("cluster")})
+	st, err := storage.OpenLocal(storage.LocalOptions{Dir: d.path("cluster")})
 	if err != nil {
 		return "", err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"k8s.io/klog/v2"
 )
 
@@ -57,7 +58,7 @@ func main() {
 		err = nodeCleanupMain(os.Args[2:])
 	case "version", "--version", "-version":
 		backends := "local, ceph"
-		if !driver.CephBuilt {
+		if !storage.CephBuilt {
 			backends = "local (built without Ceph support)"
 		}
 		fmt.Printf("csi-rbdj %s (driver %s; backends: %s)\n", version, driver.DefaultName, backends)
@@ -103,7 +104,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/csi-rbdj/csi.sock", "CSI endpoint: unix:///path/to/csi.sock")
 	fs.StringVar(&c.mode, "mode", "all", "services to serve: controller, node or all")
 	fs.StringVar(&c.nodeID, "node-id", host, "node id reported by NodeGetInfo (node and all modes; default: the host name)")
-	fs.StringVar(&c.backend, "backend", driver.BackendLocal, "storage backend: local (embedded, one machine) or ceph"+cephNote())
+	fs.StringVar(&c.backend, "backend", storage.BackendLocal, "storage backend: local (embedded, one machine) or ceph"+cephNote())
 	fs.StringVar(&c.localDir, "local-dir", "/var/lib/csi-rbdj/cluster", "local backend: the cluster directory (created if missing)")
 	fs.StringVar(&c.clusterID, "cluster-id", "default", "local backend: cluster id written into volume ids")
 	fs.StringVar(&c.cephConfig, "ceph-config", "/etc/csi-rbdj/config/config.json", `ceph backend: the clusters, JSON [{"clusterID": "ceph-a", "monitors": ["10.0.0.1:6789"]}] (ceph-csi's config.json; re-read on every request)`)
@@ -137,16 +138,16 @@ func serveMain(args []string) error {
 }
 
 // openBackend opens the configured backend.
-func openBackend(c serveConfig) (driver.Backend, error) {
+func openBackend(c serveConfig) (storage.Backend, error) {
 	switch c.backend {
-	case driver.BackendLocal:
-		b, err := driver.OpenLocal(driver.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+	case storage.BackendLocal:
+		b, err := storage.OpenLocal(storage.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
 		if err != nil {
 			return nil, err
 		}
 		return b, nil
-	case driver.BackendCeph:
-		return driver.OpenCeph(driver.CephOptions{
+	case storage.BackendCeph:
+		return storage.OpenCeph(storage.CephOptions{
 			ConfigFile: c.cephConfig, CredentialsDir: c.cephCredentialsDir,
 			ConnectTimeout: c.cephConnectTimeout, OpTimeout: c.cephOpTimeout,
 		})
@@ -156,7 +157,7 @@ func openBackend(c serveConfig) (driver.Backend, error) {
 
 // cephNote says whether this binary carries the ceph backend.
 func cephNote() string {
-	if driver.CephBuilt {
+	if storage.CephBuilt {
 		return ""
 	}
 	return " (this binary was built without Ceph support)"

@@ -17,6 +17,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -62,7 +63,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	requireRoot(t)
 	e := &env{t: t, dir: t.TempDir()}
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: e.path("cluster"), NoSync: true})
+	st, err := storage.OpenLocal(storage.LocalOptions{Dir: e.path("cluster"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

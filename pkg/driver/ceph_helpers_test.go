@@ -26,8 +26,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 // cephTestCluster is the clusterID of the test cluster in the config file.
@@ -46,7 +47,7 @@ const (
 type cephFixture struct {
 	conf       string // the cluster's ceph.conf (client.admin's keyring)
 	configFile string // --ceph-config naming it as cephTestCluster
-	rw, ro     driver.Credentials
+	rw, ro     storage.Credentials
 }
 
 var (
@@ -74,8 +75,8 @@ func newCephFixture(t *testing.T) *cephFixture {
 	if usersErr != nil {
 		t.Fatal(usersErr)
 	}
-	f.rw = driver.Credentials{User: cephUserRW, Key: users[cephUserRW]}
-	f.ro = driver.Credentials{User: cephUserRO, Key: users[cephUserRO]}
+	f.rw = storage.Credentials{User: cephUserRW, Key: users[cephUserRW]}
+	f.ro = storage.Credentials{User: cephUserRO, Key: users[cephUserRO]}
 	f.configFile = writeCephConfig(t, map[string][]string{cephTestCluster: {cephtest.MonHost(t)}})
 	return f
 }
@@ -99,12 +100,12 @@ func writeCephConfig(t *testing.T, clusters map[string][]string) string {
 }
 
 // secrets are a request's CSI secrets for c.
-func secrets(c driver.Credentials) map[string]string {
-	return map[string]string{driver.SecretUserID: c.User, driver.SecretUserKey: c.Key}
+func secrets(c storage.Credentials) map[string]string {
+	return map[string]string{storage.SecretUserID: c.User, storage.SecretUserKey: c.Key}
 }
 
 // credentialsDir writes c as a mounted Secret would appear.
-func credentialsDir(t *testing.T, c driver.Credentials) string {
+func credentialsDir(t *testing.T, c storage.Credentials) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, v := range secrets(c) {
@@ -117,9 +118,9 @@ func credentialsDir(t *testing.T, c driver.Credentials) string {
 
 // backend opens the ceph backend on configFile (closed by whoever serves
 // it) with default credentials from credsDir ("": none).
-func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) driver.Backend {
+func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) storage.Backend {
 	t.Helper()
-	b, err := driver.OpenCeph(driver.CephOptions{ConfigFile: configFile, CredentialsDir: credsDir,
+	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: configFile, CredentialsDir: credsDir,
 		ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +206,7 @@ func uniqueName(prefix string) string {
 // cluster's pool rbd (what an administrator puts into a static PV's
 // volumeHandle).
 func staticVolumeID(name string) string {
-	return driver.VolumeID{Backend: driver.BackendCeph, Cluster: cephTestCluster, Pool: cephtest.PoolName, Image: name}.String()
+	return volume.VolumeID{Backend: storage.BackendCeph, Cluster: cephTestCluster, Pool: cephtest.PoolName, Image: name}.String()
 }
 
 // wrongKey is a well-formed cephx key that no user has.

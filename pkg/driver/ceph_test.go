@@ -22,10 +22,11 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -54,16 +55,16 @@ func TestCephSanityChild(t *testing.T) {
 	dir := t.TempDir()
 	cfg := sanityConfig(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)), at)
 	cfg.TestVolumeParameters = map[string]string{
-		driver.ParamClusterID: cephTestCluster, driver.ParamPool: cephtest.PoolName,
-		driver.ParamJournalSplayWidth: "2", driver.ParamJournalOrder: "20",
-		driver.ParamAckPolicy: "journaled",
+		volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName,
+		volume.ParamJournalSplayWidth: "2", volume.ParamJournalOrder: "20",
+		volume.ParamAckPolicy: "journaled",
 	}
 	if at == "block" {
-		cfg.TestVolumeParameters[driver.ParamAckPolicy] = "applied"
+		cfg.TestVolumeParameters[volume.ParamAckPolicy] = "applied"
 	}
 	var yaml strings.Builder
 	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "NodeStageVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret"} {
-		fmt.Fprintf(&yaml, "%s:\n  %s: %q\n  %s: %q\n", k, driver.SecretUserID, f.rw.User, driver.SecretUserKey, f.rw.Key)
+		fmt.Fprintf(&yaml, "%s:\n  %s: %q\n  %s: %q\n", k, storage.SecretUserID, f.rw.User, storage.SecretUserKey, f.rw.Key)
 	}
 	cfg.SecretsFile = filepath.Join(dir, "secrets.yaml")
 	if err := os.WriteFile(cfg.SecretsFile, []byte(yaml.String()), 0o600); err != nil {
@@ -290,9 +291,9 @@ func createReq(name string, params map[string]string, sec map[string]string) *cs
 func TestCephErrorWrongPool(t *testing.T) {
 	f := newCephFixture(t)
 	ctrl, node, staging := f.serve(t, f.configFile, "")
-	_, err := ctrl.CreateVolume(context.Background(), createReq("wrong-pool", map[string]string{driver.ParamPool: "no-such-pool"}, secrets(f.rw)))
+	_, err := ctrl.CreateVolume(context.Background(), createReq("wrong-pool", map[string]string{volume.ParamPool: "no-such-pool"}, secrets(f.rw)))
 	wantStatus(t, "CreateVolume in pool no-such-pool", err, codes.InvalidArgument, `"pool"`, `pool "no-such-pool"`, "ceph osd pool create no-such-pool")
-	id := driver.VolumeID{Backend: driver.BackendCeph, Cluster: cephTestCluster, Pool: "no-such-pool", Image: "img"}.String()
+	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: cephTestCluster, Pool: "no-such-pool", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
 		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume in pool no-such-pool", err, codes.NotFound, `pool "no-such-pool"`)
@@ -305,9 +306,9 @@ func TestCephErrorJournalingOff(t *testing.T) {
 	f := newCephFixture(t)
 	ctrl, _, _ := f.serve(t, f.configFile, "")
 	for _, p := range []map[string]string{
-		{driver.ParamImageFeatures: "layering,exclusive-lock"},
-		{driver.ParamImageFeatures: "layering"},
-		{driver.ParamJournaling: "false"},
+		{volume.ParamImageFeatures: "layering,exclusive-lock"},
+		{volume.ParamImageFeatures: "layering"},
+		{volume.ParamJournaling: "false"},
 	} {
 		_, err := ctrl.CreateVolume(context.Background(), createReq("no-journal", p, secrets(f.rw)))
 		wantStatus(t, fmt.Sprintf("CreateVolume with %v", p), err, codes.InvalidArgument, "journaling is always on")
@@ -323,10 +324,10 @@ func TestCephErrorUnreachableMonitors(t *testing.T) {
 	conf := writeCephConfig(t, map[string][]string{"unreachable": {"127.0.0.1:9"}})
 	ctrl, node, staging := f.serve(t, conf, "")
 	start := time.Now()
-	_, err := ctrl.CreateVolume(context.Background(), createReq("unreachable", map[string]string{driver.ParamClusterID: "unreachable"}, secrets(f.rw)))
+	_, err := ctrl.CreateVolume(context.Background(), createReq("unreachable", map[string]string{volume.ParamClusterID: "unreachable"}, secrets(f.rw)))
 	wantStatus(t, "CreateVolume on unreachable monitors", err, codes.Unavailable, `"unreachable"`, "127.0.0.1:9", "monitors unreachable", "client."+cephUserRW)
 	t.Logf("failed after %v (connect timeout 5s)", time.Since(start).Round(time.Millisecond))
-	id := driver.VolumeID{Backend: driver.BackendCeph, Cluster: "unreachable", Pool: "rbd", Image: "img"}.String()
+	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: "unreachable", Pool: "rbd", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
 		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume on unreachable monitors", err, codes.Unavailable, "127.0.0.1:9")
@@ -339,7 +340,7 @@ func TestCephErrorWrongKey(t *testing.T) {
 	f := newCephFixture(t)
 	ctrl, node, staging := f.serve(t, f.configFile, "")
 	for _, key := range []string{wrongKey(t), "not-a-key"} {
-		sec := map[string]string{driver.SecretUserID: cephUserRW, driver.SecretUserKey: key}
+		sec := map[string]string{storage.SecretUserID: cephUserRW, storage.SecretUserKey: key}
 		_, err := ctrl.CreateVolume(context.Background(), createReq("wrong-key", nil, sec))
 		msg := wantStatus(t, "CreateVolume with a wrong key", err, codes.Unauthenticated, "client."+cephUserRW, "userKey")
 		if strings.Contains(msg, key) {
@@ -366,7 +367,7 @@ func TestCephErrorMissingSecrets(t *testing.T) {
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID("img"), StagingTargetPath: staging,
 		VolumeCapability: blockVolCap})
 	wantStatus(t, "NodeStageVolume without secrets", err, codes.InvalidArgument, "csi.storage.k8s.io/node-stage-secret-name")
-	_, err = ctrl.CreateVolume(context.Background(), createReq("half-secrets", nil, map[string]string{driver.SecretUserID: cephUserRW}))
+	_, err = ctrl.CreateVolume(context.Background(), createReq("half-secrets", nil, map[string]string{storage.SecretUserID: cephUserRW}))
 	wantStatus(t, "CreateVolume with userID only", err, codes.InvalidArgument, `no "userKey"`)
 	_, err = ctrl.ListVolumes(context.Background(), &csi.ListVolumesRequest{})
 	wantStatus(t, "ListVolumes without default credentials", err, codes.FailedPrecondition, "--ceph-credentials-dir")
@@ -377,7 +378,7 @@ func TestCephErrorMissingSecrets(t *testing.T) {
 func TestCephErrorUnknownCluster(t *testing.T) {
 	f := newCephFixture(t)
 	ctrl, _, _ := f.serve(t, f.configFile, "")
-	_, err := ctrl.CreateVolume(context.Background(), createReq("unknown-cluster", map[string]string{driver.ParamClusterID: "nope"}, secrets(f.rw)))
+	_, err := ctrl.CreateVolume(context.Background(), createReq("unknown-cluster", map[string]string{volume.ParamClusterID: "nope"}, secrets(f.rw)))
 	wantStatus(t, "CreateVolume in cluster nope", err, codes.InvalidArgument, `"clusterID"`, `"nope"`, cephTestCluster)
 }
 

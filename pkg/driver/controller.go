@@ -12,6 +12,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -33,51 +35,16 @@ const recordPrefix = "csi.volume."
 
 // volumeRecord is the content of a record object.
 type volumeRecord struct {
-	Name    string       `json:"name"`
-	Params  VolumeParams `json:"params"`
-	Created time.Time    `json:"created"`
+	Name    string              `json:"name"`
+	Params  volume.VolumeParams `json:"params"`
+	Created time.Time           `json:"created"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
 
-// ResolveVolumeID parses a volume id from a request and checks that this
-// plugin's backend serves it. Errors are gRPC statuses: InvalidArgument for
-// a missing or damaged id, NotFound for an id this driver never issues,
-// FailedPrecondition for a volume of another backend. Whether the plugin
-// knows the id's cluster is checked by VolumeStorage.
-func ResolveVolumeID(b Backend, id string) (VolumeID, error) {
-	if id == "" {
-		return VolumeID{}, status.Error(codes.InvalidArgument, "volume_id is missing")
-	}
-	v, err := ParseVolumeID(id)
-	switch {
-	case errors.Is(err, ErrForeignVolumeID):
-		return VolumeID{}, status.Errorf(codes.NotFound, "volume %q does not exist: %v", id, err)
-	case err != nil:
-		return VolumeID{}, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	if v.Backend != b.Kind() {
-		return VolumeID{}, status.Errorf(codes.FailedPrecondition,
-			"volume %q belongs to cluster %q of backend %q, but this plugin serves backend %q: use the plugin configured for that backend",
-			id, v.Cluster, v.Backend, b.Kind())
-	}
-	return v, nil
-}
-
-// VolumeStorage opens the storage of vid's cluster with the request's
-// secrets (of says which StorageClass parameters carry them). Errors are
-// gRPC statuses (StorageStatus).
-func VolumeStorage(ctx context.Context, b Backend, vid VolumeID, secrets map[string]string, of SecretsOf) (Storage, error) {
-	st, err := b.Storage(ctx, vid.Cluster, secrets)
-	if err != nil {
-		return nil, StorageStatus(err, of, fromVolumeID)
-	}
-	return st, nil
-}
-
 // poolNotFound is the status of a missing pool named by a StorageClass.
 func poolNotFound(pool string, err error) error {
-	return status.Errorf(codes.InvalidArgument, "parameter %q: %v: create it first (ceph osd pool create %s && rbd pool init %s) or name an existing pool", ParamPool, err, pool, pool)
+	return status.Errorf(codes.InvalidArgument, "parameter %q: %v: create it first (ceph osd pool create %s && rbd pool init %s) or name an existing pool", volume.ParamPool, err, pool, pool)
 }
 
 // CreateVolume creates a journaled image (idempotent by name).
@@ -86,13 +53,13 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "name is missing (the CO names each volume it creates)")
 	}
-	if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
 	}
-	params, err := ParseParams(req.GetParameters())
+	params, err := volume.ParseParams(req.GetParameters())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -110,18 +77,18 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 
 	st, err := d.o.Backend.Storage(ctx, params.ClusterID, req.GetSecrets())
 	if err != nil {
-		return nil, StorageStatus(err, SecretsProvisioner, fromParams)
+		return nil, volume.StorageStatus(err, volume.SecretsProvisioner, volume.FromParams)
 	}
 	params.ClusterID = st.ClusterID()
 	pool, err := st.EnsurePool(ctx, params.Pool)
 	if err != nil {
-		if errors.Is(err, ErrPoolNotFound) {
+		if errors.Is(err, storage.ErrPoolNotFound) {
 			return nil, poolNotFound(params.Pool, err)
 		}
-		return nil, opStatus(err, SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", params.Pool))
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", params.Pool))
 	}
-	imageName := ImageNameFor(name)
-	vid := VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
+	imageName := volume.ImageNameFor(name)
+	vid := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
 	if err := vid.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
 	}
@@ -155,19 +122,19 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return resp(info.Size), nil
 		}
 		if !errors.Is(err, image.ErrNotFound) {
-			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "inspect image "+imageName)
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect image "+imageName)
 		}
 		// A previous attempt wrote the record but did not finish the image:
 		// clear what it left and create it now.
 		if err := st.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
-			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
 		if err := writeRecord(ctx, pool, imageName, volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}); err != nil {
-			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "write volume record")
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "write volume record")
 		}
 	default:
-		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "read volume record")
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read volume record")
 	}
 
 	if err := st.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
@@ -180,7 +147,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 				logger.Error(rerr, "Could not remove the record of a volume whose image was not created", "image", imageName)
 			}
 		}
-		return nil, opStatus(err, SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
 	}
 	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
 		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)
@@ -215,7 +182,7 @@ func (d *Driver) volumeSize(cr *csi.CapacityRange, order uint8) (int64, error) {
 	return size, nil
 }
 
-func paramsDiff(a, b VolumeParams) string {
+func paramsDiff(a, b volume.VolumeParams) string {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return fmt.Sprintf("existing %s, requested %s", ja, jb)
@@ -258,7 +225,7 @@ func removeRecord(ctx context.Context, pool objstore.Pool, imageName string) err
 // DeleteVolume removes the image and its record (idempotent). An image that
 // is still open somewhere (staged on a node) is refused.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	vid, err := ResolveVolumeID(d.o.Backend, req.GetVolumeId())
+	vid, err := volume.ResolveVolumeID(d.o.Backend, req.GetVolumeId())
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
 			return &csi.DeleteVolumeResponse{}, nil // never issued by us: nothing to delete
@@ -272,20 +239,20 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
 
-	st, err := VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), SecretsProvisioner)
+	st, err := volume.VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), volume.SecretsProvisioner)
 	if err != nil {
 		return nil, err
 	}
 	pool, err := st.Pool(ctx, vid.Pool)
-	if errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, storage.ErrPoolNotFound) {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	if err != nil {
-		return nil, opStatus(err, SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
 	}
 	users, err := st.ImageUsers(ctx, pool, vid.Image)
 	if err != nil {
-		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "check users of "+vid.String())
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "check users of "+vid.String())
 	}
 	if len(users) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
@@ -296,11 +263,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		case errors.Is(err, image.ErrBusy):
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (its image has watchers; a crashed client's watch expires after 30 s); unstage it first: %v", vid, err)
 		default:
-			return nil, opStatus(err, SecretsProvisioner, codes.Internal, "remove image "+vid.String())
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "remove image "+vid.String())
 		}
 	}
 	if err := removeRecord(ctx, pool, vid.Image); err != nil {
-		return nil, opStatus(err, SecretsProvisioner, codes.Internal, "remove volume record of "+vid.String())
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "remove volume record of "+vid.String())
 	}
 	klog.FromContext(ctx).Info("Volume deleted", "volumeID", vid.String())
 	return &csi.DeleteVolumeResponse{}, nil
@@ -308,35 +275,35 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 
 // lookupVolume finds an existing volume (NotFound otherwise), with the
 // given secrets (of names where they come from).
-func (d *Driver) lookupVolume(ctx context.Context, id string, secrets map[string]string, of SecretsOf) (VolumeID, ImageInfo, volumeRecord, error) {
-	vid, err := ResolveVolumeID(d.o.Backend, id)
+func (d *Driver) lookupVolume(ctx context.Context, id string, secrets map[string]string, of volume.SecretsOf) (volume.VolumeID, storage.ImageInfo, volumeRecord, error) {
+	vid, err := volume.ResolveVolumeID(d.o.Backend, id)
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, err
+		return vid, storage.ImageInfo{}, volumeRecord{}, err
 	}
-	st, err := VolumeStorage(ctx, d.o.Backend, vid, secrets, of)
+	st, err := volume.VolumeStorage(ctx, d.o.Backend, vid, secrets, of)
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, err
+		return vid, storage.ImageInfo{}, volumeRecord{}, err
 	}
 	pool, err := st.Pool(ctx, vid.Pool)
-	if errors.Is(err, ErrPoolNotFound) {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
+	if errors.Is(err, storage.ErrPoolNotFound) {
+		return vid, storage.ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (no pool %q)", vid, vid.Pool)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
+		return vid, storage.ImageInfo{}, volumeRecord{}, volume.OpStatus(err, of, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
 	}
 	rec, err := readRecord(ctx, pool, vid.Image)
 	if errors.Is(err, objstore.ErrNotFound) {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist", vid)
+		return vid, storage.ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist", vid)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Internal, "read volume record of "+vid.String())
+		return vid, storage.ImageInfo{}, volumeRecord{}, volume.OpStatus(err, of, codes.Internal, "read volume record of "+vid.String())
 	}
 	info, err := st.ImageInfo(ctx, pool, vid.Image)
 	if errors.Is(err, image.ErrNotFound) {
-		return vid, ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (its image is gone)", vid)
+		return vid, storage.ImageInfo{}, volumeRecord{}, status.Errorf(codes.NotFound, "volume %s does not exist (its image is gone)", vid)
 	}
 	if err != nil {
-		return vid, ImageInfo{}, volumeRecord{}, opStatus(err, of, codes.Internal, "inspect image of "+vid.String())
+		return vid, storage.ImageInfo{}, volumeRecord{}, volume.OpStatus(err, of, codes.Internal, "inspect image of "+vid.String())
 	}
 	return vid, info, rec, nil
 }
@@ -351,14 +318,14 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	}
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
-	if _, _, _, err := d.lookupVolume(ctx, req.GetVolumeId(), req.GetSecrets(), SecretsControllerValidate); err != nil {
+	if _, _, _, err := d.lookupVolume(ctx, req.GetVolumeId(), req.GetSecrets(), volume.SecretsControllerValidate); err != nil {
 		return nil, err
 	}
-	if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	if len(req.GetParameters()) > 0 {
-		if _, err := ParseParams(req.GetParameters()); err != nil {
+		if _, err := volume.ParseParams(req.GetParameters()); err != nil {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 		}
 	}
@@ -385,7 +352,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 		if !ok {
 			return nil, status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", tok)
 		}
-		if _, err := ParseVolumeID(rest); err != nil {
+		if _, err := volume.ParseVolumeID(rest); err != nil {
 			return nil, status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", tok, err)
 		}
 		after = rest
@@ -406,7 +373,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
 			break
 		}
-		vid, info, rec, err := d.lookupVolume(ctx, ids[i], nil, SecretsNone)
+		vid, info, rec, err := d.lookupVolume(ctx, ids[i], nil, volume.SecretsNone)
 		if status.Code(err) == codes.NotFound {
 			continue // deleted meanwhile
 		}
@@ -431,32 +398,32 @@ func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
 	for _, cl := range clusters {
 		st, err := d.o.Backend.Storage(ctx, cl, nil)
 		if err != nil {
-			return nil, StorageStatus(fmt.Errorf("list volumes of cluster %q: %w", cl, err), SecretsNone, fromVolumeID)
+			return nil, volume.StorageStatus(fmt.Errorf("list volumes of cluster %q: %w", cl, err), volume.SecretsNone, volume.FromVolumeID)
 		}
 		pools, err := st.ListPools(ctx)
 		if err != nil {
-			return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
+			return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
 		}
 		for _, pn := range pools {
-			if validateName("pool", pn) != nil {
+			if storage.ValidateName("pool", pn) != nil {
 				continue
 			}
 			pool, err := st.Pool(ctx, pn)
-			if errors.Is(err, ErrPoolNotFound) {
+			if errors.Is(err, storage.ErrPoolNotFound) {
 				continue // deleted meanwhile
 			}
 			if err != nil {
-				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
+				return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
 			}
 			names, err := pool.List(ctx, recordPrefix)
 			if errors.Is(err, objstore.ErrNotFound) {
 				continue // deleted meanwhile
 			}
 			if err != nil {
-				return nil, opStatus(err, SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
+				return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
 			}
 			for _, n := range names {
-				v := VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
+				v := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
 				if v.Validate() == nil {
 					ids = append(ids, v.String())
 				}
@@ -470,11 +437,11 @@ func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
 // GetCapacity reports what the backend can still hold (volumes are thin).
 func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	if len(req.GetVolumeCapabilities()) > 0 {
-		if err := ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
+		if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 			return &csi.GetCapacityResponse{}, nil // no capacity for what cannot be created
 		}
 	}
-	params, err := ParseParams(req.GetParameters())
+	params, err := volume.ParseParams(req.GetParameters())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -482,11 +449,11 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	defer cancel()
 	st, err := d.o.Backend.Storage(ctx, params.ClusterID, nil)
 	if err != nil {
-		return nil, StorageStatus(err, SecretsNone, fromParams)
+		return nil, volume.StorageStatus(err, volume.SecretsNone, volume.FromParams)
 	}
 	avail, err := st.Available(ctx)
 	if err != nil {
-		return nil, opStatus(err, SecretsNone, codes.Unavailable, "backend capacity")
+		return nil, volume.OpStatus(err, volume.SecretsNone, codes.Unavailable, "backend capacity")
 	}
 	return &csi.GetCapacityResponse{
 		AvailableCapacity: avail,
@@ -508,4 +475,13 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// describeUsers formats watchers for an error message.
+func describeUsers(ws []objstore.WatcherInfo) string {
+	var parts []string
+	for _, w := range ws {
+		parts = append(parts, fmt.Sprintf("%s at %s", w.Client.Name(), w.Client.Addr))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,15 +1,14 @@
 // Package driver is csi-rbdj's CSI gRPC server: one Driver type that serves
 // the Identity service always, the Controller service in the controller and
-// all modes, and the Node service (implemented in pkg/nodeserver) in the node
-// and all modes. It also holds what both sides share: volume ids, StorageClass
-// parameters, access-mode rules, and the Storage interface that separates the
-// CSI servers from the storage backends (local now, ceph later).
+// all modes, and the Node service (implemented in pkg/nodeserver, handed in
+// through Options) in the node and all modes. The Controller service
+// (controller.go) creates, deletes, lists and validates volumes through the
+// storage layer (pkg/storage) with the volume model of pkg/volume; it does
+// not link the data path (pkg/blockdev).
 //
-// Volume ids encode the backend, cluster id, pool and image
-// ("rbdj1/local/default/rbd/csi-vol-<24 hex>"), so the node needs no call to
-// the controller. The controller does not implement ControllerPublish: a
-// volume is attached by NodeStage taking the image's exclusive lock, which
-// enforces one writer wherever the request comes from (see README.md).
+// The controller does not implement ControllerPublish: a volume is attached
+// by NodeStage taking the image's exclusive lock, which enforces one writer
+// wherever the request comes from (see README.md).
 package driver
 
 import (
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -74,7 +74,7 @@ type Options struct {
 	Mode Mode
 	// Backend opens the storage of a request's cluster with its
 	// credentials.
-	Backend Backend
+	Backend storage.Backend
 	// NodeServer serves the Node service (required in node and all modes).
 	NodeServer csi.NodeServer
 	// MaxVolumeBytes bounds a volume's size (default DefaultMaxVolumeBytes).
@@ -329,7 +329,7 @@ func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResp
 	defer cancel()
 	st, err := d.o.Backend.Storage(ctx, "", nil)
 	switch {
-	case errors.Is(err, ErrNoCredentials):
+	case errors.Is(err, storage.ErrNoCredentials):
 		klog.V(5).InfoS("Probe: no default credentials; the cluster is not checked")
 	case err != nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "backend unhealthy: %v", err)

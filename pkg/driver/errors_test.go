@@ -11,6 +11,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,7 +24,7 @@ import (
 func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient, string) {
 	t.Helper()
 	dir := t.TempDir()
-	b, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,7 @@ func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.Identi
 
 // serveDriver serves a driver in mode all on backend b (closed at the
 // end) over a unix socket in dir, with its node state in dir/node.
-func serveDriver(t *testing.T, dir string, b driver.Backend) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
+func serveDriver(t *testing.T, dir string, b storage.Backend) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
 	t.Helper()
 	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: b})
 	if err != nil {
@@ -90,8 +92,8 @@ func TestErrorPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	existing := vol.GetVolume().GetVolumeId()
-	unknown := driver.VolumeID{Backend: "local", Cluster: "default", Pool: "rbd", Image: driver.ImageNameFor("never-created")}.String()
-	otherCluster := driver.VolumeID{Backend: "local", Cluster: "elsewhere", Pool: "rbd", Image: "csi-vol-x"}.String()
+	unknown := volume.VolumeID{Backend: "local", Cluster: "default", Pool: "rbd", Image: volume.ImageNameFor("never-created")}.String()
+	otherCluster := volume.VolumeID{Backend: "local", Cluster: "elsewhere", Pool: "rbd", Image: "csi-vol-x"}.String()
 	staging := filepath.Join(dir, "staging")
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 )
 
@@ -120,21 +122,21 @@ func TestSanityChild(t *testing.T) {
 		t.Skip("child process of TestSanity")
 	}
 	dir := t.TempDir()
-	b, err := driver.OpenLocal(driver.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := sanityConfig(t, dir, b, at)
-	cfg.TestVolumeParameters = map[string]string{driver.ParamAckPolicy: "journaled", driver.ParamJournalSplayWidth: "2"}
+	cfg.TestVolumeParameters = map[string]string{volume.ParamAckPolicy: "journaled", volume.ParamJournalSplayWidth: "2"}
 	if at == "block" {
-		cfg.TestVolumeParameters[driver.ParamAckPolicy] = "applied"
+		cfg.TestVolumeParameters[volume.ParamAckPolicy] = "applied"
 	}
 	sanity.Test(t, cfg)
 }
 
 // sanityConfig serves a driver in mode all on b (closed at the end) in dir
 // and returns a sanity configuration for it: access type at, paths in dir.
-func sanityConfig(t *testing.T, dir string, b driver.Backend, at string) sanity.TestConfig {
+func sanityConfig(t *testing.T, dir string, b storage.Backend, at string) sanity.TestConfig {
 	sock := filepath.Join(dir, "csi.sock")
 	stateDir := filepath.Join(dir, "node")
 	ns, err := nodeserver.New(nodeserver.Options{NodeID: "sanity-node", StateDir: stateDir, Backend: b, RequestTimeout: 30 * time.Second})

@@ -13,14 +13,15 @@ import (
 
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 func init() {
-	takeoverBackends["ceph"] = func(t testing.TB, getenv func(string) string) driver.Backend {
-		b, err := driver.OpenCeph(driver.CephOptions{ConfigFile: getenv("CSI_RBDJ_TAKEOVER_CEPH_CONFIG"),
+	takeoverBackends["ceph"] = func(t testing.TB, getenv func(string) string) storage.Backend {
+		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: getenv("CSI_RBDJ_TAKEOVER_CEPH_CONFIG"),
 			CredentialsDir: getenv("CSI_RBDJ_TAKEOVER_CEPH_CREDS"), ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -35,8 +36,8 @@ func cephKind(t *testing.T) func(dir string) nodeKind {
 	return func(string) nodeKind {
 		return nodeKind{name: "ceph",
 			env: []string{"CSI_RBDJ_TAKEOVER_BACKEND=ceph", "CSI_RBDJ_TAKEOVER_CEPH_CONFIG=" + f.configFile, "CSI_RBDJ_TAKEOVER_CEPH_CREDS=" + creds},
-			params: map[string]string{driver.ParamClusterID: cephTestCluster, driver.ParamPool: cephtest.PoolName,
-				driver.ParamAckPolicy: "applied"},
+			params: map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName,
+				volume.ParamAckPolicy: "applied"},
 			beforeTakeover: unfenceHolderLater,
 		}
 	}
@@ -47,7 +48,7 @@ func cephKind(t *testing.T) func(dir string) nodeKind {
 func unfenceHolderLater(t *testing.T, volumeID string) {
 	t.Helper()
 	ctx := context.Background()
-	vid, err := driver.ParseVolumeID(volumeID)
+	vid, err := volume.ParseVolumeID(volumeID)
 	if err != nil {
 		t.Fatal(err)
 	}

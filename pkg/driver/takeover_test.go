@@ -22,7 +22,9 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,9 +34,9 @@ import (
 
 // takeoverBackends open the backend the two nodes share, by name, from
 // the environment a child node also gets (see nodeKind.env).
-var takeoverBackends = map[string]func(t testing.TB, getenv func(string) string) driver.Backend{
-	"local": func(t testing.TB, getenv func(string) string) driver.Backend {
-		b, err := driver.OpenLocal(driver.LocalOptions{Dir: getenv("CSI_RBDJ_TAKEOVER_CLUSTER"), NoSync: true})
+var takeoverBackends = map[string]func(t testing.TB, getenv func(string) string) storage.Backend{
+	"local": func(t testing.TB, getenv func(string) string) storage.Backend {
+		b, err := storage.OpenLocal(storage.LocalOptions{Dir: getenv("CSI_RBDJ_TAKEOVER_CLUSTER"), NoSync: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,12 +66,12 @@ func (k nodeKind) getenv(key string) string {
 func localKind(dir string) nodeKind {
 	return nodeKind{name: "local",
 		env:    []string{"CSI_RBDJ_TAKEOVER_BACKEND=local", "CSI_RBDJ_TAKEOVER_CLUSTER=" + filepath.Join(dir, "cluster")},
-		params: map[string]string{driver.ParamAckPolicy: "applied"}}
+		params: map[string]string{volume.ParamAckPolicy: "applied"}}
 }
 
 // serveNode serves a driver in mode (all or node) for node id with state in
 // dir/<id>; it stops when stop is called.
-func serveNode(t testing.TB, b driver.Backend, dir, id string, mode driver.Mode) (sock string, stop func()) {
+func serveNode(t testing.TB, b storage.Backend, dir, id string, mode driver.Mode) (sock string, stop func()) {
 	t.Helper()
 	stateDir := filepath.Join(dir, id)
 	ns, err := nodeserver.New(nodeserver.Options{NodeID: id, StateDir: stateDir, Backend: b, RequestTimeout: 30 * time.Second})

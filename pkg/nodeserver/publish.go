@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -27,10 +27,10 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	case staging == "":
 		return nil, status.Error(codes.InvalidArgument, "staging_target_path is missing (this driver stages volumes: call NodeStageVolume first)")
 	}
-	if err := driver.ValidateCapability(req.GetVolumeCapability()); err != nil {
+	if err := volume.ValidateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if _, err := driver.ResolveVolumeID(s.o.Backend, id); err != nil {
+	if _, err := volume.ResolveVolumeID(s.o.Backend, id); err != nil {
 		return nil, err
 	}
 	target, staging = filepath.Clean(target), filepath.Clean(staging)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"k8s.io/klog/v2"
 )
 
@@ -25,10 +25,10 @@ func (s *Server) recoverAll(ctx context.Context) {
 	}
 	klog.InfoS("Re-serving volumes staged before the restart", "count", len(recs))
 	for _, r := range recs {
-		v := &volume{rec: r}
+		v := &stagedVolume{rec: r}
 		s.set(r.VolumeID, v)
 		vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v, nil, driver.SecretsNone)
+		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v, nil, volume.SecretsNone)
 		cancel()
 		if err != nil {
 			klog.ErrorS(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
@@ -58,16 +58,16 @@ func (s *Server) recoverAll(ctx context.Context) {
 // storage (no credentials, cluster unreachable) it leaves the dead mounts
 // as they are: they keep failing with EIO rather than turning into empty
 // directories.
-func (s *Server) reserve(ctx context.Context, v *volume, secrets map[string]string, of driver.SecretsOf) error {
+func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[string]string, of volume.SecretsOf) error {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	r := v.rec
-	vid, err := driver.ResolveVolumeID(s.o.Backend, r.VolumeID)
+	vid, err := volume.ResolveVolumeID(s.o.Backend, r.VolumeID)
 	if err != nil {
 		s.update(func() { v.err = err })
 		return err
 	}
-	st, err := driver.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
+	st, err := volume.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
 	if err != nil {
 		s.update(func() { v.err = err })
 		return err

@@ -33,7 +33,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -51,7 +51,7 @@ type Options struct {
 	// Backend opens the storage the images live in: with the secrets of
 	// NodeStageVolume, or its default credentials when re-serving staged
 	// volumes after a restart (the plugin never stores credentials).
-	Backend driver.Backend
+	Backend storage.Backend
 	// RequestTimeout bounds one I/O request of a device before its FUSE
 	// connection is aborted (0: fuseloop.DefaultRequestTimeout).
 	RequestTimeout time.Duration
@@ -65,6 +65,10 @@ type Options struct {
 	// rbd_journal_commit_age; 0: the journal's default, 1 s). A crash
 	// replays at most what was acknowledged in that window.
 	JournalCommitAge time.Duration
+	// Mounter formats and mounts the staging filesystems (nil: the host's
+	// mount and mkfs/fsck/blkid). Tests put a fake here; bind mounts and
+	// unmounts do not go through it.
+	Mounter *mount.SafeFormatAndMount
 }
 
 // Server is the CSI Node service.
@@ -81,7 +85,7 @@ type Server struct {
 	busy map[string]chan struct{}
 
 	mu   sync.Mutex
-	vols map[string]*volume // by volume id
+	vols map[string]*stagedVolume // by volume id
 
 	ready    chan struct{} // closed when the recovery at start is over
 	started  atomic.Bool
@@ -93,7 +97,7 @@ type Server struct {
 // fence (ceph: the OSD blocklist of a client address after a takeover): a
 // fenced one must not serve the next stage.
 type forgetter interface {
-	Forget(driver.Storage)
+	Forget(storage.Storage)
 }
 
 // fenced reports whether err says the cluster fenced this client.
@@ -101,15 +105,15 @@ func fenced(err error) bool { return errors.Is(err, syscall.ESHUTDOWN) }
 
 // forgetIfFenced drops st from the backend's cache when err says the
 // cluster fenced it.
-func (s *Server) forgetIfFenced(st driver.Storage, err error) {
+func (s *Server) forgetIfFenced(st storage.Storage, err error) {
 	if f, ok := s.o.Backend.(forgetter); ok && st != nil && fenced(err) {
 		f.Forget(st)
 	}
 }
 
-// volume is a staged volume and what serves it.
-type volume struct {
-	st   driver.Storage // what dev was opened on (nil if not served)
+// stagedVolume is a staged volume and what serves it.
+type stagedVolume struct {
+	st   storage.Storage // what dev was opened on (nil if not served)
 	rec  *record
 	dev  *blockdev.Device // nil if serving it failed
 	loop *fuseloop.Device // nil if serving it failed
@@ -133,13 +137,16 @@ func New(o Options) (*Server, error) {
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 5 * time.Minute
 	}
+	if o.Mounter == nil {
+		o.Mounter = mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New())
+	}
 	s := &Server{
 		o:       o,
 		store:   store{dir: filepath.Join(o.StateDir, "volumes")},
 		fuseDir: filepath.Join(o.StateDir, "fuse"),
-		mounter: mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New()),
+		mounter: o.Mounter,
 		busy:    map[string]chan struct{}{},
-		vols:    map[string]*volume{},
+		vols:    map[string]*stagedVolume{},
 		ready:   make(chan struct{}),
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
@@ -199,7 +206,7 @@ func (s *Server) Stop(ctx context.Context) {
 			}
 		}
 		s.mu.Lock()
-		vols := make([]*volume, 0, len(s.vols))
+		vols := make([]*stagedVolume, 0, len(s.vols))
 		for _, v := range s.vols {
 			vols = append(vols, v)
 		}
@@ -212,7 +219,7 @@ func (s *Server) Stop(ctx context.Context) {
 }
 
 // shutdown stops serving v without touching its mounts or record.
-func (s *Server) shutdown(ctx context.Context, v *volume) {
+func (s *Server) shutdown(ctx context.Context, v *stagedVolume) {
 	s.stopMonitor(v)
 	if v.loop != nil {
 		_ = v.loop.Abort()
@@ -251,13 +258,13 @@ func (s *Server) lock(ctx context.Context, id string) (unlock func(), err error)
 	}
 }
 
-func (s *Server) get(id string) *volume {
+func (s *Server) get(id string) *stagedVolume {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.vols[id]
 }
 
-func (s *Server) set(id string, v *volume) {
+func (s *Server) set(id string, v *stagedVolume) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if v == nil {
@@ -290,7 +297,7 @@ func (s *Server) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 // monitor logs when a device stops serving (the FUSE connection was aborted
 // by the watchdog, or the journal failed). Owned by the volume: stopMonitor
 // ends it.
-func (s *Server) startMonitor(v *volume) {
+func (s *Server) startMonitor(v *stagedVolume) {
 	v.mon = make(chan struct{})
 	v.done = make(chan struct{})
 	s.wg.Add(1)
@@ -326,7 +333,7 @@ func (s *Server) startMonitor(v *volume) {
 	}()
 }
 
-func (s *Server) stopMonitor(v *volume) {
+func (s *Server) stopMonitor(v *stagedVolume) {
 	if v.mon != nil {
 		select {
 		case <-v.mon:
@@ -338,7 +345,7 @@ func (s *Server) stopMonitor(v *volume) {
 }
 
 // condition is the volume's health for NodeGetVolumeStats.
-func (v *volume) condition() *csi.VolumeCondition {
+func (v *stagedVolume) condition() *csi.VolumeCondition {
 	switch {
 	case v.err != nil:
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("volume is not served: %v", v.err)}

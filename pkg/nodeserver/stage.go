@@ -14,10 +14,11 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -35,14 +36,14 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if req.GetVolumeCapability() == nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_capability is missing")
 	}
-	if err := driver.ValidateCapability(req.GetVolumeCapability()); err != nil {
+	if err := volume.ValidateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	want, err := s.stagingRecord(req)
 	if err != nil {
 		return nil, err
 	}
-	vid, err := driver.ResolveVolumeID(s.o.Backend, req.GetVolumeId())
+	vid, err := volume.ResolveVolumeID(s.o.Backend, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +70,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		if v.dev == nil {
 			// Re-serving it at start failed: try again now, with this
 			// request's secrets.
-			if err := s.reserve(ctx, v, req.GetSecrets(), driver.SecretsNodeStage); err != nil {
+			if err := s.reserve(ctx, v, req.GetSecrets(), volume.SecretsNodeStage); err != nil {
 				if _, ok := status.FromError(err); ok {
 					return nil, err
 				}
@@ -96,13 +97,13 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.InvalidArgument, "staging_target_path %s must be an existing directory (kubelet creates it)", want.StagingPath)
 	}
 
-	st, err := driver.VolumeStorage(ctx, s.o.Backend, vid, req.GetSecrets(), driver.SecretsNodeStage)
+	st, err := volume.VolumeStorage(ctx, s.o.Backend, vid, req.GetSecrets(), volume.SecretsNodeStage)
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	v := &volume{rec: want}
-	if err := s.serveOn(ctx, v, vid, st, req.GetSecrets(), driver.SecretsNodeStage); err != nil {
+	v := &stagedVolume{rec: want}
+	if err := s.serveOn(ctx, v, vid, st, req.GetSecrets(), volume.SecretsNodeStage); err != nil {
 		return nil, err
 	}
 	// From here on a failure must undo everything: no half-staged volume.
@@ -135,26 +136,26 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 		Key:         volumeKey(req.GetVolumeId()),
 		StagingPath: filepath.Clean(req.GetStagingTargetPath()),
 		AccessMode:  c.GetAccessMode().GetMode().String(),
-		ReadOnly:    driver.IsReadOnlyMode(c),
-		AckPolicy:   vc[driver.CtxAckPolicy],
+		ReadOnly:    volume.IsReadOnlyMode(c),
+		AckPolicy:   vc[volume.CtxAckPolicy],
 		Publish:     map[string]publication{},
 		StagedAt:    time.Now().UTC(),
 	}
 	if r.AckPolicy == "" {
-		r.AckPolicy = driver.DefaultAckPolicy
+		r.AckPolicy = volume.DefaultAckPolicy
 	}
 	if _, err := blockdev.ParseAckPolicy(r.AckPolicy); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", driver.CtxAckPolicy, err)
+		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", volume.CtxAckPolicy, err)
 	}
 	if m := c.GetMount(); m != nil {
 		r.FsType = m.GetFsType()
 		if r.FsType == "" {
-			r.FsType = vc[driver.CtxFsType]
+			r.FsType = vc[volume.CtxFsType]
 		}
 		if r.FsType == "" {
-			r.FsType = driver.DefaultFsType
+			r.FsType = volume.DefaultFsType
 		}
-		if !driver.IsSupportedFsType(r.FsType) {
+		if !volume.IsSupportedFsType(r.FsType) {
 			return nil, status.Errorf(codes.InvalidArgument, "filesystem %q is not supported (use ext4 or xfs)", r.FsType)
 		}
 		r.MountFlags = append([]string(nil), m.GetMountFlags()...)
@@ -183,7 +184,7 @@ func compatible(have, want *record) string {
 // fencedError is serve's error when the cluster fenced the connection it
 // used (which is then forgotten): a new one may work.
 type fencedError struct {
-	vid driver.VolumeID
+	vid volume.VolumeID
 	err error
 }
 
@@ -200,14 +201,14 @@ func (e *fencedError) GRPCStatus() *status.Status {
 
 // serveOn is serve on st, and once more on a new connection if the cluster
 // had fenced st (the backend forgot it).
-func (s *Server) serveOn(ctx context.Context, v *volume, vid driver.VolumeID, st driver.Storage, secrets map[string]string, of driver.SecretsOf) error {
+func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, secrets map[string]string, of volume.SecretsOf) error {
 	err := s.serve(ctx, v, vid, st)
 	var fe *fencedError
 	if !errors.As(err, &fe) {
 		return err
 	}
 	klog.FromContext(ctx).Info("The cached Ceph connection was fenced; serving on a new one", "err", fe.err)
-	st, err = driver.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
+	st, err = volume.VolumeStorage(ctx, s.o.Backend, vid, secrets, of)
 	if err != nil {
 		return err
 	}
@@ -217,7 +218,7 @@ func (s *Server) serveOn(ctx context.Context, v *volume, vid driver.VolumeID, st
 // serve opens the journaled device (lock, replay, new epoch) and attaches
 // it as a loop device; on success v.dev, v.loop and v.rec.Device are set.
 // It first clears what a dead instance may have left for this volume.
-func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st driver.Storage) error {
+func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage) error {
 	logger := klog.FromContext(ctx)
 	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
 		if !errors.Is(err, fuseloop.ErrBusy) {
@@ -228,11 +229,11 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st d
 		logger.Info("A previous loop device of this volume is still open; the kernel detaches it once closed", "err", err)
 	}
 	pool, err := st.Pool(ctx, vid.Pool)
-	if errors.Is(err, driver.ErrPoolNotFound) {
+	if errors.Is(err, storage.ErrPoolNotFound) {
 		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", vid, err)
 	}
 	if err != nil {
-		return driver.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), driver.SecretsNodeStage, false)
+		return volume.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), volume.SecretsNodeStage, false)
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
@@ -261,7 +262,7 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st d
 		s.forgetIfFenced(st, err)
 		return &fencedError{vid: vid, err: err}
 	default:
-		return driver.StorageStatus(fmt.Errorf("open journaled device of %s: %w", vid, err), driver.SecretsNodeStage, false)
+		return volume.StorageStatus(fmt.Errorf("open journaled device of %s: %w", vid, err), volume.SecretsNodeStage, false)
 	}
 	openDur := time.Since(openStart)
 	loop, err := fuseloop.Attach(ctx, dev, fuseloop.Options{
@@ -283,7 +284,7 @@ func (s *Server) serve(ctx context.Context, v *volume, vid driver.VolumeID, st d
 // notJournaled is the error of an image without the journaling feature (a
 // pre-provisioned image of a static PersistentVolume): it says how to
 // enable the feature.
-func notJournaled(ctx context.Context, st driver.Storage, pool objstore.Pool, vid driver.VolumeID) error {
+func notJournaled(ctx context.Context, st storage.Storage, pool objstore.Pool, vid volume.VolumeID) error {
 	spec := vid.Pool + "/" + vid.Image
 	enable := "journaling"
 	features := "unknown"
@@ -319,7 +320,7 @@ func (s *Server) mountStaging(r *record) error {
 // teardown stops serving v: it detaches the loop device and closes the
 // journaled device (draining and committing the journal, releasing the
 // lock). Best effort, for error paths.
-func (s *Server) teardown(ctx context.Context, v *volume) {
+func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 	ctx = context.WithoutCancel(ctx)
 	logger := klog.FromContext(ctx)
 	s.stopMonitor(v)

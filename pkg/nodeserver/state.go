@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 )
 
 // recordVersion is the format of the staging records.
@@ -84,30 +86,15 @@ type store struct{ dir string }
 
 func (s store) path(key string) string { return filepath.Join(s.dir, key+".json") }
 
+// save replaces the record durably; on any error the previous record (if
+// any) is left intact and the error is returned.
 func (s store) save(r *record) error {
 	r.Version = recordVersion
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(s.dir, r.Key+".*.tmp")
-	if err != nil {
 		return fmt.Errorf("save state of %s: %w", r.VolumeID, err)
 	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(b); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), s.path(r.Key))
-	}
-	if err == nil {
-		err = syncDir(s.dir)
-	}
-	if err != nil {
+	if err := atomicfile.Write(s.path(r.Key), b, atomicfile.Options{Perm: 0o600}); err != nil {
 		return fmt.Errorf("save state of %s: %w", r.VolumeID, err)
 	}
 	return nil
@@ -117,7 +104,7 @@ func (s store) remove(key string) error {
 	if err := os.Remove(s.path(key)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove state %s: %w", key, err)
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 // load returns every record; unreadable ones are reported, not fatal.
@@ -130,7 +117,7 @@ func (s store) load() ([]*record, []error) {
 	var errs []error
 	for _, e := range ents {
 		name := e.Name()
-		if strings.HasSuffix(name, ".tmp") {
+		if strings.HasSuffix(name, atomicfile.TempSuffix) {
 			_ = os.Remove(filepath.Join(s.dir, name)) // a save interrupted by a crash
 			continue
 		}
@@ -157,13 +144,4 @@ func (s store) load() ([]*record, []error) {
 		recs = append(recs, &r)
 	}
 	return recs, errs
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

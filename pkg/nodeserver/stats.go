@@ -27,9 +27,9 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	s.mu.Lock()
 	v := s.vols[id]
-	var snap volume
+	var snap stagedVolume
 	if v != nil {
-		snap = volume{rec: v.rec, dev: v.dev, loop: v.loop, err: v.err}
+		snap = stagedVolume{rec: v.rec, dev: v.dev, loop: v.loop, err: v.err}
 	}
 	s.mu.Unlock()
 	if v == nil {

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 )
 
 // imageReport is what `image` prints.
@@ -60,7 +60,7 @@ func main() {
 func run(dir, poolName, cmd string, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err := driver.OpenLocal(driver.LocalOptions{Dir: dir})
+	st, err := storage.OpenLocal(storage.LocalOptions{Dir: dir})
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func run(dir, poolName, cmd string, args []string) error {
 	return fmt.Errorf("unknown command %q", cmd)
 }
 
-func inspectImage(ctx context.Context, st driver.Storage, pool objstore.Pool, name string) (imageReport, error) {
+func inspectImage(ctx context.Context, st storage.Storage, pool objstore.Pool, name string) (imageReport, error) {
 	info, err := st.ImageInfo(ctx, pool, name)
 	if err != nil {
 		if errors.Is(err, image.ErrNotFound) {

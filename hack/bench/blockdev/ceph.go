@@ -20,12 +20,12 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/librbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 const cephBuilt = true
@@ -65,7 +65,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 	newImage := func(features uint64) (string, error) {
 		n++
 		name := fmt.Sprintf("bench-%s-%d", stamp, n)
-		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: driver.DefaultJournalSplayWidth})
+		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: volume.DefaultJournalSplayWidth})
 	}
 	removeImage := func(name string) error { return librbd.Remove(context.Background(), pool, name) }
 	ours := func(label string, features uint64, bo blockdev.Options) func() (*target, error) {

@@ -28,11 +28,11 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 type job struct {
@@ -219,7 +219,7 @@ func run(o options) (*report, error) {
 		// The driver's journals (splay width 1) and librbd's default (4):
 		// librbd's player reads the splay objects of a set in parallel, so
 		// the width changes its replay time.
-		for _, width := range []uint8{driver.DefaultJournalSplayWidth, 4} {
+		for _, width := range []uint8{volume.DefaultJournalSplayWidth, 4} {
 			r, err := replayBench(ctx, o, width)
 			if err != nil {
 				return nil, fmt.Errorf("replay (splay width %d): %w", width, err)
@@ -257,7 +257,7 @@ func localDevice(ctx context.Context, o options, name string, bo blockdev.Option
 		c.Close()
 		return nil, err
 	}
-	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: driver.DefaultJournalSplayWidth}); err != nil {
+	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth}); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -517,29 +518,7 @@ func (c *Cluster) readState() (*clusterState, error) {
 
 // writeFileAtomic replaces path durably: temp file, fsync, rename, fsync dir.
 func (c *Cluster) writeFileAtomic(path string, b []byte) error {
-	tmp := fmt.Sprintf("%s.tmp.%d", path, os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil && !c.opts.NoSync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if c.opts.NoSync {
-		return nil
-	}
-	return c.dirF.Sync()
+	return atomicfile.Write(path, b, atomicfile.Options{Perm: 0o644, NoSync: c.opts.NoSync})
 }
 
 func (c *Cluster) writeState(st *clusterState) error {

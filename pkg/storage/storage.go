@@ -1,11 +1,10 @@
-package driver
+package storage
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"syscall"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
@@ -108,7 +107,7 @@ func openLocalStorage(o LocalOptions) (*localStorage, error) {
 	if o.ClusterID == "" {
 		o.ClusterID = "default"
 	}
-	if err := validateName("cluster id", o.ClusterID); err != nil {
+	if err := ValidateName("cluster id", o.ClusterID); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
 	c, err := local.Open(o.Dir, local.Options{Classes: ObjectClasses(), NoSync: o.NoSync})
@@ -228,12 +227,3 @@ func (s *localStorage) Health(ctx context.Context) error {
 }
 
 func (s *localStorage) Fencer() exclusivelock.Fencer { return s.c }
-
-// describeUsers formats watchers for an error message.
-func describeUsers(ws []objstore.WatcherInfo) string {
-	var parts []string
-	for _, w := range ws {
-		parts = append(parts, fmt.Sprintf("%s at %s", w.Client.Name(), w.Client.Addr))
-	}
-	return strings.Join(parts, ", ")
-}

@@ -1,4 +1,4 @@
-package driver
+package storage
 
 import (
 	"errors"
@@ -6,11 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 func TestParseCephConfig(t *testing.T) {
@@ -96,30 +92,7 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
-func TestStorageStatus(t *testing.T) {
-	for _, tc := range []struct {
-		err        error
-		of         SecretsOf
-		fromParams bool
-		code       codes.Code
-		msg        string
-	}{
-		{fmt.Errorf("%w \"x\"", ErrUnknownCluster), SecretsProvisioner, fromParams, codes.InvalidArgument, `parameter "clusterID": unknown cluster id "x"`},
-		{fmt.Errorf("%w \"x\"", ErrUnknownCluster), SecretsNodeStage, fromVolumeID, codes.FailedPrecondition, `unknown cluster id "x"`},
-		{ErrNoCredentials, SecretsProvisioner, fromParams, codes.InvalidArgument, "csi.storage.k8s.io/provisioner-secret-name and csi.storage.k8s.io/provisioner-secret-namespace"},
-		{ErrNoCredentials, SecretsNodeStage, fromVolumeID, codes.InvalidArgument, "csi.storage.k8s.io/node-stage-secret-name and csi.storage.k8s.io/node-stage-secret-namespace"},
-		{ErrNoCredentials, SecretsNone, fromVolumeID, codes.FailedPrecondition, "--ceph-credentials-dir"},
-		{classify(ErrBadCredentials, errors.New("as client.csi: refused")), SecretsProvisioner, fromParams, codes.Unauthenticated, "client.csi"},
-		{classify(ErrUnreachable, errors.New("monitors 10.0.0.1:6789")), SecretsProvisioner, fromParams, codes.Unavailable, "10.0.0.1:6789"},
-		{fmt.Errorf("op: %w", syscall.EPERM), SecretsProvisioner, fromParams, codes.PermissionDenied, "profile rbd"},
-		{classify(ErrBadConfig, errors.New("config.json: bad")), SecretsProvisioner, fromParams, codes.FailedPrecondition, "config.json"},
-		{errors.New("boom"), SecretsProvisioner, fromParams, codes.Internal, "boom"},
-	} {
-		st, _ := status.FromError(StorageStatus(tc.err, tc.of, tc.fromParams))
-		if st.Code() != tc.code || !strings.Contains(st.Message(), tc.msg) {
-			t.Errorf("%v: %v %q, want %v with %q", tc.err, st.Code(), st.Message(), tc.code, tc.msg)
-		}
-	}
+func TestClassify(t *testing.T) {
 	// classify keeps the message and matches both errors.
 	base := errors.New("base")
 	if err := classify(ErrUnreachable, base); err.Error() != "base" || !errors.Is(err, base) || !errors.Is(err, ErrUnreachable) {

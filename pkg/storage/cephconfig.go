@@ -1,4 +1,4 @@
-package driver
+package storage
 
 import (
 	"encoding/json"
@@ -61,7 +61,7 @@ func ParseCephConfig(path string, b []byte) ([]CephCluster, error) {
 	}
 	seen := map[string]bool{}
 	for i, c := range cs {
-		if err := validateName("clusterID", c.ClusterID); err != nil {
+		if err := ValidateName("clusterID", c.ClusterID); err != nil {
 			return nil, fmt.Errorf("ceph cluster configuration %s: entry %d: %w", path, i, err)
 		}
 		if seen[c.ClusterID] {

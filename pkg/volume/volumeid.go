@@ -1,4 +1,4 @@
-package driver
+package volume
 
 import (
 	"crypto/sha256"
@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 )
 
 // VolumeIDPrefix starts every volume id this driver issues. The version in it
@@ -64,39 +66,20 @@ func ParseVolumeID(s string) (VolumeID, error) {
 
 // Validate checks every field.
 func (v VolumeID) Validate() error {
-	if v.Backend != BackendLocal && v.Backend != BackendCeph {
+	if v.Backend != storage.BackendLocal && v.Backend != storage.BackendCeph {
 		return fmt.Errorf("unknown backend %q", v.Backend)
 	}
-	if err := validateName("cluster id", v.Cluster); err != nil {
+	if err := storage.ValidateName("cluster id", v.Cluster); err != nil {
 		return err
 	}
-	if err := validateName("pool", v.Pool); err != nil {
+	if err := storage.ValidateName("pool", v.Pool); err != nil {
 		return err
 	}
-	if err := validateName("image", v.Image); err != nil {
+	if err := storage.ValidateName("image", v.Image); err != nil {
 		return err
 	}
 	if len(v.String()) > maxVolumeIDLen {
 		return fmt.Errorf("id longer than %d bytes", maxVolumeIDLen)
-	}
-	return nil
-}
-
-// validateName accepts the names this driver puts into ids: non-empty,
-// printable ASCII without '/', '@' or spaces (Ceph forbids '/' and '@' in
-// image names; pools and cluster ids follow the same rule here).
-func validateName(what, s string) error {
-	if s == "" {
-		return fmt.Errorf("empty %s", what)
-	}
-	if len(s) > 64 {
-		return fmt.Errorf("%s %q longer than 64 bytes", what, s)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || c == '/' || c == '@' {
-			return fmt.Errorf("%s %q: character %q not allowed", what, s, c)
-		}
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package driver
+package volume
 
 import (
 	"fmt"
@@ -6,10 +6,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 )
 
 // StorageClass parameters (CreateVolumeRequest.parameters). README.md lists
@@ -56,6 +56,21 @@ const (
 	requiredFeatures = clsrbd.FeatureExclusiveLock | clsrbd.FeatureJournaling
 	allowedFeatures  = requiredFeatures | clsrbd.FeatureLayering | clsrbd.FeatureDeepFlatten
 )
+
+// AckPolicies are the values of ParamAckPolicy: the names of
+// blockdev.AckPolicy (kept here so that the controller, which only checks
+// the name, does not link the data path; a test checks that both agree).
+var AckPolicies = []string{"applied", "journaled"}
+
+// ValidateAckPolicy checks an ackPolicy value.
+func ValidateAckPolicy(s string) error {
+	for _, p := range AckPolicies {
+		if s == p {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown ack policy %q (want %s)", s, strings.Join(AckPolicies, " or "))
+}
 
 // SupportedFsTypes are the filesystems NodeStage formats and mounts.
 var SupportedFsTypes = []string{"ext4", "xfs"}
@@ -108,7 +123,7 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 		v := in[k]
 		switch k {
 		case ParamClusterID:
-			if err := validateName("cluster id", v); err != nil {
+			if err := storage.ValidateName("cluster id", v); err != nil {
 				return p, &ParamError{k, err.Error()}
 			}
 			p.ClusterID = v
@@ -119,7 +134,7 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 				return p, &ParamError{k, fmt.Sprintf("%q asks to turn journaling off, but journaling is always on: csi-rbdj journals every write in the node plugin (that is what it is for); remove the parameter, or use another RBD driver for unjournaled volumes", v)}
 			}
 		case ParamPool:
-			if err := validateName("pool", v); err != nil {
+			if err := storage.ValidateName("pool", v); err != nil {
 				return p, &ParamError{k, err.Error()}
 			}
 			p.Pool = v
@@ -160,7 +175,7 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 			}
 			p.FsType = v
 		case ParamAckPolicy:
-			if _, err := blockdev.ParseAckPolicy(v); err != nil {
+			if err := ValidateAckPolicy(v); err != nil {
 				return p, &ParamError{k, err.Error()}
 			}
 			p.AckPolicy = v
@@ -210,7 +225,7 @@ func (p VolumeParams) VolumeContext() map[string]string {
 
 // Matches reports how an existing image differs from the parameters ("" if
 // it does not).
-func (p VolumeParams) Matches(info ImageInfo) string {
+func (p VolumeParams) Matches(info storage.ImageInfo) string {
 	var diffs []string
 	if info.Order != p.ObjectOrder {
 		diffs = append(diffs, fmt.Sprintf("objectOrder %d (requested %d)", info.Order, p.ObjectOrder))

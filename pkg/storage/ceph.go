@@ -1,6 +1,6 @@
 //go:build ceph && pacific
 
-package driver
+package storage
 
 import (
 	"context"

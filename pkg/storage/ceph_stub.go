@@ -1,6 +1,6 @@
 //go:build !(ceph && pacific)
 
-package driver
+package storage
 
 // CephBuilt reports whether this binary carries the ceph backend.
 const CephBuilt = false

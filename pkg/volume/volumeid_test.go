@@ -1,13 +1,15 @@
-package driver
+package volume
 
 import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 )
 
 func TestVolumeIDRoundTrip(t *testing.T) {
-	v := VolumeID{Backend: BackendLocal, Cluster: "default", Pool: "rbd", Image: ImageNameFor("pvc-0f6c")}
+	v := VolumeID{Backend: storage.BackendLocal, Cluster: "default", Pool: "rbd", Image: ImageNameFor("pvc-0f6c")}
 	got, err := ParseVolumeID(v.String())
 	if err != nil || got != v {
 		t.Fatalf("ParseVolumeID(%q) = %v, %v", v.String(), got, err)
@@ -51,20 +53,5 @@ func TestParseParamsDefaults(t *testing.T) {
 	if p.Pool != DefaultPool || p.ObjectOrder != DefaultObjectOrder || p.JournalOrder != DefaultJournalOrder ||
 		p.JournalSplayWidth != DefaultJournalSplayWidth || p.FsType != DefaultFsType || p.AckPolicy != DefaultAckPolicy {
 		t.Errorf("defaults: %+v", p)
-	}
-}
-
-func TestParseEndpoint(t *testing.T) {
-	for in, want := range map[string]string{
-		"unix:///run/csi/csi.sock": "/run/csi/csi.sock",
-		"unix:/run/csi/csi.sock":   "/run/csi/csi.sock",
-		"/run/csi/csi.sock":        "/run/csi/csi.sock",
-	} {
-		if got, err := ParseEndpoint(in); err != nil || got != want {
-			t.Errorf("ParseEndpoint(%q) = %q, %v", in, got, err)
-		}
-	}
-	if _, err := ParseEndpoint("tcp://127.0.0.1:10000"); err == nil {
-		t.Error("tcp endpoints must be refused")
 	}
 }
