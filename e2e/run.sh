@@ -9,6 +9,7 @@
 #   3. a StatefulSet with 2 replicas: each replica's data survives pod re-creation
 #   4. PVC deletion removes the image and its journal
 #   5. a Block-mode PVC consumed as a raw device
+#   6. online expansion while a pod writes: the PVC is resized, the pod sees the new size
 #
 # Usage (root): e2e/run.sh   (make e2e)
 # Environment:
@@ -119,7 +120,8 @@ log "images"
 CGO_ENABLED=0 go build -trimpath -o "$CACHE/images/pause" ./e2e/cmd/pause
 "$ROOT/e2e/mkimage.sh" "$CACHE/images/pause" localhost/pause:e2e "$CACHE/images/pause.tar" /pause
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-provisioner" localhost/csi-provisioner:v6.3.0 "$CACHE/images/csi-provisioner.tar" /csi-provisioner
-ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$E2E_DIR/images/"
+"$ROOT/e2e/mkimage.sh" "$TOOLS/csi-resizer" localhost/csi-resizer:v1.14.0 "$CACHE/images/csi-resizer.tar" /csi-resizer
+ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" "$E2E_DIR/images/"
 
 CEPH_CONF=""
 if [ "$BACKEND" = ceph ]; then
@@ -146,6 +148,12 @@ controller:
   logLevel: 4
   provisioner:
     image: {repository: localhost/csi-provisioner, tag: v6.3.0, pullPolicy: Never}
+    timeout: 60s
+    leaderElection: true
+    logLevel: 3
+  resizer:
+    enabled: true
+    image: {repository: localhost/csi-resizer, tag: v1.14.0, pullPolicy: Never}
     timeout: 60s
     leaderElection: true
     logLevel: 3
@@ -511,6 +519,79 @@ check5() {
   [ "$(sed -n 's/^read //p' <<< "$r")" = "$ws" ] || { log "a new pod reads other data"; return 1; }
 }
 
+# ---- check 6 ------------------------------------------------------------------
+# Online expansion with XFS (growing a mounted ext4 needs CAP_SYS_RESOURCE, which the
+# machines this runs on may not grant even to privileged containers; README): a pod
+# writes and fsyncs a file every 0.2 s while its PVC grows from 512Mi to 1Gi; the
+# external-resizer has the controller grow the image (the node serving it performs the
+# resize as lock owner), then the kubelet has the node grow the loop device and the
+# filesystem. The pod's container is never restarted.
+check6() {
+  local params
+  params=$("$KUBECTL" get storageclass "$SC" -o go-template='{{range $k, $v := .parameters}}{{printf "  %s: %q\n" $k $v}}{{end}}' |
+    sed 's|^  csi.storage.k8s.io/fstype: .*|  csi.storage.k8s.io/fstype: "xfs"|')
+  "$KUBECTL" apply -f - >/dev/null <<X
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $SC-xfs}
+provisioner: rbdj.csi-rbdj.dev
+allowVolumeExpansion: true
+parameters:
+$params
+X
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-grow}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC-xfs
+  resources: {requests: {storage: 512Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grower}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, 'i=0; while true; do f=/data/f\$i; head -c 65536 /dev/urandom > \$f.tmp && dd if=\$f.tmp of=\$f bs=64k conv=fsync status=none && (cd /data && sha256sum f\$i >> sums) && rm \$f.tmp && sync /data/sums; i=\$((i+1)); sleep 0.2; done']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-grow}}]
+X
+  K wait pod/grower --for=condition=Ready --timeout=120s >/dev/null
+  sleep 2
+  local before after t cap i pv
+  before=$(K exec grower -- df -B1 --output=size /data | tail -1 | tr -d ' ')
+  log "the pod writes; df in the pod: $before bytes; PVC capacity $(K get pvc data-grow -o jsonpath='{.status.capacity.storage}')"
+  t=$(date +%s.%N)
+  K patch pvc data-grow --type merge -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
+  cap=""
+  for i in $(seq 1 240); do
+    cap=$(K get pvc data-grow -o jsonpath='{.status.capacity.storage}')
+    [ "$cap" = 1Gi ] && break
+    sleep 0.5
+  done
+  pv=$(pv_of data-grow)
+  log "PV $pv: $("$KUBECTL" get pv "$pv" -o jsonpath='{.spec.capacity.storage}'); PVC status capacity: $cap after $(elapsed "$t")s; conditions: $(K get pvc data-grow -o jsonpath='{.status.conditions}')"
+  K get events --field-selector involvedObject.name=data-grow -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | sed 's/^/    pvc event: /' >&2
+  [ "$cap" = 1Gi ] || { log "the PVC did not reach 1Gi"; return 1; }
+  after=$(K exec grower -- df -B1 --output=size /data | tail -1 | tr -d ' ')
+  log "df in the running pod after the expansion: $after bytes (was $before)"
+  [ "$after" -gt $((before + 400 * 1024 * 1024)) ] || { log "the pod does not see the new size"; return 1; }
+  [ "$(restarts_of e2e grower app)" = 0 ] || { log "the writer's container was restarted"; return 1; }
+  # The new space is usable, and everything the pod fsynced is intact.
+  K exec grower -- bash -c 'dd if=/dev/zero of=/data/big bs=1M count=544 conv=fsync status=none && echo "wrote a 544 MiB file (more than the 512Mi volume held)"; cd /data && n=$(wc -l < sums) && sha256sum -c --quiet sums && echo "$n files written during the expansion verified"' 2>&1 | sed 's/^/    grower: /' >&2
+  K exec grower -- bash -c 'cd /data && sha256sum -c --quiet sums && [ "$(stat -c %s big)" = 570425344 ]' >/dev/null 2>&1 || { log "data check failed"; return 1; }
+  K delete pod grower --wait=true >/dev/null
+  K delete pvc data-grow --wait=true >/dev/null
+  "$KUBECTL" wait "pv/$pv" --for=delete --timeout=120s >/dev/null 2>&1 || { log "PV $pv not deleted"; return 1; }
+  "$KUBECTL" delete storageclass "$SC-xfs" >/dev/null
+}
+
 # ---- check 4 ------------------------------------------------------------------
 check4() {
   local claims=(data-fs data-web-0 data-web-1 data-block) c pv h
@@ -542,6 +623,7 @@ check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" che
 check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
+check 6 "online expansion while a pod writes: PVC resized, pod sees it" check6
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo
