@@ -72,7 +72,11 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, status.Errorf(codes.InvalidArgument, "volume_capability says block=%v, but volume %s is staged with block=%v", c.GetBlock() != nil, id, rec.Block)
 	}
 	if v.dev == nil || v.loop == nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged but not served (%v): stage it again before expanding it", id, v.err)
+		why := "its device is not attached"
+		if v.err != nil {
+			why = v.err.Error()
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged but not served (%s): stage it again before expanding it", id, why)
 	}
 	if err := v.loop.Err(); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "loop device %s of volume %s stopped serving (%v): stage it again before expanding it", rec.Device, id, err)
