@@ -146,6 +146,14 @@ func (s *Server) growFilesystem(ctx context.Context, fsType, device, mountPath s
 	return status.Errorf(codes.Internal, "grow the %s filesystem at %s: %s", fsType, mountPath, msg)
 }
 
+// warnMissingCapabilities says at start what this node plugin will not be
+// able to do for lack of a capability, before a NodeExpandVolume fails.
+func warnMissingCapabilities() {
+	if !hasCapability(unix.CAP_SYS_RESOURCE) {
+		klog.InfoS("This node plugin lacks CAP_SYS_RESOURCE: mounted ext4 volumes cannot grow (NodeExpandVolume fails; XFS and Block volumes grow); give its container the capability SYS_RESOURCE")
+	}
+}
+
 // hasCapability reports whether this process has capability c in its
 // effective set (/proc/self/status CapEff).
 func hasCapability(c int) bool {
