@@ -53,19 +53,6 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	logger := klog.FromContext(ctx).WithValues("volumeID", vid.String())
 	ctx = klog.NewContext(ctx, logger)
 
-	_, info, _, err := d.lookupVolume(ctx, vid.String(), req.GetSecrets(), volume.SecretsControllerExpand)
-	if err != nil {
-		return nil, err
-	}
-	size, err := d.expandedSize(cr, info)
-	if err != nil {
-		return nil, err
-	}
-	resp := &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: true}
-	if size == info.Size {
-		logger.V(2).Info("Volume already has the requested size", "size", size)
-		return resp, nil
-	}
 	st, err := volume.VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), volume.SecretsControllerExpand)
 	if err != nil {
 		return nil, err
@@ -76,6 +63,24 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	}
 	if err != nil {
 		return nil, volume.OpStatus(err, volume.SecretsControllerExpand, codes.Unavailable, fmt.Sprintf("open pool %q", vid.Pool))
+	}
+	// The image, not the volume record: static (pre-provisioned) volumes
+	// have no record and grow too.
+	info, err := st.ImageInfo(ctx, pool, vid.Image)
+	if errors.Is(err, image.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist (no image %s in pool %s)", vid, vid.Image, vid.Pool)
+	}
+	if err != nil {
+		return nil, volume.OpStatus(err, volume.SecretsControllerExpand, codes.Internal, "inspect image of "+vid.String())
+	}
+	size, err := d.expandedSize(cr, info)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: true}
+	if size == info.Size {
+		logger.V(2).Info("Volume already has the requested size", "size", size)
+		return resp, nil
 	}
 	if err := st.ExpandImage(ctx, pool, vid.Image, size); err != nil {
 		return nil, expandStatus(vid, info.Size, size, err)

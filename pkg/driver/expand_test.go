@@ -610,3 +610,38 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(ls, " | ")
 }
+
+// TestExpandStaticVolume: a pre-provisioned image (a static
+// PersistentVolume: no volume record) grows too; a volume that does not
+// exist is NotFound, a request without capacity InvalidArgument.
+func TestExpandStaticVolume(t *testing.T) {
+	dir := t.TempDir()
+	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, _, _ := serveDriver(t, dir, b)
+	ctx := context.Background()
+	pool, err := b.EnsurePool(ctx, "rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CreateImage(ctx, pool, "static-1", 32<<20, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id := volume.VolumeID{Backend: storage.BackendLocal, Cluster: b.ClusterID(), Pool: "rbd", Image: "static-1"}.String()
+	resp, err := ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}})
+	if err != nil || resp.GetCapacityBytes() != 48<<20 || !resp.GetNodeExpansionRequired() {
+		t.Fatalf("expand a static volume: %v, %d bytes", err, resp.GetCapacityBytes())
+	}
+	if info, err := b.ImageInfo(ctx, pool, "static-1"); err != nil || info.Size != 48<<20 {
+		t.Fatalf("image after expansion: %+v, %v", info, err)
+	}
+	missing := volume.VolumeID{Backend: storage.BackendLocal, Cluster: b.ClusterID(), Pool: "rbd", Image: "csi-vol-000000000000000000000000"}.String()
+	_, err = ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: missing, CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}})
+	expectCode(t, "expand a missing volume", err, codes.NotFound, "does not exist")
+	_, err = ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id})
+	expectCode(t, "expand without capacity_range", err, codes.InvalidArgument, "capacity_range is missing")
+	_, err = ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "some-other-driver-id", CapacityRange: &csi.CapacityRange{RequiredBytes: 1}})
+	expectCode(t, "expand a foreign id", err, codes.NotFound, "does not exist")
+}
