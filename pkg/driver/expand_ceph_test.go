@@ -5,7 +5,11 @@ package driver_test
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
@@ -41,5 +45,29 @@ func TestCephExpandOnline(t *testing.T) {
 			}
 			runExpand(t, ctrl, node, filepath.Join(dir), tc, pool, params, sec)
 		})
+	}
+}
+
+// TestCephExpandStatic: a pre-provisioned image (librbd's, no volume
+// record) grows through ControllerExpandVolume with nobody serving it
+// (librbd takes the lock and resizes); the provisioner's read-only default
+// credentials cannot (PermissionDenied naming the user) — the
+// controller-expand secret is what grows it.
+func TestCephExpandStatic(t *testing.T) {
+	f := newCephFixture(t)
+	name := uniqueName("static-expand")
+	f.createImage(t, name, "layering,exclusive-lock,journaling", 32)
+	ctrl, _, _ := f.serve(t, f.configFile, credentialsDir(t, f.ro))
+	ctx := context.Background()
+	req := &csi.ControllerExpandVolumeRequest{VolumeId: staticVolumeID(name), CapacityRange: &csi.CapacityRange{RequiredBytes: 50 << 20}}
+	_, err := ctrl.ControllerExpandVolume(ctx, req)
+	expectCode(t, "expand with read-only default credentials", err, codes.PermissionDenied, "client."+cephUserRO)
+	req.Secrets = secrets(f.rw)
+	resp, err := ctrl.ControllerExpandVolume(ctx, req)
+	if err != nil || resp.GetCapacityBytes() != 52<<20 {
+		t.Fatalf("expand: %v, %d bytes; want 52 MiB (whole 4 MiB objects)", err, resp.GetCapacityBytes())
+	}
+	if info := f.rbd(t, "info", cephtest.PoolName+"/"+name); !strings.Contains(info, "size 52 MiB") {
+		t.Fatalf("rbd info after expansion:\n%s", info)
 	}
 }
