@@ -660,7 +660,7 @@ check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" che
 check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
-check 6 "online expansion while pods write (xfs, Block): PVCs grow, pods see it" check6
+check 6 "online expansion while pods write: xfs and Block PVCs grow" check6
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo
