@@ -148,9 +148,9 @@ func (s *Server) growFilesystem(ctx context.Context, fsType, device, mountPath s
 
 // warnMissingCapabilities says at start what this node plugin will not be
 // able to do for lack of a capability, before a NodeExpandVolume fails.
-func warnMissingCapabilities() {
+func warnMissingCapabilities(logger klog.Logger) {
 	if !hasCapability(unix.CAP_SYS_RESOURCE) {
-		klog.InfoS("This node plugin lacks CAP_SYS_RESOURCE: mounted ext4 volumes cannot grow (NodeExpandVolume fails; XFS and Block volumes grow); give its container the capability SYS_RESOURCE")
+		logger.Info("This node plugin lacks CAP_SYS_RESOURCE: mounted ext4 volumes cannot grow (NodeExpandVolume fails; XFS and Block volumes grow); give its container the capability SYS_RESOURCE")
 	}
 }
 

@@ -164,7 +164,7 @@ func (s *Server) Start(ctx context.Context) {
 	if s.started.Swap(true) {
 		return
 	}
-	warnMissingCapabilities() // expand.go
+	warnMissingCapabilities(klog.FromContext(ctx)) // expand.go
 	s.wg.Add(1)
 	go func() { // owned by Server: Stop waits for it
 		defer s.wg.Done()
