@@ -10,7 +10,8 @@
 // staging path. NodePublishVolume bind-mounts the staging mount (or, for
 // Block volumes, the loop device node) at the target. NodeUnstageVolume
 // undoes it all: unmount, detach, drain and commit the journal, release the
-// lock.
+// lock. NodeExpandVolume (expand.go) makes a grown image reach the loop
+// device and the filesystem, online.
 //
 // The devices live in this process, so they die with it. Every staged volume
 // is recorded in <state dir>/volumes/<key>.json (with its publish targets);
