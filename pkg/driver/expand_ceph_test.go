@@ -4,6 +4,7 @@ package driver_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,4 +71,22 @@ func TestCephExpandStatic(t *testing.T) {
 	if info := f.rbd(t, "info", cephtest.PoolName+"/"+name); !strings.Contains(info, "size 52 MiB") {
 		t.Fatalf("rbd info after expansion:\n%s", info)
 	}
+}
+
+// TestCephExpandFollowsResize: `rbd resize` of a served Block volume
+// (librbd proxies it to the node, the lock owner) grows the device the
+// pod sees without a NodeExpandVolume.
+func TestCephExpandFollowsResize(t *testing.T) {
+	requireRoot(t)
+	f := newCephFixture(t)
+	dir := t.TempDir()
+	ctrl, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)))
+	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
+	runFollowResize(t, ctrl, node, dir, params, secrets(f.rw), func(ctx context.Context, imageName string, size int64) error {
+		out, err := cephCLI(ctx, f.conf, "rbd", "resize", "--no-progress", "--size", fmt.Sprintf("%dM", size>>20), cephtest.PoolName+"/"+imageName)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 }

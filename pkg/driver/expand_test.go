@@ -17,6 +17,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -644,4 +646,97 @@ func TestExpandStaticVolume(t *testing.T) {
 	expectCode(t, "expand without capacity_range", err, codes.InvalidArgument, "capacity_range is missing")
 	_, err = ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "some-other-driver-id", CapacityRange: &csi.CapacityRange{RequiredBytes: 1}})
 	expectCode(t, "expand a foreign id", err, codes.NotFound, "does not exist")
+}
+
+// TestExpandFollowsResize: a served Block volume whose image grows without
+// NodeExpandVolume (`rbd resize` by hand: the node performs it as lock
+// owner) has its device follow, as krbd's devices do.
+func TestExpandFollowsResize(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, node, _ := serveDriver(t, dir, b)
+	resize := func(ctx context.Context, imageName string, size int64) error {
+		pool, err := b.Pool(ctx, "rbd")
+		if err != nil {
+			return err
+		}
+		img, err := image.Open(ctx, pool, imageName)
+		if err != nil {
+			return err
+		}
+		// What librbd's `rbd resize` sends to the owner.
+		return exclusivelock.ProxyResize(ctx, pool, clsrbd.HeaderOID(img.ID()), uint64(size))
+	}
+	runFollowResize(t, ctrl, node, dir, nil, nil, resize)
+}
+
+// runFollowResize stages and publishes a 64 MiB Block volume, grows its
+// image to 96 MiB with resize (not through CSI) and waits for the
+// published device to show the new size.
+func runFollowResize(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir string, params, secrets map[string]string,
+	resize func(ctx context.Context, imageName string, size int64) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("follow-%d", time.Now().UnixNano()),
+		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: params, Secrets: secrets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := vol.GetVolume().GetVolumeId()
+	vid, _ := volume.ParseVolumeID(id)
+	t.Cleanup(func() {
+		if _, err := ctrl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets}); err != nil {
+			t.Errorf("delete volume: %v", err)
+		}
+	})
+	staging, target := filepath.Join(dir, "staging-follow"), filepath.Join(dir, "follow-dev")
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc,
+		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: secrets}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := node.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Errorf("unstage: %v", err)
+		}
+	})
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target,
+		VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			t.Errorf("unpublish: %v", err)
+		}
+	})
+	if got := devSize(t, target); got != 64<<20 {
+		t.Fatalf("device has %d bytes, want %d", got, 64<<20)
+	}
+	start := time.Now()
+	if err := resize(ctx, vid.Image, 96<<20); err != nil {
+		t.Fatalf("resize the image: %v", err)
+	}
+	for devSize(t, target) != 96<<20 {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the device has %d bytes 10 s after the image grew to %d", devSize(t, target), 96<<20)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the device followed its image to %d bytes %v after the resize began", 96<<20, time.Since(start).Round(time.Millisecond))
+	// Writes past the old end work.
+	data := pattern("past the old end ", 4096)
+	if err := writeBlock(target, 80<<20, data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readBlock(target, 80<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back past the old end: %v", err)
+	}
 }

@@ -115,6 +115,47 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }
 
+// followTimeout bounds one followResize.
+const followTimeout = time.Minute
+
+// followResize has a volume's loop device follow its image when the image
+// grew without a NodeExpandVolume (`rbd resize` by hand, performed by this
+// node as lock owner), as krbd's devices follow their image; the
+// filesystem grows only with NodeExpandVolume. It is the journaled
+// device's OnResize, which may run inside an I/O or a proxied resize: the
+// work is done on a goroutine owned by the server (the devices, whose
+// OnResize starts it, are closed before Stop waits), after the volume's
+// other operations.
+func (s *Server) followResize(id string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), followTimeout)
+		defer cancel()
+		logger := klog.FromContext(ctx).WithValues("volumeID", id)
+		unlock, err := s.lock(ctx, id)
+		if err != nil {
+			logger.V(1).Info("The image grew; its loop device follows at the next NodeExpandVolume", "err", err)
+			return
+		}
+		defer unlock()
+		v := s.get(id)
+		if v == nil || v.dev == nil || v.loop == nil || v.loop.Err() != nil || v.dev.Err() != nil {
+			return // not served (any more): a new stage serves the new size
+		}
+		size := v.dev.Size() &^ 511
+		if size <= v.loop.Size() {
+			return // NodeExpandVolume was first
+		}
+		from := v.loop.Size()
+		if err := v.loop.Resize(ctx, size); err != nil {
+			logger.Error(err, "The image grew, but its loop device could not follow; NodeExpandVolume tries again", "device", v.rec.Device, "size", size)
+			return
+		}
+		logger.Info("Loop device followed its image", "device", v.rec.Device, "from", from, "to", size)
+	}()
+}
+
 // growFilesystem grows the filesystem mounted at mountPath (on device) to
 // the device's size, online. Growing a filesystem that already fills the
 // device does nothing.
