@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test: csi-rbdj installed with its Helm chart on a real single-node
 # Kubernetes (v1.33.13: etcd, kube-apiserver, controller-manager, scheduler, containerd,
-# kubelet; e2e/cluster.sh), then five checks through the Kubernetes API:
+# kubelet; e2e/cluster.sh), then six checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
 #   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
