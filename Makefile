@@ -73,7 +73,7 @@ helm:
 
 ## e2e: the Helm chart on a real single-node Kubernetes v1.33.13 (as root): builds or reuses
 ## the Kubernetes binaries (~/.cache/csi-rbdj/k8s), the image, starts etcd, the control
-## plane, containerd and a kubelet, installs the chart and runs the five checks, then tears
+## plane, containerd and a kubelet, installs the chart and runs the six checks, then tears
 ## everything down. E2E_BACKEND=local|ceph|auto (default auto: ceph when the binary has it).
 e2e: deps
 	./e2e/run.sh

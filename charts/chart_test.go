@@ -190,6 +190,7 @@ func TestTemplateDefaults(t *testing.T) {
 		"*v1.ClusterRole", "*v1.ClusterRoleBinding", "*v1.ConfigMap", "*v1.CSIDriver",
 		"*v1.DaemonSet", "*v1.Deployment", "*v1.Role", "*v1.RoleBinding",
 		"*v1.ServiceAccount", "*v1.ServiceAccount",
+		"*v1.ClusterRole", "*v1.ClusterRoleBinding", // the resizer's
 	}
 	slices.Sort(want)
 	if got := kinds(objs); !slices.Equal(got, want) {
@@ -205,12 +206,22 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 
 	dep := one[*appsv1.Deployment](t, objs)
-	if n := len(dep.Spec.Template.Spec.Containers); n != 2 {
-		t.Errorf("controller has %d containers, want csi-rbdj + csi-provisioner (no attacher, no resizer)", n)
+	if n := len(dep.Spec.Template.Spec.Containers); n != 3 {
+		t.Errorf("controller has %d containers, want csi-rbdj + csi-provisioner + csi-resizer (no attacher)", n)
 	}
 	prov := container(t, dep.Spec.Template.Spec, "csi-provisioner")
 	if prov.Image != "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0" {
 		t.Errorf("provisioner image %s", prov.Image)
+	}
+	rs := container(t, dep.Spec.Template.Spec, "csi-resizer")
+	if rs.Image != "registry.k8s.io/sig-storage/csi-resizer:v1.14.0" {
+		t.Errorf("resizer image %s", rs.Image)
+	}
+	for _, a := range []string{"--csi-address=/csi/csi.sock", "--timeout=60s", "--handle-volume-inuse-error=false",
+		"--leader-election=true", "--leader-election-namespace=csi-rbdj"} {
+		if !slices.Contains(rs.Args, a) {
+			t.Errorf("resizer args %v lack %s", rs.Args, a)
+		}
 	}
 	ctl := container(t, dep.Spec.Template.Spec, "csi-rbdj")
 	if !slices.Contains(ctl.Args, "--mode=controller") || !slices.Contains(ctl.Args, "--backend=ceph") {
@@ -221,6 +232,10 @@ func TestTemplateDefaults(t *testing.T) {
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
 	if node.SecurityContext == nil || node.SecurityContext.Privileged == nil || !*node.SecurityContext.Privileged {
 		t.Error("node plugin is not privileged")
+	}
+	// Online ext4 growth (resize2fs on a mounted filesystem) needs CAP_SYS_RESOURCE.
+	if c := node.SecurityContext.Capabilities; c == nil || !slices.Contains(c.Add, "SYS_RESOURCE") {
+		t.Errorf("node plugin capabilities %+v lack SYS_RESOURCE", c)
 	}
 	for _, a := range []string{"--mode=node", "--kubelet-registration-dir=/var/lib/kubelet/plugins_registry",
 		"--endpoint=unix:///var/lib/kubelet/plugins/rbdj.csi-rbdj.dev/csi.sock", "--state-dir=/var/lib/csi-rbdj/node"} {
@@ -261,13 +276,15 @@ func ptrValue[T any](p *T) T {
 	return *p
 }
 
-// checkLeastPrivilege: the provisioner's rules are exactly the ones it needs.
+// checkLeastPrivilege: the provisioner's and resizer's rules are exactly the
+// ones they need.
 func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
 	t.Helper()
 	allowed := map[string]bool{
 		"/persistentvolumes": true, "/persistentvolumeclaims": true, "storage.k8s.io/storageclasses": true,
 		"/events": true, "storage.k8s.io/csinodes": true, "/nodes": true,
 		"coordination.k8s.io/leases": true, "/secrets": true,
+		"/persistentvolumeclaims/status": true, // the resizer
 	}
 	var rules []rbacv1.PolicyRule
 	for _, r := range find[*rbacv1.ClusterRole](objs) {
@@ -285,6 +302,9 @@ func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
 				if res == "secrets" && (len(r.ResourceNames) == 0 || !slices.Equal(r.Verbs, []string{"get"})) {
 					t.Errorf("secrets rule %+v: want get on named secrets only", r)
 				}
+				if res == "persistentvolumeclaims/status" && !slices.Equal(r.Verbs, []string{"patch"}) {
+					t.Errorf("persistentvolumeclaims/status rule %+v: want patch only", r)
+				}
 				if res == "nodes" && slices.ContainsFunc(r.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
 					t.Errorf("nodes rule %+v: want read only", r)
 				}
@@ -300,10 +320,12 @@ func TestTemplateAllOptions(t *testing.T) {
 		"pool": "kube", "clusterID": "dr", "journalOrder": "22", "journalSplayWidth": "8",
 		"ackPolicy": "journaled", "csi.storage.k8s.io/fstype": "xfs",
 		"imageFeatures": "layering,exclusive-lock,journaling,deep-flatten", "objectOrder": "23",
-		"csi.storage.k8s.io/provisioner-secret-name":      "rbdj-ceph-creds",
-		"csi.storage.k8s.io/provisioner-secret-namespace": "csi-rbdj",
-		"csi.storage.k8s.io/node-stage-secret-name":       "rbdj-ceph-creds",
-		"csi.storage.k8s.io/node-stage-secret-namespace":  "csi-rbdj",
+		"csi.storage.k8s.io/provisioner-secret-name":            "rbdj-ceph-creds",
+		"csi.storage.k8s.io/provisioner-secret-namespace":       "csi-rbdj",
+		"csi.storage.k8s.io/node-stage-secret-name":             "rbdj-ceph-creds",
+		"csi.storage.k8s.io/node-stage-secret-namespace":        "csi-rbdj",
+		"csi.storage.k8s.io/controller-expand-secret-name":      "rbdj-ceph-creds",
+		"csi.storage.k8s.io/controller-expand-secret-namespace": "csi-rbdj",
 	}
 	if !maps.Equal(sc.Parameters, wantParams) {
 		t.Errorf("StorageClass parameters %v, want %v", sc.Parameters, wantParams)
@@ -336,6 +358,15 @@ func TestTemplateAllOptions(t *testing.T) {
 	if !slices.Contains(prov.Args, "--worker-threads=20") || !slices.Contains(prov.Args, "--timeout=2m30s") ||
 		!slices.Contains(prov.Env, corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: "127.0.0.1"}) {
 		t.Errorf("provisioner args %v env %v", prov.Args, prov.Env)
+	}
+	rs := container(t, dep.Spec.Template.Spec, "csi-resizer")
+	if rs.Image != "registry.example.com/sig-storage/csi-resizer:v1.14.0" || rs.ImagePullPolicy != corev1.PullAlways ||
+		!slices.Contains(rs.Args, "--workers=20") || !slices.Contains(rs.Args, "--timeout=3m") ||
+		!slices.Contains(rs.Args, "--leader-election=false") || !slices.Contains(rs.Args, "--v=4") ||
+		slices.ContainsFunc(rs.Args, func(a string) bool { return strings.HasPrefix(a, "--leader-election-namespace") }) ||
+		!slices.Contains(rs.Env, corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: "127.0.0.1"}) ||
+		rs.Resources.Requests.Memory().String() != "32Mi" {
+		t.Errorf("resizer %s %s args %v env %v resources %v", rs.Image, rs.ImagePullPolicy, rs.Args, rs.Env, rs.Resources)
 	}
 	checkLeastPrivilege(t, objs)
 }
@@ -371,6 +402,37 @@ func TestTemplateLocal(t *testing.T) {
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"leases"}) {
 		t.Errorf("local Role rules %+v: want leases only (no secrets)", role.Rules)
 	}
+	if !ptrValue(sc.AllowVolumeExpansion) {
+		t.Error("local StorageClass does not allow volume expansion")
+	}
+}
+
+// TestTemplateNoResizer: without the external-resizer nothing of it is
+// rendered, and the StorageClass does not offer expansion (PVCs would wait
+// for a resizer forever).
+func TestTemplateNoResizer(t *testing.T) {
+	objs := render(t, "--set", "controller.resizer.enabled=false", "--set", "storageClass.create=true")
+	dep := one[*appsv1.Deployment](t, objs)
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		if c.Name == "csi-resizer" {
+			t.Error("resizer container rendered while disabled")
+		}
+	}
+	for _, r := range find[*rbacv1.ClusterRole](objs) {
+		if strings.HasSuffix(r.Name, "-resizer") {
+			t.Errorf("resizer ClusterRole %s rendered while disabled", r.Name)
+		}
+	}
+	sc := one[*storagev1.StorageClass](t, objs)
+	if ptrValue(sc.AllowVolumeExpansion) {
+		t.Error("StorageClass allows expansion without a resizer")
+	}
+	for k := range sc.Parameters {
+		if strings.Contains(k, "controller-expand") {
+			t.Errorf("StorageClass has %s without a resizer", k)
+		}
+	}
+	checkLeastPrivilege(t, objs)
 }
 
 // The schema is strict: unknown keys and bad values fail before rendering.
@@ -384,6 +446,9 @@ func TestSchemaRejects(t *testing.T) {
 		"storageClass.journalOrder=30",
 		"storageClass.ackPolicy=never",
 		"controller.provisioner.timeout=soon",
+		"controller.resizer.timeout=soon",
+		"controller.resizer.bogus=1",
+		"storageClass.allowVolumeExpansion=maybe",
 	} {
 		if _, err := helm(t, "template", "rbdj", chartDir, "--set", set); err == nil {
 			t.Errorf("--set %s accepted", set)

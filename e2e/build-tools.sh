@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the Kubernetes binaries the e2e needs, from Go modules only:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl (v1.33.13),
-# helm (v3.22.0) and external-provisioner (v6.3.0). No prebuilt binaries are downloaded.
+# helm (v3.22.0), external-provisioner (v6.3.0) and external-resizer (v1.14.0; v1.13.2 is
+# not served by the module proxy). No prebuilt binaries are downloaded.
 #
 # Usage: e2e/build-tools.sh [all|helm]   (prints the bin directory on its last line)
 #   all (default)  everything below;  helm  only helm (for the chart's tests)
@@ -14,6 +15,7 @@ set -euo pipefail
 KUBE_VERSION=1.33.13
 HELM_VERSION=v3.22.0
 PROVISIONER_VERSION=v6.3.0
+RESIZER_VERSION=v1.14.0
 ATTACHER_VERSION=v4.13.0
 
 CACHE=${CSI_RBDJ_CACHE:-$HOME/.cache/csi-rbdj}/k8s
@@ -115,6 +117,7 @@ case "${1:-all}" in
     build_kube
     build_helm
     build_sidecar github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
+    build_sidecar github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION" csi-resizer
     if [ -n "${WITH_ATTACHER:-}" ]; then
       build_sidecar github.com/kubernetes-csi/external-attacher/v4 "$ATTACHER_VERSION" csi-attacher
     fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test: csi-rbdj installed with its Helm chart on a real single-node
 # Kubernetes (v1.33.13: etcd, kube-apiserver, controller-manager, scheduler, containerd,
-# kubelet; e2e/cluster.sh), then five checks through the Kubernetes API:
+# kubelet; e2e/cluster.sh), then six checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
 #   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
@@ -9,6 +9,7 @@
 #   3. a StatefulSet with 2 replicas: each replica's data survives pod re-creation
 #   4. PVC deletion removes the image and its journal
 #   5. a Block-mode PVC consumed as a raw device
+#   6. online expansion while pods write (XFS and Block): the PVCs grow, the pods see it
 #
 # Usage (root): e2e/run.sh   (make e2e)
 # Environment:
@@ -119,7 +120,8 @@ log "images"
 CGO_ENABLED=0 go build -trimpath -o "$CACHE/images/pause" ./e2e/cmd/pause
 "$ROOT/e2e/mkimage.sh" "$CACHE/images/pause" localhost/pause:e2e "$CACHE/images/pause.tar" /pause
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-provisioner" localhost/csi-provisioner:v6.3.0 "$CACHE/images/csi-provisioner.tar" /csi-provisioner
-ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$E2E_DIR/images/"
+"$ROOT/e2e/mkimage.sh" "$TOOLS/csi-resizer" localhost/csi-resizer:v1.14.0 "$CACHE/images/csi-resizer.tar" /csi-resizer
+ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" "$E2E_DIR/images/"
 
 CEPH_CONF=""
 if [ "$BACKEND" = ceph ]; then
@@ -146,6 +148,12 @@ controller:
   logLevel: 4
   provisioner:
     image: {repository: localhost/csi-provisioner, tag: v6.3.0, pullPolicy: Never}
+    timeout: 60s
+    leaderElection: true
+    logLevel: 3
+  resizer:
+    enabled: true
+    image: {repository: localhost/csi-resizer, tag: v1.14.0, pullPolicy: Never}
     timeout: 60s
     leaderElection: true
     logLevel: 3
@@ -511,6 +519,116 @@ check5() {
   [ "$(sed -n 's/^read //p' <<< "$r")" = "$ws" ] || { log "a new pod reads other data"; return 1; }
 }
 
+# ---- check 6 ------------------------------------------------------------------
+# Online expansion while pods write, for a Filesystem and a Block PVC at once. The
+# filesystem is XFS: growing a mounted ext4 needs CAP_SYS_RESOURCE, which the machines
+# this runs on may not grant even to privileged containers (README). One pod writes and
+# fsyncs a file every 0.2 s while its PVC grows from 512Mi to 1Gi; another keeps writing
+# to its raw device while that PVC grows from 256Mi to 1Gi. The external-resizer has the
+# controller grow each image (the node serving it performs the resize as lock owner),
+# then the kubelet has the node grow the loop device (and the filesystem). Neither
+# container is restarted.
+check6() {
+  local params
+  params=$("$KUBECTL" get storageclass "$SC" -o go-template='{{range $k, $v := .parameters}}{{printf "  %s: %q\n" $k $v}}{{end}}' |
+    sed 's|^  csi.storage.k8s.io/fstype: .*|  csi.storage.k8s.io/fstype: "xfs"|')
+  "$KUBECTL" apply -f - >/dev/null <<X
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $SC-xfs}
+provisioner: rbdj.csi-rbdj.dev
+allowVolumeExpansion: true
+parameters:
+$params
+X
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-grow}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC-xfs
+  resources: {requests: {storage: 512Mi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-grow-block}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC
+  volumeMode: Block
+  resources: {requests: {storage: 256Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grower}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, 'i=0; while true; do f=/data/f\$i; head -c 65536 /dev/urandom > \$f.tmp && dd if=\$f.tmp of=\$f bs=64k conv=fsync status=none && (cd /data && sha256sum f\$i >> sums) && rm \$f.tmp && sync /data/sums; i=\$((i+1)); sleep 0.2; done']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-grow}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grower-block}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: raw
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, 'i=0; while [ ! -e /tmp/stop ]; do head -c 65536 /dev/urandom > /tmp/b && dd if=/tmp/b of=/dev/xvda bs=64k seek=\$((i % 2048)) oflag=direct conv=fsync status=none && echo "\$((i % 2048)) \$(sha256sum < /tmp/b | cut -c1-64)" >> /tmp/sums; i=\$((i+1)); sleep 0.2; done; touch /tmp/stopped; exec sleep infinity']
+      volumeDevices: [{name: data, devicePath: /dev/xvda}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-grow-block}}]
+X
+  K wait pod/grower pod/grower-block --for=condition=Ready --timeout=120s >/dev/null
+  sleep 2
+  local before after bbefore bafter t cap bcap i pv bpv
+  before=$(K exec grower -- df -B1 --output=size /data | tail -1 | tr -d ' ')
+  bbefore=$(K exec grower-block -- blockdev --getsize64 /dev/xvda)
+  log "the pods write; df in the filesystem pod: $before bytes; the block pod's device: $bbefore bytes"
+  t=$(date +%s.%N)
+  K patch pvc data-grow --type merge -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
+  K patch pvc data-grow-block --type merge -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
+  cap="" bcap=""
+  for i in $(seq 1 360); do
+    cap=$(K get pvc data-grow -o jsonpath='{.status.capacity.storage}')
+    bcap=$(K get pvc data-grow-block -o jsonpath='{.status.capacity.storage}')
+    [ "$cap" = 1Gi ] && [ "$bcap" = 1Gi ] && break
+    sleep 0.5
+  done
+  pv=$(pv_of data-grow) bpv=$(pv_of data-grow-block)
+  log "PVC status capacity $cap (Filesystem) and $bcap (Block) after $(elapsed "$t")s (the kubelet expands on the node at its next sync of the pod)"
+  local c
+  for c in data-grow data-grow-block; do
+    K get events --field-selector involvedObject.name=$c -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null |
+      grep -v -e Provisioning -e ExternalProvisioning | sed "s/^/    $c event: /" >&2
+  done
+  [ "$cap" = 1Gi ] && [ "$bcap" = 1Gi ] || { log "the PVCs did not both reach 1Gi"; return 1; }
+  after=$(K exec grower -- df -B1 --output=size /data | tail -1 | tr -d ' ')
+  bafter=$(K exec grower-block -- blockdev --getsize64 /dev/xvda)
+  log "in the running pods after the expansion: df $after bytes (was $before), device $bafter bytes (was $bbefore)"
+  [ "$after" -gt $((before + 400 * 1024 * 1024)) ] || { log "the filesystem pod does not see the new size"; return 1; }
+  [ "$bafter" = 1073741824 ] || { log "the block pod does not see the new size"; return 1; }
+  [ "$(restarts_of e2e grower app)" = 0 ] && [ "$(restarts_of e2e grower-block raw)" = 0 ] || { log "a writer's container was restarted"; return 1; }
+  # The new space is usable, and everything the pods wrote is intact.
+  K exec grower -- bash -c 'dd if=/dev/zero of=/data/big bs=1M count=544 conv=fsync status=none && echo "wrote a 544 MiB file (more than the 512Mi volume held)"; cd /data && n=$(wc -l < sums) && sha256sum -c --quiet sums && echo "$n files written during the expansion verified"' 2>&1 | sed 's/^/    grower: /' >&2
+  K exec grower -- bash -c 'cd /data && sha256sum -c --quiet sums && [ "$(stat -c %s big)" = 570425344 ]' >/dev/null 2>&1 || { log "filesystem data check failed"; return 1; }
+  K exec grower-block -- bash -c 'touch /tmp/stop; for i in $(seq 1 50); do [ -e /tmp/stopped ] && exit 0; sleep 0.1; done; exit 1' || { log "the block writer did not stop"; return 1; }
+  K exec grower-block -- bash -c 'set -e; head -c 1M /dev/urandom > /tmp/n; dd if=/tmp/n of=/dev/xvda bs=1M seek=1000 oflag=direct conv=fsync status=none; [ "$(dd if=/dev/xvda bs=1M skip=1000 count=1 iflag=direct status=none | sha256sum)" = "$(sha256sum < /tmp/n)" ] && echo "wrote and read back 1 MiB at 1000 MiB, past the old end"; tac /tmp/sums | sort -n -s -k1,1 -u | while read -r b s; do [ "$(dd if=/dev/xvda bs=64k skip=$b count=1 iflag=direct status=none | sha256sum | cut -c1-64)" = "$s" ] || { echo "block $b differs"; exit 1; }; done; echo "$(wc -l < /tmp/sums) writes during the expansion, the last of each block verified"' 2>&1 | sed 's/^/    grower-block: /' >&2
+  K exec grower-block -- bash -c 'tac /tmp/sums | sort -n -s -k1,1 -u | while read -r b s; do [ "$(dd if=/dev/xvda bs=64k skip=$b count=1 iflag=direct status=none | sha256sum | cut -c1-64)" = "$s" ] || exit 1; done' >/dev/null 2>&1 || { log "block data check failed"; return 1; }
+  K delete pod grower grower-block --wait=true >/dev/null
+  K delete pvc data-grow data-grow-block --wait=true >/dev/null
+  "$KUBECTL" wait "pv/$pv" "pv/$bpv" --for=delete --timeout=120s >/dev/null 2>&1 || { log "PVs $pv $bpv not deleted"; return 1; }
+  "$KUBECTL" delete storageclass "$SC-xfs" >/dev/null
+}
+
 # ---- check 4 ------------------------------------------------------------------
 check4() {
   local claims=(data-fs data-web-0 data-web-1 data-block) c pv h
@@ -542,6 +660,7 @@ check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" che
 check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
+check 6 "online expansion while pods write: xfs and Block PVCs grow" check6
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo

@@ -6,6 +6,15 @@
 #
 # Usage: hack/csi-sanity.sh [path/to/csi-rbdj]   (default: bin/csi-rbdj, built if missing)
 # csi-sanity is built once into ${CSI_RBDJ_CACHE:-~/.cache/csi-rbdj}.
+#
+# CSI_SANITY_BACKEND=ceph runs it on a Ceph cluster instead (a binary built with
+# the ceph tags), with
+#   CSI_SANITY_CEPH_CONFIG       the --ceph-config file naming the cluster
+#   CSI_SANITY_CEPH_CLUSTER      its clusterID (StorageClass parameter)
+#   CSI_SANITY_CEPH_CREDENTIALS  a directory with the files userID and userKey (a
+#                                profile-rbd user): the plugin's default credentials
+#                                and every request's secrets
+#   CSI_SANITY_CEPH_POOL         the pool (default rbd)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,10 +36,22 @@ if [ ! -x "$BIN" ]; then
   (cd "$ROOT" && go build -o "$BIN" ./cmd/csi-rbdj)
 fi
 
+BACKEND=${CSI_SANITY_BACKEND:-local}
+case "$BACKEND" in
+  local) ;;
+  ceph)
+    for v in CSI_SANITY_CEPH_CONFIG CSI_SANITY_CEPH_CLUSTER CSI_SANITY_CEPH_CREDENTIALS; do
+      [ -n "${!v:-}" ] || { echo "csi-sanity.sh: CSI_SANITY_BACKEND=ceph needs $v"; exit 2; }
+    done
+    ;;
+  *) echo "csi-sanity.sh: CSI_SANITY_BACKEND must be local or ceph"; exit 2 ;;
+esac
+
 WORK=$(mktemp -d /tmp/csi-rbdj-sanity.XXXXXX)
 PID=""
 cleanup() {
   local rc=$?
+  rm -f "$WORK/secrets.yaml" # a key: never left behind, even for debugging
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
     kill -TERM "$PID" 2>/dev/null || true
     for _ in $(seq 1 600); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
@@ -53,8 +74,21 @@ cleanup() {
 trap cleanup EXIT
 
 SOCK=$WORK/csi.sock
-"$BIN" serve --mode all --backend local --endpoint "unix://$SOCK" \
-  --local-dir "$WORK/cluster" --state-dir "$WORK/node" --node-id sanity-node -v 2 >"$WORK/server.log" 2>&1 &
+BACKEND_ARGS=(--backend local --local-dir "$WORK/cluster")
+SECRETS_ARGS=()
+if [ "$BACKEND" = ceph ]; then
+  BACKEND_ARGS=(--backend ceph --ceph-config "$CSI_SANITY_CEPH_CONFIG" --ceph-credentials-dir "$CSI_SANITY_CEPH_CREDENTIALS")
+  (
+    umask 077
+    user=$(cat "$CSI_SANITY_CEPH_CREDENTIALS/userID") key=$(cat "$CSI_SANITY_CEPH_CREDENTIALS/userKey")
+    for k in CreateVolumeSecret DeleteVolumeSecret NodeStageVolumeSecret ControllerValidateVolumeCapabilitiesSecret ControllerExpandVolumeSecret; do
+      printf '%s:\n  userID: "%s"\n  userKey: "%s"\n' "$k" "$user" "$key"
+    done >"$WORK/secrets.yaml"
+  )
+  SECRETS_ARGS=(--csi.secrets "$WORK/secrets.yaml")
+fi
+"$BIN" serve --mode all "${BACKEND_ARGS[@]}" --endpoint "unix://$SOCK" \
+  --state-dir "$WORK/node" --node-id sanity-node -v 2 >"$WORK/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "csi-sanity.sh: server did not create $SOCK"; exit 1; }
@@ -63,18 +97,21 @@ cat >"$WORK/params.yaml" <<'YAML'
 ackPolicy: journaled
 journalSplayWidth: "2"
 YAML
+if [ "$BACKEND" = ceph ]; then
+  printf 'clusterID: "%s"\npool: "%s"\n' "$CSI_SANITY_CEPH_CLUSTER" "${CSI_SANITY_CEPH_POOL:-rbd}" >>"$WORK/params.yaml"
+fi
 
 run_sanity() {
   "$SANITY" --csi.endpoint "unix://$SOCK" \
     --csi.stagingdir "$WORK/staging-$1" --csi.mountdir "$WORK/target-$1" \
     --csi.testvolumesize $((64 << 20)) --csi.testvolumeexpandsize $((128 << 20)) \
-    --csi.testvolumeparameters "$WORK/params.yaml" \
+    --csi.testvolumeparameters "$WORK/params.yaml" "${SECRETS_ARGS[@]}" \
     --csi.testvolumeaccesstype "$1" --ginkgo.no-color >"$WORK/sanity-$1.log" 2>&1
 }
 
 status=0
 for type in mount block; do
-  echo "csi-sanity.sh: access type $type"
+  echo "csi-sanity.sh: access type $type (backend $BACKEND)"
   ok=1
   if ! run_sanity "$type"; then
     ok=0

@@ -2,9 +2,9 @@
 // the Identity service always, the Controller service in the controller and
 // all modes, and the Node service (implemented in pkg/nodeserver, handed in
 // through Options) in the node and all modes. The Controller service
-// (controller.go) creates, deletes, lists and validates volumes through the
-// storage layer (pkg/storage) with the volume model of pkg/volume; it does
-// not link the data path (pkg/blockdev).
+// (controller.go) creates, deletes, lists and validates volumes, and grows
+// them (expand.go), through the storage layer (pkg/storage) with the volume
+// model of pkg/volume; it does not link the data path (pkg/blockdev).
 //
 // The controller does not implement ControllerPublish: a volume is attached
 // by NodeStage taking the image's exclusive lock, which enforces one writer
@@ -311,12 +311,16 @@ func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi
 		Manifest: map[string]string{"backend": d.o.Backend.Kind(), "mode": string(d.o.Mode)}}, nil
 }
 
-// GetPluginCapabilities advertises the controller service.
+// GetPluginCapabilities advertises the controller service and online
+// volume expansion.
 func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
 	var caps []*csi.PluginCapability
 	if d.o.Mode.controller() {
 		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_Service_{
 			Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}})
+		// Volumes grow while a node serves them (expand.go).
+		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_VolumeExpansion_{
+			VolumeExpansion: &csi.PluginCapability_VolumeExpansion{Type: csi.PluginCapability_VolumeExpansion_ONLINE}}})
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }

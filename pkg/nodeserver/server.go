@@ -10,7 +10,8 @@
 // staging path. NodePublishVolume bind-mounts the staging mount (or, for
 // Block volumes, the loop device node) at the target. NodeUnstageVolume
 // undoes it all: unmount, detach, drain and commit the journal, release the
-// lock.
+// lock. NodeExpandVolume (expand.go) makes a grown image reach the loop
+// device and the filesystem, online.
 //
 // The devices live in this process, so they die with it. Every staged volume
 // is recorded in <state dir>/volumes/<key>.json (with its publish targets);
@@ -164,6 +165,7 @@ func (s *Server) Start(ctx context.Context) {
 	if s.started.Swap(true) {
 		return
 	}
+	warnMissingCapabilities(klog.FromContext(ctx)) // expand.go
 	s.wg.Add(1)
 	go func() { // owned by Server: Stop waits for it
 		defer s.wg.Done()
@@ -287,6 +289,7 @@ func (s *Server) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_VOLUME_CONDITION,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME, // expand.go
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
 			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})

@@ -247,6 +247,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
 		DeadOwners:      dead,
 		Journal:         journal.Settings{CommitAge: s.o.JournalCommitAge},
+		OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
 	})
 	switch {
 	case err == nil:

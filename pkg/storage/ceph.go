@@ -275,6 +275,21 @@ func (s *cephStorage) ImageUsers(ctx context.Context, pool objstore.Pool, name s
 	return users, s.opErr(err)
 }
 
+// ExpandImage grows the image through librbd, which proxies the resize to
+// the lock owner when another client holds the lock (a node serving the
+// volume: it journals the resize as librbd's owner does) and otherwise
+// takes the lock and resizes (and journals) it itself.
+func (s *cephStorage) ExpandImage(ctx context.Context, pool objstore.Pool, name string, size int64) error {
+	info, err := librbd.GetInfo(ctx, pool, name)
+	if err != nil {
+		return s.opErr(fmt.Errorf("expand image %q: %w", name, err))
+	}
+	if err := checkGrow(name, info.Size, size); err != nil || size == info.Size {
+		return err
+	}
+	return s.opErr(librbd.Resize(ctx, pool, name, size))
+}
+
 // Available is the cluster's raw free space (the monitors learn it from a
 // mgr: 0 when the cluster runs none).
 func (s *cephStorage) Available(ctx context.Context) (int64, error) {

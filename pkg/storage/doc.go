@@ -2,6 +2,7 @@
 // Backend that hands out the Storage of a cluster for a request's
 // credentials, and the Storage interface itself (pools, and the management
 // of journaled RBD images in them: create, remove, describe, list users,
+// grow (through the lock owner when a node serves the image),
 // capacity, health, fencing).
 //
 // Two implementations: the local backend (one pkg/objstore/local directory

@@ -55,6 +55,14 @@ type Storage interface {
 	// ImageUsers returns the watchers of the image's header and of its
 	// journal's header: the clients that have the image open.
 	ImageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstore.WatcherInfo, error)
+	// ExpandImage grows an image to size bytes (nothing to do if it has
+	// that size). If a client holds the image's exclusive lock (a node
+	// serves it), that owner performs the resize and journals it, as
+	// librbd proxies `rbd resize`; otherwise the image is resized here.
+	// It fails with ErrShrink (and image.ErrInvalid) if size is smaller
+	// than the image, image.ErrNotFound if there is no such image, and with
+	// the owner's errno if the owner refuses.
+	ExpandImage(ctx context.Context, pool objstore.Pool, name string, size int64) error
 	// Available returns the bytes new volumes can still use.
 	Available(ctx context.Context) (int64, error)
 	// Health returns nil while the backend answers.
@@ -76,6 +84,10 @@ type ImageInfo struct {
 
 // ErrPoolNotFound: the pool does not exist.
 var ErrPoolNotFound = errors.New("pool not found")
+
+// ErrShrink: ExpandImage was asked for a size smaller than the image's
+// (volumes only grow: the filesystem on them would lose data).
+var ErrShrink = errors.New("shrinking an image is not supported")
 
 // LocalOptions configure the local backend.
 type LocalOptions struct {
@@ -205,6 +217,41 @@ func imageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstor
 		users = append(users, ws...)
 	}
 	return users, nil
+}
+
+// ExpandImage grows the image through its lock owner if one answers
+// (exclusivelock.ProxyResize: the owner journals the resize, as librbd's
+// owner does), else by updating the header here (image.Resize, which
+// notifies the watchers). An owner that is dead or frozen does not answer
+// within exclusivelock.ProxyTimeout; growing the header without it is safe
+// (the next owner reads the new size when it refreshes), but the resize is
+// then not in the journal.
+func (s *localStorage) ExpandImage(ctx context.Context, pool objstore.Pool, name string, size int64) error {
+	img, err := image.Open(ctx, pool, name)
+	if err != nil {
+		return fmt.Errorf("expand image %q: %w", name, err)
+	}
+	if err := checkGrow(name, img.Size(), size); err != nil || size == img.Size() {
+		return err
+	}
+	err = exclusivelock.ProxyResize(ctx, pool, clsrbd.HeaderOID(img.ID()), uint64(size))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, exclusivelock.ErrNoOwner):
+		return image.Resize(ctx, pool, name, size)
+	case errors.Is(err, objstore.ErrNotFound):
+		return fmt.Errorf("expand image %q: %w: %w", name, image.ErrNotFound, err)
+	}
+	return fmt.Errorf("expand image %q to %d bytes: %w", name, size, err)
+}
+
+// checkGrow refuses a size below the current one.
+func checkGrow(name string, cur, size int64) error {
+	if size < cur {
+		return fmt.Errorf("image %q has %d bytes, %d requested: %w: %w", name, cur, size, ErrShrink, image.ErrInvalid)
+	}
+	return nil
 }
 
 func (s *localStorage) Available(ctx context.Context) (int64, error) {

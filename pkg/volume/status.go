@@ -22,6 +22,9 @@ const (
 	SecretsProvisioner SecretsOf = "provisioner"
 	// SecretsNodeStage: NodeStageVolume.
 	SecretsNodeStage SecretsOf = "node-stage"
+	// SecretsControllerExpand: ControllerExpandVolume (the
+	// external-resizer sends them).
+	SecretsControllerExpand SecretsOf = "controller-expand"
 	// SecretsControllerValidate: ValidateVolumeCapabilities (no
 	// Kubernetes sidecar sends them; the default credentials serve).
 	SecretsControllerValidate SecretsOf = "validate"
@@ -34,7 +37,7 @@ const (
 // hint says how to give a call credentials.
 func (s SecretsOf) hint() string {
 	switch s {
-	case SecretsProvisioner, SecretsNodeStage:
+	case SecretsProvisioner, SecretsNodeStage, SecretsControllerExpand:
 		return fmt.Sprintf("set the StorageClass parameters csi.storage.k8s.io/%[1]s-secret-name and csi.storage.k8s.io/%[1]s-secret-namespace to a Secret with the keys %[2]s and %[3]s, or give the plugin default credentials (--ceph-credentials-dir)",
 			string(s), storage.SecretUserID, storage.SecretUserKey)
 	}

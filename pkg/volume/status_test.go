@@ -24,6 +24,7 @@ func TestStorageStatus(t *testing.T) {
 		{fmt.Errorf("%w \"x\"", storage.ErrUnknownCluster), SecretsNodeStage, FromVolumeID, codes.FailedPrecondition, `unknown cluster id "x"`},
 		{storage.ErrNoCredentials, SecretsProvisioner, FromParams, codes.InvalidArgument, "csi.storage.k8s.io/provisioner-secret-name and csi.storage.k8s.io/provisioner-secret-namespace"},
 		{storage.ErrNoCredentials, SecretsNodeStage, FromVolumeID, codes.InvalidArgument, "csi.storage.k8s.io/node-stage-secret-name and csi.storage.k8s.io/node-stage-secret-namespace"},
+		{storage.ErrNoCredentials, SecretsControllerExpand, FromVolumeID, codes.InvalidArgument, "csi.storage.k8s.io/controller-expand-secret-name and csi.storage.k8s.io/controller-expand-secret-namespace"},
 		{storage.ErrNoCredentials, SecretsNone, FromVolumeID, codes.FailedPrecondition, "--ceph-credentials-dir"},
 		{fmt.Errorf("as client.csi: refused: %w", storage.ErrBadCredentials), SecretsProvisioner, FromParams, codes.Unauthenticated, "client.csi"},
 		{fmt.Errorf("monitors 10.0.0.1:6789: %w", storage.ErrUnreachable), SecretsProvisioner, FromParams, codes.Unavailable, "10.0.0.1:6789"},

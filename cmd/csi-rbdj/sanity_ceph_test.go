@@ -1,0 +1,54 @@
+//go:build ceph && pacific
+
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+)
+
+// TestStandaloneCSISanityCeph is TestStandaloneCSISanity on the Ceph test
+// cluster: the binary built with the ceph tags, `serve --backend ceph` with
+// a profile-rbd user as default credentials and as every request's
+// secrets (hack/csi-sanity.sh with CSI_SANITY_BACKEND=ceph).
+func TestStandaloneCSISanityCeph(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds csi-sanity and the driver binary")
+	}
+	e := newCephEnv(t)
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "csi-rbdj")
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	build := exec.Command(goBin, "build", "-tags", "ceph,pacific", "-o", bin, "./cmd/csi-rbdj")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(filepath.Join(root, "hack", "csi-sanity.sh"), bin)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH"),
+		"CSI_SANITY_BACKEND=ceph", "CSI_SANITY_CEPH_CONFIG="+e.configFile, "CSI_SANITY_CEPH_CLUSTER="+cephCluster,
+		"CSI_SANITY_CEPH_CREDENTIALS="+e.credsDir, "CSI_SANITY_CEPH_POOL="+cephtest.PoolName)
+	out, err := cmd.CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		t.Log(line)
+	}
+	if err != nil {
+		t.Fatalf("hack/csi-sanity.sh: %v", err)
+	}
+	if n := strings.Count(string(out), "SUCCESS!"); n != 2 {
+		t.Fatalf("want 2 successful csi-sanity runs (mount, block), got %d", n)
+	}
+	if strings.Contains(string(out), e.secrets["userKey"]) {
+		t.Fatal("the output shows the key")
+	}
+}
