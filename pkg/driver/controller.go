@@ -38,6 +38,9 @@ type volumeRecord struct {
 	Name    string              `json:"name"`
 	Params  volume.VolumeParams `json:"params"`
 	Created time.Time           `json:"created"`
+	// FormatMark is the state of the image's "new, may be formatted"
+	// marker (formatmark.go); "" in records older than the marker.
+	FormatMark string `json:"formatMark,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -118,6 +121,13 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			if diff := params.Matches(info); diff != "" {
 				return nil, status.Errorf(codes.AlreadyExists, "volume %q exists but its image differs: %s", name, diff)
 			}
+			if rec.FormatMark == formatMarkPending {
+				// An earlier attempt created the image but did not mark
+				// it: it was never handed out, so it is still new.
+				if err := markNew(ctx, pool, imageName, &rec); err != nil {
+					return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
+				}
+			}
 			logger.V(2).Info("Volume exists", "volumeID", vid.String(), "size", info.Size)
 			return resp(info.Size), nil
 		}
@@ -130,7 +140,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
-		if err := writeRecord(ctx, pool, imageName, volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}); err != nil {
+		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}
+		if wantsFilesystem(req.GetVolumeCapabilities()) {
+			rec.FormatMark = formatMarkPending
+		}
+		if err := writeRecord(ctx, pool, imageName, rec); err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "write volume record")
 		}
 	default:
@@ -148,6 +162,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			}
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
+	}
+	if wantsFilesystem(req.GetVolumeCapabilities()) {
+		if err := markNew(ctx, pool, imageName, &rec); err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
+		}
 	}
 	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
 		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)

@@ -85,7 +85,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			}
 			if !mounted {
 				logger.Info("Staging mount is gone; mounting it again")
-				if err := s.mountStaging(v.rec); err != nil {
+				if err := s.mountServed(ctx, v); err != nil {
 					return nil, err
 				}
 			}
@@ -112,7 +112,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	if !v.rec.Block {
-		if err := s.mountStaging(v.rec); err != nil {
+		if err := s.mountServed(ctx, v); err != nil {
 			s.teardown(ctx, v)
 			if rerr := s.store.remove(v.rec.Key); rerr != nil {
 				logger.Error(rerr, "Could not remove the staging record of a volume whose staging failed")
@@ -299,9 +299,20 @@ func notJournaled(ctx context.Context, st storage.Storage, pool objstore.Pool, v
 		vid, spec, features, spec, enable)
 }
 
-// mountStaging formats the device when blank and mounts it at the staging
-// path.
-func (s *Server) mountStaging(r *record) error {
+// mountServed is mountStaging for a served volume, gated by its image's
+// format marker.
+func (s *Server) mountServed(ctx context.Context, v *stagedVolume) error {
+	gate, err := s.gate(v)
+	if err != nil {
+		return err
+	}
+	return s.mountStaging(ctx, v.rec, gate)
+}
+
+// mountStaging mounts the device at the staging path, making a filesystem
+// first only if it reads as blank and gate says the volume is new
+// (formatgate.go): a blank volume that may have held data is refused.
+func (s *Server) mountStaging(ctx context.Context, r *record, gate formatGate) error {
 	opts := append([]string(nil), r.MountFlags...)
 	if r.ReadOnly {
 		opts = append(opts, "ro")
@@ -311,9 +322,18 @@ func (s *Server) mountStaging(r *record) error {
 		// filesystem UUID; nouuid lets XFS mount it.
 		opts = append(opts, "nouuid")
 	}
+	existing, err := s.mounter.GetDiskFormat(r.Device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "inspect device %s of volume %s: %v", r.Device, r.VolumeID, err)
+	}
+	mark, err := checkFormat(ctx, r, existing, gate)
+	if err != nil {
+		return err
+	}
 	if err := s.mounter.FormatAndMount(r.Device, r.StagingPath, r.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", r.Device, r.FsType, r.StagingPath, err)
 	}
+	clearFormatMark(ctx, mark, gate)
 	return nil
 }
 
