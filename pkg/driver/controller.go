@@ -90,6 +90,10 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", params.Pool))
 	}
+	mirrorer, err := checkMirroring(ctx, st, pool, params)
+	if err != nil {
+		return nil, err
+	}
 	imageName := volume.ImageNameFor(name)
 	vid := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
 	if err := vid.Validate(); err != nil {
@@ -127,6 +131,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 				if err := markNew(ctx, pool, imageName, &rec); err != nil {
 					return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 				}
+			}
+			if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
+				return nil, err
 			}
 			logger.V(2).Info("Volume exists", "volumeID", vid.String(), "size", info.Size)
 			return resp(info.Size), nil
@@ -168,8 +175,13 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 		}
 	}
+	// A failure leaves the volume without mirroring: the CO retries and
+	// the retry (volume exists) enables it.
+	if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
+		return nil, err
+	}
 	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
-		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)
+		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth, "mirroring", params.Mirroring)
 	return resp(size), nil
 }
 

@@ -235,6 +235,9 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	if err != nil {
 		return volume.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), volume.SecretsNodeStage, false)
 	}
+	if err := checkPrimary(ctx, pool, vid); err != nil {
+		return err
+	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
 	var dead []string
