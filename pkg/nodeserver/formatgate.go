@@ -144,6 +144,6 @@ func checkPrimary(ctx context.Context, pool objstore.Pool, vid volume.VolumeID) 
 		state = "demoted: no site is primary"
 	}
 	return status.Errorf(codes.FailedPrecondition,
-		"volume %s: image %s is %s, so it cannot be written here (%v). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost; or PromoteVolume), or use it at the primary site. Read-only staging of a non-primary image is not supported either: serving it replays and tags its journal",
+		"volume %s: image %s is %s, so it cannot be written here (%v). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost), or use it at the primary site. Read-only staging of a non-primary image is not supported either: serving it replays and tags its journal",
 		vid, spec, state, storage.ErrNotPrimary, spec)
 }
