@@ -103,7 +103,7 @@ func checkFormat(ctx context.Context, r *record, existingFormat string, gate for
 		found = "set by another image (copied to this one, e.g. by rbd-mirror), not an allowance for this one"
 	}
 	return mark, status.Errorf(codes.FailedPrecondition,
-		"volume %s should hold a %s filesystem, but its device reads as blank (no filesystem or partition signature), and it is not known to be new (image metadata %s: %s): "+
+		"volume %s should hold a filesystem (%s), but its device reads as blank (no filesystem or partition signature), and it is not known to be new (image metadata %s: %s): "+
 			"csi-rbdj never formats a volume that may have held data. A blank volume that had data is e.g. a mirror replica that never synced (promoted after its primary was lost), an image whose data objects are gone, or a pre-provisioned image that was never formatted. "+
 			"Check the image (rbd info / rbd du / rbd mirror image status %s); to make a new filesystem on it deliberately, destroying anything it held, run `%s` and stage it again",
 		r.VolumeID, r.FsType, storage.MetaFormatBlank, found, spec(gate), storage.FormatBlankOverrideCommand(gate.Image()))
