@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -147,6 +147,13 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 	if _, err := blockdev.ParseAckPolicy(r.AckPolicy); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", volume.CtxAckPolicy, err)
 	}
+	if v := vc[volume.CtxJournalMaxObjectSets]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %q is not a non-negative integer", volume.CtxJournalMaxObjectSets, v)
+		}
+		r.JournalMaxObjectSets = n
+	}
 	if m := c.GetMount(); m != nil {
 		r.FsType = m.GetFsType()
 		if r.FsType == "" {
@@ -249,7 +256,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
 		DeadOwners:      dead,
-		Journal:         journal.Settings{CommitAge: s.o.JournalCommitAge},
+		Journal:         s.journalSettings(ctx, v.rec),
 	})
 	switch {
 	case err == nil:
