@@ -120,4 +120,3 @@ func clearFormatMark(ctx context.Context, mark storage.FormatBlank, gate formatG
 	}
 	klog.FromContext(ctx).V(2).Info("Cleared the format marker: the volume holds a filesystem", "image", spec(gate))
 }
-
