@@ -98,3 +98,105 @@ func TestMirroringLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalMaxConcurrentObjectSets, on real loop devices (local backend):
+// the StorageClass's laggy-client bound reaches the node's journaler. A
+// replicator's journal client (registered as rbd-mirror does, committing
+// nothing) holds back trimming of a volume without the bound and is
+// disconnected, no longer holding it back, with journalMaxConcurrentObjectSets 2.
+func TestJournalMaxConcurrentObjectSets(t *testing.T) {
+	requireRoot(t)
+	for _, tt := range []struct {
+		bound    string
+		wantDisc bool
+	}{{"", false}, {"2", true}} {
+		t.Run("bound="+tt.bound, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctrl, node, _ := serveDriver(t, dir, b)
+			params := map[string]string{volume.ParamJournalOrder: "16"}
+			if tt.bound != "" {
+				params[volume.ParamJournalMaxConcurrentObjectSets] = tt.bound
+			}
+			block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: rwo.AccessMode}
+			vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "laggy", VolumeCapabilities: []*csi.VolumeCapability{block},
+				CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, Parameters: params})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := vol.GetVolume().GetVolumeContext()[volume.CtxJournalMaxObjectSets]; got != tt.bound {
+				t.Fatalf("volume context carries bound %q, want %q", got, tt.bound)
+			}
+			pool, err := b.EnsurePool(ctx, volume.DefaultPool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(volume.ImageNameFor("laggy")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hdr := journal.HeaderOID(id)
+			var op objstore.WriteOp
+			clsjournal.ClientRegister(&op, "peer-mirror-uuid", nil)
+			if err := pool.Operate(ctx, hdr, &op); err != nil {
+				t.Fatal(err)
+			}
+			staging := filepath.Join(dir, "staging")
+			if err := os.Mkdir(staging, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging,
+				VolumeCapability: block, VolumeContext: vol.GetVolume().GetVolumeContext()}); err != nil {
+				t.Fatal(err)
+			}
+			dev := ""
+			for _, l := range loopsUnder(dir) {
+				dev = "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(l)))
+			}
+			if dev == "" {
+				t.Fatal("no loop device")
+			}
+			// 4 MiB in 64 KiB journal objects: dozens of object sets.
+			f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 64<<10)
+			for i := range 64 {
+				buf[0] = byte(i)
+				if _, err := f.WriteAt(buf, int64(i)*int64(len(buf))); err != nil {
+					t.Fatal(err)
+				}
+				if err := f.Sync(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Close()
+			if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging}); err != nil {
+				t.Fatal(err)
+			}
+			c, err := clsjournal.GetClient(ctx, pool, hdr, "peer-mirror-uuid")
+			if err != nil {
+				t.Fatal(err)
+			}
+			minSet, activeSet, _, err := clsjournal.GetMutableMetadata(ctx, pool, hdr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("peer state %v, minimum set %d, active set %d", c.State, minSet, activeSet)
+			if activeSet < 5 {
+				t.Fatalf("active set %d: the writes did not span enough object sets", activeSet)
+			}
+			if disc := c.State == clsjournal.ClientStateDisconnected; disc != tt.wantDisc {
+				t.Fatalf("peer disconnected = %v, want %v", disc, tt.wantDisc)
+			}
+			if tt.wantDisc != (minSet > 0) {
+				t.Fatalf("minimum set %d: trimming %s", minSet, map[bool]string{true: "should have passed the disconnected peer", false: "passed a connected peer that committed nothing"}[tt.wantDisc])
+			}
+		})
+	}
+}
