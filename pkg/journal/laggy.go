@@ -72,7 +72,14 @@ func (j *Journaler) disconnectLaggyLocked(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("journal %s: disconnect laggy client %q: %w", j.id, c.ID, err)
 		}
-		klog.FromContext(ctx).Info("Disconnected a journal client that fell too far behind; it no longer holds back trimming and must resync (rbd-mirror: rbd mirror image resync on its site)",
+		// V(2): the owner reports it through OnClientDisconnected with its
+		// own context (the node plugin: with the volume); without one it
+		// is logged at the default level.
+		logger := klog.FromContext(ctx)
+		if j.s.OnClientDisconnected != nil {
+			logger = logger.V(2)
+		}
+		logger.Info("Disconnected a journal client that fell too far behind; it no longer holds back trimming and must resync (rbd-mirror: rbd mirror image resync on its site)",
 			"journal", j.id, "client", c.ID, "clientObjectSet", c.ObjectSet, "activeSet", c.ActiveSet,
 			"maxConcurrentObjectSets", j.s.MaxConcurrentObjectSets)
 		if j.s.OnClientDisconnected != nil {
