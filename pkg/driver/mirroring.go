@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -41,14 +40,7 @@ func enableMirroring(ctx context.Context, m storage.Mirrorer, pool objstore.Pool
 	return nil
 }
 
-// mirroringStatus maps the mirroring errors of pkg/storage to CSI codes.
+// mirroringStatus is volume.MirrorStatus for the provisioner.
 func mirroringStatus(err error, what string) error {
-	switch {
-	case errors.Is(err, storage.ErrPoolMirroringDisabled), errors.Is(err, storage.ErrMirrorModeConflict),
-		errors.Is(err, storage.ErrMirroringDisabled), errors.Is(err, storage.ErrImagePrimary):
-		return status.Errorf(codes.FailedPrecondition, "%s: %v", what, err)
-	case errors.Is(err, storage.ErrMirroringUnsupported):
-		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
-	}
-	return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, what)
+	return volume.MirrorStatus(err, volume.SecretsProvisioner, what)
 }
