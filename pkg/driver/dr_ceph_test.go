@@ -1,0 +1,202 @@
+//go:build ceph && pacific
+
+package driver_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"google.golang.org/grpc/codes"
+)
+
+// drSites is a two-site rbd-mirror setup made by the recipe in
+// /work/shared/recipes/rbd-mirror (cluster-up.sh per site + mirror-setup.sh,
+// auth none, pool rbd mirrored site-a -> site-b by one rbd-mirror daemon
+// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The test stops
+// that rbd-mirror daemon (pid file mirror/rbd-mirror.pid): run
+// mirror-setup.sh again before the next run. Used so far:
+//
+//	export MIRROR_DIR=/tmp/mirror-dr; cp RECIPE/*.sh RECIPE/*.py $MIRROR_DIR
+//	CEPH_CLUSTER=site-a CEPH_DIR=$MIRROR_DIR/site-a CEPH_MON_PORT=3600 ./cluster-up.sh
+//	CEPH_CLUSTER=site-b CEPH_DIR=$MIRROR_DIR/site-b CEPH_MON_PORT=3700 ./cluster-up.sh
+//	ln -s ../site-a/site-a.conf conf/site-a.conf (same for site-b)
+//	RBD_MIRROR_ARGS="--rbd-mirror-journal-poll-age 0.5" ./mirror-setup.sh
+//	CSI_RBDJ_DR_DIR=$MIRROR_DIR go test -tags ceph,pacific -run TestDR ./pkg/driver/
+type drSites struct {
+	dir  string
+	mons map[string]string // site -> mon_host
+}
+
+func drSetup(t *testing.T) *drSites {
+	t.Helper()
+	dir := os.Getenv("CSI_RBDJ_DR_DIR")
+	if dir == "" {
+		t.Skip("CSI_RBDJ_DR_DIR names no two-site rbd-mirror setup (recipe: /work/shared/recipes/rbd-mirror)")
+	}
+	s := &drSites{dir: dir, mons: map[string]string{}}
+	re := regexp.MustCompile(`(?m)^mon_host = (.*)$`)
+	for _, site := range []string{"site-a", "site-b"} {
+		b, err := os.ReadFile(filepath.Join(dir, site, site+".conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := re.FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("%s.conf has no mon_host", site)
+		}
+		s.mons[site] = string(m[1])
+	}
+	return s
+}
+
+// rbd runs the rbd CLI on a site.
+func (s *drSites) rbd(ctx context.Context, site string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "rbd", append([]string{"--cluster", site}, args...)...)
+	cmd.Env = append(os.Environ(), "CEPH_CONF="+filepath.Join(s.dir, "conf", "$cluster.conf"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (s *drSites) mustRBD(t *testing.T, site string, args ...string) string {
+	t.Helper()
+	out, err := s.rbd(context.Background(), site, args...)
+	if err != nil {
+		t.Fatalf("rbd --cluster %s %s: %v\n%s", site, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// stopMirror stops the rbd-mirror daemon of the setup (by its pid file).
+func (s *drSites) stopMirror(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.dir, "mirror", "rbd-mirror.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("stop rbd-mirror %d: %v", pid, err)
+	}
+}
+
+// TestDRNeverSyncedReplica is the failover of issue 16 with real rbd-mirror:
+// a volume created on site-a with mirroring: journal is bootstrapped to
+// site-b while still unformatted (its format marker is copied there, under
+// site-a's image id); the replica is not staged on site-b while it is
+// non-primary (its journal's tag owner is site-a's mirror uuid); rbd-mirror
+// is stopped, the volume formatted and written on site-a, site-a lost and
+// the replica force-promoted: NodeStageVolume on site-b refuses the blank
+// replica instead of formatting it, and a brand-new volume on site-b
+// still gets its filesystem.
+func TestDRNeverSyncedReplica(t *testing.T) {
+	s := drSetup(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	open := func(site string) (csi.ControllerClient, csi.NodeClient, string) {
+		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		ctrl, node, _ := serveDriver(t, dir, b)
+		staging := filepath.Join(dir, "staging")
+		if err := os.Mkdir(staging, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return ctrl, node, staging
+	}
+	ctrlA, nodeA, stagingA := open("site-a")
+	ctrlB, nodeB, stagingB := open("site-b")
+
+	csiName := uniqueName("dr")
+	vol, err := ctrlA.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	idA := vol.GetVolume().GetVolumeId()
+	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+
+	// rbd-mirror bootstraps the replica on site-b (non-primary).
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
+		if err == nil && strings.Contains(out, "mirroring primary: false") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// rbd-mirror copied the format marker (the primary's image id): the
+	// reason it holds an image id, not "true".
+	metaB := s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+	t.Logf("site-b replica metadata:\n%s", metaB)
+	if !strings.Contains(metaB, storage.MetaFormatBlank) {
+		t.Errorf("rbd-mirror did not copy the format marker to the replica (the id binding is then untested)")
+	}
+
+	// Non-primary: not staged.
+	stage := func(node csi.NodeClient, id, staging string) error {
+		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec})
+		return err
+	}
+	_, err = nodeB.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: idB, StagingTargetPath: stagingB, VolumeCapability: rwo, Secrets: sec})
+	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "mirror peer", "rbd mirror image promote rbd/"+name)
+
+	// The replica never syncs what follows.
+	s.stopMirror(t)
+	if err := stage(nodeA, idA, stagingA); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := os.WriteFile(filepath.Join(stagingA, "f"+strconv.Itoa(i)), []byte("acknowledged"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nodeA.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: idA, StagingTargetPath: stagingA}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Site-a lost: force-promote the replica and stage it on site-b.
+	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
+	err = stage(nodeB, idB, stagingB)
+	wantStatus(t, "NodeStage of the promoted, never-synced replica", err, codes.FailedPrecondition, "reads as blank",
+		"rbd image-meta set rbd/"+name+" csi-rbdj.format-blank true")
+	if du := s.mustRBD(t, "site-b", "du", "rbd/"+name); !strings.Contains(du, " 0 B") {
+		t.Errorf("the refused stage wrote to the replica:\n%s", du)
+	}
+
+	// A brand-new volume on site-b still gets its filesystem.
+	newVol, err := ctrlB.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("dr-new"), VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec, Parameters: map[string]string{volume.ParamClusterID: "site-b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stage(nodeB, newVol.GetVolume().GetVolumeId(), stagingB); err != nil {
+		t.Fatalf("stage a brand-new volume on site-b: %v", err)
+	}
+	if _, err := nodeB.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: newVol.GetVolume().GetVolumeId(), StagingTargetPath: stagingB}); err != nil {
+		t.Fatal(err)
+	}
+}
