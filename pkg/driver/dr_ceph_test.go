@@ -95,6 +95,104 @@ func (s *drSites) stopMirror(t *testing.T) {
 	}
 }
 
+// exportSum returns the md5 of rbd export of image name on a site.
+func (s *drSites) exportSum(ctx context.Context, site, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", `rbd --cluster "$1" export --no-progress "rbd/$2" - | md5sum`, "sh", site, name)
+	cmd.Env = append(os.Environ(), "CEPH_CONF="+filepath.Join(s.dir, "conf", "$cluster.conf"))
+	out, err := cmd.CombinedOutput()
+	return strings.Fields(string(out) + " x")[0], err
+}
+
+// TestDRFailoverSynced: a mirrored volume written on site-a (and unstaged:
+// replication of a served volume needs the owner-side sync-point snapshot)
+// replicates to site-b; after site-a is lost and the replica force-promoted,
+// NodeStageVolume on site-b replays its journal, mounts the replicated
+// filesystem (no format) and every file is there. Runs before
+// TestDRNeverSyncedReplica, which stops rbd-mirror.
+func TestDRFailoverSynced(t *testing.T) {
+	s := drSetup(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctrl, node, _ := serveDriver(t, dir, b)
+	staging := filepath.Join(dir, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	csiName := uniqueName("dr-sync")
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	idA := vol.GetVolume().GetVolumeId()
+	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	stage := func(id string) {
+		t.Helper()
+		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec}); err != nil {
+			t.Fatalf("stage %s: %v", id, err)
+		}
+	}
+	unstage := func(id string) {
+		t.Helper()
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stage(idA)
+	for i := range 50 {
+		if err := os.WriteFile(filepath.Join(staging, "f"+strconv.Itoa(i)), []byte("file "+strconv.Itoa(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unstage(idA)
+
+	start := time.Now()
+	sumA, err := s.exportSum(ctx, "site-a", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		sumB, err := s.exportSum(ctx, "site-b", name)
+		if err == nil && sumB == sumA {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("site-b did not catch up in 2 min (%s vs %s, %v)", sumB, sumA, err)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("site-b equals site-a %v after the unstage", time.Since(start).Round(100*time.Millisecond))
+
+	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
+	// Known limitation (the snapshot work's): the replica keeps the copy of
+	// rbd-mirror's sync-point snapshot (.rbd-mirror.<peer>.<id>), and the
+	// journaled data path does not write images with snapshots yet (the
+	// device fails its first write: "image has 1 snapshots: unsupported
+	// image", and the mount fails). Remove the snapshot until it does.
+	if snaps := s.mustRBD(t, "site-b", "snap", "ls", "rbd/"+name); strings.Contains(snaps, ".rbd-mirror.") {
+		t.Logf("removing rbd-mirror's sync-point snapshot from the promoted replica (the data path cannot write images with snapshots yet):\n%s", snaps)
+		s.mustRBD(t, "site-b", "snap", "purge", "--no-progress", "rbd/"+name)
+	}
+	stage(idB)
+	for i := range 50 {
+		b, err := os.ReadFile(filepath.Join(staging, "f"+strconv.Itoa(i)))
+		if err != nil || string(b) != "file "+strconv.Itoa(i) {
+			t.Fatalf("file %d on the promoted replica: %q, %v", i, b, err)
+		}
+	}
+	unstage(idB)
+}
+
 // TestDRNeverSyncedReplica is the failover of issue 16 with real rbd-mirror:
 // a volume created on site-a with mirroring: journal is bootstrapped to
 // site-b while still unformatted (its format marker is copied there, under
