@@ -59,6 +59,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
+	// When clones and restores come, a new volume carries its source's
+	// format state: no marker for a copy of a formatted volume
+	// (storage.MetaFormatBlank, formatmark.go).
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
 	}

@@ -85,6 +85,9 @@ func TestCephMirroring(t *testing.T) {
 	if _, err := ctrl.CreateVolume(ctx, req); err != nil {
 		t.Fatalf("CreateVolume again (idempotent): %v", err)
 	}
+	_, err = ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "mirrored", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: map[string]string{volume.ParamPool: pool}, Secrets: secrets(f.rw)})
+	wantStatus(t, "CreateVolume of the same name without mirroring", err, codes.AlreadyExists, `"mirroring":"journal"`)
 	id := vol.GetVolume().GetVolumeId()
 	stageReq := &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: secrets(f.rw)}
 	if _, err := node.NodeStageVolume(ctx, stageReq); err != nil {
@@ -117,6 +120,16 @@ func TestCephMirroring(t *testing.T) {
 	}
 	if err := m.PromoteImage(ctx, p, "no-such-image", false); !errors.Is(err, image.ErrNotFound) {
 		t.Fatalf("promote of a missing image: %v, want image.ErrNotFound", err)
+	}
+	// An image mirrored by snapshots is not switched to journal mode.
+	snapImg := uniqueName("snapmirror")
+	f.rbd(t, "create", "--size", "16M", "--image-feature", "layering,exclusive-lock,journaling", pool+"/"+snapImg)
+	f.rbd(t, "mirror", "image", "enable", pool+"/"+snapImg, "snapshot")
+	if err := m.EnableJournalMirroring(ctx, p, snapImg); !errors.Is(err, storage.ErrMirrorModeConflict) {
+		t.Fatalf("enable journal mirroring of a snapshot-mirrored image: %v, want ErrMirrorModeConflict", err)
+	}
+	if err := m.ResyncImage(ctx, p, name+"-missing"); !errors.Is(err, image.ErrNotFound) {
+		t.Fatalf("resync of a missing image: %v, want image.ErrNotFound", err)
 	}
 	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
