@@ -23,9 +23,9 @@ import (
 // drSites is a two-site rbd-mirror setup made by the recipe in
 // /work/shared/recipes/rbd-mirror (cluster-up.sh per site + mirror-setup.sh,
 // auth none, pool rbd mirrored site-a -> site-b by one rbd-mirror daemon
-// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The test stops
-// that rbd-mirror daemon (pid file mirror/rbd-mirror.pid): run
-// mirror-setup.sh again before the next run. Used so far:
+// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The tests stop
+// and start that rbd-mirror daemon (pid file mirror/rbd-mirror.pid, the
+// setup's mirror-setup.sh). Set up with:
 //
 //	export MIRROR_DIR=/tmp/mirror-dr; cp RECIPE/*.sh RECIPE/*.py $MIRROR_DIR
 //	CEPH_CLUSTER=site-a CEPH_DIR=$MIRROR_DIR/site-a CEPH_MON_PORT=3600 ./cluster-up.sh
@@ -113,6 +113,7 @@ func (s *drSites) exportSum(ctx context.Context, site, name string) (string, err
 // TestDRNeverSyncedReplica, which stops rbd-mirror.
 func TestDRFailoverSynced(t *testing.T) {
 	s := drSetup(t)
+	s.startMirror(t)
 	ctx := context.Background()
 	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
 	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
@@ -193,6 +194,141 @@ func TestDRFailoverSynced(t *testing.T) {
 	unstage(idB)
 }
 
+// startMirror (re)starts the setup's rbd-mirror daemon with its own script.
+func (s *drSites) startMirror(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(s.dir, "mirror-setup.sh"))
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), "MIRROR_DIR="+s.dir, "RBD_MIRROR_ARGS=--rbd-mirror-journal-poll-age 0.5")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("start rbd-mirror: %v\n%s", err, out)
+	}
+}
+
+// waitEqual waits until site-b's copy of image name equals site-a's.
+func (s *drSites) waitEqual(t *testing.T, name string, timeout time.Duration) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	sumA, err := s.exportSum(ctx, "site-a", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		sumB, err := s.exportSum(ctx, "site-b", name)
+		if err == nil && sumB == sumA {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("site-b's %s did not equal site-a's in %v (%s vs %s, %v)", name, timeout, sumB, sumA, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// TestDRLaggyReplicator is issue 16's laggy-client check with real
+// rbd-mirror: with rbd-mirror stopped, writes on site-a beyond
+// journalMaxConcurrentObjectSets (2) disconnect rbd-mirror's journal client
+// and the journal is trimmed past it; when rbd-mirror returns, the replica
+// needs a resync (it is not silently caught up from a trimmed journal);
+// after `rbd mirror image resync` site-b equals site-a.
+func TestDRLaggyReplicator(t *testing.T) {
+	s := drSetup(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctrl, node, _ := serveDriver(t, dir, b)
+	staging := filepath.Join(dir, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.startMirror(t)
+	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: rwo.AccessMode}
+	csiName := uniqueName("dr-laggy")
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{block},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal",
+			volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	id := vol.GetVolume().GetVolumeId()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
+		if err == nil && strings.Contains(out, "mirroring primary: false") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	s.waitEqual(t, name, 2*time.Minute) // bootstrapped and replaying
+	status := func() string { return s.mustRBD(t, "site-a", "journal", "status", "--pool", "rbd", "--image", name) }
+	if st := status(); strings.Count(st, "state=connected") != 2 {
+		t.Fatalf("want the image client and rbd-mirror's connected:\n%s", st)
+	}
+
+	s.stopMirror(t)
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: block,
+		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: sec}); err != nil {
+		t.Fatal(err)
+	}
+	dev := ""
+	for _, l := range loopsUnder(dir) {
+		dev = "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(l)))
+	}
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for i := range 64 { // 4 MiB in 64 KiB journal objects: dozens of sets
+		for j := range buf {
+			buf[j] = byte(i + j)
+		}
+		if _, err := f.WriteAt(buf, int64(i)*int64(len(buf))); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	st := status()
+	t.Logf("site-a journal after the writes:\n%s", st)
+	if !strings.Contains(st, "state=disconnected") {
+		t.Fatalf("rbd-mirror's client is not disconnected:\n%s", st)
+	}
+	if strings.Contains(st, "minimum_set: 0\n") {
+		t.Fatalf("the journal was not trimmed past the disconnected client:\n%s", st)
+	}
+
+	// rbd-mirror returns: its replica needs a resync; after it, it equals.
+	s.startMirror(t)
+	time.Sleep(5 * time.Second)
+	if sumA, _ := s.exportSum(ctx, "site-a", name); true {
+		if sumB, _ := s.exportSum(ctx, "site-b", name); sumB == sumA {
+			t.Fatalf("site-b caught up from a journal that was trimmed past it: the disconnect did not take")
+		}
+	}
+	s.mustRBD(t, "site-b", "mirror", "image", "resync", "rbd/"+name)
+	took := s.waitEqual(t, name, 3*time.Minute)
+	t.Logf("site-b equals site-a %v after the resync request", took.Round(100*time.Millisecond))
+}
+
 // TestDRNeverSyncedReplica is the failover of issue 16 with real rbd-mirror:
 // a volume created on site-a with mirroring: journal is bootstrapped to
 // site-b while still unformatted (its format marker is copied there, under
@@ -204,6 +340,7 @@ func TestDRFailoverSynced(t *testing.T) {
 // still gets its filesystem.
 func TestDRNeverSyncedReplica(t *testing.T) {
 	s := drSetup(t)
+	s.startMirror(t)
 	ctx := context.Background()
 	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
 	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
