@@ -316,7 +316,19 @@ func (s *Server) mountServed(ctx context.Context, v *stagedVolume) error {
 	if err != nil {
 		return err
 	}
-	return s.mountStaging(ctx, v.rec, gate)
+	err = s.mountStaging(ctx, v.rec, gate)
+	if err != nil && status.Code(err) == codes.Internal && v.dev != nil && v.loop != nil {
+		// The mount may have failed because the device did (its I/O
+		// errors read as "can't read superblock"): say why.
+		if derr := v.dev.Err(); derr != nil {
+			code := codes.Internal
+			if errors.Is(derr, image.ErrUnsupported) {
+				code = codes.FailedPrecondition
+			}
+			return status.Errorf(code, "%v; the journaled device of volume %s failed: %v", status.Convert(err).Message(), v.rec.VolumeID, derr)
+		}
+	}
+	return err
 }
 
 // mountStaging mounts the device at the staging path, making a filesystem
