@@ -300,6 +300,7 @@ func TestTemplateAllOptions(t *testing.T) {
 		"pool": "kube", "clusterID": "dr", "journalOrder": "22", "journalSplayWidth": "8",
 		"ackPolicy": "journaled", "csi.storage.k8s.io/fstype": "xfs",
 		"imageFeatures": "layering,exclusive-lock,journaling,deep-flatten", "objectOrder": "23",
+		"mirroring": "journal", "journalMaxConcurrentObjectSets": "16",
 		"csi.storage.k8s.io/provisioner-secret-name":      "rbdj-ceph-creds",
 		"csi.storage.k8s.io/provisioner-secret-namespace": "csi-rbdj",
 		"csi.storage.k8s.io/node-stage-secret-name":       "rbdj-ceph-creds",
@@ -383,6 +384,8 @@ func TestSchemaRejects(t *testing.T) {
 		"storageClass.fsType=btrfs",
 		"storageClass.journalOrder=30",
 		"storageClass.ackPolicy=never",
+		"storageClass.mirroring=snapshot",
+		"storageClass.journalMaxConcurrentObjectSets=-1",
 		"controller.provisioner.timeout=soon",
 	} {
 		if _, err := helm(t, "template", "rbdj", chartDir, "--set", set); err == nil {
