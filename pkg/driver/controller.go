@@ -38,6 +38,9 @@ type volumeRecord struct {
 	Name    string              `json:"name"`
 	Params  volume.VolumeParams `json:"params"`
 	Created time.Time           `json:"created"`
+	// FormatMark is the state of the image's "new, may be formatted"
+	// marker (formatmark.go); "" in records older than the marker.
+	FormatMark string `json:"formatMark,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -56,6 +59,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
+	// When clones and restores come, a new volume carries its source's
+	// format state: no marker for a copy of a formatted volume
+	// (storage.MetaFormatBlank, formatmark.go).
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
 	}
@@ -86,6 +92,10 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, poolNotFound(params.Pool, err)
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Unavailable, fmt.Sprintf("open pool %q", params.Pool))
+	}
+	mirrorer, err := checkMirroring(ctx, st, pool, params)
+	if err != nil {
+		return nil, err
 	}
 	imageName := volume.ImageNameFor(name)
 	vid := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
@@ -118,6 +128,16 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			if diff := params.Matches(info); diff != "" {
 				return nil, status.Errorf(codes.AlreadyExists, "volume %q exists but its image differs: %s", name, diff)
 			}
+			if rec.FormatMark == formatMarkPending {
+				// An earlier attempt created the image but did not mark
+				// it: it was never handed out, so it is still new.
+				if err := markNew(ctx, pool, imageName, &rec); err != nil {
+					return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
+				}
+			}
+			if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
+				return nil, err
+			}
 			logger.V(2).Info("Volume exists", "volumeID", vid.String(), "size", info.Size)
 			return resp(info.Size), nil
 		}
@@ -130,7 +150,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
-		if err := writeRecord(ctx, pool, imageName, volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}); err != nil {
+		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}
+		if wantsFilesystem(req.GetVolumeCapabilities()) {
+			rec.FormatMark = formatMarkPending
+		}
+		if err := writeRecord(ctx, pool, imageName, rec); err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "write volume record")
 		}
 	default:
@@ -149,8 +173,18 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
 	}
+	if wantsFilesystem(req.GetVolumeCapabilities()) {
+		if err := markNew(ctx, pool, imageName, &rec); err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
+		}
+	}
+	// A failure leaves the volume without mirroring: the CO retries and
+	// the retry (volume exists) enables it.
+	if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
+		return nil, err
+	}
 	logger.Info("Volume created", "volumeID", vid.String(), "size", size, "features", params.Features,
-		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth)
+		"objectOrder", params.ObjectOrder, "journalOrder", params.JournalOrder, "journalSplayWidth", params.JournalSplayWidth, "mirroring", params.Mirroring)
 	return resp(size), nil
 }
 

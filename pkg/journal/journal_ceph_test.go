@@ -357,3 +357,16 @@ func removeCrashedImage(t *testing.T, c *ceph.Cluster, pool *ceph.Pool, name, ad
 	}
 	t.Errorf("remove image %s: %v", name, err)
 }
+
+// TestCephLaggyClients is TestLaggyClients on the test cluster: the OSD's
+// cls journal flags the laggy peer DISCONNECTED and the trim passes it.
+func TestCephLaggyClients(t *testing.T) {
+	pool := cephtest.Pool(t)
+	for _, tt := range laggyCases {
+		t.Run(tt.name, func(t *testing.T) {
+			id := cephID("laggy")
+			removeJournalAtEnd(t, pool, id)
+			laggyScenario(t, pool, id, tt)
+		})
+	}
+}

@@ -545,6 +545,9 @@ func (j *Journaler) FlushCommitPosition(ctx context.Context) error {
 	if err := j.refresh(ctx); err != nil {
 		return err
 	}
+	if err := j.disconnectLaggyLocked(ctx); err != nil {
+		return err
+	}
 	return j.trimLocked(ctx)
 }
 

@@ -19,6 +19,15 @@ type Settings struct {
 	NotifyTimeout time.Duration
 	// OpTimeout bounds each object-store operation the journaler issues.
 	OpTimeout time.Duration
+	// MaxConcurrentObjectSets bounds how many object sets another
+	// registered client (rbd-mirror) may fall behind the active set before
+	// it is disconnected and stops holding back trimming (librbd's
+	// rbd_journal_max_concurrent_object_sets; 0: unbounded, librbd's
+	// default). See laggy.go.
+	MaxConcurrentObjectSets int
+	// OnClientDisconnected, if set, is told of each client disconnected
+	// for lagging (for events); it must not block.
+	OnClientDisconnected func(LaggyClient)
 }
 
 // DefaultSettings returns the values used for every zero field of Settings.
@@ -53,5 +62,7 @@ func (s Settings) withDefaults() Settings {
 	if s.OpTimeout > 0 {
 		d.OpTimeout = s.OpTimeout
 	}
+	d.MaxConcurrentObjectSets = max(s.MaxConcurrentObjectSets, 0)
+	d.OnClientDisconnected = s.OnClientDisconnected
 	return d
 }

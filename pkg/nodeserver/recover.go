@@ -91,7 +91,7 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 		logger.Error(err, "Saving the new device in the staging record failed")
 	}
 	if !r.Block {
-		if err := s.mountStaging(r); err != nil {
+		if err := s.mountServed(ctx, v); err != nil {
 			s.teardown(ctx, v)
 			s.update(func() { v.dev, v.loop, v.err = nil, nil, err })
 			return fmt.Errorf("mount the new device at the staging path: %w", err)

@@ -394,9 +394,9 @@ func TestStageAgainRemounts(t *testing.T) {
 		opts     []string // of the mount
 	}{
 		{name: "ext4", rec: record{FsType: "ext4", MountFlags: []string{"noatime"}}, cap: mountCap(rwo, "ext4", "noatime"),
-			commands: []string{"blkid", "fsck"}, opts: []string{"noatime", "defaults"}},
+			commands: []string{"blkid", "blkid", "fsck"}, opts: []string{"noatime", "defaults"}}, // blkid twice: the format gate's, FormatAndMount's
 		{name: "xfs read-only", rec: record{FsType: "xfs", ReadOnly: true}, cap: mountCap(rop, "xfs"),
-			commands: []string{"blkid"}, opts: []string{"ro", "nouuid", "defaults"}},
+			commands: []string{"blkid", "blkid"}, opts: []string{"ro", "nouuid", "defaults"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t, nil, "")

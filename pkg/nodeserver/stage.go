@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -85,7 +85,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			}
 			if !mounted {
 				logger.Info("Staging mount is gone; mounting it again")
-				if err := s.mountStaging(v.rec); err != nil {
+				if err := s.mountServed(ctx, v); err != nil {
 					return nil, err
 				}
 			}
@@ -112,7 +112,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	if !v.rec.Block {
-		if err := s.mountStaging(v.rec); err != nil {
+		if err := s.mountServed(ctx, v); err != nil {
 			s.teardown(ctx, v)
 			if rerr := s.store.remove(v.rec.Key); rerr != nil {
 				logger.Error(rerr, "Could not remove the staging record of a volume whose staging failed")
@@ -146,6 +146,13 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 	}
 	if _, err := blockdev.ParseAckPolicy(r.AckPolicy); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", volume.CtxAckPolicy, err)
+	}
+	if v := vc[volume.CtxJournalMaxObjectSets]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %q is not a non-negative integer", volume.CtxJournalMaxObjectSets, v)
+		}
+		r.JournalMaxObjectSets = n
 	}
 	if m := c.GetMount(); m != nil {
 		r.FsType = m.GetFsType()
@@ -235,6 +242,9 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	if err != nil {
 		return volume.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), volume.SecretsNodeStage, false)
 	}
+	if err := checkPrimary(ctx, pool, vid); err != nil {
+		return err
+	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
 	var dead []string
@@ -246,7 +256,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
 		DeadOwners:      dead,
-		Journal:         journal.Settings{CommitAge: s.o.JournalCommitAge},
+		Journal:         s.journalSettings(ctx, v.rec),
 		OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
 	})
 	switch {
@@ -300,9 +310,32 @@ func notJournaled(ctx context.Context, st storage.Storage, pool objstore.Pool, v
 		vid, spec, features, spec, enable)
 }
 
-// mountStaging formats the device when blank and mounts it at the staging
-// path.
-func (s *Server) mountStaging(r *record) error {
+// mountServed is mountStaging for a served volume, gated by its image's
+// format marker.
+func (s *Server) mountServed(ctx context.Context, v *stagedVolume) error {
+	gate, err := s.gate(v)
+	if err != nil {
+		return err
+	}
+	err = s.mountStaging(ctx, v.rec, gate)
+	if err != nil && status.Code(err) == codes.Internal && v.dev != nil && v.loop != nil {
+		// The mount may have failed because the device did (its I/O
+		// errors read as "can't read superblock"): say why.
+		if derr := v.dev.Err(); derr != nil {
+			code := codes.Internal
+			if errors.Is(derr, image.ErrUnsupported) {
+				code = codes.FailedPrecondition
+			}
+			return status.Errorf(code, "%v; the journaled device of volume %s failed: %v", status.Convert(err).Message(), v.rec.VolumeID, derr)
+		}
+	}
+	return err
+}
+
+// mountStaging mounts the device at the staging path, making a filesystem
+// first only if it reads as blank and gate says the volume is new
+// (formatgate.go): a blank volume that may have held data is refused.
+func (s *Server) mountStaging(ctx context.Context, r *record, gate formatGate) error {
 	opts := append([]string(nil), r.MountFlags...)
 	if r.ReadOnly {
 		opts = append(opts, "ro")
@@ -312,9 +345,18 @@ func (s *Server) mountStaging(r *record) error {
 		// filesystem UUID; nouuid lets XFS mount it.
 		opts = append(opts, "nouuid")
 	}
+	existing, err := s.mounter.GetDiskFormat(r.Device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "inspect device %s of volume %s: %v", r.Device, r.VolumeID, err)
+	}
+	mark, err := checkFormat(ctx, r, existing, gate)
+	if err != nil {
+		return err
+	}
 	if err := s.mounter.FormatAndMount(r.Device, r.StagingPath, r.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", r.Device, r.FsType, r.StagingPath, err)
 	}
+	clearFormatMark(ctx, mark, gate)
 	return nil
 }
 

@@ -38,6 +38,9 @@ type record struct {
 	AccessMode string `json:"accessMode"`
 	ReadOnly   bool   `json:"readOnly"`
 	AckPolicy  string `json:"ackPolicy"`
+	// JournalMaxObjectSets is the StorageClass's laggy-client bound
+	// (journal.Settings.MaxConcurrentObjectSets; 0: unbounded).
+	JournalMaxObjectSets int `json:"journalMaxConcurrentObjectSets,omitempty"`
 	// Device is the loop device serving the volume (changes on restart).
 	Device string `json:"device"`
 	// Owner is the address under which this plugin holds the image's lock:

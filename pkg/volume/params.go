@@ -25,7 +25,20 @@ const (
 	ParamAckPolicy         = "ackPolicy"
 	// ParamJournaling may only say "true": journaling is always on.
 	ParamJournaling = "journaling"
+	// ParamMirroring "journal" enables journal-based rbd-mirror mirroring
+	// of the image at CreateVolume (Ceph only; the pool must have
+	// mirroring enabled).
+	ParamMirroring = "mirroring"
+	// ParamJournalMaxConcurrentObjectSets bounds how far a registered
+	// journal client (rbd-mirror) may fall behind, in journal object sets,
+	// before it is disconnected (librbd's
+	// rbd_journal_max_concurrent_object_sets; 0: unbounded).
+	ParamJournalMaxConcurrentObjectSets = "journalMaxConcurrentObjectSets"
 )
+
+// CtxJournalMaxObjectSets carries ParamJournalMaxConcurrentObjectSets to
+// the node.
+const CtxJournalMaxObjectSets = "csi-rbdj.dev/journalMaxConcurrentObjectSets"
 
 // Volume context keys: what CreateVolume hands to the node through the PV.
 const (
@@ -48,6 +61,7 @@ const (
 	DefaultFsType            = "ext4"
 	DefaultAckPolicy         = "applied"
 	maxJournalSplayWidth     = 64
+	maxJournalObjectSets     = 1 << 20
 )
 
 // allowedFeatures are the image features a volume may have: the ones the
@@ -92,6 +106,10 @@ type VolumeParams struct {
 	JournalSplayWidth uint8  `json:"journalSplayWidth"`
 	FsType            string `json:"fsType"`
 	AckPolicy         string `json:"ackPolicy"`
+	// Mirroring is "" or storage.MirrorModeJournal.
+	Mirroring string `json:"mirroring,omitempty"`
+	// JournalMaxObjectSets is ParamJournalMaxConcurrentObjectSets.
+	JournalMaxObjectSets int `json:"journalMaxConcurrentObjectSets,omitempty"`
 }
 
 // ParamError is a parameter that cannot be accepted; its message names the
@@ -179,12 +197,23 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 				return p, &ParamError{k, err.Error()}
 			}
 			p.AckPolicy = v
+		case ParamMirroring:
+			if v != storage.MirrorModeJournal {
+				return p, &ParamError{k, fmt.Sprintf("%q is not a mirroring mode csi-rbdj enables (want %q: rbd-mirror replays the image's journal on the peer cluster)", v, storage.MirrorModeJournal)}
+			}
+			p.Mirroring = v
+		case ParamJournalMaxConcurrentObjectSets:
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > maxJournalObjectSets {
+				return p, &ParamError{k, fmt.Sprintf("%q is not an integer in [0, %d] (journal object sets a registered client such as rbd-mirror may fall behind before it is disconnected; 0: unbounded)", v, maxJournalObjectSets)}
+			}
+			p.JournalMaxObjectSets = n
 		default:
 			if strings.HasPrefix(k, ignoredParamPrefix) {
 				continue
 			}
 			return p, &ParamError{k, fmt.Sprintf("unknown parameter (known: %s)", strings.Join([]string{
-				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling}, ", "))}
+				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling, ParamMirroring, ParamJournalMaxConcurrentObjectSets}, ", "))}
 		}
 	}
 	return p, nil
@@ -220,7 +249,11 @@ func (p VolumeParams) CreateOptions() image.CreateOptions {
 
 // VolumeContext is what the node needs beyond the volume id.
 func (p VolumeParams) VolumeContext() map[string]string {
-	return map[string]string{CtxFsType: p.FsType, CtxAckPolicy: p.AckPolicy}
+	ctx := map[string]string{CtxFsType: p.FsType, CtxAckPolicy: p.AckPolicy}
+	if p.JournalMaxObjectSets > 0 {
+		ctx[CtxJournalMaxObjectSets] = strconv.Itoa(p.JournalMaxObjectSets)
+	}
+	return ctx
 }
 
 // Matches reports how an existing image differs from the parameters ("" if

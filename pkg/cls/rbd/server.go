@@ -82,6 +82,9 @@ func Class() objstore.Class {
 		"dir_get_id":            {Call: readOnly(dirGet(dirKeyForName))},
 		"dir_get_name":          {Call: readOnly(dirGet(dirKeyForID))},
 		"dir_list":              {Call: readOnly(dirList)},
+		"metadata_set":          {Write: true, Call: metadataSet},
+		"metadata_remove":       {Write: true, Call: metadataRemove},
+		"metadata_get":          {Call: readOnly(metadataGet)},
 	}
 }
 

@@ -584,7 +584,8 @@ func TestWriteMethodsRefusedInReads(t *testing.T) {
 		t.Fatalf("write method in a read = %v", err)
 	}
 	for name, m := range Class() {
-		wantWrite := name == "create" || name[:4] == "set_" || name == "dir_add_image" || name == "dir_remove_image" || name == "dir_rename_image"
+		wantWrite := name == "create" || name[:4] == "set_" || name == "dir_add_image" || name == "dir_remove_image" || name == "dir_rename_image" ||
+			name == "metadata_set" || name == "metadata_remove"
 		if m.Write != wantWrite {
 			t.Errorf("%s: Write = %v, want %v", name, m.Write, wantWrite)
 		}

@@ -1,0 +1,437 @@
+//go:build ceph && pacific
+
+package driver_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"google.golang.org/grpc/codes"
+)
+
+// drSites is a two-site rbd-mirror setup made by the recipe in
+// /work/shared/recipes/rbd-mirror (cluster-up.sh per site + mirror-setup.sh,
+// auth none, pool rbd mirrored site-a -> site-b by one rbd-mirror daemon
+// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The tests stop
+// and start that rbd-mirror daemon (pid file mirror/rbd-mirror.pid, the
+// setup's mirror-setup.sh). Set up with:
+//
+//	export MIRROR_DIR=/tmp/mirror-dr; cp RECIPE/*.sh RECIPE/*.py $MIRROR_DIR
+//	CEPH_CLUSTER=site-a CEPH_DIR=$MIRROR_DIR/site-a CEPH_MON_PORT=3600 ./cluster-up.sh
+//	CEPH_CLUSTER=site-b CEPH_DIR=$MIRROR_DIR/site-b CEPH_MON_PORT=3700 ./cluster-up.sh
+//	ln -s ../site-a/site-a.conf conf/site-a.conf (same for site-b)
+//	RBD_MIRROR_ARGS="--rbd-mirror-journal-poll-age 0.5" ./mirror-setup.sh
+//	CSI_RBDJ_DR_DIR=$MIRROR_DIR go test -tags ceph,pacific -run TestDR ./pkg/driver/
+type drSites struct {
+	dir  string
+	mons map[string]string // site -> mon_host
+}
+
+func drSetup(t *testing.T) *drSites {
+	t.Helper()
+	dir := os.Getenv("CSI_RBDJ_DR_DIR")
+	if dir == "" {
+		t.Skip("CSI_RBDJ_DR_DIR names no two-site rbd-mirror setup (recipe: /work/shared/recipes/rbd-mirror)")
+	}
+	s := &drSites{dir: dir, mons: map[string]string{}}
+	re := regexp.MustCompile(`(?m)^mon_host = (.*)$`)
+	for _, site := range []string{"site-a", "site-b"} {
+		b, err := os.ReadFile(filepath.Join(dir, site, site+".conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := re.FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("%s.conf has no mon_host", site)
+		}
+		s.mons[site] = string(m[1])
+	}
+	return s
+}
+
+// rbd runs the rbd CLI on a site.
+func (s *drSites) rbd(ctx context.Context, site string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "rbd", append([]string{"--cluster", site}, args...)...)
+	cmd.Env = append(os.Environ(), "CEPH_CONF="+filepath.Join(s.dir, "conf", "$cluster.conf"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (s *drSites) mustRBD(t *testing.T, site string, args ...string) string {
+	t.Helper()
+	out, err := s.rbd(context.Background(), site, args...)
+	if err != nil {
+		t.Fatalf("rbd --cluster %s %s: %v\n%s", site, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// stopMirror stops the rbd-mirror daemon of the setup (by its pid file).
+func (s *drSites) stopMirror(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.dir, "mirror", "rbd-mirror.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("stop rbd-mirror %d: %v", pid, err)
+	}
+}
+
+// exportSum returns the md5 of rbd export of image name on a site.
+func (s *drSites) exportSum(ctx context.Context, site, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", `rbd --cluster "$1" export --no-progress "rbd/$2" - | md5sum`, "sh", site, name)
+	cmd.Env = append(os.Environ(), "CEPH_CONF="+filepath.Join(s.dir, "conf", "$cluster.conf"))
+	out, err := cmd.CombinedOutput()
+	return strings.Fields(string(out) + " x")[0], err
+}
+
+// TestDRFailoverSynced: a mirrored volume written on site-a (and unstaged:
+// replication of a served volume needs the owner-side sync-point snapshot)
+// replicates to site-b; after site-a is lost and the replica force-promoted,
+// NodeStageVolume on site-b replays its journal, mounts the replicated
+// filesystem (no format) and every file is there. Runs before
+// TestDRNeverSyncedReplica, which stops rbd-mirror.
+func TestDRFailoverSynced(t *testing.T) {
+	s := drSetup(t)
+	s.startMirror(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctrl, node, _ := serveDriver(t, dir, b)
+	staging := filepath.Join(dir, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	csiName := uniqueName("dr-sync")
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	idA := vol.GetVolume().GetVolumeId()
+	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	stage := func(id string) {
+		t.Helper()
+		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec}); err != nil {
+			t.Fatalf("stage %s: %v", id, err)
+		}
+	}
+	unstage := func(id string) {
+		t.Helper()
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stage(idA)
+	for i := range 50 {
+		if err := os.WriteFile(filepath.Join(staging, "f"+strconv.Itoa(i)), []byte("file "+strconv.Itoa(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unstage(idA)
+
+	start := time.Now()
+	sumA, err := s.exportSum(ctx, "site-a", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		sumB, err := s.exportSum(ctx, "site-b", name)
+		if err == nil && sumB == sumA {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("site-b did not catch up in 2 min (%s vs %s, %v)", sumB, sumA, err)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("site-b equals site-a %v after the unstage", time.Since(start).Round(100*time.Millisecond))
+
+	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
+	// Known limitation (the snapshot work's): the replica keeps the copy of
+	// rbd-mirror's sync-point snapshot (.rbd-mirror.<peer>.<id>), and the
+	// journaled data path does not write images with snapshots yet (the
+	// device fails its first write: "image has 1 snapshots: unsupported
+	// image", and the mount fails). Remove the snapshot until it does.
+	if snaps := s.mustRBD(t, "site-b", "snap", "ls", "rbd/"+name); strings.Contains(snaps, ".rbd-mirror.") {
+		t.Logf("removing rbd-mirror's sync-point snapshot from the promoted replica (the data path cannot write images with snapshots yet):\n%s", snaps)
+		s.mustRBD(t, "site-b", "snap", "purge", "--no-progress", "rbd/"+name)
+	}
+	stage(idB)
+	for i := range 50 {
+		b, err := os.ReadFile(filepath.Join(staging, "f"+strconv.Itoa(i)))
+		if err != nil || string(b) != "file "+strconv.Itoa(i) {
+			t.Fatalf("file %d on the promoted replica: %q, %v", i, b, err)
+		}
+	}
+	unstage(idB)
+}
+
+// startMirror (re)starts the setup's rbd-mirror daemon with its own script.
+func (s *drSites) startMirror(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(s.dir, "mirror-setup.sh"))
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), "MIRROR_DIR="+s.dir, "RBD_MIRROR_ARGS=--rbd-mirror-journal-poll-age 0.5")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("start rbd-mirror: %v\n%s", err, out)
+	}
+}
+
+// waitEqual waits until site-b's copy of image name equals site-a's.
+func (s *drSites) waitEqual(t *testing.T, name string, timeout time.Duration) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	sumA, err := s.exportSum(ctx, "site-a", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		sumB, err := s.exportSum(ctx, "site-b", name)
+		if err == nil && sumB == sumA {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("site-b's %s did not equal site-a's in %v (%s vs %s, %v)", name, timeout, sumB, sumA, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// TestDRLaggyReplicator is issue 16's laggy-client check with real
+// rbd-mirror: with rbd-mirror stopped, writes on site-a beyond
+// journalMaxConcurrentObjectSets (2) disconnect rbd-mirror's journal client
+// and the journal is trimmed past it; when rbd-mirror returns, the replica
+// needs a resync (it is not silently caught up from a trimmed journal);
+// after `rbd mirror image resync` site-b equals site-a.
+func TestDRLaggyReplicator(t *testing.T) {
+	s := drSetup(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctrl, node, _ := serveDriver(t, dir, b)
+	staging := filepath.Join(dir, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.startMirror(t)
+	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: rwo.AccessMode}
+	csiName := uniqueName("dr-laggy")
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{block},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal",
+			volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	id := vol.GetVolume().GetVolumeId()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
+		if err == nil && strings.Contains(out, "mirroring primary: false") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	s.waitEqual(t, name, 2*time.Minute) // bootstrapped and replaying
+	status := func() string { return s.mustRBD(t, "site-a", "journal", "status", "--pool", "rbd", "--image", name) }
+	if st := status(); strings.Count(st, "state=connected") != 2 {
+		t.Fatalf("want the image client and rbd-mirror's connected:\n%s", st)
+	}
+
+	s.stopMirror(t)
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: block,
+		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: sec}); err != nil {
+		t.Fatal(err)
+	}
+	dev := ""
+	for _, l := range loopsUnder(dir) {
+		dev = "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(l)))
+	}
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for i := range 64 { // 4 MiB in 64 KiB journal objects: dozens of sets
+		for j := range buf {
+			buf[j] = byte(i + j)
+		}
+		if _, err := f.WriteAt(buf, int64(i)*int64(len(buf))); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	st := status()
+	t.Logf("site-a journal after the writes:\n%s", st)
+	if !strings.Contains(st, "state=disconnected") {
+		t.Fatalf("rbd-mirror's client is not disconnected:\n%s", st)
+	}
+	if strings.Contains(st, "minimum_set: 0\n") {
+		t.Fatalf("the journal was not trimmed past the disconnected client:\n%s", st)
+	}
+
+	// rbd-mirror returns: its replica needs a resync; after it, it equals.
+	s.startMirror(t)
+	time.Sleep(5 * time.Second)
+	if sumA, _ := s.exportSum(ctx, "site-a", name); true {
+		if sumB, _ := s.exportSum(ctx, "site-b", name); sumB == sumA {
+			t.Fatalf("site-b caught up from a journal that was trimmed past it: the disconnect did not take")
+		}
+	}
+	s.mustRBD(t, "site-b", "mirror", "image", "resync", "rbd/"+name)
+	took := s.waitEqual(t, name, 3*time.Minute)
+	t.Logf("site-b equals site-a %v after the resync request", took.Round(100*time.Millisecond))
+}
+
+// TestDRNeverSyncedReplica is the failover of issue 16 with real rbd-mirror:
+// a volume created on site-a with mirroring: journal is bootstrapped to
+// site-b while still unformatted (its format marker is copied there, under
+// site-a's image id); the replica is not staged on site-b while it is
+// non-primary (its journal's tag owner is site-a's mirror uuid); rbd-mirror
+// is stopped, the volume formatted and written on site-a, site-a lost and
+// the replica force-promoted: NodeStageVolume on site-b refuses the blank
+// replica instead of formatting it, and a brand-new volume on site-b
+// still gets its filesystem.
+func TestDRNeverSyncedReplica(t *testing.T) {
+	s := drSetup(t)
+	s.startMirror(t)
+	ctx := context.Background()
+	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
+	open := func(site string) (csi.ControllerClient, csi.NodeClient, string) {
+		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		ctrl, node, _ := serveDriver(t, dir, b)
+		staging := filepath.Join(dir, "staging")
+		if err := os.Mkdir(staging, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return ctrl, node, staging
+	}
+	ctrlA, nodeA, stagingA := open("site-a")
+	ctrlB, nodeB, stagingB := open("site-b")
+
+	csiName := uniqueName("dr")
+	vol, err := ctrlA.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: sec,
+		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := volume.ImageNameFor(csiName)
+	idA := vol.GetVolume().GetVolumeId()
+	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+
+	// rbd-mirror bootstraps the replica on site-b (non-primary).
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
+		if err == nil && strings.Contains(out, "mirroring primary: false") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// rbd-mirror copied the format marker (the primary's image id): the
+	// reason it holds an image id, not "true".
+	metaB := s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+	t.Logf("site-b replica metadata:\n%s", metaB)
+	if !strings.Contains(metaB, storage.MetaFormatBlank) {
+		t.Errorf("rbd-mirror did not copy the format marker to the replica (the id binding is then untested)")
+	}
+
+	// Non-primary: not staged.
+	stage := func(node csi.NodeClient, id, staging string) error {
+		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec})
+		return err
+	}
+	_, err = nodeB.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: idB, StagingTargetPath: stagingB, VolumeCapability: rwo, Secrets: sec})
+	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "mirror peer", "rbd mirror image promote rbd/"+name)
+
+	// The replica never syncs what follows.
+	s.stopMirror(t)
+	if err := stage(nodeA, idA, stagingA); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := os.WriteFile(filepath.Join(stagingA, "f"+strconv.Itoa(i)), []byte("acknowledged"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nodeA.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: idA, StagingTargetPath: stagingA}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Site-a lost: force-promote the replica and stage it on site-b.
+	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
+	err = stage(nodeB, idB, stagingB)
+	wantStatus(t, "NodeStage of the promoted, never-synced replica", err, codes.FailedPrecondition, "reads as blank",
+		"rbd image-meta set rbd/"+name+" csi-rbdj.format-blank true")
+	if du := s.mustRBD(t, "site-b", "du", "rbd/"+name); !strings.Contains(du, " 0 B") {
+		t.Errorf("the refused stage wrote to the replica:\n%s", du)
+	}
+
+	// A brand-new volume on site-b still gets its filesystem.
+	newVol, err := ctrlB.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("dr-new"), VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec, Parameters: map[string]string{volume.ParamClusterID: "site-b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stage(nodeB, newVol.GetVolume().GetVolumeId(), stagingB); err != nil {
+		t.Fatalf("stage a brand-new volume on site-b: %v", err)
+	}
+	if _, err := nodeB.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: newVol.GetVolume().GetVolumeId(), StagingTargetPath: stagingB}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,127 @@
+//go:build ceph && pacific
+
+package librbd
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+)
+
+// Pool mirroring modes (rbd mirror pool info).
+const (
+	MirrorPoolDisabled = "disabled"
+	MirrorPoolImage    = "image"
+	MirrorPoolPool     = "pool"
+)
+
+// MirrorPoolMode returns the mirroring mode of the pool: MirrorPoolDisabled,
+// MirrorPoolImage (images are mirrored once enabled one by one) or
+// MirrorPoolPool (every journaled image is mirrored).
+func MirrorPoolMode(ctx context.Context, pool objstore.Pool) (string, error) {
+	p, err := cephPool(pool)
+	if err != nil {
+		return "", err
+	}
+	var mode rbd.MirrorMode
+	var rerr error
+	if cerr := p.Cluster().Call(ctx, func() { mode, rerr = rbd.GetMirrorMode(p.IOContext()) }); cerr != nil {
+		return "", fmt.Errorf("mirror mode of pool %s: %w", p.Name(), cerr)
+	}
+	if rerr != nil {
+		return "", fmt.Errorf("mirror mode of pool %s: %w", p.Name(), mapErr(rerr))
+	}
+	switch mode {
+	case rbd.MirrorModeDisabled:
+		return MirrorPoolDisabled, nil
+	case rbd.MirrorModeImage:
+		return MirrorPoolImage, nil
+	case rbd.MirrorModePool:
+		return MirrorPoolPool, nil
+	}
+	return "", fmt.Errorf("mirror mode of pool %s: unknown mode %d", p.Name(), mode)
+}
+
+// MirrorInfo is an image's mirroring state (rbd mirror image status, the
+// local part).
+type MirrorInfo struct {
+	// State is "enabled", "disabled" or "disabling".
+	State string
+	// Mode is "journal" or "snapshot" (meaningful while enabled).
+	Mode string
+	// Primary: this site's copy is the primary one (writable).
+	Primary bool
+	// GlobalID names the image on every site.
+	GlobalID string
+}
+
+// Enabled reports whether mirroring is enabled on the image.
+func (m MirrorInfo) Enabled() bool { return m.State == rbd.MirrorImageEnabled.String() }
+
+// GetMirrorInfo returns the mirroring state of image name.
+func GetMirrorInfo(ctx context.Context, pool objstore.Pool, name string) (MirrorInfo, error) {
+	p, err := cephPool(pool)
+	if err != nil {
+		return MirrorInfo{}, err
+	}
+	var mi MirrorInfo
+	err = withImage(ctx, p, name, false, func(img *rbd.Image) error {
+		info, err := img.GetMirrorImageInfo()
+		if err != nil {
+			return mapErr(err)
+		}
+		mi = MirrorInfo{State: info.State.String(), Primary: info.Primary, GlobalID: info.GlobalID}
+		if info.State == rbd.MirrorImageEnabled {
+			mode, err := img.GetImageMirrorMode()
+			if err != nil {
+				return mapErr(err)
+			}
+			mi.Mode = mode.String()
+		}
+		return nil
+	})
+	if err != nil {
+		return MirrorInfo{}, fmt.Errorf("mirror info of image %s/%s: %w", p.Name(), name, err)
+	}
+	return mi, nil
+}
+
+// mirrorOp opens image name for writing and runs op on it.
+func mirrorOp(ctx context.Context, pool objstore.Pool, name, what string, op func(img *rbd.Image) error) error {
+	p, err := cephPool(pool)
+	if err != nil {
+		return err
+	}
+	if err := withImage(ctx, p, name, true, func(img *rbd.Image) error { return mapErr(op(img)) }); err != nil {
+		return fmt.Errorf("%s image %s/%s: %w", what, p.Name(), name, err)
+	}
+	return nil
+}
+
+// MirrorEnableJournal enables journal-based mirroring on image name (rbd
+// mirror image enable POOL/IMAGE journal). The pool must be in image mode.
+func MirrorEnableJournal(ctx context.Context, pool objstore.Pool, name string) error {
+	return mirrorOp(ctx, pool, name, "enable journal mirroring of", func(img *rbd.Image) error {
+		return img.MirrorEnable(rbd.ImageMirrorModeJournal)
+	})
+}
+
+// MirrorPromote makes this site's copy of image name the primary one
+// (force: even though the current primary cannot be reached to demote).
+func MirrorPromote(ctx context.Context, pool objstore.Pool, name string, force bool) error {
+	return mirrorOp(ctx, pool, name, "promote", func(img *rbd.Image) error { return img.MirrorPromote(force) })
+}
+
+// MirrorDemote makes this site's copy of image name non-primary.
+func MirrorDemote(ctx context.Context, pool objstore.Pool, name string) error {
+	return mirrorOp(ctx, pool, name, "demote", func(img *rbd.Image) error { return img.MirrorDemote() })
+}
+
+// MirrorResync flags this site's non-primary copy of image name for a
+// full resync from the primary (rbd-mirror deletes and re-creates it).
+func MirrorResync(ctx context.Context, pool objstore.Pool, name string) error {
+	return mirrorOp(ctx, pool, name, "resync", func(img *rbd.Image) error { return img.MirrorResync() })
+}
