@@ -26,6 +26,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -99,6 +100,10 @@ type Options struct {
 	ClientID string
 	// Unjournaled serves the image without a journal (benchmark baseline).
 	Unjournaled bool
+	// JournalMode selects the write path (metadata.go): the image must
+	// have been created for it (full: librbd's journaling feature;
+	// metadata: without it).
+	JournalMode JournalMode
 	// Fencer fences a dead lock holder before its lock is broken.
 	Fencer exclusivelock.Fencer
 	// LockDescription is recorded with the lock (e.g. the node's name).
@@ -134,6 +139,7 @@ type Device struct {
 	o    Options
 	size atomic.Int64
 
+	meta        *metaState          // metadata mode (metadata.go); nil in full mode
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
 	replayStats journal.ReplayStats // what Open replayed
 
@@ -165,7 +171,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
-	if !o.Unjournaled && img.Features()&clsrbd.FeatureJournaling == 0 {
+	if !o.Unjournaled && o.JournalMode == JournalFull && img.Features()&clsrbd.FeatureJournaling == 0 {
 		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
 	}
 	d := &Device{img: img, pool: pool, o: o, inflight: newWeighted(o.MaxPendingBytes)}
@@ -186,6 +192,13 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	if o.Unjournaled {
+		return d, nil
+	}
+	if o.JournalMode == JournalMetadata {
+		if err := d.openMetadata(ctx); err != nil {
+			lk.Release(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("open device %s: %w", name, err)
+		}
 		return d, nil
 	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
@@ -226,9 +239,9 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	start := time.Now()
-	rp := newReplayer(d)
-	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, rp.entry)
-	if werr := rp.wait(); err == nil {
+	entry, wait := d.replayHandler(ctx) // metadata.go
+	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, entry)
+	if werr := wait(); err == nil {
 		err = werr
 	}
 	if err != nil {
@@ -248,12 +261,13 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	d.tag = tag.Tid
-	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 {
+	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 && d.meta == nil {
 		d.img.SetWriteLinger(d.o.ApplyLinger)
 	}
 	klog.InfoS("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
 		"replayedEntries", st.Entries, "replayedBytes", st.Bytes, "staleEntries", st.StaleEntries,
-		"droppedEntries", st.Dropped, "replayTime", time.Since(start))
+		"droppedEntries", st.Dropped, "replayTime", time.Since(start), "journalMode", d.JournalMode(),
+		"tornExtents", d.MetadataReplayStats().TornExtents)
 	return nil
 }
 
@@ -461,6 +475,12 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if d.j == nil {
 		return d.img.WriteAt(ctx, p, off)
 	}
+	if d.meta != nil {
+		if err := d.metaWrite(ctx, "write", extentlog.KindWrite, off, int64(len(p)), p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	// The caller may reuse p once we return; a pending change outlives that
 	// in AckJournaled mode.
 	data := p
@@ -485,6 +505,9 @@ func (d *Device) Discard(ctx context.Context, off, length int64) error {
 	if d.j == nil {
 		return d.img.Discard(ctx, off, length)
 	}
+	if d.meta != nil {
+		return d.metaWrite(ctx, "discard", extentlog.KindDiscard, off, length, nil)
+	}
 	ev := rbdjournal.AioDiscardEvent{Offset: uint64(off), Length: uint64(length)}
 	return d.submit(ctx, "discard", []change{{off: off, end: off + length, event: ev}}, 0)
 }
@@ -498,6 +521,9 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
 	if d.j == nil {
 		return d.img.WriteZeroes(ctx, off, length)
 	}
+	if d.meta != nil {
+		return d.metaWrite(ctx, "write-zeroes", extentlog.KindZero, off, length, nil)
+	}
 	ev := rbdjournal.AioWriteSameEvent{Offset: uint64(off), Length: uint64(length), Data: make([]byte, 512)}
 	return d.submit(ctx, "write-zeroes", []change{{off: off, end: off + length, event: ev}}, 0)
 }
@@ -510,6 +536,9 @@ func (d *Device) Flush(ctx context.Context) error {
 	}
 	if d.j == nil {
 		return d.img.Flush(ctx)
+	}
+	if d.meta != nil {
+		return d.metaFlush(ctx)
 	}
 	f := d.j.Append(d.tag, cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.AioFlushEvent{}, Timestamp: time.Now()}))
 	if err := d.j.Flush(ctx); err != nil {

@@ -42,8 +42,14 @@ func TestServeHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mode := JournalFull
+	if m := os.Getenv("BLOCKDEV_SERVE_MODE"); m != "" {
+		if mode, err = ParseJournalMode(m); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c, pool := localtest.Open(t, dir, local.Options{})
-	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
+	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c, JournalMode: mode})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
@@ -53,7 +59,8 @@ func TestServeHelperProcess(t *testing.T) {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
 	}
-	fmt.Printf("READY %s\n", dev.Path())
+	// The torn extents replay found (metadata mode) follow the device.
+	fmt.Printf("READY %s %d\n", dev.Path(), d.MetadataReplayStats().TornExtents)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
@@ -79,13 +86,15 @@ type server struct {
 	dir      string
 	stateDir string
 	policy   AckPolicy
+	mode     JournalMode
 	cmd      *exec.Cmd
 	dev      string
+	torn     int // torn extents the last start reported (metadata mode)
 }
 
 func (s *server) start() {
 	s.t.Helper()
-	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String())
+	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)
@@ -100,7 +109,11 @@ func (s *server) start() {
 		s.kill()
 		s.t.Fatalf("serving process: %q %v", line, err)
 	}
-	s.dev = strings.TrimSpace(strings.TrimPrefix(line, "READY "))
+	fields := strings.Fields(strings.TrimPrefix(line, "READY "))
+	s.dev = fields[0]
+	if len(fields) > 1 {
+		fmt.Sscan(fields[1], &s.torn)
+	}
 }
 
 func (s *server) kill() {
