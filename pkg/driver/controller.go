@@ -116,6 +116,15 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if rec.Params.ClusterID == "" { // a record written before volumes named their cluster
 			rec.Params.ClusterID = params.ClusterID
 		}
+		if rec.Params.JournalMode == "" { // a record written before journal modes: full
+			rec.Params.JournalMode = volume.JournalModeFull
+		}
+		if rec.Params.JournalMode != params.JournalMode {
+			// The mode is fixed for the life of a volume: its image was
+			// created for it (librbd journaling or the extent log).
+			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: volume %q exists with journal mode %q; the journal mode of a volume cannot be changed (requested %q): create a new volume",
+				volume.ParamJournalMode, name, rec.Params.JournalMode, params.JournalMode)
+		}
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
