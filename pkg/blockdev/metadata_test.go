@@ -1,0 +1,250 @@
+package blockdev
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+)
+
+func newMetadataImage(t testing.TB, pool objstore.Pool, name string) {
+	t.Helper()
+	if err := image.Create(context.Background(), pool, name, testSize, image.CreateOptions{Order: 20, Features: metadataFeatures}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMetadataModel: random writes, discards and write-zeroes on a
+// metadata-mode device read back as a reference model says, before and
+// after a reopen; a clean close leaves nothing to check.
+func TestMetadataModel(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	if d.JournalMode() != JournalMetadata {
+		t.Fatalf("mode %v", d.JournalMode())
+	}
+	model := make([]byte, testSize)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 300; i++ {
+		off := r.Int64N(testSize - (1 << 20))
+		n := 1 + r.Int64N(1<<20)
+		switch r.IntN(4) {
+		case 0:
+			if err := d.Discard(ctx, off, n); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[off : off+n])
+		case 1:
+			if err := d.WriteZeroes(ctx, off, n); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[off : off+n])
+		default:
+			b := make([]byte, n)
+			for j := range b {
+				b[j] = byte(r.Uint32())
+			}
+			if _, err := d.WriteAt(ctx, b, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], b)
+		}
+		if i%50 == 0 {
+			if err := d.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !bytes.Equal(readAll(t, d, testSize), model) {
+		t.Fatal("device differs from the model")
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	if !bytes.Equal(readAll(t, d, testSize), model) {
+		t.Fatal("reopened device differs from the model")
+	}
+	if st := d.MetadataReplayStats(); st != (MetadataReplayStats{}) {
+		t.Errorf("replay after a clean close: %+v", st)
+	}
+}
+
+// TestMetadataModeMismatch: an image is served only in the mode it was
+// created for.
+func TestMetadataModeMismatch(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newImage(t, pool, "full", 22)
+	newMetadataImage(t, pool, "meta")
+	if _, err := Open(ctx, pool, "full", Options{JournalMode: JournalMetadata}); !errors.Is(err, ErrJournalModeMismatch) {
+		t.Errorf("metadata open of a full image: %v, want ErrJournalModeMismatch", err)
+	}
+	if _, err := Open(ctx, pool, "meta", Options{}); !errors.Is(err, ErrNotJournaled) {
+		t.Errorf("full open of a metadata image: %v, want ErrNotJournaled", err)
+	}
+}
+
+// logEntries appends entries to vol's extent log as a crashed owner would
+// have left them (past the commit position, in a new epoch).
+func logEntries(t *testing.T, pool objstore.Pool, name string, es []extentlog.Entry) {
+	t.Helper()
+	ctx := context.Background()
+	img, err := image.Open(ctx, pool, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := extentlog.Open(ctx, pool, img.ID(), extentlog.ImageClientID, Options{}.Journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close(ctx)
+	c, err := j.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cd rbdjournal.ClientData
+	if err := cephenc.Unmarshal(c.Data, &cd); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := j.AllocateTag(ctx, cd.Meta.(rbdjournal.ImageClientMeta).TagClass, cephenc.Marshal(rbdjournal.TagData{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		j.Append(tag.Tid, e.Encode())
+	}
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMetadataReplayFindsTornExtents: the entries past the commit position
+// are compared with the image; extents that do not hold what their entry
+// says are counted as torn, entries overlapped by later ones are not
+// checked.
+func TestMetadataReplayFindsTornExtents(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	a := bytes.Repeat([]byte{0xaa}, 4096)
+	for _, off := range []int64{0, 8192, 16384, 65536} {
+		if _, err := d.WriteAt(ctx, a, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	crcA := extentlog.Checksum(a)
+	logEntries(t, pool, "vol", []extentlog.Entry{
+		{Kind: extentlog.KindWrite, Offset: 0, Length: 4096, CRC: crcA},                             // intact
+		{Kind: extentlog.KindWrite, Offset: 8192, Length: 4096, CRC: crcA + 1},                      // torn
+		{Kind: extentlog.KindWrite, Offset: 16384, Length: 4096, CRC: crcA + 1},                     // superseded by the next
+		{Kind: extentlog.KindWrite, Offset: 16384, Length: 2048, CRC: extentlog.Checksum(a[:2048])}, // intact
+		{Kind: extentlog.KindDiscard, Offset: 65536, Length: 4096},                                  // torn: not zeros
+		{Kind: extentlog.KindZero, Offset: 1 << 20, Length: 4096},                                   // intact
+		{Kind: extentlog.KindOp, Op: []byte("resize")},                                              // not data
+	})
+	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	want := MetadataReplayStats{Checked: 5, Superseded: 1, TornExtents: 2, TornBytes: 8192}
+	if st := d.MetadataReplayStats(); st != want {
+		t.Errorf("replay stats %+v, want %+v", st, want)
+	}
+	// Checked entries are committed: the next open finds nothing.
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	if st := d.MetadataReplayStats(); st != (MetadataReplayStats{}) {
+		t.Errorf("second replay %+v", st)
+	}
+}
+
+// TestMetadataChangedExtents: a registered consumer lists exactly the
+// extents written since a position, and advancing it drops them.
+func TestMetadataChangedExtents(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	id := d.img.ID()
+	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := extentlog.ChangedExtents(ctx, pool, id, "nobody", extentlog.Position{}, extentlog.Position{}); !errors.Is(err, extentlog.ErrNoConsumer) {
+		t.Errorf("unregistered consumer: %v", err)
+	}
+	write := func(off, n int64) {
+		if _, err := d.WriteAt(ctx, make([]byte, n), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0, 4096)
+	write(4096, 4096) // adjacent: merged
+	mid, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(1<<20, 512)
+	if err := d.WriteZeroes(ctx, 2<<20, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAll := []extentlog.Extent{{0, 8192}, {1 << 20, 512}, {2 << 20, 8192}}
+	if !equalExtents(all.Extents, wantAll) || len(all.Entries) != 4 {
+		t.Errorf("all changes %v (%d entries), want %v", all.Extents, len(all.Entries), wantAll)
+	}
+	since, err := extentlog.ChangedExtents(ctx, pool, id, "backup", mid.Last, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := wantAll[1:]; !equalExtents(since.Extents, want) {
+		t.Errorf("changes since %v: %v, want %v", mid.Last, since.Extents, want)
+	}
+	upTo, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, mid.Last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := wantAll[:1]; !equalExtents(upTo.Extents, want) {
+		t.Errorf("changes up to %v: %v, want %v", mid.Last, upTo.Extents, want)
+	}
+	if err := extentlog.AdvanceConsumer(ctx, pool, id, "backup", mid.Last); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := wantAll[1:]; !equalExtents(rest.Extents, want) {
+		t.Errorf("after advancing to %v: %v, want %v", mid.Last, rest.Extents, want)
+	}
+}
+
+func equalExtents(a, b []extentlog.Extent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
