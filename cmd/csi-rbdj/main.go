@@ -37,6 +37,9 @@ Usage:
   csi-rbdj node-cleanup --state-dir DIR
                            tear down what a dead node plugin left staged
                            (mounts, loop devices) without serving it again
+  csi-rbdj journal changed-extents --volume ID --consumer NAME [--from TAG:ENTRY] [--to TAG:ENTRY]
+                           list the extents a journalMode metadata volume changed
+                           (also register-consumer, advance-consumer, unregister-consumer)
   csi-rbdj version         print the version
 
 Run "csi-rbdj serve -h" or "csi-rbdj demo -h" for their flags.
@@ -56,6 +59,8 @@ func main() {
 		err = demoMain(os.Args[2:])
 	case "node-cleanup":
 		err = nodeCleanupMain(os.Args[2:])
+	case "journal":
+		err = journalMain(os.Args[2:]) // journal.go
 	case "version", "--version", "-version":
 		backends := "local, ceph"
 		if !storage.CephBuilt {

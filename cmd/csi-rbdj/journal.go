@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+)
+
+const journalUsage = `Usage: csi-rbdj journal COMMAND --volume ID [flags]
+
+Commands on the extent log of a journalMode metadata volume (README "Journal
+modes"; the log keeps what a registered consumer has not passed):
+
+  register-consumer   --consumer NAME       retain the log for NAME from now on
+  changed-extents     --consumer NAME [--from TAG:ENTRY] [--to TAG:ENTRY]
+                      print (JSON) the extents changed in (from, to]; "last"
+                      is where the next incremental listing starts
+  advance-consumer    --consumer NAME --to TAG:ENTRY
+                      let the log drop what NAME has copied, up to --to
+  unregister-consumer --consumer NAME
+
+Backend flags as for "csi-rbdj serve" (--backend, --local-dir, --ceph-config,
+--ceph-credentials-dir, ...).
+`
+
+// changedExtentsOutput is what changed-extents prints.
+type changedExtentsOutput struct {
+	Volume  string             `json:"volume"`
+	From    string             `json:"from"`
+	To      string             `json:"to,omitempty"`
+	First   string             `json:"first"`
+	Last    string             `json:"last"`
+	Entries int                `json:"entries"`
+	Bytes   uint64             `json:"bytes"`
+	Extents []extentlog.Extent `json:"extents"`
+}
+
+func journalMain(args []string) error {
+	if len(args) < 1 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, journalUsage)
+		return nil
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet("journal "+cmd, flag.ExitOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, journalUsage); fs.PrintDefaults() }
+	var c serveConfig
+	serveFlags(fs, &c)
+	volID := fs.String("volume", "", "the volume id (a PersistentVolume's spec.csi.volumeHandle)")
+	consumer := fs.String("consumer", "", "the consumer name (e.g. the backup tool's)")
+	fromS := fs.String("from", "", "list changes after this position (TAG:ENTRY; empty: from the oldest retained)")
+	toS := fs.String("to", "", "list changes up to and including this position (TAG:ENTRY; empty: all)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "bound of the whole command")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	from, err := extentlog.ParsePosition(*fromS)
+	if err != nil {
+		return fmt.Errorf("--from: %w", err)
+	}
+	to, err := extentlog.ParsePosition(*toS)
+	if err != nil {
+		return fmt.Errorf("--to: %w", err)
+	}
+	switch {
+	case *volID == "":
+		return errors.New("--volume is required")
+	case *consumer == "":
+		return errors.New("--consumer is required (register one with: csi-rbdj journal register-consumer)")
+	case cmd == "advance-consumer" && *toS == "":
+		return errors.New("--to is required: the position the consumer has copied up to")
+	}
+	vid, err := volume.ParseVolumeID(*volID)
+	if err != nil {
+		return fmt.Errorf("--volume: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	b, err := openBackend(c)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	st, err := b.Storage(ctx, vid.Cluster, nil)
+	if err != nil {
+		return err
+	}
+	pool, err := st.Pool(ctx, vid.Pool)
+	if err != nil {
+		return err
+	}
+	info, err := st.ImageInfo(ctx, pool, vid.Image)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", vid, err)
+	}
+	if err := requireExtentLog(ctx, pool, info.ID, vid); err != nil {
+		return err
+	}
+	switch cmd {
+	case "register-consumer":
+		return extentlog.RegisterConsumer(ctx, pool, info.ID, *consumer)
+	case "unregister-consumer":
+		return extentlog.UnregisterConsumer(ctx, pool, info.ID, *consumer)
+	case "advance-consumer":
+		return extentlog.AdvanceConsumer(ctx, pool, info.ID, *consumer, to)
+	case "changed-extents":
+		ch, err := extentlog.ChangedExtents(ctx, pool, info.ID, *consumer, from, to)
+		if err != nil {
+			return err
+		}
+		out := changedExtentsOutput{Volume: vid.String(), From: from.String(), First: ch.First.String(), Last: ch.Last.String(),
+			Entries: len(ch.Entries), Extents: ch.Extents}
+		if to != (extentlog.Position{}) {
+			out.To = to.String()
+		}
+		if out.Extents == nil {
+			out.Extents = []extentlog.Extent{}
+		}
+		for _, e := range ch.Extents {
+			out.Bytes += e.Length
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	return fmt.Errorf("unknown journal command %q (want register-consumer, changed-extents, advance-consumer or unregister-consumer)", cmd)
+}
+
+// requireExtentLog refuses volumes without an extent log.
+func requireExtentLog(ctx context.Context, pool objstore.Pool, imageID string, vid volume.VolumeID) error {
+	ok, err := extentlog.Exists(ctx, pool, imageID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("volume %s has no extent log: it is not a journalMode metadata volume, or it was never staged", vid)
+	}
+	return nil
+}
