@@ -132,7 +132,7 @@ func TestChangedExtentsAcrossCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	from := start.Last
-	acked := make([]bool, blocks)   // written by an acknowledged write since from
+	acked := make([]bool, blocks)    // written by an acknowledged write since from
 	inflight := make([]bool, blocks) // written by a write in flight at a crash
 	var mu sync.Mutex
 	writeRound := func(round int, d time.Duration, crash bool) int {

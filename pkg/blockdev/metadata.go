@@ -313,4 +313,3 @@ func (d *Device) replayHandler(ctx context.Context) (func(context.Context, journ
 	mr := &metaReplayer{d: d}
 	return mr.entry, func() error { return mr.check(ctx) }
 }
-

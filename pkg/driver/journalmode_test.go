@@ -128,4 +128,3 @@ func TestJournalModeMetadataStage(t *testing.T) {
 		t.Errorf("extent log objects left: %v %v", left, err)
 	}
 }
-
