@@ -207,7 +207,7 @@ func TestMetadataChangedExtents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantAll := []extentlog.Extent{{0, 8192}, {1 << 20, 512}, {2 << 20, 8192}}
+	wantAll := []extentlog.Extent{{Offset: 0, Length: 8192}, {Offset: 1 << 20, Length: 512}, {Offset: 2 << 20, Length: 8192}}
 	if !equalExtents(all.Extents, wantAll) || len(all.Entries) != 4 {
 		t.Errorf("all changes %v (%d entries), want %v", all.Extents, len(all.Entries), wantAll)
 	}
