@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"strings"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
@@ -38,7 +39,13 @@ func selectJobs(all []job, filter string) []job {
 // metadataRatios adds the issue 18 targets: metadata mode against our
 // unjournaled path (target ≥ 0.9) and against full journaling (target
 // ≥ 1.5) at 64K and 1M sequential writes, per backend.
+// It also drops the ratios -jobs left without figures (NaN, Inf).
 func metadataRatios(rep *report, out map[string]any) {
+	for k, v := range out {
+		if f, ok := v.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			delete(out, k)
+		}
+	}
 	for _, backend := range []string{"local", "ceph"} {
 		m := find(rep, metadataName, backend)
 		if m == nil {
