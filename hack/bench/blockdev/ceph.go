@@ -67,7 +67,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 		name := fmt.Sprintf("bench-%s-%d", stamp, n)
 		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: volume.DefaultJournalSplayWidth})
 	}
-	removeImage := func(name string) error { return librbd.Remove(context.Background(), pool, name) }
+	removeImage := withExtentLog(pool, func(name string) error { return librbd.Remove(context.Background(), pool, name) })
 	ours := func(label string, features uint64, bo blockdev.Options) func() (*target, error) {
 		return func() (*target, error) {
 			name, err := newImage(features)
