@@ -89,6 +89,13 @@ func TestJournalModeMetadataStage(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("metadata mode"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata, 0 torn extents") {
+		t.Errorf("volume condition %v", c)
+	}
 	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}

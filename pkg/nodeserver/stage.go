@@ -303,7 +303,8 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
 	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
-	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
+	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
+		"journalMode", dev.JournalMode(), "tornExtents", dev.MetadataReplayStats().TornExtents)
 	return nil
 }
 
