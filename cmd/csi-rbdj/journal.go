@@ -9,8 +9,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
@@ -41,6 +43,15 @@ type changedExtentsOutput struct {
 	Entries int                `json:"entries"`
 	Bytes   uint64             `json:"bytes"`
 	Extents []extentlog.Extent `json:"extents"`
+	// Ops are the management operations logged in the range (a resize
+	// tells a backup the new size).
+	Ops []opOutput `json:"ops,omitempty"`
+}
+
+type opOutput struct {
+	Position string `json:"position"`
+	Event    string `json:"event"`
+	Size     uint64 `json:"size,omitempty"` // resize
 }
 
 func journalMain(args []string) error {
@@ -125,6 +136,17 @@ func journalMain(args []string) error {
 		}
 		for _, e := range ch.Extents {
 			out.Bytes += e.Length
+		}
+		for _, op := range ch.Ops {
+			o := opOutput{Position: op.Position.String(), Event: "unknown"}
+			var ev rbdjournal.EventEntry
+			if err := cephenc.Unmarshal(op.Entry.Op, &ev); err == nil {
+				o.Event = ev.Event.Type().String()
+				if r, ok := ev.Event.(rbdjournal.ResizeEvent); ok {
+					o.Size = r.Size
+				}
+			}
+			out.Ops = append(out.Ops, o)
 		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -247,4 +249,44 @@ func equalExtents(a, b []extentlog.Extent) bool {
 		}
 	}
 	return true
+}
+
+// TestMetadataResizeJournaled: a resize performed by a metadata-mode owner
+// (requested through the lock, as `rbd resize` and the controller do) is
+// recorded in the extent log as op entries carrying librbd's resize events.
+func TestMetadataResizeJournaled(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	id := d.img.ID()
+	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
+		t.Fatal(err)
+	}
+	if err := exclusivelock.ProxyResize(ctx, pool, clsrbd.HeaderOID(id), 2*testSize); err != nil {
+		t.Fatal(err)
+	}
+	if d.Size() != 2*testSize {
+		t.Fatalf("size %d after the resize", d.Size())
+	}
+	if _, err := d.WriteAt(ctx, []byte("past the old end"), testSize+4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ch.Ops) != 2 || len(ch.Entries) != 1 {
+		t.Fatalf("%d op entries, %d data entries; want 2 (resize, op finish) and 1", len(ch.Ops), len(ch.Entries))
+	}
+	var ev rbdjournal.EventEntry
+	if err := cephenc.Unmarshal(ch.Ops[0].Entry.Op, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := ev.Event.(rbdjournal.ResizeEvent); !ok || r.Size != 2*testSize {
+		t.Errorf("first op entry holds %#v, want a resize to %d", ev.Event, 2*testSize)
+	}
 }

@@ -59,6 +59,10 @@ type Change struct {
 type Changes struct {
 	// Entries are the data changes in (from, to], in log order.
 	Entries []Change
+	// Ops are the management operations in (from, to] (resize, ...), in
+	// log order; Entry.Op holds each one's librbd event encoding. A
+	// backup learns a size change here.
+	Ops []Change
 	// Extents are their extents, sorted and merged (adjacent and
 	// overlapping ones joined): what an incremental backup copies.
 	Extents []Extent
@@ -121,7 +125,11 @@ func ChangedExtents(ctx context.Context, pool objstore.Pool, imageID, consumer s
 			out.First = p
 		}
 		out.Last = p
-		if !from.Less(p) || (to != (Position{}) && to.Less(p)) || e.Kind == KindOp {
+		if !from.Less(p) || (to != (Position{}) && to.Less(p)) {
+			return nil
+		}
+		if e.Kind == KindOp {
+			out.Ops = append(out.Ops, Change{Position: p, Entry: e})
 			return nil
 		}
 		out.Entries = append(out.Entries, Change{Position: p, Entry: e})
