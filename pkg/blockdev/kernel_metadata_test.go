@@ -42,6 +42,18 @@ func newMetadataServer(t *testing.T, size int64) (*server, objstore.Pool) {
 // fsync returned is intact, and replay found no torn extent.
 func TestCrashConsistencyFilesystemMetadata(t *testing.T) {
 	requireKernel(t)
+	kills := crashKills()
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			s, _ := newMetadataServer(t, 512<<20)
+			filesystemCrashRounds(t, s, fs, kills)
+		})
+	}
+}
+
+// crashKills is the number of SIGKILLs per filesystem: 20, 2 with -short,
+// or CSI_RBDJ_KILLS.
+func crashKills() int {
 	kills := 20
 	if testing.Short() {
 		kills = 2
@@ -49,61 +61,64 @@ func TestCrashConsistencyFilesystemMetadata(t *testing.T) {
 	if v := os.Getenv("CSI_RBDJ_KILLS"); v != "" {
 		fmt.Sscan(v, &kills)
 	}
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) {
-			s, _ := newMetadataServer(t, 512<<20)
-			s.start()
-			switch fs {
-			case "ext4":
-				run(t, "mkfs.ext4", "-q", "-F", s.dev)
-			case "xfs":
-				run(t, "mkfs.xfs", "-q", "-f", s.dev)
-			}
-			mnt := t.TempDir()
-			r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-			next, total, torn := 0, 0, 0
-			for kill := 0; kill < kills; kill++ {
-				mount(t, s.dev, fs, mnt)
-				stop := make(chan struct{})
-				var got []int
-				var wg sync.WaitGroup
-				wg.Add(1)
-				go func() { defer wg.Done(); got = writeFiles(mnt, next, stop) }()
-				time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond)
-				s.crash()
-				close(stop)
-				wg.Wait()
-				unmount(t, mnt)
-				if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
-					t.Fatal(err)
-				}
-				next += len(got) + 1000
-				total += len(got)
+	return kills
+}
 
-				s.start()
-				// A write the filesystem had not seen acknowledged may have
-				// overwritten an extent logged just before the kill: torn
-				// extents are reported, not an error here.
-				torn += s.torn
-				mount(t, s.dev, fs, mnt)
-				unmount(t, mnt)
-				fsck(t, fs, s.dev)
-				mount(t, s.dev, fs, mnt)
-				for _, seq := range got {
-					b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
-					if err != nil || !bytes.Equal(b, fileContent(seq)) {
-						t.Fatalf("kill %d: fsynced file f%06d lost or damaged: %v", kill, seq, err)
-					}
-				}
-				t.Logf("kill %d: %d files written, fsynced and verified after the restart", kill, len(got))
-				for _, seq := range got {
-					os.Remove(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
-				}
-				unmount(t, mnt)
-			}
-			t.Logf("%d kills, %d fsynced files verified, fsck clean after each; replays reported %d torn extents", kills, total, torn)
-		})
+// filesystemCrashRounds makes fs on the served device, then kills times:
+// writes fsynced files, SIGKILLs the serving process at a random moment,
+// restarts it (replay), lets the filesystem recover, checks it (fsck) and
+// every file whose fsync returned.
+func filesystemCrashRounds(t *testing.T, s *server, fs string, kills int) {
+	s.start()
+	switch fs {
+	case "ext4":
+		run(t, "mkfs.ext4", "-q", "-F", s.dev)
+	case "xfs":
+		run(t, "mkfs.xfs", "-q", "-f", s.dev)
 	}
+	mnt := t.TempDir()
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	next, total, torn := 0, 0, 0
+	for kill := 0; kill < kills; kill++ {
+		mount(t, s.dev, fs, mnt)
+		stop := make(chan struct{})
+		var got []int
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); got = writeFiles(mnt, next, stop) }()
+		time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond)
+		s.crash()
+		close(stop)
+		wg.Wait()
+		unmount(t, mnt)
+		if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
+			t.Fatal(err)
+		}
+		next += len(got) + 1000
+		total += len(got)
+
+		s.start()
+		// A write the filesystem had not seen acknowledged may have
+		// overwritten an extent logged just before the kill: torn extents
+		// are reported, not an error here.
+		torn += s.torn
+		mount(t, s.dev, fs, mnt)
+		unmount(t, mnt)
+		fsck(t, fs, s.dev)
+		mount(t, s.dev, fs, mnt)
+		for _, seq := range got {
+			b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
+			if err != nil || !bytes.Equal(b, fileContent(seq)) {
+				t.Fatalf("kill %d: fsynced file f%06d lost or damaged: %v", kill, seq, err)
+			}
+		}
+		t.Logf("kill %d: %d files written, fsynced and verified after the restart", kill, len(got))
+		for _, seq := range got {
+			os.Remove(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
+		}
+		unmount(t, mnt)
+	}
+	t.Logf("%d kills, %d fsynced files verified, fsck clean after each; replays reported %d torn extents", kills, total, torn)
 }
 
 // TestChangedExtentsAcrossCrash records the writes a raw writer had

@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -21,7 +22,9 @@ import (
 	"unsafe"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -48,8 +51,20 @@ func TestServeHelperProcess(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, pool := localtest.Open(t, dir, local.Options{})
-	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c, JournalMode: mode})
+	var pool objstore.Pool
+	var fencer exclusivelock.Fencer
+	if be := os.Getenv("BLOCKDEV_SERVE_BACKEND"); be != "" {
+		pool, fencer = helperConnectors[be](t)
+	} else {
+		c, p := localtest.Open(t, dir, local.Options{})
+		pool, fencer = p, c
+	}
+	name := cmp.Or(os.Getenv("BLOCKDEV_SERVE_IMAGE"), "vol")
+	var dead []string
+	if a := os.Getenv("BLOCKDEV_SERVE_DEAD"); a != "" {
+		dead = []string{a} // the previous serving process, SIGKILLed
+	}
+	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
@@ -60,7 +75,7 @@ func TestServeHelperProcess(t *testing.T) {
 		os.Exit(3)
 	}
 	// The torn extents replay found (metadata mode) follow the device.
-	fmt.Printf("READY %s %d\n", dev.Path(), d.MetadataReplayStats().TornExtents)
+	fmt.Printf("READY %s %d %s\n", dev.Path(), d.MetadataReplayStats().TornExtents, d.Owner().Addr)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
@@ -89,12 +104,16 @@ type server struct {
 	mode     JournalMode
 	cmd      *exec.Cmd
 	dev      string
-	torn     int // torn extents the last start reported (metadata mode)
+	torn     int      // torn extents the last start reported (metadata mode)
+	env      []string // more environment of the serving process
+	owner    string   // lock holder address of the last serving process
+	killed   []string // lock holder addresses of the killed processes
 }
 
 func (s *server) start() {
 	s.t.Helper()
-	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String())
+	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String(), "BLOCKDEV_SERVE_DEAD="+s.owner)
+	cmd.Env = append(cmd.Env, s.env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)
@@ -114,6 +133,9 @@ func (s *server) start() {
 	if len(fields) > 1 {
 		fmt.Sscan(fields[1], &s.torn)
 	}
+	if len(fields) > 2 {
+		s.owner = fields[2]
+	}
 }
 
 func (s *server) kill() {
@@ -126,7 +148,10 @@ func (s *server) kill() {
 
 // crash SIGKILLs the server; the caller then unmounts or closes what uses
 // the device and runs fuseloop.Cleanup.
-func (s *server) crash() { s.kill() }
+func (s *server) crash() {
+	s.killed = append(s.killed, s.owner)
+	s.kill()
+}
 
 func (s *server) stop() {
 	if s.cmd != nil {
