@@ -322,8 +322,8 @@ func notJournaled(ctx context.Context, st storage.Storage, pool objstore.Pool, v
 		}
 	}
 	return status.Errorf(codes.FailedPrecondition,
-		"volume %s: image %s (features: %s) does not have the journaling feature, and csi-rbdj serves only journaled images: enable it with `rbd feature enable %s %s` (while no client has the image open), then stage the volume again",
-		vid, spec, features, spec, enable)
+		"volume %s: image %s (features: %s) does not have the journaling feature, and csi-rbdj serves only journaled images: enable it with `rbd feature enable %s %s` (while no client has the image open), then stage the volume again; or serve it in journal mode metadata (volume attribute %s: metadata), which journals only where writes went",
+		vid, spec, features, spec, enable, volume.CtxJournalMode)
 }
 
 // mountServed is mountStaging for a served volume, gated by its image's
