@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -91,9 +92,7 @@ func filesystemCrashRounds(t *testing.T, s *server, fs string, kills int) {
 		close(stop)
 		wg.Wait()
 		unmount(t, mnt)
-		if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
-			t.Fatal(err)
-		}
+		cleanupAfterCrash(t, s)
 		next += len(got) + 1000
 		total += len(got)
 
@@ -119,6 +118,26 @@ func filesystemCrashRounds(t *testing.T, s *server, fs string, kills int) {
 		unmount(t, mnt)
 	}
 	t.Logf("%d kills, %d fsynced files verified, fsck clean after each; replays reported %d torn extents", kills, total, torn)
+}
+
+// cleanupAfterCrash tears down the killed server's FUSE mount and loop
+// device. A loop device can stay open for a moment after the unmount (udev
+// probing it after the change, a lazily detached filesystem finishing):
+// ErrBusy is retried for up to 20 seconds.
+func cleanupAfterCrash(t *testing.T, s *server) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol")
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, fuseloop.ErrBusy) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		t.Logf("after the kill: %v; retrying", err)
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // TestChangedExtentsAcrossCrash records the writes a raw writer had
