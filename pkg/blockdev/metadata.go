@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"sync"
 
 	"time"
 
@@ -242,50 +244,96 @@ func (r *metaReplayer) entry(_ context.Context, re journal.ReplayEntry) error {
 	return nil
 }
 
-// check compares the gathered entries with the image, newest first (an
-// entry overlapped by a newer one is superseded), and commits them.
+// check compares the gathered entries with the image and commits them.
+// Newest first, an entry overlapped by a newer one is superseded (its data
+// may since have been overwritten); the others are read back, up to
+// replayCheckParallelism at once.
 func (r *metaReplayer) check(ctx context.Context) error {
 	d := r.d
 	st := &d.meta.stats
 	var newer []extentlog.Extent // merged extents of the newer entries
-	buf := make([]byte, 0)
+	var todo []metaReplayEntry
 	for i := len(r.entries) - 1; i >= 0; i-- {
-		me := r.entries[i]
-		e := me.e
+		e := r.entries[i].e
 		if e.Kind == extentlog.KindOp {
 			continue
 		}
 		ext := extentlog.Extent{Offset: e.Offset, Length: e.Length}
-		if overlapsAny(newer, ext) {
+		switch {
+		case overlapsAny(newer, ext):
 			st.Superseded++
-		} else if e.End() <= uint64(d.size.Load()) {
-			st.Checked++
-			if cap(buf) < int(e.Length) {
-				buf = make([]byte, e.Length)
-			}
-			b := buf[:e.Length]
-			if _, err := d.img.ReadAt(ctx, b, int64(e.Offset)); err != nil {
-				return fmt.Errorf("check extent %d+%d of entry %v: %w", e.Offset, e.Length, me.pos, err)
-			}
+		case e.End() <= uint64(d.size.Load()):
+			todo = append(todo, r.entries[i])
+		}
+		newer = insertMerged(newer, ext)
+	}
+	st.Checked = len(todo)
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	sem := make(chan struct{}, replayCheckParallelism)
+	for _, me := range todo {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			e := me.e
+			b := make([]byte, e.Length)
+			_, err := d.img.ReadAt(ctx, b, int64(e.Offset))
 			intact := false
 			if e.Kind == extentlog.KindWrite {
 				intact = extentlog.Checksum(b) == e.CRC
 			} else {
 				intact = allZero(b)
 			}
-			if !intact {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				if firstErr == nil {
+					firstErr = fmt.Errorf("check extent %d+%d of entry %v: %w", e.Offset, e.Length, me.pos, err)
+				}
+			case !intact:
 				st.TornExtents++
 				st.TornBytes += int64(e.Length)
 				klog.FromContext(ctx).Info("Torn extent: an acknowledged change in flight at the last stop is not all in place",
 					"image", d.img.Name(), "kind", e.Kind.String(), "offset", e.Offset, "length", e.Length, "position", me.pos.String(), "written", e.Timestamp)
 			}
-		}
-		newer = extentlog.MergeExtents(append(newer, ext))
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		// Nothing committed: the next open checks again.
+		return firstErr
 	}
 	for _, me := range r.entries {
 		d.j.Committed(me.commitTid)
 	}
 	return nil
+}
+
+// replayCheckParallelism bounds the extents read back at once by replay.
+const replayCheckParallelism = 32
+
+// insertMerged adds x to the sorted, merged extents, joining the ones it
+// overlaps or touches.
+func insertMerged(merged []extentlog.Extent, x extentlog.Extent) []extentlog.Extent {
+	if x.Length == 0 {
+		return merged
+	}
+	end := x.Offset + x.Length
+	i := sort.Search(len(merged), func(k int) bool { return merged[k].Offset+merged[k].Length >= x.Offset })
+	j := sort.Search(len(merged), func(k int) bool { return merged[k].Offset > end })
+	if i < j {
+		x.Offset = min(x.Offset, merged[i].Offset)
+		end = max(end, merged[j-1].Offset+merged[j-1].Length)
+		x.Length = end - x.Offset
+	}
+	out := append(merged[:i:i], x)
+	return append(out, merged[j:]...)
 }
 
 // overlapsAny reports whether x overlaps one of the sorted, merged

@@ -290,3 +290,30 @@ func TestMetadataResizeJournaled(t *testing.T) {
 		t.Errorf("first op entry holds %#v, want a resize to %d", ev.Event, 2*testSize)
 	}
 }
+
+// TestInsertMerged: inserting extents one by one gives what merging them
+// all at once gives, and overlapsAny agrees with a linear scan.
+func TestInsertMerged(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for round := 0; round < 200; round++ {
+		var all, merged []extentlog.Extent
+		for i := 0; i < 1+r.IntN(40); i++ {
+			x := extentlog.Extent{Offset: r.Uint64N(1000), Length: r.Uint64N(50)}
+			probe := extentlog.Extent{Offset: r.Uint64N(1000), Length: 1 + r.Uint64N(50)}
+			linear := false
+			for _, m := range merged {
+				if m.Offset < probe.Offset+probe.Length && probe.Offset < m.Offset+m.Length {
+					linear = true
+				}
+			}
+			if got := overlapsAny(merged, probe); got != linear {
+				t.Fatalf("overlapsAny(%v, %v) = %v", merged, probe, got)
+			}
+			all = append(all, x)
+			merged = insertMerged(merged, x)
+			if want := extentlog.MergeExtents(all); !equalExtents(merged, want) {
+				t.Fatalf("after inserting %v: %v, want %v", all, merged, want)
+			}
+		}
+	}
+}
