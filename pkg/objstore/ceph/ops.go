@@ -56,7 +56,7 @@ func errnoOf(ret C.int) error {
 type writeOp struct {
 	p      *C.csi_wop
 	snapc  objstore.SnapContext // copied: the caller's slice may change
-	name   string // how an error names the operation
+	name   string               // how an error names the operation
 	cnames []*C.char
 }
 
