@@ -135,6 +135,7 @@ type Device struct {
 	size atomic.Int64
 
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
+	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
 	replayStats journal.ReplayStats // what Open replayed
 
 	maxAppend uint64
@@ -175,6 +176,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
 		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners, OwnerTimeout: o.OwnerTimeout,
 		OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
+		SnapCreate: d.snapCreateAsOwner, SnapRemove: d.snapRemoveAsOwner,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
@@ -294,8 +296,13 @@ func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
 		if err := d.writeSame(ctx, int64(ev.Offset), int64(ev.Length), ev.Data); err != nil {
 			return fmt.Errorf("replay write-same %d+%d: %w", ev.Offset, ev.Length, err)
 		}
-	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
+	case rbdjournal.AioFlushEvent:
 		// Nothing to apply: a flush is a barrier the journal order already keeps.
+	case rbdjournal.SnapCreateEvent, rbdjournal.SnapRemoveEvent, rbdjournal.OpFinishEvent:
+		// Snapshot operations run when their OpFinish is replayed (snapshot.go).
+		if err := d.replaySnapEvent(ctx, ev); err != nil {
+			return fmt.Errorf("replay %v: %w", ev.Type(), err)
+		}
 	default:
 		// Maintenance operations (snapshots, resize, ...) are applied by
 		// librbd's management path, not by the data path.
@@ -543,6 +550,12 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 		payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
 	}
 	d.mu.Lock()
+	// A snapshot being made holds new writes back (snapshot.go).
+	if err := d.waitWritable(ctx); err != nil {
+		d.mu.Unlock()
+		d.inflight.release(weight)
+		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	}
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
 	futures = d.j.AppendBatch(d.tag, payloads)

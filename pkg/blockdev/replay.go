@@ -86,7 +86,8 @@ func (r *replayer) wait() error {
 }
 
 // eventExtent is the byte range an event changes. Flushes change nothing;
-// anything else without an extent is ordered against everything.
+// anything else without an extent (maintenance events and their
+// OpFinish) is ordered against everything.
 func eventExtent(ev rbdjournal.Event) (off, end int64) {
 	switch ev := ev.(type) {
 	case rbdjournal.AioWriteEvent:
@@ -95,8 +96,10 @@ func eventExtent(ev rbdjournal.Event) (off, end int64) {
 		return int64(ev.Offset), int64(ev.Offset + ev.Length)
 	case rbdjournal.AioWriteSameEvent:
 		return int64(ev.Offset), int64(ev.Offset + ev.Length)
-	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
+	case rbdjournal.AioFlushEvent:
 		return 0, 0
 	}
+	// OpFinish too: a snapshot replayed at its OpFinish must see every
+	// earlier write applied and none after.
 	return 0, math.MaxInt64
 }
