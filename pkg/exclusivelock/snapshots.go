@@ -35,17 +35,21 @@ func (l *Lock) handleSnapCreate(n *objstore.Notification, p rbdnotify.SnapCreate
 	l.handleDelayedAck(n, what, run)
 }
 
-// handleSnapRemove runs a proxied snapshot removal. Pacific's SnapRemove
-// carries no async request id: librbd's owner answers it once done
-// (C_ResponseMessage), and the requester waits for that answer.
+// handleSnapRemove runs a proxied snapshot removal like a creation: Ceph
+// 16.2.15's librbd sends an async request id and waits for AsyncComplete;
+// without one (earlier clients) the owner answers once done.
 func (l *Lock) handleSnapRemove(n *objstore.Notification, p rbdnotify.SnapRemove) {
 	if l.o.SnapRemove == nil {
 		n.Ack(rbdnotify.Response(syscall.EOPNOTSUPP))
 		return
 	}
-	l.handleDelayedAck(n, "snapshot remove "+p.Namespace.String()+"@"+p.Name, func(ctx context.Context) error {
-		return l.o.SnapRemove(ctx, p.Namespace, p.Name)
-	})
+	run := func(ctx context.Context) error { return l.o.SnapRemove(ctx, p.Namespace, p.Name) }
+	what := "snapshot remove " + p.Namespace.String() + "@" + p.Name
+	if p.Request.IsValid() {
+		l.handleAsync(n, p.Request, what, snapTimeout, run)
+		return
+	}
+	l.handleDelayedAck(n, what, run)
 }
 
 // resultOf is an operation's result as librbd reports it: 0 or -errno.
