@@ -296,13 +296,9 @@ func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
 		if err := d.writeSame(ctx, int64(ev.Offset), int64(ev.Length), ev.Data); err != nil {
 			return fmt.Errorf("replay write-same %d+%d: %w", ev.Offset, ev.Length, err)
 		}
-	case rbdjournal.AioFlushEvent:
-		// Nothing to apply: a flush is a barrier the journal order already keeps.
-	case rbdjournal.SnapCreateEvent, rbdjournal.SnapRemoveEvent, rbdjournal.OpFinishEvent:
-		// Snapshot operations run when their OpFinish is replayed (snapshot.go).
-		if err := d.replaySnapEvent(ctx, ev); err != nil {
-			return fmt.Errorf("replay %v: %w", ev.Type(), err)
-		}
+	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
+		// Nothing to apply: a flush is a barrier the journal order already
+		// keeps (replayed snapshot operations: see replaySnapEvent).
 	default:
 		// Maintenance operations (snapshots, resize, ...) are applied by
 		// librbd's management path, not by the data path.

@@ -25,7 +25,10 @@ import (
 //     (`rbd resize` while the volume is served), journaling them as librbd
 //     does (a ResizeEvent, then an OpFinishEvent), so that rbd-mirror
 //     replays them. Shrinking a served volume is refused (EBUSY): the
-//     filesystem on it would lose data.
+//     filesystem on it would lose data;
+//   - it creates and removes the snapshots librbd clients proxy to the
+//     lock owner (`rbd snap create/rm`, rbd-mirror's sync points), as
+//     librbd's owner does (snapshot.go).
 
 // refreshTimeout bounds a background header refresh.
 const refreshTimeout = 30 * time.Second

@@ -63,7 +63,15 @@ func (r *replayer) entry(ctx context.Context, e journal.ReplayEntry) error {
 		for _, ch := range w.waitFor {
 			<-ch
 		}
-		err := r.d.applyEvent(ctx, ev.Event)
+		var err error
+		switch ev.Event.(type) {
+		case rbdjournal.SnapCreateEvent, rbdjournal.SnapRemoveEvent, rbdjournal.OpFinishEvent:
+			// Snapshot operations run when their OpFinish is replayed
+			// (snapshot.go); op tids are per epoch.
+			err = r.d.replaySnapEvent(ctx, e.TagTid, ev.Event)
+		default:
+			err = r.d.applyEvent(ctx, ev.Event)
+		}
 		r.mu.Lock()
 		if err != nil && r.err == nil {
 			r.err = err

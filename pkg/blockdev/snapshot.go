@@ -61,8 +61,12 @@ type snapState struct {
 	blocked chan struct{}
 
 	replayMu  sync.Mutex
-	replayOps map[uint64]rbdjournal.Event // SnapCreate/SnapRemove waiting for their OpFinish
+	replayOps map[replayOp]rbdjournal.Event // SnapCreate/SnapRemove waiting for their OpFinish
 }
+
+// replayOp names an operation in the journal: op tids restart with each
+// owner's epoch (tag).
+type replayOp struct{ tag, opTid uint64 }
 
 // ErrSnapshotExists and ErrSnapshotNotFound are returned (wrapped, carrying
 // EEXIST and ENOENT for librbd requesters) by CreateSnapshot and
@@ -387,24 +391,22 @@ func (d *Device) deleteSnapshot(ctx context.Context, info clsrbd.SnapshotInfo) e
 // replaySnapEvent applies a replayed SnapCreate, SnapRemove or OpFinish
 // event (Replay.cc): the operation runs when its OpFinish says it
 // succeeded.
-func (d *Device) replaySnapEvent(ctx context.Context, ev rbdjournal.Event) error {
+func (d *Device) replaySnapEvent(ctx context.Context, tag uint64, ev rbdjournal.Event) error {
 	s := &d.snaps
 	s.replayMu.Lock()
 	defer s.replayMu.Unlock()
+	if s.replayOps == nil {
+		s.replayOps = map[replayOp]rbdjournal.Event{}
+	}
 	switch ev := ev.(type) {
 	case rbdjournal.SnapCreateEvent:
-		if s.replayOps == nil {
-			s.replayOps = map[uint64]rbdjournal.Event{}
-		}
-		s.replayOps[ev.OpTid] = ev
+		s.replayOps[replayOp{tag, ev.OpTid}] = ev
 	case rbdjournal.SnapRemoveEvent:
-		if s.replayOps == nil {
-			s.replayOps = map[uint64]rbdjournal.Event{}
-		}
-		s.replayOps[ev.OpTid] = ev
+		s.replayOps[replayOp{tag, ev.OpTid}] = ev
 	case rbdjournal.OpFinishEvent:
-		op, ok := s.replayOps[ev.OpTid]
-		delete(s.replayOps, ev.OpTid)
+		key := replayOp{tag, ev.OpTid}
+		op, ok := s.replayOps[key]
+		delete(s.replayOps, key)
 		if !ok || ev.R < 0 {
 			return nil
 		}
