@@ -12,6 +12,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -77,13 +78,6 @@ func (r *snapRequester) snapCreate(id uint64, ns rbdnotify.SnapshotNamespace, na
 	r.t.Helper()
 	req := r.request(id)
 	return r.asyncRequest(req, rbdnotify.SnapCreate{Request: req, Namespace: ns, Name: name})
-}
-
-// snapRemove proxies a snapshot removal as Ceph 16.2.15's librbd does.
-func (r *snapRequester) snapRemove(id uint64, ns rbdnotify.SnapshotNamespace, name string) int32 {
-	r.t.Helper()
-	req := r.request(id)
-	return r.asyncRequest(req, rbdnotify.SnapRemove{Request: req, Namespace: ns, Name: name})
 }
 
 func (r *snapRequester) request(id uint64) rbdnotify.AsyncRequestID {
@@ -252,12 +246,18 @@ func TestSnapshotAsOwner(t *testing.T) {
 	if got := readAll(t, d2, testSize); !bytes.Equal(got, head) {
 		t.Fatal("head changed across the reopen")
 	}
-	// Proxied removal: Ceph 16.2.15 sends an async request id; earlier
-	// clients none (answered when done).
-	rq2 := newSnapRequester(t, other, hdr)
-	if r := rq2.snapRemove(1, rbdnotify.SnapshotNamespace{}, "s1"); r != 0 {
-		t.Fatalf("snap remove: %d", r)
+	// Proxied removal through the client API a controller uses (Ceph
+	// 16.2.15's form: with an async request id), then the early Pacific
+	// form (no id: answered when done).
+	req, err := exclusivelock.NewRequester(ctx, other, hdr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer req.Close()
+	if err := req.SnapRemove(ctx, rbdnotify.SnapshotNamespace{}, "s1"); err != nil {
+		t.Fatalf("snap remove: %v", err)
+	}
+	rq2 := newSnapRequester(t, other, hdr)
 	if m := rq2.ask(rbdnotify.SnapRemove{Name: "s1"}); m.Result != -int32(syscall.ENOENT) {
 		t.Fatalf("second snap remove: %d, want -ENOENT", m.Result)
 	}

@@ -2,7 +2,9 @@ package exclusivelock_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -75,5 +77,56 @@ func TestProxiedSnapshots(t *testing.T) {
 	}
 	if n := len(s.find(rbdnotify.OpAsyncComplete)); n != 1 {
 		t.Fatalf("%d AsyncCompletes, want 1", n)
+	}
+}
+
+// TestRequester: the librbd-style client side — requests reach the owner
+// with async request ids, results come back through AsyncComplete, errors
+// carry the owner's errno, a slow request is sent again and still runs
+// once, and an image nobody owns gives ErrNoOwner.
+func TestRequester(t *testing.T) {
+	dir, _, p := newHeader(t)
+	_, p2 := client(t, dir)
+	ctx := context.Background()
+	r, err := exclusivelock.NewRequester(ctx, p2, oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.RequestTimeout = 300 * time.Millisecond
+	if err := r.SnapCreate(ctx, rbdnotify.SnapshotNamespace{}, "x"); !errors.Is(err, exclusivelock.ErrNoOwner) {
+		t.Fatalf("request to an image nobody owns: %v", err)
+	}
+	var creates atomic.Int32
+	acquire(t, p, exclusivelock.Options{
+		SnapCreate: func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string, flags uint64) error {
+			creates.Add(1)
+			switch name {
+			case "taken":
+				return fmt.Errorf("exists: %w", syscall.EEXIST)
+			case "slow":
+				time.Sleep(time.Second) // longer than the request timeout: sent again
+			}
+			return nil
+		},
+		SnapRemove: func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string) error {
+			return fmt.Errorf("no snapshot: %w", syscall.ENOENT)
+		},
+	})
+	if err := r.SnapCreate(ctx, rbdnotify.SnapshotNamespace{}, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SnapCreate(ctx, rbdnotify.SnapshotNamespace{}, "taken"); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if err := r.SnapRemove(ctx, rbdnotify.SnapshotNamespace{}, "nope"); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("remove of a missing snapshot: %v", err)
+	}
+	creates.Store(0)
+	if err := r.SnapCreate(ctx, rbdnotify.SnapshotNamespace{}, "slow"); err != nil {
+		t.Fatal(err)
+	}
+	if n := creates.Load(); n != 1 {
+		t.Fatalf("a resent request ran %d times", n)
 	}
 }
