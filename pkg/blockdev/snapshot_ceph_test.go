@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
@@ -100,6 +101,18 @@ func TestRBDSnapCLIOnServedImageCeph(t *testing.T) {
 	}
 	if got := export(spec + "@s1"); !bytes.Equal(got, before) {
 		t.Fatalf("rbd export of the snapshot differs from the data acknowledged before it (%d bytes)", len(got))
+	}
+	// Our own read path at the snapshot (librados reads at a snap id).
+	if err := img.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := img.Snapshot(ctx, clsrbd.SnapshotNamespace{}, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, imageSize)
+	if _, err := img.ReadAtSnap(ctx, got, 0, snap.ID); err != nil || !bytes.Equal(got, before) {
+		t.Fatalf("image.ReadAtSnap differs from the data acknowledged before the snapshot (%v)", err)
 	}
 
 	// The journal: writes, SnapCreate, OpFinish(0), writes.
