@@ -188,6 +188,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	if o.Unjournaled {
+		d.snaps.open.Store(true)
 		return d, nil
 	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
@@ -206,6 +207,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
+	d.snaps.open.Store(true) // owner operations may journal now
 	return d, nil
 }
 

@@ -143,7 +143,7 @@ func (d *Device) refreshLocked(ctx context.Context) (int64, error) {
 // resizeAsOwner is the lock's Resize: a resize a librbd client proxied to
 // this owner. It returns errors carrying an errno (the requester's result).
 func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink bool) error {
-	if !d.owner.ready.Load() {
+	if !d.owner.ready.Load() || !d.snaps.open.Load() { // not while replaying
 		return fmt.Errorf("resize %s: the device is still opening: %w", d.img.Name(), syscall.EAGAIN)
 	}
 	// Close waits for a resize in progress (it uses the journal).

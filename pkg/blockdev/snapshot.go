@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +57,11 @@ const snapOpTimeout = 30 * time.Second
 
 // snapState is the Device's snapshot state.
 type snapState struct {
+	// open is set once Open has replayed the journal and started its
+	// epoch: before, an operation would journal into no epoch (and race
+	// the replay).
+	open atomic.Bool
+
 	// blocked, while a snapshot is being made, is closed when writes may
 	// go on (guarded by Device.mu).
 	blocked chan struct{}
@@ -137,7 +143,7 @@ func (d *Device) snapRemoveAsOwner(ctx context.Context, ns rbdnotify.SnapshotNam
 // enterOwnerOp registers an owner operation with Close (d.wg); the caller
 // calls d.wg.Done.
 func (d *Device) enterOwnerOp(what string) error {
-	if !d.owner.ready.Load() {
+	if !d.owner.ready.Load() || !d.snaps.open.Load() {
 		return fmt.Errorf("%s on %s: the device is still opening: %w", what, d.img.Name(), syscall.EAGAIN)
 	}
 	d.mu.Lock()
