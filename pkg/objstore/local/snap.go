@@ -148,6 +148,19 @@ func (c *Cluster) snapPrepare(r *request, states map[objKey]*objState, now int64
 	if sc.Seq <= ss.Seq {
 		return nil, func() {}, nil
 	}
+	// Only snapshots newer than the object's seq need anything: the
+	// others are preserved already (a clone) or the object did not exist
+	// then. Without one (every newer snapshot was removed) nothing is
+	// recorded: reads at removed snapshots fail anyway.
+	var snaps []uint64
+	for _, s := range sc.Snaps {
+		if s > ss.Seq {
+			snaps = append(snaps, s)
+		}
+	}
+	if len(snaps) == 0 {
+		return nil, func() {}, nil
+	}
 	head, err := stateIn(states, p, r.oid)
 	if err != nil {
 		return nil, nil, stepErr("write", r.oid, err)
@@ -155,35 +168,27 @@ func (c *Cluster) snapPrepare(r *request, states map[objKey]*objState, now int64
 	var recs []*record
 	newStates := map[objKey]*objState{}
 	if head.exists {
-		var snaps []uint64
-		for _, s := range sc.Snaps {
-			if s > ss.Seq {
-				snaps = append(snaps, s)
-			}
+		data, err := head.read(0, 0)
+		if err != nil {
+			return nil, nil, stepErr("write", r.oid, err)
 		}
-		if len(snaps) > 0 {
-			data, err := head.read(0, 0)
-			if err != nil {
-				return nil, nil, stepErr("write", r.oid, err)
-			}
-			meta, err := head.loadMeta()
-			if err != nil {
-				return nil, nil, stepErr("write", r.oid, err)
-			}
-			coid := cloneOID(r.oid, sc.Seq)
-			muts := []mut{{kind: mutCreateFresh}}
-			if len(data) > 0 {
-				muts = append(muts, mut{kind: mutWrite, a: 0, data: data})
-			}
-			rec := &record{poolID: p.id, oid: coid, muts: muts, hasMeta: true, mtime: head.mtime}
-			if !meta.empty() {
-				rec.meta = meta.encode()
-			}
-			recs = append(recs, rec)
-			newStates[objKey{p.id, coid}] = &objState{paths: p.paths(coid), exists: true, size: uint64(len(data)),
-				mtime: head.mtime, meta: meta.clone(), muts: muts, fd: -1}
-			ss.Clones = append(ss.Clones, snapClone{ID: sc.Seq, Snaps: snaps, Size: uint64(len(data))})
+		meta, err := head.loadMeta()
+		if err != nil {
+			return nil, nil, stepErr("write", r.oid, err)
 		}
+		coid := cloneOID(r.oid, sc.Seq)
+		muts := []mut{{kind: mutCreateFresh}}
+		if len(data) > 0 {
+			muts = append(muts, mut{kind: mutWrite, a: 0, data: data})
+		}
+		rec := &record{poolID: p.id, oid: coid, muts: muts, hasMeta: true, mtime: head.mtime}
+		if !meta.empty() {
+			rec.meta = meta.encode()
+		}
+		recs = append(recs, rec)
+		newStates[objKey{p.id, coid}] = &objState{paths: p.paths(coid), exists: true, size: uint64(len(data)),
+			mtime: head.mtime, meta: meta.clone(), muts: muts, fd: -1}
+		ss.Clones = append(ss.Clones, snapClone{ID: sc.Seq, Snaps: snaps, Size: uint64(len(data))})
 	}
 	ss.Seq = sc.Seq
 	enc := ss.encode()
