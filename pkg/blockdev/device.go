@@ -135,6 +135,7 @@ type Device struct {
 	size atomic.Int64
 
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
+	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
 	replayStats journal.ReplayStats // what Open replayed
 
 	maxAppend uint64
@@ -175,6 +176,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
 		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners, OwnerTimeout: o.OwnerTimeout,
 		OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
+		SnapCreate: d.snapCreateAsOwner, SnapRemove: d.snapRemoveAsOwner,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
@@ -186,6 +188,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	if o.Unjournaled {
+		d.snaps.open.Store(true)
 		return d, nil
 	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
@@ -204,6 +207,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
+	d.snaps.open.Store(true) // owner operations may journal now
 	return d, nil
 }
 
@@ -295,7 +299,8 @@ func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
 			return fmt.Errorf("replay write-same %d+%d: %w", ev.Offset, ev.Length, err)
 		}
 	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
-		// Nothing to apply: a flush is a barrier the journal order already keeps.
+		// Nothing to apply: a flush is a barrier the journal order already
+		// keeps (replayed snapshot operations: see replaySnapEvent).
 	default:
 		// Maintenance operations (snapshots, resize, ...) are applied by
 		// librbd's management path, not by the data path.
@@ -543,6 +548,12 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 		payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
 	}
 	d.mu.Lock()
+	// A snapshot being made holds new writes back (snapshot.go).
+	if err := d.waitWritable(ctx); err != nil {
+		d.mu.Unlock()
+		d.inflight.release(weight)
+		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	}
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
 	futures = d.j.AppendBatch(d.tag, payloads)

@@ -25,7 +25,10 @@ import (
 //     (`rbd resize` while the volume is served), journaling them as librbd
 //     does (a ResizeEvent, then an OpFinishEvent), so that rbd-mirror
 //     replays them. Shrinking a served volume is refused (EBUSY): the
-//     filesystem on it would lose data.
+//     filesystem on it would lose data;
+//   - it creates and removes the snapshots librbd clients proxy to the
+//     lock owner (`rbd snap create/rm`, rbd-mirror's sync points), as
+//     librbd's owner does (snapshot.go).
 
 // refreshTimeout bounds a background header refresh.
 const refreshTimeout = 30 * time.Second
@@ -140,7 +143,7 @@ func (d *Device) refreshLocked(ctx context.Context) (int64, error) {
 // resizeAsOwner is the lock's Resize: a resize a librbd client proxied to
 // this owner. It returns errors carrying an errno (the requester's result).
 func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink bool) error {
-	if !d.owner.ready.Load() {
+	if !d.owner.ready.Load() || !d.snaps.open.Load() { // not while replaying
 		return fmt.Errorf("resize %s: the device is still opening: %w", d.img.Name(), syscall.EAGAIN)
 	}
 	// Close waits for a resize in progress (it uses the journal).

@@ -41,8 +41,11 @@
 //     owner through Options.Resize (the device grows; shrinking is refused),
 //     answered with ResponseMessage(0) and then an AsyncComplete
 //     notification carrying the result, as librbd's owner does.
-//   - every other maintenance op (snapshots, flatten, rename, features,
-//     ...) and unknown ops: ResponseMessage(-EOPNOTSUPP), as krbd answers:
+//   - SnapCreate and SnapRemove (`rbd snap create/rm`, rbd-mirror's sync
+//     points): handled as owner through Options.SnapCreate/SnapRemove, as
+//     librbd's owner answers them (snapshots.go).
+//   - every other maintenance op (flatten, rename, features, snapshot
+//     rename/protect, ...) and unknown ops: ResponseMessage(-EOPNOTSUPP), as krbd answers:
 //     the requester then asks for the lock, which is refused with EROFS, so
 //     the operation fails with EROFS while the volume is served.
 //   - HeaderUpdate: ResponseMessage(0) after recording that the header must
@@ -146,6 +149,11 @@ type Options struct {
 	// this owner (`rbd resize`). It runs on its own goroutine with a
 	// bounded context. Nil: resize requests are answered with -EOPNOTSUPP.
 	Resize func(ctx context.Context, size uint64, allowShrink bool) error
+	// SnapCreate and SnapRemove perform the snapshot requests librbd
+	// clients proxy to the owner (`rbd snap create/rm`, rbd-mirror's sync
+	// points); see snapshots.go. Nil: answered with -EOPNOTSUPP.
+	SnapCreate func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string, flags uint64) error
+	SnapRemove func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string) error
 }
 
 func (o Options) withDefaults() Options {
@@ -670,6 +678,18 @@ func (h *handler) HandleNotify(n *objstore.Notification) {
 			return
 		}
 		l.handleResize(n, p)
+	case rbdnotify.SnapCreate:
+		if !l.owner() {
+			n.Ack(nil)
+			return
+		}
+		l.handleSnapCreate(n, p)
+	case rbdnotify.SnapRemove:
+		if !l.owner() {
+			n.Ack(nil)
+			return
+		}
+		l.handleSnapRemove(n, p)
 	default:
 		// Maintenance ops csi-rbdj does not perform as owner, and unknown
 		// ops: -EOPNOTSUPP (krbd's answer; librbd's for unknown ops). The

@@ -223,7 +223,7 @@ func imageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstor
 // (exclusivelock.ProxyResize: the owner journals the resize, as librbd's
 // owner does), else by updating the header here (image.Resize, which
 // notifies the watchers). An owner that is dead or frozen does not answer
-// within exclusivelock.ProxyTimeout; growing the header without it is safe
+// within exclusivelock.DefaultNotifyTimeout; growing the header without it is safe
 // (the next owner reads the new size when it refreshes), but the resize is
 // then not in the journal.
 func (s *localStorage) ExpandImage(ctx context.Context, pool objstore.Pool, name string, size int64) error {

@@ -119,6 +119,8 @@ func runChild(mode string) int {
 		err = childVictim(dir, opts)
 	case "midapply":
 		err = childMidApply(dir, opts)
+	case "snapcrash":
+		err = childSnapCrash(dir, opts)
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}

@@ -255,6 +255,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 	lsn := s.nextLSN().Load()
 	buf := c.walBuf[:0]
 	for _, r := range batch {
+		// A write with a newer snapshot context first preserves its
+		// object (snap.go): those records precede the write's.
+		pre, keep, err := c.snapPrepare(r, states, now)
+		if err != nil {
+			r.err = err
+			continue
+		}
 		rec, err := c.execWrite(r, states, now)
 		if err != nil {
 			r.err = err
@@ -262,6 +269,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 		}
 		if rec == nil {
 			continue
+		}
+		keep()
+		for _, pr := range pre {
+			pr.lsn = lsn
+			lsn++
+			buf = pr.appendTo(buf)
+			recs = append(recs, pendingRec{r, pr})
 		}
 		rec.lsn = lsn
 		lsn++

@@ -65,6 +65,7 @@ func Run(t *testing.T, newPool func(t *testing.T) objstore.Pool) {
 		{"NotifyTimeout", testNotifyTimeout},
 		{"WatchMissing", testWatchMissing},
 		{"Cancelled", testCancelled},
+		{"SelfManagedSnaps", testSnaps},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, s) })
 	}
