@@ -8,7 +8,6 @@ import (
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"k8s.io/klog/v2"
 )
 
 // Commit positions and trimming (Ceph's JournalMetadata commit tracking and
@@ -76,7 +75,7 @@ func (j *Journaler) commitLoop() {
 		case <-time.After(j.s.CommitAge):
 		}
 		if err := j.FlushCommitPosition(j.bg); err != nil && j.bg.Err() == nil {
-			klog.ErrorS(err, "Journal commit position flush failed", "journal", j.id, "client", j.clientID)
+			j.log.Error(err, "Journal commit position flush failed", "journal", j.id, "client", j.clientID)
 		}
 	}
 }
@@ -160,7 +159,7 @@ func (j *Journaler) trimLocked(ctx context.Context) error {
 		j.minimumSet = minCommitSet
 	}
 	j.mu.Unlock()
-	klog.V(4).InfoS("Journal trimmed", "journal", j.id, "minimumSet", minCommitSet)
+	j.log.V(4).Info("Journal trimmed", "journal", j.id, "minimumSet", minCommitSet)
 	j.notifyUpdate(ctx)
 	return nil
 }

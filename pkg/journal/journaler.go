@@ -148,6 +148,9 @@ type Journaler struct {
 	headerOID      string
 	dataPrefix     string
 	s              Settings
+	// log is the logger of Open's context (it carries the request's
+	// values, e.g. the volume id).
+	log klog.Logger
 
 	order      uint8
 	splayWidth uint8
@@ -206,8 +209,10 @@ func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Option
 	if poolID < 0 {
 		poolID = pool.ID()
 	}
-	bg, cancel := context.WithCancel(context.Background())
+	// Background work outlives Open's context but keeps its values.
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	j := &Journaler{
+		log:          klog.FromContext(ctx),
 		pool:         pool,
 		dataPool:     dataPool,
 		id:           id,
@@ -335,7 +340,7 @@ func (j *Journaler) Close(ctx context.Context) error {
 	j.wg.Wait()
 	if j.watch != nil {
 		if err := j.watch.Close(); err != nil {
-			klog.V(2).InfoS("Journal unwatch failed", "journal", j.id, "err", err)
+			j.log.V(2).Info("Journal unwatch failed", "journal", j.id, "err", err)
 		}
 	}
 	j.mu.Lock()

@@ -8,7 +8,6 @@ import (
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"k8s.io/klog/v2"
 )
 
 // The journal's metadata (Ceph's JournalMetadata): the header's clients,
@@ -100,7 +99,7 @@ func (j *Journaler) updateHeader(ctx context.Context, what string, op *objstore.
 // an error for the caller: watchers that miss it refresh on their own.
 func (j *Journaler) notifyUpdate(ctx context.Context) {
 	if _, err := j.pool.Notify(ctx, j.headerOID, nil, j.s.NotifyTimeout); err != nil {
-		klog.V(4).InfoS("Journal header notify failed", "journal", j.id, "err", err)
+		j.log.V(4).Info("Journal header notify failed", "journal", j.id, "err", err)
 	}
 }
 
@@ -163,7 +162,7 @@ func (h watchHandler) HandleNotify(n *objstore.Notification) {
 }
 
 func (h watchHandler) HandleWatchError(err error) {
-	klog.InfoS("Journal header watch lost; re-registering", "journal", h.j.id, "err", err)
+	h.j.log.Info("Journal header watch lost; re-registering", "journal", h.j.id, "err", err)
 	select {
 	case h.j.rewatchCh <- struct{}{}:
 	default:
@@ -190,7 +189,7 @@ func (j *Journaler) refreshLoop() {
 					backoff = 100 * time.Millisecond
 					break
 				}
-				klog.ErrorS(err, "Journal header re-watch failed", "journal", j.id)
+				j.log.Error(err, "Journal header re-watch failed", "journal", j.id)
 				select {
 				case <-j.bg.Done():
 					return
@@ -204,7 +203,7 @@ func (j *Journaler) refreshLoop() {
 		// A notification or a lost watch: what we know may be stale.
 		if err := j.refresh(j.bg); err != nil {
 			if j.bg.Err() == nil {
-				klog.ErrorS(err, "Journal refresh failed", "journal", j.id)
+				j.log.Error(err, "Journal refresh failed", "journal", j.id)
 			}
 			continue
 		}
