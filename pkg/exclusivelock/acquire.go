@@ -12,7 +12,6 @@ import (
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
-	"k8s.io/klog/v2"
 )
 
 // Acquiring the lock: taking the cls lock, asking a live holder to release
@@ -66,7 +65,7 @@ func (l *Lock) acquire(ctx context.Context) error {
 			return fmt.Errorf("lock %s: %w: held by %s, which %s, but no fencer is configured to break it safely", l.oid, ErrLocked, holder, why)
 		}
 		start := time.Now()
-		klog.InfoS("Fencing the holder of an image lock before breaking it", "object", l.oid, "holder", holder.String(), "reason", why)
+		l.log.Info("Fencing the holder of an image lock before breaking it", "object", l.oid, "holder", holder.String(), "reason", why)
 		if err := l.o.Fencer.Blocklist(ctx, holder.Addr, l.o.FenceExpire); err != nil {
 			return fmt.Errorf("lock %s: fence %s: %w", l.oid, holder, err)
 		}
@@ -75,7 +74,7 @@ func (l *Lock) acquire(ctx context.Context) error {
 		if err := l.pool.Operate(ctx, l.oid, op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 			return fmt.Errorf("lock %s: break lock of %s: %w", l.oid, holder, err)
 		}
-		klog.InfoS("Fenced the holder of an image lock and broke its lock", "object", l.oid, "holder", holder.String(), "duration", time.Since(start).Round(time.Millisecond))
+		l.log.Info("Fenced the holder of an image lock and broke its lock", "object", l.oid, "holder", holder.String(), "duration", time.Since(start).Round(time.Millisecond))
 	}
 }
 
@@ -146,12 +145,12 @@ func (l *Lock) requestLock(ctx context.Context, gid, handle uint64) (requestResu
 			return requestResult{}, fmt.Errorf("lock %s: the holder's answer to a lock request: %w", l.oid, perr)
 		}
 		out = requestResult{answered: ok, result: r.Result}
-		klog.V(1).InfoS("Lock holder answered a lock request", "object", l.oid, "answered", ok, "result", r.Result, "duration", time.Since(start).Round(time.Millisecond))
+		l.log.V(1).Info("Lock holder answered a lock request", "object", l.oid, "answered", ok, "result", r.Result, "duration", time.Since(start).Round(time.Millisecond))
 		return out, nil
 	}
 	for _, w := range res.TimedOut {
 		if holds(w) {
-			klog.InfoS("Lock holder did not answer a lock request", "object", l.oid, "holder", fmt.Sprintf("client.%d", gid), "timeout", l.o.OwnerTimeout)
+			l.log.Info("Lock holder did not answer a lock request", "object", l.oid, "holder", fmt.Sprintf("client.%d", gid), "timeout", l.o.OwnerTimeout)
 			return requestResult{timedOut: true}, nil
 		}
 	}

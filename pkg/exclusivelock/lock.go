@@ -186,6 +186,9 @@ type Lock struct {
 	pool objstore.Pool
 	oid  string
 	o    Options
+	// log is the logger of Acquire's context (it carries the request's
+	// values, e.g. the volume id).
+	log klog.Logger
 
 	// ctx ends with Release; it bounds the lock's background work (the
 	// re-watch loop, notifications, proxied requests), all owned by wg.
@@ -214,8 +217,9 @@ type Lock struct {
 // holds it, the error wraps ErrLocked and names the holder.
 func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*Lock, error) {
 	o = o.withDefaults()
-	l := &Lock{pool: pool, oid: oid, o: o, async: map[rbdnotify.AsyncRequestID]bool{}, releasedC: make(chan struct{}, 1)}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l := &Lock{pool: pool, oid: oid, o: o, log: klog.FromContext(ctx), async: map[rbdnotify.AsyncRequestID]bool{}, releasedC: make(chan struct{}, 1)}
+	// Background work outlives Acquire's context but keeps its values.
+	l.ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w, err := pool.Watch(ctx, oid, &handler{l: l, gen: 1})
 	if err != nil {
 		l.cancel()
@@ -226,8 +230,8 @@ func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*L
 	l.mu.Unlock()
 	if err := l.acquire(ctx); err != nil {
 		l.cancel()
-		if cerr := w.Close(); cerr != nil {
-			klog.V(2).InfoS("Closing the header watch after a failed lock acquisition", "object", oid, "err", cerr)
+		if cerr := w.Close(ctx); cerr != nil {
+			l.log.V(2).Info("Closing the header watch after a failed lock acquisition", "object", oid, "err", cerr)
 		}
 		return nil, err
 	}
@@ -246,7 +250,7 @@ func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*L
 		}
 		return nil, errors.Join(fmt.Errorf("lock %s: the header watch broke while acquiring: %w", oid, lost), uerr, l.Release(ctx))
 	}
-	klog.V(1).InfoS("Image lock acquired", "object", oid, "cookie", l.Cookie())
+	l.log.V(1).Info("Image lock acquired", "object", oid, "cookie", l.Cookie())
 	l.notifyAsync(rbdnotify.AcquiredLock{Client: l.ClientID()})
 	return l, nil
 }
@@ -343,7 +347,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	}
 	var werr error
 	if w != nil {
-		werr = w.Close()
+		werr = w.Close(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("unlock %s: %w", l.oid, err)
@@ -351,7 +355,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if werr != nil {
 		return fmt.Errorf("unlock %s: close watch: %w", l.oid, werr)
 	}
-	klog.V(1).InfoS("Image lock released", "object", l.oid)
+	l.log.V(1).Info("Image lock released", "object", l.oid)
 	return nil
 }
 
@@ -360,7 +364,7 @@ func (l *Lock) notify(ctx context.Context, p rbdnotify.Payload) {
 	ctx, cancel := context.WithTimeout(ctx, l.o.NotifyTimeout)
 	defer cancel()
 	if _, err := l.pool.Notify(ctx, l.oid, rbdnotify.Marshal(p), l.o.NotifyTimeout); err != nil {
-		klog.V(2).InfoS("Lock notification not acknowledged by every watcher", "object", l.oid, "op", p.Op(), "err", err)
+		l.log.V(2).Info("Lock notification not acknowledged by every watcher", "object", l.oid, "op", p.Op(), "err", err)
 	}
 }
 
@@ -395,6 +399,6 @@ func (l *Lock) markLost(err error) {
 	}
 	l.rewatching = false
 	l.mu.Unlock()
-	klog.ErrorS(err, "Image lock lost: the device stops taking writes", "object", l.oid)
+	l.log.Error(err, "Image lock lost: the device stops taking writes", "object", l.oid)
 	l.headerUpdated()
 }

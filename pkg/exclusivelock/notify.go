@@ -8,7 +8,6 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
-	"k8s.io/klog/v2"
 )
 
 // The owner's side of librbd's watch-notify protocol on the image header:
@@ -24,11 +23,11 @@ type handler struct {
 	gen uint64
 }
 
-func (h *handler) HandleNotify(n *objstore.Notification) {
+func (h *handler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	l := h.l
 	m, err := rbdnotify.Parse(n.Payload)
 	if err != nil {
-		klog.InfoS("Undecodable notification on the image header acknowledged without an answer", "object", l.oid, "err", err)
+		l.log.Info("Undecodable notification on the image header acknowledged without an answer", "object", l.oid, "err", err)
 		n.Ack(nil)
 		return
 	}
@@ -44,11 +43,11 @@ func (h *handler) HandleNotify(n *objstore.Notification) {
 		}
 		// librbd's StandardPolicy (rbd-nbd --exclusive, krbd's
 		// "exclusive"): refuse, so that the requester fails at once.
-		klog.InfoS("Refusing a request for the image lock: this node serves the volume", "object", l.oid, "requester", p.Client.String(), "force", p.Force)
+		l.log.Info("Refusing a request for the image lock: this node serves the volume", "object", l.oid, "requester", p.Client.String(), "force", p.Force)
 		n.Ack(rbdnotify.Response(syscall.EROFS))
 	case rbdnotify.AcquiredLock:
 		if p.Client.IsValid() && p.Client != self && l.owner() {
-			klog.InfoS("Another client announced that it acquired the lock this node holds; the lock was broken after fencing this node", "object", l.oid, "client", p.Client.String())
+			l.log.Info("Another client announced that it acquired the lock this node holds; the lock was broken after fencing this node", "object", l.oid, "client", p.Client.String())
 		}
 		n.Ack(nil)
 	case rbdnotify.ReleasedLock:
@@ -77,7 +76,7 @@ func (h *handler) HandleNotify(n *objstore.Notification) {
 			n.Ack(nil)
 			return
 		}
-		klog.InfoS("Refusing a maintenance request while this node serves the volume", "object", l.oid, "op", m.Payload.Op().String())
+		l.log.Info("Refusing a maintenance request while this node serves the volume", "object", l.oid, "op", m.Payload.Op().String())
 		n.Ack(rbdnotify.Response(syscall.EOPNOTSUPP))
 	}
 }
@@ -124,9 +123,9 @@ func (l *Lock) handleResize(n *objstore.Notification, p rbdnotify.Resize) {
 				en = syscall.EIO
 			}
 			result = -int32(en)
-			klog.ErrorS(err, "Proxied resize failed", "object", l.oid, "request", p.Request.String(), "size", p.Size)
+			l.log.Error(err, "Proxied resize failed", "object", l.oid, "request", p.Request.String(), "size", p.Size)
 		} else {
-			klog.InfoS("Proxied resize done by the lock owner", "object", l.oid, "request", p.Request.String(), "size", p.Size, "duration", time.Since(start).Round(time.Millisecond))
+			l.log.Info("Proxied resize done by the lock owner", "object", l.oid, "request", p.Request.String(), "size", p.Size, "duration", time.Since(start).Round(time.Millisecond))
 		}
 		// librbd retries the completion while its requester may not have
 		// heard it (ETIMEDOUT).

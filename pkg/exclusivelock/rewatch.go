@@ -9,13 +9,12 @@ import (
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
-	"k8s.io/klog/v2"
 )
 
 // Lost header watches: re-registering the watch and moving the lock's
 // cookie to the new handle (librbd's ManagedLock reacquire).
 
-func (h *handler) HandleWatchError(err error) {
+func (h *handler) HandleWatchError(_ context.Context, err error) {
 	l := h.l
 	l.mu.Lock()
 	if h.gen != l.gen || l.released || l.lost != nil {
@@ -42,7 +41,7 @@ func (h *handler) HandleWatchError(err error) {
 	l.mu.Unlock()
 	// Notifications sent while the watch is down are lost: count the gap
 	// as a header update.
-	klog.InfoS("Image header watch lost; re-registering it", "object", l.oid, "err", err)
+	l.log.Info("Image header watch lost; re-registering it", "object", l.oid, "err", err)
 	l.headerUpdated()
 	if start {
 		go l.rewatch()
@@ -64,7 +63,7 @@ func (l *Lock) rewatch() {
 			l.markLost(err)
 			return
 		}
-		klog.InfoS("Re-registering the image header watch failed; retrying", "object", l.oid, "err", err, "backoff", backoff)
+		l.log.Info("Re-registering the image header watch failed; retrying", "object", l.oid, "err", err, "backoff", backoff)
 		select {
 		case <-l.ctx.Done():
 		case <-time.After(backoff):
@@ -79,8 +78,8 @@ func (l *Lock) rewatchOnce() error {
 	l.mu.Lock()
 	old, gen, held := l.watch, l.gen+1, l.held
 	l.mu.Unlock()
-	if err := old.Close(); err != nil {
-		klog.V(2).InfoS("Closing the lost header watch", "object", l.oid, "err", err)
+	if err := old.Close(ctx); err != nil {
+		l.log.V(2).Info("Closing the lost header watch", "object", l.oid, "err", err)
 	}
 	w, err := l.pool.Watch(ctx, l.oid, &handler{l: l, gen: gen})
 	if errors.Is(err, objstore.ErrBlocklisted) {
@@ -98,8 +97,8 @@ func (l *Lock) rewatchOnce() error {
 		clslock.SetCookie(op, LockName, clslock.LockExclusive, oldCookie, LockTag, newCookie)
 		err = l.pool.Operate(ctx, l.oid, op)
 		if err != nil {
-			if cerr := w.Close(); cerr != nil {
-				klog.V(2).InfoS("Closing a new header watch", "object", l.oid, "err", cerr)
+			if cerr := w.Close(ctx); cerr != nil {
+				l.log.V(2).Info("Closing a new header watch", "object", l.oid, "err", cerr)
 			}
 			if errors.Is(err, objstore.ErrBusy) || errors.Is(err, objstore.ErrNotFound) || errors.Is(err, objstore.ErrBlocklisted) {
 				return fmt.Errorf("lock %s: %w: it was broken while the header watch was down: %w", l.oid, ErrLost, err)
@@ -115,7 +114,7 @@ func (l *Lock) rewatchOnce() error {
 	l.watch, l.gen, l.cookie, l.rewatching = w, gen, newCookie, false
 	released := l.released
 	l.mu.Unlock()
-	klog.InfoS("Image header watch re-registered; the lock cookie follows the new watch", "object", l.oid, "cookie", newCookie)
+	l.log.Info("Image header watch re-registered; the lock cookie follows the new watch", "object", l.oid, "cookie", newCookie)
 	// Whatever changed while the watch was down must be re-read.
 	l.headerUpdated()
 	if held && !released {

@@ -339,7 +339,7 @@ func (j *Journaler) Close(ctx context.Context) error {
 	j.mu.Unlock()
 	j.wg.Wait()
 	if j.watch != nil {
-		if err := j.watch.Close(); err != nil {
+		if err := j.watch.Close(ctx); err != nil {
 			j.log.V(2).Info("Journal unwatch failed", "journal", j.id, "err", err)
 		}
 	}

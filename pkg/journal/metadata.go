@@ -153,7 +153,7 @@ func (j *Journaler) Tags(ctx context.Context, tagClass *uint64) ([]clsjournal.Ta
 
 type watchHandler struct{ j *Journaler }
 
-func (h watchHandler) HandleNotify(n *objstore.Notification) {
+func (h watchHandler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	n.Ack(nil)
 	select {
 	case h.j.refreshCh <- struct{}{}:
@@ -161,7 +161,7 @@ func (h watchHandler) HandleNotify(n *objstore.Notification) {
 	}
 }
 
-func (h watchHandler) HandleWatchError(err error) {
+func (h watchHandler) HandleWatchError(_ context.Context, err error) {
 	h.j.log.Info("Journal header watch lost; re-registering", "journal", h.j.id, "err", err)
 	select {
 	case h.j.rewatchCh <- struct{}{}:
@@ -180,7 +180,7 @@ func (j *Journaler) refreshLoop() {
 		case <-j.refreshCh:
 		case <-j.rewatchCh:
 			if old := j.watch; old != nil {
-				_ = old.Close()
+				_ = old.Close(j.bg)
 			}
 			for {
 				w, err := j.pool.Watch(j.bg, j.headerOID, watchHandler{j})

@@ -213,7 +213,7 @@ func (c *Cluster) Close() error {
 	}
 	c.watchMu.Unlock()
 	for _, w := range ws {
-		w.Close()
+		w.Close(context.Background()) // not from a handler
 	}
 	if c.srv != nil {
 		c.srv.close()
