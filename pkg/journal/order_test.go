@@ -42,8 +42,9 @@ func TestOrderReplay(t *testing.T) {
 		commit    clsjournal.ObjectSetPosition
 		epochEnd  map[uint64]uint64
 		objects   map[uint64]replayObject
-		want      []tt     // entries to apply, in order
-		wantObjs  []uint64 // the object each wanted entry came from (nil: unchecked)
+		want      []tt          // entries to apply, in order
+		wantObjs  []uint64      // the object each wanted entry came from (nil: unchecked)
+		payloads  map[tt]string // payloads to check, by entry
 		stale     int
 		dropped   int
 		tornTail  bool
@@ -102,7 +103,8 @@ func TestOrderReplay(t *testing.T) {
 			objects: map[uint64]replayObject{
 				0: obj(ent(1, 0), ent(1, 1), Entry{TagTid: 1, EntryTid: 1, Data: []byte("again")}, ent(1, 2)),
 			},
-			want: []tt{{1, 0}, {1, 1}, {1, 2}},
+			want:     []tt{{1, 0}, {1, 1}, {1, 2}},
+			payloads: map[tt]string{{1, 1}: "again"},
 		},
 		{
 			name: "a new tag takes over: the older tag's later entries are stale", w: 1, activeSet: 1,
@@ -225,8 +227,8 @@ func TestOrderReplay(t *testing.T) {
 			for _, e := range plan.entries {
 				got = append(got, tt{e.TagTid, e.EntryTid})
 				gotObjs = append(gotObjs, e.ObjectNumber)
-				if e.EntryTid == 1 && e.TagTid == 1 && c.name == "a re-sent entry counts once, the later copy wins" && string(e.Data) != "again" {
-					t.Errorf("entry 1/1 has payload %q, want the later copy", e.Data)
+				if p, ok := c.payloads[tt{e.TagTid, e.EntryTid}]; ok && string(e.Data) != p {
+					t.Errorf("entry %d/%d has payload %q, want %q", e.TagTid, e.EntryTid, e.Data, p)
 				}
 			}
 			if !reflect.DeepEqual(got, c.want) {

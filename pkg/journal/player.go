@@ -54,6 +54,15 @@ type splayPlayer struct {
 	done    bool // no later object of this splay offset exists
 }
 
+// ReplayOptions refine a replay.
+type ReplayOptions struct {
+	// EpochEnd maps a tag to the last entry tid of its epoch, when a newer
+	// epoch recorded where it took over (librbd's tag predecessor). Entries
+	// of the tag beyond it were written by a writer that had already lost
+	// ownership and are never replayed (seed 002's multi-writer hazard).
+	EpochEnd map[uint64]uint64
+}
+
 // Replay reads every entry past this client's commit position, in journal
 // order, and calls fn for each. It follows Ceph's rules: entries of a
 // superseded tag are skipped; a new tag begins at entry 0; entry tids of a
@@ -66,15 +75,9 @@ type splayPlayer struct {
 // corrupt journal changes nothing. The caller applies each entry and then
 // reports it with Committed(e.CommitTid). Replay must run before the first
 // Append of this journaler.
-// ReplayOptions refine a replay.
-type ReplayOptions struct {
-	// EpochEnd maps a tag to the last entry tid of its epoch, when a newer
-	// epoch recorded where it took over (librbd's tag predecessor). Entries
-	// of the tag beyond it were written by a writer that had already lost
-	// ownership and are never replayed (seed 002's multi-writer hazard).
-	EpochEnd map[uint64]uint64
-}
-
+//
+// Replay reads the objects first (readReplayObjects) and leaves the
+// decisions to orderReplay, a pure function.
 func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx context.Context, e ReplayEntry) error) (ReplayStats, error) {
 	var st ReplayStats
 	j.mu.Lock()
