@@ -41,7 +41,7 @@ type watch struct {
 	mu     sync.Mutex
 	lost   error
 	closed bool
-	disp   *objstore.Dispatcher // calls the handler; started once registered
+	disp   *objstore.Dispatcher // calls the handler, one event at a time
 }
 
 // watches maps the token handed to the C++ watch context to its watch.
@@ -80,8 +80,8 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 		return nil, opErr("watch", oid, syscall.EINVAL)
 	}
 	w := &watch{c: p.c, p: p, oid: oid, token: nextToken.Add(1)}
-	// The dispatcher exists before librados can deliver (it queues until
-	// the handler may run); a failed registration stops it.
+	// The dispatcher exists before librados can deliver; a failed
+	// registration stops it (what was delivered meanwhile is dropped).
 	w.disp = objstore.NewDispatcher(ctx, h, nil)
 	watches.Store(w.token, w)
 	var (
