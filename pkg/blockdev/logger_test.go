@@ -2,11 +2,9 @@ package blockdev
 
 import (
 	"context"
-	"strings"
 	"testing"
 
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
+	"github.com/csi-rbdj/csi-rbdj/pkg/logtest"
 )
 
 // TestLoggerFromOpenContext checks that the device, its lock and its
@@ -16,8 +14,7 @@ import (
 func TestLoggerFromOpenContext(t *testing.T) {
 	pool := openPool(t, t.TempDir())
 	newImage(t, pool, "vol", 22)
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
-	ctx := klog.NewContext(context.Background(), logger.WithValues("volumeID", "vol-1"))
+	ctx, logs := logtest.Context(t, "volumeID", "vol-1")
 	d, err := Open(ctx, pool, "vol", Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -25,21 +22,5 @@ func TestLoggerFromOpenContext(t *testing.T) {
 	if err := d.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
-	for _, msg := range []string{"Image lock acquired", "Journaled device started", "Journaled device closed", "Image lock released"} {
-		var line string
-		for _, l := range strings.Split(logs, "\n") {
-			if strings.Contains(l, msg) {
-				line = l
-				break
-			}
-		}
-		if line == "" {
-			t.Errorf("%q not logged; logs:\n%s", msg, logs)
-			continue
-		}
-		if strings.Count(line, "volumeID=") != 1 || !strings.Contains(line, `volumeID="vol-1"`) {
-			t.Errorf("%q logged without the context's volumeID once: %s", msg, line)
-		}
-	}
+	logs.CheckOnce(t, "volumeID", "vol-1", "Image lock acquired", "Journaled device started", "Journaled device closed", "Image lock released")
 }

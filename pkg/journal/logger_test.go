@@ -2,11 +2,9 @@ package journal
 
 import (
 	"context"
-	"strings"
 	"testing"
 
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
+	"github.com/csi-rbdj/csi-rbdj/pkg/logtest"
 )
 
 // TestLoggerFromOpenContext checks that the journaler logs with the logger
@@ -19,8 +17,7 @@ func TestLoggerFromOpenContext(t *testing.T) {
 	if err := j.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
-	ctx := klog.NewContext(context.Background(), logger.WithValues("volumeID", "vol-1"))
+	ctx, logs := logtest.Context(t, "volumeID", "vol-1")
 	j2, err := Open(ctx, pool, "img", "", Options{Settings: fastSettings})
 	if err != nil {
 		t.Fatal(err)
@@ -29,17 +26,5 @@ func TestLoggerFromOpenContext(t *testing.T) {
 	if _, st := replayAll(t, j2); st.Entries != 2 {
 		t.Fatalf("replayed %d entries, want 2", st.Entries)
 	}
-	logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
-	var line string
-	for _, l := range strings.Split(logs, "\n") {
-		if strings.Contains(l, "Journal replayed") {
-			line = l
-		}
-	}
-	if line == "" {
-		t.Fatalf("replay not logged; logs:\n%s", logs)
-	}
-	if strings.Count(line, "volumeID=") != 1 || !strings.Contains(line, `volumeID="vol-1"`) {
-		t.Fatalf("replay logged without the context's volumeID once: %s", line)
-	}
+	logs.CheckOnce(t, "volumeID", "vol-1", "Journal replayed")
 }
