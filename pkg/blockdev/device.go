@@ -133,6 +133,12 @@ type Device struct {
 	tag  uint64
 	o    Options
 	size atomic.Int64
+	// log is the logger of Open's context (it carries the request's values,
+	// e.g. the volume id); bg is Open's context without its cancellation,
+	// for work that must outlive the request (applying journaled writes,
+	// header refreshes) but keep its values.
+	log klog.Logger
+	bg  context.Context
 
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
 	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
@@ -169,7 +175,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if !o.Unjournaled && img.Features()&clsrbd.FeatureJournaling == 0 {
 		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
 	}
-	d := &Device{img: img, pool: pool, o: o, inflight: newWeighted(o.MaxPendingBytes)}
+	d := &Device{img: img, pool: pool, o: o, log: klog.FromContext(ctx), bg: context.WithoutCancel(ctx), inflight: newWeighted(o.MaxPendingBytes)}
 	d.size.Store(img.Size())
 	// Own the image before touching its journal: replaying while another
 	// writer appends would race it.
@@ -255,7 +261,7 @@ func (d *Device) start(ctx context.Context) error {
 	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 {
 		d.img.SetWriteLinger(d.o.ApplyLinger)
 	}
-	klog.InfoS("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
+	d.log.Info("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
 		"replayedEntries", st.Entries, "replayedBytes", st.Bytes, "staleEntries", st.StaleEntries,
 		"droppedEntries", st.Dropped, "replayTime", time.Since(start))
 	return nil
@@ -304,7 +310,7 @@ func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
 	default:
 		// Maintenance operations (snapshots, resize, ...) are applied by
 		// librbd's management path, not by the data path.
-		klog.InfoS("Journal event skipped by the data path", "image", d.img.Name(), "event", ev.Type())
+		d.log.Info("Journal event skipped by the data path", "image", d.img.Name(), "event", ev.Type())
 	}
 	return nil
 }
@@ -395,7 +401,7 @@ func (d *Device) fail(err error) {
 	defer d.mu.Unlock()
 	if d.failed == nil {
 		d.failed = err
-		klog.ErrorS(err, "Journaled device failed; I/O now returns errors until it is reopened (the journal keeps every acknowledged write)", "image", d.img.Name())
+		d.log.Error(err, "Journaled device failed; I/O now returns errors until it is reopened (the journal keeps every acknowledged write)", "image", d.img.Name())
 	}
 }
 
@@ -588,7 +594,7 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite) error {
 	// Applying must finish even if the request's context ends: the entry is
 	// in the journal and must reach the image (or be replayed).
-	ctx := context.Background()
+	ctx := d.bg
 	var firstErr error
 	for i, c := range changes {
 		w := pws[i]
@@ -649,7 +655,7 @@ func (d *Device) Close(ctx context.Context) error {
 	if err := d.lock.Release(ctx); err != nil {
 		return fmt.Errorf("close %s: %w", d.img.Name(), err)
 	}
-	klog.InfoS("Journaled device closed", "image", d.img.Name())
+	d.log.Info("Journaled device closed", "image", d.img.Name())
 	return nil
 }
 

@@ -14,7 +14,6 @@ import (
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
-	"k8s.io/klog/v2"
 )
 
 // What the device does as the image's lock owner, beyond I/O:
@@ -71,10 +70,10 @@ func (d *Device) headerUpdated() {
 	go func() {
 		defer d.wg.Done()
 		d.owner.refreshing.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
+		ctx, cancel := context.WithTimeout(d.bg, refreshTimeout)
 		defer cancel()
 		if err := d.refresh(ctx); err != nil {
-			klog.ErrorS(err, "Refreshing the image header after an update failed; retried before the next I/O", "image", d.img.Name())
+			d.log.Error(err, "Refreshing the image header after an update failed; retried before the next I/O", "image", d.img.Name())
 		}
 	}()
 }
@@ -94,7 +93,7 @@ func (d *Device) refreshIfNeeded(ctx context.Context) {
 		return
 	}
 	if err := d.refresh(ctx); err != nil {
-		klog.V(1).InfoS("Refreshing the image header before an I/O failed", "image", d.img.Name(), "err", err)
+		d.log.V(1).Info("Refreshing the image header before an I/O failed", "image", d.img.Name(), "err", err)
 	}
 }
 
@@ -132,10 +131,10 @@ func (d *Device) refreshLocked(ctx context.Context) (int64, error) {
 	switch {
 	case size > cur:
 		d.size.Store(size)
-		klog.InfoS("Journaled device grew with its image", "image", d.img.Name(), "from", cur, "to", size)
+		d.log.Info("Journaled device grew with its image", "image", d.img.Name(), "from", cur, "to", size)
 		return size, nil
 	case size < cur:
-		klog.ErrorS(nil, "The image shrank under a served device; I/O past its new end fails", "image", d.img.Name(), "device", cur, "image", size)
+		d.log.Error(nil, "The image shrank under a served device; I/O past its new end fails", "image", d.img.Name(), "deviceSize", cur, "imageSize", size)
 	}
 	return 0, nil
 }
@@ -214,7 +213,7 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 	}
 	// Other watchers (librbd clients, the requester) re-read the header.
 	if err := d.lock.NotifyHeaderUpdate(ctx); err != nil {
-		klog.V(1).InfoS("Header update notification after a resize failed", "image", d.img.Name(), "err", err)
+		d.log.V(1).Info("Header update notification after a resize failed", "image", d.img.Name(), "err", err)
 	}
 	return nil
 }

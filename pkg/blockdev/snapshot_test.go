@@ -32,7 +32,7 @@ type snapRequester struct {
 	done map[rbdnotify.AsyncRequestID]int32
 }
 
-func (r *snapRequester) HandleNotify(n *objstore.Notification) {
+func (r *snapRequester) HandleNotify(_ context.Context, n *objstore.Notification) {
 	if m, err := rbdnotify.Parse(n.Payload); err == nil {
 		if c, ok := m.Payload.(rbdnotify.AsyncComplete); ok {
 			r.mu.Lock()
@@ -43,7 +43,7 @@ func (r *snapRequester) HandleNotify(n *objstore.Notification) {
 	n.Ack(nil)
 }
 
-func (r *snapRequester) HandleWatchError(error) {}
+func (r *snapRequester) HandleWatchError(context.Context, error) {}
 
 func newSnapRequester(t *testing.T, pool objstore.Pool, oid string) *snapRequester {
 	r := &snapRequester{t: t, pool: pool, oid: oid, done: map[rbdnotify.AsyncRequestID]int32{}}
@@ -51,7 +51,7 @@ func newSnapRequester(t *testing.T, pool objstore.Pool, oid string) *snapRequest
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { w.Close() })
+	t.Cleanup(func() { w.Close(context.Background()) })
 	r.w = w
 	return r
 }
@@ -253,7 +253,7 @@ func TestSnapshotAsOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer req.Close()
+	defer req.Close(context.Background())
 	if err := req.SnapRemove(ctx, rbdnotify.SnapshotNamespace{}, "s1"); err != nil {
 		t.Fatalf("snap remove: %v", err)
 	}

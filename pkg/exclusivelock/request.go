@@ -59,11 +59,11 @@ func NewRequester(ctx context.Context, pool objstore.Pool, headerOID string) (*R
 }
 
 // Close unregisters the header watch.
-func (r *Requester) Close() error { return r.w.Close() }
+func (r *Requester) Close(ctx context.Context) error { return r.w.Close(ctx) }
 
 type requesterHandler struct{ r *Requester }
 
-func (h requesterHandler) HandleNotify(n *objstore.Notification) {
+func (h requesterHandler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	// Not the owner: acknowledge everything empty, as librbd's
 	// non-owners do (its own requests included).
 	defer n.Ack(nil)
@@ -86,7 +86,7 @@ func (h requesterHandler) HandleNotify(n *objstore.Notification) {
 
 // HandleWatchError: a lost watch may lose a completion; the request is
 // then sent again after RequestTimeout, and the owner answers it again.
-func (h requesterHandler) HandleWatchError(error) {}
+func (h requesterHandler) HandleWatchError(context.Context, error) {}
 
 // SnapCreate asks the owner to create snapshot ns/name and waits for the
 // result (an error carrying the owner's errno, ErrNoOwner, or ctx's).
@@ -186,6 +186,6 @@ func ProxyResize(ctx context.Context, pool objstore.Pool, headerOID string, size
 	if err != nil {
 		return fmt.Errorf("resize: %w", err)
 	}
-	defer func() { _ = r.Close() }()
+	defer func() { _ = r.Close(context.WithoutCancel(ctx)) }()
 	return r.Resize(ctx, size)
 }

@@ -92,7 +92,7 @@ func TestRequester(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer r.Close(context.Background())
 	r.RequestTimeout = 300 * time.Millisecond
 	if err := r.SnapCreate(ctx, rbdnotify.SnapshotNamespace{}, "x"); !errors.Is(err, exclusivelock.ErrNoOwner) {
 		t.Fatalf("request to an image nobody owns: %v", err)

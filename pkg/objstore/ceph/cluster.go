@@ -556,7 +556,7 @@ func (c *Cluster) Close() error {
 	c.watchMu.Unlock()
 	var errs []error
 	for _, w := range ws {
-		if err := w.close(); err != nil {
+		if err := w.close(context.Background()); err != nil {
 			errs = append(errs, err)
 		}
 	}
