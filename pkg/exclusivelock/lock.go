@@ -200,7 +200,8 @@ type Lock struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	updates atomic.Uint64 // UpdateSeq
+	updates  atomic.Uint64 // UpdateSeq
+	counters counters      // Stats
 
 	mu         sync.Mutex
 	watch      objstore.Watch
@@ -300,6 +301,7 @@ func (l *Lock) acquire(ctx context.Context) error {
 			return err
 		}
 		if why == "" {
+			l.counters.takeovers.Add(1)
 			continue // the holder released the lock on request
 		}
 		if l.o.Fencer == nil {
@@ -315,6 +317,8 @@ func (l *Lock) acquire(ctx context.Context) error {
 		if err := l.pool.Operate(ctx, l.oid, op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 			return fmt.Errorf("lock %s: break lock of %s: %w", l.oid, holder, err)
 		}
+		l.counters.fencings.Add(1)
+		l.counters.takeovers.Add(1)
 		klog.InfoS("Fenced the holder of an image lock and broke its lock", "object", l.oid, "holder", holder.String(), "duration", time.Since(start).Round(time.Millisecond))
 	}
 }

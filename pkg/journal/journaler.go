@@ -173,6 +173,7 @@ type Journaler struct {
 
 	rec     recorder
 	stats   stats
+	lag     lagIndex
 	failed  error // sticky: appends fail once set
 	closing bool
 
@@ -334,6 +335,7 @@ func (j *Journaler) refresh(ctx context.Context) error {
 		j.activeSet = activeSet
 	}
 	j.clients = m
+	j.trimLagLocked()
 	return nil
 }
 
