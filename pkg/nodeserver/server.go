@@ -65,6 +65,8 @@ type Options struct {
 	// rbd_journal_commit_age; 0: the journal's default, 1 s). A crash
 	// replays at most what was acknowledged in that window.
 	JournalCommitAge time.Duration
+	// Metrics, if set, is told which volumes this node serves.
+	Metrics VolumeMetrics
 }
 
 // Server is the CSI Node service.
