@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,17 +23,37 @@ const (
 	testPeer   = "peer-mirror-uuid"
 )
 
+// localPool is a pool of a new local cluster.
+func localPool(t *testing.T) objstore.Pool {
+	t.Helper()
+	_, pool := localtest.Open(t, t.TempDir(), local.Options{NoSync: true})
+	return pool
+}
+
 // openTestDevice creates a journaled image on a new local cluster, registers
 // a second journal client (a mirror peer that never commits) and opens the
 // image as a device.
 func openTestDevice(t *testing.T, o blockdev.Options) (*blockdev.Device, objstore.Pool) {
 	t.Helper()
+	pool := localPool(t)
+	return openDeviceOn(t, pool, "vol", o), pool
+}
+
+// openDeviceOn is openTestDevice on pool, with image name.
+func openDeviceOn(t *testing.T, pool objstore.Pool, name string, o blockdev.Options) *blockdev.Device {
+	t.Helper()
 	ctx := context.Background()
-	_, pool := localtest.Open(t, t.TempDir(), local.Options{NoSync: true})
-	if err := image.Create(ctx, pool, "vol", 16<<20, image.CreateOptions{Order: 20}); err != nil {
+	if err := image.Create(ctx, pool, name, 16<<20, image.CreateOptions{Order: 20}); err != nil {
 		t.Fatal(err)
 	}
-	img, err := image.Open(ctx, pool, "vol")
+	// Runs after the device is closed (cleanups run last first): a
+	// shared (Ceph) pool keeps nothing of the test.
+	t.Cleanup(func() {
+		if err := image.Remove(context.Background(), pool, name); err != nil {
+			t.Errorf("remove image %s: %v", name, err)
+		}
+	})
+	img, err := image.Open(ctx, pool, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,12 +68,12 @@ func openTestDevice(t *testing.T, o blockdev.Options) (*blockdev.Device, objstor
 		t.Fatal(err)
 	}
 	o.Journal.CommitAge = 20 * time.Millisecond
-	dev, err := blockdev.Open(ctx, pool, "vol", o)
+	dev, err := blockdev.Open(ctx, pool, name, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close(context.Background()) })
-	return dev, pool
+	return dev
 }
 
 // gather returns the collector's metrics of one name, by their label pairs
@@ -117,18 +138,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // committed while the peer's keeps every entry, and that unserving the
 // volume removes its series.
 func TestNodeCollector(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		policy blockdev.AckPolicy
-	}{
-		{"journaled", blockdev.AckJournaled},
-		{"applied", blockdev.AckApplied},
-	} {
+	testNodeCollector(t, localPool)
+}
+
+// ackPolicies are the ack policies the collector tests run with.
+var ackPolicies = []struct {
+	name   string
+	policy blockdev.AckPolicy
+}{
+	{"journaled", blockdev.AckJournaled},
+	{"applied", blockdev.AckApplied},
+}
+
+// testNodeCollector is TestNodeCollector on the pools newPool returns (one
+// per ack policy).
+func testNodeCollector(t *testing.T, newPool func(*testing.T) objstore.Pool) {
+	for i, tc := range ackPolicies {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			// A long linger keeps journaled writes pending long enough to
 			// see them as lag (journaled policy).
-			dev, _ := openTestDevice(t, blockdev.Options{AckPolicy: tc.policy, ApplyLinger: 2 * time.Second})
+			name := fmt.Sprintf("metrics-%d-%d", time.Now().UnixNano(), i)
+			dev := openDeviceOn(t, newPool(t), name, blockdev.Options{AckPolicy: tc.policy, ApplyLinger: 2 * time.Second})
 			n := NewNode()
 			n.Served(testVolume, dev)
 			if problems, err := testutil.CollectAndLint(n); err != nil || len(problems) > 0 {
