@@ -154,7 +154,9 @@ func (d *Device) Stats() Stats {
 	st.PendingBytes, st.BackpressureWaits, st.BackpressureWait = d.inflight.stats()
 	st.MaxPendingBytes = d.o.MaxPendingBytes
 	st.Replay, st.ReplayDuration = d.replayStats, d.counters.replayDuration
-	st.Lock = d.lock.Stats()
+	if d.lock != nil {
+		st.Lock = d.lock.Stats()
+	}
 	d.mu.Lock()
 	closed, failed := d.closed, d.failed != nil
 	d.mu.Unlock()
