@@ -291,3 +291,28 @@ func TestNodeCollectorClosedDevice(t *testing.T) {
 		t.Errorf("lock state released = %v, want 1", got)
 	}
 }
+
+// TestNodeCollectorBackpressure: a write that finds the pending bytes at
+// their bound waits for an apply, and the wait is counted.
+func TestNodeCollectorBackpressure(t *testing.T) {
+	const linger = 200 * time.Millisecond
+	dev, _ := openTestDevice(t, blockdev.Options{AckPolicy: blockdev.AckJournaled, MaxPendingBytes: 4096, ApplyLinger: linger})
+	n := NewNode()
+	n.Served(testVolume, dev)
+	buf := make([]byte, 4096)
+	for i := range 2 {
+		if _, err := dev.WriteAt(context.Background(), buf, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vol := "volume_id=" + testVolume
+	if got := value(gather(t, n, "csi_rbdj_volume_backpressure_waits_total")[vol]); got != 1 {
+		t.Errorf("backpressure waits = %v, want 1 (the second write waits for the first's apply)", got)
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_backpressure_wait_seconds_total")[vol]); got < (linger / 2).Seconds() {
+		t.Errorf("backpressure wait = %vs, want about the %v apply linger", got, linger)
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_pending_bytes_limit")[vol]); got != 4096 {
+		t.Errorf("pending bytes limit = %v, want 4096", got)
+	}
+}
