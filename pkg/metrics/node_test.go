@@ -50,7 +50,7 @@ func openDeviceOn(t *testing.T, pool objstore.Pool, name string, o blockdev.Opti
 	// shared (Ceph) pool keeps nothing of the test.
 	t.Cleanup(func() {
 		if err := image.Remove(context.Background(), pool, name); err != nil {
-			t.Errorf("remove image %s: %v", name, err)
+			t.Logf("remove image %s: %v", name, err) // e.g. a fenced client
 		}
 	})
 	img, err := image.Open(ctx, pool, name)
@@ -315,4 +315,81 @@ func TestNodeCollectorBackpressure(t *testing.T) {
 	if got := value(gather(t, n, "csi_rbdj_volume_pending_bytes_limit")[vol]); got != 4096 {
 		t.Errorf("pending bytes limit = %v, want 4096", got)
 	}
+}
+
+// TestNodeCollectorFenced: a device whose client was fenced (blocklisted,
+// as a takeover by another node does) reports state failed and its lock
+// lost.
+func TestNodeCollectorFenced(t *testing.T) {
+	dir := t.TempDir()
+	_, pool := localtest.Open(t, dir, local.Options{NoSync: true})
+	dev := openDeviceOn(t, pool, "vol", blockdev.Options{})
+	n := NewNode()
+	n.Served(testVolume, dev)
+	vol := "volume_id=" + testVolume
+	if got := value(gather(t, n, "csi_rbdj_volume_state")["state=serving,"+vol]); got != 1 {
+		t.Fatalf("state serving = %v before the fencing", got)
+	}
+	other, _ := localtest.Open(t, dir, local.Options{NoSync: true})
+	if err := other.Blocklist(context.Background(), pool.Client().Addr, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "state failed and lock lost", func() bool {
+		return value(gather(t, n, "csi_rbdj_volume_state")["state=failed,"+vol]) == 1 &&
+			value(gather(t, n, "csi_rbdj_volume_state")["state=serving,"+vol]) == 0 &&
+			value(gather(t, n, "csi_rbdj_volume_lock_state")["state=lost,"+vol]) == 1
+	})
+}
+
+// TestNodeCollectorTakeover: a second node takes a volume over from one
+// whose writes were journaled but not applied: it fences the first, breaks
+// its lock and replays the writes; its metrics say so.
+func TestNodeCollectorTakeover(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, pool1 := localtest.Open(t, dir, local.Options{NoSync: true})
+	// The apply lingers: the writes stay in the journal only.
+	dev1 := openDeviceOn(t, pool1, "vol", blockdev.Options{AckPolicy: blockdev.AckJournaled, ApplyLinger: time.Second})
+	const writes = 4
+	buf := make([]byte, 4096)
+	for i := range writes {
+		if _, err := dev1.WriteAt(ctx, buf, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c2, pool2 := localtest.Open(t, dir, local.Options{NoSync: true})
+	dev2, err := blockdev.Open(ctx, pool2, "vol", blockdev.Options{Fencer: c2, DeadOwners: []string{pool1.Client().Addr},
+		Journal: journal.Settings{CommitAge: 20 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev2.Close(context.Background()) })
+	n := NewNode()
+	n.Served(testVolume, dev2)
+	vol := "volume_id=" + testVolume
+	for _, c := range []struct {
+		metric, labels string
+		want           float64
+	}{
+		{"csi_rbdj_volume_lock_takeovers_total", vol, 1},
+		{"csi_rbdj_volume_lock_fencings_total", vol, 1},
+		{"csi_rbdj_volume_replay_entries", vol, writes},
+		{"csi_rbdj_volume_state", "state=serving," + vol, 1},
+	} {
+		if got := value(gather(t, n, c.metric)[c.labels]); got != c.want {
+			t.Errorf("%s{%s} = %v, want %v", c.metric, c.labels, got, c.want)
+		}
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_replay_bytes")[vol]); got < writes*4096 {
+		t.Errorf("replay bytes = %v, want >= %d", got, writes*4096)
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_replay_duration_seconds")[vol]); got <= 0 {
+		t.Errorf("replay duration = %v, want > 0", got)
+	}
+	// The fenced first node's device fails.
+	n1 := NewNode()
+	n1.Served("first", dev1)
+	waitFor(t, "the fenced device to fail", func() bool {
+		return value(gather(t, n1, "csi_rbdj_volume_state")["state=failed,volume_id=first"]) == 1
+	})
 }
