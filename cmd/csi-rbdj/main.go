@@ -97,6 +97,8 @@ type serveConfig struct {
 	cephConnectTimeout time.Duration
 	cephOpTimeout      time.Duration
 	journalCommitAge   time.Duration
+
+	metricsAddress string
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -119,6 +121,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.BoolVar(&c.noSync, "local-no-sync", false, "local backend: skip fsync (tests only: loses data on power loss)")
 	fs.StringVar(&c.kubeletRegDir, "kubelet-registration-dir", "", "node: register with the kubelet through a socket in this directory (<kubelet root>/plugins_registry); empty: do not register")
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
+	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
 	klog.InitFlags(fs)
 }
 
@@ -169,24 +172,31 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err != nil {
 		return err
 	}
+	// Bind the metrics address first: a taken port fails the start at once.
+	pm, err := newPluginMetrics(c.metricsAddress)
+	if err != nil {
+		return err
+	}
+	defer pm.stop()
 	st, err := openBackend(c)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	pm.start(ctx, st)
 
 	var ns *nodeserver.Server
 	if mode == driver.ModeNode || mode == driver.ModeAll {
 		ns, err = nodeserver.New(nodeserver.Options{
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
-			JournalCommitAge: c.journalCommitAge,
+			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
 		})
 		if err != nil {
 			return err
 		}
 	}
-	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Backend: st}
+	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Backend: st, Interceptors: pm.interceptors()}
 	if ns != nil {
 		opts.NodeServer = ns
 	}

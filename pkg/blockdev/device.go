@@ -143,6 +143,7 @@ type Device struct {
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
 	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
 	replayStats journal.ReplayStats // what Open replayed
+	counters    deviceCounters      // Stats (stats.go)
 
 	maxAppend uint64
 
@@ -245,6 +246,7 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	d.replayStats = st
+	d.counters.replayDuration = time.Since(start)
 	if err := d.j.FlushCommitPosition(ctx); err != nil {
 		return err
 	}
@@ -416,7 +418,8 @@ func (d *Device) fail(err error) {
 // so if every change taken is still pending once the read is done, nothing
 // newer than them can be in what was read. Otherwise the read is retried,
 // and eventually done with the pending set held still.
-func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (_ int, err error) {
+	defer d.track(OpRead, int64(len(p)))(&err)
 	if err := d.check(ctx, "read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
@@ -465,7 +468,8 @@ func stillPending(ws []*pendingWrite) bool {
 }
 
 // WriteAt journals and applies a write.
-func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (_ int, err error) {
+	defer d.track(OpWrite, int64(len(p)))(&err)
 	if err := d.check(ctx, "write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
@@ -489,7 +493,8 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 }
 
 // Discard journals and applies a discard; the range then reads as zeros.
-func (d *Device) Discard(ctx context.Context, off, length int64) error {
+func (d *Device) Discard(ctx context.Context, off, length int64) (err error) {
+	defer d.track(OpDiscard, length)(&err)
 	if err := d.check(ctx, "discard", off, length); err != nil {
 		return err
 	}
@@ -502,7 +507,8 @@ func (d *Device) Discard(ctx context.Context, off, length int64) error {
 
 // WriteZeroes journals and applies a write of zeros (librbd journals it as
 // a write-same of a zero block).
-func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
+func (d *Device) WriteZeroes(ctx context.Context, off, length int64) (err error) {
+	defer d.track(OpWriteZeroes, length)(&err)
 	if err := d.check(ctx, "write-zeroes", off, length); err != nil {
 		return err
 	}
@@ -515,7 +521,8 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
 
 // Flush returns once every write acknowledged before it is durable. It
 // journals an AioFlush event, as librbd does.
-func (d *Device) Flush(ctx context.Context) error {
+func (d *Device) Flush(ctx context.Context) (err error) {
+	defer d.track(OpFlush, 0)(&err)
 	if err := d.check(ctx, "flush", 0, 0); err != nil {
 		return err
 	}
@@ -563,6 +570,7 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
 	futures = d.j.AppendBatch(d.tag, payloads)
+	appended := time.Now()
 	for i, c := range changes {
 		pws[i] = d.pending.add(c.off, c.end, c.data)
 	}
@@ -573,7 +581,7 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 	go func() {
 		defer d.wg.Done()
 		defer d.inflight.release(weight)
-		done <- d.apply(changes, futures, pws)
+		done <- d.apply(changes, futures, pws, appended)
 	}()
 	if d.o.AckPolicy == AckApplied {
 		if err := <-done; err != nil {
@@ -591,7 +599,7 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 
 // apply applies each change once its entry is durable and the earlier
 // changes it overlaps are applied, then commits it. Owned by Device.wg.
-func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite) error {
+func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite, appended time.Time) error {
 	// Applying must finish even if the request's context ends: the entry is
 	// in the journal and must reach the image (or be replayed).
 	ctx := d.bg
@@ -599,13 +607,19 @@ func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendi
 	for i, c := range changes {
 		w := pws[i]
 		err := futures[i].Wait(ctx)
+		if i == 0 && err == nil {
+			d.observeAppend(appended)
+		}
 		for _, ch := range w.waitFor {
 			<-ch
 		}
 		if err == nil {
+			applyStart := time.Now()
 			err = d.applyChange(ctx, c)
 			if err != nil {
 				d.fail(err)
+			} else {
+				d.observeApply(applyStart)
 			}
 		}
 		d.mu.Lock()

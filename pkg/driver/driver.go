@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +80,10 @@ type Options struct {
 	NodeServer csi.NodeServer
 	// MaxVolumeBytes bounds a volume's size (default DefaultMaxVolumeBytes).
 	MaxVolumeBytes int64
+	// Interceptors run around every unary call, outermost first, before
+	// the driver's own logging interceptor (metrics: they see the status
+	// codes clients see).
+	Interceptors []grpc.UnaryServerInterceptor
 }
 
 // DefaultMaxVolumeBytes is the largest volume CreateVolume makes: 64 TiB.
@@ -193,7 +198,7 @@ func Listen(endpoint string) (net.Listener, error) {
 // Serve serves CSI on l until ctx is done or Stop is called; then it stops
 // gracefully (bounded by 10 s, then forcibly).
 func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logInterceptor))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(append(slices.Clone(d.o.Interceptors), logInterceptor)...))
 	csi.RegisterIdentityServer(srv, d)
 	if d.o.Mode.controller() {
 		csi.RegisterControllerServer(srv, d)

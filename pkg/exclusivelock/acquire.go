@@ -59,6 +59,7 @@ func (l *Lock) acquire(ctx context.Context) error {
 			return err
 		}
 		if why == "" {
+			l.counters.takeovers.Add(1)
 			continue // the holder released the lock on request
 		}
 		if l.o.Fencer == nil {
@@ -74,6 +75,8 @@ func (l *Lock) acquire(ctx context.Context) error {
 		if err := l.pool.Operate(ctx, l.oid, op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 			return fmt.Errorf("lock %s: break lock of %s: %w", l.oid, holder, err)
 		}
+		l.counters.fencings.Add(1)
+		l.counters.takeovers.Add(1)
 		l.log.Info("Fenced the holder of an image lock and broke its lock", "object", l.oid, "holder", holder.String(), "duration", time.Since(start).Round(time.Millisecond))
 	}
 }

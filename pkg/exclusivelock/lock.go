@@ -204,7 +204,8 @@ type Lock struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	updates atomic.Uint64 // UpdateSeq
+	updates  atomic.Uint64 // UpdateSeq
+	counters counters      // Stats
 
 	mu         sync.Mutex
 	watch      objstore.Watch

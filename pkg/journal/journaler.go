@@ -175,6 +175,7 @@ type Journaler struct {
 
 	rec     recorder
 	stats   stats
+	lag     lagIndex
 	failed  error // sticky: appends fail once set
 	closing bool
 

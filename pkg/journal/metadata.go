@@ -34,6 +34,7 @@ func (j *Journaler) refresh(ctx context.Context) error {
 		j.activeSet = activeSet
 	}
 	j.clients = m
+	j.trimLagLocked()
 	return nil
 }
 

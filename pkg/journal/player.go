@@ -120,6 +120,7 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 	}
 	for i := range seq {
 		seq[i].CommitTid = j.commits.allocate(seq[i].ObjectNumber, seq[i].TagTid, seq[i].EntryTid).tid
+		j.lag.add(seq[i].TagTid, seq[i].EntryTid, len(seq[i].Data))
 	}
 	j.mu.Unlock()
 	for _, e := range seq {

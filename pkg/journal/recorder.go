@@ -167,6 +167,7 @@ func (j *Journaler) appendLocked(tagTid uint64, payload []byte) *Future {
 		entryTid = last + 1
 	}
 	j.lastEntryTid[tagTid] = entryTid
+	j.lag.add(tagTid, entryTid, len(payload))
 	w := uint64(j.splayWidth)
 	splay := entryTid % w
 	c := j.commits.allocate(j.activeSet*w+splay, tagTid, entryTid)

@@ -70,6 +70,8 @@ type Options struct {
 	// mount and mkfs/fsck/blkid). Tests put a fake here; bind mounts and
 	// unmounts do not go through it.
 	Mounter *mount.SafeFormatAndMount
+	// Metrics, if set, is told which volumes this node serves.
+	Metrics VolumeMetrics
 }
 
 // Server is the CSI Node service.

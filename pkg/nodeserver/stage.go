@@ -288,6 +288,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
 	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
+	s.metricsServed(rec.VolumeID, dev)
 	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
 	return nil
 }
@@ -367,6 +368,7 @@ func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 	ctx = context.WithoutCancel(ctx)
 	logger := klog.FromContext(ctx)
 	s.stopMonitor(v)
+	s.metricsUnserved(v.rec.VolumeID)
 	if v.loop != nil {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := v.loop.Close(cctx); err != nil {
@@ -446,6 +448,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		}
 	}
 	s.update(func() { v.dev, v.loop = nil, nil })
+	s.metricsUnserved(id)
 	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil && !errors.Is(err, fuseloop.ErrBusy) {
 		return nil, status.Errorf(codes.Internal, "clean up device of %s: %v", id, err)
 	}

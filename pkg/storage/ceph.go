@@ -315,3 +315,28 @@ func (s *cephStorage) opErr(err error) error {
 	}
 	return err
 }
+
+// Connections reports the cached connections (and attempts) by cluster and
+// state.
+func (b *cephBackend) Connections() []ConnectionCount {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []ConnectionCount
+	for key, c := range b.conns {
+		cluster, _, _ := strings.Cut(key, "\x00")
+		state := ConnConnecting
+		select {
+		case <-c.done:
+			if c.st == nil {
+				continue // failed: forgotten at once
+			}
+			state = ConnConnected
+		default:
+		}
+		out = append(out, ConnectionCount{Cluster: cluster, State: state, Count: 1})
+	}
+	for _, st := range b.retired {
+		out = append(out, ConnectionCount{Cluster: st.clusterID, State: ConnRetired, Count: 1})
+	}
+	return out
+}
