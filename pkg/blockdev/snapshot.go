@@ -52,8 +52,6 @@ import (
 // OpFinish, or with an error, the operation is not replayed. Both events
 // and OpFinish are barriers: entries before them are applied first.
 
-// snapOpTimeout bounds a snapshot operation the device runs itself.
-const snapOpTimeout = 30 * time.Second
 
 // snapState is the Device's snapshot state.
 type snapState struct {

@@ -95,12 +95,12 @@ func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map
 	}
 	creds, ok, err := CredentialsFromSecrets(secrets)
 	if err != nil {
-		return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+		return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 	}
 	if !ok {
 		creds, ok, err = LoadCredentialsDir(b.o.CredentialsDir)
 		if err != nil {
-			return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+			return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 		}
 		if !ok {
 			return nil, fmt.Errorf("%w for Ceph cluster %q: the request carries no secrets and the plugin has no default credentials", ErrNoCredentials, cl.ClusterID)
@@ -112,7 +112,7 @@ func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, ceph.ErrClosed)
+		return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, ceph.ErrClosed)
 	}
 	c := b.conns[key]
 	if c == nil {
@@ -145,7 +145,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		ConnectTimeout: b.o.ConnectTimeout, OpTimeout: b.o.OpTimeout,
 	})
 	if err != nil {
-		err = fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+		err = fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 		switch {
 		case errors.Is(err, ceph.ErrMonUnreachable):
 			err = classify(ErrUnreachable, err)
@@ -164,7 +164,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 	b.mu.Unlock()
 	if closed {
 		_ = conn.Close()
-		c.err = fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, ceph.ErrClosed)
+		c.err = fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, ceph.ErrClosed)
 		return
 	}
 	c.st = &cephStorage{c: conn, clusterID: cl.ClusterID, user: creds.User}
@@ -311,7 +311,7 @@ func (s *cephStorage) opErr(err error) error {
 	}
 	switch objstore.Errno(err) {
 	case syscall.EPERM, syscall.EACCES:
-		return fmt.Errorf("Ceph cluster %q, client.%s: %w", s.clusterID, s.user, err)
+		return fmt.Errorf("cluster %q (ceph), client.%s: %w", s.clusterID, s.user, err)
 	}
 	return err
 }
