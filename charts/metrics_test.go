@@ -39,9 +39,11 @@ func TestTemplateMetrics(t *testing.T) {
 		nodePort, ctrlPort     int32
 		services, monitor      bool
 		monitorInterval, label string
+		host                   string
 	}{
 		{name: "defaults", enabled: true, annotations: true, nodePort: 9810, ctrlPort: 9811},
 		{name: "disabled", args: []string{"--set", "metrics.enabled=false"}},
+		{name: "loopback", args: []string{"--set", "metrics.node.host=127.0.0.1", "--set", "metrics.controller.host=127.0.0.1"}, enabled: true, annotations: true, nodePort: 9810, ctrlPort: 9811, host: "127.0.0.1"},
 		{name: "service", args: []string{"--set", "metrics.service.enabled=true"}, enabled: true, annotations: true, nodePort: 9810, ctrlPort: 9811, services: true},
 		{name: "servicemonitor", args: []string{"--set", "metrics.serviceMonitor.enabled=true"}, enabled: true, annotations: true,
 			nodePort: 9810, ctrlPort: 9811, services: true, monitor: true, monitorInterval: "30s"},
@@ -56,7 +58,7 @@ func TestTemplateMetrics(t *testing.T) {
 			ports := map[string]int32{"node": tc.nodePort, "controller": tc.ctrlPort}
 			for role, pod := range pods {
 				c := container(t, pod.Spec, "csi-rbdj")
-				flag := fmt.Sprintf("--metrics-address=:%d", ports[role])
+				flag := fmt.Sprintf("--metrics-address=%s:%d", tc.host, ports[role])
 				hasFlag := slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-address") })
 				if hasFlag != tc.enabled || tc.enabled && !slices.Contains(c.Args, flag) {
 					t.Errorf("%s args %v: want %s: %v", role, c.Args, flag, tc.enabled)
