@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -50,7 +49,6 @@ import (
 // (create) and ENOENT (remove), as librbd's replay does; without an
 // OpFinish, or with an error, the operation is not replayed. Both events
 // and OpFinish are barriers: entries before them are applied first.
-
 
 // snapState is the Device's snapshot state.
 type snapState struct {

@@ -6,7 +6,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )

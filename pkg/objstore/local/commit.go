@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
