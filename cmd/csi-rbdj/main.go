@@ -69,7 +69,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	klog.Flush()
+	flushLogs()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-rbdj %s: %v\n", os.Args[1], err)
 		os.Exit(1)
@@ -137,14 +137,16 @@ func serveMain(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, c)
+	// Everything below logs through the logger of its context (klog's
+	// flags configure it).
+	return serve(klog.NewContext(ctx, klog.Background()), c)
 }
 
 // openBackend opens the configured backend.
-func openBackend(c serveConfig) (storage.Backend, error) {
+func openBackend(ctx context.Context, c serveConfig) (storage.Backend, error) {
 	switch c.backend {
 	case storage.BackendLocal:
-		b, err := storage.OpenLocal(storage.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+		b, err := storage.OpenLocal(storage.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync, Logger: klog.FromContext(ctx)})
 		if err != nil {
 			return nil, err
 		}
@@ -153,6 +155,7 @@ func openBackend(c serveConfig) (storage.Backend, error) {
 		return storage.OpenCeph(storage.CephOptions{
 			ConfigFile: c.cephConfig, CredentialsDir: c.cephCredentialsDir,
 			ConnectTimeout: c.cephConnectTimeout, OpTimeout: c.cephOpTimeout,
+			Logger: klog.FromContext(ctx),
 		})
 	}
 	return nil, fmt.Errorf("unknown backend %q (want local or ceph)", c.backend)
@@ -178,7 +181,7 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	defer pm.stop()
-	st, err := openBackend(c)
+	st, err := openBackend(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -217,14 +220,14 @@ func serve(ctx context.Context, c serveConfig) error {
 		}()
 	}
 	if c.kubeletRegDir != "" {
-		reg, err := listenKubeletRegistration(c)
+		reg, err := listenKubeletRegistration(ctx, c)
 		if err != nil {
 			l.Close()
 			return err
 		}
 		go func() { // ends when reg.Close runs (deferred below)
 			if err := reg.Serve(); err != nil {
-				klog.ErrorS(err, "Kubelet registration server failed")
+				klog.FromContext(ctx).Error(err, "Kubelet registration server failed")
 			}
 		}()
 		// Runs before the node server stops: the kubelet deregisters the driver first.
@@ -234,13 +237,13 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	klog.InfoS("Shutting down", "reason", context.Cause(ctx))
+	klog.FromContext(ctx).Info("Shutting down", "reason", context.Cause(ctx))
 	return nil
 }
 
 // listenKubeletRegistration creates the kubelet plugin-registration socket
 // that points the kubelet at the node plugin's CSI endpoint.
-func listenKubeletRegistration(c serveConfig) (*kubeletreg.Server, error) {
+func listenKubeletRegistration(ctx context.Context, c serveConfig) (*kubeletreg.Server, error) {
 	if c.mode != "node" && c.mode != "all" {
 		return nil, fmt.Errorf("--kubelet-registration-dir needs --mode node or all, not %q", c.mode)
 	}
@@ -252,7 +255,7 @@ func listenKubeletRegistration(c serveConfig) (*kubeletreg.Server, error) {
 		}
 		path = p
 	}
-	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir})
+	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir, Logger: klog.FromContext(ctx)})
 }
 
 func nodeCleanupMain(args []string) error {

@@ -61,7 +61,7 @@ func (m *pluginMetrics) start(ctx context.Context, b storage.Backend) {
 	go func() { // owned by m: stop waits for it
 		defer m.wg.Done()
 		if err := m.srv.Serve(sctx); err != nil {
-			klog.ErrorS(err, "Metrics server failed")
+			klog.FromContext(sctx).Error(err, "Metrics server failed")
 		}
 	}()
 }

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -51,7 +49,6 @@ import (
 // (create) and ENOENT (remove), as librbd's replay does; without an
 // OpFinish, or with an error, the operation is not replayed. Both events
 // and OpFinish are barriers: entries before them are applied first.
-
 
 // snapState is the Device's snapshot state.
 type snapState struct {
@@ -249,10 +246,10 @@ func (d *Device) createSnapshot(ctx context.Context, ns clsrbd.SnapshotNamespace
 	}
 	if d.lock != nil {
 		if err := d.lock.NotifyHeaderUpdate(ctx); err != nil {
-			klog.V(1).InfoS("Header update notification after a snapshot failed", "image", d.img.Name(), "err", err)
+			d.log.V(1).Info("Header update notification after a snapshot failed", "image", d.img.Name(), "err", err)
 		}
 	}
-	klog.InfoS("Snapshot created by the lock owner", "image", d.img.Name(), "snapshot", name, "namespace", ns.String(), "id", id, "opTid", opTid, "duration", time.Since(start).Round(time.Millisecond))
+	d.log.Info("Snapshot created by the lock owner", "image", d.img.Name(), "snapshot", name, "namespace", ns.String(), "id", id, "opTid", opTid, "duration", time.Since(start).Round(time.Millisecond))
 	return id, nil
 }
 
@@ -302,7 +299,7 @@ func (d *Device) addSnapshot(ctx context.Context, ns clsrbd.SnapshotNamespace, n
 		}
 		// librbd releases the id of a snapshot it failed to add.
 		if rerr := sn.SelfManagedSnapRemove(context.WithoutCancel(ctx), id); rerr != nil {
-			klog.V(1).InfoS("Releasing an unused snapshot id failed", "image", d.img.Name(), "id", id, "err", rerr)
+			d.log.V(1).Info("Releasing an unused snapshot id failed", "image", d.img.Name(), "id", id, "err", rerr)
 		}
 		return 0, fmt.Errorf("add snapshot %q: %w", name, err)
 	}
@@ -336,10 +333,10 @@ func (d *Device) removeSnapshot(ctx context.Context, info clsrbd.SnapshotInfo, j
 	}
 	if d.lock != nil {
 		if err := d.lock.NotifyHeaderUpdate(ctx); err != nil {
-			klog.V(1).InfoS("Header update notification after a snapshot removal failed", "image", d.img.Name(), "err", err)
+			d.log.V(1).Info("Header update notification after a snapshot removal failed", "image", d.img.Name(), "err", err)
 		}
 	}
-	klog.InfoS("Snapshot removed by the lock owner", "image", d.img.Name(), "snapshot", info.Name, "namespace", info.Namespace.String(), "id", info.ID, "opTid", opTid, "duration", time.Since(start).Round(time.Millisecond))
+	d.log.Info("Snapshot removed by the lock owner", "image", d.img.Name(), "snapshot", info.Name, "namespace", info.Namespace.String(), "id", info.ID, "opTid", opTid, "duration", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

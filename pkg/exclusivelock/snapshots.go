@@ -6,8 +6,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
@@ -131,8 +129,8 @@ func (l *Lock) logResult(what string, req *rbdnotify.AsyncRequestID, err error, 
 		kv = append(kv, "request", req.String())
 	}
 	if err != nil {
-		klog.ErrorS(err, "Proxied maintenance operation failed", kv...)
+		l.log.Error(err, "Proxied maintenance operation failed", kv...)
 		return
 	}
-	klog.InfoS("Proxied maintenance operation done by the lock owner", kv...)
+	l.log.Info("Proxied maintenance operation done by the lock owner", kv...)
 }

@@ -21,8 +21,9 @@ const shutdownTimeout = 5 * time.Second
 
 // Server serves the metrics of a registry over HTTP.
 type Server struct {
-	l   net.Listener
-	srv *http.Server
+	l      net.Listener
+	srv    *http.Server
+	errLog *errorLog
 }
 
 // Listen binds addr (host:port; ":9810" for every interface) now, so that
@@ -36,10 +37,11 @@ func Listen(addr string, g prometheus.Gatherer) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen on %q (--metrics-address): %w", addr, err)
 	}
+	el := &errorLog{}
 	mux := http.NewServeMux()
 	mux.Handle(Path, promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorHandling:       promhttp.ContinueOnError,
-		ErrorLog:            errorLog{},
+		ErrorLog:            el,
 		MaxRequestsInFlight: 4,
 		Timeout:             30 * time.Second,
 	}))
@@ -50,7 +52,7 @@ func Listen(addr string, g prometheus.Gatherer) (*Server, error) {
 		}
 		fmt.Fprintf(w, "csi-rbdj metrics: %s\n", Path)
 	})
-	return &Server{l: l, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+	return &Server{l: l, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, errLog: el}, nil
 }
 
 // Addr is the bound address (the port chosen for ":0").
@@ -60,6 +62,7 @@ func (s *Server) Addr() net.Addr { return s.l.Addr() }
 // flight get a few seconds). It returns nil after a shutdown, or why
 // serving failed.
 func (s *Server) Serve(ctx context.Context) error {
+	s.errLog.log = klog.FromContext(ctx) // set before the first scrape can run
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(s.l) }() // ends with Shutdown/Close below
 	klog.FromContext(ctx).Info("Serving metrics", "address", s.l.Addr().String(), "path", Path)
@@ -93,9 +96,10 @@ func (s *Server) Close() error {
 	return err
 }
 
-// errorLog sends promhttp's errors (a collector that failed) to klog.
-type errorLog struct{}
+// errorLog sends promhttp's errors (a collector that failed) to the logger
+// of Serve's context.
+type errorLog struct{ log klog.Logger }
 
-func (errorLog) Println(v ...any) {
-	klog.ErrorS(nil, "Metrics collection error", "err", fmt.Sprint(v...))
+func (e *errorLog) Println(v ...any) {
+	e.log.Error(nil, "Metrics collection error", "err", fmt.Sprint(v...))
 }

@@ -121,7 +121,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		}
 	}
 	s.set(want.VolumeID, v)
-	s.startMonitor(v)
+	s.startMonitor(ctx, v)
 	logger.Info("Volume staged", "device", v.rec.Device, "block", v.rec.Block, "fsType", v.rec.FsType,
 		"ackPolicy", v.rec.AckPolicy, "tag", v.dev.Tag(), "duration", time.Since(start).Round(time.Millisecond))
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -433,7 +433,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if v.loop != nil {
 		if err := v.loop.Close(ctx); err != nil {
 			if errors.Is(err, fuseloop.ErrBusy) && v.loop.Err() == nil {
-				s.startMonitor(v)
+				s.startMonitor(ctx, v)
 				return nil, status.Errorf(codes.FailedPrecondition, "loop device %s of volume %s is still in use: %v", v.rec.Device, id, err)
 			}
 			logger.Error(err, "Detaching the loop device failed; aborting its FUSE connection")

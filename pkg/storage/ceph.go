@@ -27,7 +27,8 @@ const CephBuilt = true
 // one librados connection per (cluster, monitors, user, key digest), made
 // on first use and kept until Close.
 type cephBackend struct {
-	o CephOptions
+	o   CephOptions
+	log klog.Logger // o.Logger
 
 	// ctx ends with Close: it cancels connection attempts in flight.
 	ctx    context.Context
@@ -64,8 +65,13 @@ func OpenCeph(o CephOptions) (Backend, error) {
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = ceph.DefaultOpTimeout
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &cephBackend{o: o, ctx: ctx, cancel: cancel, conns: map[string]*cephConn{}}, nil
+	log := o.Logger
+	if log.GetSink() == nil {
+		log = klog.Background()
+	}
+	// The connections (and their watch callbacks) log through log.
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), log))
+	return &cephBackend{o: o, log: log, ctx: ctx, cancel: cancel, conns: map[string]*cephConn{}}, nil
 }
 
 func (b *cephBackend) Kind() string { return BackendCeph }
@@ -156,7 +162,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		delete(b.conns, key)
 		b.mu.Unlock()
 		c.err = err
-		klog.V(2).InfoS("Connecting to a Ceph cluster failed", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "err", err)
+		b.log.V(2).Info("Connecting to a Ceph cluster failed", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "err", err)
 		return
 	}
 	b.mu.Lock()
@@ -168,7 +174,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		return
 	}
 	c.st = &cephStorage{c: conn, clusterID: cl.ClusterID, user: creds.User}
-	klog.InfoS("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
+	b.log.Info("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
 }
 
 // Forget drops st from the cache: the next request for its cluster and
@@ -183,7 +189,7 @@ func (b *cephBackend) Forget(st Storage) {
 		if c.st != nil && Storage(c.st) == st {
 			delete(b.conns, key)
 			b.retired = append(b.retired, c.st)
-			klog.InfoS("Dropped a fenced Ceph connection; the next request connects anew", "cluster", c.st.clusterID, "user", c.st.user, "addr", c.st.c.Client().Addr)
+			b.log.Info("Dropped a fenced Ceph connection; the next request connects anew", "cluster", c.st.clusterID, "user", c.st.user, "addr", c.st.c.Client().Addr)
 		}
 	}
 }

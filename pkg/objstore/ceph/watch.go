@@ -132,7 +132,7 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 // callback (ours never block).
 func (c *Cluster) flushWatchCallbacks() {
 	if err := c.conn.WatcherFlush(); err != nil {
-		klog.V(2).InfoS("Flushing watch callbacks failed", "err", err)
+		c.log.V(2).Info("Flushing watch callbacks failed", "err", err)
 	}
 }
 
@@ -205,7 +205,7 @@ func (w *watch) ack(notifyID, cookie uint64, reply []byte) {
 	defer w.c.exit()
 	if r := C.csi_notify_ack(w.p.io, cstr(w.oid), C.size_t(len(w.oid)), C.uint64_t(notifyID), C.uint64_t(cookie),
 		cbuf(reply), C.size_t(len(reply))); r < 0 {
-		klog.V(2).InfoS("Acknowledging a notification failed", "oid", w.oid, "notify", notifyID, "err", errnoOf(r))
+		w.c.log.V(2).Info("Acknowledging a notification failed", "oid", w.oid, "notify", notifyID, "err", errnoOf(r))
 	}
 }
 
@@ -267,7 +267,7 @@ func (p *Pool) Notify(ctx context.Context, oid string, payload []byte, timeout t
 func (p *Pool) fillAddrs(ctx context.Context, oid string, res *objstore.NotifyResult) {
 	ws, err := p.ListWatchers(ctx, oid)
 	if err != nil {
-		klog.V(2).InfoS("Listing watchers for a notify result failed", "oid", oid, "err", err)
+		klog.FromContext(ctx).V(2).Info("Listing watchers for a notify result failed", "oid", oid, "err", err)
 		return
 	}
 	type key struct{ id, cookie uint64 }

@@ -76,7 +76,7 @@ func (c *Cluster) Blocklist(ctx context.Context, addr string, expire time.Durati
 			os.Remove(path)
 		}
 	})
-	klog.InfoS("local cluster: client blocklisted", "dir", c.dir, "addr", addr, "expire", expire)
+	klog.FromContext(ctx).Info("local cluster: client blocklisted", "dir", c.dir, "addr", addr, "expire", expire)
 	return nil
 }
 
@@ -85,7 +85,7 @@ func (c *Cluster) Unblocklist(ctx context.Context, addr string) error {
 	if err := c.setBlocklist(ctx, addr, 0); err != nil {
 		return err
 	}
-	klog.InfoS("local cluster: client unblocklisted", "dir", c.dir, "addr", addr)
+	klog.FromContext(ctx).Info("local cluster: client unblocklisted", "dir", c.dir, "addr", addr)
 	return nil
 }
 

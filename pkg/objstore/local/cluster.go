@@ -36,6 +36,9 @@ type Options struct {
 	// DefaultNotifyTimeout is used by Notify when it is given timeout 0.
 	// Default 10s (librados' client_notify_timeout).
 	DefaultNotifyTimeout time.Duration
+	// Logger logs the client's own events (recovery, commits, checkpoints):
+	// they belong to no request. Default klog.Background().
+	Logger klog.Logger
 }
 
 // Cluster is one client instance of a local cluster directory.
@@ -45,6 +48,7 @@ type Cluster struct {
 	client objstore.ClientInfo
 	nonce  uint32
 	stats  stats
+	log    klog.Logger // Options.Logger
 
 	openLockF   *os.File // flock: shared while open; exclusive for first-open recovery
 	commitLockF *os.File // flock: exclusive while committing
@@ -116,6 +120,9 @@ func Open(dir string, opts Options) (*Cluster, error) {
 	if opts.DefaultNotifyTimeout <= 0 {
 		opts.DefaultNotifyTimeout = defaultNotifyTimeout
 	}
+	if opts.Logger.GetSink() == nil {
+		opts.Logger = klog.Background()
+	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -128,6 +135,7 @@ func Open(dir string, opts Options) (*Cluster, error) {
 	c := &Cluster{
 		dir:       dir,
 		opts:      opts,
+		log:       opts.Logger,
 		commitMu:  newChanMutex(),
 		kick:      make(chan struct{}, 1),
 		poolsByID: map[int64]*pool{},
@@ -189,7 +197,7 @@ func Open(dir string, opts Options) (*Cluster, error) {
 	go c.maintain()
 	liveClients.Store(liveKey{c.dir, c.nonce}, c)
 	ok = true
-	klog.V(2).InfoS("local cluster opened", "dir", dir, "client", c.client.Name(), "addr", c.client.Addr, "recovered", first)
+	c.log.V(2).Info("local cluster opened", "dir", dir, "client", c.client.Name(), "addr", c.client.Addr, "recovered", first)
 	return c, nil
 }
 
@@ -228,7 +236,7 @@ func (c *Cluster) Close() error {
 		if err := c.lockCommit(ctx); err == nil {
 			if c.shm.logEnd().Load() > walHeaderSize {
 				if err := c.checkpoint(); err != nil {
-					klog.ErrorS(err, "local cluster: checkpoint at close failed", "dir", c.dir)
+					c.log.Error(err, "local cluster: checkpoint at close failed", "dir", c.dir)
 				}
 			}
 			c.unlockCommit()
@@ -243,7 +251,7 @@ func (c *Cluster) Close() error {
 	}
 	c.closeFiles()
 	c.life.Unlock()
-	klog.V(2).InfoS("local cluster closed", "dir", c.dir, "client", c.client.Name())
+	c.log.V(2).Info("local cluster closed", "dir", c.dir, "client", c.client.Name())
 	return nil
 }
 

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -299,13 +297,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	if err := c.preallocWAL(logEnd + int64(len(buf))); err != nil {
 		s.busy().Store(0)
-		klog.ErrorS(err, "local cluster: log preallocation failed", "dir", c.dir)
+		c.log.Error(err, "local cluster: log preallocation failed", "dir", c.dir)
 		fail(err)
 		return
 	}
 	if _, err := c.wal.WriteAt(buf, logEnd); err != nil {
 		c.abandonLogged(logEnd)
-		klog.ErrorS(err, "local cluster: log write failed", "dir", c.dir)
+		c.log.Error(err, "local cluster: log write failed", "dir", c.dir)
 		fail(err)
 		return
 	}
@@ -324,7 +322,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 		c.stats.syncs.Add(1)
 		if err := c.sync(c.wal); err != nil {
 			c.abandonLogged(logEnd)
-			klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
+			c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
 			fail(err)
 			return
 		}
@@ -333,7 +331,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 		if err := c.applyLogged(pr.rec); err != nil {
 			// The records are durable; the next commit-lock holder replays
 			// them (busy stays set). Report the outcome as unknown.
-			klog.ErrorS(err, "local cluster: applying a logged operation failed", "dir", c.dir, "oid", pr.rec.oid)
+			c.log.Error(err, "local cluster: applying a logged operation failed", "dir", c.dir, "oid", pr.rec.oid)
 			fail(err)
 			return
 		}
@@ -352,7 +350,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	if int64(s.logEnd().Load()) > c.opts.MaxLogBytes {
 		if err := c.checkpoint(); err != nil {
-			klog.ErrorS(err, "local cluster: checkpoint failed", "dir", c.dir)
+			c.log.Error(err, "local cluster: checkpoint failed", "dir", c.dir)
 		}
 	}
 }

@@ -101,7 +101,7 @@ func (c *Cluster) Pool(ctx context.Context, name string) (objstore.Pool, error) 
 	if err := c.refreshPools(true); err != nil {
 		return nil, err
 	}
-	klog.V(1).InfoS("local cluster: pool created", "dir", c.dir, "pool", name, "id", id)
+	klog.FromContext(ctx).V(1).Info("local cluster: pool created", "dir", c.dir, "pool", name, "id", id)
 	return c.lookupPool(name, 0), nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 )
 
 // The commit lock and recovery: a committer that died holding the commit
@@ -92,9 +91,9 @@ func (c *Cluster) fullRecover() error {
 	s.busy().Store(0)
 	c.gcClients()
 	if n > 0 {
-		klog.InfoS("local cluster recovered", "dir", c.dir, "records", n, "nextLSN", next, "duration", time.Since(start))
+		c.log.Info("local cluster recovered", "dir", c.dir, "records", n, "nextLSN", next, "duration", time.Since(start))
 	} else {
-		klog.V(2).InfoS("local cluster opened clean", "dir", c.dir, "nextLSN", next)
+		c.log.V(2).Info("local cluster opened clean", "dir", c.dir, "nextLSN", next)
 	}
 	return nil
 }
@@ -127,7 +126,7 @@ func (c *Cluster) recoverIfBusy() error {
 	s.commitSeq().Add(1)
 	s.busy().Store(0)
 	c.takeovers.Add(1)
-	klog.InfoS("local cluster: finished a dead committer's batch", "dir", c.dir, "records", n)
+	c.log.Info("local cluster: finished a dead committer's batch", "dir", c.dir, "records", n)
 	return nil
 }
 

@@ -272,7 +272,7 @@ func (p *pool) SelfManagedSnapCreate(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, &objstore.OpError{Op: "selfmanaged-snap-create", Err: err}
 	}
-	klog.V(2).InfoS("local cluster: snapshot id allocated", "pool", p.name, "snap", reg.Seq)
+	klog.FromContext(ctx).V(2).Info("local cluster: snapshot id allocated", "pool", p.name, "snap", reg.Seq)
 	return reg.Seq, nil
 }
 
