@@ -434,6 +434,27 @@ X
 }
 
 # ---- check 3 ------------------------------------------------------------------
+# sts_ready: waits (180 s) until StatefulSet web is rolled out. A replica created
+# together with its claim can be found unschedulable while the claim is still
+# unbound ("unbound immediate PersistentVolumeClaims"), and the scheduler may
+# take up to 5 minutes to retry it (seen once: 3 min). Such a pod whose claim
+# is Bound by now is deleted; the StatefulSet re-creates it and it schedules.
+sts_ready() {
+  local i p
+  for i in $(seq 1 36); do
+    K rollout status statefulset/web --timeout=5s >/dev/null 2>&1 && return 0
+    for p in web-0 web-1; do
+      if [ "$(K get pod "$p" -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].reason}' 2>/dev/null)" = Unschedulable ] &&
+        [ "$(K get pvc "data-$p" -o jsonpath='{.status.phase}' 2>/dev/null)" = Bound ]; then
+        log "$p unschedulable although data-$p is Bound: re-creating it"
+        K delete pod "$p" --wait=false >/dev/null
+      fi
+    done
+  done
+  log "StatefulSet web not ready after 180 s"
+  K get pods -o wide >&2
+  return 1
+}
 check3() {
   K apply -f - >/dev/null <<X
 apiVersion: apps/v1
@@ -464,7 +485,7 @@ spec:
         storageClassName: $SC
         resources: {requests: {storage: 256Mi}}
 X
-  K rollout status statefulset/web --timeout=180s >/dev/null
+  sts_ready || return 1
   local p before after
   declare -A ids
   for p in web-0 web-1; do
@@ -475,7 +496,7 @@ X
   K delete pod web-0 web-1 --wait=true >/dev/null
   log "deleted web-0 and web-1; waiting for the StatefulSet to re-create them"
   sleep 1
-  K rollout status statefulset/web --timeout=180s >/dev/null
+  sts_ready || return 1
   K wait pod/web-0 pod/web-1 --for=condition=Ready --timeout=120s >/dev/null
   for p in web-0 web-1; do
     after=$(K exec "$p" -- bash -c 'cat /data/id; cat /data/blob.sha256; cd /data && sha256sum -c --quiet blob.sha256')
