@@ -1,0 +1,509 @@
+//go:build linux
+
+// Package handovertest drives handover tests on the real kernel: a serving
+// child process that attaches or adopts a device through a holder, and a
+// filesystem writer that measures the pauses the restarts cause. Used by
+// the tests of fuseloop (file backend) and blockdev (journaled device).
+package handovertest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fuseholder"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+)
+
+// Child configures Serve (in the child process).
+type Child struct {
+	StateDir string
+	Name     string
+	Socket   string // holder socket
+}
+
+// Serve is the body of a serving child: it adopts the connection the
+// holder has under Name, or attaches a new device and gives it to the
+// holder; prints "READY <loop device> <adopted>"; then serves until
+// SIGTERM (planned stop: Handoff, then closeBackend) or SIGKILL. It
+// returns the process exit code.
+func Serve(c Child, b fuseloop.Backend, closeBackend func() error) int {
+	ctx := context.Background()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	hc := fuseholder.NewClient(c.Socket)
+	var d *fuseloop.Device
+	adopted := false
+	f, meta, alive, err := hc.Get(ctx, c.Name)
+	switch {
+	case err == nil:
+		m, perr := fuseloop.ParseMeta(meta)
+		if perr != nil {
+			f.Close()
+			fmt.Fprintf(os.Stderr, "child: bad metadata: %v\n", perr)
+			return 3
+		}
+		start := time.Now()
+		d, err = fuseloop.Adopt(ctx, f, m, b, fuseloop.AdoptOptions{RequestTimeout: 60 * time.Second})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "child: adopt (alive %v): %v\n", alive, err)
+			return 3
+		}
+		adopted = true
+		fmt.Fprintf(os.Stderr, "child: adopted in %s\n", time.Since(start))
+	case errors.Is(err, fuseholder.ErrNotFound):
+		d, err = fuseloop.Attach(ctx, b, fuseloop.Options{StateDir: c.StateDir, Name: c.Name, RequestTimeout: 60 * time.Second})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "child: attach: %v\n", err)
+			return 3
+		}
+		df, err := d.DupFile()
+		if err == nil {
+			var mb []byte
+			if mb, err = d.Meta(true).Marshal(); err == nil {
+				err = hc.Put(ctx, c.Name, df, mb)
+			}
+			df.Close()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "child: put: %v\n", err)
+			return 3
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "child: holder: %v\n", err)
+		return 3
+	}
+	fmt.Printf("READY %s %v\n", d.Path(), adopted)
+	// Report resent requests as they are served.
+	var last uint64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if n := d.Resent(); n != last {
+				last = n
+				fmt.Printf("RESENT %d\n", n)
+			}
+			continue
+		case <-d.Done():
+			fmt.Fprintf(os.Stderr, "child: device stopped: %v\n", d.Err())
+			return 4
+		case <-sig:
+		}
+		break
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := d.Handoff(hctx); err != nil {
+		fmt.Fprintf(os.Stderr, "child: handoff: %v\n", err)
+		return 5
+	}
+	if closeBackend != nil {
+		if err := closeBackend(); err != nil {
+			fmt.Fprintf(os.Stderr, "child: close backend: %v\n", err)
+			return 6
+		}
+	}
+	fmt.Fprintf(os.Stderr, "child: handed off in %s (resent served: %d)\n", time.Since(start), d.Resent())
+	return 0
+}
+
+// Proc is a running serving child.
+type Proc struct {
+	*testproc.Proc
+	Dev     string
+	Adopted bool
+	mu      sync.Mutex
+	resent  uint64
+}
+
+// Resent is the last count of resent requests the child reported.
+func (p *Proc) Resent() uint64 { p.mu.Lock(); defer p.mu.Unlock(); return p.resent }
+
+// Start starts cmd (a testproc.Command running Serve) and waits for READY.
+func Start(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{Proc: testproc.Start(t, cmd)}
+	ready := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(p.Stdout)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			switch {
+			case len(f) == 3 && f[0] == "READY":
+				ready <- f
+			case len(f) == 2 && f[0] == "RESENT":
+				var n uint64
+				fmt.Sscan(f[1], &n)
+				p.mu.Lock()
+				p.resent = n
+				p.mu.Unlock()
+			}
+		}
+		close(ready)
+	}()
+	go func() { _ = p.Wait() }()
+	select {
+	case f, ok := <-ready:
+		if !ok {
+			_ = p.Wait()
+			t.Fatalf("serving child exited before READY: %v\n%s", p.Cmd.ProcessState, p.Stderr.String())
+		}
+		p.Dev, p.Adopted = f[1], f[2] == "true"
+	case <-time.After(60 * time.Second):
+		t.Fatalf("serving child not ready:\n%s", p.Stderr.String())
+	}
+	return p
+}
+
+// Writer keeps creating, fsyncing and re-reading files in a directory.
+type Writer struct {
+	dir  string
+	stop chan struct{}
+	done chan struct{}
+
+	mu       sync.Mutex
+	files    []string
+	errs     []error
+	ops      int
+	maxPause time.Duration
+	lastOp   time.Time
+}
+
+// Content is the content of file seq (4 KiB to 128 KiB, deterministic).
+func Content(seq int) []byte {
+	r := rand.New(rand.NewPCG(uint64(seq), 13))
+	b := make([]byte, 4096+r.IntN(124<<10))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// StartWriter starts the writer in dir.
+func StartWriter(dir string) *Writer {
+	w := &Writer{dir: dir, stop: make(chan struct{}), done: make(chan struct{}), lastOp: time.Now()}
+	go w.run()
+	return w
+}
+
+func (w *Writer) run() {
+	defer close(w.done)
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	for seq := 0; ; seq++ {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		start := time.Now()
+		name := filepath.Join(w.dir, fmt.Sprintf("f%06d", seq))
+		err := writeSync(name, w.dir, Content(seq))
+		if err == nil {
+			err = check(name, seq)
+		}
+		w.mu.Lock()
+		if err == nil && len(w.files) > 0 {
+			// Re-read an earlier file (from the page cache or the device).
+			i := r.IntN(len(w.files))
+			w.mu.Unlock()
+			err = check(w.files[i], i)
+			w.mu.Lock()
+		}
+		pause := time.Since(start)
+		if pause > w.maxPause {
+			w.maxPause = pause
+		}
+		w.ops++
+		if err != nil {
+			w.errs = append(w.errs, err)
+		} else {
+			w.files = append(w.files, name)
+		}
+		nerr := len(w.errs)
+		w.mu.Unlock()
+		if nerr > 0 {
+			return // the first error ends the writer: the test fails
+		}
+	}
+}
+
+func writeSync(name, dir string, data []byte) error {
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func check(name string, seq int) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	if !bytes.Equal(b, Content(seq)) {
+		return fmt.Errorf("%s: content differs (%d bytes)", name, len(b))
+	}
+	return nil
+}
+
+// Stats returns the operations done, the errors seen and the longest pause
+// (one create+write+fsync+dirfsync+read-back iteration).
+func (w *Writer) Stats() (ops int, errs []error, maxPause time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ops, append([]error(nil), w.errs...), w.maxPause
+}
+
+// Stop stops the writer, waiting at most timeout; false if it is stuck.
+func (w *Writer) Stop(timeout time.Duration) bool {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	select {
+	case <-w.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Done is closed when the writer stopped (error or Stop).
+func (w *Writer) Done() <-chan struct{} { return w.done }
+
+// Verify re-reads every file written (after a remount: from the device).
+func (w *Writer) Verify() error {
+	w.mu.Lock()
+	files := append([]string(nil), w.files...)
+	w.mu.Unlock()
+	for i, name := range files {
+		if err := check(name, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Files is the number of files written and verified.
+func (w *Writer) Files() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.files) }
+
+// Restarts is the whole scenario: the first child attaches, ext4 is made
+// and mounted, the writer runs; then the child is SIGKILLed kills times at
+// random moments and stopped with SIGTERM terms times, a successor
+// adopting each time. The writer must see no error, the loop device and
+// the mount must stay the same, every file must verify after a remount,
+// and e2fsck must find the filesystem clean. abort aborts the FUSE
+// connection (emergency: a stuck writer); cleanup tears everything down
+// at the end (after the filesystem was unmounted).
+func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, abort func()) {
+	t.Helper()
+	p := start(t)
+	if p.Adopted {
+		t.Fatalf("first child adopted a connection: stale holder state")
+	}
+	dev := p.Dev
+	run(t, "mkfs.ext4", "-F", "-q", dev)
+	mnt := t.TempDir()
+	if err := syscall.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	w := StartWriter(mnt)
+	defer func() {
+		if !w.Stop(60 * time.Second) {
+			t.Errorf("writer stuck; aborting the connection")
+			abort()
+			w.Stop(30 * time.Second)
+		}
+	}()
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
+	var totalResent uint64
+	var worstAdopt time.Duration
+	for i := 0; i < kills+terms; i++ {
+		time.Sleep(time.Duration(100+r.IntN(400)) * time.Millisecond)
+		planned := i >= kills
+		opsBefore, _, _ := w.Stats()
+		if planned {
+			_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+		} else {
+			_ = p.Cmd.Process.Signal(syscall.SIGKILL)
+		}
+		select {
+		case <-p.Exited():
+		case <-time.After(30 * time.Second):
+			abort()
+			t.Fatalf("restart %d: child did not exit", i)
+		}
+		if planned && !p.Cmd.ProcessState.Success() {
+			t.Fatalf("restart %d: planned stop failed: %v\n%s", i, p.Cmd.ProcessState, p.Stderr.String())
+		}
+		totalResent += p.Resent()
+		t0 := time.Now()
+		p = start(t)
+		worstAdopt = max(worstAdopt, time.Since(t0))
+		if !p.Adopted || p.Dev != dev {
+			t.Fatalf("restart %d: successor adopted=%v device %s, want adoption of %s", i, p.Adopted, p.Dev, dev)
+		}
+		if _, errs, _ := w.Stats(); len(errs) > 0 {
+			t.Fatalf("restart %d (planned %v): writer error: %v", i, planned, errs[0])
+		}
+		// Let the writer make progress on the successor before the next kill.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ops, errs, _ := w.Stats()
+			if len(errs) > 0 {
+				t.Fatalf("restart %d (planned %v): writer error: %v", i, planned, errs[0])
+			}
+			if ops > opsBefore+1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				abort()
+				t.Fatalf("restart %d: writer made no progress after the successor adopted\n%s", i, p.Stderr.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if !w.Stop(60 * time.Second) {
+		abort()
+		t.Fatalf("writer stuck at the end")
+	}
+	ops, errs, maxPause := w.Stats()
+	t.Logf("%d SIGKILL + %d SIGTERM restarts: writer did %d iterations (create+write+fsync+dirfsync+re-read), %d files, %d I/O errors, longest pause %s; successor start-to-READY at most %s; resent requests served (SIGTERM children report; killed ones may not have printed): %d",
+		kills, terms, ops, w.Files(), len(errs), maxPause.Round(time.Millisecond), worstAdopt.Round(time.Millisecond), totalResent)
+	if len(errs) > 0 {
+		t.Fatalf("writer errors: %v", errs)
+	}
+	mi := mountSource(mnt)
+	if mi != dev {
+		t.Errorf("mount at %s is %q at the end, want %s", mnt, mi, dev)
+	}
+	// Remount to read everything from the device, not the page cache.
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatalf("unmount: %v", err)
+	}
+	if err := syscall.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+		t.Fatalf("remount: %v", err)
+	}
+	if err := w.Verify(); err != nil {
+		t.Errorf("after remount: %v", err)
+	}
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatalf("unmount: %v", err)
+	}
+	out := run(t, "e2fsck", "-f", "-n", dev)
+	t.Logf("e2fsck: %s", lastLine(out))
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+// mountSource is the source of the topmost mount at dir.
+func mountSource(dir string) string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	src := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 10 || f[4] != dir {
+			continue
+		}
+		for i := 6; i+2 < len(f); i++ {
+			if f[i] == "-" {
+				src = f[i+2]
+			}
+		}
+	}
+	return src
+}
+
+// AbortMount aborts the FUSE connection mounted at mnt (emergency: nothing
+// may stay blocked on it). It returns the connection id (0: none).
+func AbortMount(mnt string) uint64 {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 10 || f[4] != mnt {
+			continue
+		}
+		var maj, min uint64
+		if _, err := fmt.Sscanf(f[2], "%d:%d", &maj, &min); err != nil {
+			continue
+		}
+		conn := maj<<20 | min
+		_ = os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", conn), []byte("1"), 0)
+		return conn
+	}
+	return 0
+}
+
+// StartHolder runs a holder in the calling (test) process: the serving
+// children come and go, the test process keeps the connections.
+func StartHolder(t *testing.T) (*fuseholder.Server, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "holder.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := fuseholder.Listen(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); srv.Close(); <-done })
+	return srv, sock
+}
