@@ -178,12 +178,22 @@ type Writer struct {
 	done chan struct{}
 
 	mu       sync.Mutex
-	files    []string
+	files    []file // written and verified, oldest first (at most maxFiles)
+	written  int    // files written and verified in all
 	errs     []error
 	ops      int
 	maxPause time.Duration
 	lastOp   time.Time
 }
+
+type file struct {
+	name string
+	seq  int
+}
+
+// maxFiles bounds the files kept: older ones are removed, so the writer can
+// run for ever on a small filesystem.
+const maxFiles = 300
 
 // Content is the content of file seq (4 KiB to 128 KiB, deterministic).
 func Content(seq int) []byte {
@@ -220,9 +230,18 @@ func (w *Writer) run() {
 		w.mu.Lock()
 		if err == nil && len(w.files) > 0 {
 			// Re-read an earlier file (from the page cache or the device).
-			i := r.IntN(len(w.files))
+			f := w.files[r.IntN(len(w.files))]
 			w.mu.Unlock()
-			err = check(w.files[i], i)
+			err = check(f.name, f.seq)
+			w.mu.Lock()
+		}
+		if err == nil && len(w.files) >= maxFiles {
+			old := w.files[0]
+			w.files = w.files[1:]
+			w.mu.Unlock()
+			if rerr := os.Remove(old.name); rerr != nil {
+				err = rerr
+			}
 			w.mu.Lock()
 		}
 		pause := time.Since(start)
@@ -233,7 +252,8 @@ func (w *Writer) run() {
 		if err != nil {
 			w.errs = append(w.errs, err)
 		} else {
-			w.files = append(w.files, name)
+			w.files = append(w.files, file{name, seq})
+			w.written++
 		}
 		nerr := len(w.errs)
 		w.mu.Unlock()
@@ -310,18 +330,18 @@ func (w *Writer) Done() <-chan struct{} { return w.done }
 // Verify re-reads every file written (after a remount: from the device).
 func (w *Writer) Verify() error {
 	w.mu.Lock()
-	files := append([]string(nil), w.files...)
+	files := append([]file(nil), w.files...)
 	w.mu.Unlock()
-	for i, name := range files {
-		if err := check(name, i); err != nil {
+	for _, f := range files {
+		if err := check(f.name, f.seq); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// Files is the number of files written and verified.
-func (w *Writer) Files() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.files) }
+// Files is the number of files written and verified in all.
+func (w *Writer) Files() int { w.mu.Lock(); defer w.mu.Unlock(); return w.written }
 
 // Restarts is the whole scenario: the first child attaches, ext4 is made
 // and mounted, the writer runs; then the child is SIGKILLed kills times at
@@ -343,7 +363,16 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 	if err := syscall.Mount(dev, mnt, "ext4", 0, ""); err != nil {
 		t.Fatalf("mount: %v", err)
 	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	t.Cleanup(func() {
+		if mountSource(mnt) == "" {
+			return // unmounted by the test
+		}
+		// The test failed midway and its serving children may be dead
+		// already (their cleanups run first): abort the connection so the
+		// unmount cannot block on writes nobody will serve.
+		abort()
+		_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+	})
 	w := StartWriter(mnt)
 	defer func() {
 		if !w.Stop(60 * time.Second) {
@@ -406,7 +435,7 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 		t.Fatalf("writer stuck at the end")
 	}
 	ops, errs, maxPause := w.Stats()
-	t.Logf("%d SIGKILL + %d SIGTERM restarts: writer did %d iterations (create+write+fsync+dirfsync+re-read), %d files, %d I/O errors, longest pause %s; successor start-to-READY at most %s; resent requests served (SIGTERM children report; killed ones may not have printed): %d",
+	t.Logf("%d SIGKILL + %d SIGTERM restarts: writer did %d iterations (create+write+fsync+dirfsync+re-read+remove), %d files, %d I/O errors, longest pause %s; successor start-to-READY at most %s; resent requests served (SIGTERM children report; killed ones may not have printed): %d",
 		kills, terms, ops, w.Files(), len(errs), maxPause.Round(time.Millisecond), worstAdopt.Round(time.Millisecond), totalResent)
 	if len(errs) > 0 {
 		t.Fatalf("writer errors: %v", errs)
