@@ -1,0 +1,88 @@
+package blockdev
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fuseholder"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+)
+
+// TestHandoverServeHelper is the serving child of TestHandoverJournaled: it
+// opens the journaled device (taking the lock over from a dead predecessor
+// and replaying its journal, as after any crash), then adopts the FUSE
+// connection the holder kept (fuseloop.Adopt: NOTIFY_RESEND, serve) or, the
+// first time, attaches a new one and gives it to the holder.
+func TestHandoverServeHelper(t *testing.T) {
+	dir := os.Getenv("BLOCKDEV_HANDOVER_DIR")
+	if dir == "" {
+		t.Skip("serving child of TestHandoverJournaled")
+	}
+	ctx := context.Background()
+	policy, err := ParseAckPolicy(os.Getenv("BLOCKDEV_HANDOVER_POLICY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, pool := localtest.Open(t, dir, local.Options{})
+	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "child: open: %v\n", err)
+		os.Exit(3)
+	}
+	st := d.replayStats
+	fmt.Fprintf(os.Stderr, "child: opened the journaled device, replay: %+v\n", st)
+	// Both ack policies acknowledge a write only once its journal entry is
+	// durable: a crash loses no acknowledged write (Meta.AcksDurable).
+	os.Exit(handovertest.Serve(handovertest.Child{
+		StateDir: os.Getenv("BLOCKDEV_HANDOVER_STATE"), Name: "vol", Socket: os.Getenv("BLOCKDEV_HANDOVER_SOCKET"),
+	}, d, func() error { return d.Close(ctx) }))
+}
+
+// The journaled device behind a loop device with ext4 mounted survives
+// SIGKILL and SIGTERM of its serving process: a successor opens the device
+// (lock takeover + journal replay), adopts the FUSE connection from the
+// holder and serves the requests the kernel resends. The writer sees no
+// I/O error, no file is lost, e2fsck is clean. Why a resent write after
+// the replay is safe: see fuseloop's handover_linux.go.
+//
+//	BLOCKDEV_HANDOVER_KILLS=N overrides the number of SIGKILLs (20; 4 with -short).
+func TestHandoverJournaled(t *testing.T) {
+	requireKernel(t)
+	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+		t.Run(policy.String(), func(t *testing.T) {
+			kills, terms := 20, 5
+			if testing.Short() {
+				kills, terms = 4, 2
+			}
+			if s := os.Getenv("BLOCKDEV_HANDOVER_KILLS"); s != "" {
+				fmt.Sscan(s, &kills)
+			}
+			dir := t.TempDir()
+			pool := openPool(t, dir)
+			if err := image.Create(context.Background(), pool, "vol", 256<<20, image.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			stateDir := t.TempDir()
+			_, sock := handovertest.StartHolder(t)
+			t.Cleanup(func() {
+				_ = fuseholder.NewClient(sock).Drop(context.Background(), "vol")
+				if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
+					t.Errorf("Cleanup: %v", err)
+				}
+			})
+			start := func(t *testing.T) *handovertest.Proc {
+				return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", "BLOCKDEV_HANDOVER_DIR="+dir,
+					"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY="+policy.String()))
+			}
+			handovertest.Restarts(t, start, kills, terms, func() { handovertest.AbortMount(filepath.Join(stateDir, "vol", "fuse")) })
+		})
+	}
+}
