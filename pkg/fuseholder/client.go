@@ -29,6 +29,9 @@ func (c *Client) Put(ctx context.Context, key string, f *os.File, meta []byte) e
 	if err := ValidKey(key); err != nil {
 		return err
 	}
+	if len(meta) == 0 || len(meta) > MaxMetaSize || !json.Valid(meta) {
+		return fmt.Errorf("%w: metadata must be JSON of 1..%d bytes (got %d)", ErrRejected, MaxMetaSize, len(meta))
+	}
 	// The descriptor through RawConn.Control: f.Fd() would switch the shared
 	// file description to blocking mode under a server reading it.
 	rc, err := f.SyscallConn()
