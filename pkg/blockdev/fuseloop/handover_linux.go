@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/fuseholder"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -344,4 +345,90 @@ func DupFD(f *os.File) (int, error) {
 		return -1, fmt.Errorf("fuseloop: dup: %w", derr)
 	}
 	return nfd, nil
+}
+
+// Holder is what AdoptOrAttach needs of a connection holder
+// (pkg/fuseholder.Client implements it).
+type Holder interface {
+	Get(ctx context.Context, key string) (*os.File, []byte, bool, error)
+	Put(ctx context.Context, key string, f *os.File, meta []byte) error
+	Drop(ctx context.Context, key string) error
+}
+
+// AdoptOrAttach is the start of a serving process for one device: adopt the
+// connection h holds under opts.Name if it can, else fall back to today's
+// path (Cleanup of what a dead predecessor left, Attach anew), and give the
+// new connection to h. acksDurable: see Meta.AcksDurable. h may be nil (no
+// holder configured).
+//
+// It returns the device and whether it was adopted. Errors are those of
+// the fallback (Cleanup, Attach): in particular ErrBusy when a filesystem
+// is still mounted on the old, aborted loop device (the caller unmounts
+// and re-serves, as before handovers existed). A holder that is missing,
+// slow, or holds a dead or foreign connection only costs the adoption: it
+// is logged and the fallback runs. A failed Put is logged; the device then
+// serves without protection against a crash.
+func AdoptOrAttach(ctx context.Context, h Holder, b Backend, opts Options, acksDurable bool) (*Device, bool, error) {
+	logger := klog.FromContext(ctx).WithValues("name", opts.Name)
+	if h != nil {
+		f, mb, alive, err := h.Get(ctx, opts.Name)
+		switch {
+		case err == nil:
+			m, err := ParseMeta(mb)
+			if err == nil {
+				var d *Device
+				d, err = Adopt(ctx, f, m, b, AdoptOptions{RequestTimeout: opts.RequestTimeout})
+				if err == nil {
+					return d, true, nil
+				}
+			} else {
+				f.Close()
+			}
+			logger.Error(err, "fuseloop: cannot adopt the held FUSE connection; falling back to a new one", "alive", alive)
+			if derr := h.Drop(ctx, opts.Name); derr != nil {
+				logger.Error(derr, "fuseloop: dropping the unusable connection from the holder")
+			}
+		case errors.Is(err, fuseholder.ErrNotFound):
+			// Nothing held: a first start, or the holder restarted.
+		default:
+			logger.Error(err, "fuseloop: holder unavailable; serving without adoption")
+		}
+	}
+	d, err := Attach(ctx, b, opts)
+	if errors.Is(err, ErrExists) {
+		// A dead predecessor's mount whose connection nobody holds (or one
+		// we could not adopt): abort and detach it first.
+		if cerr := Cleanup(ctx, opts.StateDir, opts.Name); cerr != nil {
+			return nil, false, cerr
+		}
+		d, err = Attach(ctx, b, opts)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if h != nil {
+		if err := putDevice(ctx, h, d, acksDurable); err != nil {
+			logger.Error(err, "fuseloop: could not give the connection to the holder; a crash of this process will abort it")
+		}
+	}
+	return d, false, nil
+}
+
+// PutDevice gives the holder a dup of d's connection with its metadata
+// (again after a resize, so the successor knows the size).
+func PutDevice(ctx context.Context, h Holder, d *Device, acksDurable bool) error {
+	return putDevice(ctx, h, d, acksDurable)
+}
+
+func putDevice(ctx context.Context, h Holder, d *Device, acksDurable bool) error {
+	f, err := d.DupFile()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	mb, err := d.Meta(acksDurable).Marshal()
+	if err != nil {
+		return err
+	}
+	return h.Put(ctx, d.name, f, mb)
 }

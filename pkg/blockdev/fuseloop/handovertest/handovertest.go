@@ -10,7 +10,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -44,48 +43,14 @@ func Serve(c Child, b fuseloop.Backend, closeBackend func() error) int {
 	ctx := context.Background()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
-	hc := fuseholder.NewClient(c.Socket)
-	var d *fuseloop.Device
-	adopted := false
-	f, meta, alive, err := hc.Get(ctx, c.Name)
-	switch {
-	case err == nil:
-		m, perr := fuseloop.ParseMeta(meta)
-		if perr != nil {
-			f.Close()
-			fmt.Fprintf(os.Stderr, "child: bad metadata: %v\n", perr)
-			return 3
-		}
-		start := time.Now()
-		d, err = fuseloop.Adopt(ctx, f, m, b, fuseloop.AdoptOptions{RequestTimeout: 60 * time.Second})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "child: adopt (alive %v): %v\n", alive, err)
-			return 3
-		}
-		adopted = true
-		fmt.Fprintf(os.Stderr, "child: adopted in %s\n", time.Since(start))
-	case errors.Is(err, fuseholder.ErrNotFound):
-		d, err = fuseloop.Attach(ctx, b, fuseloop.Options{StateDir: c.StateDir, Name: c.Name, RequestTimeout: 60 * time.Second})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "child: attach: %v\n", err)
-			return 3
-		}
-		df, err := d.DupFile()
-		if err == nil {
-			var mb []byte
-			if mb, err = d.Meta(true).Marshal(); err == nil {
-				err = hc.Put(ctx, c.Name, df, mb)
-			}
-			df.Close()
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "child: put: %v\n", err)
-			return 3
-		}
-	default:
-		fmt.Fprintf(os.Stderr, "child: holder: %v\n", err)
+	start := time.Now()
+	d, adopted, err := fuseloop.AdoptOrAttach(ctx, fuseholder.NewClient(c.Socket), b,
+		fuseloop.Options{StateDir: c.StateDir, Name: c.Name, RequestTimeout: 60 * time.Second}, true)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "child: adopt or attach: %v\n", err)
 		return 3
 	}
+	fmt.Fprintf(os.Stderr, "child: adopted=%v in %s\n", adopted, time.Since(start))
 	fmt.Printf("READY %s %v\n", d.Path(), adopted)
 	// Report resent requests as they are served.
 	var last uint64
@@ -108,7 +73,7 @@ func Serve(c Child, b fuseloop.Backend, closeBackend func() error) int {
 	}
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	start := time.Now()
+	start = time.Now()
 	if err := d.Handoff(hctx); err != nil {
 		fmt.Fprintf(os.Stderr, "child: handoff: %v\n", err)
 		return 5
