@@ -41,9 +41,15 @@ func TestHandoverServeHelper(t *testing.T) {
 	fmt.Fprintf(os.Stderr, "child: opened the journaled device, replay: %+v\n", st)
 	// Both ack policies acknowledge a write only once its journal entry is
 	// durable: a crash loses no acknowledged write (Meta.AcksDurable).
+	var be fuseloop.Backend = d
+	if s := os.Getenv("BLOCKDEV_HANDOVER_STALL"); s != "" {
+		var off int64
+		fmt.Sscan(s, &off)
+		be = handovertest.StallAfterWrite(d, off)
+	}
 	os.Exit(handovertest.Serve(handovertest.Child{
 		StateDir: os.Getenv("BLOCKDEV_HANDOVER_STATE"), Name: "vol", Socket: os.Getenv("BLOCKDEV_HANDOVER_SOCKET"),
-	}, d, func() error { return d.Close(ctx) }))
+	}, be, func() error { return d.Close(ctx) }))
 }
 
 // The journaled device behind a loop device with ext4 mounted survives
@@ -83,6 +89,47 @@ func TestHandoverJournaled(t *testing.T) {
 					"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY="+policy.String()))
 			}
 			handovertest.Restarts(t, start, kills, terms, func() { handovertest.AbortMount(filepath.Join(stateDir, "vol", "fuse")) })
+		})
+	}
+}
+
+// The case the replay argument is about: the dead server journaled a write
+// (and, with AckApplied, applied it) but died before answering it. The
+// successor replays the journal (the write is in the image), then the
+// kernel resends the WRITE and the successor journals and applies it
+// again: same offset, same bytes, so the result is the same; the writer
+// sees success and a later write to the block wins.
+func TestHandoverResentWriteJournaled(t *testing.T) {
+	requireKernel(t)
+	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+		t.Run(policy.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			pool := openPool(t, dir)
+			if err := image.Create(context.Background(), pool, "vol", 64<<20, image.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			stateDir := t.TempDir()
+			mnt := filepath.Join(stateDir, "vol", "fuse")
+			_, sock := handovertest.StartHolder(t)
+			t.Cleanup(func() {
+				handovertest.AbortMount(mnt)
+				if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
+					t.Errorf("Cleanup: %v", err)
+				}
+			})
+			const off = 12 << 20
+			start := func(stall bool) func(t *testing.T) *handovertest.Proc {
+				return func(t *testing.T) *handovertest.Proc {
+					env := []string{"BLOCKDEV_HANDOVER_DIR=" + dir, "BLOCKDEV_HANDOVER_STATE=" + stateDir,
+						"BLOCKDEV_HANDOVER_SOCKET=" + sock, "BLOCKDEV_HANDOVER_POLICY=" + policy.String()}
+					if stall {
+						env = append(env, fmt.Sprintf("BLOCKDEV_HANDOVER_STALL=%d", off))
+					}
+					return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", env...))
+				}
+			}
+			first := start(true)(t)
+			handovertest.ResentWrite(t, first, start(false), off, func() { handovertest.AbortMount(mnt) })
 		})
 	}
 }

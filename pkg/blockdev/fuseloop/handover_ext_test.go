@@ -65,10 +65,15 @@ func TestHandoverChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var be fuseloop.Backend = b
+	if s := os.Getenv("FUSELOOP_HANDOVER_STALL"); s != "" {
+		off, _ := strconv.ParseInt(s, 10, 64)
+		be = handovertest.StallAfterWrite(b, off)
+	}
 	os.Exit(handovertest.Serve(handovertest.Child{
 		StateDir: os.Getenv("FUSELOOP_HANDOVER_STATE"), Name: os.Getenv("FUSELOOP_HANDOVER_NAME"),
 		Socket: os.Getenv("FUSELOOP_HANDOVER_SOCKET"),
-	}, b, b.f.Close))
+	}, be, b.f.Close))
 }
 
 // A device served by a child process survives SIGKILL and SIGTERM of its
@@ -245,4 +250,36 @@ func TestHandoverFallback(t *testing.T) {
 	}
 	mustServe(t, p, "adopted after the fallback")
 	kill(p)
+}
+
+// A write in flight when the server dies: applied by the dead server, never
+// answered; the kernel resends it to the successor, which applies it again.
+func TestHandoverResentWrite(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	stateDir := t.TempDir()
+	const name = "vol-resend"
+	backing := filepath.Join(t.TempDir(), "backing.img")
+	mnt := filepath.Join(stateDir, name, "fuse")
+	_, sock := handovertest.StartHolder(t)
+	t.Cleanup(func() {
+		handovertest.AbortMount(mnt)
+		if err := fuseloop.Cleanup(context.Background(), stateDir, name); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	})
+	const off = 12 << 20
+	start := func(stall bool) func(t *testing.T) *handovertest.Proc {
+		return func(t *testing.T) *handovertest.Proc {
+			env := []string{"FUSELOOP_HANDOVER_BACKING=" + backing, "FUSELOOP_HANDOVER_SIZE=" + strconv.Itoa(64<<20),
+				"FUSELOOP_HANDOVER_STATE=" + stateDir, "FUSELOOP_HANDOVER_NAME=" + name, "FUSELOOP_HANDOVER_SOCKET=" + sock}
+			if stall {
+				env = append(env, "FUSELOOP_HANDOVER_STALL="+strconv.Itoa(off))
+			}
+			return handovertest.Start(t, testproc.Command("^TestHandoverChild$", env...))
+		}
+	}
+	first := start(true)(t)
+	handovertest.ResentWrite(t, first, start(false), off, func() { handovertest.AbortMount(mnt) })
 }

@@ -95,7 +95,11 @@ type Proc struct {
 	Adopted bool
 	mu      sync.Mutex
 	resent  uint64
+	blocked chan struct{} // closed when the child printed BLOCKED
 }
+
+// Blocked is closed once the child reported a write held back (StallAfterWrite).
+func (p *Proc) Blocked() <-chan struct{} { return p.blocked }
 
 // Resent is the last count of resent requests the child reported.
 func (p *Proc) Resent() uint64 { p.mu.Lock(); defer p.mu.Unlock(); return p.resent }
@@ -103,7 +107,7 @@ func (p *Proc) Resent() uint64 { p.mu.Lock(); defer p.mu.Unlock(); return p.rese
 // Start starts cmd (a testproc.Command running Serve) and waits for READY.
 func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 	t.Helper()
-	p := &Proc{Proc: testproc.Start(t, cmd)}
+	p := &Proc{Proc: testproc.Start(t, cmd), blocked: make(chan struct{})}
 	ready := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(p.Stdout)
@@ -112,6 +116,8 @@ func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 			switch {
 			case len(f) == 3 && f[0] == "READY":
 				ready <- f
+			case len(f) == 1 && f[0] == "BLOCKED":
+				close(p.blocked)
 			case len(f) == 2 && f[0] == "RESENT":
 				var n uint64
 				fmt.Sscan(f[1], &n)
@@ -500,4 +506,108 @@ func StartHolder(t *testing.T) (*fuseholder.Server, string) {
 	go func() { defer close(done); _ = srv.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); srv.Close(); <-done })
 	return srv, sock
+}
+
+// StallAfterWrite wraps b: a write at offset off is performed (for the
+// journaled device: journaled, applied and acknowledged by the device),
+// then "BLOCKED" is printed and the call never returns, so the kernel
+// never gets the reply. Killing the process then leaves exactly the case a
+// resent request must survive: a write the dead server made durable but
+// did not acknowledge.
+func StallAfterWrite(b fuseloop.Backend, off int64) fuseloop.Backend {
+	return &stall{Backend: b, off: off}
+}
+
+type stall struct {
+	fuseloop.Backend
+	off  int64
+	once sync.Once
+}
+
+func (s *stall) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	n, err := s.Backend.WriteAt(ctx, p, off)
+	if off == s.off && err == nil {
+		s.once.Do(func() { fmt.Println("BLOCKED") })
+		<-ctx.Done() // until the process dies (or the device is aborted)
+		return 0, ctx.Err()
+	}
+	return n, err
+}
+
+// ResentWrite: a child serving through StallAfterWrite(off) is SIGKILLed
+// with the write at off applied but unanswered; its successor (started by
+// start, no stall) adopts the connection, the kernel resends the WRITE and
+// the successor applies it again. The writer sees success, the block holds
+// the data, a later write to the same block wins.
+func ResentWrite(t *testing.T, first *Proc, start func(t *testing.T) *Proc, off int64, abort func()) {
+	t.Helper()
+	f, err := os.OpenFile(first.Dev, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := alignedBuf(t, 4096)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := f.WriteAt(buf, off); done <- err }()
+	select {
+	case <-first.Blocked():
+	case err := <-done:
+		t.Fatalf("write returned before the server stalled: %v", err)
+	case <-time.After(30 * time.Second):
+		abort()
+		t.Fatalf("the server never stalled on the write:\n%s", first.Stderr.String())
+	}
+	_ = first.Cmd.Process.Signal(syscall.SIGKILL)
+	<-first.Exited()
+	select {
+	case err := <-done:
+		t.Fatalf("write returned while no server ran: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	p := start(t)
+	if !p.Adopted || p.Dev != first.Dev {
+		t.Fatalf("successor adopted=%v dev %s", p.Adopted, p.Dev)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the resent write failed: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		abort()
+		t.Fatalf("the write was not completed by the successor:\n%s", p.Stderr.String())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Resent() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p.Resent() == 0 {
+		t.Errorf("the successor reported no resent request")
+	}
+	got := alignedBuf(t, 4096)
+	if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, buf) {
+		t.Fatalf("read back after the resend: %v, equal %v", err, bytes.Equal(got, buf))
+	}
+	for i := range buf {
+		buf[i] = byte(i*3 + 5)
+	}
+	if _, err := f.WriteAt(buf, off); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, buf) {
+		t.Fatalf("a later write did not win: %v", err)
+	}
+	t.Logf("the write the dead server applied but never answered was resent (%d resent requests) and completed without error", p.Resent())
+}
+
+func alignedBuf(t *testing.T, n int) []byte {
+	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Munmap(b) })
+	return b
 }
