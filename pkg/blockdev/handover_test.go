@@ -56,14 +56,18 @@ func TestHandoverServeHelper(t *testing.T) {
 // SIGKILL and SIGTERM of its serving process: a successor opens the device
 // (lock takeover + journal replay), adopts the FUSE connection from the
 // holder and serves the requests the kernel resends. The writer sees no
-// I/O error, no file is lost, e2fsck is clean. Why a resent write after
+// I/O error, no file is lost, e2fsck (xfs_repair -n) is clean. Why a resent write after
 // the replay is safe: see fuseloop's handover_linux.go.
 //
 //	BLOCKDEV_HANDOVER_KILLS=N overrides the number of SIGKILLs (20; 4 with -short).
 func TestHandoverJournaled(t *testing.T) {
 	requireKernel(t)
-	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
-		t.Run(policy.String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		fs     string
+		policy AckPolicy
+	}{{"ext4", AckJournaled}, {"ext4", AckApplied}, {"xfs", AckJournaled}} {
+		policy := tc.policy
+		t.Run(tc.fs+"/"+policy.String(), func(t *testing.T) {
 			kills, terms := 20, 5
 			if testing.Short() {
 				kills, terms = 4, 2
@@ -73,7 +77,7 @@ func TestHandoverJournaled(t *testing.T) {
 			}
 			dir := t.TempDir()
 			pool := openPool(t, dir)
-			if err := image.Create(context.Background(), pool, "vol", 256<<20, image.CreateOptions{}); err != nil {
+			if err := image.Create(context.Background(), pool, "vol", 512<<20, image.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			stateDir := t.TempDir()
@@ -88,7 +92,7 @@ func TestHandoverJournaled(t *testing.T) {
 				return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", "BLOCKDEV_HANDOVER_DIR="+dir,
 					"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY="+policy.String()))
 			}
-			handovertest.Restarts(t, start, kills, terms, func() { handovertest.AbortMount(filepath.Join(stateDir, "vol", "fuse")) })
+			handovertest.Restarts(t, tc.fs, start, kills, terms, func() { handovertest.AbortMount(filepath.Join(stateDir, "vol", "fuse")) })
 		})
 	}
 }

@@ -110,7 +110,7 @@ func TestHandoverRestarts(t *testing.T) {
 			"FUSELOOP_HANDOVER_BACKING="+backing, "FUSELOOP_HANDOVER_SIZE="+strconv.FormatInt(size, 10),
 			"FUSELOOP_HANDOVER_STATE="+stateDir, "FUSELOOP_HANDOVER_NAME="+name, "FUSELOOP_HANDOVER_SOCKET="+sock))
 	}
-	handovertest.Restarts(t, start, kills, terms, func() { handovertest.AbortMount(mnt) })
+	handovertest.Restarts(t, "ext4", start, kills, terms, func() { handovertest.AbortMount(mnt) })
 	if holder.Len() != 1 {
 		t.Errorf("holder holds %d connections, want 1", holder.Len())
 	}

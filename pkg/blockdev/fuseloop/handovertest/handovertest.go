@@ -154,7 +154,9 @@ type Writer struct {
 	errs     []error
 	ops      int
 	maxPause time.Duration
-	lastOp   time.Time
+	// windowMax: longest pause since TakeMaxPause
+	windowMax time.Duration
+	lastOp    time.Time
 }
 
 type file struct {
@@ -216,9 +218,8 @@ func (w *Writer) run() {
 			w.mu.Lock()
 		}
 		pause := time.Since(start)
-		if pause > w.maxPause {
-			w.maxPause = pause
-		}
+		w.maxPause = max(w.maxPause, pause)
+		w.windowMax = max(w.windowMax, pause)
 		w.ops++
 		if err != nil {
 			w.errs = append(w.errs, err)
@@ -272,6 +273,15 @@ func check(name string, seq int) error {
 	return nil
 }
 
+// TakeMaxPause returns the longest pause since the previous call.
+func (w *Writer) TakeMaxPause() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.windowMax
+	w.windowMax = 0
+	return m
+}
+
 // Stats returns the operations done, the errors seen and the longest pause
 // (one create+write+fsync+dirfsync+read-back iteration).
 func (w *Writer) Stats() (ops int, errs []error, maxPause time.Duration) {
@@ -322,16 +332,23 @@ func (w *Writer) Files() int { w.mu.Lock(); defer w.mu.Unlock(); return w.writte
 // and e2fsck must find the filesystem clean. abort aborts the FUSE
 // connection (emergency: a stuck writer); cleanup tears everything down
 // at the end (after the filesystem was unmounted).
-func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, abort func()) {
+func Restarts(t *testing.T, fstype string, start func(t *testing.T) *Proc, kills, terms int, abort func()) {
 	t.Helper()
 	p := start(t)
 	if p.Adopted {
 		t.Fatalf("first child adopted a connection: stale holder state")
 	}
 	dev := p.Dev
-	run(t, "mkfs.ext4", "-F", "-q", dev)
+	switch fstype {
+	case "ext4":
+		run(t, "mkfs.ext4", "-F", "-q", dev)
+	case "xfs":
+		run(t, "mkfs.xfs", "-f", "-q", dev)
+	default:
+		t.Fatalf("filesystem %q", fstype)
+	}
 	mnt := t.TempDir()
-	if err := syscall.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+	if err := syscall.Mount(dev, mnt, fstype, 0, ""); err != nil {
 		t.Fatalf("mount: %v", err)
 	}
 	t.Cleanup(func() {
@@ -354,11 +371,12 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 	}()
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
 	var totalResent uint64
-	var worstAdopt time.Duration
+	var worstAdopt, killPause, termPause time.Duration
 	for i := 0; i < kills+terms; i++ {
 		time.Sleep(time.Duration(100+r.IntN(400)) * time.Millisecond)
 		planned := i >= kills
 		opsBefore, _, _ := w.Stats()
+		w.TakeMaxPause()
 		if planned {
 			_ = p.Cmd.Process.Signal(syscall.SIGTERM)
 		} else {
@@ -399,6 +417,11 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		if planned {
+			termPause = max(termPause, w.TakeMaxPause())
+		} else {
+			killPause = max(killPause, w.TakeMaxPause())
+		}
 	}
 	time.Sleep(200 * time.Millisecond)
 	if !w.Stop(60 * time.Second) {
@@ -406,8 +429,8 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 		t.Fatalf("writer stuck at the end")
 	}
 	ops, errs, maxPause := w.Stats()
-	t.Logf("%d SIGKILL + %d SIGTERM restarts: writer did %d iterations (create+write+fsync+dirfsync+re-read+remove), %d files, %d I/O errors, longest pause %s; successor start-to-READY at most %s; resent requests served (SIGTERM children report; killed ones may not have printed): %d",
-		kills, terms, ops, w.Files(), len(errs), maxPause.Round(time.Millisecond), worstAdopt.Round(time.Millisecond), totalResent)
+	t.Logf("%d SIGKILL + %d SIGTERM restarts: writer did %d iterations (create+write+fsync+dirfsync+re-read+remove), %d files, %d I/O errors, longest pause %s (around a SIGKILL restart %s, around a SIGTERM restart %s); successor start-to-READY at most %s; resent requests served (SIGTERM children report; killed ones may not have printed): %d",
+		kills, terms, ops, w.Files(), len(errs), maxPause.Round(time.Millisecond), killPause.Round(time.Millisecond), termPause.Round(time.Millisecond), worstAdopt.Round(time.Millisecond), totalResent)
 	if len(errs) > 0 {
 		t.Fatalf("writer errors: %v", errs)
 	}
@@ -419,7 +442,7 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 	if err := syscall.Unmount(mnt, 0); err != nil {
 		t.Fatalf("unmount: %v", err)
 	}
-	if err := syscall.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+	if err := syscall.Mount(dev, mnt, fstype, 0, ""); err != nil {
 		t.Fatalf("remount: %v", err)
 	}
 	if err := w.Verify(); err != nil {
@@ -428,8 +451,13 @@ func Restarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int, ab
 	if err := syscall.Unmount(mnt, 0); err != nil {
 		t.Fatalf("unmount: %v", err)
 	}
-	out := run(t, "e2fsck", "-f", "-n", dev)
-	t.Logf("e2fsck: %s", lastLine(out))
+	if fstype == "xfs" {
+		out := run(t, "xfs_repair", "-n", dev)
+		t.Logf("xfs_repair -n: %s", lastLine(out))
+	} else {
+		out := run(t, "e2fsck", "-f", "-n", dev)
+		t.Logf("e2fsck: %s", lastLine(out))
+	}
 }
 
 func run(t *testing.T, name string, args ...string) string {
