@@ -80,3 +80,66 @@ func TestAdoptFaults(t *testing.T) {
 		t.Fatalf("Adopt of an aborted connection: %v, want ErrConnDead", err)
 	}
 }
+
+// In one process: Handoff stops serving without tearing down; a dup of the
+// connection kept aside (the holder's role) is adopted; the adopted device
+// serves, resizes and closes cleanly (loop detached, FUSE unmounted).
+func TestHandoffAdoptInProcess(t *testing.T) {
+	requireKernel(t)
+	b := newMemBackend(32*MiB, 64*MiB)
+	stateDir := t.TempDir()
+	d := attach(t, b, Options{StateDir: stateDir, RequestTimeout: 30 * time.Second})
+	kept, err := d.DupFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := openDirect(t, d.Path())
+	w := alignedBuf(t, 4096)
+	copy(w, "before handoff")
+	if _, err := f.WriteAt(w, 4096); err != nil {
+		t.Fatal(err)
+	}
+	meta := d.Meta(true)
+	if err := d.Handoff(context.Background()); err != nil {
+		t.Fatalf("Handoff: %v", err)
+	}
+	if !errors.Is(d.Err(), ErrHandedOff) {
+		t.Fatalf("Err after Handoff: %v", d.Err())
+	}
+	// Nobody serves now: a write waits (it does not fail).
+	done := make(chan error, 1)
+	copy(w, "while nobody serves")
+	go func() { _, err := f.WriteAt(w, 8192); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("write while handed off returned: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	b2 := b // the same backend: a successor process would reopen it
+	d2, err := Adopt(context.Background(), kept, meta, b2, AdoptOptions{RequestTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	if err := within(t, 10*time.Second, "the waiting write", func() error { return <-done }); err != nil {
+		t.Fatalf("the waiting write: %v", err)
+	}
+	if d2.Path() != d.Path() {
+		t.Errorf("adopted %s, served %s", d2.Path(), d.Path())
+	}
+	if got := string(b.bytesAt(8192, 19)); got != "while nobody serves" {
+		t.Errorf("backend holds %q", got)
+	}
+	r := alignedBuf(t, 4096)
+	if _, err := f.ReadAt(r, 4096); err != nil || string(r[:14]) != "before handoff" {
+		t.Errorf("read through the adopted device: %q %v", r[:14], err)
+	}
+	b.grow(48 * MiB)
+	if err := d2.Resize(context.Background(), 48*MiB); err != nil {
+		t.Errorf("Resize of the adopted device: %v", err)
+	}
+	f.Close()
+	if err := d2.Close(context.Background()); err != nil {
+		t.Fatalf("Close of the adopted device: %v", err)
+	}
+	assertNoLeftovers(t, stateDir, meta.Name, meta.Conn)
+}
