@@ -137,3 +137,32 @@ func TestHandoverResentWriteJournaled(t *testing.T) {
 		})
 	}
 }
+
+// A Block volume: raw O_DIRECT writers on the loop device across SIGKILL
+// and SIGTERM restarts of the journaled device's server.
+func TestHandoverJournaledRaw(t *testing.T) {
+	requireKernel(t)
+	kills, terms := 20, 5
+	if testing.Short() {
+		kills, terms = 4, 2
+	}
+	dir := t.TempDir()
+	pool := openPool(t, dir)
+	if err := image.Create(context.Background(), pool, "vol", 64<<20, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	mnt := filepath.Join(stateDir, "vol", "fuse")
+	_, sock := handovertest.StartHolder(t)
+	t.Cleanup(func() {
+		handovertest.AbortMount(mnt)
+		if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	})
+	start := func(t *testing.T) *handovertest.Proc {
+		return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", "BLOCKDEV_HANDOVER_DIR="+dir,
+			"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY=journaled"))
+	}
+	handovertest.RawRestarts(t, start, kills, terms, 4096, func() { handovertest.AbortMount(mnt) })
+}
