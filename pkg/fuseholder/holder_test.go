@@ -14,13 +14,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func startServer(t *testing.T) (*Server, *Client) {
+func startServer(t *testing.T, timeout ...time.Duration) (*Server, *Client) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "holder.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := Listen(ctx, sock)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(timeout) > 0 {
+		s.timeout = timeout[0] // before Serve: handlers read it
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Serve(ctx) }()
@@ -146,8 +149,7 @@ func TestRejects(t *testing.T) {
 // every file it was sent, and keeps serving.
 func TestBadMessages(t *testing.T) {
 	ctx := context.Background()
-	s, c := startServer(t)
-	s.timeout = 300 * time.Millisecond
+	s, c := startServer(t, 300*time.Millisecond)
 	f := openFuse(t)
 	send := func(msg []byte, fd int) (response, error) {
 		conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: c.Path, Net: "unixpacket"})
