@@ -231,6 +231,11 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 		d.wg.Add(1)
 		go d.watchdog()
 	}
+	if kt := kernelRequestTimeout(); kt > 0 {
+		// Requests waiting for a successor count against it.
+		logger.Info("fuseloop: the kernel aborts FUSE connections whose requests wait longer than this; a handover must fit in it",
+			"kernelRequestTimeout", kt)
+	}
 	logger.Info("fuseloop: attached", "device", d.loopPath, "file", d.file, "size", size,
 		"fuseConn", d.conn, "directIO", dio, "readOnly", d.readOnly, "requestTimeout", d.timeout)
 	return d, nil

@@ -248,8 +248,32 @@ func Adopt(ctx context.Context, f *os.File, meta Meta, b Backend, opts AdoptOpti
 		d.wg.Add(1)
 		go d.watchdog()
 	}
-	logger.Info("fuseloop: adopted", "device", d.loopPath, "fuseConn", d.conn, "size", d.size.Load(), "readOnly", d.readOnly)
+	logger.Info("fuseloop: adopted", "device", d.loopPath, "fuseConn", d.conn, "size", d.size.Load(), "readOnly", d.readOnly,
+		"kernelRequestTimeout", kernelRequestTimeout())
 	return d, nil
+}
+
+// kernelRequestTimeout is the FUSE request timeout the kernel enforces on
+// new connections (the sysctls fs.fuse.default_request_timeout and
+// max_request_timeout, Linux 6.14+; 0: none). A connection whose request
+// waits longer is aborted, so a handover (the successor's start, lock
+// takeover and replay) must fit in it.
+func kernelRequestTimeout() time.Duration {
+	var t time.Duration
+	for _, name := range []string{"default_request_timeout", "max_request_timeout"} {
+		b, err := os.ReadFile("/proc/sys/fs/fuse/" + name)
+		if err != nil {
+			continue
+		}
+		var s int64
+		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &s); err == nil && s > 0 {
+			v := time.Duration(s) * time.Second
+			if t == 0 || v < t {
+				t = v
+			}
+		}
+	}
+	return t
 }
 
 // fuseMinor is the minor number of /dev/fuse (misc device 10:229).
