@@ -392,9 +392,19 @@ func Restarts(t *testing.T, fstype string, start func(t *testing.T) *Proc, kills
 			t.Fatalf("restart %d: planned stop failed: %v\n%s", i, p.Cmd.ProcessState, p.Stderr.String())
 		}
 		totalResent += p.Resent()
+		if planned {
+			for _, l := range strings.Split(p.Stderr.String(), "\n") {
+				if strings.Contains(l, "handed off in") {
+					t.Logf("restart %d: %s", i, strings.TrimSpace(l))
+				}
+			}
+		}
 		t0 := time.Now()
 		p = start(t)
 		worstAdopt = max(worstAdopt, time.Since(t0))
+		if planned {
+			t.Logf("restart %d: successor ready after %s", i, time.Since(t0).Round(time.Millisecond))
+		}
 		if !p.Adopted || p.Dev != dev {
 			t.Fatalf("restart %d: successor adopted=%v device %s, want adoption of %s", i, p.Adopted, p.Dev, dev)
 		}
