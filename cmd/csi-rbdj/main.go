@@ -37,6 +37,9 @@ Usage:
   csi-rbdj node-cleanup --state-dir DIR
                            tear down what a dead node plugin left staged
                            (mounts, loop devices) without serving it again
+  csi-rbdj fuse-holder --socket PATH
+                           hold the node plugin's FUSE connections across its
+                           restarts (see pkg/fuseholder)
   csi-rbdj version         print the version
 
 Run "csi-rbdj serve -h" or "csi-rbdj demo -h" for their flags.
@@ -56,6 +59,8 @@ func main() {
 		err = demoMain(os.Args[2:])
 	case "node-cleanup":
 		err = nodeCleanupMain(os.Args[2:])
+	case "fuse-holder":
+		err = holderMain(os.Args[2:])
 	case "version", "--version", "-version":
 		backends := "local, ceph"
 		if !storage.CephBuilt {
