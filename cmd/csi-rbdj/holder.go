@@ -31,7 +31,8 @@ func holderMain(args []string) error {
 	if err := os.MkdirAll(filepath.Dir(*socket), 0o700); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	logger := klog.Background()
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	defer cancel()
 	sig := make(chan os.Signal, 1)
 	signalNotify(sig)
@@ -39,7 +40,7 @@ func holderMain(args []string) error {
 	go func() {
 		select {
 		case s := <-sig:
-			klog.InfoS("fuse-holder: stopping", "signal", s.String())
+			logger.Info("fuse-holder: stopping", "signal", s.String())
 			cancel()
 		case <-ctx.Done():
 		}

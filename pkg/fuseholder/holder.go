@@ -25,7 +25,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"regexp"
 	"time"
 )
@@ -111,11 +110,5 @@ func codeErr(code, msg string) error {
 		return fmt.Errorf("%w: %s", ErrRejected, msg)
 	default:
 		return fmt.Errorf("%w: %s: %s", ErrProtocol, code, msg)
-	}
-}
-
-func closeAll(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
 	}
 }

@@ -101,6 +101,7 @@ type Device struct {
 	conn  uint64 // FUSE connection id (/sys/fs/fuse/connections/<conn>)
 	size  atomic.Int64
 	bctx  context.Context // given to Backend calls
+	log   klog.Logger     // the attaching (or adopting) request's logger
 	bstop context.CancelFunc
 
 	tr tracker
@@ -173,7 +174,7 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 		timeout = DefaultRequestTimeout
 	}
 	mnt := mountPoint(opts.StateDir, opts.Name)
-	d := newDevice(b, opts.Name, mnt, opts.ReadOnly, timeout, size)
+	d := newDevice(ctx, b, opts.Name, mnt, opts.ReadOnly, timeout, size)
 	logger := klog.FromContext(ctx).WithValues("name", opts.Name)
 
 	defer func() {
@@ -241,8 +242,9 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 	return d, nil
 }
 
-func newDevice(b Backend, name, mnt string, readOnly bool, timeout time.Duration, size int64) *Device {
+func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, timeout time.Duration, size int64) *Device {
 	d := &Device{
+		log:      klog.FromContext(ctx),
 		b:        b,
 		name:     name,
 		mnt:      mnt,
@@ -255,7 +257,9 @@ func newDevice(b Backend, name, mnt string, readOnly bool, timeout time.Duration
 		done:     make(chan struct{}),
 	}
 	d.size.Store(size)
-	d.bctx, d.bstop = context.WithCancel(context.Background())
+	// Backend calls outlive the request that attached the device but keep
+	// its values (the logger with the volume).
+	d.bctx, d.bstop = context.WithCancel(context.WithoutCancel(ctx))
 	d.tr.init()
 	d.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
 	return d
@@ -283,7 +287,7 @@ func (d *Device) watchdog() {
 			}
 			err := fmt.Errorf("%w: %s off=%d len=%d running for %s (timeout %s, %d in flight); FUSE connection aborted",
 				ErrRequestTimeout, o.kind, o.off, o.len, age.Round(time.Millisecond), d.timeout, inflight)
-			klog.ErrorS(err, "fuseloop: backend stuck, aborting the FUSE connection", "name", d.name,
+			d.log.Error(err, "fuseloop: backend stuck, aborting the FUSE connection", "name", d.name,
 				"device", d.loopPath, "fuseConn", d.conn, "op", o.kind.String(), "off", o.off, "len", o.len,
 				"age", age, "inflight", inflight)
 			d.fail(err)
@@ -394,11 +398,11 @@ func (d *Device) Abort() error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		klog.ErrorS(err, "fuseloop: abort incomplete", "name", d.name, "device", d.loopPath)
+		d.log.Error(err, "fuseloop: abort incomplete", "name", d.name, "device", d.loopPath)
 		return err
 	}
 	d.finish(ErrAborted)
-	klog.InfoS("fuseloop: aborted", "name", d.name, "device", d.loopPath, "err", d.Err())
+	d.log.Info("fuseloop: aborted", "name", d.name, "device", d.loopPath, "err", d.Err())
 	return nil
 }
 

@@ -228,7 +228,7 @@ func Adopt(ctx context.Context, f *os.File, meta Meta, b Backend, opts AdoptOpti
 	if timeout == 0 {
 		timeout = DefaultRequestTimeout
 	}
-	d := newDevice(b, meta.Name, meta.MountPoint, meta.ReadOnly, timeout, meta.Size)
+	d := newDevice(ctx, b, meta.Name, meta.MountPoint, meta.ReadOnly, timeout, meta.Size)
 	d.loopIdx, d.loopPath, d.conn, d.init = meta.LoopIndex, loopDevPath(meta.LoopIndex), meta.Conn, meta.Init
 	if err := d.setFD(fd); err != nil {
 		return nil, err

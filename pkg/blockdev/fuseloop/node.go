@@ -8,8 +8,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"k8s.io/klog/v2"
 )
 
 func (d *Device) inRange(off, length int64) bool {
@@ -20,7 +18,7 @@ func (d *Device) inRange(off, length int64) bool {
 // ioError maps a backend error to EIO and logs it (rate limited).
 func (d *Device) ioError(kind opKind, off, length int64, err error) syscall.Errno {
 	if ok, suppressed := d.errLog.allow(); ok {
-		klog.ErrorS(err, "fuseloop: backend I/O failed, returning EIO", "name", d.name, "device", d.loopPath,
+		d.log.Error(err, "fuseloop: backend I/O failed, returning EIO", "name", d.name, "device", d.loopPath,
 			"op", kind.String(), "off", off, "len", length, "suppressedSinceLast", suppressed,
 			"cancelled", errors.Is(err, context.Canceled))
 	}

@@ -13,7 +13,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 )
 
 var (
@@ -254,7 +253,7 @@ func (d *Device) serve() {
 	// the reads are expected to stop.
 	if !d.closing.Load() && !d.failed.Load() {
 		err := fmt.Errorf("%w: %s: %v", ErrServerStopped, d.mnt, err)
-		klog.ErrorS(err, "fuseloop: FUSE server stopped while the device was in use", "name", d.name, "device", d.loopPath)
+		d.log.Error(err, "fuseloop: FUSE server stopped while the device was in use", "name", d.name, "device", d.loopPath)
 		d.fail(err)
 	}
 }
@@ -325,7 +324,7 @@ func (d *Device) handle(bp *[]byte, n int) {
 	buf := *bp
 	h, ok := parseInHeader(buf[:n])
 	if !ok {
-		klog.ErrorS(nil, "fuseloop: malformed request", "name", d.name, "len", n, "hdrLen", h.len, "opcode", h.opcode)
+		d.log.Error(nil, "fuseloop: malformed request", "name", d.name, "len", n, "hdrLen", h.len, "opcode", h.opcode)
 		if n >= inHeaderSize {
 			_ = d.reply(h.unique, syscall.EIO)
 		}
@@ -374,7 +373,7 @@ func (d *Device) handle(bp *[]byte, n int) {
 		err = d.reply(h.unique, syscall.ENOSYS)
 	}
 	if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENODEV) {
-		klog.ErrorS(err, "fuseloop: reply failed", "name", d.name, "opcode", h.opcode, "unique", h.unique)
+		d.log.Error(err, "fuseloop: reply failed", "name", d.name, "opcode", h.opcode, "unique", h.unique)
 	}
 }
 
