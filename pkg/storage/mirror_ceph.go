@@ -4,6 +4,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
@@ -109,4 +110,37 @@ func (s *cephStorage) ResyncImage(ctx context.Context, pool objstore.Pool, name 
 		return fmt.Errorf("image %s/%s: %w: only a non-primary copy can be resynced from its primary; demote this one first (or resync on the other site)", pool.Name(), name, ErrImagePrimary)
 	}
 	return s.opErr(librbd.MirrorResync(ctx, pool, name))
+}
+
+func (s *cephStorage) DisableMirroring(ctx context.Context, pool objstore.Pool, name string, force bool) error {
+	mi, err := s.MirrorInfo(ctx, pool, name)
+	if err != nil || !mi.Enabled {
+		return err
+	}
+	if !mi.Primary && !force {
+		return fmt.Errorf("image %s/%s is a non-primary replica: %w; disabling mirroring there makes it a standalone copy of whatever it has replayed: ask with force, or disable mirroring on the primary site",
+			pool.Name(), name, ErrNotPrimary)
+	}
+	return s.opErr(librbd.MirrorDisable(ctx, pool, name, force && !mi.Primary))
+}
+
+func (s *cephStorage) LocalMirrorStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error) {
+	st, err := librbd.MirrorLocalStatus(ctx, pool, name)
+	if err != nil {
+		return MirrorSiteStatus{}, s.opErr(err)
+	}
+	resync, err := ResyncRequested(ctx, pool, name)
+	if err != nil {
+		return MirrorSiteStatus{}, s.opErr(err)
+	}
+	return MirrorSiteStatus{Known: st.Known, Up: st.Up, State: st.State, Description: st.Description,
+		LastUpdate: st.LastUpdate, ResyncRequested: resync}, nil
+}
+
+func (s *cephStorage) Replication(ctx context.Context, pool objstore.Pool, name string) ([]PeerReplication, error) {
+	peers, err := JournalReplication(ctx, pool, name)
+	if err != nil && !errors.Is(err, ErrNoMirrorPeer) {
+		return nil, s.opErr(err)
+	}
+	return peers, err
 }
