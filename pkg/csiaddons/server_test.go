@@ -261,7 +261,6 @@ func serve(t *testing.T, b storage.Backend, now func() time.Time) (identity.Iden
 	return identity.NewIdentityClient(conn), replication.NewControllerClient(conn)
 }
 
-
 func volIDOf(name string) string { return "rbdj1/ceph/site-a/rbd/" + name }
 
 func wantCode(t *testing.T, what string, err error, code codes.Code, msgs ...string) {
@@ -604,4 +603,3 @@ func TestLocalBackend(t *testing.T) {
 		wantCode(t, "local", cl(ctx, c), codes.FailedPrecondition, "mirroring needs the Ceph backend")
 	}
 }
-
