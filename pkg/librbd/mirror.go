@@ -129,7 +129,10 @@ func MirrorResync(ctx context.Context, pool objstore.Pool, name string) error {
 }
 
 // MirrorDisable disables mirroring of image name (rbd mirror image
-// disable [--force]; force: even on a non-primary copy).
+// disable [--force]; force: even on a non-primary copy). Beware: librbd
+// also removes the journaling feature of a journal-mirrored image in a
+// pool of image mode (it assumes it added it at enable); see
+// storage.DisableMirroring.
 func MirrorDisable(ctx context.Context, pool objstore.Pool, name string, force bool) error {
 	return mirrorOp(ctx, pool, name, "disable mirroring of", func(img *rbd.Image) error { return img.MirrorDisable(force) })
 }

@@ -71,7 +71,9 @@ type Mirrorer interface {
 	// DisableMirroring disables mirroring of an image (a no-op when it is
 	// not mirrored). A non-primary copy is disabled only with force (it
 	// then stops being a replica and keeps what it has); without force
-	// that is ErrNotPrimary.
+	// that is ErrNotPrimary. The image keeps a journal (librbd drops the
+	// journaling feature with journal mirroring; Ceph's re-adds it) and
+	// must not be in use (image.ErrBusy).
 	DisableMirroring(ctx context.Context, pool objstore.Pool, name string, force bool) error
 	// LocalMirrorStatus returns what this site's rbd-mirror reports about
 	// the image (and whether a resync is pending).

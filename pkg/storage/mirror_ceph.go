@@ -121,7 +121,29 @@ func (s *cephStorage) DisableMirroring(ctx context.Context, pool objstore.Pool, 
 		return fmt.Errorf("image %s/%s is a non-primary replica: %w; disabling mirroring there makes it a standalone copy of whatever it has replayed: ask with force, or disable mirroring on the primary site",
 			pool.Name(), name, ErrNotPrimary)
 	}
-	return s.opErr(librbd.MirrorDisable(ctx, pool, name, force && !mi.Primary))
+	// librbd re-creates the journal (MirrorDisable), which goes through
+	// the image's exclusive lock: refused while a node serves the image.
+	users, err := imageUsers(ctx, pool, name)
+	if err != nil {
+		return s.opErr(err)
+	}
+	if len(users) > 0 {
+		return fmt.Errorf("image %s/%s is in use by %d client(s) (staged on a node): %w; unstage it before disabling its mirroring", pool.Name(), name, len(users), image.ErrBusy)
+	}
+	before, err := imageInfo(ctx, pool, name)
+	if err != nil {
+		return s.opErr(err)
+	}
+	if err := librbd.MirrorDisable(ctx, pool, name, force && !mi.Primary); err != nil {
+		return s.opErr(err)
+	}
+	// librbd drops the journaling feature of a journal-mirrored image
+	// (in a pool of image mode); a csi-rbdj volume needs its journal.
+	if err := ensureJournaling(ctx, pool, name, before); err != nil {
+		return s.opErr(fmt.Errorf("mirroring of %s/%s disabled, but librbd removed its journal and re-creating it failed (rbd feature enable %s/%s journaling --journal-order %d --journal-splay-width %d): %w",
+			pool.Name(), name, pool.Name(), name, before.JournalOrder, before.JournalSplayWidth, err))
+	}
+	return nil
 }
 
 func (s *cephStorage) LocalMirrorStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error) {
