@@ -209,6 +209,10 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 	defer unlock()
 	log := klog.FromContext(ctx).WithValues("volumeID", req.GetVolumeId())
 	mi, err := t.m.MirrorInfo(ctx, t.pool, t.id.Image)
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(req.GetVolumeId()) {
+		log.V(2).Info("Resync in progress: rbd-mirror is re-creating the image")
+		return &replication.ResyncVolumeResponse{Ready: false}, nil
+	}
 	if err != nil {
 		return nil, mirrorErr(err, "resync", t)
 	}
@@ -232,9 +236,13 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 		if err := t.m.ResyncImage(ctx, t.pool, t.id.Image); err != nil {
 			return nil, mirrorErr(err, "resync", t)
 		}
+		s.resyncRequested(req.GetVolumeId())
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
 	ready, why := replayCaughtUp(st)
+	if ready {
+		s.resyncDone(req.GetVolumeId())
+	}
 	log.V(2).Info("Resync status", "ready", ready, "why", why)
 	return &replication.ResyncVolumeResponse{Ready: ready}, nil
 }

@@ -55,6 +55,49 @@ type Server struct {
 
 	mu  sync.Mutex
 	srv *grpc.Server
+	// resyncs are the volumes this server asked rbd-mirror to resync, and
+	// when: rbd-mirror deletes the image and creates it anew about 30 s
+	// later (its replayer's restart interval), and a ResyncVolume in that
+	// window finds no image, which is the resync's progress, not a
+	// missing volume. Lost on restart (such a call then answers NotFound
+	// until the image is back, and the controller retries).
+	resyncs map[string]time.Time
+}
+
+// resyncWindow is how long after a resync request a missing image counts
+// as being re-created by rbd-mirror.
+const resyncWindow = 10 * time.Minute
+
+// resyncRequested records that volume id's resync was requested now.
+func (s *Server) resyncRequested(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.resyncs == nil {
+		s.resyncs = map[string]time.Time{}
+	}
+	now := s.o.Now()
+	for k, t := range s.resyncs {
+		if now.Sub(t) > resyncWindow {
+			delete(s.resyncs, k)
+		}
+	}
+	s.resyncs[id] = now
+}
+
+// resyncing reports whether volume id's resync was requested within
+// resyncWindow.
+func (s *Server) resyncing(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.resyncs[id]
+	return ok && s.o.Now().Sub(t) <= resyncWindow
+}
+
+// resyncDone forgets volume id's resync.
+func (s *Server) resyncDone(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.resyncs, id)
 }
 
 // New returns a Server.

@@ -470,11 +470,30 @@ func TestResyncSequence(t *testing.T) {
 	if m.resyncs != 1 {
 		t.Fatalf("%d resyncs requested, want 1", m.resyncs)
 	}
+	// rbd-mirror deletes the image and creates it anew: meanwhile the
+	// resync is in progress (not NotFound).
 	m.mu.Lock()
-	m.images["broken"].status = testImages()["replica"].status // rbd-mirror re-created it and caught up
+	img := m.images["broken"]
+	delete(m.images, "broken")
+	m.mu.Unlock()
+	if err := resync(id, false, false)(ctx, c); err != nil {
+		t.Fatalf("resync while rbd-mirror re-creates the image: %v", err)
+	}
+	m.mu.Lock()
+	img.status = testImages()["replica"].status // re-created, caught up
+	m.images["broken"] = img
 	m.mu.Unlock()
 	if err := resync(id, false, true)(ctx, c); err != nil {
 		t.Fatal(err)
+	}
+	// Done: a missing image is NotFound again.
+	m.mu.Lock()
+	delete(m.images, "broken")
+	m.mu.Unlock()
+	err := resync(id, false, false)(ctx, c)
+	wantCode(t, "resync of a missing image after the resync finished", err, codes.NotFound)
+	if m.resyncs != 1 {
+		t.Fatalf("%d resyncs requested, want 1", m.resyncs)
 	}
 }
 

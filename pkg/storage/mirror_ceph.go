@@ -91,7 +91,7 @@ func (s *cephStorage) DemoteImage(ctx context.Context, pool objstore.Pool, name 
 	// serving the image owns it and does not hand it over for a demotion
 	// (librbd's owner-side DemotePromote is not implemented), so a served
 	// image is refused rather than left half demoted.
-	users, err := imageUsers(ctx, pool, name)
+	users, err := imageOpeners(ctx, pool, name)
 	if err != nil {
 		return s.opErr(err)
 	}
@@ -121,9 +121,10 @@ func (s *cephStorage) DisableMirroring(ctx context.Context, pool objstore.Pool, 
 		return fmt.Errorf("image %s/%s is a non-primary replica: %w; disabling mirroring there makes it a standalone copy of whatever it has replayed: ask with force, or disable mirroring on the primary site",
 			pool.Name(), name, ErrNotPrimary)
 	}
-	// librbd re-creates the journal (MirrorDisable), which goes through
-	// the image's exclusive lock: refused while a node serves the image.
-	users, err := imageUsers(ctx, pool, name)
+	// librbd's disable removes the journaling feature through the image's
+	// exclusive lock, and the journal is re-created here without it:
+	// refused while a node serves the image.
+	users, err := imageOpeners(ctx, pool, name)
 	if err != nil {
 		return s.opErr(err)
 	}

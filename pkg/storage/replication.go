@@ -236,3 +236,23 @@ func ensureJournaling(ctx context.Context, pool objstore.Pool, name string, befo
 	}
 	return nil
 }
+
+// imageOpeners lists the watchers of the image's header only: the clients
+// that have the image open (a node serving it, librbd). Unlike ImageUsers
+// it leaves out watchers of the journal alone: rbd-mirror's replayer on the
+// peer site watches the primary's journal header without opening the
+// image, and must not make the image look in use.
+func imageOpeners(ctx context.Context, pool objstore.Pool, name string) ([]objstore.WatcherInfo, error) {
+	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
+	if err != nil {
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("image %q id: %w", name, err)
+	}
+	ws, err := pool.ListWatchers(ctx, clsrbd.HeaderOID(id))
+	if err != nil && !errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("watchers of %s: %w", clsrbd.HeaderOID(id), err)
+	}
+	return ws, nil
+}
