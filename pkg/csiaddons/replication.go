@@ -224,6 +224,10 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 			what("resync", t), storage.ErrImagePrimary)
 	}
 	st, err := t.m.LocalMirrorStatus(ctx, t.pool, t.id.Image)
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(req.GetVolumeId()) {
+		log.V(2).Info("Resync in progress: rbd-mirror is removing the image")
+		return &replication.ResyncVolumeResponse{Ready: false}, nil
+	}
 	if err != nil {
 		return nil, mirrorErr(err, "resync", t)
 	}

@@ -26,10 +26,12 @@ import (
 
 // fakeImage is a mirrored image of the fake Mirrorer.
 type fakeImage struct {
-	info   storage.MirrorInfo
-	inUse  bool
-	status storage.MirrorSiteStatus
-	peers  []storage.PeerReplication
+	// statusGone: the image is being removed (its journal is gone).
+	statusGone bool
+	info       storage.MirrorInfo
+	inUse      bool
+	status     storage.MirrorSiteStatus
+	peers      []storage.PeerReplication
 }
 
 // fakeMirrorer follows storage.Mirrorer's contract on a map of images; its
@@ -174,6 +176,9 @@ func (f *fakeMirrorer) LocalMirrorStatus(_ context.Context, _ objstore.Pool, nam
 	i, err := f.img(name)
 	if err != nil {
 		return storage.MirrorSiteStatus{}, err
+	}
+	if i.statusGone {
+		return storage.MirrorSiteStatus{}, fmt.Errorf("image %q: journal image client: %w", name, image.ErrNotFound)
 	}
 	return i.status, nil
 }
@@ -470,10 +475,17 @@ func TestResyncSequence(t *testing.T) {
 	if m.resyncs != 1 {
 		t.Fatalf("%d resyncs requested, want 1", m.resyncs)
 	}
-	// rbd-mirror deletes the image and creates it anew: meanwhile the
-	// resync is in progress (not NotFound).
+	// rbd-mirror deletes the image (its journal first) and creates it
+	// anew: meanwhile the resync is in progress (not NotFound).
+	m.mu.Lock()
+	m.images["broken"].statusGone = true
+	m.mu.Unlock()
+	if err := resync(id, false, false)(ctx, c); err != nil {
+		t.Fatalf("resync while rbd-mirror removes the image: %v", err)
+	}
 	m.mu.Lock()
 	img := m.images["broken"]
+	img.statusGone = false
 	delete(m.images, "broken")
 	m.mu.Unlock()
 	if err := resync(id, false, false)(ctx, c); err != nil {

@@ -178,6 +178,11 @@ func ResyncRequested(ctx context.Context, pool objstore.Pool, name string) (bool
 		return false, err
 	}
 	c, err := clsjournal.GetClient(ctx, pool, journal.HeaderOID(id), rbdjournal.LocalMirrorUUID)
+	if errors.Is(err, objstore.ErrNotFound) {
+		// The image is being removed (rbd-mirror deletes a replica to
+		// resync it) between the reads.
+		return false, fmt.Errorf("image %q: journal image client: %w: %w", name, image.ErrNotFound, err)
+	}
 	if err != nil {
 		return false, fmt.Errorf("image %q: journal image client: %w", name, err)
 	}
