@@ -45,6 +45,35 @@ const (
 	HeaderSetsBehind    = "csi-rbdj-replication-object-sets-behind"
 )
 
+// request is what every replication request has: the volume, named by
+// volume_id (v0.2.0) or by replication_source (which newer csi-addons
+// sidecars send alone).
+type request interface {
+	GetVolumeId() string
+	GetReplicationSource() *replication.ReplicationSource
+}
+
+// volumeIDOf returns the volume a request is about. A volume group is
+// Unimplemented (csi-rbdj has no volume groups); volume_id and
+// replication_source naming different volumes is InvalidArgument.
+func volumeIDOf(req request) (string, error) {
+	id := req.GetVolumeId()
+	src := req.GetReplicationSource()
+	if g := src.GetVolumegroup(); g != nil {
+		return "", status.Errorf(codes.Unimplemented, "replication of volume group %q: csi-rbdj has no volume groups; replicate its volumes one by one", g.GetVolumeGroupId())
+	}
+	if v := src.GetVolume().GetVolumeId(); v != "" {
+		if id != "" && id != v {
+			return "", status.Errorf(codes.InvalidArgument, "volume_id %q and replication_source volume %q differ", id, v)
+		}
+		id = v
+	}
+	if id == "" {
+		return "", status.Error(codes.InvalidArgument, "volume_id is missing (neither volume_id nor replication_source.volume.volume_id is set)")
+	}
+	return id, nil
+}
+
 // target is the volume a call is about, opened.
 type target struct {
 	id   volume.VolumeID
@@ -124,16 +153,20 @@ func checkParams(params map[string]string) error {
 // (idempotent). A pool without mirroring is FailedPrecondition naming the
 // command that enables it.
 func (s *Server) EnableVolumeReplication(ctx context.Context, req *replication.EnableVolumeReplicationRequest) (*replication.EnableVolumeReplicationResponse, error) {
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkParams(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if _, ok := req.GetParameters()[ParamSchedulingInterval]; ok {
-		klog.FromContext(ctx).V(2).Info("Ignoring a snapshot schedule: journal mirroring replicates every write", "volumeID", req.GetVolumeId())
+		klog.FromContext(ctx).V(2).Info("Ignoring a snapshot schedule: journal mirroring replicates every write", "volumeID", id)
 	}
 	if err := t.m.EnableJournalMirroring(ctx, t.pool, t.id.Image); err != nil {
 		return nil, mirrorErr(err, "enable journal mirroring of", t)
@@ -144,10 +177,14 @@ func (s *Server) EnableVolumeReplication(ctx context.Context, req *replication.E
 // DisableVolumeReplication disables mirroring of the volume's image
 // (idempotent). On a non-primary copy it needs the parameter force=true.
 func (s *Server) DisableVolumeReplication(ctx context.Context, req *replication.DisableVolumeReplicationRequest) (*replication.DisableVolumeReplicationResponse, error) {
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkParams(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +200,11 @@ func (s *Server) DisableVolumeReplication(ctx context.Context, req *replication.
 // though the current primary cannot be asked (its site is lost). A primary
 // copy is already promoted (OK).
 func (s *Server) PromoteVolume(ctx context.Context, req *replication.PromoteVolumeRequest) (*replication.PromoteVolumeResponse, error) {
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +225,11 @@ func (s *Server) PromoteVolume(ctx context.Context, req *replication.PromoteVolu
 // already demoted (OK); a copy staged on a node is refused
 // (FailedPrecondition): its user must stop first.
 func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolumeRequest) (*replication.DemoteVolumeResponse, error) {
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -202,14 +247,18 @@ func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolume
 // resynced unless force is set (the controller calls ResyncVolume on every
 // reconcile of a secondary). A primary copy is FailedPrecondition.
 func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolumeRequest) (*replication.ResyncVolumeResponse, error) {
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	log := klog.FromContext(ctx).WithValues("volumeID", req.GetVolumeId())
+	log := klog.FromContext(ctx).WithValues("volumeID", id)
 	mi, err := t.m.MirrorInfo(ctx, t.pool, t.id.Image)
-	if errors.Is(err, image.ErrNotFound) && s.resyncing(req.GetVolumeId()) {
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(id) {
 		log.V(2).Info("Resync in progress: rbd-mirror is re-creating the image")
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
@@ -224,7 +273,7 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 			what("resync", t), storage.ErrImagePrimary)
 	}
 	st, err := t.m.LocalMirrorStatus(ctx, t.pool, t.id.Image)
-	if errors.Is(err, image.ErrNotFound) && s.resyncing(req.GetVolumeId()) {
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(id) {
 		log.V(2).Info("Resync in progress: rbd-mirror is removing the image")
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
@@ -240,12 +289,12 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 		if err := t.m.ResyncImage(ctx, t.pool, t.id.Image); err != nil {
 			return nil, mirrorErr(err, "resync", t)
 		}
-		s.resyncRequested(req.GetVolumeId())
+		s.resyncRequested(id)
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
 	ready, why := replayCaughtUp(st)
 	if ready {
-		s.resyncDone(req.GetVolumeId())
+		s.resyncDone(id)
 	}
 	log.V(2).Info("Resync status", "ready", ready, "why", why)
 	return &replication.ResyncVolumeResponse{Ready: ready}, nil
@@ -293,7 +342,11 @@ func entriesBehind(desc string) (int64, bool) {
 // the slowest one's. The backlog (entries, bytes, object sets) goes into
 // response headers, which the v0.2.0 response has no field for.
 func (s *Server) GetVolumeReplicationInfo(ctx context.Context, req *replication.GetVolumeReplicationInfoRequest) (*replication.GetVolumeReplicationInfoResponse, error) {
-	t, unlock, err := s.begin(ctx, req.GetVolumeId(), req.GetSecrets())
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, err
+	}
+	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +390,7 @@ func (s *Server) GetVolumeReplicationInfo(ctx context.Context, req *replication.
 	if ok {
 		resp.LastSyncTime = timestamppb.New(last)
 	}
-	klog.FromContext(ctx).V(2).Info("Replication info", "volumeID", req.GetVolumeId(), "peer", slowest.MirrorUUID,
+	klog.FromContext(ctx).V(2).Info("Replication info", "volumeID", id, "peer", slowest.MirrorUUID,
 		"lastSync", last, "known", ok, "entriesBehind", slowest.EntriesBehind, "bytesBehind", slowest.BytesBehind, "setsBehind", slowest.SetsBehind)
 	return resp, nil
 }

@@ -170,8 +170,10 @@ func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, ha
 	resp, err := handler(ctx, req)
 	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
 	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
-	if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
-		kv = append(kv, "volumeID", v.GetVolumeId())
+	if r, ok := req.(request); ok {
+		if id, err := volumeIDOf(r); err == nil {
+			kv = append(kv, "volumeID", id)
+		}
 	}
 	if err != nil {
 		if _, ok := status.FromError(err); !ok {

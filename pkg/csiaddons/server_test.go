@@ -459,6 +459,36 @@ func TestReplicationCodes(t *testing.T) {
 	}
 }
 
+// TestReplicationSource: newer csi-addons sidecars name the volume by
+// replication_source only; a volume group is Unimplemented; volume_id and
+// replication_source naming different volumes is InvalidArgument.
+func TestReplicationSource(t *testing.T) {
+	m := &fakeMirrorer{images: testImages()}
+	_, c := serve(t, &fakeBackend{st: fakeStorage{fakeMirrorer: m}}, nil)
+	ctx := context.Background()
+	src := func(id string) *replication.ReplicationSource {
+		return &replication.ReplicationSource{Type: &replication.ReplicationSource_Volume{Volume: &replication.ReplicationSource_VolumeSource{VolumeId: id}}}
+	}
+	if _, err := c.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: src(volIDOf("primary"))}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(m.calls, ";") != "demote primary" {
+		t.Fatalf("calls %v", m.calls)
+	}
+	if _, err := c.PromoteVolume(ctx, &replication.PromoteVolumeRequest{VolumeId: volIDOf("primary"), ReplicationSource: src(volIDOf("primary"))}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: src(volIDOf("gone"))})
+	wantCode(t, "info of a missing volume by source", err, codes.NotFound, "gone")
+	_, err = c.PromoteVolume(ctx, &replication.PromoteVolumeRequest{VolumeId: volIDOf("primary"), ReplicationSource: src(volIDOf("replica"))})
+	wantCode(t, "differing ids", err, codes.InvalidArgument, "differ")
+	_, err = c.EnableVolumeReplication(ctx, &replication.EnableVolumeReplicationRequest{ReplicationSource: &replication.ReplicationSource{
+		Type: &replication.ReplicationSource_Volumegroup{Volumegroup: &replication.ReplicationSource_VolumeGroupSource{VolumeGroupId: "g1"}}}})
+	wantCode(t, "volume group", err, codes.Unimplemented, "volume group")
+	_, err = c.ResyncVolume(ctx, &replication.ResyncVolumeRequest{})
+	wantCode(t, "no volume", err, codes.InvalidArgument, "volume_id is missing")
+}
+
 // TestResyncSequence: the controller's repeated ResyncVolume calls on a
 // split-brained replica request one resync, then wait (not ready) while
 // it runs, then report ready once rbd-mirror replays with no backlog.
