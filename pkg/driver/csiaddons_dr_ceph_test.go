@@ -24,8 +24,9 @@ import (
 )
 
 // TestDRCSIAddons drives a failover and failback through the csi-addons
-// replication API (a gRPC client of the spec, as the csi-addons controller
-// calls it) on the two-site setup (drSites; one rbd-mirror, site-a ->
+// replication API (a gRPC client of the spec, requests shaped as the
+// csi-addons sidecar of kubernetes-csi-addons v0.13 sends them: the volume
+// in replication_source, the secret's data) on the two-site setup (drSites; one rbd-mirror, site-a ->
 // site-b):
 //
 //   - a volume created on site-a without mirroring and written (then
@@ -118,7 +119,7 @@ func TestDRCSIAddons(t *testing.T) {
 	params := map[string]string{csiaddons.ParamMirroringMode: "journal"}
 	enabled := time.Now()
 	for range 2 {
-		if _, err := repl.EnableVolumeReplication(ctx, &replication.EnableVolumeReplicationRequest{VolumeId: idA, Parameters: params, Secrets: sec}); err != nil {
+		if _, err := repl.EnableVolumeReplication(ctx, &replication.EnableVolumeReplicationRequest{ReplicationSource: volSrc(idA), Parameters: params, Secrets: sec}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -127,7 +128,7 @@ func TestDRCSIAddons(t *testing.T) {
 	// Replication info: poll until rbd-mirror has committed its position.
 	infoA := func() (time.Time, metadata.MD, error) {
 		var hdr metadata.MD
-		r, err := repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{VolumeId: idA, Secrets: sec}, grpc.Header(&hdr))
+		r, err := repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: volSrc(idA), Secrets: sec}, grpc.Header(&hdr))
 		if err != nil {
 			return time.Time{}, hdr, err
 		}
@@ -155,7 +156,7 @@ func TestDRCSIAddons(t *testing.T) {
 		}
 	}
 	waitCaughtUp("after the initial sync")
-	_, err = repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{VolumeId: idB, Secrets: sec})
+	_, err = repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "replication info of the replica", err, codes.FailedPrecondition, "non-primary")
 
 	// A backlog while rbd-mirror is away.
@@ -178,16 +179,16 @@ func TestDRCSIAddons(t *testing.T) {
 	waitCaughtUp("after rbd-mirror returned")
 
 	// Planned failover.
-	_, err = repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{VolumeId: idB, Secrets: sec})
+	_, err = repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "promote of site-b while site-a is primary", err, codes.FailedPrecondition, "other site still holds the primary")
 	for range 2 {
-		if _, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{VolumeId: idA, Secrets: sec}); err != nil {
+		if _, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: volSrc(idA), Secrets: sec}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	start := time.Now()
 	for {
-		_, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{VolumeId: idB, Secrets: sec})
+		_, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 		if err == nil {
 			break
 		}
@@ -197,7 +198,7 @@ func TestDRCSIAddons(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Logf("site-b promoted %v after site-a's demotion", time.Since(start).Round(100*time.Millisecond))
-	_, err = repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{VolumeId: idB, Secrets: sec})
+	_, err = repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "resync of the promoted site-b", err, codes.FailedPrecondition, "primary")
 	purgeMirrorSnaps(t, s, "site-b", name)
 	stage(idB)
@@ -205,10 +206,10 @@ func TestDRCSIAddons(t *testing.T) {
 	unstage(idB)
 
 	// Failback.
-	if _, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{VolumeId: idB, Secrets: sec}); err != nil {
+	if _, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{VolumeId: idA, Secrets: sec}); err != nil {
+	if _, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idA), Secrets: sec}); err != nil {
 		t.Fatal(err)
 	}
 	stage(idA)
@@ -217,7 +218,7 @@ func TestDRCSIAddons(t *testing.T) {
 	idBefore := strings.TrimSpace(s.mustRBD(t, "site-b", "info", "--format", "json", "rbd/"+name))
 	start = time.Now()
 	for {
-		r, err := repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{VolumeId: idB, Secrets: sec})
+		r, err := repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 		// While rbd-mirror re-creates the image (about 30 s) it is
 		// missing: the server answers not ready, not NotFound.
 		if err != nil {
@@ -246,4 +247,10 @@ func purgeMirrorSnaps(t *testing.T, s *drSites, site, name string) {
 		t.Logf("removing rbd-mirror's sync-point snapshot from %s (the data path cannot write images with snapshots yet):\n%s", site, snaps)
 		s.mustRBD(t, site, "snap", "purge", "--no-progress", "rbd/"+name)
 	}
+}
+
+// volSrc names a volume as the csi-addons sidecar (kubernetes-csi-addons
+// v0.13) does: by replication_source only.
+func volSrc(id string) *replication.ReplicationSource {
+	return &replication.ReplicationSource{Type: &replication.ReplicationSource_Volume{Volume: &replication.ReplicationSource_VolumeSource{VolumeId: id}}}
 }
