@@ -240,9 +240,9 @@ func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolume
 	return &replication.DemoteVolumeResponse{}, nil
 }
 
-// ResyncVolume makes a non-primary copy whose replication broke (rbd-mirror
-// reports an error: split brain after a failback, a peer client
-// disconnected for lagging) copy the primary anew, and reports ready once
+// ResyncVolume makes a non-primary copy whose replication broke for good
+// (rbd-mirror reports a split brain after a failback, or its client was
+// disconnected for lagging: needsResync) copy the primary anew, and reports ready once
 // the copy is replaying and has caught up. A healthy replica is not
 // resynced unless force is set (the controller calls ResyncVolume on every
 // reconcile of a secondary). A primary copy is FailedPrecondition.
@@ -284,7 +284,7 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 		log.V(2).Info("Resync in progress", "state", st.State, "description", st.Description)
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
-	if req.GetForce() || st.State == storage.MirrorStateError {
+	if req.GetForce() || needsResync(st) {
 		log.Info("Requesting a resync", "force", req.GetForce(), "state", st.State, "description", st.Description)
 		if err := t.m.ResyncImage(ctx, t.pool, t.id.Image); err != nil {
 			return nil, mirrorErr(err, "resync", t)
@@ -298,6 +298,16 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 	}
 	log.V(2).Info("Resync status", "ready", ready, "why", why)
 	return &replication.ResyncVolumeResponse{Ready: ready}, nil
+}
+
+// needsResync reports whether rbd-mirror stopped replaying for good: a
+// split brain (both sites were primary, after a failback) or its client
+// disconnected from the primary's journal for lagging. Other errors (the
+// remote not primary during a switch-over, a peer that is down) pass, and
+// resyncing for them would copy the whole image for nothing.
+func needsResync(st storage.MirrorSiteStatus) bool {
+	return st.State == storage.MirrorStateError &&
+		(strings.Contains(st.Description, "split-brain") || strings.Contains(st.Description, "disconnected"))
 }
 
 // replayCaughtUp reports whether this site's rbd-mirror replays the image

@@ -373,6 +373,8 @@ func testImages() map[string]*fakeImage {
 		"staged":      {info: journal(true), inUse: true},
 		"broken":      {info: journal(false), status: storage.MirrorSiteStatus{Known: true, Up: true, State: storage.MirrorStateError, Description: "split-brain detected"}},
 		"behind":      {info: journal(false), status: replaying(12)},
+		"remoteerr":   {info: journal(false), status: storage.MirrorSiteStatus{Known: true, Up: true, State: storage.MirrorStateError, Description: "remote image is not primary"}},
+		"lagged":      {info: journal(false), status: storage.MirrorSiteStatus{Known: true, Up: true, State: storage.MirrorStateError, Description: "disconnected"}},
 		"down":        {info: journal(false), status: storage.MirrorSiteStatus{Known: true, Up: false, State: storage.MirrorStateReplaying}},
 		"peerprimary": {info: journal(false), status: storage.MirrorSiteStatus{State: "peer-primary"}},
 		"snapmode":    {info: storage.MirrorInfo{Enabled: true, Mode: "snapshot", Primary: true}},
@@ -435,6 +437,8 @@ func TestReplicationCodes(t *testing.T) {
 		{name: "resync healthy replica: ready, no resync", call: resync(volIDOf("replica"), false, true)},
 		{name: "resync forced", call: resync(volIDOf("replica"), true, false), wantCalls: []string{"resync replica"}},
 		{name: "resync split brain", call: resync(volIDOf("broken"), false, false), wantCalls: []string{"resync broken"}},
+		{name: "resync disconnected replica", call: resync(volIDOf("lagged"), false, false), wantCalls: []string{"resync lagged"}},
+		{name: "resync transient error: not ready, no resync", call: resync(volIDOf("remoteerr"), false, false)},
 		{name: "resync replica behind: not ready", call: resync(volIDOf("behind"), false, false)},
 		{name: "resync rbd-mirror down: not ready", call: resync(volIDOf("down"), false, false)},
 
