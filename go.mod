@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/ceph/go-ceph v0.34.0
 	github.com/container-storage-interface/spec v1.12.0
+	github.com/csi-addons/spec v0.2.0
 	github.com/kubernetes-csi/csi-test/v5 v5.4.0
 	github.com/moby/sys/mountinfo v0.7.2
 	github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring v0.83.0
@@ -32,6 +33,7 @@ require (
 	github.com/go-task/slim-sprig/v3 v3.0.0 // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/mock v1.6.0 // indirect
+	github.com/golang/protobuf v1.5.4 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
 	github.com/google/pprof v0.0.0-20241210010833-40e02aabc2ad // indirect
 	github.com/google/uuid v1.6.0 // indirect

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
@@ -96,6 +97,8 @@ type serveConfig struct {
 	noSync         bool
 	kubeletRegDir  string
 	kubeletRegPath string
+	// csiAddonsEndpoint: the csi-addons socket (controller); "": off.
+	csiAddonsEndpoint string
 
 	cephConfig         string
 	cephCredentialsDir string
@@ -127,6 +130,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.kubeletRegDir, "kubelet-registration-dir", "", "node: register with the kubelet through a socket in this directory (<kubelet root>/plugins_registry); empty: do not register")
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
+	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
 	klog.InitFlags(fs)
 }
 
@@ -224,6 +228,14 @@ func serve(ctx context.Context, c serveConfig) error {
 			ns.Stop(sctx)
 		}()
 	}
+	if c.csiAddonsEndpoint != "" {
+		stopAddons, err := serveCSIAddons(ctx, c, mode, st)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopAddons()
+	}
 	if c.kubeletRegDir != "" {
 		reg, err := listenKubeletRegistration(ctx, c)
 		if err != nil {
@@ -244,6 +256,31 @@ func serve(ctx context.Context, c serveConfig) error {
 	}
 	klog.FromContext(ctx).Info("Shutting down", "reason", context.Cause(ctx))
 	return nil
+}
+
+// serveCSIAddons serves the csi-addons services on their socket until
+// the returned stop is called.
+func serveCSIAddons(ctx context.Context, c serveConfig, mode driver.Mode, b storage.Backend) (stop func(), err error) {
+	if mode != driver.ModeController && mode != driver.ModeAll {
+		return nil, fmt.Errorf("--csi-addons-endpoint needs --mode controller or all, not %q", c.mode)
+	}
+	srv, err := csiaddons.New(csiaddons.Options{Name: c.driverName, Version: version, Backend: b})
+	if err != nil {
+		return nil, err
+	}
+	l, err := driver.Listen(c.csiAddonsEndpoint)
+	if err != nil {
+		return nil, fmt.Errorf("csi-addons endpoint: %w", err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { // owned by stop, which ends and waits for it
+		defer close(done)
+		if err := srv.Serve(actx, l); err != nil {
+			klog.FromContext(ctx).Error(err, "csi-addons server failed")
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // listenKubeletRegistration creates the kubelet plugin-registration socket
