@@ -137,7 +137,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		case <-done:
 		}
 	}()
-	klog.InfoS("Serving csi-addons", "driver", s.o.Name, "services", "identity, replication", "endpoint", l.Addr().String())
+	klog.FromContext(ctx).Info("Serving csi-addons", "driver", s.o.Name, "services", "identity, replication", "endpoint", l.Addr().String())
 	err := srv.Serve(l)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
@@ -167,6 +167,7 @@ func (s *Server) Stop() {
 // request: it carries secrets) and turns plain errors into Internal ones.
 func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	logger := klog.FromContext(ctx)
 	resp, err := handler(ctx, req)
 	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
 	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
@@ -179,13 +180,13 @@ func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, ha
 		if _, ok := status.FromError(err); !ok {
 			err = status.Error(codes.Internal, err.Error())
 		}
-		klog.InfoS("csi-addons call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
+		logger.Info("csi-addons call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
 		return resp, err
 	}
 	if method == "Probe" {
-		klog.V(5).InfoS("csi-addons call", kv...)
+		logger.V(5).Info("csi-addons call", kv...)
 	} else {
-		klog.V(2).InfoS("csi-addons call", kv...)
+		logger.V(2).Info("csi-addons call", kv...)
 	}
 	return resp, nil
 }
