@@ -56,12 +56,16 @@ ceph-down:
 deps:
 	./hack/install-deps.sh
 
+# vet, vet-ceph: go vet, gofmt, then staticcheck and logcheck (hack/lint.sh;
+# the tools are built once into ~/.cache/csi-rbdj/tools).
 vet:
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	./hack/lint.sh
 
 vet-ceph:
 	$(GO) vet -tags '$(CEPHTAGS)' ./...
+	./hack/lint.sh $(CEPHTAGS)
 
 # CSI_RBDJ_REQUIRE_HELM=1: the chart tests (charts/) fail instead of skipping without helm.
 unit: helm

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -78,6 +79,7 @@ func decoder(t *testing.T) runtime.Decoder {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{
 		corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, storagev1.AddToScheme,
+		monitoringv1.AddToScheme, // the ServiceMonitor (metrics.serviceMonitor)
 	} {
 		if err := add(scheme); err != nil {
 			t.Fatal(err)
@@ -285,6 +287,8 @@ func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
 		"/events": true, "storage.k8s.io/csinodes": true, "/nodes": true,
 		"coordination.k8s.io/leases": true, "/secrets": true,
 		"/persistentvolumeclaims/status": true, // the resizer
+		// the csi-addons sidecar (csiAddons.enabled)
+		"csiaddons.openshift.io/csiaddonsnodes": true, "/pods": true, "apps/replicasets": true, "apps/deployments/finalizers": true,
 	}
 	var rules []rbacv1.PolicyRule
 	for _, r := range find[*rbacv1.ClusterRole](objs) {
@@ -370,6 +374,51 @@ func TestTemplateAllOptions(t *testing.T) {
 		t.Errorf("resizer %s %s args %v env %v resources %v", rs.Image, rs.ImagePullPolicy, rs.Args, rs.Env, rs.Resources)
 	}
 	checkLeastPrivilege(t, objs)
+}
+
+// TestTemplateCSIAddons: csiAddons.enabled serves the csi-addons socket
+// next to the CSI one and runs the csi-addons sidecar on it; off by
+// default.
+func TestTemplateCSIAddons(t *testing.T) {
+	dep := one[*appsv1.Deployment](t, render(t))
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		if c.Name == "csi-addons" || slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--csi-addons-endpoint") }) {
+			t.Errorf("csi-addons rendered by default (container %s %v)", c.Name, c.Args)
+		}
+	}
+	objs := render(t, "-f", "testdata/all-options.yaml")
+	dep = one[*appsv1.Deployment](t, objs)
+	ctrl := container(t, dep.Spec.Template.Spec, "csi-rbdj")
+	if !slices.Contains(ctrl.Args, "--csi-addons-endpoint=unix:///csi/csi-addons.sock") {
+		t.Errorf("controller args %v lack the csi-addons endpoint", ctrl.Args)
+	}
+	sc := container(t, dep.Spec.Template.Spec, "csi-addons")
+	for _, a := range []string{"--csi-addons-address=unix:///csi/csi-addons.sock", "--controller-port=9171", "--pod=$(POD_NAME)",
+		"--namespace=$(POD_NAMESPACE)", "--pod-uid=$(POD_UID)", "--node-id=$(NODE_ID)", "--v=5", "--enable-auth=false"} {
+		if !slices.Contains(sc.Args, a) {
+			t.Errorf("sidecar args %v lack %s", sc.Args, a)
+		}
+	}
+	if sc.Image != "registry.example.com/csiaddons/k8s-sidecar:v0.12.0" || len(sc.Ports) != 1 || sc.Ports[0].ContainerPort != 9171 ||
+		len(sc.VolumeMounts) != 1 || sc.VolumeMounts[0].MountPath != "/csi" {
+		t.Errorf("sidecar %s ports %v mounts %v", sc.Image, sc.Ports, sc.VolumeMounts)
+	}
+	var env []string
+	for _, e := range sc.Env {
+		env = append(env, e.Name)
+	}
+	for _, e := range []string{"NODE_ID", "POD_NAME", "POD_NAMESPACE", "POD_UID", "KUBERNETES_SERVICE_HOST"} {
+		if !slices.Contains(env, e) {
+			t.Errorf("sidecar env %v lacks %s", env, e)
+		}
+	}
+	var found bool
+	for _, r := range find[*rbacv1.Role](objs) {
+		found = found || strings.HasSuffix(r.Name, "-csi-addons")
+	}
+	if !found {
+		t.Error("no Role for the csi-addons sidecar")
+	}
 }
 
 func TestTemplateLocal(t *testing.T) {

@@ -162,6 +162,10 @@ node:
   logLevel: 4
   stateDir: $E2E_DIR/node
   terminationGracePeriodSeconds: 30
+# Both plugins share the host network here: keep their metrics on loopback.
+metrics:
+  node: {port: 9810, host: 127.0.0.1}
+  controller: {port: 9811, host: 127.0.0.1}
 storageClass:
   create: true
   name: $SC
@@ -430,6 +434,27 @@ X
 }
 
 # ---- check 3 ------------------------------------------------------------------
+# sts_ready: waits (180 s) until StatefulSet web is rolled out. A replica created
+# together with its claim can be found unschedulable while the claim is still
+# unbound ("unbound immediate PersistentVolumeClaims"), and the scheduler may
+# take up to 5 minutes to retry it (seen once: 3 min). Such a pod whose claim
+# is Bound by now is deleted; the StatefulSet re-creates it and it schedules.
+sts_ready() {
+  local i p
+  for i in $(seq 1 36); do
+    K rollout status statefulset/web --timeout=5s >/dev/null 2>&1 && return 0
+    for p in web-0 web-1; do
+      if [ "$(K get pod "$p" -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].reason}' 2>/dev/null)" = Unschedulable ] &&
+        [ "$(K get pvc "data-$p" -o jsonpath='{.status.phase}' 2>/dev/null)" = Bound ]; then
+        log "$p unschedulable although data-$p is Bound: re-creating it"
+        K delete pod "$p" --wait=false >/dev/null
+      fi
+    done
+  done
+  log "StatefulSet web not ready after 180 s"
+  K get pods -o wide >&2
+  return 1
+}
 check3() {
   K apply -f - >/dev/null <<X
 apiVersion: apps/v1
@@ -460,7 +485,7 @@ spec:
         storageClassName: $SC
         resources: {requests: {storage: 256Mi}}
 X
-  K rollout status statefulset/web --timeout=180s >/dev/null
+  sts_ready || return 1
   local p before after
   declare -A ids
   for p in web-0 web-1; do
@@ -471,7 +496,7 @@ X
   K delete pod web-0 web-1 --wait=true >/dev/null
   log "deleted web-0 and web-1; waiting for the StatefulSet to re-create them"
   sleep 1
-  K rollout status statefulset/web --timeout=180s >/dev/null
+  sts_ready || return 1
   K wait pod/web-0 pod/web-1 --for=condition=Ready --timeout=120s >/dev/null
   for p in web-0 web-1; do
     after=$(K exec "$p" -- bash -c 'cat /data/id; cat /data/blob.sha256; cd /data && sha256sum -c --quiet blob.sha256')
@@ -629,6 +654,78 @@ X
   "$KUBECTL" delete storageclass "$SC-xfs" >/dev/null
 }
 
+# ---- check 7 ------------------------------------------------------------------
+# metric NAME FILTER...: the value of the first series of NAME whose labels contain
+# every FILTER (fixed strings such as 'op="write"'), from the scrape in $1.
+metric() {
+  local scrape=$1 name=$2 line
+  shift 2
+  line=$(grep -F "$name{" <<< "$scrape" || true)
+  local f
+  for f in "$@"; do line=$(grep -F -- "$f" <<< "$line" || true); done
+  head -1 <<< "$line" | awk '{print $NF}'
+}
+scrape() { curl -sf --max-time 5 "http://127.0.0.1:$1/metrics"; }
+check7() {
+  pvc data-metrics 256Mi
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: metered}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, 'i=0; while [ ! -e /data/stop ]; do head -c 65536 /dev/urandom > /data/f\$((i % 50)) && sync /data/f\$((i % 50)); i=\$((i+1)); sleep 0.05; done; sync; touch /tmp/stopped; exec sleep infinity']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-metrics}}]
+X
+  K wait pod/metered --for=condition=Ready --timeout=120s >/dev/null
+  local h s1 s2 w1 w2 b2 acks appends state lag i
+  h=$(handle_of "$(pv_of data-metrics)")
+  sleep 2
+  s1=$(scrape 9810) || { log "no metrics on the node plugin's 127.0.0.1:9810"; return 1; }
+  sleep 3
+  s2=$(scrape 9810) || { log "no metrics on the node plugin's 127.0.0.1:9810"; return 1; }
+  w1=$(metric "$s1" csi_rbdj_volume_requests_total "volume_id=\"$h\"" 'op="write"')
+  w2=$(metric "$s2" csi_rbdj_volume_requests_total "volume_id=\"$h\"" 'op="write"')
+  b2=$(metric "$s2" csi_rbdj_volume_request_bytes_total "volume_id=\"$h\"" 'op="write"')
+  acks=$(metric "$s2" csi_rbdj_volume_ack_duration_seconds_count "volume_id=\"$h\"" 'op="write"')
+  appends=$(metric "$s2" csi_rbdj_volume_journal_append_duration_seconds_count "volume_id=\"$h\"")
+  state=$(metric "$s2" csi_rbdj_volume_state "volume_id=\"$h\"" 'state="serving"')
+  log "node metrics of $h while the pod writes: writes ${w1:-none} -> ${w2:-none} (${b2:-?} bytes), acknowledged ${acks:-none}, journal appends ${appends:-none}, serving ${state:-none}"
+  [ -n "$w1" ] && [ -n "$w2" ] && awk -v a="$w1" -v b="$w2" 'BEGIN {exit !(b > a)}' || { log "the write counter did not move"; return 1; }
+  awk -v a="${acks:-0}" -v b="${appends:-0}" 'BEGIN {exit !(a > 0 && b > 0)}' || { log "the latency histograms did not move"; return 1; }
+  [ "$state" = 1 ] || { log "the volume is not reported serving"; return 1; }
+  K exec metered -- bash -c 'touch /data/stop; for i in $(seq 1 100); do [ -e /tmp/stopped ] && exit 0; sleep 0.1; done; exit 1' || { log "the writer did not stop"; return 1; }
+  lag=""
+  for i in $(seq 1 40); do
+    s2=$(scrape 9810) || true
+    lag=$(metric "$s2" csi_rbdj_volume_journal_lag_entries "volume_id=\"$h\"" 'own="true"')
+    [ "$lag" = 0 ] && break
+    sleep 0.25
+  done
+  log "own journal lag after the writer synced and stopped: ${lag:-none} entries ($(metric "$s2" csi_rbdj_volume_journal_lag_bytes "volume_id=\"$h\"" 'own="true"') bytes)"
+  [ "$lag" = 0 ] || { log "the journal lag did not return to 0"; return 1; }
+  local calls creates
+  calls=$(metric "$s2" csi_rbdj_csi_calls_total 'method="NodeStageVolume"' 'code="OK"')
+  creates=$(metric "$(scrape 9811)" csi_rbdj_csi_calls_total 'method="CreateVolume"' 'code="OK"')
+  log "CSI calls: NodeStageVolume OK ${calls:-none} (node), CreateVolume OK ${creates:-none} (controller)"
+  awk -v a="${calls:-0}" -v b="${creates:-0}" 'BEGIN {exit !(a >= 1 && b >= 1)}' || { log "CSI call counters missing"; return 1; }
+  K delete pod metered --wait=true >/dev/null
+  K delete pvc data-metrics --wait=true >/dev/null
+  for i in $(seq 1 60); do # the kubelet unstages shortly after the pod is gone
+    s2=$(scrape 9810) || true
+    grep -qF "volume_id=\"$h\"" <<< "$s2" || break
+    sleep 0.5
+  done
+  if grep -qF "volume_id=\"$h\"" <<< "$s2"; then log "series of the unstaged volume remain"; return 1; fi
+  log "after unstaging, no series of $h remain"
+}
+
 # ---- check 4 ------------------------------------------------------------------
 check4() {
   local claims=(data-fs data-web-0 data-web-1 data-block) c pv h
@@ -661,6 +758,7 @@ check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" che
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
 check 6 "online expansion while pods write: xfs and Block PVCs grow" check6
+check 7 "metrics: write counters and histograms move, journal lag returns to 0" check7
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo

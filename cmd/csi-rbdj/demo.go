@@ -365,8 +365,7 @@ func (d *demo) startController() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	klog.LogToStderr(false)
-	klog.SetOutput(logf)
+	logToFile(logf)
 	drv, err := driver.New(driver.Options{Mode: driver.ModeController, Backend: st, Version: version})
 	if err != nil {
 		return "", err

@@ -94,7 +94,7 @@ func journalMain(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	b, err := openBackend(c)
+	b, err := openBackend(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
@@ -40,6 +41,9 @@ Usage:
   csi-rbdj journal changed-extents --volume ID --consumer NAME [--from TAG:ENTRY] [--to TAG:ENTRY]
                            list the extents a journalMode metadata volume changed
                            (also register-consumer, advance-consumer, unregister-consumer)
+  csi-rbdj fuse-holder --socket PATH
+                           hold the node plugin's FUSE connections across its
+                           restarts (see pkg/fuseholder)
   csi-rbdj version         print the version
 
 Run "csi-rbdj serve -h" or "csi-rbdj demo -h" for their flags.
@@ -61,6 +65,8 @@ func main() {
 		err = nodeCleanupMain(os.Args[2:])
 	case "journal":
 		err = journalMain(os.Args[2:]) // journal.go
+	case "fuse-holder":
+		err = holderMain(os.Args[2:])
 	case "version", "--version", "-version":
 		backends := "local, ceph"
 		if !storage.CephBuilt {
@@ -74,7 +80,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	klog.Flush()
+	flushLogs()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-rbdj %s: %v\n", os.Args[1], err)
 		os.Exit(1)
@@ -96,12 +102,16 @@ type serveConfig struct {
 	noSync         bool
 	kubeletRegDir  string
 	kubeletRegPath string
+	// csiAddonsEndpoint: the csi-addons socket (controller); "": off.
+	csiAddonsEndpoint string
 
 	cephConfig         string
 	cephCredentialsDir string
 	cephConnectTimeout time.Duration
 	cephOpTimeout      time.Duration
 	journalCommitAge   time.Duration
+
+	metricsAddress string
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -124,6 +134,8 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.BoolVar(&c.noSync, "local-no-sync", false, "local backend: skip fsync (tests only: loses data on power loss)")
 	fs.StringVar(&c.kubeletRegDir, "kubelet-registration-dir", "", "node: register with the kubelet through a socket in this directory (<kubelet root>/plugins_registry); empty: do not register")
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
+	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
+	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
 	klog.InitFlags(fs)
 }
 
@@ -139,14 +151,16 @@ func serveMain(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, c)
+	// Everything below logs through the logger of its context (klog's
+	// flags configure it).
+	return serve(klog.NewContext(ctx, klog.Background()), c)
 }
 
 // openBackend opens the configured backend.
-func openBackend(c serveConfig) (storage.Backend, error) {
+func openBackend(ctx context.Context, c serveConfig) (storage.Backend, error) {
 	switch c.backend {
 	case storage.BackendLocal:
-		b, err := storage.OpenLocal(storage.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync})
+		b, err := storage.OpenLocal(storage.LocalOptions{Dir: c.localDir, ClusterID: c.clusterID, NoSync: c.noSync, Logger: klog.FromContext(ctx)})
 		if err != nil {
 			return nil, err
 		}
@@ -155,6 +169,7 @@ func openBackend(c serveConfig) (storage.Backend, error) {
 		return storage.OpenCeph(storage.CephOptions{
 			ConfigFile: c.cephConfig, CredentialsDir: c.cephCredentialsDir,
 			ConnectTimeout: c.cephConnectTimeout, OpTimeout: c.cephOpTimeout,
+			Logger: klog.FromContext(ctx),
 		})
 	}
 	return nil, fmt.Errorf("unknown backend %q (want local or ceph)", c.backend)
@@ -174,24 +189,31 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err != nil {
 		return err
 	}
-	st, err := openBackend(c)
+	// Bind the metrics address first: a taken port fails the start at once.
+	pm, err := newPluginMetrics(c.metricsAddress)
+	if err != nil {
+		return err
+	}
+	defer pm.stop()
+	st, err := openBackend(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	pm.start(ctx, st)
 
 	var ns *nodeserver.Server
 	if mode == driver.ModeNode || mode == driver.ModeAll {
 		ns, err = nodeserver.New(nodeserver.Options{
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
-			JournalCommitAge: c.journalCommitAge,
+			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
 		})
 		if err != nil {
 			return err
 		}
 	}
-	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Backend: st}
+	opts := driver.Options{Name: c.driverName, Version: version, Mode: mode, Backend: st, Interceptors: pm.interceptors()}
 	if ns != nil {
 		opts.NodeServer = ns
 	}
@@ -211,15 +233,23 @@ func serve(ctx context.Context, c serveConfig) error {
 			ns.Stop(sctx)
 		}()
 	}
+	if c.csiAddonsEndpoint != "" {
+		stopAddons, err := serveCSIAddons(ctx, c, mode, st)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopAddons()
+	}
 	if c.kubeletRegDir != "" {
-		reg, err := listenKubeletRegistration(c)
+		reg, err := listenKubeletRegistration(ctx, c)
 		if err != nil {
 			l.Close()
 			return err
 		}
 		go func() { // ends when reg.Close runs (deferred below)
 			if err := reg.Serve(); err != nil {
-				klog.ErrorS(err, "Kubelet registration server failed")
+				klog.FromContext(ctx).Error(err, "Kubelet registration server failed")
 			}
 		}()
 		// Runs before the node server stops: the kubelet deregisters the driver first.
@@ -229,13 +259,38 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	klog.InfoS("Shutting down", "reason", context.Cause(ctx))
+	klog.FromContext(ctx).Info("Shutting down", "reason", context.Cause(ctx))
 	return nil
+}
+
+// serveCSIAddons serves the csi-addons services on their socket until
+// the returned stop is called.
+func serveCSIAddons(ctx context.Context, c serveConfig, mode driver.Mode, b storage.Backend) (stop func(), err error) {
+	if mode != driver.ModeController && mode != driver.ModeAll {
+		return nil, fmt.Errorf("--csi-addons-endpoint needs --mode controller or all, not %q", c.mode)
+	}
+	srv, err := csiaddons.New(csiaddons.Options{Name: c.driverName, Version: version, Backend: b})
+	if err != nil {
+		return nil, err
+	}
+	l, err := driver.Listen(c.csiAddonsEndpoint)
+	if err != nil {
+		return nil, fmt.Errorf("csi-addons endpoint: %w", err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { // owned by stop, which ends and waits for it
+		defer close(done)
+		if err := srv.Serve(actx, l); err != nil {
+			klog.FromContext(ctx).Error(err, "csi-addons server failed")
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // listenKubeletRegistration creates the kubelet plugin-registration socket
 // that points the kubelet at the node plugin's CSI endpoint.
-func listenKubeletRegistration(c serveConfig) (*kubeletreg.Server, error) {
+func listenKubeletRegistration(ctx context.Context, c serveConfig) (*kubeletreg.Server, error) {
 	if c.mode != "node" && c.mode != "all" {
 		return nil, fmt.Errorf("--kubelet-registration-dir needs --mode node or all, not %q", c.mode)
 	}
@@ -247,7 +302,7 @@ func listenKubeletRegistration(c serveConfig) (*kubeletreg.Server, error) {
 		}
 		path = p
 	}
-	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir})
+	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir, Logger: klog.FromContext(ctx)})
 }
 
 func nodeCleanupMain(args []string) error {

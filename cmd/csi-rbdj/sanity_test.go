@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -23,7 +22,10 @@ func TestStandaloneCSISanity(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "csi-rbdj")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to build csi-rbdj: %v", err)
+	}
 	build := exec.Command(goBin, "build", "-o", bin, "./cmd/csi-rbdj")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {

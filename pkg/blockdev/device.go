@@ -138,10 +138,18 @@ type Device struct {
 	tag  uint64
 	o    Options
 	size atomic.Int64
+	// log is the logger of Open's context (it carries the request's values,
+	// e.g. the volume id); bg is Open's context without its cancellation,
+	// for work that must outlive the request (applying journaled writes,
+	// header refreshes) but keep its values.
+	log klog.Logger
+	bg  context.Context
 
 	meta        *metaState          // metadata mode (metadata.go); nil in full mode
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
+	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
 	replayStats journal.ReplayStats // what Open replayed
+	counters    deviceCounters      // Stats (stats.go)
 
 	maxAppend uint64
 
@@ -174,13 +182,14 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if !o.Unjournaled && o.JournalMode == JournalFull && img.Features()&clsrbd.FeatureJournaling == 0 {
 		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
 	}
-	d := &Device{img: img, pool: pool, o: o, inflight: newWeighted(o.MaxPendingBytes)}
+	d := &Device{img: img, pool: pool, o: o, log: klog.FromContext(ctx), bg: context.WithoutCancel(ctx), inflight: newWeighted(o.MaxPendingBytes)}
 	d.size.Store(img.Size())
 	// Own the image before touching its journal: replaying while another
 	// writer appends would race it.
 	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
 		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners, OwnerTimeout: o.OwnerTimeout,
 		OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
+		SnapCreate: d.snapCreateAsOwner, SnapRemove: d.snapRemoveAsOwner,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
@@ -192,6 +201,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
 	if o.Unjournaled {
+		d.snaps.open.Store(true)
 		return d, nil
 	}
 	if o.JournalMode == JournalMetadata {
@@ -199,6 +209,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 			lk.Release(context.WithoutCancel(ctx))
 			return nil, fmt.Errorf("open device %s: %w", name, err)
 		}
+		d.snaps.open.Store(true) // owner operations may journal now
 		return d, nil
 	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
@@ -217,6 +228,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
+	d.snaps.open.Store(true) // owner operations may journal now
 	return d, nil
 }
 
@@ -248,6 +260,7 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	d.replayStats = st
+	d.counters.replayDuration = time.Since(start)
 	if err := d.j.FlushCommitPosition(ctx); err != nil {
 		return err
 	}
@@ -264,7 +277,7 @@ func (d *Device) start(ctx context.Context) error {
 	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 && d.meta == nil {
 		d.img.SetWriteLinger(d.o.ApplyLinger)
 	}
-	klog.InfoS("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
+	d.log.Info("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
 		"replayedEntries", st.Entries, "replayedBytes", st.Bytes, "staleEntries", st.StaleEntries,
 		"droppedEntries", st.Dropped, "replayTime", time.Since(start), "journalMode", d.JournalMode(),
 		"tornExtents", d.MetadataReplayStats().TornExtents)
@@ -309,11 +322,12 @@ func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {
 			return fmt.Errorf("replay write-same %d+%d: %w", ev.Offset, ev.Length, err)
 		}
 	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
-		// Nothing to apply: a flush is a barrier the journal order already keeps.
+		// Nothing to apply: a flush is a barrier the journal order already
+		// keeps (replayed snapshot operations: see replaySnapEvent).
 	default:
 		// Maintenance operations (snapshots, resize, ...) are applied by
 		// librbd's management path, not by the data path.
-		klog.InfoS("Journal event skipped by the data path", "image", d.img.Name(), "event", ev.Type())
+		d.log.Info("Journal event skipped by the data path", "image", d.img.Name(), "event", ev.Type())
 	}
 	return nil
 }
@@ -404,7 +418,7 @@ func (d *Device) fail(err error) {
 	defer d.mu.Unlock()
 	if d.failed == nil {
 		d.failed = err
-		klog.ErrorS(err, "Journaled device failed; I/O now returns errors until it is reopened (the journal keeps every acknowledged write)", "image", d.img.Name())
+		d.log.Error(err, "Journaled device failed; I/O now returns errors until it is reopened (the journal keeps every acknowledged write)", "image", d.img.Name())
 	}
 }
 
@@ -419,7 +433,8 @@ func (d *Device) fail(err error) {
 // so if every change taken is still pending once the read is done, nothing
 // newer than them can be in what was read. Otherwise the read is retried,
 // and eventually done with the pending set held still.
-func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) (_ int, err error) {
+	defer d.track(OpRead, int64(len(p)))(&err)
 	if err := d.check(ctx, "read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
@@ -468,7 +483,8 @@ func stillPending(ws []*pendingWrite) bool {
 }
 
 // WriteAt journals and applies a write.
-func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (_ int, err error) {
+	defer d.track(OpWrite, int64(len(p)))(&err)
 	if err := d.check(ctx, "write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
@@ -498,7 +514,8 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 }
 
 // Discard journals and applies a discard; the range then reads as zeros.
-func (d *Device) Discard(ctx context.Context, off, length int64) error {
+func (d *Device) Discard(ctx context.Context, off, length int64) (err error) {
+	defer d.track(OpDiscard, length)(&err)
 	if err := d.check(ctx, "discard", off, length); err != nil {
 		return err
 	}
@@ -514,7 +531,8 @@ func (d *Device) Discard(ctx context.Context, off, length int64) error {
 
 // WriteZeroes journals and applies a write of zeros (librbd journals it as
 // a write-same of a zero block).
-func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
+func (d *Device) WriteZeroes(ctx context.Context, off, length int64) (err error) {
+	defer d.track(OpWriteZeroes, length)(&err)
 	if err := d.check(ctx, "write-zeroes", off, length); err != nil {
 		return err
 	}
@@ -530,7 +548,8 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) error {
 
 // Flush returns once every write acknowledged before it is durable. It
 // journals an AioFlush event, as librbd does.
-func (d *Device) Flush(ctx context.Context) error {
+func (d *Device) Flush(ctx context.Context) (err error) {
+	defer d.track(OpFlush, 0)(&err)
 	if err := d.check(ctx, "flush", 0, 0); err != nil {
 		return err
 	}
@@ -572,9 +591,16 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 		payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
 	}
 	d.mu.Lock()
+	// A snapshot being made holds new writes back (snapshot.go).
+	if err := d.waitWritable(ctx); err != nil {
+		d.mu.Unlock()
+		d.inflight.release(weight)
+		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	}
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
 	futures = d.j.AppendBatch(d.tag, payloads)
+	appended := time.Now()
 	for i, c := range changes {
 		pws[i] = d.pending.add(c.off, c.end, c.data)
 	}
@@ -585,7 +611,7 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 	go func() {
 		defer d.wg.Done()
 		defer d.inflight.release(weight)
-		done <- d.apply(changes, futures, pws)
+		done <- d.apply(changes, futures, pws, appended)
 	}()
 	if d.o.AckPolicy == AckApplied {
 		if err := <-done; err != nil {
@@ -603,21 +629,27 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 
 // apply applies each change once its entry is durable and the earlier
 // changes it overlaps are applied, then commits it. Owned by Device.wg.
-func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite) error {
+func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendingWrite, appended time.Time) error {
 	// Applying must finish even if the request's context ends: the entry is
 	// in the journal and must reach the image (or be replayed).
-	ctx := context.Background()
+	ctx := d.bg
 	var firstErr error
 	for i, c := range changes {
 		w := pws[i]
 		err := futures[i].Wait(ctx)
+		if i == 0 && err == nil {
+			d.observeAppend(appended)
+		}
 		for _, ch := range w.waitFor {
 			<-ch
 		}
 		if err == nil {
+			applyStart := time.Now()
 			err = d.applyChange(ctx, c)
 			if err != nil {
 				d.fail(err)
+			} else {
+				d.observeApply(applyStart)
 			}
 		}
 		d.mu.Lock()
@@ -667,7 +699,7 @@ func (d *Device) Close(ctx context.Context) error {
 	if err := d.lock.Release(ctx); err != nil {
 		return fmt.Errorf("close %s: %w", d.img.Name(), err)
 	}
-	klog.InfoS("Journaled device closed", "image", d.img.Name())
+	d.log.Info("Journaled device closed", "image", d.img.Name())
 	return nil
 }
 

@@ -309,6 +309,26 @@ func (r *metaReplayer) check(ctx context.Context) error {
 		// Nothing committed: the next open checks again.
 		return firstErr
 	}
+	// Snapshot operations replay as in full mode (replaySnapEvent: an
+	// operation whose OpFinish says it succeeded is made sure of); the
+	// data they cover is already in place.
+	for _, me := range r.entries {
+		if me.e.Kind != extentlog.KindOp {
+			continue
+		}
+		var ev rbdjournal.EventEntry
+		if err := cephenc.Unmarshal(me.e.Op, &ev); err != nil {
+			// Not data: skipped, as librbd skips an event it cannot read.
+			klog.FromContext(ctx).Info("Extent log op entry not understood; skipped", "image", d.img.Name(), "position", me.pos.String(), "err", err)
+			continue
+		}
+		switch ev.Event.(type) {
+		case rbdjournal.SnapCreateEvent, rbdjournal.SnapRemoveEvent, rbdjournal.OpFinishEvent:
+			if err := d.replaySnapEvent(ctx, me.pos.Tag, ev.Event); err != nil {
+				return fmt.Errorf("replay op entry %v: %w", me.pos, err)
+			}
+		}
+	}
 	for _, me := range r.entries {
 		d.j.Committed(me.commitTid)
 	}

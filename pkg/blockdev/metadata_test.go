@@ -156,7 +156,8 @@ func TestMetadataReplayFindsTornExtents(t *testing.T) {
 		{Kind: extentlog.KindWrite, Offset: 16384, Length: 2048, CRC: extentlog.Checksum(a[:2048])}, // intact
 		{Kind: extentlog.KindDiscard, Offset: 65536, Length: 4096},                                  // torn: not zeros
 		{Kind: extentlog.KindZero, Offset: 1 << 20, Length: 4096},                                   // intact
-		{Kind: extentlog.KindOp, Op: []byte("resize")},                                              // not data
+		{Kind: extentlog.KindOp, Op: cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.ResizeEvent{OpTid: 1, Size: testSize}})},
+		{Kind: extentlog.KindOp, Op: []byte("not an event")}, // not data
 	})
 	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
 	want := MetadataReplayStats{Checked: 5, Superseded: 1, TornExtents: 2, TornBytes: 8192}

@@ -13,7 +13,6 @@ import (
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
-	"k8s.io/klog/v2"
 )
 
 // What the device does as the image's lock owner, beyond I/O:
@@ -24,7 +23,10 @@ import (
 //     (`rbd resize` while the volume is served), journaling them as librbd
 //     does (a ResizeEvent, then an OpFinishEvent), so that rbd-mirror
 //     replays them. Shrinking a served volume is refused (EBUSY): the
-//     filesystem on it would lose data.
+//     filesystem on it would lose data;
+//   - it creates and removes the snapshots librbd clients proxy to the
+//     lock owner (`rbd snap create/rm`, rbd-mirror's sync points), as
+//     librbd's owner does (snapshot.go).
 
 // refreshTimeout bounds a background header refresh.
 const refreshTimeout = 30 * time.Second
@@ -67,10 +69,10 @@ func (d *Device) headerUpdated() {
 	go func() {
 		defer d.wg.Done()
 		d.owner.refreshing.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
+		ctx, cancel := context.WithTimeout(d.bg, refreshTimeout)
 		defer cancel()
 		if err := d.refresh(ctx); err != nil {
-			klog.ErrorS(err, "Refreshing the image header after an update failed; retried before the next I/O", "image", d.img.Name())
+			d.log.Error(err, "Refreshing the image header after an update failed; retried before the next I/O", "image", d.img.Name())
 		}
 	}()
 }
@@ -90,7 +92,7 @@ func (d *Device) refreshIfNeeded(ctx context.Context) {
 		return
 	}
 	if err := d.refresh(ctx); err != nil {
-		klog.V(1).InfoS("Refreshing the image header before an I/O failed", "image", d.img.Name(), "err", err)
+		d.log.V(1).Info("Refreshing the image header before an I/O failed", "image", d.img.Name(), "err", err)
 	}
 }
 
@@ -128,10 +130,10 @@ func (d *Device) refreshLocked(ctx context.Context) (int64, error) {
 	switch {
 	case size > cur:
 		d.size.Store(size)
-		klog.InfoS("Journaled device grew with its image", "image", d.img.Name(), "from", cur, "to", size)
+		d.log.Info("Journaled device grew with its image", "image", d.img.Name(), "from", cur, "to", size)
 		return size, nil
 	case size < cur:
-		klog.ErrorS(nil, "The image shrank under a served device; I/O past its new end fails", "image", d.img.Name(), "device", cur, "image", size)
+		d.log.Error(nil, "The image shrank under a served device; I/O past its new end fails", "image", d.img.Name(), "deviceSize", cur, "imageSize", size)
 	}
 	return 0, nil
 }
@@ -139,7 +141,7 @@ func (d *Device) refreshLocked(ctx context.Context) (int64, error) {
 // resizeAsOwner is the lock's Resize: a resize a librbd client proxied to
 // this owner. It returns errors carrying an errno (the requester's result).
 func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink bool) error {
-	if !d.owner.ready.Load() {
+	if !d.owner.ready.Load() || !d.snaps.open.Load() { // not while replaying
 		return fmt.Errorf("resize %s: the device is still opening: %w", d.img.Name(), syscall.EAGAIN)
 	}
 	// Close waits for a resize in progress (it uses the journal).
@@ -210,7 +212,7 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 	}
 	// Other watchers (librbd clients, the requester) re-read the header.
 	if err := d.lock.NotifyHeaderUpdate(ctx); err != nil {
-		klog.V(1).InfoS("Header update notification after a resize failed", "image", d.img.Name(), "err", err)
+		d.log.V(1).Info("Header update notification after a resize failed", "image", d.img.Name(), "err", err)
 	}
 	return nil
 }

@@ -63,7 +63,15 @@ func (r *replayer) entry(ctx context.Context, e journal.ReplayEntry) error {
 		for _, ch := range w.waitFor {
 			<-ch
 		}
-		err := r.d.applyEvent(ctx, ev.Event)
+		var err error
+		switch ev.Event.(type) {
+		case rbdjournal.SnapCreateEvent, rbdjournal.SnapRemoveEvent, rbdjournal.OpFinishEvent:
+			// Snapshot operations run when their OpFinish is replayed
+			// (snapshot.go); op tids are per epoch.
+			err = r.d.replaySnapEvent(ctx, e.TagTid, ev.Event)
+		default:
+			err = r.d.applyEvent(ctx, ev.Event)
+		}
 		r.mu.Lock()
 		if err != nil && r.err == nil {
 			r.err = err
@@ -86,7 +94,8 @@ func (r *replayer) wait() error {
 }
 
 // eventExtent is the byte range an event changes. Flushes change nothing;
-// anything else without an extent is ordered against everything.
+// anything else without an extent (maintenance events and their
+// OpFinish) is ordered against everything.
 func eventExtent(ev rbdjournal.Event) (off, end int64) {
 	switch ev := ev.(type) {
 	case rbdjournal.AioWriteEvent:
@@ -95,8 +104,10 @@ func eventExtent(ev rbdjournal.Event) (off, end int64) {
 		return int64(ev.Offset), int64(ev.Offset + ev.Length)
 	case rbdjournal.AioWriteSameEvent:
 		return int64(ev.Offset), int64(ev.Offset + ev.Length)
-	case rbdjournal.AioFlushEvent, rbdjournal.OpFinishEvent:
+	case rbdjournal.AioFlushEvent:
 		return 0, 0
 	}
+	// OpFinish too: a snapshot replayed at its OpFinish must see every
+	// earlier write applied and none after.
 	return 0, math.MaxInt64
 }

@@ -264,11 +264,20 @@ func TestLibrbdResizeHandledByOwnerCeph(t *testing.T) {
 	if s := a.size(); s != 128<<20 {
 		t.Fatalf("device size %d after a refused shrink", s)
 	}
+	// Snapshots are performed by the owner (snapshot_ceph_test.go covers
+	// them in depth).
+	for _, args := range [][]string{
+		{"snap", "create", cephtest.PoolName + "/" + img + "@s1"},
+		{"snap", "rm", "--no-progress", cephtest.PoolName + "/" + img + "@s1"},
+	} {
+		if out, err := rbdCLI(ctx, conf, args...); err != nil {
+			t.Errorf("rbd %v while served: %v\n%s", args, err, out)
+		}
+	}
 	// The maintenance operations the owner does not perform fail at once
 	// with EROFS (the owner answers EOPNOTSUPP, librbd then asks for the
 	// lock and is refused), as with an exclusive krbd or rbd-nbd mapping.
 	for _, args := range [][]string{
-		{"snap", "create", cephtest.PoolName + "/" + img + "@s1"},
 		{"feature", "disable", cephtest.PoolName + "/" + img, "journaling"},
 		{"rename", cephtest.PoolName + "/" + img, cephtest.PoolName + "/" + img + "-renamed"},
 	} {

@@ -103,7 +103,7 @@ type requester struct {
 	done map[rbdnotify.AsyncRequestID]int32
 }
 
-func (r *requester) HandleNotify(n *objstore.Notification) {
+func (r *requester) HandleNotify(_ context.Context, n *objstore.Notification) {
 	n.Ack(nil)
 	m, err := rbdnotify.Parse(n.Payload)
 	if err != nil {
@@ -116,7 +116,7 @@ func (r *requester) HandleNotify(n *objstore.Notification) {
 	}
 }
 
-func (r *requester) HandleWatchError(error) {}
+func (r *requester) HandleWatchError(context.Context, error) {}
 
 func (r *requester) result(id rbdnotify.AsyncRequestID) (int32, bool) {
 	r.mu.Lock()
@@ -142,7 +142,7 @@ func TestProxiedResizeGrowsDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	req := rbdnotify.AsyncRequestID{Client: rbdnotify.ClientID{GID: cli.Client().ID, Handle: w.Cookie()}, RequestID: 1}
 	send := func(size uint64) int32 {
 		t.Helper()

@@ -3,6 +3,8 @@ package blockdev
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // weighted is a counting semaphore over bytes: writers wait while the
@@ -12,6 +14,9 @@ type weighted struct {
 	size    int64
 	cur     int64
 	waiters []chan struct{}
+
+	waits     atomic.Uint64 // acquisitions that had to wait
+	waitNanos atomic.Int64  // their summed wait
 }
 
 func newWeighted(size int64) *weighted { return &weighted{size: size} }
@@ -20,12 +25,20 @@ func newWeighted(size int64) *weighted { return &weighted{size: size} }
 // proceeds alone).
 func (w *weighted) acquire(ctx context.Context, n int64) error {
 	n = min(n, w.size)
+	var waitStart time.Time
 	for {
 		w.mu.Lock()
 		if w.cur+n <= w.size {
 			w.cur += n
 			w.mu.Unlock()
+			if !waitStart.IsZero() {
+				w.waitNanos.Add(int64(time.Since(waitStart)))
+			}
 			return nil
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+			w.waits.Add(1)
 		}
 		ch := make(chan struct{})
 		w.waiters = append(w.waiters, ch)
@@ -33,6 +46,7 @@ func (w *weighted) acquire(ctx context.Context, n int64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			w.waitNanos.Add(int64(time.Since(waitStart)))
 			return ctx.Err()
 		}
 	}
@@ -48,4 +62,13 @@ func (w *weighted) release(n int64) {
 	for _, ch := range ws {
 		close(ch)
 	}
+}
+
+// stats returns the bytes held, and how many acquisitions waited and for
+// how long in all.
+func (w *weighted) stats() (cur int64, waits uint64, waited time.Duration) {
+	w.mu.Lock()
+	cur = w.cur
+	w.mu.Unlock()
+	return cur, w.waits.Load(), time.Duration(w.waitNanos.Load())
 }

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +80,10 @@ type Options struct {
 	NodeServer csi.NodeServer
 	// MaxVolumeBytes bounds a volume's size (default DefaultMaxVolumeBytes).
 	MaxVolumeBytes int64
+	// Interceptors run around every unary call, outermost first, before
+	// the driver's own logging interceptor (metrics: they see the status
+	// codes clients see).
+	Interceptors []grpc.UnaryServerInterceptor
 }
 
 // DefaultMaxVolumeBytes is the largest volume CreateVolume makes: 64 TiB.
@@ -193,7 +198,7 @@ func Listen(endpoint string) (net.Listener, error) {
 // Serve serves CSI on l until ctx is done or Stop is called; then it stops
 // gracefully (bounded by 10 s, then forcibly).
 func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logInterceptor))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(append(slices.Clone(d.o.Interceptors), logInterceptor)...))
 	csi.RegisterIdentityServer(srv, d)
 	if d.o.Mode.controller() {
 		csi.RegisterControllerServer(srv, d)
@@ -214,11 +219,12 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 		case <-done:
 		}
 	}()
+	logger := klog.FromContext(ctx)
 	clusters, err := d.o.Backend.Clusters()
 	if err != nil {
-		klog.ErrorS(err, "Cluster configuration unreadable; requests fail until it is fixed")
+		logger.Error(err, "Cluster configuration unreadable; requests fail until it is fixed")
 	}
-	klog.InfoS("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Backend.Kind(),
+	logger.Info("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Backend.Kind(),
 		"clusters", clusters, "endpoint", l.Addr().String())
 	err = srv.Serve(l)
 	if errors.Is(err, grpc.ErrServerStopped) {
@@ -250,6 +256,7 @@ func (d *Driver) Stop() {
 // Internal ones.
 func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	logger := klog.FromContext(ctx)
 	resp, err := handler(ctx, req)
 	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
 	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
@@ -263,13 +270,13 @@ func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, ha
 		if _, ok := status.FromError(err); !ok {
 			err = status.Error(codes.Internal, err.Error())
 		}
-		klog.InfoS("CSI call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
+		logger.Info("CSI call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
 		return resp, err
 	}
 	if method == "Probe" || method == "NodeGetCapabilities" || method == "NodeGetVolumeStats" {
-		klog.V(5).InfoS("CSI call", kv...)
+		logger.V(5).Info("CSI call", kv...)
 	} else {
-		klog.V(2).InfoS("CSI call", kv...)
+		logger.V(2).Info("CSI call", kv...)
 	}
 	return resp, nil
 }
@@ -334,7 +341,7 @@ func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResp
 	st, err := d.o.Backend.Storage(ctx, "", nil)
 	switch {
 	case errors.Is(err, storage.ErrNoCredentials):
-		klog.V(5).InfoS("Probe: no default credentials; the cluster is not checked")
+		klog.FromContext(ctx).V(5).Info("Probe: no default credentials; the cluster is not checked")
 	case err != nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "backend unhealthy: %v", err)
 	default:
@@ -344,7 +351,7 @@ func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResp
 	}
 	if r, ok := d.o.NodeServer.(Readier); ok && d.o.Mode.node() {
 		if err := r.Ready(); err != nil {
-			klog.V(2).InfoS("Probe: node not ready", "reason", err)
+			klog.FromContext(ctx).V(2).Info("Probe: node not ready", "reason", err)
 			return &csi.ProbeResponse{Ready: wrapBool(false)}, nil
 		}
 	}

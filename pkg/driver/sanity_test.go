@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -253,7 +252,7 @@ func requireRoot(t *testing.T) {
 	}
 	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skip(fmt.Sprintf("needs %s", p))
+			t.Skipf("needs %s", p)
 		}
 	}
 }

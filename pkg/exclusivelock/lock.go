@@ -41,8 +41,11 @@
 //     owner through Options.Resize (the device grows; shrinking is refused),
 //     answered with ResponseMessage(0) and then an AsyncComplete
 //     notification carrying the result, as librbd's owner does.
-//   - every other maintenance op (snapshots, flatten, rename, features,
-//     ...) and unknown ops: ResponseMessage(-EOPNOTSUPP), as krbd answers:
+//   - SnapCreate and SnapRemove (`rbd snap create/rm`, rbd-mirror's sync
+//     points): handled as owner through Options.SnapCreate/SnapRemove, as
+//     librbd's owner answers them (snapshots.go).
+//   - every other maintenance op (flatten, rename, features, snapshot
+//     rename/protect, ...) and unknown ops: ResponseMessage(-EOPNOTSUPP), as krbd answers:
 //     the requester then asks for the lock, which is refused with EROFS, so
 //     the operation fails with EROFS while the volume is served.
 //   - HeaderUpdate: ResponseMessage(0) after recording that the header must
@@ -67,11 +70,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
@@ -146,6 +146,11 @@ type Options struct {
 	// this owner (`rbd resize`). It runs on its own goroutine with a
 	// bounded context. Nil: resize requests are answered with -EOPNOTSUPP.
 	Resize func(ctx context.Context, size uint64, allowShrink bool) error
+	// SnapCreate and SnapRemove perform the snapshot requests librbd
+	// clients proxy to the owner (`rbd snap create/rm`, rbd-mirror's sync
+	// points); see snapshots.go. Nil: answered with -EOPNOTSUPP.
+	SnapCreate func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string, flags uint64) error
+	SnapRemove func(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string) error
 }
 
 func (o Options) withDefaults() Options {
@@ -183,16 +188,15 @@ func (h Holder) String() string {
 // (rbd_journal_commit_age, 5 s).
 const releaseTimeout = 30 * time.Second
 
-// resizeTimeout bounds one proxied resize (librbd's requester gives up
-// after rbd_request_timed_out_seconds, 30 s, without progress).
-const resizeTimeout = 25 * time.Second
-
 // Lock is an acquired exclusive lock. Its methods are safe for concurrent
 // use.
 type Lock struct {
 	pool objstore.Pool
 	oid  string
 	o    Options
+	// log is the logger of Acquire's context (it carries the request's
+	// values, e.g. the volume id).
+	log klog.Logger
 
 	// ctx ends with Release; it bounds the lock's background work (the
 	// re-watch loop, notifications, proxied requests), all owned by wg.
@@ -200,7 +204,8 @@ type Lock struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	updates atomic.Uint64 // UpdateSeq
+	updates  atomic.Uint64 // UpdateSeq
+	counters counters      // Stats
 
 	mu         sync.Mutex
 	watch      objstore.Watch
@@ -221,8 +226,9 @@ type Lock struct {
 // holds it, the error wraps ErrLocked and names the holder.
 func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*Lock, error) {
 	o = o.withDefaults()
-	l := &Lock{pool: pool, oid: oid, o: o, async: map[rbdnotify.AsyncRequestID]bool{}, releasedC: make(chan struct{}, 1)}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l := &Lock{pool: pool, oid: oid, o: o, log: klog.FromContext(ctx), async: map[rbdnotify.AsyncRequestID]bool{}, releasedC: make(chan struct{}, 1)}
+	// Background work outlives Acquire's context but keeps its values.
+	l.ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w, err := pool.Watch(ctx, oid, &handler{l: l, gen: 1})
 	if err != nil {
 		l.cancel()
@@ -233,8 +239,8 @@ func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*L
 	l.mu.Unlock()
 	if err := l.acquire(ctx); err != nil {
 		l.cancel()
-		if cerr := w.Close(); cerr != nil {
-			klog.V(2).InfoS("Closing the header watch after a failed lock acquisition", "object", oid, "err", cerr)
+		if cerr := w.Close(ctx); cerr != nil {
+			l.log.V(2).Info("Closing the header watch after a failed lock acquisition", "object", oid, "err", cerr)
 		}
 		return nil, err
 	}
@@ -253,222 +259,9 @@ func Acquire(ctx context.Context, pool objstore.Pool, oid string, o Options) (*L
 		}
 		return nil, errors.Join(fmt.Errorf("lock %s: the header watch broke while acquiring: %w", oid, lost), uerr, l.Release(ctx))
 	}
-	klog.V(1).InfoS("Image lock acquired", "object", oid, "cookie", l.Cookie())
+	l.log.V(1).Info("Image lock acquired", "object", oid, "cookie", l.Cookie())
 	l.notifyAsync(rbdnotify.AcquiredLock{Client: l.ClientID()})
 	return l, nil
-}
-
-func cookieOf(handle uint64) string { return CookiePrefix + strconv.FormatUint(handle, 10) }
-
-// handleOf parses the watch handle out of a managed lock's cookie.
-func handleOf(cookie string) (uint64, bool) {
-	s, ok := strings.CutPrefix(cookie, CookiePrefix)
-	if !ok {
-		return 0, false
-	}
-	h, err := strconv.ParseUint(s, 10, 64)
-	return h, err == nil
-}
-
-// maxAcquireAttempts bounds the lock/fence/break (or request/release)
-// rounds of one Acquire. A librbd client with the automatic policy that
-// releases on request but wants the lock back at once (it has I/O queued)
-// may win a few races before this node gets the lock.
-const maxAcquireAttempts = 8
-
-func (l *Lock) acquire(ctx context.Context) error {
-	cookie := l.Cookie()
-	for attempt := 1; ; attempt++ {
-		op := &objstore.WriteOp{}
-		clslock.Lock(op, LockName, clslock.LockExclusive, cookie, LockTag, l.o.Description, 0, 0)
-		err := l.pool.Operate(ctx, l.oid, op)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, objstore.ErrBusy) && !errors.Is(err, objstore.ErrExists) || attempt >= maxAcquireAttempts {
-			return fmt.Errorf("lock %s: %w", l.oid, err)
-		}
-		holder, id, err := l.holder(ctx)
-		if err != nil {
-			return err
-		}
-		if holder == nil {
-			continue // released meanwhile
-		}
-		why, err := l.deadHolder(ctx, *holder, id)
-		if err != nil {
-			return err
-		}
-		if why == "" {
-			continue // the holder released the lock on request
-		}
-		if l.o.Fencer == nil {
-			return fmt.Errorf("lock %s: %w: held by %s, which %s, but no fencer is configured to break it safely", l.oid, ErrLocked, holder, why)
-		}
-		start := time.Now()
-		klog.InfoS("Fencing the holder of an image lock before breaking it", "object", l.oid, "holder", holder.String(), "reason", why)
-		if err := l.o.Fencer.Blocklist(ctx, holder.Addr, l.o.FenceExpire); err != nil {
-			return fmt.Errorf("lock %s: fence %s: %w", l.oid, holder, err)
-		}
-		op = &objstore.WriteOp{}
-		clslock.BreakLock(op, LockName, id.Cookie, id.Locker)
-		if err := l.pool.Operate(ctx, l.oid, op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
-			return fmt.Errorf("lock %s: break lock of %s: %w", l.oid, holder, err)
-		}
-		klog.InfoS("Fenced the holder of an image lock and broke its lock", "object", l.oid, "holder", holder.String(), "duration", time.Since(start).Round(time.Millisecond))
-	}
-}
-
-// deadHolder decides whether the holder is dead: it returns why it counts
-// as dead, "" if it released the lock on request, or an error wrapping
-// ErrLocked if it is alive.
-func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerID) (string, error) {
-	if l.knownDead(holder.Addr) {
-		return "is this node's previous incarnation", nil
-	}
-	alive, err := l.watching(ctx, id)
-	if err != nil {
-		return "", err
-	}
-	if !alive {
-		return "no longer watches the image header", nil
-	}
-	if l.o.OwnerTimeout < 0 {
-		return "", fmt.Errorf("lock %s: %w: held by %s, which still watches the image header", l.oid, ErrLocked, holder)
-	}
-	handle, _ := handleOf(id.Cookie)
-	res, err := l.requestLock(ctx, uint64(id.Locker.Num), handle)
-	if err != nil {
-		return "", err
-	}
-	switch {
-	case res.gone:
-		return "stopped watching the image header", nil
-	case res.timedOut:
-		return fmt.Sprintf("did not answer a lock request within %v (frozen or partitioned)", l.o.OwnerTimeout), nil
-	case !res.answered:
-		return "", fmt.Errorf("lock %s: %w: held by %s, which is alive (it acknowledged a lock request without answering as the owner)", l.oid, ErrLocked, holder)
-	case res.result < 0:
-		return "", fmt.Errorf("lock %s: %w: held by %s, which refused to release it (%v)", l.oid, ErrLocked, holder, syscall.Errno(-res.result))
-	}
-	// The owner agreed to release the lock (a librbd client with the
-	// automatic policy): wait for it to do so.
-	if err := l.waitReleased(ctx, id); err != nil {
-		return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, releaseTimeout)
-	}
-	return "", nil
-}
-
-type requestResult struct {
-	timedOut bool  // the holder's watch did not acknowledge in time
-	gone     bool  // the holder's watch was gone when the notification went out
-	answered bool  // it replied with a ResponseMessage
-	result   int32 // that message's result
-}
-
-// requestLock asks the holder (watch handle of client gid) to release the
-// lock, as librbd's NotifyLockOwner does, and reports its answer.
-func (l *Lock) requestLock(ctx context.Context, gid, handle uint64) (requestResult, error) {
-	start := time.Now()
-	payload := rbdnotify.Marshal(rbdnotify.RequestLock{Client: l.ClientID()})
-	res, err := l.pool.Notify(ctx, l.oid, payload, l.o.OwnerTimeout)
-	if err != nil && !errors.Is(err, objstore.ErrTimedOut) {
-		return requestResult{}, fmt.Errorf("lock %s: request lock from its holder: %w", l.oid, err)
-	}
-	holds := func(w objstore.WatcherInfo) bool { return w.Client.ID == gid && w.Cookie == handle }
-	var out requestResult
-	for _, a := range res.Acks {
-		if !holds(a.Watcher) {
-			continue
-		}
-		r, ok, perr := rbdnotify.ParseResponse(a.Reply)
-		if perr != nil {
-			return requestResult{}, fmt.Errorf("lock %s: the holder's answer to a lock request: %w", l.oid, perr)
-		}
-		out = requestResult{answered: ok, result: r.Result}
-		klog.V(1).InfoS("Lock holder answered a lock request", "object", l.oid, "answered", ok, "result", r.Result, "duration", time.Since(start).Round(time.Millisecond))
-		return out, nil
-	}
-	for _, w := range res.TimedOut {
-		if holds(w) {
-			klog.InfoS("Lock holder did not answer a lock request", "object", l.oid, "holder", fmt.Sprintf("client.%d", gid), "timeout", l.o.OwnerTimeout)
-			return requestResult{timedOut: true}, nil
-		}
-	}
-	// Its watch went away meanwhile: it died.
-	return requestResult{gone: true}, nil
-}
-
-// waitReleased waits until the lock of id is gone, for at most
-// releaseTimeout: it returns as soon as a ReleasedLock notification arrives
-// (the holder may want the lock back at once: the caller must try to take
-// it without delay), and polls in case the notification is lost.
-func (l *Lock) waitReleased(ctx context.Context, id clslock.LockerID) error {
-	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.releasedC:
-			return nil
-		default:
-		}
-		h, hid, err := l.holder(ctx)
-		if err == nil && (h == nil || hid != id) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-l.releasedC:
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// holder returns the current holder, or nil if the lock is free.
-func (l *Lock) holder(ctx context.Context) (*Holder, clslock.LockerID, error) {
-	info, err := clslock.GetLockInfo(ctx, l.pool, l.oid, LockName)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, clslock.LockerID{}, nil
-	}
-	if err != nil {
-		return nil, clslock.LockerID{}, fmt.Errorf("lock %s: get lock info: %w", l.oid, err)
-	}
-	for id, li := range info.Lockers {
-		if _, ok := handleOf(id.Cookie); info.Tag != LockTag || !ok {
-			return nil, id, fmt.Errorf("lock %s: held by %s with tag %q cookie %q: not a managed lock; remove it by hand", l.oid, id.Locker, info.Tag, id.Cookie)
-		}
-		return &Holder{Client: id.Locker.String(), Addr: li.Addr.ClientAddr(), Cookie: id.Cookie, Description: li.Description}, id, nil
-	}
-	return nil, clslock.LockerID{}, nil
-}
-
-// watching reports whether the holder still watches the header with the
-// handle its cookie names (librbd's test for a live lock owner).
-func (l *Lock) watching(ctx context.Context, id clslock.LockerID) (bool, error) {
-	ws, err := l.pool.ListWatchers(ctx, l.oid)
-	if err != nil {
-		return false, fmt.Errorf("lock %s: list watchers: %w", l.oid, err)
-	}
-	handle, _ := handleOf(id.Cookie)
-	for _, w := range ws {
-		if int64(w.Client.ID) == id.Locker.Num && w.Cookie == handle {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func (l *Lock) knownDead(addr string) bool {
-	for _, a := range l.o.Dead {
-		if a != "" && a == addr {
-			return true
-		}
-	}
-	return false
 }
 
 // Owner returns this lock's holder identity.
@@ -563,7 +356,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	}
 	var werr error
 	if w != nil {
-		werr = w.Close()
+		werr = w.Close(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("unlock %s: %w", l.oid, err)
@@ -571,7 +364,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if werr != nil {
 		return fmt.Errorf("unlock %s: close watch: %w", l.oid, werr)
 	}
-	klog.V(1).InfoS("Image lock released", "object", l.oid)
+	l.log.V(1).Info("Image lock released", "object", l.oid)
 	return nil
 }
 
@@ -580,7 +373,7 @@ func (l *Lock) notify(ctx context.Context, p rbdnotify.Payload) {
 	ctx, cancel := context.WithTimeout(ctx, l.o.NotifyTimeout)
 	defer cancel()
 	if _, err := l.pool.Notify(ctx, l.oid, rbdnotify.Marshal(p), l.o.NotifyTimeout); err != nil {
-		klog.V(2).InfoS("Lock notification not acknowledged by every watcher", "object", l.oid, "op", p.Op(), "err", err)
+		l.log.V(2).Info("Lock notification not acknowledged by every watcher", "object", l.oid, "op", p.Op(), "err", err)
 	}
 }
 
@@ -615,239 +408,6 @@ func (l *Lock) markLost(err error) {
 	}
 	l.rewatching = false
 	l.mu.Unlock()
-	klog.ErrorS(err, "Image lock lost: the device stops taking writes", "object", l.oid)
+	l.log.Error(err, "Image lock lost: the device stops taking writes", "object", l.oid)
 	l.headerUpdated()
-}
-
-// handler receives the events of one watch generation.
-type handler struct {
-	l   *Lock
-	gen uint64
-}
-
-func (h *handler) HandleNotify(n *objstore.Notification) {
-	l := h.l
-	m, err := rbdnotify.Parse(n.Payload)
-	if err != nil {
-		klog.InfoS("Undecodable notification on the image header acknowledged without an answer", "object", l.oid, "err", err)
-		n.Ack(nil)
-		return
-	}
-	self := l.ClientID()
-	switch p := m.Payload.(type) {
-	case rbdnotify.HeaderUpdate:
-		l.headerUpdated()
-		n.Ack(rbdnotify.Response(0))
-	case rbdnotify.RequestLock:
-		if p.Client == self || !l.owner() {
-			n.Ack(nil)
-			return
-		}
-		// librbd's StandardPolicy (rbd-nbd --exclusive, krbd's
-		// "exclusive"): refuse, so that the requester fails at once.
-		klog.InfoS("Refusing a request for the image lock: this node serves the volume", "object", l.oid, "requester", p.Client.String(), "force", p.Force)
-		n.Ack(rbdnotify.Response(syscall.EROFS))
-	case rbdnotify.AcquiredLock:
-		if p.Client.IsValid() && p.Client != self && l.owner() {
-			klog.InfoS("Another client announced that it acquired the lock this node holds; the lock was broken after fencing this node", "object", l.oid, "client", p.Client.String())
-		}
-		n.Ack(nil)
-	case rbdnotify.ReleasedLock:
-		select {
-		case l.releasedC <- struct{}{}:
-		default:
-		}
-		n.Ack(nil)
-	case rbdnotify.AsyncProgress, rbdnotify.AsyncComplete,
-		rbdnotify.Quiesce, rbdnotify.Unquiesce:
-		// Not ours to answer: librbd's watchers acknowledge these empty
-		// (quiesce replies are optional; there is no I/O to quiesce here
-		// that the journal does not already order).
-		n.Ack(nil)
-	case rbdnotify.Resize:
-		if !l.owner() {
-			n.Ack(nil)
-			return
-		}
-		l.handleResize(n, p)
-	default:
-		// Maintenance ops csi-rbdj does not perform as owner, and unknown
-		// ops: -EOPNOTSUPP (krbd's answer; librbd's for unknown ops). The
-		// requester then asks for the lock and is refused with EROFS.
-		if !l.owner() {
-			n.Ack(nil)
-			return
-		}
-		klog.InfoS("Refusing a maintenance request while this node serves the volume", "object", l.oid, "op", m.Payload.Op().String())
-		n.Ack(rbdnotify.Response(syscall.EOPNOTSUPP))
-	}
-}
-
-// handleResize runs a proxied resize as librbd's owner does: it accepts the
-// request (ResponseMessage(0)), performs it, and reports the result with an
-// AsyncComplete notification. A request already in progress is accepted
-// again without running twice.
-func (l *Lock) handleResize(n *objstore.Notification, p rbdnotify.Resize) {
-	if l.o.Resize == nil {
-		n.Ack(rbdnotify.Response(syscall.EOPNOTSUPP))
-		return
-	}
-	l.mu.Lock()
-	if p.Request.Client == l.clientIDLocked() {
-		l.mu.Unlock()
-		n.Ack(rbdnotify.Response(syscall.ERESTART))
-		return
-	}
-	if l.async[p.Request] {
-		l.mu.Unlock()
-		n.Ack(rbdnotify.Response(0))
-		return
-	}
-	l.async[p.Request] = true
-	l.wg.Add(1)
-	l.mu.Unlock()
-	n.Ack(rbdnotify.Response(0))
-	go func() {
-		defer l.wg.Done()
-		defer func() {
-			l.mu.Lock()
-			delete(l.async, p.Request)
-			l.mu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(l.ctx, resizeTimeout)
-		defer cancel()
-		start := time.Now()
-		err := l.o.Resize(ctx, p.Size, p.AllowShrink)
-		result := int32(0)
-		if err != nil {
-			en := objstore.Errno(err)
-			if en == 0 {
-				en = syscall.EIO
-			}
-			result = -int32(en)
-			klog.ErrorS(err, "Proxied resize failed", "object", l.oid, "request", p.Request.String(), "size", p.Size)
-		} else {
-			klog.InfoS("Proxied resize done by the lock owner", "object", l.oid, "request", p.Request.String(), "size", p.Size, "duration", time.Since(start).Round(time.Millisecond))
-		}
-		// librbd retries the completion while its requester may not have
-		// heard it (ETIMEDOUT).
-		for attempt := 0; attempt < 3 && l.ctx.Err() == nil; attempt++ {
-			nctx, ncancel := context.WithTimeout(l.ctx, l.o.NotifyTimeout)
-			_, nerr := l.pool.Notify(nctx, l.oid, rbdnotify.Marshal(rbdnotify.AsyncComplete{Request: p.Request, Result: result}), l.o.NotifyTimeout)
-			ncancel()
-			if !errors.Is(nerr, objstore.ErrTimedOut) {
-				break
-			}
-		}
-	}()
-}
-
-func (h *handler) HandleWatchError(err error) {
-	l := h.l
-	l.mu.Lock()
-	if h.gen != l.gen || l.released || l.lost != nil {
-		l.mu.Unlock()
-		return
-	}
-	held := l.held
-	if !held {
-		// Acquire is still running: it gives up (see Acquire).
-		l.lost = fmt.Errorf("%w: %w", ErrLost, err)
-		l.mu.Unlock()
-		return
-	}
-	if errors.Is(err, objstore.ErrBlocklisted) {
-		l.mu.Unlock()
-		l.markLost(fmt.Errorf("lock %s: %w: this client was fenced (blocklisted): %w", l.oid, ErrLost, err))
-		return
-	}
-	start := !l.rewatching
-	l.rewatching = true
-	if start {
-		l.wg.Add(1)
-	}
-	l.mu.Unlock()
-	// Notifications sent while the watch is down are lost: count the gap
-	// as a header update.
-	klog.InfoS("Image header watch lost; re-registering it", "object", l.oid, "err", err)
-	l.headerUpdated()
-	if start {
-		go l.rewatch()
-	}
-}
-
-// rewatch re-registers the header watch until it succeeds, the lock is
-// released, or the lock turns out to be lost; then it moves the lock's
-// cookie to the new watch handle. Owned by l.wg.
-func (l *Lock) rewatch() {
-	defer l.wg.Done()
-	backoff := 50 * time.Millisecond
-	for l.ctx.Err() == nil {
-		err := l.rewatchOnce()
-		if err == nil {
-			return
-		}
-		if errors.Is(err, ErrLost) {
-			l.markLost(err)
-			return
-		}
-		klog.InfoS("Re-registering the image header watch failed; retrying", "object", l.oid, "err", err, "backoff", backoff)
-		select {
-		case <-l.ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
-
-func (l *Lock) rewatchOnce() error {
-	ctx, cancel := context.WithTimeout(l.ctx, 30*time.Second)
-	defer cancel()
-	l.mu.Lock()
-	old, gen, held := l.watch, l.gen+1, l.held
-	l.mu.Unlock()
-	if err := old.Close(); err != nil {
-		klog.V(2).InfoS("Closing the lost header watch", "object", l.oid, "err", err)
-	}
-	w, err := l.pool.Watch(ctx, l.oid, &handler{l: l, gen: gen})
-	if errors.Is(err, objstore.ErrBlocklisted) {
-		return fmt.Errorf("lock %s: %w: this client was fenced (blocklisted): %w", l.oid, ErrLost, err)
-	}
-	if err != nil {
-		return fmt.Errorf("watch: %w", err)
-	}
-	l.mu.Lock()
-	oldCookie := l.cookie
-	l.mu.Unlock()
-	newCookie := cookieOf(w.Cookie())
-	if held {
-		op := &objstore.WriteOp{}
-		clslock.SetCookie(op, LockName, clslock.LockExclusive, oldCookie, LockTag, newCookie)
-		err = l.pool.Operate(ctx, l.oid, op)
-		if err != nil {
-			if cerr := w.Close(); cerr != nil {
-				klog.V(2).InfoS("Closing a new header watch", "object", l.oid, "err", cerr)
-			}
-			if errors.Is(err, objstore.ErrBusy) || errors.Is(err, objstore.ErrNotFound) || errors.Is(err, objstore.ErrBlocklisted) {
-				return fmt.Errorf("lock %s: %w: it was broken while the header watch was down: %w", l.oid, ErrLost, err)
-			}
-			// Transient: the old watch is closed; retry with a new one.
-			l.mu.Lock()
-			l.watch = w
-			l.mu.Unlock()
-			return fmt.Errorf("move the lock cookie to the new watch: %w", err)
-		}
-	}
-	l.mu.Lock()
-	l.watch, l.gen, l.cookie, l.rewatching = w, gen, newCookie, false
-	released := l.released
-	l.mu.Unlock()
-	klog.InfoS("Image header watch re-registered; the lock cookie follows the new watch", "object", l.oid, "cookie", newCookie)
-	// Whatever changed while the watch was down must be re-read.
-	l.headerUpdated()
-	if held && !released {
-		// Announce the owner's new identity (its handle changed).
-		l.notify(l.ctx, rbdnotify.AcquiredLock{Client: l.ClientID()})
-	}
-	return nil
 }

@@ -53,7 +53,7 @@ type spy struct {
 	w      objstore.Watch
 }
 
-func (s *spy) HandleNotify(n *objstore.Notification) {
+func (s *spy) HandleNotify(_ context.Context, n *objstore.Notification) {
 	m, err := rbdnotify.Parse(n.Payload)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -67,7 +67,7 @@ func (s *spy) HandleNotify(n *objstore.Notification) {
 	n.Ack(nil)
 }
 
-func (s *spy) HandleWatchError(error) {}
+func (s *spy) HandleWatchError(context.Context, error) {}
 
 func (s *spy) find(op rbdnotify.Op) []rbdnotify.Payload {
 	s.mu.Lock()
@@ -101,7 +101,7 @@ func watchSpy(t *testing.T, p objstore.Pool) *spy {
 		t.Fatal(err)
 	}
 	s.w = w
-	t.Cleanup(func() { w.Close() })
+	t.Cleanup(func() { w.Close(context.Background()) })
 	return s
 }
 
@@ -342,7 +342,7 @@ func TestDeadHolderBroken(t *testing.T) {
 	dir, _, _ := newHeader(t)
 	_, p1 := client(t, dir)
 	s := holdRaw(t, p1)
-	s.w.Close()
+	s.w.Close(context.Background())
 	c2, p2 := client(t, dir)
 	if _, err := exclusivelock.Acquire(context.Background(), p2, oid, exclusivelock.Options{}); !errors.Is(err, exclusivelock.ErrLocked) || !strings.Contains(err.Error(), "no fencer") {
 		t.Fatalf("acquire without fencer: %v", err)
@@ -382,7 +382,7 @@ func TestCooperativeHolderReleases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	coop.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
 	op := &objstore.WriteOp{}
 	clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, coop.cookie, exclusivelock.LockTag, "", 0, 0)
@@ -401,7 +401,7 @@ type releaser struct {
 	cookie string
 }
 
-func (r *releaser) HandleNotify(n *objstore.Notification) {
+func (r *releaser) HandleNotify(_ context.Context, n *objstore.Notification) {
 	m, err := rbdnotify.Parse(n.Payload)
 	if err != nil || m.Payload.Op() != rbdnotify.OpRequestLock {
 		n.Ack(nil)
@@ -416,7 +416,7 @@ func (r *releaser) HandleNotify(n *objstore.Notification) {
 	}()
 }
 
-func (r *releaser) HandleWatchError(error) {}
+func (r *releaser) HandleWatchError(context.Context, error) {}
 
 // removeWatchRegistration breaks a local watch for real: its registration
 // disappears, as when the OSD drops a watch that timed out.

@@ -5,158 +5,187 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
-	"k8s.io/klog/v2"
 )
 
-// The requester's side of librbd's proxied maintenance requests
-// (ImageWatcher::notify_async_request): a client that does not own the
-// image watches its header, sends the request with an async request id
-// naming that watch, and the owner answers ResponseMessage(0) (accepted),
-// then announces the result with an AsyncComplete notification for that
-// id. A ResponseMessage < 0 is a refusal. No ResponseMessage at all means
-// nobody owns the image (librbd then takes the lock and performs the
-// operation itself).
-
-// ErrNoOwner: no watcher answered a proxied request as the image's owner
-// (no client holds the lock, or its holder is dead or frozen).
+// ErrNoOwner means no client answered a request as the lock owner: the
+// image is not served (perform the operation directly), or its owner is
+// dead or frozen (fence it first, as NodeStage does).
 var ErrNoOwner = errors.New("no lock owner answered")
 
-// ProxyTimeout bounds the wait for the owner's acknowledgement of a
-// proxied request (librbd's notify timeout).
-const ProxyTimeout = 5 * time.Second
+// DefaultRequestTimeout is how long a Requester waits for the completion
+// of an accepted request before it sends it again (librbd's
+// rbd_request_timed_out_seconds).
+const DefaultRequestTimeout = 30 * time.Second
 
-// ProxyResize asks the owner of the image whose header is headerOID to
-// resize it to size (growing only: allow_shrink is false), as librbd's
-// `rbd resize` does when another client holds the lock, and waits for the
-// result. It returns an error wrapping ErrNoOwner if no owner answered (the
-// caller may then resize directly), or the owner's errno (EBUSY: a served
-// volume is not shrunk).
-func ProxyResize(ctx context.Context, pool objstore.Pool, headerOID string, size uint64) error {
-	return proxyAsync(ctx, pool, headerOID, "resize", func(req rbdnotify.AsyncRequestID) rbdnotify.Payload {
-		return rbdnotify.Resize{Request: req, Size: size, AllowShrink: false}
-	})
+// Requester sends maintenance requests to an image's lock owner the way
+// librbd's ImageWatcher does (notify_lock_owner, notify_async_request): a
+// request with an async request id is notified on the header; the owner
+// answers it with ResponseMessage (0: accepted, else the error) and later
+// announces the result with AsyncComplete, which the Requester receives
+// through its own header watch. A request without completion within
+// RequestTimeout is sent again (the owner runs it once). For a controller
+// that snapshots a served volume on a backend without librbd.
+type Requester struct {
+	pool objstore.Pool
+	oid  string
+	// RequestTimeout overrides DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// NotifyTimeout bounds each notification (DefaultNotifyTimeout if zero).
+	NotifyTimeout time.Duration
+
+	w      objstore.Watch
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	waiting map[rbdnotify.AsyncRequestID]chan int32
 }
 
-// proxyAsync sends the request build makes to the owner and waits for its
-// AsyncComplete.
-func proxyAsync(ctx context.Context, pool objstore.Pool, headerOID, what string, build func(rbdnotify.AsyncRequestID) rbdnotify.Payload) error {
-	logger := klog.FromContext(ctx)
-	c := &completions{done: map[rbdnotify.AsyncRequestID]int32{}, wake: make(chan struct{}, 1)}
-	w, err := pool.Watch(ctx, headerOID, c)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return fmt.Errorf("%s %s: %w", what, headerOID, err)
-	}
+// NewRequester watches the image header headerOID (AsyncComplete
+// notifications come that way). Close it when done.
+func NewRequester(ctx context.Context, pool objstore.Pool, headerOID string) (*Requester, error) {
+	r := &Requester{pool: pool, oid: headerOID, waiting: map[rbdnotify.AsyncRequestID]chan int32{}}
+	w, err := pool.Watch(ctx, headerOID, requesterHandler{r})
 	if err != nil {
-		return fmt.Errorf("%s %s: watch the header for the owner's answer: %w", what, headerOID, err)
+		return nil, fmt.Errorf("watch %s: %w", headerOID, err)
 	}
-	defer func() {
-		if err := w.Close(); err != nil {
-			logger.V(2).Info("Closing the requester's header watch", "object", headerOID, "err", err)
-		}
-	}()
-	// The watch is this request's alone, so its handle makes the id unique
-	// (librbd numbers the requests of one watch).
-	req := rbdnotify.AsyncRequestID{
-		Client:    rbdnotify.ClientID{GID: pool.Client().ID, Handle: w.Cookie()},
-		RequestID: 1,
-	}
-	start := time.Now()
-	res, err := pool.Notify(ctx, headerOID, rbdnotify.Marshal(build(req)), ProxyTimeout)
-	if err != nil && !errors.Is(err, objstore.ErrTimedOut) {
-		return fmt.Errorf("%s %s: notify the owner: %w", what, headerOID, err)
-	}
-	answered, result := false, int32(0)
-	for _, a := range res.Acks {
-		if a.Watcher.Client.ID == req.Client.GID && a.Watcher.Cookie == req.Client.Handle {
-			continue // our own watch
-		}
-		r, ok, perr := rbdnotify.ParseResponse(a.Reply)
-		if perr != nil {
-			return fmt.Errorf("%s %s: the owner's answer (%s): %w", what, headerOID, a.Watcher.Client.Name(), perr)
-		}
-		if ok {
-			answered, result = true, r.Result
-			logger.V(2).Info("Lock owner answered a proxied request", "object", headerOID, "op", what, "owner", a.Watcher.Client.Name(), "result", r.Result)
-			break
-		}
-	}
-	switch {
-	case !answered:
-		return fmt.Errorf("%s %s: %w (%d watchers acknowledged, %d did not answer in %v)", what, headerOID, ErrNoOwner, len(res.Acks), len(res.TimedOut), ProxyTimeout)
-	case result < 0:
-		return fmt.Errorf("%s %s: the lock owner refused: %w", what, headerOID, syscall.Errno(-result))
-	}
-	r, err := c.wait(ctx, req)
-	if err != nil {
-		return fmt.Errorf("%s %s: waiting for the lock owner to finish (it accepted the request %v ago): %w", what, headerOID, time.Since(start).Round(time.Millisecond), err)
-	}
-	if r < 0 {
-		return fmt.Errorf("%s %s: the lock owner failed: %w", what, headerOID, syscall.Errno(-r))
-	}
-	logger.V(1).Info("Lock owner performed a proxied request", "object", headerOID, "op", what, "duration", time.Since(start).Round(time.Millisecond))
-	return nil
+	r.w = w
+	return r, nil
 }
 
-// completions is the requester's watch handler: it records the
-// AsyncComplete notifications it sees and acknowledges everything empty
-// (a non-owner's answer).
-type completions struct {
-	mu   sync.Mutex
-	done map[rbdnotify.AsyncRequestID]int32
-	lost error
-	wake chan struct{}
-}
+// Close unregisters the header watch.
+func (r *Requester) Close(ctx context.Context) error { return r.w.Close(ctx) }
 
-func (c *completions) HandleNotify(n *objstore.Notification) {
+type requesterHandler struct{ r *Requester }
+
+func (h requesterHandler) HandleNotify(_ context.Context, n *objstore.Notification) {
+	// Not the owner: acknowledge everything empty, as librbd's
+	// non-owners do (its own requests included).
 	defer n.Ack(nil)
 	m, err := rbdnotify.Parse(n.Payload)
 	if err != nil {
 		return
 	}
-	if p, ok := m.Payload.(rbdnotify.AsyncComplete); ok {
-		c.mu.Lock()
-		c.done[p.Request] = p.Result
-		c.mu.Unlock()
-		c.signal()
+	if c, ok := m.Payload.(rbdnotify.AsyncComplete); ok {
+		h.r.mu.Lock()
+		ch := h.r.waiting[c.Request]
+		h.r.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- c.Result:
+			default:
+			}
+		}
 	}
 }
 
-func (c *completions) HandleWatchError(err error) {
-	c.mu.Lock()
-	c.lost = err
-	c.mu.Unlock()
-	c.signal()
+// HandleWatchError: a lost watch may lose a completion; the request is
+// then sent again after RequestTimeout, and the owner answers it again.
+func (h requesterHandler) HandleWatchError(context.Context, error) {}
+
+// SnapCreate asks the owner to create snapshot ns/name and waits for the
+// result (an error carrying the owner's errno, ErrNoOwner, or ctx's).
+func (r *Requester) SnapCreate(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string) error {
+	return r.do(ctx, func(req rbdnotify.AsyncRequestID) rbdnotify.Payload {
+		return rbdnotify.SnapCreate{Request: req, Namespace: ns, Name: name}
+	})
 }
 
-func (c *completions) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+// SnapRemove asks the owner to remove snapshot ns/name and waits for the
+// result.
+func (r *Requester) SnapRemove(ctx context.Context, ns rbdnotify.SnapshotNamespace, name string) error {
+	return r.do(ctx, func(req rbdnotify.AsyncRequestID) rbdnotify.Payload {
+		return rbdnotify.SnapRemove{Request: req, Namespace: ns, Name: name}
+	})
+}
+
+func (r *Requester) do(ctx context.Context, build func(rbdnotify.AsyncRequestID) rbdnotify.Payload) error {
+	req := rbdnotify.AsyncRequestID{
+		Client:    rbdnotify.ClientID{GID: r.pool.Client().ID, Handle: r.w.Cookie()},
+		RequestID: r.nextID.Add(1),
 	}
-}
-
-// wait returns the result of req once its AsyncComplete arrived.
-func (c *completions) wait(ctx context.Context, req rbdnotify.AsyncRequestID) (int32, error) {
+	p := build(req)
+	ch := make(chan int32, 1)
+	r.mu.Lock()
+	r.waiting[req] = ch
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.waiting, req)
+		r.mu.Unlock()
+	}()
+	timeout := r.RequestTimeout
+	if timeout <= 0 {
+		timeout = DefaultRequestTimeout
+	}
 	for {
-		c.mu.Lock()
-		r, ok := c.done[req]
-		lost := c.lost
-		c.mu.Unlock()
-		switch {
-		case ok:
-			return r, nil
-		case lost != nil:
-			return 0, fmt.Errorf("the header watch was lost: %w", lost)
+		if err := r.send(ctx, p); err != nil {
+			return err
 		}
+		t := time.NewTimer(timeout)
 		select {
-		case <-c.wake:
+		case res := <-ch:
+			t.Stop()
+			if res < 0 {
+				return fmt.Errorf("%v %s: lock owner: %w", p.Op(), r.oid, syscall.Errno(-res))
+			}
+			return nil
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			t.Stop()
+			return fmt.Errorf("%v %s: %w", p.Op(), r.oid, ctx.Err())
+		case <-t.C:
+			// No completion: send again (librbd's request timeout); the
+			// owner runs a request it already runs only once.
 		}
 	}
+}
+
+// send notifies p and returns the owner's refusal, or nil if it accepted.
+func (r *Requester) send(ctx context.Context, p rbdnotify.Payload) error {
+	nt := r.NotifyTimeout
+	if nt <= 0 {
+		nt = DefaultNotifyTimeout
+	}
+	res, err := r.pool.Notify(ctx, r.oid, rbdnotify.Marshal(p), nt)
+	if err != nil && !errors.Is(err, objstore.ErrTimedOut) {
+		return fmt.Errorf("%v %s: %w", p.Op(), r.oid, err)
+	}
+	for _, a := range res.Acks {
+		m, ok, perr := rbdnotify.ParseResponse(a.Reply)
+		if perr != nil || !ok {
+			continue
+		}
+		if err := m.Err(); err != nil {
+			return fmt.Errorf("%v %s: lock owner %s refused: %w", p.Op(), r.oid, a.Watcher.Client.Name(), err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%v %s: %w", p.Op(), r.oid, ErrNoOwner)
+}
+
+// Resize asks the owner to resize the image to size, growing only
+// (allow_shrink false: the owner refuses to shrink a served volume with
+// EBUSY), and waits for the result.
+func (r *Requester) Resize(ctx context.Context, size uint64) error {
+	return r.do(ctx, func(req rbdnotify.AsyncRequestID) rbdnotify.Payload {
+		return rbdnotify.Resize{Request: req, Size: size, AllowShrink: false}
+	})
+}
+
+// ProxyResize asks the owner of the image whose header is headerOID to
+// grow it to size, as librbd's `rbd resize` does when another client holds
+// the lock. It returns an error wrapping ErrNoOwner if no owner answered
+// (the caller may then resize directly), or the owner's errno.
+func ProxyResize(ctx context.Context, pool objstore.Pool, headerOID string, size uint64) error {
+	r, err := NewRequester(ctx, pool, headerOID)
+	if err != nil {
+		return fmt.Errorf("resize: %w", err)
+	}
+	defer func() { _ = r.Close(context.WithoutCancel(ctx)) }()
+	return r.Resize(ctx, size)
 }

@@ -41,7 +41,7 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 	// ErrUnsupported: the image uses something this package cannot serve
 	// correctly (a parent, object map, fancy striping, a data pool, ...),
-	// or it cannot be written (snapshots, a non-primary mirror image).
+	// or it cannot be written (a non-primary mirror image).
 	ErrUnsupported = errors.New("unsupported image")
 )
 
@@ -106,6 +106,12 @@ func (img *Image) newWriteOp() *objstore.WriteOp {
 	op := &objstore.WriteOp{}
 	if img.lazy {
 		op.SetLazy()
+	}
+	// Every data write carries the image's snapshot context, so that the
+	// store preserves the objects' state as of each snapshot
+	// (clone-on-write), as librbd's writes do.
+	if sc := img.snapc; sc.Seq != 0 || len(sc.Snaps) != 0 {
+		op.SetSnapContext(objstore.SnapContext{Seq: sc.Seq, Snaps: sc.Snaps})
 	}
 	return op
 }
@@ -188,12 +194,9 @@ func (img *Image) checkServable(ctx context.Context, m clsrbd.MutableMetadata) (
 			return nil, fmt.Errorf("striping %d x %d: %w", unit, count, ErrUnsupported)
 		}
 	}
-	switch {
-	case len(m.SnapContext.Snaps) > 0:
-		// The object store contract sends no snapshot context with
-		// writes, so the OSD would not preserve snapshot data.
-		return fmt.Errorf("image has %d snapshots: %w", len(m.SnapContext.Snaps), ErrUnsupported), nil
-	case m.Features&clsrbd.FeatureNonPrimary != 0:
+	// Snapshots are served: data writes carry the snapshot context (see
+	// newWriteOp).
+	if m.Features&clsrbd.FeatureNonPrimary != 0 {
 		return fmt.Errorf("non-primary mirror image: %w", ErrUnsupported), nil
 	}
 	return nil, nil

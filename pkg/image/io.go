@@ -104,10 +104,16 @@ func (img *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if _, err := img.checkRange("read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	return img.readAt(ctx, p, off, 0)
+}
+
+// readAt reads the data objects as of snapshot snapID (0: the head).
+func (img *Image) readAt(ctx context.Context, p []byte, off int64, snapID uint64) (int, error) {
 	err := img.forEachExtent(ctx, off, int64(len(p)), func(ctx context.Context, e extent) error {
 		buf := p[e.bufOff : e.bufOff+int64(e.length)]
 		oid := img.DataOID(e.objNo)
 		var op objstore.ReadOp
+		op.SetSnap(snapID)
 		r := op.Read(e.objOff, e.length)
 		err := img.pool.Read(ctx, oid, &op)
 		if errors.Is(err, objstore.ErrNotFound) {

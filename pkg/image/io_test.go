@@ -336,7 +336,7 @@ func TestOpenUnsupported(t *testing.T) {
 		{"clone", map[string][]byte{"parent": cephenc.MarshalFunc(overlap)}, ErrUnsupported, nil, 0},
 		{"fancy striping", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureStripingV2), "stripe_unit": le64(4096), "stripe_count": le64(4)}, ErrUnsupported, nil, 0},
 		{"default striping", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureStripingV2)}, nil, nil, 0},
-		{"snapshots", map[string][]byte{"snap_seq": le64(4), "snapshot_0000000000000004": nil}, nil, ErrUnsupported, 0},
+		{"snapshots (served: writes carry the snapshot context)", map[string][]byte{"snap_seq": le64(4), "snapshot_0000000000000004": nil}, nil, nil, 0},
 		{"non-primary", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureExclusiveLock | clsrbd.FeatureJournaling | clsrbd.FeatureNonPrimary)}, nil, ErrUnsupported, 0},
 	}
 	for _, tt := range tests {

@@ -126,7 +126,7 @@ func Create(ctx context.Context, pool objstore.Pool, name string, size int64, o 
 		if !errors.Is(err, errIDInUse) {
 			break
 		}
-		klog.V(2).InfoS("Image id in use, trying another", "image", name, "id", id, "err", err)
+		klog.FromContext(ctx).V(2).Info("Image id in use, trying another", "image", name, "id", id, "err", err)
 	}
 	if err != nil {
 		return fmt.Errorf("create image %q: %w", name, err)
@@ -169,7 +169,7 @@ func create(ctx context.Context, pool objstore.Pool, name, id string, size uint6
 			return
 		}
 		if uerr := undo.run(ctx); uerr != nil {
-			klog.ErrorS(uerr, "Rolling back a failed image create left objects behind; remove the image to clear them", "image", name, "id", id)
+			klog.FromContext(ctx).Error(uerr, "Rolling back a failed image create left objects behind; remove the image to clear them", "image", name, "id", id)
 			err = fmt.Errorf("%w (roll back: %v)", err, uerr)
 		}
 	}()
@@ -435,7 +435,7 @@ func Resize(ctx context.Context, pool objstore.Pool, name string, newSize int64)
 		return fmt.Errorf("resize image %q: %w", name, notFound(err))
 	}
 	if _, err := pool.Notify(ctx, img.headerOID, nil, notifyTimeout); err != nil {
-		klog.V(2).InfoS("Header update notify failed; watchers refresh on their own", "image", name, "err", err)
+		klog.FromContext(ctx).V(2).Info("Header update notify failed; watchers refresh on their own", "image", name, "err", err)
 	}
 	return nil
 }

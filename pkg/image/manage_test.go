@@ -415,8 +415,11 @@ func mustRemove(t *testing.T, p objstore.Pool, oid string) {
 
 type nopWatcher struct{ notifies atomic.Int32 }
 
-func (w *nopWatcher) HandleNotify(n *objstore.Notification) { w.notifies.Add(1); n.Ack(nil) }
-func (w *nopWatcher) HandleWatchError(error)                {}
+func (w *nopWatcher) HandleNotify(_ context.Context, n *objstore.Notification) {
+	w.notifies.Add(1)
+	n.Ack(nil)
+}
+func (w *nopWatcher) HandleWatchError(context.Context, error) {}
 
 func TestRemoveBusy(t *testing.T) {
 	p := newPool(t)
@@ -432,7 +435,7 @@ func TestRemoveBusy(t *testing.T) {
 	if _, err := Open(ctx, p, "vol"); err != nil {
 		t.Fatalf("image damaged by a refused Remove: %v", err)
 	}
-	w.Close()
+	w.Close(context.Background())
 	if err := Remove(ctx, p, "vol"); err != nil {
 		t.Fatal(err)
 	}
@@ -478,7 +481,7 @@ func TestResize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer watch.Close()
+	defer watch.Close(context.Background())
 	if err := Resize(ctx, p, "vol", 10*obj); err != nil {
 		t.Fatal(err)
 	}
@@ -513,7 +516,7 @@ func TestResize(t *testing.T) {
 	if err := Resize(ctx, p, "nope", 1); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("resize of a missing image = %v", err)
 	}
-	watch.Close()
+	watch.Close(context.Background())
 	// To zero and on an object boundary.
 	for _, s := range []int64{2 * obj, 0} {
 		if err := Resize(ctx, p, "vol", s); err != nil {

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -186,6 +185,9 @@ type Journaler struct {
 	headerOID      string
 	dataPrefix     string
 	s              Settings
+	// log is the logger of Open's context (it carries the request's
+	// values, e.g. the volume id).
+	log klog.Logger
 
 	order      uint8
 	splayWidth uint8
@@ -210,6 +212,7 @@ type Journaler struct {
 
 	rec     recorder
 	stats   stats
+	lag     lagIndex
 	failed  error // sticky: appends fail once set
 	closing bool
 
@@ -244,8 +247,10 @@ func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Option
 	if poolID < 0 {
 		poolID = pool.ID()
 	}
-	bg, cancel := context.WithCancel(context.Background())
+	// Background work outlives Open's context but keeps its values.
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	j := &Journaler{
+		log:          klog.FromContext(ctx),
 		pool:         pool,
 		dataPool:     dataPool,
 		id:           id,
@@ -351,295 +356,6 @@ func (j *Journaler) opCtx(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, j.s.OpTimeout)
 }
 
-// refresh re-reads the header's mutable metadata.
-func (j *Journaler) refresh(ctx context.Context) error {
-	ctx, cancel := j.opCtx(ctx)
-	defer cancel()
-	minSet, activeSet, clients, err := clsjournal.GetMutableMetadata(ctx, j.pool, j.headerOID)
-	if err != nil {
-		return fmt.Errorf("refresh %s: %w", j.headerOID, err)
-	}
-	m := make(map[string]clsjournal.Client, len(clients))
-	for _, c := range clients {
-		m[c.ID] = c
-	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.minimumSet = minSet
-	// Another instance can only have moved the active set forward.
-	if activeSet > j.activeSet {
-		j.activeSet = activeSet
-	}
-	j.clients = m
-	return nil
-}
-
-// Clients returns the registered clients as last seen.
-func (j *Journaler) Clients() []clsjournal.Client {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	out := make([]clsjournal.Client, 0, len(j.clients))
-	for _, c := range j.clients {
-		out = append(out, c)
-	}
-	return out
-}
-
-// Client returns this journaler's client as last seen.
-func (j *Journaler) Client() (clsjournal.Client, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	c, ok := j.clients[j.clientID]
-	if !ok {
-		return clsjournal.Client{}, fmt.Errorf("journal %s client %q: %w", j.id, j.clientID, ErrClientNotRegistered)
-	}
-	return c, nil
-}
-
-// RegisterClient registers this journaler's client with data.
-func (j *Journaler) RegisterClient(ctx context.Context, data []byte) error {
-	op := &objstore.WriteOp{}
-	clsjournal.ClientRegister(op, j.clientID, data)
-	return j.updateHeader(ctx, "register client "+j.clientID, op)
-}
-
-// UpdateClientData replaces this client's data.
-func (j *Journaler) UpdateClientData(ctx context.Context, data []byte) error {
-	op := &objstore.WriteOp{}
-	clsjournal.ClientUpdateData(op, j.clientID, data)
-	return j.updateHeader(ctx, "update client "+j.clientID, op)
-}
-
-// UnregisterClient unregisters this journaler's client.
-func (j *Journaler) UnregisterClient(ctx context.Context) error {
-	op := &objstore.WriteOp{}
-	clsjournal.ClientUnregister(op, j.clientID)
-	return j.updateHeader(ctx, "unregister client "+j.clientID, op)
-}
-
-// updateHeader applies op to the header, refreshes and notifies watchers.
-func (j *Journaler) updateHeader(ctx context.Context, what string, op *objstore.WriteOp) error {
-	octx, cancel := j.opCtx(ctx)
-	err := j.pool.Operate(octx, j.headerOID, op)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("journal %s: %s: %w", j.id, what, err)
-	}
-	if err := j.refresh(ctx); err != nil {
-		return err
-	}
-	j.notifyUpdate(ctx)
-	return nil
-}
-
-// notifyUpdate tells other users of the journal to refresh. Failure is not
-// an error for the caller: watchers that miss it refresh on their own.
-func (j *Journaler) notifyUpdate(ctx context.Context) {
-	if _, err := j.pool.Notify(ctx, j.headerOID, nil, j.s.NotifyTimeout); err != nil {
-		klog.V(4).InfoS("Journal header notify failed", "journal", j.id, "err", err)
-	}
-}
-
-// AllocateTag creates a new tag of tagClass (clsjournal.TagClassNew for a
-// new class) with data, and returns it.
-func (j *Journaler) AllocateTag(ctx context.Context, tagClass uint64, data []byte) (clsjournal.Tag, error) {
-	for attempt := 0; ; attempt++ {
-		octx, cancel := j.opCtx(ctx)
-		tid, err := clsjournal.GetNextTagTid(octx, j.pool, j.headerOID)
-		if err == nil {
-			op := &objstore.WriteOp{}
-			clsjournal.TagCreate(op, tid, tagClass, data)
-			err = j.pool.Operate(octx, j.headerOID, op)
-			if errors.Is(err, objstore.ErrStale) && attempt < 16 {
-				cancel()
-				continue // another client allocated tid first
-			}
-		}
-		if err != nil {
-			cancel()
-			return clsjournal.Tag{}, fmt.Errorf("journal %s: allocate tag: %w", j.id, err)
-		}
-		tag, err := clsjournal.GetTag(octx, j.pool, j.headerOID, tid)
-		cancel()
-		if err != nil {
-			return clsjournal.Tag{}, fmt.Errorf("journal %s: allocate tag: %w", j.id, err)
-		}
-		j.notifyUpdate(ctx)
-		return tag, nil
-	}
-}
-
-// GetTag returns tag tid.
-func (j *Journaler) GetTag(ctx context.Context, tid uint64) (clsjournal.Tag, error) {
-	ctx, cancel := j.opCtx(ctx)
-	defer cancel()
-	t, err := clsjournal.GetTag(ctx, j.pool, j.headerOID, tid)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return t, fmt.Errorf("journal %s tag %d: %w", j.id, tid, ErrNotFound)
-	}
-	return t, err
-}
-
-// Tags lists the tags of tagClass (nil: every class) that this client may
-// still need.
-func (j *Journaler) Tags(ctx context.Context, tagClass *uint64) ([]clsjournal.Tag, error) {
-	ctx, cancel := j.opCtx(ctx)
-	defer cancel()
-	return clsjournal.TagList(ctx, j.pool, j.headerOID, j.clientID, tagClass)
-}
-
-// CommitPosition returns the commit position as known in memory (it may be
-// newer than the one written to the header).
-func (j *Journaler) CommitPosition() clsjournal.ObjectSetPosition {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return clonePosition(j.commitPos)
-}
-
-func clonePosition(p clsjournal.ObjectSetPosition) clsjournal.ObjectSetPosition {
-	return clsjournal.ObjectSetPosition{ObjectPositions: append([]clsjournal.ObjectPosition(nil), p.ObjectPositions...)}
-}
-
-// Committed reports that the entry with commitTid has been applied. The
-// commit position moves past it once every earlier entry is committed too.
-func (j *Journaler) Committed(commitTid uint64) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	moved := false
-	for _, e := range j.commits.commit(commitTid) {
-		j.advanceCommitPositionLocked(e)
-		moved = true
-	}
-	if moved {
-		j.commitDirty = true
-		select {
-		case j.commitKick <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (j *Journaler) advanceCommitPositionLocked(e *commitEntry) {
-	w := uint64(j.splayWidth)
-	pos := clsjournal.ObjectPosition{ObjectNumber: e.objectNumber, TagTid: e.tagTid, EntryTid: e.entryTid}
-	out := make([]clsjournal.ObjectPosition, 0, w)
-	out = append(out, pos)
-	for _, p := range j.commitPos.ObjectPositions {
-		if p.ObjectNumber%w != e.objectNumber%w && uint64(len(out)) < w {
-			out = append(out, p)
-		}
-	}
-	j.commitPos.ObjectPositions = out
-}
-
-// commitLoop owns the background flush of the commit position: at most
-// CommitAge after it first moves.
-func (j *Journaler) commitLoop() {
-	defer j.wg.Done()
-	for {
-		select {
-		case <-j.bg.Done():
-			return
-		case <-j.commitKick:
-		}
-		select {
-		case <-j.bg.Done():
-			return // Close flushes
-		case <-time.After(j.s.CommitAge):
-		}
-		if err := j.FlushCommitPosition(j.bg); err != nil && j.bg.Err() == nil {
-			klog.ErrorS(err, "Journal commit position flush failed", "journal", j.id, "client", j.clientID)
-		}
-	}
-}
-
-// FlushCommitPosition writes the in-memory commit position to the header
-// (if it moved), notifies watchers and trims object sets no client needs.
-func (j *Journaler) FlushCommitPosition(ctx context.Context) error {
-	j.commitMu.Lock()
-	defer j.commitMu.Unlock()
-	j.mu.Lock()
-	if !j.commitDirty {
-		j.mu.Unlock()
-		return nil
-	}
-	pos := clonePosition(j.commitPos)
-	j.commitDirty = false
-	j.mu.Unlock()
-
-	op := &objstore.WriteOp{}
-	clsjournal.ClientCommit(op, j.clientID, pos)
-	octx, cancel := j.opCtx(ctx)
-	err := j.pool.Operate(octx, j.headerOID, op)
-	cancel()
-	if err != nil {
-		j.mu.Lock()
-		j.commitDirty = true
-		j.mu.Unlock()
-		return fmt.Errorf("journal %s: commit position of client %q: %w", j.id, j.clientID, err)
-	}
-	j.notifyUpdate(ctx)
-	if err := j.refresh(ctx); err != nil {
-		return err
-	}
-	if err := j.disconnectLaggyLocked(ctx); err != nil {
-		return err
-	}
-	return j.trimLocked(ctx)
-}
-
-// trimLocked removes the object sets that every connected client has
-// passed (JournalTrimmer). Called with commitMu held.
-func (j *Journaler) trimLocked(ctx context.Context) error {
-	j.mu.Lock()
-	minSet, activeSet, w := j.minimumSet, j.activeSet, uint64(j.splayWidth)
-	minCommitSet := activeSet
-	for _, c := range j.clients {
-		if c.State == clsjournal.ClientStateDisconnected {
-			continue
-		}
-		if len(c.CommitPosition.ObjectPositions) == 0 {
-			minCommitSet = minSet
-			break
-		}
-		for _, p := range c.CommitPosition.ObjectPositions {
-			if s := p.ObjectNumber / w; s < minCommitSet {
-				minCommitSet = s
-			}
-		}
-	}
-	j.mu.Unlock()
-	if minCommitSet <= minSet {
-		return nil
-	}
-	for set := minSet; set < minCommitSet; set++ {
-		for i := uint64(0); i < w; i++ {
-			octx, cancel := j.opCtx(ctx)
-			err := removeObject(octx, j.dataPool, j.DataOID(set*w+i))
-			cancel()
-			if err != nil {
-				return fmt.Errorf("journal %s: trim set %d: %w", j.id, set, err)
-			}
-		}
-	}
-	op := &objstore.WriteOp{}
-	clsjournal.SetMinimumSet(op, minCommitSet)
-	octx, cancel := j.opCtx(ctx)
-	err := j.pool.Operate(octx, j.headerOID, op)
-	cancel()
-	if err != nil && !errors.Is(err, objstore.ErrStale) {
-		return fmt.Errorf("journal %s: set minimum set %d: %w", j.id, minCommitSet, err)
-	}
-	j.mu.Lock()
-	if minCommitSet > j.minimumSet {
-		j.minimumSet = minCommitSet
-	}
-	j.mu.Unlock()
-	klog.V(4).InfoS("Journal trimmed", "journal", j.id, "minimumSet", minCommitSet)
-	j.notifyUpdate(ctx)
-	return nil
-}
-
 // Close flushes pending appends, waits for them, writes the commit position
 // and releases the journaler's resources. Appends after Close fail.
 func (j *Journaler) Close(ctx context.Context) error {
@@ -661,74 +377,12 @@ func (j *Journaler) Close(ctx context.Context) error {
 	j.mu.Unlock()
 	j.wg.Wait()
 	if j.watch != nil {
-		if err := j.watch.Close(); err != nil {
-			klog.V(2).InfoS("Journal unwatch failed", "journal", j.id, "err", err)
+		if err := j.watch.Close(ctx); err != nil {
+			j.log.V(2).Info("Journal unwatch failed", "journal", j.id, "err", err)
 		}
 	}
 	j.mu.Lock()
 	j.failLocked(ErrClosed)
 	j.mu.Unlock()
 	return errors.Join(ferr, cerr)
-}
-
-type watchHandler struct{ j *Journaler }
-
-func (h watchHandler) HandleNotify(n *objstore.Notification) {
-	n.Ack(nil)
-	select {
-	case h.j.refreshCh <- struct{}{}:
-	default:
-	}
-}
-
-func (h watchHandler) HandleWatchError(err error) {
-	klog.InfoS("Journal header watch lost; re-registering", "journal", h.j.id, "err", err)
-	select {
-	case h.j.rewatchCh <- struct{}{}:
-	default:
-	}
-}
-
-// refreshLoop owns re-watching and refreshing on notifications.
-func (j *Journaler) refreshLoop() {
-	defer j.wg.Done()
-	backoff := 100 * time.Millisecond
-	for {
-		select {
-		case <-j.bg.Done():
-			return
-		case <-j.refreshCh:
-		case <-j.rewatchCh:
-			if old := j.watch; old != nil {
-				_ = old.Close()
-			}
-			for {
-				w, err := j.pool.Watch(j.bg, j.headerOID, watchHandler{j})
-				if err == nil {
-					j.watch = w // only this goroutine and Close (after wg.Wait) touch it
-					backoff = 100 * time.Millisecond
-					break
-				}
-				klog.ErrorS(err, "Journal header re-watch failed", "journal", j.id)
-				select {
-				case <-j.bg.Done():
-					return
-				case <-time.After(backoff):
-				}
-				if backoff < 5*time.Second {
-					backoff *= 2
-				}
-			}
-		}
-		// A notification or a lost watch: what we know may be stale.
-		if err := j.refresh(j.bg); err != nil {
-			if j.bg.Err() == nil {
-				klog.ErrorS(err, "Journal refresh failed", "journal", j.id)
-			}
-			continue
-		}
-		j.mu.Lock()
-		j.rec.kickAllLocked(j)
-		j.mu.Unlock()
-	}
 }

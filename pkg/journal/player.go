@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 
+	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"k8s.io/klog/v2"
 )
 
 // ReplayEntry is an entry handed to a replay handler.
@@ -54,6 +54,15 @@ type splayPlayer struct {
 	done    bool // no later object of this splay offset exists
 }
 
+// ReplayOptions refine a replay.
+type ReplayOptions struct {
+	// EpochEnd maps a tag to the last entry tid of its epoch, when a newer
+	// epoch recorded where it took over (librbd's tag predecessor). Entries
+	// of the tag beyond it were written by a writer that had already lost
+	// ownership and are never replayed (seed 002's multi-writer hazard).
+	EpochEnd map[uint64]uint64
+}
+
 // Replay reads every entry past this client's commit position, in journal
 // order, and calls fn for each. It follows Ceph's rules: entries of a
 // superseded tag are skipped; a new tag begins at entry 0; entry tids of a
@@ -66,15 +75,9 @@ type splayPlayer struct {
 // corrupt journal changes nothing. The caller applies each entry and then
 // reports it with Committed(e.CommitTid). Replay must run before the first
 // Append of this journaler.
-// ReplayOptions refine a replay.
-type ReplayOptions struct {
-	// EpochEnd maps a tag to the last entry tid of its epoch, when a newer
-	// epoch recorded where it took over (librbd's tag predecessor). Entries
-	// of the tag beyond it were written by a writer that had already lost
-	// ownership and are never replayed (seed 002's multi-writer hazard).
-	EpochEnd map[uint64]uint64
-}
-
+//
+// Replay reads the objects first (readReplayObjects) and leaves the
+// decisions to orderReplay, a pure function.
 func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx context.Context, e ReplayEntry) error) (ReplayStats, error) {
 	var st ReplayStats
 	j.mu.Lock()
@@ -82,33 +85,189 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 		j.mu.Unlock()
 		return st, fmt.Errorf("journal %s client %q: %w", j.id, j.clientID, ErrClientNotRegistered)
 	}
-	w := uint64(j.splayWidth)
-	minSet, activeSet := j.minimumSet, j.activeSet
-	commit := clonePosition(j.commitPos)
+	in := replayInput{
+		journal:    j.id,
+		dataPrefix: j.dataPrefix,
+		splayWidth: uint64(j.splayWidth),
+		minSet:     j.minimumSet,
+		activeSet:  j.activeSet,
+		commit:     clonePosition(j.commitPos),
+		epochEnd:   opts.EpochEnd,
+	}
 	j.mu.Unlock()
 
-	r := replayer{j: j, ctx: ctx, w: w, activeSet: activeSet, st: &st}
-	positions := commit.ObjectPositions
+	var err error
+	if in.objects, err = j.readReplayObjects(ctx, in); err != nil {
+		return st, err
+	}
+	plan, err := orderReplay(in)
+	st = plan.stats
+	if plan.torn != nil {
+		j.log.Info("Journal torn tail ignored", "journal", j.id, "object", plan.torn.Object, "offset", plan.torn.Offset,
+			"bytes", in.objects[plan.tornObject].size-int(plan.torn.Offset), "cause", plan.torn.Err)
+	}
+	if err != nil {
+		return st, err
+	}
+
+	// Everything checked: hand the entries over.
+	seq := plan.entries
+	j.mu.Lock()
+	for tag, tid := range plan.lastTid {
+		if cur, ok := j.lastEntryTid[tag]; !ok || tid > cur {
+			j.lastEntryTid[tag] = tid
+		}
+	}
+	for i := range seq {
+		seq[i].CommitTid = j.commits.allocate(seq[i].ObjectNumber, seq[i].TagTid, seq[i].EntryTid).tid
+		j.lag.add(seq[i].TagTid, seq[i].EntryTid, len(seq[i].Data))
+	}
+	j.mu.Unlock()
+	for _, e := range seq {
+		if err := fn(ctx, e); err != nil {
+			return st, fmt.Errorf("journal %s: replay entry tag %d tid %d: %w", j.id, e.TagTid, e.EntryTid, err)
+		}
+		st.Entries++
+		st.Bytes += int64(len(e.Data))
+	}
+	if st.Entries > 0 || st.Dropped > 0 || st.StaleEntries > 0 || st.TornTail != "" {
+		j.log.Info("Journal replayed", "journal", j.id, "client", j.clientID, "entries", st.Entries,
+			"bytes", st.Bytes, "objects", st.Objects, "stale", st.StaleEntries, "dropped", st.Dropped, "tornTail", st.TornTail)
+	}
+	return st, nil
+}
+
+// readReplayObjects reads and decodes every data object a replay may visit:
+// for each splay offset, from its start (replayStarts) up to the active set.
+// A missing object is left out of the map.
+func (j *Journaler) readReplayObjects(ctx context.Context, in replayInput) (map[uint64]replayObject, error) {
+	objs := map[uint64]replayObject{}
+	w := in.splayWidth
+	for i, start := range replayStarts(w, in.minSet, in.commit) {
+		for n := start; n <= in.activeSet*w+uint64(i); n += w {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			oid := j.DataOID(n)
+			op := &objstore.ReadOp{}
+			res := op.Read(0, 0)
+			octx, cancel := j.opCtx(ctx)
+			err := j.dataPool.Read(octx, oid, op)
+			cancel()
+			if errors.Is(err, objstore.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("journal %s: read %s: %w", j.id, oid, err)
+			}
+			objs[n] = decodeReplayObject(oid, res.Data())
+		}
+	}
+	return objs, nil
+}
+
+// replayObject is one data object as read for a replay.
+type replayObject struct {
+	// entries are the object's entries up to the first unreadable one, in
+	// object order.
+	entries []Entry
+	// bad is the first unreadable entry, if any; badLast tells that no
+	// readable entry follows it (so it may be a torn tail).
+	bad     *CorruptionError
+	badLast bool
+	size    int // the object's size in bytes
+}
+
+// decodeReplayObject decodes the entries of data object oid.
+func decodeReplayObject(oid string, data []byte) replayObject {
+	o := replayObject{size: len(data)}
+	for off := 0; off < len(data); {
+		if z := zeroPadding(data[off:]); z > 0 {
+			// Octopus+ clusters pad each append batch with zeros to an
+			// 8-byte boundary; Ceph's ObjectPlayer skips them too.
+			off += z
+			continue
+		}
+		e, n, err := DecodeEntry(data[off:])
+		if err != nil {
+			o.bad = &CorruptionError{Object: oid, Offset: int64(off), Err: err}
+			o.badLast = !laterEntry(data, off+1)
+			return o
+		}
+		off += n
+		o.entries = append(o.entries, e)
+	}
+	return o
+}
+
+// replayInput is everything a replay is decided from.
+type replayInput struct {
+	journal    string // the journal id (for error messages)
+	dataPrefix string // data objects are dataPrefix + object number
+	splayWidth uint64
+	minSet     uint64
+	activeSet  uint64
+	commit     clsjournal.ObjectSetPosition // this client's commit position
+	epochEnd   map[uint64]uint64            // ReplayOptions.EpochEnd
+	// objects are the data objects that exist, by object number.
+	objects map[uint64]replayObject
+}
+
+func (in *replayInput) oid(n uint64) string { return fmt.Sprintf("%s%d", in.dataPrefix, n) }
+
+// replayPlan is what orderReplay decided.
+type replayPlan struct {
+	// entries are the entries to apply, in order (CommitTid not yet set).
+	entries []ReplayEntry
+	// lastTid is the last entry tid seen of each tag.
+	lastTid map[uint64]uint64
+	// stats has Objects, StaleEntries, Dropped and TornTail filled in.
+	stats ReplayStats
+	// torn is the torn tail that was ignored, if any, in object tornObject.
+	torn       *CorruptionError
+	tornObject uint64
+}
+
+// replayStarts returns, for each splay offset, the first object a replay
+// reads: the one holding the offset's commit position, else the first of
+// the minimum set.
+func replayStarts(w, minSet uint64, commit clsjournal.ObjectSetPosition) []uint64 {
+	starts := make([]uint64, w)
+	for i := uint64(0); i < w; i++ {
+		start := minSet*w + i
+		for _, p := range commit.ObjectPositions {
+			if p.ObjectNumber%w == i && p.ObjectNumber > start {
+				start = p.ObjectNumber
+			}
+		}
+		starts[i] = start
+	}
+	return starts
+}
+
+// orderReplay orders and checks the entries of a replay without any I/O:
+// given the objects read, the commit position and the epoch ends, it returns
+// the entries to apply in journal order (JournalPlayer's round robin over
+// splay offsets), or ErrGap / a *CorruptionError. The rules are Replay's.
+func orderReplay(in replayInput) (replayPlan, error) {
+	w := in.splayWidth
+	r := replayer{in: &in, w: w}
+	positions := in.commit.ObjectPositions
 	haveCommit := len(positions) > 0
 	var commitTag, commitEntry uint64
 	if haveCommit {
 		commitTag, commitEntry = positions[0].TagTid, positions[0].EntryTid
 	}
-	committed := func(e Entry) bool {
+	r.committed = func(e Entry) bool {
 		return haveCommit && (e.TagTid < commitTag || (e.TagTid == commitTag && e.EntryTid <= commitEntry))
 	}
+	st := &r.plan.stats
 	r.players = make([]*splayPlayer, w)
-	for i := uint64(0); i < w; i++ {
-		start := minSet*w + i
-		for _, p := range positions {
-			if p.ObjectNumber%w == i && p.ObjectNumber > start {
-				start = p.ObjectNumber
-			}
-		}
+	for i, start := range replayStarts(w, in.minSet, in.commit) {
 		p := &splayPlayer{object: start}
 		r.players[i] = p
-		if err := r.load(p, committed); err != nil {
-			return st, err
+		if err := r.load(p); err != nil {
+			return r.plan, err
 		}
 	}
 
@@ -147,13 +306,10 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 	}
 	expectFirst := false
 	for {
-		if err := ctx.Err(); err != nil {
-			return st, err
-		}
 		p := r.players[splay]
 		if len(p.entries) == 0 {
-			if err := r.next(p, committed); err != nil {
-				return st, err
+			if err := r.next(p); err != nil {
+				return r.plan, err
 			}
 		}
 		if len(p.entries) == 0 {
@@ -171,7 +327,7 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 		e := p.entries[0]
 		// Staleness first: a later object can bring more entries of a tag
 		// that was already pruned.
-		if end, ended := opts.EpochEnd[e.TagTid]; (ended && e.EntryTid > end) ||
+		if end, ended := in.epochEnd[e.TagTid]; (ended && e.EntryTid > end) ||
 			(haveActive && e.TagTid < activeTag) || (havePruned && e.TagTid <= prunedTag) {
 			// An older epoch's leftovers: never replay them over newer data.
 			before := st.Dropped
@@ -181,8 +337,8 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 			continue
 		}
 		if expectFirst && e.EntryTid != 0 {
-			return st, fmt.Errorf("journal %s: %w: object %s: tag %d starts at entry %d, want 0",
-				j.id, ErrGap, j.DataOID(e.ObjectNumber), e.TagTid, e.EntryTid)
+			return r.plan, fmt.Errorf("journal %s: %w: object %s: tag %d starts at entry %d, want 0",
+				in.journal, ErrGap, in.oid(e.ObjectNumber), e.TagTid, e.EntryTid)
 		}
 		switch {
 		case !haveActive:
@@ -200,45 +356,22 @@ func (j *Journaler) Replay(ctx context.Context, opts ReplayOptions, fn func(ctx 
 		expectFirst = false
 		splay = (splay + 1) % w
 		if last, ok := lastTid[e.TagTid]; ok && e.EntryTid != last+1 {
-			return st, fmt.Errorf("journal %s: %w: object %s: tag %d entry %d follows entry %d",
-				j.id, ErrGap, j.DataOID(e.ObjectNumber), e.TagTid, e.EntryTid, last)
+			return r.plan, fmt.Errorf("journal %s: %w: object %s: tag %d entry %d follows entry %d",
+				in.journal, ErrGap, in.oid(e.ObjectNumber), e.TagTid, e.EntryTid, last)
 		}
 		lastTid[e.TagTid] = e.EntryTid
 		seq = append(seq, e)
 	}
-
-	// Everything checked: hand the entries over.
-	j.mu.Lock()
-	for tag, tid := range lastTid {
-		if cur, ok := j.lastEntryTid[tag]; !ok || tid > cur {
-			j.lastEntryTid[tag] = tid
-		}
-	}
-	for i := range seq {
-		seq[i].CommitTid = j.commits.allocate(seq[i].ObjectNumber, seq[i].TagTid, seq[i].EntryTid).tid
-	}
-	j.mu.Unlock()
-	for _, e := range seq {
-		if err := fn(ctx, e); err != nil {
-			return st, fmt.Errorf("journal %s: replay entry tag %d tid %d: %w", j.id, e.TagTid, e.EntryTid, err)
-		}
-		st.Entries++
-		st.Bytes += int64(len(e.Data))
-	}
-	if st.Entries > 0 || st.Dropped > 0 || st.StaleEntries > 0 || st.TornTail != "" {
-		klog.InfoS("Journal replayed", "journal", j.id, "client", j.clientID, "entries", st.Entries,
-			"bytes", st.Bytes, "objects", st.Objects, "stale", st.StaleEntries, "dropped", st.Dropped, "tornTail", st.TornTail)
-	}
-	return st, nil
+	r.plan.entries, r.plan.lastTid = seq, lastTid
+	return r.plan, nil
 }
 
 type replayer struct {
-	j         *Journaler
-	ctx       context.Context
+	in        *replayInput
 	w         uint64
-	activeSet uint64
+	committed func(Entry) bool
 	players   []*splayPlayer
-	st        *ReplayStats
+	plan      replayPlan
 }
 
 // oldestSplay picks where to start without a commit position: the splay
@@ -261,49 +394,29 @@ func (r *replayer) oldestSplay() uint64 {
 // next moves p to the next object of its splay offset that exists, up to
 // the active set (a set can be missing for a splay offset that had nothing
 // to write while it was active).
-func (r *replayer) next(p *splayPlayer, committed func(Entry) bool) error {
+func (r *replayer) next(p *splayPlayer) error {
 	for !p.done && len(p.entries) == 0 {
-		if p.object+r.w > r.activeSet*r.w+r.w-1 {
+		if p.object+r.w > r.in.activeSet*r.w+r.w-1 {
 			p.done = true
 			return nil
 		}
 		p.object += r.w
-		if err := r.load(p, committed); err != nil {
+		if err := r.load(p); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// load reads p.object and decodes its entries, dropping committed ones.
-func (r *replayer) load(p *splayPlayer, committed func(Entry) bool) error {
-	oid := r.j.DataOID(p.object)
-	op := &objstore.ReadOp{}
-	res := op.Read(0, 0)
-	ctx, cancel := r.j.opCtx(r.ctx)
-	err := r.j.dataPool.Read(ctx, oid, op)
-	cancel()
-	if errors.Is(err, objstore.ErrNotFound) {
-		return r.next(p, committed)
+// load takes p.object's entries, dropping committed ones.
+func (r *replayer) load(p *splayPlayer) error {
+	obj, ok := r.in.objects[p.object]
+	if !ok {
+		return r.next(p)
 	}
-	if err != nil {
-		return fmt.Errorf("journal %s: read %s: %w", r.j.id, oid, err)
-	}
-	r.st.Objects++
-	data := res.Data()
-	for off := 0; off < len(data); {
-		if z := zeroPadding(data[off:]); z > 0 {
-			// Octopus+ clusters pad each append batch with zeros to an
-			// 8-byte boundary; Ceph's ObjectPlayer skips them too.
-			off += z
-			continue
-		}
-		e, n, err := DecodeEntry(data[off:])
-		if err != nil {
-			return r.badEntry(p, oid, data, off, err)
-		}
-		off += n
-		if committed(e) {
+	r.plan.stats.Objects++
+	for _, e := range obj.entries {
+		if r.committed(e) {
 			continue
 		}
 		re := ReplayEntry{Entry: e, ObjectNumber: p.object}
@@ -315,35 +428,29 @@ func (r *replayer) load(p *splayPlayer, committed func(Entry) bool) error {
 		}
 		p.entries = append(p.entries, re)
 	}
+	if obj.bad != nil {
+		return r.badEntry(p, obj)
+	}
 	if len(p.entries) == 0 {
-		return r.next(p, committed)
+		return r.next(p)
 	}
 	return nil
 }
 
-// badEntry decides whether an unreadable entry at off is a torn tail
-// (tolerated: the rest of the object is ignored) or corruption.
-func (r *replayer) badEntry(p *splayPlayer, oid string, data []byte, off int, cause error) error {
-	corrupt := &CorruptionError{Object: oid, Offset: int64(off), Err: cause}
-	if laterEntry(data, off+1) {
-		return corrupt
+// badEntry decides whether the unreadable entry of p's object is a torn
+// tail (tolerated: the rest of the object is ignored) or corruption.
+func (r *replayer) badEntry(p *splayPlayer, obj replayObject) error {
+	if !obj.badLast {
+		return obj.bad
 	}
 	// Only the newest object of the splay offset can have a torn tail.
-	for n := p.object + r.w; n <= r.activeSet*r.w+r.w-1; n += r.w {
-		op := &objstore.ReadOp{}
-		op.Stat()
-		ctx, cancel := r.j.opCtx(r.ctx)
-		err := r.j.dataPool.Read(ctx, r.j.DataOID(n), op)
-		cancel()
-		if err == nil {
-			return corrupt
-		}
-		if !errors.Is(err, objstore.ErrNotFound) {
-			return fmt.Errorf("journal %s: stat %s: %w", r.j.id, r.j.DataOID(n), err)
+	for n := p.object + r.w; n <= r.in.activeSet*r.w+r.w-1; n += r.w {
+		if _, ok := r.in.objects[n]; ok {
+			return obj.bad
 		}
 	}
-	r.st.TornTail = fmt.Sprintf("%s@%d", oid, off)
-	klog.InfoS("Journal torn tail ignored", "journal", r.j.id, "object", oid, "offset", off, "bytes", len(data)-off, "cause", cause)
+	r.plan.stats.TornTail = fmt.Sprintf("%s@%d", obj.bad.Object, obj.bad.Offset)
+	r.plan.torn, r.plan.tornObject = obj.bad, p.object
 	return nil
 }
 

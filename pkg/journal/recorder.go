@@ -10,7 +10,6 @@ import (
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"k8s.io/klog/v2"
 )
 
 // Future is the outcome of one Append. It completes when its entry is
@@ -168,6 +167,7 @@ func (j *Journaler) appendLocked(tagTid uint64, payload []byte) *Future {
 		entryTid = last + 1
 	}
 	j.lastEntryTid[tagTid] = entryTid
+	j.lag.add(tagTid, entryTid, len(payload))
 	w := uint64(j.splayWidth)
 	splay := entryTid % w
 	c := j.commits.allocate(j.activeSet*w+splay, tagTid, entryTid)
@@ -325,7 +325,7 @@ func (j *Journaler) writeWave(wave []waveOp) {
 		op.Append(w.buf)
 		ops[i] = objstore.BatchOp{OID: j.DataOID(w.objNum), Op: op}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), j.s.OpTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(j.bg), j.s.OpTimeout) // an append runs to the end even after Close cancels bg
 	start := time.Now()
 	errs := operateAll(ctx, j.dataPool, ops)
 	j.stats.record(wave, time.Since(start))
@@ -437,7 +437,7 @@ func (j *Journaler) failLocked(err error) {
 	if j.failed == nil {
 		j.failed = err
 		if !errors.Is(err, ErrClosed) {
-			klog.ErrorS(err, "Journal failed; further appends are refused", "journal", j.id)
+			j.log.Error(err, "Journal failed; further appends are refused", "journal", j.id)
 		}
 	}
 	j.completeFuturesLocked()
@@ -500,7 +500,7 @@ func (j *Journaler) advanceSet() {
 		j.activeSet = next
 		j.rec.emptySet = next
 	}
-	klog.V(4).InfoS("Journal advanced object set", "journal", j.id, "activeSet", j.activeSet)
+	j.log.V(4).Info("Journal advanced object set", "journal", j.id, "activeSet", j.activeSet)
 	j.rec.kickAllLocked(j)
 	j.mu.Unlock()
 	j.notifyUpdate(j.bg)

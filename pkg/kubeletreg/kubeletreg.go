@@ -43,6 +43,9 @@ type Options struct {
 	Endpoint string
 	// Dir is the kubelet's plugin registration directory.
 	Dir string
+	// Logger logs the server's events (the kubelet's calls carry no
+	// logger of ours); unset, it is klog.Background().
+	Logger klog.Logger
 }
 
 // Status is the outcome the kubelet reported last.
@@ -60,6 +63,7 @@ type Server struct {
 	registerapi.UnimplementedRegistrationServer
 
 	o    Options
+	log  klog.Logger
 	path string
 	l    net.Listener
 	srv  *grpc.Server
@@ -97,7 +101,11 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeletreg: %w", err)
 	}
-	s := &Server{o: o, path: path, l: l, srv: grpc.NewServer()}
+	log := o.Logger
+	if log.GetSink() == nil {
+		log = klog.Background()
+	}
+	s := &Server{o: o, log: log, path: path, l: l, srv: grpc.NewServer()}
 	registerapi.RegisterRegistrationServer(s.srv, s)
 	return s, nil
 }
@@ -107,7 +115,7 @@ func (s *Server) Path() string { return s.path }
 
 // Serve answers the kubelet until Close. It returns nil after Close.
 func (s *Server) Serve() error {
-	klog.InfoS("Serving kubelet plugin registration", "socket", s.path, "driver", s.o.DriverName, "endpoint", s.o.Endpoint)
+	s.log.Info("Serving kubelet plugin registration", "socket", s.path, "driver", s.o.DriverName, "endpoint", s.o.Endpoint)
 	err := s.srv.Serve(s.l)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -141,7 +149,7 @@ func (s *Server) Status() Status {
 
 // GetInfo tells the kubelet who we are and where the CSI endpoint is.
 func (s *Server) GetInfo(context.Context, *registerapi.InfoRequest) (*registerapi.PluginInfo, error) {
-	klog.V(2).InfoS("Kubelet asked for plugin info", "driver", s.o.DriverName)
+	s.log.V(2).Info("Kubelet asked for plugin info", "driver", s.o.DriverName)
 	return &registerapi.PluginInfo{
 		Type:              registerapi.CSIPlugin,
 		Name:              s.o.DriverName,
@@ -156,11 +164,11 @@ func (s *Server) NotifyRegistrationStatus(_ context.Context, st *registerapi.Reg
 	s.status = Status{Notified: true, Registered: st.PluginRegistered, Error: st.Error}
 	s.mu.Unlock()
 	if st.PluginRegistered {
-		klog.InfoS("Registered with the kubelet", "driver", s.o.DriverName)
+		s.log.Info("Registered with the kubelet", "driver", s.o.DriverName)
 	} else {
 		// The kubelet retries when the socket is re-created; the plugin keeps
 		// serving (node-driver-registrar exits here so that its container restarts).
-		klog.ErrorS(nil, "Kubelet refused the registration", "driver", s.o.DriverName, "error", st.Error)
+		s.log.Error(nil, "Kubelet refused the registration", "driver", s.o.DriverName, "error", st.Error)
 	}
 	return &registerapi.RegistrationStatusResponse{}, nil
 }

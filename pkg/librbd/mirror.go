@@ -4,7 +4,9 @@ package librbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ceph/go-ceph/rbd"
 
@@ -124,4 +126,74 @@ func MirrorDemote(ctx context.Context, pool objstore.Pool, name string) error {
 // full resync from the primary (rbd-mirror deletes and re-creates it).
 func MirrorResync(ctx context.Context, pool objstore.Pool, name string) error {
 	return mirrorOp(ctx, pool, name, "resync", func(img *rbd.Image) error { return img.MirrorResync() })
+}
+
+// MirrorDisable disables mirroring of image name (rbd mirror image
+// disable [--force]; force: even on a non-primary copy). Beware: librbd
+// also removes the journaling feature of a journal-mirrored image in a
+// pool of image mode (it assumes it added it at enable); see
+// storage.DisableMirroring.
+func MirrorDisable(ctx context.Context, pool objstore.Pool, name string, force bool) error {
+	return mirrorOp(ctx, pool, name, "disable mirroring of", func(img *rbd.Image) error { return img.MirrorDisable(force) })
+}
+
+// MirrorSiteStatus is the mirror status one site's rbd-mirror reported for
+// an image (rbd mirror image status).
+type MirrorSiteStatus struct {
+	// Known: the site reported a status.
+	Known       bool
+	Up          bool
+	State       string // "replaying", "error", ... (MirrorImageStatusState without the up+/down+ prefix)
+	Description string
+	LastUpdate  time.Time
+}
+
+// MirrorLocalStatus returns the status this cluster's rbd-mirror reported
+// for image name. It reads the pool's rbd_mirroring object only (unlike
+// the rbd CLI it needs no mgr).
+func MirrorLocalStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error) {
+	p, err := cephPool(pool)
+	if err != nil {
+		return MirrorSiteStatus{}, err
+	}
+	var st MirrorSiteStatus
+	err = withImage(ctx, p, name, false, func(img *rbd.Image) error {
+		gs, err := img.GetGlobalMirrorStatus()
+		if err != nil {
+			return mapErr(err)
+		}
+		ls, err := gs.LocalStatus()
+		if errors.Is(err, rbd.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return mapErr(err)
+		}
+		st = MirrorSiteStatus{Known: true, Up: ls.Up, State: mirrorStateName(ls.State), Description: ls.Description,
+			LastUpdate: time.Unix(ls.LastUpdate, 0)}
+		return nil
+	})
+	if err != nil {
+		return MirrorSiteStatus{}, fmt.Errorf("mirror status of image %s/%s: %w", p.Name(), name, err)
+	}
+	return st, nil
+}
+
+// mirrorStateName names a state as rbd mirror image status does.
+func mirrorStateName(s rbd.MirrorImageStatusState) string {
+	switch s {
+	case rbd.MirrorImageStatusStateError:
+		return "error"
+	case rbd.MirrorImageStatusStateSyncing:
+		return "syncing"
+	case rbd.MirrorImageStatusStateStartingReplay:
+		return "starting_replay"
+	case rbd.MirrorImageStatusStateReplaying:
+		return "replaying"
+	case rbd.MirrorImageStatusStateStoppingReplay:
+		return "stopping_replay"
+	case rbd.MirrorImageStatusStateStopped:
+		return "stopped"
+	}
+	return "unknown"
 }

@@ -16,22 +16,23 @@ import (
 // recoverAll re-serves every volume recorded as staged. It runs once, at
 // start, before any node call is answered.
 func (s *Server) recoverAll(ctx context.Context) {
+	logger := klog.FromContext(ctx)
 	recs, errs := s.store.load()
 	for _, err := range errs {
-		klog.ErrorS(err, "Unreadable staging record skipped")
+		logger.Error(err, "Unreadable staging record skipped")
 	}
 	if len(recs) == 0 {
 		return
 	}
-	klog.InfoS("Re-serving volumes staged before the restart", "count", len(recs))
+	logger.Info("Re-serving volumes staged before the restart", "count", len(recs))
 	for _, r := range recs {
 		v := &stagedVolume{rec: r}
 		s.set(r.VolumeID, v)
 		vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-		err := s.reserve(klog.NewContext(vctx, klog.FromContext(vctx).WithValues("volumeID", r.VolumeID)), v, nil, volume.SecretsNone)
+		err := s.reserve(klog.NewContext(vctx, logger.WithValues("volumeID", r.VolumeID)), v, nil, volume.SecretsNone)
 		cancel()
 		if err != nil {
-			klog.ErrorS(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
+			logger.Error(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
 				"volumeID", r.VolumeID, "stagingPath", r.StagingPath)
 		}
 	}
@@ -103,7 +104,7 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 			errs = append(errs, fmt.Errorf("publish target %s: %w", t, err))
 		}
 	}
-	s.startMonitor(v)
+	s.startMonitor(ctx, v)
 	logger.Info("Volume re-served after restart", "device", r.Device, "tag", v.dev.Tag(),
 		"publishTargets", len(r.Publish), "duration", time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
@@ -148,7 +149,7 @@ func CleanupState(ctx context.Context, stateDir string) error {
 		if err := st.remove(r.Key); err != nil {
 			errs = append(errs, err)
 		}
-		klog.InfoS("Cleaned up a staged volume", "volumeID", r.VolumeID, "stagingPath", r.StagingPath, "targets", len(r.Publish))
+		klog.FromContext(ctx).Info("Cleaned up a staged volume", "volumeID", r.VolumeID, "stagingPath", r.StagingPath, "targets", len(r.Publish))
 	}
 	// Devices without a record (a plugin that died between attach and
 	// saving the record).

@@ -70,6 +70,8 @@ type Options struct {
 	// mount and mkfs/fsck/blkid). Tests put a fake here; bind mounts and
 	// unmounts do not go through it.
 	Mounter *mount.SafeFormatAndMount
+	// Metrics, if set, is told which volumes this node serves.
+	Metrics VolumeMetrics
 }
 
 // Server is the CSI Node service.
@@ -228,10 +230,10 @@ func (s *Server) shutdown(ctx context.Context, v *stagedVolume) {
 	}
 	if v.dev != nil {
 		if err := v.dev.Close(ctx); err != nil {
-			klog.ErrorS(err, "Closing the journaled device at shutdown failed (the journal keeps every acknowledged write; the next start replays it)", "volumeID", v.rec.VolumeID)
+			klog.FromContext(ctx).Error(err, "Closing the journaled device at shutdown failed (the journal keeps every acknowledged write; the next start replays it)", "volumeID", v.rec.VolumeID)
 		}
 	}
-	klog.InfoS("Volume no longer served (plugin shutdown)", "volumeID", v.rec.VolumeID, "device", v.rec.Device)
+	klog.FromContext(ctx).Info("Volume no longer served (plugin shutdown)", "volumeID", v.rec.VolumeID, "device", v.rec.Device)
 }
 
 // lock serialises operations on one volume; a second operation waits for
@@ -299,8 +301,9 @@ func (s *Server) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 
 // monitor logs when a device stops serving (the FUSE connection was aborted
 // by the watchdog, or the journal failed). Owned by the volume: stopMonitor
-// ends it.
-func (s *Server) startMonitor(v *stagedVolume) {
+// ends it. It logs through ctx's logger, which carries the volume id.
+func (s *Server) startMonitor(ctx context.Context, v *stagedVolume) {
+	logger := klog.FromContext(ctx)
 	v.mon = make(chan struct{})
 	v.done = make(chan struct{})
 	s.wg.Add(1)
@@ -316,14 +319,14 @@ func (s *Server) startMonitor(v *stagedVolume) {
 				return
 			case <-v.loop.Done():
 				if !reported {
-					klog.ErrorS(v.loop.Err(), "Volume's loop device stopped serving: I/O on it fails until the volume is unstaged and staged again or the plugin restarts",
-						"volumeID", v.rec.VolumeID, "device", v.rec.Device)
+					logger.Error(v.loop.Err(), "Volume's loop device stopped serving: I/O on it fails until the volume is unstaged and staged again or the plugin restarts",
+						"device", v.rec.Device)
 					reported = true
 				}
 			case <-t.C:
 				if err := v.dev.Err(); err != nil && !reported {
-					klog.ErrorS(err, "Volume's journaled device failed: I/O on it fails until it is served again (the journal keeps every acknowledged write)",
-						"volumeID", v.rec.VolumeID, "device", v.rec.Device, "fenced", fenced(err))
+					logger.Error(err, "Volume's journaled device failed: I/O on it fails until it is served again (the journal keeps every acknowledged write)",
+						"device", v.rec.Device, "fenced", fenced(err))
 					s.forgetIfFenced(v.st, err)
 					reported = true
 				}

@@ -121,7 +121,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		}
 	}
 	s.set(want.VolumeID, v)
-	s.startMonitor(v)
+	s.startMonitor(ctx, v)
 	logger.Info("Volume staged", "device", v.rec.Device, "block", v.rec.Block, "fsType", v.rec.FsType,
 		"ackPolicy", v.rec.AckPolicy, "tag", v.dev.Tag(), "duration", time.Since(start).Round(time.Millisecond))
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -303,6 +303,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
 	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
+	s.metricsServed(rec.VolumeID, dev)
 	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
 		"journalMode", dev.JournalMode(), "tornExtents", dev.MetadataReplayStats().TornExtents)
 	return nil
@@ -383,6 +384,7 @@ func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 	ctx = context.WithoutCancel(ctx)
 	logger := klog.FromContext(ctx)
 	s.stopMonitor(v)
+	s.metricsUnserved(v.rec.VolumeID)
 	if v.loop != nil {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := v.loop.Close(cctx); err != nil {
@@ -447,7 +449,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if v.loop != nil {
 		if err := v.loop.Close(ctx); err != nil {
 			if errors.Is(err, fuseloop.ErrBusy) && v.loop.Err() == nil {
-				s.startMonitor(v)
+				s.startMonitor(ctx, v)
 				return nil, status.Errorf(codes.FailedPrecondition, "loop device %s of volume %s is still in use: %v", v.rec.Device, id, err)
 			}
 			logger.Error(err, "Detaching the loop device failed; aborting its FUSE connection")
@@ -462,6 +464,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		}
 	}
 	s.update(func() { v.dev, v.loop = nil, nil })
+	s.metricsUnserved(id)
 	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil && !errors.Is(err, fuseloop.ErrBusy) {
 		return nil, status.Errorf(codes.Internal, "clean up device of %s: %v", id, err)
 	}

@@ -108,14 +108,19 @@ type WatcherInfo struct {
 }
 
 // WatchHandler receives the events of a watch. Calls for one watch are
-// serialised; a handler must not block for long (it delays later events).
+// serialised (backends run them through a Dispatcher); a handler must not
+// block for long (it delays later events).
 type WatchHandler interface {
 	// HandleNotify is called for each notification. The handler must Ack it
 	// (possibly later, from another goroutine) or the notifier times out.
-	HandleNotify(n *Notification)
+	// ctx is the context of this call (see Watch.Close): it keeps the values
+	// of the context Watch was called with and is cancelled once the watch
+	// is closed.
+	HandleNotify(ctx context.Context, n *Notification)
 	// HandleWatchError reports that the watch was lost (for example the
 	// client was disconnected or blocklisted). The Watch is dead afterwards.
-	HandleWatchError(err error)
+	// ctx is as for HandleNotify.
+	HandleWatchError(ctx context.Context, err error)
 }
 
 // Watch is a registered watch.
@@ -124,8 +129,11 @@ type Watch interface {
 	Cookie() uint64
 	// Check returns nil while the watch is established, else why it is not.
 	Check() error
-	// Close unregisters the watch. It waits for running handler calls.
-	Close() error
+	// Close unregisters the watch. It waits for a running handler call,
+	// except when ctx is the context that call received (Close from inside
+	// the watch's own handler, which must not wait for itself). Close does
+	// not give up when ctx is done: ctx only tells who is calling.
+	Close(ctx context.Context) error
 }
 
 // Notification is one notify delivered to a watcher.

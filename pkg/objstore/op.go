@@ -52,6 +52,7 @@ type Step struct {
 type WriteOp struct {
 	steps []Step
 	lazy  bool
+	snapc SnapContext // see snap.go
 }
 
 // SetLazy lets the backend complete the operation before it is durable: it
@@ -140,6 +141,7 @@ func (op *WriteOp) Exec(class, method string, in []byte) {
 // when Pool.Read returns nil.
 type ReadOp struct {
 	steps []*Step
+	snap  uint64 // 0: the head; see snap.go
 }
 
 // Steps returns the steps for a backend to execute; the backend sets Result.

@@ -256,6 +256,10 @@ func newEvent(t EventType) eventDecoder {
 		return &AioWriteSameEvent{}
 	case EventTypeAioCompareAndWrite:
 		return &AioCompareAndWriteEvent{}
+	case EventTypeSnapCreate:
+		return &SnapCreateEvent{}
+	case EventTypeSnapRemove:
+		return &SnapRemoveEvent{}
 	}
 	return &UnknownEvent{EventType: t}
 }
@@ -278,6 +282,10 @@ func deref(ev eventDecoder) Event {
 	case *AioWriteSameEvent:
 		return *ev
 	case *AioCompareAndWriteEvent:
+		return *ev
+	case *SnapCreateEvent:
+		return *ev
+	case *SnapRemoveEvent:
 		return *ev
 	case *UnknownEvent:
 		return *ev

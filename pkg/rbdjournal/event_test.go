@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
 
 // eventsEqual compares events by type and encoding, so that nil and empty
@@ -60,8 +61,13 @@ func TestEventEntryEncodings(t *testing.T) {
 			"12000000 0000000000000000 0010000000000000 0400000000000000"},
 		{"compare and write", AioCompareAndWriteEvent{Offset: 8, Length: 1, CmpData: []byte{1}, WriteData: []byte{2}},
 			"13000000 0800000000000000 0100000000000000 0100000001 0100000002"},
-		{"unknown (snap create)", UnknownEvent{EventType: EventTypeSnapCreate, Raw: []byte{1, 2, 3}},
-			"04000000 010203"},
+		{"snap create", SnapCreateEvent{OpTid: 3, Name: "s1"},
+			"04000000 0300000000000000 020000007331 010104000000 00000000"},
+		{"snap remove, mirror namespace kept raw", SnapRemoveEvent{OpTid: 4, Name: "x",
+			Namespace: rbdnotify.SnapshotNamespace{Type: rbdnotify.SnapNamespaceMirror, Raw: []byte{9}}},
+			"05000000 0400000000000000 0100000078 010105000000 03000000 09"},
+		{"unknown (snap rename)", UnknownEvent{EventType: EventTypeSnapRename, Raw: []byte{1, 2, 3}},
+			"06000000 010203"},
 		{"unknown future type", UnknownEvent{EventType: 99}, "63000000"},
 	}
 	for _, tt := range tests {

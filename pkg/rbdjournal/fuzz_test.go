@@ -80,7 +80,7 @@ func FuzzEventEntry(f *testing.F) {
 		DemotePromoteEvent{},
 		AioWriteSameEvent{Offset: 8, Length: 512, Data: []byte{9}},
 		AioCompareAndWriteEvent{Offset: 10, Length: 1, CmpData: []byte{1}, WriteData: []byte{2}},
-		UnknownEvent{EventType: EventTypeSnapCreate, Raw: []byte{1, 0, 0, 0}},
+		UnknownEvent{EventType: EventTypeSnapRename, Raw: []byte{1, 0, 0, 0}},
 	} {
 		f.Add(cephenc.Marshal(EventEntry{Event: ev, Timestamp: goldenTime}))
 	}

@@ -223,10 +223,13 @@ type SnapCreate struct {
 	Flags     uint64
 }
 
-// SnapRemove asks the owner to remove a snapshot.
+// SnapRemove asks the owner to remove a snapshot. Pacific 16.2.15's
+// librbd sends an async request id (and then waits for AsyncComplete);
+// earlier ones did not (and wait for the owner's answer).
 type SnapRemove struct {
 	Namespace SnapshotNamespace
 	Name      string
+	Request   AsyncRequestID
 }
 
 // SnapRename asks the owner to rename snapshot SnapID to Name.
@@ -439,9 +442,18 @@ func (p *SnapCreate) decode(v uint8, d *cephenc.Decoder) {
 	}
 }
 
-func (p SnapRemove) encode(e *cephenc.Encoder) { encodeSnap(e, p.Namespace, p.Name) }
+func (p SnapRemove) encode(e *cephenc.Encoder) {
+	encodeSnap(e, p.Namespace, p.Name)
+	p.Request.Encode(e)
+}
+
+// decode reads the request id that version 7 messages of recent librbd
+// carry after the namespace (older version 7 writers end there).
 func (p *SnapRemove) decode(v uint8, d *cephenc.Decoder) {
 	decodeSnap(v, d, &p.Namespace, &p.Name)
+	if v >= 7 && d.Err() == nil && d.Remaining() > 0 {
+		p.Request.Decode(d)
+	}
 }
 func (p SnapProtect) encode(e *cephenc.Encoder) { encodeSnap(e, p.Namespace, p.Name) }
 func (p *SnapProtect) decode(v uint8, d *cephenc.Decoder) {

@@ -36,7 +36,7 @@ func testInstances() []Payload {
 		Flatten{Request: req12},
 		Resize{Request: req12, Size: 123, AllowShrink: true},
 		SnapCreate{Request: req12, Namespace: user, Name: "foo", Flags: 1},
-		SnapRemove{Namespace: user, Name: "foo"},
+		SnapRemove{Namespace: user, Name: "foo", Request: req12},
 		SnapProtect{Namespace: user, Name: "foo"},
 		SnapUnprotect{Namespace: user, Name: "foo"},
 		RebuildObjectMap{Request: req12},
@@ -128,6 +128,9 @@ func TestOlderVersions(t *testing.T) {
 			01 01 0c000000 02000000 00000000 00000000`,
 			SnapCreate{Name: "foo", Namespace: SnapshotNamespace{Type: SnapNamespaceTrash}}},
 		{"v6 snap remove", `06 01 13000000 09000000 01000000 78  01 01 04000000 00000000`, SnapRemove{Name: "x"}},
+		{"v7 snap remove without a request id (early Pacific)", `07 01 13000000 09000000 01000000 78  01 01 04000000 00000000`, SnapRemove{Name: "x"}},
+		{"v7 snap remove as `rbd snap rm` of Ceph 16.2.15 sends it", `07012b00000009000000010000007801010400000000000000c810000000000000e0670144e17f00000100000000000000`,
+			SnapRemove{Name: "x", Request: AsyncRequestID{Client: ClientID{GID: 0x10c8, Handle: 0x7fe1440167e0}, RequestID: 1}}},
 		{"unknown op", `07 01 07000000 63000000 aabbcc`, Unknown{Code: 99, Data: []byte{0xaa, 0xbb, 0xcc}}},
 		{"a newer writer's extra bytes are skipped", `09 01 0c000000 03000000 ffffffffffffffff`, HeaderUpdate{}},
 	} {

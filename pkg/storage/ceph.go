@@ -27,7 +27,8 @@ const CephBuilt = true
 // one librados connection per (cluster, monitors, user, key digest), made
 // on first use and kept until Close.
 type cephBackend struct {
-	o CephOptions
+	o   CephOptions
+	log klog.Logger // o.Logger
 
 	// ctx ends with Close: it cancels connection attempts in flight.
 	ctx    context.Context
@@ -64,8 +65,13 @@ func OpenCeph(o CephOptions) (Backend, error) {
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = ceph.DefaultOpTimeout
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &cephBackend{o: o, ctx: ctx, cancel: cancel, conns: map[string]*cephConn{}}, nil
+	log := o.Logger
+	if log.GetSink() == nil {
+		log = klog.Background()
+	}
+	// The connections (and their watch callbacks) log through log.
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), log))
+	return &cephBackend{o: o, log: log, ctx: ctx, cancel: cancel, conns: map[string]*cephConn{}}, nil
 }
 
 func (b *cephBackend) Kind() string { return BackendCeph }
@@ -95,12 +101,12 @@ func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map
 	}
 	creds, ok, err := CredentialsFromSecrets(secrets)
 	if err != nil {
-		return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+		return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 	}
 	if !ok {
 		creds, ok, err = LoadCredentialsDir(b.o.CredentialsDir)
 		if err != nil {
-			return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+			return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 		}
 		if !ok {
 			return nil, fmt.Errorf("%w for Ceph cluster %q: the request carries no secrets and the plugin has no default credentials", ErrNoCredentials, cl.ClusterID)
@@ -112,7 +118,7 @@ func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, ceph.ErrClosed)
+		return nil, fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, ceph.ErrClosed)
 	}
 	c := b.conns[key]
 	if c == nil {
@@ -145,7 +151,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		ConnectTimeout: b.o.ConnectTimeout, OpTimeout: b.o.OpTimeout,
 	})
 	if err != nil {
-		err = fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, err)
+		err = fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, err)
 		switch {
 		case errors.Is(err, ceph.ErrMonUnreachable):
 			err = classify(ErrUnreachable, err)
@@ -156,7 +162,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		delete(b.conns, key)
 		b.mu.Unlock()
 		c.err = err
-		klog.V(2).InfoS("Connecting to a Ceph cluster failed", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "err", err)
+		b.log.V(2).Info("Connecting to a Ceph cluster failed", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "err", err)
 		return
 	}
 	b.mu.Lock()
@@ -164,11 +170,11 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 	b.mu.Unlock()
 	if closed {
 		_ = conn.Close()
-		c.err = fmt.Errorf("Ceph cluster %q: %w", cl.ClusterID, ceph.ErrClosed)
+		c.err = fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, ceph.ErrClosed)
 		return
 	}
 	c.st = &cephStorage{c: conn, clusterID: cl.ClusterID, user: creds.User}
-	klog.InfoS("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
+	b.log.Info("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
 }
 
 // Forget drops st from the cache: the next request for its cluster and
@@ -183,7 +189,7 @@ func (b *cephBackend) Forget(st Storage) {
 		if c.st != nil && Storage(c.st) == st {
 			delete(b.conns, key)
 			b.retired = append(b.retired, c.st)
-			klog.InfoS("Dropped a fenced Ceph connection; the next request connects anew", "cluster", c.st.clusterID, "user", c.st.user, "addr", c.st.c.Client().Addr)
+			b.log.Info("Dropped a fenced Ceph connection; the next request connects anew", "cluster", c.st.clusterID, "user", c.st.user, "addr", c.st.c.Client().Addr)
 		}
 	}
 }
@@ -311,7 +317,32 @@ func (s *cephStorage) opErr(err error) error {
 	}
 	switch objstore.Errno(err) {
 	case syscall.EPERM, syscall.EACCES:
-		return fmt.Errorf("Ceph cluster %q, client.%s: %w", s.clusterID, s.user, err)
+		return fmt.Errorf("cluster %q (ceph), client.%s: %w", s.clusterID, s.user, err)
 	}
 	return err
+}
+
+// Connections reports the cached connections (and attempts) by cluster and
+// state.
+func (b *cephBackend) Connections() []ConnectionCount {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []ConnectionCount
+	for key, c := range b.conns {
+		cluster, _, _ := strings.Cut(key, "\x00")
+		state := ConnConnecting
+		select {
+		case <-c.done:
+			if c.st == nil {
+				continue // failed: forgotten at once
+			}
+			state = ConnConnected
+		default:
+		}
+		out = append(out, ConnectionCount{Cluster: cluster, State: state, Count: 1})
+	}
+	for _, st := range b.retired {
+		out = append(out, ConnectionCount{Cluster: st.clusterID, State: ConnRetired, Count: 1})
+	}
+	return out
 }

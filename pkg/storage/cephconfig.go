@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"k8s.io/klog/v2"
 )
 
 // CephCluster is one cluster of the --ceph-config file: the same JSON as
@@ -35,6 +37,9 @@ type CephOptions struct {
 	ConnectTimeout time.Duration
 	// OpTimeout bounds every OSD and monitor operation (default 30 s).
 	OpTimeout time.Duration
+	// Logger logs the connections, which belong to no request; default
+	// klog.Background().
+	Logger klog.Logger
 }
 
 // LoadCephConfig reads and checks a --ceph-config file.

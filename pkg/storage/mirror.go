@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
@@ -67,6 +68,50 @@ type Mirrorer interface {
 	// ResyncImage asks rbd-mirror to copy a non-primary image anew from
 	// the primary; ErrImagePrimary on a primary image.
 	ResyncImage(ctx context.Context, pool objstore.Pool, name string) error
+	// DisableMirroring disables mirroring of an image (a no-op when it is
+	// not mirrored). A non-primary copy is disabled only with force (it
+	// then stops being a replica and keeps what it has); without force
+	// that is ErrNotPrimary. The image keeps a journal (librbd drops the
+	// journaling feature with journal mirroring; Ceph's re-adds it) and
+	// must not be in use (image.ErrBusy).
+	DisableMirroring(ctx context.Context, pool objstore.Pool, name string, force bool) error
+	// LocalMirrorStatus returns what this site's rbd-mirror reports about
+	// the image (and whether a resync is pending).
+	LocalMirrorStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error)
+	// Replication reports how far each rbd-mirror peer is behind this
+	// (primary) copy's journal (JournalReplication); ErrNoMirrorPeer when
+	// none has registered.
+	Replication(ctx context.Context, pool objstore.Pool, name string) ([]PeerReplication, error)
+}
+
+// Image mirror states reported by rbd-mirror (MirrorSiteStatus.State; rbd
+// mirror image status's "state" without the up+/down+ prefix).
+const (
+	MirrorStateUnknown        = "unknown"
+	MirrorStateError          = "error"
+	MirrorStateSyncing        = "syncing"
+	MirrorStateStartingReplay = "starting_replay"
+	MirrorStateReplaying      = "replaying"
+	MirrorStateStoppingReplay = "stopping_replay"
+	MirrorStateStopped        = "stopped"
+)
+
+// MirrorSiteStatus is one site's rbd-mirror status of an image.
+type MirrorSiteStatus struct {
+	// Known: the site's rbd-mirror has reported a status for the image.
+	Known bool
+	// Up: that rbd-mirror daemon is running.
+	Up bool
+	// State is one of the MirrorState constants.
+	State string
+	// Description is rbd-mirror's text ("replaying, {...}", "split-brain
+	// detected", ...).
+	Description string
+	// LastUpdate is when rbd-mirror last wrote the status.
+	LastUpdate time.Time
+	// ResyncRequested: a resync was requested and rbd-mirror has not yet
+	// re-created the image.
+	ResyncRequested bool
 }
 
 // MirrorerOf returns st's Mirrorer, or ErrMirroringUnsupported.

@@ -4,6 +4,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
@@ -90,7 +91,7 @@ func (s *cephStorage) DemoteImage(ctx context.Context, pool objstore.Pool, name 
 	// serving the image owns it and does not hand it over for a demotion
 	// (librbd's owner-side DemotePromote is not implemented), so a served
 	// image is refused rather than left half demoted.
-	users, err := imageUsers(ctx, pool, name)
+	users, err := imageOpeners(ctx, pool, name)
 	if err != nil {
 		return s.opErr(err)
 	}
@@ -109,4 +110,60 @@ func (s *cephStorage) ResyncImage(ctx context.Context, pool objstore.Pool, name 
 		return fmt.Errorf("image %s/%s: %w: only a non-primary copy can be resynced from its primary; demote this one first (or resync on the other site)", pool.Name(), name, ErrImagePrimary)
 	}
 	return s.opErr(librbd.MirrorResync(ctx, pool, name))
+}
+
+func (s *cephStorage) DisableMirroring(ctx context.Context, pool objstore.Pool, name string, force bool) error {
+	mi, err := s.MirrorInfo(ctx, pool, name)
+	if err != nil || !mi.Enabled {
+		return err
+	}
+	if !mi.Primary && !force {
+		return fmt.Errorf("image %s/%s is a non-primary replica: %w; disabling mirroring there makes it a standalone copy of whatever it has replayed: ask with force, or disable mirroring on the primary site",
+			pool.Name(), name, ErrNotPrimary)
+	}
+	// librbd's disable removes the journaling feature through the image's
+	// exclusive lock, and the journal is re-created here without it:
+	// refused while a node serves the image.
+	users, err := imageOpeners(ctx, pool, name)
+	if err != nil {
+		return s.opErr(err)
+	}
+	if len(users) > 0 {
+		return fmt.Errorf("image %s/%s is in use by %d client(s) (staged on a node): %w; unstage it before disabling its mirroring", pool.Name(), name, len(users), image.ErrBusy)
+	}
+	before, err := imageInfo(ctx, pool, name)
+	if err != nil {
+		return s.opErr(err)
+	}
+	if err := librbd.MirrorDisable(ctx, pool, name, force && !mi.Primary); err != nil {
+		return s.opErr(err)
+	}
+	// librbd drops the journaling feature of a journal-mirrored image
+	// (in a pool of image mode); a csi-rbdj volume needs its journal.
+	if err := ensureJournaling(ctx, pool, name, before); err != nil {
+		return s.opErr(fmt.Errorf("mirroring of %s/%s disabled, but librbd removed its journal and re-creating it failed (rbd feature enable %s/%s journaling --journal-order %d --journal-splay-width %d): %w",
+			pool.Name(), name, pool.Name(), name, before.JournalOrder, before.JournalSplayWidth, err))
+	}
+	return nil
+}
+
+func (s *cephStorage) LocalMirrorStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error) {
+	st, err := librbd.MirrorLocalStatus(ctx, pool, name)
+	if err != nil {
+		return MirrorSiteStatus{}, s.opErr(err)
+	}
+	resync, err := ResyncRequested(ctx, pool, name)
+	if err != nil {
+		return MirrorSiteStatus{}, s.opErr(err)
+	}
+	return MirrorSiteStatus{Known: st.Known, Up: st.Up, State: st.State, Description: st.Description,
+		LastUpdate: st.LastUpdate, ResyncRequested: resync}, nil
+}
+
+func (s *cephStorage) Replication(ctx context.Context, pool objstore.Pool, name string) ([]PeerReplication, error) {
+	peers, err := JournalReplication(ctx, pool, name)
+	if err != nil && !errors.Is(err, ErrNoMirrorPeer) {
+		return nil, s.opErr(err)
+	}
+	return peers, err
 }

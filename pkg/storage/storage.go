@@ -17,6 +17,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"k8s.io/klog/v2"
 )
 
 // Backend names.
@@ -97,6 +98,9 @@ type LocalOptions struct {
 	ClusterID string
 	// NoSync skips fsync (tests only).
 	NoSync bool
+	// Logger logs the cluster client's own events (recovery, commits);
+	// default klog.Background().
+	Logger klog.Logger
 }
 
 // localStorage is the embedded backend: a local.Cluster directory.
@@ -122,7 +126,7 @@ func openLocalStorage(o LocalOptions) (*localStorage, error) {
 	if err := ValidateName("cluster id", o.ClusterID); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
-	c, err := local.Open(o.Dir, local.Options{Classes: ObjectClasses(), NoSync: o.NoSync})
+	c, err := local.Open(o.Dir, local.Options{Classes: ObjectClasses(), NoSync: o.NoSync, Logger: o.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("local backend: open %s: %w", o.Dir, err)
 	}
@@ -223,7 +227,7 @@ func imageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstor
 // (exclusivelock.ProxyResize: the owner journals the resize, as librbd's
 // owner does), else by updating the header here (image.Resize, which
 // notifies the watchers). An owner that is dead or frozen does not answer
-// within exclusivelock.ProxyTimeout; growing the header without it is safe
+// within exclusivelock.DefaultNotifyTimeout; growing the header without it is safe
 // (the next owner reads the new size when it refreshes), but the resize is
 // then not in the journal.
 func (s *localStorage) ExpandImage(ctx context.Context, pool objstore.Pool, name string, size int64) error {

@@ -13,10 +13,12 @@ import (
 // StorageClass's mirroring) to CSI codes, for CreateVolume and the
 // replication calls (csi-addons PromoteVolume, DemoteVolume, ResyncVolume):
 //
-//   - a missing image: NotFound;
+//   - a missing image, or no rbd-mirror peer registered yet (replication
+//     details not available, as the csi-addons spec puts it): NotFound;
 //   - the backend cannot mirror (local): InvalidArgument;
 //   - the pool or image does not mirror, a mirror mode conflict, a resync
-//     of a primary (storage.ErrImagePrimary), a demote of an image in use
+//     of a primary (storage.ErrImagePrimary), a demote of an image in use,
+//     a disable of a replica without force (storage.ErrNotPrimary)
 //     or a promote refused because the peer still has it primary
 //     (image.ErrBusy): FailedPrecondition;
 //   - a cluster that does not answer or refuses the credentials: what
@@ -32,13 +34,13 @@ func MirrorStatus(err error, of SecretsOf, what string) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, image.ErrNotFound):
+	case errors.Is(err, image.ErrNotFound), errors.Is(err, storage.ErrNoMirrorPeer):
 		return status.Errorf(codes.NotFound, "%s: %v", what, err)
 	case errors.Is(err, storage.ErrMirroringUnsupported):
 		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
 	case errors.Is(err, storage.ErrPoolMirroringDisabled), errors.Is(err, storage.ErrMirroringDisabled),
 		errors.Is(err, storage.ErrMirrorModeConflict), errors.Is(err, storage.ErrImagePrimary),
-		errors.Is(err, image.ErrBusy):
+		errors.Is(err, storage.ErrNotPrimary), errors.Is(err, image.ErrBusy):
 		return status.Errorf(codes.FailedPrecondition, "%s: %v", what, err)
 	}
 	return OpStatus(err, of, codes.Internal, what)

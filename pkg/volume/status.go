@@ -28,6 +28,9 @@ const (
 	// SecretsControllerValidate: ValidateVolumeCapabilities (no
 	// Kubernetes sidecar sends them; the default credentials serve).
 	SecretsControllerValidate SecretsOf = "validate"
+	// SecretsReplication: the csi-addons replication calls (the
+	// csi-addons sidecar sends the VolumeReplicationClass's secret).
+	SecretsReplication SecretsOf = "replication"
 	// SecretsNone: calls without secrets (ListVolumes, GetCapacity, Probe,
 	// re-serving staged volumes after a restart): only the default
 	// credentials can serve them.
@@ -40,6 +43,10 @@ func (s SecretsOf) hint() string {
 	case SecretsProvisioner, SecretsNodeStage, SecretsControllerExpand:
 		return fmt.Sprintf("set the StorageClass parameters csi.storage.k8s.io/%[1]s-secret-name and csi.storage.k8s.io/%[1]s-secret-namespace to a Secret with the keys %[2]s and %[3]s, or give the plugin default credentials (--ceph-credentials-dir)",
 			string(s), storage.SecretUserID, storage.SecretUserKey)
+	}
+	if s == SecretsReplication {
+		return fmt.Sprintf("set the VolumeReplicationClass parameters replication.storage.openshift.io/replication-secret-name and replication.storage.openshift.io/replication-secret-namespace to a Secret with the keys %s and %s, or give the plugin default credentials (--ceph-credentials-dir)",
+			storage.SecretUserID, storage.SecretUserKey)
 	}
 	return fmt.Sprintf("give the plugin default credentials: --ceph-credentials-dir pointing at a mounted Secret with the keys %s and %s", storage.SecretUserID, storage.SecretUserKey)
 }

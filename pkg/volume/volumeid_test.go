@@ -14,7 +14,7 @@ func TestVolumeIDRoundTrip(t *testing.T) {
 	if err != nil || got != v {
 		t.Fatalf("ParseVolumeID(%q) = %v, %v", v.String(), got, err)
 	}
-	if ImageNameFor("a") == ImageNameFor("b") || ImageNameFor("a") != ImageNameFor("a") {
+	if a1, a2 := ImageNameFor("a"), ImageNameFor("a"); ImageNameFor("a") == ImageNameFor("b") || a1 != a2 {
 		t.Error("image names must be deterministic and distinct")
 	}
 	if n := ImageNameFor(strings.Repeat("x", 128)); len(n) != len(imagePrefix)+24 {

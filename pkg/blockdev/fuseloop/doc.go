@@ -22,10 +22,26 @@
 //	                                   -> Backend.WriteZeroes
 //	any other fallocate mode           -> EOPNOTSUPP
 //
-// Failure model. If this process dies, the kernel aborts the FUSE connection
-// (its /dev/fuse fd is closed) and every I/O on the loop device fails at once
-// with EIO; a filesystem on it sees I/O errors (ext4 turns read-only). A new
-// process calls Cleanup to detach what is left. If the process is alive but a
+// The FUSE protocol is spoken by this package (server_linux.go, proto_linux.go),
+// not by a library: a one-file filesystem needs a dozen opcodes, and a
+// connection handed to a successor needs node ids and file handles fixed in
+// advance (root 1, disk 2, handle 7), INIT parameters recorded (Meta), a
+// reader that can stop without aborting the connection (poll(2) on the
+// non-blocking /dev/fuse and an eventfd), and FUSE_NOTIFY_RESEND.
+//
+// Failure model. If this process dies and no other process holds its
+// connection, the kernel aborts the FUSE connection (its /dev/fuse fd is
+// closed) and every I/O on the loop device fails at once with EIO; a
+// filesystem on it sees I/O errors (ext4 turns read-only). A new process
+// calls Cleanup to detach what is left.
+//
+// Handover (handover_linux.go). When a holder (pkg/fuseholder) keeps a dup of
+// the connection's file, the connection survives the process: I/O pauses.
+// A successor takes a dup back and calls Adopt, which writes
+// FUSE_NOTIFY_RESEND (Linux 6.9+) so the requests the dead process had read
+// but not answered are queued again, then serves; AdoptOrAttach wraps the
+// decision and the fallback (Cleanup, Attach). Handoff is the planned stop:
+// stop reading, answer what was read, leave the connection to the holder. If the process is alive but a
 // Backend call is stuck, the watchdog aborts the FUSE connection after
 // Options.RequestTimeout, so no kernel task stays in D state; the device then
 // reports the failure through Done and Err.

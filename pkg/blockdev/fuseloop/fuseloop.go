@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"k8s.io/klog/v2"
 )
 
@@ -101,15 +99,25 @@ type Device struct {
 	timeout  time.Duration
 
 	conn  uint64 // FUSE connection id (/sys/fs/fuse/connections/<conn>)
-	srv   *fuse.Server
-	disk  *diskNode
 	size  atomic.Int64
 	bctx  context.Context // given to Backend calls
+	log   klog.Logger     // the attaching (or adopting) request's logger
 	bstop context.CancelFunc
 
 	tr tracker
 
-	served   chan struct{} // closed when srv.Serve returned
+	// The connection: our descriptor of /dev/fuse (from mount or
+	// adoption), the reader's wake-up eventfd, what INIT negotiated.
+	fd         int // /dev/fuse, valid while hasFD
+	wakeFD     int // eventfd that stops the reader
+	hasFD      bool
+	init       InitParams
+	bufs       sync.Pool      // request buffers (readBufSize)
+	reqs       sync.WaitGroup // requests being answered
+	handingOff atomic.Bool    // Handoff stopped the reads on purpose
+	resent     atomic.Uint64  // requests served that carried uniqueResend
+
+	served   chan struct{} // closed when serve returned
 	stopWD   chan struct{} // closed to stop the watchdog
 	wg       sync.WaitGroup
 	closing  atomic.Bool // teardown started: a server stop is expected
@@ -166,21 +174,7 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 		timeout = DefaultRequestTimeout
 	}
 	mnt := mountPoint(opts.StateDir, opts.Name)
-	d := &Device{
-		b:        b,
-		name:     opts.Name,
-		mnt:      mnt,
-		file:     filepath.Join(mnt, diskFileName),
-		loopIdx:  -1,
-		readOnly: opts.ReadOnly,
-		timeout:  timeout,
-		served:   make(chan struct{}),
-		stopWD:   make(chan struct{}),
-		done:     make(chan struct{}),
-	}
-	d.size.Store(size)
-	d.bctx, d.bstop = context.WithCancel(context.Background())
-	d.tr.init()
+	d := newDevice(ctx, b, opts.Name, mnt, opts.ReadOnly, timeout, size)
 	logger := klog.FromContext(ctx).WithValues("name", opts.Name)
 
 	defer func() {
@@ -238,72 +232,37 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 		d.wg.Add(1)
 		go d.watchdog()
 	}
+	if kt := kernelRequestTimeout(); kt > 0 {
+		// Requests waiting for a successor count against it.
+		logger.Info("fuseloop: the kernel aborts FUSE connections whose requests wait longer than this; a handover must fit in it",
+			"kernelRequestTimeout", kt)
+	}
 	logger.Info("fuseloop: attached", "device", d.loopPath, "file", d.file, "size", size,
 		"fuseConn", d.conn, "directIO", dio, "readOnly", d.readOnly, "requestTimeout", d.timeout)
 	return d, nil
 }
 
-// mount mounts the FUSE filesystem and starts serving it.
-func (d *Device) mount() error {
-	d.disk = &diskNode{dev: d}
-	root := &rootNode{disk: d.disk}
-	hour := time.Hour
-	srv, err := fuse.NewServer(fs.NewNodeFS(root, &fs.Options{
-		AttrTimeout:  &hour,
-		EntryTimeout: &hour,
-		Logger:       klog.NewStandardLogger("INFO"),
-	}), d.mnt, &fuse.MountOptions{
-		FsName:            "fuseloop:" + d.name,
-		Name:              "fuseloop",
-		Options:           []string{"default_permissions"},
-		MaxWrite:          1 << 20,
-		MaxReadAhead:      1 << 20,
-		MaxBackground:     64,
-		ExtraCapabilities: fuse.CAP_ASYNC_DIO,
-		DirectMountStrict: true,
-		DirectMountFlags:  syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC,
-		DisableXAttrs:     true,
-		Logger:            klog.NewStandardLogger("INFO"),
-	})
-	if err != nil {
-		// NewServer does not unmount when INIT fails.
-		if mi, _ := findMount(d.mnt); mi != nil {
-			_ = syscall.Unmount(d.mnt, syscall.MNT_DETACH)
-		}
-		d.unmounted, d.loopDetached, d.finished = true, true, true
-		_ = os.Remove(d.mnt)
-		return fmt.Errorf("fuseloop: mount %s: %w", d.mnt, err)
+func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, timeout time.Duration, size int64) *Device {
+	d := &Device{
+		log:      klog.FromContext(ctx),
+		b:        b,
+		name:     name,
+		mnt:      mnt,
+		file:     filepath.Join(mnt, diskFileName),
+		loopIdx:  -1,
+		readOnly: readOnly,
+		timeout:  timeout,
+		served:   make(chan struct{}),
+		stopWD:   make(chan struct{}),
+		done:     make(chan struct{}),
 	}
-	d.srv = srv
-	d.wg.Add(1)
-	go d.serve()
-	if err := srv.WaitMount(); err != nil {
-		return fmt.Errorf("fuseloop: mount %s: %w", d.mnt, err)
-	}
-	mi, err := findMount(d.mnt)
-	if err != nil {
-		return err
-	}
-	if mi == nil {
-		return fmt.Errorf("fuseloop: %s not in mountinfo after mount", d.mnt)
-	}
-	d.conn = mi.connID()
-	return nil
-}
-
-// serve runs the FUSE server; it is owned by the Device and stops when the
-// mount goes away (Close/Abort unmount it).
-func (d *Device) serve() {
-	defer d.wg.Done()
-	defer close(d.served)
-	d.srv.Serve()
-	// After a teardown or a failure (the watchdog aborted the connection)
-	// the server is expected to stop.
-	if !d.closing.Load() && !d.failed.Load() {
-		err := fmt.Errorf("%w: %s", ErrServerStopped, d.mnt)
-		klog.ErrorS(err, "fuseloop: FUSE server stopped while the device was in use", "name", d.name, "device", d.loopPath)
-		d.fail(err)
-	}
+	d.size.Store(size)
+	// Backend calls outlive the request that attached the device but keep
+	// its values (the logger with the volume).
+	d.bctx, d.bstop = context.WithCancel(context.WithoutCancel(ctx))
+	d.tr.init()
+	d.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	return d
 }
 
 // watchdog aborts the FUSE connection when a Backend call runs longer than
@@ -328,7 +287,7 @@ func (d *Device) watchdog() {
 			}
 			err := fmt.Errorf("%w: %s off=%d len=%d running for %s (timeout %s, %d in flight); FUSE connection aborted",
 				ErrRequestTimeout, o.kind, o.off, o.len, age.Round(time.Millisecond), d.timeout, inflight)
-			klog.ErrorS(err, "fuseloop: backend stuck, aborting the FUSE connection", "name", d.name,
+			d.log.Error(err, "fuseloop: backend stuck, aborting the FUSE connection", "name", d.name,
 				"device", d.loopPath, "fuseConn", d.conn, "op", o.kind.String(), "off", o.off, "len", o.len,
 				"age", age, "inflight", inflight)
 			d.fail(err)
@@ -343,7 +302,7 @@ func (d *Device) fail(err error) {
 	d.failed.Store(true)
 	d.setDone(err) // before the abort, so whoever sees the I/O error also sees Err
 	d.bstop()
-	if d.conn != 0 || d.srv != nil {
+	if d.conn != 0 || d.hasFD {
 		_ = abortConn(d.conn, d.mnt)
 	}
 }
@@ -433,17 +392,17 @@ func (d *Device) Abort() error {
 			d.unmounted = true
 		}
 	}
-	if d.srv != nil {
+	if d.hasFD {
 		if err := d.waitServed(serverStopGrace); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		klog.ErrorS(err, "fuseloop: abort incomplete", "name", d.name, "device", d.loopPath)
+		d.log.Error(err, "fuseloop: abort incomplete", "name", d.name, "device", d.loopPath)
 		return err
 	}
 	d.finish(ErrAborted)
-	klog.InfoS("fuseloop: aborted", "name", d.name, "device", d.loopPath, "err", d.Err())
+	d.log.Info("fuseloop: aborted", "name", d.name, "device", d.loopPath, "err", d.Err())
 	return nil
 }
 
@@ -457,7 +416,7 @@ func isClosed(c <-chan struct{}) bool {
 }
 
 func (d *Device) waitServed(grace time.Duration) error {
-	if d.srv == nil {
+	if !d.hasFD {
 		return nil
 	}
 	t := time.NewTimer(grace)
@@ -478,6 +437,9 @@ func (d *Device) finish(reason error) {
 	d.failed.Store(true)
 	d.bstop()
 	d.setDone(reason)
+	if isClosed(d.served) {
+		d.closeFDs() // nothing reads or replies any more
+	}
 	_ = os.Remove(d.mnt)
 	d.finished = true
 }
@@ -504,8 +466,8 @@ func (d *Device) Resize(ctx context.Context, newSize int64) error {
 	d.size.Store(newSize)
 	// Invalidate the kernel's cached attributes, then stat so the FUSE inode's
 	// i_size is refreshed before the loop driver reads it.
-	if errno := d.disk.NotifyContent(-1, 0); errno != 0 && errno != syscall.ENOENT {
-		return fmt.Errorf("fuseloop: invalidate attributes of %s: %w", d.file, errno)
+	if err := d.invalidateAttr(); err != nil && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("fuseloop: invalidate attributes of %s: %w", d.file, err)
 	}
 	if st, err := os.Stat(d.file); err != nil {
 		return fmt.Errorf("fuseloop: %w", err)

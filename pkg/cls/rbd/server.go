@@ -82,9 +82,17 @@ func Class() objstore.Class {
 		"dir_get_id":            {Call: readOnly(dirGet(dirKeyForName))},
 		"dir_get_name":          {Call: readOnly(dirGet(dirKeyForID))},
 		"dir_list":              {Call: readOnly(dirList)},
-		"metadata_set":          {Write: true, Call: metadataSet},
-		"metadata_remove":       {Write: true, Call: metadataRemove},
-		"metadata_get":          {Call: readOnly(metadataGet)},
+		// metadata.go
+		"metadata_set":    {Write: true, Call: metadataSet},
+		"metadata_remove": {Write: true, Call: metadataRemove},
+		"metadata_get":    {Call: readOnly(metadataGet)},
+		// snap.go
+		"snapshot_add":           {Write: true, Call: snapshotAdd},
+		"snapshot_remove":        {Write: true, Call: snapshotRemove},
+		"snapshot_trash_add":     {Write: true, Call: snapshotTrashAdd},
+		"snapshot_get":           {Call: readOnly(snapshotGet)},
+		"get_snapshot_name":      {Call: readOnly(getSnapshotName)},
+		"get_snapshot_timestamp": {Call: readOnly(getSnapshotTimestamp)},
 	}
 }
 
@@ -380,10 +388,6 @@ func getSnapContext(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 
 // getParent returns the image's parent: s64 pool id (-1 for none), string
 // image id, u64 snap id, u64 overlap. Input: u64 snap_id.
-//
-// Unlike cls_rbd, it cannot read the parent recorded in a snapshot (it does
-// not decode snapshot records) and fails with EOPNOTSUPP for a snapshot
-// that exists; this backend never creates snapshots.
 func getParent(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	d := cephenc.NewDecoder(in)
 	snapID := d.U64()
@@ -406,14 +410,22 @@ func getParent(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 			return nil, fmt.Errorf("parent in pool namespace %q: %w", p.poolNamespace, syscall.EXDEV)
 		}
 		if snapID != NoSnap {
-			_, err := ctx.OmapGet(snapKey(snapID))
-			if err == nil {
-				return nil, fmt.Errorf("parent of snapshot %d: %w", snapID, objstore.ErrNotSupp)
-			}
-			if !isNotFound(err) {
+			// A snapshot shares the head's parent, with the overlap it
+			// recorded (a pre-Nautilus record carries its own parent).
+			r, err := readKey(ctx, snapKey(snapID), decSnapRecord)
+			switch {
+			case isNotFound(err):
+				p = parentRecord{poolID: -1, snapID: NoSnap}
+			case err != nil:
 				return nil, err
+			case r.parent != nil:
+				p = *r.parent
+			case r.ParentOverlap != nil && p.exists():
+				v := *r.ParentOverlap
+				p.headOverlap = &v
+			default:
+				p = parentRecord{poolID: -1, snapID: NoSnap}
 			}
-			p = parentRecord{poolID: -1, snapID: NoSnap}
 		}
 	}
 	return cephenc.MarshalFunc(func(e *cephenc.Encoder) {

@@ -214,7 +214,7 @@ func TestCancelReturnsPromptly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -278,5 +278,5 @@ func TestClose(t *testing.T) {
 
 type silent struct{}
 
-func (silent) HandleNotify(*objstore.Notification) {}
-func (silent) HandleWatchError(error)              {}
+func (silent) HandleNotify(context.Context, *objstore.Notification) {}
+func (silent) HandleWatchError(context.Context, error)              {}

@@ -125,6 +125,9 @@ type Cluster struct {
 	conn   *rados.Conn
 	cfg    Config // without the key
 	client objstore.ClientInfo
+	// log is the logger of Connect's context, for what belongs to no
+	// call (watch callbacks).
+	log klog.Logger
 
 	// life guards closed; calls register in inflight under it (shared) so
 	// that Close (exclusive) can wait for them before shutting down.
@@ -191,7 +194,7 @@ func Connect(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, connectError(cfg, err)
 	}
 
-	c := &Cluster{conn: conn, cfg: cfg, pools: map[string]*Pool{}, watches: map[*watch]struct{}{}}
+	c := &Cluster{conn: conn, cfg: cfg, log: klog.FromContext(ctx), pools: map[string]*Pool{}, watches: map[*watch]struct{}{}}
 	c.client.ID = conn.GetInstanceID()
 	addrs, err := conn.GetAddrs()
 	if err != nil {
@@ -199,7 +202,7 @@ func Connect(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("connect to ceph %s: own address: %w", cfg.describe(), errnoErr(err))
 	}
 	c.client.Addr = normalizeAddr(addrs)
-	klog.V(2).InfoS("Connected to Ceph", "config", cfg.String(), "client", c.client.Name(), "addr", c.client.Addr)
+	c.log.V(2).Info("Connected to Ceph", "config", cfg.String(), "client", c.client.Name(), "addr", c.client.Addr)
 	return c, nil
 }
 
@@ -496,7 +499,7 @@ func (c *Cluster) Blocklist(ctx context.Context, addr string, expire time.Durati
 	if err != nil {
 		return fmt.Errorf("blocklist %s: wait for the osd map: %w", addr, errnoErr(err))
 	}
-	klog.V(1).InfoS("Blocklisted a Ceph client", "addr", addr, "expire", expire)
+	klog.FromContext(ctx).V(1).Info("Blocklisted a Ceph client", "addr", addr, "expire", expire)
 	return nil
 }
 
@@ -556,7 +559,7 @@ func (c *Cluster) Close() error {
 	c.watchMu.Unlock()
 	var errs []error
 	for _, w := range ws {
-		if err := w.close(); err != nil {
+		if err := w.close(context.Background()); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -19,8 +19,8 @@ type errHandler struct {
 	errc chan error
 }
 
-func (h *errHandler) HandleNotify(n *objstore.Notification) { n.Ack(nil) }
-func (h *errHandler) HandleWatchError(err error) {
+func (h *errHandler) HandleNotify(_ context.Context, n *objstore.Notification) { n.Ack(nil) }
+func (h *errHandler) HandleWatchError(_ context.Context, err error) {
 	h.once.Do(func() { h.errc <- err })
 }
 
@@ -49,7 +49,7 @@ func TestBlocklistFencing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	if ws, err := fp.ListWatchers(ctx, oid); err != nil || len(ws) != 1 || ws[0].Client != victim.Client() {
 		t.Fatalf("watchers %+v (victim %+v), %v", ws, victim.Client(), err)
 	}

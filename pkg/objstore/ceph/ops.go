@@ -55,7 +55,8 @@ func errnoOf(ret C.int) error {
 // caller's data, so it is safe to run after the caller has returned.
 type writeOp struct {
 	p      *C.csi_wop
-	name   string // how an error names the operation
+	snapc  objstore.SnapContext // copied: the caller's slice may change
+	name   string               // how an error names the operation
 	cnames []*C.char
 }
 
@@ -64,6 +65,13 @@ func buildWriteOp(op *objstore.WriteOp) (*writeOp, error) {
 	w := &writeOp{p: C.csi_wop_new(), name: "write"}
 	if w.p == nil {
 		return nil, syscall.ENOMEM
+	}
+	if sc := op.SnapContext(); sc.Seq != 0 || len(sc.Snaps) != 0 {
+		if !sc.Valid() {
+			w.free()
+			return nil, &objstore.OpError{Op: "write", Err: fmt.Errorf("%w: snapshot context %v", syscall.EINVAL, sc)}
+		}
+		w.snapc = objstore.SnapContext{Seq: sc.Seq, Snaps: append([]uint64(nil), sc.Snaps...)}
 	}
 	steps := op.Steps()
 	if len(steps) == 1 {
@@ -137,6 +145,14 @@ func (w *writeOp) add(s *objstore.Step) error {
 
 // operate runs the operation (blocking). It must be called once.
 func (w *writeOp) operate(io *C.csi_ioctx, oid string) error {
+	if sc := w.snapc; sc.Seq != 0 || len(sc.Snaps) != 0 {
+		var snaps *C.uint64_t
+		if len(sc.Snaps) > 0 {
+			snaps = (*C.uint64_t)(unsafe.Pointer(&sc.Snaps[0]))
+		}
+		return errnoOf(C.csi_wop_operate_snapc(io, cstr(oid), C.size_t(len(oid)), w.p,
+			C.uint64_t(sc.Seq), snaps, C.size_t(len(sc.Snaps))))
+	}
 	return errnoOf(C.csi_wop_operate(io, cstr(oid), C.size_t(len(oid)), w.p))
 }
 
@@ -153,6 +169,7 @@ func (w *writeOp) free() {
 // the steps (apply), so a caller that gave up never sees a late write.
 type readOp struct {
 	p       *C.csi_rop
+	snap    uint64 // 0: the head
 	steps   []*objstore.Step
 	cnames  []*C.char
 	results []any
@@ -160,7 +177,7 @@ type readOp struct {
 
 func buildReadOp(op *objstore.ReadOp) (*readOp, error) {
 	steps := op.Steps()
-	r := &readOp{p: C.csi_rop_new(C.size_t(len(steps))), steps: steps}
+	r := &readOp{p: C.csi_rop_new(C.size_t(len(steps))), steps: steps, snap: op.Snap()}
 	if r.p == nil {
 		return nil, syscall.ENOMEM
 	}
@@ -215,7 +232,12 @@ func (r *readOp) add(i C.size_t, s *objstore.Step) error {
 // operate runs the read (blocking) and decodes every step's result. On
 // failure it returns the failing step's name with the error.
 func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
-	ret := C.csi_rop_operate(io, cstr(oid), C.size_t(len(oid)), r.p)
+	var ret C.int
+	if r.snap != 0 {
+		ret = C.csi_rop_operate_snap(io, cstr(oid), C.size_t(len(oid)), r.p, C.uint64_t(r.snap))
+	} else {
+		ret = C.csi_rop_operate(io, cstr(oid), C.size_t(len(oid)), r.p)
+	}
 	if ret < 0 {
 		name := "read"
 		for i, s := range r.steps {

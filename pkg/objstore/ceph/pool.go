@@ -191,3 +191,33 @@ func (p *Pool) ListWatchers(ctx context.Context, oid string) ([]objstore.Watcher
 
 // String names the pool for logs.
 func (p *Pool) String() string { return fmt.Sprintf("ceph pool %s (id %d)", p.name, p.id) }
+
+var _ objstore.SelfManagedSnapper = (*Pool)(nil)
+
+// SelfManagedSnapCreate allocates a self-managed snapshot id in the pool.
+func (p *Pool) SelfManagedSnapCreate(ctx context.Context) (uint64, error) {
+	var (
+		id  C.uint64_t
+		ret C.int
+	)
+	if err := p.c.call(ctx, func() { ret = C.csi_selfmanaged_snap_create(p.io, &id) }); err != nil {
+		return 0, opErr("selfmanaged-snap-create", "", err)
+	}
+	if err := errnoOf(ret); err != nil {
+		return 0, opErr("selfmanaged-snap-create", "", err)
+	}
+	return uint64(id), nil
+}
+
+// SelfManagedSnapRemove removes a self-managed snapshot id; the OSDs trim
+// its clones in the background.
+func (p *Pool) SelfManagedSnapRemove(ctx context.Context, id uint64) error {
+	var ret C.int
+	if err := p.c.call(ctx, func() { ret = C.csi_selfmanaged_snap_remove(p.io, C.uint64_t(id)) }); err != nil {
+		return opErr("selfmanaged-snap-remove", "", err)
+	}
+	if err := errnoOf(ret); err != nil && !errors.Is(err, syscall.ENOENT) {
+		return opErr("selfmanaged-snap-remove", fmt.Sprint(id), err)
+	}
+	return nil
+}

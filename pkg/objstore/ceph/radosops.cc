@@ -189,6 +189,43 @@ void csi_wop_exec(csi_wop *op, const char *cls, const char *method, const char *
   op->op.exec(cls, method, bl);
 }
 
+int csi_wop_operate_snapc(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
+                          const uint64_t *snaps, size_t nsnaps) {
+  try {
+    // The context is the operation's, not the shared I/O context's, so
+    // that concurrent writers with different contexts cannot mix them up.
+    std::vector<librados::snap_t> v(snaps, snaps + nsnaps);
+    librados::AioCompletion *c = librados::Rados::aio_create_completion();
+    int r = io->io.aio_operate(std::string(oid, oid_len), c, &op->op, seq, v);
+    if (r == 0) {
+      c->wait_for_complete();
+      r = c->get_return_value();
+    }
+    c->release();
+    return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_selfmanaged_snap_create(csi_ioctx *io, uint64_t *snapid) {
+  try {
+    return io->io.selfmanaged_snap_create(snapid);
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_selfmanaged_snap_remove(csi_ioctx *io, uint64_t snapid) {
+  try {
+    return io->io.selfmanaged_snap_remove(snapid);
+  } catch (...) {
+    return -EIO;
+  }
+}
+
 int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op) {
   try {
     return io->io.operate(std::string(oid, oid_len), &op->op);
@@ -277,9 +314,23 @@ void csi_rop_exec(csi_rop *op, size_t i, const char *cls, const char *method, co
 }
 
 int csi_rop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op) {
+  return csi_rop_operate_snap(io, oid, oid_len, op, LIBRADOS_SNAP_HEAD);
+}
+
+int csi_rop_operate_snap(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, uint64_t snapid) {
   try {
     bufferlist out;
-    int r = io->io.operate(std::string(oid, oid_len), &op->op, &out);
+    int r;
+    if (snapid == LIBRADOS_SNAP_HEAD) {
+      r = io->io.operate(std::string(oid, oid_len), &op->op, &out);
+    } else {
+      // The snapshot is set on a private copy of the I/O context, not on
+      // the shared one that concurrent readers use.
+      librados::IoCtx snapio;
+      snapio.dup(io->io);
+      snapio.snap_set_read(snapid);
+      r = snapio.operate(std::string(oid, oid_len), &op->op, &out);
+    }
     for (ReadStep &s : op->steps) {
       if (s.kind == kOmap || s.kind == kXattrs) {
         s.encoded.clear();

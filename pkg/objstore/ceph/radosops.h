@@ -42,6 +42,11 @@ void csi_wop_assert_exists(csi_wop *op);
 void csi_wop_exec(csi_wop *op, const char *cls, const char *method, const char *in, size_t len);
 // Runs op on oid (blocking). Returns 0 or a negative errno.
 int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op);
+// Runs op on oid with the self-managed snapshot context {seq, snaps[0..n)}
+// (newest first), so that the OSD clones the object first if seq is newer
+// than the object's (blocking).
+int csi_wop_operate_snapc(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
+                          const uint64_t *snaps, size_t nsnaps);
 
 // Read operations: steps are numbered 0..n-1 when added; their results are
 // read after csi_rop_operate.
@@ -58,6 +63,8 @@ void csi_rop_getxattrs(csi_rop *op, size_t i);
 void csi_rop_assert_exists(csi_rop *op, size_t i);
 void csi_rop_exec(csi_rop *op, size_t i, const char *cls, const char *method, const char *in, size_t len);
 int csi_rop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op);
+// csi_rop_operate reading the object as of snapshot snapid.
+int csi_rop_operate_snap(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, uint64_t snapid);
 // The step's return value (0 or a negative errno; 0 also if it did not run).
 int csi_rop_rval(csi_rop *op, size_t i);
 // The step's bytes: data read, exec output, xattr value, or, for omap and
@@ -72,6 +79,10 @@ void csi_rop_stat_result(csi_rop *op, size_t i, uint64_t *size, int64_t *sec, in
 // csi_free.
 int csi_list_watchers(csi_ioctx *io, const char *oid, size_t oid_len, char **out, size_t *out_len);
 void csi_free(void *p);
+
+// Self-managed snapshot ids of the pool (blocking).
+int csi_selfmanaged_snap_create(csi_ioctx *io, uint64_t *snapid);
+int csi_selfmanaged_snap_remove(csi_ioctx *io, uint64_t snapid);
 
 // notify2: sends buf to the watchers of oid and waits up to timeout_ms
 // (0: librados' default) for their acks. *out (free with csi_free) is

@@ -12,8 +12,6 @@ import (
 	"context"
 	"encoding/binary"
 	"math"
-	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,7 +33,6 @@ type watch struct {
 	c     *Cluster
 	p     *Pool
 	oid   string
-	h     objstore.WatchHandler
 	token uint64
 	cw    *C.csi_watch
 	// cookie is librados' watch handle (valid once registered).
@@ -44,12 +41,7 @@ type watch struct {
 	mu     sync.Mutex
 	lost   error
 	closed bool
-	queue  []func()
-
-	kick     chan struct{}
-	stop     chan struct{}
-	dispDone chan struct{}
-	gid      uint64 // the dispatcher goroutine
+	disp   *objstore.Dispatcher // calls the handler, one event at a time
 }
 
 // watches maps the token handed to the C++ watch context to its watch.
@@ -87,10 +79,10 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 	if oid == "" || h == nil {
 		return nil, opErr("watch", oid, syscall.EINVAL)
 	}
-	w := &watch{
-		c: p.c, p: p, oid: oid, h: h, token: nextToken.Add(1),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), dispDone: make(chan struct{}),
-	}
+	w := &watch{c: p.c, p: p, oid: oid, token: nextToken.Add(1)}
+	// The dispatcher exists before librados can deliver; a failed
+	// registration stops it (what was delivered meanwhile is dropped).
+	w.disp = objstore.NewDispatcher(ctx, h, nil)
 	watches.Store(w.token, w)
 	var (
 		mu       sync.Mutex
@@ -119,21 +111,20 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 		gaveUp = !finished
 		mu.Unlock()
 		if !finished {
+			w.disp.Stop()
 			return nil, opErr("watch", oid, cerr)
 		}
 		// registered after all: keep it
 	}
 	if ret < 0 {
 		watches.Delete(w.token)
+		w.disp.Stop()
 		return nil, opErr("watch", oid, errnoOf(ret))
 	}
 	w.cookie = uint64(C.csi_watch_handle(w.cw))
 	p.c.watchMu.Lock()
 	p.c.watches[w] = struct{}{}
 	p.c.watchMu.Unlock()
-	started := make(chan struct{})
-	go w.dispatch(started)
-	<-started
 	return w, nil
 }
 
@@ -141,7 +132,7 @@ func (p *Pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 // callback (ours never block).
 func (c *Cluster) flushWatchCallbacks() {
 	if err := c.conn.WatcherFlush(); err != nil {
-		klog.V(2).InfoS("Flushing watch callbacks failed", "err", err)
+		c.log.V(2).Info("Flushing watch callbacks failed", "err", err)
 	}
 }
 
@@ -165,23 +156,23 @@ func (w *watch) Check() error {
 }
 
 // Close unregisters the watch and waits for a running handler call (unless
-// called from the watch's own handler).
-func (w *watch) Close() error {
-	err := w.close()
+// ctx is that call's: Close from the watch's own handler).
+func (w *watch) Close(ctx context.Context) error {
+	err := w.close(ctx)
 	w.c.watchMu.Lock()
 	delete(w.c.watches, w)
 	w.c.watchMu.Unlock()
 	return err
 }
 
-func (w *watch) close() error {
+func (w *watch) close(ctx context.Context) error {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return nil
 	}
 	w.closed = true
-	w.queue = nil
+	w.disp.Stop()
 	lost := w.lost
 	w.mu.Unlock()
 	// Blocking, bounded by the op timeout.
@@ -189,10 +180,7 @@ func (w *watch) close() error {
 	w.c.flushWatchCallbacks()
 	watches.Delete(w.token)
 	C.csi_watch_free(w.cw)
-	close(w.stop)
-	if goroutineID() != w.gid {
-		<-w.dispDone
-	}
+	w.disp.Wait(ctx)
 	if err != nil && lost == nil && err != syscall.ENOTCONN && err != syscall.ENOENT {
 		return opErr("unwatch", w.oid, err)
 	}
@@ -205,8 +193,7 @@ func (w *watch) deliver(notifyID, cookie, notifierID uint64, payload []byte) {
 	if w.closed || w.lost != nil {
 		return
 	}
-	n := objstore.NewNotification(notifyID, cookie, notifierID, payload, func(reply []byte) { w.ack(notifyID, cookie, reply) })
-	w.enqueueLocked(func() { w.h.HandleNotify(n) })
+	w.disp.Notify(objstore.NewNotification(notifyID, cookie, notifierID, payload, func(reply []byte) { w.ack(notifyID, cookie, reply) }))
 }
 
 // ack acknowledges a notification (librados queues the message: it does
@@ -218,7 +205,7 @@ func (w *watch) ack(notifyID, cookie uint64, reply []byte) {
 	defer w.c.exit()
 	if r := C.csi_notify_ack(w.p.io, cstr(w.oid), C.size_t(len(w.oid)), C.uint64_t(notifyID), C.uint64_t(cookie),
 		cbuf(reply), C.size_t(len(reply))); r < 0 {
-		klog.V(2).InfoS("Acknowledging a notification failed", "oid", w.oid, "notify", notifyID, "err", errnoOf(r))
+		w.c.log.V(2).Info("Acknowledging a notification failed", "oid", w.oid, "notify", notifyID, "err", errnoOf(r))
 	}
 }
 
@@ -230,53 +217,7 @@ func (w *watch) lose(err error) {
 		return
 	}
 	w.lost = err
-	w.enqueueLocked(func() { w.h.HandleWatchError(err) })
-}
-
-func (w *watch) enqueueLocked(f func()) {
-	w.queue = append(w.queue, f)
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
-
-// dispatch calls the handler for queued events, one at a time.
-func (w *watch) dispatch(started chan<- struct{}) {
-	defer close(w.dispDone)
-	w.gid = goroutineID()
-	close(started)
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-w.kick:
-		}
-		for {
-			w.mu.Lock()
-			if len(w.queue) == 0 || w.closed {
-				w.mu.Unlock()
-				break
-			}
-			f := w.queue[0]
-			w.queue = w.queue[1:]
-			w.mu.Unlock()
-			f()
-		}
-	}
-}
-
-// goroutineID returns the current goroutine's id (used only so that Close
-// called from a handler does not wait for itself).
-func goroutineID() uint64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = bytes.TrimPrefix(b, []byte("goroutine "))
-	if i := bytes.IndexByte(b, ' '); i > 0 {
-		id, _ := strconv.ParseUint(string(b[:i]), 10, 64)
-		return id
-	}
-	return 0
+	w.disp.Lost(err)
 }
 
 // defaultNotifyTimeout is used when Notify is given timeout 0 (librados'
@@ -326,7 +267,7 @@ func (p *Pool) Notify(ctx context.Context, oid string, payload []byte, timeout t
 func (p *Pool) fillAddrs(ctx context.Context, oid string, res *objstore.NotifyResult) {
 	ws, err := p.ListWatchers(ctx, oid)
 	if err != nil {
-		klog.V(2).InfoS("Listing watchers for a notify result failed", "oid", oid, "err", err)
+		klog.FromContext(ctx).V(2).Info("Listing watchers for a notify result failed", "oid", oid, "err", err)
 		return
 	}
 	type key struct{ id, cookie uint64 }

@@ -119,6 +119,8 @@ func runChild(mode string) int {
 		err = childVictim(dir, opts)
 	case "midapply":
 		err = childMidApply(dir, opts)
+	case "snapcrash":
+		err = childSnapCrash(dir, opts)
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}
@@ -437,12 +439,14 @@ func hammer(ctx context.Context, p objstore.Pool, writer int) error {
 // printHandler acks notifications with "pong:<payload>" and prints events.
 type printHandler struct{}
 
-func (printHandler) HandleNotify(n *objstore.Notification) {
+func (printHandler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	out("notify %d %s", n.NotifierID, n.Payload)
 	n.Ack([]byte("pong:" + string(n.Payload)))
 }
 
-func (printHandler) HandleWatchError(err error) { out("watcherror %d", objstore.Errno(err)) }
+func (printHandler) HandleWatchError(_ context.Context, err error) {
+	out("watcherror %d", objstore.Errno(err))
+}
 
 // childWatcher watches "watched" and obeys stdin commands: "notify" (notify
 // "watched" and print the acks), "quit".
@@ -474,7 +478,7 @@ func childWatcher(dir string, opts Options) error {
 			}
 			out("notified %d %s", objstore.Errno(err), strings.Join(replies, ","))
 		case "quit":
-			return w.Close()
+			return w.Close(context.Background())
 		}
 	}
 	return nil

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -255,6 +253,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 	lsn := s.nextLSN().Load()
 	buf := c.walBuf[:0]
 	for _, r := range batch {
+		// A write with a newer snapshot context first preserves its
+		// object (snap.go): those records precede the write's.
+		pre, keep, err := c.snapPrepare(r, states, now)
+		if err != nil {
+			r.err = err
+			continue
+		}
 		rec, err := c.execWrite(r, states, now)
 		if err != nil {
 			r.err = err
@@ -262,6 +267,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 		}
 		if rec == nil {
 			continue
+		}
+		keep()
+		for _, pr := range pre {
+			pr.lsn = lsn
+			lsn++
+			buf = pr.appendTo(buf)
+			recs = append(recs, pendingRec{r, pr})
 		}
 		rec.lsn = lsn
 		lsn++
@@ -285,13 +297,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	if err := c.preallocWAL(logEnd + int64(len(buf))); err != nil {
 		s.busy().Store(0)
-		klog.ErrorS(err, "local cluster: log preallocation failed", "dir", c.dir)
+		c.log.Error(err, "local cluster: log preallocation failed", "dir", c.dir)
 		fail(err)
 		return
 	}
 	if _, err := c.wal.WriteAt(buf, logEnd); err != nil {
 		c.abandonLogged(logEnd)
-		klog.ErrorS(err, "local cluster: log write failed", "dir", c.dir)
+		c.log.Error(err, "local cluster: log write failed", "dir", c.dir)
 		fail(err)
 		return
 	}
@@ -310,7 +322,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 		c.stats.syncs.Add(1)
 		if err := c.sync(c.wal); err != nil {
 			c.abandonLogged(logEnd)
-			klog.ErrorS(err, "local cluster: log sync failed", "dir", c.dir)
+			c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
 			fail(err)
 			return
 		}
@@ -319,7 +331,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 		if err := c.applyLogged(pr.rec); err != nil {
 			// The records are durable; the next commit-lock holder replays
 			// them (busy stays set). Report the outcome as unknown.
-			klog.ErrorS(err, "local cluster: applying a logged operation failed", "dir", c.dir, "oid", pr.rec.oid)
+			c.log.Error(err, "local cluster: applying a logged operation failed", "dir", c.dir, "oid", pr.rec.oid)
 			fail(err)
 			return
 		}
@@ -338,7 +350,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	if int64(s.logEnd().Load()) > c.opts.MaxLogBytes {
 		if err := c.checkpoint(); err != nil {
-			klog.ErrorS(err, "local cluster: checkpoint failed", "dir", c.dir)
+			c.log.Error(err, "local cluster: checkpoint failed", "dir", c.dir)
 		}
 	}
 }

@@ -381,12 +381,12 @@ func newRecHandler(reply string) *recHandler {
 	return &recHandler{notes: make(chan *objstore.Notification, 100), errs: make(chan error, 10), reply: reply}
 }
 
-func (h *recHandler) HandleNotify(n *objstore.Notification) {
+func (h *recHandler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	n.Ack([]byte(h.reply))
 	h.notes <- n
 }
 
-func (h *recHandler) HandleWatchError(err error) { h.errs <- err }
+func (h *recHandler) HandleWatchError(_ context.Context, err error) { h.errs <- err }
 
 // TestWatchNotifyProcesses delivers notifications both ways between the test
 // process and a child, then kills the child: its watch then counts as timed
@@ -424,7 +424,7 @@ func testWatchNotifyProcesses(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	ch.send("notify")
 	l := ch.expect("notified", 10*time.Second)
 	if !strings.HasPrefix(l, "notified 0 ") || !strings.Contains(l, c.Client().Addr+"=parent-reply") || !strings.Contains(l, childAddr+"=pong:from-child") {

@@ -25,6 +25,8 @@
 //	<dir>/pools/<id>/meta/<name>  the object's omap and xattrs (CRC-checked), absent if empty
 //	<dir>/pools/<id>/names/<name> the full object name, for names too long to be file names
 //	<dir>/pools/<id>/watch/<name>/<client id>.<nonce>.<cookie>   one empty file per watch
+//	<dir>/pools/<id>/snaps.json   self-managed snapshot ids: the last allocated, the removed
+//	                              (objects' snapsets and clones are hidden objects: snap.go)
 //
 // Object names are escaped for file names (bytes outside [A-Za-z0-9_.-]
 // become %XX); an escaped name longer than 200 bytes is replaced by "~" and

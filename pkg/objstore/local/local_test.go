@@ -214,13 +214,13 @@ type closingHandler struct {
 	done chan struct{}
 }
 
-func (h *closingHandler) HandleNotify(n *objstore.Notification) {
+func (h *closingHandler) HandleNotify(ctx context.Context, n *objstore.Notification) {
 	n.Ack(nil)
-	(<-h.w).Close() // must not deadlock
+	(<-h.w).Close(ctx) // must not deadlock
 	close(h.done)
 }
 
-func (h *closingHandler) HandleWatchError(error) {}
+func (h *closingHandler) HandleWatchError(context.Context, error) {}
 
 func TestWatchCloseFromHandler(t *testing.T) {
 	c := openT(t, t.TempDir(), testOptions())
@@ -407,8 +407,8 @@ func TestNotifyCancel(t *testing.T) {
 
 type silentHandler struct{}
 
-func (silentHandler) HandleNotify(*objstore.Notification) {}
-func (silentHandler) HandleWatchError(error)              {}
+func (silentHandler) HandleNotify(context.Context, *objstore.Notification) {}
+func (silentHandler) HandleWatchError(context.Context, error)              {}
 
 // TestDeadApplier: a client dies in the middle of applying an operation
 // while another client has the directory open. A reader must neither see

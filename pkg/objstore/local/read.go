@@ -101,6 +101,15 @@ func (p *pool) Read(ctx context.Context, oid string, op *objstore.ReadOp) error 
 	if c.blocklisted() {
 		return blocklistedErr("read", oid)
 	}
+	if id := op.Snap(); id != 0 {
+		return p.readSnap(ctx, oid, id, op.Steps())
+	}
+	return p.readSteps(ctx, oid, op.Steps())
+}
+
+// readSteps runs read steps against the head of oid.
+func (p *pool) readSteps(ctx context.Context, oid string, steps []*objstore.Step) error {
+	c := p.c
 	paths := p.paths(oid)
 	return p.consistent(ctx, oid, func() error {
 		st, err := openState(paths)
@@ -108,7 +117,6 @@ func (p *pool) Read(ctx context.Context, oid string, op *objstore.ReadOp) error 
 			return stepErr("read", oid, err)
 		}
 		defer st.closeFile()
-		steps := op.Steps()
 		if !st.exists && len(steps) > 0 {
 			return &objstore.OpError{Op: stepName(steps[0]), OID: oid, Err: syscall.ENOENT}
 		}
@@ -160,7 +168,8 @@ func (p *pool) List(ctx context.Context, prefix string) ([]string, error) {
 					continue
 				}
 			}
-			if strings.HasPrefix(oid, prefix) {
+			// The store's snapshot objects are listed only when asked for.
+			if strings.HasPrefix(oid, prefix) && (!hiddenOID(oid) || hiddenOID(prefix)) {
 				out = append(out, oid)
 			}
 		}

@@ -513,6 +513,9 @@ func (o *opCtx) readStep(s *objstore.Step) error {
 // exec calls an object-class method; inWrite tells whether it runs in a WriteOp.
 func (o *opCtx) exec(class, method string, in []byte, inWrite bool) (out []byte, err error) {
 	cls, ok := o.c.opts.Classes[class]
+	if class == snapClassName {
+		cls, ok = snapClass, true
+	}
 	if !ok {
 		return nil, syscall.EOPNOTSUPP
 	}

@@ -2,7 +2,6 @@ package local
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -14,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,18 +109,13 @@ func (p *pool) objectExists(oid string) (bool, error) {
 type watch struct {
 	c       *Cluster
 	oid     string
-	h       objstore.WatchHandler
 	cookie  uint64
 	regPath string
 
 	mu     sync.Mutex
 	err    error // why the watch was lost; nil while established
 	closed bool
-	queue  []func()
-	kick   chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
-	gid    uint64 // the dispatcher goroutine
+	disp   *objstore.Dispatcher
 }
 
 // Watch registers h for notifications sent to oid (ENOENT if oid does not exist).
@@ -147,10 +140,7 @@ func (p *pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 		}
 		return nil, stepErr("watch", oid, err)
 	}
-	w := &watch{
-		c: c, oid: oid, h: h, cookie: c.nextCookie.Add(1),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-	}
+	w := &watch{c: c, oid: oid, cookie: c.nextCookie.Add(1)}
 	reg := watchReg{clientID: c.client.ID, nonce: c.nonce, cookie: w.cookie}
 	dir := p.watchDir(oid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -162,13 +152,11 @@ func (p *pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 		return nil, stepErr("watch", oid, err)
 	}
 	f.Close()
+	c.wg.Add(1)
+	w.disp = objstore.NewDispatcher(ctx, h, c.wg.Done)
 	c.watchMu.Lock()
 	c.watches[w.cookie] = w
 	c.watchMu.Unlock()
-	started := make(chan struct{})
-	c.wg.Add(1)
-	go w.dispatch(started)
-	<-started
 	return w, nil
 }
 
@@ -188,24 +176,22 @@ func (w *watch) Check() error {
 }
 
 // Close unregisters the watch and waits for a running handler call (unless
-// called from the watch's own handler).
-func (w *watch) Close() error {
+// ctx is that call's: Close from the watch's own handler).
+func (w *watch) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return nil
 	}
 	w.closed = true
+	w.disp.Stop()
 	w.mu.Unlock()
 	os.Remove(w.regPath)
 	os.Remove(filepath.Dir(w.regPath)) // only if empty
 	w.c.watchMu.Lock()
 	delete(w.c.watches, w.cookie)
 	w.c.watchMu.Unlock()
-	close(w.stop)
-	if goroutineID() != w.gid {
-		<-w.done
-	}
+	w.disp.Wait(ctx)
 	return nil
 }
 
@@ -217,7 +203,7 @@ func (w *watch) lose(err error) {
 		return
 	}
 	w.err = err
-	w.enqueueLocked(func() { w.h.HandleWatchError(err) })
+	w.disp.Lost(err)
 	w.mu.Unlock()
 	os.Remove(w.regPath)
 }
@@ -229,55 +215,7 @@ func (w *watch) deliver(n *objstore.Notification) bool {
 	if w.closed || w.err != nil {
 		return false
 	}
-	w.enqueueLocked(func() { w.h.HandleNotify(n) })
-	return true
-}
-
-func (w *watch) enqueueLocked(f func()) {
-	w.queue = append(w.queue, f)
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
-
-// dispatch calls the handler for queued events, one at a time.
-func (w *watch) dispatch(started chan<- struct{}) {
-	defer w.c.wg.Done()
-	defer close(w.done)
-	w.gid = goroutineID()
-	close(started)
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-w.kick:
-		}
-		for {
-			w.mu.Lock()
-			if len(w.queue) == 0 || w.closed {
-				w.mu.Unlock()
-				break
-			}
-			f := w.queue[0]
-			w.queue = w.queue[1:]
-			w.mu.Unlock()
-			f()
-		}
-	}
-}
-
-// goroutineID returns the current goroutine's id (used only so that Close
-// called from a handler does not wait for itself).
-func goroutineID() uint64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = bytes.TrimPrefix(b, []byte("goroutine "))
-	if i := bytes.IndexByte(b, ' '); i > 0 {
-		id, _ := strconv.ParseUint(string(b[:i]), 10, 64)
-		return id
-	}
-	return 0
+	return w.disp.Notify(n)
 }
 
 // deliverLocal hands a notification to this client's watch cookie.

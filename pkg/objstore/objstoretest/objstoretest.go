@@ -63,8 +63,10 @@ func Run(t *testing.T, newPool func(t *testing.T) objstore.Pool) {
 		{"ConcurrentNumops", testConcurrentNumops},
 		{"WatchNotify", testWatchNotify},
 		{"NotifyTimeout", testNotifyTimeout},
+		{"WatchClose", testWatchClose},
 		{"WatchMissing", testWatchMissing},
 		{"Cancelled", testCancelled},
+		{"SelfManagedSnaps", testSnaps},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, s) })
 	}
@@ -1100,7 +1102,7 @@ func newHandler() *handler {
 	return &handler{notify: make(chan struct{}, 100), errc: make(chan error, 10)}
 }
 
-func (h *handler) HandleNotify(n *objstore.Notification) {
+func (h *handler) HandleNotify(_ context.Context, n *objstore.Notification) {
 	h.mu.Lock()
 	h.got = append(h.got, n)
 	h.mu.Unlock()
@@ -1114,7 +1116,7 @@ func (h *handler) HandleNotify(n *objstore.Notification) {
 	h.notify <- struct{}{}
 }
 
-func (h *handler) HandleWatchError(err error) {
+func (h *handler) HandleWatchError(_ context.Context, err error) {
 	h.mu.Lock()
 	h.errs = append(h.errs, err)
 	h.mu.Unlock()
@@ -1157,7 +1159,7 @@ func testWatchNotify(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	if err := w.Check(); err != nil {
 		t.Fatalf("check: %v", err)
 	}
@@ -1181,7 +1183,7 @@ func testWatchNotify(t *testing.T, s *suite) {
 		t.Fatalf("notifications %+v", h.got)
 	}
 	h.mu.Unlock()
-	if err := w.Close(); err != nil {
+	if err := w.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if hasWatcher(watchersOf(t, s.p, oid), s.p.Client(), w.Cookie()) {
@@ -1196,6 +1198,107 @@ func testWatchNotify(t *testing.T, s *suite) {
 	}
 }
 
+// funcHandler is a WatchHandler made of a function.
+type funcHandler func(ctx context.Context, n *objstore.Notification)
+
+func (f funcHandler) HandleNotify(ctx context.Context, n *objstore.Notification) { f(ctx, n) }
+func (funcHandler) HandleWatchError(context.Context, error)                      {}
+
+type ctxKey struct{}
+
+// testWatchClose checks Close's waiting rules: from outside, Close returns
+// only after a running handler call returned; from inside the handler (with
+// the context the call received), it does not wait for itself. Handler
+// calls see the values of Watch's context and a context cancelled by Close.
+func testWatchClose(t *testing.T, s *suite) {
+	oid := s.oid(t)
+	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Create(true) })
+	wctx := context.WithValue(ctxT(t), ctxKey{}, "mark")
+
+	t.Run("FromOutsideWaits", func(t *testing.T) {
+		entered, release, returned := make(chan context.Context, 1), make(chan struct{}), make(chan struct{})
+		w, err := s.p.Watch(wctx, oid, funcHandler(func(ctx context.Context, n *objstore.Notification) {
+			n.Ack(nil)
+			entered <- ctx
+			<-release
+			close(returned)
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer close(release)
+		notified := make(chan error, 1)
+		go func() {
+			_, err := s.p.Notify(ctxT(t), oid, nil, 5*time.Second)
+			notified <- err
+		}()
+		defer func() { <-notified }()
+		var hctx context.Context
+		select {
+		case hctx = <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notification delivered")
+		}
+		if v, _ := hctx.Value(ctxKey{}).(string); v != "mark" {
+			t.Errorf("the handler's context lacks the values of Watch's context (got %q)", v)
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- w.Close(context.Background()) }()
+		select {
+		case <-closed:
+			t.Fatal("Close returned while a handler call was running")
+		case <-time.After(200 * time.Millisecond):
+		}
+		release <- struct{}{}
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("close: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not return after the handler call returned")
+		}
+		select {
+		case <-returned:
+		default:
+			t.Fatal("Close returned before the handler call")
+		}
+		if hctx.Err() == nil {
+			t.Error("the handler's context is not cancelled after Close")
+		}
+	})
+
+	t.Run("FromHandlerDoesNotWait", func(t *testing.T) {
+		wc := make(chan objstore.Watch, 1)
+		done := make(chan error, 1)
+		w, err := s.p.Watch(wctx, oid, funcHandler(func(ctx context.Context, n *objstore.Notification) {
+			n.Ack(nil)
+			done <- (<-wc).Close(ctx)
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wc <- w
+		if _, err := s.p.Notify(ctxT(t), oid, nil, 5*time.Second); err != nil {
+			t.Fatalf("notify: %v", err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("close from the handler: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close from the handler deadlocked")
+		}
+		if hasWatcher(watchersOf(t, s.p, oid), s.p.Client(), w.Cookie()) {
+			t.Fatal("watch closed from its handler is still listed")
+		}
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatalf("second close: %v", err)
+		}
+	})
+}
+
 func testNotifyTimeout(t *testing.T, s *suite) {
 	oid := s.oid(t)
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Create(true) })
@@ -1205,13 +1308,13 @@ func testNotifyTimeout(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ws.Close()
+	defer ws.Close(context.Background())
 	talker := newHandler()
 	wt, err := s.p.Watch(ctxT(t), oid, talker)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wt.Close()
+	defer wt.Close(context.Background())
 	start := time.Now()
 	res, err := s.p.Notify(ctxT(t), oid, []byte("x"), 500*time.Millisecond)
 	wantErrno(t, "notify with a silent watcher", err, syscall.ETIMEDOUT)
@@ -1269,7 +1372,7 @@ func testTwoNotify(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	if !hasWatcher(watchersOf(t, s.q, oid), s.p.Client(), w.Cookie()) {
 		t.Fatalf("b does not see a's watch: %+v", watchersOf(t, s.q, oid))
 	}
@@ -1283,7 +1386,7 @@ func testTwoNotify(t *testing.T, s *suite) {
 		t.Fatalf("a got %+v", h.got)
 	}
 	h.mu.Unlock()
-	w.Close()
+	w.Close(context.Background())
 	if ws := watchersOf(t, s.q, oid); len(ws) != 0 {
 		t.Fatalf("watchers after close: %+v", ws)
 	}
@@ -1299,12 +1402,12 @@ func testTwoNotifyBoth(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wa.Close()
+	defer wa.Close(context.Background())
 	wb, err := s.q.Watch(ctxT(t), oid, hb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wb.Close()
+	defer wb.Close(context.Background())
 	for _, p := range []objstore.Pool{s.p, s.q} {
 		res, err := p.Notify(ctxT(t), oid, []byte("all"), 10*time.Second)
 		if err != nil || len(res.Acks) != 2 {
@@ -1329,7 +1432,7 @@ func testTwoNotifyTimeout(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close(context.Background())
 	res, err := s.q.Notify(ctxT(t), oid, []byte("x"), 300*time.Millisecond)
 	wantErrno(t, "notify to a silent watcher", err, syscall.ETIMEDOUT)
 	if len(res.TimedOut) != 1 || res.TimedOut[0].Cookie != w.Cookie() || res.TimedOut[0].Client.Addr != s.p.Client().Addr {

@@ -1,0 +1,646 @@
+//go:build linux
+
+package fuseloop
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	errShortInit         = errors.New("short INIT request")
+	errUnsupportedKernel = fmt.Errorf("FUSE protocol older than 7.%d", minKernMinor)
+)
+
+// initTimeout bounds the wait for the kernel's INIT after mount(2) (it is
+// queued by the mount itself, so it is there at once).
+const initTimeout = 10 * time.Second
+
+// openFuseDev opens /dev/fuse non-blocking. The reader waits with poll(2)
+// on it and on a wake-up eventfd, so a planned handover can stop the reads
+// without aborting the connection; a read then never blocks. O_NONBLOCK
+// lives on the open file description, which the holder and every successor
+// share: all of them see it non-blocking, which is what they want too.
+//
+// The descriptor is deliberately not given to the Go runtime poller
+// (os.NewFile would register it with epoll): before mount(2) the kernel
+// answers POLLERR without registering the waiter, and the epoll item then
+// never wakes up.
+func openFuseDev() (int, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, fmt.Errorf("fuseloop: open /dev/fuse: %w", err)
+	}
+	return fd, nil
+}
+
+// mount mounts the FUSE filesystem on a new connection, answers INIT and
+// starts serving.
+func (d *Device) mount() error {
+	fd, err := openFuseDev()
+	if err != nil {
+		d.unmounted, d.loopDetached, d.finished = true, true, true
+		return err
+	}
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=%d,group_id=%d,default_permissions,max_read=%d",
+		fd, os.Geteuid(), os.Getegid(), maxWrite)
+	if err := unix.Mount("fuseloop:"+d.name, d.mnt, "fuse.fuseloop", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
+		unix.Close(fd)
+		d.unmounted, d.loopDetached, d.finished = true, true, true
+		_ = os.Remove(d.mnt)
+		return fmt.Errorf("fuseloop: mount %s: %w", d.mnt, err)
+	}
+	if err := d.setFD(fd); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	mi, err := findMount(d.mnt)
+	if err != nil {
+		return err
+	}
+	if mi == nil {
+		return fmt.Errorf("fuseloop: %s not in mountinfo after mount", d.mnt)
+	}
+	d.conn = mi.connID()
+	if err := d.answerInit(); err != nil {
+		d.startServing() // so the undo (Abort) sees the reader stop
+		return fmt.Errorf("fuseloop: INIT of %s: %w", d.mnt, err)
+	}
+	d.startServing()
+	if err := d.disablePoll(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// disablePoll makes the kernel learn, before any Go code opens the disk
+// file, that this server does not implement FUSE_POLL. The Go runtime
+// registers every file it opens with epoll, from a thread that keeps its
+// scheduler slot; on a FUSE file that sends FUSE_POLL to the server. When
+// the server is this very process, a garbage collection waiting for that
+// thread stops the goroutines that would answer: the process freezes.
+// One epoll_ctl made here as an ordinary system call gets ENOSYS, after
+// which the kernel never sends FUSE_POLL on this connection (fc->no_poll;
+// it lasts as long as the connection, across handovers).
+func (d *Device) disablePoll() error {
+	fd, err := unix.Open(d.file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fuseloop: open %s: %w", d.file, err)
+	}
+	defer unix.Close(fd)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fuseloop: epoll_create1: %w", err)
+	}
+	defer unix.Close(ep)
+	// The outcome does not matter (regular files may be refused with
+	// EPERM); what matters is that the kernel asked once.
+	// unix.EpollCtl is a raw system call (it keeps the scheduler slot): it
+	// would freeze the process just like the runtime's own registration.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	_, _, _ = unix.Syscall6(unix.SYS_EPOLL_CTL, uintptr(ep), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	runtime.KeepAlive(&ev)
+	return nil
+}
+
+// setFD makes fd the device's connection descriptor and creates the
+// eventfd that stops the reader.
+func (d *Device) setFD(fd int) error {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("fuseloop: eventfd: %w", err)
+	}
+	d.fd, d.wakeFD = fd, efd
+	d.hasFD = true
+	return nil
+}
+
+// closeFDs closes our descriptors once nothing uses them (reader and
+// handlers stopped). Closing ours never ends the connection while the
+// holder (or the loop device's file, through the mount) keeps it.
+func (d *Device) closeFDs() {
+	if !d.hasFD {
+		return
+	}
+	d.hasFD = false
+	unix.Close(d.fd)
+	unix.Close(d.wakeFD)
+}
+
+// stopReading wakes the reader and makes it return.
+func (d *Device) stopReading() {
+	var one [8]byte
+	le.PutUint64(one[:], 1)
+	_, _ = unix.Write(d.wakeFD, one[:])
+}
+
+var errReadStopped = errors.New("reads stopped")
+
+// waitReadable waits until a request can be read (true), the reader was
+// told to stop (errReadStopped), the connection is gone (ENODEV), or the
+// timeout passed (false, nil); timeout < 0 waits for ever.
+func (d *Device) waitReadable(timeout time.Duration) (bool, error) {
+	ms := -1
+	if timeout >= 0 {
+		ms = int(timeout / time.Millisecond)
+	}
+	fds := []unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.wakeFD), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("poll /dev/fuse: %w", err)
+		}
+		if n == 0 {
+			return false, nil
+		}
+		if fds[1].Revents != 0 {
+			return false, errReadStopped
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			// POLLERR: the connection was aborted (or the file never mounted).
+			return false, fmt.Errorf("poll /dev/fuse: revents %#x: %w", fds[0].Revents, syscall.ENODEV)
+		}
+		if fds[0].Revents&unix.POLLIN != 0 {
+			return true, nil
+		}
+	}
+}
+
+// readRequest reads one request into bp; 0 with a nil error means nothing
+// was there after all (another reader took it, or it was interrupted).
+func (d *Device) readRequest(bp *[]byte) (int, error) {
+	n, err := unix.Read(d.fd, *bp)
+	switch err {
+	case nil:
+		return n, nil
+	case unix.EAGAIN, unix.EINTR, unix.ENOENT:
+		return 0, nil
+	}
+	return 0, fmt.Errorf("read /dev/fuse: %w", err)
+}
+
+// answerInit reads the kernel's INIT and replies to it.
+func (d *Device) answerInit() error {
+	deadline := time.Now().Add(initTimeout)
+	bp := d.getBuf()
+	defer d.putBuf(bp)
+	var n int
+	for n == 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no INIT within %s", initTimeout)
+		}
+		ok, err := d.waitReadable(left)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if n, err = d.readRequest(bp); err != nil {
+			return err
+		}
+	}
+	h, ok := parseInHeader((*bp)[:n])
+	if !ok || h.opcode != opcInit {
+		return fmt.Errorf("first request is opcode %d (len %d), not INIT", h.opcode, n)
+	}
+	p, out, err := negotiateInit((*bp)[inHeaderSize:n])
+	if err != nil {
+		d.reply(h.unique, syscall.EPROTO)
+		return fmt.Errorf("kernel offers FUSE %d.%d: %w", p.Major, p.KernelMinor, err)
+	}
+	d.init = p
+	if err := d.reply(h.unique, 0, out); err != nil {
+		return fmt.Errorf("reply: %w", err)
+	}
+	return nil
+}
+
+// startServing starts the reader; requests are answered until the
+// connection goes away (unmount, abort) or a handover stops the reads.
+func (d *Device) startServing() {
+	d.wg.Add(1)
+	go d.serve()
+}
+
+func (d *Device) getBuf() *[]byte  { return d.bufs.Get().(*[]byte) }
+func (d *Device) putBuf(b *[]byte) { d.bufs.Put(b) }
+
+// serve reads requests and answers each in its own goroutine (the loop
+// driver keeps many in flight). It returns once reading stopped and every
+// request it read was answered.
+func (d *Device) serve() {
+	defer d.wg.Done()
+	defer close(d.served)
+	err := d.readLoop()
+	d.reqs.Wait()
+	if d.handingOff.Load() {
+		return
+	}
+	// After a teardown or a failure (the watchdog aborted the connection)
+	// the reads are expected to stop.
+	if !d.closing.Load() && !d.failed.Load() {
+		err := fmt.Errorf("%w: %s: %v", ErrServerStopped, d.mnt, err)
+		d.log.Error(err, "fuseloop: FUSE server stopped while the device was in use", "name", d.name, "device", d.loopPath)
+		d.fail(err)
+	}
+}
+
+func (d *Device) readLoop() error {
+	for {
+		ok, err := d.waitReadable(-1)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		bp := d.getBuf()
+		n, err := d.readRequest(bp)
+		if err != nil || n == 0 {
+			d.putBuf(bp)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		d.reqs.Add(1)
+		go d.handle(bp, n)
+	}
+}
+
+// reply answers request unique. Errors mean the connection is gone or the
+// request was interrupted; the caller has nothing to do about either.
+func (d *Device) reply(unique uint64, errno syscall.Errno, body ...[]byte) error {
+	var hdr [outHeaderSize]byte
+	l := 0
+	for _, b := range body {
+		l += len(b)
+	}
+	outHeader(hdr[:], unique, errno, l)
+	iov := make([][]byte, 0, 1+len(body))
+	iov = append(iov, hdr[:])
+	iov = append(iov, body...)
+	return d.writeMsg(iov)
+}
+
+// writeMsg writes one message (a reply or a notification) in one writev.
+// Replies are written concurrently; the kernel takes each whole.
+func (d *Device) writeMsg(iov [][]byte) error {
+	for {
+		_, err := unix.Writev(d.fd, iov)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// notify writes a notification.
+func (d *Device) notify(code int32, body []byte) error {
+	var hdr [outHeaderSize]byte
+	notifyHeader(hdr[:], code, len(body))
+	if len(body) == 0 {
+		return d.writeMsg([][]byte{hdr[:]})
+	}
+	return d.writeMsg([][]byte{hdr[:], body})
+}
+
+// handle answers one request.
+func (d *Device) handle(bp *[]byte, n int) {
+	defer d.reqs.Done()
+	defer d.putBuf(bp)
+	buf := *bp
+	h, ok := parseInHeader(buf[:n])
+	if !ok {
+		d.log.Error(nil, "fuseloop: malformed request", "name", d.name, "len", n, "hdrLen", h.len, "opcode", h.opcode)
+		if n >= inHeaderSize {
+			_ = d.reply(h.unique, syscall.EIO)
+		}
+		return
+	}
+	if h.unique&uniqueResend != 0 {
+		d.resent.Add(1)
+	}
+	body := buf[inHeaderSize:n]
+	var err error
+	switch h.opcode {
+	case opcForget, opcBatchForget, opcInterrupt:
+		// No reply. Node ids are fixed, so lookups need no counting;
+		// interrupts come from no one (the loop driver sends no signals).
+		return
+	case opcInit:
+		// INIT comes once per connection, before anything else.
+		err = d.reply(h.unique, syscall.EPROTO)
+	case opcDestroy, opcFlush, opcRelease, opcReleasedir:
+		// FLUSH is close(2) of the file: durability is FSYNC's job.
+		err = d.reply(h.unique, 0)
+	case opcLookup:
+		err = d.lookup(h, body)
+	case opcGetattr:
+		err = d.getattr(h, body)
+	case opcSetattr:
+		err = d.setattr(h, body)
+	case opcOpen:
+		err = d.open(h, body)
+	case opcOpendir:
+		// With NO_OPENDIR_SUPPORT the kernel takes ENOSYS as success.
+		err = d.reply(h.unique, syscall.ENOSYS)
+	case opcRead:
+		err = d.read(h, body, buf)
+	case opcWrite:
+		err = d.write(h, body)
+	case opcFsync:
+		err = d.fsync(h, body)
+	case opcFallocate:
+		err = d.fallocate(h, body)
+	case opcStatfs:
+		err = d.statfs(h)
+	default:
+		// Directory changes, xattrs, locks...: not part of this
+		// filesystem. ENOSYS lets the kernel stop asking where it can.
+		err = d.reply(h.unique, syscall.ENOSYS)
+	}
+	if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENODEV) {
+		d.log.Error(err, "fuseloop: reply failed", "name", d.name, "opcode", h.opcode, "unique", h.unique)
+	}
+}
+
+func (d *Device) diskMode() uint32 {
+	if d.readOnly {
+		return syscall.S_IFREG | 0o400
+	}
+	return syscall.S_IFREG | 0o600
+}
+
+func (d *Device) attrOf(b []byte, node uint64) bool {
+	switch node {
+	case rootNodeID:
+		putAttr(b, rootNodeID, syscall.S_IFDIR|0o700, 0)
+		le.PutUint32(b[64:], 2)
+	case diskNodeID:
+		putAttr(b, diskNodeID, d.diskMode(), d.size.Load())
+	default:
+		return false
+	}
+	return true
+}
+
+func (d *Device) lookup(h inHeader, body []byte) error {
+	name := body
+	if i := indexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	if h.nodeid != rootNodeID || string(name) != diskFileName {
+		return d.reply(h.unique, syscall.ENOENT)
+	}
+	o := make([]byte, entryOutSize)
+	le.PutUint64(o[0:], diskNodeID)
+	putValid(o[16:], 32) // entry_valid, entry_valid_nsec
+	putValid(o[24:], 36) // attr_valid, attr_valid_nsec
+	d.attrOf(o[40:], diskNodeID)
+	return d.reply(h.unique, 0, o)
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func (d *Device) getattr(h inHeader, body []byte) error {
+	o := make([]byte, attrOutSize)
+	putValid(o[0:], 8)
+	if !d.attrOf(o[16:], h.nodeid) {
+		return d.reply(h.unique, syscall.ESTALE)
+	}
+	return d.reply(h.unique, 0, o)
+}
+
+func (d *Device) setattr(h inHeader, body []byte) error {
+	if len(body) < setattrInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if h.nodeid == diskNodeID && le.Uint32(body[0:])&fattrSize != 0 && int64(le.Uint64(body[16:])) != d.size.Load() {
+		return d.reply(h.unique, syscall.EPERM) // the size follows the backend (Resize), never truncate
+	}
+	return d.getattr(h, nil)
+}
+
+func (d *Device) open(h inHeader, body []byte) error {
+	if len(body) < openInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	switch h.nodeid {
+	case diskNodeID:
+	case rootNodeID:
+		return d.reply(h.unique, syscall.EISDIR)
+	default:
+		return d.reply(h.unique, syscall.ESTALE)
+	}
+	if d.readOnly && le.Uint32(body[0:])&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return d.reply(h.unique, syscall.EROFS)
+	}
+	o := make([]byte, openOutSize)
+	le.PutUint64(o[0:], diskFH)
+	le.PutUint32(o[8:], fopenDirectIO|fopenParallelDirectWrites)
+	return d.reply(h.unique, 0, o)
+}
+
+// checkFH: a request on the disk must carry the fixed handle; anything else
+// would be a handle from a server with another layout.
+func checkFH(h inHeader, fh uint64) syscall.Errno {
+	if h.nodeid != diskNodeID {
+		return syscall.ESTALE
+	}
+	if fh != diskFH {
+		return syscall.EBADF
+	}
+	return 0
+}
+
+func (d *Device) read(h inHeader, body, buf []byte) error {
+	if len(body) < readInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+		return d.reply(h.unique, e)
+	}
+	off := int64(le.Uint64(body[8:]))
+	n := int64(le.Uint32(body[16:]))
+	size := d.size.Load()
+	if off < 0 || off > size {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	n = min(n, size-off) // a short read at the end, for tools reading the file
+	if n == 0 {
+		return d.reply(h.unique, 0)
+	}
+	var dest []byte
+	if int64(len(buf)) >= payloadOff+n {
+		dest = buf[payloadOff : payloadOff+n] // the request is done with: reuse its buffer
+	} else {
+		dest = make([]byte, n)
+	}
+	o := d.begin(opRead, off, n)
+	if o == nil {
+		return d.reply(h.unique, syscall.EIO)
+	}
+	nr, err := d.b.ReadAt(d.bctx, dest, off)
+	d.end(o)
+	if err == io.EOF && nr == len(dest) {
+		err = nil
+	}
+	if err == nil && nr != len(dest) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return d.reply(h.unique, d.ioError(opRead, off, n, err))
+	}
+	return d.reply(h.unique, 0, dest)
+}
+
+func (d *Device) write(h inHeader, body []byte) error {
+	if len(body) < writeInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+		return d.reply(h.unique, e)
+	}
+	if d.readOnly {
+		return d.reply(h.unique, syscall.EROFS)
+	}
+	off := int64(le.Uint64(body[8:]))
+	n := int64(le.Uint32(body[16:]))
+	data := body[writeInSize:]
+	if int64(len(data)) != n || !d.inRange(off, n) {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	o := d.begin(opWrite, off, n)
+	if o == nil {
+		return d.reply(h.unique, syscall.EIO)
+	}
+	// A resent WRITE (unique has uniqueResend) is applied like any other:
+	// it carries absolute offset and data, so applying it again after the
+	// previous incarnation applied (or journaled) it leaves the same bytes.
+	nw, err := d.b.WriteAt(d.bctx, data, off)
+	d.end(o)
+	if err == nil && nw != len(data) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return d.reply(h.unique, d.ioError(opWrite, off, n, err))
+	}
+	out := make([]byte, writeOutSize)
+	le.PutUint32(out[0:], uint32(nw))
+	return d.reply(h.unique, 0, out)
+}
+
+// fsync is how the loop driver forwards REQ_OP_FLUSH (vfs_fsync on the file).
+// It must never answer ENOSYS: the kernel would stop sending it, silently.
+func (d *Device) fsync(h inHeader, body []byte) error {
+	if len(body) < fsyncInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+		return d.reply(h.unique, e)
+	}
+	if d.readOnly {
+		return d.reply(h.unique, 0)
+	}
+	o := d.begin(opFlush, 0, 0)
+	if o == nil {
+		return d.reply(h.unique, syscall.EIO)
+	}
+	// A resent FSYNC only needs what the kernel had seen completed before
+	// it to be durable: those writes were acknowledged, hence durable in
+	// the journal of whichever incarnation acknowledged them.
+	err := d.b.Flush(d.bctx)
+	d.end(o)
+	if err != nil {
+		return d.reply(h.unique, d.ioError(opFlush, 0, 0, err))
+	}
+	return d.reply(h.unique, 0)
+}
+
+// fallocate serves the loop driver's discard (PUNCH_HOLE|KEEP_SIZE) and
+// write-zeroes (ZERO_RANGE|KEEP_SIZE with REQ_NOUNMAP, else PUNCH_HOLE|KEEP_SIZE).
+func (d *Device) fallocate(h inHeader, body []byte) error {
+	if len(body) < fallocInSize {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+		return d.reply(h.unique, e)
+	}
+	if d.readOnly {
+		return d.reply(h.unique, syscall.EROFS)
+	}
+	off, length, mode := le.Uint64(body[8:]), le.Uint64(body[16:]), le.Uint32(body[24:])
+	var kind opKind
+	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
+	case unix.FALLOC_FL_PUNCH_HOLE:
+		kind = opDiscard
+	case unix.FALLOC_FL_ZERO_RANGE:
+		kind = opWriteZeroes
+	default:
+		return d.reply(h.unique, syscall.EOPNOTSUPP)
+	}
+	if mode&unix.FALLOC_FL_PUNCH_HOLE != 0 && mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
+		return d.reply(h.unique, syscall.EOPNOTSUPP) // fallocate(2) requires KEEP_SIZE with PUNCH_HOLE
+	}
+	if off > 1<<62 || length > 1<<62 || !d.inRange(int64(off), int64(length)) {
+		return d.reply(h.unique, syscall.EINVAL)
+	}
+	if length == 0 {
+		return d.reply(h.unique, 0)
+	}
+	o := d.begin(kind, int64(off), int64(length))
+	if o == nil {
+		return d.reply(h.unique, syscall.EIO)
+	}
+	var err error
+	if kind == opDiscard {
+		err = d.b.Discard(d.bctx, int64(off), int64(length))
+	} else {
+		err = d.b.WriteZeroes(d.bctx, int64(off), int64(length))
+	}
+	d.end(o)
+	if err != nil {
+		return d.reply(h.unique, d.ioError(kind, int64(off), int64(length), err))
+	}
+	return d.reply(h.unique, 0)
+}
+
+func (d *Device) statfs(h inHeader) error {
+	o := make([]byte, statfsOutSize)
+	blocks := uint64(d.size.Load()) / 4096
+	le.PutUint64(o[0:], blocks)
+	le.PutUint64(o[24:], 2) // files
+	le.PutUint32(o[40:], 4096)
+	le.PutUint32(o[44:], 255)
+	le.PutUint32(o[48:], 4096)
+	return d.reply(h.unique, 0, o)
+}
+
+// invalidateAttr tells the kernel to drop the disk's cached attributes
+// (FUSE_NOTIFY_INVAL_INODE with off -1: attributes only).
+func (d *Device) invalidateAttr() error {
+	b := make([]byte, 24)
+	le.PutUint64(b[0:], diskNodeID)
+	le.PutUint64(b[8:], uint64(^uint64(0))) // off = -1
+	return d.notify(notifyInvalInode, b)
+}
