@@ -144,6 +144,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 					return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 				}
 			}
+			if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
+				return nil, err
+			}
 			if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
 				return nil, err
 			}
@@ -181,6 +184,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			}
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
+	}
+	if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
+		return nil, err
 	}
 	if wantsFilesystem(req.GetVolumeCapabilities()) {
 		if err := markNew(ctx, pool, imageName, &rec); err != nil {

@@ -4,6 +4,7 @@ package driver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,7 +13,10 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestCephJournalModeMetadata: a journalMode metadata volume on Ceph, with
@@ -45,6 +49,25 @@ func TestCephJournalModeMetadata(t *testing.T) {
 		}
 	})
 	spec := cephtest.PoolName + "/" + vid.Image
+	// Mirroring it is refused (InvalidArgument), before its first stage too.
+	b := f.backend(t, f.configFile, "")
+	t.Cleanup(func() { b.Close() })
+	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := storage.MirrorerOf(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := st.Pool(ctx, cephtest.PoolName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.EnableJournalMirroring(ctx, pool, vid.Image)
+	if !errors.Is(err, storage.ErrMetadataJournalMode) || status.Code(volume.MirrorStatus(err, volume.SecretsReplication, "enable")) != codes.InvalidArgument {
+		t.Errorf("EnableJournalMirroring of a metadata-mode volume: %v", err)
+	}
 	if info := f.rbd(t, "info", spec); strings.Contains(info, "journaling") {
 		t.Errorf("metadata-mode image carries journaling:\n%s", info)
 	}
@@ -59,11 +82,11 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("in place"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
+	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := st.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
+	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
 		t.Errorf("volume condition %v", c)
 	}
 	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {

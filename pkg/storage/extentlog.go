@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
@@ -25,6 +26,53 @@ func removeWithExtentLog(ctx context.Context, pool objstore.Pool, name string, r
 	}
 	if err := extentlog.Remove(ctx, pool, id); err != nil {
 		return fmt.Errorf("remove image %q: %w", name, err)
+	}
+	return nil
+}
+
+// ErrMetadataJournalMode: the volume uses journalMode metadata; its journal
+// holds no data, so it cannot be mirrored.
+var ErrMetadataJournalMode = errors.New("the volume uses journalMode metadata (its journal records where writes went, not their data), so rbd-mirror cannot replicate it; only journalMode full volumes can be mirrored")
+
+// refuseMetadataMirroring fails with ErrMetadataJournalMode if image name
+// has an extent log (journalMode metadata): enabling journal mirroring
+// would add librbd's journaling feature behind the node's back and
+// replicate nothing. A missing image is left to the caller to report.
+func refuseMetadataMirroring(ctx context.Context, pool objstore.Pool, name string) error {
+	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
+	if err != nil {
+		return nil
+	}
+	ok, err := extentlog.Exists(ctx, pool, id)
+	if err != nil {
+		return fmt.Errorf("image %s/%s: %w", pool.Name(), name, err)
+	}
+	if ok {
+		return fmt.Errorf("image %s/%s: %w", pool.Name(), name, ErrMetadataJournalMode)
+	}
+	return nil
+}
+
+// Layout of an extent log (entries are small: one 16 MiB object holds
+// hundreds of thousands); blockdev creates the same at a first open.
+const (
+	extentLogOrder      = 24
+	extentLogSplayWidth = 1
+)
+
+// EnsureExtentLog creates image name's extent log (journalMode metadata) if
+// it has none.
+func EnsureExtentLog(ctx context.Context, pool objstore.Pool, name string) error {
+	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
+	if err != nil {
+		return fmt.Errorf("image %s/%s id: %w", pool.Name(), name, err)
+	}
+	ok, err := extentlog.Exists(ctx, pool, id)
+	if err != nil || ok {
+		return err
+	}
+	if err := extentlog.Create(ctx, pool, id, extentLogOrder, extentLogSplayWidth); err != nil && !errors.Is(err, objstore.ErrExists) {
+		return err
 	}
 	return nil
 }
