@@ -34,25 +34,6 @@ func removeWithExtentLog(ctx context.Context, pool objstore.Pool, name string, r
 // holds no data, so it cannot be mirrored.
 var ErrMetadataJournalMode = errors.New("the volume uses journalMode metadata (its journal records where writes went, not their data), so rbd-mirror cannot replicate it; only journalMode full volumes can be mirrored")
 
-// refuseMetadataMirroring fails with ErrMetadataJournalMode if image name
-// has an extent log (journalMode metadata): enabling journal mirroring
-// would add librbd's journaling feature behind the node's back and
-// replicate nothing. A missing image is left to the caller to report.
-func refuseMetadataMirroring(ctx context.Context, pool objstore.Pool, name string) error {
-	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
-	if err != nil {
-		return nil
-	}
-	ok, err := extentlog.Exists(ctx, pool, id)
-	if err != nil {
-		return fmt.Errorf("image %s/%s: %w", pool.Name(), name, err)
-	}
-	if ok {
-		return fmt.Errorf("image %s/%s: %w", pool.Name(), name, ErrMetadataJournalMode)
-	}
-	return nil
-}
-
 // Layout of an extent log (entries are small: one 16 MiB object holds
 // hundreds of thousands); blockdev creates the same at a first open.
 const (
