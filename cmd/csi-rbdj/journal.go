@@ -24,7 +24,9 @@ modes"; the log keeps what a registered consumer has not passed):
   register-consumer   --consumer NAME       retain the log for NAME from now on
   changed-extents     --consumer NAME [--from TAG:ENTRY] [--to TAG:ENTRY]
                       print (JSON) the extents changed in (from, to]; "last"
-                      is where the next incremental listing starts
+                      is where the next incremental listing starts;
+                      or --to-snap NAME [--from-snap NAME]: between the
+                      creations of two snapshots
   advance-consumer    --consumer NAME --to TAG:ENTRY
                       let the log drop what NAME has copied, up to --to
   unregister-consumer --consumer NAME
@@ -68,6 +70,8 @@ func journalMain(args []string) error {
 	consumer := fs.String("consumer", "", "the consumer name (e.g. the backup tool's)")
 	fromS := fs.String("from", "", "list changes after this position (TAG:ENTRY; empty: from the oldest retained)")
 	toS := fs.String("to", "", "list changes up to and including this position (TAG:ENTRY; empty: all)")
+	fromSnap := fs.String("from-snap", "", "changed-extents: list changes after the creation of this snapshot (with --to-snap)")
+	toSnap := fs.String("to-snap", "", "changed-extents: list changes up to the creation of this snapshot")
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound of the whole command")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -87,6 +91,10 @@ func journalMain(args []string) error {
 		return errors.New("--consumer is required (register one with: csi-rbdj journal register-consumer)")
 	case cmd == "advance-consumer" && *toS == "":
 		return errors.New("--to is required: the position the consumer has copied up to")
+	case (*fromSnap != "" || *toSnap != "") && (*fromS != "" || *toS != ""):
+		return errors.New("give positions (--from, --to) or snapshots (--from-snap, --to-snap), not both")
+	case *fromSnap != "" && *toSnap == "":
+		return errors.New("--from-snap needs --to-snap")
 	}
 	vid, err := volume.ParseVolumeID(*volID)
 	if err != nil {
@@ -122,7 +130,12 @@ func journalMain(args []string) error {
 	case "advance-consumer":
 		return extentlog.AdvanceConsumer(ctx, pool, info.ID, *consumer, to)
 	case "changed-extents":
-		ch, err := extentlog.ChangedExtents(ctx, pool, info.ID, *consumer, from, to)
+		var ch extentlog.Changes
+		if *toSnap != "" {
+			ch, err = extentlog.ChangedBetweenSnapshots(ctx, pool, info.ID, *consumer, *fromSnap, *toSnap)
+		} else {
+			ch, err = extentlog.ChangedExtents(ctx, pool, info.ID, *consumer, from, to)
+		}
 		if err != nil {
 			return err
 		}

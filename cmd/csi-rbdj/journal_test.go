@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -70,6 +71,12 @@ func TestJournalChangedExtentsCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := d.CreateSnapshot(ctx, clsrbd.SnapshotNamespace{}, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt(ctx, make([]byte, 4096), 2<<20); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -83,10 +90,19 @@ func TestJournalChangedExtentsCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	want := []extentlog.Extent{{Offset: 0, Length: 8192}, {Offset: 1 << 20, Length: 65536}}
-	if got.Entries != 3 || len(got.Extents) != 2 || got.Extents[0] != want[0] || got.Extents[1] != want[1] || got.Bytes != 8192+65536 {
-		t.Fatalf("changed-extents: %s, want extents %v", out, want)
+	want := []extentlog.Extent{{Offset: 0, Length: 8192}, {Offset: 1 << 20, Length: 65536}, {Offset: 2 << 20, Length: 4096}}
+	if got.Entries != 4 || !slices.Equal(got.Extents, want) || got.Bytes != 8192+65536+4096 || len(got.Ops) != 2 || got.Ops[0].Event != "SnapCreate" {
+		t.Fatalf("changed-extents: %s, want extents %v and the snapshot's op entries", out, want)
 	}
+	last := got.Last
+	out, err = runJournalCmd(t, append([]string{"changed-extents", "--to-snap", "s1"}, flags...)...)
+	if err != nil {
+		t.Fatalf("changed-extents --to-snap: %v %s", err, out)
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Entries != 3 || !slices.Equal(got.Extents, want[:2]) {
+		t.Fatalf("changed-extents --to-snap s1: %v %s, want extents %v", err, out, want[:2])
+	}
+	got.Last = last
 	// Advance past everything: nothing is left to list.
 	if out, err := runJournalCmd(t, append([]string{"advance-consumer", "--to", got.Last}, flags...)...); err != nil {
 		t.Fatalf("advance-consumer: %v %s", err, out)

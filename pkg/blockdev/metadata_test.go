@@ -377,8 +377,32 @@ func TestMetadataSnapshot(t *testing.T) {
 	if len(kinds) != 2 || len(ch.Entries) != 2 {
 		t.Errorf("log holds ops %v and %d data entries; want a snapshot create and its finish, and 2 writes", kinds, len(ch.Entries))
 	}
+	// Between snapshots: s2 after the second write; a third write after it.
 	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
 	check("reopened")
+	if _, err := d.CreateSnapshot(ctx, clsrbd.SnapshotNamespace{}, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt(ctx, after[:4096], 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	between, err := extentlog.ChangedBetweenSnapshots(ctx, pool, id, "backup", "s1", "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !equalExtents(between.Extents, want) {
+		t.Errorf("changed between s1 and s2: %v, want %v", between.Extents, want)
+	}
+	upToS1, err := extentlog.ChangedBetweenSnapshots(ctx, pool, id, "backup", "", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !equalExtents(upToS1.Extents, want) || len(upToS1.Entries) != 1 {
+		t.Errorf("changed up to s1: %v (%d entries), want %v in 1", upToS1.Extents, len(upToS1.Entries), want)
+	}
+	if _, err := extentlog.ChangedBetweenSnapshots(ctx, pool, id, "backup", "s1", "nope"); !errors.Is(err, extentlog.ErrSnapshotNotLogged) {
+		t.Errorf("unknown snapshot: %v", err)
+	}
 	if d.MetadataReplayStats().TornExtents != 0 {
 		t.Errorf("torn extents after a clean close: %+v", d.MetadataReplayStats())
 	}

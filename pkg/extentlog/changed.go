@@ -237,3 +237,59 @@ func MergeExtents(in []Extent) []Extent {
 	}
 	return out
 }
+
+// ErrSnapshotNotLogged: the consumer's retained log holds no creation of
+// the snapshot (made before the consumer registered, or not by a
+// metadata-mode owner).
+var ErrSnapshotNotLogged = errors.New("snapshot creation not in the extent log")
+
+// SnapshotPosition returns the position of the op entry that created
+// snapshot name (any namespace) among the entries consumer has not passed.
+// Data entries before it are in the snapshot, those after it are not: the
+// owner blocks writes while it makes a snapshot.
+func SnapshotPosition(ctx context.Context, pool objstore.Pool, imageID, consumer, name string) (Position, error) {
+	var pos Position
+	found := false
+	err := walk(ctx, pool, imageID, consumer, func(p Position, e Entry, _ uint64, _ *journal.Journaler) error {
+		if e.Kind != KindOp {
+			return nil
+		}
+		var ev rbdjournal.EventEntry
+		if cephenc.Unmarshal(e.Op, &ev) != nil {
+			return nil
+		}
+		if sc, ok := ev.Event.(rbdjournal.SnapCreateEvent); ok && sc.Name == name {
+			pos, found = p, true // the last creation of that name
+		}
+		return nil
+	})
+	if err != nil {
+		return Position{}, fmt.Errorf("snapshot %q in the extent log of image %s: %w", name, imageID, err)
+	}
+	if !found {
+		return Position{}, fmt.Errorf("snapshot %q of image %s: %w", name, imageID, ErrSnapshotNotLogged)
+	}
+	return pos, nil
+}
+
+// ChangedBetweenSnapshots lists the data changes between the creations of
+// snapshots from and to (the blocks an incremental backup from snapshot
+// from to snapshot to copies); from "" means from the oldest retained
+// entry.
+func ChangedBetweenSnapshots(ctx context.Context, pool objstore.Pool, imageID, consumer, from, to string) (Changes, error) {
+	var fromPos Position
+	var err error
+	if from != "" {
+		if fromPos, err = SnapshotPosition(ctx, pool, imageID, consumer, from); err != nil {
+			return Changes{}, err
+		}
+	}
+	toPos, err := SnapshotPosition(ctx, pool, imageID, consumer, to)
+	if err != nil {
+		return Changes{}, err
+	}
+	if toPos.Less(fromPos) {
+		return Changes{}, fmt.Errorf("snapshot %q was created after snapshot %q", from, to)
+	}
+	return ChangedExtents(ctx, pool, imageID, consumer, fromPos, toPos)
+}
