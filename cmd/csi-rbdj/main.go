@@ -38,6 +38,9 @@ Usage:
   csi-rbdj node-cleanup --state-dir DIR
                            tear down what a dead node plugin left staged
                            (mounts, loop devices) without serving it again
+  csi-rbdj journal changed-extents --volume ID --consumer NAME [--from TAG:ENTRY] [--to TAG:ENTRY]
+                           list the extents a journalMode metadata volume changed
+                           (also register-consumer, advance-consumer, unregister-consumer)
   csi-rbdj fuse-holder --socket PATH
                            hold the node plugin's FUSE connections across its
                            restarts (see pkg/fuseholder)
@@ -60,6 +63,8 @@ func main() {
 		err = demoMain(os.Args[2:])
 	case "node-cleanup":
 		err = nodeCleanupMain(os.Args[2:])
+	case "journal":
+		err = journalMain(os.Args[2:]) // journal.go
 	case "fuse-holder":
 		err = holderMain(os.Args[2:])
 	case "version", "--version", "-version":

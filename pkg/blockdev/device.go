@@ -26,6 +26,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -99,6 +100,10 @@ type Options struct {
 	ClientID string
 	// Unjournaled serves the image without a journal (benchmark baseline).
 	Unjournaled bool
+	// JournalMode selects the write path (metadata.go): the image must
+	// have been created for it (full: librbd's journaling feature;
+	// metadata: without it).
+	JournalMode JournalMode
 	// Fencer fences a dead lock holder before its lock is broken.
 	Fencer exclusivelock.Fencer
 	// LockDescription is recorded with the lock (e.g. the node's name).
@@ -140,6 +145,7 @@ type Device struct {
 	log klog.Logger
 	bg  context.Context
 
+	meta        *metaState          // metadata mode (metadata.go); nil in full mode
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
 	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
 	replayStats journal.ReplayStats // what Open replayed
@@ -173,7 +179,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	if err != nil {
 		return nil, fmt.Errorf("open device %s: %w", name, err)
 	}
-	if !o.Unjournaled && img.Features()&clsrbd.FeatureJournaling == 0 {
+	if !o.Unjournaled && o.JournalMode == JournalFull && img.Features()&clsrbd.FeatureJournaling == 0 {
 		return nil, fmt.Errorf("open device %s: %w", name, ErrNotJournaled)
 	}
 	d := &Device{img: img, pool: pool, o: o, log: klog.FromContext(ctx), bg: context.WithoutCancel(ctx), inflight: newWeighted(o.MaxPendingBytes)}
@@ -196,6 +202,14 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	}
 	if o.Unjournaled {
 		d.snaps.open.Store(true)
+		return d, nil
+	}
+	if o.JournalMode == JournalMetadata {
+		if err := d.openMetadata(ctx); err != nil {
+			lk.Release(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("open device %s: %w", name, err)
+		}
+		d.snaps.open.Store(true) // owner operations may journal now
 		return d, nil
 	}
 	j, err := journal.Open(ctx, pool, img.ID(), o.ClientID, journal.Options{Settings: o.Journal})
@@ -237,9 +251,9 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	start := time.Now()
-	rp := newReplayer(d)
-	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, rp.entry)
-	if werr := rp.wait(); err == nil {
+	entry, wait := d.replayHandler(ctx) // metadata.go
+	st, err := d.j.Replay(ctx, journal.ReplayOptions{EpochEnd: epochEnd}, entry)
+	if werr := wait(); err == nil {
 		err = werr
 	}
 	if err != nil {
@@ -260,12 +274,13 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	d.tag = tag.Tid
-	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 {
+	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 && d.meta == nil {
 		d.img.SetWriteLinger(d.o.ApplyLinger)
 	}
 	d.log.Info("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
 		"replayedEntries", st.Entries, "replayedBytes", st.Bytes, "staleEntries", st.StaleEntries,
-		"droppedEntries", st.Dropped, "replayTime", time.Since(start))
+		"droppedEntries", st.Dropped, "replayTime", time.Since(start), "journalMode", d.JournalMode(),
+		"tornExtents", d.MetadataReplayStats().TornExtents)
 	return nil
 }
 
@@ -476,6 +491,12 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (_ int, err e
 	if d.j == nil {
 		return d.img.WriteAt(ctx, p, off)
 	}
+	if d.meta != nil {
+		if err := d.metaWrite(ctx, "write", extentlog.KindWrite, off, int64(len(p)), p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	// The caller may reuse p once we return; a pending change outlives that
 	// in AckJournaled mode.
 	data := p
@@ -501,6 +522,9 @@ func (d *Device) Discard(ctx context.Context, off, length int64) (err error) {
 	if d.j == nil {
 		return d.img.Discard(ctx, off, length)
 	}
+	if d.meta != nil {
+		return d.metaWrite(ctx, "discard", extentlog.KindDiscard, off, length, nil)
+	}
 	ev := rbdjournal.AioDiscardEvent{Offset: uint64(off), Length: uint64(length)}
 	return d.submit(ctx, "discard", []change{{off: off, end: off + length, event: ev}}, 0)
 }
@@ -515,6 +539,9 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) (err error)
 	if d.j == nil {
 		return d.img.WriteZeroes(ctx, off, length)
 	}
+	if d.meta != nil {
+		return d.metaWrite(ctx, "write-zeroes", extentlog.KindZero, off, length, nil)
+	}
 	ev := rbdjournal.AioWriteSameEvent{Offset: uint64(off), Length: uint64(length), Data: make([]byte, 512)}
 	return d.submit(ctx, "write-zeroes", []change{{off: off, end: off + length, event: ev}}, 0)
 }
@@ -528,6 +555,9 @@ func (d *Device) Flush(ctx context.Context) (err error) {
 	}
 	if d.j == nil {
 		return d.img.Flush(ctx)
+	}
+	if d.meta != nil {
+		return d.metaFlush(ctx)
 	}
 	f := d.j.Append(d.tag, cephenc.Marshal(rbdjournal.EventEntry{Event: rbdjournal.AioFlushEvent{}, Timestamp: time.Now()}))
 	if err := d.j.Flush(ctx); err != nil {

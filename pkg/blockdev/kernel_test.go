@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -21,7 +22,9 @@ import (
 	"unsafe"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -42,8 +45,26 @@ func TestServeHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, pool := localtest.Open(t, dir, local.Options{})
-	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
+	mode := JournalFull
+	if m := os.Getenv("BLOCKDEV_SERVE_MODE"); m != "" {
+		if mode, err = ParseJournalMode(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pool objstore.Pool
+	var fencer exclusivelock.Fencer
+	if be := os.Getenv("BLOCKDEV_SERVE_BACKEND"); be != "" {
+		pool, fencer = helperConnectors[be](t)
+	} else {
+		c, p := localtest.Open(t, dir, local.Options{})
+		pool, fencer = p, c
+	}
+	name := cmp.Or(os.Getenv("BLOCKDEV_SERVE_IMAGE"), "vol")
+	var dead []string
+	if a := os.Getenv("BLOCKDEV_SERVE_DEAD"); a != "" {
+		dead = []string{a} // the previous serving process, SIGKILLed
+	}
+	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
@@ -53,7 +74,8 @@ func TestServeHelperProcess(t *testing.T) {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
 	}
-	fmt.Printf("READY %s\n", dev.Path())
+	// The torn extents replay found (metadata mode) follow the device.
+	fmt.Printf("READY %s %d %s\n", dev.Path(), d.MetadataReplayStats().TornExtents, d.Owner().Addr)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
@@ -79,13 +101,19 @@ type server struct {
 	dir      string
 	stateDir string
 	policy   AckPolicy
+	mode     JournalMode
 	cmd      *exec.Cmd
 	dev      string
+	torn     int      // torn extents the last start reported (metadata mode)
+	env      []string // more environment of the serving process
+	owner    string   // lock holder address of the last serving process
+	killed   []string // lock holder addresses of the killed processes
 }
 
 func (s *server) start() {
 	s.t.Helper()
-	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String())
+	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String(), "BLOCKDEV_SERVE_DEAD="+s.owner)
+	cmd.Env = append(cmd.Env, s.env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)
@@ -100,7 +128,14 @@ func (s *server) start() {
 		s.kill()
 		s.t.Fatalf("serving process: %q %v", line, err)
 	}
-	s.dev = strings.TrimSpace(strings.TrimPrefix(line, "READY "))
+	fields := strings.Fields(strings.TrimPrefix(line, "READY "))
+	s.dev = fields[0]
+	if len(fields) > 1 {
+		fmt.Sscan(fields[1], &s.torn)
+	}
+	if len(fields) > 2 {
+		s.owner = fields[2]
+	}
 }
 
 func (s *server) kill() {
@@ -113,7 +148,10 @@ func (s *server) kill() {
 
 // crash SIGKILLs the server; the caller then unmounts or closes what uses
 // the device and runs fuseloop.Cleanup.
-func (s *server) crash() { s.kill() }
+func (s *server) crash() {
+	s.killed = append(s.killed, s.owner)
+	s.kill()
+}
 
 func (s *server) stop() {
 	if s.cmd != nil {

@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
@@ -221,7 +220,7 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 // appendOpEvent journals a management event and waits until it is durable;
 // it returns the entry's commit tid.
 func (d *Device) appendOpEvent(ctx context.Context, ev rbdjournal.Event) (uint64, error) {
-	payload := cephenc.Marshal(rbdjournal.EventEntry{Event: ev, Timestamp: time.Now()})
+	payload := d.opPayload(ev) // metadata.go
 	d.mu.Lock()
 	f := d.j.Append(d.tag, payload)
 	d.mu.Unlock()

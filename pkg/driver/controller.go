@@ -116,6 +116,15 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if rec.Params.ClusterID == "" { // a record written before volumes named their cluster
 			rec.Params.ClusterID = params.ClusterID
 		}
+		if rec.Params.JournalMode == "" { // a record written before journal modes: full
+			rec.Params.JournalMode = volume.JournalModeFull
+		}
+		if rec.Params.JournalMode != params.JournalMode {
+			// The mode is fixed for the life of a volume: its image was
+			// created for it (librbd journaling or the extent log).
+			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: volume %q exists with journal mode %q; the journal mode of a volume cannot be changed (requested %q): create a new volume",
+				volume.ParamJournalMode, name, rec.Params.JournalMode, params.JournalMode)
+		}
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
@@ -134,6 +143,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 				if err := markNew(ctx, pool, imageName, &rec); err != nil {
 					return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 				}
+			}
+			if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
+				return nil, err
 			}
 			if err := enableMirroring(ctx, mirrorer, pool, imageName); err != nil {
 				return nil, err
@@ -172,6 +184,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			}
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
+	}
+	if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
+		return nil, err
 	}
 	if wantsFilesystem(req.GetVolumeCapabilities()) {
 		if err := markNew(ctx, pool, imageName, &rec); err != nil {

@@ -50,11 +50,39 @@ const (
 )
 
 // HeaderOID returns the name of journal id's header object.
-func HeaderOID(id string) string { return "journal." + id }
+func HeaderOID(id string) string { return Naming{}.HeaderOID(id) }
 
 // DataOIDPrefix returns the common prefix of journal id's data objects.
-func DataOIDPrefix(poolID int64, id string) string {
-	return fmt.Sprintf("journal_data.%d.%s.", poolID, id)
+func DataOIDPrefix(poolID int64, id string) string { return Naming{}.DataOIDPrefix(poolID, id) }
+
+// Naming says how a journal's objects are named. The zero value is Ceph's
+// ("journal.<id>", "journal_data.<pool>.<id>.<n>"), which librbd and
+// rbd-mirror look for; a journal that is not librbd's (csi-rbdj's extent
+// log) uses other prefixes so that no Ceph tool ever reads it as one.
+type Naming struct {
+	// HeaderPrefix precedes the id in the header object's name
+	// (default "journal.").
+	HeaderPrefix string
+	// DataPrefix precedes "<pool>.<id>.<n>" in the data objects' names
+	// (default "journal_data.").
+	DataPrefix string
+}
+
+// HeaderOID returns the name of journal id's header object.
+func (n Naming) HeaderOID(id string) string {
+	if n.HeaderPrefix == "" {
+		return "journal." + id
+	}
+	return n.HeaderPrefix + id
+}
+
+// DataOIDPrefix returns the common prefix of journal id's data objects.
+func (n Naming) DataOIDPrefix(poolID int64, id string) string {
+	p := n.DataPrefix
+	if p == "" {
+		p = "journal_data."
+	}
+	return fmt.Sprintf("%s%d.%s.", p, poolID, id)
 }
 
 // CreateOptions describe a new journal.
@@ -64,6 +92,8 @@ type CreateOptions struct {
 	// DataPoolID is the pool of the data objects; -1 (the default when
 	// zero-valued options are used via Create) means the header's pool.
 	DataPoolID int64
+	// Naming names the journal's objects (zero: Ceph's names).
+	Naming Naming
 }
 
 // Create creates journal id in pool. It fails with an error wrapping
@@ -83,7 +113,7 @@ func Create(ctx context.Context, pool objstore.Pool, id string, o CreateOptions)
 	}
 	op := &objstore.WriteOp{}
 	clsjournal.Create(op, o.Order, o.SplayWidth, o.DataPoolID)
-	if err := pool.Operate(ctx, HeaderOID(id), op); err != nil {
+	if err := pool.Operate(ctx, o.Naming.HeaderOID(id), op); err != nil {
 		return fmt.Errorf("create journal %s: %w", id, err)
 	}
 	return nil
@@ -92,7 +122,12 @@ func Create(ctx context.Context, pool objstore.Pool, id string, o CreateOptions)
 // Remove deletes journal id: every data object in its live window, then the
 // header. Missing objects are ignored, so Remove can be retried.
 func Remove(ctx context.Context, pool objstore.Pool, dataPool objstore.Pool, id string) error {
-	hdr := HeaderOID(id)
+	return RemoveNamed(ctx, pool, dataPool, id, Naming{})
+}
+
+// RemoveNamed is Remove for a journal named by n.
+func RemoveNamed(ctx context.Context, pool objstore.Pool, dataPool objstore.Pool, id string, n Naming) error {
+	hdr := n.HeaderOID(id)
 	_, splay, poolID, err := clsjournal.GetImmutableMetadata(ctx, pool, hdr)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil
@@ -110,7 +145,7 @@ func Remove(ctx context.Context, pool objstore.Pool, dataPool objstore.Pool, id 
 	if poolID < 0 {
 		poolID = dataPool.ID()
 	}
-	prefix := DataOIDPrefix(poolID, id)
+	prefix := n.DataOIDPrefix(poolID, id)
 	w := uint64(splay)
 	for n := minSet * w; n < (activeSet+1)*w; n++ {
 		if err := removeObject(ctx, dataPool, fmt.Sprintf("%s%d", prefix, n)); err != nil {
@@ -138,6 +173,8 @@ type Options struct {
 	// DataPool holds the data objects when the journal's pool_id names
 	// another pool than the header's.
 	DataPool objstore.Pool
+	// Naming names the journal's objects (zero: Ceph's names).
+	Naming Naming
 }
 
 // Journaler is an open journal as seen by one client. Its methods are safe
@@ -189,7 +226,7 @@ type Journaler struct {
 // Open opens journal id in pool for clientID. The client need not be
 // registered yet (see RegisterClient), but Replay and Append require it.
 func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Options) (*Journaler, error) {
-	hdr := HeaderOID(id)
+	hdr := o.Naming.HeaderOID(id)
 	order, splay, poolID, err := clsjournal.GetImmutableMetadata(ctx, pool, hdr)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("open journal %s: %w", id, ErrNotFound)
@@ -219,7 +256,7 @@ func Open(ctx context.Context, pool objstore.Pool, id, clientID string, o Option
 		id:           id,
 		clientID:     clientID,
 		headerOID:    hdr,
-		dataPrefix:   DataOIDPrefix(poolID, id),
+		dataPrefix:   o.Naming.DataOIDPrefix(poolID, id),
 		s:            o.Settings.withDefaults(),
 		order:        order,
 		splayWidth:   splay,

@@ -27,6 +27,7 @@ type Node struct {
 	lagEntries, lagBytes, objectSets              *prometheus.Desc
 	journalEntries, journalWaves                  *prometheus.Desc
 	replayEntries, replayBytes, replaySeconds     *prometheus.Desc
+	replayTornExtents                             *prometheus.Desc
 	lockState, lockTakeovers, lockFencings        *prometheus.Desc
 	state                                         *prometheus.Desc
 }
@@ -76,16 +77,17 @@ func NewNode() *Node {
 			"Journal entries past a registered client's commit position: client is the journal client id (\"\" is librbd's and this plugin's own, own=\"true\"; rbd-mirror peers register under their mirror uuid). Returns to 0 once everything written is applied and committed.", labelClient, labelOwn),
 		lagBytes: desc("journal_lag_bytes",
 			"Payload bytes of the journal entries past a registered client's commit position (entries this node appended or replayed since it opened the volume; a lower bound for a client behind those).", labelClient, labelOwn),
-		objectSets:     desc("journal_object_sets", "Journal object sets in use (active set - minimum set + 1): grows while some client's commit position holds trimming back."),
-		journalEntries: desc("journal_entries_total", "Journal entries appended since the volume was last opened."),
-		journalWaves:   desc("journal_append_waves_total", "Rounds of journal object appends sent together (each one sync of the journal) since the volume was last opened."),
-		replayEntries:  desc("replay_entries", "Journal entries replayed when the volume was last opened (writes acknowledged but not applied before a crash or takeover)."),
-		replayBytes:    desc("replay_bytes", "Payload bytes replayed when the volume was last opened."),
-		replaySeconds:  desc("replay_duration_seconds", "How long the replay took when the volume was last opened."),
-		lockState:      desc("lock_state", "The image's exclusive lock as this node holds it: 1 for the current state (held, rewatching, lost, released), 0 for the others.", labelState),
-		lockTakeovers:  desc("lock_takeovers_total", "Times opening the volume took the lock from another holder (released on request, or fenced) since it was last opened."),
-		lockFencings:   desc("lock_fencings_total", "Holders fenced (blocklisted) before their lock was broken, when the volume was last opened."),
-		state:          desc("state", "The volume's device: 1 for the current state (serving, failed, closed), 0 for the others.", labelState),
+		objectSets:        desc("journal_object_sets", "Journal object sets in use (active set - minimum set + 1): grows while some client's commit position holds trimming back."),
+		journalEntries:    desc("journal_entries_total", "Journal entries appended since the volume was last opened."),
+		journalWaves:      desc("journal_append_waves_total", "Rounds of journal object appends sent together (each one sync of the journal) since the volume was last opened."),
+		replayEntries:     desc("replay_entries", "Journal entries replayed when the volume was last opened (writes acknowledged but not applied before a crash or takeover)."),
+		replayBytes:       desc("replay_bytes", "Payload bytes replayed when the volume was last opened."),
+		replaySeconds:     desc("replay_duration_seconds", "How long the replay took when the volume was last opened."),
+		replayTornExtents: desc("replay_torn_extents", "journalMode metadata: extents named by log entries past the commit position that no longer held the data their entry records when the volume was last opened (0 in full mode)."),
+		lockState:         desc("lock_state", "The image's exclusive lock as this node holds it: 1 for the current state (held, rewatching, lost, released), 0 for the others.", labelState),
+		lockTakeovers:     desc("lock_takeovers_total", "Times opening the volume took the lock from another holder (released on request, or fenced) since it was last opened."),
+		lockFencings:      desc("lock_fencings_total", "Holders fenced (blocklisted) before their lock was broken, when the volume was last opened."),
+		state:             desc("state", "The volume's device: 1 for the current state (serving, failed, closed), 0 for the others.", labelState),
 	}
 }
 
@@ -135,7 +137,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		n.served, n.requests, n.requestErrors, n.requestBytes, n.pending, n.pendingLimit, n.bpWaits, n.bpWaitSeconds,
 		n.lagEntries, n.lagBytes, n.objectSets, n.journalEntries, n.journalWaves,
-		n.replayEntries, n.replayBytes, n.replaySeconds, n.lockState, n.lockTakeovers, n.lockFencings, n.state,
+		n.replayEntries, n.replayBytes, n.replaySeconds, n.replayTornExtents, n.lockState, n.lockTakeovers, n.lockFencings, n.state,
 	} {
 		ch <- d
 	}
@@ -183,6 +185,7 @@ func (n *Node) collectVolume(ch chan<- prometheus.Metric, id string, dev *blockd
 	gauge(n.replayEntries, float64(st.Replay.Entries))
 	gauge(n.replayBytes, float64(st.Replay.Bytes))
 	gauge(n.replaySeconds, st.ReplayDuration.Seconds())
+	gauge(n.replayTornExtents, float64(dev.MetadataReplayStats().TornExtents))
 	for _, s := range exclusivelock.States {
 		gauge(n.lockState, boolFloat(st.Lock.State == s), string(s))
 	}

@@ -364,5 +364,11 @@ func (v *stagedVolume) condition() *csi.VolumeCondition {
 	if err := v.dev.Err(); err != nil {
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("journaled device failed: %v", err)}
 	}
+	if v.dev.JournalMode() == blockdev.JournalMetadata {
+		// Torn extents are a finding about the last stop, not a failure of
+		// the device: reported, the filesystem's own check decides.
+		return &csi.VolumeCondition{Message: fmt.Sprintf("served on %s (journal tag %d, journal mode metadata, %d torn extents found at this start)",
+			v.rec.Device, v.dev.Tag(), v.dev.MetadataReplayStats().TornExtents)}
+	}
 	return &csi.VolumeCondition{Message: fmt.Sprintf("served on %s (journal tag %d, ack policy %s)", v.rec.Device, v.dev.Tag(), v.rec.AckPolicy)}
 }

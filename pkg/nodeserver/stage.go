@@ -147,6 +147,12 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 	if _, err := blockdev.ParseAckPolicy(r.AckPolicy); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", volume.CtxAckPolicy, err)
 	}
+	if m := vc[volume.CtxJournalMode]; m != "" {
+		if _, err := blockdev.ParseJournalMode(m); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "volume_context %s: %v", volume.CtxJournalMode, err)
+		}
+		r.JournalMode = m
+	}
 	if v := vc[volume.CtxJournalMaxObjectSets]; v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
@@ -242,8 +248,14 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	if err != nil {
 		return volume.StorageStatus(fmt.Errorf("open pool %q: %w", vid.Pool, err), volume.SecretsNodeStage, false)
 	}
-	if err := checkPrimary(ctx, pool, vid); err != nil {
-		return err
+	mode := blockdev.JournalFull
+	if v.rec.JournalMode != "" {
+		mode, _ = blockdev.ParseJournalMode(v.rec.JournalMode) // checked by stagingRecord
+	}
+	if mode == blockdev.JournalFull { // a metadata-mode image is never mirrored
+		if err := checkPrimary(ctx, pool, vid); err != nil {
+			return err
+		}
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	openStart := time.Now()
@@ -253,6 +265,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	}
 	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
 		AckPolicy:       policy,
+		JournalMode:     mode,
 		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
 		DeadOwners:      dead,
@@ -267,6 +280,8 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the other node first", vid, err)
 	case errors.Is(err, blockdev.ErrNotJournaled):
 		return notJournaled(ctx, st, pool, vid)
+	case errors.Is(err, blockdev.ErrJournalModeMismatch):
+		return status.Errorf(codes.FailedPrecondition, "volume %s: %v (the volume context names journal mode %q)", vid, err, mode)
 	case errors.Is(err, image.ErrUnsupported):
 		return status.Errorf(codes.FailedPrecondition, "volume %s cannot be served by the journaled data path: %v", vid, err)
 	case fenced(err):
@@ -289,7 +304,8 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	rec.Owner = dev.Owner().Addr
 	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
 	s.metricsServed(rec.VolumeID, dev)
-	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond))
+	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
+		"journalMode", dev.JournalMode(), "tornExtents", dev.MetadataReplayStats().TornExtents)
 	return nil
 }
 
@@ -307,8 +323,8 @@ func notJournaled(ctx context.Context, st storage.Storage, pool objstore.Pool, v
 		}
 	}
 	return status.Errorf(codes.FailedPrecondition,
-		"volume %s: image %s (features: %s) does not have the journaling feature, and csi-rbdj serves only journaled images: enable it with `rbd feature enable %s %s` (while no client has the image open), then stage the volume again",
-		vid, spec, features, spec, enable)
+		"volume %s: image %s (features: %s) does not have the journaling feature, and csi-rbdj serves only journaled images: enable it with `rbd feature enable %s %s` (while no client has the image open), then stage the volume again; or serve it in journal mode metadata (volume attribute %s: metadata), which journals only where writes went",
+		vid, spec, features, spec, enable, volume.CtxJournalMode)
 }
 
 // mountServed is mountStaging for a served volume, gated by its image's

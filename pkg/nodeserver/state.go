@@ -38,6 +38,9 @@ type record struct {
 	AccessMode string `json:"accessMode"`
 	ReadOnly   bool   `json:"readOnly"`
 	AckPolicy  string `json:"ackPolicy"`
+	// JournalMode is the volume's journal mode ("" in records written
+	// before journal modes: full).
+	JournalMode string `json:"journalMode,omitempty"`
 	// JournalMaxObjectSets is the StorageClass's laggy-client bound
 	// (journal.Settings.MaxConcurrentObjectSets; 0: unbounded).
 	JournalMaxObjectSets int `json:"journalMaxConcurrentObjectSets,omitempty"`

@@ -48,6 +48,9 @@ func (s *cephStorage) EnableJournalMirroring(ctx context.Context, pool objstore.
 		}
 		return nil
 	}
+	if err := refuseMetadataMirroring(ctx, pool, name); err != nil { // extentlog.go
+		return err
+	}
 	// In pool mode librbd refuses per-image enabling (and mirrors every
 	// journaled image by itself once the pool is so configured).
 	mode, err := librbd.MirrorPoolMode(ctx, pool)

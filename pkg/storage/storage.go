@@ -175,7 +175,7 @@ func (s *localStorage) CreateImage(ctx context.Context, pool objstore.Pool, name
 }
 
 func (s *localStorage) RemoveImage(ctx context.Context, pool objstore.Pool, name string) error {
-	return image.Remove(ctx, pool, name)
+	return removeWithExtentLog(ctx, pool, name, func() error { return image.Remove(ctx, pool, name) })
 }
 
 func (s *localStorage) ImageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo, error) {

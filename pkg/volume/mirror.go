@@ -36,7 +36,7 @@ func MirrorStatus(err error, of SecretsOf, what string) error {
 	switch {
 	case errors.Is(err, image.ErrNotFound), errors.Is(err, storage.ErrNoMirrorPeer):
 		return status.Errorf(codes.NotFound, "%s: %v", what, err)
-	case errors.Is(err, storage.ErrMirroringUnsupported):
+	case errors.Is(err, storage.ErrMirroringUnsupported), errors.Is(err, storage.ErrMetadataJournalMode):
 		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
 	case errors.Is(err, storage.ErrPoolMirroringDisabled), errors.Is(err, storage.ErrMirroringDisabled),
 		errors.Is(err, storage.ErrMirrorModeConflict), errors.Is(err, storage.ErrImagePrimary),

@@ -34,7 +34,36 @@ const (
 	// before it is disconnected (librbd's
 	// rbd_journal_max_concurrent_object_sets; 0: unbounded).
 	ParamJournalMaxConcurrentObjectSets = "journalMaxConcurrentObjectSets"
+	// ParamJournalMode is "full" (every write's data journaled in the
+	// image's librbd journal) or "metadata" (data written in place, only
+	// its extent and checksum journaled in csi-rbdj's own extent log; the
+	// image has no librbd journaling feature and cannot be mirrored).
+	// Fixed for the life of the volume.
+	ParamJournalMode = "journalMode"
 )
+
+// Journal modes (the names of blockdev.JournalMode; a test checks that
+// both agree).
+const (
+	JournalModeFull     = "full"
+	JournalModeMetadata = "metadata"
+)
+
+// JournalModes are the values of ParamJournalMode.
+var JournalModes = []string{JournalModeFull, JournalModeMetadata}
+
+// CtxJournalMode carries ParamJournalMode to the node (absent: full).
+const CtxJournalMode = "csi-rbdj.dev/journalMode"
+
+// ValidateJournalMode checks a journalMode value.
+func ValidateJournalMode(s string) error {
+	for _, m := range JournalModes {
+		if s == m {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown journal mode %q (want %s)", s, strings.Join(JournalModes, " or "))
+}
 
 // CtxJournalMaxObjectSets carries ParamJournalMaxConcurrentObjectSets to
 // the node.
@@ -110,7 +139,13 @@ type VolumeParams struct {
 	Mirroring string `json:"mirroring,omitempty"`
 	// JournalMaxObjectSets is ParamJournalMaxConcurrentObjectSets.
 	JournalMaxObjectSets int `json:"journalMaxConcurrentObjectSets,omitempty"`
+	// JournalMode is ParamJournalMode ("" in records written before it
+	// existed: full).
+	JournalMode string `json:"journalMode,omitempty"`
 }
+
+// Metadata reports whether the volume uses journalMode metadata.
+func (p VolumeParams) Metadata() bool { return p.JournalMode == JournalModeMetadata }
 
 // ParamError is a parameter that cannot be accepted; its message names the
 // parameter and says what would be accepted.
@@ -131,6 +166,19 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 		JournalSplayWidth: DefaultJournalSplayWidth,
 		FsType:            DefaultFsType,
 		AckPolicy:         DefaultAckPolicy,
+		JournalMode:       JournalModeFull,
+	}
+	// The mode decides which features are required: read it first.
+	if v, ok := in[ParamJournalMode]; ok {
+		if err := ValidateJournalMode(v); err != nil {
+			return p, &ParamError{ParamJournalMode, err.Error()}
+		}
+		p.JournalMode = v
+	}
+	if p.Metadata() {
+		// No librbd journaling: csi-rbdj's extent log is not a journal
+		// librbd or rbd-mirror may read (README "Journal modes").
+		p.Features &^= clsrbd.FeatureJournaling
 	}
 	keys := make([]string, 0, len(in))
 	for k := range in {
@@ -149,7 +197,7 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 			switch strings.ToLower(v) {
 			case "true", "yes", "on", "1":
 			default:
-				return p, &ParamError{k, fmt.Sprintf("%q asks to turn journaling off, but journaling is always on: csi-rbdj journals every write in the node plugin (that is what it is for); remove the parameter, or use another RBD driver for unjournaled volumes", v)}
+				return p, &ParamError{k, fmt.Sprintf("%q asks to turn journaling off, but journaling is always on: csi-rbdj journals every write in the node plugin (that is what it is for); remove the parameter (journalMode: metadata journals only where writes went, not their data), or use another RBD driver for unjournaled volumes", v)}
 			}
 		case ParamPool:
 			if err := storage.ValidateName("pool", v); err != nil {
@@ -163,6 +211,13 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 			}
 			if bad := f &^ allowedFeatures; bad != 0 {
 				return p, &ParamError{k, fmt.Sprintf("features %v are not supported by the journaled data path (allowed: layering, exclusive-lock, journaling, deep-flatten)", clsrbd.FeatureNames(bad))}
+			}
+			if p.Metadata() {
+				if f&clsrbd.FeatureJournaling != 0 {
+					return p, &ParamError{k, fmt.Sprintf("%q includes journaling, but journalMode metadata images must not carry librbd's journaling feature (their journal is csi-rbdj's extent log, which librbd and rbd-mirror must never replay); leave journaling out", v)}
+				}
+				p.Features = f | clsrbd.FeatureExclusiveLock
+				continue
 			}
 			if f&clsrbd.FeatureJournaling == 0 {
 				return p, &ParamError{k, fmt.Sprintf("%q leaves out journaling, but journaling is always on: csi-rbdj journals every write in the node plugin; add it (imageFeatures: layering,exclusive-lock,journaling) or omit imageFeatures", v)}
@@ -208,13 +263,17 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 				return p, &ParamError{k, fmt.Sprintf("%q is not an integer in [0, %d] (journal object sets a registered client such as rbd-mirror may fall behind before it is disconnected; 0: unbounded)", v, maxJournalObjectSets)}
 			}
 			p.JournalMaxObjectSets = n
+		case ParamJournalMode: // read above
 		default:
 			if strings.HasPrefix(k, ignoredParamPrefix) {
 				continue
 			}
 			return p, &ParamError{k, fmt.Sprintf("unknown parameter (known: %s)", strings.Join([]string{
-				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling, ParamMirroring, ParamJournalMaxConcurrentObjectSets}, ", "))}
+				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling, ParamMirroring, ParamJournalMaxConcurrentObjectSets, ParamJournalMode}, ", "))}
 		}
+	}
+	if p.Metadata() && p.Mirroring != "" {
+		return p, &ParamError{ParamMirroring, fmt.Sprintf("%q cannot be combined with journalMode %q: rbd-mirror replays data from the image's librbd journal, and a metadata-mode volume journals no data (use journalMode %q to mirror)", p.Mirroring, JournalModeMetadata, JournalModeFull)}
 	}
 	return p, nil
 }
@@ -253,6 +312,9 @@ func (p VolumeParams) VolumeContext() map[string]string {
 	if p.JournalMaxObjectSets > 0 {
 		ctx[CtxJournalMaxObjectSets] = strconv.Itoa(p.JournalMaxObjectSets)
 	}
+	if p.Metadata() {
+		ctx[CtxJournalMode] = p.JournalMode
+	}
 	return ctx
 }
 
@@ -265,6 +327,10 @@ func (p VolumeParams) Matches(info storage.ImageInfo) string {
 	}
 	if info.Features != p.Features {
 		diffs = append(diffs, fmt.Sprintf("features %v (requested %v)", clsrbd.FeatureNames(info.Features), clsrbd.FeatureNames(p.Features)))
+	}
+	if p.Metadata() {
+		// The extent log is not librbd's journal: no layout to compare.
+		return strings.Join(diffs, ", ")
 	}
 	if info.JournalOrder != p.JournalOrder {
 		diffs = append(diffs, fmt.Sprintf("journalOrder %d (requested %d)", info.JournalOrder, p.JournalOrder))

@@ -67,7 +67,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 		name := fmt.Sprintf("bench-%s-%d", stamp, n)
 		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: volume.DefaultJournalSplayWidth})
 	}
-	removeImage := func(name string) error { return librbd.Remove(context.Background(), pool, name) }
+	removeImage := withExtentLog(pool, func(name string) error { return librbd.Remove(context.Background(), pool, name) })
 	ours := func(label string, features uint64, bo blockdev.Options) func() (*target, error) {
 		return func() (*target, error) {
 			name, err := newImage(features)
@@ -124,6 +124,7 @@ func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []s
 		ours("ours, journaled, ack after apply", journaledFeatures, blockdev.Options{AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}),
 		ours("ours, journaled, ack after journal", journaledFeatures, blockdev.Options{AckPolicy: blockdev.AckJournaled, MaxPayload: o.payload}),
 		ours("ours, journaling off", unjournaledFeatures, blockdev.Options{Unjournaled: true}),
+		ours(metadataName, unjournaledFeatures, blockdev.Options{JournalMode: blockdev.JournalMetadata}),
 	}
 	notes := []string{"librbd has no kernel block path for journaled images here (no nbd module; krbd does not support journaling): fio's rbd engine is librbd's own block path, rbd bench its own benchmark."}
 	return targets, notes, nil

@@ -116,6 +116,7 @@ func main() {
 	flag.StringVar(&o.cephConf, "ceph-conf", os.Getenv("CEPH_CONF"), "ceph.conf of the cluster (hack/ceph-up.sh prints it)")
 	flag.IntVar(&o.replayMB, "replay-mib", 64, "uncommitted journal to replay, MiB (Ceph)")
 	flag.IntVar(&o.payload, "max-payload", 0, "journal event payload cap of our device (0: default)")
+	jobFilter := flag.String("jobs", "", `comma-separated substrings: run only matching fio jobs (e.g. "64K seqwrite,1M seqwrite")`)
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -125,6 +126,9 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	o.span = int64(*span) << 20
+	if *jobFilter != "" {
+		jobs = selectJobs(jobs, *jobFilter) // metadata.go
+	}
 	rep, err := run(o)
 	if err != nil {
 		pprof.StopCPUProfile()
@@ -178,6 +182,7 @@ func run(o options) (*report, error) {
 			{"ours, journaled, ack after apply", blockdev.Options{AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}},
 			{"ours, journaled, ack after journal", blockdev.Options{AckPolicy: blockdev.AckJournaled, MaxPayload: o.payload}},
 			{"ours, journaling off", blockdev.Options{Unjournaled: true}},
+			{metadataName, blockdev.Options{JournalMode: blockdev.JournalMetadata}},
 		} {
 			targets = append(targets, func() (*target, error) { return localDevice(ctx, o, t.name, t.o) })
 		}
@@ -257,7 +262,7 @@ func localDevice(ctx context.Context, o options, name string, bo blockdev.Option
 		c.Close()
 		return nil, err
 	}
-	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth}); err != nil {
+	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth, Features: featuresFor(bo)}); err != nil {
 		c.Close()
 		return nil, err
 	}

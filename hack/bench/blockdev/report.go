@@ -53,6 +53,7 @@ func ratios(rep *report) map[string]any {
 			out["ceph "+policy+": 4K randwrite QD1 vs our unjournaled"] = ours.Values["4K randwrite QD1"] / off.Values["4K randwrite QD1"]
 		}
 	}
+	metadataRatios(rep, out) // metadata.go
 	for _, r := range rep.Replay {
 		out[fmt.Sprintf("replay speedup vs librbd (journal splay width %d)", r.SplayWidth)] = r.Speedup
 	}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// TestRestartMetadataMode: a journalMode metadata volume (ext4, xfs) is
+// written with fsynced files while the node plugin is SIGKILLed several
+// times; each restarted plugin re-serves it from its staging record (in
+// metadata mode: the mode comes from the record) and every file whose
+// fsync returned reads back at the publish path.
+func TestRestartMetadataMode(t *testing.T) {
+	kills := 5
+	if testing.Short() {
+		kills = 1
+	}
+	if v := os.Getenv("CSI_RBDJ_KILLS"); v != "" {
+		fmt.Sscan(v, &kills)
+	}
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { testRestartMetadataMode(t, fs, kills) })
+	}
+}
+
+func metaFile(seq int) []byte {
+	return bytes.Repeat([]byte(fmt.Sprintf("file %d of the metadata-mode restart test\n", seq)), 100+seq%300)
+}
+
+func testRestartMetadataMode(t *testing.T, fs string, kills int) {
+	e := newEnv(t)
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "meta-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: map[string]string{"journalMode": "metadata"}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, rw := e.path("staging"), e.path("pods", "a", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: rw, VolumeCapability: vc})
+	e.must(err)
+
+	var durable []int
+	next := 0
+	for kill := 0; kill < kills; kill++ {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var got []int
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := next; ; seq++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := writeSync(filepath.Join(rw, fmt.Sprintf("m%06d", seq)), metaFile(seq)); err != nil {
+					return
+				}
+				if err := syncPath(rw); err != nil {
+					return
+				}
+				got = append(got, seq)
+			}
+		}()
+		time.Sleep(700 * time.Millisecond)
+		e.killNode()
+		close(stop)
+		wg.Wait()
+		durable = append(durable, got...)
+		next += len(got) + 1000
+		e.startNode()
+		for _, seq := range durable {
+			b, err := os.ReadFile(filepath.Join(rw, fmt.Sprintf("m%06d", seq)))
+			if err != nil || !bytes.Equal(b, metaFile(seq)) {
+				t.Fatalf("kill %d: fsynced file m%06d lost or damaged: %v", kill, seq, err)
+			}
+		}
+		st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: rw})
+		e.must(err)
+		if c := st.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
+			t.Fatalf("kill %d: volume condition %v", kill, c)
+		}
+		t.Logf("kill %d: %d files fsynced in this round, %d verified after the restart (%s)", kill, len(got), len(durable), st.GetVolumeCondition().GetMessage())
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: rw})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	if n := len(filesNamed(e.path("cluster"), "csi_rbdj_journal")); n == 0 {
+		t.Errorf("no extent log objects in the cluster directory before DeleteVolume")
+	}
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+	if left := filesNamed(e.path("cluster"), "csi_rbdj_journal"); len(left) > 0 {
+		t.Errorf("extent log objects left after DeleteVolume: %v", left)
+	}
+}
+
+// filesNamed lists the files under dir whose name contains s.
+func filesNamed(dir, s string) []string {
+	var out []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(d.Name(), s) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
