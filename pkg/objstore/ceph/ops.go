@@ -75,13 +75,13 @@ func buildWriteOp(op *objstore.WriteOp) (*writeOp, error) {
 	}
 	steps := op.Steps()
 	if len(steps) == 1 {
-		w.name = stepName(&steps[0])
+		w.name = steps[0].OpName()
 	}
 	for i := range steps {
 		s := &steps[i]
 		if err := w.add(s); err != nil {
 			w.free()
-			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+			return nil, &objstore.OpError{Op: s.OpName(), Err: err}
 		}
 	}
 	return w, nil
@@ -184,7 +184,7 @@ func buildReadOp(op *objstore.ReadOp) (*readOp, error) {
 	for i, s := range steps {
 		if err := r.add(C.size_t(i), s); err != nil {
 			r.free()
-			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+			return nil, &objstore.OpError{Op: s.OpName(), Err: err}
 		}
 	}
 	return r, nil
@@ -242,7 +242,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		name := "read"
 		for i, s := range r.steps {
 			if rv := C.csi_rop_rval(r.p, C.size_t(i)); rv < 0 {
-				name = stepName(s)
+				name = s.OpName()
 				if s.Kind == objstore.StepGetXattr && rv == -C.int(syscall.ENODATA) {
 					// the contract's error for a missing xattr
 					return name, fmt.Errorf("xattr %q: %w", s.Name, syscall.ENOENT)
@@ -270,7 +270,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		case objstore.StepGetOmapVals, objstore.StepGetOmapValsByKeys:
 			page, err := decodePage(raw)
 			if err != nil {
-				return stepName(s), err
+				return s.OpName(), err
 			}
 			if s.Kind == objstore.StepGetOmapValsByKeys {
 				page.More = false
@@ -279,7 +279,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		case objstore.StepGetXattrs:
 			page, err := decodePage(raw)
 			if err != nil {
-				return stepName(s), err
+				return s.OpName(), err
 			}
 			m := make(map[string][]byte, len(page.Entries))
 			for _, kv := range page.Entries {
@@ -376,26 +376,4 @@ func listWatchers(io *C.csi_ioctx, oid string) ([]objstore.WatcherInfo, error) {
 		ws = append(ws, objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id, Addr: normalizeAddr(addr)}, Cookie: cookie})
 	}
 	return ws, nil
-}
-
-var stepNames = map[objstore.StepKind]string{
-	objstore.StepCreate: "create", objstore.StepRemove: "remove", objstore.StepWrite: "write",
-	objstore.StepWriteFull: "writefull", objstore.StepAppend: "append", objstore.StepTruncate: "truncate",
-	objstore.StepZero: "zero", objstore.StepSetOmap: "omap-set", objstore.StepRmOmapKeys: "omap-rm-keys",
-	objstore.StepClearOmap: "omap-clear", objstore.StepSetXattr: "setxattr", objstore.StepRmXattr: "rmxattr",
-	objstore.StepAssertExists: "assert-exists", objstore.StepExec: "exec", objstore.StepRead: "read",
-	objstore.StepStat: "stat", objstore.StepGetOmapVals: "omap-get-vals",
-	objstore.StepGetOmapValsByKeys: "omap-get-vals-by-keys", objstore.StepGetXattr: "getxattr",
-	objstore.StepGetXattrs: "getxattrs",
-}
-
-// stepName names a step in errors, as the local backend does.
-func stepName(s *objstore.Step) string {
-	if s.Kind == objstore.StepExec {
-		return "exec " + s.Class + "." + s.Method
-	}
-	if n, ok := stepNames[s.Kind]; ok {
-		return n
-	}
-	return fmt.Sprintf("step %d", s.Kind)
 }

@@ -330,27 +330,6 @@ func stepErr(op, oid string, err error) error {
 	return &objstore.OpError{Op: op, OID: oid, Err: err}
 }
 
-var stepNames = map[objstore.StepKind]string{
-	objstore.StepCreate: "create", objstore.StepRemove: "remove", objstore.StepWrite: "write",
-	objstore.StepWriteFull: "writefull", objstore.StepAppend: "append", objstore.StepTruncate: "truncate",
-	objstore.StepZero: "zero", objstore.StepSetOmap: "omap-set", objstore.StepRmOmapKeys: "omap-rm-keys",
-	objstore.StepClearOmap: "omap-clear", objstore.StepSetXattr: "setxattr", objstore.StepRmXattr: "rmxattr",
-	objstore.StepAssertExists: "assert-exists", objstore.StepExec: "exec", objstore.StepRead: "read",
-	objstore.StepStat: "stat", objstore.StepGetOmapVals: "omap-get-vals",
-	objstore.StepGetOmapValsByKeys: "omap-get-vals-by-keys", objstore.StepGetXattr: "getxattr",
-	objstore.StepGetXattrs: "getxattrs",
-}
-
-func stepName(s *objstore.Step) string {
-	if s.Kind == objstore.StepExec {
-		return "exec " + s.Class + "." + s.Method
-	}
-	if n, ok := stepNames[s.Kind]; ok {
-		return n
-	}
-	return fmt.Sprintf("step %d", s.Kind)
-}
-
 // writeStep runs one step of a WriteOp.
 func (o *opCtx) writeStep(s *objstore.Step) error {
 	switch s.Kind {

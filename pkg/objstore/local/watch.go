@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -218,6 +220,14 @@ func (w *watch) deliver(n *objstore.Notification) bool {
 	return w.disp.Notify(n)
 }
 
+// watchList returns this client's registered watches, to act on without
+// holding watchMu (closing or losing one takes it again).
+func (c *Cluster) watchList() []*watch {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	return slices.Collect(maps.Values(c.watches))
+}
+
 // deliverLocal hands a notification to this client's watch cookie.
 func (c *Cluster) deliverLocal(cookie uint64, n *objstore.Notification) bool {
 	c.watchMu.Lock()
@@ -242,12 +252,7 @@ func (c *Cluster) maintain() {
 		if !bl && i%20 != 0 {
 			continue
 		}
-		c.watchMu.Lock()
-		ws := make([]*watch, 0, len(c.watches))
-		for _, w := range c.watches {
-			ws = append(ws, w)
-		}
-		c.watchMu.Unlock()
+		ws := c.watchList()
 		for _, w := range ws {
 			if bl {
 				w.lose(objstore.ErrBlocklisted)
