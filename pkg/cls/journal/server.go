@@ -104,6 +104,17 @@ func writeClient(ctx objstore.MethodContext, c Client) error {
 	return clsenc.WriteKey(ctx, clientKey(c.ID), c.Encode)
 }
 
+// updateClient stores registered client id (-ENOENT if it is not) as update
+// changes it.
+func updateClient(ctx objstore.MethodContext, id string, update func(*Client)) error {
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return err
+	}
+	update(&c)
+	return writeClient(ctx, c)
+}
+
 // create: input u8 order, u8 splay_width, s64 pool_id. -EEXIST if the header
 // has an order key.
 func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
@@ -151,60 +162,57 @@ var (
 	getNextTagTid = getValue(keyNextTagTid, clsenc.U64, (*cephenc.Encoder).U64)
 )
 
-// setMinimumSet: the minimum set may only move forward (-ESTALE) and never
-// past the active set (-EINVAL); setting the current value is a no-op.
-func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	set := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
+// setObjectSet returns set_minimum_set or set_active_set: the set stored
+// under key may only move forward (-ESTALE) and never past the other one,
+// stored under boundKey (-EINVAL); setting the current value is a no-op.
+// pastBound tells whether set is past the bound, which is told as relation
+// ("beyond", "before") in the error; name and boundName name the two sets.
+func setObjectSet(name, key, relation, boundName, boundKey string, pastBound func(set, bound uint64) bool) func(objstore.MethodContext, []byte) ([]byte, error) {
+	return func(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+		d := cephenc.NewDecoder(in)
+		set := d.U64()
+		if err := clsenc.BadInput(d.Err()); err != nil {
+			return nil, err
+		}
+		bound, err := readKey(ctx, boundKey, clsenc.U64)
+		if err != nil {
+			return nil, err
+		}
+		if pastBound(set, bound) {
+			return nil, fmt.Errorf("%s set %d %s %s set %d: %w", name, set, relation, boundName, bound, objstore.ErrInvalid)
+		}
+		cur, err := readKey(ctx, key, clsenc.U64)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case set == cur:
+			return nil, nil
+		case set < cur:
+			return nil, fmt.Errorf("%s set %d before current %d: %w", name, set, cur, objstore.ErrStale)
+		}
+		return nil, clsenc.WriteU64(ctx, key, set)
 	}
-	active, err := readKey(ctx, keyActiveSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	if active < set {
-		return nil, fmt.Errorf("minimum set %d beyond active set %d: %w", set, active, objstore.ErrInvalid)
-	}
-	cur, err := readKey(ctx, keyMinimumSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case set == cur:
-		return nil, nil
-	case set < cur:
-		return nil, fmt.Errorf("minimum set %d before current %d: %w", set, cur, objstore.ErrStale)
-	}
-	return nil, clsenc.WriteU64(ctx, keyMinimumSet, set)
 }
 
-// setActiveSet: the active set may only move forward (-ESTALE) and never
-// behind the minimum set (-EINVAL); setting the current value is a no-op.
-func setActiveSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	set := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
-	}
-	minimum, err := readKey(ctx, keyMinimumSet, clsenc.U64)
+var (
+	// setMinimumSet: never past the active set.
+	setMinimumSet = setObjectSet("minimum", keyMinimumSet, "beyond", "active", keyActiveSet,
+		func(set, active uint64) bool { return active < set })
+	// setActiveSet: never behind the minimum set.
+	setActiveSet = setObjectSet("active", keyActiveSet, "before", "minimum", keyMinimumSet,
+		func(set, minimum uint64) bool { return minimum > set })
+)
+
+// getEncoded returns the value stored under key, decoded with dec (-ENOENT
+// if missing, -EINVAL if undecodable) and encoded again: what get_client and
+// get_tag return.
+func getEncoded[T cephenc.Encodable](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) (T, error)) ([]byte, error) {
+	v, err := readKey(ctx, key, dec)
 	if err != nil {
 		return nil, err
 	}
-	if minimum > set {
-		return nil, fmt.Errorf("active set %d before minimum set %d: %w", set, minimum, objstore.ErrInvalid)
-	}
-	cur, err := readKey(ctx, keyActiveSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case set == cur:
-		return nil, nil
-	case set < cur:
-		return nil, fmt.Errorf("active set %d before current %d: %w", set, cur, objstore.ErrStale)
-	}
-	return nil, clsenc.WriteU64(ctx, keyActiveSet, set)
+	return cephenc.Marshal(v), nil
 }
 
 func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
@@ -213,11 +221,7 @@ func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(c.Encode), nil
+	return getEncoded(ctx, clientKey(id), decClient)
 }
 
 // clientRegister needs an existing journal (its order key: -ENOENT
@@ -314,12 +318,7 @@ func clientUpdateData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	c.Data = data
-	return nil, writeClient(ctx, c)
+	return nil, updateClient(ctx, id, func(c *Client) { c.Data = data })
 }
 
 // clientUpdateState stores any state value, as Ceph does.
@@ -329,12 +328,7 @@ func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	c.State = state
-	return nil, writeClient(ctx, c)
+	return nil, updateClient(ctx, id, func(c *Client) { c.State = state })
 }
 
 // clientUnregister removes the client (-ENOENT if not registered), then
@@ -403,11 +397,7 @@ func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	t, err := readKey(ctx, tagKey(tid), decTag)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(t.Encode), nil
+	return getEncoded(ctx, tagKey(tid), decTag)
 }
 
 // tagCreate: the tid must not exist (-EEXIST) and must be next_tag_tid
