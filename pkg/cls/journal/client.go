@@ -195,7 +195,7 @@ func ClientList(ctx context.Context, r Reader, oid string) ([]Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list journal clients: %w", err)
 		}
-		page, err := decodeClients(d)
+		page, err := cephenc.DecodeList[Client](d, structHeader)
 		if err != nil {
 			return nil, fmt.Errorf("list journal clients: %w", err)
 		}
@@ -250,7 +250,7 @@ func TagList(ctx context.Context, r Reader, oid, clientID string, tagClass *uint
 		if err != nil {
 			return nil, fmt.Errorf("list journal tags: %w", err)
 		}
-		page, err := decodeTags(d)
+		page, err := cephenc.DecodeList[Tag](d, structHeader)
 		if err != nil {
 			return nil, fmt.Errorf("list journal tags: %w", err)
 		}

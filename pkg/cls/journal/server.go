@@ -388,7 +388,7 @@ func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeClients(e, clients) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { cephenc.EncodeList(e, clients) }), nil
 }
 
 func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
@@ -622,7 +622,7 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		}
 	}
 	slices.SortFunc(tags, func(a, b Tag) int { return cmp.Compare(a.Tid, b.Tid) })
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeTags(e, tags) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { cephenc.EncodeList(e, tags) }), nil
 }
 
 // guardAppend: -EOVERFLOW once the data object holds soft_max_size bytes or
