@@ -102,12 +102,10 @@ type ResizeEvent struct {
 // DemotePromoteEvent marks a change of the image's primary.
 type DemotePromoteEvent struct{}
 
-// AioWriteSameEvent repeats Data over Length bytes at Offset. Decoded Data
-// aliases the decoder's input.
-type AioWriteSameEvent struct {
-	Offset, Length uint64
-	Data           []byte
-}
+// AioWriteSameEvent repeats Data over Length bytes at Offset. Its fields
+// and their encoding are AioWriteEvent's (as librbd's): decoded Data aliases
+// the decoder's input.
+type AioWriteSameEvent AioWriteEvent
 
 // AioCompareAndWriteEvent writes WriteData at Offset if the image holds
 // CmpData there. Decoded data aliases the decoder's input.
@@ -202,17 +200,9 @@ func (ev *ResizeEvent) decode(_ uint8, d *cephenc.Decoder) {
 func (DemotePromoteEvent) encode(*cephenc.Encoder)         {}
 func (*DemotePromoteEvent) decode(uint8, *cephenc.Decoder) {}
 
-func (ev AioWriteSameEvent) encode(e *cephenc.Encoder) {
-	e.U64(ev.Offset)
-	e.U64(ev.Length)
-	e.Bytes(ev.Data)
-}
+func (ev AioWriteSameEvent) encode(e *cephenc.Encoder) { AioWriteEvent(ev).encode(e) }
 
-func (ev *AioWriteSameEvent) decode(_ uint8, d *cephenc.Decoder) {
-	ev.Offset = d.U64()
-	ev.Length = d.U64()
-	ev.Data = d.Bytes()
-}
+func (ev *AioWriteSameEvent) decode(v uint8, d *cephenc.Decoder) { (*AioWriteEvent)(ev).decode(v, d) }
 
 func (ev AioCompareAndWriteEvent) encode(e *cephenc.Encoder) {
 	e.U64(ev.Offset)
