@@ -1,10 +1,12 @@
 // Package clsenc is what the Go object classes (cls/journal, cls/rbd,
 // cls/lock) share to read their inputs and to read and write their omap
 // values in Ceph's encoding through an objstore.MethodContext, with the
-// return codes Ceph's classes give when something does not decode.
+// return codes Ceph's classes give when something does not decode; and, on
+// the client side, how they call a class method that returns a result.
 package clsenc
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -58,4 +60,20 @@ func WriteKey(ctx objstore.MethodContext, key string, enc func(e *cephenc.Encode
 // WriteU64 sets omap key to the encoding of v.
 func WriteU64(ctx objstore.MethodContext, key string, v uint64) error {
 	return WriteKey(ctx, key, func(e *cephenc.Encoder) { e.U64(v) })
+}
+
+// Reader runs a compound read on one object; objstore.Pool is one.
+type Reader interface {
+	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
+}
+
+// Call runs class.method on object oid with input in, as the only step of a
+// read, and returns a Decoder of the method's output.
+func Call(ctx context.Context, r Reader, oid, class, method string, in []byte) (*cephenc.Decoder, error) {
+	var op objstore.ReadOp
+	res := op.Exec(class, method, in)
+	if err := r.Read(ctx, oid, &op); err != nil {
+		return nil, err
+	}
+	return cephenc.NewDecoder(res.Out()), nil
 }

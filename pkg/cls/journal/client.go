@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -13,9 +14,7 @@ import (
 const className = "journal"
 
 // Reader runs a compound read on one object; objstore.Pool is one.
-type Reader interface {
-	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
-}
+type Reader = clsenc.Reader
 
 func exec(op *objstore.WriteOp, method string, enc func(e *cephenc.Encoder)) {
 	op.Exec(className, method, cephenc.MarshalFunc(enc))
@@ -159,12 +158,7 @@ func GetMutableMetadata(ctx context.Context, r Reader, oid string) (minimumSet, 
 
 // readOne runs one read-only method and returns a decoder over its output.
 func readOne(ctx context.Context, r Reader, oid, method string, in []byte) (*cephenc.Decoder, error) {
-	var op objstore.ReadOp
-	res := op.Exec(className, method, in)
-	if err := r.Read(ctx, oid, &op); err != nil {
-		return nil, err
-	}
-	return cephenc.NewDecoder(res.Out()), nil
+	return clsenc.Call(ctx, r, oid, className, method, in)
 }
 
 // GetClient reads the registered client id (objstore.ErrNotFound if none).
