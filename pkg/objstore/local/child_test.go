@@ -362,24 +362,34 @@ func childCrashLoop(dir string, opts Options) error {
 // childTorn performs LOCAL_TEST_OPS acknowledged appends, then one more
 // whose process dies right after the log write (before fsync and apply).
 func childTorn(dir string, opts Options) error {
+	return childKilledInAppend(dir, opts, "torn", func(i int) (int, bool) { return 100 + i*37, i%2 == 0 }, 5000,
+		func(kill func()) { testHookAfterLogWrite = kill })
+}
+
+// childKilledInAppend performs LOCAL_TEST_OPS acknowledged appends to oid
+// (the i-th of chunk(i)'s size, with its omap update through a class method
+// if chunk says so), then arms a test hook with kill (arm) and makes one
+// more append of lastSize bytes, which the hook's SIGKILL interrupts.
+func childKilledInAppend(dir string, opts Options, oid string, chunk func(i int) (size int, viaClass bool), lastSize int, arm func(kill func())) error {
 	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
 	_, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	cw, err := newChunkWriter(ctx, p, []string{"torn"})
+	cw, err := newChunkWriter(ctx, p, []string{oid})
 	if err != nil {
 		return err
 	}
 	for i := 1; i <= n; i++ {
-		if err := cw.append(ctx, "torn", uint64(i), 100+i*37, i%2 == 0); err != nil {
+		size, viaClass := chunk(i)
+		if err := cw.append(ctx, oid, uint64(i), size, viaClass); err != nil {
 			return err
 		}
 		out("ack %d", i)
 	}
-	testHookAfterLogWrite = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-	cw.append(ctx, "torn", uint64(n+1), 5000, false)
+	arm(func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) })
+	cw.append(ctx, oid, uint64(n+1), lastSize, false)
 	return fmt.Errorf("still alive")
 }
 
@@ -522,23 +532,6 @@ func childVictim(dir string, opts Options) error {
 // childMidApply performs LOCAL_TEST_OPS acknowledged appends, then one more
 // whose process dies in the middle of applying it: data written, omap not.
 func childMidApply(dir string, opts Options) error {
-	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
-	_, p, err := openChild(dir, opts)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	cw, err := newChunkWriter(ctx, p, []string{"midapply"})
-	if err != nil {
-		return err
-	}
-	for i := 1; i <= n; i++ {
-		if err := cw.append(ctx, "midapply", uint64(i), 1000+i, false); err != nil {
-			return err
-		}
-		out("ack %d", i)
-	}
-	testHookBeforeMeta = func(*record) { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-	cw.append(ctx, "midapply", uint64(n+1), 4000, false)
-	return fmt.Errorf("still alive")
+	return childKilledInAppend(dir, opts, "midapply", func(i int) (int, bool) { return 1000 + i, false }, 4000,
+		func(kill func()) { testHookBeforeMeta = func(*record) { kill() } })
 }
