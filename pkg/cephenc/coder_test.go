@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 )
 
 // coded is a value of every kind a Coder codes, in a struct envelope.
@@ -102,10 +104,10 @@ func TestLists(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0] != l[0] || got[1] != l[1] {
 		t.Fatalf("decoded %v, %v; want %v", got, err, l)
 	}
-	if got, err := DecodeList[inner](NewDecoder(mustHex(t, "00000000")), 6); err != nil || got == nil || len(got) != 0 {
+	if got, err := DecodeList[inner](NewDecoder(cephenctest.Hex(t, "00000000")), 6); err != nil || got == nil || len(got) != 0 {
 		t.Errorf("empty list: %#v, %v", got, err)
 	}
-	if _, err := DecodeList[inner](NewDecoder(mustHex(t, "ffffffff")), 6); !errors.Is(err, ErrShortBuffer) {
+	if _, err := DecodeList[inner](NewDecoder(cephenctest.Hex(t, "ffffffff")), 6); !errors.Is(err, ErrShortBuffer) {
 		t.Errorf("huge count: %v, want ErrShortBuffer", err)
 	}
 	if _, err := DecodeList[inner](NewDecoder(e.Data()[:len(e.Data())-1]), 6); !errors.Is(err, ErrShortBuffer) {
