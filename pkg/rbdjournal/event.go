@@ -227,59 +227,41 @@ func (u *UnknownEvent) decode(_ uint8, d *cephenc.Decoder) {
 	}
 }
 
-// newEvent returns an empty event of type t for decoding into.
-func newEvent(t EventType) eventDecoder {
-	switch t {
-	case EventTypeAioDiscard:
-		return &AioDiscardEvent{}
-	case EventTypeAioWrite:
-		return &AioWriteEvent{}
-	case EventTypeAioFlush:
-		return &AioFlushEvent{}
-	case EventTypeOpFinish:
-		return &OpFinishEvent{}
-	case EventTypeResize:
-		return &ResizeEvent{}
-	case EventTypeDemotePromote:
-		return &DemotePromoteEvent{}
-	case EventTypeAioWriteSame:
-		return &AioWriteSameEvent{}
-	case EventTypeAioCompareAndWrite:
-		return &AioCompareAndWriteEvent{}
-	case EventTypeSnapCreate:
-		return &SnapCreateEvent{}
-	case EventTypeSnapRemove:
-		return &SnapRemoveEvent{}
-	}
-	return &UnknownEvent{EventType: t}
+// eventDecoders decode the events of the types this package knows: each
+// into an empty value of its type, which the entry then holds (a value, not
+// a pointer, so that callers switch on value types).
+var eventDecoders = map[EventType]func(v uint8, d *cephenc.Decoder) Event{
+	EventTypeAioDiscard:         decodeEvent[AioDiscardEvent],
+	EventTypeAioWrite:           decodeEvent[AioWriteEvent],
+	EventTypeAioFlush:           decodeEvent[AioFlushEvent],
+	EventTypeOpFinish:           decodeEvent[OpFinishEvent],
+	EventTypeResize:             decodeEvent[ResizeEvent],
+	EventTypeDemotePromote:      decodeEvent[DemotePromoteEvent],
+	EventTypeAioWriteSame:       decodeEvent[AioWriteSameEvent],
+	EventTypeAioCompareAndWrite: decodeEvent[AioCompareAndWriteEvent],
+	EventTypeSnapCreate:         decodeEvent[SnapCreateEvent],
+	EventTypeSnapRemove:         decodeEvent[SnapRemoveEvent],
 }
 
-// deref turns the pointer newEvent returned into the value callers switch on.
-func deref(ev eventDecoder) Event {
-	switch ev := ev.(type) {
-	case *AioDiscardEvent:
-		return *ev
-	case *AioWriteEvent:
-		return *ev
-	case *AioFlushEvent:
-		return *ev
-	case *OpFinishEvent:
-		return *ev
-	case *ResizeEvent:
-		return *ev
-	case *DemotePromoteEvent:
-		return *ev
-	case *AioWriteSameEvent:
-		return *ev
-	case *AioCompareAndWriteEvent:
-		return *ev
-	case *SnapCreateEvent:
-		return *ev
-	case *SnapRemoveEvent:
-		return *ev
-	case *UnknownEvent:
-		return *ev
+// decodeEventOfType decodes the fields of an event of type t, as an
+// UnknownEvent if this package does not know the type.
+func decodeEventOfType(t EventType, v uint8, d *cephenc.Decoder) Event {
+	if dec, ok := eventDecoders[t]; ok {
+		return dec(v, d)
 	}
+	u := UnknownEvent{EventType: t}
+	u.decode(v, d)
+	return u
+}
+
+// decodeEvent decodes an event of type T written in an entry of struct
+// version v.
+func decodeEvent[T Event, P interface {
+	*T
+	eventDecoder
+}](v uint8, d *cephenc.Decoder) Event {
+	var ev T
+	P(&ev).decode(v, d)
 	return ev
 }
 
@@ -318,9 +300,9 @@ func (ee EventEntry) Encode(e *cephenc.Encoder) {
 func (ee *EventEntry) Decode(d *cephenc.Decoder) error {
 	s := d.Start(1)
 	t := EventType(d.U32())
-	ev := newEvent(t)
+	var ev Event
 	if d.Err() == nil {
-		ev.decode(s.Version, d)
+		ev = decodeEventOfType(t, s.Version, d)
 	}
 	d.Finish(s)
 	ee.Timestamp = time.Time{}
@@ -332,7 +314,7 @@ func (ee *EventEntry) Decode(d *cephenc.Decoder) error {
 	if err := d.Err(); err != nil {
 		return fmt.Errorf("decode event entry (%v): %w", t, err)
 	}
-	ee.Event = deref(ev)
+	ee.Event = ev
 	return nil
 }
 
