@@ -77,3 +77,20 @@ func Call(ctx context.Context, r Reader, oid, class, method string, in []byte) (
 	}
 	return cephenc.NewDecoder(res.Out()), nil
 }
+
+// CallDecode runs class.method as Call does and decodes its output as a T.
+func CallDecode[T any, P interface {
+	*T
+	cephenc.Decodable
+}](ctx context.Context, r Reader, oid, class, method string, in []byte) (T, error) {
+	var v T
+	d, err := Call(ctx, r, oid, class, method, in)
+	if err == nil {
+		err = P(&v).Decode(d)
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}

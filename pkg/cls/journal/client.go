@@ -165,12 +165,8 @@ func readOne(ctx context.Context, r Reader, oid, method string, in []byte) (*cep
 func GetClient(ctx context.Context, r Reader, oid, id string) (Client, error) {
 	var e cephenc.Encoder
 	e.String(id)
-	d, err := readOne(ctx, r, oid, "get_client", e.Data())
+	c, err := clsenc.CallDecode[Client](ctx, r, oid, className, "get_client", e.Data())
 	if err != nil {
-		return Client{}, fmt.Errorf("get journal client %q: %w", id, err)
-	}
-	var c Client
-	if err := c.Decode(d); err != nil {
 		return Client{}, fmt.Errorf("get journal client %q: %w", id, err)
 	}
 	return c, nil
@@ -218,12 +214,8 @@ func GetNextTagTid(ctx context.Context, r Reader, oid string) (uint64, error) {
 func GetTag(ctx context.Context, r Reader, oid string, tid uint64) (Tag, error) {
 	var e cephenc.Encoder
 	e.U64(tid)
-	d, err := readOne(ctx, r, oid, "get_tag", e.Data())
+	t, err := clsenc.CallDecode[Tag](ctx, r, oid, className, "get_tag", e.Data())
 	if err != nil {
-		return Tag{}, fmt.Errorf("get journal tag %d: %w", tid, err)
-	}
-	var t Tag
-	if err := t.Decode(d); err != nil {
 		return Tag{}, fmt.Errorf("get journal tag %d: %w", tid, err)
 	}
 	return t, nil

@@ -75,12 +75,8 @@ func exec(op *objstore.WriteOp, method string, in cephenc.Encodable) {
 // As on Ceph, reading an exclusive-ephemeral lock whose holder expired fails
 // with EIO (the class would have to remove the object, which a read cannot).
 func GetLockInfo(ctx context.Context, r Reader, oid, name string) (LockInfo, error) {
-	d, err := clsenc.Call(ctx, r, oid, className, "get_info", cephenc.Marshal(GetInfoOp{Name: name}))
+	li, err := clsenc.CallDecode[LockInfo](ctx, r, oid, className, "get_info", cephenc.Marshal(GetInfoOp{Name: name}))
 	if err != nil {
-		return LockInfo{}, fmt.Errorf("get lock %q info: %w", name, err)
-	}
-	var li LockInfo
-	if err := li.Decode(d); err != nil {
 		return LockInfo{}, fmt.Errorf("get lock %q info: %w", name, err)
 	}
 	return li, nil
@@ -89,12 +85,8 @@ func GetLockInfo(ctx context.Context, r Reader, oid, name string) (LockInfo, err
 // ListLocks returns the names of the locks of object oid in byte order,
 // including locks that have no holder left.
 func ListLocks(ctx context.Context, r Reader, oid string) ([]string, error) {
-	d, err := clsenc.Call(ctx, r, oid, className, "list_locks", nil)
+	reply, err := clsenc.CallDecode[ListLocksReply](ctx, r, oid, className, "list_locks", nil)
 	if err != nil {
-		return nil, fmt.Errorf("list locks: %w", err)
-	}
-	var reply ListLocksReply
-	if err := reply.Decode(d); err != nil {
 		return nil, fmt.Errorf("list locks: %w", err)
 	}
 	return reply.Locks, nil
