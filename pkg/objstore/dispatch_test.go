@@ -143,6 +143,32 @@ func TestDispatcher(t *testing.T) {
 			close(release)
 			d.Wait(ctx) // must wait (not inside): returns once the call ended
 		}},
+		{"a loss is reported once and ends notifications; Stop reports the first call", func(t *testing.T, d *Dispatcher, r *recorder) {
+			if stopped, lost := d.State(); stopped || lost != nil {
+				t.Fatalf("new dispatcher: stopped %v, lost %v", stopped, lost)
+			}
+			gone := errors.New("gone")
+			if !d.Lost(gone) {
+				t.Fatal("first loss refused")
+			}
+			if d.Lost(errors.New("again")) || d.Notify(note("late")) {
+				t.Fatal("an event was queued after the loss")
+			}
+			waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 1 })
+			if stopped, lost := d.State(); stopped || lost != gone {
+				t.Fatalf("after the loss: stopped %v, lost %v", stopped, lost)
+			}
+			if !d.Stop() || d.Stop() {
+				t.Fatal("Stop does not report the first call alone")
+			}
+			if stopped, lost := d.State(); !stopped || lost != gone {
+				t.Fatalf("after Stop: stopped %v, lost %v", stopped, lost)
+			}
+			d.Wait(context.Background())
+			if len(r.calls) != 1 || r.calls[0] != "lost:gone" {
+				t.Fatalf("calls %v", r.calls)
+			}
+		}},
 		{"events after Stop are refused and queued ones dropped", func(t *testing.T, d *Dispatcher, r *recorder) {
 			entered, release := make(chan struct{}), make(chan struct{})
 			r.hook = func(_ context.Context, what string) {

@@ -114,10 +114,9 @@ type watch struct {
 	cookie  uint64
 	regPath string
 
-	mu     sync.Mutex
-	err    error // why the watch was lost; nil while established
-	closed bool
-	disp   *objstore.Dispatcher
+	// disp calls the handler, one event at a time, and keeps the state:
+	// lost (reported once), closed.
+	disp *objstore.Dispatcher
 }
 
 // Watch registers h for notifications sent to oid (ENOENT if oid does not exist).
@@ -166,13 +165,12 @@ func (w *watch) Cookie() uint64 { return w.cookie }
 
 // Check returns nil while the watch is established.
 func (w *watch) Check() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
+	closed, lost := w.disp.State()
+	if closed {
 		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: syscall.ENOTCONN}
 	}
-	if w.err != nil {
-		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: w.err}
+	if lost != nil {
+		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: lost}
 	}
 	return nil
 }
@@ -180,14 +178,9 @@ func (w *watch) Check() error {
 // Close unregisters the watch and waits for a running handler call (unless
 // ctx is that call's: Close from the watch's own handler).
 func (w *watch) Close(ctx context.Context) error {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	if !w.disp.Stop() {
 		return nil
 	}
-	w.closed = true
-	w.disp.Stop()
-	w.mu.Unlock()
 	os.Remove(w.regPath)
 	os.Remove(filepath.Dir(w.regPath)) // only if empty
 	w.c.watchMu.Lock()
@@ -199,24 +192,13 @@ func (w *watch) Close(ctx context.Context) error {
 
 // lose marks the watch lost and reports err to the handler once.
 func (w *watch) lose(err error) {
-	w.mu.Lock()
-	if w.closed || w.err != nil {
-		w.mu.Unlock()
-		return
+	if w.disp.Lost(err) {
+		os.Remove(w.regPath)
 	}
-	w.err = err
-	w.disp.Lost(err)
-	w.mu.Unlock()
-	os.Remove(w.regPath)
 }
 
 // deliver queues a notification; false if the watch is not established.
 func (w *watch) deliver(n *objstore.Notification) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.err != nil {
-		return false
-	}
 	return w.disp.Notify(n)
 }
 
