@@ -458,24 +458,37 @@ func (printHandler) HandleWatchError(_ context.Context, err error) {
 	out("watcherror %d", objstore.Errno(err))
 }
 
+// openWatching opens the child's client and watches oid (created if
+// missing) with a printHandler; the caller closes the client.
+func openWatching(dir string, opts Options, oid string) (*Cluster, objstore.Pool, objstore.Watch, error) {
+	c, p, err := openChild(dir, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx := context.Background()
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	err = p.Operate(ctx, oid, op)
+	var w objstore.Watch
+	if err == nil {
+		w, err = p.Watch(ctx, oid, printHandler{})
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, err
+	}
+	return c, p, w, nil
+}
+
 // childWatcher watches "watched" and obeys stdin commands: "notify" (notify
 // "watched" and print the acks), "quit".
 func childWatcher(dir string, opts Options) error {
-	c, p, err := openChild(dir, opts)
+	c, p, w, err := openWatching(dir, opts, "watched")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, "watched", op); err != nil {
-		return err
-	}
-	w, err := p.Watch(ctx, "watched", printHandler{})
-	if err != nil {
-		return err
-	}
 	out("ready %d %s %d", c.Client().ID, c.Client().Addr, w.Cookie())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -498,20 +511,12 @@ func childWatcher(dir string, opts Options) error {
 // until a write fails; it prints "ack <n>", then "writeerr <errno>", and
 // "watcherror <errno>" when its watch is lost.
 func childVictim(dir string, opts Options) error {
-	c, p, err := openChild(dir, opts)
+	c, p, _, err := openWatching(dir, opts, "victim")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, "victim", op); err != nil {
-		return err
-	}
-	if _, err := p.Watch(ctx, "victim", printHandler{}); err != nil {
-		return err
-	}
 	out("ready %s", c.Client().Addr)
 	for i := 1; ; i++ {
 		op := &objstore.WriteOp{}
