@@ -114,3 +114,21 @@ func TestLists(t *testing.T) {
 		t.Errorf("short element: %v, want ErrShortBuffer", err)
 	}
 }
+
+// TestRest: Rest reads what is left of the innermost struct, nil when
+// nothing is, and stops at the struct's end.
+func TestRest(t *testing.T) {
+	d := NewDecoder(cephenctest.Hex(t, "01 01 03000000 aa bbcc dd"))
+	s := d.Start(1)
+	d.U8()
+	if got := d.Rest(); !bytes.Equal(got, []byte{0xbb, 0xcc}) {
+		t.Errorf("rest of the struct %x, want bbcc", got)
+	}
+	if got := d.Rest(); got != nil {
+		t.Errorf("rest of a read struct %x, want nil", got)
+	}
+	d.Finish(s)
+	if got := d.Rest(); !bytes.Equal(got, []byte{0xdd}) || d.Err() != nil {
+		t.Errorf("rest of the input %x (%v), want dd", got, d.Err())
+	}
+}

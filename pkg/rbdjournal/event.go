@@ -220,12 +220,7 @@ func (ev *AioCompareAndWriteEvent) decode(_ uint8, d *cephenc.Decoder) {
 
 func (u UnknownEvent) encode(e *cephenc.Encoder) { e.Raw(u.Raw) }
 
-func (u *UnknownEvent) decode(_ uint8, d *cephenc.Decoder) {
-	u.Raw = d.Raw(d.Remaining())
-	if len(u.Raw) == 0 {
-		u.Raw = nil
-	}
-}
+func (u *UnknownEvent) decode(_ uint8, d *cephenc.Decoder) { u.Raw = d.Rest() }
 
 // eventDecoders decode the events of the types this package knows: each
 // into an empty value of its type, which the entry then holds (a value, not

@@ -18,6 +18,7 @@
 package rbdnotify
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
@@ -498,7 +499,7 @@ func (p *Sparsify) decode(_ uint8, d *cephenc.Decoder) {
 // writes the raw bytes back so that tests can build such messages.
 func (p Unknown) encode(e *cephenc.Encoder) { e.Raw(p.Data) }
 func (p *Unknown) decode(_ uint8, d *cephenc.Decoder) {
-	p.Data = append([]byte(nil), d.Raw(d.Remaining())...)
+	p.Data = bytes.Clone(d.Rest())
 }
 
 // payloadDecoders decode the payloads of the ops this package knows: each
