@@ -23,6 +23,13 @@ func BadInput(err error) error {
 	return nil
 }
 
+// Input decodes a method's input, a single value, with dec (U64, String,
+// ...); a failure is BadInput's -EINVAL.
+func Input[T any](in []byte, dec func(*cephenc.Decoder) (T, error)) (T, error) {
+	v, err := dec(cephenc.NewDecoder(in))
+	return v, BadInput(err)
+}
+
 // DecodeInput decodes a method's input into v; a failure is BadInput's
 // -EINVAL.
 func DecodeInput(in []byte, v cephenc.Decodable) error {

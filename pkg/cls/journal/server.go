@@ -169,9 +169,8 @@ var (
 // ("beyond", "before") in the error; name and boundName name the two sets.
 func setObjectSet(name, key, relation, boundName, boundKey string, pastBound func(set, bound uint64) bool) func(objstore.MethodContext, []byte) ([]byte, error) {
 	return func(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-		d := cephenc.NewDecoder(in)
-		set := d.U64()
-		if err := clsenc.BadInput(d.Err()); err != nil {
+		set, err := clsenc.Input(in, clsenc.U64)
+		if err != nil {
 			return nil, err
 		}
 		bound, err := readKey(ctx, boundKey, clsenc.U64)
@@ -216,9 +215,8 @@ func getEncoded[T cephenc.Encodable](ctx objstore.MethodContext, key string, dec
 }
 
 func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	id, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	return getEncoded(ctx, clientKey(id), decClient)
@@ -334,9 +332,8 @@ func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // clientUnregister removes the client (-ENOENT if not registered), then
 // expires the tags that only it still needed.
 func clientUnregister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	id, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	key := clientKey(id)
@@ -392,9 +389,8 @@ func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 }
 
 func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	tid := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	tid, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	return getEncoded(ctx, tagKey(tid), decTag)
@@ -628,9 +624,8 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // guardAppend: -EOVERFLOW once the data object holds soft_max_size bytes or
 // more. A missing object is empty.
 func guardAppend(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	softMax := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	softMax, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	size, err := ctx.Stat()

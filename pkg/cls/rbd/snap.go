@@ -297,17 +297,11 @@ func setOpFeatures(ctx objstore.MethodContext, opFeatures, mask uint64) error {
 	return ctx.OmapSet(kv)
 }
 
-func decSnapIDInput(in []byte) (uint64, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.U64()
-	return id, clsenc.BadInput(d.Err())
-}
-
 // readSnapInput reads the record of the snapshot a method's input (u64 snap
 // id) names, and its omap key: -EINVAL for an undecodable input, ENOENT if
 // there is no such snapshot.
 func readSnapInput(ctx objstore.MethodContext, in []byte) (string, SnapRecord, error) {
-	id, err := decSnapIDInput(in)
+	id, err := clsenc.Input(in, clsenc.U64)
 	if err != nil {
 		return "", SnapRecord{}, err
 	}
@@ -389,7 +383,7 @@ func snapshotGet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // getSnapshotName returns a snapshot's name. Input: u64 snap id.
 func getSnapshotName(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
+	id, err := clsenc.Input(in, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
