@@ -107,6 +107,19 @@ func (p *pool) objectExists(oid string) (bool, error) {
 	return err == nil, err
 }
 
+// checkWatched fails op on oid if this client is blocklisted or oid does
+// not exist (ENOENT): what watch, list-watchers and notify check first.
+func (p *pool) checkWatched(op, oid string) error {
+	if p.c.blocklisted() {
+		return blocklistedErr(op, oid)
+	}
+	ok, err := p.objectExists(oid)
+	if err == nil && !ok {
+		err = syscall.ENOENT
+	}
+	return stepErr(op, oid, err)
+}
+
 // watch is one registered watch of this client.
 type watch struct {
 	c       *Cluster
@@ -132,14 +145,8 @@ func (p *pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 	if err := ctx.Err(); err != nil {
 		return nil, &objstore.OpError{Op: "watch", OID: oid, Err: err}
 	}
-	if c.blocklisted() {
-		return nil, blocklistedErr("watch", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return nil, stepErr("watch", oid, err)
+	if err := p.checkWatched("watch", oid); err != nil {
+		return nil, err
 	}
 	w := &watch{c: c, oid: oid, cookie: c.nextCookie.Add(1)}
 	reg := watchReg{clientID: c.client.ID, nonce: c.nonce, cookie: w.cookie}
@@ -252,14 +259,8 @@ func (p *pool) ListWatchers(ctx context.Context, oid string) ([]objstore.Watcher
 		return nil, &objstore.OpError{Op: "list-watchers", OID: oid, Err: err}
 	}
 	defer c.exit()
-	if c.blocklisted() {
-		return nil, blocklistedErr("list-watchers", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return nil, stepErr("list-watchers", oid, err)
+	if err := p.checkWatched("list-watchers", oid); err != nil {
+		return nil, err
 	}
 	regs, err := p.readWatchRegs(oid)
 	if err != nil {
@@ -298,14 +299,8 @@ func (p *pool) Notify(ctx context.Context, oid string, payload []byte, timeout t
 		return res, &objstore.OpError{Op: "notify", OID: oid, Err: err}
 	}
 	defer c.exit()
-	if c.blocklisted() {
-		return res, blocklistedErr("notify", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return res, stepErr("notify", oid, err)
+	if err := p.checkWatched("notify", oid); err != nil {
+		return res, err
 	}
 	if timeout <= 0 {
 		timeout = c.opts.DefaultNotifyTimeout
