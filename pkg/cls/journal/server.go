@@ -203,24 +203,28 @@ var (
 		func(set, minimum uint64) bool { return minimum > set })
 )
 
-// getEncoded returns the value stored under key, decoded with dec (-ENOENT
-// if missing, -EINVAL if undecodable) and encoded again: what get_client and
-// get_tag return.
-func getEncoded[T cephenc.Encodable](ctx objstore.MethodContext, key string, dec func(*cephenc.Decoder) (T, error)) ([]byte, error) {
-	v, err := readKey(ctx, key, dec)
-	if err != nil {
-		return nil, err
+// getKeyed returns a method whose input, decoded with in (-EINVAL if it
+// does not decode), names through key the omap key of the value it returns:
+// the value decoded with dec (-ENOENT if missing, -EINVAL if undecodable)
+// and encoded again. get_client and get_tag are such methods.
+func getKeyed[K any, T cephenc.Encodable](in func(*cephenc.Decoder) (K, error), key func(K) string, dec func(*cephenc.Decoder) (T, error)) func(objstore.MethodContext, []byte) ([]byte, error) {
+	return func(ctx objstore.MethodContext, input []byte) ([]byte, error) {
+		k, err := clsenc.Input(input, in)
+		if err != nil {
+			return nil, err
+		}
+		v, err := readKey(ctx, key(k), dec)
+		if err != nil {
+			return nil, err
+		}
+		return cephenc.Marshal(v), nil
 	}
-	return cephenc.Marshal(v), nil
 }
 
-func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := clsenc.Input(in, clsenc.String)
-	if err != nil {
-		return nil, err
-	}
-	return getEncoded(ctx, clientKey(id), decClient)
-}
+var (
+	getClient = getKeyed(clsenc.String, clientKey, decClient)
+	getTag    = getKeyed(clsenc.U64, tagKey, decTag)
+)
 
 // clientRegister needs an existing journal (its order key: -ENOENT
 // otherwise) and a new id (-EEXIST). The client starts at the oldest commit
@@ -386,14 +390,6 @@ func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		return nil, err
 	}
 	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { cephenc.EncodeList(e, clients) }), nil
-}
-
-func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	tid, err := clsenc.Input(in, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	return getEncoded(ctx, tagKey(tid), decTag)
 }
 
 // tagCreate: the tid must not exist (-EEXIST) and must be next_tag_tid
