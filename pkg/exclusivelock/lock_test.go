@@ -20,6 +20,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 const oid = "rbd_header.1234abcd"
@@ -79,18 +80,6 @@ func (s *spy) find(op rbdnotify.Op) []rbdnotify.Payload {
 		}
 	}
 	return out
-}
-
-// waitFor polls until cond holds or fails the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func watchSpy(t *testing.T, p objstore.Pool) *spy {
@@ -182,7 +171,7 @@ func TestAcquireRelease(t *testing.T) {
 	if c := cookieOnDisk(t, p); c != "auto "+strconv.FormatUint(id.Handle, 10) || c != l.Cookie() {
 		t.Fatalf("cookie %q, lock says %q, handle %d", c, l.Cookie(), id.Handle)
 	}
-	waitFor(t, 2*time.Second, "AcquiredLock", func() bool { return len(s.find(rbdnotify.OpAcquiredLock)) == 1 })
+	testwait.For(t, 2*time.Second, "AcquiredLock", func() bool { return len(s.find(rbdnotify.OpAcquiredLock)) == 1 })
 	if got := s.find(rbdnotify.OpAcquiredLock)[0]; got != (rbdnotify.AcquiredLock{Client: id}) {
 		t.Fatalf("announced %#v, want client %v", got, id)
 	}
@@ -440,7 +429,7 @@ func TestRewatch(t *testing.T) {
 	l := acquire(t, p, exclusivelock.Options{OnHeaderUpdate: func() { updates.Add(1) }})
 	oldID, oldCookie, seq := l.ClientID(), l.Cookie(), l.UpdateSeq()
 	removeWatchRegistration(t, dir, oldID.GID, oldID.Handle)
-	waitFor(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != oldCookie })
+	testwait.For(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != oldCookie })
 	newID := l.ClientID()
 	if newID.Handle == oldID.Handle || l.Cookie() != "auto "+strconv.FormatUint(newID.Handle, 10) {
 		t.Fatalf("after re-watch: id %v cookie %q", newID, l.Cookie())
@@ -485,7 +474,7 @@ func TestRewatchAfterBreakLosesLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	removeWatchRegistration(t, dir, id.GID, id.Handle)
-	waitFor(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
+	testwait.For(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
 	if !errors.Is(l.Err(), exclusivelock.ErrLost) {
 		t.Fatalf("err %v", l.Err())
 	}
@@ -499,7 +488,7 @@ func TestFencedOwnerLosesLock(t *testing.T) {
 	if err := c2.Blocklist(context.Background(), p.Client().Addr, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
+	testwait.For(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
 	if !errors.Is(l.Err(), exclusivelock.ErrLost) || !errors.Is(l.Err(), objstore.ErrBlocklisted) {
 		t.Fatalf("err %v", l.Err())
 	}
@@ -534,7 +523,7 @@ func TestProxiedResize(t *testing.T) {
 		}
 	}
 	close(release)
-	waitFor(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
+	testwait.For(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
 	if got := s.find(rbdnotify.OpAsyncComplete)[0]; got != (rbdnotify.AsyncComplete{Request: req, Result: 0}) {
 		t.Fatalf("completion %#v", got)
 	}
@@ -543,7 +532,7 @@ func TestProxiedResize(t *testing.T) {
 	}
 	req.RequestID++
 	notify(t, p2, rbdnotify.Resize{Request: req, Size: 4096})
-	waitFor(t, 5*time.Second, "the second AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 2 })
+	testwait.For(t, 5*time.Second, "the second AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 2 })
 	if got := s.find(rbdnotify.OpAsyncComplete)[1]; got != (rbdnotify.AsyncComplete{Request: req, Result: -int32(syscall.EBUSY)}) {
 		t.Fatalf("completion %#v", got)
 	}
