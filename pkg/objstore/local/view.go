@@ -330,6 +330,23 @@ func stepErr(op, oid string, err error) error {
 	return &objstore.OpError{Op: op, OID: oid, Err: err}
 }
 
+// changeMeta applies change to the object's omap and xattrs (made
+// mutable first): a step that sets creates a missing object (create), one
+// that removes fails with ENOENT on it.
+func (o *opCtx) changeMeta(create bool, change func(m *objMeta)) error {
+	if create {
+		o.ensureExists()
+	} else if !o.st.exists {
+		return syscall.ENOENT
+	}
+	m, err := o.mutableMeta()
+	if err != nil {
+		return err
+	}
+	change(m)
+	return nil
+}
+
 // writeStep runs one step of a WriteOp.
 func (o *opCtx) writeStep(s *objstore.Step) error {
 	switch s.Kind {
@@ -349,63 +366,33 @@ func (o *opCtx) writeStep(s *objstore.Step) error {
 	case objstore.StepZero:
 		return o.zero(s.Off, s.Len)
 	case objstore.StepSetOmap:
-		o.ensureExists()
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		keys := make([]string, 0, len(s.Omap))
-		for k := range s.Omap {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			m.set(k, s.Omap[k])
-		}
-		return nil
+		return o.changeMeta(true, func(m *objMeta) {
+			keys := make([]string, 0, len(s.Omap))
+			for k := range s.Omap {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				m.set(k, s.Omap[k])
+			}
+		})
 	case objstore.StepRmOmapKeys:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		for _, k := range s.Keys {
-			m.remove(k)
-		}
-		return nil
+		return o.changeMeta(false, func(m *objMeta) {
+			for _, k := range s.Keys {
+				m.remove(k)
+			}
+		})
 	case objstore.StepClearOmap:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		m.omap = nil
-		return nil
+		return o.changeMeta(false, func(m *objMeta) { m.omap = nil })
 	case objstore.StepSetXattr:
-		o.ensureExists()
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		if m.xattrs == nil {
-			m.xattrs = map[string][]byte{}
-		}
-		m.xattrs[s.Name] = append([]byte{}, s.Data...)
-		return nil
+		return o.changeMeta(true, func(m *objMeta) {
+			if m.xattrs == nil {
+				m.xattrs = map[string][]byte{}
+			}
+			m.xattrs[s.Name] = append([]byte{}, s.Data...)
+		})
 	case objstore.StepRmXattr:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		delete(m.xattrs, s.Name)
-		return nil
+		return o.changeMeta(false, func(m *objMeta) { delete(m.xattrs, s.Name) })
 	case objstore.StepAssertExists:
 		if !o.st.exists {
 			return syscall.ENOENT
