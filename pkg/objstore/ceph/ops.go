@@ -54,10 +54,10 @@ func errnoOf(ret C.int) error {
 // writeOp is a write operation built in C++ memory: building copies the
 // caller's data, so it is safe to run after the caller has returned.
 type writeOp struct {
-	p      *C.csi_wop
-	snapc  objstore.SnapContext // copied: the caller's slice may change
-	name   string               // how an error names the operation
-	cnames []*C.char
+	p     *C.csi_wop
+	snapc objstore.SnapContext // copied: the caller's slice may change
+	name  string               // how an error names the operation
+	cnames
 }
 
 // buildWriteOp translates op into a librados write operation.
@@ -87,10 +87,23 @@ func buildWriteOp(op *objstore.WriteOp) (*writeOp, error) {
 	return w, nil
 }
 
-func (w *writeOp) cstring(s string) *C.char {
+// cnames are the C strings an operation passes to librados, owned by the
+// operation until it is freed.
+type cnames []*C.char
+
+// cstring returns s as a C string that lives until free.
+func (n *cnames) cstring(s string) *C.char {
 	c := C.CString(s)
-	w.cnames = append(w.cnames, c)
+	*n = append(*n, c)
 	return c
+}
+
+// free releases the strings.
+func (n *cnames) free() {
+	for _, c := range *n {
+		C.free(unsafe.Pointer(c))
+	}
+	*n = nil
 }
 
 func (w *writeOp) add(s *objstore.Step) error {
@@ -158,20 +171,18 @@ func (w *writeOp) operate(io *C.csi_ioctx, oid string) error {
 
 func (w *writeOp) free() {
 	C.csi_wop_free(w.p)
-	for _, c := range w.cnames {
-		C.free(unsafe.Pointer(c))
-	}
-	w.p, w.cnames = nil, nil
+	w.cnames.free()
+	w.p = nil
 }
 
 // readOp is a read operation built in C++ memory. Its results are decoded
 // into Go values by collect, which the caller's goroutine then stores into
 // the steps (apply), so a caller that gave up never sees a late write.
 type readOp struct {
-	p       *C.csi_rop
-	snap    uint64 // 0: the head
-	steps   []*objstore.Step
-	cnames  []*C.char
+	p     *C.csi_rop
+	snap  uint64 // 0: the head
+	steps []*objstore.Step
+	cnames
 	results []any
 }
 
@@ -188,12 +199,6 @@ func buildReadOp(op *objstore.ReadOp) (*readOp, error) {
 		}
 	}
 	return r, nil
-}
-
-func (r *readOp) cstring(s string) *C.char {
-	c := C.CString(s)
-	r.cnames = append(r.cnames, c)
-	return c
 }
 
 func (r *readOp) add(i C.size_t, s *objstore.Step) error {
@@ -302,10 +307,8 @@ func (r *readOp) apply() {
 
 func (r *readOp) free() {
 	C.csi_rop_free(r.p)
-	for _, c := range r.cnames {
-		C.free(unsafe.Pointer(c))
-	}
-	r.p, r.cnames = nil, nil
+	r.cnames.free()
+	r.p = nil
 }
 
 var errShortResult = fmt.Errorf("%w: malformed result from librados shim", syscall.EIO)
