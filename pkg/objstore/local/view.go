@@ -556,11 +556,17 @@ func (m *methodCtx) WriteFull(data []byte) error {
 	return m.o.writeFull(append([]byte{}, data...))
 }
 
-func (m *methodCtx) OmapGet(key string) ([]byte, error) {
+// existingMeta returns the object's omap and xattrs for a method to read:
+// ENOENT if the object does not exist.
+func (m *methodCtx) existingMeta() (*objMeta, error) {
 	if !m.o.st.exists {
 		return nil, syscall.ENOENT
 	}
-	meta, err := m.o.st.loadMeta()
+	return m.o.st.loadMeta()
+}
+
+func (m *methodCtx) OmapGet(key string) ([]byte, error) {
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}
@@ -572,10 +578,7 @@ func (m *methodCtx) OmapGet(key string) ([]byte, error) {
 }
 
 func (m *methodCtx) OmapList(startAfter, prefix string, max int) (objstore.OmapPage, error) {
-	if !m.o.st.exists {
-		return objstore.OmapPage{}, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return objstore.OmapPage{}, err
 	}
@@ -597,10 +600,7 @@ func (m *methodCtx) OmapRemove(key string) error {
 }
 
 func (m *methodCtx) GetXattr(name string) ([]byte, error) {
-	if !m.o.st.exists {
-		return nil, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}
@@ -612,10 +612,7 @@ func (m *methodCtx) GetXattr(name string) ([]byte, error) {
 }
 
 func (m *methodCtx) GetXattrs() (map[string][]byte, error) {
-	if !m.o.st.exists {
-		return nil, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}
