@@ -82,6 +82,15 @@ func (s *spy) find(op rbdnotify.Op) []rbdnotify.Payload {
 	return out
 }
 
+// headerWithSpy prepares an image header with a client p to lock it and
+// a second client p2 of the same store whose spy s watches the header.
+func headerWithSpy(t *testing.T) (p, p2 objstore.Pool, s *spy) {
+	t.Helper()
+	dir, _, p := newHeader(t)
+	_, p2 = client(t, dir)
+	return p, p2, watchSpy(t, p2)
+}
+
 func watchSpy(t *testing.T, p objstore.Pool) *spy {
 	t.Helper()
 	s := &spy{}
@@ -153,9 +162,7 @@ func replyOf(t *testing.T, replies map[objstore.WatcherInfo][]byte, id rbdnotify
 // TestAcquireRelease: the lock is librbd's (tag, cookie naming the watch
 // handle), announced with AcquiredLock and ReleasedLock.
 func TestAcquireRelease(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, _, s := headerWithSpy(t)
 	l, err := exclusivelock.Acquire(context.Background(), p, oid, exclusivelock.Options{Description: "node a"})
 	if err != nil {
 		t.Fatal(err)
@@ -193,9 +200,7 @@ func TestAcquireRelease(t *testing.T) {
 // header updates, refuses maintenance and unknown ops with -EOPNOTSUPP;
 // a watcher that does not own the lock acknowledges empty.
 func TestOwnerAnswers(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	var updates atomic.Int32
 	l := acquire(t, p, exclusivelock.Options{OnHeaderUpdate: func() { updates.Add(1) }})
 	owner := l.ClientID()
@@ -501,9 +506,7 @@ func TestFencedOwnerLosesLock(t *testing.T) {
 // owner (ResponseMessage 0), performed once even if repeated, and its
 // result announced with AsyncComplete; a failure carries its errno.
 func TestProxiedResize(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	var calls atomic.Int32
 	release := make(chan struct{})
 	l := acquire(t, p, exclusivelock.Options{Resize: func(ctx context.Context, size uint64, allowShrink bool) error {

@@ -20,9 +20,7 @@ import (
 // and a SnapRemove (Pacific has no id for it) are answered with the
 // result once done; the namespace reaches the handler.
 func TestProxiedSnapshots(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	type call struct {
 		op   string
 		ns   rbdnotify.SnapshotNamespace
