@@ -13,6 +13,10 @@
 //	p.TagTid = d.U64()
 //	d.Finish(s)
 //	return d.Err()
+//
+// A type whose encoding is a plain list of fields writes that list once, for
+// a Coder, which runs it in either direction (Ceph's DENC); EncodeList and
+// DecodeList write and read containers of such values.
 package cephenc
 
 import (

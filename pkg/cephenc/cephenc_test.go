@@ -7,16 +7,9 @@ import (
 	"math"
 	"runtime"
 	"testing"
-)
 
-func mustHex(t testing.TB, s string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
+)
 
 func TestEncoderPrimitives(t *testing.T) {
 	tests := []struct {
@@ -71,7 +64,7 @@ func TestNewEncoderAppends(t *testing.T) {
 }
 
 func TestDecoderPrimitives(t *testing.T) {
-	d := NewDecoder(mustHex(t, "18"+"0201"+"04030201"+"0200000000000000"+"fbffffff"+
+	d := NewDecoder(cephenctest.Hex(t, "18"+"0201"+"04030201"+"0200000000000000"+"fbffffff"+
 		"ffffffffffffffff"+"02"+"00"+"020000006162"+"01000000aa"+"00000000"+"0102"))
 	if v := d.U8(); v != 0x18 {
 		t.Errorf("U8 = %#x", v)
@@ -143,7 +136,7 @@ func TestDecoderErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := NewDecoder(mustHex(t, tt.in))
+			d := NewDecoder(cephenctest.Hex(t, tt.in))
 			tt.dec(d)
 			if !errors.Is(d.Err(), tt.want) {
 				t.Fatalf("err = %v, want %v", d.Err(), tt.want)

@@ -125,6 +125,16 @@ func (d *Decoder) lenPrefixed(what string) []byte {
 // Raw reads n bytes without a length prefix. The result aliases the input.
 func (d *Decoder) Raw(n int) []byte { return d.take(n, "raw bytes") }
 
+// Rest reads what is left of the innermost open struct (or of the input)
+// as is: the fields of a type the caller does not know. The result aliases
+// the input; it is nil when nothing is left.
+func (d *Decoder) Rest() []byte {
+	if b := d.Raw(d.Remaining()); len(b) > 0 {
+		return b
+	}
+	return nil
+}
+
 // Count reads the u32 element count of a container (list, set, map) whose
 // elements each take at least minSize bytes. It fails with ErrShortBuffer if
 // the remaining input cannot hold that many elements, so the count can size

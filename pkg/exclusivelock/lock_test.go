@@ -20,6 +20,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 const oid = "rbd_header.1234abcd"
@@ -81,16 +82,13 @@ func (s *spy) find(op rbdnotify.Op) []rbdnotify.Payload {
 	return out
 }
 
-// waitFor polls until cond holds or fails the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+// headerWithSpy prepares an image header with a client p to lock it and
+// a second client p2 of the same store whose spy s watches the header.
+func headerWithSpy(t *testing.T) (p, p2 objstore.Pool, s *spy) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	dir, _, p := newHeader(t)
+	_, p2 = client(t, dir)
+	return p, p2, watchSpy(t, p2)
 }
 
 func watchSpy(t *testing.T, p objstore.Pool) *spy {
@@ -164,9 +162,7 @@ func replyOf(t *testing.T, replies map[objstore.WatcherInfo][]byte, id rbdnotify
 // TestAcquireRelease: the lock is librbd's (tag, cookie naming the watch
 // handle), announced with AcquiredLock and ReleasedLock.
 func TestAcquireRelease(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, _, s := headerWithSpy(t)
 	l, err := exclusivelock.Acquire(context.Background(), p, oid, exclusivelock.Options{Description: "node a"})
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +178,7 @@ func TestAcquireRelease(t *testing.T) {
 	if c := cookieOnDisk(t, p); c != "auto "+strconv.FormatUint(id.Handle, 10) || c != l.Cookie() {
 		t.Fatalf("cookie %q, lock says %q, handle %d", c, l.Cookie(), id.Handle)
 	}
-	waitFor(t, 2*time.Second, "AcquiredLock", func() bool { return len(s.find(rbdnotify.OpAcquiredLock)) == 1 })
+	testwait.For(t, 2*time.Second, "AcquiredLock", func() bool { return len(s.find(rbdnotify.OpAcquiredLock)) == 1 })
 	if got := s.find(rbdnotify.OpAcquiredLock)[0]; got != (rbdnotify.AcquiredLock{Client: id}) {
 		t.Fatalf("announced %#v, want client %v", got, id)
 	}
@@ -204,9 +200,7 @@ func TestAcquireRelease(t *testing.T) {
 // header updates, refuses maintenance and unknown ops with -EOPNOTSUPP;
 // a watcher that does not own the lock acknowledges empty.
 func TestOwnerAnswers(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	var updates atomic.Int32
 	l := acquire(t, p, exclusivelock.Options{OnHeaderUpdate: func() { updates.Add(1) }})
 	owner := l.ClientID()
@@ -440,7 +434,7 @@ func TestRewatch(t *testing.T) {
 	l := acquire(t, p, exclusivelock.Options{OnHeaderUpdate: func() { updates.Add(1) }})
 	oldID, oldCookie, seq := l.ClientID(), l.Cookie(), l.UpdateSeq()
 	removeWatchRegistration(t, dir, oldID.GID, oldID.Handle)
-	waitFor(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != oldCookie })
+	testwait.For(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != oldCookie })
 	newID := l.ClientID()
 	if newID.Handle == oldID.Handle || l.Cookie() != "auto "+strconv.FormatUint(newID.Handle, 10) {
 		t.Fatalf("after re-watch: id %v cookie %q", newID, l.Cookie())
@@ -485,7 +479,7 @@ func TestRewatchAfterBreakLosesLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	removeWatchRegistration(t, dir, id.GID, id.Handle)
-	waitFor(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
+	testwait.For(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
 	if !errors.Is(l.Err(), exclusivelock.ErrLost) {
 		t.Fatalf("err %v", l.Err())
 	}
@@ -499,7 +493,7 @@ func TestFencedOwnerLosesLock(t *testing.T) {
 	if err := c2.Blocklist(context.Background(), p.Client().Addr, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
+	testwait.For(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
 	if !errors.Is(l.Err(), exclusivelock.ErrLost) || !errors.Is(l.Err(), objstore.ErrBlocklisted) {
 		t.Fatalf("err %v", l.Err())
 	}
@@ -512,9 +506,7 @@ func TestFencedOwnerLosesLock(t *testing.T) {
 // owner (ResponseMessage 0), performed once even if repeated, and its
 // result announced with AsyncComplete; a failure carries its errno.
 func TestProxiedResize(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	var calls atomic.Int32
 	release := make(chan struct{})
 	l := acquire(t, p, exclusivelock.Options{Resize: func(ctx context.Context, size uint64, allowShrink bool) error {
@@ -534,7 +526,7 @@ func TestProxiedResize(t *testing.T) {
 		}
 	}
 	close(release)
-	waitFor(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
+	testwait.For(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
 	if got := s.find(rbdnotify.OpAsyncComplete)[0]; got != (rbdnotify.AsyncComplete{Request: req, Result: 0}) {
 		t.Fatalf("completion %#v", got)
 	}
@@ -543,7 +535,7 @@ func TestProxiedResize(t *testing.T) {
 	}
 	req.RequestID++
 	notify(t, p2, rbdnotify.Resize{Request: req, Size: 4096})
-	waitFor(t, 5*time.Second, "the second AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 2 })
+	testwait.For(t, 5*time.Second, "the second AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 2 })
 	if got := s.find(rbdnotify.OpAsyncComplete)[1]; got != (rbdnotify.AsyncComplete{Request: req, Result: -int32(syscall.EBUSY)}) {
 		t.Fatalf("completion %#v", got)
 	}

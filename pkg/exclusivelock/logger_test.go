@@ -7,6 +7,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/logtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // TestLoggerFromAcquireContext checks that the lock logs with the logger of
@@ -22,6 +23,6 @@ func TestLoggerFromAcquireContext(t *testing.T) {
 	defer l.Release(context.Background())
 	id, cookie := l.ClientID(), l.Cookie()
 	removeWatchRegistration(t, dir, id.GID, id.Handle)
-	waitFor(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != cookie })
+	testwait.For(t, 5*time.Second, "the cookie to move", func() bool { return l.Cookie() != cookie })
 	logs.CheckOnce(t, "volumeID", "vol-1", "Image lock acquired", "Image header watch lost", "Image header watch re-registered")
 }

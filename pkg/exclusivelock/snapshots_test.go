@@ -11,6 +11,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // TestProxiedSnapshots: the owner answers snapshot requests as librbd's
@@ -19,9 +20,7 @@ import (
 // and a SnapRemove (Pacific has no id for it) are answered with the
 // result once done; the namespace reaches the handler.
 func TestProxiedSnapshots(t *testing.T) {
-	dir, _, p := newHeader(t)
-	_, p2 := client(t, dir)
-	s := watchSpy(t, p2)
+	p, p2, s := headerWithSpy(t)
 	type call struct {
 		op   string
 		ns   rbdnotify.SnapshotNamespace
@@ -53,7 +52,7 @@ func TestProxiedSnapshots(t *testing.T) {
 	if !answered || r.Result != 0 {
 		t.Fatalf("snap create accepted? %v %d", answered, r.Result)
 	}
-	waitFor(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
+	testwait.For(t, 5*time.Second, "AsyncComplete", func() bool { return len(s.find(rbdnotify.OpAsyncComplete)) == 1 })
 	if got := s.find(rbdnotify.OpAsyncComplete)[0]; got != (rbdnotify.AsyncComplete{Request: req, Result: 0}) {
 		t.Fatalf("completion %#v", got)
 	}

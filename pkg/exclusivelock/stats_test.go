@@ -10,6 +10,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // TestStats: the state and the takeover and fencing counters follow what
@@ -80,7 +81,7 @@ func TestStats(t *testing.T) {
 				if err := other.Blocklist(ctx, c2.p.Client().Addr, time.Hour); err != nil {
 					t.Fatal(err)
 				}
-				waitFor(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
+				testwait.For(t, 5*time.Second, "the lock to be lost", func() bool { return l.Err() != nil })
 			},
 			state: exclusivelock.StateLost,
 		},

@@ -13,6 +13,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -119,17 +120,6 @@ func sampleCount(m *dto.Metric) uint64 {
 		return 0
 	}
 	return m.Histogram.GetSampleCount()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestNodeCollector writes through a real device on the local backend and
@@ -243,7 +233,7 @@ func testNodeCollector(t *testing.T, newPool func(*testing.T) objstore.Pool) {
 
 			// Everything applied and committed: our lag returns to 0, the
 			// peer (which commits nothing) is behind by every entry.
-			waitFor(t, "own lag 0 and every change applied", func() bool {
+			testwait.For(t, 15*time.Second, "own lag 0 and every change applied", func() bool {
 				m := gather(t, n, "csi_rbdj_volume_journal_lag_entries")
 				b := gather(t, n, "csi_rbdj_volume_journal_lag_bytes")
 				own := "client=,own=true," + vol
@@ -334,7 +324,7 @@ func TestNodeCollectorFenced(t *testing.T) {
 	if err := other.Blocklist(context.Background(), pool.Client().Addr, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "state failed and lock lost", func() bool {
+	testwait.For(t, 15*time.Second, "state failed and lock lost", func() bool {
 		return value(gather(t, n, "csi_rbdj_volume_state")["state=failed,"+vol]) == 1 &&
 			value(gather(t, n, "csi_rbdj_volume_state")["state=serving,"+vol]) == 0 &&
 			value(gather(t, n, "csi_rbdj_volume_lock_state")["state=lost,"+vol]) == 1
@@ -389,7 +379,7 @@ func TestNodeCollectorTakeover(t *testing.T) {
 	// The fenced first node's device fails.
 	n1 := NewNode()
 	n1.Served("first", dev1)
-	waitFor(t, "the fenced device to fail", func() bool {
+	testwait.For(t, 15*time.Second, "the fenced device to fail", func() bool {
 		return value(gather(t, n1, "csi_rbdj_volume_state")["state=failed,volume_id=first"]) == 1
 	})
 }

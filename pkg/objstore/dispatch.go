@@ -8,7 +8,9 @@ import (
 // Dispatcher is the part of a watch that backends share: it calls the
 // watch's handler for queued events one at a time, from a goroutine it owns,
 // so that the backend's own callback thread (librados', a socket reader)
-// only queues and never waits for a handler.
+// only queues and never waits for a handler. It also keeps the watch's
+// state: established, lost (reported to the handler once, after which no
+// notification is delivered) or closed (stopped).
 //
 // Each handler call gets a context that carries a token of that call.
 // Watch.Close passes its context to Wait, which therefore knows without
@@ -24,6 +26,7 @@ type Dispatcher struct {
 	mu      sync.Mutex
 	queue   []func(ctx context.Context)
 	stopped bool
+	lost    error          // the loss reported, if any
 	current *dispatchToken // the running handler call, if any
 
 	kick chan struct{}
@@ -51,22 +54,37 @@ func NewDispatcher(ctx context.Context, h WatchHandler, onExit func()) *Dispatch
 	return d
 }
 
-// Notify queues a HandleNotify call; false if the dispatcher was stopped.
+// Notify queues a HandleNotify call; false if the dispatcher was stopped or
+// the watch lost.
 func (d *Dispatcher) Notify(n *Notification) bool {
-	return d.enqueue(func(ctx context.Context) { d.h.HandleNotify(ctx, n) })
+	return d.enqueue(nil, func(ctx context.Context) { d.h.HandleNotify(ctx, n) })
 }
 
-// Lost queues a HandleWatchError call; false if the dispatcher was stopped.
-// Reporting a loss only once is the backend's business.
+// Lost marks the watch lost with err and queues a HandleWatchError call;
+// false, and nothing reported, if the dispatcher was stopped or the watch
+// was lost already: a loss is reported once.
 func (d *Dispatcher) Lost(err error) bool {
-	return d.enqueue(func(ctx context.Context) { d.h.HandleWatchError(ctx, err) })
+	return d.enqueue(err, func(ctx context.Context) { d.h.HandleWatchError(ctx, err) })
 }
 
-func (d *Dispatcher) enqueue(f func(ctx context.Context)) bool {
+// State reports whether the dispatcher was stopped (the watch closed) and
+// the loss reported, if any.
+func (d *Dispatcher) State() (stopped bool, lost error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.stopped {
+	return d.stopped, d.lost
+}
+
+// enqueue queues f unless the dispatcher was stopped or the watch lost; a
+// non-nil lost marks the watch lost.
+func (d *Dispatcher) enqueue(lost error, f func(ctx context.Context)) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped || d.lost != nil {
 		return false
+	}
+	if lost != nil {
+		d.lost = lost
 	}
 	d.queue = append(d.queue, f)
 	select {
@@ -77,17 +95,20 @@ func (d *Dispatcher) enqueue(f func(ctx context.Context)) bool {
 }
 
 // Stop drops the queued events: no handler call starts after it returns. It
-// does not wait for a running call (see Wait).
-func (d *Dispatcher) Stop() {
+// does not wait for a running call (see Wait). It reports whether this call
+// stopped the dispatcher (false if it was stopped already), so that the
+// watch's Close unregisters it once.
+func (d *Dispatcher) Stop() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopped {
-		return
+		return false
 	}
 	d.stopped = true
 	d.queue = nil
 	d.cancel()
 	close(d.stop)
+	return true
 }
 
 // Wait stops the dispatcher and waits until its goroutine has ended, that

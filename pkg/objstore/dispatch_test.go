@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // recorder is a WatchHandler that records its calls and runs hook (if set)
@@ -37,17 +39,6 @@ func (r *recorder) HandleWatchError(ctx context.Context, err error) {
 
 func note(s string) *Notification { return NewNotification(1, 1, 1, []byte(s), nil) }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestDispatcher(t *testing.T) {
 	type key struct{}
 	for _, c := range []struct {
@@ -75,7 +66,7 @@ func TestDispatcher(t *testing.T) {
 				}
 			}
 			d.Lost(errors.New("gone"))
-			waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 4 })
+			testwait.For(t, 5*time.Second, "the four handler calls", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 4 })
 			d.Wait(context.Background())
 			if got := r.calls; got[0] != "a" || got[1] != "b" || got[2] != "c" || got[3] != "lost:gone" || overlap != 0 {
 				t.Fatalf("calls %v overlap %d", got, overlap)
@@ -122,11 +113,11 @@ func TestDispatcher(t *testing.T) {
 		}},
 		{"a handler context used after its call is not inside it", func(t *testing.T, d *Dispatcher, r *recorder) {
 			d.Notify(note("x"))
-			waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 1 })
+			testwait.For(t, 5*time.Second, "the handler call", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 1 })
 			r.mu.Lock()
 			ctx := r.ctxs[0]
 			r.mu.Unlock()
-			waitFor(t, func() bool { return !d.InCallback(ctx) })
+			testwait.For(t, 5*time.Second, "the call to end", func() bool { return !d.InCallback(ctx) })
 			// A second call is running: the stale context must not skip it.
 			entered, release := make(chan struct{}), make(chan struct{})
 			r.hook = func(context.Context, string) { close(entered); <-release }
@@ -142,6 +133,32 @@ func TestDispatcher(t *testing.T) {
 			}
 			close(release)
 			d.Wait(ctx) // must wait (not inside): returns once the call ended
+		}},
+		{"a loss is reported once and ends notifications; Stop reports the first call", func(t *testing.T, d *Dispatcher, r *recorder) {
+			if stopped, lost := d.State(); stopped || lost != nil {
+				t.Fatalf("new dispatcher: stopped %v, lost %v", stopped, lost)
+			}
+			gone := errors.New("gone")
+			if !d.Lost(gone) {
+				t.Fatal("first loss refused")
+			}
+			if d.Lost(errors.New("again")) || d.Notify(note("late")) {
+				t.Fatal("an event was queued after the loss")
+			}
+			testwait.For(t, 5*time.Second, "the handler call", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.calls) == 1 })
+			if stopped, lost := d.State(); stopped || lost != gone {
+				t.Fatalf("after the loss: stopped %v, lost %v", stopped, lost)
+			}
+			if !d.Stop() || d.Stop() {
+				t.Fatal("Stop does not report the first call alone")
+			}
+			if stopped, lost := d.State(); !stopped || lost != gone {
+				t.Fatalf("after Stop: stopped %v, lost %v", stopped, lost)
+			}
+			d.Wait(context.Background())
+			if len(r.calls) != 1 || r.calls[0] != "lost:gone" {
+				t.Fatalf("calls %v", r.calls)
+			}
 		}},
 		{"events after Stop are refused and queued ones dropped", func(t *testing.T, d *Dispatcher, r *recorder) {
 			entered, release := make(chan struct{}), make(chan struct{})

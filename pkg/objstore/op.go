@@ -1,5 +1,7 @@
 package objstore
 
+import "fmt"
+
 // StepKind names one step of a compound operation.
 type StepKind uint8
 
@@ -45,6 +47,29 @@ type Step struct {
 
 	// Results of read steps, filled by the backend.
 	Result any
+}
+
+var stepNames = map[StepKind]string{
+	StepCreate: "create", StepRemove: "remove", StepWrite: "write",
+	StepWriteFull: "writefull", StepAppend: "append", StepTruncate: "truncate",
+	StepZero: "zero", StepSetOmap: "omap-set", StepRmOmapKeys: "omap-rm-keys",
+	StepClearOmap: "omap-clear", StepSetXattr: "setxattr", StepRmXattr: "rmxattr",
+	StepAssertExists: "assert-exists", StepExec: "exec", StepRead: "read",
+	StepStat: "stat", StepGetOmapVals: "omap-get-vals",
+	StepGetOmapValsByKeys: "omap-get-vals-by-keys", StepGetXattr: "getxattr",
+	StepGetXattrs: "getxattrs",
+}
+
+// OpName names the step in errors (OpError.Op), the same for every backend:
+// "exec <class>.<method>" for a class method, the operation's name otherwise.
+func (s *Step) OpName() string {
+	if s.Kind == StepExec {
+		return "exec " + s.Class + "." + s.Method
+	}
+	if n, ok := stepNames[s.Kind]; ok {
+		return n
+	}
+	return fmt.Sprintf("step %d", s.Kind)
 }
 
 // WriteOp is a compound write. Steps apply in order, atomically.

@@ -86,11 +86,7 @@ func (c *ClientData) Decode(d *cephenc.Decoder) error {
 		m.ResyncRequested = d.Bool()
 		c.Meta = m
 	default:
-		m := UnknownClientMeta{Type: t, Raw: d.Raw(d.Remaining())}
-		if len(m.Raw) == 0 {
-			m.Raw = nil
-		}
-		c.Meta = m
+		c.Meta = UnknownClientMeta{Type: t, Raw: d.Rest()}
 	}
 	d.Finish(s)
 	if err := d.Err(); err != nil {

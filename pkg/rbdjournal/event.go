@@ -102,12 +102,10 @@ type ResizeEvent struct {
 // DemotePromoteEvent marks a change of the image's primary.
 type DemotePromoteEvent struct{}
 
-// AioWriteSameEvent repeats Data over Length bytes at Offset. Decoded Data
-// aliases the decoder's input.
-type AioWriteSameEvent struct {
-	Offset, Length uint64
-	Data           []byte
-}
+// AioWriteSameEvent repeats Data over Length bytes at Offset. Its fields
+// and their encoding are AioWriteEvent's (as librbd's): decoded Data aliases
+// the decoder's input.
+type AioWriteSameEvent AioWriteEvent
 
 // AioCompareAndWriteEvent writes WriteData at Offset if the image holds
 // CmpData there. Decoded data aliases the decoder's input.
@@ -202,17 +200,9 @@ func (ev *ResizeEvent) decode(_ uint8, d *cephenc.Decoder) {
 func (DemotePromoteEvent) encode(*cephenc.Encoder)         {}
 func (*DemotePromoteEvent) decode(uint8, *cephenc.Decoder) {}
 
-func (ev AioWriteSameEvent) encode(e *cephenc.Encoder) {
-	e.U64(ev.Offset)
-	e.U64(ev.Length)
-	e.Bytes(ev.Data)
-}
+func (ev AioWriteSameEvent) encode(e *cephenc.Encoder) { AioWriteEvent(ev).encode(e) }
 
-func (ev *AioWriteSameEvent) decode(_ uint8, d *cephenc.Decoder) {
-	ev.Offset = d.U64()
-	ev.Length = d.U64()
-	ev.Data = d.Bytes()
-}
+func (ev *AioWriteSameEvent) decode(v uint8, d *cephenc.Decoder) { (*AioWriteEvent)(ev).decode(v, d) }
 
 func (ev AioCompareAndWriteEvent) encode(e *cephenc.Encoder) {
 	e.U64(ev.Offset)
@@ -230,66 +220,43 @@ func (ev *AioCompareAndWriteEvent) decode(_ uint8, d *cephenc.Decoder) {
 
 func (u UnknownEvent) encode(e *cephenc.Encoder) { e.Raw(u.Raw) }
 
-func (u *UnknownEvent) decode(_ uint8, d *cephenc.Decoder) {
-	u.Raw = d.Raw(d.Remaining())
-	if len(u.Raw) == 0 {
-		u.Raw = nil
-	}
+func (u *UnknownEvent) decode(_ uint8, d *cephenc.Decoder) { u.Raw = d.Rest() }
+
+// eventDecoders decode the events of the types this package knows: each
+// into an empty value of its type, which the entry then holds (a value, not
+// a pointer, so that callers switch on value types).
+var eventDecoders = map[EventType]func(v uint8, d *cephenc.Decoder) Event{
+	EventTypeAioDiscard:         decodeEvent[AioDiscardEvent],
+	EventTypeAioWrite:           decodeEvent[AioWriteEvent],
+	EventTypeAioFlush:           decodeEvent[AioFlushEvent],
+	EventTypeOpFinish:           decodeEvent[OpFinishEvent],
+	EventTypeResize:             decodeEvent[ResizeEvent],
+	EventTypeDemotePromote:      decodeEvent[DemotePromoteEvent],
+	EventTypeAioWriteSame:       decodeEvent[AioWriteSameEvent],
+	EventTypeAioCompareAndWrite: decodeEvent[AioCompareAndWriteEvent],
+	EventTypeSnapCreate:         decodeEvent[SnapCreateEvent],
+	EventTypeSnapRemove:         decodeEvent[SnapRemoveEvent],
 }
 
-// newEvent returns an empty event of type t for decoding into.
-func newEvent(t EventType) eventDecoder {
-	switch t {
-	case EventTypeAioDiscard:
-		return &AioDiscardEvent{}
-	case EventTypeAioWrite:
-		return &AioWriteEvent{}
-	case EventTypeAioFlush:
-		return &AioFlushEvent{}
-	case EventTypeOpFinish:
-		return &OpFinishEvent{}
-	case EventTypeResize:
-		return &ResizeEvent{}
-	case EventTypeDemotePromote:
-		return &DemotePromoteEvent{}
-	case EventTypeAioWriteSame:
-		return &AioWriteSameEvent{}
-	case EventTypeAioCompareAndWrite:
-		return &AioCompareAndWriteEvent{}
-	case EventTypeSnapCreate:
-		return &SnapCreateEvent{}
-	case EventTypeSnapRemove:
-		return &SnapRemoveEvent{}
+// decodeEventOfType decodes the fields of an event of type t, as an
+// UnknownEvent if this package does not know the type.
+func decodeEventOfType(t EventType, v uint8, d *cephenc.Decoder) Event {
+	if dec, ok := eventDecoders[t]; ok {
+		return dec(v, d)
 	}
-	return &UnknownEvent{EventType: t}
+	u := UnknownEvent{EventType: t}
+	u.decode(v, d)
+	return u
 }
 
-// deref turns the pointer newEvent returned into the value callers switch on.
-func deref(ev eventDecoder) Event {
-	switch ev := ev.(type) {
-	case *AioDiscardEvent:
-		return *ev
-	case *AioWriteEvent:
-		return *ev
-	case *AioFlushEvent:
-		return *ev
-	case *OpFinishEvent:
-		return *ev
-	case *ResizeEvent:
-		return *ev
-	case *DemotePromoteEvent:
-		return *ev
-	case *AioWriteSameEvent:
-		return *ev
-	case *AioCompareAndWriteEvent:
-		return *ev
-	case *SnapCreateEvent:
-		return *ev
-	case *SnapRemoveEvent:
-		return *ev
-	case *UnknownEvent:
-		return *ev
-	}
+// decodeEvent decodes an event of type T written in an entry of struct
+// version v.
+func decodeEvent[T Event, P interface {
+	*T
+	eventDecoder
+}](v uint8, d *cephenc.Decoder) Event {
+	var ev T
+	P(&ev).decode(v, d)
 	return ev
 }
 
@@ -328,9 +295,9 @@ func (ee EventEntry) Encode(e *cephenc.Encoder) {
 func (ee *EventEntry) Decode(d *cephenc.Decoder) error {
 	s := d.Start(1)
 	t := EventType(d.U32())
-	ev := newEvent(t)
+	var ev Event
 	if d.Err() == nil {
-		ev.decode(s.Version, d)
+		ev = decodeEventOfType(t, s.Version, d)
 	}
 	d.Finish(s)
 	ee.Timestamp = time.Time{}
@@ -342,7 +309,7 @@ func (ee *EventEntry) Decode(d *cephenc.Decoder) error {
 	if err := d.Err(); err != nil {
 		return fmt.Errorf("decode event entry (%v): %w", t, err)
 	}
-	ee.Event = deref(ev)
+	ee.Event = ev
 	return nil
 }
 

@@ -2,14 +2,13 @@ package rbdjournal
 
 import (
 	"bytes"
-	"encoding/hex"
 	"errors"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
 
@@ -23,15 +22,6 @@ func eventsEqual(a, b Event) bool {
 	a.encode(&ea)
 	b.encode(&eb)
 	return bytes.Equal(ea.Data(), eb.Data())
-}
-
-func unhex(t testing.TB, s string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // A timestamp of 2026-11-21T10:14:18.489074525Z, as in golden-crash.
@@ -72,13 +62,13 @@ func TestEventEntryEncodings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body := unhex(t, tt.body)
+			body := cephenctest.Hex(t, tt.body)
 			var want cephenc.Encoder
 			want.U8(5)
 			want.U8(1)
 			want.U32(uint32(len(body)))
 			want.Raw(body)
-			want.Raw(unhex(t, goldenMeta))
+			want.Raw(cephenctest.Hex(t, goldenMeta))
 
 			got := cephenc.Marshal(EventEntry{Event: tt.event, Timestamp: goldenTime})
 			if !bytes.Equal(got, want.Data()) {
@@ -98,14 +88,14 @@ func TestEventEntryEncodings(t *testing.T) {
 // entry builds an EventEntry payload of version v with the given body and,
 // for v >= 4, the golden metadata block.
 func entry(t *testing.T, v uint8, body string) []byte {
-	b := unhex(t, body)
+	b := cephenctest.Hex(t, body)
 	var e cephenc.Encoder
 	e.U8(v)
 	e.U8(1)
 	e.U32(uint32(len(b)))
 	e.Raw(b)
 	if v >= 4 {
-		e.Raw(unhex(t, goldenMeta))
+		e.Raw(cephenctest.Hex(t, goldenMeta))
 	}
 	return e.Data()
 }
@@ -170,7 +160,7 @@ func TestEventEntryDecodeErrors(t *testing.T) {
 
 func TestZeroTimestampRoundTrips(t *testing.T) {
 	b := cephenc.Marshal(EventEntry{Event: AioFlushEvent{}})
-	if !bytes.HasSuffix(b, unhex(t, "0101 08000000 00000000 00000000")) {
+	if !bytes.HasSuffix(b, cephenctest.Hex(t, "0101 08000000 00000000 00000000")) {
 		t.Errorf("zero time encoded as %x", b)
 	}
 	var ee EventEntry
@@ -212,7 +202,7 @@ func TestClientData(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want := unhex(t, tt.hex)
+			want := cephenctest.Hex(t, tt.hex)
 			if got := cephenc.Marshal(ClientData{Meta: tt.meta}); !bytes.Equal(got, want) {
 				t.Errorf("encoding %x, want %x", got, want)
 			}
@@ -226,7 +216,7 @@ func TestClientData(t *testing.T) {
 		})
 	}
 	var cd ClientData
-	if err := cephenc.Unmarshal(unhex(t, "0202 00000000"), &cd); !errors.Is(err, cephenc.ErrVersion) {
+	if err := cephenc.Unmarshal(cephenctest.Hex(t, "0202 00000000"), &cd); !errors.Is(err, cephenc.ErrVersion) {
 		t.Errorf("compat 2: %v", err)
 	}
 }
@@ -235,7 +225,7 @@ func TestTagData(t *testing.T) {
 	td := TagData{MirrorUUID: "remote", Predecessor: TagPredecessor{
 		MirrorUUID: LocalMirrorUUID, CommitValid: true, TagTid: 4, EntryTid: 1000,
 	}}
-	want := unhex(t, "06000000 72656d6f7465 00000000 01 0400000000000000 e803000000000000")
+	want := cephenctest.Hex(t, "06000000 72656d6f7465 00000000 01 0400000000000000 e803000000000000")
 	if got := cephenc.Marshal(td); !bytes.Equal(got, want) {
 		t.Errorf("encoding %x, want %x", got, want)
 	}

@@ -18,6 +18,7 @@
 package rbdnotify
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
@@ -498,105 +499,44 @@ func (p *Sparsify) decode(_ uint8, d *cephenc.Decoder) {
 // writes the raw bytes back so that tests can build such messages.
 func (p Unknown) encode(e *cephenc.Encoder) { e.Raw(p.Data) }
 func (p *Unknown) decode(_ uint8, d *cephenc.Decoder) {
-	p.Data = append([]byte(nil), d.Raw(d.Remaining())...)
+	p.Data = bytes.Clone(d.Rest())
 }
 
-// newPayload returns an empty payload for op (Unknown for ops this package
-// does not know).
-func newPayload(op Op) payloadDecoder {
-	switch op {
-	case OpAcquiredLock:
-		return &AcquiredLock{}
-	case OpReleasedLock:
-		return &ReleasedLock{}
-	case OpRequestLock:
-		return &RequestLock{}
-	case OpHeaderUpdate:
-		return &HeaderUpdate{}
-	case OpAsyncProgress:
-		return &AsyncProgress{}
-	case OpAsyncComplete:
-		return &AsyncComplete{}
-	case OpFlatten:
-		return &Flatten{}
-	case OpResize:
-		return &Resize{}
-	case OpSnapCreate:
-		return &SnapCreate{}
-	case OpSnapRemove:
-		return &SnapRemove{}
-	case OpRebuildObjectMap:
-		return &RebuildObjectMap{}
-	case OpSnapRename:
-		return &SnapRename{}
-	case OpSnapProtect:
-		return &SnapProtect{}
-	case OpSnapUnprotect:
-		return &SnapUnprotect{}
-	case OpRename:
-		return &Rename{}
-	case OpUpdateFeatures:
-		return &UpdateFeatures{}
-	case OpMigrate:
-		return &Migrate{}
-	case OpSparsify:
-		return &Sparsify{}
-	case OpQuiesce:
-		return &Quiesce{}
-	case OpUnquiesce:
-		return &Unquiesce{}
-	}
-	return &Unknown{Code: op}
+// payloadDecoders decode the payloads of the ops this package knows: each
+// into an empty value of its type, which the message then holds (a value,
+// not a pointer, so that callers switch on value types).
+var payloadDecoders = map[Op]func(v uint8, d *cephenc.Decoder) Payload{
+	OpAcquiredLock:     decodePayload[AcquiredLock],
+	OpReleasedLock:     decodePayload[ReleasedLock],
+	OpRequestLock:      decodePayload[RequestLock],
+	OpHeaderUpdate:     decodePayload[HeaderUpdate],
+	OpAsyncProgress:    decodePayload[AsyncProgress],
+	OpAsyncComplete:    decodePayload[AsyncComplete],
+	OpFlatten:          decodePayload[Flatten],
+	OpResize:           decodePayload[Resize],
+	OpSnapCreate:       decodePayload[SnapCreate],
+	OpSnapRemove:       decodePayload[SnapRemove],
+	OpRebuildObjectMap: decodePayload[RebuildObjectMap],
+	OpSnapRename:       decodePayload[SnapRename],
+	OpSnapProtect:      decodePayload[SnapProtect],
+	OpSnapUnprotect:    decodePayload[SnapUnprotect],
+	OpRename:           decodePayload[Rename],
+	OpUpdateFeatures:   decodePayload[UpdateFeatures],
+	OpMigrate:          decodePayload[Migrate],
+	OpSparsify:         decodePayload[Sparsify],
+	OpQuiesce:          decodePayload[Quiesce],
+	OpUnquiesce:        decodePayload[Unquiesce],
 }
 
-// deref returns the payload value a decoder filled (the pointer's element),
-// so that callers switch on value types.
-func deref(p payloadDecoder) Payload {
-	switch p := p.(type) {
-	case *AcquiredLock:
-		return *p
-	case *ReleasedLock:
-		return *p
-	case *RequestLock:
-		return *p
-	case *HeaderUpdate:
-		return *p
-	case *AsyncProgress:
-		return *p
-	case *AsyncComplete:
-		return *p
-	case *Flatten:
-		return *p
-	case *Resize:
-		return *p
-	case *SnapCreate:
-		return *p
-	case *SnapRemove:
-		return *p
-	case *RebuildObjectMap:
-		return *p
-	case *SnapRename:
-		return *p
-	case *SnapProtect:
-		return *p
-	case *SnapUnprotect:
-		return *p
-	case *Rename:
-		return *p
-	case *UpdateFeatures:
-		return *p
-	case *Migrate:
-		return *p
-	case *Sparsify:
-		return *p
-	case *Quiesce:
-		return *p
-	case *Unquiesce:
-		return *p
-	case *Unknown:
-		return *p
-	}
-	panic(fmt.Sprintf("rbdnotify: no payload type %T", p))
+// decodePayload decodes a payload of type T written in a message of struct
+// version v.
+func decodePayload[T Payload, P interface {
+	*T
+	payloadDecoder
+}](v uint8, d *cephenc.Decoder) Payload {
+	var p T
+	P(&p).decode(v, d)
+	return p
 }
 
 // NotifyMessage is a notification sent to the watchers of an image header.
@@ -625,13 +565,19 @@ func (m *NotifyMessage) Decode(d *cephenc.Decoder) error {
 	if d.Err() != nil {
 		return fmt.Errorf("decode notify message: %w", d.Err())
 	}
-	p := newPayload(op)
-	p.decode(s.Version, d)
+	var p Payload
+	if dec, ok := payloadDecoders[op]; ok {
+		p = dec(s.Version, d)
+	} else { // an op this package does not know
+		u := Unknown{Code: op}
+		u.decode(s.Version, d)
+		p = u
+	}
 	d.Finish(s)
 	if err := d.Err(); err != nil {
 		return fmt.Errorf("decode notify message %v (v%d): %w", op, s.Version, err)
 	}
-	m.Version, m.Payload = s.Version, deref(p)
+	m.Version, m.Payload = s.Version, p
 	return nil
 }
 

@@ -2,7 +2,6 @@ package rbdnotify
 
 import (
 	"bytes"
-	"encoding/hex"
 	"errors"
 	"reflect"
 	"strings"
@@ -10,16 +9,11 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 )
 
 // h decodes hex with spaces and newlines for readability.
-func h(s string) []byte {
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
+var h = cephenctest.MustHex
 
 var req12 = AsyncRequestID{Client: ClientID{GID: 0, Handle: 1}, RequestID: 2}
 

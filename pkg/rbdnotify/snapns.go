@@ -1,6 +1,7 @@
 package rbdnotify
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -81,8 +82,8 @@ func (ns *SnapshotNamespace) Decode(d *cephenc.Decoder) error {
 		ns.OriginalName = d.Str()
 		ns.OriginalType = d.U32()
 	default:
-		if raw := d.Raw(d.Remaining()); len(raw) > 0 {
-			ns.Raw = append([]byte(nil), raw...)
+		if raw := d.Rest(); raw != nil {
+			ns.Raw = bytes.Clone(raw)
 		}
 	}
 	d.Finish(s)

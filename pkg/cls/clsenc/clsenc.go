@@ -1,10 +1,12 @@
 // Package clsenc is what the Go object classes (cls/journal, cls/rbd,
 // cls/lock) share to read their inputs and to read and write their omap
 // values in Ceph's encoding through an objstore.MethodContext, with the
-// return codes Ceph's classes give when something does not decode.
+// return codes Ceph's classes give when something does not decode; and, on
+// the client side, how they call a class method that returns a result.
 package clsenc
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -19,6 +21,13 @@ func BadInput(err error) error {
 		return fmt.Errorf("decode input: %w: %w", objstore.ErrInvalid, err)
 	}
 	return nil
+}
+
+// Input decodes a method's input, a single value, with dec (U64, String,
+// ...); a failure is BadInput's -EINVAL.
+func Input[T any](in []byte, dec func(*cephenc.Decoder) (T, error)) (T, error) {
+	v, err := dec(cephenc.NewDecoder(in))
+	return v, BadInput(err)
 }
 
 // DecodeInput decodes a method's input into v; a failure is BadInput's
@@ -58,4 +67,37 @@ func WriteKey(ctx objstore.MethodContext, key string, enc func(e *cephenc.Encode
 // WriteU64 sets omap key to the encoding of v.
 func WriteU64(ctx objstore.MethodContext, key string, v uint64) error {
 	return WriteKey(ctx, key, func(e *cephenc.Encoder) { e.U64(v) })
+}
+
+// Reader runs a compound read on one object; objstore.Pool is one.
+type Reader interface {
+	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
+}
+
+// Call runs class.method on object oid with input in, as the only step of a
+// read, and returns a Decoder of the method's output.
+func Call(ctx context.Context, r Reader, oid, class, method string, in []byte) (*cephenc.Decoder, error) {
+	var op objstore.ReadOp
+	res := op.Exec(class, method, in)
+	if err := r.Read(ctx, oid, &op); err != nil {
+		return nil, err
+	}
+	return cephenc.NewDecoder(res.Out()), nil
+}
+
+// CallDecode runs class.method as Call does and decodes its output as a T.
+func CallDecode[T any, P interface {
+	*T
+	cephenc.Decodable
+}](ctx context.Context, r Reader, oid, class, method string, in []byte) (T, error) {
+	var v T
+	d, err := Call(ctx, r, oid, class, method, in)
+	if err == nil {
+		err = P(&v).Decode(d)
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
 }

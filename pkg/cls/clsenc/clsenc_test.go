@@ -26,6 +26,12 @@ func TestBadInput(t *testing.T) {
 	if err := DecodeInput([]byte{1}, u32); !errors.Is(err, objstore.ErrInvalid) || !errors.Is(err, cephenc.ErrShortBuffer) {
 		t.Fatalf("DecodeInput = %v, want EINVAL wrapping the decoding error", err)
 	}
+	if v, err := Input([]byte{2, 1, 0, 0, 0, 0, 0, 0}, U64); err != nil || v != 0x0102 {
+		t.Fatalf("Input = %d, %v", v, err)
+	}
+	if v, err := Input([]byte{1}, U64); !errors.Is(err, objstore.ErrInvalid) || !errors.Is(err, cephenc.ErrShortBuffer) || v != 0 {
+		t.Fatalf("Input = %d, %v, want 0 and EINVAL wrapping the decoding error", v, err)
+	}
 }
 
 type decodable func(d *cephenc.Decoder) error

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -13,9 +14,7 @@ import (
 const className = "journal"
 
 // Reader runs a compound read on one object; objstore.Pool is one.
-type Reader interface {
-	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
-}
+type Reader = clsenc.Reader
 
 func exec(op *objstore.WriteOp, method string, enc func(e *cephenc.Encoder)) {
 	op.Exec(className, method, cephenc.MarshalFunc(enc))
@@ -159,24 +158,15 @@ func GetMutableMetadata(ctx context.Context, r Reader, oid string) (minimumSet, 
 
 // readOne runs one read-only method and returns a decoder over its output.
 func readOne(ctx context.Context, r Reader, oid, method string, in []byte) (*cephenc.Decoder, error) {
-	var op objstore.ReadOp
-	res := op.Exec(className, method, in)
-	if err := r.Read(ctx, oid, &op); err != nil {
-		return nil, err
-	}
-	return cephenc.NewDecoder(res.Out()), nil
+	return clsenc.Call(ctx, r, oid, className, method, in)
 }
 
 // GetClient reads the registered client id (objstore.ErrNotFound if none).
 func GetClient(ctx context.Context, r Reader, oid, id string) (Client, error) {
 	var e cephenc.Encoder
 	e.String(id)
-	d, err := readOne(ctx, r, oid, "get_client", e.Data())
+	c, err := clsenc.CallDecode[Client](ctx, r, oid, className, "get_client", e.Data())
 	if err != nil {
-		return Client{}, fmt.Errorf("get journal client %q: %w", id, err)
-	}
-	var c Client
-	if err := c.Decode(d); err != nil {
 		return Client{}, fmt.Errorf("get journal client %q: %w", id, err)
 	}
 	return c, nil
@@ -195,7 +185,7 @@ func ClientList(ctx context.Context, r Reader, oid string) ([]Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list journal clients: %w", err)
 		}
-		page, err := decodeClients(d)
+		page, err := cephenc.DecodeList[Client](d, structHeader)
 		if err != nil {
 			return nil, fmt.Errorf("list journal clients: %w", err)
 		}
@@ -224,12 +214,8 @@ func GetNextTagTid(ctx context.Context, r Reader, oid string) (uint64, error) {
 func GetTag(ctx context.Context, r Reader, oid string, tid uint64) (Tag, error) {
 	var e cephenc.Encoder
 	e.U64(tid)
-	d, err := readOne(ctx, r, oid, "get_tag", e.Data())
+	t, err := clsenc.CallDecode[Tag](ctx, r, oid, className, "get_tag", e.Data())
 	if err != nil {
-		return Tag{}, fmt.Errorf("get journal tag %d: %w", tid, err)
-	}
-	var t Tag
-	if err := t.Decode(d); err != nil {
 		return Tag{}, fmt.Errorf("get journal tag %d: %w", tid, err)
 	}
 	return t, nil
@@ -250,7 +236,7 @@ func TagList(ctx context.Context, r Reader, oid, clientID string, tagClass *uint
 		if err != nil {
 			return nil, fmt.Errorf("list journal tags: %w", err)
 		}
-		page, err := decodeTags(d)
+		page, err := cephenc.DecodeList[Tag](d, structHeader)
 		if err != nil {
 			return nil, fmt.Errorf("list journal tags: %w", err)
 		}

@@ -104,6 +104,17 @@ func writeClient(ctx objstore.MethodContext, c Client) error {
 	return clsenc.WriteKey(ctx, clientKey(c.ID), c.Encode)
 }
 
+// updateClient stores registered client id (-ENOENT if it is not) as update
+// changes it.
+func updateClient(ctx objstore.MethodContext, id string, update func(*Client)) error {
+	c, err := readKey(ctx, clientKey(id), decClient)
+	if err != nil {
+		return err
+	}
+	update(&c)
+	return writeClient(ctx, c)
+}
+
 // create: input u8 order, u8 splay_width, s64 pool_id. -EEXIST if the header
 // has an order key.
 func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
@@ -151,74 +162,69 @@ var (
 	getNextTagTid = getValue(keyNextTagTid, clsenc.U64, (*cephenc.Encoder).U64)
 )
 
-// setMinimumSet: the minimum set may only move forward (-ESTALE) and never
-// past the active set (-EINVAL); setting the current value is a no-op.
-func setMinimumSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	set := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
+// setObjectSet returns set_minimum_set or set_active_set: the set stored
+// under key may only move forward (-ESTALE) and never past the other one,
+// stored under boundKey (-EINVAL); setting the current value is a no-op.
+// pastBound tells whether set is past the bound, which is told as relation
+// ("beyond", "before") in the error; name and boundName name the two sets.
+func setObjectSet(name, key, relation, boundName, boundKey string, pastBound func(set, bound uint64) bool) func(objstore.MethodContext, []byte) ([]byte, error) {
+	return func(ctx objstore.MethodContext, in []byte) ([]byte, error) {
+		set, err := clsenc.Input(in, clsenc.U64)
+		if err != nil {
+			return nil, err
+		}
+		bound, err := readKey(ctx, boundKey, clsenc.U64)
+		if err != nil {
+			return nil, err
+		}
+		if pastBound(set, bound) {
+			return nil, fmt.Errorf("%s set %d %s %s set %d: %w", name, set, relation, boundName, bound, objstore.ErrInvalid)
+		}
+		cur, err := readKey(ctx, key, clsenc.U64)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case set == cur:
+			return nil, nil
+		case set < cur:
+			return nil, fmt.Errorf("%s set %d before current %d: %w", name, set, cur, objstore.ErrStale)
+		}
+		return nil, clsenc.WriteU64(ctx, key, set)
 	}
-	active, err := readKey(ctx, keyActiveSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	if active < set {
-		return nil, fmt.Errorf("minimum set %d beyond active set %d: %w", set, active, objstore.ErrInvalid)
-	}
-	cur, err := readKey(ctx, keyMinimumSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case set == cur:
-		return nil, nil
-	case set < cur:
-		return nil, fmt.Errorf("minimum set %d before current %d: %w", set, cur, objstore.ErrStale)
-	}
-	return nil, clsenc.WriteU64(ctx, keyMinimumSet, set)
 }
 
-// setActiveSet: the active set may only move forward (-ESTALE) and never
-// behind the minimum set (-EINVAL); setting the current value is a no-op.
-func setActiveSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	set := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
+var (
+	// setMinimumSet: never past the active set.
+	setMinimumSet = setObjectSet("minimum", keyMinimumSet, "beyond", "active", keyActiveSet,
+		func(set, active uint64) bool { return active < set })
+	// setActiveSet: never behind the minimum set.
+	setActiveSet = setObjectSet("active", keyActiveSet, "before", "minimum", keyMinimumSet,
+		func(set, minimum uint64) bool { return minimum > set })
+)
+
+// getKeyed returns a method whose input, decoded with in (-EINVAL if it
+// does not decode), names through key the omap key of the value it returns:
+// the value decoded with dec (-ENOENT if missing, -EINVAL if undecodable)
+// and encoded again. get_client and get_tag are such methods.
+func getKeyed[K any, T cephenc.Encodable](in func(*cephenc.Decoder) (K, error), key func(K) string, dec func(*cephenc.Decoder) (T, error)) func(objstore.MethodContext, []byte) ([]byte, error) {
+	return func(ctx objstore.MethodContext, input []byte) ([]byte, error) {
+		k, err := clsenc.Input(input, in)
+		if err != nil {
+			return nil, err
+		}
+		v, err := readKey(ctx, key(k), dec)
+		if err != nil {
+			return nil, err
+		}
+		return cephenc.Marshal(v), nil
 	}
-	minimum, err := readKey(ctx, keyMinimumSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	if minimum > set {
-		return nil, fmt.Errorf("active set %d before minimum set %d: %w", set, minimum, objstore.ErrInvalid)
-	}
-	cur, err := readKey(ctx, keyActiveSet, clsenc.U64)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case set == cur:
-		return nil, nil
-	case set < cur:
-		return nil, fmt.Errorf("active set %d before current %d: %w", set, cur, objstore.ErrStale)
-	}
-	return nil, clsenc.WriteU64(ctx, keyActiveSet, set)
 }
 
-func getClient(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
-	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(c.Encode), nil
-}
+var (
+	getClient = getKeyed(clsenc.String, clientKey, decClient)
+	getTag    = getKeyed(clsenc.U64, tagKey, decTag)
+)
 
 // clientRegister needs an existing journal (its order key: -ENOENT
 // otherwise) and a new id (-EEXIST). The client starts at the oldest commit
@@ -314,12 +320,7 @@ func clientUpdateData(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	c.Data = data
-	return nil, writeClient(ctx, c)
+	return nil, updateClient(ctx, id, func(c *Client) { c.Data = data })
 }
 
 // clientUpdateState stores any state value, as Ceph does.
@@ -329,20 +330,14 @@ func clientUpdateState(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := clsenc.BadInput(d.Err()); err != nil {
 		return nil, err
 	}
-	c, err := readKey(ctx, clientKey(id), decClient)
-	if err != nil {
-		return nil, err
-	}
-	c.State = state
-	return nil, writeClient(ctx, c)
+	return nil, updateClient(ctx, id, func(c *Client) { c.State = state })
 }
 
 // clientUnregister removes the client (-ENOENT if not registered), then
 // expires the tags that only it still needed.
 func clientUnregister(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	id, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	key := clientKey(id)
@@ -394,20 +389,7 @@ func clientList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeClients(e, clients) }), nil
-}
-
-func getTag(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	tid := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
-		return nil, err
-	}
-	t, err := readKey(ctx, tagKey(tid), decTag)
-	if err != nil {
-		return nil, err
-	}
-	return cephenc.MarshalFunc(t.Encode), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { cephenc.EncodeList(e, clients) }), nil
 }
 
 // tagCreate: the tid must not exist (-EEXIST) and must be next_tag_tid
@@ -632,15 +614,14 @@ func tagList(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 		}
 	}
 	slices.SortFunc(tags, func(a, b Tag) int { return cmp.Compare(a.Tid, b.Tid) })
-	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { encodeTags(e, tags) }), nil
+	return cephenc.MarshalFunc(func(e *cephenc.Encoder) { cephenc.EncodeList(e, tags) }), nil
 }
 
 // guardAppend: -EOVERFLOW once the data object holds soft_max_size bytes or
 // more. A missing object is empty.
 func guardAppend(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	softMax := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	softMax, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	size, err := ctx.Stat()

@@ -453,7 +453,7 @@ func TestTagList(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tags, err := decodeTags(cephenc.NewDecoder(out))
+			tags, err := cephenc.DecodeList[Tag](cephenc.NewDecoder(out), structHeader)
 			if err != nil {
 				t.Fatal(err)
 			}

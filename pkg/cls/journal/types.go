@@ -35,23 +35,22 @@ type ObjectPosition struct {
 	EntryTid     uint64
 }
 
-// Encode appends p's encoding, ENCODE_START(1, 1).
-func (p ObjectPosition) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.U64(p.ObjectNumber)
-	e.U64(p.TagTid)
-	e.U64(p.EntryTid)
-	e.Finish(m)
+// denc codes p as ENCODE_START(1, 1){u64 object_number, u64 tag_tid, u64
+// entry_tid}.
+func (p *ObjectPosition) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.U64(&p.ObjectNumber)
+		c.U64(&p.TagTid)
+		c.U64(&p.EntryTid)
+	})
 }
+
+// Encode appends p's encoding.
+func (p ObjectPosition) Encode(e *cephenc.Encoder) { p.denc(cephenc.Encoding(e)) }
 
 // Decode decodes p.
 func (p *ObjectPosition) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	p.ObjectNumber = d.U64()
-	p.TagTid = d.U64()
-	p.EntryTid = d.U64()
-	d.Finish(s)
-	if err := d.Err(); err != nil {
+	if err := cephenc.DecodeWith(d, p.denc); err != nil {
 		return fmt.Errorf("decode object position: %w", err)
 	}
 	return nil
@@ -72,25 +71,17 @@ type ObjectSetPosition struct {
 // the positions.
 func (p ObjectSetPosition) Encode(e *cephenc.Encoder) {
 	m := e.Start(1, 1)
-	e.U32(uint32(len(p.ObjectPositions)))
-	for _, op := range p.ObjectPositions {
-		op.Encode(e)
-	}
+	cephenc.EncodeList(e, p.ObjectPositions)
 	e.Finish(m)
 }
 
-// Decode decodes p.
+// Decode decodes p; no positions decode as nil.
 func (p *ObjectSetPosition) Decode(d *cephenc.Decoder) error {
 	s := d.Start(1)
-	n := d.Count(structHeader)
+	l, _ := cephenc.DecodeList[ObjectPosition](d, structHeader)
 	p.ObjectPositions = nil
-	if n > 0 {
-		p.ObjectPositions = make([]ObjectPosition, n)
-	}
-	for i := range p.ObjectPositions {
-		if err := p.ObjectPositions[i].Decode(d); err != nil {
-			return fmt.Errorf("decode object set position: %w", err)
-		}
+	if len(l) > 0 {
+		p.ObjectPositions = l
 	}
 	d.Finish(s)
 	if err := d.Err(); err != nil {
@@ -153,27 +144,23 @@ type Client struct {
 	State          ClientState
 }
 
-// Encode appends c's encoding, ENCODE_START(1, 1).
-func (c Client) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(c.ID)
-	e.Bytes(c.Data)
-	c.CommitPosition.Encode(e)
-	e.U8(uint8(c.State))
-	e.Finish(m)
+// denc codes c as ENCODE_START(1, 1){string id, bufferlist data,
+// ObjectSetPosition commit_position, u8 state}.
+func (c *Client) denc(cd cephenc.Coder) {
+	cd.Struct(1, 1, func() {
+		cd.String(&c.ID)
+		cd.Bytes(&c.Data)
+		cd.Value(&c.CommitPosition)
+		cd.U8((*uint8)(&c.State))
+	})
 }
+
+// Encode appends c's encoding.
+func (c Client) Encode(e *cephenc.Encoder) { c.denc(cephenc.Encoding(e)) }
 
 // Decode decodes c. Data is a copy, not an alias of the input.
 func (c *Client) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	c.ID = d.Str()
-	c.Data = bytes.Clone(d.Bytes())
-	if err := c.CommitPosition.Decode(d); err != nil {
-		return fmt.Errorf("decode client: %w", err)
-	}
-	c.State = ClientState(d.U8())
-	d.Finish(s)
-	if err := d.Err(); err != nil {
+	if err := cephenc.DecodeWith(d, c.denc); err != nil {
 		return fmt.Errorf("decode client: %w", err)
 	}
 	return nil
@@ -193,23 +180,22 @@ type Tag struct {
 	Data     []byte
 }
 
-// Encode appends t's encoding, ENCODE_START(1, 1).
-func (t Tag) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.U64(t.Tid)
-	e.U64(t.TagClass)
-	e.Bytes(t.Data)
-	e.Finish(m)
+// denc codes t as ENCODE_START(1, 1){u64 tid, u64 tag_class, bufferlist
+// data}.
+func (t *Tag) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.U64(&t.Tid)
+		c.U64(&t.TagClass)
+		c.Bytes(&t.Data)
+	})
 }
+
+// Encode appends t's encoding.
+func (t Tag) Encode(e *cephenc.Encoder) { t.denc(cephenc.Encoding(e)) }
 
 // Decode decodes t. Data is a copy, not an alias of the input.
 func (t *Tag) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	t.Tid = d.U64()
-	t.TagClass = d.U64()
-	t.Data = bytes.Clone(d.Bytes())
-	d.Finish(s)
-	if err := d.Err(); err != nil {
+	if err := cephenc.DecodeWith(d, t.denc); err != nil {
 		return fmt.Errorf("decode tag: %w", err)
 	}
 	return nil
@@ -218,50 +204,4 @@ func (t *Tag) Decode(d *cephenc.Decoder) error {
 // Equal reports whether t and o are the same tag.
 func (t Tag) Equal(o Tag) bool {
 	return t.Tid == o.Tid && t.TagClass == o.TagClass && bytes.Equal(t.Data, o.Data)
-}
-
-// encodeClients encodes a std::set<Client> (sorted by id, as the omap keys
-// are) the way client_list returns it.
-func encodeClients(e *cephenc.Encoder, clients []Client) {
-	e.U32(uint32(len(clients)))
-	for _, c := range clients {
-		c.Encode(e)
-	}
-}
-
-func decodeClients(d *cephenc.Decoder) ([]Client, error) {
-	n := d.Count(structHeader)
-	if err := d.Err(); err != nil {
-		return nil, fmt.Errorf("decode clients: %w", err)
-	}
-	clients := make([]Client, n)
-	for i := range clients {
-		if err := clients[i].Decode(d); err != nil {
-			return nil, err
-		}
-	}
-	return clients, nil
-}
-
-// encodeTags encodes a std::set<Tag> (sorted by tid) the way tag_list
-// returns it.
-func encodeTags(e *cephenc.Encoder, tags []Tag) {
-	e.U32(uint32(len(tags)))
-	for _, t := range tags {
-		t.Encode(e)
-	}
-}
-
-func decodeTags(d *cephenc.Decoder) ([]Tag, error) {
-	n := d.Count(structHeader)
-	if err := d.Err(); err != nil {
-		return nil, fmt.Errorf("decode tags: %w", err)
-	}
-	tags := make([]Tag, n)
-	for i := range tags {
-		if err := tags[i].Decode(d); err != nil {
-			return nil, err
-		}
-	}
-	return tags, nil
 }

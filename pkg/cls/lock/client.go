@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -13,9 +14,7 @@ import (
 const className = "lock"
 
 // Reader runs a compound read on one object; objstore.Pool is one.
-type Reader interface {
-	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
-}
+type Reader = clsenc.Reader
 
 // Lock adds lock.lock to op: the caller (identified by its entity name and
 // cookie) takes lock name of type typ, tagged tag. A hold with a duration
@@ -76,13 +75,8 @@ func exec(op *objstore.WriteOp, method string, in cephenc.Encodable) {
 // As on Ceph, reading an exclusive-ephemeral lock whose holder expired fails
 // with EIO (the class would have to remove the object, which a read cannot).
 func GetLockInfo(ctx context.Context, r Reader, oid, name string) (LockInfo, error) {
-	var op objstore.ReadOp
-	res := op.Exec(className, "get_info", cephenc.Marshal(GetInfoOp{Name: name}))
-	if err := r.Read(ctx, oid, &op); err != nil {
-		return LockInfo{}, fmt.Errorf("get lock %q info: %w", name, err)
-	}
-	var li LockInfo
-	if err := cephenc.Unmarshal(res.Out(), &li); err != nil {
+	li, err := clsenc.CallDecode[LockInfo](ctx, r, oid, className, "get_info", cephenc.Marshal(GetInfoOp{Name: name}))
+	if err != nil {
 		return LockInfo{}, fmt.Errorf("get lock %q info: %w", name, err)
 	}
 	return li, nil
@@ -91,13 +85,8 @@ func GetLockInfo(ctx context.Context, r Reader, oid, name string) (LockInfo, err
 // ListLocks returns the names of the locks of object oid in byte order,
 // including locks that have no holder left.
 func ListLocks(ctx context.Context, r Reader, oid string) ([]string, error) {
-	var op objstore.ReadOp
-	res := op.Exec(className, "list_locks", nil)
-	if err := r.Read(ctx, oid, &op); err != nil {
-		return nil, fmt.Errorf("list locks: %w", err)
-	}
-	var reply ListLocksReply
-	if err := cephenc.Unmarshal(res.Out(), &reply); err != nil {
+	reply, err := clsenc.CallDecode[ListLocksReply](ctx, r, oid, className, "list_locks", nil)
+	if err != nil {
 		return nil, fmt.Errorf("list locks: %w", err)
 	}
 	return reply.Locks, nil

@@ -110,17 +110,17 @@ func (u UTime) add(v UTime) UTime {
 	return r
 }
 
-// Encode writes u as utime_t: u32 seconds, u32 nanoseconds.
-func (u UTime) Encode(e *cephenc.Encoder) {
-	e.U32(u.Sec)
-	e.U32(u.Nsec)
+// denc codes u as utime_t: u32 seconds, u32 nanoseconds.
+func (u *UTime) denc(c cephenc.Coder) {
+	c.U32(&u.Sec)
+	c.U32(&u.Nsec)
 }
 
+// Encode writes u as utime_t.
+func (u UTime) Encode(e *cephenc.Encoder) { u.denc(cephenc.Encoding(e)) }
+
 // Decode reads a utime_t.
-func (u *UTime) Decode(d *cephenc.Decoder) error {
-	u.Sec, u.Nsec = d.U32(), d.U32()
-	return d.Err()
-}
+func (u *UTime) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, u.denc) }
 
 // Entity types (CEPH_ENTITY_TYPE_*), the first byte of an entity name.
 const (
@@ -198,17 +198,17 @@ func ParseEntityName(s string) (EntityName, error) {
 	return n, nil
 }
 
-// Encode writes n: u8 type, s64 number.
-func (n EntityName) Encode(e *cephenc.Encoder) {
-	e.U8(n.Type)
-	e.S64(n.Num)
+// denc codes n as entity_name_t: u8 type, s64 number.
+func (n *EntityName) denc(c cephenc.Coder) {
+	c.U8(&n.Type)
+	c.S64(&n.Num)
 }
 
+// Encode writes n as entity_name_t.
+func (n EntityName) Encode(e *cephenc.Encoder) { n.denc(cephenc.Encoding(e)) }
+
 // Decode reads an entity_name_t.
-func (n *EntityName) Decode(d *cephenc.Decoder) error {
-	n.Type, n.Num = d.U8(), d.S64()
-	return d.Err()
-}
+func (n *EntityName) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, n.denc) }
 
 // compare orders entity names as entity_name_t's operator<: by type, then
 // number.
@@ -227,22 +227,19 @@ func (id LockerID) compare(o LockerID) int {
 	return cmp.Or(id.Locker.compare(o.Locker), strings.Compare(id.Cookie, o.Cookie))
 }
 
-// Encode writes id as ENCODE_START(1, 1){entity_name_t locker, string cookie}.
-func (id LockerID) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	id.Locker.Encode(e)
-	e.String(id.Cookie)
-	e.Finish(m)
+// denc codes id as ENCODE_START(1, 1){entity_name_t locker, string cookie}.
+func (id *LockerID) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.Value(&id.Locker)
+		c.String(&id.Cookie)
+	})
 }
 
+// Encode writes id as locker_id_t.
+func (id LockerID) Encode(e *cephenc.Encoder) { id.denc(cephenc.Encoding(e)) }
+
 // Decode reads a locker_id_t.
-func (id *LockerID) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	_ = id.Locker.Decode(d)
-	id.Cookie = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (id *LockerID) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, id.denc) }
 
 // LockerInfo is Ceph's locker_info_t: what is known about one holder.
 type LockerInfo struct {
@@ -255,26 +252,22 @@ type LockerInfo struct {
 	Description string
 }
 
-// Encode writes i as ENCODE_START(1, 1){utime_t expiration, entity_addr_t
-// addr, string description}, with the address in the form an OSD writes for
-// a Nautilus or later client.
-func (i LockerInfo) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	i.Expiration.Encode(e)
-	i.Addr.Encode(e)
-	e.String(i.Description)
-	e.Finish(m)
+// denc codes i as ENCODE_START(1, 1){utime_t expiration, entity_addr_t
+// addr, string description}.
+func (i *LockerInfo) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.Value(&i.Expiration)
+		c.Value(&i.Addr)
+		c.String(&i.Description)
+	})
 }
 
+// Encode writes i as locker_info_t, with the address in the form an OSD
+// writes for a Nautilus or later client.
+func (i LockerInfo) Encode(e *cephenc.Encoder) { i.denc(cephenc.Encoding(e)) }
+
 // Decode reads a locker_info_t; the address may be in either encoding.
-func (i *LockerInfo) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	_ = i.Expiration.Decode(d)
-	_ = i.Addr.Decode(d)
-	i.Description = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (i *LockerInfo) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, i.denc) }
 
 // LockInfo is the state of one lock: Ceph's lock_info_t, stored in the
 // object's xattr "lock.<name>", and cls_lock_get_info_reply, which get_info
@@ -341,33 +334,25 @@ type LockOp struct {
 	Flags       Flags
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// denc codes op as ENCODE_START(1, 1){string name, u8 type, string
 // cookie, string tag, string description, utime_t duration, u8 flags}.
-func (op LockOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	e.U8(uint8(op.Type))
-	e.String(op.Cookie)
-	e.String(op.Tag)
-	e.String(op.Description)
-	op.Duration.Encode(e)
-	e.U8(uint8(op.Flags))
-	e.Finish(m)
+func (op *LockOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+		c.U8((*uint8)(&op.Type))
+		c.String(&op.Cookie)
+		c.String(&op.Tag)
+		c.String(&op.Description)
+		c.Value(&op.Duration)
+		c.U8((*uint8)(&op.Flags))
+	})
 }
 
+// Encode writes op as cls_lock_lock_op.
+func (op LockOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_lock_op.
-func (op *LockOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	op.Type = LockType(d.U8())
-	op.Cookie = d.Str()
-	op.Tag = d.Str()
-	op.Description = d.Str()
-	_ = op.Duration.Decode(d)
-	op.Flags = Flags(d.U8())
-	d.Finish(s)
-	return d.Err()
-}
+func (op *LockOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }
 
 // UnlockOp is cls_lock_unlock_op, the input of lock.unlock.
 type UnlockOp struct {
@@ -375,22 +360,19 @@ type UnlockOp struct {
 	Cookie string
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name, string cookie}.
-func (op UnlockOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	e.String(op.Cookie)
-	e.Finish(m)
+// denc codes op as ENCODE_START(1, 1){string name, string cookie}.
+func (op *UnlockOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+		c.String(&op.Cookie)
+	})
 }
 
+// Encode writes op as cls_lock_unlock_op.
+func (op UnlockOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_unlock_op.
-func (op *UnlockOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	op.Cookie = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (op *UnlockOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }
 
 // BreakOp is cls_lock_break_op, the input of lock.break_lock.
 type BreakOp struct {
@@ -399,45 +381,39 @@ type BreakOp struct {
 	Cookie string
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name, entity_name_t locker,
+// denc codes op as ENCODE_START(1, 1){string name, entity_name_t locker,
 // string cookie}.
-func (op BreakOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	op.Locker.Encode(e)
-	e.String(op.Cookie)
-	e.Finish(m)
+func (op *BreakOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+		c.Value(&op.Locker)
+		c.String(&op.Cookie)
+	})
 }
 
+// Encode writes op as cls_lock_break_op.
+func (op BreakOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_break_op.
-func (op *BreakOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	_ = op.Locker.Decode(d)
-	op.Cookie = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (op *BreakOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }
 
 // GetInfoOp is cls_lock_get_info_op, the input of lock.get_info.
 type GetInfoOp struct {
 	Name string
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name}.
-func (op GetInfoOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	e.Finish(m)
+// denc codes op as ENCODE_START(1, 1){string name}.
+func (op *GetInfoOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+	})
 }
 
+// Encode writes op as cls_lock_get_info_op.
+func (op GetInfoOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_get_info_op.
-func (op *GetInfoOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (op *GetInfoOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }
 
 // ListLocksReply is cls_lock_list_locks_reply, the output of
 // lock.list_locks: the names of the object's locks.
@@ -479,27 +455,22 @@ type AssertOp struct {
 	Tag    string
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// denc codes op as ENCODE_START(1, 1){string name, u8 type, string
 // cookie, string tag}.
-func (op AssertOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	e.U8(uint8(op.Type))
-	e.String(op.Cookie)
-	e.String(op.Tag)
-	e.Finish(m)
+func (op *AssertOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+		c.U8((*uint8)(&op.Type))
+		c.String(&op.Cookie)
+		c.String(&op.Tag)
+	})
 }
 
+// Encode writes op as cls_lock_assert_op.
+func (op AssertOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_assert_op.
-func (op *AssertOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	op.Type = LockType(d.U8())
-	op.Cookie = d.Str()
-	op.Tag = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (op *AssertOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }
 
 // SetCookieOp is cls_lock_set_cookie_op, the input of lock.set_cookie.
 type SetCookieOp struct {
@@ -510,26 +481,20 @@ type SetCookieOp struct {
 	NewCookie string
 }
 
-// Encode writes op as ENCODE_START(1, 1){string name, u8 type, string
+// denc codes op as ENCODE_START(1, 1){string name, u8 type, string
 // cookie, string tag, string new_cookie}.
-func (op SetCookieOp) Encode(e *cephenc.Encoder) {
-	m := e.Start(1, 1)
-	e.String(op.Name)
-	e.U8(uint8(op.Type))
-	e.String(op.Cookie)
-	e.String(op.Tag)
-	e.String(op.NewCookie)
-	e.Finish(m)
+func (op *SetCookieOp) denc(c cephenc.Coder) {
+	c.Struct(1, 1, func() {
+		c.String(&op.Name)
+		c.U8((*uint8)(&op.Type))
+		c.String(&op.Cookie)
+		c.String(&op.Tag)
+		c.String(&op.NewCookie)
+	})
 }
 
+// Encode writes op as cls_lock_set_cookie_op.
+func (op SetCookieOp) Encode(e *cephenc.Encoder) { op.denc(cephenc.Encoding(e)) }
+
 // Decode reads a cls_lock_set_cookie_op.
-func (op *SetCookieOp) Decode(d *cephenc.Decoder) error {
-	s := d.Start(1)
-	op.Name = d.Str()
-	op.Type = LockType(d.U8())
-	op.Cookie = d.Str()
-	op.Tag = d.Str()
-	op.NewCookie = d.Str()
-	d.Finish(s)
-	return d.Err()
-}
+func (op *SetCookieOp) Decode(d *cephenc.Decoder) error { return cephenc.DecodeWith(d, op.denc) }

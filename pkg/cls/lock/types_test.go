@@ -9,17 +9,8 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 )
-
-// unhex decodes hex written with spaces and line breaks between fields.
-func unhex(t testing.TB, s string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 type codec interface {
 	cephenc.Encodable
@@ -198,7 +189,7 @@ func unhexAnnotated(t testing.TB, s string) []byte {
 			b.WriteString(w)
 		}
 	}
-	return unhex(t, b.String())
+	return cephenctest.Hex(t, b.String())
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -229,10 +220,10 @@ func TestEntityAddrDecode(t *testing.T) {
 		{"legacy AF_UNSPEC is none, nonce kept", legacyAddr(5, afUnspec, nil), EntityAddr{Nonce: 5}},
 		{"legacy other family is none", legacyAddr(5, 1, []byte("/run/sock")), EntityAddr{Nonce: 5}},
 		{"legacy ignores the rest of its type", append([]byte{0, 7, 7, 7}, legacyAddr(99, afInet, []byte{0x1a, 0x90, 192, 168, 0, 7})[4:]...), v4},
-		{"short sockaddr", unhex(t, "01 0101 12000000 01000000 05000000 06000000 0200 1a90 c0a8"), EntityAddr{Type: AddrLegacy, Nonce: 5, family: afInet, data: [26]byte{0x1a, 0x90, 0xc0, 0xa8}}},
-		{"no sockaddr", unhex(t, "01 0101 0c000000 03000000 05000000 00000000"), EntityAddr{Type: AddrAny, Nonce: 5}},
-		{"unknown family kept", unhex(t, "01 0101 10000000 01000000 05000000 04000000 0100 6162"), EntityAddr{Type: AddrLegacy, Nonce: 5, family: 1, data: [26]byte{'a', 'b'}}},
-		{"newer struct version, longer", unhex(t, "01 0201 0d000000 01000000 05000000 00000000 ff"), EntityAddr{Type: AddrLegacy, Nonce: 5}},
+		{"short sockaddr", cephenctest.Hex(t, "01 0101 12000000 01000000 05000000 06000000 0200 1a90 c0a8"), EntityAddr{Type: AddrLegacy, Nonce: 5, family: afInet, data: [26]byte{0x1a, 0x90, 0xc0, 0xa8}}},
+		{"no sockaddr", cephenctest.Hex(t, "01 0101 0c000000 03000000 05000000 00000000"), EntityAddr{Type: AddrAny, Nonce: 5}},
+		{"unknown family kept", cephenctest.Hex(t, "01 0101 10000000 01000000 05000000 04000000 0100 6162"), EntityAddr{Type: AddrLegacy, Nonce: 5, family: 1, data: [26]byte{'a', 'b'}}},
+		{"newer struct version, longer", cephenctest.Hex(t, "01 0201 0d000000 01000000 05000000 00000000 ff"), EntityAddr{Type: AddrLegacy, Nonce: 5}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -258,7 +249,7 @@ func TestEntityAddrDecode(t *testing.T) {
 	}
 	for _, tt := range bad {
 		var a EntityAddr
-		if err := cephenc.Unmarshal(unhex(t, tt.hex), &a); !errors.Is(err, cephenc.ErrMalformed) || a != (EntityAddr{}) {
+		if err := cephenc.Unmarshal(cephenctest.Hex(t, tt.hex), &a); !errors.Is(err, cephenc.ErrMalformed) || a != (EntityAddr{}) {
 			t.Errorf("%s: %v, %+v; want ErrMalformed and a zero address", tt.name, err, a)
 		}
 	}
@@ -372,7 +363,7 @@ func TestLockInfoDecodeErrors(t *testing.T) {
 		}
 	}
 	// A count the input cannot hold fails before allocating for it.
-	huge := unhex(t, "0101 09000000 ffffff7f 00 00000000")
+	huge := cephenctest.Hex(t, "0101 09000000 ffffff7f 00 00000000")
 	var li LockInfo
 	if err := cephenc.Unmarshal(huge, &li); !errors.Is(err, cephenc.ErrShortBuffer) {
 		t.Errorf("huge count: %v", err)

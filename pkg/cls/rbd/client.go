@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cls/clsenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -14,9 +15,7 @@ import (
 const className = "rbd"
 
 // Reader runs a compound read on one object; objstore.Pool is one.
-type Reader interface {
-	Read(ctx context.Context, oid string, op *objstore.ReadOp) error
-}
+type Reader = clsenc.Reader
 
 func exec(op *objstore.WriteOp, method string, enc func(e *cephenc.Encoder)) {
 	op.Exec(className, method, cephenc.MarshalFunc(enc))
@@ -96,12 +95,10 @@ func DirRenameImage(op *objstore.WriteOp, src, dest, id string) {
 
 // call runs one read-only method and decodes its output with dec.
 func call(ctx context.Context, r Reader, oid, method string, in []byte, dec func(d *cephenc.Decoder)) error {
-	var op objstore.ReadOp
-	res := op.Exec(className, method, in)
-	if err := r.Read(ctx, oid, &op); err != nil {
+	d, err := clsenc.Call(ctx, r, oid, className, method, in)
+	if err != nil {
 		return err
 	}
-	d := cephenc.NewDecoder(res.Out())
 	dec(d)
 	return d.Err()
 }

@@ -9,17 +9,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
-
-func unhex(t testing.TB, s string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // TestWriteOpEncodings checks the input of every write call against the
 // bytes cls_rbd_client.cc encodes (create_image, set_size, set_features,
@@ -94,7 +86,7 @@ func TestWriteOpEncodings(t *testing.T) {
 			if s.Kind != objstore.StepExec || s.Class != "rbd" || s.Method != tt.method {
 				t.Fatalf("step = %v %s.%s, want exec rbd.%s", s.Kind, s.Class, s.Method, tt.method)
 			}
-			if want := unhex(t, tt.in); !bytes.Equal(s.Data, want) {
+			if want := cephenctest.Hex(t, tt.in); !bytes.Equal(s.Data, want) {
 				t.Fatalf("input = %x, want %x", s.Data, want)
 			}
 		})
@@ -123,15 +115,15 @@ func (r *recordingReader) Read(_ context.Context, _ string, op *objstore.ReadOp)
 func TestReadCallEncodings(t *testing.T) {
 	ctx := context.Background()
 	r := &recordingReader{out: map[string][]byte{
-		"get_size":             unhex(t, "16 0000000001000000"),
-		"get_features":         unhex(t, "4500000000000000 4500000000000000"),
-		"get_object_prefix":    unhex(t, "05000000 7262645f64"),
-		"get_snapcontext":      unhex(t, "0500000000000000 02000000 0500000000000000 0200000000000000"),
-		"get_parent":           unhex(t, "ffffffffffffffff 00000000 feffffffffffffff 0000000000000000"),
-		"dir_list":             unhex(t, "02000000 01000000 61 02000000 6964 01000000 62 02000000 6a6b"),
-		"get_id":               unhex(t, "03000000 616263"),
-		"get_data_pool":        unhex(t, "ffffffffffffffff"),
-		"get_create_timestamp": unhex(t, "10000000 20000000"),
+		"get_size":             cephenctest.Hex(t, "16 0000000001000000"),
+		"get_features":         cephenctest.Hex(t, "4500000000000000 4500000000000000"),
+		"get_object_prefix":    cephenctest.Hex(t, "05000000 7262645f64"),
+		"get_snapcontext":      cephenctest.Hex(t, "0500000000000000 02000000 0500000000000000 0200000000000000"),
+		"get_parent":           cephenctest.Hex(t, "ffffffffffffffff 00000000 feffffffffffffff 0000000000000000"),
+		"dir_list":             cephenctest.Hex(t, "02000000 01000000 61 02000000 6964 01000000 62 02000000 6a6b"),
+		"get_id":               cephenctest.Hex(t, "03000000 616263"),
+		"get_data_pool":        cephenctest.Hex(t, "ffffffffffffffff"),
+		"get_create_timestamp": cephenctest.Hex(t, "10000000 20000000"),
 	}}
 	size, order, err := GetSize(ctx, r, "h", NoSnap)
 	if err != nil || size != 1<<32 || order != 22 {
@@ -185,7 +177,7 @@ func TestReadCallEncodings(t *testing.T) {
 		if !ok {
 			continue
 		}
-		if c.Class != "rbd" || !bytes.Equal(c.Data, unhex(t, want)) {
+		if c.Class != "rbd" || !bytes.Equal(c.Data, cephenctest.Hex(t, want)) {
 			t.Errorf("%s.%s input = %x, want %s", c.Class, c.Method, c.Data, want)
 		}
 	}
@@ -200,9 +192,9 @@ func TestClientRejectsBadOutput(t *testing.T) {
 	}{
 		{"short size", map[string][]byte{"get_size": {22}}, func(r Reader) error { _, _, err := GetSize(ctx, r, "h", NoSnap); return err }},
 		{"truncated prefix", map[string][]byte{"get_object_prefix": {9, 0, 0, 0, 'a'}}, func(r Reader) error { _, err := GetObjectPrefix(ctx, r, "h"); return err }},
-		{"snapc count too large", map[string][]byte{"get_snapcontext": unhex(t, "0500000000000000 ffffffff")}, func(r Reader) error { _, err := GetSnapContext(ctx, r, "h"); return err }},
-		{"snapc not descending", map[string][]byte{"get_snapcontext": unhex(t, "0500000000000000 02000000 0200000000000000 0500000000000000")}, func(r Reader) error { _, err := GetSnapContext(ctx, r, "h"); return err }},
-		{"dir list truncated", map[string][]byte{"dir_list": unhex(t, "01000000 01000000 61")}, func(r Reader) error { _, err := DirList(ctx, r, DirectoryOID, "", 10); return err }},
+		{"snapc count too large", map[string][]byte{"get_snapcontext": cephenctest.Hex(t, "0500000000000000 ffffffff")}, func(r Reader) error { _, err := GetSnapContext(ctx, r, "h"); return err }},
+		{"snapc not descending", map[string][]byte{"get_snapcontext": cephenctest.Hex(t, "0500000000000000 02000000 0200000000000000 0500000000000000")}, func(r Reader) error { _, err := GetSnapContext(ctx, r, "h"); return err }},
+		{"dir list truncated", map[string][]byte{"dir_list": cephenctest.Hex(t, "01000000 01000000 61")}, func(r Reader) error { _, err := DirList(ctx, r, DirectoryOID, "", 10); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

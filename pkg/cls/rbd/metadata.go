@@ -65,9 +65,8 @@ func metadataSet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // metadataRemove removes one image metadata key. Input: string key.
 func metadataRemove(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	k := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	k, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	// The OSD's omap key removal fails with ENOENT on a missing object.
@@ -80,9 +79,8 @@ func metadataRemove(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // metadataGet returns one image metadata value as a bufferlist; ENOENT if
 // the key is not set. Input: string key.
 func metadataGet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	k := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	k, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	v, err := ctx.OmapGet(metadataKeyPrefix + k)

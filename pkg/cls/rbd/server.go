@@ -209,9 +209,8 @@ func create(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // getSize returns u8 order and u64 size of the head (snap_id NoSnap) or of
 // a snapshot. Input: u64 snap_id.
 func getSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	snapID := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	snapID, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	order, err := readKey(ctx, keyOrder, clsenc.U8)
@@ -247,9 +246,8 @@ func decSnapImageSize(d *cephenc.Decoder) (uint64, error) {
 // setSize sets the image size and, when shrinking a clone, shrinks its
 // overlap with the parent. Input: u64 size.
 func setSize(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	size := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	size, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	orig, err := readKey(ctx, keySize, clsenc.U64)
@@ -389,9 +387,8 @@ func getSnapContext(ctx objstore.MethodContext, _ []byte) ([]byte, error) {
 // getParent returns the image's parent: s64 pool id (-1 for none), string
 // image id, u64 snap id, u64 overlap. Input: u64 snap_id.
 func getParent(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	d := cephenc.NewDecoder(in)
-	snapID := d.U64()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	snapID, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkExists(ctx); err != nil {
@@ -542,9 +539,8 @@ func setID(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	if err := checkExists(ctx); err != nil {
 		return nil, err
 	}
-	d := cephenc.NewDecoder(in)
-	id := d.Str()
-	if err := clsenc.BadInput(d.Err()); err != nil {
+	id, err := clsenc.Input(in, clsenc.String)
+	if err != nil {
 		return nil, err
 	}
 	if !isValidID(id) {
@@ -651,9 +647,8 @@ func dirRenameImage(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // dir_get_name with dirKeyForID (input: id; output: name).
 func dirGet(key func(string) string) callFunc {
 	return func(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-		d := cephenc.NewDecoder(in)
-		k := d.Str()
-		if err := clsenc.BadInput(d.Err()); err != nil {
+		k, err := clsenc.Input(in, clsenc.String)
+		if err != nil {
 			return nil, err
 		}
 		v, err := readKey(ctx, key(k), clsenc.String)

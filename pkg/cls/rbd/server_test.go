@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
@@ -52,11 +53,11 @@ func TestCreateHeaderLayout(t *testing.T) {
 	after := time.Now()
 	o := p.Objects[HeaderOID("102770f22d36")]
 	want := map[string][]byte{
-		"size":          unhex(t, "0000000400000000"),
-		"order":         unhex(t, "16"),
-		"features":      unhex(t, "4500000000000000"),
-		"object_prefix": append(unhex(t, "15000000"), "rbd_data.102770f22d36"...),
-		"snap_seq":      unhex(t, "0000000000000000"),
+		"size":          cephenctest.Hex(t, "0000000400000000"),
+		"order":         cephenctest.Hex(t, "16"),
+		"features":      cephenctest.Hex(t, "4500000000000000"),
+		"object_prefix": append(cephenctest.Hex(t, "15000000"), "rbd_data.102770f22d36"...),
+		"snap_seq":      cephenctest.Hex(t, "0000000000000000"),
 	}
 	ts := o.Omap["create_timestamp"]
 	if len(ts) != 8 {
@@ -129,7 +130,7 @@ func TestCreateErrors(t *testing.T) {
 	if _, err := call1(t, o, "create", enc(1, 22, FeatureDataPool, "rbd_data.1.x", &pool5)); err != nil {
 		t.Fatal(err)
 	}
-	if got := o.Omap["data_pool_id"]; !bytes.Equal(got, unhex(t, "0500000000000000")) {
+	if got := o.Omap["data_pool_id"]; !bytes.Equal(got, cephenctest.Hex(t, "0500000000000000")) {
 		t.Fatalf("data_pool_id = %x", got)
 	}
 }
@@ -211,7 +212,7 @@ func TestHeaderMethods(t *testing.T) {
 	// Every read method on a missing header is ENOENT; set_size too.
 	for _, name := range []string{"get_size", "get_features", "get_object_prefix", "get_data_pool", "get_snapcontext", "get_parent", "get_stripe_unit_count", "get_create_timestamp", "get_all_features", "get_id", "dir_get_id", "dir_get_name", "dir_list"} {
 		var op objstore.ReadOp
-		op.Exec("rbd", name, unhex(t, "feffffffffffffff feffffffffffffff"))
+		op.Exec("rbd", name, cephenctest.Hex(t, "feffffffffffffff feffffffffffffff"))
 		if err := p.Read(ctx, "missing", &op); !errors.Is(err, objstore.ErrNotFound) {
 			t.Errorf("%s on a missing object = %v, want ENOENT", name, err)
 		}
@@ -285,7 +286,7 @@ func TestSnapContextAndSnapshotSize(t *testing.T) {
 		e.U64(id)
 		e.String(fmt.Sprint("snap", id))
 		e.U64(id * 1000)
-		e.Raw(unhex(t, "00 0000000000000000 01010400000000000000 86d9146b2ac0a400 00000000 00"))
+		e.Raw(cephenctest.Hex(t, "00 0000000000000000 01010400000000000000 86d9146b2ac0a400 00000000 00"))
 		e.Finish(m)
 		o.Omap[snapKey(id)] = e.Data()
 	}
@@ -303,7 +304,7 @@ func TestSnapContextAndSnapshotSize(t *testing.T) {
 		t.Fatalf("snap context = %+v", sc)
 	}
 	out, err = call1(t, o, "get_size", u64Bytes(0x11))
-	if err != nil || !bytes.Equal(out, unhex(t, "16 6842000000000000")) {
+	if err != nil || !bytes.Equal(out, cephenctest.Hex(t, "16 6842000000000000")) {
 		t.Fatalf("get_size(snap 0x11) = %x, %v", out, err)
 	}
 	if _, err := call1(t, o, "get_size", u64Bytes(4)); !errors.Is(err, objstore.ErrNotFound) {
@@ -335,7 +336,7 @@ func TestParent(t *testing.T) {
 		{"v2 parent", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{2, "p1", 4, 1 << 20}, nil},
 		{"v2 parent without head overlap", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4}.encode), ParentInfo{2, "p1", 4, 0}, nil},
 		// ENCODE_START(1, 1), s64 pool, string id, u64 snap, u64 overlap
-		{"v1 parent", FeatureLayering, unhex(t, "0101 1e000000 0300000000000000 02000000 7031 0500000000000000 0000200000000000"), ParentInfo{3, "p1", 5, 2 << 20}, nil},
+		{"v1 parent", FeatureLayering, cephenctest.Hex(t, "0101 1e000000 0300000000000000 02000000 7031 0500000000000000 0000200000000000"), ParentInfo{3, "p1", 5, 2 << 20}, nil},
 		{"namespace", FeatureLayering, cephenc.MarshalFunc(parentRecord{poolID: 2, poolNamespace: "ns", imageID: "p1", snapID: 4}.encode), ParentInfo{}, syscall.EXDEV},
 		{"corrupt", FeatureLayering, []byte{2, 2, 9}, ParentInfo{}, syscall.EIO},
 		{"no layering", FeatureExclusiveLock, cephenc.MarshalFunc(parentRecord{poolID: 2, imageID: "p1", snapID: 4, headOverlap: &overlap}.encode), ParentInfo{PoolID: -1, SnapID: NoSnap}, nil},
@@ -404,7 +405,7 @@ func TestIDObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The id is the object's data, encoded as a Ceph string.
-	if want := append(unhex(t, "0c000000"), "102770f22d36"...); !bytes.Equal(p.Objects[oid].Data, want) {
+	if want := append(cephenctest.Hex(t, "0c000000"), "102770f22d36"...); !bytes.Equal(p.Objects[oid].Data, want) {
 		t.Fatalf("rbd_id data = %x, want %x", p.Objects[oid].Data, want)
 	}
 	if id, err := GetID(ctx, p, oid); err != nil || id != "102770f22d36" {
@@ -473,8 +474,8 @@ func TestDirectory(t *testing.T) {
 	// Omap layout (cls_rbd.cc dir_add_image_helper): name_<name> -> string
 	// id, id_<id> -> string name.
 	want := map[string][]byte{
-		"name_vol": unhex(t, "03000000 616263"),
-		"id_abc":   unhex(t, "03000000 766f6c"),
+		"name_vol": cephenctest.Hex(t, "03000000 616263"),
+		"id_abc":   cephenctest.Hex(t, "03000000 766f6c"),
 	}
 	if got := p.Objects[DirectoryOID].Omap; !maps.EqualFunc(got, want, bytes.Equal) {
 		t.Fatalf("directory omap = %x, want %x", got, want)

@@ -297,22 +297,24 @@ func setOpFeatures(ctx objstore.MethodContext, opFeatures, mask uint64) error {
 	return ctx.OmapSet(kv)
 }
 
-func decSnapIDInput(in []byte) (uint64, error) {
-	d := cephenc.NewDecoder(in)
-	id := d.U64()
-	return id, clsenc.BadInput(d.Err())
+// readSnapInput reads the record of the snapshot a method's input (u64 snap
+// id) names, and its omap key: -EINVAL for an undecodable input, ENOENT if
+// there is no such snapshot.
+func readSnapInput(ctx objstore.MethodContext, in []byte) (string, SnapRecord, error) {
+	id, err := clsenc.Input(in, clsenc.U64)
+	if err != nil {
+		return "", SnapRecord{}, err
+	}
+	key := snapKey(id)
+	r, err := readKey(ctx, key, decSnapRecord)
+	return key, r, err
 }
 
 // snapshotRemove deletes a snapshot record (cls_rbd's snapshot_remove).
 // Input: u64 snap id. ENOENT if there is none, EBUSY if it is protected or
 // has clone v2 children.
 func snapshotRemove(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
-	if err != nil {
-		return nil, err
-	}
-	key := snapKey(id)
-	r, err := readKey(ctx, key, decSnapRecord)
+	key, r, err := readSnapInput(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -341,12 +343,7 @@ func snapshotRemove(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 // name (cls_rbd's snapshot_trash_add): librbd's first step of a removal.
 // Input: u64 snap id. EEXIST if it is in the trash already.
 func snapshotTrashAdd(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
-	if err != nil {
-		return nil, err
-	}
-	key := snapKey(id)
-	r, err := readKey(ctx, key, decSnapRecord)
+	key, r, err := readSnapInput(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -376,11 +373,7 @@ func newUUID() string {
 // snapshotGet returns a snapshot's SnapshotInfo (cls_rbd's snapshot_get).
 // Input: u64 snap id.
 func snapshotGet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
-	if err != nil {
-		return nil, err
-	}
-	r, err := readKey(ctx, snapKey(id), decSnapRecord)
+	_, r, err := readSnapInput(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -390,7 +383,7 @@ func snapshotGet(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // getSnapshotName returns a snapshot's name. Input: u64 snap id.
 func getSnapshotName(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
+	id, err := clsenc.Input(in, clsenc.U64)
 	if err != nil {
 		return nil, err
 	}
@@ -406,11 +399,7 @@ func getSnapshotName(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 
 // getSnapshotTimestamp returns a snapshot's creation time. Input: u64 snap id.
 func getSnapshotTimestamp(ctx objstore.MethodContext, in []byte) ([]byte, error) {
-	id, err := decSnapIDInput(in)
-	if err != nil {
-		return nil, err
-	}
-	r, err := readKey(ctx, snapKey(id), decSnapRecord)
+	_, r, err := readSnapInput(ctx, in)
 	if err != nil {
 		return nil, err
 	}

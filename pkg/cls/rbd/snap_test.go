@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
@@ -18,7 +19,7 @@ const goldenSnapRecord = "0808 36000000 0400000000000000 02000000 7331 000000010
 	" 00 0000000000000000 01010400000000000000 86d9146b2ac0a400 00000000 00"
 
 func TestSnapRecordGolden(t *testing.T) {
-	raw := unhex(t, goldenSnapRecord)
+	raw := cephenctest.Hex(t, goldenSnapRecord)
 	var r SnapRecord
 	if err := cephenc.Unmarshal(raw, &r); err != nil {
 		t.Fatal(err)

@@ -48,6 +48,18 @@ func removeAtEnd(t *testing.T, p objstore.Pool, prefix string) {
 	})
 }
 
+// createObject creates object oid through p, to be removed through cleanup
+// (a pool whose client outlives the test's) when t ends.
+func createObject(t *testing.T, p, cleanup objstore.Pool, oid string) {
+	t.Helper()
+	removeAtEnd(t, cleanup, oid)
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	if err := p.Operate(context.Background(), oid, op); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestContractTwoClients runs the two-client part of the suite with two
 // client instances (two librados handles: two addresses, two global ids).
 func TestContractTwoClients(t *testing.T) {
@@ -200,16 +212,7 @@ func TestCancelReturnsPromptly(t *testing.T) {
 	p := cephtest.Pool(t)
 	ctx := context.Background()
 	oid := "cephtest.cancel." + time.Now().Format("150405.000000")
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, oid, op); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		op := &objstore.WriteOp{}
-		op.Remove()
-		p.Operate(ctx, oid, op)
-	}()
+	createObject(t, p, p, oid)
 	w, err := p.Watch(ctx, oid, silent{})
 	if err != nil {
 		t.Fatal(err)
@@ -241,16 +244,7 @@ func TestClose(t *testing.T) {
 	}
 	other := cephtest.Pool(t)
 	oid := fmt.Sprintf("cephtest.close.%d", time.Now().UnixNano())
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, oid, op); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		op := &objstore.WriteOp{}
-		op.Remove()
-		other.Operate(ctx, oid, op)
-	}()
+	createObject(t, p, other, oid)
 	if _, err := p.Watch(ctx, oid, silent{}); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +257,7 @@ func TestClose(t *testing.T) {
 	if ws, err := other.ListWatchers(ctx, oid); err != nil || len(ws) != 0 {
 		t.Fatalf("watchers after close %+v, %v", ws, err)
 	}
-	op = &objstore.WriteOp{}
+	op := &objstore.WriteOp{}
 	op.Create(false)
 	if err := p.Operate(ctx, oid, op); !errors.Is(err, ceph.ErrClosed) {
 		t.Fatalf("operate after close: %v", err)

@@ -54,10 +54,10 @@ func errnoOf(ret C.int) error {
 // writeOp is a write operation built in C++ memory: building copies the
 // caller's data, so it is safe to run after the caller has returned.
 type writeOp struct {
-	p      *C.csi_wop
-	snapc  objstore.SnapContext // copied: the caller's slice may change
-	name   string               // how an error names the operation
-	cnames []*C.char
+	p     *C.csi_wop
+	snapc objstore.SnapContext // copied: the caller's slice may change
+	name  string               // how an error names the operation
+	cnames
 }
 
 // buildWriteOp translates op into a librados write operation.
@@ -75,22 +75,35 @@ func buildWriteOp(op *objstore.WriteOp) (*writeOp, error) {
 	}
 	steps := op.Steps()
 	if len(steps) == 1 {
-		w.name = stepName(&steps[0])
+		w.name = steps[0].OpName()
 	}
 	for i := range steps {
 		s := &steps[i]
 		if err := w.add(s); err != nil {
 			w.free()
-			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+			return nil, &objstore.OpError{Op: s.OpName(), Err: err}
 		}
 	}
 	return w, nil
 }
 
-func (w *writeOp) cstring(s string) *C.char {
+// cnames are the C strings an operation passes to librados, owned by the
+// operation until it is freed.
+type cnames []*C.char
+
+// cstring returns s as a C string that lives until free.
+func (n *cnames) cstring(s string) *C.char {
 	c := C.CString(s)
-	w.cnames = append(w.cnames, c)
+	*n = append(*n, c)
 	return c
+}
+
+// free releases the strings.
+func (n *cnames) free() {
+	for _, c := range *n {
+		C.free(unsafe.Pointer(c))
+	}
+	*n = nil
 }
 
 func (w *writeOp) add(s *objstore.Step) error {
@@ -158,20 +171,18 @@ func (w *writeOp) operate(io *C.csi_ioctx, oid string) error {
 
 func (w *writeOp) free() {
 	C.csi_wop_free(w.p)
-	for _, c := range w.cnames {
-		C.free(unsafe.Pointer(c))
-	}
-	w.p, w.cnames = nil, nil
+	w.cnames.free()
+	w.p = nil
 }
 
 // readOp is a read operation built in C++ memory. Its results are decoded
 // into Go values by collect, which the caller's goroutine then stores into
 // the steps (apply), so a caller that gave up never sees a late write.
 type readOp struct {
-	p       *C.csi_rop
-	snap    uint64 // 0: the head
-	steps   []*objstore.Step
-	cnames  []*C.char
+	p     *C.csi_rop
+	snap  uint64 // 0: the head
+	steps []*objstore.Step
+	cnames
 	results []any
 }
 
@@ -184,16 +195,10 @@ func buildReadOp(op *objstore.ReadOp) (*readOp, error) {
 	for i, s := range steps {
 		if err := r.add(C.size_t(i), s); err != nil {
 			r.free()
-			return nil, &objstore.OpError{Op: stepName(s), Err: err}
+			return nil, &objstore.OpError{Op: s.OpName(), Err: err}
 		}
 	}
 	return r, nil
-}
-
-func (r *readOp) cstring(s string) *C.char {
-	c := C.CString(s)
-	r.cnames = append(r.cnames, c)
-	return c
 }
 
 func (r *readOp) add(i C.size_t, s *objstore.Step) error {
@@ -242,7 +247,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		name := "read"
 		for i, s := range r.steps {
 			if rv := C.csi_rop_rval(r.p, C.size_t(i)); rv < 0 {
-				name = stepName(s)
+				name = s.OpName()
 				if s.Kind == objstore.StepGetXattr && rv == -C.int(syscall.ENODATA) {
 					// the contract's error for a missing xattr
 					return name, fmt.Errorf("xattr %q: %w", s.Name, syscall.ENOENT)
@@ -270,7 +275,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		case objstore.StepGetOmapVals, objstore.StepGetOmapValsByKeys:
 			page, err := decodePage(raw)
 			if err != nil {
-				return stepName(s), err
+				return s.OpName(), err
 			}
 			if s.Kind == objstore.StepGetOmapValsByKeys {
 				page.More = false
@@ -279,7 +284,7 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 		case objstore.StepGetXattrs:
 			page, err := decodePage(raw)
 			if err != nil {
-				return stepName(s), err
+				return s.OpName(), err
 			}
 			m := make(map[string][]byte, len(page.Entries))
 			for _, kv := range page.Entries {
@@ -302,10 +307,8 @@ func (r *readOp) apply() {
 
 func (r *readOp) free() {
 	C.csi_rop_free(r.p)
-	for _, c := range r.cnames {
-		C.free(unsafe.Pointer(c))
-	}
-	r.p, r.cnames = nil, nil
+	r.cnames.free()
+	r.p = nil
 }
 
 var errShortResult = fmt.Errorf("%w: malformed result from librados shim", syscall.EIO)
@@ -376,26 +379,4 @@ func listWatchers(io *C.csi_ioctx, oid string) ([]objstore.WatcherInfo, error) {
 		ws = append(ws, objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id, Addr: normalizeAddr(addr)}, Cookie: cookie})
 	}
 	return ws, nil
-}
-
-var stepNames = map[objstore.StepKind]string{
-	objstore.StepCreate: "create", objstore.StepRemove: "remove", objstore.StepWrite: "write",
-	objstore.StepWriteFull: "writefull", objstore.StepAppend: "append", objstore.StepTruncate: "truncate",
-	objstore.StepZero: "zero", objstore.StepSetOmap: "omap-set", objstore.StepRmOmapKeys: "omap-rm-keys",
-	objstore.StepClearOmap: "omap-clear", objstore.StepSetXattr: "setxattr", objstore.StepRmXattr: "rmxattr",
-	objstore.StepAssertExists: "assert-exists", objstore.StepExec: "exec", objstore.StepRead: "read",
-	objstore.StepStat: "stat", objstore.StepGetOmapVals: "omap-get-vals",
-	objstore.StepGetOmapValsByKeys: "omap-get-vals-by-keys", objstore.StepGetXattr: "getxattr",
-	objstore.StepGetXattrs: "getxattrs",
-}
-
-// stepName names a step in errors, as the local backend does.
-func stepName(s *objstore.Step) string {
-	if s.Kind == objstore.StepExec {
-		return "exec " + s.Class + "." + s.Method
-	}
-	if n, ok := stepNames[s.Kind]; ok {
-		return n
-	}
-	return fmt.Sprintf("step %d", s.Kind)
 }

@@ -38,10 +38,9 @@ type watch struct {
 	// cookie is librados' watch handle (valid once registered).
 	cookie uint64
 
-	mu     sync.Mutex
-	lost   error
-	closed bool
-	disp   *objstore.Dispatcher // calls the handler, one event at a time
+	// disp calls the handler, one event at a time, and keeps the state:
+	// lost (reported once), closed.
+	disp *objstore.Dispatcher
 }
 
 // watches maps the token handed to the C++ watch context to its watch.
@@ -141,13 +140,12 @@ func (w *watch) Cookie() uint64 { return w.cookie }
 
 // Check returns nil while the watch is established.
 func (w *watch) Check() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	closed, lost := w.disp.State()
 	switch {
-	case w.closed:
+	case closed:
 		return opErr("watch-check", w.oid, syscall.ENOTCONN)
-	case w.lost != nil:
-		return w.lost
+	case lost != nil:
+		return lost
 	}
 	if r := C.csi_watch_check(w.p.io, w.cw); r < 0 {
 		return opErr("watch-check", w.oid, errnoOf(r))
@@ -166,15 +164,10 @@ func (w *watch) Close(ctx context.Context) error {
 }
 
 func (w *watch) close(ctx context.Context) error {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	if !w.disp.Stop() {
 		return nil
 	}
-	w.closed = true
-	w.disp.Stop()
-	lost := w.lost
-	w.mu.Unlock()
+	_, lost := w.disp.State() // final: a stopped dispatcher records no loss
 	// Blocking, bounded by the op timeout.
 	err := errnoOf(C.csi_unwatch(w.p.io, w.cw))
 	w.c.flushWatchCallbacks()
@@ -188,11 +181,6 @@ func (w *watch) close(ctx context.Context) error {
 }
 
 func (w *watch) deliver(notifyID, cookie, notifierID uint64, payload []byte) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.lost != nil {
-		return
-	}
 	w.disp.Notify(objstore.NewNotification(notifyID, cookie, notifierID, payload, func(reply []byte) { w.ack(notifyID, cookie, reply) }))
 }
 
@@ -210,15 +198,7 @@ func (w *watch) ack(notifyID, cookie uint64, reply []byte) {
 }
 
 // lose marks the watch lost and reports err to the handler once.
-func (w *watch) lose(err error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.lost != nil {
-		return
-	}
-	w.lost = err
-	w.disp.Lost(err)
-}
+func (w *watch) lose(err error) { w.disp.Lost(err) }
 
 // defaultNotifyTimeout is used when Notify is given timeout 0 (librados'
 // client_notify_timeout default).

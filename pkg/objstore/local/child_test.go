@@ -362,24 +362,34 @@ func childCrashLoop(dir string, opts Options) error {
 // childTorn performs LOCAL_TEST_OPS acknowledged appends, then one more
 // whose process dies right after the log write (before fsync and apply).
 func childTorn(dir string, opts Options) error {
+	return childKilledInAppend(dir, opts, "torn", func(i int) (int, bool) { return 100 + i*37, i%2 == 0 }, 5000,
+		func(kill func()) { testHookAfterLogWrite = kill })
+}
+
+// childKilledInAppend performs LOCAL_TEST_OPS acknowledged appends to oid
+// (the i-th of chunk(i)'s size, with its omap update through a class method
+// if chunk says so), then arms a test hook with kill (arm) and makes one
+// more append of lastSize bytes, which the hook's SIGKILL interrupts.
+func childKilledInAppend(dir string, opts Options, oid string, chunk func(i int) (size int, viaClass bool), lastSize int, arm func(kill func())) error {
 	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
 	_, p, err := openChild(dir, opts)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	cw, err := newChunkWriter(ctx, p, []string{"torn"})
+	cw, err := newChunkWriter(ctx, p, []string{oid})
 	if err != nil {
 		return err
 	}
 	for i := 1; i <= n; i++ {
-		if err := cw.append(ctx, "torn", uint64(i), 100+i*37, i%2 == 0); err != nil {
+		size, viaClass := chunk(i)
+		if err := cw.append(ctx, oid, uint64(i), size, viaClass); err != nil {
 			return err
 		}
 		out("ack %d", i)
 	}
-	testHookAfterLogWrite = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-	cw.append(ctx, "torn", uint64(n+1), 5000, false)
+	arm(func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) })
+	cw.append(ctx, oid, uint64(n+1), lastSize, false)
 	return fmt.Errorf("still alive")
 }
 
@@ -448,24 +458,37 @@ func (printHandler) HandleWatchError(_ context.Context, err error) {
 	out("watcherror %d", objstore.Errno(err))
 }
 
+// openWatching opens the child's client and watches oid (created if
+// missing) with a printHandler; the caller closes the client.
+func openWatching(dir string, opts Options, oid string) (*Cluster, objstore.Pool, objstore.Watch, error) {
+	c, p, err := openChild(dir, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx := context.Background()
+	op := &objstore.WriteOp{}
+	op.Create(false)
+	err = p.Operate(ctx, oid, op)
+	var w objstore.Watch
+	if err == nil {
+		w, err = p.Watch(ctx, oid, printHandler{})
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, err
+	}
+	return c, p, w, nil
+}
+
 // childWatcher watches "watched" and obeys stdin commands: "notify" (notify
 // "watched" and print the acks), "quit".
 func childWatcher(dir string, opts Options) error {
-	c, p, err := openChild(dir, opts)
+	c, p, w, err := openWatching(dir, opts, "watched")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, "watched", op); err != nil {
-		return err
-	}
-	w, err := p.Watch(ctx, "watched", printHandler{})
-	if err != nil {
-		return err
-	}
 	out("ready %d %s %d", c.Client().ID, c.Client().Addr, w.Cookie())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -488,20 +511,12 @@ func childWatcher(dir string, opts Options) error {
 // until a write fails; it prints "ack <n>", then "writeerr <errno>", and
 // "watcherror <errno>" when its watch is lost.
 func childVictim(dir string, opts Options) error {
-	c, p, err := openChild(dir, opts)
+	c, p, _, err := openWatching(dir, opts, "victim")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	op := &objstore.WriteOp{}
-	op.Create(false)
-	if err := p.Operate(ctx, "victim", op); err != nil {
-		return err
-	}
-	if _, err := p.Watch(ctx, "victim", printHandler{}); err != nil {
-		return err
-	}
 	out("ready %s", c.Client().Addr)
 	for i := 1; ; i++ {
 		op := &objstore.WriteOp{}
@@ -522,23 +537,6 @@ func childVictim(dir string, opts Options) error {
 // childMidApply performs LOCAL_TEST_OPS acknowledged appends, then one more
 // whose process dies in the middle of applying it: data written, omap not.
 func childMidApply(dir string, opts Options) error {
-	n, _ := strconv.Atoi(os.Getenv("LOCAL_TEST_OPS"))
-	_, p, err := openChild(dir, opts)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	cw, err := newChunkWriter(ctx, p, []string{"midapply"})
-	if err != nil {
-		return err
-	}
-	for i := 1; i <= n; i++ {
-		if err := cw.append(ctx, "midapply", uint64(i), 1000+i, false); err != nil {
-			return err
-		}
-		out("ack %d", i)
-	}
-	testHookBeforeMeta = func(*record) { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-	cw.append(ctx, "midapply", uint64(n+1), 4000, false)
-	return fmt.Errorf("still alive")
+	return childKilledInAppend(dir, opts, "midapply", func(i int) (int, bool) { return 1000 + i, false }, 4000,
+		func(kill func()) { testHookBeforeMeta = func(*record) { kill() } })
 }

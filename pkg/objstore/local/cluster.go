@@ -215,12 +215,7 @@ func (c *Cluster) Close() error {
 	}
 	c.cancel()
 	c.life.Lock() // wait for running operations
-	c.watchMu.Lock()
-	ws := make([]*watch, 0, len(c.watches))
-	for _, w := range c.watches {
-		ws = append(ws, w)
-	}
-	c.watchMu.Unlock()
+	ws := c.watchList()
 	for _, w := range ws {
 		w.Close(context.Background()) // not from a handler
 	}

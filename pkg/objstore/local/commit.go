@@ -418,7 +418,7 @@ func (c *Cluster) execWrite(r *request, states map[objKey]*objState, now int64) 
 	for i := range r.op.Steps() {
 		s := &r.op.Steps()[i]
 		if err := o.writeStep(s); err != nil {
-			return nil, stepErr(stepName(s), r.oid, err)
+			return nil, stepErr(s.OpName(), r.oid, err)
 		}
 	}
 	rec := &record{poolID: r.p.id, oid: r.oid, muts: st.muts[len(base.muts):]}

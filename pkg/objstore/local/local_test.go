@@ -54,6 +54,14 @@ func poolT(t testing.TB, c *Cluster, name string) objstore.Pool {
 	return p
 }
 
+// twoClientsT opens two clients of one new store and their pools "rbd".
+func twoClientsT(t testing.TB) (a, b *Cluster, pa, pb objstore.Pool) {
+	t.Helper()
+	dir := t.TempDir()
+	a, b = openT(t, dir, testOptions()), openT(t, dir, testOptions())
+	return a, b, poolT(t, a, "rbd"), poolT(t, b, "rbd")
+}
+
 func TestContract(t *testing.T) {
 	objstoretest.Run(t, func(t *testing.T) objstore.Pool {
 		return poolT(t, openT(t, t.TempDir(), testOptions()), "rbd")
@@ -185,10 +193,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 
 // TestCloseUnregistersWatches: a closed client's watches disappear for others.
 func TestCloseUnregistersWatches(t *testing.T) {
-	dir := t.TempDir()
-	a := openT(t, dir, testOptions())
-	b := openT(t, dir, testOptions())
-	pa, pb := poolT(t, a, "rbd"), poolT(t, b, "rbd")
+	_, b, pa, pb := twoClientsT(t)
 	createT(t, pa, "w")
 	h := newRecHandler("r")
 	if _, err := pb.Watch(context.Background(), "w", h); err != nil {
@@ -249,11 +254,8 @@ func TestWatchCloseFromHandler(t *testing.T) {
 // with ESHUTDOWN, its watch is lost, writes racing Blocklist either land
 // before it returns or fail; unblocklisting and expiry restore it.
 func TestBlocklist(t *testing.T) {
-	dir := t.TempDir()
 	ctx := context.Background()
-	a := openT(t, dir, testOptions())
-	b := openT(t, dir, testOptions())
-	pa, pb := poolT(t, a, "rbd"), poolT(t, b, "rbd")
+	a, b, pa, pb := twoClientsT(t)
 	createT(t, pb, "obj")
 	h := newRecHandler("r")
 	w, err := pb.Watch(ctx, "obj", h)

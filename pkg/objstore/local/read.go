@@ -118,13 +118,13 @@ func (p *pool) readSteps(ctx context.Context, oid string, steps []*objstore.Step
 		}
 		defer st.closeFile()
 		if !st.exists && len(steps) > 0 {
-			return &objstore.OpError{Op: stepName(steps[0]), OID: oid, Err: syscall.ENOENT}
+			return &objstore.OpError{Op: steps[0].OpName(), OID: oid, Err: syscall.ENOENT}
 		}
 		o := &opCtx{c: c, oid: oid, st: st, caller: c.client}
 		for _, s := range steps {
 			s.Result = nil
 			if err := o.readStep(s); err != nil {
-				return stepErr(stepName(s), oid, err)
+				return stepErr(s.OpName(), oid, err)
 			}
 		}
 		return nil

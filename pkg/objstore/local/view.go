@@ -330,25 +330,21 @@ func stepErr(op, oid string, err error) error {
 	return &objstore.OpError{Op: op, OID: oid, Err: err}
 }
 
-var stepNames = map[objstore.StepKind]string{
-	objstore.StepCreate: "create", objstore.StepRemove: "remove", objstore.StepWrite: "write",
-	objstore.StepWriteFull: "writefull", objstore.StepAppend: "append", objstore.StepTruncate: "truncate",
-	objstore.StepZero: "zero", objstore.StepSetOmap: "omap-set", objstore.StepRmOmapKeys: "omap-rm-keys",
-	objstore.StepClearOmap: "omap-clear", objstore.StepSetXattr: "setxattr", objstore.StepRmXattr: "rmxattr",
-	objstore.StepAssertExists: "assert-exists", objstore.StepExec: "exec", objstore.StepRead: "read",
-	objstore.StepStat: "stat", objstore.StepGetOmapVals: "omap-get-vals",
-	objstore.StepGetOmapValsByKeys: "omap-get-vals-by-keys", objstore.StepGetXattr: "getxattr",
-	objstore.StepGetXattrs: "getxattrs",
-}
-
-func stepName(s *objstore.Step) string {
-	if s.Kind == objstore.StepExec {
-		return "exec " + s.Class + "." + s.Method
+// changeMeta applies change to the object's omap and xattrs (made
+// mutable first): a step that sets creates a missing object (create), one
+// that removes fails with ENOENT on it.
+func (o *opCtx) changeMeta(create bool, change func(m *objMeta)) error {
+	if create {
+		o.ensureExists()
+	} else if !o.st.exists {
+		return syscall.ENOENT
 	}
-	if n, ok := stepNames[s.Kind]; ok {
-		return n
+	m, err := o.mutableMeta()
+	if err != nil {
+		return err
 	}
-	return fmt.Sprintf("step %d", s.Kind)
+	change(m)
+	return nil
 }
 
 // writeStep runs one step of a WriteOp.
@@ -370,63 +366,33 @@ func (o *opCtx) writeStep(s *objstore.Step) error {
 	case objstore.StepZero:
 		return o.zero(s.Off, s.Len)
 	case objstore.StepSetOmap:
-		o.ensureExists()
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		keys := make([]string, 0, len(s.Omap))
-		for k := range s.Omap {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			m.set(k, s.Omap[k])
-		}
-		return nil
+		return o.changeMeta(true, func(m *objMeta) {
+			keys := make([]string, 0, len(s.Omap))
+			for k := range s.Omap {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				m.set(k, s.Omap[k])
+			}
+		})
 	case objstore.StepRmOmapKeys:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		for _, k := range s.Keys {
-			m.remove(k)
-		}
-		return nil
+		return o.changeMeta(false, func(m *objMeta) {
+			for _, k := range s.Keys {
+				m.remove(k)
+			}
+		})
 	case objstore.StepClearOmap:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		m.omap = nil
-		return nil
+		return o.changeMeta(false, func(m *objMeta) { m.omap = nil })
 	case objstore.StepSetXattr:
-		o.ensureExists()
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		if m.xattrs == nil {
-			m.xattrs = map[string][]byte{}
-		}
-		m.xattrs[s.Name] = append([]byte{}, s.Data...)
-		return nil
+		return o.changeMeta(true, func(m *objMeta) {
+			if m.xattrs == nil {
+				m.xattrs = map[string][]byte{}
+			}
+			m.xattrs[s.Name] = append([]byte{}, s.Data...)
+		})
 	case objstore.StepRmXattr:
-		if !o.st.exists {
-			return syscall.ENOENT
-		}
-		m, err := o.mutableMeta()
-		if err != nil {
-			return err
-		}
-		delete(m.xattrs, s.Name)
-		return nil
+		return o.changeMeta(false, func(m *objMeta) { delete(m.xattrs, s.Name) })
 	case objstore.StepAssertExists:
 		if !o.st.exists {
 			return syscall.ENOENT
@@ -590,11 +556,17 @@ func (m *methodCtx) WriteFull(data []byte) error {
 	return m.o.writeFull(append([]byte{}, data...))
 }
 
-func (m *methodCtx) OmapGet(key string) ([]byte, error) {
+// existingMeta returns the object's omap and xattrs for a method to read:
+// ENOENT if the object does not exist.
+func (m *methodCtx) existingMeta() (*objMeta, error) {
 	if !m.o.st.exists {
 		return nil, syscall.ENOENT
 	}
-	meta, err := m.o.st.loadMeta()
+	return m.o.st.loadMeta()
+}
+
+func (m *methodCtx) OmapGet(key string) ([]byte, error) {
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}
@@ -606,10 +578,7 @@ func (m *methodCtx) OmapGet(key string) ([]byte, error) {
 }
 
 func (m *methodCtx) OmapList(startAfter, prefix string, max int) (objstore.OmapPage, error) {
-	if !m.o.st.exists {
-		return objstore.OmapPage{}, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return objstore.OmapPage{}, err
 	}
@@ -631,10 +600,7 @@ func (m *methodCtx) OmapRemove(key string) error {
 }
 
 func (m *methodCtx) GetXattr(name string) ([]byte, error) {
-	if !m.o.st.exists {
-		return nil, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}
@@ -646,10 +612,7 @@ func (m *methodCtx) GetXattr(name string) ([]byte, error) {
 }
 
 func (m *methodCtx) GetXattrs() (map[string][]byte, error) {
-	if !m.o.st.exists {
-		return nil, syscall.ENOENT
-	}
-	meta, err := m.o.st.loadMeta()
+	meta, err := m.existingMeta()
 	if err != nil {
 		return nil, err
 	}

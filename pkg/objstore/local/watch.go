@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,6 +107,19 @@ func (p *pool) objectExists(oid string) (bool, error) {
 	return err == nil, err
 }
 
+// checkWatched fails op on oid if this client is blocklisted or oid does
+// not exist (ENOENT): what watch, list-watchers and notify check first.
+func (p *pool) checkWatched(op, oid string) error {
+	if p.c.blocklisted() {
+		return blocklistedErr(op, oid)
+	}
+	ok, err := p.objectExists(oid)
+	if err == nil && !ok {
+		err = syscall.ENOENT
+	}
+	return stepErr(op, oid, err)
+}
+
 // watch is one registered watch of this client.
 type watch struct {
 	c       *Cluster
@@ -112,10 +127,9 @@ type watch struct {
 	cookie  uint64
 	regPath string
 
-	mu     sync.Mutex
-	err    error // why the watch was lost; nil while established
-	closed bool
-	disp   *objstore.Dispatcher
+	// disp calls the handler, one event at a time, and keeps the state:
+	// lost (reported once), closed.
+	disp *objstore.Dispatcher
 }
 
 // Watch registers h for notifications sent to oid (ENOENT if oid does not exist).
@@ -131,14 +145,8 @@ func (p *pool) Watch(ctx context.Context, oid string, h objstore.WatchHandler) (
 	if err := ctx.Err(); err != nil {
 		return nil, &objstore.OpError{Op: "watch", OID: oid, Err: err}
 	}
-	if c.blocklisted() {
-		return nil, blocklistedErr("watch", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return nil, stepErr("watch", oid, err)
+	if err := p.checkWatched("watch", oid); err != nil {
+		return nil, err
 	}
 	w := &watch{c: c, oid: oid, cookie: c.nextCookie.Add(1)}
 	reg := watchReg{clientID: c.client.ID, nonce: c.nonce, cookie: w.cookie}
@@ -164,13 +172,12 @@ func (w *watch) Cookie() uint64 { return w.cookie }
 
 // Check returns nil while the watch is established.
 func (w *watch) Check() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
+	closed, lost := w.disp.State()
+	if closed {
 		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: syscall.ENOTCONN}
 	}
-	if w.err != nil {
-		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: w.err}
+	if lost != nil {
+		return &objstore.OpError{Op: "watch-check", OID: w.oid, Err: lost}
 	}
 	return nil
 }
@@ -178,14 +185,9 @@ func (w *watch) Check() error {
 // Close unregisters the watch and waits for a running handler call (unless
 // ctx is that call's: Close from the watch's own handler).
 func (w *watch) Close(ctx context.Context) error {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	if !w.disp.Stop() {
 		return nil
 	}
-	w.closed = true
-	w.disp.Stop()
-	w.mu.Unlock()
 	os.Remove(w.regPath)
 	os.Remove(filepath.Dir(w.regPath)) // only if empty
 	w.c.watchMu.Lock()
@@ -197,25 +199,22 @@ func (w *watch) Close(ctx context.Context) error {
 
 // lose marks the watch lost and reports err to the handler once.
 func (w *watch) lose(err error) {
-	w.mu.Lock()
-	if w.closed || w.err != nil {
-		w.mu.Unlock()
-		return
+	if w.disp.Lost(err) {
+		os.Remove(w.regPath)
 	}
-	w.err = err
-	w.disp.Lost(err)
-	w.mu.Unlock()
-	os.Remove(w.regPath)
 }
 
 // deliver queues a notification; false if the watch is not established.
 func (w *watch) deliver(n *objstore.Notification) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.err != nil {
-		return false
-	}
 	return w.disp.Notify(n)
+}
+
+// watchList returns this client's registered watches, to act on without
+// holding watchMu (closing or losing one takes it again).
+func (c *Cluster) watchList() []*watch {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	return slices.Collect(maps.Values(c.watches))
 }
 
 // deliverLocal hands a notification to this client's watch cookie.
@@ -242,12 +241,7 @@ func (c *Cluster) maintain() {
 		if !bl && i%20 != 0 {
 			continue
 		}
-		c.watchMu.Lock()
-		ws := make([]*watch, 0, len(c.watches))
-		for _, w := range c.watches {
-			ws = append(ws, w)
-		}
-		c.watchMu.Unlock()
+		ws := c.watchList()
 		for _, w := range ws {
 			if bl {
 				w.lose(objstore.ErrBlocklisted)
@@ -265,14 +259,8 @@ func (p *pool) ListWatchers(ctx context.Context, oid string) ([]objstore.Watcher
 		return nil, &objstore.OpError{Op: "list-watchers", OID: oid, Err: err}
 	}
 	defer c.exit()
-	if c.blocklisted() {
-		return nil, blocklistedErr("list-watchers", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return nil, stepErr("list-watchers", oid, err)
+	if err := p.checkWatched("list-watchers", oid); err != nil {
+		return nil, err
 	}
 	regs, err := p.readWatchRegs(oid)
 	if err != nil {
@@ -311,14 +299,8 @@ func (p *pool) Notify(ctx context.Context, oid string, payload []byte, timeout t
 		return res, &objstore.OpError{Op: "notify", OID: oid, Err: err}
 	}
 	defer c.exit()
-	if c.blocklisted() {
-		return res, blocklistedErr("notify", oid)
-	}
-	if ok, err := p.objectExists(oid); err != nil || !ok {
-		if err == nil {
-			err = syscall.ENOENT
-		}
-		return res, stepErr("notify", oid, err)
+	if err := p.checkWatched("notify", oid); err != nil {
+		return res, err
 	}
 	if timeout <= 0 {
 		timeout = c.opts.DefaultNotifyTimeout

@@ -132,6 +132,17 @@ func operate(t *testing.T, p objstore.Pool, oid string, build func(op *objstore.
 	return p.Operate(ctxT(t), oid, op)
 }
 
+// mustWatch registers h on oid through p, closed when t ends.
+func mustWatch(t *testing.T, p objstore.Pool, oid string, h objstore.WatchHandler) objstore.Watch {
+	t.Helper()
+	w, err := p.Watch(ctxT(t), oid, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(context.Background()) })
+	return w
+}
+
 func mustOperate(t *testing.T, p objstore.Pool, oid string, build func(op *objstore.WriteOp)) {
 	t.Helper()
 	if err := operate(t, p, oid, build); err != nil {
@@ -1155,11 +1166,7 @@ func testWatchNotify(t *testing.T, s *suite) {
 		t.Fatalf("notify without watchers: %+v, %v", res, err)
 	}
 	h := newHandler()
-	w, err := s.p.Watch(ctxT(t), oid, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close(context.Background())
+	w := mustWatch(t, s.p, oid, h)
 	if err := w.Check(); err != nil {
 		t.Fatalf("check: %v", err)
 	}
@@ -1304,17 +1311,9 @@ func testNotifyTimeout(t *testing.T, s *suite) {
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Create(true) })
 	silent := newHandler()
 	silent.noAck = true
-	ws, err := s.p.Watch(ctxT(t), oid, silent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close(context.Background())
+	ws := mustWatch(t, s.p, oid, silent)
 	talker := newHandler()
-	wt, err := s.p.Watch(ctxT(t), oid, talker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wt.Close(context.Background())
+	wt := mustWatch(t, s.p, oid, talker)
 	start := time.Now()
 	res, err := s.p.Notify(ctxT(t), oid, []byte("x"), 500*time.Millisecond)
 	wantErrno(t, "notify with a silent watcher", err, syscall.ETIMEDOUT)
@@ -1368,11 +1367,7 @@ func testTwoNotify(t *testing.T, s *suite) {
 	oid := s.oid(t)
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Create(true) })
 	h := newHandler()
-	w, err := s.p.Watch(ctxT(t), oid, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close(context.Background())
+	w := mustWatch(t, s.p, oid, h)
 	if !hasWatcher(watchersOf(t, s.q, oid), s.p.Client(), w.Cookie()) {
 		t.Fatalf("b does not see a's watch: %+v", watchersOf(t, s.q, oid))
 	}
@@ -1398,16 +1393,8 @@ func testTwoNotifyBoth(t *testing.T, s *suite) {
 	ha, hb := newHandler(), newHandler()
 	ha.reply = func(p []byte) []byte { return []byte("a") }
 	hb.reply = func(p []byte) []byte { return []byte("b") }
-	wa, err := s.p.Watch(ctxT(t), oid, ha)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wa.Close(context.Background())
-	wb, err := s.q.Watch(ctxT(t), oid, hb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wb.Close(context.Background())
+	mustWatch(t, s.p, oid, ha)
+	mustWatch(t, s.q, oid, hb)
 	for _, p := range []objstore.Pool{s.p, s.q} {
 		res, err := p.Notify(ctxT(t), oid, []byte("all"), 10*time.Second)
 		if err != nil || len(res.Acks) != 2 {
@@ -1428,11 +1415,7 @@ func testTwoNotifyTimeout(t *testing.T, s *suite) {
 	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Create(true) })
 	h := newHandler()
 	h.noAck = true
-	w, err := s.p.Watch(ctxT(t), oid, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close(context.Background())
+	w := mustWatch(t, s.p, oid, h)
 	res, err := s.q.Notify(ctxT(t), oid, []byte("x"), 300*time.Millisecond)
 	wantErrno(t, "notify to a silent watcher", err, syscall.ETIMEDOUT)
 	if len(res.TimedOut) != 1 || res.TimedOut[0].Cookie != w.Cookie() || res.TimedOut[0].Client.Addr != s.p.Client().Addr {
