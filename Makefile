@@ -22,7 +22,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 10m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity
+.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
 
 all: build
 
@@ -55,6 +55,22 @@ ceph-down:
 
 deps:
 	./hack/install-deps.sh
+
+## dr-drill: the disaster-recovery drill (hack/dr-drill.sh): two single-node
+## clusters (mon ports 4100, 4200) and rbd-mirror both ways on this machine,
+## the two-site tests (pkg/driver TestDR*: failover after SIGKILL of site-a's
+## node plugin, failback, never-synced replica, laggy replicator, csi-addons),
+## then everything torn down, also on failure (~5 min). Log: _output/dr-drill.log.
+dr-drill: deps
+	./hack/dr-drill.sh
+
+## dr-up / dr-down: only the two-site setup (CSI_RBDJ_DR_DIR=/var/tmp/csi-rbdj-dr
+## go test -tags ceph,pacific -run TestDR ./pkg/driver/ then runs the tests against it).
+dr-up:
+	./hack/dr-up.sh
+
+dr-down:
+	./hack/dr-down.sh --wipe
 
 # vet, vet-ceph: go vet, gofmt, then staticcheck and logcheck (hack/lint.sh;
 # the tools are built once into ~/.cache/csi-rbdj/tools).

@@ -20,19 +20,16 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// drSites is a two-site rbd-mirror setup made by the recipe in
-// /work/shared/recipes/rbd-mirror (cluster-up.sh per site + mirror-setup.sh,
-// auth none, pool rbd mirrored site-a -> site-b by one rbd-mirror daemon
-// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The tests stop
-// and start that rbd-mirror daemon (pid file mirror/rbd-mirror.pid, the
-// setup's mirror-setup.sh). Set up with:
+// drSites is the two-site rbd-mirror setup of hack/dr-up.sh (the recipe
+// in /work/shared/recipes/rbd-mirror: two single-node clusters site-a and
+// site-b, auth none, pool rbd mirrored both ways by one rbd-mirror daemon
+// per site), named by CSI_RBDJ_DR_DIR. The tests stop and start site-b's
+// daemon (pid file mirror/rbd-mirror.pid, the setup's mirror-setup.sh).
+// make dr-drill brings it up, runs the tests and tears it down; by hand:
 //
-//	export MIRROR_DIR=/tmp/mirror-dr; cp RECIPE/*.sh RECIPE/*.py $MIRROR_DIR
-//	CEPH_CLUSTER=site-a CEPH_DIR=$MIRROR_DIR/site-a CEPH_MON_PORT=3600 ./cluster-up.sh
-//	CEPH_CLUSTER=site-b CEPH_DIR=$MIRROR_DIR/site-b CEPH_MON_PORT=3700 ./cluster-up.sh
-//	ln -s ../site-a/site-a.conf conf/site-a.conf (same for site-b)
-//	RBD_MIRROR_ARGS="--rbd-mirror-journal-poll-age 0.5" ./mirror-setup.sh
-//	CSI_RBDJ_DR_DIR=$MIRROR_DIR go test -tags ceph,pacific -run TestDR ./pkg/driver/
+//	hack/dr-up.sh   # prints /var/tmp/csi-rbdj-dr
+//	CSI_RBDJ_DR_DIR=/var/tmp/csi-rbdj-dr go test -tags ceph,pacific -run TestDR ./pkg/driver/
+//	hack/dr-down.sh --wipe
 type drSites struct {
 	dir  string
 	mons map[string]string // site -> mon_host
@@ -94,6 +91,9 @@ func (s *drSites) stopMirror(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		if err == syscall.ESRCH { // stopped already
+			return
+		}
 		t.Fatalf("stop rbd-mirror %d: %v", pid, err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); processRunning(pid); time.Sleep(50 * time.Millisecond) {

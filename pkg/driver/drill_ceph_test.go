@@ -130,6 +130,7 @@ func TestDRDrill(t *testing.T) {
 	}
 
 	// 1. Create on site-a (rbd-mirror for site-b stopped), stage, write.
+	s.startMirror(t) // site-a's daemon must run (a test before may have stopped site-b's)
 	s.stopMirror(t)
 	csiName := uniqueName("drill")
 	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
