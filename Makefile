@@ -22,7 +22,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 10m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity
+.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
 
 all: build
 
@@ -37,10 +37,11 @@ demo: deps build
 
 ## test: install what the tests need (Ceph included), start the single-node
 ## Ceph test cluster, then run the whole suite: vet (plain and with the Ceph
-## tags), the unit tests, the Ceph tests against the cluster, and the end-to-end
+## tags), the unit tests, the Ceph tests against the cluster, the two-site
+## disaster-recovery drill (make dr-drill: ~7.5 min), and the end-to-end
 ## test on a real Kubernetes (make e2e: ~3 min with the Kubernetes binaries cached
 ## in ~/.cache/csi-rbdj/k8s, ~25 min more on a machine that has to build them).
-test: deps ceph-up vet vet-ceph unit unit-ceph e2e
+test: deps ceph-up vet vet-ceph unit unit-ceph dr-drill e2e
 
 ## test-ceph: only the Ceph side (cluster, vet and tests with the Ceph tags).
 test-ceph: deps ceph-up vet-ceph unit-ceph
@@ -55,6 +56,22 @@ ceph-down:
 
 deps:
 	./hack/install-deps.sh
+
+## dr-drill: the disaster-recovery drill (hack/dr-drill.sh): two single-node
+## clusters (mon ports 4100, 4200) and rbd-mirror both ways on this machine,
+## the two-site tests (pkg/driver TestDR*: failover after SIGKILL of site-a's
+## node plugin, failback, never-synced replica, laggy replicator, csi-addons),
+## then everything torn down, also on failure (~5 min). Log: _output/dr-drill.log.
+dr-drill: deps
+	./hack/dr-drill.sh
+
+## dr-up / dr-down: only the two-site setup (CSI_RBDJ_DR_DIR=/var/tmp/csi-rbdj-dr
+## go test -tags ceph,pacific -run TestDR ./pkg/driver/ then runs the tests against it).
+dr-up:
+	./hack/dr-up.sh
+
+dr-down:
+	./hack/dr-down.sh --wipe
 
 # vet, vet-ceph: go vet, gofmt, then staticcheck and logcheck (hack/lint.sh;
 # the tools are built once into ~/.cache/csi-rbdj/tools).

@@ -15,13 +15,15 @@ BASE_PACKAGES=(
   fio
 )
 
-# Ceph 16 (Pacific): a single-node cluster (hack/ceph-up.sh) and the C/C++
+# Ceph 16 (Pacific): a single-node cluster (hack/ceph-up.sh), rbd-mirror (the
+# two-site DR drill, hack/dr-up.sh) and the C/C++
 # libraries behind pkg/objstore/ceph and pkg/librbd (go-ceph, build tags
 # `ceph pacific`; libradospp-dev carries librados.hpp).
 CEPH_PACKAGES=(
   ceph-mon
   ceph-osd
   ceph-common
+  rbd-mirror
   librados-dev
   libradospp-dev
   librbd-dev

@@ -29,10 +29,10 @@ import (
 // in replication_source, the secret's data) on the two-site setup (drSites; one rbd-mirror, site-a ->
 // site-b):
 //
-//   - a volume created on site-a without mirroring and written (then
-//     unstaged: replication of a served volume needs the owner-side
-//     sync-point snapshot) is mirrored by EnableVolumeReplication; site-b's
-//     copy catches up;
+//   - a volume created on site-a without mirroring, staged and written, is
+//     mirrored by EnableVolumeReplication while still staged (rbd-mirror's
+//     sync-point snapshot goes through the node's lock owner); site-b's
+//     copy catches up while it is staged, and equals it once unstaged;
 //   - GetVolumeReplicationInfo on site-a: no backlog, last sync now; with
 //     rbd-mirror stopped and the volume written on site-a, a backlog and a
 //     last sync time no later than the first unreplicated write; after
@@ -114,8 +114,9 @@ func TestDRCSIAddons(t *testing.T) {
 	}
 	stage(idA)
 	write(0, 30)
-	unstage(idA)
 
+	// Mirroring enabled while the volume is staged: rbd-mirror bootstraps
+	// it through the node's lock owner (sync-point snapshot).
 	params := map[string]string{csiaddons.ParamMirroringMode: "journal"}
 	enabled := time.Now()
 	for range 2 {
@@ -123,7 +124,6 @@ func TestDRCSIAddons(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("site-b equals site-a %v after EnableVolumeReplication", s.waitEqual(t, name, 2*time.Minute).Round(100*time.Millisecond))
 
 	// Replication info: poll until rbd-mirror has committed its position.
 	infoA := func() (time.Time, metadata.MD, error) {
@@ -155,7 +155,10 @@ func TestDRCSIAddons(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
-	waitCaughtUp("after the initial sync")
+	waitCaughtUp("after the initial sync, the volume still staged")
+	t.Logf("site-b caught up with the staged volume %v after EnableVolumeReplication", time.Since(enabled).Round(100*time.Millisecond))
+	unstage(idA)
+	s.waitEqual(t, name, 2*time.Minute)
 	_, err = repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "replication info of the replica", err, codes.FailedPrecondition, "non-primary")
 
@@ -200,7 +203,6 @@ func TestDRCSIAddons(t *testing.T) {
 	t.Logf("site-b promoted %v after site-a's demotion", time.Since(start).Round(100*time.Millisecond))
 	_, err = repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "resync of the promoted site-b", err, codes.FailedPrecondition, "primary")
-	purgeMirrorSnaps(t, s, "site-b", name)
 	stage(idB)
 	verify("site-b", 40)
 	unstage(idB)
@@ -236,17 +238,6 @@ func TestDRCSIAddons(t *testing.T) {
 	idAfter := strings.TrimSpace(s.mustRBD(t, "site-b", "info", "--format", "json", "rbd/"+name))
 	t.Logf("site-b image before the resync: %s\nafter: %s", idBefore, idAfter)
 	s.waitEqual(t, name, time.Minute)
-}
-
-// purgeMirrorSnaps removes rbd-mirror's sync-point snapshots from a
-// promoted replica: the journaled data path does not write images with
-// snapshots yet (the owner-side snapshot work's).
-func purgeMirrorSnaps(t *testing.T, s *drSites, site, name string) {
-	t.Helper()
-	if snaps := s.mustRBD(t, site, "snap", "ls", "rbd/"+name); strings.Contains(snaps, ".rbd-mirror.") {
-		t.Logf("removing rbd-mirror's sync-point snapshot from %s (the data path cannot write images with snapshots yet):\n%s", site, snaps)
-		s.mustRBD(t, site, "snap", "purge", "--no-progress", "rbd/"+name)
-	}
 }
 
 // volSrc names a volume as the csi-addons sidecar (kubernetes-csi-addons

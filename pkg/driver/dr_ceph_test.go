@@ -20,19 +20,16 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// drSites is a two-site rbd-mirror setup made by the recipe in
-// /work/shared/recipes/rbd-mirror (cluster-up.sh per site + mirror-setup.sh,
-// auth none, pool rbd mirrored site-a -> site-b by one rbd-mirror daemon
-// for site-b), named by CSI_RBDJ_DR_DIR (its MIRROR_DIR). The tests stop
-// and start that rbd-mirror daemon (pid file mirror/rbd-mirror.pid, the
-// setup's mirror-setup.sh). Set up with:
+// drSites is the two-site rbd-mirror setup of hack/dr-up.sh (the recipe
+// in /work/shared/recipes/rbd-mirror: two single-node clusters site-a and
+// site-b, auth none, pool rbd mirrored both ways by one rbd-mirror daemon
+// per site), named by CSI_RBDJ_DR_DIR. The tests stop and start site-b's
+// daemon (pid file mirror/rbd-mirror.pid, the setup's mirror-setup.sh).
+// make dr-drill brings it up, runs the tests and tears it down; by hand:
 //
-//	export MIRROR_DIR=/tmp/mirror-dr; cp RECIPE/*.sh RECIPE/*.py $MIRROR_DIR
-//	CEPH_CLUSTER=site-a CEPH_DIR=$MIRROR_DIR/site-a CEPH_MON_PORT=3600 ./cluster-up.sh
-//	CEPH_CLUSTER=site-b CEPH_DIR=$MIRROR_DIR/site-b CEPH_MON_PORT=3700 ./cluster-up.sh
-//	ln -s ../site-a/site-a.conf conf/site-a.conf (same for site-b)
-//	RBD_MIRROR_ARGS="--rbd-mirror-journal-poll-age 0.5" ./mirror-setup.sh
-//	CSI_RBDJ_DR_DIR=$MIRROR_DIR go test -tags ceph,pacific -run TestDR ./pkg/driver/
+//	hack/dr-up.sh   # prints /var/tmp/csi-rbdj-dr
+//	CSI_RBDJ_DR_DIR=/var/tmp/csi-rbdj-dr go test -tags ceph,pacific -run TestDR ./pkg/driver/
+//	hack/dr-down.sh --wipe
 type drSites struct {
 	dir  string
 	mons map[string]string // site -> mon_host
@@ -79,7 +76,10 @@ func (s *drSites) mustRBD(t *testing.T, site string, args ...string) string {
 	return out
 }
 
-// stopMirror stops the rbd-mirror daemon of the setup (by its pid file).
+// stopMirror stops site-b's rbd-mirror daemon of the setup (by its pid
+// file): SIGTERM, so that it releases its leader lock (a SIGKILLed daemon's
+// lock holds a restarted one off for ~30-45 s: heartbeats), then SIGKILL
+// if it has not exited in 30 s.
 func (s *drSites) stopMirror(t *testing.T) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(s.dir, "mirror", "rbd-mirror.pid"))
@@ -90,9 +90,30 @@ func (s *drSites) stopMirror(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		if err == syscall.ESRCH { // stopped already
+			return
+		}
 		t.Fatalf("stop rbd-mirror %d: %v", pid, err)
 	}
+	for deadline := time.Now().Add(30 * time.Second); processRunning(pid); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Logf("rbd-mirror %d did not exit 30 s after SIGTERM: SIGKILL", pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			break
+		}
+	}
+}
+
+// processRunning: pid exists and is not a zombie (the daemon is not our
+// child: init reaps it).
+func processRunning(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || len(b) < i+3 || b[i+2] != 'Z'
 }
 
 // exportSum returns the md5 of rbd export of image name on a site.
@@ -105,9 +126,8 @@ func (s *drSites) exportSum(ctx context.Context, site, name string) (string, err
 	return strings.Fields(string(out) + " x")[0], err
 }
 
-// TestDRFailoverSynced: a mirrored volume written on site-a (and unstaged:
-// replication of a served volume needs the owner-side sync-point snapshot)
-// replicates to site-b; after site-a is lost and the replica force-promoted,
+// TestDRFailoverSynced: a mirrored volume written on site-a and unstaged
+// replicates to site-b (TestDRDrill does it while staged); after site-a is lost and the replica force-promoted,
 // NodeStageVolume on site-b replays its journal, mounts the replicated
 // filesystem (no format) and every file is there. Runs before
 // TestDRNeverSyncedReplica, which stops rbd-mirror.
@@ -175,15 +195,6 @@ func TestDRFailoverSynced(t *testing.T) {
 	t.Logf("site-b equals site-a %v after the unstage", time.Since(start).Round(100*time.Millisecond))
 
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	// Known limitation (the snapshot work's): the replica keeps the copy of
-	// rbd-mirror's sync-point snapshot (.rbd-mirror.<peer>.<id>), and the
-	// journaled data path does not write images with snapshots yet (the
-	// device fails its first write: "image has 1 snapshots: unsupported
-	// image", and the mount fails). Remove the snapshot until it does.
-	if snaps := s.mustRBD(t, "site-b", "snap", "ls", "rbd/"+name); strings.Contains(snaps, ".rbd-mirror.") {
-		t.Logf("removing rbd-mirror's sync-point snapshot from the promoted replica (the data path cannot write images with snapshots yet):\n%s", snaps)
-		s.mustRBD(t, "site-b", "snap", "purge", "--no-progress", "rbd/"+name)
-	}
 	stage(idB)
 	for i := range 50 {
 		b, err := os.ReadFile(filepath.Join(staging, "f"+strconv.Itoa(i)))
