@@ -41,6 +41,10 @@ type volumeRecord struct {
 	// FormatMark is the state of the image's "new, may be formatted"
 	// marker (formatmark.go); "" in records older than the marker.
 	FormatMark string `json:"formatMark,omitempty"`
+	// Source is the snapshot or volume id the volume was copied from
+	// (clone.go); CopyPending is set until the copy is complete.
+	Source      string `json:"source,omitempty"`
+	CopyPending bool   `json:"copyPending,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -58,12 +62,6 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	// When clones and restores come, a new volume carries its source's
-	// format state: no marker for a copy of a formatted volume
-	// (storage.MetaFormatBlank, formatmark.go).
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
 	}
 	params, err := volume.ParseParams(req.GetParameters())
 	if err != nil {
@@ -97,13 +95,22 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	// A restore or clone (clone.go) carries its source's data and format
+	// state; it is at least as large as its source.
+	src, err := d.resolveSource(ctx, st, pool, params, req)
+	if err != nil {
+		return nil, err
+	}
+	if size, err = src.fitSize(size, req.GetCapacityRange(), params.ObjectOrder); err != nil {
+		return nil, err
+	}
 	imageName := volume.ImageNameFor(name)
 	vid := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
 	if err := vid.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
 	}
 	resp := func(size int64) *csi.CreateVolumeResponse {
-		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext()}}
+		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext(), ContentSource: req.GetVolumeContentSource()}}
 	}
 	capRange := req.GetCapacityRange()
 
@@ -116,10 +123,21 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if rec.Params.ClusterID == "" { // a record written before volumes named their cluster
 			rec.Params.ClusterID = params.ClusterID
 		}
+		if rec.Source != src.ID() {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with content source %q, not %q; delete it or use another name", name, rec.Source, src.ID())
+		}
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
 		info, err := st.ImageInfo(ctx, pool, imageName)
+		if err == nil && rec.CopyPending {
+			// An earlier attempt did not finish copying the source: start
+			// over.
+			if err := st.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
+				return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial copy "+imageName)
+			}
+			err = fmt.Errorf("partial copy removed: %w", image.ErrNotFound)
+		}
 		if err == nil {
 			if info.Size < capRange.GetRequiredBytes() || (capRange.GetLimitBytes() > 0 && info.Size > capRange.GetLimitBytes()) {
 				return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes, outside the requested range [%d, %d]",
@@ -150,8 +168,8 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
-		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}
-		if wantsFilesystem(req.GetVolumeCapabilities()) {
+		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC(), Source: src.ID(), CopyPending: src != nil}
+		if wantsFilesystem(req.GetVolumeCapabilities()) && src.formatAllowed() {
 			rec.FormatMark = formatMarkPending
 		}
 		if err := writeRecord(ctx, pool, imageName, rec); err != nil {
@@ -173,7 +191,19 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
 	}
-	if wantsFilesystem(req.GetVolumeCapabilities()) {
+	if src != nil {
+		if err := d.populate(ctx, st, pool, src, imageName, &rec); err != nil {
+			// Nothing is left behind.
+			cctx := context.WithoutCancel(ctx)
+			if rerr := st.RemoveImage(cctx, pool, imageName); rerr != nil && !errors.Is(rerr, image.ErrNotFound) {
+				logger.Error(rerr, "Could not remove the image of a failed copy", "image", imageName)
+			} else if rerr := removeRecord(cctx, pool, imageName); rerr != nil {
+				logger.Error(rerr, "Could not remove the record of a failed copy", "image", imageName)
+			}
+			return nil, err
+		}
+	}
+	if wantsFilesystem(req.GetVolumeCapabilities()) && src.formatAllowed() {
 		if err := markNew(ctx, pool, imageName, &rec); err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 		}
@@ -505,6 +535,9 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME, // expand.go
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, // snapshot.go
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME, // clone.go
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})

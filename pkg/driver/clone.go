@@ -1,0 +1,189 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// Restores (CreateVolume from a snapshot) and clones (from a volume).
+//
+// The new volume is a full, independent copy made by the controller: the
+// snapshot's data objects are read at the snapshot (the object store's
+// self-managed snapshots) and written to the new image, skipping ranges
+// that read as zeros (storage.CopySnapshot). A clone of a volume copies
+// a temporary snapshot of it ("csi-clone-<new image>"), made through the
+// volume's lock owner when a node serves it, so the clone holds every
+// write acknowledged before CreateVolume; the temporary snapshot is
+// removed afterwards. The copy is not RBD layering: the new image has no
+// parent, so deleting the source or the snapshot never waits for it and
+// the data path needs no read-through or copy-up (not implemented; see
+// README "Snapshots, restores and clones").
+//
+// The copy carries its source's format state: a copy of a volume that was
+// never formatted may be formatted by the node, a copy of anything else
+// never is (storage.MetaFormatBlank). The volume record holds the source
+// id (the same name with another source is AlreadyExists) and
+// CopyPending until the copy is complete: a retry after a crash starts
+// the copy over. A failed copy removes the image and the record.
+
+// contentSource is a resolved volume_content_source.
+type contentSource struct {
+	id       string          // the snapshot or volume id requested
+	vid      volume.VolumeID // the source image
+	snap     string          // the snapshot to copy
+	temp     bool            // snap is a temporary snapshot of a volume
+	size     int64           // the source's size
+	blank    bool            // the source may be formatted (never was)
+	snapshot bool            // the source is a snapshot
+}
+
+// ID is the source id ("" without a source).
+func (s *contentSource) ID() string {
+	if s == nil {
+		return ""
+	}
+	return s.id
+}
+
+// formatAllowed reports whether the new volume may be marked "new, may be
+// formatted": without a source always, with one only if the source was.
+func (s *contentSource) formatAllowed() bool { return s == nil || s.blank }
+
+// fitSize returns the size of the new volume: at least the source's. A
+// request without required_bytes gets the source's size.
+func (s *contentSource) fitSize(size int64, cr *csi.CapacityRange, order uint8) (int64, error) {
+	if s == nil {
+		return size, nil
+	}
+	obj := int64(1) << order
+	if cr.GetRequiredBytes() == 0 {
+		size = (s.size + obj - 1) / obj * obj
+		if lim := cr.GetLimitBytes(); lim > 0 && size > lim {
+			return 0, status.Errorf(codes.OutOfRange, "the source %s has %d bytes (%d rounded up to whole objects), more than limit_bytes %d", s.id, s.size, size, lim)
+		}
+	}
+	if size < s.size {
+		return 0, status.Errorf(codes.OutOfRange, "the source %s has %d bytes, more than the %d requested: a copy cannot be smaller than its source; request at least %d bytes", s.id, s.size, size, s.size)
+	}
+	return size, nil
+}
+
+// resolveSource checks the request's content source: it must exist (else
+// NotFound) and live in the new volume's cluster and pool (else
+// InvalidArgument). nil without a source.
+func (d *Driver) resolveSource(ctx context.Context, st storage.Storage, pool objstore.Pool, params volume.VolumeParams, req *csi.CreateVolumeRequest) (*contentSource, error) {
+	cs := req.GetVolumeContentSource()
+	if cs == nil {
+		return nil, nil
+	}
+	src := &contentSource{}
+	switch {
+	case cs.GetSnapshot() != nil:
+		sid, err := volume.ResolveSnapshotID(d.o.Backend, cs.GetSnapshot().GetSnapshotId())
+		if err != nil {
+			return nil, err
+		}
+		src.id, src.vid, src.snap, src.snapshot = sid.String(), sid.VolumeID, sid.Snap, true
+	case cs.GetVolume() != nil:
+		vid, err := volume.ResolveVolumeID(d.o.Backend, cs.GetVolume().GetVolumeId())
+		if err != nil {
+			return nil, err
+		}
+		src.id, src.vid, src.temp = vid.String(), vid, true
+		src.snap = "csi-clone-" + volume.ImageNameFor(req.GetName())
+	default:
+		return nil, status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
+	}
+	if src.vid.Cluster != st.ClusterID() {
+		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in cluster %q, the new volume would be in cluster %q: restores and clones are copies within one cluster and pool; use a StorageClass of cluster %q and pool %q",
+			src.id, src.vid.Cluster, st.ClusterID(), src.vid.Cluster, src.vid.Pool)
+	}
+	if src.vid.Pool != params.Pool {
+		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in pool %q, the new volume would be in pool %q: restores and clones are copies within one pool; use a StorageClass with pool %q",
+			src.id, src.vid.Pool, params.Pool, src.vid.Pool)
+	}
+	if src.snapshot {
+		rec, err := readSnapRecord(ctx, pool, src.snap)
+		if errors.Is(err, objstore.ErrNotFound) || err == nil && rec.Source != src.vid.String() {
+			return nil, status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
+		}
+		if err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read snapshot record of "+src.id)
+		}
+		sn, err := storage.SnapshotterOf(st)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+		}
+		info, err := sn.Snapshot(ctx, pool, src.vid.Image, src.snap)
+		if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
+		}
+		if err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect source snapshot "+src.id)
+		}
+		src.size, src.blank = info.Size, rec.FormatBlank
+		return src, nil
+	}
+	info, err := st.ImageInfo(ctx, pool, src.vid.Image)
+	if errors.Is(err, image.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "source volume %s does not exist", src.id)
+	}
+	if err != nil {
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect source volume "+src.id)
+	}
+	fb, err := storage.GetFormatBlank(ctx, pool, src.vid.Image)
+	if err != nil {
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read the format state of "+src.id)
+	}
+	src.size, src.blank = info.Size, fb == storage.FormatBlankNew
+	return src, nil
+}
+
+// populate copies the source into the new image dst (created, unused) and
+// clears rec.CopyPending. A volume source is copied from a temporary
+// snapshot, removed afterwards (also when the copy fails).
+func (d *Driver) populate(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
+	logger := klog.FromContext(ctx)
+	sn, err := storage.SnapshotterOf(st)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	var info storage.SnapshotInfo
+	if src.temp {
+		info, err = sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap)
+		if err != nil {
+			return snapStatus(err, "snapshot the source volume "+src.id)
+		}
+		defer func() {
+			if err := sn.RemoveSnapshot(context.WithoutCancel(ctx), pool, src.vid.Image, src.snap); err != nil && !errors.Is(err, storage.ErrSnapshotNotFound) {
+				logger.Error(err, "Could not remove the temporary snapshot of a clone's source", "source", src.id, "snapshot", src.snap)
+			}
+		}()
+	} else if info, err = sn.Snapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
+		if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
+			return status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
+		}
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect source snapshot "+src.id)
+	}
+	if err := storage.CopySnapshot(ctx, pool, src.vid.Image, info.ID, info.Size, dst); err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, fmt.Sprintf("copy %s", src.id))
+	}
+	r := *rec
+	r.CopyPending = false
+	if err := updateRecord(ctx, pool, dst, r); err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "record the finished copy")
+	}
+	*rec = r
+	logger.Info("Volume copied from its source", "source", src.id, "bytes", info.Size)
+	return nil
+}
