@@ -534,7 +534,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME, // expand.go
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,          // expand.go
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, // snapshot.go
 		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME, // clone.go
