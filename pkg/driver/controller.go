@@ -321,6 +321,9 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if len(users) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
 	}
+	if err := checkNoSnapshots(ctx, pool, vid); err != nil {
+		return nil, err
+	}
 	if err := st.RemoveImage(ctx, pool, vid.Image); err != nil {
 		switch {
 		case errors.Is(err, image.ErrNotFound):

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
@@ -433,4 +435,34 @@ func (d *Driver) allSnapshots(ctx context.Context) ([]*csi.ListSnapshotsResponse
 		}
 	}
 	return out, nil
+}
+
+// checkNoSnapshots refuses to delete a volume whose image has snapshots
+// (FailedPrecondition naming them): they would go with it (librbd refuses
+// to remove such an image too). CSI snapshots of a volume must be deleted
+// before the volume.
+func checkNoSnapshots(ctx context.Context, pool objstore.Pool, vid volume.VolumeID) error {
+	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(vid.Image))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "look up image of "+vid.String())
+	}
+	snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(id))
+	if errors.Is(err, objstore.ErrNotFound) || err == nil && len(snaps) == 0 {
+		return nil
+	}
+	if err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "list snapshots of "+vid.String())
+	}
+	var names []string
+	for _, s := range snaps {
+		n := s.Name
+		if s.Namespace.Type != rbdnotify.SnapNamespaceUser {
+			n += " (" + s.Namespace.String() + ")"
+		}
+		names = append(names, n)
+	}
+	return status.Errorf(codes.FailedPrecondition, "volume %s has %d snapshots (%s): delete its VolumeSnapshots (or `rbd snap rm`) first; csi-rbdj snapshots live in the volume's image", vid, len(snaps), strings.Join(names, ", "))
 }
