@@ -2,6 +2,7 @@ package driver_test
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"os"
 	"path/filepath"
@@ -32,14 +33,14 @@ var ext4Cap = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Moun
 // stagePublish stages and publishes volume id (ext4) under dir/name and
 // returns the publish path and a function that unpublishes and unstages
 // it (also run at the end of the test).
-func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx map[string]string, dir, name string) (string, func()) {
+func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets map[string]string, dir, name string) (string, func()) {
 	t.Helper()
 	ctx := context.Background()
 	staging, target := filepath.Join(dir, "staging-"+name), filepath.Join(dir, "pods", name, "vol")
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: ext4Cap, VolumeContext: volCtx}); err != nil {
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: ext4Cap, VolumeContext: volCtx, Secrets: secrets}); err != nil {
 		t.Fatalf("stage %s: %v", name, err)
 	}
 	done := false
@@ -78,18 +79,27 @@ func TestSnapshotRestoreClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrl, node, _ := serveDriver(t, dir, b)
+	pool := func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }
+	runSnapshotRestoreClone(t, ctrl, node, dir, pool, nil, nil, "", nil)
+}
+
+// runSnapshotRestoreClone is TestSnapshotRestoreClone's body on any
+// backend: CSI names start with prefix; inspect (if not nil) looks at the
+// volumes and the snapshot before they are deleted.
+func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir string, openPool func(context.Context) (objstore.Pool, error),
+	params, secrets map[string]string, prefix string, inspect func(src, restored, clone *csi.Volume, sid string)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const size = 128 << 20
 	create := func(name string, src *csi.VolumeContentSource, required int64) (*csi.Volume, error) {
-		resp, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
-			CapacityRange: &csi.CapacityRange{RequiredBytes: required}, VolumeContentSource: src})
+		resp, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: prefix + name, VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: required}, VolumeContentSource: src, Parameters: params, Secrets: secrets})
 		if err != nil {
 			return nil, err
 		}
 		id := resp.GetVolume().GetVolumeId()
 		t.Cleanup(func() {
-			if _, err := ctrl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+			if _, err := ctrl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets}); err != nil {
 				t.Errorf("delete volume %s: %v", name, err)
 			}
 		})
@@ -99,24 +109,24 @@ func TestSnapshotRestoreClone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := b.Pool(ctx, "rbd")
+	pool, err := openPool(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	target, unstageSource := stagePublish(t, node, src.GetVolumeId(), src.GetVolumeContext(), dir, "source")
+	target, unstageSource := stagePublish(t, node, src.GetVolumeId(), src.GetVolumeContext(), secrets, dir, "source")
 	w := startExpandWriter(t, expandCase{name: "snap", fs: "ext4"}, target)
 	time.Sleep(500 * time.Millisecond)
 
 	beforeSnap := w.acked()
 	start := time.Now()
-	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: src.GetVolumeId()})
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: src.GetVolumeId(), Secrets: secrets})
 	if err != nil {
 		t.Fatalf("CreateSnapshot: %v", err)
 	}
 	t.Logf("CreateSnapshot of the served volume (%d files fsynced before): %v, %s", len(beforeSnap), time.Since(start).Round(time.Millisecond), snap.GetSnapshot())
 	sid := snap.GetSnapshot().GetSnapshotId()
 	deleteSnap := func() {
-		if _, err := ctrl.DeleteSnapshot(context.Background(), &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
+		if _, err := ctrl.DeleteSnapshot(context.Background(), &csi.DeleteSnapshotRequest{SnapshotId: sid, Secrets: secrets}); err != nil {
 			t.Errorf("delete snapshot: %v", err)
 		}
 	}
@@ -124,7 +134,7 @@ func TestSnapshotRestoreClone(t *testing.T) {
 	if s := snap.GetSnapshot(); !s.GetReadyToUse() || s.GetSizeBytes() != size || s.GetSourceVolumeId() != src.GetVolumeId() || s.GetCreationTime().AsTime().Before(start.Add(-time.Second)) {
 		t.Errorf("snapshot %v: want ready, %d bytes, source %s, created after %v", s, size, src.GetVolumeId(), start)
 	}
-	again, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: src.GetVolumeId()})
+	again, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: src.GetVolumeId(), Secrets: secrets})
 	if err != nil || again.GetSnapshot().GetSnapshotId() != sid {
 		t.Errorf("CreateSnapshot again: %v, %v; want the same snapshot", err, again)
 	}
@@ -177,16 +187,24 @@ func TestSnapshotRestoreClone(t *testing.T) {
 		if fb, err := storage.GetFormatBlank(ctx, pool, v.Image); err != nil || fb != storage.FormatBlankUnset {
 			t.Errorf("%s: format marker %v (%v); want unset: a copy of a formatted volume is never formatted", c.name, fb, err)
 		}
-		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), c.vol.GetVolumeContext(), dir, c.name)
+		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), c.vol.GetVolumeContext(), secrets, dir, c.name)
 		verifyItems(t, expandCase{name: c.name, fs: "ext4"}, tgt, c.items)
 		undo()
 	}
 
-	// Bad input: each fails with its code and leaves nothing behind.
-	vols, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
-	if err != nil {
-		t.Fatal(err)
+	if inspect != nil {
+		inspect(src, restored, clone, sid)
 	}
+
+	// Bad input: each fails with its code and leaves nothing behind.
+	other := map[string]string{volume.ParamPool: "other"}
+	for k, v := range params {
+		if k != volume.ParamPool {
+			other[k] = v
+		}
+	}
+	missingVol := vid
+	missingVol.Image = "csi-vol-000000000000000000000000"
 	snapSrc := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sid}}}
 	for _, tc := range []struct {
 		name string
@@ -200,25 +218,36 @@ func TestSnapshotRestoreClone(t *testing.T) {
 			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: src.GetVolumeId() + "@csi-snap-000000000000000000000000"}}}},
 			codes.NotFound, "does not exist"},
 		{"missing volume", &csi.CreateVolumeRequest{Name: "bad-missing-vol", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
-			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "rbdj1/local/default/rbd/csi-vol-000000000000000000000000"}}}},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: missingVol.String()}}}},
 			codes.NotFound, "does not exist"},
 		{"another pool", &csi.CreateVolumeRequest{Name: "bad-pool", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
-			Parameters: map[string]string{volume.ParamPool: "other"}, VolumeContentSource: snapSrc}, codes.InvalidArgument, `pool "rbd"`},
+			Parameters: other, VolumeContentSource: snapSrc}, codes.InvalidArgument, `pool "other"`},
 	} {
+		if tc.req.Parameters == nil {
+			tc.req.Parameters = params
+		}
+		tc.req.Secrets = secrets
+		tc.req.Name = prefix + tc.req.Name
 		_, err := ctrl.CreateVolume(ctx, tc.req)
 		expectCode(t, tc.name, err, tc.code, tc.want)
+		// Nothing left: no record, no image.
+		img := volume.ImageNameFor(tc.req.Name)
+		var op objstore.ReadOp
+		op.Stat()
+		if err := pool.Read(ctx, "csi.volume."+img, &op); !errors.Is(err, objstore.ErrNotFound) {
+			t.Errorf("%s: volume record: %v, want none", tc.name, err)
+		}
+		if _, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(img)); !errors.Is(err, objstore.ErrNotFound) {
+			t.Errorf("%s: image %s: %v, want none", tc.name, img, err)
+		}
 	}
-	after, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
-	if err != nil || len(after.GetEntries()) != len(vols.GetEntries()) {
-		t.Errorf("volumes after the failed requests: %d (%v), before %d", len(after.GetEntries()), err, len(vols.GetEntries()))
-	}
-	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: clone.GetVolumeId()})
+	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: clone.GetVolumeId(), Secrets: secrets})
 	expectCode(t, "same snapshot name, another source", err, codes.AlreadyExists, "already exists")
 	unstageSource()
-	_, err = ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId()})
+	_, err = ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId(), Secrets: secrets})
 	expectCode(t, "delete a volume with a snapshot", err, codes.FailedPrecondition, "snapshots", "delete")
 	deleteSnap()
-	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
+	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid, Secrets: secrets}); err != nil {
 		t.Errorf("DeleteSnapshot again: %v", err)
 	}
 }
