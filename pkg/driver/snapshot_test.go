@@ -85,7 +85,7 @@ func TestSnapshotRestoreClone(t *testing.T) {
 
 // runSnapshotRestoreClone is TestSnapshotRestoreClone's body on any
 // backend: CSI names start with prefix; inspect (if not nil) looks at the
-// volumes and the snapshot before they are deleted.
+// volumes and the snapshot before the copies are mounted.
 func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir string, openPool func(context.Context) (objstore.Pool, error),
 	params, secrets map[string]string, prefix string, inspect func(src, restored, clone *csi.Volume, sid string)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -175,6 +175,9 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		t.Errorf("restored volume %v: want %d bytes and the snapshot as its content source", restored, size)
 	}
 
+	if inspect != nil { // before the copies are mounted (which changes them)
+		inspect(src, restored, clone, sid)
+	}
 	for _, c := range []struct {
 		name  string
 		vol   *csi.Volume
@@ -190,10 +193,6 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), c.vol.GetVolumeContext(), secrets, dir, c.name)
 		verifyItems(t, expandCase{name: c.name, fs: "ext4"}, tgt, c.items)
 		undo()
-	}
-
-	if inspect != nil {
-		inspect(src, restored, clone, sid)
 	}
 
 	// Bad input: each fails with its code and leaves nothing behind.
