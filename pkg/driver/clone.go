@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
@@ -35,6 +36,9 @@ import (
 // id (the same name with another source is AlreadyExists) and
 // CopyPending until the copy is complete: a retry after a crash starts
 // the copy over. A failed copy removes the image and the record.
+
+// copyProgressEvery is how often a copy records how far it got.
+const copyProgressEvery = 5 * time.Second
 
 // contentSource is a resolved volume_content_source.
 type contentSource struct {
@@ -149,9 +153,11 @@ func (d *Driver) resolveSource(ctx context.Context, st storage.Storage, pool obj
 	return src, nil
 }
 
-// populate copies the source into the new image dst (created, unused) and
-// clears rec.CopyPending. A volume source is copied from a temporary
-// snapshot, removed afterwards (also when the copy fails).
+// populate copies the source into the new image dst (created, unused),
+// from where an interrupted copy stopped (rec.CopiedBytes, recorded as the
+// copy goes), and clears rec.CopyPending. A volume source is copied from
+// a temporary snapshot, which stays while the copy is pending (a retry
+// resumes from the same point in time) and is removed when it is done.
 func (d *Driver) populate(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
 	logger := klog.FromContext(ctx)
 	sn, err := storage.SnapshotterOf(st)
@@ -160,30 +166,72 @@ func (d *Driver) populate(ctx context.Context, st storage.Storage, pool objstore
 	}
 	var info storage.SnapshotInfo
 	if src.temp {
-		info, err = sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap)
-		if err != nil {
+		if info, err = sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
 			return snapStatus(err, "snapshot the source volume "+src.id)
 		}
-		defer func() {
-			if err := sn.RemoveSnapshot(context.WithoutCancel(ctx), pool, src.vid.Image, src.snap); err != nil && !errors.Is(err, storage.ErrSnapshotNotFound) {
-				logger.Error(err, "Could not remove the temporary snapshot of a clone's source", "source", src.id, "snapshot", src.snap)
-			}
-		}()
 	} else if info, err = sn.Snapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
 		if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
 			return status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
 		}
 		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect source snapshot "+src.id)
 	}
-	if err := storage.CopySnapshot(ctx, pool, src.vid.Image, info.ID, info.Size, dst); err != nil {
+	last := time.Now()
+	progress := func(done int64) error {
+		if done < info.Size && time.Since(last) < copyProgressEvery {
+			return nil
+		}
+		last = time.Now()
+		r := *rec
+		r.CopiedBytes = done
+		if done >= info.Size {
+			r.CopyPending, r.CopiedBytes = false, 0
+		}
+		if err := updateRecord(ctx, pool, dst, r); err != nil {
+			return fmt.Errorf("record the copy's progress: %w", err)
+		}
+		*rec = r
+		return nil
+	}
+	if err := storage.CopySnapshot(ctx, pool, src.vid.Image, info.ID, info.Size, dst, rec.CopiedBytes, progress); err != nil {
 		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, fmt.Sprintf("copy %s", src.id))
 	}
-	r := *rec
-	r.CopyPending = false
-	if err := updateRecord(ctx, pool, dst, r); err != nil {
-		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "record the finished copy")
-	}
-	*rec = r
+	d.removeTempSnapshot(ctx, sn, pool, src)
 	logger.Info("Volume copied from its source", "source", src.id, "bytes", info.Size)
 	return nil
+}
+
+// removeTempSnapshot removes a clone's temporary snapshot of its source.
+func (d *Driver) removeTempSnapshot(ctx context.Context, sn storage.Snapshotter, pool objstore.Pool, src *contentSource) {
+	if !src.temp {
+		return
+	}
+	if err := sn.RemoveSnapshot(context.WithoutCancel(ctx), pool, src.vid.Image, src.snap); err != nil && !errors.Is(err, storage.ErrSnapshotNotFound) {
+		klog.FromContext(ctx).Error(err, "Could not remove the temporary snapshot of a clone's source", "source", src.id, "snapshot", src.snap)
+	}
+}
+
+// finishCopy runs populate. A copy cut short by the request's deadline
+// (a large volume) keeps what it copied and answers DeadlineExceeded: the
+// CO calls CreateVolume again, which continues. Any other failure removes
+// the image, its record and the temporary snapshot: nothing is left.
+func (d *Driver) finishCopy(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
+	err := d.populate(ctx, st, pool, src, dst, rec)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return status.Errorf(codes.DeadlineExceeded, "copying %s into the new volume: %d of %d bytes copied when the call's time ran out; the next CreateVolume call continues the copy: %v",
+			src.id, rec.CopiedBytes, src.size, err)
+	}
+	logger := klog.FromContext(ctx)
+	cctx := context.WithoutCancel(ctx)
+	if sn, serr := storage.SnapshotterOf(st); serr == nil {
+		d.removeTempSnapshot(cctx, sn, pool, src)
+	}
+	if rerr := st.RemoveImage(cctx, pool, dst); rerr != nil && !errors.Is(rerr, image.ErrNotFound) {
+		logger.Error(rerr, "Could not remove the image of a failed copy", "image", dst)
+	} else if rerr := removeRecord(cctx, pool, dst); rerr != nil {
+		logger.Error(rerr, "Could not remove the record of a failed copy", "image", dst)
+	}
+	return err
 }

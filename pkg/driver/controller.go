@@ -42,9 +42,11 @@ type volumeRecord struct {
 	// marker (formatmark.go); "" in records older than the marker.
 	FormatMark string `json:"formatMark,omitempty"`
 	// Source is the snapshot or volume id the volume was copied from
-	// (clone.go); CopyPending is set until the copy is complete.
+	// (clone.go); CopyPending is set until the copy is complete, and
+	// CopiedBytes says how far it got.
 	Source      string `json:"source,omitempty"`
 	CopyPending bool   `json:"copyPending,omitempty"`
+	CopiedBytes int64  `json:"copiedBytes,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -131,12 +133,10 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		info, err := st.ImageInfo(ctx, pool, imageName)
 		if err == nil && rec.CopyPending {
-			// An earlier attempt did not finish copying the source: start
-			// over.
-			if err := st.RemoveImage(ctx, pool, imageName); err != nil && !errors.Is(err, image.ErrNotFound) {
-				return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial copy "+imageName)
+			// An earlier call did not finish copying the source: go on.
+			if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
+				return nil, err
 			}
-			err = fmt.Errorf("partial copy removed: %w", image.ErrNotFound)
 		}
 		if err == nil {
 			if info.Size < capRange.GetRequiredBytes() || (capRange.GetLimitBytes() > 0 && info.Size > capRange.GetLimitBytes()) {
@@ -192,14 +192,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, code, fmt.Sprintf("create image %s/%s", params.Pool, imageName))
 	}
 	if src != nil {
-		if err := d.populate(ctx, st, pool, src, imageName, &rec); err != nil {
-			// Nothing is left behind.
-			cctx := context.WithoutCancel(ctx)
-			if rerr := st.RemoveImage(cctx, pool, imageName); rerr != nil && !errors.Is(rerr, image.ErrNotFound) {
-				logger.Error(rerr, "Could not remove the image of a failed copy", "image", imageName)
-			} else if rerr := removeRecord(cctx, pool, imageName); rerr != nil {
-				logger.Error(rerr, "Could not remove the record of a failed copy", "image", imageName)
-			}
+		if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
 			return nil, err
 		}
 	}

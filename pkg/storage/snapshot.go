@@ -268,8 +268,12 @@ func removeSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr string, i
 // the snapshot) into image dst, which must exist, be unused and be at
 // least as large: every object range of the snapshot that holds data is
 // written to dst (ranges that read as zeros are skipped: dst is thin).
-// It works on both backends through the object store.
-func CopySnapshot(ctx context.Context, pool objstore.Pool, src string, snapID uint64, srcSize int64, dst string) error {
+// It starts at byte from (a whole number of src's objects: where an
+// interrupted copy stopped) and calls progress (if not nil) with the bytes
+// copied so far after every chunk of copyChunkObjects objects (durable by
+// then) and at the end; an error from progress stops the copy. It works on both backends through the object
+// store.
+func CopySnapshot(ctx context.Context, pool objstore.Pool, src string, snapID uint64, srcSize int64, dst string, from int64, progress func(done int64) error) error {
 	s, err := image.Open(ctx, pool, src)
 	if err != nil {
 		return fmt.Errorf("copy %s@%d: open source: %w", src, snapID, err)
@@ -281,26 +285,42 @@ func CopySnapshot(ctx context.Context, pool objstore.Pool, src string, snapID ui
 	if d.Size() < srcSize {
 		return fmt.Errorf("copy %s@%d (%d bytes) to %s (%d bytes): %w", src, snapID, srcSize, dst, d.Size(), image.ErrOutOfRange)
 	}
-	chunk := s.ObjectSize()
-	buf := make([]byte, chunk)
-	for off := int64(0); off < srcSize; off += chunk {
-		n := min(chunk, srcSize-off)
-		p := buf[:n]
+	obj := s.ObjectSize()
+	from = from / obj * obj
+	// Reads of copyChunkObjects objects run in parallel (image.ReadAtSnap
+	// splits them); writes go object by object, skipping zeros.
+	buf := make([]byte, copyChunkObjects*obj)
+	for off := max(from, 0); off < srcSize; off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), srcSize-off)]
 		if _, err := s.ReadAtSnap(ctx, p, off, snapID); err != nil {
 			return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
 		}
-		if allZero(p) {
-			continue
+		for o := int64(0); o < int64(len(p)); o += obj {
+			q := p[o:min(o+obj, int64(len(p)))]
+			if allZero(q) {
+				continue
+			}
+			if _, err := d.WriteAt(ctx, q, off+o); err != nil {
+				return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
+			}
 		}
-		if _, err := d.WriteAt(ctx, p, off); err != nil {
-			return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
+		if progress != nil && off+int64(len(p)) < srcSize {
+			if err := progress(off + int64(len(p))); err != nil {
+				return err
+			}
 		}
 	}
 	if err := d.Flush(ctx); err != nil {
 		return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
 	}
+	if progress != nil {
+		return progress(srcSize)
+	}
 	return nil
 }
+
+// copyChunkObjects is how many objects a copy reads at once.
+const copyChunkObjects = 8
 
 var zeros = make([]byte, 64<<10)
 
