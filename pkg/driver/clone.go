@@ -82,6 +82,37 @@ func (s *contentSource) fitSize(size int64, cr *csi.CapacityRange, order uint8) 
 	return size, nil
 }
 
+// checkSourcePlace refuses, before anything is opened or created, a
+// content source in another cluster or pool than the new volume (the
+// checks of resolveSource, without the storage).
+func (d *Driver) checkSourcePlace(req *csi.CreateVolumeRequest, cluster, pool string) error {
+	cs := req.GetVolumeContentSource()
+	var vid volume.VolumeID
+	switch {
+	case cs == nil:
+		return nil
+	case cs.GetSnapshot() != nil:
+		sid, err := volume.ResolveSnapshotID(d.o.Backend, cs.GetSnapshot().GetSnapshotId())
+		if err != nil {
+			return err
+		}
+		vid = sid.VolumeID
+	case cs.GetVolume() != nil:
+		v, err := volume.ResolveVolumeID(d.o.Backend, cs.GetVolume().GetVolumeId())
+		if err != nil {
+			return err
+		}
+		vid = v
+	default:
+		return status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
+	}
+	if vid.Cluster != cluster || vid.Pool != pool {
+		return status.Errorf(codes.InvalidArgument, "the source is in cluster %q, pool %q; the new volume would be in cluster %q, pool %q: restores and clones are copies within one cluster and pool; use a StorageClass of cluster %q and pool %q",
+			vid.Cluster, vid.Pool, cluster, pool, vid.Cluster, vid.Pool)
+	}
+	return nil
+}
+
 // resolveSource checks the request's content source: it must exist (else
 // NotFound) and live in the new volume's cluster and pool (else
 // InvalidArgument). nil without a source.

@@ -86,6 +86,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, volume.StorageStatus(err, volume.SecretsProvisioner, volume.FromParams)
 	}
 	params.ClusterID = st.ClusterID()
+	if err := d.checkSourcePlace(req, st.ClusterID(), params.Pool); err != nil {
+		return nil, err
+	}
 	pool, err := st.EnsurePool(ctx, params.Pool)
 	if err != nil {
 		if errors.Is(err, storage.ErrPoolNotFound) {

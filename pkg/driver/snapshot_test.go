@@ -220,7 +220,7 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: missingVol.String()}}}},
 			codes.NotFound, "does not exist"},
 		{"another pool", &csi.CreateVolumeRequest{Name: "bad-pool", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
-			Parameters: other, VolumeContentSource: snapSrc}, codes.InvalidArgument, `pool "other"`},
+			Parameters: other, VolumeContentSource: snapSrc}, codes.InvalidArgument, `pool "other"`}, // before the pool is opened: not created, not looked up
 	} {
 		if tc.req.Parameters == nil {
 			tc.req.Parameters = params
