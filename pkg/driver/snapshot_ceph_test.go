@@ -64,3 +64,23 @@ func TestCephSnapshotRestoreClone(t *testing.T) {
 		}
 	})
 }
+
+// TestCephSnapshotUnresponsiveOwner is TestSnapshotUnresponsiveOwner on
+// Ceph: a lock whose holder does not watch the header is refused before
+// librbd is asked (it would wait for the owner).
+func TestCephSnapshotUnresponsiveOwner(t *testing.T) {
+	f := newCephFixture(t)
+	dir := t.TempDir()
+	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	ctrl, _, _ := serveDriver(t, dir, b)
+	sec := secrets(f.rw)
+	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
+	pool := func(ctx context.Context) (objstore.Pool, error) {
+		st, err := b.Storage(ctx, cephTestCluster, sec)
+		if err != nil {
+			return nil, err
+		}
+		return st.Pool(ctx, cephtest.PoolName)
+	}
+	runSnapshotUnresponsiveOwner(t, ctrl, pool, params, sec, uniqueName("held")+"-")
+}

@@ -262,15 +262,21 @@ func TestSnapshotUnresponsiveOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrl, _, _ := serveDriver(t, dir, b)
+	runSnapshotUnresponsiveOwner(t, ctrl, func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }, nil, nil, "")
+}
+
+// runSnapshotUnresponsiveOwner is TestSnapshotUnresponsiveOwner's body on
+// any backend (CSI names start with prefix).
+func runSnapshotUnresponsiveOwner(t *testing.T, ctrl csi.ControllerClient, openPool func(context.Context) (objstore.Pool, error), params, secrets map[string]string, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "held", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}})
+	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: prefix + "held", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: params, Secrets: secrets})
 	if err != nil {
 		t.Fatal(err)
 	}
 	vid, _ := volume.ParseVolumeID(vol.GetVolume().GetVolumeId())
-	pool, err := b.Pool(ctx, vid.Pool)
+	pool, err := openPool(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,16 +289,17 @@ func TestSnapshotUnresponsiveOwner(t *testing.T) {
 	if err := pool.Operate(ctx, clsrbd.HeaderOID(id), &op); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: vol.GetVolume().GetVolumeId()})
+	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "s", SourceVolumeId: vol.GetVolume().GetVolumeId(), Secrets: secrets})
 	expectCode(t, "snapshot of a volume whose owner does not answer", err, codes.Unavailable, "held by", "did not answer")
 	if snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(id)); err != nil || len(snaps) != 0 {
 		t.Errorf("snapshots left: %v (%v)", snaps, err)
 	}
-	names, err := pool.List(ctx, "csi.snapshot.")
-	if err != nil || len(names) != 0 {
-		t.Errorf("snapshot records left: %v (%v)", names, err)
+	var stat objstore.ReadOp
+	stat.Stat()
+	if err := pool.Read(ctx, "csi.snapshot."+volume.SnapNameFor(prefix+"s"), &stat); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("snapshot record left: %v", err)
 	}
-	list, err := ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
+	list, err := ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: vol.GetVolume().GetVolumeId()})
 	if err != nil || len(list.GetEntries()) != 0 {
 		t.Errorf("ListSnapshots: %v, %v", list, err)
 	}
@@ -302,14 +309,14 @@ func TestSnapshotUnresponsiveOwner(t *testing.T) {
 	if err := pool.Operate(ctx, clsrbd.HeaderOID(id), &op); err != nil {
 		t.Fatal(err)
 	}
-	s, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: vol.GetVolume().GetVolumeId()})
-	if err != nil || !strings.HasSuffix(s.GetSnapshot().GetSnapshotId(), "@"+volume.SnapNameFor("s")) {
+	s, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "s", SourceVolumeId: vol.GetVolume().GetVolumeId(), Secrets: secrets})
+	if err != nil || !strings.HasSuffix(s.GetSnapshot().GetSnapshotId(), "@"+volume.SnapNameFor(prefix+"s")) {
 		t.Fatalf("CreateSnapshot of an unserved volume: %v, %v", s, err)
 	}
-	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshot().GetSnapshotId()}); err != nil {
+	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshot().GetSnapshotId(), Secrets: secrets}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId()}); err != nil {
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), Secrets: secrets}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -135,7 +135,7 @@ func ownerRequest(ctx context.Context, pool objstore.Pool, name, hdr string, fn 
 		return false, herr
 	}
 	if holder != "" {
-		return false, fmt.Errorf("image %q: its exclusive lock is held by %s, which did not answer within %v: %w (if that node is gone, staging the volume elsewhere fences it and takes the lock over)",
+		return false, fmt.Errorf("image %q: its exclusive lock is held by %s, which did not answer the request (waited up to %v): %w (if that node is gone, staging the volume elsewhere fences it and takes the lock over)",
 			name, holder, exclusivelock.DefaultNotifyTimeout, ErrOwnerUnresponsive)
 	}
 	return false, nil

@@ -6,6 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+
+	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/librbd"
@@ -59,16 +64,31 @@ func (s *cephStorage) checkOwnerAlive(ctx context.Context, pool objstore.Pool, n
 	if err != nil {
 		return s.opErr(err)
 	}
-	holder, err := lockHolder(ctx, pool, hdr)
-	if err != nil || holder == "" {
-		return s.opErr(err)
+	info, err := clslock.GetLockInfo(ctx, pool, hdr, exclusivelock.LockName)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return s.opErr(fmt.Errorf("lock of %s: %w", hdr, err))
 	}
 	ws, err := pool.ListWatchers(ctx, hdr)
 	if err != nil {
 		return s.opErr(fmt.Errorf("watchers of %s: %w", hdr, err))
 	}
-	if len(ws) == 0 {
-		return fmt.Errorf("image %q: its exclusive lock is held by %s, which no longer watches the image: %w (staging the volume elsewhere fences it and takes the lock over)", name, holder, ErrOwnerUnresponsive)
+	for id, li := range info.Lockers {
+		// librbd's test for a live owner: it still watches the header
+		// with the handle its lock cookie names.
+		handle, err := strconv.ParseUint(strings.TrimPrefix(id.Cookie, exclusivelock.CookiePrefix), 10, 64)
+		if err != nil {
+			return nil // not a managed lock: librbd decides
+		}
+		for _, w := range ws {
+			if int64(w.Client.ID) == id.Locker.Num && w.Cookie == handle {
+				return nil
+			}
+		}
+		holder := fmt.Sprintf("%s at %s", id.Locker, li.Addr.ClientAddr())
+		return fmt.Errorf("image %q: its exclusive lock is held by %s, which did not answer: it no longer watches the image: %w (staging the volume elsewhere fences it and takes the lock over)", name, holder, ErrOwnerUnresponsive)
 	}
 	return nil
 }
