@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
@@ -288,21 +289,36 @@ func CopySnapshot(ctx context.Context, pool objstore.Pool, src string, snapID ui
 	obj := s.ObjectSize()
 	from = from / obj * obj
 	// Reads of copyChunkObjects objects run in parallel (image.ReadAtSnap
-	// splits them); writes go object by object, skipping zeros.
+	// splits them), and so do the writes of those that hold data.
 	buf := make([]byte, copyChunkObjects*obj)
 	for off := max(from, 0); off < srcSize; off += int64(len(buf)) {
 		p := buf[:min(int64(len(buf)), srcSize-off)]
 		if _, err := s.ReadAtSnap(ctx, p, off, snapID); err != nil {
 			return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
 		}
+		// The chunk's objects that hold data are written in parallel; the
+		// chunk counts as copied once all are durable.
+		var wg sync.WaitGroup
+		errs := make([]error, 0, copyChunkObjects)
+		var mu sync.Mutex
 		for o := int64(0); o < int64(len(p)); o += obj {
 			q := p[o:min(o+obj, int64(len(p)))]
 			if allZero(q) {
 				continue
 			}
-			if _, err := d.WriteAt(ctx, q, off+o); err != nil {
-				return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
-			}
+			wg.Add(1)
+			go func(q []byte, at int64) { // owned by this loop: waited for below
+				defer wg.Done()
+				if _, err := d.WriteAt(ctx, q, at); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}(q, off+o)
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("copy %s@%d to %s: %w", src, snapID, dst, err)
 		}
 		if progress != nil && off+int64(len(p)) < srcSize {
 			if err := progress(off + int64(len(p))); err != nil {
