@@ -14,6 +14,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
+	"k8s.io/klog/v2"
 )
 
 // Snapshots of images (the CSI snapshot RPCs), on both backends.
@@ -26,9 +27,10 @@ import (
 // librbd does exactly that (and, when nobody holds the lock, takes it,
 // replays the journal and snapshots itself). On the local backend an
 // exclusivelock.Requester sends the request; when no owner answers and
-// nobody holds the lock the snapshot is added here directly (the image is
-// not served: its journal was committed when the last owner released the
-// lock). When the lock is held but its owner does not answer (a dead or
+// nobody holds the lock the snapshot is added here directly, under the
+// image's exclusive lock taken for the operation, as librbd does (the
+// image is not served: its journal was committed when the last owner
+// released the lock). When the lock is held but its owner does not answer (a dead or
 // frozen node) nothing is made: ErrOwnerUnresponsive names the holder.
 
 // SnapshotInfo describes a snapshot of an image.
@@ -150,28 +152,48 @@ func (s *localStorage) CreateSnapshot(ctx context.Context, pool objstore.Pool, n
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	served, err := ownerRequest(ctx, pool, name, hdr, func(r *exclusivelock.Requester) error {
-		return r.SnapCreate(ctx, userNS, snap)
-	})
-	if served && errors.Is(err, objstore.ErrExists) {
-		err = nil // made by an earlier attempt
-	}
-	if err != nil {
-		return SnapshotInfo{}, fmt.Errorf("snapshot %s@%s: %w", name, snap, err)
-	}
-	if !served {
-		if err := addSnapshotDirect(ctx, pool, hdr, snap); err != nil {
+	for attempt := 0; ; attempt++ {
+		served, err := ownerRequest(ctx, pool, name, hdr, func(r *exclusivelock.Requester) error {
+			return r.SnapCreate(ctx, userNS, snap)
+		})
+		if served && errors.Is(err, objstore.ErrExists) {
+			err = nil // made by an earlier attempt
+		}
+		if err == nil && !served {
+			err = underLock(ctx, pool, hdr, func(l *exclusivelock.Lock) error { return addSnapshotDirect(ctx, pool, hdr, snap, l) })
+			if errors.Is(err, exclusivelock.ErrLocked) && attempt < 2 {
+				continue // a node took the lock meanwhile: ask it
+			}
+		}
+		if err != nil {
 			return SnapshotInfo{}, fmt.Errorf("snapshot %s@%s: %w", name, snap, err)
 		}
+		return snapshotOf(ctx, pool, name, snap)
 	}
-	return snapshotOf(ctx, pool, name, snap)
+}
+
+// underLock runs fn holding the image's exclusive lock, as librbd takes it
+// for a maintenance operation on an image nobody serves: a node that
+// stages the image meanwhile waits for it (and then reads the header fn
+// changed) instead of writing without the new snapshot context. A live
+// holder is never fenced here: ErrLocked.
+func underLock(ctx context.Context, pool objstore.Pool, hdr string, fn func(l *exclusivelock.Lock) error) error {
+	l, err := exclusivelock.Acquire(ctx, pool, hdr, exclusivelock.Options{OwnerTimeout: -1, Description: "csi-rbdj controller (snapshot)"})
+	if err != nil {
+		return err
+	}
+	err = fn(l)
+	if nerr := l.NotifyHeaderUpdate(ctx); nerr != nil && err == nil {
+		klog.FromContext(ctx).V(1).Info("Header update notification after a snapshot failed", "object", hdr, "err", nerr)
+	}
+	return errors.Join(err, l.Release(context.WithoutCancel(ctx)))
 }
 
 // addSnapshotDirect adds a snapshot to an image nobody serves:
 // allocate a self-managed snapshot id, rbd.snapshot_add (librbd's
 // SnapshotCreateRequest without the journal: there is no owner to journal
 // it, and the next owner reads the snapshot from the header).
-func addSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr, snap string) error {
+func addSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr, snap string, l *exclusivelock.Lock) error {
 	sn, err := objstore.Snapper(pool)
 	if err != nil {
 		return err
@@ -182,6 +204,7 @@ func addSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr, snap string
 			return fmt.Errorf("allocate a snapshot id: %w", err)
 		}
 		var op objstore.WriteOp
+		l.Guard(&op)
 		clsrbd.SnapshotAdd(&op, id, snap, userNS)
 		err = pool.Operate(ctx, hdr, &op)
 		if err == nil {
@@ -219,7 +242,7 @@ func (s *localStorage) RemoveSnapshot(ctx context.Context, pool objstore.Pool, n
 	if served {
 		return nil
 	}
-	if err := removeSnapshotDirect(ctx, pool, hdr, info.ID); err != nil {
+	if err := underLock(ctx, pool, hdr, func(l *exclusivelock.Lock) error { return removeSnapshotDirect(ctx, pool, hdr, info.ID, l) }); err != nil {
 		return fmt.Errorf("remove snapshot %s@%s: %w", name, snap, err)
 	}
 	return nil
@@ -229,8 +252,9 @@ func (s *localStorage) RemoveSnapshot(ctx context.Context, pool objstore.Pool, n
 // serves: move it to the trash namespace, keep it there while clones use
 // it, else release its id (the store trims its clones) and remove its
 // record.
-func removeSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr string, id uint64) error {
+func removeSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr string, id uint64, l *exclusivelock.Lock) error {
 	var op objstore.WriteOp
+	l.Guard(&op)
 	clsrbd.SnapshotTrashAdd(&op, id)
 	trashed := true
 	switch err := pool.Operate(ctx, hdr, &op); {
@@ -258,6 +282,7 @@ func removeSnapshotDirect(ctx context.Context, pool objstore.Pool, hdr string, i
 		return fmt.Errorf("release snapshot id %d: %w", id, err)
 	}
 	op = objstore.WriteOp{}
+	l.Guard(&op)
 	clsrbd.SnapshotRemove(&op, id)
 	if err := pool.Operate(ctx, hdr, &op); err != nil && !errors.Is(err, objstore.ErrNotFound) {
 		return fmt.Errorf("remove the snapshot record: %w", err)
