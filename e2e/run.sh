@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test: csi-rbdj installed with its Helm chart on a real single-node
 # Kubernetes (v1.33.13: etcd, kube-apiserver, controller-manager, scheduler, containerd,
-# kubelet; e2e/cluster.sh), then six checks through the Kubernetes API:
+# kubelet; e2e/cluster.sh), then seven checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
 #   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
@@ -774,7 +774,7 @@ check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" che
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
 check 6 "online expansion while pods write: xfs and Block PVCs grow" check6
-check 7 "VolumeSnapshot of a PVC in use -> restore PVC and PVC clone hold the data" check7
+check 7 "VolumeSnapshot of a PVC in use -> restore and clone hold its data" check7
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo
