@@ -760,13 +760,19 @@ X
     [ "$(sed -n 's/^sum //p' <<< "$r")" = "$sum" ] || { log "$c reads: $r"; return 1; }
     log "$c ($(handle_of "$(pv_of "$c")")) holds /data/f"
   done
+  # Snapshots first (a volume with snapshots is not deleted), then the claims; their PVs
+  # go once DeleteVolume succeeded.
+  local pvs=() pv
+  for c in snap-restore snap-clone snap-src; do pvs+=("$(pv_of "$c")"); done
   K delete pod snap-writer reader-snap-restore reader-snap-clone --wait=true >/dev/null
   K delete volumesnapshot snap-1 --wait=true --timeout=120s >/dev/null
   K delete pvc snap-restore snap-clone snap-src --wait=true --timeout=120s >/dev/null
   "$KUBECTL" delete volumesnapshotclass rbdj >/dev/null
-  local left
-  left=$("$KUBECTL" get pv -o jsonpath='{range .items[*]}{.spec.claimRef.name}{"\n"}{end}' | grep '^snap-' || true)
-  [ -z "$left" ] || { log "PVs left: $left"; return 1; }
+  for pv in "${pvs[@]}"; do
+    "$KUBECTL" wait "pv/$pv" --for=delete --timeout=120s >/dev/null 2>&1 || true
+    if "$KUBECTL" get pv "$pv" >/dev/null 2>&1; then log "PV $pv not deleted"; "$KUBECTL" describe pv "$pv" >&2; return 1; fi
+  done
+  log "snapshot, restored and cloned volumes deleted"
 }
 
 check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" check1
