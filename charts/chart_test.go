@@ -289,6 +289,9 @@ func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
 		"/persistentvolumeclaims/status": true, // the resizer
 		// the csi-addons sidecar (csiAddons.enabled)
 		"csiaddons.openshift.io/csiaddonsnodes": true, "/pods": true, "apps/replicasets": true, "apps/deployments/finalizers": true,
+		// the snapshotter, and the provisioner's restores
+		"snapshot.storage.k8s.io/volumesnapshots": true, "snapshot.storage.k8s.io/volumesnapshotcontents": true,
+		"snapshot.storage.k8s.io/volumesnapshotclasses": true, "snapshot.storage.k8s.io/volumesnapshotcontents/status": true,
 	}
 	var rules []rbacv1.PolicyRule
 	for _, r := range find[*rbacv1.ClusterRole](objs) {
@@ -308,6 +311,9 @@ func checkLeastPrivilege(t *testing.T, objs []runtime.Object) {
 				}
 				if res == "persistentvolumeclaims/status" && !slices.Equal(r.Verbs, []string{"patch"}) {
 					t.Errorf("persistentvolumeclaims/status rule %+v: want patch only", r)
+				}
+				if strings.HasPrefix(res, "volumesnapshot") && slices.Contains(r.Verbs, "delete") {
+					t.Errorf("%s rule %+v: the snapshotter deletes no API objects", res, r)
 				}
 				if res == "nodes" && slices.ContainsFunc(r.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
 					t.Errorf("nodes rule %+v: want read only", r)
@@ -513,6 +519,44 @@ func TestSchemaRejects(t *testing.T) {
 	} {
 		if _, err := helm(t, append([]string{"template", "rbdj", chartDir}, args...)...); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+// TestTemplateSnapshotter: with controller.snapshotter.enabled the
+// csi-snapshotter sidecar runs next to the provisioner with its own
+// ClusterRole (least privilege), and the provisioner may read
+// VolumeSnapshots (restores); disabled (the default) nothing of it exists.
+func TestTemplateSnapshotter(t *testing.T) {
+	objs := render(t, "--set", "controller.snapshotter.enabled=true", "--set", "controller.snapshotter.extraArgs[0]=--worker-threads=4")
+	dep := one[*appsv1.Deployment](t, objs)
+	ss := container(t, dep.Spec.Template.Spec, "csi-snapshotter")
+	if ss.Image != "registry.k8s.io/sig-storage/csi-snapshotter:v8.2.0" {
+		t.Errorf("snapshotter image %s", ss.Image)
+	}
+	for _, a := range []string{"--csi-address=/csi/csi.sock", "--timeout=60s", "--leader-election=true",
+		"--leader-election-namespace=csi-rbdj", "--worker-threads=4"} {
+		if !slices.Contains(ss.Args, a) {
+			t.Errorf("snapshotter args %v lack %s", ss.Args, a)
+		}
+	}
+	roles := map[string]bool{}
+	for _, r := range find[*rbacv1.ClusterRole](objs) {
+		roles[r.Name] = true
+		if strings.HasSuffix(r.Name, "-provisioner") && !slices.ContainsFunc(r.Rules, func(p rbacv1.PolicyRule) bool {
+			return slices.Contains(p.Resources, "volumesnapshots")
+		}) {
+			t.Error("the provisioner may not read VolumeSnapshots (restores)")
+		}
+	}
+	if !roles["rbdj-csi-rbdj-snapshotter"] {
+		t.Errorf("no snapshotter ClusterRole in %v", roles)
+	}
+	checkLeastPrivilege(t, objs)
+
+	for _, c := range one[*appsv1.Deployment](t, render(t)).Spec.Template.Spec.Containers {
+		if c.Name == "csi-snapshotter" {
+			t.Error("snapshotter rendered by default")
 		}
 	}
 }

@@ -17,6 +17,12 @@ HELM_VERSION=v3.22.0
 PROVISIONER_VERSION=v6.3.0
 RESIZER_VERSION=v1.14.0
 ATTACHER_VERSION=v4.13.0
+# external-snapshotter: csi-snapshotter and snapshot-controller (the lowest v8 the module
+# proxy lists), built with the client module of the same release (its go.mod replaces it
+# with ./client, which the module zip lacks; the proxy serves it though it lists it only
+# from v8.6.0), and the snapshot CRDs from that client module.
+SNAPSHOTTER_VERSION=v8.4.0
+SNAPSHOT_CLIENT_VERSION=v8.4.0
 
 CACHE=${CSI_RBDJ_CACHE:-$HOME/.cache/csi-rbdj}/k8s
 BIN=$CACHE/bin
@@ -95,7 +101,7 @@ build_helm() {
   stamp helm "$HELM_VERSION"
 }
 
-# build_sidecar MODULE VERSION CMD: the sidecars' go.mod has replace directives, so
+# build_sidecar MODULE VERSION CMD [CLIENT_VERSION CLIENT_MODULE]: the sidecars' go.mod has replace directives, so
 # `go install mod@ver` refuses them: copy the module out of the module cache and build
 # it as the main module (from its vendor directory).
 build_sidecar() {
@@ -107,9 +113,29 @@ build_sidecar() {
   mkdir -p "$CACHE/src"
   cp -r "$MC/$mod@$ver" "$src"
   chmod -R u+w "$src"
+  if [ -n "${5:-}" ]; then
+    # a nested module the go.mod replaces with a directory (not in the module zip)
+    go mod download "$5@$4"
+    cp -r "$MC/$5@$4" "$src/client"
+    chmod -R u+w "$src/client"
+  fi
   # static (no cgo): the e2e wraps it into a one-binary image
   (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=$ver" -o "$BIN/$cmd" "./cmd/$cmd")
   stamp "$cmd" "$ver-static"
+}
+
+# snapshot_crds: the VolumeSnapshot CRDs into $BIN/snapshot-crds, and the
+# snapshot-controller's RBAC into $BIN/snapshot-controller-rbac.yaml.
+snapshot_crds() {
+  have snapshot-crds "$SNAPSHOT_CLIENT_VERSION" && [ -f "$BIN/snapshot-controller-rbac.yaml" ] && return 0
+  go mod download github.com/kubernetes-csi/external-snapshotter/client/v8@"$SNAPSHOT_CLIENT_VERSION"
+  rm -rf "$BIN/snapshot-crds"
+  mkdir -p "$BIN/snapshot-crds"
+  cp "$MC/github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOT_CLIENT_VERSION"/config/crd/snapshot.storage.k8s.io_volumesnapshot*.yaml "$BIN/snapshot-crds/"
+  cp "$MC/github.com/kubernetes-csi/external-snapshotter/v8@$SNAPSHOTTER_VERSION/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml" "$BIN/snapshot-controller-rbac.yaml"
+  chmod -R u+w "$BIN/snapshot-crds" "$BIN/snapshot-controller-rbac.yaml"
+  mkdir -p "$BIN" && touch "$BIN/snapshot-crds/.keep"
+  echo "$SNAPSHOT_CLIENT_VERSION" > "$BIN/.snapshot-crds.version"
 }
 
 case "${1:-all}" in
@@ -118,6 +144,10 @@ case "${1:-all}" in
     build_helm
     build_sidecar github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
     build_sidecar github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION" csi-resizer
+    # its go.mod replaces the client module with ./client (the same release)
+    build_sidecar github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" csi-snapshotter "$SNAPSHOT_CLIENT_VERSION" github.com/kubernetes-csi/external-snapshotter/client/v8
+    build_sidecar github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" snapshot-controller "$SNAPSHOT_CLIENT_VERSION" github.com/kubernetes-csi/external-snapshotter/client/v8
+    snapshot_crds
     if [ -n "${WITH_ATTACHER:-}" ]; then
       build_sidecar github.com/kubernetes-csi/external-attacher/v4 "$ATTACHER_VERSION" csi-attacher
     fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test: csi-rbdj installed with its Helm chart on a real single-node
 # Kubernetes (v1.33.13: etcd, kube-apiserver, controller-manager, scheduler, containerd,
-# kubelet; e2e/cluster.sh), then six checks through the Kubernetes API:
+# kubelet; e2e/cluster.sh), then seven checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
 #   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
@@ -10,6 +10,8 @@
 #   4. PVC deletion removes the image and its journal
 #   5. a Block-mode PVC consumed as a raw device
 #   6. online expansion while pods write (XFS and Block): the PVCs grow, the pods see it
+#   7. VolumeSnapshot of a PVC a pod is using -> restore PVC and PVC-to-PVC clone hold
+#      the data (external-snapshotter: csi-snapshotter sidecar, snapshot-controller, CRDs)
 #
 # Usage (root): e2e/run.sh   (make e2e)
 # Environment:
@@ -68,9 +70,11 @@ fi
 log "backend: $BACKEND"
 
 # ---- cluster ---------------------------------------------------------------
+SNAPSHOT_CONTROLLER_PID=""
 teardown() {
   local rc=$?
   set +e
+  if [ -n "$SNAPSHOT_CONTROLLER_PID" ]; then kill "$SNAPSHOT_CONTROLLER_PID" 2>/dev/null; wait "$SNAPSHOT_CONTROLLER_PID" 2>/dev/null; fi
   if [ -n "${E2E_KEEP:-}" ]; then
     log "E2E_KEEP set: cluster left running (KUBECONFIG=$KUBECONFIG; e2e/cluster.sh down stops it)"
     return $rc
@@ -121,7 +125,9 @@ CGO_ENABLED=0 go build -trimpath -o "$CACHE/images/pause" ./e2e/cmd/pause
 "$ROOT/e2e/mkimage.sh" "$CACHE/images/pause" localhost/pause:e2e "$CACHE/images/pause.tar" /pause
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-provisioner" localhost/csi-provisioner:v6.3.0 "$CACHE/images/csi-provisioner.tar" /csi-provisioner
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-resizer" localhost/csi-resizer:v1.14.0 "$CACHE/images/csi-resizer.tar" /csi-resizer
-ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" "$E2E_DIR/images/"
+"$ROOT/e2e/mkimage.sh" "$TOOLS/csi-snapshotter" localhost/csi-snapshotter:v8.4.0 "$CACHE/images/csi-snapshotter.tar" /csi-snapshotter
+ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" \
+  "$CACHE/images/csi-snapshotter.tar" "$E2E_DIR/images/"
 
 CEPH_CONF=""
 if [ "$BACKEND" = ceph ]; then
@@ -135,6 +141,11 @@ fi
 t=$(date +%s.%N)
 "$ROOT/e2e/cluster.sh" up
 log "cluster up in $(elapsed "$t")s"
+# Snapshots: the CRDs, and the snapshot-controller as a host process with the admin
+# kubeconfig (it belongs to the cluster, not to the driver's chart).
+"$KUBECTL" apply -f "$TOOLS/snapshot-crds/" >/dev/null
+"$TOOLS/snapshot-controller" --kubeconfig="$KUBECONFIG" --leader-election=false --v=3 > "$E2E_DIR/logs/snapshot-controller.log" 2>&1 &
+SNAPSHOT_CONTROLLER_PID=$!
 
 # ---- install ----------------------------------------------------------------
 VALUES=$E2E_DIR/values.yaml
@@ -154,6 +165,12 @@ controller:
   resizer:
     enabled: true
     image: {repository: localhost/csi-resizer, tag: v1.14.0, pullPolicy: Never}
+    timeout: 60s
+    leaderElection: true
+    logLevel: 3
+  snapshotter:
+    enabled: true
+    image: {repository: localhost/csi-snapshotter, tag: v8.4.0, pullPolicy: Never}
     timeout: 60s
     leaderElection: true
     logLevel: 3
@@ -753,12 +770,115 @@ check4() {
   done
 }
 
+# ---- check 8 ------------------------------------------------------------------
+# fs_pod NAME CLAIM SCRIPT: a pod that runs SCRIPT with CLAIM at /data; its log is
+# printed once SCRIPT has printed "done" (the pod keeps running: delete it).
+fs_pod() {
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, '$3; echo done; sleep 3600']
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: $2}}]
+X
+  local i
+  for i in $(seq 1 120); do
+    if K logs "$1" 2>/dev/null | grep -q '^done$'; then K logs "$1"; return 0; fi
+    sleep 1
+  done
+  K describe pod "$1" >&2; K logs "$1" >&2 || true
+  return 1
+}
+check8() {
+  local params=""
+  if [ "$BACKEND" = ceph ]; then
+    params="parameters: {csi.storage.k8s.io/snapshotter-secret-name: csi-rbdj-ceph, csi.storage.k8s.io/snapshotter-secret-namespace: $NS}"
+  fi
+  "$KUBECTL" apply -f - >/dev/null <<X
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata: {name: rbdj}
+driver: rbdj.csi-rbdj.dev
+deletionPolicy: Delete
+$params
+X
+  pvc snap-src 256Mi
+  K wait pvc/snap-src --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+  # The writer keeps the volume mounted (served by the node): the snapshot and the clone
+  # are made by the node, the image's lock owner.
+  local w sum
+  w=$(fs_pod snap-writer snap-src 'set -e; head -c 8M /dev/urandom > /data/f; sync /data/f; echo sum $(sha256sum < /data/f | cut -c1-64)')
+  sum=$(sed -n 's/^sum //p' <<< "$w")
+  [ -n "$sum" ] || { log "writer: $w"; return 1; }
+  log "writer wrote /data/f (sha256 ${sum:0:16}...) and keeps the volume mounted"
+  K apply -f - >/dev/null <<X
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap-1}
+spec:
+  volumeSnapshotClassName: rbdj
+  source: {persistentVolumeClaimName: snap-src}
+X
+  K wait volumesnapshot/snap-1 --for=jsonpath='{.status.readyToUse}'=true --timeout=120s >/dev/null ||
+    { K describe volumesnapshot snap-1 >&2; return 1; }
+  log "VolumeSnapshot snap-1 ready: $(K get volumesnapshot snap-1 -o jsonpath='{.status.boundVolumeSnapshotContentName} {.status.restoreSize}')"
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: snap-restore}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC
+  resources: {requests: {storage: 256Mi}}
+  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-1}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: snap-clone}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $SC
+  resources: {requests: {storage: 256Mi}}
+  dataSource: {kind: PersistentVolumeClaim, name: snap-src}
+X
+  local c r
+  for c in snap-restore snap-clone; do
+    K wait "pvc/$c" --for=jsonpath='{.status.phase}'=Bound --timeout=120s >/dev/null || { K describe pvc "$c" >&2; return 1; }
+    r=$(fs_pod "reader-$c" "$c" 'echo sum $(sha256sum < /data/f | cut -c1-64)')
+    [ "$(sed -n 's/^sum //p' <<< "$r")" = "$sum" ] || { log "$c reads: $r"; return 1; }
+    log "$c ($(handle_of "$(pv_of "$c")")) holds /data/f"
+  done
+  # Snapshots first (a volume with snapshots is not deleted), then the claims; their PVs
+  # go once DeleteVolume succeeded.
+  local pvs=() pv
+  for c in snap-restore snap-clone snap-src; do pvs+=("$(pv_of "$c")"); done
+  K delete pod snap-writer reader-snap-restore reader-snap-clone --wait=true >/dev/null
+  K delete volumesnapshot snap-1 --wait=true --timeout=120s >/dev/null
+  K delete pvc snap-restore snap-clone snap-src --wait=true --timeout=120s >/dev/null
+  "$KUBECTL" delete volumesnapshotclass rbdj >/dev/null
+  for pv in "${pvs[@]}"; do
+    "$KUBECTL" wait "pv/$pv" --for=delete --timeout=120s >/dev/null 2>&1 || true
+    if "$KUBECTL" get pv "$pv" >/dev/null 2>&1; then log "PV $pv not deleted"; "$KUBECTL" describe pv "$pv" >&2; return 1; fi
+  done
+  log "snapshot, restored and cloned volumes deleted"
+}
+
 check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" check1
 check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
 check 6 "online expansion while pods write: xfs and Block PVCs grow" check6
 check 7 "metrics: write counters and histograms move, journal lag returns to 0" check7
+check 8 "VolumeSnapshot of a PVC in use -> restore and clone hold its data" check8
 check 4 "PVC deletion removes the image and its journal" check4
 
 echo

@@ -81,7 +81,7 @@ if [ "$BACKEND" = ceph ]; then
   (
     umask 077
     user=$(cat "$CSI_SANITY_CEPH_CREDENTIALS/userID") key=$(cat "$CSI_SANITY_CEPH_CREDENTIALS/userKey")
-    for k in CreateVolumeSecret DeleteVolumeSecret NodeStageVolumeSecret ControllerValidateVolumeCapabilitiesSecret ControllerExpandVolumeSecret; do
+    for k in CreateVolumeSecret DeleteVolumeSecret NodeStageVolumeSecret ControllerValidateVolumeCapabilitiesSecret ControllerExpandVolumeSecret CreateSnapshotSecret DeleteSnapshotSecret ListSnapshotsSecret; do
       printf '%s:\n  userID: "%s"\n  userKey: "%s"\n' "$k" "$user" "$key"
     done >"$WORK/secrets.yaml"
   )

@@ -120,6 +120,9 @@ func TestTakeoverHelperProcess(t *testing.T) {
 	if os.Getenv("TAKEOVER_FENCE") == "none" {
 		o.Fencer = noFencer{}
 	}
+	if os.Getenv("TAKEOVER_ACK") == "journaled" {
+		o.AckPolicy = AckJournaled
+	}
 	ctx := context.Background()
 	start := time.Now()
 	d, err := Open(ctx, pool, os.Getenv("TAKEOVER_IMAGE"), o)
@@ -216,6 +219,7 @@ type nodeOptions struct {
 	commitAge    time.Duration
 	ownerTimeout time.Duration
 	noFence      bool
+	ackJournaled bool // acknowledge writes once journaled (AckJournaled)
 }
 
 // startNode starts a helper process on the image and waits until it serves
@@ -231,6 +235,9 @@ func startNode(t testing.TB, be takeoverBackend, name, img string, o nodeOptions
 	}
 	if o.noFence {
 		env = append(env, "TAKEOVER_FENCE=none")
+	}
+	if o.ackJournaled {
+		env = append(env, "TAKEOVER_ACK=journaled")
 	}
 	cmd := testproc.Command("^TestTakeoverHelperProcess$", env...)
 	in, err := cmd.StdinPipe()

@@ -63,7 +63,7 @@ func TestCephSanityChild(t *testing.T) {
 		cfg.TestVolumeParameters[volume.ParamAckPolicy] = "applied"
 	}
 	var yaml strings.Builder
-	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "NodeStageVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "ControllerExpandVolumeSecret"} {
+	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "NodeStageVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "ControllerExpandVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret"} {
 		fmt.Fprintf(&yaml, "%s:\n  %s: %q\n  %s: %q\n", k, storage.SecretUserID, f.rw.User, storage.SecretUserKey, f.rw.Key)
 	}
 	cfg.SecretsFile = filepath.Join(dir, "secrets.yaml")

@@ -41,6 +41,12 @@ type volumeRecord struct {
 	// FormatMark is the state of the image's "new, may be formatted"
 	// marker (formatmark.go); "" in records older than the marker.
 	FormatMark string `json:"formatMark,omitempty"`
+	// Source is the snapshot or volume id the volume was copied from
+	// (clone.go); CopyPending is set until the copy is complete, and
+	// CopiedBytes says how far it got.
+	Source      string `json:"source,omitempty"`
+	CopyPending bool   `json:"copyPending,omitempty"`
+	CopiedBytes int64  `json:"copiedBytes,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -58,12 +64,6 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	if err := volume.ValidateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	// When clones and restores come, a new volume carries its source's
-	// format state: no marker for a copy of a formatted volume
-	// (storage.MetaFormatBlank, formatmark.go).
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: csi-rbdj does not create volumes from snapshots or clones yet (omit dataSource)")
 	}
 	params, err := volume.ParseParams(req.GetParameters())
 	if err != nil {
@@ -86,6 +86,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, volume.StorageStatus(err, volume.SecretsProvisioner, volume.FromParams)
 	}
 	params.ClusterID = st.ClusterID()
+	if err := d.checkSourcePlace(req, st.ClusterID(), params.Pool); err != nil {
+		return nil, err
+	}
 	pool, err := st.EnsurePool(ctx, params.Pool)
 	if err != nil {
 		if errors.Is(err, storage.ErrPoolNotFound) {
@@ -97,13 +100,22 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	// A restore or clone (clone.go) carries its source's data and format
+	// state; it is at least as large as its source.
+	src, err := d.resolveSource(ctx, st, pool, params, req)
+	if err != nil {
+		return nil, err
+	}
+	if size, err = src.fitSize(size, req.GetCapacityRange(), params.ObjectOrder); err != nil {
+		return nil, err
+	}
 	imageName := volume.ImageNameFor(name)
 	vid := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: params.Pool, Image: imageName}
 	if err := vid.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
 	}
 	resp := func(size int64) *csi.CreateVolumeResponse {
-		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext()}}
+		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext(), ContentSource: req.GetVolumeContentSource()}}
 	}
 	capRange := req.GetCapacityRange()
 
@@ -125,10 +137,19 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: volume %q exists with journal mode %q; the journal mode of a volume cannot be changed (requested %q): create a new volume",
 				volume.ParamJournalMode, name, rec.Params.JournalMode, params.JournalMode)
 		}
+		if rec.Source != src.ID() {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with content source %q, not %q; delete it or use another name", name, rec.Source, src.ID())
+		}
 		if rec.Params != params {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with different parameters (%s); delete it or use the same parameters", name, paramsDiff(rec.Params, params))
 		}
 		info, err := st.ImageInfo(ctx, pool, imageName)
+		if err == nil && rec.CopyPending {
+			// An earlier call did not finish copying the source: go on.
+			if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
+				return nil, err
+			}
+		}
 		if err == nil {
 			if info.Size < capRange.GetRequiredBytes() || (capRange.GetLimitBytes() > 0 && info.Size > capRange.GetLimitBytes()) {
 				return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes, outside the requested range [%d, %d]",
@@ -162,8 +183,8 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clear partial image "+imageName)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
-		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC()}
-		if wantsFilesystem(req.GetVolumeCapabilities()) {
+		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC(), Source: src.ID(), CopyPending: src != nil}
+		if wantsFilesystem(req.GetVolumeCapabilities()) && src.formatAllowed() {
 			rec.FormatMark = formatMarkPending
 		}
 		if err := writeRecord(ctx, pool, imageName, rec); err != nil {
@@ -188,7 +209,12 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
 		return nil, err
 	}
-	if wantsFilesystem(req.GetVolumeCapabilities()) {
+	if src != nil {
+		if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
+			return nil, err
+		}
+	}
+	if wantsFilesystem(req.GetVolumeCapabilities()) && src.formatAllowed() {
 		if err := markNew(ctx, pool, imageName, &rec); err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "mark new volume "+vid.String())
 		}
@@ -305,6 +331,9 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	if len(users) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
+	}
+	if err := checkNoSnapshots(ctx, pool, vid); err != nil {
+		return nil, err
 	}
 	if err := st.RemoveImage(ctx, pool, vid.Image); err != nil {
 		switch {
@@ -519,7 +548,10 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME, // expand.go
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,          // expand.go
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, // snapshot.go
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME, // clone.go
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})

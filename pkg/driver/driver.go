@@ -2,8 +2,9 @@
 // the Identity service always, the Controller service in the controller and
 // all modes, and the Node service (implemented in pkg/nodeserver, handed in
 // through Options) in the node and all modes. The Controller service
-// (controller.go) creates, deletes, lists and validates volumes, and grows
-// them (expand.go), through the storage layer (pkg/storage) with the volume
+// (controller.go) creates, deletes, lists and validates volumes, grows
+// them (expand.go), snapshots them (snapshot.go) and creates volumes from
+// snapshots and volumes (clone.go), through the storage layer (pkg/storage) with the volume
 // model of pkg/volume; it does not link the data path (pkg/blockdev).
 //
 // The controller does not implement ControllerPublish: a volume is attached

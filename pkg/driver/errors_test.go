@@ -219,11 +219,20 @@ func TestErrorPaths(t *testing.T) {
 		{"fs type", create("p", caps, map[string]string{"fsType": "zfs"}, nil), codes.InvalidArgument, `want one of ext4, xfs`},
 		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied or journaled`},
 		{"existing with other params", create("existing", caps, map[string]string{"journalSplayWidth": "8"}, nil), codes.AlreadyExists, "different parameters"},
-		{"content source", func() error {
-			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{
-				Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}})
+		{"empty content source", func() error {
+			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{}})
 			return err
-		}, codes.InvalidArgument, "omit dataSource"},
+		}, codes.InvalidArgument, "names neither a snapshot nor a volume"},
+		{"clone into another pool", func() error {
+			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, Parameters: map[string]string{"pool": "elsewhere"},
+				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}})
+			return err
+		}, codes.InvalidArgument, "copies within one cluster and pool"},
+		{"restore from a snapshot id of another driver", func() error {
+			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps,
+				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "pvc-snap-1"}}}})
+			return err
+		}, codes.NotFound, "does not exist"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call()

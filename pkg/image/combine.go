@@ -176,6 +176,9 @@ func batchLen(ws []*queuedWrite, size int) int {
 // writeObject sends the writes of batch, in order, as one operation on
 // data object objNo; contiguous writes become one write step.
 func (img *Image) writeObject(ctx context.Context, objNo uint64, batch []*queuedWrite) error {
+	if err := img.copyupObject(ctx, objNo); err != nil { // a clone (parent.go)
+		return err
+	}
 	op := img.newWriteOp()
 	for i := 0; i < len(batch); {
 		j, end := i+1, batch[i].off+uint64(len(batch[i].data))

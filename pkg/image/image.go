@@ -72,8 +72,12 @@ type Image struct {
 	size     int64
 	features uint64
 	snapc    clsrbd.SnapContext
-	readOnly error // why writes are refused, nil if they are not
-	lazy     bool  // data writes may complete before they are durable
+	readOnly error       // why writes are refused, nil if they are not
+	lazy     bool        // data writes may complete before they are durable
+	parent   *parentLink // a clone's parent (parent.go), nil otherwise
+
+	depth    int      // the image's place in a parent chain (0: opened)
+	copiedUp sync.Map // data objects known to exist (copied up), of a clone
 
 	writes combiner // concurrent writes to one object share an operation
 }
@@ -123,7 +127,12 @@ func Open(ctx context.Context, pool objstore.Pool, name string) (*Image, error) 
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", name, notFound(err))
 	}
-	img := &Image{pool: pool, name: name, id: id, headerOID: clsrbd.HeaderOID(id)}
+	return openID(ctx, pool, name, id, 0)
+}
+
+// openID opens the image with id (named name) at depth of a parent chain.
+func openID(ctx context.Context, pool objstore.Pool, name, id string, depth int) (*Image, error) {
+	img := &Image{pool: pool, name: name, id: id, headerOID: clsrbd.HeaderOID(id), depth: depth}
 	prefix, order, err := clsrbd.GetImmutableMetadata(ctx, pool, img.headerOID)
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", name, notFound(err))
@@ -157,7 +166,12 @@ func (img *Image) Refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("refresh image %q: %w", img.name, err)
 	}
+	parent, err := img.refreshParent(ctx, m.Parent)
+	if err != nil {
+		return fmt.Errorf("refresh image %q: %w", img.name, err)
+	}
 	img.mu.Lock()
+	img.parent = parent
 	img.size = int64(m.Size)
 	img.features = m.Features
 	img.snapc = m.SnapContext
@@ -181,10 +195,8 @@ func (img *Image) checkServable(ctx context.Context, m clsrbd.MutableMetadata) (
 	if m.Size > math.MaxInt64 {
 		return nil, fmt.Errorf("size %d: %w", m.Size, ErrUnsupported)
 	}
-	if m.Parent.HasParent() {
-		// Unwritten extents of a clone read from its parent.
-		return nil, fmt.Errorf("clone of image %s in pool %d: %w", m.Parent.ImageID, m.Parent.PoolID, ErrUnsupported)
-	}
+	// Clones are served: unwritten extents read from the parent, which
+	// writes copy up first (parent.go).
 	if m.Features&clsrbd.FeatureStripingV2 != 0 {
 		unit, count, err := clsrbd.GetStripeUnitCount(ctx, img.pool, img.headerOID)
 		if err != nil {

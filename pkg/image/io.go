@@ -117,6 +117,9 @@ func (img *Image) readAt(ctx context.Context, p []byte, off int64, snapID uint64
 		r := op.Read(e.objOff, e.length)
 		err := img.pool.Read(ctx, oid, &op)
 		if errors.Is(err, objstore.ErrNotFound) {
+			if p := img.parentOf(); p != nil { // a clone: the parent's data
+				return img.readParent(ctx, p, buf, int64(e.objNo<<img.order+e.objOff))
+			}
 			clear(buf)
 			return nil
 		}
@@ -171,8 +174,18 @@ func (img *Image) Discard(ctx context.Context, off, length int64) error {
 		// Bytes of an object past the end of the image are never read,
 		// so a range reaching the image's end reaches the object's.
 		toEnd := e.objOff+e.length == objSize || objStart+e.objOff+e.length >= uint64(size)
+		clone := img.inOverlap(e.objNo, e.objOff)
+		if clone {
+			// Never expose the parent's data: copy it up, then cut.
+			if err := img.copyupObject(ctx, e.objNo); err != nil {
+				return fmt.Errorf("discard: %w", err)
+			}
+		}
 		op := img.newWriteOp()
 		switch {
+		case e.objOff == 0 && toEnd && clone:
+			op.AssertExists()
+			op.Truncate(0)
 		case e.objOff == 0 && toEnd:
 			op.Remove()
 		case toEnd:
@@ -197,6 +210,11 @@ func (img *Image) WriteZeroes(ctx context.Context, off, length int64) error {
 		return err
 	}
 	return img.forEachExtent(ctx, off, length, func(ctx context.Context, e extent) error {
+		if img.inOverlap(e.objNo, e.objOff) {
+			if err := img.copyupObject(ctx, e.objNo); err != nil {
+				return fmt.Errorf("write zeroes: %w", err)
+			}
+		}
 		op := img.newWriteOp()
 		op.AssertExists()
 		op.Zero(e.objOff, e.length)

@@ -312,10 +312,10 @@ func TestOutOfRange(t *testing.T) {
 func TestOpenUnsupported(t *testing.T) {
 	ctx := ctxT(t)
 	overlap := func(e *cephenc.Encoder) {
-		// cls_rbd_parent v2: pool 1, no namespace, image "parent", snap
-		// 4, head overlap 4096.
+		// cls_rbd_parent v2: pool 99 (not the image's), no namespace,
+		// image "parent", snap 4, head overlap 4096.
 		m := e.Start(2, 2)
-		e.S64(1)
+		e.S64(99)
 		e.String("")
 		e.String("parent")
 		e.U64(4)
@@ -333,7 +333,7 @@ func TestOpenUnsupported(t *testing.T) {
 		{"object map", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureExclusiveLock | clsrbd.FeatureObjectMap)}, ErrUnsupported, nil, 0},
 		{"data pool", map[string][]byte{"features": le64(clsrbd.FeatureDataPool)}, ErrUnsupported, nil, 0},
 		{"unknown incompatible feature", map[string][]byte{"features": le64(1 << 40)}, ErrUnsupported, nil, 0},
-		{"clone", map[string][]byte{"parent": cephenc.MarshalFunc(overlap)}, ErrUnsupported, nil, 0},
+		{"clone of an image in another pool", map[string][]byte{"parent": cephenc.MarshalFunc(overlap)}, ErrUnsupported, nil, 0},
 		{"fancy striping", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureStripingV2), "stripe_unit": le64(4096), "stripe_count": le64(4)}, ErrUnsupported, nil, 0},
 		{"default striping", map[string][]byte{"features": le64(clsrbd.FeatureLayering | clsrbd.FeatureStripingV2)}, nil, nil, 0},
 		{"snapshots (served: writes carry the snapshot context)", map[string][]byte{"snap_seq": le64(4), "snapshot_0000000000000004": nil}, nil, nil, 0},

@@ -40,7 +40,7 @@ const (
 // hint says how to give a call credentials.
 func (s SecretsOf) hint() string {
 	switch s {
-	case SecretsProvisioner, SecretsNodeStage, SecretsControllerExpand:
+	case SecretsProvisioner, SecretsNodeStage, SecretsControllerExpand, SecretsSnapshotter:
 		return fmt.Sprintf("set the StorageClass parameters csi.storage.k8s.io/%[1]s-secret-name and csi.storage.k8s.io/%[1]s-secret-namespace to a Secret with the keys %[2]s and %[3]s, or give the plugin default credentials (--ceph-credentials-dir)",
 			string(s), storage.SecretUserID, storage.SecretUserKey)
 	}

@@ -67,6 +67,8 @@ func Class() objstore.Class {
 		"get_data_pool":         {Call: readOnly(getDataPool)},
 		"get_snapcontext":       {Call: readOnly(getSnapContext)},
 		"get_parent":            {Call: readOnly(getParent)},
+		"set_parent":            {Write: true, Call: setParent}, // parent.go
+		"copyup":                {Write: true, Call: copyup},
 		"get_stripe_unit_count": {Call: readOnly(getStripeUnitCount)},
 		"get_create_timestamp":  {Call: readOnly(getTimestamp(keyCreateTimestamp))},
 		"get_access_timestamp":  {Call: readOnly(getTimestamp(keyAccessTimestamp))},

@@ -1,0 +1,86 @@
+//go:build ceph && pacific
+
+package driver_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+)
+
+// TestCephSnapshotRestoreClone is TestSnapshotRestoreClone on the Ceph
+// test cluster: the controller snapshots the served volume through librbd
+// (go-ceph's Image.CreateSnapshot, proxied to the node, the lock owner);
+// the restore and the clone are staged unformatted and verified. librbd
+// sees the CSI snapshot (`rbd snap ls`) and reads the restored volume
+// equal to the snapshot (`rbd export` of both, over the snapshot's size).
+func TestCephSnapshotRestoreClone(t *testing.T) {
+	requireRoot(t)
+	f := newCephFixture(t)
+	dir := t.TempDir()
+	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	ctrl, node, _ := serveDriver(t, dir, b)
+	sec := secrets(f.rw)
+	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
+	pool := func(ctx context.Context) (objstore.Pool, error) {
+		st, err := b.Storage(ctx, cephTestCluster, sec)
+		if err != nil {
+			return nil, err
+		}
+		return st.Pool(ctx, cephtest.PoolName)
+	}
+	runSnapshotRestoreClone(t, ctrl, node, filepath.Join(dir), pool, params, sec, uniqueName("snap")+"-", func(src, restored, _ *csi.Volume, sid string) {
+		s, err := volume.ParseSnapshotID(sid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _ := volume.ParseVolumeID(restored.GetVolumeId())
+		if out := f.rbd(t, "snap", "ls", cephtest.PoolName+"/"+s.Image); !strings.Contains(out, s.Snap) {
+			t.Errorf("rbd snap ls does not list %s:\n%s", s.Snap, out)
+		}
+		export := func(spec string) [32]byte {
+			cmd := exec.Command("rbd", "-c", f.conf, "export", "--no-progress", spec, "-")
+			cmd.Env = append(cmd.Environ(), "CEPH_ARGS=--admin-socket=")
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("rbd export %s: %v", spec, err)
+			}
+			t.Logf("rbd export %s: %d bytes", spec, len(out))
+			return sha256.Sum256(out)
+		}
+		if a, b := export(cephtest.PoolName+"/"+s.Image+"@"+s.Snap), export(cephtest.PoolName+"/"+r.Image); a != b {
+			t.Errorf("librbd reads the restored volume %s differently from the snapshot %s", r.Image, sid)
+		} else {
+			t.Logf("librbd reads the restored volume equal to the snapshot (sha256 %x)", a[:8])
+		}
+	})
+}
+
+// TestCephSnapshotUnresponsiveOwner is TestSnapshotUnresponsiveOwner on
+// Ceph: a lock whose holder does not watch the header is refused before
+// librbd is asked (it would wait for the owner).
+func TestCephSnapshotUnresponsiveOwner(t *testing.T) {
+	f := newCephFixture(t)
+	dir := t.TempDir()
+	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	ctrl, _, _ := serveDriver(t, dir, b)
+	sec := secrets(f.rw)
+	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
+	pool := func(ctx context.Context) (objstore.Pool, error) {
+		st, err := b.Storage(ctx, cephTestCluster, sec)
+		if err != nil {
+			return nil, err
+		}
+		return st.Pool(ctx, cephtest.PoolName)
+	}
+	runSnapshotUnresponsiveOwner(t, ctrl, pool, params, sec, uniqueName("held")+"-")
+}
