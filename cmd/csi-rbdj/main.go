@@ -104,6 +104,7 @@ type serveConfig struct {
 	journalCommitAge   time.Duration
 
 	metricsAddress string
+	holderSocket   string
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -127,6 +128,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.kubeletRegDir, "kubelet-registration-dir", "", "node: register with the kubelet through a socket in this directory (<kubelet root>/plugins_registry); empty: do not register")
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
+	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	klog.InitFlags(fs)
 }
 
@@ -199,6 +201,7 @@ func serve(ctx context.Context, c serveConfig) error {
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
+			HolderSocket: c.holderSocket,
 		})
 		if err != nil {
 			return err

@@ -72,6 +72,12 @@ type Options struct {
 	Mounter *mount.SafeFormatAndMount
 	// Metrics, if set, is told which volumes this node serves.
 	Metrics VolumeMetrics
+	// HolderSocket is the unix socket of the FUSE connection holder
+	// (csi-rbdj fuse-holder, holder.go): with it, the volumes' connections
+	// outlive this process and a restarted plugin adopts them (no unmount,
+	// no new loop device). Empty: no holder; a restart re-serves every
+	// volume on a new loop device (recover.go).
+	HolderSocket string
 }
 
 // Server is the CSI Node service.
@@ -80,6 +86,7 @@ type Server struct {
 
 	o       Options
 	store   store
+	holder  fuseloop.Holder // nil: no holder (holder.go)
 	fuseDir string
 	mounter *mount.SafeFormatAndMount
 
@@ -121,6 +128,9 @@ type stagedVolume struct {
 	dev  *blockdev.Device // nil if serving it failed
 	loop *fuseloop.Device // nil if serving it failed
 	err  error            // why it is not served (recovery failed)
+	// adopted: loop is the connection a previous incarnation served,
+	// taken back from the holder (its mounts are the same objects).
+	adopted bool
 	mon  chan struct{}    // closed to stop the monitor goroutine
 	done chan struct{}    // closed when the monitor goroutine ended
 }
@@ -151,6 +161,7 @@ func New(o Options) (*Server, error) {
 		busy:    map[string]chan struct{}{},
 		vols:    map[string]*stagedVolume{},
 		ready:   make(chan struct{}),
+		holder:  newHolder(o.HolderSocket),
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -222,9 +233,15 @@ func (s *Server) Stop(ctx context.Context) {
 	})
 }
 
-// shutdown stops serving v without touching its mounts or record.
+// shutdown stops serving v without touching its mounts or record. With a
+// holder the device is handed off (holder.go) and its mounts keep working
+// for the successor.
 func (s *Server) shutdown(ctx context.Context, v *stagedVolume) {
 	s.stopMonitor(v)
+	if s.holder != nil && v.loop != nil && v.dev != nil && v.loop.Err() == nil {
+		s.handoff(ctx, v)
+		return
+	}
 	if v.loop != nil {
 		_ = v.loop.Abort()
 	}
