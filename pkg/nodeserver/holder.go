@@ -198,4 +198,3 @@ func (s *Server) handoff(ctx context.Context, v *stagedVolume) {
 	}
 	logger.Info("Volume handed off to the holder (plugin shutdown)", "handoff", handoff.Round(time.Microsecond), "total", time.Since(start).Round(time.Millisecond))
 }
-

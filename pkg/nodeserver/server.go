@@ -131,8 +131,8 @@ type stagedVolume struct {
 	// adopted: loop is the connection a previous incarnation served,
 	// taken back from the holder (its mounts are the same objects).
 	adopted bool
-	mon  chan struct{}    // closed to stop the monitor goroutine
-	done chan struct{}    // closed when the monitor goroutine ended
+	mon     chan struct{} // closed to stop the monitor goroutine
+	done    chan struct{} // closed when the monitor goroutine ended
 }
 
 // New checks o and prepares the state directory. Call Start to re-serve
