@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// startHolder runs `csi-rbdj fuse-holder` as a child process and points
+// the node plugin at it. It is stopped before the environment's cleanup.
+func (e *env) startHolder() {
+	e.t.Helper()
+	sock := e.path("holder", "holder.sock")
+	log, err := os.Create(e.path("holder.log"))
+	e.must(err)
+	cmd := exec.Command(os.Args[0], "fuse-holder", "--socket", sock, "-v", "2")
+	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	e.must(cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		log.Close()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("fuse-holder did not create its socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.extra = append(e.extra, "--fuse-holder-socket", sock)
+}
+
+// mountIDs returns the mountinfo mount ids and sources stacked at path.
+func mountIDs(path string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var ids []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && fields[4] == path {
+			ids = append(ids, fields[0]+"("+fields[2]+")")
+		}
+	}
+	return ids
+}
+
+// holderKills is how many times the handover tests SIGKILL the plugin
+// (CSI_RBDJ_HOLDER_KILLS raises it).
+func holderKills(t *testing.T) (kills, terms int) {
+	kills, terms = 20, 5
+	if v := os.Getenv("CSI_RBDJ_HOLDER_KILLS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			t.Fatalf("CSI_RBDJ_HOLDER_KILLS=%q", v)
+		}
+		kills = n
+	}
+	return kills, terms
+}
+
+// workload is a writer that keeps going while the plugin is killed.
+type workload struct {
+	mu       sync.Mutex
+	errs     []error
+	ops      int
+	maxPause time.Duration
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func (w *workload) op(d time.Duration, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ops++
+	if d > w.maxPause {
+		w.maxPause = d
+	}
+	if err != nil && len(w.errs) < 20 {
+		w.errs = append(w.errs, err)
+	}
+}
+
+func (w *workload) finish(t *testing.T) (ops int, maxPause time.Duration) {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, err := range w.errs {
+		t.Errorf("writer: %v", err)
+	}
+	return w.ops, w.maxPause
+}
+
+// restarts SIGKILLs the plugin kills times at random moments and restarts
+// it, then stops it with SIGTERM terms times and restarts it.
+func (e *env) restarts(t *testing.T, kills, terms int) (longestStart time.Duration) {
+	for i := range kills + terms {
+		time.Sleep(time.Duration(20+mrand.IntN(300)) * time.Millisecond)
+		if i < kills {
+			e.killNode()
+		} else {
+			e.stopNode()
+		}
+		start := time.Now()
+		e.startNode()
+		if d := time.Since(start); d > longestStart {
+			longestStart = d
+		}
+	}
+	return longestStart
+}
+
+// TestRestartWithHolderFilesystem: with a fuse-holder, a writer keeps
+// creating, fsyncing and re-reading files at the publish path while the
+// node plugin is SIGKILLed and restarted (and stopped with SIGTERM): it
+// sees no error, no file is lost, the loop device and the mounts are the
+// same objects at the end, and the filesystem checks clean.
+func TestRestartWithHolderFilesystem(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { testRestartWithHolderFilesystem(t, fs) })
+	}
+}
+
+func testRestartWithHolderFilesystem(t *testing.T, fs string) {
+	e := newEnv(t)
+	e.startHolder()
+	e.startNode()
+	kills, terms := holderKills(t)
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+	dev, stagingIDs, targetIDs := mountSource(staging), mountIDs(staging), mountIDs(target)
+
+	// The writer: create, write, fsync a file; re-read it and an older one.
+	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
+	files := map[string][]byte{}
+	var names []string
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			b := make([]byte, 4096+mrand.IntN(60<<10))
+			rand.Read(b)
+			name := fmt.Sprintf("f%05d", i)
+			start := time.Now()
+			err := writeSync(filepath.Join(target, name), b)
+			if err == nil {
+				var got []byte
+				if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
+					err = fmt.Errorf("%s reads back different data", name)
+				}
+			}
+			if err == nil && len(names) > 0 {
+				old := names[mrand.IntN(len(names))]
+				if got, rerr := os.ReadFile(filepath.Join(target, old)); rerr != nil {
+					err = rerr
+				} else if !bytes.Equal(got, files[old]) {
+					err = fmt.Errorf("%s reads back different data", old)
+				}
+			}
+			w.op(time.Since(start), err)
+			if err == nil {
+				files[name] = b
+				names = append(names, name)
+			}
+		}
+	}()
+	longestStart := e.restarts(t, kills, terms)
+	ops, maxPause := w.finish(t)
+	t.Logf("%s: %d SIGKILL + %d SIGTERM restarts; writer: %d ops (files kept: %d), longest op %v; longest plugin start %v",
+		fs, kills, terms, ops, len(files), maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
+
+	if got := mountSource(staging); got != dev {
+		t.Errorf("staging mounted from %s at the end, %s at the start", got, dev)
+	}
+	if got := mountIDs(staging); strings.Join(got, ",") != strings.Join(stagingIDs, ",") {
+		t.Errorf("staging mount ids %v at the end, %v at the start", got, stagingIDs)
+	}
+	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(targetIDs, ",") {
+		t.Errorf("publish mount ids %v at the end, %v at the start", got, targetIDs)
+	}
+	t.Logf("same device %s, staging mount %v, publish mount %v", dev, stagingIDs, targetIDs)
+	for name, b := range files {
+		got, err := os.ReadFile(filepath.Join(target, name))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("file %s lost or changed: %v", name, err)
+		}
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	e.checkFilesystem(id, fs)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
+
+// checkFilesystem stages volume id as a Block volume and checks its
+// filesystem read-only (e2fsck -fn, xfs_repair -n).
+func (e *env) checkFilesystem(id, fs string) {
+	t := e.t
+	ctx := context.Background()
+	bc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	staging, target := e.path("check-staging"), e.path("check", "dev")
+	e.must(os.MkdirAll(staging, 0o755))
+	_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: bc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: bc})
+	e.must(err)
+	var cmd *exec.Cmd
+	if fs == "xfs" {
+		cmd = exec.Command("xfs_repair", "-n", target)
+	} else {
+		cmd = exec.Command("e2fsck", "-fn", target)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Errorf("%v: %v\n%s", cmd.Args, err, out)
+	} else {
+		t.Logf("%v: clean", cmd.Args)
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+}
+
+// TestRestartWithHolderBlock: the same for a Block volume with a raw-device
+// writer (O_DIRECT, each block stamped with its number and a generation).
+func TestRestartWithHolderBlock(t *testing.T) {
+	e := newEnv(t)
+	e.startHolder()
+	e.startNode()
+	kills, terms := holderKills(t)
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	const size, bs = 64 << 20, 64 << 10
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-block", VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "dev")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+	targetIDs := mountIDs(target)
+	var st0 syscall.Stat_t
+	e.must(syscall.Stat(target, &st0))
+
+	// One fd, opened before the first kill, used throughout (the pod's).
+	f, err := os.OpenFile(target, os.O_RDWR|syscall.O_DIRECT, 0)
+	e.must(err)
+	defer f.Close()
+	stamp := func(b []byte, blk, gen uint64) {
+		for off := 0; off < len(b); off += 16 {
+			binary.LittleEndian.PutUint64(b[off:], blk)
+			binary.LittleEndian.PutUint64(b[off+8:], gen)
+		}
+	}
+	gens := make([]uint64, size/bs) // acknowledged generation per block
+	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+		for gen := uint64(1); ; gen++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			blk := uint64(mrand.IntN(len(gens)))
+			stamp(buf, blk, gen)
+			start := time.Now()
+			_, err := f.WriteAt(buf, int64(blk)*bs)
+			if err == nil {
+				err = f.Sync()
+			}
+			if err == nil {
+				gens[blk] = gen
+				old := uint64(mrand.IntN(len(gens)))
+				if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil {
+					stamp(buf, old, gens[old])
+					if gens[old] != 0 && !bytes.Equal(rbuf, buf) {
+						err = fmt.Errorf("block %d: want generation %d, read %d", old, gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
+					}
+				}
+			}
+			w.op(time.Since(start), err)
+		}
+	}()
+	longestStart := e.restarts(t, kills, terms)
+	ops, maxPause := w.finish(t)
+	t.Logf("block: %d SIGKILL + %d SIGTERM restarts; writer: %d ops, longest op %v; longest plugin start %v",
+		kills, terms, ops, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
+	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+	for blk, gen := range gens {
+		if gen == 0 {
+			continue
+		}
+		_, err := f.ReadAt(rbuf, int64(blk)*bs)
+		e.must(err)
+		stamp(buf, uint64(blk), gen)
+		if !bytes.Equal(rbuf, buf) {
+			t.Fatalf("block %d lost its acknowledged generation %d", blk, gen)
+		}
+	}
+	var st1 syscall.Stat_t
+	e.must(syscall.Stat(target, &st1))
+	if st1.Rdev != st0.Rdev {
+		t.Errorf("target is device %d at the end, %d at the start", st1.Rdev, st0.Rdev)
+	}
+	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(targetIDs, ",") {
+		t.Errorf("publish mount ids %v at the end, %v at the start", got, targetIDs)
+	}
+	t.Logf("same device %d:%d, publish mount %v", st0.Rdev>>8, st0.Rdev&0xff, targetIDs)
+	f.Close()
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
