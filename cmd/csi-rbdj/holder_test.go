@@ -138,6 +138,14 @@ func (e *env) restarts(t *testing.T, kills, terms int) (longestStart time.Durati
 			longestStart = d
 		}
 	}
+	// Every restart must have adopted the volumes, not re-served them.
+	b, err := os.ReadFile(e.path("node.log"))
+	e.must(err)
+	if n, re := strings.Count(string(b), "Volume adopted after restart"), strings.Count(string(b), "Volume re-served after restart"); n != kills+terms || re != 0 {
+		t.Errorf("%d restarts: %d adoptions, %d fallback re-serves", kills+terms, n, re)
+	} else {
+		t.Logf("%d restarts, %d adoptions, resent requests: %d", kills+terms, n, strings.Count(string(b), "resent=")-strings.Count(string(b), "resent=0"))
+	}
 	return longestStart
 }
 
