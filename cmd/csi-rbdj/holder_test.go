@@ -380,3 +380,86 @@ func TestRestartWithHolderBlock(t *testing.T) {
 	e.must(err)
 	waitNoLoops(t, e.dir)
 }
+
+// TestFallbackNeverBareTarget: without a holder, a restart re-serves the
+// volume on a new loop device (the fallback). A writer that keeps creating
+// and fsyncing files at the publish path meanwhile gets errors during the
+// gap, but never writes into the host directory beneath the target: every
+// file it made durable is on the volume afterwards, the host directory is
+// empty, and unpublish and unstage succeed.
+func TestFallbackNeverBareTarget(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { testFallbackNeverBareTarget(t, fs) })
+	}
+}
+
+func testFallbackNeverBareTarget(t *testing.T, fs string) {
+	e := newEnv(t)
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fallback-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	e.must(os.MkdirAll(target, 0o750)) // as the kubelet does
+	host, err := os.Open(target)       // the host directory, beneath every mount
+	e.must(err)
+	defer host.Close()
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+
+	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
+	var durable []string
+	var failed int
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			name := fmt.Sprintf("f%05d", i)
+			if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
+				failed++
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			durable = append(durable, name)
+		}
+	}()
+	for range 3 {
+		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond)
+		e.killNode()
+		time.Sleep(100 * time.Millisecond) // the gap: the writer runs into the dead mount
+		e.startNode()
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(w.stop)
+	<-w.done
+	t.Logf("%s: writer made %d files durable, %d attempts failed during the gaps", fs, len(durable), failed)
+	if failed == 0 {
+		t.Errorf("no write failed: the gaps were not exercised")
+	}
+	for _, name := range durable {
+		if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != name {
+			t.Errorf("durable file %s not on the volume after the re-serves: %v", name, err)
+		}
+	}
+	if names, err := host.Readdirnames(-1); err != nil || len(names) != 0 {
+		t.Errorf("host directory beneath the target holds %d entries (%v): writes landed outside the volume", len(names), err)
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
