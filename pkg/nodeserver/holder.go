@@ -198,3 +198,65 @@ func (s *Server) handoff(ctx context.Context, v *stagedVolume) {
 	}
 	logger.Info("Volume handed off to the holder (plugin shutdown)", "handoff", handoff.Round(time.Microsecond), "total", time.Since(start).Round(time.Millisecond))
 }
+
+// holderResyncPeriod is how often the plugin checks that the holder still
+// has every served volume's connection.
+const holderResyncPeriod = 10 * time.Second
+
+// lister is a holder that can list what it holds (fuseholder.Client).
+type lister interface {
+	List(ctx context.Context) ([]fuseholder.Entry, error)
+}
+
+// resyncHolder gives the holder again every served volume's connection it
+// lacks: after the holder restarted (its pod deleted to upgrade it), the
+// volumes would otherwise be unprotected until they are staged again.
+// Owned by Server: runs until stop is closed.
+func (s *Server) resyncHolder(ctx context.Context, stop <-chan struct{}) {
+	l, ok := s.holder.(lister)
+	if !ok {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	t := time.NewTicker(holderResyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		hctx, cancel := holderCtx(ctx)
+		ents, err := l.List(hctx)
+		cancel()
+		if err != nil {
+			logger.V(2).Info("Holder not reachable; will retry", "err", err)
+			continue
+		}
+		held := map[string]bool{}
+		for _, e := range ents {
+			held[e.Key] = e.Alive
+		}
+		s.mu.Lock()
+		var missing []string
+		for id, v := range s.vols {
+			if v.loop != nil && v.loop.Err() == nil && !held[v.rec.Key] {
+				missing = append(missing, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range missing {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			unlock, err := s.lock(lctx, id)
+			cancel()
+			if err != nil {
+				continue // an operation runs on it: next round
+			}
+			if v := s.get(id); v != nil && v.loop != nil && v.loop.Err() == nil {
+				logger.Info("The holder lacks a served volume's FUSE connection (holder restarted?); giving it again", "volumeID", id)
+				s.putHolder(klog.NewContext(ctx, logger.WithValues("volumeID", id)), v.loop, v.rec.AckPolicy)
+			}
+			unlock()
+		}
+	}
+}

@@ -101,6 +101,7 @@ type Server struct {
 	started  atomic.Bool
 	wg       sync.WaitGroup
 	stopOnce sync.Once
+	stopSync chan struct{} // closed by Stop: ends resyncHolder
 }
 
 // forgetter is a backend that caches connections which the cluster can
@@ -154,14 +155,15 @@ func New(o Options) (*Server, error) {
 		o.Mounter = mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New())
 	}
 	s := &Server{
-		o:       o,
-		store:   store{dir: filepath.Join(o.StateDir, "volumes")},
-		fuseDir: filepath.Join(o.StateDir, "fuse"),
-		mounter: o.Mounter,
-		busy:    map[string]chan struct{}{},
-		vols:    map[string]*stagedVolume{},
-		ready:   make(chan struct{}),
-		holder:  newHolder(o.HolderSocket),
+		o:        o,
+		store:    store{dir: filepath.Join(o.StateDir, "volumes")},
+		fuseDir:  filepath.Join(o.StateDir, "fuse"),
+		mounter:  o.Mounter,
+		busy:     map[string]chan struct{}{},
+		vols:     map[string]*stagedVolume{},
+		ready:    make(chan struct{}),
+		holder:   newHolder(o.HolderSocket),
+		stopSync: make(chan struct{}),
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -185,6 +187,13 @@ func (s *Server) Start(ctx context.Context) {
 		defer close(s.ready)
 		s.recoverAll(ctx)
 	}()
+	if s.holder != nil {
+		s.wg.Add(1)
+		go func() { // owned by Server: Stop closes stopSync and waits
+			defer s.wg.Done()
+			s.resyncHolder(ctx, s.stopSync)
+		}()
+	}
 }
 
 // Ready returns nil once the staged volumes have been re-served.
@@ -214,6 +223,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 // the volumes and repairs their mounts.
 func (s *Server) Stop(ctx context.Context) {
 	s.stopOnce.Do(func() {
+		close(s.stopSync)
 		if s.started.Load() {
 			select {
 			case <-s.ready: // the recovery at start is over
