@@ -23,10 +23,11 @@ import (
 
 // startHolder runs `csi-rbdj fuse-holder` as a child process and points
 // the node plugin at it. It is stopped before the environment's cleanup.
-func (e *env) startHolder() {
+func (e *env) startHolder() *holderProc {
 	e.t.Helper()
 	sock := e.path("holder", "holder.sock")
-	log, err := os.Create(e.path("holder.log"))
+	_ = os.Remove(sock)
+	log, err := os.OpenFile(e.path("holder.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	e.must(err)
 	cmd := exec.Command(os.Args[0], "fuse-holder", "--socket", sock, "-v", "2")
 	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
@@ -35,13 +36,16 @@ func (e *env) startHolder() {
 	e.must(cmd.Start())
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	h := &holderProc{cmd: cmd, done: done}
 	e.t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
+		if !h.exited {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
 		}
 		log.Close()
 	})
@@ -54,7 +58,24 @@ func (e *env) startHolder() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	e.extra = append(e.extra, "--fuse-holder-socket", sock)
+	if len(e.extra) == 0 {
+		e.extra = append(e.extra, "--fuse-holder-socket", sock)
+	}
+	return h
+}
+
+// holderProc is a running fuse-holder child.
+type holderProc struct {
+	cmd    *exec.Cmd
+	done   chan error
+	exited bool
+}
+
+// kill SIGKILLs the holder.
+func (h *holderProc) kill() {
+	_ = h.cmd.Process.Kill()
+	<-h.done
+	h.exited = true
 }
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
@@ -454,6 +475,61 @@ func testFallbackNeverBareTarget(t *testing.T, fs string) {
 	}
 	if names, err := host.Readdirnames(-1); err != nil || len(names) != 0 {
 		t.Errorf("host directory beneath the target holds %d entries (%v): writes landed outside the volume", len(names), err)
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
+
+// TestHolderRestart: the holder is killed and a new one started while the
+// plugin serves a volume (the holder's pod deleted to upgrade it): the
+// plugin gives the new holder the connection again, and a later SIGKILL of
+// the plugin is still a pause, not an error.
+func TestHolderRestart(t *testing.T) {
+	e := newEnv(t)
+	h := e.startHolder()
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-restart", VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+	ids := mountIDs(target)
+
+	h.kill()
+	e.must(writeSync(filepath.Join(target, "holder-gone"), []byte("x"))) // the plugin still serves
+	e.startHolder()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(e.path("node.log"))
+		if strings.Contains(string(b), "giving it again") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the plugin did not give the new holder the connection within 30s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.killNode()
+	e.startNode()
+	e.must(writeSync(filepath.Join(target, "after"), []byte("y")))
+	if b, err := os.ReadFile(filepath.Join(target, "holder-gone")); err != nil || string(b) != "x" {
+		t.Errorf("file written while the holder was away: %q, %v", b, err)
+	}
+	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(ids, ",") {
+		t.Errorf("publish mount ids %v, were %v: not adopted", got, ids)
 	}
 	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
 	e.must(err)
