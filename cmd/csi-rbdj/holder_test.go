@@ -25,19 +25,34 @@ import (
 // the node plugin at it. It is stopped before the environment's cleanup.
 func (e *env) startHolder() *holderProc {
 	e.t.Helper()
-	sock := e.path("holder", "holder.sock")
+	h := startHolderChild(e.t, e.dir)
+	if len(e.extra) == 0 {
+		e.extra = append(e.extra, "--fuse-holder-socket", h.sock)
+	}
+	return h
+}
+
+// startHolderChild runs `csi-rbdj fuse-holder` with its socket in
+// dir/holder; the test's cleanup stops it.
+func startHolderChild(t *testing.T, dir string) *holderProc {
+	t.Helper()
+	sock := filepath.Join(dir, "holder", "holder.sock")
 	_ = os.Remove(sock)
-	log, err := os.OpenFile(e.path("holder.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	e.must(err)
+	log, err := os.OpenFile(filepath.Join(dir, "holder.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(os.Args[0], "fuse-holder", "--socket", sock, "-v", "2")
 	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	e.must(cmd.Start())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	h := &holderProc{cmd: cmd, done: done}
-	e.t.Cleanup(func() {
+	h := &holderProc{cmd: cmd, done: done, sock: sock}
+	t.Cleanup(func() {
 		if !h.exited {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			select {
@@ -54,18 +69,16 @@ func (e *env) startHolder() *holderProc {
 			break
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatal("fuse-holder did not create its socket")
+			t.Fatal("fuse-holder did not create its socket")
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-	if len(e.extra) == 0 {
-		e.extra = append(e.extra, "--fuse-holder-socket", sock)
 	}
 	return h
 }
 
 // holderProc is a running fuse-holder child.
 type holderProc struct {
+	sock   string
 	cmd    *exec.Cmd
 	done   chan error
 	exited bool
