@@ -196,6 +196,9 @@ t=$(date +%s.%N)
 "$HELM" lint --strict "$ROOT/charts/csi-rbdj" -f "$VALUES" >/dev/null
 "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/csi-rbdj" -n "$NS" --create-namespace -f "$VALUES" --wait --timeout 3m >/dev/null ||
   { "$KUBECTL" -n "$NS" get pods -o wide >&2; "$KUBECTL" -n "$NS" describe pods >&2; die "helm install failed"; }
+# helm --wait does not wait for a DaemonSet with updateStrategy OnDelete (the fuse-holder)
+"$KUBECTL" -n "$NS" wait pod -l app.kubernetes.io/component=fuse-holder --for=condition=Ready --timeout=120s >/dev/null ||
+  { "$KUBECTL" -n "$NS" describe pods -l app.kubernetes.io/component=fuse-holder >&2; die "the fuse-holder is not ready"; }
 wait_registered() {
   local i
   for i in $(seq 1 60); do
