@@ -364,7 +364,7 @@ spec:
     - name: raw
       image: $POD_IMAGE
       imagePullPolicy: Never
-      command: [bash, -c, 'i=0; ok=0; while :; do b=\$((i % 4096)); if dd if=/dev/urandom of=/tmp/b bs=16k count=1 status=none && dd if=/tmp/b of=/dev/xvda bs=16k seek=\$b oflag=direct conv=fsync status=none && cmp -s /tmp/b <(dd if=/dev/xvda bs=16k skip=\$b count=1 iflag=direct status=none); then ok=\$((ok + 1)); else echo "\$(date +%T.%3N) ERR at block \$b"; fi; i=\$((i + 1)); [ \$((i % 200)) = 0 ] && echo "\$(date +%T.%3N) \$ok writes ok"; sleep 0.02; done']
+      command: [bash, -c, 'i=0; ok=0; while :; do b=\$((i % 4096)); if dd if=/dev/urandom of=/tmp/b bs=16k count=1 status=none && dd if=/tmp/b of=/dev/xvda bs=16k seek=\$b oflag=direct conv=fsync status=none && [ "\$(sha256sum < /tmp/b)" = "\$(dd if=/dev/xvda bs=16k skip=\$b count=1 iflag=direct status=none | sha256sum)" ]; then ok=\$((ok + 1)); else echo "\$(date +%T.%3N) ERR at block \$b"; fi; i=\$((i + 1)); [ \$((i % 200)) = 0 ] && echo "\$(date +%T.%3N) \$ok writes ok"; sleep 0.02; done']
       volumeDevices: [{name: data, devicePath: /dev/xvda}]
   volumes: [{name: data, persistentVolumeClaim: {claimName: data-hblock}}]
 X
@@ -389,22 +389,27 @@ X
   done
   [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
-  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Volume adopted|Volume re-served|cannot adopt|holder' | sed 's/^/    node plugin: /' >&2
   sleep 5
+  # (whole logs in variables: `producer | grep -q` fails under pipefail when grep exits early)
+  local nl al hl bl
+  nl=$("$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj)
+  grep -E 'Volume adopted|Volume re-served|cannot adopt|Holder unavailable|fuseloop: adopted' <<< "$nl" | sed 's/^/    node plugin: /' >&2
   loops1=$(vmounts)
   log "watcher (Filesystem) app and h2c, hblock (Block) after the kill:"
-  K logs watcher -c app | sed 's/^/    app: /' >&2
-  K logs watcher -c h2c | sed 's/^/    h2c: /' >&2
-  K logs hblock | tail -n 5 | sed 's/^/    hblock: /' >&2
+  al=$(K logs watcher -c app) hl=$(K logs watcher -c h2c) bl=$(K logs hblock)
+  sed 's/^/    app: /' <<< "$al" >&2
+  sed 's/^/    h2c: /' <<< "$hl" >&2
+  grep ERR <<< "$bl" | head -n 5 | sed 's/^/    hblock: /' >&2
+  tail -n 2 <<< "$bl" | sed 's/^/    hblock: /' >&2
   local bad=0
-  if K logs watcher -c app | grep -q ERR || K logs watcher -c h2c | grep -q ERR; then log "the Filesystem pod saw I/O errors"; bad=1; fi
-  if K logs hblock | grep -q ERR; then log "the Block pod saw I/O errors"; bad=1; fi
+  if grep -q ERR <<< "$al$hl"; then log "the Filesystem pod saw I/O errors"; bad=1; fi
+  if grep -q ERR <<< "$bl"; then log "the Block pod saw $(grep -c ERR <<< "$bl") I/O errors"; bad=1; fi
   if [ "$(restarts_of e2e watcher app)" != "$app0" ] || [ "$(restarts_of e2e watcher h2c)" != "$h2c0" ] || [ "$(restarts_of e2e hblock raw)" != "$raw0" ]; then
     log "a pod container was restarted (app $app0 -> $(restarts_of e2e watcher app), h2c $h2c0 -> $(restarts_of e2e watcher h2c), raw $raw0 -> $(restarts_of e2e hblock raw))"
     bad=1
   fi
   [ -n "$loops0" ] && [ "$loops0" = "$loops1" ] || { log "the volumes' mounts changed: [$loops0] -> [$loops1]"; bad=1; }
-  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -q 'Volume adopted after restart' || { log "the node plugin did not adopt"; bad=1; }
+  [ "$(grep -c 'Volume adopted after restart' <<< "$nl")" = 2 ] || { log "the node plugin did not adopt both volumes"; bad=1; }
   [ $bad = 0 ] || return 1
   log "with the holder: 0 I/O errors in both pods, restartCount unchanged (app $app0, h2c $h2c0, raw $raw0), same mounts (id@device) [$loops1]"
   K delete pod hblock --wait=true >/dev/null
