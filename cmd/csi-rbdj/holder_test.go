@@ -145,6 +145,15 @@ func (w *workload) op(d time.Duration, err error) {
 	}
 }
 
+// takeMax returns the longest operation so far and starts over.
+func (w *workload) takeMax() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.maxPause
+	w.maxPause = 0
+	return m
+}
+
 func (w *workload) finish(t *testing.T) (ops int, maxPause time.Duration) {
 	close(w.stop)
 	<-w.done
@@ -158,8 +167,17 @@ func (w *workload) finish(t *testing.T) (ops int, maxPause time.Duration) {
 
 // restarts SIGKILLs the plugin kills times at random moments and restarts
 // it, then stops it with SIGTERM terms times and restarts it.
-func (e *env) restarts(t *testing.T, kills, terms int) (longestStart time.Duration) {
+func (e *env) restarts(t *testing.T, kills, terms int, w *workload) (longestStart time.Duration) {
+	var killMax, termMax time.Duration
+	defer func() {
+		t.Logf("longest writer operation: %v across the SIGKILL restarts, %v across the SIGTERM restarts",
+			killMax.Round(time.Millisecond), termMax.Round(time.Millisecond))
+	}()
 	for i := range kills + terms {
+		if i == kills {
+			time.Sleep(200 * time.Millisecond) // let an operation spanning the last kill end
+			killMax = max(killMax, w.takeMax())
+		}
 		time.Sleep(time.Duration(20+mrand.IntN(300)) * time.Millisecond)
 		if i < kills {
 			e.killNode()
@@ -171,6 +189,12 @@ func (e *env) restarts(t *testing.T, kills, terms int) (longestStart time.Durati
 		if d := time.Since(start); d > longestStart {
 			longestStart = d
 		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if terms > 0 {
+		termMax = w.takeMax()
+	} else {
+		killMax = max(killMax, w.takeMax())
 	}
 	// Every restart must have adopted the volumes, not re-served them.
 	b, err := os.ReadFile(e.path("node.log"))
@@ -252,9 +276,9 @@ func testRestartWithHolderFilesystem(t *testing.T, fs string) {
 			}
 		}
 	}()
-	longestStart := e.restarts(t, kills, terms)
+	longestStart := e.restarts(t, kills, terms, w)
 	ops, maxPause := w.finish(t)
-	t.Logf("%s: %d SIGKILL + %d SIGTERM restarts; writer: %d ops (files kept: %d), longest op %v; longest plugin start %v",
+	t.Logf("%s: %d SIGKILL + %d SIGTERM restarts; writer: %d ops (files kept: %d), longest op after the last restart %v; longest plugin start %v",
 		fs, kills, terms, ops, len(files), maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
 
 	if got := mountSource(staging); got != dev {
@@ -380,9 +404,9 @@ func TestRestartWithHolderBlock(t *testing.T) {
 			w.op(time.Since(start), err)
 		}
 	}()
-	longestStart := e.restarts(t, kills, terms)
+	longestStart := e.restarts(t, kills, terms, w)
 	ops, maxPause := w.finish(t)
-	t.Logf("block: %d SIGKILL + %d SIGTERM restarts; writer: %d ops, longest op %v; longest plugin start %v",
+	t.Logf("block: %d SIGKILL + %d SIGTERM restarts; writer: %d ops, longest op after the last restart %v; longest plugin start %v",
 		kills, terms, ops, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
 	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
 	for blk, gen := range gens {
