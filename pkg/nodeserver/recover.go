@@ -69,9 +69,18 @@ func (s *Server) recoverAll(ctx context.Context) {
 // storage (no credentials, cluster unreachable) it leaves the dead mounts
 // as they are: they keep failing with EIO rather than turning into empty
 // directories.
-func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[string]string, of volume.SecretsOf) error {
+func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[string]string, of volume.SecretsOf) (retErr error) {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
+	defer func() {
+		if retErr != nil && v.loop == nil && s.holder != nil {
+			// Not served: a connection the holder keeps would leave the
+			// pods' I/O waiting with no one to answer it. Letting it go
+			// aborts it: EIO, as without a holder, never a hang.
+			logger.Info("Not served; releasing the FUSE connection the holder keeps (I/O on the volume fails until it is served again)")
+			s.dropHolder(ctx, v.rec.Key)
+		}
+	}()
 	r := v.rec
 	vid, err := volume.ResolveVolumeID(s.o.Backend, r.VolumeID)
 	if err != nil {
