@@ -576,3 +576,58 @@ func TestHolderRestart(t *testing.T) {
 	e.must(err)
 	waitNoLoops(t, e.dir)
 }
+
+// TestHolderNotServedNoHang: the holder keeps a volume's connection, but
+// the restarted plugin cannot serve the volume (here: its storage is not
+// there). The plugin lets the connection go, so the pod's I/O fails with
+// EIO instead of waiting forever; once the storage is back, the next start
+// re-serves the volume (the fallback).
+func TestHolderNotServedNoHang(t *testing.T) {
+	e := newEnv(t)
+	e.startHolder()
+	e.startNode()
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-nohang", VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+	e.must(err)
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := e.path("staging"), e.path("pods", "a", "vol")
+	e.must(os.Mkdir(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
+	e.must(err)
+	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	e.must(err)
+	e.must(writeSync(filepath.Join(target, "before"), []byte("kept")))
+
+	e.killNode()
+	withHolder := e.extra
+	e.extra = append(append([]string(nil), withHolder...), "--local-dir", e.path("no-such-cluster")) // the last flag wins
+	e.startNode()
+	done := make(chan error, 1)
+	go func() { done <- writeSync(filepath.Join(target, "during"), []byte("x")) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a write to an unserved volume succeeded")
+		}
+		t.Logf("write to the unserved volume: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write to an unserved volume still waits after 10 s")
+	}
+
+	e.killNode()
+	e.extra = withHolder
+	e.startNode()
+	if b, err := os.ReadFile(filepath.Join(target, "before")); err != nil || string(b) != "kept" {
+		t.Errorf("after the storage came back: %q, %v", b, err)
+	}
+	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+	e.must(err)
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	e.must(err)
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	e.must(err)
+	waitNoLoops(t, e.dir)
+}
