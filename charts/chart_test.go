@@ -190,7 +190,7 @@ func TestTemplateDefaults(t *testing.T) {
 	objs := render(t)
 	want := []string{
 		"*v1.ClusterRole", "*v1.ClusterRoleBinding", "*v1.ConfigMap", "*v1.CSIDriver",
-		"*v1.DaemonSet", "*v1.Deployment", "*v1.Role", "*v1.RoleBinding",
+		"*v1.DaemonSet", "*v1.DaemonSet", "*v1.Deployment", "*v1.Role", "*v1.RoleBinding", // node plugin, fuse-holder
 		"*v1.ServiceAccount", "*v1.ServiceAccount",
 		"*v1.ClusterRole", "*v1.ClusterRoleBinding", // the resizer's
 	}
@@ -230,7 +230,7 @@ func TestTemplateDefaults(t *testing.T) {
 		t.Errorf("controller args %v", ctl.Args)
 	}
 
-	ds := one[*appsv1.DaemonSet](t, objs)
+	ds := nodeDaemonSet(t, objs)
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
 	if node.SecurityContext == nil || node.SecurityContext.Privileged == nil || !*node.SecurityContext.Privileged {
 		t.Error("node plugin is not privileged")
@@ -355,7 +355,7 @@ func TestTemplateAllOptions(t *testing.T) {
 	if want := `[{"clusterID":"prod-1","monitors":["10.1.0.1:6789","[v2:10.1.0.2:3300,v1:10.1.0.2:6789]"]},{"clusterID":"dr","monitors":["10.2.0.1:6789"]}]`; cm.Data["config.json"] != want {
 		t.Errorf("config.json = %s, want %s", cm.Data["config.json"], want)
 	}
-	ds := one[*appsv1.DaemonSet](t, objs)
+	ds := nodeDaemonSet(t, objs)
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
 	for _, a := range []string{"--kubelet-registration-dir=/var/lib/k0s/kubelet/plugins_registry",
 		"--endpoint=unix:///var/lib/k0s/kubelet/plugins/rbdj.example.com/csi.sock",
@@ -439,7 +439,7 @@ func TestTemplateLocal(t *testing.T) {
 		}
 	}
 	dep := one[*appsv1.Deployment](t, objs)
-	ds := one[*appsv1.DaemonSet](t, objs)
+	ds := nodeDaemonSet(t, objs)
 	for _, spec := range []corev1.PodSpec{dep.Spec.Template.Spec, ds.Spec.Template.Spec} {
 		a := spec.Affinity
 		if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
@@ -558,5 +558,82 @@ func TestTemplateSnapshotter(t *testing.T) {
 		if c.Name == "csi-snapshotter" {
 			t.Error("snapshotter rendered by default")
 		}
+	}
+}
+
+// daemonSet returns the DaemonSet whose name ends in suffix.
+func daemonSet(t *testing.T, objs []runtime.Object, suffix string) *appsv1.DaemonSet {
+	t.Helper()
+	var r []*appsv1.DaemonSet
+	for _, ds := range find[*appsv1.DaemonSet](objs) {
+		if strings.HasSuffix(ds.Name, suffix) {
+			r = append(r, ds)
+		}
+	}
+	if len(r) != 1 {
+		t.Fatalf("%d DaemonSets named *%s, want 1", len(r), suffix)
+	}
+	return r[0]
+}
+
+// nodeDaemonSet returns the node plugin's DaemonSet.
+func nodeDaemonSet(t *testing.T, objs []runtime.Object) *appsv1.DaemonSet {
+	t.Helper()
+	return daemonSet(t, objs, "-node")
+}
+
+// TestTemplateFuseHolder: the holder is its own DaemonSet, never rolled by
+// an upgrade (OnDelete), unprivileged, sharing only its socket directory
+// with the node plugin, which is pointed at the socket; disabled, neither
+// is rendered.
+func TestTemplateFuseHolder(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		enabled bool
+		sock    string
+	}{
+		{"default", nil, true, "/run/csi-rbdj-holder/holder.sock"},
+		{"all-options", []string{"-f", "testdata/all-options.yaml"}, true, "/run/rbdj-holder/holder.sock"},
+		{"disabled", []string{"--set", "node.fuseHolder.enabled=false"}, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := render(t, tc.args...)
+			node := container(t, nodeDaemonSet(t, objs).Spec.Template.Spec, "csi-rbdj")
+			hasArg := slices.ContainsFunc(node.Args, func(a string) bool { return strings.HasPrefix(a, "--fuse-holder-socket=") })
+			if !tc.enabled {
+				if n := len(find[*appsv1.DaemonSet](objs)); n != 1 || hasArg {
+					t.Errorf("holder disabled: %d DaemonSets, plugin args %v", n, node.Args)
+				}
+				return
+			}
+			if !slices.Contains(node.Args, "--fuse-holder-socket="+tc.sock) {
+				t.Errorf("plugin args %v lack --fuse-holder-socket=%s", node.Args, tc.sock)
+			}
+			ds := daemonSet(t, objs, "-fuse-holder")
+			if ds.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
+				t.Errorf("holder update strategy %v, want OnDelete (a helm upgrade must not replace it)", ds.Spec.UpdateStrategy.Type)
+			}
+			spec := ds.Spec.Template.Spec
+			h := container(t, spec, "fuse-holder")
+			if !slices.Equal(h.Args[:2], []string{"fuse-holder", "--socket=" + tc.sock}) {
+				t.Errorf("holder args %v", h.Args)
+			}
+			if sc := h.SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+				sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+				t.Errorf("holder security context %+v: want unprivileged, all capabilities dropped", sc)
+			}
+			dir := filepath.Dir(tc.sock)
+			if len(spec.Volumes) != 1 || spec.Volumes[0].HostPath == nil || spec.Volumes[0].HostPath.Path != dir ||
+				len(h.VolumeMounts) != 1 || h.VolumeMounts[0].MountPath != dir {
+				t.Errorf("holder volumes %+v mounts %+v: want only the socket directory %s", spec.Volumes, h.VolumeMounts, dir)
+			}
+			if !slices.ContainsFunc(node.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == dir }) {
+				t.Errorf("plugin does not mount the holder's socket directory %s", dir)
+			}
+			if ptrValue(spec.AutomountServiceAccountToken) {
+				t.Error("holder mounts a service account token")
+			}
+		})
 	}
 }

@@ -52,7 +52,7 @@ func TestTemplateMetrics(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.args...)
-			ds := one[*appsv1.DaemonSet](t, objs)
+			ds := nodeDaemonSet(t, objs)
 			dep := one[*appsv1.Deployment](t, objs)
 			pods := map[string]corev1.PodTemplateSpec{"node": ds.Spec.Template, "controller": dep.Spec.Template}
 			ports := map[string]int32{"node": tc.nodePort, "controller": tc.ctrlPort}

@@ -4,8 +4,9 @@
 # kubelet; e2e/cluster.sh), then seven checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
-#   2. a pod writes; the node plugin is SIGKILLed and comes back; what the pod saw;
-#      the data is intact and the volume usable again
+#   2. a Filesystem pod and a Block pod write; the node plugin is SIGKILLed and comes
+#      back: with the fuse-holder, 0 I/O errors and no container restart; then the
+#      fallback (holder killed too): what the pod saw; the data is intact and usable
 #   3. a StatefulSet with 2 replicas: each replica's data survives pod re-creation
 #   4. PVC deletion removes the image and its journal
 #   5. a Block-mode PVC consumed as a raw device
@@ -212,6 +213,9 @@ t=$(date +%s.%N)
 "$HELM" lint --strict "$ROOT/charts/csi-rbdj" -f "$VALUES" >/dev/null
 "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/csi-rbdj" -n "$NS" --create-namespace -f "$VALUES" --wait --timeout 3m >/dev/null ||
   { "$KUBECTL" -n "$NS" get pods -o wide >&2; "$KUBECTL" -n "$NS" describe pods >&2; die "helm install failed"; }
+# helm --wait does not wait for a DaemonSet with updateStrategy OnDelete (the fuse-holder)
+"$KUBECTL" -n "$NS" wait pod -l app.kubernetes.io/component=fuse-holder --for=condition=Ready --timeout=120s >/dev/null ||
+  { "$KUBECTL" -n "$NS" describe pods -l app.kubernetes.io/component=fuse-holder >&2; die "the fuse-holder is not ready"; }
 wait_registered() {
   local i
   for i in $(seq 1 60); do
@@ -351,6 +355,83 @@ spec:
     - {name: scripts, configMap: {name: e2e-scripts}}
 X
 }
+holder_pod() { "$KUBECTL" -n "$NS" get pod -l app.kubernetes.io/component=fuse-holder -o jsonpath='{.items[0].metadata.name}'; }
+task_pid() { # pod container (in $NS): the pid of the container's task
+  local cid pid
+  cid=$("$KUBECTL" -n "$NS" get pod "$1" -o jsonpath="{.status.containerStatuses[?(@.name==\"$2\")].containerID}")
+  cid=${cid#containerd://}
+  pid=$(ctr --address "$E2E_DIR/containerd/containerd.sock" -n k8s.io tasks ls | awk -v c="$cid" '$1 == c {print $2}')
+  [ -n "$pid" ] || { log "no task for container $2 of pod $1 ($cid)"; return 1; }
+  echo "$pid"
+}
+# check2_holder: with the fuse-holder, a SIGKILL of the node plugin is a pause. The watcher
+# (Filesystem, with its liveness probe) and a raw-device writer (Block, no probe) keep
+# working: no error line, no container restart, the same mounts.
+check2_holder() {
+  pvc data-hblock 64Mi Block
+  K wait pvc/data-hblock --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: hblock}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: raw
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, 'i=0; ok=0; while :; do b=\$((i % 4096)); if dd if=/dev/urandom of=/tmp/b bs=16k count=1 status=none && dd if=/tmp/b of=/dev/xvda bs=16k seek=\$b oflag=direct conv=fsync status=none && [ "\$(sha256sum < /tmp/b)" = "\$(dd if=/dev/xvda bs=16k skip=\$b count=1 iflag=direct status=none | sha256sum)" ]; then ok=\$((ok + 1)); else echo "\$(date +%T.%3N) ERR at block \$b"; fi; i=\$((i + 1)); [ \$((i % 200)) = 0 ] && echo "\$(date +%T.%3N) \$ok writes ok"; sleep 0.02; done']
+      volumeDevices: [{name: data, devicePath: /dev/xvda}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-hblock}}]
+X
+  K wait pod/hblock --for=condition=Ready --timeout=120s >/dev/null
+  sleep 2
+  local np pid t i back="" app0 h2c0 raw0 pr0 loops0 loops1
+  np=$(node_pod)
+  pr0=$(restarts_of "$NS" "$np" csi-rbdj) app0=$(restarts_of e2e watcher app) h2c0=$(restarts_of e2e watcher h2c) raw0=$(restarts_of e2e hblock raw)
+  # the host's mounts of both volumes (staging, publish; mount id and device)
+  vmounts() { grep -E "$(pv_of data-fs)|$(pv_of data-hblock)" /proc/self/mountinfo | awk '{print $1 "@" $3}' | sort | tr '\n' ' '; }
+  loops0=$(vmounts)
+  pid=$(task_pid "$np" csi-rbdj) || return 1
+  log "with the holder: SIGKILL the node plugin (pid $pid); the pods keep writing"
+  t=$(date +%s.%N)
+  kill -9 "$pid"
+  for i in $(seq 1 240); do
+    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$pr0" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
+      back=$(elapsed "$t")
+      break
+    fi
+    sleep 0.25
+  done
+  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  log "node plugin restarted by the kubelet and ready ${back}s after the kill"
+  sleep 5
+  # (whole logs in variables: `producer | grep -q` fails under pipefail when grep exits early)
+  local nl al hl bl
+  nl=$("$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj)
+  grep -E 'Volume adopted|Volume re-served|cannot adopt|Holder unavailable|fuseloop: adopted' <<< "$nl" | sed 's/^/    node plugin: /' >&2
+  loops1=$(vmounts)
+  log "watcher (Filesystem) app and h2c, hblock (Block) after the kill:"
+  al=$(K logs watcher -c app) hl=$(K logs watcher -c h2c) bl=$(K logs hblock)
+  sed 's/^/    app: /' <<< "$al" >&2
+  sed 's/^/    h2c: /' <<< "$hl" >&2
+  grep ERR <<< "$bl" | head -n 5 | sed 's/^/    hblock: /' >&2
+  tail -n 2 <<< "$bl" | sed 's/^/    hblock: /' >&2
+  local bad=0
+  if grep -q ERR <<< "$al$hl"; then log "the Filesystem pod saw I/O errors"; bad=1; fi
+  if grep -q ERR <<< "$bl"; then log "the Block pod saw $(grep -c ERR <<< "$bl") I/O errors"; bad=1; fi
+  if [ "$(restarts_of e2e watcher app)" != "$app0" ] || [ "$(restarts_of e2e watcher h2c)" != "$h2c0" ] || [ "$(restarts_of e2e hblock raw)" != "$raw0" ]; then
+    log "a pod container was restarted (app $app0 -> $(restarts_of e2e watcher app), h2c $h2c0 -> $(restarts_of e2e watcher h2c), raw $raw0 -> $(restarts_of e2e hblock raw))"
+    bad=1
+  fi
+  [ -n "$loops0" ] && [ "$loops0" = "$loops1" ] || { log "the volumes' mounts changed: [$loops0] -> [$loops1]"; bad=1; }
+  [ "$(grep -c 'Volume adopted after restart' <<< "$nl")" = 2 ] || { log "the node plugin did not adopt both volumes"; bad=1; }
+  [ $bad = 0 ] || return 1
+  log "with the holder: 0 I/O errors in both pods, restartCount unchanged (app $app0, h2c $h2c0, raw $raw0), same mounts (id@device) [$loops1]"
+  K delete pod hblock --wait=true >/dev/null
+  K delete pvc data-hblock --wait=true >/dev/null
+}
 restarts_of() { # namespace pod container
   "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
 }
@@ -382,6 +463,7 @@ X
   sleep 2
 
   local np cid pid t plugin_restarts app_restarts i back="" usable=""
+  check2_holder || return 1
   np=$(node_pod)
   plugin_restarts=$(restarts_of "$NS" "$np" csi-rbdj)
   app_restarts=$(restarts_of e2e watcher app)
@@ -389,6 +471,12 @@ X
   cid=${cid#containerd://}
   pid=$(ctr --address "$E2E_DIR/containerd/containerd.sock" -n k8s.io tasks ls | awk -v c="$cid" '$1 == c {print $2}')
   [ -n "$pid" ] || { log "no task for the node plugin container $cid"; return 1; }
+  # The fallback: the holder dies too (its container is restarted empty), so the next
+  # plugin has no connection to adopt and re-serves on a new loop device.
+  local hpid
+  hpid=$(task_pid "$(holder_pod)" fuse-holder) || return 1
+  log "fallback: SIGKILL the fuse-holder (pid $hpid), then the node plugin"
+  kill -9 "$hpid"
   log "SIGKILL the node plugin: pod $np, container ${cid:0:12}, pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60)...)"
   t=$(date +%s.%N)
   kill -9 "$pid"

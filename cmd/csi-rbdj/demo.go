@@ -49,7 +49,13 @@ type demo struct {
 	nodeWait  chan error
 	nodeLog   *os.File
 	step      int
-	start     time.Time
+
+	// holder: run `csi-rbdj fuse-holder` next to the node plugin (the
+	// default): the kill is then a pause, not an error.
+	holder     bool
+	holderCmd  *exec.Cmd
+	holderWait chan error
+	start      time.Time
 }
 
 func demoMain(args []string) error {
@@ -59,6 +65,7 @@ func demoMain(args []string) error {
 	fs.BoolVar(&d.keep, "keep", false, "keep the work directory (logs, local cluster) at the end")
 	fs.StringVar(&d.fsType, "fs", "ext4", "filesystem: ext4 or xfs (xfs needs a volume of at least 300 MiB)")
 	fs.IntVar(&d.files, "files", 16, "files written before the crash")
+	fs.BoolVar(&d.holder, "holder", true, "run a fuse-holder next to the node plugin, so the crash is a pause (false: the fallback, the pod sees EIO)")
 	fs.IntVar(&d.fileSize, "file-size", 256<<10, "bytes per file")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -148,6 +155,7 @@ func (d *demo) run(ctx context.Context) error {
 		target  = d.path("pods", "demo-pod", "volume")
 		sums    = map[string][32]byte{}
 		oldFd   *os.File
+		file0   []byte // file-000's content (the pod fd writes into it)
 		volCap  = &csi.VolumeCapability{
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: d.fsType}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
@@ -160,6 +168,11 @@ func (d *demo) run(ctx context.Context) error {
 	}()
 	if err := d.do("start controller (in-process)", d.startController); err != nil {
 		return err
+	}
+	if d.holder {
+		if err := d.do("start fuse-holder (child process)", d.startHolder); err != nil {
+			return err
+		}
 	}
 	if err := d.do("start node plugin (child process)", func() (string, error) { return d.startNode(ctx) }); err != nil {
 		return err
@@ -218,11 +231,14 @@ func (d *demo) run(ctx context.Context) error {
 				return "", err
 			}
 			sums[name] = sha256.Sum256(b)
+			if i == 0 {
+				file0 = b
+			}
 		}
 		if err := syncPath(target); err != nil {
 			return "", err
 		}
-		f, err := os.Open(filepath.Join(target, "file-000"))
+		f, err := os.OpenFile(filepath.Join(target, "file-000"), os.O_RDWR, 0)
 		if err != nil {
 			return "", err
 		}
@@ -231,6 +247,7 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	devBefore := mountSource(staging)
 	var pid int
 	if err := d.do("crash: SIGKILL the node plugin", func() (string, error) {
 		pid = d.node.Process.Pid
@@ -239,19 +256,60 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		<-d.nodeWait
 		d.node = nil
+		if d.holder {
+			return fmt.Sprintf("pid %d killed; the holder keeps its FUSE connection", pid), nil
+		}
 		return fmt.Sprintf("pid %d killed; its FUSE server is gone", pid), nil
 	}); err != nil {
 		return err
 	}
+	// With a holder, the 'pod' writes through its old fd during the gap:
+	// the write waits for the next plugin.
+	var gapWrite chan error
+	gapStart := time.Now()
 	if err := d.do("during the gap (what a pod sees)", func() (string, error) {
-		return gapReport(target), nil
+		if !d.holder {
+			return gapReport(target), nil
+		}
+		copy(file0, bytes.Repeat([]byte("g"), 4096))
+		sums["file-000"] = sha256.Sum256(file0)
+		gapWrite = make(chan error, 1)
+		go func() { // ends when the write does (the next plugin serves it)
+			_, err := oldFd.WriteAt(bytes.Repeat([]byte("g"), 4096), 0)
+			if err == nil {
+				err = oldFd.Sync()
+			}
+			gapWrite <- err
+		}()
+		select {
+		case err := <-gapWrite:
+			gapWrite = nil
+			return "write+fsync through the pod fd finished during the gap: " + errString(err), nil
+		case <-time.After(300 * time.Millisecond):
+			return "write+fsync through the pod fd waits (no error) for the next plugin", nil
+		}
 	}); err != nil {
 		return err
 	}
-	if err := d.do("restart node plugin: re-serve, replay, remount", func() (string, error) {
+	restartWhat := "restart node plugin: re-serve, replay, remount"
+	if d.holder {
+		restartWhat = "restart node plugin: replay, adopt held connection"
+	}
+	if err := d.do(restartWhat, func() (string, error) {
 		s, err := d.startNode(ctx)
 		if n := lastReplayed(d.path("node.log")); n != "" {
 			s += ", replayed " + n + " journal entries"
+		}
+		if err == nil && gapWrite != nil {
+			select {
+			case werr := <-gapWrite:
+				if werr != nil {
+					return s, fmt.Errorf("the pod's write during the gap failed: %w", werr)
+				}
+				s += fmt.Sprintf("; the pod's gap write completed after %v", time.Since(gapStart).Round(time.Millisecond))
+			case <-time.After(30 * time.Second):
+				return s, errors.New("the pod's write during the gap did not complete 30s after the restart")
+			}
 		}
 		return s, err
 	}); err != nil {
@@ -267,7 +325,10 @@ func (d *demo) run(ctx context.Context) error {
 				return "", fmt.Errorf("%s: content differs from what was written", name)
 			}
 		}
-		return fmt.Sprintf("%d files, sha256 match; mounted from %s", len(sums), mountSource(staging)), nil
+		if dev := mountSource(staging); d.holder && dev != devBefore {
+			return "", fmt.Errorf("staging mounted from %s, was %s before the crash: not adopted", dev, devBefore)
+		}
+		return fmt.Sprintf("%d files, sha256 match; mounted from %s (before the crash: %s)", len(sums), mountSource(staging), devBefore), nil
 	}); err != nil {
 		return err
 	}
@@ -284,7 +345,28 @@ func (d *demo) run(ctx context.Context) error {
 			_, oerr = f.ReadAt(buf, int64(d.fileSize/2))
 			f.Close()
 		}
-		return fmt.Sprintf("old fd: cached read %s, uncached read %s; new open+read: %s", errString(cached), errString(uncached), errString(oerr)), nil
+		if !d.holder {
+			return fmt.Sprintf("old fd: cached read %s, uncached read %s; new open+read: %s", errString(cached), errString(uncached), errString(oerr)), nil
+		}
+		// Adopted: the pod's fd keeps working, reads and writes.
+		if uncached != nil {
+			return "", fmt.Errorf("uncached read through the pre-crash fd: %w", uncached)
+		}
+		want := bytes.Repeat([]byte("p"), 4096)
+		_, werr := oldFd.WriteAt(want, int64(d.fileSize/4))
+		if werr == nil {
+			werr = oldFd.Sync()
+		}
+		if werr != nil {
+			return "", fmt.Errorf("write+fsync through the pre-crash fd: %w", werr)
+		}
+		_ = unix.Fadvise(int(oldFd.Fd()), 0, 0, unix.FADV_DONTNEED)
+		if _, err := oldFd.ReadAt(buf, int64(d.fileSize/4)); err != nil || !bytes.Equal(buf, want) {
+			return "", fmt.Errorf("read back through the pre-crash fd: %v", err)
+		}
+		copy(file0[d.fileSize/4:], want)
+		sums["file-000"] = sha256.Sum256(file0)
+		return fmt.Sprintf("old fd: uncached read works, write+fsync+read back works; new open+read: %s", errString(oerr)), nil
 	}); err != nil {
 		return err
 	}
@@ -350,8 +432,12 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	fmt.Printf("demo: OK — volume created, staged (%s), published, written, node plugin SIGKILLed and restarted, journal replayed, %d files verified, cleaned up in %s\n",
-		d.fsType, len(sums), time.Since(d.start).Round(time.Millisecond))
+	how := "journal replayed"
+	if d.holder {
+		how = "journal replayed, held connection adopted (the pod fd kept working)"
+	}
+	fmt.Printf("demo: OK — volume created, staged (%s), published, written, node plugin SIGKILLed and restarted, %s, %d files verified, cleaned up in %s\n",
+		d.fsType, how, len(sums), time.Since(d.start).Round(time.Millisecond))
 	return nil
 }
 
@@ -401,6 +487,9 @@ func (d *demo) startNode(ctx context.Context) (string, error) {
 	cmd := exec.Command(exe, "serve", "--mode", "node", "--endpoint", "unix://"+sock,
 		"--backend", "local", "--local-dir", d.path("cluster"), "--state-dir", d.path("node-state"),
 		"--node-id", "demo-node", "--request-timeout", "30s", "-v", "2")
+	if d.holder {
+		cmd.Args = append(cmd.Args, "--fuse-holder-socket", d.holderSocket())
+	}
 	cmd.Stdout, cmd.Stderr = d.nodeLog, d.nodeLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -465,6 +554,9 @@ func (d *demo) stopNode() error {
 func (d *demo) stopAll() error {
 	var errs []error
 	if err := d.stopNode(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.stopHolder(); err != nil {
 		errs = append(errs, err)
 	}
 	if d.nodeConn != nil {
@@ -668,4 +760,57 @@ func lastReplayed(logPath string) string {
 		}
 	}
 	return n
+}
+
+func (d *demo) holderSocket() string { return d.path("holder", "holder.sock") }
+
+// startHolder starts `csi-rbdj fuse-holder`, which keeps the node plugin's
+// FUSE connections open across its crashes.
+func (d *demo) startHolder() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	logf, err := os.Create(d.path("holder.log"))
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(exe, "fuse-holder", "--socket", d.holderSocket(), "-v", "2")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	logf.Close() // the child has its own copy
+	if err != nil {
+		return "", err
+	}
+	d.holderCmd = cmd
+	d.holderWait = make(chan error, 1)
+	go func() { d.holderWait <- cmd.Wait() }() // owned by demo: stopHolder consumes it
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(d.holderSocket()); err == nil {
+			return fmt.Sprintf("pid %d, socket holder/holder.sock", cmd.Process.Pid), nil
+		}
+		if time.Now().After(deadline) {
+			return "", errors.New("fuse-holder did not create its socket within 30s")
+		}
+	}
+}
+
+// stopHolder stops the holder (after the node plugin: the volumes are
+// unstaged by then, it holds nothing).
+func (d *demo) stopHolder() error {
+	if d.holderCmd == nil {
+		return nil
+	}
+	_ = d.holderCmd.Process.Signal(syscall.SIGTERM)
+	var err error
+	select {
+	case err = <-d.holderWait:
+	case <-time.After(30 * time.Second):
+		_ = d.holderCmd.Process.Kill()
+		<-d.holderWait
+		err = errors.New("fuse-holder did not stop within 30s; killed")
+	}
+	d.holderCmd = nil
+	return err
 }

@@ -112,6 +112,7 @@ type serveConfig struct {
 	journalCommitAge   time.Duration
 
 	metricsAddress string
+	holderSocket   string
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -136,6 +137,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
 	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
+	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	klog.InitFlags(fs)
 }
 
@@ -208,6 +210,7 @@ func serve(ctx context.Context, c serveConfig) error {
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
+			HolderSocket: c.holderSocket,
 		})
 		if err != nil {
 			return err

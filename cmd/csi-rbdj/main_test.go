@@ -58,6 +58,7 @@ type env struct {
 	child    *exec.Cmd
 	childErr chan error
 	log      *os.File
+	extra    []string // more flags for the node plugin (holder_test.go)
 }
 
 func newEnv(t *testing.T) *env {
@@ -125,6 +126,7 @@ func (e *env) startNode() {
 	cmd := exec.Command(os.Args[0], "serve", "--mode", "node", "--endpoint", "unix://"+e.path("node.sock"),
 		"--backend", "local", "--local-dir", e.path("cluster"), "--local-no-sync", "--state-dir", e.path("node-state"),
 		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2")
+	cmd.Args = append(cmd.Args, e.extra...)
 	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -100,6 +100,7 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		if err := v.loop.Resize(ctx, size); err != nil {
 			return nil, status.Errorf(codes.Internal, "grow loop device %s of volume %s to %d bytes: %v", rec.Device, id, size, err)
 		}
+		s.putHolder(ctx, v.loop, rec.AckPolicy) // the successor must know the new size (holder.go)
 	}
 	switch {
 	case rec.Block:
@@ -153,6 +154,7 @@ func (s *Server) followResize(id string) {
 			return
 		}
 		logger.Info("Loop device followed its image", "device", v.rec.Device, "from", from, "to", size)
+		s.putHolder(ctx, v.loop, v.rec.AckPolicy) // holder.go
 	}()
 }
 

@@ -147,6 +147,11 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	v := s.get(id)
 	// A dead device's mounts may be busy forever: detach them lazily.
 	lazy := v == nil || v.dev == nil || v.loop == nil || v.loop.Err() != nil
+	if ms, err := mountsAt(target); err == nil && len(ms) > 1 {
+		// A re-serve stacked the new bind mount over the dead one
+		// (recover.go): the dead one may be busy forever.
+		lazy = true
+	}
 	if err := unmountAll(target, lazy); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}

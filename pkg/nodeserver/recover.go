@@ -39,29 +39,48 @@ func (s *Server) recoverAll(ctx context.Context) {
 }
 
 // reserve serves a recorded volume again after the process that served it
-// died, and repairs its mounts:
+// died, and repairs its mounts.
 //
-//  1. the publish bind mounts and the staging mount still reference the
-//     filesystem on the dead loop device: they are unmounted (lazily when
-//     a process still holds files there, which then keep failing with EIO);
+// With a holder that kept the volume's FUSE connection (holder.go), the
+// image is opened again (the journal is replayed first: the previous
+// incarnation is fenced by the lock takeover) and the live connection is
+// adopted: the loop device, the staging mount and the publish mounts are
+// the same objects; reserve only checks they are still there. Otherwise
+// (no holder, holder restarted, adoption refused), the fallback:
+//
+//  1. the staging mount still references the filesystem on the dead loop
+//     device: it is unmounted (lazily when a process still holds files
+//     there);
 //  2. what the dead process left (its aborted FUSE mount, the loop device)
 //     is cleaned up (fuseloop.Cleanup);
-//  3. the image is opened again (the journal is replayed first) and attached
-//     as a new loop device; at start there is no request, so the storage
-//     is opened with the backend's default credentials (ceph:
-//     --ceph-credentials-dir), later with the secrets of the NodeStageVolume
-//     that retries it;
+//  3. the image is opened again (replay first) and attached as a new loop
+//     device; at start there is no request, so the storage is opened with
+//     the backend's default credentials (ceph: --ceph-credentials-dir),
+//     later with the secrets of the NodeStageVolume that retries it;
 //  4. the new device is mounted at the staging path (ext4 is checked by
 //     fsck first; both filesystems replay their own log) and every publish
-//     target is bound again.
+//     target is bound again, ON TOP of its dead bind mount: a publish target
+//     is never a bare host directory (a pod writing there meanwhile gets
+//     EIO from the dead filesystem, and nothing lands in the host directory
+//     to vanish under the new mount). The dead mount beneath goes at
+//     unpublish.
 //
 // Called with the volume's operation lock held, or during start. Without
 // storage (no credentials, cluster unreachable) it leaves the dead mounts
 // as they are: they keep failing with EIO rather than turning into empty
 // directories.
-func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[string]string, of volume.SecretsOf) error {
+func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[string]string, of volume.SecretsOf) (retErr error) {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
+	defer func() {
+		if retErr != nil && v.loop == nil && s.holder != nil {
+			// Not served: a connection the holder keeps would leave the
+			// pods' I/O waiting with no one to answer it. Letting it go
+			// aborts it: EIO, as without a holder, never a hang.
+			logger.Info("Not served; releasing the FUSE connection the holder keeps (I/O on the volume fails until it is served again)")
+			s.dropHolder(ctx, v.rec.Key)
+		}
+	}()
 	r := v.rec
 	vid, err := volume.ResolveVolumeID(s.o.Backend, r.VolumeID)
 	if err != nil {
@@ -73,23 +92,29 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 		s.update(func() { v.err = err })
 		return err
 	}
-	for _, t := range r.targets() {
-		if err := unmountAll(t, true); err != nil {
-			logger.Error(err, "Unmounting a dead publish mount failed", "targetPath", t)
+	prepare := func(context.Context) {
+		// The publish targets keep their dead bind mounts until the new
+		// device is bound over them (step 4).
+		if !r.Block {
+			if err := unmountAll(r.StagingPath, true); err != nil {
+				logger.Error(err, "Unmounting the dead staging mount failed")
+			}
 		}
 	}
-	if !r.Block {
-		if err := unmountAll(r.StagingPath, true); err != nil {
-			logger.Error(err, "Unmounting the dead staging mount failed")
-		}
-	}
-	if err := s.serveOn(ctx, v, vid, st, secrets, of); err != nil {
+	if err := s.serveOn(ctx, v, vid, st, secrets, of, prepare); err != nil {
 		s.update(func() { v.err = err })
 		return err
 	}
 	r = v.rec // with the new device
 	if err := s.store.save(r); err != nil {
 		logger.Error(err, "Saving the new device in the staging record failed")
+	}
+	if v.adopted {
+		err := s.checkAdopted(ctx, v)
+		s.startMonitor(ctx, v)
+		logger.Info("Volume adopted after restart: same loop device and mounts", "device", r.Device, "tag", v.dev.Tag(),
+			"publishTargets", len(r.Publish), "resent", v.loop.Resent(), "duration", time.Since(start).Round(time.Millisecond))
+		return err
 	}
 	if !r.Block {
 		if err := s.mountServed(ctx, v); err != nil {
@@ -100,7 +125,7 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 	}
 	var errs []error
 	for _, t := range r.targets() {
-		if err := s.bindTarget(r, t, r.Publish[t].ReadOnly); err != nil {
+		if err := s.rebindTarget(r, t, r.Publish[t].ReadOnly); err != nil {
 			errs = append(errs, fmt.Errorf("publish target %s: %w", t, err))
 		}
 	}
@@ -108,6 +133,24 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 	logger.Info("Volume re-served after restart", "device", r.Device, "tag", v.dev.Tag(),
 		"publishTargets", len(r.Publish), "duration", time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
+}
+
+// rebindTarget binds the volume at target again. A target that still has
+// its dead bind mount gets the new one stacked on top (no mkdir, no stat
+// of the dead filesystem: a shut-down XFS answers EIO even to stat).
+func (s *Server) rebindTarget(r *record, target string, readOnly bool) error {
+	mounted, err := isMounted(target)
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		return s.bindTarget(r, target, readOnly)
+	}
+	src := r.StagingPath
+	if r.Block {
+		src = r.Device
+	}
+	return bindMount(src, target, readOnly)
 }
 
 // update changes a volume's fields under the server's lock (NodeGetVolumeStats

@@ -72,6 +72,12 @@ type Options struct {
 	Mounter *mount.SafeFormatAndMount
 	// Metrics, if set, is told which volumes this node serves.
 	Metrics VolumeMetrics
+	// HolderSocket is the unix socket of the FUSE connection holder
+	// (csi-rbdj fuse-holder, holder.go): with it, the volumes' connections
+	// outlive this process and a restarted plugin adopts them (no unmount,
+	// no new loop device). Empty: no holder; a restart re-serves every
+	// volume on a new loop device (recover.go).
+	HolderSocket string
 }
 
 // Server is the CSI Node service.
@@ -80,6 +86,7 @@ type Server struct {
 
 	o       Options
 	store   store
+	holder  fuseloop.Holder // nil: no holder (holder.go)
 	fuseDir string
 	mounter *mount.SafeFormatAndMount
 
@@ -94,6 +101,7 @@ type Server struct {
 	started  atomic.Bool
 	wg       sync.WaitGroup
 	stopOnce sync.Once
+	stopSync chan struct{} // closed by Stop: ends resyncHolder
 }
 
 // forgetter is a backend that caches connections which the cluster can
@@ -121,8 +129,11 @@ type stagedVolume struct {
 	dev  *blockdev.Device // nil if serving it failed
 	loop *fuseloop.Device // nil if serving it failed
 	err  error            // why it is not served (recovery failed)
-	mon  chan struct{}    // closed to stop the monitor goroutine
-	done chan struct{}    // closed when the monitor goroutine ended
+	// adopted: loop is the connection a previous incarnation served,
+	// taken back from the holder (its mounts are the same objects).
+	adopted bool
+	mon     chan struct{} // closed to stop the monitor goroutine
+	done    chan struct{} // closed when the monitor goroutine ended
 }
 
 // New checks o and prepares the state directory. Call Start to re-serve
@@ -144,13 +155,15 @@ func New(o Options) (*Server, error) {
 		o.Mounter = mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), utilexec.New())
 	}
 	s := &Server{
-		o:       o,
-		store:   store{dir: filepath.Join(o.StateDir, "volumes")},
-		fuseDir: filepath.Join(o.StateDir, "fuse"),
-		mounter: o.Mounter,
-		busy:    map[string]chan struct{}{},
-		vols:    map[string]*stagedVolume{},
-		ready:   make(chan struct{}),
+		o:        o,
+		store:    store{dir: filepath.Join(o.StateDir, "volumes")},
+		fuseDir:  filepath.Join(o.StateDir, "fuse"),
+		mounter:  o.Mounter,
+		busy:     map[string]chan struct{}{},
+		vols:     map[string]*stagedVolume{},
+		ready:    make(chan struct{}),
+		holder:   newHolder(o.HolderSocket),
+		stopSync: make(chan struct{}),
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -174,6 +187,13 @@ func (s *Server) Start(ctx context.Context) {
 		defer close(s.ready)
 		s.recoverAll(ctx)
 	}()
+	if s.holder != nil {
+		s.wg.Add(1)
+		go func() { // owned by Server: Stop closes stopSync and waits
+			defer s.wg.Done()
+			s.resyncHolder(ctx, s.stopSync)
+		}()
+	}
 }
 
 // Ready returns nil once the staged volumes have been re-served.
@@ -203,6 +223,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 // the volumes and repairs their mounts.
 func (s *Server) Stop(ctx context.Context) {
 	s.stopOnce.Do(func() {
+		close(s.stopSync)
 		if s.started.Load() {
 			select {
 			case <-s.ready: // the recovery at start is over
@@ -222,9 +243,15 @@ func (s *Server) Stop(ctx context.Context) {
 	})
 }
 
-// shutdown stops serving v without touching its mounts or record.
+// shutdown stops serving v without touching its mounts or record. With a
+// holder the device is handed off (holder.go) and its mounts keep working
+// for the successor.
 func (s *Server) shutdown(ctx context.Context, v *stagedVolume) {
 	s.stopMonitor(v)
+	if s.holder != nil && v.loop != nil && v.dev != nil && v.loop.Err() == nil {
+		s.handoff(ctx, v)
+		return
+	}
 	if v.loop != nil {
 		_ = v.loop.Abort()
 	}

@@ -103,7 +103,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	start := time.Now()
 	v := &stagedVolume{rec: want}
-	if err := s.serveOn(ctx, v, vid, st, req.GetSecrets(), volume.SecretsNodeStage); err != nil {
+	if err := s.serveOn(ctx, v, vid, st, req.GetSecrets(), volume.SecretsNodeStage, nil); err != nil {
 		return nil, err
 	}
 	// From here on a failure must undo everything: no half-staged volume.
@@ -214,8 +214,8 @@ func (e *fencedError) GRPCStatus() *status.Status {
 
 // serveOn is serve on st, and once more on a new connection if the cluster
 // had fenced st (the backend forgot it).
-func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, secrets map[string]string, of volume.SecretsOf) error {
-	err := s.serve(ctx, v, vid, st)
+func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, secrets map[string]string, of volume.SecretsOf, prepare func(context.Context)) error {
+	err := s.serve(ctx, v, vid, st, prepare)
 	var fe *fencedError
 	if !errors.As(err, &fe) {
 		return err
@@ -225,21 +225,46 @@ func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.Volume
 	if err != nil {
 		return err
 	}
-	return s.serve(ctx, v, vid, st)
+	return s.serve(ctx, v, vid, st, prepare)
 }
 
 // serve opens the journaled device (lock, replay, new epoch) and attaches
-// it as a loop device; on success v.dev, v.loop and v.rec.Device are set.
-// It first clears what a dead instance may have left for this volume.
-func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage) error {
+// it as a loop device; on success v.dev, v.loop and v.rec.Device are set
+// and v.adopted says whether the device is the one a previous incarnation
+// served (holder.go). It clears what a dead instance may have left for
+// this volume before attaching a new device.
+//
+// prepare is nil for a new stage. For a re-serve it is non-nil: serve then
+// first tries to adopt the connection the holder keeps, and only when that
+// is not possible calls prepare (which takes the dead mounts down) before
+// attaching a new device.
+func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, prepare func(context.Context)) error {
 	logger := klog.FromContext(ctx)
-	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
-		if !errors.Is(err, fuseloop.ErrBusy) {
-			return status.Errorf(codes.Internal, "clean up a previous device of volume %s: %v", v.rec.VolumeID, err)
+	cleanup := func() error {
+		if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
+			if !errors.Is(err, fuseloop.ErrBusy) {
+				return status.Errorf(codes.Internal, "clean up a previous device of volume %s: %v", v.rec.VolumeID, err)
+			}
+			// The old loop device is still open (a dead filesystem on it
+			// still referenced by a process or a mount): the kernel
+			// detaches it when that ends.
+			logger.Info("A previous loop device of this volume is still open; the kernel detaches it once closed", "err", err)
 		}
-		// The old loop device is still open (a dead filesystem on it still
-		// referenced by a process): the kernel detaches it when that ends.
-		logger.Info("A previous loop device of this volume is still open; the kernel detaches it once closed", "err", err)
+		return nil
+	}
+	if prepare == nil {
+		// A new stage: whatever the holder keeps under this key is stale.
+		s.dropHolder(ctx, v.rec.Key)
+		if err := cleanup(); err != nil {
+			return err
+		}
+	} else if s.holder == nil {
+		// Without a holder there is nothing to adopt: today's order.
+		prepare(ctx)
+		if err := cleanup(); err != nil {
+			return err
+		}
+		prepare = nil
 	}
 	pool, err := st.Pool(ctx, vid.Pool)
 	if errors.Is(err, storage.ErrPoolNotFound) {
@@ -291,20 +316,38 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		return volume.StorageStatus(fmt.Errorf("open journaled device of %s: %w", vid, err), volume.SecretsNodeStage, false)
 	}
 	openDur := time.Since(openStart)
-	loop, err := fuseloop.Attach(ctx, dev, fuseloop.Options{
-		StateDir: s.fuseDir, Name: v.rec.Key, RequestTimeout: s.o.RequestTimeout, ReadOnly: v.rec.ReadOnly})
-	if err != nil {
-		if cerr := dev.Close(context.WithoutCancel(ctx)); cerr != nil {
-			logger.Error(cerr, "Closing the journaled device after a failed attach")
+	var loop *fuseloop.Device
+	if prepare != nil {
+		// A re-serve with a holder: adopt the live connection if it has it.
+		loop = s.adopt(ctx, v.rec, dev)
+		if loop == nil {
+			prepare(ctx)
+			if err := cleanup(); err != nil {
+				if cerr := dev.Close(context.WithoutCancel(ctx)); cerr != nil {
+					logger.Error(cerr, "Closing the journaled device after a failed cleanup")
+				}
+				return err
+			}
 		}
-		return status.Errorf(codes.Internal, "attach loop device for %s: %v", vid, err)
+	}
+	adopted := loop != nil
+	if !adopted {
+		loop, err = fuseloop.Attach(ctx, dev, fuseloop.Options{
+			StateDir: s.fuseDir, Name: v.rec.Key, RequestTimeout: s.o.RequestTimeout, ReadOnly: v.rec.ReadOnly})
+		if err != nil {
+			if cerr := dev.Close(context.WithoutCancel(ctx)); cerr != nil {
+				logger.Error(cerr, "Closing the journaled device after a failed attach")
+			}
+			return status.Errorf(codes.Internal, "attach loop device for %s: %v", vid, err)
+		}
+		s.putHolder(ctx, loop, v.rec.AckPolicy)
 	}
 	rec := v.rec.clone()
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
-	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec = st, dev, loop, nil, rec })
+	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec, v.adopted = st, dev, loop, nil, rec, adopted })
 	s.metricsServed(rec.VolumeID, dev)
-	logger.Info("Volume served", "device", loop.Path(), "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
+	logger.Info("Volume served", "device", loop.Path(), "adopted", adopted, "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
 		"journalMode", dev.JournalMode(), "tornExtents", dev.MetadataReplayStats().TornExtents)
 	return nil
 }
@@ -384,6 +427,7 @@ func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 	ctx = context.WithoutCancel(ctx)
 	logger := klog.FromContext(ctx)
 	s.stopMonitor(v)
+	s.dropHolder(ctx, v.rec.Key)
 	s.metricsUnserved(v.rec.VolumeID)
 	if v.loop != nil {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -446,9 +490,12 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		}
 	}
 	s.stopMonitor(v)
+	// The holder lets go first: the connection ends with our unmount.
+	s.dropHolder(ctx, v.rec.Key)
 	if v.loop != nil {
 		if err := v.loop.Close(ctx); err != nil {
 			if errors.Is(err, fuseloop.ErrBusy) && v.loop.Err() == nil {
+				s.putHolder(ctx, v.loop, v.rec.AckPolicy) // still served: protect it again
 				s.startMonitor(ctx, v)
 				return nil, status.Errorf(codes.FailedPrecondition, "loop device %s of volume %s is still in use: %v", v.rec.Device, id, err)
 			}

@@ -52,7 +52,7 @@ func Cleanup(ctx context.Context, stateDir string, name string) error {
 		}
 	}
 
-	loops, err := loopDevicesBackedBy(file)
+	loops, err := loopDevicesBackedBy(file, conn)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -61,11 +61,11 @@ func Cleanup(ctx context.Context, stateDir string, name string) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if err := loopDetach(idx, file, false); err != nil {
+		if err := loopDetach(idx, file, conn, false); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if loopBackingFile(idx) == file {
+		if loopIsOurs(idx, file, conn) {
 			busy = append(busy, loopDevPath(idx)) // detach deferred by the kernel
 		}
 	}

@@ -330,7 +330,7 @@ func (d *Device) Close(ctx context.Context) error {
 	if !d.loopDetached {
 		// While this runs the watchdog still guards against a stuck backend:
 		// detaching waits for in-flight I/O.
-		if err := loopDetach(d.loopIdx, d.file, true); err != nil {
+		if err := loopDetach(d.loopIdx, d.file, d.conn, true); err != nil {
 			if errors.Is(err, ErrBusy) {
 				return fmt.Errorf("%w: %s is in use (mounted?)", ErrBusy, d.loopPath)
 			}
@@ -379,7 +379,7 @@ func (d *Device) Abort() error {
 	if !d.loopDetached {
 		if d.loopIdx < 0 {
 			d.loopDetached = true
-		} else if err := loopDetach(d.loopIdx, d.file, false); err != nil {
+		} else if err := loopDetach(d.loopIdx, d.file, d.conn, false); err != nil {
 			errs = append(errs, err)
 		} else {
 			d.loopDetached = true

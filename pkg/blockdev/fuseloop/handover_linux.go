@@ -343,7 +343,7 @@ func checkMeta(m Meta, b Backend) error {
 	if mi == nil || mi.fsType != "fuse.fuseloop" || mi.connID() != m.Conn {
 		return fmt.Errorf("%w: %s is not FUSE connection %d (mount %+v)", ErrStaleMeta, m.MountPoint, m.Conn, mi)
 	}
-	if m.LoopIndex < 0 || loopBackingFile(m.LoopIndex) != m.File {
+	if m.LoopIndex < 0 || !loopIsOurs(m.LoopIndex, m.File, m.Conn) {
 		return fmt.Errorf("%w: %s is not bound to %s", ErrStaleMeta, loopDevPath(m.LoopIndex), m.File)
 	}
 	if m.Size <= 0 || m.Size%512 != 0 || b.Size() < m.Size {

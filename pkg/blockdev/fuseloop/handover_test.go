@@ -143,3 +143,31 @@ func TestHandoffAdoptInProcess(t *testing.T) {
 	}
 	assertNoLeftovers(t, stateDir, meta.Name, meta.Conn)
 }
+
+// TestLoopIsOursByDevice: a loop device whose backing path the kernel can no
+// longer name (opened in the mount namespace of a dead container: sysfs
+// shows "/disk") is still recognised by the FUSE superblock and node id it
+// recorded, and only for the right connection.
+func TestLoopIsOursByDevice(t *testing.T) {
+	requireKernel(t)
+	d := attach(t, newMemBackend(4*MiB, 4*MiB), Options{RequestTimeout: 30 * time.Second})
+	for _, tc := range []struct {
+		name string
+		file string
+		conn uint64
+		want bool
+	}{
+		{"same path", d.file, 0, true},
+		{"path unreachable, right connection", "/elsewhere/" + diskFileName, d.conn, true},
+		{"path unreachable, connection unknown", "/elsewhere/" + diskFileName, 0, false},
+		{"path unreachable, other connection", "/elsewhere/" + diskFileName, d.conn + 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Asking about another path than the one sysfs shows takes
+			// the device-number path, as "/disk" would.
+			if got := loopIsOurs(d.loopIdx, tc.file, tc.conn); got != tc.want {
+				t.Errorf("loopIsOurs(%d, %q, %d) = %v, want %v", d.loopIdx, tc.file, tc.conn, got, tc.want)
+			}
+		})
+	}
+}

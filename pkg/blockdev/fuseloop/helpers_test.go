@@ -272,7 +272,7 @@ func assertNoLeftovers(t testing.TB, stateDir, name string, conn uint64) {
 		if mi, err := findMount(mnt); err != nil || mi != nil {
 			problems = append(problems, fmt.Sprintf("mount at %s: %+v %v", mnt, mi, err))
 		}
-		if loops, err := loopDevicesBackedBy(file); err != nil || len(loops) > 0 {
+		if loops, err := loopDevicesBackedBy(file, 0); err != nil || len(loops) > 0 {
 			problems = append(problems, fmt.Sprintf("loop devices on %s: %v %v", file, loops, err))
 		}
 		if conn != 0 {

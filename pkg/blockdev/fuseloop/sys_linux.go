@@ -90,6 +90,36 @@ func loopBackingFile(idx int) string {
 	return strings.TrimSpace(string(b))
 }
 
+// loopIsOurs reports whether /dev/loopN is bound to file, the disk file of
+// FUSE connection conn (0: unknown). The path in sysfs is resolved in the
+// mount namespace the file was opened in: when that namespace is gone (the
+// container of a dead node plugin), it reads "/disk", unreachable. The
+// device then is identified by what the kernel recorded of the backing
+// file (LOOP_GET_STATUS64): its device, the FUSE superblock whose dev_t is
+// the connection id, and its inode, the disk file's node id.
+func loopIsOurs(idx int, file string, conn uint64) bool {
+	bf := loopBackingFile(idx)
+	switch {
+	case bf == "":
+		return false
+	case bf == file:
+		return true
+	case conn == 0 || !strings.HasSuffix(bf, "/"+diskFileName):
+		return false
+	}
+	lf, err := openLoop(idx, os.O_RDONLY)
+	if err != nil {
+		return false
+	}
+	defer lf.Close()
+	st, err := unix.IoctlLoopGetStatus64(int(lf.Fd()))
+	if err != nil {
+		return false
+	}
+	dev := uint64(unix.Major(st.Device))<<20 | uint64(unix.Minor(st.Device))
+	return dev == conn && st.Inode == diskNodeID
+}
+
 func loopDirectIO(idx int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/sys/block/loop%d/loop/dio", idx))
 	return err == nil && strings.TrimSpace(string(b)) == "1"
@@ -100,8 +130,8 @@ func loopDirectIO(idx int) bool {
 // else (a mounted filesystem, another O_EXCL opener); it then holds the
 // device exclusively while detaching, so the detach is immediate. Without
 // exclusive the kernel defers the detach until the last opener closes.
-func loopDetach(idx int, file string, exclusive bool) error {
-	if bf := loopBackingFile(idx); bf == "" || bf != file {
+func loopDetach(idx int, file string, conn uint64, exclusive bool) error {
+	if !loopIsOurs(idx, file, conn) {
 		return nil // already detached (maybe reused by someone else: not ours)
 	}
 	flags := os.O_RDONLY
@@ -151,8 +181,9 @@ func blockDevSize(path string) (int64, error) {
 	return int64(size), nil
 }
 
-// loopDevicesBackedBy lists the loop devices whose backing file is file.
-func loopDevicesBackedBy(file string) ([]int, error) {
+// loopDevicesBackedBy lists the loop devices whose backing file is file,
+// the disk file of FUSE connection conn (0: unknown; see loopIsOurs).
+func loopDevicesBackedBy(file string, conn uint64) ([]int, error) {
 	ents, err := os.ReadDir("/sys/block")
 	if err != nil {
 		return nil, fmt.Errorf("fuseloop: %w", err)
@@ -163,7 +194,7 @@ func loopDevicesBackedBy(file string) ([]int, error) {
 		if err != nil || !strings.HasPrefix(e.Name(), "loop") {
 			continue
 		}
-		if loopBackingFile(idx) == file {
+		if loopIsOurs(idx, file, conn) {
 			out = append(out, idx)
 		}
 	}
