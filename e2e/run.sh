@@ -489,7 +489,8 @@ X
   done
   [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
-  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Journal replayed|Volume re-served|Registered with the kubelet' | sed 's/^/    node plugin: /' >&2
+  # diagnostics only: the lines may not be logged yet
+  { "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Journal replayed|Volume re-served|Registered with the kubelet' | sed 's/^/    node plugin: /' >&2; } || true
   # the app container: its liveness probe fails on the dead mount, the kubelet restarts it
   for i in $(seq 1 240); do
     if [ "$(restarts_of e2e watcher app)" -gt "$app_restarts" ] && [ "$(ready_of e2e watcher app)" = true ] &&
