@@ -263,40 +263,6 @@ func paramsDiff(a, b volume.VolumeParams) string {
 	return fmt.Sprintf("existing %s, requested %s", ja, jb)
 }
 
-func readRecord(ctx context.Context, pool objstore.Pool, imageName string) (volumeRecord, error) {
-	var op objstore.ReadOp
-	r := op.Read(0, 0)
-	if err := pool.Read(ctx, recordPrefix+imageName, &op); err != nil {
-		return volumeRecord{}, err
-	}
-	var rec volumeRecord
-	if err := json.Unmarshal(r.Data(), &rec); err != nil {
-		return volumeRecord{}, fmt.Errorf("volume record %s%s: %w", recordPrefix, imageName, err)
-	}
-	return rec, nil
-}
-
-func writeRecord(ctx context.Context, pool objstore.Pool, imageName string, rec volumeRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	var op objstore.WriteOp
-	op.Create(true)
-	op.WriteFull(b)
-	return pool.Operate(ctx, recordPrefix+imageName, &op)
-}
-
-func removeRecord(ctx context.Context, pool objstore.Pool, imageName string) error {
-	var op objstore.WriteOp
-	op.Remove()
-	err := pool.Operate(ctx, recordPrefix+imageName, &op)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil
-	}
-	return err
-}
-
 // DeleteVolume removes the image and its record (idempotent). An image that
 // is still open somewhere (staged on a node) is refused.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
@@ -566,4 +532,16 @@ func describeUsers(ws []objstore.WatcherInfo) string {
 		parts = append(parts, fmt.Sprintf("%s at %s", w.Client.Name(), w.Client.Addr))
 	}
 	return strings.Join(parts, ", ")
+}
+
+func readRecord(ctx context.Context, pool objstore.Pool, imageName string) (volumeRecord, error) {
+	return readJSONObject[volumeRecord](ctx, pool, recordPrefix+imageName, "volume")
+}
+
+func writeRecord(ctx context.Context, pool objstore.Pool, imageName string, rec volumeRecord) error {
+	return createJSONObject(ctx, pool, recordPrefix+imageName, rec)
+}
+
+func removeRecord(ctx context.Context, pool objstore.Pool, imageName string) error {
+	return removeObject(ctx, pool, recordPrefix+imageName)
 }

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -54,40 +53,6 @@ type snapshotRecord struct {
 	// snapshot was requested (its copies may be formatted by the node;
 	// storage.MetaFormatBlank).
 	FormatBlank bool `json:"formatBlank,omitempty"`
-}
-
-func readSnapRecord(ctx context.Context, pool objstore.Pool, snap string) (snapshotRecord, error) {
-	var op objstore.ReadOp
-	r := op.Read(0, 0)
-	if err := pool.Read(ctx, snapRecordPrefix+snap, &op); err != nil {
-		return snapshotRecord{}, err
-	}
-	var rec snapshotRecord
-	if err := json.Unmarshal(r.Data(), &rec); err != nil {
-		return snapshotRecord{}, fmt.Errorf("snapshot record %s%s: %w", snapRecordPrefix, snap, err)
-	}
-	return rec, nil
-}
-
-func writeSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	var op objstore.WriteOp
-	op.Create(true)
-	op.WriteFull(b)
-	return pool.Operate(ctx, snapRecordPrefix+snap, &op)
-}
-
-func removeSnapRecord(ctx context.Context, pool objstore.Pool, snap string) error {
-	var op objstore.WriteOp
-	op.Remove()
-	err := pool.Operate(ctx, snapRecordPrefix+snap, &op)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil
-	}
-	return err
 }
 
 // snapStatus maps a failed snapshot operation.
@@ -465,4 +430,16 @@ func checkNoSnapshots(ctx context.Context, pool objstore.Pool, vid volume.Volume
 		names = append(names, n)
 	}
 	return status.Errorf(codes.FailedPrecondition, "volume %s has %d snapshots (%s): delete its VolumeSnapshots (or `rbd snap rm`) first; csi-rbdj snapshots live in the volume's image", vid, len(snaps), strings.Join(names, ", "))
+}
+
+func readSnapRecord(ctx context.Context, pool objstore.Pool, snap string) (snapshotRecord, error) {
+	return readJSONObject[snapshotRecord](ctx, pool, snapRecordPrefix+snap, "snapshot")
+}
+
+func writeSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
+	return createJSONObject(ctx, pool, snapRecordPrefix+snap, rec)
+}
+
+func removeSnapRecord(ctx context.Context, pool objstore.Pool, snap string) error {
+	return removeObject(ctx, pool, snapRecordPrefix+snap)
 }
