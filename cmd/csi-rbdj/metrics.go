@@ -80,6 +80,9 @@ func (m *pluginMetrics) stop() {
 }
 
 // volumes is what the node server tells which volumes it serves.
+// The node collector also reports handovers (adopted FUSE connections).
+var _ nodeserver.HandoverMetrics = (*metrics.Node)(nil)
+
 func (m *pluginMetrics) volumes() nodeserver.VolumeMetrics {
 	if m == nil {
 		return nil

@@ -28,6 +28,7 @@ type Node struct {
 	journalEntries, journalWaves                  *prometheus.Desc
 	replayEntries, replayBytes, replaySeconds     *prometheus.Desc
 	replayTornExtents                             *prometheus.Desc
+	handoverSeconds, handoverResent               *prometheus.Desc
 	lockState, lockTakeovers, lockFencings        *prometheus.Desc
 	state                                         *prometheus.Desc
 }
@@ -35,6 +36,10 @@ type Node struct {
 type nodeVolume struct {
 	dev *blockdev.Device
 	obs *observer
+	// set when the volume's FUSE connection was adopted after a restart
+	adopted      bool
+	adoptSeconds float64
+	resent       uint64
 }
 
 const (
@@ -83,6 +88,8 @@ func NewNode() *Node {
 		replayEntries:     desc("replay_entries", "Journal entries replayed when the volume was last opened (writes acknowledged but not applied before a crash or takeover)."),
 		replayBytes:       desc("replay_bytes", "Payload bytes replayed when the volume was last opened."),
 		replaySeconds:     desc("replay_duration_seconds", "How long the replay took when the volume was last opened."),
+		handoverSeconds:   desc("handover_seconds", "After a node plugin restart that adopted the volume's FUSE connection from the fuse-holder: this plugin's part of the pause pods saw (fence, replay, adopt), in seconds. Absent if the volume was not adopted."),
+		handoverResent:    desc("handover_resent_requests", "After an adoption: the FUSE requests the dead predecessor had read but not answered that the kernel sent again (FUSE_NOTIFY_RESEND)."),
 		replayTornExtents: desc("replay_torn_extents", "journalMode metadata: extents named by log entries past the commit position that no longer held the data their entry records when the volume was last opened (0 in full mode)."),
 		lockState:         desc("lock_state", "The image's exclusive lock as this node holds it: 1 for the current state (held, rewatching, lost, released), 0 for the others.", labelState),
 		lockTakeovers:     desc("lock_takeovers_total", "Times opening the volume took the lock from another holder (released on request, or fenced) since it was last opened."),
@@ -137,7 +144,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		n.served, n.requests, n.requestErrors, n.requestBytes, n.pending, n.pendingLimit, n.bpWaits, n.bpWaitSeconds,
 		n.lagEntries, n.lagBytes, n.objectSets, n.journalEntries, n.journalWaves,
-		n.replayEntries, n.replayBytes, n.replaySeconds, n.replayTornExtents, n.lockState, n.lockTakeovers, n.lockFencings, n.state,
+		n.replayEntries, n.replayBytes, n.replaySeconds, n.replayTornExtents, n.handoverSeconds, n.handoverResent, n.lockState, n.lockTakeovers, n.lockFencings, n.state,
 	} {
 		ch <- d
 	}
@@ -152,15 +159,34 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.mu.Lock()
 	ids := make([]string, 0, len(n.vols))
 	devs := make(map[string]*blockdev.Device, len(n.vols))
+	handovers := map[string]nodeVolume{}
 	for id, v := range n.vols {
 		ids = append(ids, id)
 		devs[id] = v.dev
+		if v.adopted {
+			handovers[id] = *v
+		}
 	}
 	n.mu.Unlock()
 	sort.Strings(ids)
 	ch <- prometheus.MustNewConstMetric(n.served, prometheus.GaugeValue, float64(len(ids)))
 	for _, id := range ids {
 		n.collectVolume(ch, id, devs[id])
+		if h, ok := handovers[id]; ok {
+			ch <- prometheus.MustNewConstMetric(n.handoverSeconds, prometheus.GaugeValue, h.adoptSeconds, id)
+			ch <- prometheus.MustNewConstMetric(n.handoverResent, prometheus.GaugeValue, float64(h.resent), id)
+		}
+	}
+}
+
+// Adopted records that volumeID's FUSE connection was adopted after a
+// restart (nodeserver.HandoverMetrics): took is this process's part of the
+// pause, resent the requests the kernel sent again.
+func (n *Node) Adopted(volumeID string, took time.Duration, resent uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if v := n.vols[volumeID]; v != nil {
+		v.adopted, v.adoptSeconds, v.resent = true, took.Seconds(), resent
 	}
 }
 

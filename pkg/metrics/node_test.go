@@ -383,3 +383,31 @@ func TestNodeCollectorTakeover(t *testing.T) {
 		return value(gather(t, n1, "csi_rbdj_volume_state")["state=failed,volume_id=first"]) == 1
 	})
 }
+
+// TestNodeCollectorHandover: a volume adopted after a restart reports this
+// process's part of the pause and the resent requests; one that was not
+// adopted, or is unserved, has no such series.
+func TestNodeCollectorHandover(t *testing.T) {
+	dev, _ := openTestDevice(t, blockdev.Options{})
+	n := NewNode()
+	n.Served(testVolume, dev)
+	vol := "volume_id=" + testVolume
+	if got := gather(t, n, "csi_rbdj_volume_handover_seconds"); len(got) != 0 {
+		t.Errorf("handover series before any adoption: %v", got)
+	}
+	n.Adopted("not-served", time.Second, 1) // ignored: not served here
+	n.Adopted(testVolume, 250*time.Millisecond, 3)
+	if got := value(gather(t, n, "csi_rbdj_volume_handover_seconds")[vol]); got != 0.25 {
+		t.Errorf("handover seconds = %v, want 0.25", got)
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_handover_resent_requests")[vol]); got != 3 {
+		t.Errorf("resent requests = %v, want 3", got)
+	}
+	if got := gather(t, n, "csi_rbdj_volume_handover_seconds"); len(got) != 1 {
+		t.Errorf("handover series %v, want only %s", got, testVolume)
+	}
+	n.Unserved(testVolume)
+	if got := gather(t, n, "csi_rbdj_volume_handover_seconds"); len(got) != 0 {
+		t.Errorf("handover series after Unserved: %v", got)
+	}
+}

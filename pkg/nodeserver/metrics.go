@@ -1,6 +1,10 @@
 package nodeserver
 
-import "github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+import (
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+)
 
 // VolumeMetrics is told which journaled devices this node serves, so that
 // it exports their metrics only while they are served (metrics.Node).
@@ -11,6 +15,20 @@ type VolumeMetrics interface {
 	// Unserved: volumeID's device was closed (unstaged, or a failed stage
 	// undone).
 	Unserved(volumeID string)
+}
+
+// HandoverMetrics is implemented by a VolumeMetrics that also reports
+// handovers: after a restart, volumeID's FUSE connection was adopted from
+// the holder, took took (this process's part of the pause pods saw: fence,
+// replay, adopt) and resent requests came back from the dead predecessor.
+type HandoverMetrics interface {
+	Adopted(volumeID string, took time.Duration, resent uint64)
+}
+
+func (s *Server) metricsAdopted(volumeID string, took time.Duration, resent uint64) {
+	if m, ok := s.o.Metrics.(HandoverMetrics); ok {
+		m.Adopted(volumeID, took, resent)
+	}
 }
 
 func (s *Server) metricsServed(volumeID string, dev *blockdev.Device) {

@@ -112,8 +112,10 @@ func (s *Server) reserve(ctx context.Context, v *stagedVolume, secrets map[strin
 	if v.adopted {
 		err := s.checkAdopted(ctx, v)
 		s.startMonitor(ctx, v)
+		took, resent := time.Since(start), v.loop.Resent()
+		s.metricsAdopted(r.VolumeID, took, resent)
 		logger.Info("Volume adopted after restart: same loop device and mounts", "device", r.Device, "tag", v.dev.Tag(),
-			"publishTargets", len(r.Publish), "resent", v.loop.Resent(), "duration", time.Since(start).Round(time.Millisecond))
+			"publishTargets", len(r.Publish), "resent", resent, "duration", took.Round(time.Millisecond))
 		return err
 	}
 	if !r.Block {
