@@ -429,6 +429,11 @@ X
   [ "$(grep -c 'Volume adopted after restart' <<< "$nl")" = 2 ] || { log "the node plugin did not adopt both volumes"; bad=1; }
   [ $bad = 0 ] || return 1
   log "with the holder: 0 I/O errors in both pods, restartCount unchanged (app $app0, h2c $h2c0, raw $raw0), same mounts (id@device) [$loops1]"
+  # the node plugin's metrics report both handovers (this plugin's part of the pause)
+  local hs
+  hs=$(scrape 9810 | grep -E '^csi_rbdj_volume_handover_(seconds|resent_requests)\{' || true)
+  sed 's/^/    metrics: /' <<< "$hs" >&2
+  [ "$(grep -c '^csi_rbdj_volume_handover_seconds{' <<< "$hs")" = 2 ] || { log "the node plugin's metrics do not report both handovers"; return 1; }
   K delete pod hblock --wait=true >/dev/null
   K delete pvc data-hblock --wait=true >/dev/null
 }
