@@ -385,21 +385,34 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 // when volumes are added or deleted between pages.
 const listTokenPrefix = "after:"
 
+// listStart checks a List call's max_entries and starting token (issued by
+// this driver: listTokenPrefix and an id parse accepts) and returns the id
+// the page starts after ("" for the first page).
+func listStart(maxEntries int32, token string, parse func(id string) error) (string, error) {
+	if maxEntries < 0 {
+		return "", status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", maxEntries)
+	}
+	if token == "" {
+		return "", nil
+	}
+	rest, ok := strings.CutPrefix(token, listTokenPrefix)
+	if !ok {
+		return "", status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", token)
+	}
+	if err := parse(rest); err != nil {
+		return "", status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", token, err)
+	}
+	return rest, nil
+}
+
 // ListVolumes lists this driver's volumes in id order, with paging.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", req.GetMaxEntries())
-	}
-	after := ""
-	if tok := req.GetStartingToken(); tok != "" {
-		rest, ok := strings.CutPrefix(tok, listTokenPrefix)
-		if !ok {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", tok)
-		}
-		if _, err := volume.ParseVolumeID(rest); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", tok, err)
-		}
-		after = rest
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
+		_, err := volume.ParseVolumeID(id)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()

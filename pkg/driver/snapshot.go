@@ -227,19 +227,12 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 // ListSnapshots lists this driver's snapshots in id order, with paging;
 // by snapshot id or source volume id when the request names one.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", req.GetMaxEntries())
-	}
-	after := ""
-	if tok := req.GetStartingToken(); tok != "" {
-		rest, ok := strings.CutPrefix(tok, listTokenPrefix)
-		if !ok {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", tok)
-		}
-		if _, err := volume.ParseSnapshotID(rest); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", tok, err)
-		}
-		after = rest
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
+		_, err := volume.ParseSnapshotID(id)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
 	defer cancel()
