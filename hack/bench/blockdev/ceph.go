@@ -6,8 +6,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,12 +37,11 @@ const (
 	unjournaledFeatures = clsrbd.FeatureLayering | clsrbd.FeatureExclusiveLock
 )
 
-func connect(ctx context.Context, o options) (*ceph.Cluster, *ceph.Pool, error) {
-	if o.cephConf == "" {
-		return nil, nil, fmt.Errorf("no cluster: pass -ceph-conf (hack/ceph-up.sh prints it) or set CEPH_CONF")
+func connect(ctx context.Context, conf string) (*ceph.Cluster, *ceph.Pool, error) {
+	if conf == "" {
+		return nil, nil, fmt.Errorf("no cluster configuration")
 	}
-	os.Setenv("CEPH_CONF", o.cephConf) // for rbd and fio's rbd engine
-	c, err := ceph.Connect(ctx, ceph.Config{ConfigFile: o.cephConf})
+	c, err := ceph.Connect(ctx, ceph.Config{ConfigFile: conf})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -52,88 +53,178 @@ func connect(ctx context.Context, o options) (*ceph.Cluster, *ceph.Pool, error) 
 	return c, p, nil
 }
 
-// cephTargets returns the Ceph block paths: ours (both ack policies and
-// journaling off) and librbd (fio's rbd engine and rbd bench, journaled and
-// not). Each target creates its image and removes it when closed.
-func cephTargets(ctx context.Context, o options) ([]func() (*target, error), []string, error) {
-	c, pool, err := connect(ctx, o)
+// cephEnv is the connection of one round (or row) of Ceph rows, to the
+// cluster started for it.
+type cephEnv struct {
+	conf        string
+	noCacheConf string
+	c           *ceph.Cluster
+	pool        *ceph.Pool
+	osdPID      int
+	stamp       string
+	n           int
+}
+
+// begin starts the round's cluster (fresh for the bench's own) and
+// connects to it.
+func beginCeph(ctx context.Context, o options, cl *cephCluster) (*cephEnv, error) {
+	if err := cl.fresh(ctx); err != nil {
+		return nil, err
+	}
+	c, pool, err := connect(ctx, cl.conf)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	stamp := time.Now().Format("150405")
-	n := 0
-	newImage := func(features uint64) (string, error) {
-		n++
-		name := fmt.Sprintf("bench-%s-%d", stamp, n)
-		return name, librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: features, JournalSplayWidth: volume.DefaultJournalSplayWidth})
-	}
-	removeImage := withExtentLog(pool, func(name string) error { return librbd.Remove(context.Background(), pool, name) })
-	ours := func(label string, features uint64, bo blockdev.Options) func() (*target, error) {
-		return func() (*target, error) {
-			name, err := newImage(features)
-			if err != nil {
-				return nil, err
-			}
-			bo.Fencer = c
-			t, err := serveDevice(ctx, o, pool, name, filepath.Join(o.dir, "ceph-state"), bo)
-			if err != nil {
-				removeImage(name)
-				return nil, err
-			}
-			t.Name, t.Backend = label, "ceph"
-			closeDev := t.close
-			t.close = func() error { err := closeDev(); removeImage(name); return err }
-			return t, nil
-		}
-	}
+	e := &cephEnv{conf: cl.conf, c: c, pool: pool, osdPID: cl.osdPID(), stamp: time.Now().Format("150405")}
 	// librbd acknowledges writes from its cache (rbd_cache, on by
 	// default) before their journal entries are safe; with the cache off
 	// it acknowledges a journaled write once it is in the journal and the
-	// image, the contract our device keeps in both ack policies.
-	noCacheConf := filepath.Join(o.dir, "ceph-rbd-cache-off.conf")
-	conf, err := os.ReadFile(o.cephConf)
+	// image, the contract of our durable ack policies.
+	conf, err := os.ReadFile(cl.conf)
+	if err == nil {
+		e.noCacheConf = filepath.Join(o.dir, fmt.Sprintf("ceph-rbd-cache-off-%s-%d.conf", e.stamp, cl.starts))
+		err = os.WriteFile(e.noCacheConf, append(conf, "\n[client]\nrbd_cache = false\n"...), 0o600)
+	}
 	if err != nil {
 		c.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	if err := os.WriteFile(noCacheConf, append(conf, "\n[client]\nrbd_cache = false\n"...), 0o600); err != nil {
-		c.Close()
-		return nil, nil, err
+	return e, nil
+}
+
+func (e *cephEnv) close() {
+	e.c.Close()
+	os.Remove(e.noCacheConf)
+}
+
+func (e *cephEnv) newImage(ctx context.Context, prefix string, size int64, features uint64) (string, error) {
+	e.n++
+	name := fmt.Sprintf("%s-%s-%d", prefix, e.stamp, e.n)
+	return name, librbd.Create(ctx, e.pool, name, size, image.CreateOptions{Features: features, JournalSplayWidth: volume.DefaultJournalSplayWidth})
+}
+
+// removeImage removes an image and our extent log of it.
+func (e *cephEnv) removeImage(ctx context.Context, name string) error {
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	return withExtentLog(e.pool, func(name string) error { return librbd.Remove(cctx, e.pool, name) })(name)
+}
+
+// serveImage creates an image and serves it as our device.
+func (e *cephEnv) serveImage(ctx context.Context, o options, prefix string, size int64, features uint64, bo blockdev.Options) (*servedDevice, error) {
+	name, err := e.newImage(ctx, prefix, size, features)
+	if err != nil {
+		return nil, err
 	}
-	viaLibrbd := func(label string, features uint64, bench bool, env ...string) func() (*target, error) {
-		return func() (*target, error) {
-			name, err := newImage(features)
+	bo.Fencer = e.c
+	dev, err := serveDevice(ctx, e.pool, name, filepath.Join(o.dir, "ceph-state"), bo)
+	if err != nil {
+		e.removeImage(ctx, name)
+		return nil, err
+	}
+	closeDev := dev.close
+	dev.close = func(ctx context.Context) error { return errors.Join(closeDev(ctx), e.removeImage(ctx, name)) }
+	return dev, nil
+}
+
+// cephGroup is the Ceph rows: librbd (fio's rbd engine, default, without
+// journaling and with the cache off; rbd bench) and our device (each ack
+// policy, journaling off, metadata journal mode). Each row creates its
+// image and removes it when closed; each round (or row, -ceph-fresh=row)
+// runs on a fresh cluster.
+func cephGroup(o options, cl *cephCluster, policies []policyRow) (*group, []string, error) {
+	var env *cephEnv
+	g := &group{name: "ceph", perRow: o.cephFresh == "row", needsOSD: true}
+	g.begin = func(ctx context.Context) (func(), error) {
+		e, err := beginCeph(ctx, o, cl)
+		if err != nil {
+			return nil, err
+		}
+		env = e
+		return func() { env.close(); env = nil }, nil
+	}
+	ours := func(label string, features uint64, bo blockdev.Options) rowSpec {
+		return rowSpec{Name: label, Backend: "ceph", open: func(ctx context.Context) (*target, error) {
+			dev, err := env.serveImage(ctx, o, "bench", o.span, features, bo)
 			if err != nil {
 				return nil, err
 			}
-			run := func(j job) (float64, error) {
-				return fioEnv(env, j, o.runtime, o.span, "--ioengine=rbd", "--clientname=admin", "--pool=rbd", "--rbdname="+name)
+			ft := fioTarget{o: o, engine: fioDeviceEngine(dev.path), serve: servedByUs, osdPID: env.pid}
+			return &target{Name: label, Backend: "ceph", run: ft.run, fill: ft.fill, close: func() error { return dev.close(ctx) }}, nil
+		}}
+	}
+	viaLibrbd := func(label string, features uint64, bench, noCache bool) rowSpec {
+		return rowSpec{Name: label, Backend: "ceph", open: func(ctx context.Context) (*target, error) {
+			name, err := env.newImage(ctx, "bench", o.span, features)
+			if err != nil {
+				return nil, err
 			}
+			conf := env.conf
+			if noCache {
+				conf = env.noCacheConf
+			}
+			t := &target{Name: label, Backend: "ceph", close: func() error { return env.removeImage(ctx, name) }}
 			if bench {
-				run = func(j job) (float64, error) { return rbdBench(name, j) }
+				t.run = func(ctx context.Context, j job) (sample, error) { return rbdBench(ctx, conf, env.pid(), name, j) }
+				t.fill = func(ctx context.Context) error { return rbdBenchFill(ctx, conf, name, o.span) }
+				return t, nil
 			}
-			return &target{Name: label, Backend: "ceph", run: run, close: func() error { return removeImage(name) }}, nil
-		}
+			ft := fioTarget{o: o, env: []string{"CEPH_CONF=" + conf}, serve: servedByClient, osdPID: env.pid,
+				engine: []string{"--ioengine=rbd", "--clientname=admin", "--pool=rbd", "--rbdname=" + name}}
+			t.run, t.fill = ft.run, ft.fill
+			return t, nil
+		}}
 	}
-	targets := []func() (*target, error){
-		viaLibrbd(anchorName, journaledFeatures, false),
-		viaLibrbd("librbd, no journaling (fio rbd engine)", unjournaledFeatures, false),
-		viaLibrbd(librbdNoCacheName, journaledFeatures, false, "CEPH_CONF="+noCacheConf),
-		viaLibrbd("librbd, journaling (rbd bench)", journaledFeatures, true),
-		viaLibrbd("librbd, no journaling (rbd bench)", unjournaledFeatures, true),
-		ours("ours, journaled, ack after apply", journaledFeatures, blockdev.Options{AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}),
-		ours("ours, journaled, ack after journal", journaledFeatures, blockdev.Options{AckPolicy: blockdev.AckJournaled, MaxPayload: o.payload}),
-		ours("ours, journaling off", unjournaledFeatures, blockdev.Options{Unjournaled: true}),
-		ours(metadataName, unjournaledFeatures, blockdev.Options{JournalMode: blockdev.JournalMetadata}),
+	g.rows = []rowSpec{
+		viaLibrbd(anchorName, journaledFeatures, false, false),
+		viaLibrbd("librbd, no journaling (fio rbd engine)", unjournaledFeatures, false, false),
+		viaLibrbd(librbdNoCacheName, journaledFeatures, false, true),
+		viaLibrbd("librbd, journaling (rbd bench)", journaledFeatures, true, false),
+		viaLibrbd("librbd, no journaling (rbd bench)", unjournaledFeatures, true, false),
 	}
+	for _, p := range policies {
+		g.rows = append(g.rows, ours(policyRowName(p.Name), journaledFeatures, blockdev.Options{AckPolicy: p.Policy, MaxPayload: o.payload}))
+	}
+	g.rows = append(g.rows,
+		ours(unjournaledName, unjournaledFeatures, blockdev.Options{Unjournaled: true}),
+		ours(metadataName, unjournaledFeatures, blockdev.Options{JournalMode: blockdev.JournalMetadata, AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}),
+	)
 	notes := []string{"librbd has no kernel block path for journaled images here (no nbd module; krbd does not support journaling): fio's rbd engine is librbd's own block path, rbd bench its own benchmark."}
-	return targets, notes, nil
+	return g, notes, nil
+}
+
+func (e *cephEnv) pid() int {
+	if e == nil {
+		return 0
+	}
+	return e.osdPID
+}
+
+// cephManyVolumes returns the opener of the many-volumes run's Ceph
+// volumes, on a fresh cluster, and what ends it.
+func cephManyVolumes(ctx context.Context, o options, cl *cephCluster) (*manyEnv, error) {
+	e, err := beginCeph(ctx, o, cl)
+	if err != nil {
+		return nil, err
+	}
+	return &manyEnv{
+		backend: "ceph",
+		osdPID:  e.osdPID,
+		open: func(ctx context.Context, i int, bo blockdev.Options) (*servedDevice, error) {
+			return e.serveImage(ctx, o, fmt.Sprintf("many%d", i), o.manySpan, journaledFeatures, bo)
+		},
+		close: e.close,
+	}, nil
 }
 
 var rbdBenchLine = regexp.MustCompile(`elapsed:\s*([\d.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([\d.]+)`)
 
+// rbdBenchTotals are the bytes each job's rbd bench moves (rbd bench runs a
+// fixed amount, not a fixed time).
+var rbdBenchTotals = map[string]int64{"4K randwrite QD1": 8 << 20, "4K randwrite QD16": 32 << 20, "64K seqwrite QD4": 256 << 20, "1M seqwrite QD4": 512 << 20, "4K randread QD16": 64 << 20}
+
 // rbdBench runs `rbd bench` with the job's pattern, size and depth.
-func rbdBench(name string, j job) (float64, error) {
+func rbdBench(ctx context.Context, conf string, osdPID int, name string, j job) (sample, error) {
 	typ, pattern := "write", "seq"
 	if !j.Write {
 		typ = "read"
@@ -147,28 +238,45 @@ func rbdBench(name string, j job) (float64, error) {
 	} else {
 		size <<= 10
 	}
-	total := map[string]string{"4K randwrite QD1": "8M", "4K randwrite QD16": "32M", "64K seqwrite QD4": "256M", "1M seqwrite QD4": "512M", "4K randread QD16": "64M"}[j.Name]
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "rbd", "bench", "--io-type", typ, "--io-pattern", pattern,
-		"--io-size", strconv.FormatInt(size, 10), "--io-threads", strconv.Itoa(j.QD), "--io-total", total, "rbd/"+name).CombinedOutput()
+	total := rbdBenchTotals[j.Name]
+	osd0 := procCPU(osdPID)
+	out, cpu, err := runRBDBench(ctx, conf, typ, pattern, size, j.QD, total, name)
+	osd1 := procCPU(osdPID)
 	if err != nil {
-		return 0, fmt.Errorf("rbd bench: %w: %s", err, lastLine(out))
+		return sample{}, err
 	}
 	m := rbdBenchLine.FindSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("rbd bench: no summary in %q", lastLine(out))
+		return sample{}, fmt.Errorf("rbd bench: no summary in %q", lastLine(out))
 	}
 	opsPerSec, _ := strconv.ParseFloat(string(m[3]), 64)
+	s := sample{Value: opsPerSec, Bytes: float64(total), ServeCPU: cpu, FioCPU: math.NaN(), OSDCPU: osd1 - osd0}
 	if j.Metric == "MB/s" {
-		return opsPerSec * float64(size) / 1e6, nil
+		s.Value = opsPerSec * float64(size) / 1e6
 	}
-	return opsPerSec, nil
+	return s, nil
 }
 
-func lastLine(b []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+func rbdBenchFill(ctx context.Context, conf, name string, span int64) error {
+	_, _, err := runRBDBench(ctx, conf, "write", "seq", 1<<20, 4, span, name)
+	return err
+}
+
+func runRBDBench(ctx context.Context, conf, typ, pattern string, size int64, threads int, total int64, name string) ([]byte, float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "rbd", "bench", "--io-type", typ, "--io-pattern", pattern,
+		"--io-size", strconv.FormatInt(size, 10), "--io-threads", strconv.Itoa(threads), "--io-total", strconv.FormatInt(total, 10), "rbd/"+name)
+	cmd.Env = append(os.Environ(), "CEPH_CONF="+conf)
+	out, err := cmd.CombinedOutput()
+	cpu := math.NaN()
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime().Seconds() + cmd.ProcessState.SystemTime().Seconds()
+	}
+	if err != nil {
+		return nil, cpu, fmt.Errorf("rbd bench: %w: %s", err, lastLine(out))
+	}
+	return out, cpu, nil
 }
 
 const crashWriteSize = 8 << 10 // one librbd event per write
@@ -176,8 +284,8 @@ const crashWriteSize = 8 << 10 // one librbd event per write
 // replayBench leaves the same uncommitted librbd journal on two images (a
 // librbd writer exits without closing), then times librbd acquiring the lock
 // (it replays on acquisition) on one and our device opening the other.
-func replayBench(ctx context.Context, o options, splayWidth uint8) (*replayResult, error) {
-	c, pool, err := connect(ctx, o)
+func replayBench(ctx context.Context, o options, conf string, splayWidth uint8) (*replayResult, error) {
+	c, pool, err := connect(ctx, conf)
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +296,11 @@ func replayBench(ctx context.Context, o options, splayWidth uint8) (*replayResul
 		if err := librbd.Create(ctx, pool, name, o.span, image.CreateOptions{Features: journaledFeatures, JournalSplayWidth: splayWidth}); err != nil {
 			return nil, err
 		}
-		defer librbd.Remove(context.Background(), pool, name)
+		defer func() {
+			cctx, cancel := cleanupCtx(ctx)
+			defer cancel()
+			librbd.Remove(cctx, pool, name)
+		}()
 		info, err := librbd.GetInfo(ctx, pool, name)
 		if err != nil {
 			return nil, err
@@ -202,7 +314,7 @@ func replayBench(ctx context.Context, o options, splayWidth uint8) (*replayResul
 		if err := journalOp(ctx, pool, hdr, func(op *objstore.WriteOp) { clsjournal.ClientRegister(op, replayPinClient, nil) }); err != nil {
 			return nil, err
 		}
-		addr, err := crashWrite(o, name)
+		addr, err := crashWrite(ctx, o, conf, name)
 		if err != nil {
 			return nil, err
 		}
@@ -289,8 +401,10 @@ func pattern(i int) []byte { return bytes.Repeat([]byte{byte(i%251 + 1)}, crashW
 
 // crashWrite runs a librbd writer that exits without closing the image and
 // returns its client address.
-func crashWrite(o options, name string) (string, error) {
-	cmd := exec.Command(os.Args[0], "librbd-crash-writer", "-conf", o.cephConf, "-image", name, "-mib", strconv.Itoa(o.replayMB), "-span", strconv.FormatInt(o.span, 10))
+func crashWrite(ctx context.Context, o options, conf, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "librbd-crash-writer", "-conf", conf, "-image", name, "-mib", strconv.Itoa(o.replayMB), "-span", strconv.FormatInt(o.span, 10))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {

@@ -1,17 +1,31 @@
 // Command blockdev-bench measures, in one run on one machine, the block
 // paths a user could choose between, with the same fio workloads:
 //
-//   - our journaled device (loop over FUSE) with each ack policy, and the
-//     same device with journaling off, on the local backend and (built with
-//     -tags ceph,pacific and given a cluster) on Ceph;
+//   - our journaled device (loop over FUSE) with each ack policy of -policies,
+//     the same device with journaling off and in metadata journal mode, on the
+//     local backend and (built with -tags ceph,pacific) on Ceph;
 //   - librbd on a journaled and on an unjournaled image, through fio's rbd
 //     engine and through `rbd bench` (Ceph only);
 //   - a plain loop device over a file (the machine's ceiling);
 //
-// and, on Ceph, the time to replay the same uncommitted librbd journal with
-// our device versus librbd acquiring the lock. It prints a Markdown table
+// then one process serving 1, 10 and 50 of our devices at once (-many), and,
+// on Ceph, the time to replay the same uncommitted librbd journal with our
+// device versus librbd acquiring the lock.
+//
+// Fairness: every figure is the median of -repeat runs. The runs are taken
+// in rounds: each round visits every row once, starting at a different row,
+// and the Ceph rows of each round run on a cluster of their own, started
+// fresh for the round (-ceph-fresh=row: for each row) with hack/ceph-up.sh
+// in -ceph-dir on -ceph-port and wiped at the end, also on failure or
+// interrupt. The shared test cluster of hack/ceph-up.sh's defaults is never
+// touched. Around each fio run the bench reads the CPU time of the process
+// serving the block path (this one for our device, fio for librbd) and of
+// the OSD, and reports CPU seconds per GB moved.
+//
+// It prints Markdown (the table, the spread of the runs, CPU per GB, the
+// many-volumes table and the targets of issues 15 and 18 with met/missed),
 // and writes JSON and a PNG chart of the ratios to the anchor (librbd with
-// journaling, when measured). It needs root, fio, FUSE and loop devices.
+// journaling). It needs root, fio, FUSE and loop devices.
 package main
 
 import (
@@ -21,17 +35,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
-	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
-	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
@@ -44,7 +56,7 @@ type job struct {
 	Write  bool
 }
 
-var jobs = []job{
+var allJobs = []job{
 	{"4K randwrite QD1", "randwrite", "4k", 1, "IOPS", true},
 	{"4K randwrite QD16", "randwrite", "4k", 16, "IOPS", true},
 	{"64K seqwrite QD4", "write", "64k", 4, "MB/s", true},
@@ -52,88 +64,113 @@ var jobs = []job{
 	{"4K randread QD16", "randread", "4k", 16, "IOPS", false},
 }
 
-// A target is one block path under test.
-type target struct {
-	Name    string `json:"name"`
-	Backend string `json:"backend"` // local, ceph or "-"
-	// run measures one job and returns its figure.
-	run   func(j job) (float64, error)
-	close func() error
-}
+// jobs are the fio jobs of this run (-jobs selects among allJobs).
+var jobs = allJobs
 
-type result struct {
-	Target  string             `json:"target"`
-	Backend string             `json:"backend"`
-	Values  map[string]float64 `json:"values"`
-}
-
-type report struct {
-	Machine string         `json:"machine"`
-	Runtime string         `json:"runtime_per_job"`
-	Span    string         `json:"span"`
-	Results []result       `json:"results"`
-	Replay  []replayResult `json:"replay,omitempty"`
-	Notes   []string       `json:"notes,omitempty"`
-	Ratios  map[string]any `json:"ratios,omitempty"`
-}
-
-type replayResult struct {
-	SplayWidth   int     `json:"journal_splay_width"`
-	MB           int     `json:"uncommitted_mb"`
-	Entries      int     `json:"entries"`
-	OursSeconds  float64 `json:"ours_seconds"`
-	LibrbdSecond float64 `json:"librbd_seconds"`
-	Speedup      float64 `json:"speedup"`
+// subcommands are the modes of this binary other than the bench itself
+// (the first argument selects one); other benchmarks can add theirs here.
+var subcommands = map[string]func(args []string){
+	"librbd-crash-writer": crashWriterMain, // ceph.go: the replay race's writer
 }
 
 type options struct {
-	dir      string
-	runtime  time.Duration
-	span     int64
-	only     string
-	local    bool
-	ceph     bool
-	cephConf string
-	replayMB int
+	dir     string
+	runtime time.Duration
+	ramp    time.Duration
+	span    int64
+	repeat  int
+	only    string
+	local   bool
+	ceph    bool
+	// policies are the ack policies of our device's full-journal rows
+	// (names for blockdev.ParseAckPolicy; a name it rejects is skipped).
+	policies []string
 	payload  int
+	replayMB int
+
+	// Ceph: an external cluster (cephConf, reused as it is) or one of our
+	// own (cephDir, cephPort), fresh per round or per row (cephFresh).
+	cephConf  string
+	cephDir   string
+	cephPort  int
+	cephFresh string
+	scripts   string
+
+	many       []int
+	manySpan   int64
+	manyQD     int
+	manyPolicy string
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "librbd-crash-writer" {
-		crashWriterMain(os.Args[2:])
-		return
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			sub(os.Args[2:])
+			return
+		}
 	}
 	var o options
 	jsonOut := flag.String("json", "", "write the results as JSON to this file")
 	pngOut := flag.String("png", "", "write a chart of the ratios to the anchor to this PNG file")
-	mdOut := flag.String("md", "", "also write the Markdown table to this file")
+	mdOut := flag.String("md", "", "also write the Markdown report to this file")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new temp dir under /var/tmp)")
-	flag.DurationVar(&o.runtime, "runtime", 10*time.Second, "fio runtime per job")
+	flag.DurationVar(&o.runtime, "runtime", 4*time.Second, "fio runtime per job and run (after the ramp)")
+	flag.DurationVar(&o.ramp, "ramp", time.Second, "fio ramp time per job and run (not measured)")
+	flag.IntVar(&o.repeat, "repeat", 3, "runs per figure (the figure is their median)")
 	span := flag.Int("span-mib", 256, "device/image size and fio region in MiB")
-	flag.StringVar(&o.only, "only", "", "comma-separated substrings: run only matching targets")
+	flag.StringVar(&o.only, "only", "", `comma-separated substrings of "<row> (<backend>)": run only matching rows; "many" and "replay" select those parts`)
+	jobFilter := flag.String("jobs", "", `comma-separated substrings: run only matching fio jobs (e.g. "64K seqwrite,1M seqwrite")`)
 	flag.BoolVar(&o.local, "local", true, "measure our device on the local backend and the plain loop")
 	flag.BoolVar(&o.ceph, "ceph", cephBuilt, "measure on Ceph (needs a binary built with -tags ceph,pacific)")
-	flag.StringVar(&o.cephConf, "ceph-conf", os.Getenv("CEPH_CONF"), "ceph.conf of the cluster (hack/ceph-up.sh prints it)")
-	flag.IntVar(&o.replayMB, "replay-mib", 64, "uncommitted journal to replay, MiB (Ceph)")
+	policies := flag.String("policies", "applied,journaled,"+writeBackPolicy, "ack policies of our full-journal rows (names blockdev.ParseAckPolicy accepts; others are skipped with a note)")
 	flag.IntVar(&o.payload, "max-payload", 0, "journal event payload cap of our device (0: default)")
-	jobFilter := flag.String("jobs", "", `comma-separated substrings: run only matching fio jobs (e.g. "64K seqwrite,1M seqwrite")`)
+	flag.IntVar(&o.replayMB, "replay-mib", 64, "uncommitted journal to replay, MiB (Ceph; 0: skip the replay race)")
+	flag.StringVar(&o.cephConf, "ceph-conf", "", "use this existing cluster as it is (no fresh clusters) instead of the bench's own")
+	flag.StringVar(&o.cephDir, "ceph-dir", "/var/tmp/csi-rbdj-bench-ceph", "state directory of the bench's own cluster (wiped; never the shared test cluster's)")
+	flag.IntVar(&o.cephPort, "ceph-port", 13400, "mon port of the bench's own cluster (msgr2; msgr1 is port+1)")
+	flag.StringVar(&o.cephFresh, "ceph-fresh", "round", `when to start the bench's cluster afresh: "round" (before the Ceph rows of each round) or "row" (before each Ceph row of each round)`)
+	flag.StringVar(&o.scripts, "ceph-scripts", "", "directory of ceph-up.sh and ceph-down.sh (default: ./hack, or ../hack next to this binary)")
+	many := flag.String("many", "1,10,50", `volume counts for the many-volumes run (one process serving them all, fio on all at once); "" skips it`)
+	manySpan := flag.Int("many-span-mib", 64, "size of each volume of the many-volumes run, MiB")
+	flag.IntVar(&o.manyQD, "many-qd", 4, "fio queue depth per volume (4K randwrite) in the many-volumes run")
+	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.Parse()
+	o.span = int64(*span) << 20
+	o.manySpan = int64(*manySpan) << 20
+	o.policies = splitList(*policies)
+	var err error
+	if o.many, err = parseCounts(*many); err != nil {
+		fatal(err)
+	}
+	if *jobFilter != "" {
+		if jobs = selectJobs(allJobs, *jobFilter); len(jobs) == 0 {
+			fatal(fmt.Errorf("-jobs %q matches none of the jobs", *jobFilter))
+		}
+	}
+	if o.repeat < 1 {
+		fatal(fmt.Errorf("-repeat must be at least 1"))
+	}
+	if o.cephFresh != "round" && o.cephFresh != "row" {
+		fatal(fmt.Errorf(`-ceph-fresh must be "round" or "row", not %q`, o.cephFresh))
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
-		must(err)
-		must(pprof.StartCPUProfile(f))
-		defer pprof.StopCPUProfile()
+		if err != nil {
+			fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatal(err)
+		}
 	}
-	o.span = int64(*span) << 20
-	if *jobFilter != "" {
-		jobs = selectJobs(jobs, *jobFilter) // metadata.go
-	}
-	rep, err := run(o)
+	// An interrupt stops the run; the targets are closed and the bench's
+	// cluster is wiped on the way out. A second one kills at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() { <-ctx.Done(); stop() }()
+	rep, err := run(ctx, o)
+	pprof.StopCPUProfile()
 	if err != nil {
-		pprof.StopCPUProfile()
-		fmt.Fprintln(os.Stderr, "blockdev-bench:", err)
-		os.Exit(1)
+		fatal(err)
 	}
 	md := markdown(rep)
 	fmt.Print(md)
@@ -141,7 +178,8 @@ func main() {
 		must(os.WriteFile(*mdOut, []byte(md), 0o644))
 	}
 	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
+		b, err := json.MarshalIndent(rep, "", "  ")
+		must(err)
 		must(os.WriteFile(*jsonOut, b, 0o644))
 	}
 	if *pngOut != "" {
@@ -149,14 +187,76 @@ func main() {
 	}
 }
 
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "blockdev-bench:", err)
+	os.Exit(1)
+}
+
 func must(err error) {
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "blockdev-bench:", err)
-		os.Exit(1)
+		fatal(err)
 	}
 }
 
-func run(o options) (*report, error) {
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parseCounts parses the -many list ("1,10,50"); it must ascend.
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, p := range splitList(s) {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-many: %q is not a positive count", p)
+		}
+		if len(out) > 0 && n <= out[len(out)-1] {
+			return nil, fmt.Errorf("-many: counts must ascend (%q)", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// A rowSpec is one row of the table: a block path under test, opened
+// afresh for each round.
+type rowSpec struct {
+	Name    string
+	Backend string // local, ceph or "-"
+	open    func(ctx context.Context) (*target, error)
+}
+
+func (r rowSpec) label() string { return r.Name + " (" + r.Backend + ")" }
+
+// A group is rows that share an environment: begin prepares it for a round
+// (for Ceph, a fresh cluster) and returns what ends it.
+type group struct {
+	name     string
+	rows     []rowSpec
+	begin    func(ctx context.Context) (end func(), err error)
+	perRow   bool // begin/end around each row instead of each round
+	needsOSD bool
+}
+
+// A target is one opened block path.
+type target struct {
+	Name    string
+	Backend string
+	// run measures one job once.
+	run func(ctx context.Context, j job) (sample, error)
+	// fill writes the whole span once (before reads of a fresh image).
+	fill  func(ctx context.Context) error
+	close func() error
+}
+
+func run(ctx context.Context, o options) (*report, error) {
+	start := time.Now()
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("needs root (loop devices, FUSE)")
 	}
@@ -171,70 +271,252 @@ func run(o options) (*report, error) {
 		defer os.RemoveAll(d)
 		o.dir = d
 	}
-	ctx := context.Background()
-	rep := &report{Machine: machine(), Runtime: o.runtime.String(), Span: fmt.Sprintf("%d MiB", o.span>>20)}
-	var targets []func() (*target, error)
+	rep := &report{
+		Machine: machine(), Date: start.UTC().Format("2006-01-02 15:04 MST"),
+		Runtime: o.runtime.String(), Ramp: o.ramp.String(), Repeat: o.repeat,
+		Span: fmt.Sprintf("%d MiB", o.span>>20), Ratios: map[string]float64{},
+	}
+	policies, notes := policyRows(o.policies)
+	for _, n := range notes {
+		fmt.Fprintln(os.Stderr, "blockdev-bench: note:", n)
+	}
+	rep.Notes = append(rep.Notes, notes...)
+
+	var groups []*group
 	if o.local {
-		for _, t := range []struct {
-			name string
-			o    blockdev.Options
-		}{
-			{"ours, journaled, ack after apply", blockdev.Options{AckPolicy: blockdev.AckApplied, MaxPayload: o.payload}},
-			{"ours, journaled, ack after journal", blockdev.Options{AckPolicy: blockdev.AckJournaled, MaxPayload: o.payload}},
-			{"ours, journaling off", blockdev.Options{Unjournaled: true}},
-			{metadataName, blockdev.Options{JournalMode: blockdev.JournalMetadata}},
-		} {
-			targets = append(targets, func() (*target, error) { return localDevice(ctx, o, t.name, t.o) })
-		}
-		targets = append(targets, func() (*target, error) { return plainLoop(o) })
+		groups = append(groups, localGroup(o, policies))
 	}
+	var cl *cephCluster
 	if o.ceph {
-		ts, notes, err := cephTargets(ctx, o)
+		var err error
+		if cl, err = newCephCluster(o); err != nil {
+			return nil, err
+		}
+		defer cl.down()
+		g, gnotes, err := cephGroup(o, cl, policies)
 		if err != nil {
 			return nil, err
 		}
-		targets = append(targets, ts...)
-		rep.Notes = append(rep.Notes, notes...)
+		rep.Notes = append(rep.Notes, gnotes...)
+		rep.CephCluster = cl.describe()
+		groups = append(groups, g)
 	}
-	for _, open := range targets {
-		t, err := open()
-		if err != nil {
-			return nil, err
-		}
-		if o.only != "" && !matchesAny(t.Name+" ("+t.Backend+")", o.only) {
-			t.close()
-			continue
-		}
-		res := result{Target: t.Name, Backend: t.Backend, Values: map[string]float64{}}
-		for _, j := range jobs {
-			v, err := t.run(j)
-			if err != nil {
-				t.close()
-				return nil, fmt.Errorf("%s (%s): %s: %w", t.Name, t.Backend, j.Name, err)
+	for _, g := range groups {
+		g.rows = filterRows(g.rows, o.only)
+	}
+	runMany := len(o.many) > 0 && (o.only == "" || matchesAny("many", o.only))
+	runReplay := o.ceph && o.replayMB > 0 && (o.only == "" || matchesAny("replay", o.only))
+	est := estimate(o, groups, runMany, runReplay)
+	fmt.Fprintf(os.Stderr, "blockdev-bench: %d round(s) of %d row(s) × %d job(s), fio %s + %s ramp per run; estimated %s\n",
+		o.repeat, countRows(groups), len(jobs), o.runtime, o.ramp, est.Round(time.Minute))
+
+	acc := newAccumulator()
+	for r := 0; r < o.repeat; r++ {
+		for _, g := range groups {
+			if err := runRound(ctx, o, g, r, acc); err != nil {
+				return nil, err
 			}
-			res.Values[j.Name] = v
-			fmt.Fprintf(os.Stderr, "%-40s %-6s %-18s %10.0f %s\n", t.Name, t.Backend, j.Name, v, j.Metric)
 		}
-		if err := t.close(); err != nil {
-			return nil, fmt.Errorf("%s: close: %w", t.Name, err)
-		}
-		rep.Results = append(rep.Results, res)
 	}
-	if o.ceph && o.replayMB > 0 && (o.only == "" || matchesAny("replay", o.only)) {
+	for _, g := range groups {
+		for _, row := range g.rows {
+			if res := acc.result(row); res != nil {
+				rep.Results = append(rep.Results, *res)
+			}
+		}
+	}
+	if runMany {
+		var err error
+		if rep.Many, err = manyVolumes(ctx, o, cl); err != nil {
+			return nil, fmt.Errorf("many volumes: %w", err)
+		}
+	}
+	if runReplay {
+		if err := cl.fresh(ctx); err != nil {
+			return nil, err
+		}
 		// The driver's journals (splay width 1) and librbd's default (4):
 		// librbd's player reads the splay objects of a set in parallel, so
 		// the width changes its replay time.
 		for _, width := range []uint8{volume.DefaultJournalSplayWidth, 4} {
-			r, err := replayBench(ctx, o, width)
+			r, err := replayBench(ctx, o, cl.conf, width)
 			if err != nil {
 				return nil, fmt.Errorf("replay (splay width %d): %w", width, err)
 			}
 			rep.Replay = append(rep.Replay, *r)
+			rep.Ratios[fmt.Sprintf("replay speedup vs librbd (journal splay width %d)", r.SplayWidth)] = r.Speedup
 		}
 	}
-	rep.Ratios = ratios(rep)
+	rep.Targets = evaluate(targetSpecs(), rep)
+	rep.Duration = time.Since(start).Round(time.Second).String()
+	fmt.Fprintf(os.Stderr, "blockdev-bench: done in %s (estimated %s)\n", rep.Duration, est.Round(time.Minute))
 	return rep, nil
 }
+
+// runRound runs every row of g once, in the order of round r, each with
+// every job.
+func runRound(ctx context.Context, o options, g *group, r int, acc *accumulator) error {
+	if len(g.rows) == 0 {
+		return nil
+	}
+	var end func()
+	if !g.perRow {
+		var err error
+		if end, err = g.begin(ctx); err != nil {
+			return fmt.Errorf("%s, round %d: %w", g.name, r+1, err)
+		}
+		defer end()
+	}
+	for _, i := range rotation(len(g.rows), r, o.repeat) {
+		row := g.rows[i]
+		if g.perRow {
+			end, err := g.begin(ctx)
+			if err != nil {
+				return fmt.Errorf("%s, round %d: %w", row.label(), r+1, err)
+			}
+			err = runRow(ctx, o, row, r, acc)
+			end()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err := runRow(ctx, o, row, r, acc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runRow(ctx context.Context, o options, row rowSpec, r int, acc *accumulator) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t, err := row.open(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: open: %w", row.label(), err)
+	}
+	// filled: the image holds data over the whole span, so that reads do
+	// not measure holes.
+	filled := false
+	for _, j := range jobs {
+		if !j.Write && !filled {
+			if err := t.fill(ctx); err != nil {
+				t.close()
+				return fmt.Errorf("%s: filling the image before %s: %w", row.label(), j.Name, err)
+			}
+			filled = true
+		}
+		s, err := t.run(ctx, j)
+		if err != nil {
+			t.close()
+			return fmt.Errorf("%s: %s: %w", row.label(), j.Name, err)
+		}
+		if j.Write && j.RW == "write" && s.Bytes >= float64(o.span) {
+			filled = true
+		}
+		acc.add(row, j, s)
+		fmt.Fprintf(os.Stderr, "[%d/%d] %-42s %-6s %-18s %10.0f %-4s  cpu/GB serve %s osd %s\n",
+			r+1, o.repeat, row.Name, row.Backend, j.Name, s.Value, j.Metric, fmtCPU(perGB(s.ServeCPU, s.Bytes)), fmtCPU(perGB(s.OSDCPU, s.Bytes)))
+	}
+	if err := t.close(); err != nil {
+		return fmt.Errorf("%s: close: %w", row.label(), err)
+	}
+	return nil
+}
+
+func filterRows(rows []rowSpec, only string) []rowSpec {
+	if only == "" {
+		return rows
+	}
+	var out []rowSpec
+	for _, r := range rows {
+		if matchesAny(r.label(), only) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func countRows(groups []*group) int {
+	n := 0
+	for _, g := range groups {
+		n += len(g.rows)
+	}
+	return n
+}
+
+// estimate is the expected duration of the run: fio time plus per-run
+// overheads measured on the development machine.
+func estimate(o options, groups []*group, many, replay bool) time.Duration {
+	perRun := o.runtime + o.ramp + 700*time.Millisecond
+	var d time.Duration
+	for _, g := range groups {
+		rows := time.Duration(len(g.rows))
+		d += time.Duration(o.repeat) * rows * (time.Duration(len(jobs))*perRun + 3*time.Second)
+		if g.needsOSD {
+			if g.perRow {
+				d += time.Duration(o.repeat) * rows * 7 * time.Second
+			} else {
+				d += time.Duration(o.repeat) * 7 * time.Second
+			}
+		}
+	}
+	if many {
+		backends := 0
+		if o.local {
+			backends++
+		}
+		if o.ceph {
+			backends++
+		}
+		last := 0
+		if len(o.many) > 0 {
+			last = o.many[len(o.many)-1]
+		}
+		d += time.Duration(backends) * (time.Duration(len(o.many)*o.repeat)*(perRun+time.Second) + time.Duration(last)*400*time.Millisecond + 7*time.Second)
+	}
+	if replay {
+		d += time.Duration(o.replayMB) * time.Second
+	}
+	return d
+}
+
+// writeBackPolicy is the ack policy of the write-back rows (issue 15).
+const writeBackPolicy = "writeback"
+
+// durablePolicies acknowledge a write only once its journal entry is safe.
+var durablePolicies = []string{"applied", "journaled"}
+
+// A policyRow is one ack policy blockdev.ParseAckPolicy accepted.
+type policyRow struct {
+	Name   string
+	Policy blockdev.AckPolicy
+}
+
+// policyRows parses the ack policy names; a name the blockdev package does
+// not know (e.g. a policy of a newer branch) becomes a note, not an error.
+func policyRows(names []string) ([]policyRow, []string) {
+	var rows []policyRow
+	var notes []string
+	for _, n := range names {
+		p, err := blockdev.ParseAckPolicy(n)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("ack policy %q skipped: %v", n, err))
+			continue
+		}
+		rows = append(rows, policyRow{Name: n, Policy: p})
+	}
+	return rows, notes
+}
+
+// policyRowName is the table row of our device, fully journaled, with ack
+// policy p.
+func policyRowName(p string) string { return "ours, full journal, ack " + p }
+
+// unjournaledName is our device with journaling off (the baseline of the
+// journal's cost).
+const unjournaledName = "ours, journaling off"
 
 func matchesAny(s, list string) bool {
 	for _, p := range strings.Split(list, ",") {
@@ -250,122 +532,30 @@ func machine() string {
 	return strings.TrimSpace(string(out))
 }
 
-// localDevice serves a new image of the local backend as a loop device.
-func localDevice(ctx context.Context, o options, name string, bo blockdev.Options) (*target, error) {
-	dir := filepath.Join(o.dir, strings.NewReplacer(" ", "-", ",", "").Replace(name))
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		return nil, err
-	}
-	pool, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth, Features: featuresFor(bo)}); err != nil {
-		c.Close()
-		return nil, err
-	}
-	bo.Fencer = c
-	t, err := serveDevice(ctx, o, pool, "bench", filepath.Join(dir, "state"), bo)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	t.Name, t.Backend = name, "local"
-	closeDev := t.close
-	t.close = func() error { err := closeDev(); c.Close(); return err }
-	return t, nil
+// slug makes a row name usable as a path element.
+func slug(s string) string {
+	return strings.NewReplacer(" ", "-", ",", "", "(", "", ")", "", "/", "-").Replace(s)
 }
 
-// serveDevice opens image name as our journaled device and attaches it.
-func serveDevice(ctx context.Context, o options, pool objstore.Pool, name, stateDir string, bo blockdev.Options) (*target, error) {
-	d, err := blockdev.Open(ctx, pool, name, bo)
-	if err != nil {
-		return nil, err
+// scratchDir is a new directory under the work directory, for one opening
+// of one row.
+func scratchDir(o options, name string) (string, error) {
+	if err := os.MkdirAll(o.dir, 0o755); err != nil {
+		return "", err
 	}
-	dev, err := fuseloop.Attach(ctx, d, fuseloop.Options{StateDir: stateDir, Name: name})
-	if err != nil {
-		d.Close(ctx)
-		return nil, err
-	}
-	return &target{
-		run: func(j job) (float64, error) { return fioDevice(dev.Path(), j, o.runtime, o.span) },
-		close: func() error {
-			cerr := dev.Close(ctx)
-			derr := d.Close(ctx)
-			if cerr != nil {
-				return cerr
-			}
-			return derr
-		},
-	}, nil
+	return os.MkdirTemp(o.dir, slug(name)+"-")
 }
 
-func plainLoop(o options) (*target, error) {
-	file := filepath.Join(o.dir, "plain.img")
-	f, err := os.Create(file)
-	if err != nil {
-		return nil, err
-	}
-	if err := f.Truncate(o.span); err != nil {
-		f.Close()
-		return nil, err
-	}
-	f.Close()
-	out, err := exec.Command("losetup", "--find", "--show", "--direct-io=on", file).Output()
-	if err != nil {
-		return nil, fmt.Errorf("losetup: %w", err)
-	}
-	dev := strings.TrimSpace(string(out))
-	return &target{
-		Name: "plain loop on a file", Backend: "-",
-		run:   func(j job) (float64, error) { return fioDevice(dev, j, o.runtime, o.span) },
-		close: func() error { return exec.Command("losetup", "-d", dev).Run() },
-	}, nil
+// cleanupCtx is for closing what a run opened: it outlives an interrupt of
+// the run (ctx) but not by more than a minute.
+func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 }
 
-func fioDevice(dev string, j job, runtime time.Duration, span int64) (float64, error) {
-	return fio(j, runtime, span, "--filename="+dev, "--ioengine=libaio", "--direct=1")
-}
-
-func fio(j job, runtime time.Duration, span int64, engine ...string) (float64, error) {
-	return fioEnv(nil, j, runtime, span, engine...)
-}
-
-// fioEnv runs fio with env added to this process's environment.
-func fioEnv(env []string, j job, runtime time.Duration, span int64, engine ...string) (float64, error) {
-	args := append([]string{
-		"--name=" + strings.ReplaceAll(j.Name, " ", "_"),
-		"--rw=" + j.RW, "--bs=" + j.BS, fmt.Sprintf("--iodepth=%d", j.QD),
-		fmt.Sprintf("--size=%d", span), "--time_based",
-		fmt.Sprintf("--runtime=%d", max(1, int(runtime.Seconds()))), "--ramp_time=1",
-		"--output-format=json", "--randrepeat=0", "--norandommap",
-	}, engine...)
-	cmd := exec.Command("fio", args...)
-	if env != nil {
-		cmd.Env = append(os.Environ(), env...)
-	}
-	out, err := cmd.Output()
+func abs(p string) string {
+	a, err := filepath.Abs(p)
 	if err != nil {
-		return 0, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
+		return p
 	}
-	var r struct {
-		Jobs []struct {
-			Read  struct{ IOPS, BWBytes float64 } `json:"read"`
-			Write struct{ IOPS, BWBytes float64 } `json:"write"`
-		} `json:"jobs"`
-	}
-	s := strings.NewReplacer(`"iops"`, `"IOPS"`, `"bw_bytes"`, `"BWBytes"`).Replace(string(out))
-	if i := strings.IndexByte(s, '{'); i < 0 || json.Unmarshal([]byte(s[i:]), &r) != nil || len(r.Jobs) == 0 {
-		return 0, fmt.Errorf("cannot parse fio output")
-	}
-	st := r.Jobs[0].Read
-	if j.Write {
-		st = r.Jobs[0].Write
-	}
-	if j.Metric == "MB/s" {
-		return st.BWBytes / 1e6, nil
-	}
-	return st.IOPS, nil
+	return a
 }

@@ -2,25 +2,68 @@ package main
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 )
 
 // anchorName is the block path a user would pick instead of ours.
 const anchorName = "librbd, journaling (fio rbd engine)"
 
-// librbdNoCacheName is librbd with the durability contract of our device:
-// a write is acknowledged once its journal entry is safe.
+// librbdNoCacheName is librbd with the durability contract of our durable
+// ack policies: a write is acknowledged once its journal entry is safe.
 const librbdNoCacheName = "librbd, journaling, rbd_cache off (fio rbd engine)"
 
-// anchor returns the anchor's results, or nil when it was not measured.
-func anchor(rep *report) *result {
-	for i := range rep.Results {
-		if rep.Results[i].Target == anchorName {
-			return &rep.Results[i]
-		}
-	}
-	return nil
+type report struct {
+	Machine     string `json:"machine"`
+	Date        string `json:"date"`
+	Runtime     string `json:"runtime_per_job"`
+	Ramp        string `json:"ramp_per_job"`
+	Repeat      int    `json:"runs_per_figure"`
+	Span        string `json:"span"`
+	CephCluster string `json:"ceph_cluster,omitempty"`
+	// Results hold per row the median of each job's runs (Values) and the
+	// runs, their spread and the CPU figures (Jobs).
+	Results  []result           `json:"results"`
+	Many     []manyResult       `json:"many_volumes,omitempty"`
+	Replay   []replayResult     `json:"replay,omitempty"`
+	Targets  []targetResult     `json:"targets,omitempty"`
+	Ratios   map[string]float64 `json:"ratios,omitempty"`
+	Notes    []string           `json:"notes,omitempty"`
+	Duration string             `json:"duration"`
 }
+
+type result struct {
+	Target  string               `json:"target"`
+	Backend string               `json:"backend"`
+	Values  map[string]float64   `json:"values"`
+	Jobs    map[string]*jobStats `json:"jobs"`
+}
+
+// jobStats are one job's runs on one row.
+type jobStats struct {
+	Median float64   `json:"median"`
+	Runs   []float64 `json:"runs"`
+	// Spread is half the range of the runs relative to the median.
+	Spread float64 `json:"spread"`
+	// CPU seconds per GB moved (written; read for read jobs), medians:
+	// of the process serving the block path (ours: this process; librbd:
+	// fio or rbd), of fio, of the OSD.
+	ServeCPUPerGB *float64 `json:"serve_cpu_s_per_gb,omitempty"`
+	FioCPUPerGB   *float64 `json:"fio_cpu_s_per_gb,omitempty"`
+	OSDCPUPerGB   *float64 `json:"osd_cpu_s_per_gb,omitempty"`
+}
+
+type replayResult struct {
+	SplayWidth   int     `json:"journal_splay_width"`
+	MB           int     `json:"uncommitted_mb"`
+	Entries      int     `json:"entries"`
+	OursSeconds  float64 `json:"ours_seconds"`
+	LibrbdSecond float64 `json:"librbd_seconds"`
+	Speedup      float64 `json:"speedup"`
+}
+
+// anchor returns the anchor's results, or nil when it was not measured.
+func anchor(rep *report) *result { return find(rep, anchorName, "ceph") }
 
 func find(rep *report, name, backend string) *result {
 	for i := range rep.Results {
@@ -31,75 +74,139 @@ func find(rep *report, name, backend string) *result {
 	return nil
 }
 
-// ratios are the figures issue 8's targets are stated in.
-func ratios(rep *report) map[string]any {
-	out := map[string]any{}
-	a := anchor(rep)
-	for _, policy := range []string{"ack after apply", "ack after journal"} {
-		ours := find(rep, "ours, journaled, "+policy, "ceph")
-		if ours == nil {
-			continue
-		}
-		if a != nil {
-			out["ceph "+policy+": 4K randwrite QD16 vs librbd journaling"] = ours.Values["4K randwrite QD16"] / a.Values["4K randwrite QD16"]
-			out["ceph "+policy+": 64K seqwrite QD4 vs librbd journaling"] = ours.Values["64K seqwrite QD4"] / a.Values["64K seqwrite QD4"]
-		}
-		if nc := find(rep, librbdNoCacheName, "ceph"); nc != nil {
-			out["ceph "+policy+": 4K randwrite QD16 vs librbd journaling, cache off"] = ours.Values["4K randwrite QD16"] / nc.Values["4K randwrite QD16"]
-			out["ceph "+policy+": 64K seqwrite QD4 vs librbd journaling, cache off"] = ours.Values["64K seqwrite QD4"] / nc.Values["64K seqwrite QD4"]
-		}
-		if off := find(rep, "ours, journaling off", "ceph"); off != nil {
-			out["ceph "+policy+": 4K randwrite QD16 vs our unjournaled"] = ours.Values["4K randwrite QD16"] / off.Values["4K randwrite QD16"]
-			out["ceph "+policy+": 4K randwrite QD1 vs our unjournaled"] = ours.Values["4K randwrite QD1"] / off.Values["4K randwrite QD1"]
-		}
-	}
-	metadataRatios(rep, out) // metadata.go
-	for _, r := range rep.Replay {
-		out[fmt.Sprintf("replay speedup vs librbd (journal splay width %d)", r.SplayWidth)] = r.Speedup
-	}
-	return out
-}
-
 func markdown(rep *report) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nMachine: %s. fio %s per job over %s (libaio, direct); `rbd bench` with the same sizes and depths.\n\n", rep.Machine, rep.Runtime, rep.Span)
-	a := anchor(rep)
-	b.WriteString("| target | backend |")
-	for _, j := range jobs {
-		fmt.Fprintf(&b, " %s (%s) |", j.Name, j.Metric)
-	}
-	b.WriteString("\n|---|---|")
-	for range jobs {
-		b.WriteString("---:|")
+	fmt.Fprintf(&b, "\nMachine: %s; %s. fio %s (after a %s ramp) per run over %s (libaio, direct); `rbd bench` with the same sizes and depths. Each figure is the median of %d runs.\n",
+		rep.Machine, rep.Date, rep.Runtime, rep.Ramp, rep.Span, rep.Repeat)
+	if rep.CephCluster != "" {
+		fmt.Fprintf(&b, "Ceph: %s.\n", rep.CephCluster)
 	}
 	b.WriteString("\n")
+	a := anchor(rep)
+	header := func(title string, units bool) {
+		fmt.Fprintf(&b, "| %s | backend |", title)
+		for _, j := range jobs {
+			if units {
+				fmt.Fprintf(&b, " %s (%s) |", j.Name, j.Metric)
+			} else {
+				fmt.Fprintf(&b, " %s |", j.Name)
+			}
+		}
+		b.WriteString("\n|---|---|")
+		for range jobs {
+			b.WriteString("---:|")
+		}
+		b.WriteString("\n")
+	}
+	header("target", true)
 	for _, r := range rep.Results {
 		fmt.Fprintf(&b, "| %s | %s |", r.Target, r.Backend)
 		for _, j := range jobs {
-			v := r.Values[j.Name]
-			if a != nil && a.Values[j.Name] > 0 {
-				fmt.Fprintf(&b, " %.0f (%.2f×) |", v, v/a.Values[j.Name])
-			} else {
-				fmt.Fprintf(&b, " %.0f |", v)
+			js := r.Jobs[j.Name]
+			if js == nil {
+				b.WriteString(" - |")
+				continue
 			}
+			fmt.Fprintf(&b, " %.0f", js.Median)
+			if a != nil && a.Values[j.Name] > 0 {
+				fmt.Fprintf(&b, " (%.2f×)", js.Median/a.Values[j.Name])
+			}
+			if len(js.Runs) > 1 {
+				fmt.Fprintf(&b, " ±%.0f%%", js.Spread*100)
+			}
+			b.WriteString(" |")
 		}
 		b.WriteString("\n")
 	}
 	if a != nil {
-		fmt.Fprintf(&b, "\n(×: ratio to the anchor, %s)\n", anchorName)
+		fmt.Fprintf(&b, "\n×: ratio to the anchor, %s. ", anchorName)
 	}
+	b.WriteString("±: half the range of the runs, relative to the median.\n")
+
+	b.WriteString("\nCPU seconds per GB moved (written; read for the read job): the process serving the block path (ours: the bench process, which serves our devices; librbd: fio with librbd in it, or rbd) / the OSD. Whole runs, ramp included.\n\n")
+	header("CPU s/GB: serving / OSD", false)
+	for _, r := range rep.Results {
+		fmt.Fprintf(&b, "| %s | %s |", r.Target, r.Backend)
+		for _, j := range jobs {
+			js := r.Jobs[j.Name]
+			if js == nil {
+				b.WriteString(" - |")
+				continue
+			}
+			fmt.Fprintf(&b, " %s / %s |", fmtPtr(js.ServeCPUPerGB), fmtPtr(js.OSDCPUPerGB))
+		}
+		b.WriteString("\n")
+	}
+
+	if len(rep.Many) > 0 {
+		m0 := rep.Many[0]
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio %s on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run.\n\n", m0.Policy, m0.Job, rep.Repeat)
+		b.WriteString("| backend | volumes | aggregate IOPS | slowest / fastest volume (IOPS) | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, m := range rep.Many {
+			fmt.Fprintf(&b, "| %s | %d | %.0f ±%.0f%% | %.0f / %.0f | %.2f | %.0f | %.0f | %d / %d | %s / %s |\n",
+				m.Backend, m.Volumes, m.AggregateIOPS, m.Spread*100, m.SlowestIOPS, m.FastestIOPS, m.SlowestToFastest,
+				m.PeakRSSMiB, m.RSSMiB, m.IdleRoutines, m.Goroutines, fmtPtr(m.ServeCPUPerGB), fmtPtr(m.OSDCPUPerGB))
+		}
+	}
+
 	for _, r := range rep.Replay {
 		fmt.Fprintf(&b, "\nReplay of the same %d MiB uncommitted librbd journal (%d entries, splay width %d): ours %.2f s, librbd %.2f s (lock acquisition) — %.1f× faster.\n",
 			r.MB, r.Entries, r.SplayWidth, r.OursSeconds, r.LibrbdSecond, r.Speedup)
 	}
+
+	if len(rep.Targets) > 0 {
+		met, missed, unmeasured := 0, 0, 0
+		for _, t := range rep.Targets {
+			switch t.Status {
+			case statusMet:
+				met++
+			case statusMissed:
+				missed++
+			default:
+				unmeasured++
+			}
+		}
+		fmt.Fprintf(&b, "\nTargets (ratios of medians measured in this run): %d met, %d missed, %d not measured.\n", met, missed, unmeasured)
+		group := ""
+		for _, t := range rep.Targets {
+			if t.Group != group {
+				group = t.Group
+				fmt.Fprintf(&b, "\n%s:\n\n| target | want | got | |\n|---|---|---:|---|\n", group)
+			}
+			got := "-"
+			if t.Got != nil {
+				if strings.HasSuffix(t.Want, "×") {
+					got = fmt.Sprintf("%.2f×", *t.Got)
+				} else {
+					got = fmt.Sprintf("%.0f", *t.Got)
+				}
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status)
+		}
+	}
+
 	if len(rep.Ratios) > 0 {
 		b.WriteString("\nRatios:\n")
-		for k, v := range rep.Ratios {
-			fmt.Fprintf(&b, "- %s: %.2f\n", k, v)
+		keys := make([]string, 0, len(rep.Ratios))
+		for k := range rep.Ratios {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "- %s: %.2f\n", k, rep.Ratios[k])
 		}
 	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(&b, "\nNote: %s\n", n)
 	}
+	fmt.Fprintf(&b, "\nTotal time of the run: %s.\n", rep.Duration)
 	return b.String()
+}
+
+func fmtPtr(p *float64) string {
+	if p == nil {
+		return "-"
+	}
+	return fmtCPU(*p)
 }

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+)
+
+// manyEnv opens the volumes of the many-volumes run on one backend.
+type manyEnv struct {
+	backend string
+	osdPID  int
+	open    func(ctx context.Context, i int, bo blockdev.Options) (*servedDevice, error)
+	close   func()
+}
+
+// manyResult is one volume count on one backend: this process serving all
+// the volumes, fio writing to all of them at once.
+type manyResult struct {
+	Backend string `json:"backend"`
+	Volumes int    `json:"volumes"`
+	Policy  string `json:"ack_policy"`
+	Job     string `json:"job_per_volume"`
+	// Medians over the runs.
+	AggregateIOPS float64   `json:"aggregate_iops"`
+	AggregateRuns []float64 `json:"aggregate_iops_runs"`
+	Spread        float64   `json:"aggregate_spread"`
+	SlowestIOPS   float64   `json:"slowest_volume_iops"`
+	FastestIOPS   float64   `json:"fastest_volume_iops"`
+	// SlowestToFastest is the median over the runs of each run's slowest
+	// volume's IOPS over its fastest's.
+	SlowestToFastest float64 `json:"slowest_to_fastest"`
+	// PeakRSSMiB is the highest VmHWM of this process during a run (the
+	// peak is reset before each run); RSSMiB its VmRSS after the last.
+	PeakRSSMiB    float64  `json:"peak_rss_mib"`
+	RSSMiB        float64  `json:"rss_mib"`
+	Goroutines    int      `json:"goroutines_max"`
+	IdleRoutines  int      `json:"goroutines_idle"`
+	ServeCPUPerGB *float64 `json:"serve_cpu_s_per_gb,omitempty"`
+	OSDCPUPerGB   *float64 `json:"osd_cpu_s_per_gb,omitempty"`
+}
+
+// manyRun is one fio run over every volume.
+type manyRun struct {
+	PerVolume  []float64 // IOPS
+	Bytes      float64
+	ServeCPU   float64
+	OSDCPU     float64
+	PeakRSS    int64
+	RSS        int64
+	Goroutines int
+}
+
+// manyVolumes serves 1, 10, 50 (-many) volumes from this process on each
+// backend (Ceph on a fresh cluster) and runs 4K random writes on all of them
+// at once, -repeat times per count. Volumes are added between counts, so
+// each count's memory is that of serving exactly that many.
+func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult, error) {
+	policy, err := blockdev.ParseAckPolicy(o.manyPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("-many-policy: %w", err)
+	}
+	bo := blockdev.Options{AckPolicy: policy, MaxPayload: o.payload}
+	var out []manyResult
+	var opens []func(context.Context) (*manyEnv, error)
+	if o.local {
+		opens = append(opens, func(ctx context.Context) (*manyEnv, error) { return localManyVolumes(ctx, o) })
+	}
+	if o.ceph {
+		opens = append(opens, func(ctx context.Context) (*manyEnv, error) { return cephManyVolumes(ctx, o, cl) })
+	}
+	for _, open := range opens {
+		res, err := manyOnBackend(ctx, o, open, bo)
+		out = append(out, res...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*manyEnv, error), bo blockdev.Options) (_ []manyResult, retErr error) {
+	env, err := open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var devs []*servedDevice
+	defer func() {
+		// Close concurrently: 50 devices one by one take long.
+		var wg sync.WaitGroup
+		errs := make([]error, len(devs))
+		for i, d := range devs {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = d.close(ctx) }()
+		}
+		wg.Wait()
+		env.close()
+		if err := errors.Join(errs...); err != nil && retErr == nil {
+			retErr = fmt.Errorf("closing the volumes: %w", err)
+		}
+	}()
+	var out []manyResult
+	for _, n := range o.many {
+		start := time.Now()
+		for len(devs) < n {
+			d, err := env.open(ctx, len(devs), bo)
+			if err != nil {
+				return out, fmt.Errorf("%s: volume %d: %w", env.backend, len(devs)+1, err)
+			}
+			devs = append(devs, d)
+		}
+		fmt.Fprintf(os.Stderr, "blockdev-bench: many volumes (%s): %d served (opened in %s)\n", env.backend, n, time.Since(start).Round(100*time.Millisecond))
+		idle := runtime.NumGoroutine()
+		var runs []manyRun
+		for r := 0; r < o.repeat; r++ {
+			mr, err := runMany(ctx, o, devs, env.osdPID)
+			if err != nil {
+				return out, fmt.Errorf("%s, %d volumes: %w", env.backend, n, err)
+			}
+			lo, hi := minMax(mr.PerVolume)
+			fmt.Fprintf(os.Stderr, "[%d/%d] many volumes %-6s %3d × 4K randwrite QD%d: %8.0f IOPS in all, per volume %.0f–%.0f, peak RSS %.0f MiB, %d goroutines\n",
+				r+1, o.repeat, env.backend, n, o.manyQD, sum(mr.PerVolume), lo, hi, float64(mr.PeakRSS)/(1<<20), mr.Goroutines)
+			runs = append(runs, mr)
+		}
+		res := summarizeMany(runs)
+		res.Backend, res.Volumes, res.Policy, res.IdleRoutines = env.backend, n, o.manyPolicy, idle
+		res.Job = fmt.Sprintf("4K randwrite QD%d", o.manyQD)
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// localManyVolumes puts the volumes in one local backend.
+func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
+	dir, err := scratchDir(o, "many")
+	if err != nil {
+		return nil, err
+	}
+	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	pool, err := c.Pool(ctx, "rbd")
+	if err != nil {
+		c.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &manyEnv{
+		backend: "local",
+		open: func(ctx context.Context, i int, bo blockdev.Options) (*servedDevice, error) {
+			name := fmt.Sprintf("vol%d", i)
+			if err := image.Create(ctx, pool, name, o.manySpan, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth}); err != nil {
+				return nil, err
+			}
+			bo.Fencer = c
+			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo)
+		},
+		close: func() { c.Close(); os.RemoveAll(dir) },
+	}, nil
+}
+
+// runMany runs one fio job per volume, all at once, and measures this
+// process's memory, goroutines and CPU meanwhile.
+func runMany(ctx context.Context, o options, devs []*servedDevice, osdPID int) (manyRun, error) {
+	// Measure the serving of these volumes, not what earlier rows left
+	// on the heap.
+	debug.FreeOSMemory()
+	if err := resetPeakRSS(); err != nil {
+		return manyRun{}, fmt.Errorf("resetting the peak RSS: %w", err)
+	}
+	args := []string{
+		"--rw=randwrite", "--bs=4k", fmt.Sprintf("--iodepth=%d", o.manyQD),
+		fmt.Sprintf("--size=%d", o.manySpan), "--time_based",
+		fmt.Sprintf("--runtime=%d", max(1, int(o.runtime.Seconds()))),
+		fmt.Sprintf("--ramp_time=%d", int(o.ramp.Seconds())),
+		"--ioengine=libaio", "--direct=1", "--thread",
+		"--output-format=json", "--randrepeat=0", "--norandommap",
+	}
+	for i, d := range devs {
+		args = append(args, fmt.Sprintf("--name=v%d", i), "--filename="+d.path)
+	}
+	var maxG int
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // owned by this call: stopped by done before it returns
+		defer wg.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			maxG = max(maxG, runtime.NumGoroutine())
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	self0, osd0 := selfCPU(), procCPU(osdPID)
+	out, _, err := runFio(ctx, nil, o.runtime+o.ramp, args)
+	self1, osd1 := selfCPU(), procCPU(osdPID)
+	close(done)
+	wg.Wait()
+	if err != nil {
+		return manyRun{}, err
+	}
+	fj, err := parseFio(out)
+	if err != nil {
+		return manyRun{}, err
+	}
+	if len(fj) != len(devs) {
+		return manyRun{}, fmt.Errorf("fio reported %d jobs, want one per volume (%d)", len(fj), len(devs))
+	}
+	mr := manyRun{ServeCPU: self1 - self0, OSDCPU: osd1 - osd0, Goroutines: maxG}
+	for _, j := range fj {
+		mr.PerVolume = append(mr.PerVolume, j.Write.IOPS)
+		mr.Bytes += wholeRunBytes(j.Write.IOBytes, j.Write.RuntimeMS, o.ramp)
+	}
+	if mr.PeakRSS, mr.RSS, err = selfMemory(); err != nil {
+		return manyRun{}, err
+	}
+	return mr, nil
+}
+
+func summarizeMany(runs []manyRun) manyResult {
+	var agg, slow, fast, ratio, serve, osd []float64
+	var res manyResult
+	for _, r := range runs {
+		lo, hi := minMax(r.PerVolume)
+		agg = append(agg, sum(r.PerVolume))
+		slow, fast = append(slow, lo), append(fast, hi)
+		ratio = append(ratio, slowestToFastest(r.PerVolume))
+		serve = append(serve, perGB(r.ServeCPU, r.Bytes))
+		osd = append(osd, perGB(r.OSDCPU, r.Bytes))
+		res.PeakRSSMiB = max(res.PeakRSSMiB, float64(r.PeakRSS)/(1<<20))
+		res.RSSMiB = float64(r.RSS) / (1 << 20)
+		res.Goroutines = max(res.Goroutines, r.Goroutines)
+	}
+	res.AggregateRuns = agg
+	res.AggregateIOPS, _ = median(agg)
+	res.Spread, _ = spread(agg)
+	res.SlowestIOPS, _ = median(slow)
+	res.FastestIOPS, _ = median(fast)
+	res.SlowestToFastest, _ = median(ratio)
+	res.ServeCPUPerGB, res.OSDCPUPerGB = medianPtr(serve), medianPtr(osd)
+	return res
+}
+
+// slowestToFastest is the slowest volume's figure over the fastest's (1
+// for one volume; 0 when the fastest did nothing).
+func slowestToFastest(xs []float64) float64 {
+	lo, hi := minMax(xs)
+	if hi <= 0 || math.IsNaN(hi) {
+		return 0
+	}
+	return lo / hi
+}
+
+func minMax(xs []float64) (float64, float64) {
+	if len(xs) == 0 {
+		return math.NaN(), math.NaN()
+	}
+	lo, hi := xs[0], xs[0]
+	for _, x := range xs {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return lo, hi
+}
+
+func sum(xs []float64) float64 {
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s
+}
