@@ -33,6 +33,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -45,6 +46,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"k8s.io/klog/v2"
 )
 
 type job struct {
@@ -134,6 +136,7 @@ func main() {
 	manySpan := flag.Int("many-span-mib", 64, "size of each volume of the many-volumes run, MiB")
 	flag.IntVar(&o.manyQD, "many-qd", 4, "fio queue depth per volume (4K randwrite) in the many-volumes run")
 	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
+	logFile := flag.String("log", "", "write the served devices' logs (klog) to this file (default: discarded)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.Parse()
 	o.span = int64(*span) << 20
@@ -154,6 +157,19 @@ func main() {
 	if o.cephFresh != "round" && o.cephFresh != "row" {
 		fatal(fmt.Errorf(`-ceph-fresh must be "round" or "row", not %q`, o.cephFresh))
 	}
+	// The devices log every open and close; the bench's own progress
+	// goes to stderr, their logs to -log.
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
+	if *logFile != "" {
+		f, err := os.Create(*logFile)
+		if err != nil {
+			fatal(err)
+		}
+		defer f.Close()
+		klog.SetOutput(f)
+	}
+	defer klog.Flush()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
