@@ -154,7 +154,7 @@ func cephGroup(o options, cl *cephCluster, policies []policyRow) (*group, []stri
 		}}
 	}
 	viaLibrbd := func(label string, features uint64, bench, noCache bool) rowSpec {
-		return rowSpec{Name: label, Backend: "ceph", open: func(ctx context.Context) (*target, error) {
+		return rowSpec{Name: label, Backend: "ceph", fixedWork: bench, open: func(ctx context.Context) (*target, error) {
 			name, err := env.newImage(ctx, "bench", o.span, features)
 			if err != nil {
 				return nil, err

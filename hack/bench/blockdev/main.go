@@ -100,7 +100,7 @@ type options struct {
 
 	many       []int
 	manySpan   int64
-	manyQD     int
+	manyJobs   []job
 	manyPolicy string
 }
 
@@ -116,11 +116,11 @@ func main() {
 	pngOut := flag.String("png", "", "write a chart of the ratios to the anchor to this PNG file")
 	mdOut := flag.String("md", "", "also write the Markdown report to this file")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new temp dir under /var/tmp)")
-	flag.DurationVar(&o.runtime, "runtime", 4*time.Second, "fio runtime per job and run (after the ramp)")
+	flag.DurationVar(&o.runtime, "runtime", 3*time.Second, "fio runtime per job and run (after the ramp)")
 	flag.DurationVar(&o.ramp, "ramp", time.Second, "fio ramp time per job and run (not measured)")
 	flag.IntVar(&o.repeat, "repeat", 3, "runs per figure (the figure is their median)")
 	span := flag.Int("span-mib", 256, "device/image size and fio region in MiB")
-	flag.StringVar(&o.only, "only", "", `comma-separated substrings of "<row> (<backend>)": run only matching rows; "many" and "replay" select those parts`)
+	flag.StringVar(&o.only, "only", "", `comma-separated substrings of "<row> (<backend>)": run only matching rows (names hold commas: pick substrings without, e.g. "ack journaled,librbd"); "many" and "replay" select those parts`)
 	jobFilter := flag.String("jobs", "", `comma-separated substrings: run only matching fio jobs (e.g. "64K seqwrite,1M seqwrite")`)
 	flag.BoolVar(&o.local, "local", true, "measure our device on the local backend and the plain loop")
 	flag.BoolVar(&o.ceph, "ceph", cephBuilt, "measure on Ceph (needs a binary built with -tags ceph,pacific)")
@@ -134,7 +134,7 @@ func main() {
 	flag.StringVar(&o.scripts, "ceph-scripts", "", "directory of ceph-up.sh and ceph-down.sh (default: ./hack, or ../hack next to this binary)")
 	many := flag.String("many", "1,10,50", `volume counts for the many-volumes run (one process serving them all, fio on all at once); "" skips it`)
 	manySpan := flag.Int("many-span-mib", 64, "size of each volume of the many-volumes run, MiB")
-	flag.IntVar(&o.manyQD, "many-qd", 4, "fio queue depth per volume (4K randwrite) in the many-volumes run")
+	manyJobs := flag.String("many-jobs", "4K randwrite QD4,1M seqwrite QD4", `fio job run on every volume at once in the many-volumes run, one run per job: "<size> randwrite|seqwrite QD<n>", comma-separated`)
 	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
 	logFile := flag.String("log", "", "write the served devices' logs (klog) to this file (default: discarded)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
@@ -145,6 +145,16 @@ func main() {
 	var err error
 	if o.many, err = parseCounts(*many); err != nil {
 		fatal(err)
+	}
+	for _, spec := range splitList(*manyJobs) {
+		j, err := parseJob(spec)
+		if err != nil {
+			fatal(fmt.Errorf("-many-jobs: %w", err))
+		}
+		o.manyJobs = append(o.manyJobs, j)
+	}
+	if len(o.manyJobs) == 0 {
+		o.many = nil
 	}
 	if *jobFilter != "" {
 		if jobs = selectJobs(allJobs, *jobFilter); len(jobs) == 0 {
@@ -214,6 +224,36 @@ func must(err error) {
 	}
 }
 
+// parseJob parses a write job of the many-volumes run: "4K randwrite QD4",
+// "1M seqwrite QD4" (random writes are measured in IOPS, sequential ones in
+// MB/s).
+func parseJob(spec string) (job, error) {
+	f := strings.Fields(spec)
+	if len(f) != 3 {
+		return job{}, fmt.Errorf("%q: want \"<size> randwrite|seqwrite QD<n>\"", spec)
+	}
+	j := job{Name: strings.Join(f, " "), Write: true}
+	size := strings.ToUpper(f[0])
+	n, err := strconv.Atoi(strings.TrimRight(size, "KM"))
+	if err != nil || n <= 0 || len(size) < 2 || !strings.ContainsAny(size[len(size)-1:], "KM") {
+		return job{}, fmt.Errorf("%q: size %q is not <n>K or <n>M", spec, f[0])
+	}
+	j.BS = strings.ToLower(size)
+	switch f[1] {
+	case "randwrite":
+		j.RW, j.Metric = "randwrite", "IOPS"
+	case "seqwrite":
+		j.RW, j.Metric = "write", "MB/s"
+	default:
+		return job{}, fmt.Errorf("%q: %q is not randwrite or seqwrite", spec, f[1])
+	}
+	qd, ok := strings.CutPrefix(f[2], "QD")
+	if j.QD, err = strconv.Atoi(qd); !ok || err != nil || j.QD < 1 || j.QD > 1024 {
+		return job{}, fmt.Errorf("%q: queue depth %q is not QD<1..1024>", spec, f[2])
+	}
+	return j, nil
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -246,6 +286,9 @@ type rowSpec struct {
 	Name    string
 	Backend string // local, ceph or "-"
 	open    func(ctx context.Context) (*target, error)
+	// fixedWork: the row's runs move a fixed amount (rbd bench), not
+	// for -runtime (for the estimate only).
+	fixedWork bool
 }
 
 func (r rowSpec) label() string { return r.Name + " (" + r.Backend + ")" }
@@ -465,11 +508,17 @@ func countRows(groups []*group) int {
 // estimate is the expected duration of the run: fio time plus per-run
 // overheads measured on the development machine.
 func estimate(o options, groups []*group, many, replay bool) time.Duration {
-	perRun := o.runtime + o.ramp + 700*time.Millisecond
+	perRun := o.runtime + o.ramp + time.Second
 	var d time.Duration
 	for _, g := range groups {
 		rows := time.Duration(len(g.rows))
-		d += time.Duration(o.repeat) * rows * (time.Duration(len(jobs))*perRun + 3*time.Second)
+		for _, r := range g.rows {
+			run := perRun
+			if r.fixedWork {
+				run = 2500 * time.Millisecond
+			}
+			d += time.Duration(o.repeat) * (time.Duration(len(jobs))*run + 2*time.Second)
+		}
 		if g.needsOSD {
 			if g.perRow {
 				d += time.Duration(o.repeat) * rows * 7 * time.Second
@@ -490,7 +539,7 @@ func estimate(o options, groups []*group, many, replay bool) time.Duration {
 		if len(o.many) > 0 {
 			last = o.many[len(o.many)-1]
 		}
-		d += time.Duration(backends) * (time.Duration(len(o.many)*o.repeat)*(perRun+time.Second) + time.Duration(last)*400*time.Millisecond + 7*time.Second)
+		d += time.Duration(backends) * (time.Duration(len(o.many)*len(o.manyJobs)*o.repeat)*(perRun+time.Second) + time.Duration(last)*400*time.Millisecond + 7*time.Second)
 	}
 	if replay {
 		d += time.Duration(o.replayMB) * time.Second

@@ -34,14 +34,15 @@ type manyResult struct {
 	Volumes int    `json:"volumes"`
 	Policy  string `json:"ack_policy"`
 	Job     string `json:"job_per_volume"`
+	Metric  string `json:"metric"` // of the figures: IOPS or MB/s
 	// Medians over the runs.
-	AggregateIOPS float64   `json:"aggregate_iops"`
-	AggregateRuns []float64 `json:"aggregate_iops_runs"`
+	Aggregate     float64   `json:"aggregate"`
+	AggregateRuns []float64 `json:"aggregate_runs"`
 	Spread        float64   `json:"aggregate_spread"`
-	SlowestIOPS   float64   `json:"slowest_volume_iops"`
-	FastestIOPS   float64   `json:"fastest_volume_iops"`
+	Slowest       float64   `json:"slowest_volume"`
+	Fastest       float64   `json:"fastest_volume"`
 	// SlowestToFastest is the median over the runs of each run's slowest
-	// volume's IOPS over its fastest's.
+	// volume's figure over its fastest's.
 	SlowestToFastest float64 `json:"slowest_to_fastest"`
 	// PeakRSSMiB is the highest VmHWM of this process during a run (the
 	// peak is reset before each run); RSSMiB its VmRSS after the last.
@@ -55,7 +56,7 @@ type manyResult struct {
 
 // manyRun is one fio run over every volume.
 type manyRun struct {
-	PerVolume  []float64 // IOPS
+	PerVolume  []float64 // IOPS or MB/s
 	Bytes      float64
 	ServeCPU   float64
 	OSDCPU     float64
@@ -65,9 +66,9 @@ type manyRun struct {
 }
 
 // manyVolumes serves 1, 10, 50 (-many) volumes from this process on each
-// backend (Ceph on a fresh cluster) and runs 4K random writes on all of them
-// at once, -repeat times per count. Volumes are added between counts, so
-// each count's memory is that of serving exactly that many.
+// backend (Ceph on a fresh cluster) and runs each of -many-jobs on all of
+// them at once, -repeat times per count and job. Volumes are added between
+// counts, so each count's memory is that of serving exactly that many.
 func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult, error) {
 	policy, err := blockdev.ParseAckPolicy(o.manyPolicy)
 	if err != nil {
@@ -124,21 +125,23 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 		}
 		fmt.Fprintf(os.Stderr, "blockdev-bench: many volumes (%s): %d served (opened in %s)\n", env.backend, n, time.Since(start).Round(100*time.Millisecond))
 		idle := runtime.NumGoroutine()
-		var runs []manyRun
-		for r := 0; r < o.repeat; r++ {
-			mr, err := runMany(ctx, o, devs, env.osdPID)
-			if err != nil {
-				return out, fmt.Errorf("%s, %d volumes: %w", env.backend, n, err)
+		for _, j := range o.manyJobs {
+			var runs []manyRun
+			for r := 0; r < o.repeat; r++ {
+				mr, err := runMany(ctx, o, j, devs, env.osdPID)
+				if err != nil {
+					return out, fmt.Errorf("%s, %d volumes, %s: %w", env.backend, n, j.Name, err)
+				}
+				lo, hi := minMax(mr.PerVolume)
+				fmt.Fprintf(os.Stderr, "[%d/%d] many volumes %-6s %3d × %-17s %8.0f %s in all, per volume %.0f–%.0f, peak RSS %.0f MiB, %d goroutines\n",
+					r+1, o.repeat, env.backend, n, j.Name, sum(mr.PerVolume), j.Metric, lo, hi, float64(mr.PeakRSS)/(1<<20), mr.Goroutines)
+				runs = append(runs, mr)
 			}
-			lo, hi := minMax(mr.PerVolume)
-			fmt.Fprintf(os.Stderr, "[%d/%d] many volumes %-6s %3d × 4K randwrite QD%d: %8.0f IOPS in all, per volume %.0f–%.0f, peak RSS %.0f MiB, %d goroutines\n",
-				r+1, o.repeat, env.backend, n, o.manyQD, sum(mr.PerVolume), lo, hi, float64(mr.PeakRSS)/(1<<20), mr.Goroutines)
-			runs = append(runs, mr)
+			res := summarizeMany(runs)
+			res.Backend, res.Volumes, res.Policy, res.IdleRoutines = env.backend, n, o.manyPolicy, idle
+			res.Job, res.Metric = j.Name, j.Metric
+			out = append(out, res)
 		}
-		res := summarizeMany(runs)
-		res.Backend, res.Volumes, res.Policy, res.IdleRoutines = env.backend, n, o.manyPolicy, idle
-		res.Job = fmt.Sprintf("4K randwrite QD%d", o.manyQD)
-		out = append(out, res)
 	}
 	return out, nil
 }
@@ -176,7 +179,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 
 // runMany runs one fio job per volume, all at once, and measures this
 // process's memory, goroutines and CPU meanwhile.
-func runMany(ctx context.Context, o options, devs []*servedDevice, osdPID int) (manyRun, error) {
+func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID int) (manyRun, error) {
 	// Measure the serving of these volumes, not what earlier rows left
 	// on the heap.
 	debug.FreeOSMemory()
@@ -184,7 +187,7 @@ func runMany(ctx context.Context, o options, devs []*servedDevice, osdPID int) (
 		return manyRun{}, fmt.Errorf("resetting the peak RSS: %w", err)
 	}
 	args := []string{
-		"--rw=randwrite", "--bs=4k", fmt.Sprintf("--iodepth=%d", o.manyQD),
+		"--rw=" + j.RW, "--bs=" + j.BS, fmt.Sprintf("--iodepth=%d", j.QD),
 		fmt.Sprintf("--size=%d", o.manySpan), "--time_based",
 		fmt.Sprintf("--runtime=%d", max(1, int(o.runtime.Seconds()))),
 		fmt.Sprintf("--ramp_time=%d", int(o.ramp.Seconds())),
@@ -227,9 +230,13 @@ func runMany(ctx context.Context, o options, devs []*servedDevice, osdPID int) (
 		return manyRun{}, fmt.Errorf("fio reported %d jobs, want one per volume (%d)", len(fj), len(devs))
 	}
 	mr := manyRun{ServeCPU: self1 - self0, OSDCPU: osd1 - osd0, Goroutines: maxG}
-	for _, j := range fj {
-		mr.PerVolume = append(mr.PerVolume, j.Write.IOPS)
-		mr.Bytes += wholeRunBytes(j.Write.IOBytes, j.Write.RuntimeMS, o.ramp)
+	for _, v := range fj {
+		x := v.Write.IOPS
+		if j.Metric == "MB/s" {
+			x = v.Write.BWBytes / 1e6
+		}
+		mr.PerVolume = append(mr.PerVolume, x)
+		mr.Bytes += wholeRunBytes(v.Write.IOBytes, v.Write.RuntimeMS, o.ramp)
 	}
 	if mr.PeakRSS, mr.RSS, err = selfMemory(); err != nil {
 		return manyRun{}, err
@@ -252,10 +259,10 @@ func summarizeMany(runs []manyRun) manyResult {
 		res.Goroutines = max(res.Goroutines, r.Goroutines)
 	}
 	res.AggregateRuns = agg
-	res.AggregateIOPS, _ = median(agg)
+	res.Aggregate, _ = median(agg)
 	res.Spread, _ = spread(agg)
-	res.SlowestIOPS, _ = median(slow)
-	res.FastestIOPS, _ = median(fast)
+	res.Slowest, _ = median(slow)
+	res.Fastest, _ = median(fast)
 	res.SlowestToFastest, _ = median(ratio)
 	res.ServeCPUPerGB, res.OSDCPUPerGB = medianPtr(serve), medianPtr(osd)
 	return res

@@ -139,13 +139,16 @@ func markdown(rep *report) string {
 	}
 
 	if len(rep.Many) > 0 {
-		m0 := rep.Many[0]
-		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio %s on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run.\n\n", m0.Policy, m0.Job, rep.Repeat)
-		b.WriteString("| backend | volumes | aggregate IOPS | slowest / fastest volume (IOPS) | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
-		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run.\n\n", rep.Many[0].Policy, rep.Repeat)
+		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
+		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range rep.Many {
-			fmt.Fprintf(&b, "| %s | %d | %.0f ±%.0f%% | %.0f / %.0f | %.2f | %.0f | %.0f | %d / %d | %s / %s |\n",
-				m.Backend, m.Volumes, m.AggregateIOPS, m.Spread*100, m.SlowestIOPS, m.FastestIOPS, m.SlowestToFastest,
+			sp := ""
+			if len(m.AggregateRuns) > 1 {
+				sp = fmt.Sprintf(" ±%.0f%%", m.Spread*100)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %s | %s %s%s | %s / %s | %.2f | %.0f | %.0f | %d / %d | %s / %s |\n",
+				m.Backend, m.Volumes, m.Job, fmtFig(m.Aggregate), m.Metric, sp, fmtFig(m.Slowest), fmtFig(m.Fastest), m.SlowestToFastest,
 				m.PeakRSSMiB, m.RSSMiB, m.IdleRoutines, m.Goroutines, fmtPtr(m.ServeCPUPerGB), fmtPtr(m.OSDCPUPerGB))
 		}
 	}
@@ -202,6 +205,14 @@ func markdown(rep *report) string {
 	}
 	fmt.Fprintf(&b, "\nTotal time of the run: %s.\n", rep.Duration)
 	return b.String()
+}
+
+// fmtFig prints a figure with a decimal when it is small.
+func fmtFig(x float64) string {
+	if x < 10 {
+		return fmt.Sprintf("%.1f", x)
+	}
+	return fmt.Sprintf("%.0f", x)
 }
 
 func fmtPtr(p *float64) string {

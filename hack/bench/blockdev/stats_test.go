@@ -206,14 +206,14 @@ func TestSummarizeMany(t *testing.T) {
 		{PerVolume: []float64{120, 30, 90}, Bytes: 1e9, ServeCPU: 1, OSDCPU: 2, PeakRSS: 400 << 20, RSS: 220 << 20, Goroutines: 85},
 	}
 	m := summarizeMany(runs)
-	if m.AggregateIOPS != 240 { // 230, 300, 240
-		t.Errorf("aggregate %v, want 240", m.AggregateIOPS)
+	if m.Aggregate != 240 { // 230, 300, 240
+		t.Errorf("aggregate %v, want 240", m.Aggregate)
 	}
 	if m.SlowestToFastest != 0.5 { // 0.5, 1, 0.25
 		t.Errorf("slowest/fastest %v, want 0.5", m.SlowestToFastest)
 	}
-	if m.SlowestIOPS != 50 || m.FastestIOPS != 100 {
-		t.Errorf("slowest %v fastest %v, want 50, 100", m.SlowestIOPS, m.FastestIOPS)
+	if m.Slowest != 50 || m.Fastest != 100 {
+		t.Errorf("slowest %v fastest %v, want 50, 100", m.Slowest, m.Fastest)
 	}
 	if m.PeakRSSMiB != 500 || m.RSSMiB != 220 || m.Goroutines != 90 {
 		t.Errorf("peak RSS %v, RSS %v, goroutines %v; want 500 (highest), 220 (last), 90", m.PeakRSSMiB, m.RSSMiB, m.Goroutines)
