@@ -160,9 +160,10 @@ func confValue(path, key string) string {
 	return ""
 }
 
+// describe says which cluster the Ceph rows ran on (after the run).
 func (c *cephCluster) describe() string {
 	if !c.managed {
 		return "external cluster " + c.conf + " (used as it is, not fresh)"
 	}
-	return fmt.Sprintf("the bench's own single-node cluster (hack/ceph-up.sh, one memstore OSD) in %s, mon port %d, started fresh before each group of Ceph rows", c.dir, c.port)
+	return fmt.Sprintf("the bench's own single-node cluster (hack/ceph-up.sh, one memstore OSD) in %s, mon port %d, started afresh %d times", c.dir, c.port, c.starts)
 }

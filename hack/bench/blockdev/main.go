@@ -357,7 +357,6 @@ func run(ctx context.Context, o options) (*report, error) {
 			return nil, err
 		}
 		rep.Notes = append(rep.Notes, gnotes...)
-		rep.CephCluster = cl.describe()
 		groups = append(groups, g)
 	}
 	for _, g := range groups {
@@ -404,6 +403,12 @@ func run(ctx context.Context, o options) (*report, error) {
 			}
 			rep.Replay = append(rep.Replay, *r)
 			rep.Ratios[fmt.Sprintf("replay speedup vs librbd (journal splay width %d)", r.SplayWidth)] = r.Speedup
+		}
+	}
+	if cl != nil {
+		rep.CephCluster = cl.describe()
+		if cl.managed {
+			rep.CephCluster += fmt.Sprintf(" (before the Ceph rows of each %s, the many-volumes run and the replay race)", o.cephFresh)
 		}
 	}
 	rep.Targets = evaluate(targetSpecs(), rep)
