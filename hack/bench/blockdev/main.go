@@ -366,7 +366,7 @@ func run(ctx context.Context, o options) (*report, error) {
 	runReplay := o.ceph && o.replayMB > 0 && (o.only == "" || matchesAny("replay", o.only))
 	est := estimate(o, groups, runMany, runReplay)
 	fmt.Fprintf(os.Stderr, "blockdev-bench: %d round(s) of %d row(s) × %d job(s), fio %s + %s ramp per run; estimated %s\n",
-		o.repeat, countRows(groups), len(jobs), o.runtime, o.ramp, est.Round(time.Minute))
+		o.repeat, countRows(groups), len(jobs), o.runtime, o.ramp, est.Round(10*time.Second))
 
 	acc := newAccumulator()
 	for r := 0; r < o.repeat; r++ {
@@ -413,7 +413,7 @@ func run(ctx context.Context, o options) (*report, error) {
 	}
 	rep.Targets = evaluate(targetSpecs(), rep)
 	rep.Duration = time.Since(start).Round(time.Second).String()
-	fmt.Fprintf(os.Stderr, "blockdev-bench: done in %s (estimated %s)\n", rep.Duration, est.Round(time.Minute))
+	fmt.Fprintf(os.Stderr, "blockdev-bench: done in %s (estimated %s)\n", rep.Duration, est.Round(10*time.Second))
 	return rep, nil
 }
 
@@ -513,16 +513,18 @@ func countRows(groups []*group) int {
 // estimate is the expected duration of the run: fio time plus per-run
 // overheads measured on the development machine.
 func estimate(o options, groups []*group, many, replay bool) time.Duration {
-	perRun := o.runtime + o.ramp + time.Second
+	// Overheads measured on a loaded 2-core machine: fio's start and the
+	// device's open per run, the rows' opens and closes.
+	perRun := o.runtime + o.ramp + 600*time.Millisecond
 	var d time.Duration
 	for _, g := range groups {
 		rows := time.Duration(len(g.rows))
 		for _, r := range g.rows {
 			run := perRun
 			if r.fixedWork {
-				run = 2500 * time.Millisecond
+				run = 1500 * time.Millisecond
 			}
-			d += time.Duration(o.repeat) * (time.Duration(len(jobs))*run + 2*time.Second)
+			d += time.Duration(o.repeat) * (time.Duration(len(jobs))*run + time.Second)
 		}
 		if g.needsOSD {
 			if g.perRow {
@@ -544,10 +546,10 @@ func estimate(o options, groups []*group, many, replay bool) time.Duration {
 		if len(o.many) > 0 {
 			last = o.many[len(o.many)-1]
 		}
-		d += time.Duration(backends) * (time.Duration(len(o.many)*len(o.manyJobs)*o.repeat)*(perRun+time.Second) + time.Duration(last)*400*time.Millisecond + 7*time.Second)
+		d += time.Duration(backends) * (time.Duration(len(o.many)*len(o.manyJobs)*o.repeat)*(perRun+time.Second) + time.Duration(last)*200*time.Millisecond + 5*time.Second)
 	}
 	if replay {
-		d += time.Duration(o.replayMB) * time.Second
+		d += time.Duration(o.replayMB) * 400 * time.Millisecond
 	}
 	return d
 }
@@ -569,7 +571,12 @@ type policyRow struct {
 func policyRows(names []string) ([]policyRow, []string) {
 	var rows []policyRow
 	var notes []string
+	seen := map[string]bool{}
 	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
 		p, err := blockdev.ParseAckPolicy(n)
 		if err != nil {
 			notes = append(notes, fmt.Sprintf("ack policy %q skipped: %v", n, err))

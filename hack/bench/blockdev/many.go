@@ -46,7 +46,10 @@ type manyResult struct {
 	SlowestToFastest float64 `json:"slowest_to_fastest"`
 	// PeakRSSMiB is the highest VmHWM of this process during a run (the
 	// peak is reset before each run); RSSMiB its VmRSS after the last.
-	PeakRSSMiB    float64  `json:"peak_rss_mib"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// BaseRSSMiB is this process's RSS before the backend's first volume
+	// was opened (what the peak includes besides serving the volumes).
+	BaseRSSMiB    float64  `json:"base_rss_mib"`
 	RSSMiB        float64  `json:"rss_mib"`
 	Goroutines    int      `json:"goroutines_max"`
 	IdleRoutines  int      `json:"goroutines_idle"`
@@ -94,6 +97,11 @@ func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult,
 }
 
 func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*manyEnv, error), bo blockdev.Options) (_ []manyResult, retErr error) {
+	debug.FreeOSMemory()
+	_, base, err := selfMemory()
+	if err != nil {
+		return nil, err
+	}
 	env, err := open(ctx)
 	if err != nil {
 		return nil, err
@@ -140,6 +148,7 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 			res := summarizeMany(runs)
 			res.Backend, res.Volumes, res.Policy, res.IdleRoutines = env.backend, n, o.manyPolicy, idle
 			res.Job, res.Metric = j.Name, j.Metric
+			res.BaseRSSMiB = float64(base) / (1 << 20)
 			out = append(out, res)
 		}
 	}

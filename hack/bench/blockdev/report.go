@@ -139,7 +139,7 @@ func markdown(rep *report) string {
 	}
 
 	if len(rep.Many) > 0 {
-		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run.\n\n", rep.Many[0].Policy, rep.Repeat)
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run (its RSS before the first volume of the backend was opened: %s).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
 		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
 		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range rep.Many {
@@ -205,6 +205,19 @@ func markdown(rep *report) string {
 	}
 	fmt.Fprintf(&b, "\nTotal time of the run: %s.\n", rep.Duration)
 	return b.String()
+}
+
+// baseRSS lists the serving process's RSS before each backend's volumes.
+func baseRSS(ms []manyResult) string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if !seen[m.Backend] {
+			seen[m.Backend] = true
+			parts = append(parts, fmt.Sprintf("%s %.0f MiB", m.Backend, m.BaseRSSMiB))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // fmtFig prints a figure with a decimal when it is small.
