@@ -53,6 +53,27 @@ func connect(ctx context.Context, conf string) (*ceph.Cluster, *ceph.Pool, error
 	return c, p, nil
 }
 
+// osdPID is the pid of the cluster's OSD 0 (0 if unknown): read from the
+// pid file in the run_dir its ceph.conf names.
+func (c *cephCluster) osdPID() int {
+	runDir := filepath.Join(c.dir, "run")
+	if !c.managed {
+		runDir = confValue(c.conf, "run_dir")
+		if runDir == "" {
+			return 0
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "osd.0.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
 // cephEnv is the connection of one round (or row) of Ceph rows, to the
 // cluster started for it.
 type cephEnv struct {

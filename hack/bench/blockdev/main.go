@@ -33,7 +33,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -47,6 +46,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/textlogger"
 )
 
 type job struct {
@@ -167,19 +167,18 @@ func main() {
 	if o.cephFresh != "round" && o.cephFresh != "row" {
 		fatal(fmt.Errorf(`-ceph-fresh must be "round" or "row", not %q`, o.cephFresh))
 	}
-	// The devices log every open and close; the bench's own progress
-	// goes to stderr, their logs to -log.
-	klog.LogToStderr(false)
-	klog.SetOutput(io.Discard)
+	// The devices log (contextually, from the run's context) every open
+	// and close; the bench's own progress goes to stderr, their logs to
+	// -log.
+	var logger klog.Logger // the zero logger discards
 	if *logFile != "" {
 		f, err := os.Create(*logFile)
 		if err != nil {
 			fatal(err)
 		}
 		defer f.Close()
-		klog.SetOutput(f)
+		logger = textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(f)))
 	}
-	defer klog.Flush()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -191,7 +190,7 @@ func main() {
 	}
 	// An interrupt stops the run; the targets are closed and the bench's
 	// cluster is wiped on the way out. A second one kills at once.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(klog.NewContext(context.Background(), logger), os.Interrupt, syscall.SIGTERM)
 	go func() { <-ctx.Done(); stop() }()
 	rep, err := run(ctx, o)
 	pprof.StopCPUProfile()
