@@ -120,7 +120,7 @@ func main() {
 	flag.DurationVar(&o.ramp, "ramp", time.Second, "fio ramp time per job and run (not measured)")
 	flag.IntVar(&o.repeat, "repeat", 3, "runs per figure (the figure is their median)")
 	span := flag.Int("span-mib", 256, "device/image size and fio region in MiB")
-	flag.StringVar(&o.only, "only", "", `comma-separated substrings of "<row> (<backend>)": run only matching rows (names hold commas: pick substrings without, e.g. "ack journaled,librbd"); "many" and "replay" select those parts`)
+	flag.StringVar(&o.only, "only", "", `comma-separated substrings of "<row> (<backend>)": run only matching rows (row names hold commas: separate with "|" instead, e.g. "ack journaled|librbd, journaling (fio"); "many" and "replay" select those parts`)
 	jobFilter := flag.String("jobs", "", `comma-separated substrings: run only matching fio jobs (e.g. "64K seqwrite,1M seqwrite")`)
 	flag.BoolVar(&o.local, "local", true, "measure our device on the local backend and the plain loop")
 	flag.BoolVar(&o.ceph, "ceph", cephBuilt, "measure on Ceph (needs a binary built with -tags ceph,pacific)")
@@ -594,8 +594,14 @@ func policyRowName(p string) string { return "ours, full journal, ack " + p }
 // journal's cost).
 const unjournaledName = "ours, journaling off"
 
+// matchesAny says whether s contains one of the substrings of list,
+// separated by "|" when list holds one (row names hold commas), else by ",".
 func matchesAny(s, list string) bool {
-	for _, p := range strings.Split(list, ",") {
+	sep := ","
+	if strings.Contains(list, "|") {
+		sep = "|"
+	}
+	for _, p := range strings.Split(list, sep) {
 		if p != "" && strings.Contains(s, p) {
 			return true
 		}

@@ -229,3 +229,22 @@ func TestSelectJobs(t *testing.T) {
 		t.Errorf("selected %v, want %v", names, want)
 	}
 }
+
+func TestMatchesAny(t *testing.T) {
+	for _, tc := range []struct {
+		s, list string
+		want    bool
+	}{
+		{"ours, full journal, ack journaled (ceph)", "ack journaled", true},
+		{"librbd, journaling (fio rbd engine) (ceph)", "ack journaled,librbd", true},
+		{"librbd, no journaling (fio rbd engine) (ceph)", "ack journaled|librbd, journaling (fio", false},
+		{"librbd, journaling (fio rbd engine) (ceph)", "ack journaled|librbd, journaling (fio", true},
+		{"ours, journaling off (local)", "(ceph)", false},
+		{"many", "", false},
+		{"x", ",,", false},
+	} {
+		if got := matchesAny(tc.s, tc.list); got != tc.want {
+			t.Errorf("matchesAny(%q, %q) = %v, want %v", tc.s, tc.list, got, tc.want)
+		}
+	}
+}
