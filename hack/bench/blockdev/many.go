@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"time"
 
@@ -47,6 +48,10 @@ type manyResult struct {
 	// PeakRSSMiB is the highest VmHWM of this process during a run (the
 	// peak is reset before each run); RSSMiB its VmRSS after the last.
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// PeakLiveHeapMiB is the highest live Go heap (marked by the last GC)
+	// seen during a run: what the Go side retains, without the garbage
+	// GOGC lets accumulate and without cgo's memory.
+	PeakLiveHeapMiB float64 `json:"peak_live_heap_mib"`
 	// BaseRSSMiB is this process's RSS before the backend's first volume
 	// was opened (what the peak includes besides serving the volumes).
 	BaseRSSMiB    float64  `json:"base_rss_mib"`
@@ -65,6 +70,7 @@ type manyRun struct {
 	OSDCPU     float64
 	PeakRSS    int64
 	RSS        int64
+	LiveHeap   uint64 // highest live Go heap sampled
 	Goroutines int
 }
 
@@ -141,8 +147,8 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 					return out, fmt.Errorf("%s, %d volumes, %s: %w", env.backend, n, j.Name, err)
 				}
 				lo, hi := minMax(mr.PerVolume)
-				fmt.Fprintf(os.Stderr, "[%d/%d] many volumes %-6s %3d × %-17s %8.0f %s in all, per volume %.0f–%.0f, peak RSS %.0f MiB, %d goroutines\n",
-					r+1, o.repeat, env.backend, n, j.Name, sum(mr.PerVolume), j.Metric, lo, hi, float64(mr.PeakRSS)/(1<<20), mr.Goroutines)
+				fmt.Fprintf(os.Stderr, "[%d/%d] many volumes %-6s %3d × %-17s %8.0f %s in all, per volume %.1f–%.1f, peak RSS %.0f MiB (live Go heap %.0f MiB), %d goroutines\n",
+					r+1, o.repeat, env.backend, n, j.Name, sum(mr.PerVolume), j.Metric, lo, hi, float64(mr.PeakRSS)/(1<<20), float64(mr.LiveHeap)/(1<<20), mr.Goroutines)
 				runs = append(runs, mr)
 			}
 			res := summarizeMany(runs)
@@ -207,6 +213,8 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 		args = append(args, fmt.Sprintf("--name=v%d", i), "--filename="+d.path)
 	}
 	var maxG int
+	var maxLive uint64
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -216,6 +224,10 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 		defer t.Stop()
 		for {
 			maxG = max(maxG, runtime.NumGoroutine())
+			metrics.Read(live)
+			if live[0].Value.Kind() == metrics.KindUint64 {
+				maxLive = max(maxLive, live[0].Value.Uint64())
+			}
 			select {
 			case <-done:
 				return
@@ -238,7 +250,7 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 	if len(fj) != len(devs) {
 		return manyRun{}, fmt.Errorf("fio reported %d jobs, want one per volume (%d)", len(fj), len(devs))
 	}
-	mr := manyRun{ServeCPU: self1 - self0, OSDCPU: osd1 - osd0, Goroutines: maxG}
+	mr := manyRun{ServeCPU: self1 - self0, OSDCPU: osd1 - osd0, Goroutines: maxG, LiveHeap: maxLive}
 	for _, v := range fj {
 		x := v.Write.IOPS
 		if j.Metric == "MB/s" {
@@ -264,6 +276,7 @@ func summarizeMany(runs []manyRun) manyResult {
 		serve = append(serve, perGB(r.ServeCPU, r.Bytes))
 		osd = append(osd, perGB(r.OSDCPU, r.Bytes))
 		res.PeakRSSMiB = max(res.PeakRSSMiB, float64(r.PeakRSS)/(1<<20))
+		res.PeakLiveHeapMiB = max(res.PeakLiveHeapMiB, float64(r.LiveHeap)/(1<<20))
 		res.RSSMiB = float64(r.RSS) / (1 << 20)
 		res.Goroutines = max(res.Goroutines, r.Goroutines)
 	}

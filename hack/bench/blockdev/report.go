@@ -139,17 +139,17 @@ func markdown(rep *report) string {
 	}
 
 	if len(rep.Many) > 0 {
-		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run (its RSS before the first volume of the backend was opened: %s).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
-		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
-		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run (its RSS before the first volume of the backend was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
+		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | peak live Go heap (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
+		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range rep.Many {
 			sp := ""
 			if len(m.AggregateRuns) > 1 {
 				sp = fmt.Sprintf(" ±%.0f%%", m.Spread*100)
 			}
-			fmt.Fprintf(&b, "| %s | %d | %s | %s %s%s | %s / %s | %.2f | %.0f | %.0f | %d / %d | %s / %s |\n",
+			fmt.Fprintf(&b, "| %s | %d | %s | %s %s%s | %s / %s | %.2f | %.0f | %.0f | %.0f | %d / %d | %s / %s |\n",
 				m.Backend, m.Volumes, m.Job, fmtFig(m.Aggregate), m.Metric, sp, fmtFig(m.Slowest), fmtFig(m.Fastest), m.SlowestToFastest,
-				m.PeakRSSMiB, m.RSSMiB, m.IdleRoutines, m.Goroutines, fmtPtr(m.ServeCPUPerGB), fmtPtr(m.OSDCPUPerGB))
+				m.PeakRSSMiB, m.RSSMiB, m.PeakLiveHeapMiB, m.IdleRoutines, m.Goroutines, fmtPtr(m.ServeCPUPerGB), fmtPtr(m.OSDCPUPerGB))
 		}
 	}
 

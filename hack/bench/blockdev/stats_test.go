@@ -202,7 +202,7 @@ func TestSummarize(t *testing.T) {
 func TestSummarizeMany(t *testing.T) {
 	runs := []manyRun{
 		{PerVolume: []float64{100, 50, 80}, Bytes: 1e9, ServeCPU: 1, OSDCPU: 2, PeakRSS: 300 << 20, RSS: 200 << 20, Goroutines: 90},
-		{PerVolume: []float64{100, 100, 100}, Bytes: 1e9, ServeCPU: 1, OSDCPU: 2, PeakRSS: 500 << 20, RSS: 250 << 20, Goroutines: 80},
+		{PerVolume: []float64{100, 100, 100}, Bytes: 1e9, ServeCPU: 1, OSDCPU: 2, PeakRSS: 500 << 20, RSS: 250 << 20, Goroutines: 80, LiveHeap: 120 << 20},
 		{PerVolume: []float64{120, 30, 90}, Bytes: 1e9, ServeCPU: 1, OSDCPU: 2, PeakRSS: 400 << 20, RSS: 220 << 20, Goroutines: 85},
 	}
 	m := summarizeMany(runs)
@@ -214,6 +214,9 @@ func TestSummarizeMany(t *testing.T) {
 	}
 	if m.Slowest != 50 || m.Fastest != 100 {
 		t.Errorf("slowest %v fastest %v, want 50, 100", m.Slowest, m.Fastest)
+	}
+	if m.PeakLiveHeapMiB != 120 {
+		t.Errorf("peak live heap %v MiB, want 120 (highest)", m.PeakLiveHeapMiB)
 	}
 	if m.PeakRSSMiB != 500 || m.RSSMiB != 220 || m.Goroutines != 90 {
 		t.Errorf("peak RSS %v, RSS %v, goroutines %v; want 500 (highest), 220 (last), 90", m.PeakRSSMiB, m.RSSMiB, m.Goroutines)
