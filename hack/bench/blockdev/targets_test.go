@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -246,5 +247,94 @@ func TestMatchesAny(t *testing.T) {
 		if got := matchesAny(tc.s, tc.list); got != tc.want {
 			t.Errorf("matchesAny(%q, %q) = %v, want %v", tc.s, tc.list, got, tc.want)
 		}
+	}
+}
+
+// TestRunRound drives rounds over fake rows (pure orchestration: no fio):
+// rows are visited in the rotated order, the group's environment is begun
+// and ended per round (or per row), a read job is preceded by a fill unless
+// a sequential write already covered the span, and every run is collected.
+func TestRunRound(t *testing.T) {
+	saved := jobs
+	defer func() { jobs = saved }()
+	for _, tc := range []struct {
+		name      string
+		jobs      []job
+		seqBytes  float64 // what the seqwrite run reports it moved
+		perRow    bool
+		wantFills int // per row and round
+	}{
+		{name: "read after a covering seqwrite", jobs: allJobs, seqBytes: 512 << 20, wantFills: 0},
+		{name: "read after a short seqwrite", jobs: allJobs, seqBytes: 100 << 20, wantFills: 1},
+		{name: "read only", jobs: []job{allJobs[4]}, wantFills: 1},
+		{name: "writes only", jobs: allJobs[:2], wantFills: 0},
+		{name: "fresh environment per row", jobs: allJobs[:1], perRow: true, wantFills: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			jobs = tc.jobs
+			o := options{span: 256 << 20, repeat: 3}
+			var events []string
+			mk := func(name string) rowSpec {
+				return rowSpec{Name: name, Backend: "fake", open: func(context.Context) (*target, error) {
+					events = append(events, "open "+name)
+					return &target{
+						run: func(_ context.Context, j job) (sample, error) {
+							s := sample{Value: 1, Bytes: 4096}
+							if j.RW == "write" {
+								s.Bytes = tc.seqBytes
+							}
+							return s, nil
+						},
+						fill:  func(context.Context) error { events = append(events, "fill "+name); return nil },
+						close: func() error { events = append(events, "close "+name); return nil },
+					}, nil
+				}}
+			}
+			g := &group{name: "fake", perRow: tc.perRow, rows: []rowSpec{mk("a"), mk("b"), mk("c")}}
+			g.begin = func(context.Context) (func(), error) {
+				events = append(events, "begin")
+				return func() { events = append(events, "end") }, nil
+			}
+			acc := newAccumulator()
+			var order []string
+			for r := 0; r < o.repeat; r++ {
+				events = nil
+				if err := runRound(context.Background(), o, g, r, acc); err != nil {
+					t.Fatal(err)
+				}
+				begins, fills := 0, 0
+				var opened []string
+				for _, e := range events {
+					switch {
+					case e == "begin":
+						begins++
+					case strings.HasPrefix(e, "fill "):
+						fills++
+					case strings.HasPrefix(e, "open "):
+						opened = append(opened, strings.TrimPrefix(e, "open "))
+					}
+				}
+				order = append(order, strings.Join(opened, ""))
+				wantBegins := 1
+				if tc.perRow {
+					wantBegins = 3
+				}
+				if begins != wantBegins || events[len(events)-1] != "end" {
+					t.Errorf("round %d: events %v: %d begins, want %d, ending with end", r, events, begins, wantBegins)
+				}
+				if fills != tc.wantFills*3 {
+					t.Errorf("round %d: %d fills, want %d (events %v)", r, fills, tc.wantFills*3, events)
+				}
+			}
+			if want := []string{"abc", "bca", "cab"}; !reflect.DeepEqual(order, want) {
+				t.Errorf("orders %v, want %v", order, want)
+			}
+			res := acc.result(g.rows[1])
+			for _, j := range tc.jobs {
+				if js := res.Jobs[j.Name]; js == nil || len(js.Runs) != 3 {
+					t.Errorf("row b, %s: %+v, want 3 runs", j.Name, js)
+				}
+			}
+		})
 	}
 }
