@@ -233,8 +233,9 @@ func parseJob(spec string) (job, error) {
 	}
 	j := job{Name: strings.Join(f, " "), Write: true}
 	size := strings.ToUpper(f[0])
-	n, err := strconv.Atoi(strings.TrimRight(size, "KM"))
-	if err != nil || n <= 0 || len(size) < 2 || !strings.ContainsAny(size[len(size)-1:], "KM") {
+	digits := strings.TrimRight(size, "KM")
+	n, err := strconv.Atoi(digits)
+	if err != nil || n <= 0 || len(digits) != len(size)-1 {
 		return job{}, fmt.Errorf("%q: size %q is not <n>K or <n>M", spec, f[0])
 	}
 	j.BS = strings.ToLower(size)

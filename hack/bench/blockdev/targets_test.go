@@ -210,6 +210,8 @@ func TestParseJob(t *testing.T) {
 		{in: "4K randread QD16", wantErr: true},
 		{in: "4 randwrite QD4", wantErr: true},
 		{in: "K randwrite QD4", wantErr: true},
+		{in: "1MK randwrite QD4", wantErr: true},
+		{in: "0K randwrite QD4", wantErr: true},
 		{in: "4K randwrite 4", wantErr: true},
 		{in: "4K randwrite QD0", wantErr: true},
 		{in: "4K randwrite", wantErr: true},
