@@ -264,7 +264,7 @@ func (s *cephStorage) CreateImage(ctx context.Context, pool objstore.Pool, name 
 }
 
 func (s *cephStorage) RemoveImage(ctx context.Context, pool objstore.Pool, name string) error {
-	return s.opErr(removeWithExtentLog(ctx, pool, name, func() error { return librbd.Remove(ctx, pool, name) }))
+	return s.removeImage(ctx, pool, name) // clone_ceph.go
 }
 
 func (s *cephStorage) ImageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo, error) {
