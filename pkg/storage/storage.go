@@ -191,7 +191,9 @@ func imageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo,
 	if err != nil {
 		return ImageInfo{}, err
 	}
-	info := ImageInfo{ID: img.ID(), Size: img.Size(), Order: img.Order(), Features: img.Features()}
+	// Internal bits (operations: a clone or a clone parent) are not
+	// features a volume was created with.
+	info := ImageInfo{ID: img.ID(), Size: img.Size(), Order: img.Order(), Features: img.Features() &^ clsrbd.FeaturesInternal}
 	if info.Features&clsrbd.FeatureJournaling != 0 {
 		order, splay, _, err := clsjournal.GetImmutableMetadata(ctx, pool, journal.HeaderOID(img.ID()))
 		if err != nil {
