@@ -51,7 +51,7 @@ type snapshotRecord struct {
 	// FormatBlank: the source was a new, never formatted volume when the
 	// snapshot was requested (its copies may be formatted by the node;
 	// storage.MetaFormatBlank).
-	FormatBlank bool `json:"formatBlank,omitempty"`	// ImageID is the id of the source's image: the snapshot lives there,
+	FormatBlank bool `json:"formatBlank,omitempty"` // ImageID is the id of the source's image: the snapshot lives there,
 	// also after the volume was deleted and its image parked ("" in
 	// records written before: the image name).
 	ImageID string `json:"imageID,omitempty"`
