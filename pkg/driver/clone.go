@@ -316,21 +316,14 @@ func (d *Driver) createLayered(ctx context.Context, st storage.Storage, pool obj
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	cleanup := func() {
-		cctx := context.WithoutCancel(ctx)
-		d.removeTempSnapshot(cctx, sn, pool, src)
-		if rerr := removeRecord(cctx, pool, dst); rerr != nil {
-			klog.FromContext(ctx).Error(rerr, "Could not remove the record of a clone that was not made", "image", dst)
-		}
-	}
 	if src.temp {
 		if _, err := sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
-			cleanup()
+			d.abortLayered(ctx, st, pool, src, dst)
 			return snapStatus(err, "snapshot the source volume "+src.id)
 		}
 	}
 	if err := cl.CloneImage(ctx, pool, src.parent, src.snap, dst, size, params.CreateOptions()); err != nil {
-		cleanup()
+		d.abortLayered(ctx, st, pool, src, dst)
 		switch {
 		case errors.Is(err, storage.ErrSnapshotNotFound), errors.Is(err, image.ErrNotFound):
 			return status.Errorf(codes.NotFound, "source %s does not exist: %v", src.id, err)
@@ -343,12 +336,38 @@ func (d *Driver) createLayered(ctx context.Context, st storage.Storage, pool obj
 	return d.finishLayered(ctx, st, pool, src, dst, rec)
 }
 
+// abortLayered removes what a failed layered clone left: the clone image
+// (detached from its parent), the temporary snapshot and the record.
+func (d *Driver) abortLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string) {
+	logger := klog.FromContext(ctx)
+	cctx := context.WithoutCancel(ctx)
+	if err := st.RemoveImage(cctx, pool, dst); err != nil && !errors.Is(err, image.ErrNotFound) {
+		logger.Error(err, "Could not remove the image of a failed clone", "image", dst)
+		return // the record stays: a retry or DeleteVolume finds the image
+	}
+	if sn, err := storage.SnapshotterOf(st); err == nil {
+		d.removeTempSnapshot(cctx, sn, pool, src)
+	}
+	if err := removeRecord(cctx, pool, dst); err != nil {
+		logger.Error(err, "Could not remove the record of a failed clone", "image", dst)
+	}
+}
+
 // finishLayered completes a layered clone dst: the temporary snapshot of a
 // volume source is removed (it moves to the trash namespace while the
 // clone uses it) and the record says whether the clone waits for a
 // background flatten (deeper than the soft limit). A retry after a crash
-// runs it again.
+// runs it again. If it fails, the clone, the temporary snapshot and the
+// record are removed (the CO's retry starts over).
 func (d *Driver) finishLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
+	err := d.completeLayered(ctx, st, pool, src, dst, rec)
+	if err != nil {
+		d.abortLayered(ctx, st, pool, src, dst)
+	}
+	return err
+}
+
+func (d *Driver) completeLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
 	if src.temp {
 		sn, err := storage.SnapshotterOf(st)
 		if err != nil {
