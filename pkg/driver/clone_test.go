@@ -37,6 +37,7 @@ type cloneEnv struct {
 	d      *driver.Driver
 	pool   objstore.Pool
 	params map[string]string
+	prefix string // of the CSI names (unique on a shared Ceph pool)
 }
 
 func newCloneEnv(t *testing.T, b storage.Backend, params map[string]string) *cloneEnv {
@@ -71,7 +72,7 @@ func openLocalBackend(t *testing.T) *storage.LocalBackend {
 }
 
 func (e *cloneEnv) create(name string, src *csi.VolumeContentSource) (*csi.Volume, error) {
-	resp, err := e.d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockCap},
+	resp, err := e.d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: e.prefix + name, VolumeCapabilities: []*csi.VolumeCapability{blockCap},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: cloneTestSize}, Parameters: e.params, VolumeContentSource: src})
 	return resp.GetVolume(), err
 }
@@ -87,7 +88,7 @@ func (e *cloneEnv) mustCreate(name string, src *csi.VolumeContentSource) *csi.Vo
 
 func (e *cloneEnv) snapshot(name string, v *csi.Volume) string {
 	e.t.Helper()
-	resp, err := e.d.CreateSnapshot(context.Background(), &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: v.GetVolumeId()})
+	resp, err := e.d.CreateSnapshot(context.Background(), &csi.CreateSnapshotRequest{Name: e.prefix + name, SourceVolumeId: v.GetVolumeId()})
 	if err != nil {
 		e.t.Fatalf("CreateSnapshot %s: %v", name, err)
 	}
@@ -286,48 +287,66 @@ func TestCloneFamilyDeleteOrders(t *testing.T) {
 	for _, order := range orders {
 		t.Run(strings.Join(order, ","), func(t *testing.T) {
 			e := newCloneEnv(t, openLocalBackend(t), nil)
-			data := map[string][]byte{}
-			vols := map[string]*csi.Volume{}
-			sids := map[string]string{}
-			v0 := e.mustCreate("v0", nil)
-			d0 := make([]byte, cloneTestSize)
-			rand.New(rand.NewSource(2)).Read(d0)
-			e.write(v0, d0, 0)
-			vols["v0"], data["v0"] = v0, d0
-			sids["s0"] = e.snapshot("s0", v0)
-			mk := func(name string, src *csi.VolumeContentSource, from string) {
-				v := e.mustCreate(name, src)
-				d := append([]byte{}, data[from]...)
-				mark := []byte(name)
-				copy(d[1<<20+77:], mark)
-				e.write(v, mark, 1<<20+77)
-				vols[name], data[name] = v, d
-			}
-			mk("r1", fromSnap(sids["s0"]), "v0")
-			mk("c1", fromVol(v0), "v0")
-			sids["s1"] = e.snapshot("s1", vols["r1"])
-			mk("r2", fromSnap(sids["s1"]), "r1")
-			mk("c2", fromVol(vols["c1"]), "c1")
-			ctx := context.Background()
-			for _, m := range order {
-				if sid, ok := sids[m]; ok {
-					if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
-						t.Fatalf("DeleteSnapshot %s: %v", m, err)
-					}
-				} else {
-					if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vols[m].GetVolumeId()}); err != nil {
-						t.Fatalf("DeleteVolume %s: %v", m, err)
-					}
-					delete(vols, m)
-				}
-				for n, v := range vols {
-					if !bytes.Equal(e.read(v), data[n]) {
-						t.Fatalf("after deleting %s, %s reads other data", m, n)
-					}
-				}
-			}
+			vols, sids, data := e.buildFamily()
+			e.deleteFamily(order, vols, sids, data)
 			e.checkEmpty()
 		})
+	}
+}
+
+// buildFamily makes v0 (random data), its snapshot s0, r1 = restore of
+// s0, c1 = clone of v0, s1 = snapshot of r1, r2 = restore of s1, c2 =
+// clone of c1; each new volume writes its name into its second object. It
+// returns the volumes, the snapshot ids and what each volume reads.
+func (e *cloneEnv) buildFamily() (map[string]*csi.Volume, map[string]string, map[string][]byte) {
+	e.t.Helper()
+	data := map[string][]byte{}
+	vols := map[string]*csi.Volume{}
+	sids := map[string]string{}
+	v0 := e.mustCreate("v0", nil)
+	d0 := make([]byte, cloneTestSize)
+	rand.New(rand.NewSource(2)).Read(d0)
+	e.write(v0, d0, 0)
+	vols["v0"], data["v0"] = v0, d0
+	sids["s0"] = e.snapshot("s0", v0)
+	mk := func(name string, src *csi.VolumeContentSource, from string) {
+		v := e.mustCreate(name, src)
+		d := append([]byte{}, data[from]...)
+		mark := []byte(name)
+		copy(d[1<<20+77:], mark)
+		e.write(v, mark, 1<<20+77)
+		vols[name], data[name] = v, d
+	}
+	mk("r1", fromSnap(sids["s0"]), "v0")
+	mk("c1", fromVol(v0), "v0")
+	sids["s1"] = e.snapshot("s1", vols["r1"])
+	mk("r2", fromSnap(sids["s1"]), "r1")
+	mk("c2", fromVol(vols["c1"]), "c1")
+	return vols, sids, data
+}
+
+// deleteFamily deletes the members in order (snapshots by DeleteSnapshot,
+// volumes by DeleteVolume): each call succeeds and the volumes left read
+// their data.
+func (e *cloneEnv) deleteFamily(order []string, vols map[string]*csi.Volume, sids map[string]string, data map[string][]byte) {
+	e.t.Helper()
+	ctx := context.Background()
+	for _, m := range order {
+		if sid, ok := sids[m]; ok {
+			if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
+				e.t.Fatalf("DeleteSnapshot %s: %v", m, err)
+			}
+		} else {
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vols[m].GetVolumeId()}); err != nil {
+				e.t.Fatalf("DeleteVolume %s: %v", m, err)
+			}
+			delete(vols, m)
+		}
+		for n, v := range vols {
+			if !bytes.Equal(e.read(v), data[n]) {
+				e.t.Fatalf("after deleting %s, %s reads other data", m, n)
+			}
+		}
 	}
 }
 
