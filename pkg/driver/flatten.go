@@ -25,7 +25,9 @@ import (
 // resize and snapshots — nor one with snapshots (they would still need the
 // parent); both stay pending and are retried. The flatten runs without the
 // node, with the image's exclusive lock held (a node staging it meanwhile
-// waits).
+// waits). It lists volumes and opens their clusters with the controller's
+// default credentials (as ListVolumes does, --ceph-credentials-dir on
+// Ceph): without them clones stay unflattened and the failure is logged.
 
 // flattenInterval is how often the flattener looks for pending clones.
 const flattenInterval = 30 * time.Second
@@ -47,9 +49,15 @@ func (d *Driver) runFlattener(ctx context.Context) {
 	ctx = klog.NewContext(ctx, logger)
 	t := time.NewTicker(flattenInterval)
 	defer t.Stop()
+	last := ""
 	for {
-		if _, err := d.FlattenPending(ctx); err != nil && ctx.Err() == nil {
-			logger.Error(err, "Looking for clones to flatten failed; retrying", "interval", flattenInterval)
+		// The same failure (e.g. no default credentials to list volumes
+		// with) is logged once, not every interval.
+		if _, err := d.FlattenPending(ctx); err != nil && ctx.Err() == nil && err.Error() != last {
+			logger.Error(err, "Looking for clones to flatten failed; retrying (further identical failures are not logged)", "interval", flattenInterval)
+			last = err.Error()
+		} else if err == nil {
+			last = ""
 		}
 		select {
 		case <-ctx.Done():

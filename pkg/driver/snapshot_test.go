@@ -208,6 +208,15 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		undo()
 	}
 
+	// Deleting the clone while its source is served: the source's trashed
+	// temporary snapshot goes with it, removed by the node (lock owner).
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: clone.GetVolumeId(), Secrets: secrets}); err != nil {
+		t.Fatalf("DeleteVolume of the clone: %v", err)
+	}
+	if snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(hdrID)); err != nil || len(snaps) != 1 || snaps[0].Namespace.Type != rbdnotify.SnapNamespaceUser {
+		t.Errorf("the served source's snapshots after its clone was deleted: %v (%v), want only the CSI one", snaps, err)
+	}
+
 	// Bad input: each fails with its code and leaves nothing behind.
 	other := map[string]string{volume.ParamPool: "other"}
 	for k, v := range params {
@@ -253,7 +262,7 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 			t.Errorf("%s: image %s: %v, want none", tc.name, img, err)
 		}
 	}
-	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: clone.GetVolumeId(), Secrets: secrets})
+	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: restored.GetVolumeId(), Secrets: secrets})
 	expectCode(t, "same snapshot name, another source", err, codes.AlreadyExists, "already exists")
 	unstageSource()
 	// The source goes for the CO, its image stays (parked) for the
