@@ -127,6 +127,20 @@ func TestCephCloneFamily(t *testing.T) {
 			if out := f.rbd(t, "children", p+s1.Image+"@"+s1.Snap); !strings.Contains(out, imageOf(vols["r2"])) {
 				t.Errorf("rbd children of s1 does not list r2:\n%s", out)
 			}
+			// Our cls client reads what the OSD's cls_rbd keeps (the
+			// local backend's class writes the same).
+			r1id := ids["r1"]
+			s1info, err := clsrbd.FindSnapshot(context.Background(), e.pool, clsrbd.HeaderOID(r1id), clsrbd.SnapshotNamespace{}, s1.Snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kids, err := clsrbd.ChildrenList(context.Background(), e.pool, clsrbd.HeaderOID(r1id), s1info.ID)
+			if err != nil || len(kids) != 1 || kids[0].ImageID != ids["r2"] || kids[0].PoolID != e.pool.ID() {
+				t.Errorf("children_list of s1 on the OSD: %+v, %v; want r2 (%s)", kids, err, ids["r2"])
+			}
+			if of, err := clsrbd.OpFeaturesGet(context.Background(), e.pool, clsrbd.HeaderOID(r1id)); err != nil || of&clsrbd.OpFeatureCloneParent == 0 || of&clsrbd.OpFeatureCloneChild == 0 {
+				t.Errorf("op features of r1 on the OSD: %x, %v; want clone-parent and clone-child", of, err)
+			}
 			// c2 is a clone of c1's temporary snapshot, in the trash
 			// namespace: rbd children --all lists it.
 			if out := f.rbd(t, "children", "--all", p+imageOf(vols["c1"])); !strings.Contains(out, imageOf(vols["c2"])) {

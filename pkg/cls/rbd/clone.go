@@ -44,8 +44,7 @@ func (s ChildImageSpec) Encode(e *cephenc.Encoder) {
 // Decode reads version 1 or 2.
 func (s *ChildImageSpec) Decode(d *cephenc.Decoder) error {
 	st := d.Start(2)
-	s.PoolID = d.S64()
-	s.ImageID = d.Str()
+	*s = ChildImageSpec{PoolID: d.S64(), ImageID: d.Str()}
 	if st.Version >= 2 {
 		s.PoolNamespace = d.Str()
 	}
