@@ -433,3 +433,25 @@ func TestCloneFailureLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestDeleteVolumeForeignSnapshot: a volume with a snapshot not made
+// through CSI is not deleted (nothing would remove its parked image):
+// FailedPrecondition naming it; once it is removed the volume goes.
+func TestDeleteVolumeForeignSnapshot(t *testing.T) {
+	b := openLocalBackend(t)
+	e := newCloneEnv(t, b, nil)
+	v0 := e.mustCreate("v0", nil)
+	ctx := context.Background()
+	if _, err := b.CreateSnapshot(ctx, e.pool, imageOf(v0), "by-hand"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v0.GetVolumeId()})
+	expectCode(t, "delete a volume with a foreign snapshot", err, codes.FailedPrecondition, "by-hand", "not made through CSI")
+	if err := b.RemoveSnapshot(ctx, e.pool, imageOf(v0), "by-hand"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v0.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	e.checkEmpty()
+}

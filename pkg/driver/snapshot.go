@@ -439,9 +439,30 @@ func (d *Driver) allSnapshots(ctx context.Context) ([]*csi.ListSnapshotsResponse
 // parkVolume parks the image of a deleted volume that has snapshots: it is
 // renamed (storage.ParkedName) and stays while they do; DeleteSnapshot of
 // its last CSI snapshot, or the removal of the last clone of a trashed
-// one, removes it. Snapshots not made through CSI keep it until they are
-// removed by hand.
+// one, removes it. A volume with snapshots not made through CSI is refused
+// (FailedPrecondition naming them).
 func (d *Driver) parkVolume(ctx context.Context, st storage.Storage, pool objstore.Pool, vid volume.VolumeID, fam storage.Family) error {
+	// Only CSI snapshots and trashed ones (kept for clones) are waited
+	// for; another snapshot (`rbd snap create`, an rbd-mirror sync point)
+	// would keep the image forever: refused, as before clones existed.
+	var foreign []string
+	for _, s := range fam.Snapshots {
+		if s.Namespace.Type == rbdnotify.SnapNamespaceTrash {
+			continue
+		}
+		rec, err := readSnapRecord(ctx, pool, s.Name)
+		if err == nil && rec.Source == vid.String() {
+			continue
+		}
+		if err != nil && !errors.Is(err, objstore.ErrNotFound) {
+			return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read snapshot record "+s.Name)
+		}
+		foreign = append(foreign, s.Name+" ("+s.Namespace.String()+")")
+	}
+	if len(foreign) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s has snapshots not made through CSI (%s): remove them first (rbd snap rm %s/%s@<snapshot>); CSI snapshots and clones of the volume would not keep it from being deleted",
+			vid, strings.Join(foreign, ", "), vid.Pool, vid.Image)
+	}
 	cl, err := storage.ClonerOf(st)
 	if err != nil {
 		return status.Errorf(codes.Unimplemented, "%v", err)
