@@ -236,6 +236,19 @@ func TestLocalFlatten(t *testing.T) {
 	if err := b.FlattenImage(ctx, pool, "c1"); !errors.Is(err, ErrHasSnapshots) {
 		t.Fatalf("flatten of a clone with snapshots: %v", err)
 	}
+	// A served clone (its header watched, as a node watches it) is not
+	// flattened: ErrImageServed, retried later.
+	c2id, _ := ImageID(ctx, pool, "c2")
+	w, err := pool.Watch(ctx, clsrbd.HeaderOID(c2id), ignoreNotifies{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.FlattenImage(ctx, pool, "c2"); !errors.Is(err, ErrImageServed) {
+		t.Errorf("flatten of a served clone: %v, want ErrImageServed", err)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	before := readImage(t, pool, "c2")
 	if err := b.RemoveSnapshot(ctx, pool, "c1", "cs"); err != nil { // trashed: c2 uses it
 		t.Fatal(err)
@@ -332,3 +345,10 @@ func TestLocalCloneFailure(t *testing.T) {
 		t.Fatalf("images after refused clones: %v", imgs)
 	}
 }
+
+// ignoreNotifies is a watch handler that acknowledges nothing (the
+// flatten sends no notification before it checks the watchers).
+type ignoreNotifies struct{}
+
+func (ignoreNotifies) HandleNotify(context.Context, *objstore.Notification) {}
+func (ignoreNotifies) HandleWatchError(context.Context, error)              {}
