@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
@@ -18,6 +19,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 )
@@ -454,4 +456,58 @@ func TestDeleteVolumeForeignSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.checkEmpty()
+}
+
+// TestBackgroundFlatten: the controller Serve runs flattens a clone deeper
+// than cloneDepthSoftLimit by itself, soon after CreateVolume (woken, not
+// on its 30 s timer), and clears its record's flag.
+func TestBackgroundFlatten(t *testing.T) {
+	dir := t.TempDir()
+	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, _, _ := serveDriver(t, dir, b)
+	ctx := context.Background()
+	params := map[string]string{volume.ParamObjectOrder: "20", volume.ParamCloneDepthSoftLimit: "0"}
+	mk := func(name string, src *csi.VolumeContentSource) *csi.Volume {
+		resp, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockCap},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: cloneTestSize}, Parameters: params, VolumeContentSource: src})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetVolume()
+	}
+	v0 := mk("v0", nil)
+	pool, err := b.Pool(ctx, "rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &cloneEnv{t: t, pool: pool}
+	e.write(v0, bytes.Repeat([]byte("background "), cloneTestSize/11), 0)
+	c := mk("c", fromVol(v0))
+	flagCleared := func() bool {
+		var op objstore.ReadOp
+		r := op.Read(0, 0)
+		if err := pool.Read(ctx, "csi.volume."+imageOf(c), &op); err != nil {
+			t.Fatal(err)
+		}
+		return !strings.Contains(string(r.Data()), "flattenPending")
+	}
+	testwait.For(t, 10*time.Second, "the background flatten of the clone", func() bool {
+		d, err := storage.ImageDepth(ctx, pool, imageOf(c))
+		return err == nil && d == 0 && flagCleared()
+	})
+	if !bytes.Equal(e.read(c), e.read(v0)) {
+		t.Error("the flattened clone reads other data than its source")
+	}
+	testwait.For(t, 10*time.Second, "the source's trashed snapshot to go", func() bool {
+		f, err := storage.FamilyOf(ctx, pool, imageOf(v0))
+		return err == nil && len(f.Snapshots) == 0
+	})
+	for _, v := range []*csi.Volume{c, v0} {
+		if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

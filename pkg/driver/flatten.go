@@ -17,8 +17,9 @@ import (
 //
 // CreateVolume marks such a clone FlattenPending in its record and wakes
 // the flattener, which Serve runs in the controller for as long as it
-// serves; it also looks at every record each flattenInterval, so a flatten
-// interrupted by a restart (or refused) is picked up again: the flatten is
+// serves; it looks at every record when it starts and, while a clone stays
+// pending, every flattenInterval, so a flatten interrupted by a restart
+// (or refused) is picked up again: the flatten is
 // idempotent (rbd.copyup writes only objects the clone lacks). A clone a
 // node serves is not flattened — librbd's flatten would need the lock
 // owner, and csi-rbdj's node refuses maintenance requests other than
@@ -29,7 +30,8 @@ import (
 // default credentials (as ListVolumes does, --ceph-credentials-dir on
 // Ceph): without them clones stay unflattened and the failure is logged.
 
-// flattenInterval is how often the flattener looks for pending clones.
+// flattenInterval is how often the flattener looks again while clones are
+// pending.
 const flattenInterval = 30 * time.Second
 
 // flattenTimeout bounds the flatten of one clone.
@@ -43,27 +45,43 @@ func (d *Driver) kickFlattener() {
 	}
 }
 
-// runFlattener flattens pending clones until ctx is done.
+// runFlattener flattens pending clones until ctx is done. It looks at
+// every volume record when it starts (a flatten a restart interrupted),
+// when CreateVolume makes a clone to flatten, and every flattenInterval
+// while a clone stays pending or the last pass failed; otherwise it stays
+// idle (a pass lists the pools, which costs the cluster something).
 func (d *Driver) runFlattener(ctx context.Context) {
 	logger := klog.FromContext(ctx).WithName("flattener")
 	ctx = klog.NewContext(ctx, logger)
-	t := time.NewTicker(flattenInterval)
-	defer t.Stop()
 	last := ""
 	for {
-		// The same failure (e.g. no default credentials to list volumes
-		// with) is logged once, not every interval.
-		if _, err := d.FlattenPending(ctx); err != nil && ctx.Err() == nil && err.Error() != last {
+		pending, err := d.FlattenPending(ctx)
+		switch {
+		case err == nil:
+			last = ""
+		case ctx.Err() != nil:
+		case err.Error() != last:
+			// The same failure (e.g. no default credentials to list
+			// volumes with) is logged once, not every interval.
 			logger.Error(err, "Looking for clones to flatten failed; retrying (further identical failures are not logged)", "interval", flattenInterval)
 			last = err.Error()
-		} else if err == nil {
-			last = ""
+		}
+		var retry <-chan time.Time
+		var t *time.Timer
+		if pending > 0 || err != nil {
+			t = time.NewTimer(flattenInterval)
+			retry = t.C
 		}
 		select {
 		case <-ctx.Done():
-			return
-		case <-t.C:
+		case <-retry:
 		case <-d.flattenKick:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
 		}
 	}
 }
