@@ -3,6 +3,7 @@ package driver_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -510,4 +511,43 @@ func TestBackgroundFlatten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestParkOldSnapshotRecord: a snapshot record written before records
+// kept the image id still finds its snapshot after the volume was deleted
+// (DeleteVolume fills the id in before it parks the image): DeleteSnapshot
+// then removes the snapshot and the parked image.
+func TestParkOldSnapshotRecord(t *testing.T) {
+	e := newCloneEnv(t, openLocalBackend(t), nil)
+	ctx := context.Background()
+	v0 := e.mustCreate("v0", nil)
+	sid := e.snapshot("s0", v0)
+	s, _ := volume.ParseSnapshotID(sid)
+	oid := "csi.snapshot." + s.Snap
+	var rop objstore.ReadOp
+	r := rop.Read(0, 0)
+	if err := e.pool.Read(ctx, oid, &rop); err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(r.Data(), &rec); err != nil || rec["imageID"] == nil {
+		t.Fatalf("snapshot record %s: %v (want an imageID)", r.Data(), err)
+	}
+	delete(rec, "imageID")
+	old, _ := json.Marshal(rec)
+	var wop objstore.WriteOp
+	wop.WriteFull(old)
+	if err := e.pool.Operate(ctx, oid, &wop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v0.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: sid}); err != nil || len(l.GetEntries()) != 1 {
+		t.Errorf("ListSnapshots of the parked volume's snapshot: %v, %v", l, err)
+	}
+	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	e.checkEmpty()
 }

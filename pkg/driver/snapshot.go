@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -452,6 +453,16 @@ func (d *Driver) parkVolume(ctx context.Context, st storage.Storage, pool objsto
 		}
 		rec, err := readSnapRecord(ctx, pool, s.Name)
 		if err == nil && rec.Source == vid.String() {
+			if rec.ImageID == "" {
+				// A record written before records kept the image id: the
+				// snapshot must stay findable once the image is renamed.
+				if rec.ImageID, err = storage.ImageID(ctx, pool, vid.Image); err == nil {
+					err = updateSnapRecord(ctx, pool, s.Name, rec)
+				}
+				if err != nil {
+					return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "record the image id in snapshot record "+s.Name)
+				}
+			}
 			continue
 		}
 		if err != nil && !errors.Is(err, objstore.ErrNotFound) {
@@ -498,6 +509,18 @@ func readSnapRecord(ctx context.Context, pool objstore.Pool, snap string) (snaps
 
 func writeSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
 	return createJSONObject(ctx, pool, snapRecordPrefix+snap, rec)
+}
+
+// updateSnapRecord replaces an existing snapshot record.
+func updateSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	var op objstore.WriteOp
+	op.AssertExists()
+	op.WriteFull(b)
+	return pool.Operate(ctx, snapRecordPrefix+snap, &op)
 }
 
 func removeSnapRecord(ctx context.Context, pool objstore.Pool, snap string) error {
