@@ -283,11 +283,17 @@ func (d *Driver) finishCopy(ctx context.Context, st storage.Storage, pool objsto
 
 // planLayered decides how a new volume with source src is made: as a
 // layered clone, unless its StorageClass leaves out the layering feature
-// or the new image would be more than the hard limit of images away from
-// its oldest ancestor (then a full copy: flattened at birth). depth is the
-// new image's.
+// or asks for mirroring, or the new image would be more than the hard
+// limit of images away from its oldest ancestor (then a full copy:
+// flattened at birth). depth is the new image's.
 func planLayered(ctx context.Context, pool objstore.Pool, src *contentSource, params volume.VolumeParams) (layered bool, depth int, err error) {
 	if params.Features&clsrbd.FeatureLayering == 0 {
+		return false, 0, nil
+	}
+	if params.Mirroring != "" {
+		// rbd-mirror replicates a clone only once its parent and the
+		// parent's snapshot are on the peer: a mirrored volume is
+		// independent of its source.
 		return false, 0, nil
 	}
 	pd, err := storage.ImageDepth(ctx, pool, src.parent)
