@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
@@ -18,24 +19,31 @@ import (
 
 // Restores (CreateVolume from a snapshot) and clones (from a volume).
 //
-// The new volume is a full, independent copy made by the controller: the
-// snapshot's data objects are read at the snapshot (the object store's
-// self-managed snapshots) and written to the new image, skipping ranges
-// that read as zeros (storage.CopySnapshot). A clone of a volume copies
-// a temporary snapshot of it ("csi-clone-<new image>"), made through the
+// The new volume is a layered clone (RBD clone format 2, no protection:
+// storage.Cloner) of the snapshot, or, for a clone of a volume, of a
+// temporary snapshot of it ("csi-clone-<new image>"), made through the
 // volume's lock owner when a node serves it, so the clone holds every
-// write acknowledged before CreateVolume; the temporary snapshot is
-// removed afterwards. The copy is not RBD layering: the new image has no
-// parent, so deleting the source or the snapshot never waits for it and
-// the data path needs no read-through or copy-up (not implemented; see
-// README "Snapshots, restores and clones").
+// write acknowledged before CreateVolume. The temporary snapshot is removed
+// at once: it moves to the trash snapshot namespace and stays there until
+// its clone is deleted or flattened (storage.Reap). Data the clone lacks is
+// read from the parent; the node copies it up before a write.
 //
-// The copy carries its source's format state: a copy of a volume that was
-// never formatted may be formatted by the node, a copy of anything else
-// never is (storage.MetaFormatBlank). The volume record holds the source
-// id (the same name with another source is AlreadyExists) and
-// CopyPending until the copy is complete: a retry after a crash starts
-// the copy over. A failed copy removes the image and the record.
+// Chains are bounded (StorageClass cloneDepthSoftLimit / HardLimit,
+// ceph-csi's 4 and 8): a clone deeper than the soft limit is flattened by
+// the controller in the background (flatten.go: FlattenPending in its
+// record, retried while a node serves it); one that would be deeper than
+// the hard limit is made as a full, independent copy instead — flattened at
+// birth — as is any restore or clone whose StorageClass leaves out the
+// layering feature. A copy reads the snapshot's objects and writes the new
+// image, skipping zeros (storage.CopySnapshot), records its progress
+// (CopiedBytes) and continues on the next call if the call's time runs out.
+//
+// The new volume carries its source's format state: a copy of a volume that
+// was never formatted may be formatted by the node, a copy of anything else
+// never is (storage.MetaFormatBlank). The volume record holds the source id
+// (the same name with another source is AlreadyExists), Layered, and
+// CopyPending until the volume is complete: a retry finishes it. A failure
+// removes the new image, its record and the temporary snapshot.
 
 // copyProgressEvery is how often a copy records how far it got.
 const copyProgressEvery = 5 * time.Second
@@ -49,6 +57,7 @@ type contentSource struct {
 	size     int64           // the source's size
 	blank    bool            // the source may be formatted (never was)
 	snapshot bool            // the source is a snapshot
+	parent   string          // the image holding snap now (a parked image's name after its volume was deleted)
 }
 
 // ID is the source id ("" without a source).
@@ -107,7 +116,7 @@ func (d *Driver) checkSourcePlace(req *csi.CreateVolumeRequest, cluster, pool st
 		return status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
 	}
 	if vid.Cluster != cluster || vid.Pool != pool {
-		return status.Errorf(codes.InvalidArgument, "the source is in cluster %q, pool %q; the new volume would be in cluster %q, pool %q: restores and clones are copies within one cluster and pool; use a StorageClass of cluster %q and pool %q",
+		return status.Errorf(codes.InvalidArgument, "the source is in cluster %q, pool %q; the new volume would be in cluster %q, pool %q: restores and clones are RBD clones within one cluster and pool (a parent in another pool is not served); use a StorageClass of cluster %q and pool %q",
 			vid.Cluster, vid.Pool, cluster, pool, vid.Cluster, vid.Pool)
 	}
 	return nil
@@ -140,11 +149,11 @@ func (d *Driver) resolveSource(ctx context.Context, st storage.Storage, pool obj
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
 	}
 	if src.vid.Cluster != st.ClusterID() {
-		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in cluster %q, the new volume would be in cluster %q: restores and clones are copies within one cluster and pool; use a StorageClass of cluster %q and pool %q",
+		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in cluster %q, the new volume would be in cluster %q: restores and clones are RBD clones within one cluster and pool (a parent in another pool is not served); use a StorageClass of cluster %q and pool %q",
 			src.id, src.vid.Cluster, st.ClusterID(), src.vid.Cluster, src.vid.Pool)
 	}
 	if src.vid.Pool != params.Pool {
-		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in pool %q, the new volume would be in pool %q: restores and clones are copies within one pool; use a StorageClass with pool %q",
+		return nil, status.Errorf(codes.InvalidArgument, "the source %s is in pool %q, the new volume would be in pool %q: restores and clones are RBD clones within one pool; use a StorageClass with pool %q",
 			src.id, src.vid.Pool, params.Pool, src.vid.Pool)
 	}
 	if src.snapshot {
@@ -159,7 +168,12 @@ func (d *Driver) resolveSource(ctx context.Context, st storage.Storage, pool obj
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 		}
-		info, err := sn.Snapshot(ctx, pool, src.vid.Image, src.snap)
+		if src.parent, err = storage.ImageName(ctx, pool, src.vid.Image, rec.ImageID); errors.Is(err, image.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "source snapshot %s does not exist (its image is gone)", src.id)
+		} else if err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "look up the image of source snapshot "+src.id)
+		}
+		info, err := sn.Snapshot(ctx, pool, src.parent, src.snap)
 		if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
 		}
@@ -180,7 +194,7 @@ func (d *Driver) resolveSource(ctx context.Context, st storage.Storage, pool obj
 	if err != nil {
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read the format state of "+src.id)
 	}
-	src.size, src.blank = info.Size, fb == storage.FormatBlankNew
+	src.size, src.blank, src.parent = info.Size, fb == storage.FormatBlankNew, src.vid.Image
 	return src, nil
 }
 
@@ -200,7 +214,7 @@ func (d *Driver) populate(ctx context.Context, st storage.Storage, pool objstore
 		if info, err = sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
 			return snapStatus(err, "snapshot the source volume "+src.id)
 		}
-	} else if info, err = sn.Snapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
+	} else if info, err = sn.Snapshot(ctx, pool, src.parent, src.snap); err != nil {
 		if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
 			return status.Errorf(codes.NotFound, "source snapshot %s does not exist", src.id)
 		}
@@ -223,7 +237,7 @@ func (d *Driver) populate(ctx context.Context, st storage.Storage, pool objstore
 		*rec = r
 		return nil
 	}
-	if err := storage.CopySnapshot(ctx, pool, src.vid.Image, info.ID, info.Size, dst, rec.CopiedBytes, progress); err != nil {
+	if err := storage.CopySnapshot(ctx, pool, src.parent, info.ID, info.Size, dst, rec.CopiedBytes, progress); err != nil {
 		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, fmt.Sprintf("copy %s", src.id))
 	}
 	d.removeTempSnapshot(ctx, sn, pool, src)
@@ -265,4 +279,124 @@ func (d *Driver) finishCopy(ctx context.Context, st storage.Storage, pool objsto
 		logger.Error(rerr, "Could not remove the record of a failed copy", "image", dst)
 	}
 	return err
+}
+
+// planLayered decides how a new volume with source src is made: as a
+// layered clone, unless its StorageClass leaves out the layering feature
+// or asks for mirroring, or the new image would be more than the hard
+// limit of images away from its oldest ancestor (then a full copy:
+// flattened at birth). depth is the new image's.
+func planLayered(ctx context.Context, pool objstore.Pool, src *contentSource, params volume.VolumeParams) (layered bool, depth int, err error) {
+	if params.Features&clsrbd.FeatureLayering == 0 {
+		return false, 0, nil
+	}
+	if params.Mirroring != "" {
+		// rbd-mirror replicates a clone only once its parent and the
+		// parent's snapshot are on the peer: a mirrored volume is
+		// independent of its source.
+		return false, 0, nil
+	}
+	pd, err := storage.ImageDepth(ctx, pool, src.parent)
+	switch {
+	case errors.Is(err, image.ErrUnsupported):
+		return false, 0, nil // a parent chain this driver does not follow: copy
+	case errors.Is(err, image.ErrNotFound):
+		return false, 0, status.Errorf(codes.NotFound, "source %s does not exist", src.id)
+	case err != nil:
+		return false, 0, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect the parent chain of "+src.id)
+	}
+	depth = pd + 1
+	return depth <= params.WithCloneDefaults().CloneDepthHardLimit, depth, nil
+}
+
+// createLayered makes image dst a layered clone of src (its snapshot, or a
+// temporary snapshot of its volume made now) of size bytes, then finishes
+// it. A failure removes the temporary snapshot and the record: nothing is
+// left (CloneImage is all or nothing).
+func (d *Driver) createLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, size int64, params volume.VolumeParams, rec *volumeRecord) error {
+	sn, err := storage.SnapshotterOf(st)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	cl, err := storage.ClonerOf(st)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if src.temp {
+		if _, err := sn.CreateSnapshot(ctx, pool, src.vid.Image, src.snap); err != nil {
+			d.abortLayered(ctx, st, pool, src, dst)
+			return snapStatus(err, "snapshot the source volume "+src.id)
+		}
+	}
+	if err := cl.CloneImage(ctx, pool, src.parent, src.snap, dst, size, params.CreateOptions()); err != nil {
+		d.abortLayered(ctx, st, pool, src, dst)
+		switch {
+		case errors.Is(err, storage.ErrSnapshotNotFound), errors.Is(err, image.ErrNotFound):
+			return status.Errorf(codes.NotFound, "source %s does not exist: %v", src.id, err)
+		case errors.Is(err, image.ErrInvalid):
+			return status.Errorf(codes.InvalidArgument, "clone %s: %v", src.id, err)
+		}
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "clone "+src.id)
+	}
+	klog.FromContext(ctx).Info("Volume cloned from its source (layered)", "source", src.id, "parent", src.parent, "snapshot", src.snap)
+	return d.finishLayered(ctx, st, pool, src, dst, rec)
+}
+
+// abortLayered removes what a failed layered clone left: the clone image
+// (detached from its parent), the temporary snapshot and the record.
+func (d *Driver) abortLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string) {
+	logger := klog.FromContext(ctx)
+	cctx := context.WithoutCancel(ctx)
+	if err := st.RemoveImage(cctx, pool, dst); err != nil && !errors.Is(err, image.ErrNotFound) {
+		logger.Error(err, "Could not remove the image of a failed clone", "image", dst)
+		return // the record stays: a retry or DeleteVolume finds the image
+	}
+	if sn, err := storage.SnapshotterOf(st); err == nil {
+		d.removeTempSnapshot(cctx, sn, pool, src)
+	}
+	if err := removeRecord(cctx, pool, dst); err != nil {
+		logger.Error(err, "Could not remove the record of a failed clone", "image", dst)
+	}
+}
+
+// finishLayered completes a layered clone dst: the temporary snapshot of a
+// volume source is removed (it moves to the trash namespace while the
+// clone uses it) and the record says whether the clone waits for a
+// background flatten (deeper than the soft limit). A retry after a crash
+// runs it again. If it fails, the clone, the temporary snapshot and the
+// record are removed (the CO's retry starts over).
+func (d *Driver) finishLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
+	err := d.completeLayered(ctx, st, pool, src, dst, rec)
+	if err != nil {
+		d.abortLayered(ctx, st, pool, src, dst)
+	}
+	return err
+}
+
+func (d *Driver) completeLayered(ctx context.Context, st storage.Storage, pool objstore.Pool, src *contentSource, dst string, rec *volumeRecord) error {
+	if src.temp {
+		sn, err := storage.SnapshotterOf(st)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "%v", err)
+		}
+		if err := sn.RemoveSnapshot(ctx, pool, src.vid.Image, src.snap); err != nil && !errors.Is(err, storage.ErrSnapshotNotFound) {
+			return snapStatus(err, fmt.Sprintf("remove the temporary snapshot %s of %s (the clone holds it in the trash namespace)", src.snap, src.id))
+		}
+	}
+	depth, err := storage.ImageDepth(ctx, pool, dst)
+	if err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "inspect the new clone "+dst)
+	}
+	r := *rec
+	r.CopyPending = false
+	r.FlattenPending = depth > rec.Params.WithCloneDefaults().CloneDepthSoftLimit
+	if err := updateRecord(ctx, pool, dst, r); err != nil {
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "record the new clone "+dst)
+	}
+	*rec = r
+	if r.FlattenPending {
+		klog.FromContext(ctx).Info("Clone deeper than the soft limit: flattened in the background", "image", dst, "depth", depth, "softLimit", rec.Params.WithCloneDefaults().CloneDepthSoftLimit)
+		d.kickFlattener()
+	}
+	return nil
 }

@@ -47,6 +47,12 @@ type volumeRecord struct {
 	Source      string `json:"source,omitempty"`
 	CopyPending bool   `json:"copyPending,omitempty"`
 	CopiedBytes int64  `json:"copiedBytes,omitempty"`
+	// Layered: the volume is a layered clone of Source's snapshot (else a
+	// copy); CopyPending then means its temporary snapshot may still need
+	// removing. FlattenPending: the clone is deeper than the soft limit
+	// and waits for the background flatten (flatten.go).
+	Layered        bool `json:"layered,omitempty"`
+	FlattenPending bool `json:"flattenPending,omitempty"`
 }
 
 func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
@@ -137,6 +143,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, status.Errorf(codes.InvalidArgument, "parameter %q: volume %q exists with journal mode %q; the journal mode of a volume cannot be changed (requested %q): create a new volume",
 				volume.ParamJournalMode, name, rec.Params.JournalMode, params.JournalMode)
 		}
+		rec.Params = rec.Params.WithCloneDefaults() // a record written before the clone depth limits
 		if rec.Source != src.ID() {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with content source %q, not %q; delete it or use another name", name, rec.Source, src.ID())
 		}
@@ -145,8 +152,12 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		info, err := st.ImageInfo(ctx, pool, imageName)
 		if err == nil && rec.CopyPending {
-			// An earlier call did not finish copying the source: go on.
-			if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
+			// An earlier call did not finish the volume: go on.
+			finish := d.finishCopy
+			if rec.Layered {
+				finish = d.finishLayered
+			}
+			if err := finish(ctx, st, pool, src, imageName, &rec); err != nil {
 				return nil, err
 			}
 		}
@@ -184,6 +195,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 	case errors.Is(err, objstore.ErrNotFound):
 		rec = volumeRecord{Name: name, Params: params, Created: time.Now().UTC(), Source: src.ID(), CopyPending: src != nil}
+		if src != nil {
+			if rec.Layered, _, err = planLayered(ctx, pool, src, params); err != nil { // clone.go
+				return nil, err
+			}
+		}
 		if wantsFilesystem(req.GetVolumeCapabilities()) && src.formatAllowed() {
 			rec.FormatMark = formatMarkPending
 		}
@@ -194,7 +210,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read volume record")
 	}
 
-	if err := st.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
+	if src != nil && rec.Layered {
+		if err := d.createLayered(ctx, st, pool, src, imageName, size, params, &rec); err != nil { // clone.go
+			return nil, err
+		}
+	} else if err := st.CreateImage(ctx, pool, imageName, size, params.CreateOptions()); err != nil {
 		code := codes.Internal
 		if errors.Is(err, image.ErrInvalid) {
 			code = codes.InvalidArgument
@@ -209,7 +229,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := ensureExtentLog(ctx, pool, imageName, params); err != nil { // journalmode.go
 		return nil, err
 	}
-	if src != nil {
+	if src != nil && !rec.Layered {
 		if err := d.finishCopy(ctx, st, pool, src, imageName, &rec); err != nil {
 			return nil, err
 		}
@@ -298,10 +318,18 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if len(users) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in use (staged on a node: %s); unstage it first", vid, describeUsers(users))
 	}
-	if err := checkNoSnapshots(ctx, pool, vid); err != nil {
-		return nil, err
+	// A volume whose image has snapshots (CSI snapshots, or trashed ones
+	// its clones use) is parked: the CO sees it deleted, its name is free,
+	// and the image goes with its last snapshot (clone.go, storage.Reap).
+	fam, err := storage.FamilyOf(ctx, pool, vid.Image)
+	if err != nil && !errors.Is(err, image.ErrNotFound) {
+		return nil, volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "list snapshots of "+vid.String())
 	}
-	if err := st.RemoveImage(ctx, pool, vid.Image); err != nil {
+	if len(fam.Snapshots) > 0 {
+		if err := d.parkVolume(ctx, st, pool, vid, fam); err != nil {
+			return nil, err
+		}
+	} else if err := st.RemoveImage(ctx, pool, vid.Image); err != nil {
 		switch {
 		case errors.Is(err, image.ErrNotFound):
 		case errors.Is(err, image.ErrBusy):

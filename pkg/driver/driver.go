@@ -102,6 +102,9 @@ type Driver struct {
 
 	mu  sync.Mutex
 	srv *grpc.Server
+
+	// flattenKick wakes the background flattener (flatten.go).
+	flattenKick chan struct{}
 }
 
 // New validates o and returns a Driver.
@@ -127,7 +130,7 @@ func New(o Options) (*Driver, error) {
 	if o.Version == "" {
 		o.Version = "dev"
 	}
-	return &Driver{o: o}, nil
+	return &Driver{o: o, flattenKick: make(chan struct{}, 1)}, nil
 }
 
 // validateDriverName applies the CSI rule: at most 63 characters, a DNS
@@ -220,6 +223,15 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 		case <-done:
 		}
 	}()
+	if d.o.Mode.controller() {
+		// The background flattener (flatten.go) lives as long as Serve.
+		fctx, fcancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); d.runFlattener(fctx) }()
+		defer wg.Wait()
+		defer fcancel()
+	}
 	logger := klog.FromContext(ctx)
 	clusters, err := d.o.Backend.Clusters()
 	if err != nil {

@@ -227,7 +227,7 @@ func TestErrorPaths(t *testing.T) {
 			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, Parameters: map[string]string{"pool": "elsewhere"},
 				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}})
 			return err
-		}, codes.InvalidArgument, "copies within one cluster and pool"},
+		}, codes.InvalidArgument, "clones within one cluster and pool"},
 		{"restore from a snapshot id of another driver", func() error {
 			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps,
 				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "pvc-snap-1"}}}})

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
@@ -52,7 +52,10 @@ type snapshotRecord struct {
 	// FormatBlank: the source was a new, never formatted volume when the
 	// snapshot was requested (its copies may be formatted by the node;
 	// storage.MetaFormatBlank).
-	FormatBlank bool `json:"formatBlank,omitempty"`
+	FormatBlank bool `json:"formatBlank,omitempty"` // ImageID is the id of the source's image: the snapshot lives there,
+	// also after the volume was deleted and its image parked ("" in
+	// records written before: the image name).
+	ImageID string `json:"imageID,omitempty"`
 }
 
 // snapStatus maps a failed snapshot operation.
@@ -131,7 +134,13 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		if err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsSnapshotter, codes.Internal, "read the format state of "+vid.String())
 		}
-		rec = snapshotRecord{Name: name, Source: vid.String(), Created: time.Now().UTC(), FormatBlank: fb == storage.FormatBlankNew}
+		imageID, err := storage.ImageID(ctx, pool, vid.Image)
+		if errors.Is(err, image.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "source volume %s does not exist", vid)
+		} else if err != nil {
+			return nil, volume.OpStatus(err, volume.SecretsSnapshotter, codes.Internal, "look up the image of "+vid.String())
+		}
+		rec = snapshotRecord{Name: name, Source: vid.String(), Created: time.Now().UTC(), FormatBlank: fb == storage.FormatBlankNew, ImageID: imageID}
 		if err := writeSnapRecord(ctx, pool, snap, rec); err != nil {
 			return nil, volume.OpStatus(err, volume.SecretsSnapshotter, codes.Internal, "write snapshot record")
 		}
@@ -211,14 +220,40 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if err != nil {
 		return nil, status.Errorf(codes.Unimplemented, "%v", err)
 	}
-	err = sn.RemoveSnapshot(ctx, pool, sid.Image, sid.Snap)
+	// The snapshot's image: the volume's, or parked after the volume was
+	// deleted (the record knows its id).
+	imgName, imageID := sid.Image, ""
+	rec, err := readSnapRecord(ctx, pool, sid.Snap)
 	switch {
-	case err == nil, errors.Is(err, storage.ErrSnapshotNotFound), errors.Is(err, image.ErrNotFound):
-	default:
-		return nil, snapStatus(err, "remove snapshot "+sid.String())
+	case err == nil && rec.Source == sid.VolumeID.String():
+		imageID = rec.ImageID
+		if imgName, err = snapImage(ctx, pool, sid, rec); errors.Is(err, image.ErrNotFound) {
+			imgName, err = "", nil // gone with its image
+		}
+	case errors.Is(err, objstore.ErrNotFound), err == nil:
+		err = nil
+	}
+	if err != nil {
+		return nil, volume.OpStatus(err, volume.SecretsSnapshotter, codes.Internal, "find the image of snapshot "+sid.String())
+	}
+	if imgName != "" {
+		// A snapshot with clones moves to the trash namespace and goes
+		// with its last clone (storage.Reap).
+		err = sn.RemoveSnapshot(ctx, pool, imgName, sid.Snap)
+		switch {
+		case err == nil, errors.Is(err, storage.ErrSnapshotNotFound), errors.Is(err, image.ErrNotFound):
+		default:
+			return nil, snapStatus(err, "remove snapshot "+sid.String())
+		}
 	}
 	if err := removeSnapRecord(ctx, pool, sid.Snap); err != nil {
 		return nil, volume.OpStatus(err, volume.SecretsSnapshotter, codes.Internal, "remove snapshot record of "+sid.String())
+	}
+	if imageID != "" && storage.IsParked(imgName) {
+		// The volume is gone: its image goes with its last snapshot.
+		if err := storage.ReapParked(ctx, st, pool, imageID); err != nil {
+			klog.FromContext(ctx).Error(err, "Could not remove a deleted volume's parked image after its last snapshot; the next removal in its family retries", "image", imgName)
+		}
 	}
 	klog.FromContext(ctx).Info("Snapshot deleted", "snapshotID", sid.String())
 	return &csi.DeleteSnapshotResponse{}, nil
@@ -309,7 +344,14 @@ func snapshotEntry(ctx context.Context, st storage.Storage, pool objstore.Pool, 
 	if err != nil {
 		return nil, status.Errorf(codes.Unimplemented, "%v", err)
 	}
-	info, err := sn.Snapshot(ctx, pool, sid.Image, sid.Snap)
+	imgName, err := snapImage(ctx, pool, sid, rec)
+	if errors.Is(err, image.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, "find the image of snapshot "+sid.String())
+	}
+	info, err := sn.Snapshot(ctx, pool, imgName, sid.Snap)
 	if errors.Is(err, storage.ErrSnapshotNotFound) || errors.Is(err, image.ErrNotFound) {
 		return nil, nil // being made or deleted
 	}
@@ -395,34 +437,70 @@ func (d *Driver) allSnapshots(ctx context.Context) ([]*csi.ListSnapshotsResponse
 	return out, nil
 }
 
-// checkNoSnapshots refuses to delete a volume whose image has snapshots
-// (FailedPrecondition naming them): they would go with it (librbd refuses
-// to remove such an image too). CSI snapshots of a volume must be deleted
-// before the volume.
-func checkNoSnapshots(ctx context.Context, pool objstore.Pool, vid volume.VolumeID) error {
-	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(vid.Image))
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil
+// parkVolume parks the image of a deleted volume that has snapshots: it is
+// renamed (storage.ParkedName) and stays while they do; DeleteSnapshot of
+// its last CSI snapshot, or the removal of the last clone of a trashed
+// one, removes it. A volume with snapshots not made through CSI is refused
+// (FailedPrecondition naming them).
+func (d *Driver) parkVolume(ctx context.Context, st storage.Storage, pool objstore.Pool, vid volume.VolumeID, fam storage.Family) error {
+	// Only CSI snapshots and trashed ones (kept for clones) are waited
+	// for; another snapshot (`rbd snap create`, an rbd-mirror sync point)
+	// would keep the image forever: refused, as before clones existed.
+	var foreign []string
+	for _, s := range fam.Snapshots {
+		if s.Namespace.Type == rbdnotify.SnapNamespaceTrash {
+			continue
+		}
+		rec, err := readSnapRecord(ctx, pool, s.Name)
+		if err == nil && rec.Source == vid.String() {
+			if rec.ImageID == "" {
+				// A record written before records kept the image id: the
+				// snapshot must stay findable once the image is renamed.
+				if rec.ImageID, err = storage.ImageID(ctx, pool, vid.Image); err == nil {
+					err = updateSnapRecord(ctx, pool, s.Name, rec)
+				}
+				if err != nil {
+					return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "record the image id in snapshot record "+s.Name)
+				}
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, objstore.ErrNotFound) {
+			return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "read snapshot record "+s.Name)
+		}
+		foreign = append(foreign, s.Name+" ("+s.Namespace.String()+")")
 	}
+	if len(foreign) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s has snapshots not made through CSI (%s): remove them first (rbd snap rm %s/%s@<snapshot>); CSI snapshots and clones of the volume would not keep it from being deleted",
+			vid, strings.Join(foreign, ", "), vid.Pool, vid.Image)
+	}
+	cl, err := storage.ClonerOf(st)
 	if err != nil {
-		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "look up image of "+vid.String())
+		return status.Errorf(codes.Unimplemented, "%v", err)
 	}
-	snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(id))
-	if errors.Is(err, objstore.ErrNotFound) || err == nil && len(snaps) == 0 {
-		return nil
-	}
+	parked, err := cl.ParkImage(ctx, pool, vid.Image)
 	if err != nil {
-		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "list snapshots of "+vid.String())
+		if errors.Is(err, image.ErrBusy) {
+			return status.Errorf(codes.FailedPrecondition, "volume %s is still in use; unstage it first: %v", vid, err)
+		}
+		return volume.OpStatus(err, volume.SecretsProvisioner, codes.Internal, "park the image of "+vid.String())
 	}
 	var names []string
-	for _, s := range snaps {
+	for _, s := range fam.Snapshots {
 		n := s.Name
 		if s.Namespace.Type != rbdnotify.SnapNamespaceUser {
 			n += " (" + s.Namespace.String() + ")"
 		}
 		names = append(names, n)
 	}
-	return status.Errorf(codes.FailedPrecondition, "volume %s has %d snapshots (%s): delete its VolumeSnapshots (or `rbd snap rm`) first; csi-rbdj snapshots live in the volume's image", vid, len(snaps), strings.Join(names, ", "))
+	klog.FromContext(ctx).Info("Volume deleted; its image is kept while its snapshots or their clones exist", "volumeID", vid.String(), "image", parked, "snapshots", strings.Join(names, ", "), "clones", fam.Children)
+	return nil
+}
+
+// snapImage returns the name the image of snapshot sid has now (parked
+// after its volume was deleted), from the record's image id.
+func snapImage(ctx context.Context, pool objstore.Pool, sid volume.SnapshotID, rec snapshotRecord) (string, error) {
+	return storage.ImageName(ctx, pool, sid.Image, rec.ImageID)
 }
 
 func readSnapRecord(ctx context.Context, pool objstore.Pool, snap string) (snapshotRecord, error) {
@@ -431,6 +509,18 @@ func readSnapRecord(ctx context.Context, pool objstore.Pool, snap string) (snaps
 
 func writeSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
 	return createJSONObject(ctx, pool, snapRecordPrefix+snap, rec)
+}
+
+// updateSnapRecord replaces an existing snapshot record.
+func updateSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	var op objstore.WriteOp
+	op.AssertExists()
+	op.WriteFull(b)
+	return pool.Operate(ctx, snapRecordPrefix+snap, &op)
 }
 
 func removeSnapRecord(ctx context.Context, pool objstore.Pool, snap string) error {

@@ -57,6 +57,13 @@ func TestCephSnapshotRestoreClone(t *testing.T) {
 			t.Logf("rbd export %s: %d bytes", spec, len(out))
 			return sha256.Sum256(out)
 		}
+		// The restore is a layered clone librbd recognises.
+		if out := f.rbd(t, "info", cephtest.PoolName+"/"+r.Image); !strings.Contains(out, "parent: "+cephtest.PoolName+"/"+s.Image+"@"+s.Snap) {
+			t.Errorf("rbd info of the restored volume names no parent %s@%s:\n%s", s.Image, s.Snap, out)
+		}
+		if out := f.rbd(t, "children", cephtest.PoolName+"/"+s.Image+"@"+s.Snap); !strings.Contains(out, r.Image) {
+			t.Errorf("rbd children of the snapshot does not list the restored volume %s:\n%s", r.Image, out)
+		}
 		if a, b := export(cephtest.PoolName+"/"+s.Image+"@"+s.Snap), export(cephtest.PoolName+"/"+r.Image); a != b {
 			t.Errorf("librbd reads the restored volume %s differently from the snapshot %s", r.Image, sid)
 		} else {

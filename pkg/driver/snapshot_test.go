@@ -15,6 +15,7 @@ import (
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
@@ -105,6 +106,12 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		})
 		return resp.GetVolume(), nil
 	}
+	var srcImageID string
+	t.Cleanup(func() { // after every volume's and snapshot's deletion
+		if srcImageID != "" {
+			checkFamilyGone(t, openPool, srcImageID)
+		}
+	})
 	src, err := create("source", nil, size)
 	if err != nil {
 		t.Fatal(err)
@@ -152,8 +159,8 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		t.Fatalf("the writer did not write between the calls (%d, %d, %d files)", len(beforeSnap), len(beforeClone), len(written))
 	}
 
-	// Only the CSI snapshot is left on the source (the clone's temporary
-	// one is gone).
+	// Only the CSI snapshot is listed; the clone's temporary snapshot is in
+	// the trash namespace, kept for its one clone (layered).
 	list, err := ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: src.GetVolumeId()})
 	if err != nil || len(list.GetEntries()) != 1 || list.GetEntries()[0].GetSnapshot().GetSnapshotId() != sid {
 		t.Errorf("ListSnapshots of the source: %v, %v; want only %s", err, list, sid)
@@ -163,8 +170,14 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(hdrID)); err != nil || len(snaps) != 1 {
-		t.Errorf("the source image has snapshots %v (%v), want only the CSI one", snaps, err)
+	srcImageID = hdrID
+	if snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(hdrID)); err != nil || len(snaps) != 2 ||
+		snaps[0].Namespace.Type != rbdnotify.SnapNamespaceTrash || snaps[0].ChildCount != 1 || snaps[1].Name != strings.TrimPrefix(sid, src.GetVolumeId()+"@") {
+		t.Errorf("the source image has snapshots %v (%v), want the CSI one and the clone's trashed one with 1 child", snaps, err)
+	}
+	cloneVid, _ := volume.ParseVolumeID(clone.GetVolumeId())
+	if d, err := storage.ImageDepth(ctx, pool, cloneVid.Image); err != nil || d != 1 {
+		t.Errorf("clone depth %d (%v), want 1: a layered clone of the source", d, err)
 	}
 
 	restored, err := create("restore-1", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sid}}}, 0)
@@ -193,6 +206,15 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), c.vol.GetVolumeContext(), secrets, dir, c.name)
 		verifyItems(t, expandCase{name: c.name, fs: "ext4"}, tgt, c.items)
 		undo()
+	}
+
+	// Deleting the clone while its source is served: the source's trashed
+	// temporary snapshot goes with it, removed by the node (lock owner).
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: clone.GetVolumeId(), Secrets: secrets}); err != nil {
+		t.Fatalf("DeleteVolume of the clone: %v", err)
+	}
+	if snaps, err := clsrbd.ListSnapshots(ctx, pool, clsrbd.HeaderOID(hdrID)); err != nil || len(snaps) != 1 || snaps[0].Namespace.Type != rbdnotify.SnapNamespaceUser {
+		t.Errorf("the served source's snapshots after its clone was deleted: %v (%v), want only the CSI one", snaps, err)
 	}
 
 	// Bad input: each fails with its code and leaves nothing behind.
@@ -240,11 +262,27 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 			t.Errorf("%s: image %s: %v, want none", tc.name, img, err)
 		}
 	}
-	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: clone.GetVolumeId(), Secrets: secrets})
+	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: prefix + "snap-1", SourceVolumeId: restored.GetVolumeId(), Secrets: secrets})
 	expectCode(t, "same snapshot name, another source", err, codes.AlreadyExists, "already exists")
 	unstageSource()
-	_, err = ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId(), Secrets: secrets})
-	expectCode(t, "delete a volume with a snapshot", err, codes.FailedPrecondition, "snapshots", "delete")
+	// The source goes for the CO, its image stays (parked) for the
+	// snapshot and the clones; a restore of the snapshot still works.
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId(), Secrets: secrets}); err != nil {
+		t.Fatalf("DeleteVolume of a volume with a snapshot and clones: %v", err)
+	}
+	if _, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(storage.ParkedName(hdrID))); err != nil {
+		t.Errorf("the deleted source's image is not parked: %v", err)
+	}
+	if l, err := ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: sid}); err != nil || len(l.GetEntries()) != 1 {
+		t.Errorf("ListSnapshots of the deleted volume's snapshot: %v, %v", l, err)
+	}
+	restored2, err := create("restore-2", snapSrc, 0)
+	if err != nil {
+		t.Fatalf("restore after the source volume was deleted: %v", err)
+	}
+	tgt, undo := stagePublish(t, node, restored2.GetVolumeId(), restored2.GetVolumeContext(), secrets, dir, "restore-2")
+	verifyItems(t, expandCase{name: "restore-2", fs: "ext4"}, tgt, beforeSnap)
+	undo()
 	deleteSnap()
 	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid, Secrets: secrets}); err != nil {
 		t.Errorf("DeleteSnapshot again: %v", err)
@@ -318,5 +356,24 @@ func runSnapshotUnresponsiveOwner(t *testing.T, ctrl csi.ControllerClient, openP
 	}
 	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), Secrets: secrets}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkFamilyGone fails if the image with id srcID is left (under its name
+// or parked) once every volume and snapshot of its family was deleted.
+func checkFamilyGone(t *testing.T, openPool func(context.Context) (objstore.Pool, error), srcID string) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := openPool(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(storage.ParkedName(srcID))); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("the source image %s is still parked after its family was deleted: %v", srcID, err)
+	}
+	var op objstore.ReadOp
+	op.Stat()
+	if err := pool.Read(ctx, clsrbd.HeaderOID(srcID), &op); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("the source image's header is left: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"strings"
 	"sync"
 	"syscall"
@@ -264,7 +265,7 @@ func (s *cephStorage) CreateImage(ctx context.Context, pool objstore.Pool, name 
 }
 
 func (s *cephStorage) RemoveImage(ctx context.Context, pool objstore.Pool, name string) error {
-	return s.opErr(removeWithExtentLog(ctx, pool, name, func() error { return librbd.Remove(ctx, pool, name) }))
+	return s.removeImage(ctx, pool, name) // clone_ceph.go
 }
 
 func (s *cephStorage) ImageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo, error) {
@@ -272,7 +273,7 @@ func (s *cephStorage) ImageInfo(ctx context.Context, pool objstore.Pool, name st
 	if err != nil {
 		return ImageInfo{}, s.opErr(err)
 	}
-	return ImageInfo{ID: info.ID, Size: info.Size, Order: info.Order, Features: info.Features,
+	return ImageInfo{ID: info.ID, Size: info.Size, Order: info.Order, Features: info.Features &^ clsrbd.FeaturesInternal,
 		JournalOrder: info.JournalOrder, JournalSplayWidth: info.JournalSplayWidth}, nil
 }
 

@@ -41,6 +41,9 @@ type SnapshotInfo struct {
 	Created time.Time
 	// Children counts the clones of the snapshot (clone v2).
 	Children uint32
+	// Namespace is the snapshot's (user, or trash for a removed snapshot
+	// kept for its clones).
+	Namespace clsrbd.SnapshotNamespace
 }
 
 // Errors of snapshots, for callers to branch on.
@@ -96,7 +99,7 @@ func snapshotOf(ctx context.Context, pool objstore.Pool, name, snap string) (Sna
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("image %q: snapshot %q: %w", name, snap, err)
 	}
-	return SnapshotInfo{ID: s.ID, Name: s.Name, Size: int64(s.ImageSize), Created: s.Timestamp.Time().UTC(), Children: s.ChildCount}, nil
+	return SnapshotInfo{ID: s.ID, Name: s.Name, Size: int64(s.ImageSize), Created: s.Timestamp.Time().UTC(), Children: s.ChildCount, Namespace: s.Namespace}, nil
 }
 
 func (s *localStorage) Snapshot(ctx context.Context, pool objstore.Pool, name, snap string) (SnapshotInfo, error) {

@@ -49,7 +49,10 @@ type Storage interface {
 	// the name is taken.
 	CreateImage(ctx context.Context, pool objstore.Pool, name string, size int64, o image.CreateOptions) error
 	// RemoveImage removes an image; image.ErrBusy while it is open
-	// somewhere, image.ErrNotFound when nothing of it is left.
+	// somewhere or its snapshots have clones (ErrHasChildren),
+	// image.ErrNotFound when nothing of it is left. A clone is detached
+	// from its parent, and what the parent kept only for it goes too
+	// (Reap).
 	RemoveImage(ctx context.Context, pool objstore.Pool, name string) error
 	// ImageInfo describes an image; image.ErrNotFound if it does not exist.
 	ImageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo, error)
@@ -175,7 +178,7 @@ func (s *localStorage) CreateImage(ctx context.Context, pool objstore.Pool, name
 }
 
 func (s *localStorage) RemoveImage(ctx context.Context, pool objstore.Pool, name string) error {
-	return removeWithExtentLog(ctx, pool, name, func() error { return image.Remove(ctx, pool, name) })
+	return s.removeImage(ctx, pool, name) // clone.go
 }
 
 func (s *localStorage) ImageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo, error) {
@@ -188,7 +191,9 @@ func imageInfo(ctx context.Context, pool objstore.Pool, name string) (ImageInfo,
 	if err != nil {
 		return ImageInfo{}, err
 	}
-	info := ImageInfo{ID: img.ID(), Size: img.Size(), Order: img.Order(), Features: img.Features()}
+	// Internal bits (operations: a clone or a clone parent) are not
+	// features a volume was created with.
+	info := ImageInfo{ID: img.ID(), Size: img.Size(), Order: img.Order(), Features: img.Features() &^ clsrbd.FeaturesInternal}
 	if info.Features&clsrbd.FeatureJournaling != 0 {
 		order, splay, _, err := clsjournal.GetImmutableMetadata(ctx, pool, journal.HeaderOID(img.ID()))
 		if err != nil {

@@ -40,6 +40,22 @@ const (
 	// image has no librbd journaling feature and cannot be mirrored).
 	// Fixed for the life of the volume.
 	ParamJournalMode = "journalMode"
+	// ParamCloneDepthSoftLimit and ParamCloneDepthHardLimit bound the
+	// parent chains of restores and clones (RBD layering): a new volume
+	// more than the soft limit of images away from its oldest ancestor is
+	// flattened in the background; one that would be more than the hard
+	// limit away is made as a full copy instead (ceph-csi's soft and hard
+	// clone depth limits).
+	ParamCloneDepthSoftLimit = "cloneDepthSoftLimit"
+	ParamCloneDepthHardLimit = "cloneDepthHardLimit"
+)
+
+// Clone depth limits: ceph-csi's defaults. The hard limit stays below the
+// chain the node follows (16 images).
+const (
+	DefaultCloneDepthSoftLimit = 4
+	DefaultCloneDepthHardLimit = 8
+	maxCloneDepth              = 14
 )
 
 // Journal modes (the names of blockdev.JournalMode; a test checks that
@@ -142,6 +158,20 @@ type VolumeParams struct {
 	// JournalMode is ParamJournalMode ("" in records written before it
 	// existed: full).
 	JournalMode string `json:"journalMode,omitempty"`
+	// CloneDepthSoftLimit and CloneDepthHardLimit are
+	// ParamCloneDepthSoftLimit and ParamCloneDepthHardLimit (0 in records
+	// written before them: the defaults; WithCloneDefaults).
+	CloneDepthSoftLimit int `json:"cloneDepthSoftLimit,omitempty"`
+	CloneDepthHardLimit int `json:"cloneDepthHardLimit,omitempty"`
+}
+
+// WithCloneDefaults fills in the clone depth limits of a record written
+// before they existed (a hard limit is never 0).
+func (p VolumeParams) WithCloneDefaults() VolumeParams {
+	if p.CloneDepthHardLimit == 0 {
+		p.CloneDepthSoftLimit, p.CloneDepthHardLimit = DefaultCloneDepthSoftLimit, DefaultCloneDepthHardLimit
+	}
+	return p
 }
 
 // Metadata reports whether the volume uses journalMode metadata.
@@ -167,6 +197,9 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 		FsType:            DefaultFsType,
 		AckPolicy:         DefaultAckPolicy,
 		JournalMode:       JournalModeFull,
+
+		CloneDepthSoftLimit: DefaultCloneDepthSoftLimit,
+		CloneDepthHardLimit: DefaultCloneDepthHardLimit,
 	}
 	// The mode decides which features are required: read it first.
 	if v, ok := in[ParamJournalMode]; ok {
@@ -263,14 +296,34 @@ func ParseParams(in map[string]string) (VolumeParams, error) {
 				return p, &ParamError{k, fmt.Sprintf("%q is not an integer in [0, %d] (journal object sets a registered client such as rbd-mirror may fall behind before it is disconnected; 0: unbounded)", v, maxJournalObjectSets)}
 			}
 			p.JournalMaxObjectSets = n
+		case ParamCloneDepthSoftLimit, ParamCloneDepthHardLimit:
+			n, err := strconv.Atoi(v)
+			lo := 0
+			if k == ParamCloneDepthHardLimit {
+				lo = 1
+			}
+			if err != nil || n < lo || n > maxCloneDepth {
+				return p, &ParamError{k, fmt.Sprintf("%q is not an integer in [%d, %d] (images between a restored or cloned volume and its oldest ancestor)", v, lo, maxCloneDepth)}
+			}
+			if k == ParamCloneDepthSoftLimit {
+				p.CloneDepthSoftLimit = n
+			} else {
+				p.CloneDepthHardLimit = n
+			}
 		case ParamJournalMode: // read above
 		default:
 			if strings.HasPrefix(k, ignoredParamPrefix) {
 				continue
 			}
 			return p, &ParamError{k, fmt.Sprintf("unknown parameter (known: %s)", strings.Join([]string{
-				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling, ParamMirroring, ParamJournalMaxConcurrentObjectSets, ParamJournalMode}, ", "))}
+				ParamClusterID, ParamPool, ParamImageFeatures, ParamObjectOrder, ParamJournalOrder, ParamJournalSplayWidth, ParamFsType, ParamAckPolicy, ParamJournaling, ParamMirroring, ParamJournalMaxConcurrentObjectSets, ParamJournalMode, ParamCloneDepthSoftLimit, ParamCloneDepthHardLimit}, ", "))}
 		}
+	}
+	if _, ok := in[ParamCloneDepthSoftLimit]; !ok && p.CloneDepthSoftLimit > p.CloneDepthHardLimit {
+		p.CloneDepthSoftLimit = p.CloneDepthHardLimit
+	}
+	if p.CloneDepthSoftLimit > p.CloneDepthHardLimit {
+		return p, &ParamError{ParamCloneDepthSoftLimit, fmt.Sprintf("%d exceeds %s %d (clones beyond the soft limit are flattened in the background, beyond the hard limit made as full copies)", p.CloneDepthSoftLimit, ParamCloneDepthHardLimit, p.CloneDepthHardLimit)}
 	}
 	if p.Metadata() && p.Mirroring != "" {
 		return p, &ParamError{ParamMirroring, fmt.Sprintf("%q cannot be combined with journalMode %q: rbd-mirror replays data from the image's librbd journal, and a metadata-mode volume journals no data (use journalMode %q to mirror)", p.Mirroring, JournalModeMetadata, JournalModeFull)}

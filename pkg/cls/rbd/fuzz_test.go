@@ -87,8 +87,10 @@ func checkOutput(t *testing.T, name string, out []byte) {
 		d.U64()
 	case "get_object_prefix", "get_id", "dir_get_id", "dir_get_name":
 		d.Str()
-	case "get_data_pool", "get_all_features":
+	case "get_data_pool", "get_all_features", "op_features_get":
 		d.U64()
+	case "children_list":
+		_, _ = decChildren(d)
 	case "get_snapcontext":
 		var c SnapContext
 		_ = c.Decode(d)

@@ -95,6 +95,13 @@ func Class() objstore.Class {
 		"snapshot_get":           {Call: readOnly(snapshotGet)},
 		"get_snapshot_name":      {Call: readOnly(getSnapshotName)},
 		"get_snapshot_timestamp": {Call: readOnly(getSnapshotTimestamp)},
+		// clone.go
+		"child_attach":    {Write: true, Call: childAttach},
+		"child_detach":    {Write: true, Call: childDetach},
+		"children_list":   {Call: readOnly(childrenList)},
+		"op_features_get": {Call: readOnly(opFeaturesGet)},
+		"op_features_set": {Write: true, Call: opFeaturesSet},
+		"remove_parent":   {Write: true, Call: removeParent},
 	}
 }
 

@@ -588,7 +588,8 @@ func TestWriteMethodsRefusedInReads(t *testing.T) {
 	for name, m := range Class() {
 		wantWrite := name == "create" || name[:4] == "set_" || name == "dir_add_image" || name == "dir_remove_image" || name == "dir_rename_image" ||
 			name == "metadata_set" || name == "metadata_remove" ||
-			name == "snapshot_add" || name == "snapshot_remove" || name == "snapshot_trash_add" || name == "copyup"
+			name == "snapshot_add" || name == "snapshot_remove" || name == "snapshot_trash_add" || name == "copyup" ||
+			name == "op_features_set" || name == "child_attach" || name == "child_detach" || name == "remove_parent"
 		if m.Write != wantWrite {
 			t.Errorf("%s: Write = %v, want %v", name, m.Write, wantWrite)
 		}
