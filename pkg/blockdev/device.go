@@ -179,7 +179,7 @@ type Device struct {
 	// dirty bounds MaxDirtyBytes (AckWriteBack; nil otherwise): each write
 	// holds its bytes of it until its journal entries are durable.
 	dirty *weighted
-	wg       sync.WaitGroup // apply goroutines
+	wg    sync.WaitGroup // apply goroutines
 }
 
 // Open opens image name in pool as a journaled device: replays its journal,
