@@ -78,15 +78,24 @@ type Options struct {
 	// no new loop device). Empty: no holder; a restart re-serves every
 	// volume on a new loop device (recover.go).
 	HolderSocket string
+	// MaxPendingBytes and MaxDirtyBytes are the node-wide bounds shared by
+	// every volume this process serves (blockdev.NodeBudget): written
+	// bytes not yet applied to the image (held in memory), and, with ack
+	// policy writeback, bytes acknowledged but not yet durable. 0: the
+	// defaults (blockdev.DefaultNodeMaxPendingBytes, DefaultNodeMaxDirtyBytes).
+	MaxPendingBytes, MaxDirtyBytes int64
 }
 
 // Server is the CSI Node service.
 type Server struct {
 	csi.UnimplementedNodeServer
 
-	o       Options
-	store   store
-	holder  fuseloop.Holder // nil: no holder (holder.go)
+	o      Options
+	store  store
+	holder fuseloop.Holder // nil: no holder (holder.go)
+	// budget bounds the pending and dirty bytes of every served volume
+	// together: memory stays bounded node-wide, not per volume.
+	budget  *blockdev.NodeBudget
 	fuseDir string
 	mounter *mount.SafeFormatAndMount
 
@@ -163,7 +172,11 @@ func New(o Options) (*Server, error) {
 		vols:     map[string]*stagedVolume{},
 		ready:    make(chan struct{}),
 		holder:   newHolder(o.HolderSocket),
+		budget:   blockdev.NewNodeBudget(o.MaxPendingBytes, o.MaxDirtyBytes),
 		stopSync: make(chan struct{}),
+	}
+	if m, ok := o.Metrics.(BudgetMetrics); ok {
+		m.NodeBudget(s.budget)
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -290,6 +290,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	}
 	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
 		AckPolicy:       policy,
+		Node:            s.budget, // node-wide bounds (server.go)
 		JournalMode:     mode,
 		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
