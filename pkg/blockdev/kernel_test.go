@@ -259,7 +259,8 @@ func fsck(t *testing.T, fs, dev string) {
 }
 
 // TestCrashConsistencyFilesystem: ext4 and xfs on the journaled device,
-// both ack policies; the serving process is SIGKILLed at random moments
+// every ack policy (write-back too: a filesystem's fsync is a FLUSH); the
+// serving process is SIGKILLed at random moments
 // while files are written and fsynced. After each kill and replay the
 // filesystem checks clean and every file whose fsync returned is intact.
 func TestCrashConsistencyFilesystem(t *testing.T) {
@@ -269,7 +270,7 @@ func TestCrashConsistencyFilesystem(t *testing.T) {
 		kills = 2
 	}
 	for _, fs := range []string{"ext4", "xfs"} {
-		for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+		for _, policy := range []AckPolicy{AckJournaled, AckApplied, AckWriteBack} {
 			t.Run(fs+"/"+policy.String(), func(t *testing.T) {
 				s := newServer(t, policy, 512<<20)
 				s.start()
@@ -349,6 +350,9 @@ func rawContent(block, gen uint64) []byte {
 // writers, O_DIRECT, each block's generation recorded once its write
 // returned); after each SIGKILL and replay every block holds its last
 // acknowledged generation or the one in flight, never older and never torn.
+// Only the policies that acknowledge durable writes: write-back may lose
+// acknowledged, unflushed writes (TestWriteBackCrashPrefix checks what it
+// keeps).
 func TestCrashConsistencyRaw(t *testing.T) {
 	requireKernel(t)
 	kills := 3
