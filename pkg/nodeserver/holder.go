@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -42,12 +43,14 @@ func holderCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // acksDurable says whether every write the device acknowledges is durable
 // at that moment, which a handover after a crash needs (fuseloop.Meta.
-// AcksDurable): both ack policies today (applied, journaled) acknowledge a
-// write only once its journal entry is durable. A policy that acknowledges
-// earlier (write-back) must return false here: its connections are then
-// never adopted after a crash (Adopt refuses them) and go through the
-// fallback, which aborts the connection: the pods see the loss as EIO
-// instead of running on over lost writes.
+// AcksDurable): applied and journaled acknowledge a write only once its
+// journal entry is durable. Write-back acknowledges earlier (a volatile
+// write cache, blockdev/writeback.go): its connections are given to the
+// holder marked so, and a successor after a crash refuses them (Adopt) and
+// goes through the fallback, which aborts the connection: the pods see
+// the loss as EIO instead of running on over lost writes. A planned stop
+// drains the journal first and then marks the connection durable
+// (handoff), so restarts and upgrades hand write-back volumes over too.
 func acksDurable(p blockdev.AckPolicy) bool {
 	switch p {
 	case blockdev.AckApplied, blockdev.AckJournaled:
@@ -186,6 +189,21 @@ func sameDevice(src, dev string) bool {
 func (s *Server) handoff(ctx context.Context, v *stagedVolume) {
 	logger := klog.FromContext(ctx).WithValues("volumeID", v.rec.VolumeID, "device", v.rec.Device)
 	start := time.Now()
+	// A write-back volume's connection is held marked "acks not durable";
+	// once the device is closed (every acknowledged write durable) it is
+	// put again marked durable, through a file taken before the handoff
+	// closes this process's own.
+	var again *os.File
+	if p, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy); !acksDurable(p) && s.holder != nil {
+		f, err := v.loop.DupFile()
+		if err != nil {
+			logger.Error(err, "Cannot keep the write-back volume's FUSE connection to mark it durable after the drain; the successor will re-serve it (EIO in the pods)")
+		}
+		again = f
+	}
+	if again != nil {
+		defer again.Close()
+	}
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := v.loop.Handoff(hctx)
 	cancel()
@@ -195,8 +213,26 @@ func (s *Server) handoff(ctx context.Context, v *stagedVolume) {
 	handoff := time.Since(start)
 	if err := v.dev.Close(ctx); err != nil {
 		logger.Error(err, "Closing the journaled device at shutdown failed (the journal keeps every acknowledged write; the successor replays it)")
+	} else if again != nil {
+		if err := s.markDurable(ctx, v.loop, again); err != nil {
+			logger.Error(err, "Could not mark the drained write-back volume's connection durable in the holder; the successor will re-serve it (EIO in the pods)")
+		}
 	}
 	logger.Info("Volume handed off to the holder (plugin shutdown)", "handoff", handoff.Round(time.Microsecond), "total", time.Since(start).Round(time.Millisecond))
+}
+
+// markDurable gives the holder loop's connection (f, an open file of it)
+// again, with metadata saying that every acknowledged write is durable:
+// called once the device was closed, i.e. drained.
+func (s *Server) markDurable(ctx context.Context, loop *fuseloop.Device, f *os.File) error {
+	m := loop.Meta(true)
+	mb, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	hctx, cancel := holderCtx(ctx)
+	defer cancel()
+	return s.holder.Put(hctx, m.Name, f, mb)
 }
 
 // holderResyncPeriod is how often the plugin checks that the holder still
