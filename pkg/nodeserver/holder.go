@@ -119,6 +119,8 @@ func (s *Server) adopt(ctx context.Context, r *record, dev *blockdev.Device) *fu
 	} else if want := filepath.Join(s.fuseDir, r.Key, "fuse"); m.MountPoint != want {
 		f.Close()
 		err = fmt.Errorf("%w: held connection is mounted at %s, this plugin serves %s", fuseloop.ErrStaleMeta, m.MountPoint, want)
+	} else if err = s.markNotDurable(ctx, r, f, m); err != nil {
+		f.Close()
 	} else {
 		var loop *fuseloop.Device
 		loop, err = fuseloop.Adopt(ctx, f, m, dev, fuseloop.AdoptOptions{RequestTimeout: s.o.RequestTimeout})
@@ -128,6 +130,28 @@ func (s *Server) adopt(ctx context.Context, r *record, dev *blockdev.Device) *fu
 	}
 	logger.Error(err, "Cannot adopt the held FUSE connection; re-serving on a new device", "alive", alive)
 	s.dropHolder(ctx, r.Key)
+	return nil
+}
+
+// markNotDurable: before a write-back volume's connection is adopted
+// (its metadata says durable: the predecessor drained it at a planned
+// stop), the holder gets it again marked not durable, so that a crash of
+// this process, once it acknowledges writes early, is never handed over.
+// If that fails the connection is not adopted (the fallback aborts it).
+func (s *Server) markNotDurable(ctx context.Context, r *record, f *os.File, m fuseloop.Meta) error {
+	if p, _ := blockdev.ParseAckPolicy(r.AckPolicy); acksDurable(p) {
+		return nil
+	}
+	m.AcksDurable = false
+	mb, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	hctx, cancel := holderCtx(ctx)
+	defer cancel()
+	if err := s.holder.Put(hctx, r.Key, f, mb); err != nil {
+		return fmt.Errorf("mark the write-back volume's connection not durable in the holder before adopting it: %w", err)
+	}
 	return nil
 }
 
