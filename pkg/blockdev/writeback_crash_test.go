@@ -43,8 +43,8 @@ const (
 // a raw-device writer (O_DIRECT, one write at a time, so issue order is
 // journal order) does random overlapping overwrites, each block stamped
 // with its write's sequence number, and now and then an fsync of the
-// device (a FLUSH), recording how many writes were acknowledged before the
-// last one that completed; the serving process is SIGKILLed at a random
+// device (a FLUSH) or an O_DSYNC write (FUA), recording how many writes
+// were acknowledged before the last one that completed; the serving process is SIGKILLed at a random
 // moment; a new one replays the journal; the device must then equal the
 // result of some prefix of the writes issued in the round, over what it
 // held before (checkPrefix), covering every write acknowledged before the
@@ -60,12 +60,20 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Writes through fsync are O_DSYNC: the kernel issues them as FUA
+		// writes, which the loop device (no FUA: queue/fua 0, volatile
+		// cache) gets from the block layer as the write and a FLUSH.
+		fsync, err := os.OpenFile(s.dev, os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
 		var (
 			mu      sync.Mutex
 			writes  []crashWrite
 			acked   int // writes acknowledged (a prefix of writes)
 			durable int // writes acknowledged before the last completed flush
 			flushes int
+			fuas    int // O_DSYNC writes
 		)
 		seed := r.Uint64()
 		firstSeq := seq + 1
@@ -94,14 +102,22 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 				for i := 0; i < w.Blocks; i++ {
 					stampBlock(buf[i*rawBlock:(i+1)*rawBlock], w.Seq, w.Block+i)
 				}
+				dsync := wr.IntN(16) == 0
 				mu.Lock()
 				writes = append(writes, w) // issued
 				mu.Unlock()
-				if _, err := f.WriteAt(buf[:w.Blocks*rawBlock], int64(w.Block)*rawBlock); err != nil {
+				wf := f
+				if dsync {
+					wf = fsync
+				}
+				if _, err := wf.WriteAt(buf[:w.Blocks*rawBlock], int64(w.Block)*rawBlock); err != nil {
 					return
 				}
 				mu.Lock()
 				acked++
+				if dsync { // durable with everything before it
+					durable, fuas = acked, fuas+1
+				}
 				mu.Unlock()
 			}
 		}()
@@ -109,6 +125,7 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		s.crash()
 		<-done
 		f.Close()
+		fsync.Close()
 		cleanupAfterCrash(t, s)
 
 		s.start() // replays the journal
@@ -116,18 +133,18 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		mu.Lock()
 		k, err := checkPrefix(base, state, writes, durable)
 		if err != nil {
-			t.Fatalf("kill %d (%d writes issued, %d acknowledged, %d before the last of %d flushes): %v",
-				kill, len(writes), acked, durable, flushes, err)
+			t.Fatalf("kill %d (%d writes issued, %d acknowledged, %d O_DSYNC; %d durable after the last of %d flushes): %v",
+				kill, len(writes), acked, fuas, durable, flushes, err)
 		}
-		t.Logf("kill %d: %d writes issued, %d acknowledged, %d flushes (last covered %d); the device shows the first %d",
-			kill, len(writes), acked, flushes, durable, k)
+		t.Logf("kill %d: %d writes issued, %d acknowledged (%d O_DSYNC), %d flushes; %d durable; the device shows the first %d",
+			kill, len(writes), acked, fuas, flushes, durable, k)
 		totalWrites += len(writes)
-		totalFlushes += flushes
+		totalFlushes += flushes + fuas
 		totalLost += acked - min(k, acked)
 		mu.Unlock()
 		base = state
 	}
-	t.Logf("%d kills: %d writes, %d flushes; every flushed write kept, every state a prefix; %d acknowledged, unflushed writes lost in all",
+	t.Logf("%d kills: %d writes, %d flushes and O_DSYNC writes; every flushed write kept, every state a prefix; %d acknowledged, unflushed writes lost in all",
 		kills, totalWrites, totalFlushes, totalLost)
 }
 

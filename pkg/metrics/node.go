@@ -69,7 +69,7 @@ func NewNode() *Node {
 	return &Node{
 		vols: map[string]*nodeVolume{},
 		ack: hist("ack_duration_seconds",
-			"Latency of the volume's read, write, write_zeroes and discard requests, from the request to its acknowledgement (a write: once journaled with the journaled ack policy, once also applied with the applied one).", labelOp),
+			"Latency of the volume's read, write, write_zeroes and discard requests, from the request to its acknowledgement (a write: once queued for the journal with the writeback ack policy, once journaled with the journaled one, once also applied with the applied one).", labelOp),
 		flush:     hist("flush_duration_seconds", "Latency of the volume's flush requests (every earlier acknowledged write durable)."),
 		appendLat: hist("journal_append_duration_seconds", "Time from a request's journal append to its entry being durable in the journal."),
 		apply:     hist("apply_duration_seconds", "Time one journaled change took to be applied to the image (after its entry was durable)."),
