@@ -103,6 +103,12 @@ type Options struct {
 	// shared by every device of the process (writeback.go), on top of this
 	// device's own.
 	Node *NodeBudget
+	// Ring (AckWriteBack, full journal mode) is the write-back ring that
+	// outlives this process (wbring.go): Open first re-journals the
+	// records a dead predecessor left past its durable position, then
+	// every write-back request is recorded there before it is
+	// acknowledged. The caller owns it (and closes it after Close).
+	Ring *Ring
 	// ApplyLinger (AckJournaled only) is how long a journaled write waits
 	// before it is applied to the image, for later writes to the same data
 	// object to join its operation: the image then costs the store far
@@ -179,6 +185,9 @@ type Device struct {
 	// dirty bounds MaxDirtyBytes (AckWriteBack; nil otherwise): each write
 	// holds its bytes of it until its journal entries are durable.
 	dirty *weighted
+	// ring records write-back requests before they are acknowledged
+	// (Options.Ring; nil unless AckWriteBack in full journal mode).
+	ring *Ring
 	wg    sync.WaitGroup // apply goroutines
 }
 
@@ -261,6 +270,15 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 		_ = j.Close(context.WithoutCancel(ctx))
 		lk.Release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("open device %s: %w", name, err)
+	}
+	if o.Ring != nil {
+		if err := d.rejournal(ctx, o.Ring); err != nil {
+			_ = d.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("open device %s: %w", name, err)
+		}
+		if o.AckPolicy == AckWriteBack {
+			d.ring = o.Ring
+		}
 	}
 	d.snaps.open.Store(true) // owner operations may journal now
 	return d, nil
@@ -541,7 +559,7 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (_ int, err e
 	for _, ev := range rbdjournal.SplitWrite(uint64(off), data, d.maxAppend) {
 		changes = append(changes, change{off: int64(ev.Offset), end: int64(ev.Offset) + int64(len(ev.Data)), data: ev.Data, event: ev})
 	}
-	if err := d.submit(ctx, "write", changes, int64(len(p))); err != nil {
+	if err := d.submit(ctx, "write", changes, int64(len(p)), ringEntry{kind: ringKindWrite, off: off, length: int64(len(p)), data: data}); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -560,7 +578,7 @@ func (d *Device) Discard(ctx context.Context, off, length int64) (err error) {
 		return d.metaWrite(ctx, "discard", extentlog.KindDiscard, off, length, nil)
 	}
 	ev := rbdjournal.AioDiscardEvent{Offset: uint64(off), Length: uint64(length)}
-	return d.submit(ctx, "discard", []change{{off: off, end: off + length, event: ev}}, 0)
+	return d.submit(ctx, "discard", []change{{off: off, end: off + length, event: ev}}, 0, ringEntry{kind: ringKindDiscard, off: off, length: length})
 }
 
 // WriteZeroes journals and applies a write of zeros (librbd journals it as
@@ -577,7 +595,7 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64) (err error)
 		return d.metaWrite(ctx, "write-zeroes", extentlog.KindZero, off, length, nil)
 	}
 	ev := rbdjournal.AioWriteSameEvent{Offset: uint64(off), Length: uint64(length), Data: make([]byte, 512)}
-	return d.submit(ctx, "write-zeroes", []change{{off: off, end: off + length, event: ev}}, 0)
+	return d.submit(ctx, "write-zeroes", []change{{off: off, end: off + length, event: ev}}, 0, ringEntry{kind: ringKindZero, off: off, length: length})
 }
 
 // Flush returns once every write acknowledged before it is durable. It
@@ -611,13 +629,21 @@ type change struct {
 	event    rbdjournal.Event
 }
 
+// ringEntry is a request as the write-back ring records it.
+type ringEntry struct {
+	kind        int
+	off, length int64
+	data        []byte
+}
+
 // submit journals a request's changes and waits as the ack policy says.
-func (d *Device) submit(ctx context.Context, op string, changes []change, weight int64) error {
+func (d *Device) submit(ctx context.Context, op string, changes []change, weight int64, re ringEntry) error {
 	weight = max(weight, 1)
 	b, err := d.acquireBudget(ctx, weight) // writeback.go
 	if err != nil {
 		return err
 	}
+	useRing := d.ring != nil && b.writeBack
 	now := time.Now()
 	var futures []*journal.Future
 	pws := make([]*pendingWrite, len(changes))
@@ -631,6 +657,15 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 		d.mu.Unlock()
 		d.releaseBudget(b)
 		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	}
+	// Recorded in the ring before it is acknowledged, in journal order
+	// (wbring.go).
+	if useRing {
+		if b.ringSeq, b.ringEnd, err = d.ring.record(re.kind, re.off, re.length, re.data); err != nil {
+			d.mu.Unlock()
+			d.releaseBudget(b)
+			return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+		}
 	}
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
@@ -691,6 +726,9 @@ func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendi
 		// dirty bytes go now, not after the applies.
 		err := futures[len(futures)-1].Wait(ctx)
 		d.durable(b)
+		if err == nil && b.ringSeq != 0 {
+			d.ring.durable(b.ringSeq, b.ringEnd)
+		}
 		if err != nil {
 			// Acknowledged and lost: like a disk that lost its cache, the
 			// device fails (later I/O and the next Flush return errors).

@@ -2,7 +2,10 @@ package blockdev
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 )
 
 // The write-back ack policy (AckWriteBack).
@@ -48,10 +51,13 @@ import (
 //
 // A node plugin restart that keeps the FUSE connection (pkg/fuseholder)
 // may hand the connection over after a crash only if no acknowledged write
-// can have been lost: with AckWriteBack it can, so such connections are
-// marked as not acknowledging durably (pkg/nodeserver/holder.go) and a
-// crash aborts them (EIO in the pods, never silently lost writes); a
-// planned stop drains the journal first and hands over as usual.
+// can have been lost. With a Ring (wbring.go: the write-back buffer in a
+// memfd the holder keeps too) none is: the successor re-journals what the
+// ring holds past its durable position before it serves. Without one,
+// such connections are marked as not acknowledging durably
+// (pkg/nodeserver/holder.go) and a crash aborts them (EIO in the pods,
+// never silently lost writes); a planned stop drains the journal first
+// and hands over as usual.
 
 const defaultMaxDirtyBytes = 24 << 20 // librbd's rbd_cache_max_dirty
 
@@ -110,6 +116,8 @@ type budget struct {
 	weight    int64
 	writeBack bool
 	dirtyHeld bool
+	// ringSeq, ringEnd: the request's ring record (0: none).
+	ringSeq, ringEnd uint64
 }
 
 // acquireBudget takes a request's pending bytes and, with AckWriteBack, its
@@ -170,4 +178,58 @@ func (d *Device) releasePending(weight int64) {
 		n.pending.release(weight)
 	}
 	d.inflight.release(weight)
+}
+
+// rejournal journals again, in order, the requests ring holds past its
+// durable position (a dead predecessor acknowledged them; some may be in
+// the journal already: wbring.go says why applying them again is right),
+// waits until they are durable, and records that in the ring. Called by
+// Open after the replay, before the device serves.
+func (d *Device) rejournal(ctx context.Context, ring *Ring) error {
+	recs := ring.Pending()
+	if len(recs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	var bytes int64
+	for _, rec := range recs {
+		var err error
+		switch rec.Kind {
+		case ringKindWrite:
+			var changes []change
+			for _, ev := range rbdjournal.SplitWrite(uint64(rec.Off), rec.Data, d.maxAppend) {
+				changes = append(changes, change{off: int64(ev.Offset), end: int64(ev.Offset) + int64(len(ev.Data)), data: ev.Data, event: ev})
+			}
+			err = d.submitRejournal(ctx, changes, int64(len(rec.Data)))
+		case ringKindDiscard:
+			ev := rbdjournal.AioDiscardEvent{Offset: uint64(rec.Off), Length: uint64(rec.Length)}
+			err = d.submitRejournal(ctx, []change{{off: rec.Off, end: rec.Off + rec.Length, event: ev}}, 0)
+		case ringKindZero:
+			ev := rbdjournal.AioWriteSameEvent{Offset: uint64(rec.Off), Length: uint64(rec.Length), Data: make([]byte, 512)}
+			err = d.submitRejournal(ctx, []change{{off: rec.Off, end: rec.Off + rec.Length, event: ev}}, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("re-journal write-back record %d (%d+%d): %w", rec.Seq, rec.Off, rec.Length, err)
+		}
+		bytes += rec.Length
+	}
+	if err := d.Flush(ctx); err != nil {
+		return fmt.Errorf("re-journal write-back records: %w", err)
+	}
+	last := recs[len(recs)-1]
+	ring.durable(last.Seq, last.end)
+	d.log.Info("Re-journaled the write-back requests a dead predecessor acknowledged", "image", d.img.Name(),
+		"records", len(recs), "firstSeq", recs[0].Seq, "lastSeq", last.Seq, "bytes", bytes, "duration", time.Since(start))
+	return nil
+}
+
+// submitRejournal submits re-journaled changes as a journaled write (not
+// recorded in the ring again: they already are).
+func (d *Device) submitRejournal(ctx context.Context, changes []change, weight int64) error {
+	for _, c := range changes {
+		if err := d.check(ctx, "re-journal", c.off, c.end-c.off); err != nil {
+			return err
+		}
+	}
+	return d.submit(ctx, "re-journal", changes, weight, ringEntry{})
 }

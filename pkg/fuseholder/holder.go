@@ -19,6 +19,15 @@
 // connection): a JSON request message, with one file descriptor attached
 // (SCM_RIGHTS) for "put"; a JSON response, with the file attached for a
 // successful "get".
+//
+// A "put" may attach a second file: a write-back ring (a sealed memfd,
+// pkg/blockdev wbring.go) that holds the writes the plugin acknowledged
+// before they were durable; the holder keeps it with the connection and a
+// "get" returns both (response "ring": true), so that a successor
+// re-journals them before it serves. The holder never reads or writes the
+// ring either. Messages with one file are the format before rings and
+// still work both ways; a client that expects one file refuses an entry
+// with a ring (Get), so that a ring is never silently left behind.
 package fuseholder
 
 import (
@@ -89,6 +98,8 @@ type response struct {
 	Meta    json.RawMessage `json:"meta,omitempty"`
 	Alive   bool            `json:"alive,omitempty"`
 	Entries []Entry         `json:"entries,omitempty"`
+	// Ring: the second file of a "get" is the entry's write-back ring.
+	Ring bool `json:"ring,omitempty"`
 }
 
 // Entry describes a held connection (List).
@@ -100,6 +111,8 @@ type Entry struct {
 	Alive bool `json:"alive"`
 	// Since is when the holder received the file.
 	Since time.Time `json:"since"`
+	// Ring: a write-back ring is held with the connection.
+	Ring bool `json:"ring,omitempty"`
 }
 
 func codeErr(code, msg string) error {
