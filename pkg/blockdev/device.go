@@ -188,7 +188,7 @@ type Device struct {
 	// ring records write-back requests before they are acknowledged
 	// (Options.Ring; nil unless AckWriteBack in full journal mode).
 	ring *Ring
-	wg    sync.WaitGroup // apply goroutines
+	wg   sync.WaitGroup // apply goroutines
 }
 
 // Open opens image name in pool as a journaled device: replays its journal,
