@@ -116,6 +116,7 @@ type serveConfig struct {
 	holderSocket   string
 
 	maxPendingBytes, maxDirtyBytes int64
+	writeBackRing                  bool
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -143,6 +144,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	fs.Int64Var(&c.maxPendingBytes, "max-pending-bytes", blockdev.DefaultNodeMaxPendingBytes, "node: bound, shared by every volume the plugin serves, of the written bytes held in memory until applied to the image; writers wait beyond it (each volume also has its own 64 MiB bound)")
 	fs.Int64Var(&c.maxDirtyBytes, "max-dirty-bytes", blockdev.DefaultNodeMaxDirtyBytes, "node: bound, shared by every volume served with ackPolicy writeback, of the bytes acknowledged but not yet durable in the journal (what a crash may lose after the last flush); writers wait beyond it (each volume also has its own 24 MiB bound)")
+	fs.BoolVar(&c.writeBackRing, "writeback-ring", true, "node, with --fuse-holder-socket: keep each writeback volume's acknowledged, not yet durable writes in a memfd the holder keeps too (up to about 26 MiB of shared memory per volume while writes are in flight), so that a kill -9 of the plugin loses none and the connection is handed over; false: such a crash aborts the connection (EIO in the pods)")
 	klog.InitFlags(fs)
 }
 
@@ -220,6 +222,7 @@ func serve(ctx context.Context, c serveConfig) error {
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
 			HolderSocket:    c.holderSocket,
 			MaxPendingBytes: c.maxPendingBytes, MaxDirtyBytes: c.maxDirtyBytes,
+			NoWriteBackRing: !c.writeBackRing,
 		})
 		if err != nil {
 			return err

@@ -84,6 +84,11 @@ type Options struct {
 	// policy writeback, bytes acknowledged but not yet durable. 0: the
 	// defaults (blockdev.DefaultNodeMaxPendingBytes, DefaultNodeMaxDirtyBytes).
 	MaxPendingBytes, MaxDirtyBytes int64
+	// NoWriteBackRing turns the write-back rings off (holder.go): a crash
+	// of the plugin then aborts the connections of writeback volumes
+	// instead of handing them over (EIO in the pods), and no shared memory
+	// is spent on them.
+	NoWriteBackRing bool
 }
 
 // Server is the CSI Node service.
@@ -95,7 +100,10 @@ type Server struct {
 	holder fuseloop.Holder // nil: no holder (holder.go)
 	// budget bounds the pending and dirty bytes of every served volume
 	// together: memory stays bounded node-wide, not per volume.
-	budget  *blockdev.NodeBudget
+	budget *blockdev.NodeBudget
+	// rings are the write-back rings of the served writeback volumes, by
+	// record key (holder.go). Guarded by mu.
+	rings   map[string]*blockdev.Ring
 	fuseDir string
 	mounter *mount.SafeFormatAndMount
 
@@ -173,6 +181,7 @@ func New(o Options) (*Server, error) {
 		ready:    make(chan struct{}),
 		holder:   newHolder(o.HolderSocket),
 		budget:   blockdev.NewNodeBudget(o.MaxPendingBytes, o.MaxDirtyBytes),
+		rings:    map[string]*blockdev.Ring{},
 		stopSync: make(chan struct{}),
 	}
 	if m, ok := o.Metrics.(BudgetMetrics); ok {
