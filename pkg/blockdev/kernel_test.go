@@ -64,7 +64,16 @@ func TestServeHelperProcess(t *testing.T) {
 	if a := os.Getenv("BLOCKDEV_SERVE_DEAD"); a != "" {
 		dead = []string{a} // the previous serving process, SIGKILLed
 	}
-	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead})
+	var ring *Ring
+	if os.Getenv("BLOCKDEV_SERVE_RING") != "" {
+		// The write-back ring the test process keeps (fd 3): what a killed
+		// predecessor acknowledged is re-journaled at Open.
+		if ring, err = OpenRing(os.NewFile(3, "ring")); err != nil {
+			fmt.Printf("ERROR %v\n", err)
+			os.Exit(3)
+		}
+	}
+	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead, Ring: ring})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
@@ -106,6 +115,7 @@ type server struct {
 	dev      string
 	torn     int      // torn extents the last start reported (metadata mode)
 	env      []string // more environment of the serving process
+	ring     *Ring    // write-back ring handed to every serving process (fd 3)
 	owner    string   // lock holder address of the last serving process
 	killed   []string // lock holder addresses of the killed processes
 }
@@ -114,6 +124,10 @@ func (s *server) start() {
 	s.t.Helper()
 	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String(), "BLOCKDEV_SERVE_DEAD="+s.owner)
 	cmd.Env = append(cmd.Env, s.env...)
+	if s.ring != nil {
+		cmd.ExtraFiles = []*os.File{s.ring.File()}
+		cmd.Env = append(cmd.Env, "BLOCKDEV_SERVE_RING=3")
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)

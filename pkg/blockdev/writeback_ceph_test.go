@@ -74,3 +74,13 @@ func TestCrashConsistencyFilesystemWriteBackCeph(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteBackCrashRingCeph is TestWriteBackCrashRing on Ceph: with the
+// write-back ring, no acknowledged write is lost to a SIGKILL, flushed or
+// not.
+func TestWriteBackCrashRingCeph(t *testing.T) {
+	requireKernel(t)
+	s := cephWriteBackServer(t, "wb-ring", 64<<20)
+	s.ring = newTestRing(t, RingSize(0))
+	writeBackCrashRounds(t, s, writeBackKills())
+}

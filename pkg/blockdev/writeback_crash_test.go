@@ -18,6 +18,17 @@ func TestWriteBackCrashPrefix(t *testing.T) {
 	writeBackCrashRounds(t, s, writeBackKills())
 }
 
+// TestWriteBackCrashRing is TestWriteBackCrashPrefix with a write-back
+// ring that outlives the serving process (the test keeps it, as the
+// fuse-holder does): after each SIGKILL and replay, every acknowledged
+// write is there, flushed or not.
+func TestWriteBackCrashRing(t *testing.T) {
+	requireKernel(t)
+	s := newServer(t, AckWriteBack, 64<<20)
+	s.ring = newTestRing(t, RingSize(0))
+	writeBackCrashRounds(t, s, writeBackKills())
+}
+
 // writeBackKills is how many times the crash tests of the write-back
 // policy kill the server: 50 (CSI_RBDJ_KILLS overrides; -short: 3).
 func writeBackKills() int {
@@ -131,6 +142,9 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		s.start() // replays the journal
 		state := readStamps(t, s.dev)
 		mu.Lock()
+		if s.ring != nil {
+			durable = acked // the ring keeps every acknowledged write
+		}
 		k, err := checkPrefix(base, state, writes, durable)
 		if err != nil {
 			t.Fatalf("kill %d (%d writes issued, %d acknowledged, %d O_DSYNC; %d durable after the last of %d flushes): %v",
