@@ -729,6 +729,11 @@ func (d *Device) apply(changes []change, futures []*journal.Future, pws []*pendi
 		if err == nil && b.ringSeq != 0 {
 			d.ring.durable(b.ringSeq, b.ringEnd)
 		}
+		if err != nil && d.ring != nil {
+			// A writer waiting for ring space under d.mu would wait for
+			// ever (and d.fail needs d.mu).
+			d.ring.fail(err)
+		}
 		if err != nil {
 			// Acknowledged and lost: like a disk that lost its cache, the
 			// device fails (later I/O and the next Flush return errors).

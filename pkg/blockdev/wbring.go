@@ -90,6 +90,7 @@ type Ring struct {
 	gen     uint64 // of the last durable slot written
 	punched uint64 // logical offset up to which the data area was released
 	closed  bool
+	failed  error // the device failed: no record will become durable
 }
 
 // RingRecord is a recorded request (Pending).
@@ -273,6 +274,9 @@ func (r *Ring) record(kind int, off, length int64, data []byte) (seq, end uint64
 		if r.closed {
 			return 0, 0, fmt.Errorf("%w: closed", ErrRing)
 		}
+		if r.failed != nil {
+			return 0, 0, fmt.Errorf("%w: %w", ErrRing, r.failed)
+		}
 		pos := r.head
 		if phys := pos % r.size; r.size-phys < need {
 			pos += r.size - phys // wrap: the tail of the area is skipped
@@ -320,6 +324,17 @@ func (r *Ring) durable(seq, end uint64) {
 	r.writeSlot()
 	r.cond.Broadcast()
 	r.punchLocked()
+}
+
+// fail wakes and fails the records waiting for room: the journal failed,
+// nothing more becomes durable. What the ring holds stays for a successor.
+func (r *Ring) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failed == nil {
+		r.failed = err
+	}
+	r.cond.Broadcast()
 }
 
 // punchLocked gives the memory of whole durable chunks back (a ring costs

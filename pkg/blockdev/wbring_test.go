@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
@@ -233,5 +234,42 @@ func TestWriteBackRingRejournal(t *testing.T) {
 	// re-journal.
 	if p := reopenRing(t, ring).Pending(); len(p) != 0 {
 		t.Fatalf("the re-journaled records are not marked durable: %d still pending", len(p))
+	}
+}
+
+// TestWriteBackRingFullJournalFails: a writer waiting for ring space
+// (records not durable fill the ring) gets an error, not a hang, when the
+// journal fails; the device fails.
+func TestWriteBackRingFullJournalFails(t *testing.T) {
+	ctx := context.Background()
+	gp := &gatedPool{Pool: openPool(t, t.TempDir())}
+	newImage(t, gp, "vol", 22)
+	ring := newTestRing(t, 16<<10)
+	d := openDevice(t, gp, "vol", Options{AckPolicy: AckWriteBack, Ring: ring, MaxDirtyBytes: 1 << 20})
+	gp.close()
+	t.Cleanup(func() { gp.open(nil) })
+	for i := 0; i < 3; i++ {
+		if _, err := d.WriteAt(ctx, make([]byte, 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { _, err := d.WriteAt(ctx, make([]byte, 4096), 3*4096); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("a write that does not fit the ring returned (%v) while nothing was durable", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	gp.open(fmt.Errorf("injected append failure"))
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the waiting write succeeded although the journal failed")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the writer waiting for ring space hangs after the journal failed")
+	}
+	if err := d.Flush(ctx); err == nil {
+		t.Fatal("Flush succeeded on a failed device")
 	}
 }
