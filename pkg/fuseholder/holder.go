@@ -10,7 +10,8 @@
 // fixed node ids). A successor asks for the file back (Get), serves it, and
 // the holder keeps its copy; when the volume goes away the plugin Drops it.
 //
-// The holder holds no data and no credentials, never reads or writes a
+// The holder holds no credentials and no data of its own (a write-back
+// ring, below, is memory it keeps open, never maps), never reads or writes a
 // FUSE file, and answers one request per connection, each bounded by a
 // deadline: a stuck or malicious client cannot stall it, and a client never
 // waits for a stuck holder longer than its own timeout.

@@ -258,7 +258,7 @@ func (s *Server) adopt(ctx context.Context, r *record, dev *blockdev.Device, hel
 	} else if want := filepath.Join(s.fuseDir, r.Key, "fuse"); m.MountPoint != want {
 		f.Close()
 		err = fmt.Errorf("%w: held connection is mounted at %s, this plugin serves %s", fuseloop.ErrStaleMeta, m.MountPoint, want)
-	} else if err = s.markNotDurable(ctx, r, f, m); err != nil {
+	} else if err = s.protectBeforeAdopt(ctx, r, f, m); err != nil {
 		f.Close()
 	} else {
 		var loop *fuseloop.Device
@@ -272,22 +272,40 @@ func (s *Server) adopt(ctx context.Context, r *record, dev *blockdev.Device, hel
 	return nil
 }
 
-// markNotDurable: before a write-back volume without a ring has its
-// connection adopted (its metadata says durable: the predecessor drained
-// it at a planned stop), the holder gets it again marked not durable, so that a crash of
-// this process, once it acknowledges writes early, is never handed over.
-// If that fails the connection is not adopted (the fallback aborts it).
-func (s *Server) markNotDurable(ctx context.Context, r *record, f *os.File, m fuseloop.Meta) error {
-	if p, _ := blockdev.ParseAckPolicy(r.AckPolicy); acksDurable(p) || s.ringOf(r.Key) != nil {
-		return nil // durable acks, or a ring the holder keeps with it
+// protectBeforeAdopt: before a write-back volume's connection (f, with
+// metadata m) is adopted, the holder must get it in the form that is
+// right once this process acknowledges writes early: with this device's
+// ring, marked durable; or, without a ring (or a holder that cannot keep
+// one), marked not durable, so that a crash of this process is never
+// handed over. The held entry may say otherwise (a predecessor that
+// drained it at a planned stop marked it durable without a ring). If
+// neither put succeeds the connection is not adopted (the fallback aborts
+// it).
+func (s *Server) protectBeforeAdopt(ctx context.Context, r *record, f *os.File, m fuseloop.Meta) error {
+	if p, _ := blockdev.ParseAckPolicy(r.AckPolicy); acksDurable(p) {
+		return nil
+	}
+	hctx, cancel := holderCtx(ctx)
+	defer cancel()
+	if ring := s.ringOf(r.Key); ring != nil {
+		if rh, ok := s.holder.(ringHolder); ok {
+			m.AcksDurable = true
+			mb, err := m.Marshal()
+			if err != nil {
+				return err
+			}
+			err = rh.PutRing(hctx, r.Key, f, ring.File(), mb)
+			if err == nil {
+				return nil
+			}
+			klog.FromContext(ctx).Error(err, "Could not give the holder the write-back ring with the adopted connection; marking it not durable (a crash will abort it)")
+		}
 	}
 	m.AcksDurable = false
 	mb, err := m.Marshal()
 	if err != nil {
 		return err
 	}
-	hctx, cancel := holderCtx(ctx)
-	defer cancel()
 	if err := s.holder.Put(hctx, r.Key, f, mb); err != nil {
 		return fmt.Errorf("mark the write-back volume's connection not durable in the holder before adopting it: %w", err)
 	}
