@@ -326,7 +326,13 @@ func (d *Device) start(ctx context.Context) error {
 		return err
 	}
 	d.tag = tag.Tid
-	if d.o.AckPolicy != AckApplied && d.o.ApplyLinger > 0 && d.meta == nil {
+	// Not with AckWriteBack: a change overlapping a pending one is applied
+	// only once that one is, and each would linger on its own, so a chain
+	// of overwrites of the same blocks (a filesystem's metadata) applies
+	// at one linger per link; write-back produces such chains far faster
+	// than they drain (measured: a planned stop draining for 8 s instead
+	// of 0.2 s with ext4). The image still combines writes under load.
+	if d.o.AckPolicy == AckJournaled && d.o.ApplyLinger > 0 && d.meta == nil {
 		d.img.SetWriteLinger(d.o.ApplyLinger)
 	}
 	d.log.Info("Journaled device started", "image", d.img.Name(), "journal", d.j.ID(), "tag", d.tag,
