@@ -49,7 +49,7 @@ func holderCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // holder with the volume's write-back ring (blockdev/wbring.go), whose
 // records a successor re-journals before serving: every acknowledged
 // write survives, so they are marked durable (putWithRing). Without a
-// ring (a holder from before rings) they are given to the holder marked
+// ring (--writeback-ring=false, or a holder from before rings) they are given to the holder marked
 // not durable, and a successor after a crash refuses them (Adopt) and
 // goes through the fallback, which aborts the connection: the pods see
 // the loss as EIO instead of running on over lost writes. A planned stop
@@ -73,8 +73,8 @@ func newHolder(sock string) fuseloop.Holder {
 
 // putHolder gives the holder a dup of v's connection. A failure is logged:
 // the volume then serves without protection against a crash. A write-back
-// volume's connection goes with its ring (ring.go), marked durable: a
-// successor re-journals what the ring holds. A holder that cannot keep a
+// volume's connection goes with its ring, marked durable: a
+// successor re-journals what the ring holds (blockdev/wbring.go). A holder that cannot keep a
 // ring (one from before rings) gets the connection alone, marked not
 // durable: a crash then aborts it.
 func (s *Server) putHolder(ctx context.Context, loop *fuseloop.Device, policy string) {
