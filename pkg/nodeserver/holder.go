@@ -73,10 +73,10 @@ func newHolder(sock string) fuseloop.Holder {
 
 // putHolder gives the holder a dup of v's connection. A failure is logged:
 // the volume then serves without protection against a crash. A write-back
-// volume's connection goes with its ring, marked durable: a
-// successor re-journals what the ring holds (blockdev/wbring.go). A holder that cannot keep a
-// ring (one from before rings) gets the connection alone, marked not
-// durable: a crash then aborts it.
+// volume's connection goes with its ring, marked durable: a successor
+// re-journals what the ring holds (blockdev/wbring.go). A holder that
+// cannot keep a ring (one from before rings) gets the connection alone,
+// marked not durable: a crash then aborts it.
 func (s *Server) putHolder(ctx context.Context, loop *fuseloop.Device, policy string) {
 	if s.holder == nil || loop == nil {
 		return
