@@ -213,12 +213,16 @@ func (e *env) restarts(t *testing.T, kills, terms int, w *workload) (longestStar
 // sees no error, no file is lost, the loop device and the mounts are the
 // same objects at the end, and the filesystem checks clean.
 func TestRestartWithHolderFilesystem(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testRestartWithHolderFilesystem(t, fs) })
+	for _, tc := range []struct{ fs, ackPolicy string }{{"ext4", ""}, {"xfs", ""}, {"ext4", "writeback"}} {
+		name := tc.fs
+		if tc.ackPolicy != "" {
+			name += "/" + tc.ackPolicy // with the write-back ring
+		}
+		t.Run(name, func(t *testing.T) { testRestartWithHolderFilesystem(t, tc.fs, tc.ackPolicy) })
 	}
 }
 
-func testRestartWithHolderFilesystem(t *testing.T, fs string) {
+func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 	e := newEnv(t)
 	e.startHolder()
 	e.startNode()
@@ -226,8 +230,12 @@ func testRestartWithHolderFilesystem(t *testing.T, fs string) {
 	ctx := context.Background()
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	var params map[string]string
+	if ackPolicy != "" {
+		params = map[string]string{"ackPolicy": ackPolicy}
+	}
 	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}})
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: params})
 	e.must(err)
 	id := vol.GetVolume().GetVolumeId()
 	staging, target := e.path("staging"), e.path("pods", "a", "vol")

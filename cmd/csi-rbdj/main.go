@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
@@ -113,6 +114,9 @@ type serveConfig struct {
 
 	metricsAddress string
 	holderSocket   string
+
+	maxPendingBytes, maxDirtyBytes int64
+	writeBackRing                  bool
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -138,6 +142,9 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
 	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
 	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
+	fs.Int64Var(&c.maxPendingBytes, "max-pending-bytes", blockdev.DefaultNodeMaxPendingBytes, "node: bound, shared by every volume the plugin serves, of the written bytes held in memory until applied to the image; writers wait beyond it (each volume also has its own 64 MiB bound)")
+	fs.Int64Var(&c.maxDirtyBytes, "max-dirty-bytes", blockdev.DefaultNodeMaxDirtyBytes, "node: bound, shared by every volume served with ackPolicy writeback, of the bytes acknowledged but not yet durable in the journal (what a crash may lose after the last flush); writers wait beyond it (each volume also has its own 24 MiB bound)")
+	fs.BoolVar(&c.writeBackRing, "writeback-ring", true, "node, with --fuse-holder-socket: keep each writeback volume's acknowledged, not yet durable writes in a memfd the holder keeps too (up to about 26 MiB of shared memory per volume while writes are in flight), so that a kill -9 of the plugin loses none and the connection is handed over; false: such a crash aborts the connection (EIO in the pods)")
 	klog.InitFlags(fs)
 }
 
@@ -147,6 +154,9 @@ func serveMain(args []string) error {
 	serveFlags(fs, &c)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if c.maxPendingBytes < 0 || c.maxDirtyBytes < 0 {
+		return fmt.Errorf("--max-pending-bytes %d, --max-dirty-bytes %d: must be >= 0 (0: the default)", c.maxPendingBytes, c.maxDirtyBytes)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
@@ -210,7 +220,9 @@ func serve(ctx context.Context, c serveConfig) error {
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
-			HolderSocket: c.holderSocket,
+			HolderSocket:    c.holderSocket,
+			MaxPendingBytes: c.maxPendingBytes, MaxDirtyBytes: c.maxDirtyBytes,
+			NoWriteBackRing: !c.writeBackRing,
 		})
 		if err != nil {
 			return err

@@ -64,7 +64,7 @@ func readAll(t testing.TB, d interface {
 // byte slice, with both ack policies, checks every read, then reopens the
 // device (replay) and compares the whole image.
 func TestModel(t *testing.T) {
-	for _, policy := range []AckPolicy{AckApplied, AckJournaled} {
+	for _, policy := range AckPolicies {
 		t.Run(policy.String(), func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
@@ -151,7 +151,7 @@ func TestModel(t *testing.T) {
 // TestOverlappingWritesKeepJournalOrder fires many concurrent writes at one
 // block; the image must end with the last one journaled.
 func TestOverlappingWritesKeepJournalOrder(t *testing.T) {
-	for _, policy := range []AckPolicy{AckApplied, AckJournaled} {
+	for _, policy := range AckPolicies {
 		t.Run(policy.String(), func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()

@@ -64,7 +64,16 @@ func TestServeHelperProcess(t *testing.T) {
 	if a := os.Getenv("BLOCKDEV_SERVE_DEAD"); a != "" {
 		dead = []string{a} // the previous serving process, SIGKILLed
 	}
-	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead})
+	var ring *Ring
+	if os.Getenv("BLOCKDEV_SERVE_RING") != "" {
+		// The write-back ring the test process keeps (fd 3): what a killed
+		// predecessor acknowledged is re-journaled at Open.
+		if ring, err = OpenRing(os.NewFile(3, "ring")); err != nil {
+			fmt.Printf("ERROR %v\n", err)
+			os.Exit(3)
+		}
+	}
+	d, err := Open(ctx, pool, name, Options{AckPolicy: policy, Fencer: fencer, JournalMode: mode, DeadOwners: dead, Ring: ring})
 	if err != nil {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(3)
@@ -106,6 +115,7 @@ type server struct {
 	dev      string
 	torn     int      // torn extents the last start reported (metadata mode)
 	env      []string // more environment of the serving process
+	ring     *Ring    // write-back ring handed to every serving process (fd 3)
 	owner    string   // lock holder address of the last serving process
 	killed   []string // lock holder addresses of the killed processes
 }
@@ -114,6 +124,10 @@ func (s *server) start() {
 	s.t.Helper()
 	cmd := testproc.Command("^TestServeHelperProcess$", "BLOCKDEV_SERVE_DIR="+s.dir, "BLOCKDEV_SERVE_STATE="+s.stateDir, "BLOCKDEV_SERVE_POLICY="+s.policy.String(), "BLOCKDEV_SERVE_MODE="+s.mode.String(), "BLOCKDEV_SERVE_DEAD="+s.owner)
 	cmd.Env = append(cmd.Env, s.env...)
+	if s.ring != nil {
+		cmd.ExtraFiles = []*os.File{s.ring.File()}
+		cmd.Env = append(cmd.Env, "BLOCKDEV_SERVE_RING=3")
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)
@@ -259,7 +273,8 @@ func fsck(t *testing.T, fs, dev string) {
 }
 
 // TestCrashConsistencyFilesystem: ext4 and xfs on the journaled device,
-// both ack policies; the serving process is SIGKILLed at random moments
+// every ack policy (write-back too: a filesystem's fsync is a FLUSH); the
+// serving process is SIGKILLed at random moments
 // while files are written and fsynced. After each kill and replay the
 // filesystem checks clean and every file whose fsync returned is intact.
 func TestCrashConsistencyFilesystem(t *testing.T) {
@@ -269,7 +284,7 @@ func TestCrashConsistencyFilesystem(t *testing.T) {
 		kills = 2
 	}
 	for _, fs := range []string{"ext4", "xfs"} {
-		for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
+		for _, policy := range []AckPolicy{AckJournaled, AckApplied, AckWriteBack} {
 			t.Run(fs+"/"+policy.String(), func(t *testing.T) {
 				s := newServer(t, policy, 512<<20)
 				s.start()
@@ -349,6 +364,9 @@ func rawContent(block, gen uint64) []byte {
 // writers, O_DIRECT, each block's generation recorded once its write
 // returned); after each SIGKILL and replay every block holds its last
 // acknowledged generation or the one in flight, never older and never torn.
+// Only the policies that acknowledge durable writes: write-back may lose
+// acknowledged, unflushed writes (TestWriteBackCrashPrefix checks what it
+// keeps).
 func TestCrashConsistencyRaw(t *testing.T) {
 	requireKernel(t)
 	kills := 3

@@ -73,6 +73,14 @@ type Stats struct {
 	// PendingBytes are the written bytes journaled (or being journaled)
 	// but not yet applied to the image; MaxPendingBytes is their bound.
 	PendingBytes, MaxPendingBytes int64
+	// DirtyBytes are the written bytes acknowledged but not yet durable in
+	// the journal (AckWriteBack; always 0 otherwise); MaxDirtyBytes is their
+	// bound (0 unless AckWriteBack).
+	DirtyBytes, MaxDirtyBytes int64
+	// DirtyWaits counts the requests that waited because DirtyBytes was at
+	// its bound; DirtyWait is their summed wait.
+	DirtyWaits uint64
+	DirtyWait  time.Duration
 	// BackpressureWaits counts the requests that waited because
 	// PendingBytes was at its bound; BackpressureWait is their summed wait.
 	BackpressureWaits uint64
@@ -153,6 +161,10 @@ func (d *Device) Stats() Stats {
 	}
 	st.PendingBytes, st.BackpressureWaits, st.BackpressureWait = d.inflight.stats()
 	st.MaxPendingBytes = d.o.MaxPendingBytes
+	if d.dirty != nil {
+		st.DirtyBytes, st.DirtyWaits, st.DirtyWait = d.dirty.stats()
+		st.MaxDirtyBytes = d.dirty.size
+	}
 	st.Replay, st.ReplayDuration = d.replayStats, d.counters.replayDuration
 	if d.lock != nil {
 		st.Lock = d.lock.Stats()

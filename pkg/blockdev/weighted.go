@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"container/list"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -8,15 +9,24 @@ import (
 )
 
 // weighted is a counting semaphore over bytes: writers wait while the
-// device holds too many journaled-but-unapplied bytes.
+// device (or, shared through a NodeBudget, every device of the node) holds
+// too many journaled-but-unapplied or acknowledged-but-not-durable bytes.
+// Waiters are served first come, first served: a large request is not
+// overtaken for ever by small ones, and with a node-wide budget no volume
+// starves another (the algorithm of golang.org/x/sync/semaphore).
 type weighted struct {
 	mu      sync.Mutex
 	size    int64
 	cur     int64
-	waiters []chan struct{}
+	waiters list.List // of *waiter, in arrival order
 
 	waits     atomic.Uint64 // acquisitions that had to wait
 	waitNanos atomic.Int64  // their summed wait
+}
+
+type waiter struct {
+	n     int64
+	ready chan struct{} // closed when the bytes were granted
 }
 
 func newWeighted(size int64) *weighted { return &weighted{size: size} }
@@ -25,30 +35,38 @@ func newWeighted(size int64) *weighted { return &weighted{size: size} }
 // proceeds alone).
 func (w *weighted) acquire(ctx context.Context, n int64) error {
 	n = min(n, w.size)
-	var waitStart time.Time
-	for {
-		w.mu.Lock()
-		if w.cur+n <= w.size {
-			w.cur += n
-			w.mu.Unlock()
-			if !waitStart.IsZero() {
-				w.waitNanos.Add(int64(time.Since(waitStart)))
-			}
-			return nil
-		}
-		if waitStart.IsZero() {
-			waitStart = time.Now()
-			w.waits.Add(1)
-		}
-		ch := make(chan struct{})
-		w.waiters = append(w.waiters, ch)
+	w.mu.Lock()
+	if w.waiters.Len() == 0 && w.cur+n <= w.size {
+		w.cur += n
 		w.mu.Unlock()
+		return nil
+	}
+	wt := &waiter{n: n, ready: make(chan struct{})}
+	elem := w.waiters.PushBack(wt)
+	w.mu.Unlock()
+	w.waits.Add(1)
+	start := time.Now()
+	defer func() { w.waitNanos.Add(int64(time.Since(start))) }()
+	select {
+	case <-wt.ready:
+		return nil
+	case <-ctx.Done():
+		w.mu.Lock()
 		select {
-		case <-ch:
-		case <-ctx.Done():
-			w.waitNanos.Add(int64(time.Since(waitStart)))
-			return ctx.Err()
+		case <-wt.ready:
+			// Granted meanwhile: give it back.
+			w.cur -= n
+			w.grantLocked()
+		default:
+			front := w.waiters.Front() == elem
+			w.waiters.Remove(elem)
+			if front {
+				// Those behind it may fit now.
+				w.grantLocked()
+			}
 		}
+		w.mu.Unlock()
+		return ctx.Err()
 	}
 }
 
@@ -56,11 +74,24 @@ func (w *weighted) release(n int64) {
 	n = min(n, w.size)
 	w.mu.Lock()
 	w.cur -= n
-	ws := w.waiters
-	w.waiters = nil
+	w.grantLocked()
 	w.mu.Unlock()
-	for _, ch := range ws {
-		close(ch)
+}
+
+// grantLocked grants waiters in order while the first one fits.
+func (w *weighted) grantLocked() {
+	for {
+		e := w.waiters.Front()
+		if e == nil {
+			return
+		}
+		wt := e.Value.(*waiter)
+		if w.cur+wt.n > w.size {
+			return
+		}
+		w.cur += wt.n
+		w.waiters.Remove(e)
+		close(wt.ready)
 	}
 }
 

@@ -217,7 +217,7 @@ func TestErrorPaths(t *testing.T) {
 		{"journaling off", create("p", caps, map[string]string{"journaling": "false"}, nil), codes.InvalidArgument, `journaling is always on`},
 		{"unknown cluster", create("p", caps, map[string]string{"clusterID": "elsewhere"}, nil), codes.InvalidArgument, `"clusterID": unknown cluster id "elsewhere"`},
 		{"fs type", create("p", caps, map[string]string{"fsType": "zfs"}, nil), codes.InvalidArgument, `want one of ext4, xfs`},
-		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied or journaled`},
+		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied, journaled or writeback`},
 		{"existing with other params", create("existing", caps, map[string]string{"journalSplayWidth": "8"}, nil), codes.AlreadyExists, "different parameters"},
 		{"empty content source", func() error {
 			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{}})

@@ -10,7 +10,8 @@
 // fixed node ids). A successor asks for the file back (Get), serves it, and
 // the holder keeps its copy; when the volume goes away the plugin Drops it.
 //
-// The holder holds no data and no credentials, never reads or writes a
+// The holder holds no credentials and no data of its own (a write-back
+// ring, below, is memory it keeps open, never maps), never reads or writes a
 // FUSE file, and answers one request per connection, each bounded by a
 // deadline: a stuck or malicious client cannot stall it, and a client never
 // waits for a stuck holder longer than its own timeout.
@@ -19,6 +20,15 @@
 // connection): a JSON request message, with one file descriptor attached
 // (SCM_RIGHTS) for "put"; a JSON response, with the file attached for a
 // successful "get".
+//
+// A "put" may attach a second file: a write-back ring (a sealed memfd,
+// pkg/blockdev wbring.go) that holds the writes the plugin acknowledged
+// before they were durable; the holder keeps it with the connection and a
+// "get" returns both (response "ring": true), so that a successor
+// re-journals them before it serves. The holder never reads or writes the
+// ring either. Messages with one file are the format before rings and
+// still work both ways; a client that expects one file refuses an entry
+// with a ring (Get), so that a ring is never silently left behind.
 package fuseholder
 
 import (
@@ -89,6 +99,8 @@ type response struct {
 	Meta    json.RawMessage `json:"meta,omitempty"`
 	Alive   bool            `json:"alive,omitempty"`
 	Entries []Entry         `json:"entries,omitempty"`
+	// Ring: the second file of a "get" is the entry's write-back ring.
+	Ring bool `json:"ring,omitempty"`
 }
 
 // Entry describes a held connection (List).
@@ -100,6 +112,8 @@ type Entry struct {
 	Alive bool `json:"alive"`
 	// Since is when the holder received the file.
 	Since time.Time `json:"since"`
+	// Ring: a write-back ring is held with the connection.
+	Ring bool `json:"ring,omitempty"`
 }
 
 func codeErr(code, msg string) error {

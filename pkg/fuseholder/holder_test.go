@@ -273,3 +273,79 @@ func TestHolderDies(t *testing.T) {
 		t.Errorf("Get from a closed holder: %v", err)
 	}
 }
+
+// memfd returns a memfd of 4 KiB, its size sealed when sealed.
+func memfd(t *testing.T, sealed bool) *os.File {
+	t.Helper()
+	fd, err := unix.MemfdCreate("ring-test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Skipf("memfd_create: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd")
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	if sealed {
+		if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// TestPutGetRing: a connection put with a write-back ring comes back with
+// it (the same memfd); a client that expects one file refuses the entry;
+// a ring whose size is not sealed, or a second file that is no memfd, is
+// refused; a put with one file (the format before rings) replaces it.
+func TestPutGetRing(t *testing.T) {
+	ctx := context.Background()
+	s, c := startServer(t)
+	f := openFuse(t)
+	ring := memfd(t, true)
+	if _, err := ring.WriteAt([]byte("acked"), 100); err != nil {
+		t.Fatal(err)
+	}
+	meta := []byte(`{"name":"vol-1"}`)
+	if err := c.PutRing(ctx, "vol-1", f, ring, meta); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.List(ctx); err != nil || len(l) != 1 || !l[0].Ring {
+		t.Fatalf("List: %+v %v, want one entry with a ring", l, err)
+	}
+	if _, _, _, err := c.Get(ctx, "vol-1"); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("Get of an entry with a ring: %v, want ErrProtocol", err)
+	}
+	g, m, _, r, err := c.GetRing(ctx, "vol-1")
+	if err != nil || r == nil {
+		t.Fatalf("GetRing: ring %v, %v", r, err)
+	}
+	defer g.Close()
+	defer r.Close()
+	if string(m) != string(meta) || !sameFile(t, f, g) {
+		t.Fatalf("GetRing: meta %s, same file %v", m, sameFile(t, f, g))
+	}
+	b := make([]byte, 5)
+	if _, err := r.ReadAt(b, 100); err != nil || string(b) != "acked" {
+		t.Fatalf("the ring returned is not the one put: %q %v", b, err)
+	}
+	pr, pw, _ := os.Pipe()
+	defer pr.Close()
+	defer pw.Close()
+	for name, bad := range map[string]*os.File{"unsealed memfd": memfd(t, false), "pipe": pr} {
+		if err := c.PutRing(ctx, "vol-2", f, bad, meta); !errors.Is(err, ErrRejected) {
+			t.Errorf("%s as a ring: %v, want ErrRejected", name, err)
+		}
+	}
+	if err := c.Put(ctx, "vol-1", f, meta); err != nil {
+		t.Fatal(err)
+	}
+	g2, _, _, r2, err := c.GetRing(ctx, "vol-1")
+	if err != nil || r2 != nil {
+		t.Fatalf("after a put without a ring: ring %v, %v", r2, err)
+	}
+	g2.Close()
+	if s.Len() != 1 {
+		t.Errorf("held %d entries, want 1", s.Len())
+	}
+}

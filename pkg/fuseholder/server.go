@@ -31,9 +31,17 @@ type Server struct {
 }
 
 type held struct {
-	fd    int // our descriptor (raw: never handed to the runtime poller)
-	meta  json.RawMessage
-	since time.Time
+	fd     int // our descriptor (raw: never handed to the runtime poller)
+	ringFD int // the write-back ring's memfd, or -1
+	meta   json.RawMessage
+	since  time.Time
+}
+
+func (e *held) close() {
+	unix.Close(e.fd)
+	if e.ringFD >= 0 {
+		unix.Close(e.ringFD)
+	}
 }
 
 // Listen creates the holder's socket at path (mode 0600; a stale socket
@@ -98,7 +106,7 @@ func (s *Server) Close() {
 	s.mu.Lock()
 	s.closed = true
 	for k, e := range s.entries {
-		unix.Close(e.fd)
+		e.close()
 		delete(s.entries, k)
 	}
 	s.mu.Unlock()
@@ -121,35 +129,33 @@ func (s *Server) handleConn(ctx context.Context, c *net.UnixConn) {
 	_ = c.SetDeadline(time.Now().Add(s.timeout))
 	if err := checkPeer(c); err != nil {
 		logger.Info("fuseholder: refused a client", "err", err)
-		_ = writeMsg(c, response{Code: codeRejected, Error: err.Error()}, -1)
+		_ = writeMsg(c, response{Code: codeRejected, Error: err.Error()})
 		return
 	}
 	req, fds, err := readMsg[request](c)
 	if err != nil {
 		logger.Info("fuseholder: bad request", "err", err)
 		closeFDs(fds)
-		_ = writeMsg(c, response{Code: codeProtocol, Error: err.Error()}, -1)
+		_ = writeMsg(c, response{Code: codeProtocol, Error: err.Error()})
 		return
 	}
-	resp, sendFD := s.do(ctx, req, fds)
-	if err := writeMsg(c, resp, sendFD); err != nil {
+	resp, sendFDs := s.do(ctx, req, fds)
+	if err := writeMsg(c, resp, sendFDs...); err != nil {
 		logger.Info("fuseholder: reply failed", "op", req.Op, "key", req.Key, "err", err)
 	}
-	if sendFD >= 0 {
-		unix.Close(sendFD)
-	}
+	closeFDs(sendFDs)
 }
 
 // do performs a request. fds are the descriptors that came with it (do
-// owns them). It returns the response and a descriptor to send (or -1),
-// which the caller closes.
-func (s *Server) do(ctx context.Context, req request, fds []int) (response, int) {
+// owns them). It returns the response and the descriptors to send, which
+// the caller closes.
+func (s *Server) do(ctx context.Context, req request, fds []int) (response, []int) {
 	logger := klog.FromContext(ctx).WithValues("op", req.Op, "key", req.Key)
-	reject := func(format string, args ...any) (response, int) {
+	reject := func(format string, args ...any) (response, []int) {
 		closeFDs(fds)
 		msg := fmt.Sprintf(format, args...)
 		logger.Info("fuseholder: rejected", "reason", msg)
-		return response{Code: codeRejected, Error: msg}, -1
+		return response{Code: codeRejected, Error: msg}, nil
 	}
 	if req.Op != opList {
 		if err := ValidKey(req.Key); err != nil {
@@ -161,8 +167,8 @@ func (s *Server) do(ctx context.Context, req request, fds []int) (response, int)
 	}
 	switch req.Op {
 	case opPut:
-		if len(fds) != 1 {
-			return reject("put needs exactly one file, got %d", len(fds))
+		if len(fds) != 1 && len(fds) != 2 {
+			return reject("put needs one file (and optionally a write-back ring), got %d", len(fds))
 		}
 		if len(req.Meta) == 0 || len(req.Meta) > MaxMetaSize || !json.Valid(req.Meta) {
 			return reject("metadata must be JSON of 1..%d bytes", MaxMetaSize)
@@ -170,49 +176,64 @@ func (s *Server) do(ctx context.Context, req request, fds []int) (response, int)
 		if err := checkFuseFD(fds[0]); err != nil {
 			return reject("%v", err)
 		}
+		ringFD := -1
+		if len(fds) == 2 {
+			if err := checkRingFD(fds[1]); err != nil {
+				return reject("%v", err)
+			}
+			ringFD = fds[1]
+		}
 		s.mu.Lock()
 		old := s.entries[req.Key]
-		s.entries[req.Key] = &held{fd: fds[0], meta: req.Meta, since: time.Now()}
+		s.entries[req.Key] = &held{fd: fds[0], ringFD: ringFD, meta: req.Meta, since: time.Now()}
 		s.mu.Unlock()
 		// The new file is held before the old one closes: when both are the
 		// same connection (a successor putting it again) it never drops.
 		if old != nil {
-			unix.Close(old.fd)
+			old.close()
 		}
-		logger.Info("fuseholder: holding", "replaced", old != nil, "alive", alive(fds[0]))
-		return response{}, -1
+		logger.Info("fuseholder: holding", "replaced", old != nil, "alive", alive(fds[0]), "ring", ringFD >= 0)
+		return response{}, nil
 	case opGet:
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		e := s.entries[req.Key]
 		if e == nil {
-			return response{Code: codeNotFound, Error: fmt.Sprintf("no connection held for %q", req.Key)}, -1
+			return response{Code: codeNotFound, Error: fmt.Sprintf("no connection held for %q", req.Key)}, nil
 		}
 		nfd, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
-			return response{Code: codeProtocol, Error: fmt.Sprintf("dup: %v", err)}, -1
+			return response{Code: codeProtocol, Error: fmt.Sprintf("dup: %v", err)}, nil
 		}
-		return response{Meta: e.meta, Alive: alive(e.fd)}, nfd
+		if e.ringFD < 0 {
+			return response{Meta: e.meta, Alive: alive(e.fd)}, []int{nfd}
+		}
+		rfd, err := unix.FcntlInt(uintptr(e.ringFD), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(nfd)
+			return response{Code: codeProtocol, Error: fmt.Sprintf("dup: %v", err)}, nil
+		}
+		return response{Meta: e.meta, Alive: alive(e.fd), Ring: true}, []int{nfd, rfd}
 	case opDrop:
 		s.mu.Lock()
 		e := s.entries[req.Key]
 		delete(s.entries, req.Key)
 		s.mu.Unlock()
 		if e == nil {
-			return response{Code: codeNotFound, Error: fmt.Sprintf("no connection held for %q", req.Key)}, -1
+			return response{Code: codeNotFound, Error: fmt.Sprintf("no connection held for %q", req.Key)}, nil
 		}
-		unix.Close(e.fd)
+		e.close()
 		logger.Info("fuseholder: dropped")
-		return response{}, -1
+		return response{}, nil
 	case opList:
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		out := make([]Entry, 0, len(s.entries))
 		for k, e := range s.entries {
-			out = append(out, Entry{Key: k, Meta: e.meta, Alive: alive(e.fd), Since: e.since})
+			out = append(out, Entry{Key: k, Meta: e.meta, Alive: alive(e.fd), Since: e.since, Ring: e.ringFD >= 0})
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-		return response{Entries: out}, -1
+		return response{Entries: out}, nil
 	}
 	return reject("unknown op %q", req.Op)
 }
@@ -253,6 +274,19 @@ func checkFuseFD(fd int) error {
 	}
 	if fl&unix.O_ACCMODE != unix.O_RDWR {
 		return errors.New("the /dev/fuse file is not open read-write")
+	}
+	return nil
+}
+
+// checkRingFD: a write-back ring is a memfd whose size is sealed; the
+// holder only keeps it (it never maps it).
+func checkRingFD(fd int) error {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("the second file is not a memfd (a write-back ring): F_GET_SEALS: %w", err)
+	}
+	if seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
+		return fmt.Errorf("the write-back ring's size is not sealed (seals %#x)", seals)
 	}
 	return nil
 }
@@ -308,8 +342,8 @@ func readMsg[T any](c *net.UnixConn) (T, []int, error) {
 	return v, fds, nil
 }
 
-// writeMsg writes one message, with fd attached when fd >= 0.
-func writeMsg(c *net.UnixConn, v any, fd int) error {
+// writeMsg writes one message, with fds attached.
+func writeMsg(c *net.UnixConn, v any, fds ...int) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -318,8 +352,8 @@ func writeMsg(c *net.UnixConn, v any, fd int) error {
 		return fmt.Errorf("%w: message of %d bytes", ErrProtocol, len(b))
 	}
 	var oob []byte
-	if fd >= 0 {
-		oob = unix.UnixRights(fd)
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
 	_, _, err = c.WriteMsgUnix(b, oob, nil)
 	if err != nil && errors.Is(err, syscall.EPIPE) {

@@ -16,14 +16,19 @@ import (
 // when it is unserved, so the series stay bounded by the volumes on this
 // node. Its methods are safe for concurrent use.
 type Node struct {
-	mu   sync.Mutex
-	vols map[string]*nodeVolume // by volume id
+	mu     sync.Mutex
+	vols   map[string]*nodeVolume // by volume id
+	budget *blockdev.NodeBudget   // the node-wide bounds; nil until told
 
 	ack, flush, appendLat, apply *prometheus.HistogramVec
 
 	served                                        *prometheus.Desc
 	requests, requestErrors, requestBytes         *prometheus.Desc
 	pending, pendingLimit, bpWaits, bpWaitSeconds *prometheus.Desc
+	dirty, dirtyLimit, dirtyWaits, dirtyWaitSecs  *prometheus.Desc
+	nodePending, nodePendingLimit                 *prometheus.Desc
+	nodeDirty, nodeDirtyLimit                     *prometheus.Desc
+	nodeWaits, nodeWaitSeconds                    *prometheus.Desc
 	lagEntries, lagBytes, objectSets              *prometheus.Desc
 	journalEntries, journalWaves                  *prometheus.Desc
 	replayEntries, replayBytes, replaySeconds     *prometheus.Desc
@@ -64,7 +69,7 @@ func NewNode() *Node {
 	return &Node{
 		vols: map[string]*nodeVolume{},
 		ack: hist("ack_duration_seconds",
-			"Latency of the volume's read, write, write_zeroes and discard requests, from the request to its acknowledgement (a write: once journaled with the journaled ack policy, once also applied with the applied one).", labelOp),
+			"Latency of the volume's read, write, write_zeroes and discard requests, from the request to its acknowledgement (a write: once queued for the journal with the writeback ack policy, once journaled with the journaled one, once also applied with the applied one).", labelOp),
 		flush:     hist("flush_duration_seconds", "Latency of the volume's flush requests (every earlier acknowledged write durable)."),
 		appendLat: hist("journal_append_duration_seconds", "Time from a request's journal append to its entry being durable in the journal."),
 		apply:     hist("apply_duration_seconds", "Time one journaled change took to be applied to the image (after its entry was durable)."),
@@ -78,6 +83,22 @@ func NewNode() *Node {
 		pendingLimit:  desc("pending_bytes_limit", "Bound of pending_bytes: writers wait beyond it (backpressure)."),
 		bpWaits:       desc("backpressure_waits_total", "Requests that waited because the pending bytes were at their bound."),
 		bpWaitSeconds: desc("backpressure_wait_seconds_total", "Summed time requests waited for pending bytes to drain."),
+		dirty:         desc("dirty_bytes", "Ack policy writeback: written bytes acknowledged but not yet durable in the journal (what a crash may lose after the last completed flush; 0 with the other policies)."),
+		dirtyLimit:    desc("dirty_bytes_limit", "Bound of dirty_bytes: writers wait beyond it (0 unless the ack policy is writeback)."),
+		dirtyWaits:    desc("dirty_waits_total", "Requests that waited because the volume's dirty bytes were at their bound."),
+		dirtyWaitSecs: desc("dirty_wait_seconds_total", "Summed time requests waited for the volume's dirty bytes to become durable."),
+		nodePending: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "pending_bytes"),
+			"Written bytes journaled (or being journaled) but not yet applied, summed over every volume this node plugin serves (held in memory).", nil, nil),
+		nodePendingLimit: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "pending_bytes_limit"),
+			"Node-wide bound of node_pending_bytes (--max-pending-bytes): writers of every volume wait beyond it.", nil, nil),
+		nodeDirty: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "dirty_bytes"),
+			"Bytes acknowledged but not yet durable (ack policy writeback), summed over every volume this node plugin serves.", nil, nil),
+		nodeDirtyLimit: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "dirty_bytes_limit"),
+			"Node-wide bound of node_dirty_bytes (--max-dirty-bytes).", nil, nil),
+		nodeWaits: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "budget_waits_total"),
+			"Requests that waited at a node-wide bound (pending or dirty bytes).", nil, nil),
+		nodeWaitSeconds: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "node", "budget_wait_seconds_total"),
+			"Summed time requests waited at a node-wide bound.", nil, nil),
 		lagEntries: desc("journal_lag_entries",
 			"Journal entries past a registered client's commit position: client is the journal client id (\"\" is librbd's and this plugin's own, own=\"true\"; rbd-mirror peers register under their mirror uuid). Returns to 0 once everything written is applied and committed.", labelClient, labelOwn),
 		lagBytes: desc("journal_lag_bytes",
@@ -143,6 +164,8 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range []*prometheus.Desc{
 		n.served, n.requests, n.requestErrors, n.requestBytes, n.pending, n.pendingLimit, n.bpWaits, n.bpWaitSeconds,
+		n.dirty, n.dirtyLimit, n.dirtyWaits, n.dirtyWaitSecs,
+		n.nodePending, n.nodePendingLimit, n.nodeDirty, n.nodeDirtyLimit, n.nodeWaits, n.nodeWaitSeconds,
 		n.lagEntries, n.lagBytes, n.objectSets, n.journalEntries, n.journalWaves,
 		n.replayEntries, n.replayBytes, n.replaySeconds, n.replayTornExtents, n.handoverSeconds, n.handoverResent, n.lockState, n.lockTakeovers, n.lockFencings, n.state,
 	} {
@@ -167,9 +190,19 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 			handovers[id] = *v
 		}
 	}
+	budget := n.budget
 	n.mu.Unlock()
 	sort.Strings(ids)
 	ch <- prometheus.MustNewConstMetric(n.served, prometheus.GaugeValue, float64(len(ids)))
+	if budget != nil {
+		b := budget.Stats()
+		ch <- prometheus.MustNewConstMetric(n.nodePending, prometheus.GaugeValue, float64(b.PendingBytes))
+		ch <- prometheus.MustNewConstMetric(n.nodePendingLimit, prometheus.GaugeValue, float64(b.MaxPendingBytes))
+		ch <- prometheus.MustNewConstMetric(n.nodeDirty, prometheus.GaugeValue, float64(b.DirtyBytes))
+		ch <- prometheus.MustNewConstMetric(n.nodeDirtyLimit, prometheus.GaugeValue, float64(b.MaxDirtyBytes))
+		ch <- prometheus.MustNewConstMetric(n.nodeWaits, prometheus.CounterValue, float64(b.Waits))
+		ch <- prometheus.MustNewConstMetric(n.nodeWaitSeconds, prometheus.CounterValue, b.Wait.Seconds())
+	}
 	for _, id := range ids {
 		n.collectVolume(ch, id, devs[id])
 		if h, ok := handovers[id]; ok {
@@ -177,6 +210,14 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(n.handoverResent, prometheus.GaugeValue, float64(h.resent), id)
 		}
 	}
+}
+
+// NodeBudget sets the node-wide bounds whose use Collect reports
+// (nodeserver.BudgetMetrics).
+func (n *Node) NodeBudget(b *blockdev.NodeBudget) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.budget = b
 }
 
 // Adopted records that volumeID's FUSE connection was adopted after a
@@ -208,6 +249,10 @@ func (n *Node) collectVolume(ch chan<- prometheus.Metric, id string, dev *blockd
 	gauge(n.pendingLimit, float64(st.MaxPendingBytes))
 	counter(n.bpWaits, float64(st.BackpressureWaits))
 	counter(n.bpWaitSeconds, st.BackpressureWait.Seconds())
+	gauge(n.dirty, float64(st.DirtyBytes))
+	gauge(n.dirtyLimit, float64(st.MaxDirtyBytes))
+	counter(n.dirtyWaits, float64(st.DirtyWaits))
+	counter(n.dirtyWaitSecs, st.DirtyWait.Seconds())
 	gauge(n.replayEntries, float64(st.Replay.Entries))
 	gauge(n.replayBytes, float64(st.Replay.Bytes))
 	gauge(n.replaySeconds, st.ReplayDuration.Seconds())

@@ -411,3 +411,69 @@ func TestNodeCollectorHandover(t *testing.T) {
 		t.Errorf("handover series after Unserved: %v", got)
 	}
 }
+
+// heldPool holds back the journal's data appends until release is closed.
+type heldPool struct {
+	objstore.Pool
+	release chan struct{}
+}
+
+func (p *heldPool) Operate(ctx context.Context, oid string, op *objstore.WriteOp) error {
+	if strings.HasPrefix(oid, "journal_data.") {
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return p.Pool.Operate(ctx, oid, op)
+}
+
+// TestNodeCollectorWriteBack: a write-back volume reports its dirty bytes
+// (acknowledged, not yet durable) and their bound; the node-wide series
+// report the shared budget; both drop to 0 once a flush made them durable.
+func TestNodeCollectorWriteBack(t *testing.T) {
+	hp := &heldPool{Pool: localPool(t), release: make(chan struct{})}
+	budget := blockdev.NewNodeBudget(8<<20, 1<<20)
+	dev := openDeviceOn(t, hp, "vol", blockdev.Options{AckPolicy: blockdev.AckWriteBack, MaxDirtyBytes: 512 << 10, Node: budget})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hp.release)
+		}
+	}
+	t.Cleanup(release) // before the device closes
+	n := NewNode()
+	n.NodeBudget(budget)
+	n.Served(testVolume, dev)
+	vol := "volume_id=" + testVolume
+	if _, err := dev.WriteAt(context.Background(), make([]byte, 8192), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, labels string
+		want         float64
+	}{
+		{"csi_rbdj_volume_dirty_bytes", vol, 8192},
+		{"csi_rbdj_volume_dirty_bytes_limit", vol, 512 << 10},
+		{"csi_rbdj_node_dirty_bytes", "", 8192},
+		{"csi_rbdj_node_dirty_bytes_limit", "", 1 << 20},
+		{"csi_rbdj_node_pending_bytes", "", 8192},
+		{"csi_rbdj_node_pending_bytes_limit", "", 8 << 20},
+	} {
+		if got := value(gather(t, n, tc.name)[tc.labels]); got != tc.want {
+			t.Errorf("%s{%s} = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	release()
+	if err := dev.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(gather(t, n, "csi_rbdj_volume_dirty_bytes")[vol]); got != 0 {
+		t.Errorf("dirty bytes after a flush = %v, want 0", got)
+	}
+	if got := value(gather(t, n, "csi_rbdj_node_dirty_bytes")[""]); got != 0 {
+		t.Errorf("node dirty bytes after a flush = %v, want 0", got)
+	}
+}

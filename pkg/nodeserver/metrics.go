@@ -25,6 +25,12 @@ type HandoverMetrics interface {
 	Adopted(volumeID string, took time.Duration, resent uint64)
 }
 
+// BudgetMetrics is implemented by a VolumeMetrics that also reports the
+// node-wide bounds of pending and dirty bytes (told once, by New).
+type BudgetMetrics interface {
+	NodeBudget(b *blockdev.NodeBudget)
+}
+
 func (s *Server) metricsAdopted(volumeID string, took time.Duration, resent uint64) {
 	if m, ok := s.o.Metrics.(HandoverMetrics); ok {
 		m.Adopted(volumeID, took, resent)

@@ -78,15 +78,32 @@ type Options struct {
 	// no new loop device). Empty: no holder; a restart re-serves every
 	// volume on a new loop device (recover.go).
 	HolderSocket string
+	// MaxPendingBytes and MaxDirtyBytes are the node-wide bounds shared by
+	// every volume this process serves (blockdev.NodeBudget): written
+	// bytes not yet applied to the image (held in memory), and, with ack
+	// policy writeback, bytes acknowledged but not yet durable. 0: the
+	// defaults (blockdev.DefaultNodeMaxPendingBytes, DefaultNodeMaxDirtyBytes).
+	MaxPendingBytes, MaxDirtyBytes int64
+	// NoWriteBackRing turns the write-back rings off (holder.go): a crash
+	// of the plugin then aborts the connections of writeback volumes
+	// instead of handing them over (EIO in the pods), and no shared memory
+	// is spent on them.
+	NoWriteBackRing bool
 }
 
 // Server is the CSI Node service.
 type Server struct {
 	csi.UnimplementedNodeServer
 
-	o       Options
-	store   store
-	holder  fuseloop.Holder // nil: no holder (holder.go)
+	o      Options
+	store  store
+	holder fuseloop.Holder // nil: no holder (holder.go)
+	// budget bounds the pending and dirty bytes of every served volume
+	// together: memory stays bounded node-wide, not per volume.
+	budget *blockdev.NodeBudget
+	// rings are the write-back rings of the served writeback volumes, by
+	// record key (holder.go). Guarded by mu.
+	rings   map[string]*blockdev.Ring
 	fuseDir string
 	mounter *mount.SafeFormatAndMount
 
@@ -163,7 +180,12 @@ func New(o Options) (*Server, error) {
 		vols:     map[string]*stagedVolume{},
 		ready:    make(chan struct{}),
 		holder:   newHolder(o.HolderSocket),
+		budget:   blockdev.NewNodeBudget(o.MaxPendingBytes, o.MaxDirtyBytes),
+		rings:    map[string]*blockdev.Ring{},
 		stopSync: make(chan struct{}),
+	}
+	if m, ok := o.Metrics.(BudgetMetrics); ok {
+		m.NodeBudget(s.budget)
 	}
 	for _, d := range []string{s.store.dir, s.fuseDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

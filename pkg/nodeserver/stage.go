@@ -283,6 +283,13 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		}
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
+	// A re-serve takes back what the holder kept first: a write-back ring
+	// is re-journaled when the device opens (holder.go).
+	var held *heldConn
+	if prepare != nil {
+		held = s.fetchHeld(ctx, v.rec)
+	}
+	ring := s.ringFor(ctx, v.rec, held)
 	openStart := time.Now()
 	var dead []string
 	if v.rec.Owner != "" && v.rec.Owner != pool.Client().Addr {
@@ -290,6 +297,8 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	}
 	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
 		AckPolicy:       policy,
+		Node:            s.budget, // node-wide bounds (server.go)
+		Ring:            ring,
 		JournalMode:     mode,
 		Fencer:          st.Fencer(),
 		LockDescription: "csi-rbdj node " + s.o.NodeID,
@@ -297,6 +306,10 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		Journal:         s.journalSettings(ctx, v.rec),
 		OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
 	})
+	if err != nil {
+		held.close()
+		s.releaseRing(v.rec.Key)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, image.ErrNotFound):
@@ -319,7 +332,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	var loop *fuseloop.Device
 	if prepare != nil {
 		// A re-serve with a holder: adopt the live connection if it has it.
-		loop = s.adopt(ctx, v.rec, dev)
+		loop = s.adopt(ctx, v.rec, dev, held)
 		if loop == nil {
 			prepare(ctx)
 			if err := cleanup(); err != nil {
@@ -442,6 +455,7 @@ func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 		if err := v.dev.Close(cctx); err != nil {
 			logger.Error(err, "Closing the journaled device failed (the journal keeps every acknowledged write)")
 		}
+		s.releaseRing(v.rec.Key)
 		cancel()
 	}
 	if err := fuseloop.Cleanup(ctx, s.fuseDir, v.rec.Key); err != nil {
@@ -509,6 +523,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 			// stage replays what was not committed.
 			logger.Error(err, "Closing the journaled device failed")
 		}
+		s.releaseRing(v.rec.Key)
 	}
 	s.update(func() { v.dev, v.loop = nil, nil })
 	s.metricsUnserved(id)

@@ -1,6 +1,7 @@
 package volume_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
@@ -16,6 +17,8 @@ func TestAckPoliciesMatchBlockdev(t *testing.T) {
 	}{
 		{"applied", true},
 		{"journaled", true},
+		{"writeback", true},
+		{"write-back", false},
 		{"", false},
 		{"Applied", false},
 		{"async", false},
@@ -28,6 +31,12 @@ func TestAckPoliciesMatchBlockdev(t *testing.T) {
 		if tc.ok && p.String() != tc.name {
 			t.Errorf("%q: blockdev names it %q", tc.name, p)
 		}
+	}
+	if err := volume.ValidateAckPolicy("async"); err == nil || !strings.Contains(err.Error(), "applied, journaled or writeback") {
+		t.Errorf("the error does not list the accepted values: %v", err)
+	}
+	if len(volume.AckPolicies) != len(blockdev.AckPolicies) {
+		t.Errorf("volume.AckPolicies %v, blockdev has %v", volume.AckPolicies, blockdev.AckPolicies)
 	}
 	for _, name := range volume.AckPolicies {
 		if _, err := blockdev.ParseAckPolicy(name); err != nil {

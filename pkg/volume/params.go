@@ -119,7 +119,7 @@ const (
 // AckPolicies are the values of ParamAckPolicy: the names of
 // blockdev.AckPolicy (kept here so that the controller, which only checks
 // the name, does not link the data path; a test checks that both agree).
-var AckPolicies = []string{"applied", "journaled"}
+var AckPolicies = []string{"applied", "journaled", "writeback"}
 
 // ValidateAckPolicy checks an ackPolicy value.
 func ValidateAckPolicy(s string) error {
@@ -128,7 +128,7 @@ func ValidateAckPolicy(s string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown ack policy %q (want %s)", s, strings.Join(AckPolicies, " or "))
+	return fmt.Errorf("unknown ack policy %q (want %s or %s)", s, strings.Join(AckPolicies[:len(AckPolicies)-1], ", "), AckPolicies[len(AckPolicies)-1])
 }
 
 // SupportedFsTypes are the filesystems NodeStage formats and mounts.

@@ -48,7 +48,10 @@ import (
 //   - READ, GETATTR, LOOKUP, OPEN have no effect to repeat.
 // An ack policy that acknowledged before the journal entry was durable
 // would break the FSYNC argument: such a process must not hand over after a
-// crash (Meta.AcksDurable false makes Adopt refuse).
+// crash (Meta.AcksDurable false makes Adopt refuse) — unless what it
+// acknowledged survives it and the successor journals it before adopting
+// (AckWriteBack with its ring, pkg/blockdev/wbring.go: the metadata then
+// says AcksDurable).
 
 // Errors of a handover; on any of them the caller falls back to today's
 // path (Cleanup, Attach anew).
