@@ -83,7 +83,9 @@ func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult,
 	if err != nil {
 		return nil, fmt.Errorf("-many-policy: %w", err)
 	}
-	bo := blockdev.Options{AckPolicy: policy, MaxPayload: o.payload}
+	// One node-wide budget, as the node plugin shares one among every
+	// volume it serves (the backends run one after the other).
+	bo := blockdev.Options{AckPolicy: policy, MaxPayload: o.payload, Node: blockdev.NewNodeBudget(0, 0)}
 	var out []manyResult
 	var opens []func(context.Context) (*manyEnv, error)
 	if o.local {
