@@ -119,6 +119,20 @@ bench: deps ceph-up
 	./bin/blockdev-bench -ceph-conf "$$(./hack/ceph-up.sh)" -json _output/bench/bench.json \
 		-md _output/bench/bench.md -png _output/bench/bench.png $(BENCH_FLAGS)
 
+## bench-handover: the pause a pod sees when the node plugin is SIGKILLed or stopped
+## (SIGTERM) and a successor adopts its FUSE connections from the fuse-holder (issue 13):
+## longest and p99 write latency (4K O_DIRECT + fdatasync at a steady rate) across 10
+## restarts of each kind, against a baseline, on local and Ceph, and where the time goes.
+## Markdown and JSON in _output/bench/handover.{md,json}. HANDOVER_BENCH_FLAGS passes
+## options (e.g. -restarts 20 -rate 200 -v).
+HANDOVER_BENCH_FLAGS ?=
+.PHONY: bench-handover
+bench-handover: deps ceph-up
+	mkdir -p _output/bench
+	$(GO) build -tags '$(CEPHTAGS)' -o bin/handover-bench ./hack/bench/handover
+	./bin/handover-bench -ceph-conf "$$(./hack/ceph-up.sh)" -json _output/bench/handover.json \
+		-md _output/bench/handover.md $(HANDOVER_BENCH_FLAGS)
+
 ## bench-go: the Go micro-benchmarks (journal, object store, device).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/journal ./pkg/objstore/local ./pkg/blockdev
