@@ -451,6 +451,20 @@ handover_metrics() {
   sed 's/^/    metrics: /' <<< "$hs" >&2
   [ "$(grep -c '^csi_rbdj_volume_handover_seconds{' <<< "$hs")" = 3 ] || { log "the node plugin's metrics do not report the three handovers"; return 1; }
 }
+# upgrade_timeline OLD_LOG NEW_POD: from the two plugins' klog timestamps, where the
+# upgrade's pause went (diagnostics only).
+upgrade_timeline() {
+  local nl t0 t1 t2 t3
+  kts() { awk '/^[IWE][0-9]{4} / {split($2, a, ":"); printf "%.3f\n", a[1] * 3600 + a[2] * 60 + a[3]}'; }
+  nl=$("$KUBECTL" -n "$NS" logs "$2" -c csi-rbdj)
+  t0=$(grep -m1 '"Shutting down"' "$1" | kts)
+  t1=$(grep '"Volume handed off' "$1" | tail -n 1 | kts)
+  t2=$(head -n 1 <<< "$nl" | kts)
+  t3=$(grep '"Volume adopted after restart' <<< "$nl" | tail -n 1 | kts)
+  [ -n "$t0" ] && [ -n "$t1" ] && [ -n "$t2" ] && [ -n "$t3" ] || { log "upgrade timeline: log lines missing (old plugin's log: $1)"; return 1; }
+  { grep '"Volume handed off' "$1" | sed 's/^/    old node plugin: /' >&2; } || true
+  log "upgrade timeline (plugin logs): SIGTERM ('Shutting down') -> all volumes handed off +$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')s -> new plugin's first log line +$(awk -v a="$t0" -v b="$t2" 'BEGIN {printf "%.2f", b - a}')s -> all volumes adopted +$(awk -v a="$t0" -v b="$t3" 'BEGIN {printf "%.2f", b - a}')s"
+}
 check2_holder() {
   pvc data-hblock 64Mi Block
   pvc data-hfs 64Mi
@@ -485,7 +499,7 @@ check2_holder() {
   loops1=$(vmounts)
   [ -n "$loops0" ] && [ "$loops0" = "$loops1" ] || { log "the volumes' mounts or loop devices changed: [$loops0] -> [$loops1]"; bad=1; }
   [ $bad = 0 ] || return 1
-  log "after kill -9: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices [$loops1]"
+  log "after kill -9: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices [$loops1] (phase: $(elapsed "$t")s)"
   handover_metrics || return 1
 
   # -- helm upgrade to another image tag --
@@ -500,9 +514,13 @@ check2_holder() {
   hp_uid=$("$KUBECTL" -n "$NS" get pod "$hp" -o jsonpath='{.metadata.uid}') hp_r=$(restarts_of "$NS" "$hp" fuse-holder)
   np_uid=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.metadata.uid}')
   log "helm upgrade $RELEASE to image tag $UPGRADE_TAG (node plugin pod $np on $("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.spec.containers[0].image}'))"
+  # the old plugin's log through its planned stop (diagnostics: the upgrade's timeline)
+  local ulog=$E2E_DIR/logs/$np.upgrade.log follow
+  "$KUBECTL" -n "$NS" logs -f "$np" -c csi-rbdj --since=1s > "$ulog" 2>&1 &
+  follow=$!
   t=$(date +%s.%N)
   "$HELM" upgrade "$RELEASE" "$ROOT/charts/csi-rbdj" -n "$NS" -f "$VALUES" --set "image.tag=$UPGRADE_TAG" --wait --timeout 3m >/dev/null ||
-    { "$KUBECTL" -n "$NS" get pods -o wide >&2; return 1; }
+    { kill "$follow" 2>/dev/null; "$KUBECTL" -n "$NS" get pods -o wide >&2; return 1; }
   local up=""
   for i in $(seq 1 240); do
     nnp=$(node_pod)
@@ -520,7 +538,10 @@ check2_holder() {
   [ "$img" = "localhost/csi-rbdj:$UPGRADE_TAG" ] || { log "the new node plugin pod runs $img"; return 1; }
   grep -q "^csi-rbdj $UPGRADE_TAG " <<< "$ver" || { log "the new node plugin is not the new build"; return 1; }
   wait_registered || { log "the new node plugin did not register with the kubelet"; return 1; }
+  kill "$follow" 2>/dev/null || true # its stream ended with the old container
+  wait "$follow" 2>/dev/null || true
   sleep 5
+  upgrade_timeline "$ulog" "$nnp" || true
   bad=0
   adopted "$nnp" || bad=1
   writers_ok "after helm upgrade" || bad=1
@@ -532,7 +553,7 @@ check2_holder() {
   [ "$hl" = "$hp uid $hp_uid restarts $hp_r image localhost/csi-rbdj:e2e" ] || { log "the fuse-holder pod was replaced or restarted (was $hp uid $hp_uid restarts $hp_r)"; bad=1; }
   [ "$dsimg" = "localhost/csi-rbdj:$UPGRADE_TAG" ] || { log "the holder's DaemonSet template was not upgraded"; bad=1; }
   [ $bad = 0 ] || return 1
-  log "after helm upgrade: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices, the holder pod untouched"
+  log "after helm upgrade: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices, the holder pod untouched (phase: $(elapsed "$t")s)"
   handover_metrics || return 1
 
   # the writers' data: the last acknowledged content of every file and block

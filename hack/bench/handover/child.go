@@ -61,7 +61,7 @@ const (
 // kept (NOTIFY_RESEND) — or, the first time, attach and give it to the
 // holder. It prints one line
 //
-//	READY <loop device> <adopted> <main start unix ns> <connect ns> <open ns> <adopt ns> <replayed entries>
+//	READY <loop device> <adopted> <main start unix ns> <connect ns> <open ns> <adopt ns> <replayed entries> <replay ns>
 //
 // and serves until SIGTERM (planned stop: Handoff, drain and commit the
 // journal, release the lock; prints "STOPPED <handoff ns> <close ns>"),
@@ -115,8 +115,8 @@ func childMain(raw string) int {
 		return exitServe
 	}
 	ready := time.Now()
-	fmt.Printf("READY %s %v %d %d %d %d %d\n", dev.Path(), adopted, mainStart.UnixNano(),
-		connected.Sub(mainStart), opened.Sub(connected), ready.Sub(opened), d.ReplayStats().Entries)
+	fmt.Printf("READY %s %v %d %d %d %d %d %d\n", dev.Path(), adopted, mainStart.UnixNano(),
+		connected.Sub(mainStart), opened.Sub(connected), ready.Sub(opened), d.ReplayStats().Entries, d.Stats().ReplayDuration)
 	var s os.Signal
 	select {
 	case <-dev.Done():

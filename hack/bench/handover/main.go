@@ -204,6 +204,7 @@ type child struct {
 	mainStart              time.Time
 	connect, open, adopt   time.Duration
 	replayed               int
+	replay                 time.Duration // the part of open that replayed the journal
 	handoff, closeDuration time.Duration // from its STOPPED line (SIGTERM)
 	mu                     sync.Mutex
 }
@@ -236,15 +237,15 @@ func startChild(cfg childConfig) (*child, time.Time, error) {
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
 			switch {
-			case len(f) == 8 && f[0] == "READY":
-				n := make([]int64, 5)
+			case len(f) == 9 && f[0] == "READY":
+				n := make([]int64, 6)
 				for i := range n {
 					n[i], _ = strconv.ParseInt(f[3+i], 10, 64)
 				}
 				c.mu.Lock()
 				c.dev, c.adopted = f[1], f[2] == "true"
 				c.mainStart = time.Unix(0, n[0])
-				c.connect, c.open, c.adopt, c.replayed = time.Duration(n[1]), time.Duration(n[2]), time.Duration(n[3]), int(n[4])
+				c.connect, c.open, c.adopt, c.replayed, c.replay = time.Duration(n[1]), time.Duration(n[2]), time.Duration(n[3]), int(n[4]), time.Duration(n[5])
 				c.mu.Unlock()
 				ready <- nil
 			case len(f) == 3 && f[0] == "STOPPED":
@@ -326,6 +327,7 @@ type restart struct {
 	Adopt     time.Duration `json:"adopt_ns"`    // holder round trip, NOTIFY_RESEND, serving
 	Gap       time.Duration `json:"gap_ns"`      // signal until the successor serves
 	Replayed  int           `json:"replayed"`    // journal entries replayed by the successor
+	Replay    time.Duration `json:"replay_ns"`   // the part of Open that replayed them
 	Pause     time.Duration `json:"pause_ns"`    // longest write overlapping the handover
 	Overlaps  int           `json:"overlapping"` // writes overlapping the handover
 	startedAt time.Time
@@ -437,7 +439,7 @@ func scenario(ctx context.Context, o options, backend, sock string) (rows []row,
 		x.Ready, x.startedAt = time.Now(), started
 		x.Gap = x.Ready.Sub(x.Signal)
 		c.mu.Lock()
-		x.Exec, x.Connect, x.Open, x.Adopt, x.Replayed = c.mainStart.Sub(started), c.connect, c.open, c.adopt, c.replayed
+		x.Exec, x.Connect, x.Open, x.Adopt, x.Replayed, x.Replay = c.mainStart.Sub(started), c.connect, c.open, c.adopt, c.replayed, c.replay
 		c.mu.Unlock()
 		if !c.adopted || c.dev != dev {
 			return nil, fmt.Errorf("restart %d (%s): the successor adopted=%v device %s, want the adoption of %s", i, kind, c.adopted, c.dev, dev)
@@ -449,8 +451,8 @@ func scenario(ctx context.Context, o options, backend, sock string) (rows []row,
 		phaseEnd[kind] = time.Now()
 		rs = append(rs, x)
 		if o.verbose {
-			fmt.Fprintf(os.Stderr, "  %s %2d: stop %s (handoff %s, close %s), exec %s, connect %s, open %s (%d replayed), adopt %s: gap %s\n",
-				kind, i, ms(x.Stop), ms(x.Handoff), ms(x.Close), ms(x.Exec), ms(x.Connect), ms(x.Open), x.Replayed, ms(x.Adopt), ms(x.Gap))
+			fmt.Fprintf(os.Stderr, "  %s %2d: stop %s (handoff %s, close %s), exec %s, connect %s, open %s (replay of %d entries %s), adopt %s: gap %s\n",
+				kind, i, ms(x.Stop), ms(x.Handoff), ms(x.Close), ms(x.Exec), ms(x.Connect), ms(x.Open), x.Replayed, ms(x.Replay), ms(x.Adopt), ms(x.Gap))
 		}
 	}
 	time.Sleep(200 * time.Millisecond)

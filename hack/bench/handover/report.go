@@ -47,6 +47,7 @@ type row struct {
 	Exec     float64   `json:"exec_mean_ms"`
 	Connect  float64   `json:"connect_mean_ms"`
 	Open     float64   `json:"open_mean_ms"`
+	Replay   float64   `json:"replay_mean_ms"` // the part of Open that replayed the journal
 	Adopt    float64   `json:"adopt_mean_ms"`
 	Gap      float64   `json:"gap_mean_ms"`
 	GapMax   float64   `json:"gap_max_ms"`
@@ -103,6 +104,7 @@ func summarize(backend, kind string, base, lats []time.Duration, rs []restart, l
 	r.Exec = mean(rs, func(x restart) time.Duration { return x.Exec })
 	r.Connect = mean(rs, func(x restart) time.Duration { return x.Connect })
 	r.Open = mean(rs, func(x restart) time.Duration { return x.Open })
+	r.Replay = mean(rs, func(x restart) time.Duration { return x.Replay })
 	r.Adopt = mean(rs, func(x restart) time.Duration { return x.Adopt })
 	r.Gap = mean(rs, func(x restart) time.Duration { return x.Gap })
 	r.GapMax = msf(gapMax)
@@ -138,15 +140,15 @@ func markdown(rep *report) string {
 	}
 	b.WriteString("\nWhere a handover's time goes (means; stop: signal until the process exited — for SIGTERM the handoff, then drain/commit/unlock; " +
 		"exec: the successor's start until its main; open: lock takeover, fencing after a kill, journal replay; adopt: holder, NOTIFY_RESEND; gap: signal until the successor serves):\n\n")
-	b.WriteString("| backend | restart | stop | (handoff + close) | exec | connect | open | replayed entries | adopt | gap (mean / max) |\n")
+	b.WriteString("| backend | restart | stop | (handoff + close) | exec | connect | open | (of which replay: entries, time) | adopt | gap (mean / max) |\n")
 	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rep.Rows {
 		hc := "–"
 		if r.Kind == "term" {
 			hc = fmt.Sprintf("%.0f + %.0f ms", r.Handoff, r.Close)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f ms | %s | %.0f ms | %.0f ms | %.0f ms | %.1f | %.0f ms | %.0f / %.0f ms |\n",
-			r.Backend, kindName(r.Kind), r.Stop, hc, r.Exec, r.Connect, r.Open, r.Replayed, r.Adopt, r.Gap, r.GapMax)
+		fmt.Fprintf(&b, "| %s | %s | %.0f ms | %s | %.0f ms | %.0f ms | %.0f ms | %.0f, %.0f ms | %.0f ms | %.0f / %.0f ms |\n",
+			r.Backend, kindName(r.Kind), r.Stop, hc, r.Exec, r.Connect, r.Open, r.Replayed, r.Replay, r.Adopt, r.Gap, r.GapMax)
 	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(&b, "\nNote: %s\n", n)
