@@ -61,10 +61,11 @@ GOFLAGS=${GOFLAGS:-} go build -o "$ROOT/bin/rbdj-inspect" ./e2e/cmd/rbdj-inspect
 INSPECT=$ROOT/bin/rbdj-inspect
 
 if [ "$BACKEND" = auto ]; then
-  # The binary says plainly when it carries no Ceph support.
-  if "$BIN" serve -h 2>&1 | grep -q -- "-ceph-config" &&
-    ! timeout 20 "$BIN" serve --mode controller --backend ceph --ceph-config /nonexistent \
-      --endpoint "unix://$(mktemp -u /tmp/csi-rbdj-probe.XXXXXX).sock" 2>&1 | grep -q "built without Ceph support"; then
+  # `csi-rbdj version` names the backends the binary carries. (Not `producer | grep -q`:
+  # under pipefail a grep that exits early fails the producer, and the run silently
+  # took the local backend on a loaded machine.)
+  bver=$("$BIN" version)
+  if [[ $bver == *"backends: "*ceph* ]]; then
     BACKEND=ceph
   else
     BACKEND=local
@@ -455,7 +456,7 @@ handover_metrics() {
 # upgrade's pause went (diagnostics only).
 upgrade_timeline() {
   local nl t0 t1 t2 t3
-  kts() { awk '/^[IWE][0-9]{4} / {split($2, a, ":"); printf "%.3f\n", a[1] * 3600 + a[2] * 60 + a[3]}'; }
+  kts() { awk '/^[IWE][0-9][0-9][0-9][0-9] / {split($2, a, ":"); printf "%.3f\n", a[1] * 3600 + a[2] * 60 + a[3]}'; }
   nl=$("$KUBECTL" -n "$NS" logs "$2" -c csi-rbdj)
   t0=$(grep -m1 '"Shutting down"' "$1" | kts)
   t1=$(grep '"Volume handed off' "$1" | tail -n 1 | kts)
