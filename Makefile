@@ -40,7 +40,7 @@ demo: deps build
 ## Ceph test cluster, then run the whole suite: vet (plain and with the Ceph
 ## tags), the unit tests, the Ceph tests against the cluster, the two-site
 ## disaster-recovery drill (make dr-drill: ~7.5 min), and the end-to-end
-## test on a real Kubernetes (make e2e: ~3 min with the Kubernetes binaries cached
+## test on a real Kubernetes (make e2e: ~5 min with the Kubernetes binaries cached
 ## in ~/.cache/csi-rbdj/k8s, ~25 min more on a machine that has to build them).
 test: deps ceph-up vet vet-ceph unit unit-ceph dr-drill e2e
 

@@ -417,7 +417,7 @@ vmounts() {
   done
 }
 # writers_ok LABEL: the pods' logs show no error and no container was restarted (the
-# baseline restart counts in $app0 $h2c0 $raw0 $fs0).
+# watcher's restart counts before the kills are $app0 and $h2c0; hfs and hblock start at 0).
 writers_ok() {
   local al hl bl fl bad=0
   al=$(K logs watcher -c app) hl=$(K logs watcher -c h2c) bl=$(K logs hblock) fl=$(K logs hfs)
