@@ -33,7 +33,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -96,11 +95,6 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "print every restart")
 	flag.Parse()
 	o.backends = strings.Split(backends, ",")
-	if !o.verbose {
-		// The holder's informational lines; errors still reach stderr.
-		klog.LogToStderr(false)
-		klog.SetOutput(io.Discard)
-	}
 	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-bench: %v\n", err)
 		os.Exit(1)
@@ -116,6 +110,10 @@ func run(o options) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if !o.verbose {
+		// The holder's informational lines at -v=4 (not shown); errors still show.
+		ctx = klog.NewContext(ctx, klog.Background().V(4))
+	}
 	if o.dir == "" {
 		d, err := os.MkdirTemp("", "handover-bench-")
 		if err != nil {
