@@ -378,7 +378,7 @@ task_pid() { # pod container (in $NS): the pid of the container's task
 # another image tag are pauses. Three writers keep going through both: the watcher
 # (Filesystem: app with its liveness probe, h2c without) and two writer pods without any
 # probe (e2e/pods/writer.sh: hfs on a Filesystem PVC, hblock on a Block PVC; each writes,
-# fsyncs and reads back 16 KiB every 20 ms). After each phase: no error line, no container
+# fsyncs and reads back 16 KiB, 20 ms apart). After each phase: no error line, no container
 # restart, the same mounts and loop devices, every volume adopted; at the end the writers'
 # data verifies.
 writer_pod() { # name pvc fs|block

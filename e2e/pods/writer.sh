@@ -2,7 +2,7 @@
 # Runs in the e2e's writer pods (check 2): writes and verifies without pause, no probe.
 #   writer.sh fs DIR         files DIR/f0..f63, each 16 KiB written with O_DIRECT and fsynced
 #   writer.sh block DEVICE   16 KiB blocks 0..255 of the raw device, O_DIRECT and fsynced
-# Every 20 ms one operation: random data written, fsynced, read back with O_DIRECT and
+# One operation after another, 20 ms apart: random data written, fsynced, read back with O_DIRECT and
 # compared. Logs one "ERR" line per failed operation, one "SLOW <ms> ms" line per operation
 # that took over 500 ms (the pause the pod saw), a status line every 500 operations.
 # Acknowledged writes go to /tmp/sums ("key sha256"). `touch /tmp/stop` ends the loop
