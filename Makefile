@@ -40,7 +40,7 @@ demo: deps build
 ## Ceph test cluster, then run the whole suite: vet (plain and with the Ceph
 ## tags), the unit tests, the Ceph tests against the cluster, the two-site
 ## disaster-recovery drill (make dr-drill: ~7.5 min), and the end-to-end
-## test on a real Kubernetes (make e2e: ~3 min with the Kubernetes binaries cached
+## test on a real Kubernetes (make e2e: ~5 min with the Kubernetes binaries cached
 ## in ~/.cache/csi-rbdj/k8s, ~25 min more on a machine that has to build them).
 test: deps ceph-up vet vet-ceph unit unit-ceph dr-drill e2e
 
@@ -130,6 +130,20 @@ bench: deps
 		-log _output/bench/bench.log $(BENCH_FLAGS) || rc=$$?; \
 	if [ "$$(realpath -m '$(BENCH_CEPH_DIR)')" != /var/tmp/csi-rbdj-ceph ]; then \
 		CEPH_DIR='$(BENCH_CEPH_DIR)' ./hack/ceph-down.sh --wipe >/dev/null; fi; exit $$rc
+
+## bench-handover: the pause a pod sees when the node plugin is SIGKILLed or stopped
+## (SIGTERM) and a successor adopts its FUSE connections from the fuse-holder (issue 13):
+## longest and p99 write latency (4K O_DIRECT + fdatasync at a steady rate) across 10
+## restarts of each kind, against a baseline, on local and Ceph, and where the time goes.
+## Markdown and JSON in _output/bench/handover.{md,json}. HANDOVER_BENCH_FLAGS passes
+## options (e.g. -restarts 20 -rate 200 -v).
+HANDOVER_BENCH_FLAGS ?=
+.PHONY: bench-handover
+bench-handover: deps ceph-up
+	mkdir -p _output/bench
+	$(GO) build -tags '$(CEPHTAGS)' -o bin/handover-bench ./hack/bench/handover
+	./bin/handover-bench -ceph-conf "$$(./hack/ceph-up.sh)" -json _output/bench/handover.json \
+		-md _output/bench/handover.md $(HANDOVER_BENCH_FLAGS)
 
 ## bench-go: the Go micro-benchmarks (journal, object store, device).
 bench-go:

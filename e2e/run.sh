@@ -4,9 +4,11 @@
 # kubelet; e2e/cluster.sh), then seven checks through the Kubernetes API:
 #
 #   1. StorageClass -> PVC Bound -> an RBD image with the journaling feature
-#   2. a Filesystem pod and a Block pod write; the node plugin is SIGKILLed and comes
-#      back: with the fuse-holder, 0 I/O errors and no container restart; then the
-#      fallback (holder killed too): what the pod saw; the data is intact and usable
+#   2. a Filesystem pod and a Block pod write and verify; with the fuse-holder the node
+#      plugin is SIGKILLed and comes back, then `helm upgrade` rolls it to another image
+#      tag: 0 I/O errors, no container restart, the same mounts and loop devices, the
+#      holder pod untouched, the data verifies; then the fallback (holder killed too):
+#      what the pod saw; the data is intact and usable
 #   3. a StatefulSet with 2 replicas: each replica's data survives pod re-creation
 #   4. PVC deletion removes the image and its journal
 #   5. a Block-mode PVC consumed as a raw device
@@ -59,10 +61,11 @@ GOFLAGS=${GOFLAGS:-} go build -o "$ROOT/bin/rbdj-inspect" ./e2e/cmd/rbdj-inspect
 INSPECT=$ROOT/bin/rbdj-inspect
 
 if [ "$BACKEND" = auto ]; then
-  # The binary says plainly when it carries no Ceph support.
-  if "$BIN" serve -h 2>&1 | grep -q -- "-ceph-config" &&
-    ! timeout 20 "$BIN" serve --mode controller --backend ceph --ceph-config /nonexistent \
-      --endpoint "unix://$(mktemp -u /tmp/csi-rbdj-probe.XXXXXX).sock" 2>&1 | grep -q "built without Ceph support"; then
+  # `csi-rbdj version` names the backends the binary carries. (Not `producer | grep -q`:
+  # under pipefail a grep that exits early fails the producer, and the run silently
+  # took the local backend on a loaded machine.)
+  bver=$("$BIN" version)
+  if [[ $bver == *"backends: "*ceph* ]]; then
     BACKEND=ceph
   else
     BACKEND=local
@@ -122,12 +125,19 @@ trap 'exit 130' INT TERM
 
 log "images"
 "$ROOT/hack/build-image.sh" "$BIN" localhost/csi-rbdj:e2e "$CACHE/images/csi-rbdj-e2e.tar"
+# Check 2 upgrades the release to this tag: the same sources built with another version
+# string (`csi-rbdj version` in the new pod proves it runs the new build).
+UPGRADE_TAG=e2e-upgrade
+t=$(date +%s.%N)
+go build ${GOTAGS:+-tags "$GOTAGS"} -ldflags "-X main.version=$UPGRADE_TAG" -o "$ROOT/bin/csi-rbdj-$UPGRADE_TAG" ./cmd/csi-rbdj
+"$ROOT/hack/build-image.sh" "$ROOT/bin/csi-rbdj-$UPGRADE_TAG" "localhost/csi-rbdj:$UPGRADE_TAG" "$CACHE/images/csi-rbdj-$UPGRADE_TAG.tar"
+log "upgrade image localhost/csi-rbdj:$UPGRADE_TAG built in $(elapsed "$t")s"
 CGO_ENABLED=0 go build -trimpath -o "$CACHE/images/pause" ./e2e/cmd/pause
 "$ROOT/e2e/mkimage.sh" "$CACHE/images/pause" localhost/pause:e2e "$CACHE/images/pause.tar" /pause
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-provisioner" localhost/csi-provisioner:v6.3.0 "$CACHE/images/csi-provisioner.tar" /csi-provisioner
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-resizer" localhost/csi-resizer:v1.14.0 "$CACHE/images/csi-resizer.tar" /csi-resizer
 "$ROOT/e2e/mkimage.sh" "$TOOLS/csi-snapshotter" localhost/csi-snapshotter:v8.4.0 "$CACHE/images/csi-snapshotter.tar" /csi-snapshotter
-ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" \
+ln -sf "$CACHE/images/csi-rbdj-e2e.tar" "$CACHE/images/csi-rbdj-$UPGRADE_TAG.tar" "$CACHE/images/pause.tar" "$CACHE/images/csi-provisioner.tar" "$CACHE/images/csi-resizer.tar" \
   "$CACHE/images/csi-snapshotter.tar" "$E2E_DIR/images/"
 
 CEPH_CONF=""
@@ -364,35 +374,112 @@ task_pid() { # pod container (in $NS): the pid of the container's task
   [ -n "$pid" ] || { log "no task for container $2 of pod $1 ($cid)"; return 1; }
   echo "$pid"
 }
-# check2_holder: with the fuse-holder, a SIGKILL of the node plugin is a pause. The watcher
-# (Filesystem, with its liveness probe) and a raw-device writer (Block, no probe) keep
-# working: no error line, no container restart, the same mounts.
-check2_holder() {
-  pvc data-hblock 64Mi Block
-  K wait pvc/data-hblock --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+# check2_holder: with the fuse-holder, a SIGKILL of the node plugin and a `helm upgrade` to
+# another image tag are pauses. Three writers keep going through both: the watcher
+# (Filesystem: app with its liveness probe, h2c without) and two writer pods without any
+# probe (e2e/pods/writer.sh: hfs on a Filesystem PVC, hblock on a Block PVC; each writes,
+# fsyncs and reads back 16 KiB, 20 ms apart). After each phase: no error line, no container
+# restart, the same mounts and loop devices, every volume adopted; at the end the writers'
+# data verifies.
+writer_pod() { # name pvc fs|block
+  local mount
+  if [ "$3" = fs ]; then
+    mount="volumeMounts: [{name: data, mountPath: /data}, {name: scripts, mountPath: /scripts}]"
+  else
+    mount="volumeDevices: [{name: data, devicePath: /dev/xvda}]
+      volumeMounts: [{name: scripts, mountPath: /scripts}]"
+  fi
   K apply -f - >/dev/null <<X
 apiVersion: v1
 kind: Pod
-metadata: {name: hblock}
+metadata: {name: $1}
 spec:
   hostNetwork: true
   terminationGracePeriodSeconds: 2
   containers:
-    - name: raw
+    - name: w
       image: $POD_IMAGE
       imagePullPolicy: Never
-      command: [bash, -c, 'i=0; ok=0; while :; do b=\$((i % 4096)); if dd if=/dev/urandom of=/tmp/b bs=16k count=1 status=none && dd if=/tmp/b of=/dev/xvda bs=16k seek=\$b oflag=direct conv=fsync status=none && [ "\$(sha256sum < /tmp/b)" = "\$(dd if=/dev/xvda bs=16k skip=\$b count=1 iflag=direct status=none | sha256sum)" ]; then ok=\$((ok + 1)); else echo "\$(date +%T.%3N) ERR at block \$b"; fi; i=\$((i + 1)); [ \$((i % 200)) = 0 ] && echo "\$(date +%T.%3N) \$ok writes ok"; sleep 0.02; done']
-      volumeDevices: [{name: data, devicePath: /dev/xvda}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-hblock}}]
+      command: [bash, /scripts/writer.sh, $3, $([ "$3" = fs ] && echo /data || echo /dev/xvda)]
+      $mount
+  volumes:
+    - {name: data, persistentVolumeClaim: {claimName: $2}}
+    - {name: scripts, configMap: {name: e2e-scripts}}
 X
-  K wait pod/hblock --for=condition=Ready --timeout=120s >/dev/null
+}
+# The host's mounts of the check's volumes (mount id @ device) and their loop devices
+# (name, major:minor, diskseq: a re-attached loop device gets a new diskseq).
+vmounts() {
+  grep -E "$(pv_of data-fs)|$(pv_of data-hblock)|$(pv_of data-hfs)" /proc/self/mountinfo | awk '{print $1 "@" $3}' | sort | tr '\n' ' '
+  local d
+  for d in $(cat "$E2E_DIR"/node/volumes/*.json | grep -oE '"device": *"/dev/loop[0-9]+"' | grep -oE 'loop[0-9]+' | sort); do
+    echo -n "$d=$(cat "/sys/block/$d/dev"):$(cat "/sys/block/$d/diskseq") "
+  done
+}
+# writers_ok LABEL: the pods' logs show no error and no container was restarted (the
+# watcher's restart counts before the kills are $app0 and $h2c0; hfs and hblock start at 0).
+writers_ok() {
+  local al hl bl fl bad=0
+  al=$(K logs watcher -c app) hl=$(K logs watcher -c h2c) bl=$(K logs hblock) fl=$(K logs hfs)
+  log "$1: what the pods logged (watcher: changes of what it sees; hfs, hblock: errors, operations over 0.5 s, status):"
+  sed 's/^/    watcher app: /' <<< "$al" >&2
+  sed 's/^/    watcher h2c: /' <<< "$hl" >&2
+  { grep -E 'ERR|SLOW' <<< "$fl" | tail -n 8 | sed 's/^/    hfs: /' >&2; } || true
+  { grep 'writes ok' <<< "$fl" | tail -n 1 | sed 's/^/    hfs: /' >&2; } || true
+  { grep -E 'ERR|SLOW' <<< "$bl" | tail -n 8 | sed 's/^/    hblock: /' >&2; } || true
+  { grep 'writes ok' <<< "$bl" | tail -n 1 | sed 's/^/    hblock: /' >&2; } || true
+  if grep -q ERR <<< "$al$hl"; then log "the watcher (Filesystem) saw I/O errors"; bad=1; fi
+  if grep -q ERR <<< "$fl"; then log "hfs (Filesystem) saw $(grep -c ERR <<< "$fl") I/O errors"; bad=1; fi
+  if grep -q ERR <<< "$bl"; then log "hblock (Block) saw $(grep -c ERR <<< "$bl") I/O errors"; bad=1; fi
+  local a h r f
+  a=$(restarts_of e2e watcher app) h=$(restarts_of e2e watcher h2c) r=$(restarts_of e2e hblock w) f=$(restarts_of e2e hfs w)
+  if [ "$a" != "$app0" ] || [ "$h" != "$h2c0" ] || [ "$r" != 0 ] || [ "$f" != 0 ]; then
+    log "a pod container was restarted (watcher app $app0 -> $a, h2c $h2c0 -> $h, hblock $r, hfs $f)"
+    bad=1
+  fi
+  return $bad
+}
+# adopted NODE_POD: the node plugin adopted all three volumes from the holder.
+adopted() {
+  local nl
+  nl=$("$KUBECTL" -n "$NS" logs "$1" -c csi-rbdj)
+  { grep -E 'Volume adopted|Volume re-served|cannot adopt|Holder unavailable|fuseloop: adopted' <<< "$nl" | sed 's/^/    node plugin: /' >&2; } || true
+  [ "$(grep -c 'Volume adopted after restart' <<< "$nl")" = 3 ] || { log "the node plugin did not adopt the three volumes"; return 1; }
+}
+handover_metrics() {
+  local hs
+  hs=$(scrape 9810 | grep -E '^csi_rbdj_volume_handover_(seconds|resent_requests)\{' || true)
+  sed 's/^/    metrics: /' <<< "$hs" >&2
+  [ "$(grep -c '^csi_rbdj_volume_handover_seconds{' <<< "$hs")" = 3 ] || { log "the node plugin's metrics do not report the three handovers"; return 1; }
+}
+# upgrade_timeline OLD_LOG NEW_POD: from the two plugins' klog timestamps, where the
+# upgrade's pause went (diagnostics only).
+upgrade_timeline() {
+  local nl t0 t1 t2 t3
+  kts() { awk '/^[IWE][0-9][0-9][0-9][0-9] / {split($2, a, ":"); printf "%.3f\n", a[1] * 3600 + a[2] * 60 + a[3]}'; }
+  nl=$("$KUBECTL" -n "$NS" logs "$2" -c csi-rbdj)
+  t0=$(grep -m1 '"Shutting down"' "$1" | kts)
+  t1=$(grep '"Volume handed off' "$1" | tail -n 1 | kts)
+  t2=$(head -n 1 <<< "$nl" | kts)
+  t3=$(grep '"Volume adopted after restart' <<< "$nl" | tail -n 1 | kts)
+  [ -n "$t0" ] && [ -n "$t1" ] && [ -n "$t2" ] && [ -n "$t3" ] || { log "upgrade timeline: log lines missing (old plugin's log: $1)"; return 1; }
+  { grep '"Volume handed off' "$1" | sed 's/^/    old node plugin: /' >&2; } || true
+  log "upgrade timeline (plugin logs): SIGTERM ('Shutting down') -> all volumes handed off +$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')s -> new plugin's first log line +$(awk -v a="$t0" -v b="$t2" 'BEGIN {printf "%.2f", b - a}')s -> all volumes adopted +$(awk -v a="$t0" -v b="$t3" 'BEGIN {printf "%.2f", b - a}')s"
+}
+check2_holder() {
+  pvc data-hblock 64Mi Block
+  pvc data-hfs 64Mi
+  K wait pvc/data-hblock pvc/data-hfs --for=jsonpath='{.status.phase}'=Bound --timeout=90s >/dev/null
+  writer_pod hblock data-hblock block
+  writer_pod hfs data-hfs fs
+  K wait pod/hblock pod/hfs --for=condition=Ready --timeout=120s >/dev/null
   sleep 2
-  local np pid t i back="" app0 h2c0 raw0 pr0 loops0 loops1
+  local np pid t i back="" app0 h2c0 pr0 loops0 loops1
   np=$(node_pod)
-  pr0=$(restarts_of "$NS" "$np" csi-rbdj) app0=$(restarts_of e2e watcher app) h2c0=$(restarts_of e2e watcher h2c) raw0=$(restarts_of e2e hblock raw)
-  # the host's mounts of both volumes (staging, publish; mount id and device)
-  vmounts() { grep -E "$(pv_of data-fs)|$(pv_of data-hblock)" /proc/self/mountinfo | awk '{print $1 "@" $3}' | sort | tr '\n' ' '; }
+  pr0=$(restarts_of "$NS" "$np" csi-rbdj) app0=$(restarts_of e2e watcher app) h2c0=$(restarts_of e2e watcher h2c)
   loops0=$(vmounts)
+
+  # -- kill -9 --
   pid=$(task_pid "$np" csi-rbdj) || return 1
   log "with the holder: SIGKILL the node plugin (pid $pid); the pods keep writing"
   t=$(date +%s.%N)
@@ -407,35 +494,82 @@ X
   [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
   sleep 5
-  # (whole logs in variables: `producer | grep -q` fails under pipefail when grep exits early)
-  local nl al hl bl
-  nl=$("$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj)
-  grep -E 'Volume adopted|Volume re-served|cannot adopt|Holder unavailable|fuseloop: adopted' <<< "$nl" | sed 's/^/    node plugin: /' >&2
-  loops1=$(vmounts)
-  log "watcher (Filesystem) app and h2c, hblock (Block) after the kill:"
-  al=$(K logs watcher -c app) hl=$(K logs watcher -c h2c) bl=$(K logs hblock)
-  sed 's/^/    app: /' <<< "$al" >&2
-  sed 's/^/    h2c: /' <<< "$hl" >&2
-  grep ERR <<< "$bl" | head -n 5 | sed 's/^/    hblock: /' >&2
-  tail -n 2 <<< "$bl" | sed 's/^/    hblock: /' >&2
   local bad=0
-  if grep -q ERR <<< "$al$hl"; then log "the Filesystem pod saw I/O errors"; bad=1; fi
-  if grep -q ERR <<< "$bl"; then log "the Block pod saw $(grep -c ERR <<< "$bl") I/O errors"; bad=1; fi
-  if [ "$(restarts_of e2e watcher app)" != "$app0" ] || [ "$(restarts_of e2e watcher h2c)" != "$h2c0" ] || [ "$(restarts_of e2e hblock raw)" != "$raw0" ]; then
-    log "a pod container was restarted (app $app0 -> $(restarts_of e2e watcher app), h2c $h2c0 -> $(restarts_of e2e watcher h2c), raw $raw0 -> $(restarts_of e2e hblock raw))"
-    bad=1
-  fi
-  [ -n "$loops0" ] && [ "$loops0" = "$loops1" ] || { log "the volumes' mounts changed: [$loops0] -> [$loops1]"; bad=1; }
-  [ "$(grep -c 'Volume adopted after restart' <<< "$nl")" = 2 ] || { log "the node plugin did not adopt both volumes"; bad=1; }
+  adopted "$np" || bad=1
+  writers_ok "after kill -9" || bad=1
+  loops1=$(vmounts)
+  [ -n "$loops0" ] && [ "$loops0" = "$loops1" ] || { log "the volumes' mounts or loop devices changed: [$loops0] -> [$loops1]"; bad=1; }
   [ $bad = 0 ] || return 1
-  log "with the holder: 0 I/O errors in both pods, restartCount unchanged (app $app0, h2c $h2c0, raw $raw0), same mounts (id@device) [$loops1]"
-  # the node plugin's metrics report both handovers (this plugin's part of the pause)
-  local hs
-  hs=$(scrape 9810 | grep -E '^csi_rbdj_volume_handover_(seconds|resent_requests)\{' || true)
-  sed 's/^/    metrics: /' <<< "$hs" >&2
-  [ "$(grep -c '^csi_rbdj_volume_handover_seconds{' <<< "$hs")" = 2 ] || { log "the node plugin's metrics do not report both handovers"; return 1; }
-  K delete pod hblock --wait=true >/dev/null
-  K delete pvc data-hblock --wait=true >/dev/null
+  log "after kill -9: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices [$loops1] (phase: $(elapsed "$t")s)"
+  handover_metrics || return 1
+
+  # -- helm upgrade to another image tag --
+  # The node plugin's DaemonSet rolls (RollingUpdate): its pod is deleted (SIGTERM: a
+  # planned stop that leaves the connections with the holder) and a new pod on the new
+  # image adopts them. The holder's DaemonSet is OnDelete: its pod stays, on the old image.
+  local hp hp_uid hp_r np_uid nnp img ver dsimg hl
+  # keep the old node pod's logs (teardown collects only the pods that still exist)
+  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj > "$E2E_DIR/logs/$np.before-upgrade.log" 2>/dev/null || true
+  "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj --previous > "$E2E_DIR/logs/$np.before-upgrade.previous.log" 2>/dev/null || true
+  hp=$(holder_pod)
+  hp_uid=$("$KUBECTL" -n "$NS" get pod "$hp" -o jsonpath='{.metadata.uid}') hp_r=$(restarts_of "$NS" "$hp" fuse-holder)
+  np_uid=$("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.metadata.uid}')
+  log "helm upgrade $RELEASE to image tag $UPGRADE_TAG (node plugin pod $np on $("$KUBECTL" -n "$NS" get pod "$np" -o jsonpath='{.spec.containers[0].image}'))"
+  # the old plugin's log through its planned stop (diagnostics: the upgrade's timeline)
+  local ulog=$E2E_DIR/logs/$np.upgrade.log follow
+  "$KUBECTL" -n "$NS" logs -f "$np" -c csi-rbdj --since=1s > "$ulog" 2>&1 &
+  follow=$!
+  t=$(date +%s.%N)
+  "$HELM" upgrade "$RELEASE" "$ROOT/charts/csi-rbdj" -n "$NS" -f "$VALUES" --set "image.tag=$UPGRADE_TAG" --wait --timeout 3m >/dev/null ||
+    { kill "$follow" 2>/dev/null; "$KUBECTL" -n "$NS" get pods -o wide >&2; return 1; }
+  local up=""
+  for i in $(seq 1 240); do
+    nnp=$(node_pod)
+    if [ -n "$nnp" ] && [ "$("$KUBECTL" -n "$NS" get pod "$nnp" -o jsonpath='{.metadata.uid}')" != "$np_uid" ] &&
+      [ "$(ready_of "$NS" "$nnp" csi-rbdj)" = true ]; then
+      up=$(elapsed "$t")
+      break
+    fi
+    sleep 0.25
+  done
+  [ -n "$up" ] || { log "no new node plugin pod ready 60 s after helm upgrade"; "$KUBECTL" -n "$NS" get pods -o wide >&2; return 1; }
+  img=$("$KUBECTL" -n "$NS" get pod "$nnp" -o jsonpath='{.status.containerStatuses[?(@.name=="csi-rbdj")].image}')
+  ver=$("$KUBECTL" -n "$NS" exec "$nnp" -c csi-rbdj -- csi-rbdj version)
+  log "new node plugin pod $nnp ready ${up}s after helm upgrade started: image $img, '$ver'"
+  [ "$img" = "localhost/csi-rbdj:$UPGRADE_TAG" ] || { log "the new node plugin pod runs $img"; return 1; }
+  grep -q "^csi-rbdj $UPGRADE_TAG " <<< "$ver" || { log "the new node plugin is not the new build"; return 1; }
+  wait_registered || { log "the new node plugin did not register with the kubelet"; return 1; }
+  kill "$follow" 2>/dev/null || true # its stream ended with the old container
+  wait "$follow" 2>/dev/null || true
+  sleep 5
+  upgrade_timeline "$ulog" "$nnp" || true
+  bad=0
+  adopted "$nnp" || bad=1
+  writers_ok "after helm upgrade" || bad=1
+  loops1=$(vmounts)
+  [ "$loops0" = "$loops1" ] || { log "the volumes' mounts or loop devices changed: [$loops0] -> [$loops1]"; bad=1; }
+  dsimg=$("$KUBECTL" -n "$NS" get daemonset -l app.kubernetes.io/component=fuse-holder -o jsonpath='{.items[0].spec.template.spec.containers[0].image}')
+  hl="$(holder_pod) uid $("$KUBECTL" -n "$NS" get pod "$(holder_pod)" -o jsonpath='{.metadata.uid}') restarts $(restarts_of "$NS" "$(holder_pod)" fuse-holder) image $("$KUBECTL" -n "$NS" get pod "$(holder_pod)" -o jsonpath='{.spec.containers[0].image}')"
+  log "fuse-holder: $hl (its DaemonSet's template: $dsimg, updateStrategy OnDelete)"
+  [ "$hl" = "$hp uid $hp_uid restarts $hp_r image localhost/csi-rbdj:e2e" ] || { log "the fuse-holder pod was replaced or restarted (was $hp uid $hp_uid restarts $hp_r)"; bad=1; }
+  [ "$dsimg" = "localhost/csi-rbdj:$UPGRADE_TAG" ] || { log "the holder's DaemonSet template was not upgraded"; bad=1; }
+  [ $bad = 0 ] || return 1
+  log "after helm upgrade: 0 I/O errors in the three pods, restartCount unchanged, same mounts and loop devices, the holder pod untouched (phase: $(elapsed "$t")s)"
+  handover_metrics || return 1
+
+  # the writers' data: the last acknowledged content of every file and block
+  local p
+  for p in hfs hblock; do
+    K exec "$p" -- bash -c 'touch /tmp/stop; for i in $(seq 1 100); do [ -e /tmp/stopped ] && exit 0; sleep 0.1; done; exit 1' || { log "$p did not stop"; return 1; }
+    log "$p: $(K logs "$p" | tail -n 1)"
+  done
+  local v
+  v=$(K exec hfs -- bash /scripts/writer.sh verify fs /data 2>&1) || { log "hfs: data check failed: $v"; return 1; }
+  log "hfs: $v"
+  v=$(K exec hblock -- bash /scripts/writer.sh verify block /dev/xvda 2>&1) || { log "hblock: data check failed: $v"; return 1; }
+  log "hblock: $v"
+  K delete pod hblock hfs --wait=true >/dev/null
+  K delete pvc data-hblock data-hfs --wait=true >/dev/null
 }
 restarts_of() { # namespace pod container
   "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
@@ -967,7 +1101,7 @@ X
 }
 
 check 1 "StorageClass -> PVC Bound -> RBD image with the journaling feature" check1
-check 2 "pod writes, node plugin SIGKILLed and back, data intact and usable" check2
+check 2 "pods write; plugin SIGKILLed, helm-upgraded, fallback; data intact" check2
 check 3 "StatefulSet (2 replicas): data survives pod deletion and re-creation" check3
 check 5 "Block-mode PVC consumed as a raw device" check5
 check 6 "online expansion while pods write: xfs and Block PVCs grow" check6

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
@@ -25,18 +26,33 @@ func (s *Server) recoverAll(ctx context.Context) {
 		return
 	}
 	logger.Info("Re-serving volumes staged before the restart", "count", len(recs))
+	// Several at once: the pods of each volume wait until it is served, and
+	// one at a time the last volume's pods would wait for every open (lock
+	// takeover, replay) before its own.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallelVolumes)
 	for _, r := range recs {
 		v := &stagedVolume{rec: r}
 		s.set(r.VolumeID, v)
-		vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-		err := s.reserve(klog.NewContext(vctx, logger.WithValues("volumeID", r.VolumeID)), v, nil, volume.SecretsNone)
-		cancel()
-		if err != nil {
-			logger.Error(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
-				"volumeID", r.VolumeID, "stagingPath", r.StagingPath)
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			vctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+			err := s.reserve(klog.NewContext(vctx, logger.WithValues("volumeID", r.VolumeID)), v, nil, volume.SecretsNone)
+			cancel()
+			if err != nil {
+				logger.Error(err, "Re-serving a staged volume failed; NodeGetVolumeStats reports it abnormal and the next NodeStageVolume retries",
+					"volumeID", r.VolumeID, "stagingPath", r.StagingPath)
+			}
+		}()
 	}
+	wg.Wait()
 }
+
+// parallelVolumes is how many volumes the start re-serves (adopts) and the
+// stop hands off at once.
+const parallelVolumes = 8
 
 // reserve serves a recorded volume again after the process that served it
 // died, and repairs its mounts.

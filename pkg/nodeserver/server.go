@@ -258,9 +258,20 @@ func (s *Server) Stop(ctx context.Context) {
 			vols = append(vols, v)
 		}
 		s.mu.Unlock()
+		// Several at once: the successor starts only once this process has
+		// exited, so one after the other every volume's pods would wait for
+		// all the stops.
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, parallelVolumes)
 		for _, v := range vols {
-			s.shutdown(ctx, v)
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				s.shutdown(ctx, v)
+			}()
 		}
+		wg.Wait()
 		s.wg.Wait() // the monitors ended with shutdown
 	})
 }
