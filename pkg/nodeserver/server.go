@@ -391,6 +391,9 @@ func (v *stagedVolume) condition() *csi.VolumeCondition {
 	if err := v.dev.Err(); err != nil {
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("journaled device failed: %v", err)}
 	}
+	if v.rec.Unowned {
+		return &csi.VolumeCondition{Message: fmt.Sprintf("served read-only on %s from a non-primary mirror image, without owning it (rbd-mirror writes it)", v.rec.Device)}
+	}
 	if v.dev.JournalMode() == blockdev.JournalMetadata {
 		// Torn extents are a finding about the last stop, not a failure of
 		// the device: reported, the filesystem's own check decides.
