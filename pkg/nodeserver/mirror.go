@@ -62,8 +62,8 @@ func (s *Server) servedUnowned(ctx context.Context, pool objstore.Pool, vid volu
 	}
 	spec := vid.Pool + "/" + vid.Image
 	return false, status.Errorf(codes.FailedPrecondition,
-		"volume %s: image %s is %s, so it cannot be written here (%v). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost), or use it at the primary site; a read-only staging (access mode SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY) serves it here read-only without touching it",
-		vid, spec, state, storage.ErrNotPrimary, spec)
+		"volume %s: image %s is %s, so it cannot be written here (%v; `rbd mirror image status %s` names the primary site). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost), or use it at the primary site; a read-only staging (access mode SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY) serves it here read-only without touching it",
+		vid, spec, state, storage.ErrNotPrimary, spec, spec)
 }
 
 // nonPrimaryState describes a non-primary image by its journal's tag owner.
