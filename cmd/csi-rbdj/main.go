@@ -111,8 +111,9 @@ type serveConfig struct {
 	cephOpTimeout      time.Duration
 	journalCommitAge   time.Duration
 
-	metricsAddress string
-	holderSocket   string
+	metricsAddress   string
+	holderSocket     string
+	kubernetesEvents bool
 }
 
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
@@ -137,6 +138,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
 	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
+	fs.BoolVar(&c.kubernetesEvents, "kubernetes-events", true, "node: record Kubernetes events on PersistentVolumes (a replicator disconnected by journalMaxConcurrentObjectSets) when running in a pod whose service account may create events; otherwise, or false, they are only logged")
 	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	klog.InitFlags(fs)
 }
@@ -206,11 +208,13 @@ func serve(ctx context.Context, c serveConfig) error {
 
 	var ns *nodeserver.Server
 	if mode == driver.ModeNode || mode == driver.ModeAll {
+		events, stopEvents := nodeEvents(ctx, c)
+		defer stopEvents()
 		ns, err = nodeserver.New(nodeserver.Options{
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
-			HolderSocket: c.holderSocket,
+			HolderSocket: c.holderSocket, Events: events,
 		})
 		if err != nil {
 			return err

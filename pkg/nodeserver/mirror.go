@@ -13,6 +13,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 )
 
@@ -103,15 +104,34 @@ func unownedMountOptions(fsType string) []string {
 
 // journalSettings are the journal settings of a volume: the plugin's
 // commit age and the volume's laggy-client bound, whose disconnections are
-// logged with the volume (no event recorder in the node plugin yet).
+// logged with the volume and recorded as a Warning event on its
+// PersistentVolume (when the plugin has an event recorder and the volume
+// context names the PV).
 func (s *Server) journalSettings(ctx context.Context, r *record) journal.Settings {
 	logger := klog.FromContext(ctx)
 	return journal.Settings{
 		CommitAge:               s.o.JournalCommitAge,
 		MaxConcurrentObjectSets: r.JournalMaxObjectSets,
 		OnClientDisconnected: func(c journal.LaggyClient) {
-			logger.Info("A replicator of this volume fell too far behind and was disconnected from its journal; its copy needs a resync",
-				"client", c.ID, "clientObjectSet", c.ObjectSet, "activeSet", c.ActiveSet, "journalMaxConcurrentObjectSets", r.JournalMaxObjectSets)
+			reportDisconnected(logger, s.o.Events, r, c)
 		},
 	}
+}
+
+// ReasonReplicatorDisconnected is the reason of the event recorded when the
+// laggy-client bound disconnects a replicator.
+const ReasonReplicatorDisconnected = "ReplicatorDisconnected"
+
+// reportDisconnected logs a replicator's disconnection and records it as an
+// event on the volume's PV. It does not block (the journal calls it with
+// its commit lock held; the recorder sends in the background).
+func reportDisconnected(logger klog.Logger, events EventRecorder, r *record, c journal.LaggyClient) {
+	logger.Info("A replicator of this volume fell too far behind and was disconnected from its journal; its copy needs a resync",
+		"client", c.ID, "clientObjectSet", c.ObjectSet, "activeSet", c.ActiveSet, "journalMaxConcurrentObjectSets", r.JournalMaxObjectSets, "pv", r.PVName)
+	if events == nil || r.PVName == "" {
+		return
+	}
+	events.PersistentVolumeEvent(r.PVName, corev1.EventTypeWarning, ReasonReplicatorDisconnected, fmt.Sprintf(
+		"journal client %q (rbd-mirror's, for a mirror peer) fell more than journalMaxConcurrentObjectSets=%d object sets behind (its set %d, active set %d) and was disconnected, so the journal no longer keeps entries for it: the replica on that site needs a resync (csi-addons ResyncVolume there, or `rbd mirror image resync`)",
+		c.ID, r.JournalMaxObjectSets, c.ObjectSet, c.ActiveSet))
 }

@@ -78,6 +78,18 @@ type Options struct {
 	// no new loop device). Empty: no holder; a restart re-serves every
 	// volume on a new loop device (recover.go).
 	HolderSocket string
+	// Events, if set, records Kubernetes events on the volumes'
+	// PersistentVolumes (mirror.go: a replicator disconnected by the
+	// laggy-client bound); nil: those conditions are only logged.
+	Events EventRecorder
+}
+
+// EventRecorder records Kubernetes events (k8sevents.Recorder). Its
+// methods must not block: they are called from journal commit paths.
+type EventRecorder interface {
+	// PersistentVolumeEvent records an event of type Normal or Warning on
+	// PersistentVolume pv.
+	PersistentVolumeEvent(pv, eventType, reason, message string)
 }
 
 // Server is the CSI Node service.

@@ -138,6 +138,7 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 		AccessMode:  c.GetAccessMode().GetMode().String(),
 		ReadOnly:    volume.IsReadOnlyMode(c),
 		AckPolicy:   vc[volume.CtxAckPolicy],
+		PVName:      vc[volume.CtxPVName],
 		Publish:     map[string]publication{},
 		StagedAt:    time.Now().UTC(),
 	}
