@@ -410,10 +410,18 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	}
 	// rbd-mirror copied the format marker (the primary's image id): the
 	// reason it holds an image id, not "true".
-	metaB := s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+	// rbd-mirror creates the replica first and copies the metadata in a
+	// later step of its bootstrap: wait for it.
+	var metaB string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		metaB = s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+		if strings.Contains(metaB, storage.MetaFormatBlank) || time.Now().After(deadline) {
+			break
+		}
+	}
 	t.Logf("site-b replica metadata:\n%s", metaB)
 	if !strings.Contains(metaB, storage.MetaFormatBlank) {
-		t.Errorf("rbd-mirror did not copy the format marker to the replica (the id binding is then untested)")
+		t.Errorf("rbd-mirror did not copy the format marker to the replica in 30 s (the id binding is then untested)")
 	}
 
 	// Non-primary: not staged.
