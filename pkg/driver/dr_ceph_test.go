@@ -430,7 +430,7 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 		return err
 	}
 	_, err = nodeB.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: idB, StagingTargetPath: stagingB, VolumeCapability: rwo, Secrets: sec})
-	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "mirror peer", "rbd mirror image promote rbd/"+name)
+	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "rbd mirror image promote rbd/"+name)
 
 	// The replica never syncs what follows.
 	s.stopMirror(t)

@@ -167,7 +167,7 @@ func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]stri
 	// Read-write on site-b: refused.
 	err = stage(idB, stagingRW, rw)
 	wantStatus(t, "read-write NodeStage of the non-primary replica", err, codes.FailedPrecondition,
-		"non-primary", "mirror peer", "rbd mirror image promote rbd/"+name, "read-only staging")
+		"non-primary", `primary site "site-a"`, "rbd mirror image promote rbd/"+name, "read-only staging")
 
 	// Demote of the served primary: refused, through csi-addons and behind its back.
 	_, err = repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: volSrc(idA), Secrets: sec})

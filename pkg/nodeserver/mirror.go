@@ -6,6 +6,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
@@ -56,23 +57,44 @@ func (s *Server) servedUnowned(ctx context.Context, pool objstore.Pool, vid volu
 	if owner == rbdjournal.LocalMirrorUUID {
 		return primary()
 	}
-	state := nonPrimaryState(owner)
+	state := nonPrimaryState(owner, primarySite(ctx, pool, owner))
 	if r.ReadOnly {
 		klog.FromContext(ctx).Info("Serving a non-primary image read-only, without its lock or journal", "image", vid.Pool+"/"+vid.Image, "state", state)
 		return true, nil
 	}
 	spec := vid.Pool + "/" + vid.Image
 	return false, status.Errorf(codes.FailedPrecondition,
-		"volume %s: image %s is %s, so it cannot be written here (%v; `rbd mirror image status %s` names the primary site). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost), or use it at the primary site; a read-only staging (access mode SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY) serves it here read-only without touching it",
-		vid, spec, state, storage.ErrNotPrimary, spec, spec)
+		"volume %s: image %s is %s, so it cannot be written here (%v). Promote it on this site first (`rbd mirror image promote %s`, with --force if the primary site is lost), or use it at the primary site; a read-only staging (access mode SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY) serves it here read-only without touching it",
+		vid, spec, state, storage.ErrNotPrimary, spec)
 }
 
-// nonPrimaryState describes a non-primary image by its journal's tag owner.
-func nonPrimaryState(owner string) string {
+// nonPrimaryState describes a non-primary image by its journal's tag owner
+// and the site name of that mirror peer ("" if unknown).
+func nonPrimaryState(owner, site string) string {
 	if owner == rbdjournal.OrphanMirrorUUID {
 		return "demoted: no site is primary"
 	}
+	if site != "" {
+		return fmt.Sprintf("non-primary: a mirror replica of primary site %q (its journal belongs to that site's mirror uuid %s; rbd-mirror replays the primary site's writes into it)", site, owner)
+	}
 	return fmt.Sprintf("non-primary: a mirror replica whose journal belongs to the mirror peer with uuid %s (rbd-mirror replays the primary site's writes into it)", owner)
+}
+
+// primarySite names the mirror peer whose pool has mirror uuid owner (the
+// pool's peer list: rbd mirror pool info), or "" if it is not known; an
+// error reading the list only costs the name.
+func primarySite(ctx context.Context, pool objstore.Pool, owner string) string {
+	peers, err := clsrbd.MirrorPeerList(ctx, pool)
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("Could not list the pool's mirror peers to name the primary site", "err", err)
+		return ""
+	}
+	for _, p := range peers {
+		if p.MirrorUUID == owner && p.SiteName != "" {
+			return p.SiteName
+		}
+	}
+	return ""
 }
 
 // unownedMountable refuses to mount a volume served unowned whose device
