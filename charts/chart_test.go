@@ -193,6 +193,7 @@ func TestTemplateDefaults(t *testing.T) {
 		"*v1.DaemonSet", "*v1.DaemonSet", "*v1.Deployment", "*v1.Role", "*v1.RoleBinding", // node plugin, fuse-holder
 		"*v1.ServiceAccount", "*v1.ServiceAccount",
 		"*v1.ClusterRole", "*v1.ClusterRoleBinding", // the resizer's
+		"*v1.ClusterRole", "*v1.ClusterRoleBinding", // the node plugin's events
 	}
 	slices.Sort(want)
 	if got := kinds(objs); !slices.Equal(got, want) {
@@ -267,7 +268,61 @@ func TestTemplateDefaults(t *testing.T) {
 			t.Error("node ServiceAccount mounts a token")
 		}
 	}
+	checkNodeEvents(t, objs, true)
 	checkLeastPrivilege(t, objs)
+}
+
+// checkNodeEvents: with node.events.enabled the node pod mounts a token and
+// its ServiceAccount may create and patch events, nothing else; without,
+// no token and no rule.
+func checkNodeEvents(t *testing.T, objs []runtime.Object, enabled bool) {
+	t.Helper()
+	spec := nodeDaemonSet(t, objs).Spec.Template.Spec
+	if got := ptrValue(spec.AutomountServiceAccountToken); got != enabled {
+		t.Errorf("node pod mounts a token: %v, want %v", got, enabled)
+	}
+	if args := container(t, spec, "csi-rbdj").Args; !slices.Contains(args, fmt.Sprintf("--kubernetes-events=%v", enabled)) {
+		t.Errorf("node args %v lack --kubernetes-events=%v", args, enabled)
+	}
+	var roles []string
+	for _, b := range find[*rbacv1.ClusterRoleBinding](objs) {
+		for _, s := range b.Subjects {
+			if s.Kind == "ServiceAccount" && strings.HasSuffix(s.Name, "-node") {
+				roles = append(roles, b.RoleRef.Name)
+			}
+		}
+	}
+	for _, b := range find[*rbacv1.RoleBinding](objs) {
+		for _, s := range b.Subjects {
+			if s.Kind == "ServiceAccount" && strings.HasSuffix(s.Name, "-node") {
+				t.Errorf("node ServiceAccount bound to Role %s", b.RoleRef.Name)
+			}
+		}
+	}
+	if !enabled {
+		if len(roles) > 0 {
+			t.Errorf("node ServiceAccount bound to %v with events disabled", roles)
+		}
+		return
+	}
+	if len(roles) != 1 {
+		t.Fatalf("node ServiceAccount bound to %v, want one ClusterRole", roles)
+	}
+	for _, r := range find[*rbacv1.ClusterRole](objs) {
+		if r.Name != roles[0] {
+			continue
+		}
+		if len(r.Rules) != 1 || !slices.Equal(r.Rules[0].APIGroups, []string{""}) || !slices.Equal(r.Rules[0].Resources, []string{"events"}) ||
+			!slices.Equal(r.Rules[0].Verbs, []string{"create", "patch"}) {
+			t.Errorf("node ClusterRole %s rules %+v: want events create, patch only", r.Name, r.Rules)
+		}
+		return
+	}
+	t.Errorf("node ClusterRole %s not rendered", roles[0])
+}
+
+func TestTemplateNodeEventsDisabled(t *testing.T) {
+	checkNodeEvents(t, render(t, "--set", "node.events.enabled=false"), false)
 }
 
 func ptrValue[T any](p *T) T {

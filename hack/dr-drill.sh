@@ -4,7 +4,8 @@
 # runs the two-site tests of pkg/driver against them (TestDR*: the drill
 # TestDRDrill — failover by force-promotion after SIGKILL of site-a's node
 # plugin, then failback — the never-synced replica, the laggy replicator,
-# the csi-addons planned failover/failback), and tears everything down,
+# the csi-addons planned failover/failback, the read-only staging of a
+# replica while its primary is written), and tears everything down,
 # also when a test fails or the run is interrupted.
 # Env: DR_DIR work dir (default /var/tmp/csi-rbdj-dr), DR_RUN test pattern
 #      (default ^TestDR), CEPHTAGS, GO, DR_TIMEOUT (default 25m).
@@ -23,7 +24,7 @@ CSI_RBDJ_DR_DIR=$DR_DIR $GO test -count=1 -timeout "${DR_TIMEOUT:-25m}" -tags "$
   -run "${DR_RUN:-^TestDR}" -v ./pkg/driver/ > _output/dr-drill.log 2>&1 && rc=0 || rc=$?
 # The figures and the verdicts; the whole log on failure.
 if [ $rc = 0 ]; then
-  grep -E '^(=== RUN|--- |PASS|FAIL|ok )|\[drill |equals|caught up|resynced|promoted' _output/dr-drill.log || true
+  grep -E '^(=== RUN|--- |PASS|FAIL|ok )|\[drill |equals|caught up|resynced|promoted|read-only|event on PersistentVolume|disconnected from its journal' _output/dr-drill.log || true
 else
   cat _output/dr-drill.log
 fi

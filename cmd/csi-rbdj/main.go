@@ -112,8 +112,9 @@ type serveConfig struct {
 	cephOpTimeout      time.Duration
 	journalCommitAge   time.Duration
 
-	metricsAddress string
-	holderSocket   string
+	metricsAddress   string
+	holderSocket     string
+	kubernetesEvents bool
 
 	maxPendingBytes, maxDirtyBytes int64
 	writeBackRing                  bool
@@ -141,6 +142,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.kubeletRegPath, "kubelet-registration-path", "", "node: the CSI socket path as the kubelet sees it (default: the --endpoint path)")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. :9810); empty: no metrics")
 	fs.StringVar(&c.csiAddonsEndpoint, "csi-addons-endpoint", "", "controller: serve the csi-addons Identity and Replication services (VolumeReplication: rbd-mirror journal mirroring, Ceph only) on this socket, e.g. unix:///run/csi-rbdj/csi-addons.sock; empty: off")
+	fs.BoolVar(&c.kubernetesEvents, "kubernetes-events", true, "node: record Kubernetes events on PersistentVolumes (a replicator disconnected by journalMaxConcurrentObjectSets) when running in a pod whose service account may create events; otherwise, or false, they are only logged")
 	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	fs.Int64Var(&c.maxPendingBytes, "max-pending-bytes", blockdev.DefaultNodeMaxPendingBytes, "node: bound, shared by every volume the plugin serves, of the written bytes held in memory until applied to the image; writers wait beyond it (each volume also has its own 64 MiB bound)")
 	fs.Int64Var(&c.maxDirtyBytes, "max-dirty-bytes", blockdev.DefaultNodeMaxDirtyBytes, "node: bound, shared by every volume served with ackPolicy writeback, of the bytes acknowledged but not yet durable in the journal (what a crash may lose after the last flush); writers wait beyond it (each volume also has its own 24 MiB bound)")
@@ -216,11 +218,13 @@ func serve(ctx context.Context, c serveConfig) error {
 
 	var ns *nodeserver.Server
 	if mode == driver.ModeNode || mode == driver.ModeAll {
+		events, stopEvents := nodeEvents(ctx, c)
+		defer stopEvents()
 		ns, err = nodeserver.New(nodeserver.Options{
 			NodeID: c.nodeID, StateDir: c.stateDir, Backend: st,
 			RequestTimeout: c.requestTimeout, MaxVolumes: c.maxVolumes,
 			JournalCommitAge: c.journalCommitAge, Metrics: pm.volumes(),
-			HolderSocket:    c.holderSocket,
+			HolderSocket: c.holderSocket, Events: events,
 			MaxPendingBytes: c.maxPendingBytes, MaxDirtyBytes: c.maxDirtyBytes,
 			NoWriteBackRing: !c.writeBackRing,
 		})

@@ -155,8 +155,8 @@ const (
 type Device struct {
 	img  *image.Image
 	pool objstore.Pool
-	lock *exclusivelock.Lock
-	j    *journal.Journaler // nil when unjournaled
+	lock *exclusivelock.Lock // nil when opened read-only (readonly.go)
+	j    *journal.Journaler  // nil when unjournaled or read-only
 	tag  uint64
 	o    Options
 	size atomic.Int64
@@ -167,6 +167,7 @@ type Device struct {
 	log klog.Logger
 	bg  context.Context
 
+	readOnly    bool                // OpenReadOnly: no lock, no journal, no writes
 	meta        *metaState          // metadata mode (metadata.go); nil in full mode
 	owner       ownerState          // header refresh and owner-side requests (owner.go)
 	snaps       snapState           // snapshots as owner, and their replay (snapshot.go)
@@ -300,6 +301,9 @@ func (d *Device) start(ctx context.Context) error {
 	}
 	epochEnd, err := d.epochEnds(ctx, meta.TagClass)
 	if err != nil {
+		return err
+	}
+	if err := d.checkTagOwner(ctx, meta.TagClass); err != nil { // readonly.go
 		return err
 	}
 	start := time.Now()
@@ -442,8 +446,10 @@ func (d *Device) Err() error {
 	if d.failed != nil {
 		return d.failed
 	}
-	if err := d.lock.Err(); err != nil {
-		return err
+	if d.lock != nil {
+		if err := d.lock.Err(); err != nil {
+			return err
+		}
 	}
 	if d.j != nil {
 		if err := d.j.Err(); err != nil {
@@ -454,6 +460,9 @@ func (d *Device) Err() error {
 }
 
 func (d *Device) check(ctx context.Context, op string, off, length int64) error {
+	if err := d.checkWritable(op); err != nil { // readonly.go
+		return err
+	}
 	// A header update (or a lost watch: a possibly missed one) is applied
 	// before the next I/O.
 	d.refreshIfNeeded(ctx)
@@ -809,8 +818,10 @@ func (d *Device) Close(ctx context.Context) error {
 			return fmt.Errorf("close %s: %w", d.img.Name(), err)
 		}
 	}
-	if err := d.lock.Release(ctx); err != nil {
-		return fmt.Errorf("close %s: %w", d.img.Name(), err)
+	if d.lock != nil {
+		if err := d.lock.Release(ctx); err != nil {
+			return fmt.Errorf("close %s: %w", d.img.Name(), err)
+		}
 	}
 	d.log.Info("Journaled device closed", "image", d.img.Name())
 	return nil
@@ -818,4 +829,10 @@ func (d *Device) Close(ctx context.Context) error {
 
 // Owner identifies this device's lock holder (its address is what a
 // restarted node plugin passes as DeadOwners).
-func (d *Device) Owner() exclusivelock.Holder { return d.lock.Owner() }
+// (The zero Holder for a read-only device: it holds no lock.)
+func (d *Device) Owner() exclusivelock.Holder {
+	if d.lock == nil {
+		return exclusivelock.Holder{}
+	}
+	return d.lock.Owner()
+}

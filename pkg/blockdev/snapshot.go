@@ -138,6 +138,9 @@ func (d *Device) snapRemoveAsOwner(ctx context.Context, ns rbdnotify.SnapshotNam
 // enterOwnerOp registers an owner operation with Close (d.wg); the caller
 // calls d.wg.Done.
 func (d *Device) enterOwnerOp(what string) error {
+	if d.readOnly {
+		return fmt.Errorf("%s on %s: %w", what, d.img.Name(), ErrReadOnly)
+	}
 	if !d.owner.ready.Load() || !d.snaps.open.Load() {
 		return fmt.Errorf("%s on %s: the device is still opening: %w", what, d.img.Name(), syscall.EAGAIN)
 	}

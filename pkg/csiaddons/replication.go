@@ -235,6 +235,12 @@ func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolume
 	}
 	defer unlock()
 	if err := t.m.DemoteImage(ctx, t.pool, t.id.Image); err != nil {
+		if errors.Is(err, image.ErrBusy) {
+			// librbd demotes through the image's owner, and the node that
+			// serves it refuses to hand its lock over (nor does it demote
+			// as owner): the image stays primary, nothing is half done.
+			err = fmt.Errorf("%w: stop the workload that uses the volume first (so that its node unstages it), then demote; the image stays primary meanwhile", err)
+		}
 		return nil, mirrorErr(err, "demote", t)
 	}
 	return &replication.DemoteVolumeResponse{}, nil

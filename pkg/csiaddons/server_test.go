@@ -429,7 +429,7 @@ func TestReplicationCodes(t *testing.T) {
 		// Demote.
 		{name: "demote primary", call: demote(volIDOf("primary")), wantCalls: []string{"demote primary"}},
 		{name: "demote replica (idempotent)", call: demote(volIDOf("replica"))},
-		{name: "demote staged", call: demote(volIDOf("staged")), code: codes.FailedPrecondition, msgs: []string{"in use", "unstage"}},
+		{name: "demote staged", call: demote(volIDOf("staged")), code: codes.FailedPrecondition, msgs: []string{"in use", "unstage", "stop the workload", "stays primary"}},
 
 		// Resync.
 		{name: "resync primary", call: resync(volIDOf("primary"), false, false), code: codes.FailedPrecondition, msgs: []string{"primary", "demote"}},

@@ -121,7 +121,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, status.Errorf(codes.InvalidArgument, "cannot form a volume id: %v", err)
 	}
 	resp := func(size int64) *csi.CreateVolumeResponse {
-		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: params.VolumeContext(), ContentSource: req.GetVolumeContentSource()}}
+		return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: vid.String(), CapacityBytes: size, VolumeContext: volume.WithPVName(params.VolumeContext(), req.GetParameters()), ContentSource: req.GetVolumeContentSource()}}
 	}
 	capRange := req.GetCapacityRange()
 

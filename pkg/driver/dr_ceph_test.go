@@ -10,11 +10,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
@@ -242,7 +244,9 @@ func (s *drSites) waitEqual(t *testing.T, name string, timeout time.Duration) ti
 // TestDRLaggyReplicator is issue 16's laggy-client check with real
 // rbd-mirror: with rbd-mirror stopped, writes on site-a beyond
 // journalMaxConcurrentObjectSets (2) disconnect rbd-mirror's journal client
-// and the journal is trimmed past it; when rbd-mirror returns, the replica
+// and the journal is trimmed past it (the node plugin logs it and records a
+// Warning event ReplicatorDisconnected on the volume's PersistentVolume,
+// named by the volume context); when rbd-mirror returns, the replica
 // needs a resync (it is not silently caught up from a trimmed journal);
 // after `rbd mirror image resync` site-b equals site-a.
 func TestDRLaggyReplicator(t *testing.T) {
@@ -255,7 +259,8 @@ func TestDRLaggyReplicator(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, b)
+	events := &drEvents{}
+	ctrl, node, _ := serveDriver(t, dir, b, func(o *nodeserver.Options) { o.Events = events })
 	staging := filepath.Join(dir, "staging")
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)
@@ -266,9 +271,13 @@ func TestDRLaggyReplicator(t *testing.T) {
 	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{block},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec,
 		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal",
-			volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2"}})
+			volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2",
+			volume.CtxPVName: "pv-" + csiName}}) // as the external-provisioner with --extra-create-metadata
 	if err != nil {
 		t.Fatal(err)
+	}
+	if pv := vol.GetVolume().GetVolumeContext()[volume.CtxPVName]; pv != "pv-"+csiName {
+		t.Fatalf("volume context names PV %q, want pv-%s (CreateVolume echoes the provisioner's parameter)", pv, csiName)
 	}
 	name := volume.ImageNameFor(csiName)
 	id := vol.GetVolume().GetVolumeId()
@@ -326,6 +335,11 @@ func TestDRLaggyReplicator(t *testing.T) {
 	if strings.Contains(st, "minimum_set: 0\n") {
 		t.Fatalf("the journal was not trimmed past the disconnected client:\n%s", st)
 	}
+	evs := events.list()
+	if len(evs) != 1 || evs[0].pv != "pv-"+csiName || evs[0].typ != "Warning" || evs[0].reason != nodeserver.ReasonReplicatorDisconnected {
+		t.Fatalf("events recorded by the node plugin: %+v, want one Warning %s on pv-%s", evs, nodeserver.ReasonReplicatorDisconnected, csiName)
+	}
+	t.Logf("event on PersistentVolume %s: %s %s: %s", evs[0].pv, evs[0].typ, evs[0].reason, evs[0].msg)
 
 	// rbd-mirror returns: its replica needs a resync; after it, it equals.
 	s.startMirror(t)
@@ -396,10 +410,18 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	}
 	// rbd-mirror copied the format marker (the primary's image id): the
 	// reason it holds an image id, not "true".
-	metaB := s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+	// rbd-mirror creates the replica first and copies the metadata in a
+	// later step of its bootstrap: wait for it.
+	var metaB string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		metaB = s.mustRBD(t, "site-b", "image-meta", "list", "rbd/"+name)
+		if strings.Contains(metaB, storage.MetaFormatBlank) || time.Now().After(deadline) {
+			break
+		}
+	}
 	t.Logf("site-b replica metadata:\n%s", metaB)
 	if !strings.Contains(metaB, storage.MetaFormatBlank) {
-		t.Errorf("rbd-mirror did not copy the format marker to the replica (the id binding is then untested)")
+		t.Errorf("rbd-mirror did not copy the format marker to the replica in 30 s (the id binding is then untested)")
 	}
 
 	// Non-primary: not staged.
@@ -408,7 +430,7 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 		return err
 	}
 	_, err = nodeB.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: idB, StagingTargetPath: stagingB, VolumeCapability: rwo, Secrets: sec})
-	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "mirror peer", "rbd mirror image promote rbd/"+name)
+	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "rbd mirror image promote rbd/"+name)
 
 	// The replica never syncs what follows.
 	s.stopMirror(t)
@@ -445,4 +467,25 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	if _, err := nodeB.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: newVol.GetVolume().GetVolumeId(), StagingTargetPath: stagingB}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// drEvents records the node plugin's Kubernetes events (the recorder the
+// plugin gets from pkg/k8sevents in a pod).
+type drEvents struct {
+	mu  sync.Mutex
+	evs []drEvent
+}
+
+type drEvent struct{ pv, typ, reason, msg string }
+
+func (e *drEvents) PersistentVolumeEvent(pv, typ, reason, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.evs = append(e.evs, drEvent{pv, typ, reason, msg})
+}
+
+func (e *drEvents) list() []drEvent {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]drEvent(nil), e.evs...)
 }

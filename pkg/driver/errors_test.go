@@ -34,9 +34,13 @@ func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.Identi
 
 // serveDriver serves a driver in mode all on backend b (closed at the
 // end) over a unix socket in dir, with its node state in dir/node.
-func serveDriver(t *testing.T, dir string, b storage.Backend) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
+func serveDriver(t *testing.T, dir string, b storage.Backend, opts ...func(*nodeserver.Options)) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
 	t.Helper()
-	ns, err := nodeserver.New(nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: b})
+	o := nodeserver.Options{NodeID: "n1", StateDir: filepath.Join(dir, "node"), Backend: b}
+	for _, f := range opts {
+		f(&o)
+	}
+	ns, err := nodeserver.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,10 @@ package driver_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,8 +42,12 @@ func (f *cephFixture) mirrorPool(t *testing.T) string {
 //   - once the pool mirrors per image, CreateVolume enables journal
 //     mirroring on the image (primary), idempotently;
 //   - the volume stages and holds a file; demoted (rbd mirror image demote),
-//     NodeStage refuses it (FailedPrecondition: demoted, promote); promoted
-//     again it stages with its file (not formatted anew);
+//     a read-write NodeStage refuses it (FailedPrecondition: demoted,
+//     promote); a read-only one (SINGLE_NODE_READER_ONLY and
+//     MULTI_NODE_READER_ONLY) serves it without a lock: the file is read,
+//     a write fails with EROFS, the journal is unchanged, the image stays
+//     demoted; promoted again it stages with its file (not formatted
+//     anew), and MULTI_NODE_READER_ONLY of the primary is refused;
 //   - the storage layer's promote/demote/resync: promote of a primary and
 //     demote of a non-primary are no-ops, resync of a primary is
 //     ErrImagePrimary, demote of a staged image is refused (image.ErrBusy),
@@ -143,13 +147,40 @@ func TestCephMirroring(t *testing.T) {
 	if err := m.DemoteImage(ctx, p, name); err != nil {
 		t.Fatalf("demote of a non-primary (no-op): %v", err)
 	}
-	for _, c := range []*csi.VolumeCapability{rwo, mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, "ext4")} {
-		_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c, Secrets: secrets(f.rw)})
-		wantStatus(t, fmt.Sprintf("NodeStage (%v) of a demoted image", c.GetAccessMode().GetMode()), err, codes.FailedPrecondition,
-			"demoted", "rbd mirror image promote "+pool+"/"+name)
-	}
+	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: secrets(f.rw)})
+	wantStatus(t, "NodeStage (read-write) of a demoted image", err, codes.FailedPrecondition,
+		"demoted", "rbd mirror image promote "+pool+"/"+name, "read-only staging")
 	if left := mountsUnder(dir); len(left) > 0 {
 		t.Fatalf("refused stage left mounts: %v", left)
+	}
+	// Read-only (both reader-only modes): served without owning the image.
+	journalBefore := f.rbd(t, "journal", "status", "--pool", pool, "--image", name)
+	for _, mode := range []csi.VolumeCapability_AccessMode_Mode{csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY} {
+		roReq := &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountCap(mode, "ext4"), Secrets: secrets(f.rw)}
+		if _, err := node.NodeStageVolume(ctx, roReq); err != nil {
+			t.Fatalf("NodeStage (%v) of a demoted image: %v", mode, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || string(b) != "kept" {
+			t.Errorf("%v: file of the demoted image: %q, %v", mode, b, err)
+		}
+		if err := os.WriteFile(filepath.Join(staging, "g"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%v: write to the read-only staging: %v, want EROFS", mode, err)
+		}
+		if locks := strings.TrimSpace(f.rbd(t, "lock", "ls", pool+"/"+name)); locks != "" {
+			t.Errorf("%v: the read-only staging holds a lock:\n%s", mode, locks)
+		}
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Fatalf("%v: unstage: %v", mode, err)
+		}
+	}
+	if after := f.rbd(t, "journal", "status", "--pool", pool, "--image", name); after != journalBefore {
+		t.Errorf("the read-only stagings changed the journal:\nbefore:\n%s\nafter:\n%s", journalBefore, after)
+	}
+	if mi, err := m.MirrorInfo(ctx, p, name); err != nil || mi.Primary {
+		t.Fatalf("mirror info after the read-only stagings: %+v, %v (the image must stay demoted)", mi, err)
+	}
+	if left := mountsUnder(dir); len(left) > 0 {
+		t.Fatalf("read-only stagings left mounts: %v", left)
 	}
 
 	// Promoted through the storage layer: staged with its data.
@@ -165,6 +196,10 @@ func TestCephMirroring(t *testing.T) {
 	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}
+	// MULTI_NODE_READER_ONLY of a primary image: refused (it has one server).
+	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY, "ext4"), Secrets: secrets(f.rw)})
+	wantStatus(t, "NodeStage (MULTI_NODE_READER_ONLY) of a primary image", err, codes.FailedPrecondition, "MULTI_NODE_READER_ONLY", "primary")
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if _, err := ctrl.DeleteVolume(dctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets(f.rw)}); err != nil {

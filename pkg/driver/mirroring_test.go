@@ -2,9 +2,11 @@ package driver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -23,8 +25,12 @@ import (
 // TestMirroringLocal: the local backend refuses the mirroring parameter
 // (InvalidArgument naming Ceph) and creates nothing; a volume whose
 // journal's current epoch belongs to a mirror peer (what rbd-mirror's
-// replay leaves on a replica) or to nobody (demoted) is not staged.
+// replay leaves on a replica) or to nobody (demoted) is not staged
+// read-write; a read-only staging (SINGLE_NODE_READER_ONLY,
+// MULTI_NODE_READER_ONLY) serves it without owning it: its file is read, a
+// write fails with EROFS; neither touches the journal.
 func TestMirroringLocal(t *testing.T) {
+	requireRoot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
@@ -73,6 +79,17 @@ func TestMirroringLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	tagClass := cd.Meta.(rbdjournal.ImageClientMeta).TagClass
+	// A filesystem with a file, written while the image was primary.
+	stageReq := &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging, VolumeCapability: rwo}
+	if _, err := node.NodeStageVolume(ctx, stageReq); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "f"), []byte("written while primary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct{ owner, want string }{
 		{"5f0c9b8e-peer-uuid", "non-primary: a mirror replica whose journal belongs to the mirror peer with uuid 5f0c9b8e-peer-uuid"},
 		{rbdjournal.OrphanMirrorUUID, "demoted: no site is primary"},
@@ -86,13 +103,28 @@ func TestMirroringLocal(t *testing.T) {
 		if err := pool.Operate(ctx, oid, &op); err != nil {
 			t.Fatal(err)
 		}
-		for _, mode := range []*csi.VolumeCapability{rwo, mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, "ext4")} {
-			_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging, VolumeCapability: mode})
-			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "rbd mirror image promote rbd/"+name) {
-				t.Fatalf("stage (%v) of an image owned by %q: %v, want FailedPrecondition saying %q and how to promote", mode.GetAccessMode().GetMode(), tt.owner, err, tt.want)
+		_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging, VolumeCapability: rwo})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "rbd mirror image promote rbd/"+name) ||
+			!strings.Contains(err.Error(), "read-only staging") {
+			t.Fatalf("read-write stage of an image owned by %q: %v, want FailedPrecondition saying %q, how to promote and the read-only alternative", tt.owner, err, tt.want)
+		}
+		// Read-only, both reader modes: served without owning the image.
+		for _, mode := range []csi.VolumeCapability_AccessMode_Mode{csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY} {
+			if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging,
+				VolumeCapability: mountCap(mode, "ext4")}); err != nil {
+				t.Fatalf("%v stage of an image owned by %q: %v", mode, tt.owner, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || string(b) != "written while primary" {
+				t.Errorf("%v: file %q, %v", mode, b, err)
+			}
+			if err := os.WriteFile(filepath.Join(staging, "g"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+				t.Errorf("%v: write: %v, want EROFS", mode, err)
+			}
+			if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolume().GetVolumeId(), StagingTargetPath: staging}); err != nil {
+				t.Fatal(err)
 			}
 		}
-		// Nothing was written to the journal by the refused stages.
+		// Nothing was written to the journal by the stages.
 		if next, _ := clsjournal.GetNextTagTid(ctx, pool, oid); next != tid+1 {
 			t.Fatalf("the refused stage allocated journal tags (next tid %d, want %d)", next, tid+1)
 		}

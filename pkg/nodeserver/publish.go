@@ -27,7 +27,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	case staging == "":
 		return nil, status.Error(codes.InvalidArgument, "staging_target_path is missing (this driver stages volumes: call NodeStageVolume first)")
 	}
-	if err := volume.ValidateCapability(req.GetVolumeCapability()); err != nil {
+	if err := volume.ValidateNodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	if _, err := volume.ResolveVolumeID(s.o.Backend, id); err != nil {

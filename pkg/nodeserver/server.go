@@ -89,6 +89,18 @@ type Options struct {
 	// instead of handing them over (EIO in the pods), and no shared memory
 	// is spent on them.
 	NoWriteBackRing bool
+	// Events, if set, records Kubernetes events on the volumes'
+	// PersistentVolumes (mirror.go: a replicator disconnected by the
+	// laggy-client bound); nil: those conditions are only logged.
+	Events EventRecorder
+}
+
+// EventRecorder records Kubernetes events (k8sevents.Recorder). Its
+// methods must not block: they are called from journal commit paths.
+type EventRecorder interface {
+	// PersistentVolumeEvent records an event of type Normal or Warning on
+	// PersistentVolume pv.
+	PersistentVolumeEvent(pv, eventType, reason, message string)
 }
 
 // Server is the CSI Node service.
@@ -423,6 +435,9 @@ func (v *stagedVolume) condition() *csi.VolumeCondition {
 	}
 	if err := v.dev.Err(); err != nil {
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("journaled device failed: %v", err)}
+	}
+	if v.rec.Unowned {
+		return &csi.VolumeCondition{Message: fmt.Sprintf("served read-only on %s from a non-primary mirror image, without owning it (rbd-mirror writes it)", v.rec.Device)}
 	}
 	if v.dev.JournalMode() == blockdev.JournalMetadata {
 		// Torn extents are a finding about the last stop, not a failure of

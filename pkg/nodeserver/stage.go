@@ -36,7 +36,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if req.GetVolumeCapability() == nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_capability is missing")
 	}
-	if err := volume.ValidateCapability(req.GetVolumeCapability()); err != nil {
+	if err := volume.ValidateNodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	want, err := s.stagingRecord(req)
@@ -138,6 +138,7 @@ func (s *Server) stagingRecord(req *csi.NodeStageVolumeRequest) (*record, error)
 		AccessMode:  c.GetAccessMode().GetMode().String(),
 		ReadOnly:    volume.IsReadOnlyMode(c),
 		AckPolicy:   vc[volume.CtxAckPolicy],
+		PVName:      vc[volume.CtxPVName],
 		Publish:     map[string]publication{},
 		StagedAt:    time.Now().UTC(),
 	}
@@ -277,10 +278,9 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	if v.rec.JournalMode != "" {
 		mode, _ = blockdev.ParseJournalMode(v.rec.JournalMode) // checked by stagingRecord
 	}
-	if mode == blockdev.JournalFull { // a metadata-mode image is never mirrored
-		if err := checkPrimary(ctx, pool, vid); err != nil {
-			return err
-		}
+	unowned, err := s.servedUnowned(ctx, pool, vid, v.rec, mode) // mirror.go
+	if err != nil {
+		return err
 	}
 	policy, _ := blockdev.ParseAckPolicy(v.rec.AckPolicy)
 	// A re-serve takes back what the holder kept first: a write-back ring
@@ -289,23 +289,29 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	if prepare != nil {
 		held = s.fetchHeld(ctx, v.rec)
 	}
-	ring := s.ringFor(ctx, v.rec, held)
 	openStart := time.Now()
 	var dead []string
 	if v.rec.Owner != "" && v.rec.Owner != pool.Client().Addr {
 		dead = append(dead, v.rec.Owner) // this plugin's previous incarnation
 	}
-	dev, err := blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
-		AckPolicy:       policy,
-		Node:            s.budget, // node-wide bounds (server.go)
-		Ring:            ring,
-		JournalMode:     mode,
-		Fencer:          st.Fencer(),
-		LockDescription: "csi-rbdj node " + s.o.NodeID,
-		DeadOwners:      dead,
-		Journal:         s.journalSettings(ctx, v.rec),
-		OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
-	})
+	var dev *blockdev.Device
+	if unowned {
+		// Read-only, without the lock or the journal (mirror.go): nothing
+		// to re-journal, so no ring.
+		dev, err = blockdev.OpenReadOnly(ctx, pool, vid.Image, blockdev.Options{JournalMode: mode})
+	} else {
+		dev, err = blockdev.Open(ctx, pool, vid.Image, blockdev.Options{
+			AckPolicy:       policy,
+			Node:            s.budget, // node-wide bounds (server.go)
+			Ring:            s.ringFor(ctx, v.rec, held),
+			JournalMode:     mode,
+			Fencer:          st.Fencer(),
+			LockDescription: "csi-rbdj node " + s.o.NodeID,
+			DeadOwners:      dead,
+			Journal:         s.journalSettings(ctx, v.rec),
+			OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
+		})
+	}
 	if err != nil {
 		held.close()
 		s.releaseRing(v.rec.Key)
@@ -316,6 +322,10 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 		return status.Errorf(codes.NotFound, "volume %s does not exist (no image %s in pool %s)", vid, vid.Image, vid.Pool)
 	case errors.Is(err, blockdev.ErrLocked):
 		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the other node first", vid, err)
+	case errors.Is(err, blockdev.ErrNotPrimary):
+		// Demoted (or replaced by a replica) between servedUnowned's
+		// check and the lock: nothing was replayed or tagged.
+		return status.Errorf(codes.FailedPrecondition, "volume %s: image %s/%s became non-primary while it was being staged (%v): stage it again (read-only, or after promoting it here)", vid, vid.Pool, vid.Image, err)
 	case errors.Is(err, blockdev.ErrNotJournaled):
 		return notJournaled(ctx, st, pool, vid)
 	case errors.Is(err, blockdev.ErrJournalModeMismatch):
@@ -358,6 +368,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	rec := v.rec.clone()
 	rec.Device = loop.Path()
 	rec.Owner = dev.Owner().Addr
+	rec.Unowned = unowned
 	s.update(func() { v.st, v.dev, v.loop, v.err, v.rec, v.adopted = st, dev, loop, nil, rec, adopted })
 	s.metricsServed(rec.VolumeID, dev)
 	logger.Info("Volume served", "device", loop.Path(), "adopted", adopted, "size", dev.Size(), "tag", dev.Tag(), "openAndReplay", openDur.Round(time.Millisecond),
@@ -421,6 +432,19 @@ func (s *Server) mountStaging(ctx context.Context, r *record, gate formatGate) e
 	existing, err := s.mounter.GetDiskFormat(r.Device)
 	if err != nil {
 		return status.Errorf(codes.Internal, "inspect device %s of volume %s: %v", r.Device, r.VolumeID, err)
+	}
+	if r.Unowned {
+		// A non-primary image read without owning it (mirror.go): never
+		// formatted, nothing written to it, not even its marker; mounted
+		// read-only (the "ro" above), no filesystem journal recovery.
+		if err := unownedMountable(r, existing); err != nil {
+			return err
+		}
+		opts = append(opts, unownedMountOptions(r.FsType)...)
+		if err := s.mounter.FormatAndMount(r.Device, r.StagingPath, r.FsType, opts); err != nil {
+			return status.Errorf(codes.Internal, "mount %s (%s, read-only) at %s: %v", r.Device, r.FsType, r.StagingPath, err)
+		}
+		return nil
 	}
 	mark, err := checkFormat(ctx, r, existing, gate)
 	if err != nil {

@@ -44,6 +44,14 @@ type record struct {
 	// JournalMaxObjectSets is the StorageClass's laggy-client bound
 	// (journal.Settings.MaxConcurrentObjectSets; 0: unbounded).
 	JournalMaxObjectSets int `json:"journalMaxConcurrentObjectSets,omitempty"`
+	// PVName is the volume's PersistentVolume (volume.CtxPVName), named by
+	// the node's Kubernetes events; "" if the volume context lacks it.
+	PVName string `json:"pvName,omitempty"`
+	// Unowned: the volume is served read-only without owning its image (a
+	// non-primary mirror image, mirror.go): no lock, no journal, mounted
+	// without filesystem journal recovery. Kept for the life of the
+	// staging, also across restarts.
+	Unowned bool `json:"unowned,omitempty"`
 	// Device is the loop device serving the volume (changes on restart).
 	Device string `json:"device"`
 	// Owner is the address under which this plugin holds the image's lock:

@@ -57,7 +57,25 @@ func ValidateCapabilities(cs []*csi.VolumeCapability) error {
 	return nil
 }
 
+// ValidateNodeCapability is ValidateCapability for NodeStageVolume and
+// NodePublishVolume, which also accept MULTI_NODE_READER_ONLY: a node
+// serves a non-primary mirror image read-only without owning it, so any
+// number of nodes may read it (the node refuses the mode for an image it
+// would have to own). The controller never offers the mode.
+func ValidateNodeCapability(c *csi.VolumeCapability) error {
+	if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY {
+		single := &csi.VolumeCapability{AccessType: c.GetAccessType(),
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY}}
+		return ValidateCapability(single)
+	}
+	return ValidateCapability(c)
+}
+
 // IsReadOnlyMode reports whether the access mode allows no writes.
 func IsReadOnlyMode(c *csi.VolumeCapability) bool {
-	return c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	switch c.GetAccessMode().GetMode() {
+	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
+		return true
+	}
+	return false
 }
