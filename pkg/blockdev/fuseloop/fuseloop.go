@@ -112,12 +112,12 @@ type Device struct {
 
 	// The connection: our descriptor of /dev/fuse (from mount or
 	// adoption), the reader's wake-up eventfd, what INIT negotiated.
-	fd         int // /dev/fuse, valid while hasFD
-	wakeFD     int // eventfd that stops the reader
-	hasFD      bool
-	init       InitParams
-	bufs       sync.Pool      // request buffers (readBufSize)
-	reqs       sync.WaitGroup // requests being answered
+	fd     int // /dev/fuse, valid while hasFD
+	wakeFD int // eventfd that stops the reader
+	hasFD  bool
+	init   InitParams
+	bufs   sync.Pool      // request buffers (readBufSize)
+	reqs   sync.WaitGroup // requests being answered
 	// The readers (serve): how many run, how many wait for a request,
 	// the first error that stopped one, and the flag that stops them.
 	readers     sync.WaitGroup
@@ -128,9 +128,9 @@ type Device struct {
 	stopRead    atomic.Bool
 	oneReader   bool // Options.oneReader
 
-	counts [opcMax + 1]atomic.Uint64 // requests read, by opcode (opcMax: others)
-	handingOff atomic.Bool    // Handoff stopped the reads on purpose
-	resent     atomic.Uint64  // requests served that carried uniqueResend
+	counts     [opcMax + 1]atomic.Uint64 // requests read, by opcode (opcMax: others)
+	handingOff atomic.Bool               // Handoff stopped the reads on purpose
+	resent     atomic.Uint64             // requests served that carried uniqueResend
 
 	served   chan struct{} // closed when serve returned
 	stopWD   chan struct{} // closed to stop the watchdog
