@@ -9,6 +9,7 @@ import "C"
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -101,6 +102,10 @@ func (q *aioQueue) poll() {
 				a.release()
 			}
 		}
+		// Let the waiters just woken run here, on this thread, before it
+		// blocks in C again (entering a cgo call keeps the P, and the next
+		// waiter would wait for another thread to steal it).
+		runtime.Gosched()
 	}
 }
 
