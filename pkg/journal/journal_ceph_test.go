@@ -370,3 +370,8 @@ func TestCephLaggyClients(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkCephPipelined is BenchmarkPipelined on the Ceph cluster.
+func BenchmarkCephPipelined(b *testing.B) {
+	benchPipelined(b, func(b *testing.B) objstore.Pool { return cephtest.Pool(b) })
+}

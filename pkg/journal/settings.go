@@ -19,6 +19,15 @@ type Settings struct {
 	NotifyTimeout time.Duration
 	// OpTimeout bounds each object-store operation the journaler issues.
 	OpTimeout time.Duration
+	// MaxInflightWaves is how many append waves may be in flight at once
+	// (pipelining, see maybeSendLocked): 1 waits for each wave before the
+	// next; the default 2 lets a wave go while one is in flight, on pools
+	// that order submissions (objstore.Submitter).
+	MaxInflightWaves int
+	// PipelineBytes is how many bytes must wait before a wave is sent
+	// while another is in flight (see pipelineWorthItLocked); less waits
+	// for the wave in flight and joins the next.
+	PipelineBytes int
 	// MaxConcurrentObjectSets bounds how many object sets another
 	// registered client (rbd-mirror) may fall behind the active set before
 	// it is disconnected and stops holding back trimming (librbd's
@@ -39,6 +48,9 @@ func DefaultSettings() Settings {
 		CommitAge:     time.Second,
 		NotifyTimeout: 5 * time.Second,
 		OpTimeout:     30 * time.Second,
+
+		MaxInflightWaves: 2,
+		PipelineBytes:    64 << 10,
 	}
 }
 
@@ -61,6 +73,12 @@ func (s Settings) withDefaults() Settings {
 	}
 	if s.OpTimeout > 0 {
 		d.OpTimeout = s.OpTimeout
+	}
+	if s.MaxInflightWaves > 0 {
+		d.MaxInflightWaves = s.MaxInflightWaves
+	}
+	if s.PipelineBytes > 0 {
+		d.PipelineBytes = s.PipelineBytes
 	}
 	d.MaxConcurrentObjectSets = max(s.MaxConcurrentObjectSets, 0)
 	d.OnClientDisconnected = s.OnClientDisconnected

@@ -38,6 +38,11 @@ const (
 	ErrPerm        = syscall.EPERM
 )
 
+// ErrMismatch: a CmpExt step found other bytes than expected. librados
+// reports it as -MAX_ERRNO minus the offset of the first difference, no
+// errno, hence a sentinel of its own.
+var ErrMismatch = errors.New("compared extent mismatch")
+
 // OpError is the error a backend returns for a failed operation on an object.
 type OpError struct {
 	Op  string // "write", "read", "exec journal.client_commit", "watch", ...
@@ -185,4 +190,14 @@ type BatchOp struct {
 // durable together. Operate is the fallback.
 type Batcher interface {
 	OperateBatch(ctx context.Context, ops []BatchOp) []error
+}
+
+// Submitter is implemented by pools that can queue operations without
+// waiting for them: Submit queues ops (each applies atomically on its own
+// object) and returns a function that waits for their outcomes, in the
+// order of ops. Operations queued by successive Submit calls of one caller
+// apply in that order on each object, whether or not the earlier ones have
+// completed. The returned function must be called exactly once.
+type Submitter interface {
+	Submit(ctx context.Context, ops []BatchOp) (wait func() []error)
 }

@@ -26,6 +26,7 @@ const (
 	StepGetOmapValsByKeys
 	StepGetXattr
 	StepGetXattrs
+	StepCmpExt
 )
 
 // Step is one step of a WriteOp or ReadOp, exported for backends.
@@ -57,7 +58,7 @@ var stepNames = map[StepKind]string{
 	StepAssertExists: "assert-exists", StepExec: "exec", StepRead: "read",
 	StepStat: "stat", StepGetOmapVals: "omap-get-vals",
 	StepGetOmapValsByKeys: "omap-get-vals-by-keys", StepGetXattr: "getxattr",
-	StepGetXattrs: "getxattrs",
+	StepGetXattrs: "getxattrs", StepCmpExt: "cmpext",
 }
 
 // OpName names the step in errors (OpError.Op), the same for every backend:
@@ -151,6 +152,14 @@ func (op *WriteOp) SetXattr(name string, value []byte) {
 // RmXattr removes an xattr.
 func (op *WriteOp) RmXattr(name string) {
 	op.steps = append(op.steps, Step{Kind: StepRmXattr, Name: name})
+}
+
+// CmpExt makes the operation fail with ErrMismatch, changing nothing, unless
+// the object's bytes at off equal data (bytes past the end of the object
+// compare as zeroes; a missing object fails with ErrNotFound). RADOS'
+// cmpext.
+func (op *WriteOp) CmpExt(off uint64, data []byte) {
+	op.steps = append(op.steps, Step{Kind: StepCmpExt, Off: off, Data: data})
 }
 
 // AssertExists fails the operation with ErrNotFound if the object does not exist.

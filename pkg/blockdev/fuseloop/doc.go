@@ -22,6 +22,11 @@
 //	                                   -> Backend.WriteZeroes
 //	any other fallocate mode           -> EOPNOTSUPP
 //
+// Requests are read by a pool of readers, each answering what it read
+// (serve in server_linux.go); every loop I/O is one FUSE request (no
+// GETATTR or FLUSH per I/O, up to 1 MiB per WRITE: BenchmarkServe counts
+// them with Device.RequestCounts).
+//
 // The FUSE protocol is spoken by this package (server_linux.go, proto_linux.go),
 // not by a library: a one-file filesystem needs a dozen opcodes, and a
 // connection handed to a successor needs node ids and file handles fixed in

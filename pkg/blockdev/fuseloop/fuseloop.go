@@ -57,6 +57,10 @@ type Options struct {
 	RequestTimeout time.Duration
 	// ReadOnly exposes a read-only loop device; writes and fallocate are refused.
 	ReadOnly bool
+
+	// oneReader serves as before the reader pool: one reader starting a
+	// goroutine per request (benchmarks measure the two in one run).
+	oneReader bool
 }
 
 // DefaultRequestTimeout is the watchdog timeout when Options.RequestTimeout is 0.
@@ -108,14 +112,25 @@ type Device struct {
 
 	// The connection: our descriptor of /dev/fuse (from mount or
 	// adoption), the reader's wake-up eventfd, what INIT negotiated.
-	fd         int // /dev/fuse, valid while hasFD
-	wakeFD     int // eventfd that stops the reader
-	hasFD      bool
-	init       InitParams
-	bufs       sync.Pool      // request buffers (readBufSize)
-	reqs       sync.WaitGroup // requests being answered
-	handingOff atomic.Bool    // Handoff stopped the reads on purpose
-	resent     atomic.Uint64  // requests served that carried uniqueResend
+	fd     int // /dev/fuse, valid while hasFD
+	wakeFD int // eventfd that stops the reader
+	hasFD  bool
+	init   InitParams
+	bufs   sync.Pool      // request buffers (readBufSize)
+	reqs   sync.WaitGroup // requests being answered
+	// The readers (serve): how many run, how many wait for a request,
+	// the first error that stopped one, and the flag that stops them.
+	readers     sync.WaitGroup
+	nreaders    atomic.Int32
+	waiting     atomic.Int32
+	readErrOnce sync.Once
+	readErr     error
+	stopRead    atomic.Bool
+	oneReader   bool // Options.oneReader
+
+	counts     [opcMax + 1]atomic.Uint64 // requests read, by opcode (opcMax: others)
+	handingOff atomic.Bool               // Handoff stopped the reads on purpose
+	resent     atomic.Uint64             // requests served that carried uniqueResend
 
 	served   chan struct{} // closed when serve returned
 	stopWD   chan struct{} // closed to stop the watchdog
@@ -136,6 +151,20 @@ type Device struct {
 	resizeMu sync.Mutex
 
 	errLog rateLog
+}
+
+// RequestCounts returns how many FUSE requests of each kind the device has
+// served, by opcode name ("READ", "WRITE", "GETATTR", ...; "other" for the
+// rest): with the loop device's own counters they give the round trips per
+// I/O.
+func (d *Device) RequestCounts() map[string]uint64 {
+	m := map[string]uint64{}
+	for op := range d.counts {
+		if n := d.counts[op].Load(); n > 0 {
+			m[opcName(uint32(op))] += n
+		}
+	}
+	return m
 }
 
 // Path returns the loop device, e.g. /dev/loop3.
@@ -175,6 +204,7 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 	}
 	mnt := mountPoint(opts.StateDir, opts.Name)
 	d := newDevice(ctx, b, opts.Name, mnt, opts.ReadOnly, timeout, size)
+	d.oneReader = opts.oneReader
 	logger := klog.FromContext(ctx).WithValues("name", opts.Name)
 
 	defer func() {

@@ -169,7 +169,7 @@ func (b *memBackend) bytesAt(off, n int64) []byte {
 
 // ---- environment ----
 
-func requireKernel(t *testing.T) {
+func requireKernel(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("fuseloop kernel tests need root (mount, loop devices)")
@@ -181,7 +181,7 @@ func requireKernel(t *testing.T) {
 	}
 }
 
-func requireTools(t *testing.T, tools ...string) {
+func requireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -209,7 +209,7 @@ func emergencyAbort(t testing.TB) {
 // attach attaches b and registers a cleanup that tears everything down even
 // when the test failed: filesystems mounted on the device, the device, and
 // whatever Cleanup finds.
-func attach(t *testing.T, b Backend, opts Options) *Device {
+func attach(t testing.TB, b Backend, opts Options) *Device {
 	t.Helper()
 	if opts.StateDir == "" {
 		opts.StateDir = t.TempDir()

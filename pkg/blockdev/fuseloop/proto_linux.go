@@ -4,6 +4,7 @@ package fuseloop
 
 import (
 	"encoding/binary"
+	"fmt"
 	"syscall"
 )
 
@@ -37,7 +38,26 @@ const (
 	opcDestroy     = 38
 	opcBatchForget = 42
 	opcFallocate   = 43
+	opcMax         = 64 // counted apart: every opcode from here on
 )
+
+var opcNames = map[uint32]string{
+	opcLookup: "LOOKUP", opcForget: "FORGET", opcGetattr: "GETATTR", opcSetattr: "SETATTR",
+	opcOpen: "OPEN", opcRead: "READ", opcWrite: "WRITE", opcStatfs: "STATFS", opcRelease: "RELEASE",
+	opcFsync: "FSYNC", opcFlush: "FLUSH", opcInit: "INIT", opcOpendir: "OPENDIR",
+	opcReleasedir: "RELEASEDIR", opcInterrupt: "INTERRUPT", opcDestroy: "DESTROY",
+	opcBatchForget: "BATCH_FORGET", opcFallocate: "FALLOCATE",
+}
+
+func opcName(op uint32) string {
+	if n, ok := opcNames[op]; ok {
+		return n
+	}
+	if op >= opcMax {
+		return "other"
+	}
+	return fmt.Sprintf("opcode-%d", op)
+}
 
 // Notification codes, written in fuse_out_header.error with unique 0.
 const (

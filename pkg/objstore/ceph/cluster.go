@@ -140,6 +140,8 @@ type Cluster struct {
 
 	watchMu sync.Mutex
 	watches map[*watch]struct{}
+
+	aio *aioQueue // completions of object operations (aio.go)
 }
 
 // Connect connects to a cluster. It fails with an error wrapping
@@ -202,6 +204,10 @@ func Connect(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("connect to ceph %s: own address: %w", cfg.describe(), errnoErr(err))
 	}
 	c.client.Addr = normalizeAddr(addrs)
+	if c.aio, err = newAIOQueue(); err != nil {
+		conn.Shutdown()
+		return nil, fmt.Errorf("connect to ceph %s: completion queue: %w", cfg.describe(), err)
+	}
 	c.log.V(2).Info("Connected to Ceph", "config", cfg.String(), "client", c.client.Name(), "addr", c.client.Addr)
 	return c, nil
 }
@@ -564,6 +570,7 @@ func (c *Cluster) Close() error {
 		}
 	}
 	c.inflight.Wait()
+	c.aio.stop() // every operation has completed and was released
 	// Callbacks of the watches just removed may still be queued in librados.
 	if err := c.conn.WatcherFlush(); err != nil {
 		errs = append(errs, fmt.Errorf("flush watch callbacks: %w", errnoErr(err)))

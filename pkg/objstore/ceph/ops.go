@@ -48,8 +48,16 @@ func errnoOf(ret C.int) error {
 	if ret >= 0 {
 		return nil
 	}
+	if ret <= -maxErrno {
+		// cmpext reports a mismatch as -MAX_ERRNO - the offset of the
+		// first differing byte.
+		return objstore.ErrMismatch
+	}
 	return syscall.Errno(-ret)
 }
+
+// maxErrno is the kernel's (and Ceph's) MAX_ERRNO.
+const maxErrno = 4095
 
 // writeOp is a write operation built in C++ memory: building copies the
 // caller's data, so it is safe to run after the caller has returned.
@@ -150,6 +158,8 @@ func (w *writeOp) add(s *objstore.Step) error {
 		C.csi_wop_assert_exists(w.p)
 	case objstore.StepExec:
 		C.csi_wop_exec(w.p, w.cstring(s.Class), w.cstring(s.Method), cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepCmpExt:
+		C.csi_wop_cmpext(w.p, C.uint64_t(s.Off), cbuf(s.Data), C.size_t(len(s.Data)))
 	default:
 		return fmt.Errorf("%w: step kind %d in a write", syscall.EINVAL, s.Kind)
 	}
@@ -243,6 +253,12 @@ func (r *readOp) operate(io *C.csi_ioctx, oid string) (string, error) {
 	} else {
 		ret = C.csi_rop_operate(io, cstr(oid), C.size_t(len(oid)), r.p)
 	}
+	return r.collect(ret)
+}
+
+// collect decodes the results of the read, which returned ret. On failure
+// it returns the failing step's name with the error.
+func (r *readOp) collect(ret C.int) (string, error) {
 	if ret < 0 {
 		name := "read"
 		for i, s := range r.steps {

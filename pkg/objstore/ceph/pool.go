@@ -27,6 +27,9 @@ type Pool struct {
 	id    int64
 	ioctx *rados.IOContext
 	io    *C.csi_ioctx // the C++ API's view of ioctx
+	// syncOps runs every operation as a blocking call on its own
+	// goroutine, as before aio (benchmarks compare the two).
+	syncOps bool
 }
 
 var _ objstore.Pool = (*Pool)(nil)
@@ -86,6 +89,13 @@ func (p *Pool) Operate(ctx context.Context, oid string, op *objstore.WriteOp) er
 	if err != nil {
 		return opErr("write", oid, err)
 	}
+	if !p.syncOps {
+		a, err := p.submitWrite(w, oid)
+		if err != nil {
+			return err
+		}
+		return p.waitWrite(ctx, a, w, oid)
+	}
 	var opErrno error
 	started, cerr := p.c.run(ctx, func() {
 		defer w.free()
@@ -112,6 +122,9 @@ func (p *Pool) Read(ctx context.Context, oid string, op *objstore.ReadOp) error 
 	r, err := buildReadOp(op)
 	if err != nil {
 		return opErr("read", oid, err)
+	}
+	if !p.syncOps && r.snap == 0 {
+		return p.readAsync(ctx, r, oid)
 	}
 	var (
 		name  string
@@ -220,4 +233,106 @@ func (p *Pool) SelfManagedSnapRemove(ctx context.Context, id uint64) error {
 		return opErr("selfmanaged-snap-remove", fmt.Sprint(id), err)
 	}
 	return nil
+}
+
+// submitWrite submits w on oid; on error w is freed.
+func (p *Pool) submitWrite(w *writeOp, oid string) (*aioOp, error) {
+	if err := p.c.enter(); err != nil {
+		w.free()
+		return nil, opErr(w.name, oid, err)
+	}
+	a, err := p.aioWrite(w, oid)
+	if err != nil {
+		w.free()
+		p.c.exit()
+		return nil, opErr(w.name, oid, err)
+	}
+	return a, nil
+}
+
+// waitWrite waits for a submitted write.
+func (p *Pool) waitWrite(ctx context.Context, a *aioOp, w *writeOp, oid string) error {
+	name := w.name // w is freed by release
+	ret, err := a.wait(ctx)
+	if err != nil {
+		return opErr(name, oid, err)
+	}
+	a.release()
+	return opErr(name, oid, errnoOf(ret))
+}
+
+// readAsync runs r through the completion queue.
+func (p *Pool) readAsync(ctx context.Context, r *readOp, oid string) error {
+	if err := p.c.enter(); err != nil {
+		r.free()
+		return opErr("read", oid, err)
+	}
+	a, err := p.aioRead(r, oid)
+	if err != nil {
+		r.free()
+		p.c.exit()
+		return opErr("read", oid, err)
+	}
+	ret, err := a.wait(ctx)
+	if err != nil {
+		return opErr("read", oid, err)
+	}
+	name, rdErr := r.collect(ret)
+	a.release()
+	if rdErr != nil {
+		return opErr(name, oid, rdErr)
+	}
+	r.apply()
+	return nil
+}
+
+// Submit submits every operation at once and returns a function that waits
+// for their outcomes (objstore.Submitter): operations submitted by one
+// caller one after the other on one object apply in that order, because
+// librados keeps one client's operations on an object in order.
+func (p *Pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	errs := make([]error, len(ops))
+	subs := make([]*aioOp, len(ops))
+	names := make([]string, len(ops))
+	for i, o := range ops {
+		if err := ctx.Err(); err != nil {
+			errs[i] = opErr("write", o.OID, err)
+			continue
+		}
+		if o.OID == "" || o.Op == nil {
+			errs[i] = opErr("write", o.OID, syscall.EINVAL)
+			continue
+		}
+		if o.Op.Empty() {
+			continue
+		}
+		w, err := buildWriteOp(o.Op)
+		if err != nil {
+			errs[i] = opErr("write", o.OID, err)
+			continue
+		}
+		names[i] = w.name
+		subs[i], errs[i] = p.submitWrite(w, o.OID)
+	}
+	return func() []error {
+		for i, a := range subs {
+			if a == nil {
+				continue
+			}
+			ret, err := a.wait(ctx)
+			if err != nil {
+				errs[i] = opErr(names[i], ops[i].OID, err)
+				continue
+			}
+			a.release()
+			errs[i] = opErr(names[i], ops[i].OID, errnoOf(ret))
+		}
+		return errs
+	}
+}
+
+// OperateBatch applies every operation, submitted together
+// (objstore.Batcher).
+func (p *Pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error {
+	return p.Submit(ctx, ops)()
 }

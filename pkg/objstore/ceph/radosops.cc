@@ -9,8 +9,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <condition_variable>
+#include <deque>
 #include <list>
 #include <map>
+#include <mutex>
 #include <new>
 #include <set>
 #include <string>
@@ -107,7 +110,55 @@ struct csi_watch {
 struct csi_rop {
   librados::ObjectReadOperation op;
   std::vector<ReadStep> steps;
+  bufferlist out;  // the operation's output buffer (aio reads)
 };
+
+// A completion queue: librados completion callbacks push (token, return
+// value) pairs, one Go goroutine takes them in batches (csi_cq_wait). It
+// replaces one blocked thread per operation in flight by one per cluster.
+struct csi_cq {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<uint64_t, int>> done;
+  bool shutdown = false;
+  bool waiting = false;
+};
+
+namespace {
+
+// The callback argument of one aio operation.
+struct AioArg {
+  csi_cq *cq;
+  uint64_t token;
+  csi_rop *rop;  // a read whose results are encoded on completion, or null
+};
+
+void encode_rop_results(csi_rop *op);
+
+void aio_done(librados::completion_t c, void *arg) {
+  AioArg *a = static_cast<AioArg *>(arg);
+  // c is the completion's implementation, which the C API takes.
+  int r = rados_aio_get_return_value(static_cast<rados_completion_t>(c));
+  if (a->rop != nullptr && r >= 0) {
+    try {
+      encode_rop_results(a->rop);
+    } catch (...) {
+      r = -ENOMEM;
+    }
+  }
+  csi_cq *cq = a->cq;
+  uint64_t token = a->token;
+  delete a;
+  bool wake;
+  {
+    std::lock_guard<std::mutex> l(cq->mu);
+    cq->done.emplace_back(token, r);
+    wake = cq->waiting;
+  }
+  if (wake) cq->cv.notify_one();
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -331,25 +382,116 @@ int csi_rop_operate_snap(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop
       snapio.snap_set_read(snapid);
       r = snapio.operate(std::string(oid, oid_len), &op->op, &out);
     }
-    for (ReadStep &s : op->steps) {
-      if (s.kind == kOmap || s.kind == kXattrs) {
-        s.encoded.clear();
-        s.encoded.push_back(s.more ? 1 : 0);
-        put_u32(&s.encoded, uint32_t(s.kv.size()));
-        for (auto &e : s.kv) {
-          put_u32(&s.encoded, uint32_t(e.first.size()));
-          s.encoded.append(e.first);
-          put_u32(&s.encoded, uint32_t(e.second.length()));
-          s.encoded.append(e.second.c_str(), e.second.length());
-        }
-      }
-    }
+    encode_rop_results(op);
     return r;
   } catch (const std::bad_alloc &) {
     return -ENOMEM;
   } catch (...) {
     return -EIO;
   }
+}
+
+}  // extern "C"
+
+namespace {
+
+// encode_rop_results encodes the omap and xattr listings of a completed
+// read for csi_rop_bytes.
+void encode_rop_results(csi_rop *op) {
+  for (ReadStep &s : op->steps) {
+    if (s.kind == kOmap || s.kind == kXattrs) {
+      s.encoded.clear();
+      s.encoded.push_back(s.more ? 1 : 0);
+      put_u32(&s.encoded, uint32_t(s.kv.size()));
+      for (auto &e : s.kv) {
+        put_u32(&s.encoded, uint32_t(e.first.size()));
+        s.encoded.append(e.first);
+        put_u32(&s.encoded, uint32_t(e.second.length()));
+        s.encoded.append(e.second.c_str(), e.second.length());
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+csi_cq *csi_cq_new(void) {
+  try {
+    return new csi_cq;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void csi_cq_free(csi_cq *cq) { delete cq; }
+
+void csi_cq_shutdown(csi_cq *cq) {
+  {
+    std::lock_guard<std::mutex> l(cq->mu);
+    cq->shutdown = true;
+  }
+  cq->cv.notify_all();
+}
+
+int csi_cq_wait(csi_cq *cq, uint64_t *tokens, int *rvals, int max) {
+  std::unique_lock<std::mutex> l(cq->mu);
+  cq->waiting = true;
+  cq->cv.wait(l, [cq] { return !cq->done.empty() || cq->shutdown; });
+  cq->waiting = false;
+  int n = 0;
+  while (n < max && !cq->done.empty()) {
+    tokens[n] = cq->done.front().first;
+    rvals[n] = cq->done.front().second;
+    cq->done.pop_front();
+    n++;
+  }
+  if (n == 0 && cq->shutdown) return -1;
+  return n;
+}
+
+int csi_wop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
+                        const uint64_t *snaps, size_t nsnaps, csi_cq *cq, uint64_t token) {
+  AioArg *a = nullptr;
+  try {
+    a = new AioArg{cq, token, nullptr};
+    librados::AioCompletion *c = librados::Rados::aio_create_completion(a, aio_done);
+    int r;
+    if (seq != 0 || nsnaps != 0) {
+      std::vector<librados::snap_t> v(snaps, snaps + nsnaps);
+      r = io->io.aio_operate(std::string(oid, oid_len), c, &op->op, seq, v);
+    } else {
+      r = io->io.aio_operate(std::string(oid, oid_len), c, &op->op);
+    }
+    if (r < 0) delete a;  // never submitted: no callback
+    c->release();
+    return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+int csi_rop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, csi_cq *cq,
+                        uint64_t token) {
+  try {
+    AioArg *a = new AioArg{cq, token, op};
+    librados::AioCompletion *c = librados::Rados::aio_create_completion(a, aio_done);
+    int r = io->io.aio_operate(std::string(oid, oid_len), c, &op->op, &op->out);
+    if (r < 0) delete a;
+    c->release();
+    return r;
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+void csi_wop_cmpext(csi_wop *op, uint64_t off, const char *buf, size_t len) {
+  op->op.cmpext(off, to_bl(buf, len), nullptr);
 }
 
 int csi_rop_rval(csi_rop *op, size_t i) { return op->steps[i].rval; }

@@ -22,6 +22,7 @@ void csi_ioctx_free(csi_ioctx *io);
 
 // Write operations. Data is copied when a step is added.
 typedef struct csi_wop csi_wop;
+typedef struct csi_rop csi_rop;
 csi_wop *csi_wop_new(void);
 void csi_wop_free(csi_wop *op);
 void csi_wop_create(csi_wop *op, int exclusive);
@@ -48,9 +49,35 @@ int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op)
 int csi_wop_operate_snapc(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
                           const uint64_t *snaps, size_t nsnaps);
 
+// cmpext: the operation fails (with -MAX_ERRNO - the offset of the first
+// difference) unless the object's bytes at off equal buf (bytes past the
+// end compare as zeroes).
+void csi_wop_cmpext(csi_wop *op, uint64_t off, const char *buf, size_t len);
+
+// Completion queues: an aio operation's completion is pushed to its queue
+// as (token, return value); csi_cq_wait takes them.
+typedef struct csi_cq csi_cq;
+csi_cq *csi_cq_new(void);
+void csi_cq_free(csi_cq *cq);
+// Wakes the waiters; once the queue is empty csi_cq_wait returns -1.
+void csi_cq_shutdown(csi_cq *cq);
+// Blocks until a completion is queued (or shutdown); moves up to max of them
+// into tokens and rvals and returns how many (-1 after shutdown, empty).
+int csi_cq_wait(csi_cq *cq, uint64_t *tokens, int *rvals, int max);
+// Submits op on oid (snapshot context {seq, snaps} when seq or nsnaps is
+// not 0) without waiting; its completion goes to cq with token. Operations
+// submitted one after the other on one object apply in that order. op must
+// live until the completion. Returns 0 or a negative errno (then nothing is
+// queued).
+int csi_wop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
+                        const uint64_t *snaps, size_t nsnaps, csi_cq *cq, uint64_t token);
+// Submits a read of the head of oid; results are ready (csi_rop_rval,
+// csi_rop_bytes, ...) once its completion is queued.
+int csi_rop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, csi_cq *cq,
+                        uint64_t token);
+
 // Read operations: steps are numbered 0..n-1 when added; their results are
 // read after csi_rop_operate.
-typedef struct csi_rop csi_rop;
 csi_rop *csi_rop_new(size_t nsteps);
 void csi_rop_free(csi_rop *op);
 void csi_rop_read(csi_rop *op, size_t i, uint64_t off, uint64_t len);

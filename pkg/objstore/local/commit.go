@@ -51,15 +51,21 @@ func (p *pool) Operate(ctx context.Context, oid string, op *objstore.WriteOp) er
 // OperateBatch queues every operation at once, so that one log sync can
 // commit them all, and waits for each.
 func (p *pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error {
+	return p.Submit(ctx, ops)()
+}
+
+// Submit queues every operation at once (objstore.Submitter): the committer
+// applies queued operations in queue order, so successive submissions apply
+// in order on each object.
+func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []error {
 	c := p.c
 	errs := make([]error, len(ops))
 	if err := c.enter(); err != nil {
 		for i, o := range ops {
 			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: err}
 		}
-		return errs
+		return func() []error { return errs }
 	}
-	defer c.exit()
 	reqs := make([]*request, len(ops))
 	for i, o := range ops {
 		switch {
@@ -82,12 +88,15 @@ func (p *pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error
 	case c.kick <- struct{}{}:
 	default:
 	}
-	for i, r := range reqs {
-		if r != nil {
-			errs[i] = c.wait(ctx, r)
+	return func() []error {
+		defer c.exit()
+		for i, r := range reqs {
+			if r != nil {
+				errs[i] = c.wait(ctx, r)
+			}
 		}
+		return errs
 	}
-	return errs
 }
 
 // wait waits for a queued request's outcome.

@@ -324,7 +324,7 @@ func stepErr(op, oid string, err error) error {
 	if errors.As(err, &oe) {
 		return err
 	}
-	if objstore.Errno(err) == 0 {
+	if objstore.Errno(err) == 0 && !errors.Is(err, objstore.ErrMismatch) {
 		err = fmt.Errorf("%w: %v", syscall.EIO, err)
 	}
 	return &objstore.OpError{Op: op, OID: oid, Err: err}
@@ -398,12 +398,40 @@ func (o *opCtx) writeStep(s *objstore.Step) error {
 			return syscall.ENOENT
 		}
 		return nil
+	case objstore.StepCmpExt:
+		return o.cmpExt(s.Off, s.Data)
 	case objstore.StepExec:
 		_, err := o.exec(s.Class, s.Method, s.Data, true)
 		return err
 	default:
 		return syscall.EINVAL
 	}
+}
+
+// cmpExt is RADOS' cmpext: the bytes at off must equal want, bytes past the
+// end of the object comparing as zeroes. A missing object fails with
+// ENOENT, as on Ceph.
+func (o *opCtx) cmpExt(off uint64, want []byte) error {
+	if !o.st.exists {
+		return syscall.ENOENT
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	have, err := o.st.read(off, uint64(len(want)))
+	if err != nil {
+		return err
+	}
+	for i, b := range want {
+		var h byte
+		if i < len(have) {
+			h = have[i]
+		}
+		if h != b {
+			return objstore.ErrMismatch
+		}
+	}
+	return nil
 }
 
 // readStep runs one step of a ReadOp and stores its result.

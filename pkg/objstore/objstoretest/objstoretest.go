@@ -52,6 +52,8 @@ func Run(t *testing.T, newPool func(t *testing.T) objstore.Pool) {
 		{"OmapRemoveClear", testOmapRemoveClear},
 		{"Xattrs", testXattrs},
 		{"AssertExists", testAssertExists},
+		{"CmpExt", testCmpExt},
+		{"SubmitOrder", testSubmitOrder},
 		{"CompoundRead", testCompoundRead},
 		{"Atomicity", testAtomicity},
 		{"Exec", testExec},
@@ -719,6 +721,89 @@ func testAssertExists(t *testing.T, s *suite) {
 	if err := s.p.Read(ctxT(t), oid, op); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func testCmpExt(t *testing.T, s *suite) {
+	oid := s.oid(t)
+	// Whatever a missing object compares as, the operation must fail and
+	// create nothing.
+	if err := operate(t, s.p, oid, func(op *objstore.WriteOp) {
+		op.CmpExt(0, []byte("a"))
+		op.Append([]byte("x"))
+	}); err == nil {
+		t.Fatal("cmpext on a missing object succeeded")
+	}
+	wantMissing(t, s.p, oid)
+	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Append([]byte("abcdef")) })
+	for _, tc := range []struct {
+		name string
+		off  uint64
+		cmp  string
+		ok   bool
+	}{
+		{"equal prefix", 0, "abc", true},
+		{"equal middle", 2, "cde", true},
+		{"equal to the end", 3, "def", true},
+		{"differs", 1, "bcX", false},
+		{"past the end is zeroes", 4, "ef\x00\x00", true},
+		{"past the end is not data", 4, "efgh", false},
+		{"wholly past the end", 10, "a", false},
+		{"zeroes wholly past the end", 10, "\x00\x00", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := mustData(t, s.p, oid)
+			err := operate(t, s.p, oid, func(op *objstore.WriteOp) {
+				op.CmpExt(tc.off, []byte(tc.cmp))
+				op.Append([]byte("+"))
+			})
+			after := mustData(t, s.p, oid)
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("cmpext(%d, %q) on %q: %v", tc.off, tc.cmp, before, err)
+			case !tc.ok && !errors.Is(err, objstore.ErrMismatch):
+				t.Fatalf("cmpext(%d, %q) on %q: got %v, want ErrMismatch", tc.off, tc.cmp, before, err)
+			case !tc.ok && !bytes.Equal(before, after):
+				t.Fatalf("a failed cmpext changed the object: %q -> %q", before, after)
+			case tc.ok && string(after) != string(before)+"+":
+				t.Fatalf("append after cmpext: %q -> %q", before, after)
+			}
+			if !tc.ok {
+				return
+			}
+			// Restore for the next case.
+			mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Truncate(6) })
+		})
+	}
+}
+
+// testSubmitOrder: operations submitted one after the other apply in that
+// order on an object even when the caller waits for none of them first;
+// an append guarded by the expected bytes of the previous one (cmpext)
+// lands right after it.
+func testSubmitOrder(t *testing.T, s *suite) {
+	sub, ok := s.p.(objstore.Submitter)
+	if !ok {
+		t.Skip("pool does not implement objstore.Submitter")
+	}
+	oid := s.oid(t)
+	var want []byte
+	var waits []func() []error
+	for i := range 32 {
+		rec := []byte(fmt.Sprintf("%04d", i))
+		op := &objstore.WriteOp{}
+		if i > 0 {
+			op.CmpExt(uint64(len(want)-4), want[len(want)-4:])
+		}
+		op.Append(rec)
+		want = append(want, rec...)
+		waits = append(waits, sub.Submit(ctxT(t), []objstore.BatchOp{{OID: oid, Op: op}}))
+	}
+	for i, w := range waits {
+		if err := w()[0]; err != nil {
+			t.Fatalf("submission %d: %v", i, err)
+		}
+	}
+	wantData(t, s.p, oid, want)
 }
 
 func testCompoundRead(t *testing.T, s *suite) {
