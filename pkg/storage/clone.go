@@ -201,11 +201,6 @@ func detachChild(ctx context.Context, pool objstore.Pool, id string, p clsrbd.Pa
 	return nil
 }
 
-// reaper removes what the last child kept: st removes parked images.
-type reaper interface {
-	RemoveImage(ctx context.Context, pool objstore.Pool, name string) error
-}
-
 // Reap removes, after a child of p's image left (removed or flattened)
 // or a snapshot of it was removed: p's snapshot if it is in the trash
 // namespace without children (through the image's lock owner if a node
