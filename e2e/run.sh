@@ -200,7 +200,7 @@ storageClass:
   pool: rbd
   journalOrder: 24
   journalSplayWidth: 4
-  ackPolicy: applied
+  ackPolicy: writeback
   fsType: ext4
   reclaimPolicy: Delete
   volumeBindingMode: Immediate

@@ -189,7 +189,7 @@ func (d *demo) run(ctx context.Context) error {
 			Name:               "demo-volume",
 			CapacityRange:      &csi.CapacityRange{RequiredBytes: size},
 			VolumeCapabilities: []*csi.VolumeCapability{volCap},
-			Parameters:         map[string]string{volume.ParamFsType: d.fsType, volume.ParamAckPolicy: "applied"},
+			Parameters:         map[string]string{volume.ParamFsType: d.fsType, volume.ParamAckPolicy: volume.DefaultAckPolicy},
 		})
 		if err != nil {
 			return "", err
@@ -199,7 +199,7 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	volCtx := map[string]string{volume.CtxFsType: d.fsType, volume.CtxAckPolicy: "applied"}
+	volCtx := map[string]string{volume.CtxFsType: d.fsType, volume.CtxAckPolicy: volume.DefaultAckPolicy}
 	stage := func() (string, error) {
 		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: volCap, VolumeContext: volCtx})
 		if err != nil {

@@ -104,7 +104,7 @@ const (
 	// Wider splays spread a busy journal over more OSDs.
 	DefaultJournalSplayWidth = 1
 	DefaultFsType            = "ext4"
-	DefaultAckPolicy         = "applied"
+	DefaultAckPolicy         = "writeback"
 	maxJournalSplayWidth     = 64
 	maxJournalObjectSets     = 1 << 20
 )
