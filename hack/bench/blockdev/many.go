@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,7 +146,11 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 		for _, j := range o.manyJobs {
 			var runs []manyRun
 			for r := 0; r < o.repeat; r++ {
-				mr, err := runMany(ctx, o, j, devs, env.osdPID)
+				var prof string
+				if o.memProfile != "" {
+					prof = fmt.Sprintf("%s.%s-%d-%s", o.memProfile, env.backend, n, strings.ReplaceAll(j.Name, " ", "_"))
+				}
+				mr, err := runMany(ctx, o, j, devs, env.osdPID, prof)
 				if err != nil {
 					return out, fmt.Errorf("%s, %d volumes, %s: %w", env.backend, n, j.Name, err)
 				}
@@ -196,7 +202,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 
 // runMany runs one fio job per volume, all at once, and measures this
 // process's memory, goroutines and CPU meanwhile.
-func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID int) (manyRun, error) {
+func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID int, memProfile string) (manyRun, error) {
 	// Measure the serving of these volumes, not what earlier rows left
 	// on the heap.
 	debug.FreeOSMemory()
@@ -228,7 +234,14 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 			maxG = max(maxG, runtime.NumGoroutine())
 			metrics.Read(live)
 			if live[0].Value.Kind() == metrics.KindUint64 {
-				maxLive = max(maxLive, live[0].Value.Uint64())
+				if v := live[0].Value.Uint64(); v > maxLive {
+					maxLive = v
+					if memProfile != "" {
+						// The heap profile's in-use figures are those of
+						// the last GC: the live heap just sampled.
+						writeHeapProfile(memProfile)
+					}
+				}
 			}
 			select {
 			case <-done:
@@ -319,4 +332,19 @@ func sum(xs []float64) float64 {
 		s += x
 	}
 	return s
+}
+
+// writeHeapProfile writes the heap profile to path (errors go to stderr:
+// a missing profile does not fail the run).
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "blockdev-bench: heap profile %s: %v\n", path, err)
+	}
 }
