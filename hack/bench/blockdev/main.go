@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/textlogger"
@@ -105,6 +106,9 @@ type options struct {
 	// memProfile: write a heap profile at each many-volumes run's peak
 	// live heap to <memProfile>.<backend>-<volumes>-<job>.
 	memProfile string
+	// reqBufs: the node-wide FUSE request buffers of the many-volumes
+	// run (nil elsewhere: no node-wide bound).
+	reqBufs *fuseloop.RequestBuffers
 }
 
 func main() {

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/memlimit"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -88,6 +90,19 @@ func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult,
 	// One node-wide budget, as the node plugin shares one among every
 	// volume it serves (the backends run one after the other).
 	bo := blockdev.Options{AckPolicy: policy, MaxPayload: o.payload, Node: blockdev.NewNodeBudget(0, 0)}
+	// And its FUSE request buffers, with the plugin's default bound.
+	o.reqBufs = fuseloop.NewRequestBuffers(0)
+	// And the plugin's default Go soft memory limit (GOMEMLIMIT honoured).
+	prev := debug.SetMemoryLimit(-1)
+	limit, src, err := memlimit.Apply(0)
+	if err != nil {
+		return nil, err
+	}
+	defer debug.SetMemoryLimit(prev)
+	if limit == 0 {
+		limit = prev
+	}
+	fmt.Fprintf(os.Stderr, "blockdev-bench: many volumes: Go soft memory limit %d MiB (%s, as the node plugin's --memory-limit=0)\n", limit>>20, src)
 	var out []manyResult
 	var opens []func(context.Context) (*manyEnv, error)
 	if o.local {
@@ -194,7 +209,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 				return nil, err
 			}
 			bo.Fencer = c
-			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo)
+			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo, o.reqBufs)
 		},
 		close: func() { c.Close(); os.RemoveAll(dir) },
 	}, nil
@@ -340,6 +355,10 @@ func writeHeapProfile(path string) {
 	f, err := os.Create(path)
 	if err == nil {
 		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if g, gerr := os.Create(path + ".goroutines"); gerr == nil {
+			_ = pprof.Lookup("goroutine").WriteTo(g, 1)
+			g.Close()
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
