@@ -62,23 +62,24 @@ import (
 const defaultMaxDirtyBytes = 24 << 20 // librbd's rbd_cache_max_dirty
 
 // Node-wide defaults (NewNodeBudget with zero values). A node's memory is
-// what bounds them: a pending byte is held once (the journal entry's
-// encoding, which the pending set refers to), and the Go heap may grow to
-// about twice what is live before it is collected, so 256 MiB pending keep
-// the plugin under 1 GiB however many volumes it serves (50 volumes of
-// 1 MiB writes peaked at 2.6–5.2 GiB with 512 MiB, data held up to four
-// times). Four volumes writing flat out still each get their own 64 MiB.
+// what bounds them, not a volume's throughput (each volume has its own
+// 64 MiB and 24 MiB bounds, which two volumes writing flat out still get
+// in full): a pending byte is held once (the journal entry's encoding,
+// which the pending set refers to), and the plugin's other memory (FUSE
+// request buffers, journal batches, the garbage collector's headroom under
+// the soft memory limit, librados) must fit beside it in about 1 GiB
+// however many volumes it serves. With 512 MiB, 50 volumes writing 1 MiB
+// blocks peaked at 2.6–5.2 GiB.
 const (
-	DefaultNodeMaxPendingBytes = 256 << 20
-	DefaultNodeMaxDirtyBytes   = 128 << 20
+	DefaultNodeMaxPendingBytes = 128 << 20
+	DefaultNodeMaxDirtyBytes   = 64 << 20
 )
 
 // nodeBytesPerRequest sets the node-wide bound on pending requests from
 // the byte bound: one request per 32 KiB. A pending request costs memory
 // beyond its data, about 10–20 KiB (the goroutine that applies it, its
-// stack, its futures and pending-set entry): bounded by bytes alone, 256 MiB
-// of 4 KiB writes would be 65536 requests and over a GiB (50 volumes of
-// 4K writes peaked at 80000 goroutines and 2.5 GiB).
+// stack, its futures and pending-set entry): bounded by bytes alone, 512 MiB
+// of 4 KiB writes were 80000 goroutines and 2.5 GiB with 50 volumes.
 const (
 	nodeBytesPerRequest = 32 << 10
 	minNodeRequests     = 64
