@@ -19,6 +19,13 @@ type RequestBuffers struct {
 // 16 on 8 volumes at once.
 const DefaultRequestBuffers = 128
 
+// maxDeviceBuffers caps the node-wide buffers one device holds, so that a
+// device whose requests are stuck (its cluster unreachable, until the
+// watchdog aborts it) leaves the others most of them. Requests that hold a
+// buffer for long are large writes waiting at the node's memory bounds or
+// for the image: 16 MiB of 1 MiB writes per device.
+const maxDeviceBuffers = 16
+
 // NewRequestBuffers returns a bound of n buffers (0: DefaultRequestBuffers).
 func NewRequestBuffers(n int) *RequestBuffers {
 	if n <= 0 {

@@ -125,6 +125,7 @@ type Device struct {
 	// nodeBufs bounds the request buffers node-wide (nil: no bound);
 	// stopCh is closed by stopReading (readers waiting for a buffer).
 	nodeBufs *RequestBuffers
+	devBufs  chan struct{} // this device's share of nodeBufs (maxDeviceBuffers)
 	stopCh   chan struct{}
 	stopOnce sync.Once
 	reqs     sync.WaitGroup // requests being answered
@@ -297,6 +298,7 @@ func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, 
 		stopWD:   make(chan struct{}),
 		done:     make(chan struct{}),
 		stopCh:   make(chan struct{}),
+		devBufs:  make(chan struct{}, maxDeviceBuffers),
 	}
 	d.size.Store(size)
 	// Backend calls outlive the request that attached the device but keep

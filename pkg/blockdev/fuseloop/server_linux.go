@@ -246,10 +246,19 @@ func (d *Device) getBuf() *[]byte { return d.bufs.Get().(*[]byte) }
 // takeBuf takes a request buffer within the node-wide bound (nil once the
 // readers are told to stop); giveBuf gives it, or a small one, back.
 func (d *Device) takeBuf() *[]byte {
-	if d.nodeBufs != nil {
-		return d.nodeBufs.get(d.stopCh)
+	if d.nodeBufs == nil {
+		return d.getBuf()
 	}
-	return d.getBuf()
+	select {
+	case d.devBufs <- struct{}{}:
+	case <-d.stopCh:
+		return nil
+	}
+	b := d.nodeBufs.get(d.stopCh)
+	if b == nil {
+		<-d.devBufs
+	}
+	return b
 }
 
 func (d *Device) giveBuf(b *[]byte) {
@@ -258,6 +267,7 @@ func (d *Device) giveBuf(b *[]byte) {
 		d.smallBufs.Put(b)
 	case d.nodeBufs != nil:
 		d.nodeBufs.put(b)
+		<-d.devBufs
 	default:
 		d.bufs.Put(b)
 	}
