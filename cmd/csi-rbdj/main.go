@@ -22,6 +22,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kubeletreg"
+	"github.com/csi-rbdj/csi-rbdj/pkg/memlimit"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"k8s.io/klog/v2"
@@ -117,6 +118,7 @@ type serveConfig struct {
 	kubernetesEvents bool
 
 	maxPendingBytes, maxDirtyBytes int64
+	memoryLimit                    int64
 	writeBackRing                  bool
 }
 
@@ -146,6 +148,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.holderSocket, "fuse-holder-socket", "", "node: unix socket of `csi-rbdj fuse-holder`, which keeps the volumes' FUSE connections across plugin restarts (pods see a pause, no I/O error); empty: no holder, a restart re-serves every volume on a new loop device")
 	fs.Int64Var(&c.maxPendingBytes, "max-pending-bytes", blockdev.DefaultNodeMaxPendingBytes, "node: bound, shared by every volume the plugin serves, of the written bytes held in memory until applied to the image; writers wait beyond it (each volume also has its own 64 MiB bound)")
 	fs.Int64Var(&c.maxDirtyBytes, "max-dirty-bytes", blockdev.DefaultNodeMaxDirtyBytes, "node: bound, shared by every volume served with ackPolicy writeback, of the bytes acknowledged but not yet durable in the journal (what a crash may lose after the last flush); writers wait beyond it (each volume also has its own 24 MiB bound)")
+	fs.Int64Var(&c.memoryLimit, "memory-limit", 0, "Go soft memory limit in bytes (the garbage collector works harder near it): 0 derives it: GOMEMLIMIT if set, else 3/4 of the container's cgroup memory.max, else 640 MiB (what the node-wide bounds need with 50 volumes); negative: none")
 	fs.BoolVar(&c.writeBackRing, "writeback-ring", true, "node, with --fuse-holder-socket: keep each writeback volume's acknowledged, not yet durable writes in a memfd the holder keeps too (up to about 26 MiB of shared memory per volume while writes are in flight), so that a kill -9 of the plugin loses none and the connection is handed over; false: such a crash aborts the connection (EIO in the pods)")
 	klog.InitFlags(fs)
 }
@@ -163,6 +166,11 @@ func serveMain(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
+	limit, src, err := memlimit.Apply(c.memoryLimit)
+	if err != nil {
+		return err
+	}
+	klog.Background().Info("Go soft memory limit", "bytes", limit, "source", src)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// Everything below logs through the logger of its context (klog's

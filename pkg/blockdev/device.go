@@ -564,17 +564,25 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) (_ int, err e
 		}
 		return len(p), nil
 	}
-	// The caller may reuse p once we return; a pending change outlives that
-	// in AckJournaled and AckWriteBack mode.
-	data := p
-	if d.o.AckPolicy != AckApplied {
-		data = append([]byte(nil), p...)
+	// The caller may reuse p once we return, and a pending change outlives
+	// that in AckJournaled and AckWriteBack mode: the data is copied once,
+	// into the journal entry's encoding, and the pending change refers to
+	// it there (a 1 MiB write held twice, or more, was what bounded how
+	// many volumes a node could serve).
+	// The budget is taken before the copy is made: writers waiting at the
+	// bounds hold only the caller's buffer, not a copy besides (with 50
+	// volumes writing 1 MiB blocks, 200 MiB of copies waited).
+	b, err := d.acquireBudget(ctx, max(int64(len(p)), 1)) // writeback.go
+	if err != nil {
+		return 0, err
 	}
-	var changes []change
-	for _, ev := range rbdjournal.SplitWrite(uint64(off), data, d.maxAppend) {
-		changes = append(changes, change{off: int64(ev.Offset), end: int64(ev.Offset) + int64(len(ev.Data)), data: ev.Data, event: ev})
+	changes, err := writeChanges(rbdjournal.SplitWrite(uint64(off), p, d.maxAppend), time.Now())
+	if err != nil {
+		d.releaseBudget(b)
+		return 0, fmt.Errorf("write %s %d+%d: %w", d.img.Name(), off, len(p), err)
 	}
-	if err := d.submit(ctx, "write", changes, int64(len(p)), ringEntry{kind: ringKindWrite, off: off, length: int64(len(p)), data: data}); err != nil {
+	// The ring records p before submitHeld returns (under d.mu).
+	if err := d.submitHeld(ctx, "write", changes, b, ringEntry{kind: ringKindWrite, off: off, length: int64(len(p)), data: p}); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -642,6 +650,32 @@ type change struct {
 	off, end int64
 	data     []byte // nil: zeros
 	event    rbdjournal.Event
+	// frame, if set, is the event's journal entry already encoded
+	// (journal.NewFrame), data pointing into it.
+	frame []byte
+}
+
+// writeChanges encodes each write event once, into a journal frame, and
+// returns the changes whose data refers to the copy in the frame.
+func writeChanges(evs []rbdjournal.AioWriteEvent, now time.Time) ([]change, error) {
+	changes := make([]change, len(evs))
+	for i, ev := range evs {
+		e := cephenc.NewEncoder(journal.NewFrame(int(rbdjournal.AioWriteFixedSize) + len(ev.Data)))
+		rbdjournal.EventEntry{Event: ev, Timestamp: now}.Encode(e)
+		frame := e.Data()
+		// Decoding aliases: the decoded event's data is the copy in the
+		// frame.
+		var ee rbdjournal.EventEntry
+		if err := cephenc.Unmarshal(journal.FramePayload(frame), &ee); err != nil {
+			return nil, fmt.Errorf("encode write event: %w", err)
+		}
+		w, ok := ee.Event.(rbdjournal.AioWriteEvent)
+		if !ok || w.Offset != ev.Offset || len(w.Data) != len(ev.Data) {
+			return nil, fmt.Errorf("encode write event: decoded %T, want the AioWriteEvent encoded", ee.Event)
+		}
+		changes[i] = change{off: int64(ev.Offset), end: int64(ev.Offset) + int64(len(w.Data)), data: w.Data, event: w, frame: frame}
+	}
+	return changes, nil
 }
 
 // ringEntry is a request as the write-back ring records it.
@@ -653,18 +687,28 @@ type ringEntry struct {
 
 // submit journals a request's changes and waits as the ack policy says.
 func (d *Device) submit(ctx context.Context, op string, changes []change, weight int64, re ringEntry) error {
-	weight = max(weight, 1)
-	b, err := d.acquireBudget(ctx, weight) // writeback.go
+	b, err := d.acquireBudget(ctx, max(weight, 1)) // writeback.go
 	if err != nil {
 		return err
 	}
+	return d.submitHeld(ctx, op, changes, b, re)
+}
+
+// submitHeld is submit with the request's budget acquired; it releases it
+// (on failure, or once the request is applied).
+func (d *Device) submitHeld(ctx context.Context, op string, changes []change, b *budget, re ringEntry) (err error) {
 	useRing := d.ring != nil && b.writeBack
 	now := time.Now()
 	var futures []*journal.Future
 	pws := make([]*pendingWrite, len(changes))
 	payloads := make([][]byte, len(changes))
+	framed := len(changes) > 0 && changes[0].frame != nil
 	for i, c := range changes {
-		payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
+		if framed {
+			payloads[i] = c.frame
+		} else {
+			payloads[i] = cephenc.Marshal(rbdjournal.EventEntry{Event: c.event, Timestamp: now})
+		}
 	}
 	d.mu.Lock()
 	// A snapshot being made holds new writes back (snapshot.go).
@@ -684,7 +728,11 @@ func (d *Device) submit(ctx context.Context, op string, changes []change, weight
 	}
 	// Appending and registering under one lock keeps the pending set in
 	// journal order.
-	futures = d.j.AppendBatch(d.tag, payloads)
+	if framed {
+		futures = d.j.AppendFrames(d.tag, payloads)
+	} else {
+		futures = d.j.AppendBatch(d.tag, payloads)
+	}
 	appended := time.Now()
 	if b.writeBack {
 		// A journal that already refuses appends (failed, closing) fails

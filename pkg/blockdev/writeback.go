@@ -61,17 +61,37 @@ import (
 
 const defaultMaxDirtyBytes = 24 << 20 // librbd's rbd_cache_max_dirty
 
-// Node-wide defaults (NewNodeBudget with zero values).
+// Node-wide defaults (NewNodeBudget with zero values). A node's memory is
+// what bounds them, not a volume's throughput (each volume has its own
+// 64 MiB and 24 MiB bounds, which two volumes writing flat out still get
+// in full): a pending byte is held once (the journal entry's encoding,
+// which the pending set refers to), and the plugin's other memory (FUSE
+// request buffers, journal batches, the garbage collector's headroom under
+// the soft memory limit, librados) must fit beside it in about 1 GiB
+// however many volumes it serves. With 512 MiB, 50 volumes writing 1 MiB
+// blocks peaked at 2.6–5.2 GiB.
 const (
-	DefaultNodeMaxPendingBytes = 512 << 20
-	DefaultNodeMaxDirtyBytes   = 256 << 20
+	DefaultNodeMaxPendingBytes = 128 << 20
+	DefaultNodeMaxDirtyBytes   = 64 << 20
 )
 
-// NodeBudget bounds the pending and dirty bytes of every device sharing it
-// (one per node plugin process), on top of each device's own bounds. Its
-// methods are safe for concurrent use.
+// nodeBytesPerRequest sets the node-wide bound on pending requests from
+// the byte bound: one request per 32 KiB. A pending request costs memory
+// beyond its data, about 10–20 KiB (the goroutine that applies it, its
+// stack, its futures and pending-set entry): bounded by bytes alone, 512 MiB
+// of 4 KiB writes were 80000 goroutines and 2.5 GiB with 50 volumes.
+const (
+	nodeBytesPerRequest = 32 << 10
+	minNodeRequests     = 64
+)
+
+// NodeBudget bounds the pending and dirty bytes, and the pending requests,
+// of every device sharing it (one per node plugin process), on top of each
+// device's own bounds. Its semaphores serve waiters first come, first
+// served, so no volume starves another. Its methods are safe for
+// concurrent use.
 type NodeBudget struct {
-	pending, dirty *weighted
+	pending, dirty, requests *weighted
 }
 
 // NewNodeBudget returns a budget of maxPending pending bytes and maxDirty
@@ -85,15 +105,18 @@ func NewNodeBudget(maxPending, maxDirty int64) *NodeBudget {
 		maxDirty = DefaultNodeMaxDirtyBytes
 	}
 	maxDirty = min(maxDirty, maxPending)
-	return &NodeBudget{pending: newWeighted(maxPending), dirty: newWeighted(maxDirty)}
+	return &NodeBudget{pending: newWeighted(maxPending), dirty: newWeighted(maxDirty),
+		requests: newWeighted(max(maxPending/nodeBytesPerRequest, minNodeRequests))}
 }
 
 // NodeBudgetStats is a snapshot of a NodeBudget.
 type NodeBudgetStats struct {
 	PendingBytes, MaxPendingBytes int64
 	DirtyBytes, MaxDirtyBytes     int64
+	// PendingRequests: the requests holding pending bytes, and their bound.
+	PendingRequests, MaxPendingRequests int64
 	// Waits and Wait: acquisitions that waited at the node-wide bounds
-	// (pending or dirty), and their summed wait.
+	// (pending bytes or requests, dirty bytes), and their summed wait.
 	Waits uint64
 	Wait  time.Duration
 }
@@ -101,12 +124,13 @@ type NodeBudgetStats struct {
 // Stats returns the bytes held and the bounds.
 func (b *NodeBudget) Stats() NodeBudgetStats {
 	var st NodeBudgetStats
-	var w1, w2 uint64
-	var d1, d2 time.Duration
+	var w1, w2, w3 uint64
+	var d1, d2, d3 time.Duration
 	st.PendingBytes, w1, d1 = b.pending.stats()
 	st.DirtyBytes, w2, d2 = b.dirty.stats()
-	st.MaxPendingBytes, st.MaxDirtyBytes = b.pending.size, b.dirty.size
-	st.Waits, st.Wait = w1+w2, d1+d2
+	st.PendingRequests, w3, d3 = b.requests.stats()
+	st.MaxPendingBytes, st.MaxDirtyBytes, st.MaxPendingRequests = b.pending.size, b.dirty.size, b.requests.size
+	st.Waits, st.Wait = w1+w2+w3, d1+d2+d3
 	return st
 }
 
@@ -131,7 +155,12 @@ func (d *Device) acquireBudget(ctx context.Context, weight int64) (*budget, erro
 		return nil, err
 	}
 	if n := d.o.Node; n != nil {
+		if err := n.requests.acquire(ctx, 1); err != nil {
+			d.inflight.release(weight)
+			return nil, err
+		}
 		if err := n.pending.acquire(ctx, weight); err != nil {
+			n.requests.release(1)
 			d.inflight.release(weight)
 			return nil, err
 		}
@@ -176,6 +205,7 @@ func (d *Device) releaseBudget(b *budget) {
 func (d *Device) releasePending(weight int64) {
 	if n := d.o.Node; n != nil {
 		n.pending.release(weight)
+		n.requests.release(1)
 	}
 	d.inflight.release(weight)
 }

@@ -56,6 +56,19 @@ func (e Entry) AppendEncoded(b []byte) []byte {
 	return binary.LittleEndian.AppendUint32(b, cephCRC32C(b[start:]))
 }
 
+// encodeFramed encodes e in place in frame, a NewFrame buffer whose payload
+// (e.Data) follows the room for the header: it writes the header in front
+// and appends the checksum (within frame's capacity, so without a copy).
+func (e Entry) encodeFramed(frame []byte) []byte {
+	h := frame[:0]
+	h = binary.LittleEndian.AppendUint64(h, Preamble)
+	h = append(h, entryVersion)
+	h = binary.LittleEndian.AppendUint64(h, e.EntryTid)
+	h = binary.LittleEndian.AppendUint64(h, e.TagTid)
+	binary.LittleEndian.AppendUint32(h, uint32(len(e.Data)))
+	return binary.LittleEndian.AppendUint32(frame, cephCRC32C(frame))
+}
+
 // DecodeEntry decodes the entry at the start of b and returns it with the
 // number of bytes it occupies. The entry's Data aliases b.
 func DecodeEntry(b []byte) (Entry, int, error) {

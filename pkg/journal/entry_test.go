@@ -150,3 +150,29 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeFramed: an entry encoded in place in a NewFrame buffer is
+// byte for byte the entry AppendEncoded makes, within the frame's
+// capacity (no copy), for payloads of several sizes.
+func TestEncodeFramed(t *testing.T) {
+	for _, n := range []int{0, 1, 4096, 1 << 20} {
+		payload := make([]byte, n)
+		for i := range payload {
+			payload[i] = byte(i*7 + 3)
+		}
+		e := Entry{TagTid: 5, EntryTid: 1234, Data: payload}
+		frame := append(NewFrame(n), payload...)
+		first := &frame[0]
+		got := Entry{TagTid: 5, EntryTid: 1234, Data: FramePayload(frame)}.encodeFramed(frame)
+		if want := e.AppendEncoded(nil); !bytes.Equal(got, want) {
+			t.Fatalf("%d-byte payload: framed encoding differs from AppendEncoded", n)
+		}
+		if &got[0] != first {
+			t.Fatalf("%d-byte payload: the framed encoding was copied", n)
+		}
+		dec, used, err := DecodeEntry(got)
+		if err != nil || used != len(got) || !bytes.Equal(dec.Data, payload) {
+			t.Fatalf("%d-byte payload: decode: %v (used %d of %d)", n, err, used, len(got))
+		}
+	}
+}

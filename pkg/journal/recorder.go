@@ -142,6 +142,28 @@ func (j *Journaler) Append(tagTid uint64, payload []byte) *Future {
 // AppendBatch journals several payloads as consecutive entries of tagTid,
 // sent together (the events of one request become durable with one sync).
 func (j *Journaler) AppendBatch(tagTid uint64, payloads [][]byte) []*Future {
+	return j.appendBatch(tagTid, payloads, false)
+}
+
+// NewFrame returns a buffer for one entry whose payload is n bytes: it holds
+// the room for the entry's header and has the capacity for the payload and
+// the checksum behind it. Append the payload to it and pass it to
+// AppendFrames.
+func NewFrame(n int) []byte { return make([]byte, entryHeaderSize, EntryOverhead+n) }
+
+// FramePayload returns the payload of a frame made by NewFrame.
+func FramePayload(frame []byte) []byte { return frame[entryHeaderSize:] }
+
+// AppendFrames is AppendBatch for payloads built in NewFrame buffers: the
+// journaler writes each entry's header and checksum into its frame instead
+// of copying the payload into an encoded entry, so a write's data is held
+// once. The frames must not be modified afterwards (their payloads may be
+// read).
+func (j *Journaler) AppendFrames(tagTid uint64, frames [][]byte) []*Future {
+	return j.appendBatch(tagTid, frames, true)
+}
+
+func (j *Journaler) appendBatch(tagTid uint64, payloads [][]byte, framed bool) []*Future {
 	fs := make([]*Future, len(payloads))
 	failed := func(err error) []*Future {
 		for i := range fs {
@@ -151,6 +173,12 @@ func (j *Journaler) AppendBatch(tagTid uint64, payloads [][]byte) []*Future {
 		return fs
 	}
 	for _, p := range payloads {
+		if framed {
+			if len(p) < entryHeaderSize {
+				return failed(fmt.Errorf("journal %s: %d-byte frame: no room for the entry header", j.id, len(p)))
+			}
+			p = p[entryHeaderSize:]
+		}
 		if len(p) > j.MaxAppendSize() {
 			return failed(fmt.Errorf("journal %s: %d-byte payload: %w (max %d)", j.id, len(p), ErrTooLarge, j.MaxAppendSize()))
 		}
@@ -161,14 +189,19 @@ func (j *Journaler) AppendBatch(tagTid uint64, payloads [][]byte) []*Future {
 		return failed(err)
 	}
 	for i, p := range payloads {
-		fs[i] = j.appendLocked(tagTid, p)
+		fs[i] = j.appendLocked(tagTid, p, framed)
 	}
 	j.maybeSendLocked(nil)
 	return fs
 }
 
-// appendLocked queues one entry.
-func (j *Journaler) appendLocked(tagTid uint64, payload []byte) *Future {
+// appendLocked queues one entry: payload, or with framed a NewFrame
+// buffer holding it.
+func (j *Journaler) appendLocked(tagTid uint64, payload []byte, framed bool) *Future {
+	frame := payload
+	if framed {
+		payload = payload[entryHeaderSize:]
+	}
 	var entryTid uint64
 	if last, ok := j.lastEntryTid[tagTid]; ok {
 		entryTid = last + 1
@@ -184,7 +217,13 @@ func (j *Journaler) appendLocked(tagTid uint64, payload []byte) *Future {
 		j.rec.passBarriers()
 	}
 	e := Entry{TagTid: tagTid, EntryTid: entryTid, Data: payload}
-	req := &appendReq{fut: f, data: e.AppendEncoded(make([]byte, 0, e.EncodedLen())), commit: c}
+	var data []byte
+	if framed {
+		data = e.encodeFramed(frame)
+	} else {
+		data = e.AppendEncoded(make([]byte, 0, e.EncodedLen()))
+	}
+	req := &appendReq{fut: f, data: data, commit: c}
 	j.rec.futures = append(j.rec.futures, f)
 	j.rec.lastFuture = f
 	s := j.rec.splays[splay]
@@ -398,10 +437,17 @@ func (j *Journaler) takeBatchLocked(s *splayRecorder) (waveOp, bool) {
 	if len(s.pending) > 0 {
 		s.firstPending = time.Now()
 	}
-	buf := make([]byte, 0, size)
-	for _, req := range batch {
-		req.commit.objectNumber = objNum
-		buf = append(buf, req.data...)
+	var buf []byte
+	if n == 1 {
+		// One entry (a large write): its encoding is the append, no copy.
+		batch[0].commit.objectNumber = objNum
+		buf = batch[0].data
+	} else {
+		buf = make([]byte, 0, size)
+		for _, req := range batch {
+			req.commit.objectNumber = objNum
+			buf = append(buf, req.data...)
+		}
 	}
 	op := waveOp{s: s, objNum: objNum, batch: batch, buf: buf, guard: !s.sized}
 	if s.inflight > 0 {

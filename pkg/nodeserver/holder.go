@@ -262,7 +262,7 @@ func (s *Server) adopt(ctx context.Context, r *record, dev *blockdev.Device, hel
 		f.Close()
 	} else {
 		var loop *fuseloop.Device
-		loop, err = fuseloop.Adopt(ctx, f, m, dev, fuseloop.AdoptOptions{RequestTimeout: s.o.RequestTimeout})
+		loop, err = fuseloop.Adopt(ctx, f, m, dev, fuseloop.AdoptOptions{RequestTimeout: s.o.RequestTimeout, Buffers: s.reqBufs})
 		if err == nil {
 			return loop
 		}

@@ -113,6 +113,9 @@ type Server struct {
 	// budget bounds the pending and dirty bytes of every served volume
 	// together: memory stays bounded node-wide, not per volume.
 	budget *blockdev.NodeBudget
+	// reqBufs bounds the FUSE request buffers of every volume served
+	// (fuseloop.RequestBuffers), as budget bounds their written bytes.
+	reqBufs *fuseloop.RequestBuffers
 	// rings are the write-back rings of the served writeback volumes, by
 	// record key (holder.go). Guarded by mu.
 	rings   map[string]*blockdev.Ring
@@ -193,6 +196,7 @@ func New(o Options) (*Server, error) {
 		ready:    make(chan struct{}),
 		holder:   newHolder(o.HolderSocket),
 		budget:   blockdev.NewNodeBudget(o.MaxPendingBytes, o.MaxDirtyBytes),
+		reqBufs:  fuseloop.NewRequestBuffers(0),
 		rings:    map[string]*blockdev.Ring{},
 		stopSync: make(chan struct{}),
 	}

@@ -356,7 +356,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	adopted := loop != nil
 	if !adopted {
 		loop, err = fuseloop.Attach(ctx, dev, fuseloop.Options{
-			StateDir: s.fuseDir, Name: v.rec.Key, RequestTimeout: s.o.RequestTimeout, ReadOnly: v.rec.ReadOnly})
+			StateDir: s.fuseDir, Name: v.rec.Key, RequestTimeout: s.o.RequestTimeout, ReadOnly: v.rec.ReadOnly, Buffers: s.reqBufs})
 		if err != nil {
 			if cerr := dev.Close(context.WithoutCancel(ctx)); cerr != nil {
 				logger.Error(cerr, "Closing the journaled device after a failed attach")

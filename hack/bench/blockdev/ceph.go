@@ -138,7 +138,7 @@ func (e *cephEnv) serveImage(ctx context.Context, o options, prefix string, size
 		return nil, err
 	}
 	bo.Fencer = e.c
-	dev, err := serveDevice(ctx, e.pool, name, filepath.Join(o.dir, "ceph-state"), bo)
+	dev, err := serveDevice(ctx, e.pool, name, filepath.Join(o.dir, "ceph-state"), bo, o.reqBufs)
 	if err != nil {
 		e.removeImage(ctx, name)
 		return nil, err

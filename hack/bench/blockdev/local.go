@@ -61,7 +61,7 @@ func localDevice(ctx context.Context, o options, name string, bo blockdev.Option
 		return nil, err
 	}
 	bo.Fencer = c
-	dev, err := serveDevice(ctx, pool, "bench", filepath.Join(dir, "state"), bo)
+	dev, err := serveDevice(ctx, pool, "bench", filepath.Join(dir, "state"), bo, o.reqBufs)
 	if err != nil {
 		drop()
 		return nil, err
@@ -85,12 +85,12 @@ type servedDevice struct {
 
 // serveDevice opens image name as our device and attaches it (loop over
 // FUSE, served by this process).
-func serveDevice(ctx context.Context, pool objstore.Pool, name, stateDir string, bo blockdev.Options) (*servedDevice, error) {
+func serveDevice(ctx context.Context, pool objstore.Pool, name, stateDir string, bo blockdev.Options, bufs *fuseloop.RequestBuffers) (*servedDevice, error) {
 	d, err := blockdev.Open(ctx, pool, name, bo)
 	if err != nil {
 		return nil, err
 	}
-	dev, err := fuseloop.Attach(ctx, d, fuseloop.Options{StateDir: stateDir, Name: name})
+	dev, err := fuseloop.Attach(ctx, d, fuseloop.Options{StateDir: stateDir, Name: name, Buffers: bufs})
 	if err != nil {
 		cctx, cancel := cleanupCtx(ctx)
 		defer cancel()

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/textlogger"
@@ -102,6 +103,12 @@ type options struct {
 	manySpan   int64
 	manyJobs   []job
 	manyPolicy string
+	// memProfile: write a heap profile at each many-volumes run's peak
+	// live heap to <memProfile>.<backend>-<volumes>-<job>.
+	memProfile string
+	// reqBufs: the node-wide FUSE request buffers of the many-volumes
+	// run (nil elsewhere: no node-wide bound).
+	reqBufs *fuseloop.RequestBuffers
 }
 
 func main() {
@@ -137,6 +144,7 @@ func main() {
 	manyJobs := flag.String("many-jobs", "4K randwrite QD4,1M seqwrite QD4", `fio job run on every volume at once in the many-volumes run, one run per job: "<size> randwrite|seqwrite QD<n>", comma-separated`)
 	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
 	logFile := flag.String("log", "", "write the served devices' logs (klog) to this file (default: discarded)")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the peak live heap of each many-volumes run to <this>.<backend>-<volumes>-<job> (go tool pprof -sample_index=inuse_space)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.Parse()
 	o.span = int64(*span) << 20

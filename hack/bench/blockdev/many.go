@@ -10,11 +10,15 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/memlimit"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -86,6 +90,19 @@ func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult,
 	// One node-wide budget, as the node plugin shares one among every
 	// volume it serves (the backends run one after the other).
 	bo := blockdev.Options{AckPolicy: policy, MaxPayload: o.payload, Node: blockdev.NewNodeBudget(0, 0)}
+	// And its FUSE request buffers, with the plugin's default bound.
+	o.reqBufs = fuseloop.NewRequestBuffers(0)
+	// And the plugin's default Go soft memory limit (GOMEMLIMIT honoured).
+	prev := debug.SetMemoryLimit(-1)
+	limit, src, err := memlimit.Apply(0)
+	if err != nil {
+		return nil, err
+	}
+	defer debug.SetMemoryLimit(prev)
+	if limit == 0 {
+		limit = prev
+	}
+	fmt.Fprintf(os.Stderr, "blockdev-bench: many volumes: Go soft memory limit %d MiB (%s, as the node plugin's --memory-limit=0)\n", limit>>20, src)
 	var out []manyResult
 	var opens []func(context.Context) (*manyEnv, error)
 	if o.local {
@@ -144,7 +161,11 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 		for _, j := range o.manyJobs {
 			var runs []manyRun
 			for r := 0; r < o.repeat; r++ {
-				mr, err := runMany(ctx, o, j, devs, env.osdPID)
+				var prof string
+				if o.memProfile != "" {
+					prof = fmt.Sprintf("%s.%s-%d-%s", o.memProfile, env.backend, n, strings.ReplaceAll(j.Name, " ", "_"))
+				}
+				mr, err := runMany(ctx, o, j, devs, env.osdPID, prof)
 				if err != nil {
 					return out, fmt.Errorf("%s, %d volumes, %s: %w", env.backend, n, j.Name, err)
 				}
@@ -188,7 +209,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 				return nil, err
 			}
 			bo.Fencer = c
-			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo)
+			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo, o.reqBufs)
 		},
 		close: func() { c.Close(); os.RemoveAll(dir) },
 	}, nil
@@ -196,7 +217,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 
 // runMany runs one fio job per volume, all at once, and measures this
 // process's memory, goroutines and CPU meanwhile.
-func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID int) (manyRun, error) {
+func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID int, memProfile string) (manyRun, error) {
 	// Measure the serving of these volumes, not what earlier rows left
 	// on the heap.
 	debug.FreeOSMemory()
@@ -228,7 +249,14 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 			maxG = max(maxG, runtime.NumGoroutine())
 			metrics.Read(live)
 			if live[0].Value.Kind() == metrics.KindUint64 {
-				maxLive = max(maxLive, live[0].Value.Uint64())
+				if v := live[0].Value.Uint64(); v > maxLive {
+					maxLive = v
+					if memProfile != "" {
+						// The heap profile's in-use figures are those of
+						// the last GC: the live heap just sampled.
+						writeHeapProfile(memProfile)
+					}
+				}
 			}
 			select {
 			case <-done:
@@ -319,4 +347,23 @@ func sum(xs []float64) float64 {
 		s += x
 	}
 	return s
+}
+
+// writeHeapProfile writes the heap profile to path (errors go to stderr:
+// a missing profile does not fail the run).
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if g, gerr := os.Create(path + ".goroutines"); gerr == nil {
+			_ = pprof.Lookup("goroutine").WriteTo(g, 1)
+			g.Close()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "blockdev-bench: heap profile %s: %v\n", path, err)
+	}
 }

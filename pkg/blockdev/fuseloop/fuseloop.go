@@ -57,6 +57,9 @@ type Options struct {
 	RequestTimeout time.Duration
 	// ReadOnly exposes a read-only loop device; writes and fallocate are refused.
 	ReadOnly bool
+	// Buffers, if set, bounds the request buffers node-wide (shared by
+	// every device of the process); nil: each device up to maxReaders.
+	Buffers *RequestBuffers
 
 	// oneReader serves as before the reader pool: one reader starting a
 	// goroutine per request (benchmarks measure the two in one run).
@@ -116,8 +119,16 @@ type Device struct {
 	wakeFD int // eventfd that stops the reader
 	hasFD  bool
 	init   InitParams
-	bufs   sync.Pool      // request buffers (readBufSize)
-	reqs   sync.WaitGroup // requests being answered
+	bufs   sync.Pool // request buffers (readBufSize)
+	// smallBufs: buffers (smallBufSize) small requests move to (shrink).
+	smallBufs sync.Pool
+	// nodeBufs bounds the request buffers node-wide (nil: no bound);
+	// stopCh is closed by stopReading (readers waiting for a buffer).
+	nodeBufs *RequestBuffers
+	devBufs  chan struct{} // this device's share of nodeBufs (maxDeviceBuffers)
+	stopCh   chan struct{}
+	stopOnce sync.Once
+	reqs     sync.WaitGroup // requests being answered
 	// The readers (serve): how many run, how many wait for a request,
 	// the first error that stopped one, and the flag that stops them.
 	readers     sync.WaitGroup
@@ -204,6 +215,7 @@ func Attach(ctx context.Context, b Backend, opts Options) (_ *Device, retErr err
 	}
 	mnt := mountPoint(opts.StateDir, opts.Name)
 	d := newDevice(ctx, b, opts.Name, mnt, opts.ReadOnly, timeout, size)
+	d.nodeBufs = opts.Buffers
 	d.oneReader = opts.oneReader
 	logger := klog.FromContext(ctx).WithValues("name", opts.Name)
 
@@ -285,6 +297,8 @@ func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, 
 		served:   make(chan struct{}),
 		stopWD:   make(chan struct{}),
 		done:     make(chan struct{}),
+		stopCh:   make(chan struct{}),
+		devBufs:  make(chan struct{}, maxDeviceBuffers),
 	}
 	d.size.Store(size)
 	// Backend calls outlive the request that attached the device but keep
@@ -292,6 +306,7 @@ func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, 
 	d.bctx, d.bstop = context.WithCancel(context.WithoutCancel(ctx))
 	d.tr.init()
 	d.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	d.smallBufs.New = func() any { b := make([]byte, smallBufSize); return &b }
 	return d
 }
 

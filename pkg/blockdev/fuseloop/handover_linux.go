@@ -186,6 +186,8 @@ func (d *Device) Handoff(ctx context.Context) error {
 type AdoptOptions struct {
 	// RequestTimeout: as Options.RequestTimeout.
 	RequestTimeout time.Duration
+	// Buffers: as Options.Buffers.
+	Buffers *RequestBuffers
 }
 
 // Adopt serves a live connection another process set up: f is an open
@@ -232,6 +234,7 @@ func Adopt(ctx context.Context, f *os.File, meta Meta, b Backend, opts AdoptOpti
 		timeout = DefaultRequestTimeout
 	}
 	d := newDevice(ctx, b, meta.Name, meta.MountPoint, meta.ReadOnly, timeout, meta.Size)
+	d.nodeBufs = opts.Buffers
 	d.loopIdx, d.loopPath, d.conn, d.init = meta.LoopIndex, loopDevPath(meta.LoopIndex), meta.Conn, meta.Init
 	if err := d.setFD(fd); err != nil {
 		return nil, err
@@ -404,7 +407,7 @@ func AdoptOrAttach(ctx context.Context, h Holder, b Backend, opts Options, acksD
 			m, err := ParseMeta(mb)
 			if err == nil {
 				var d *Device
-				d, err = Adopt(ctx, f, m, b, AdoptOptions{RequestTimeout: opts.RequestTimeout})
+				d, err = Adopt(ctx, f, m, b, AdoptOptions{RequestTimeout: opts.RequestTimeout, Buffers: opts.Buffers})
 				if err == nil {
 					return d, true, nil
 				}

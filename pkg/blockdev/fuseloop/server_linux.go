@@ -140,6 +140,7 @@ func (d *Device) closeFDs() {
 // wakes those waiting in poll(2).
 func (d *Device) stopReading() {
 	d.stopRead.Store(true)
+	d.stopOnce.Do(func() { close(d.stopCh) })
 	var one [8]byte
 	le.PutUint64(one[:], 1)
 	_, _ = unix.Write(d.wakeFD, one[:])
@@ -196,8 +197,10 @@ func (d *Device) readRequest(bp *[]byte) (int, error) {
 // answerInit reads the kernel's INIT and replies to it.
 func (d *Device) answerInit() error {
 	deadline := time.Now().Add(initTimeout)
-	bp := d.getBuf()
-	defer d.putBuf(bp)
+	// Once: not kept in a pool (with node-wide buffers, a device's pool
+	// would keep it until the next collections).
+	b := make([]byte, readBufSize)
+	bp := &b
 	var n int
 	for n == 0 {
 		left := time.Until(deadline)
@@ -238,8 +241,68 @@ func (d *Device) startServing() {
 	go d.serve()
 }
 
-func (d *Device) getBuf() *[]byte  { return d.bufs.Get().(*[]byte) }
-func (d *Device) putBuf(b *[]byte) { d.bufs.Put(b) }
+func (d *Device) getBuf() *[]byte { return d.bufs.Get().(*[]byte) }
+
+// takeBuf takes a request buffer within the node-wide bound (nil once the
+// readers are told to stop); giveBuf gives it, or a small one, back.
+func (d *Device) takeBuf() *[]byte {
+	if d.nodeBufs == nil {
+		return d.getBuf()
+	}
+	select {
+	case d.devBufs <- struct{}{}:
+	case <-d.stopCh:
+		return nil
+	}
+	b := d.nodeBufs.get(d.stopCh)
+	if b == nil {
+		<-d.devBufs
+	}
+	return b
+}
+
+func (d *Device) giveBuf(b *[]byte) {
+	switch {
+	case cap(*b) < readBufSize:
+		d.smallBufs.Put(b)
+	case d.nodeBufs != nil:
+		d.nodeBufs.put(b)
+		<-d.devBufs
+	default:
+		d.bufs.Put(b)
+	}
+}
+
+// smallBufSize is the size of the buffers small requests move to.
+const smallBufSize = payloadOff + 128<<10
+
+// shrink moves a small request out of its max_write-sized buffer into a
+// small one, so that a request held while it is answered (a write waiting
+// at the node's memory bounds, a read waiting for the image) holds what it
+// needs: 1 MiB writes that are not page-aligned reach us as two requests,
+// the second a few KiB, and with 50 devices such buffers were a third of
+// the heap. A READ replies in its request buffer (read): it moves only if
+// its reply fits.
+func (d *Device) shrink(bp *[]byte, n int) *[]byte {
+	if n > smallBufSize {
+		return bp
+	}
+	buf := *bp
+	h, ok := parseInHeader(buf[:n])
+	if !ok {
+		return bp
+	}
+	if h.opcode == opcRead {
+		body := buf[inHeaderSize:n]
+		if len(body) < readInSize || payloadOff+int(le.Uint32(body[16:])) > smallBufSize {
+			return bp
+		}
+	}
+	sp := d.smallBufs.Get().(*[]byte)
+	copy(*sp, buf[:n])
+	d.giveBuf(bp)
+	return sp
+}
 
 // serve runs the readers. It returns once reading stopped and every request
 // read was answered.
@@ -290,13 +353,12 @@ const maxReaders = maxBackground + 4
 func (d *Device) reader() {
 	defer d.readers.Done()
 	for {
-		bp := d.getBuf()
-		n, err := d.nextRequest(bp)
+		bp, n, err := d.nextRequest()
 		if err != nil {
-			d.putBuf(bp)
 			d.readErrOnce.Do(func() { d.readErr = err })
 			return
 		}
+		bp = d.shrink(bp, n)
 		if d.waiting.Add(-1) == 0 {
 			d.spawnReader()
 		}
@@ -326,23 +388,32 @@ func (d *Device) spawnReader() {
 	go d.reader()
 }
 
-// nextRequest reads the next request into bp, waiting for one when the
-// queue is empty. It fails with errReadStopped once stopReading was called
-// and with the connection's error when it is gone.
-func (d *Device) nextRequest(bp *[]byte) (int, error) {
+// nextRequest reads the next request into a buffer of the pool, waiting
+// for one when the queue is empty. It fails with errReadStopped once
+// stopReading was called and with the connection's error when it is gone.
+// A reader waits without a buffer: it takes one to read and gives it back
+// when the queue was empty, so idle readers hold no max_write-sized buffer
+// (with 50 devices, buffers held by readers waiting for requests that were
+// not coming were 450 MiB of the heap).
+func (d *Device) nextRequest() (*[]byte, int, error) {
 	for {
 		if d.stopRead.Load() {
-			return 0, errReadStopped
+			return nil, 0, errReadStopped
+		}
+		bp := d.takeBuf()
+		if bp == nil {
+			return nil, 0, errReadStopped
 		}
 		n, err := d.readRequest(bp)
-		if err != nil {
-			return 0, err
+		if err == nil && n > 0 {
+			return bp, n, nil
 		}
-		if n > 0 {
-			return n, nil
+		d.giveBuf(bp)
+		if err != nil {
+			return nil, 0, err
 		}
 		if _, err := d.waitReadable(-1); err != nil {
-			return 0, err
+			return nil, 0, err
 		}
 	}
 }
@@ -358,17 +429,20 @@ func (d *Device) readLoop() error {
 		if !ok {
 			continue
 		}
-		bp := d.getBuf()
+		bp := d.takeBuf()
+		if bp == nil {
+			return errReadStopped
+		}
 		n, err := d.readRequest(bp)
 		if err != nil || n == 0 {
-			d.putBuf(bp)
+			d.giveBuf(bp)
 			if err != nil {
 				return err
 			}
 			continue
 		}
 		d.reqs.Add(1)
-		go d.handle(bp, n)
+		go d.handle(d.shrink(bp, n), n)
 	}
 }
 
@@ -411,7 +485,7 @@ func (d *Device) notify(code int32, body []byte) error {
 // handle answers one request.
 func (d *Device) handle(bp *[]byte, n int) {
 	defer d.reqs.Done()
-	defer d.putBuf(bp)
+	defer d.giveBuf(bp)
 	buf := *bp
 	h, ok := parseInHeader(buf[:n])
 	if !ok {
