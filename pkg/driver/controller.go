@@ -475,19 +475,47 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 // configured cluster (with the default credentials), sorted. Errors are
 // gRPC statuses.
 func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
+	var ids []string
+	err := d.eachPool(ctx, "volumes", func(st storage.Storage, pool objstore.Pool, pn, cl string) error {
+		names, err := pool.List(ctx, recordPrefix)
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
+		}
+		for _, n := range names {
+			v := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
+			if v.Validate() == nil {
+				ids = append(ids, v.String())
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// eachPool calls fn with every pool of every configured cluster, skipping
+// pools whose names are not valid and pools deleted meanwhile; what names
+// the listing ("volumes", "snapshots") in its errors. ListVolumes and
+// ListSnapshots share it.
+func (d *Driver) eachPool(ctx context.Context, what string, fn func(st storage.Storage, pool objstore.Pool, pn, cl string) error) error {
 	clusters, err := d.o.Backend.Clusters()
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "cluster configuration: %v", err)
+		return status.Errorf(codes.FailedPrecondition, "cluster configuration: %v", err)
 	}
-	var ids []string
 	for _, cl := range clusters {
 		st, err := d.o.Backend.Storage(ctx, cl, nil)
 		if err != nil {
-			return nil, volume.StorageStatus(fmt.Errorf("list volumes of cluster %q: %w", cl, err), volume.SecretsNone, volume.FromVolumeID)
+			return volume.StorageStatus(fmt.Errorf("list %s of cluster %q: %w", what, cl, err), volume.SecretsNone, volume.FromVolumeID)
 		}
 		pools, err := st.ListPools(ctx)
 		if err != nil {
-			return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
+			return volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
 		}
 		for _, pn := range pools {
 			if storage.ValidateName("pool", pn) != nil {
@@ -498,25 +526,14 @@ func (d *Driver) allVolumes(ctx context.Context) ([]string, error) {
 				continue // deleted meanwhile
 			}
 			if err != nil {
-				return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
+				return volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
 			}
-			names, err := pool.List(ctx, recordPrefix)
-			if errors.Is(err, objstore.ErrNotFound) {
-				continue // deleted meanwhile
-			}
-			if err != nil {
-				return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pool %q of cluster %q", pn, cl))
-			}
-			for _, n := range names {
-				v := volume.VolumeID{Backend: st.Backend(), Cluster: st.ClusterID(), Pool: pn, Image: strings.TrimPrefix(n, recordPrefix)}
-				if v.Validate() == nil {
-					ids = append(ids, v.String())
-				}
+			if err := fn(st, pool, pn, cl); err != nil {
+				return err
 			}
 		}
 	}
-	sort.Strings(ids)
-	return ids, nil
+	return nil
 }
 
 // GetCapacity reports what the backend can still hold (volumes are thin).

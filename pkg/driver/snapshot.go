@@ -402,37 +402,14 @@ func poolSnapshots(ctx context.Context, st storage.Storage, pool objstore.Pool, 
 // allSnapshots lists the snapshots of every pool of every configured
 // cluster (with the default credentials).
 func (d *Driver) allSnapshots(ctx context.Context) ([]*csi.ListSnapshotsResponse_Entry, error) {
-	clusters, err := d.o.Backend.Clusters()
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "cluster configuration: %v", err)
-	}
 	var out []*csi.ListSnapshotsResponse_Entry
-	for _, cl := range clusters {
-		st, err := d.o.Backend.Storage(ctx, cl, nil)
-		if err != nil {
-			return nil, volume.StorageStatus(fmt.Errorf("list snapshots of cluster %q: %w", cl, err), volume.SecretsNone, volume.FromVolumeID)
-		}
-		pools, err := st.ListPools(ctx)
-		if err != nil {
-			return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("list pools of cluster %q", cl))
-		}
-		for _, pn := range pools {
-			if storage.ValidateName("pool", pn) != nil {
-				continue
-			}
-			pool, err := st.Pool(ctx, pn)
-			if errors.Is(err, storage.ErrPoolNotFound) {
-				continue
-			}
-			if err != nil {
-				return nil, volume.OpStatus(err, volume.SecretsNone, codes.Internal, fmt.Sprintf("open pool %q of cluster %q", pn, cl))
-			}
-			es, err := poolSnapshots(ctx, st, pool, pn, "")
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, es...)
-		}
+	err := d.eachPool(ctx, "snapshots", func(st storage.Storage, pool objstore.Pool, pn, _ string) error {
+		es, err := poolSnapshots(ctx, st, pool, pn, "")
+		out = append(out, es...)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
