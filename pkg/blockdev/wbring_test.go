@@ -10,6 +10,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,6 +199,10 @@ func TestWriteBackRingRejournal(t *testing.T) {
 	if err := d.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Flush returns once the entry is durable; the apply goroutine marks
+	// it durable in the ring just after (a successor that finds it still
+	// pending re-journals it: harmless, but this test counts records).
+	testwait.For(t, 10*time.Second, "the flushed write marked durable in the ring", func() bool { return ring.Stats().Durable >= 1 })
 	gp.close()
 	t.Cleanup(func() { gp.open(nil) })
 	model := bytes.Repeat([]byte{1}, 8192)

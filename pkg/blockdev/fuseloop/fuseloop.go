@@ -375,7 +375,7 @@ func (d *Device) Close(ctx context.Context) error {
 	if !d.loopDetached {
 		// While this runs the watchdog still guards against a stuck backend:
 		// detaching waits for in-flight I/O.
-		if err := loopDetach(d.loopIdx, d.file, d.conn, true); err != nil {
+		if err := detachWhenReleased(ctx, d.loopIdx, d.file, d.conn); err != nil {
 			if errors.Is(err, ErrBusy) {
 				return fmt.Errorf("%w: %s is in use (mounted?)", ErrBusy, d.loopPath)
 			}
@@ -405,6 +405,35 @@ func (d *Device) Close(ctx context.Context) error {
 	d.finish(ErrClosed)
 	logger.Info("fuseloop: closed")
 	return nil
+}
+
+// busyGrace is how long Close keeps retrying a loop device that is open
+// exclusively. Right after a filesystem on it is unmounted the device can
+// still be held for a moment (udev's probe after the change event, the
+// filesystem's deferred release of its block device), and a caller that
+// just unmounted means "now": a device still busy after this is really in
+// use.
+const busyGrace = 2 * time.Second
+
+// detachWhenReleased detaches the loop device exclusively (loopDetach),
+// retrying ErrBusy for up to busyGrace (bounded by ctx).
+func detachWhenReleased(ctx context.Context, idx int, file string, conn uint64) error {
+	deadline := time.Now().Add(busyGrace)
+	wait := 10 * time.Millisecond
+	for {
+		err := loopDetach(idx, file, conn, true)
+		if !errors.Is(err, ErrBusy) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
 }
 
 // Abort aborts the FUSE connection (pending and future I/O on the device fail
