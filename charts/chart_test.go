@@ -407,7 +407,7 @@ func TestTemplateAllOptions(t *testing.T) {
 		t.Errorf("Secret %s %v", secret.Name, secret.StringData)
 	}
 	cm := one[*corev1.ConfigMap](t, objs)
-	if want := `[{"clusterID":"prod-1","monitors":["10.1.0.1:6789","[v2:10.1.0.2:3300,v1:10.1.0.2:6789]"]},{"clusterID":"dr","monitors":["10.2.0.1:6789"]}]`; cm.Data["config.json"] != want {
+	if want := `[{"clusterID":"prod-1","monitors":["10.1.0.1:6789","[v2:10.1.0.2:3300,v1:10.1.0.2:6789]"]},{"clusterID":"dr","monitors":["10.2.0.1:6789"],"pools":["kube"]}]`; cm.Data["config.json"] != want {
 		t.Errorf("config.json = %s, want %s", cm.Data["config.json"], want)
 	}
 	ds := nodeDaemonSet(t, objs)

@@ -11,11 +11,12 @@ import (
 
 func TestParseCephConfig(t *testing.T) {
 	cs, err := ParseCephConfig("c.json", []byte(`[{"clusterID": "a", "monitors": ["10.0.0.1:6789", "10.0.0.2:6789"], "cephFS": {}},
-		{"clusterID": "b", "monitors": ["[v2:10.0.1.1:3300,v1:10.0.1.1:6789]"]}]`))
+		{"clusterID": "b", "monitors": ["[v2:10.0.1.1:3300,v1:10.0.1.1:6789]"], "pools": ["kube", "kube-ssd"]}]`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cs) != 2 || cs[0].ClusterID != "a" || len(cs[0].Monitors) != 2 || cs[1].Monitors[0] != "[v2:10.0.1.1:3300,v1:10.0.1.1:6789]" {
+	if len(cs) != 2 || cs[0].ClusterID != "a" || len(cs[0].Monitors) != 2 || cs[1].Monitors[0] != "[v2:10.0.1.1:3300,v1:10.0.1.1:6789]" ||
+		cs[0].Pools != nil || strings.Join(cs[1].Pools, ",") != "kube,kube-ssd" {
 		t.Fatalf("parsed %+v", cs)
 	}
 	if c, err := findCephCluster("c.json", cs, ""); err != nil || c.ClusterID != "a" {
@@ -35,6 +36,7 @@ func TestParseCephConfig(t *testing.T) {
 		{`[{"clusterID": "a", "monitors": []}]`, "has no monitors"},
 		{`[{"clusterID": "a", "monitors": [" "]}]`, "empty monitor"},
 		{`[{"clusterID": "a", "monitors": ["m"]}, {"clusterID": "a", "monitors": ["n"]}]`, "listed twice"},
+		{`[{"clusterID": "a", "monitors": ["m"], "pools": ["ok", ""]}]`, "pools"},
 	} {
 		if _, err := ParseCephConfig("c.json", []byte(bad.in)); err == nil || !strings.Contains(err.Error(), bad.msg) {
 			t.Errorf("%s: %v, want an error with %q", bad.in, err, bad.msg)

@@ -174,7 +174,7 @@ func (b *cephBackend) connect(key string, c *cephConn, cl CephCluster, creds Cre
 		c.err = fmt.Errorf("cluster %q (ceph): %w", cl.ClusterID, ceph.ErrClosed)
 		return
 	}
-	c.st = &cephStorage{c: conn, clusterID: cl.ClusterID, user: creds.User}
+	c.st = &cephStorage{c: conn, clusterID: cl.ClusterID, user: creds.User, poolScope: b.poolScope}
 	b.log.Info("Connected to a Ceph cluster", "cluster", cl.ClusterID, "monitors", cl.Monitors, "user", creds.User, "client", conn.Client().Name(), "addr", conn.Client().Addr)
 }
 
@@ -231,6 +231,9 @@ type cephStorage struct {
 	c         *ceph.Cluster
 	clusterID string
 	user      string
+	// poolScope returns the pools the configuration limits listing to
+	// (nil: all). Read anew each time, as the rest of the configuration.
+	poolScope func(clusterID string) ([]string, error)
 }
 
 func (s *cephStorage) Backend() string   { return BackendCeph }
@@ -257,7 +260,38 @@ func (s *cephStorage) ListPools(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, s.opErr(err)
 	}
-	return names, nil
+	if s.poolScope == nil {
+		return names, nil
+	}
+	scope, err := s.poolScope(s.clusterID)
+	if err != nil || scope == nil {
+		return names, err
+	}
+	exists := make(map[string]bool, len(names))
+	for _, n := range names {
+		exists[n] = true
+	}
+	var in []string
+	for _, n := range scope {
+		if exists[n] { // a configured pool that is gone has nothing to list
+			in = append(in, n)
+		}
+	}
+	return in, nil
+}
+
+// poolScope returns the pools the --ceph-config file limits listing to on
+// clusterID (nil: no limit).
+func (b *cephBackend) poolScope(clusterID string) ([]string, error) {
+	cs, err := LoadCephConfig(b.o.ConfigFile)
+	if err != nil {
+		return nil, classify(ErrBadConfig, err)
+	}
+	cl, err := findCephCluster(b.o.ConfigFile, cs, clusterID)
+	if err != nil {
+		return nil, err
+	}
+	return cl.Pools, nil
 }
 
 func (s *cephStorage) CreateImage(ctx context.Context, pool objstore.Pool, name string, size int64, o image.CreateOptions) error {

@@ -12,12 +12,18 @@ import (
 
 // CephCluster is one cluster of the --ceph-config file: the same JSON as
 // ceph-csi's config.json (a ConfigMap mounted into the pods), of which
-// csi-rbdj reads clusterID and monitors (other fields are ignored):
+// csi-rbdj reads clusterID and monitors (other fields are ignored), and
+// optionally pools:
 //
-//	[{"clusterID": "ceph-a", "monitors": ["10.0.0.1:6789", "10.0.0.2:6789"]}]
+//	[{"clusterID": "ceph-a", "monitors": ["10.0.0.1:6789", "10.0.0.2:6789"], "pools": ["kube"]}]
 type CephCluster struct {
 	ClusterID string   `json:"clusterID"`
 	Monitors  []string `json:"monitors"`
+	// Pools, when set, are the only pools ListVolumes and ListSnapshots
+	// walk on this cluster. A shared cluster has pools that are none of
+	// the driver's business (and that its user may not read); volumes are
+	// still created in whatever pool a StorageClass names.
+	Pools []string `json:"pools,omitempty"`
 }
 
 // CephOptions configure the ceph backend.
@@ -79,6 +85,11 @@ func ParseCephConfig(path string, b []byte) ([]CephCluster, error) {
 		for _, m := range c.Monitors {
 			if strings.TrimSpace(m) == "" {
 				return nil, fmt.Errorf("ceph cluster configuration %s: cluster %q has an empty monitor address", path, c.ClusterID)
+			}
+		}
+		for _, pn := range c.Pools {
+			if err := ValidateName("pool", pn); err != nil {
+				return nil, fmt.Errorf("ceph cluster configuration %s: cluster %q: pools: %w", path, c.ClusterID, err)
 			}
 		}
 	}
