@@ -109,6 +109,9 @@ type options struct {
 	// reqBufs: the node-wide FUSE request buffers of the many-volumes
 	// run (nil elsewhere: no node-wide bound).
 	reqBufs *fuseloop.RequestBuffers
+	// manyChild: this process is the many-volumes server of that backend,
+	// started by the bench (see manyVolumes).
+	manyChild string
 }
 
 func main() {
@@ -146,6 +149,7 @@ func main() {
 	logFile := flag.String("log", "", "write the served devices' logs (klog) to this file (default: discarded)")
 	flag.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the peak live heap of each many-volumes run to <this>.<backend>-<volumes>-<job> (go tool pprof -sample_index=inuse_space)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
+	flag.StringVar(&o.manyChild, "many-child", "", "internal: serve the many-volumes run of this backend (local, ceph) in this process and print its results as JSON")
 	flag.Parse()
 	o.span = int64(*span) << 20
 	o.manySpan = int64(*manySpan) << 20
@@ -180,7 +184,11 @@ func main() {
 	// -log.
 	var logger klog.Logger // the zero logger discards
 	if *logFile != "" {
-		f, err := os.Create(*logFile)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		if o.manyChild != "" {
+			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND // the parent's log
+		}
+		f, err := os.OpenFile(*logFile, flags, 0o644)
 		if err != nil {
 			fatal(err)
 		}
@@ -200,6 +208,10 @@ func main() {
 	// cluster is wiped on the way out. A second one kills at once.
 	ctx, stop := signal.NotifyContext(klog.NewContext(context.Background(), logger), os.Interrupt, syscall.SIGTERM)
 	go func() { <-ctx.Done(); stop() }()
+	if o.manyChild != "" {
+		must(manyChildMain(ctx, o))
+		return
+	}
 	rep, err := run(ctx, o)
 	pprof.StopCPUProfile()
 	if err != nil {

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -78,11 +81,79 @@ type manyRun struct {
 	Goroutines int
 }
 
-// manyVolumes serves 1, 10, 50 (-many) volumes from this process on each
-// backend (Ceph on a fresh cluster) and runs each of -many-jobs on all of
-// them at once, -repeat times per count and job. Volumes are added between
-// counts, so each count's memory is that of serving exactly that many.
+// manyVolumes runs the many-volumes part on each backend (Ceph on a fresh
+// cluster), each in a process of its own (this binary with -many-child): a
+// node plugin serves nothing else, and the rows before would otherwise
+// count in its memory (the Go heap they left, librados' buffers).
 func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var backends []string
+	if o.local {
+		backends = append(backends, "local")
+	}
+	if o.ceph {
+		backends = append(backends, "ceph")
+	}
+	var out []manyResult
+	for _, backend := range backends {
+		// Later flags override earlier ones: the child gets the bench's
+		// own flags, then its part.
+		args := append(os.Args[1:len(os.Args):len(os.Args)], "-many-child="+backend, "-dir="+o.dir)
+		if backend == "ceph" {
+			if err := cl.fresh(ctx); err != nil {
+				return out, err
+			}
+			args = append(args, "-ceph-conf="+cl.conf)
+		}
+		var stdout bytes.Buffer
+		cmd := exec.CommandContext(ctx, exe, args...)
+		cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // it closes its devices
+		cmd.WaitDelay = 2 * time.Minute
+		if err := cmd.Run(); err != nil {
+			return out, fmt.Errorf("%s: the serving process: %w", backend, err)
+		}
+		var res []manyResult
+		if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+			return out, fmt.Errorf("%s: the serving process's results: %w", backend, err)
+		}
+		out = append(out, res...)
+	}
+	return out, nil
+}
+
+// manyChildMain is the serving process of manyVolumes for backend
+// o.manyChild: it prints its results as JSON on stdout.
+func manyChildMain(ctx context.Context, o options) error {
+	o.local, o.ceph = o.manyChild == "local", o.manyChild == "ceph"
+	if !o.local && !o.ceph {
+		return fmt.Errorf("-many-child %q: want local or ceph", o.manyChild)
+	}
+	var cl *cephCluster
+	if o.ceph {
+		if o.cephConf == "" {
+			return fmt.Errorf("-many-child ceph needs -ceph-conf")
+		}
+		var err error
+		if cl, err = newCephCluster(o); err != nil {
+			return err
+		}
+	}
+	res, err := serveManyVolumes(ctx, o, cl)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// serveManyVolumes serves 1, 10, 50 (-many) volumes from this process on
+// each backend and runs each of -many-jobs on all of them at once, -repeat
+// times per count and job. Volumes are added between counts, so each
+// count's memory is that of serving exactly that many.
+func serveManyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult, error) {
 	policy, err := blockdev.ParseAckPolicy(o.manyPolicy)
 	if err != nil {
 		return nil, fmt.Errorf("-many-policy: %w", err)

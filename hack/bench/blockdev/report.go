@@ -139,7 +139,7 @@ func markdown(rep *report) string {
 	}
 
 	if len(rep.Many) > 0 {
-		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; peak RSS: the highest VmHWM of the serving process during a run (its RSS before the first volume of the backend was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; each backend in a serving process of its own (started for this part, as a node plugin serves nothing else); peak RSS: the highest VmHWM of the serving process during a run (its RSS before its first volume was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
 		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | peak live Go heap (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
 		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range rep.Many {
