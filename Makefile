@@ -23,7 +23,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 20m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
+.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-noceph unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
 
 all: build
 
@@ -42,7 +42,9 @@ demo: deps build
 ## disaster-recovery drill (make dr-drill: ~7.5 min), and the end-to-end
 ## test on a real Kubernetes (make e2e: ~5 min with the Kubernetes binaries cached
 ## in ~/.cache/csi-rbdj/k8s, ~25 min more on a machine that has to build them).
-test: deps ceph-up vet vet-ceph unit unit-ceph dr-drill e2e
+## The unit tests of the packages with Ceph tests run once, in unit-ceph (their
+## build with the Ceph tags has every test the plain one has).
+test: deps ceph-up vet vet-ceph unit-noceph unit-ceph dr-drill e2e
 
 ## test-ceph: only the Ceph side (cluster, vet and tests with the Ceph tags).
 test-ceph: deps ceph-up vet-ceph unit-ceph
@@ -88,6 +90,12 @@ vet-ceph:
 # CSI_RBDJ_REQUIRE_HELM=1: the chart tests (charts/) fail instead of skipping without helm.
 unit: helm
 	CSI_RBDJ_REQUIRE_HELM=1 $(GO) test $(TESTFLAGS) ./...
+
+# unit-noceph: the unit tests of the packages without Ceph tests (unit-ceph runs the others).
+NOCEPHPKGS = $(filter-out $(CEPHPKGS),$(shell $(GO) list ./... | sed 's|^$(MODULE)|.|'))
+MODULE = github.com/csi-rbdj/csi-rbdj
+unit-noceph: helm
+	CSI_RBDJ_REQUIRE_HELM=1 $(GO) test $(TESTFLAGS) $(NOCEPHPKGS)
 
 ## helm: helm v3.22.0 built from its Go module into ~/.cache/csi-rbdj/k8s/bin (the chart tests use it).
 helm:
