@@ -235,14 +235,16 @@ func (p *plugin) stop() {
 	}
 }
 
-var blockCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
 // stage stages image as a Block volume (with the secrets) and publishes it
 // at a target file; it returns the target.
 func (p *plugin) stage(image string) string {
+	p.e.t.Helper()
+	return p.stageWith(image, nil)
+}
+
+// stageWith is stage with a volume context for NodeStageVolume and
+// NodePublishVolume.
+func (p *plugin) stageWith(image string, vctx map[string]string) string {
 	t := p.e.t
 	t.Helper()
 	ctx := context.Background()
@@ -252,12 +254,12 @@ func (p *plugin) stage(image string) string {
 	}
 	start := time.Now()
 	if _, err := p.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volumeID(image), StagingTargetPath: staging,
-		VolumeCapability: blockCap, Secrets: p.e.secrets}); err != nil {
+		VolumeCapability: blockCap, Secrets: p.e.secrets, VolumeContext: vctx}); err != nil {
 		t.Fatalf("NodeStageVolume %s: %v", image, err)
 	}
 	t.Logf("NodeStageVolume %s: %v", image, time.Since(start).Round(time.Millisecond))
 	if _, err := p.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volumeID(image), StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: blockCap}); err != nil {
+		TargetPath: target, VolumeCapability: blockCap, VolumeContext: vctx}); err != nil {
 		t.Fatalf("NodePublishVolume %s: %v", image, err)
 	}
 	return target
