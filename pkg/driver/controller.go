@@ -79,12 +79,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if !d.locks.TryLock("name/" + name) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", name)
+	ctx, done, err := d.operation(ctx, "name/"+name, "volume", name)
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("name/" + name)
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("name", name)
 
 	st, err := d.o.Backend.Storage(ctx, params.ClusterID, req.GetSecrets())
@@ -293,12 +292,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		}
 		return nil, err
 	}
-	if !d.locks.TryLock("id/" + vid.String()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", vid)
+	ctx, done, err := d.operation(ctx, "id/"+vid.String(), "volume", vid.String())
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("id/" + vid.String())
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 
 	st, err := volume.VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), volume.SecretsProvisioner)
 	if err != nil {

@@ -235,6 +235,18 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 // Stop stops serving: in-flight calls get 10 s to finish.
 func (d *Driver) Stop() { d.server.Stop() }
 
+// operation starts a controller operation: it takes the lock of key, or
+// fails with Aborted naming the volume or snapshot (kind, name) an
+// operation is already in progress on (the CO retries), and bounds the
+// returned context by controllerTimeout; done cancels it and unlocks.
+func (d *Driver) operation(ctx context.Context, key, kind, name string) (_ context.Context, done func(), err error) {
+	if !d.locks.TryLock(key) {
+		return ctx, nil, status.Errorf(codes.Aborted, "an operation on %s %q is already in progress; retry", kind, name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	return ctx, func() { cancel(); d.locks.Unlock(key) }, nil
+}
+
 // logCalls logs each CSI call with its volume id (or name) and outcome.
 var logCalls = grpcserver.LogCalls(grpcserver.CallLog{Failed: "CSI call failed", Succeeded: "CSI call",
 	Quiet: []string{"Probe", "NodeGetCapabilities", "NodeGetVolumeStats"},
