@@ -232,20 +232,27 @@ func fileContent(seq int) []byte {
 // entry was fsynced.
 func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 	var durable []int
+	writeFilesEach(dir, first, stop, func(seq int) { durable = append(durable, seq) })
+	return durable
+}
+
+// writeFilesEach is writeFiles telling durable about each file as soon as
+// it is durable.
+func writeFilesEach(dir string, first int, stop <-chan struct{}, durable func(seq int)) {
 	d, err := os.Open(dir)
 	if err != nil {
-		return nil
+		return
 	}
 	defer d.Close()
 	for seq := first; ; seq++ {
 		select {
 		case <-stop:
-			return durable
+			return
 		default:
 		}
 		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
-			return durable
+			return
 		}
 		_, err = f.Write(fileContent(seq))
 		if err == nil {
@@ -256,9 +263,9 @@ func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 			err = d.Sync()
 		}
 		if err != nil {
-			return durable
+			return
 		}
-		durable = append(durable, seq)
+		durable(seq)
 	}
 }
 
