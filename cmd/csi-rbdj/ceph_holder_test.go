@@ -55,9 +55,7 @@ func testCephRestartWithHolder(t *testing.T, ackPolicy string) {
 		if i < kills {
 			p.kill()
 		} else {
-			p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.exited
-			p.cmd = nil
+			p.child.stop(time.Minute)
 		}
 		start := time.Now()
 		p = e.startPlugin("node", args...)

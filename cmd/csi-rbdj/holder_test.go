@@ -42,26 +42,9 @@ func startHolderChild(t *testing.T, dir string) *holderProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "fuse-holder", "--socket", sock, "-v", "2")
-	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	h := &holderProc{cmd: cmd, done: done, sock: sock}
+	h := &holderProc{child: startChild(t, log, "fuse-holder", "--socket", sock, "-v", "2"), sock: sock}
 	t.Cleanup(func() {
-		if !h.exited {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		}
+		h.stop(30 * time.Second)
 		log.Close()
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -78,17 +61,8 @@ func startHolderChild(t *testing.T, dir string) *holderProc {
 
 // holderProc is a running fuse-holder child.
 type holderProc struct {
-	sock   string
-	cmd    *exec.Cmd
-	done   chan error
-	exited bool
-}
-
-// kill SIGKILLs the holder.
-func (h *holderProc) kill() {
-	_ = h.cmd.Process.Kill()
-	<-h.done
-	h.exited = true
+	*child
+	sock string
 }
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
@@ -121,6 +95,27 @@ func holderKills(t *testing.T) (kills, terms int) {
 		kills = n
 	}
 	return kills, terms
+}
+
+// newWorkload returns a workload to run.
+func newWorkload() *workload {
+	return &workload{stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// run runs step(0), step(1), ... in a goroutine until finish (or until
+// stop is closed).
+func (w *workload) run(step func(i uint64)) {
+	go func() { // owned by the workload: finish ends it
+		defer close(w.done)
+		for i := uint64(0); ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			step(i)
+		}
+	}()
 }
 
 // workload is a writer that keeps going while the plugin is killed.
@@ -237,43 +232,35 @@ func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 	dev, stagingIDs, targetIDs := mountSource(staging), mountIDs(staging), mountIDs(target)
 
 	// The writer: create, write, fsync a file; re-read it and an older one.
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
 	files := map[string][]byte{}
 	var names []string
-	go func() {
-		defer close(w.done)
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			b := make([]byte, 4096+mrand.IntN(60<<10))
-			rand.Read(b)
-			name := fmt.Sprintf("f%05d", i)
-			start := time.Now()
-			err := writeSync(filepath.Join(target, name), b)
-			if err == nil {
-				var got []byte
-				if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
-					err = fmt.Errorf("%s reads back different data", name)
-				}
-			}
-			if err == nil && len(names) > 0 {
-				old := names[mrand.IntN(len(names))]
-				if got, rerr := os.ReadFile(filepath.Join(target, old)); rerr != nil {
-					err = rerr
-				} else if !bytes.Equal(got, files[old]) {
-					err = fmt.Errorf("%s reads back different data", old)
-				}
-			}
-			w.op(time.Since(start), err)
-			if err == nil {
-				files[name] = b
-				names = append(names, name)
+	w := newWorkload()
+	w.run(func(i uint64) {
+		b := make([]byte, 4096+mrand.IntN(60<<10))
+		rand.Read(b)
+		name := fmt.Sprintf("f%05d", i)
+		start := time.Now()
+		err := writeSync(filepath.Join(target, name), b)
+		if err == nil {
+			var got []byte
+			if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
+				err = fmt.Errorf("%s reads back different data", name)
 			}
 		}
-	}()
+		if err == nil && len(names) > 0 {
+			old := names[mrand.IntN(len(names))]
+			if got, rerr := os.ReadFile(filepath.Join(target, old)); rerr != nil {
+				err = rerr
+			} else if !bytes.Equal(got, files[old]) {
+				err = fmt.Errorf("%s reads back different data", old)
+			}
+		}
+		w.op(time.Since(start), err)
+		if err == nil {
+			files[name] = b
+			names = append(names, name)
+		}
+	})
 	longestStart := e.restarts(t, kills, terms, w)
 	ops, maxPause := w.finish(t)
 	t.Logf("%s: %d SIGKILL + %d SIGTERM restarts; writer: %d ops (files kept: %d), longest op after the last restart %v; longest plugin start %v",
@@ -410,43 +397,36 @@ type blockWriter struct {
 
 // start runs the writer over the first size bytes of f until finish.
 func (w *blockWriter) start(f *os.File, size int64) {
-	w.workload = &workload{stop: make(chan struct{}), done: make(chan struct{})}
 	w.f, w.gens = f, make([]uint64, size/blockWriterBS)
 	const bs = blockWriterBS
-	go func() {
-		defer close(w.done)
-		buf, rbuf := alignedBuf(bs), alignedBuf(bs)
-		for gen := uint64(1); ; gen++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			blk := uint64(mrand.IntN(len(w.gens)))
-			stampBlock(buf, blk, gen)
-			start := time.Now()
-			_, err := f.WriteAt(buf, int64(blk)*bs)
-			if err == nil && gen%w.syncEvery == 0 {
-				err = f.Sync()
-			}
-			if err == nil {
-				w.mu.Lock()
-				w.gens[blk] = gen
-				w.acked++
-				w.mu.Unlock()
-			}
-			if err == nil && w.verify {
-				old := uint64(mrand.IntN(len(w.gens)))
-				if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil && w.gens[old] != 0 {
-					stampBlock(buf, old, w.gens[old])
-					if !bytes.Equal(rbuf, buf) {
-						err = fmt.Errorf("block %d: want generation %d, read %d", old, w.gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
-					}
+	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+	w.workload = newWorkload()
+	w.run(func(i uint64) {
+		gen := i + 1
+		blk := uint64(mrand.IntN(len(w.gens)))
+		stampBlock(buf, blk, gen)
+		start := time.Now()
+		_, err := f.WriteAt(buf, int64(blk)*bs)
+		if err == nil && gen%w.syncEvery == 0 {
+			err = f.Sync()
+		}
+		if err == nil {
+			w.mu.Lock()
+			w.gens[blk] = gen
+			w.acked++
+			w.mu.Unlock()
+		}
+		if err == nil && w.verify {
+			old := uint64(mrand.IntN(len(w.gens)))
+			if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil && w.gens[old] != 0 {
+				stampBlock(buf, old, w.gens[old])
+				if !bytes.Equal(rbuf, buf) {
+					err = fmt.Errorf("block %d: want generation %d, read %d", old, w.gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
 				}
 			}
-			w.op(time.Since(start), err)
 		}
-	}()
+		w.op(time.Since(start), err)
+	})
 }
 
 // checkAcknowledged reads every block back (after finish) and fails the
@@ -506,26 +486,18 @@ func testFallbackNeverBareTarget(t *testing.T, fs string) {
 	defer host.Close()
 	v := e.createPublished(ctx, "fallback-"+fs, mountCap(fs), 320<<20, nil, target)
 
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
 	var durable []string
 	var failed int
-	go func() {
-		defer close(w.done)
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			name := fmt.Sprintf("f%05d", i)
-			if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
-				failed++
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			durable = append(durable, name)
+	w := newWorkload()
+	w.run(func(i uint64) {
+		name := fmt.Sprintf("f%05d", i)
+		if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
+			failed++
+			time.Sleep(time.Millisecond)
+			return
 		}
-	}()
+		durable = append(durable, name)
+	})
 	for range 3 {
 		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond)
 		e.killNode()

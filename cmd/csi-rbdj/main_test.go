@@ -50,15 +50,14 @@ func requireRoot(t *testing.T) {
 // env is a controller in-process and a node plugin child process sharing a
 // local cluster directory.
 type env struct {
-	t        *testing.T
-	dir      string
-	ctrl     csi.ControllerClient
-	node     csi.NodeClient
-	ident    csi.IdentityClient
-	child    *exec.Cmd
-	childErr chan error
-	log      *os.File
-	extra    []string // more flags for the node plugin (holder_test.go)
+	t     *testing.T
+	dir   string
+	ctrl  csi.ControllerClient
+	node  csi.NodeClient
+	ident csi.IdentityClient
+	child *child
+	log   *os.File
+	extra []string // more flags for the node plugin (holder_test.go)
 }
 
 func newEnv(t *testing.T) *env {
@@ -123,58 +122,91 @@ func (e *env) dial(sock string) *grpc.ClientConn {
 // startNode starts the node plugin child and waits until Probe says ready.
 func (e *env) startNode() {
 	e.t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--mode", "node", "--endpoint", "unix://"+e.path("node.sock"),
+	e.child = startChild(e.t, e.log, append([]string{"serve", "--mode", "node", "--endpoint", "unix://" + e.path("node.sock"),
 		"--backend", "local", "--local-dir", e.path("cluster"), "--local-no-sync", "--state-dir", e.path("node-state"),
-		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2")
-	cmd.Args = append(cmd.Args, e.extra...)
+		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2"}, e.extra...)...)
+	e.child.waitReady(e.t, e.ident, func() string {
+		b, _ := os.ReadFile(e.path("node.log"))
+		return tail(string(b), 40)
+	})
+}
+
+// killNode SIGKILLs the node plugin (the crash under test).
+func (e *env) killNode() { e.child.kill() }
+
+// stopNode stops the node plugin with SIGTERM (SIGKILL after a minute).
+func (e *env) stopNode() { e.child.stop(time.Minute) }
+
+// child is a child process running the test binary as csi-rbdj (TestMain).
+type child struct {
+	cmd    *exec.Cmd
+	exited chan error // Wait's result
+	done   bool       // it exited and was waited for
+}
+
+// startChild runs `csi-rbdj args...` with its output to out; the kernel
+// SIGKILLs it if the test process dies.
+func startChild(t *testing.T, out *os.File, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = e.log, e.log
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.child = cmd
-	e.childErr = make(chan error, 1)
-	go func() { e.childErr <- cmd.Wait() }()
+	c := &child{cmd: cmd, exited: make(chan error, 1)}
+	go func() { c.exited <- cmd.Wait() }() // ends with the child, which kill and stop end
+	return c
+}
+
+// waitReady waits (a minute at most) until Probe through ident says
+// ready; it fails the test if the child exits first. logTail gives the
+// end of the child's log for the failure.
+func (c *child) waitReady(t *testing.T, ident csi.IdentityClient, logTail func() string) {
+	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		r, err := e.ident.Probe(ctx, &csi.ProbeRequest{})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
 		cancel()
 		if err == nil && r.GetReady().GetValue() {
 			return
 		}
 		select {
-		case err := <-e.childErr:
-			e.child = nil
-			e.t.Fatalf("node plugin exited: %v", err)
+		case err := <-c.exited:
+			c.done = true
+			t.Fatalf("node plugin exited: %v\n%s", err, logTail())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	e.t.Fatal("node plugin not ready after 1m")
+	t.Fatalf("node plugin not ready after 1m\n%s", logTail())
 }
 
-// killNode SIGKILLs the node plugin (the crash under test).
-func (e *env) killNode() {
-	if e.child != nil {
-		_ = e.child.Process.Signal(syscall.SIGKILL)
-		<-e.childErr
-		e.child = nil
-	}
-}
-
-func (e *env) stopNode() {
-	if e.child == nil {
+// kill SIGKILLs the child and waits for it; nothing once it ended.
+func (c *child) kill() {
+	if c == nil || c.done {
 		return
 	}
-	_ = e.child.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-e.childErr:
-	case <-time.After(time.Minute):
-		_ = e.child.Process.Kill()
-		<-e.childErr
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.exited
+	c.done = true
+}
+
+// stop SIGTERMs the child and waits for it, SIGKILLing it after grace;
+// nothing once it ended.
+func (c *child) stop(grace time.Duration) {
+	if c == nil || c.done {
+		return
 	}
-	e.child = nil
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(grace):
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+	c.done = true
 }
 
 // cleanupMounts removes whatever a failed test left: mounts under the
