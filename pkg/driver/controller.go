@@ -414,7 +414,7 @@ const listTokenPrefix = "after:"
 // listStart checks a List call's max_entries and starting token (issued by
 // this driver: listTokenPrefix and an id parse accepts) and returns the id
 // the page starts after ("" for the first page).
-func listStart(maxEntries int32, token string, parse func(id string) error) (string, error) {
+func listStart[ID any](maxEntries int32, token string, parse func(id string) (ID, error)) (string, error) {
 	if maxEntries < 0 {
 		return "", status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", maxEntries)
 	}
@@ -425,7 +425,7 @@ func listStart(maxEntries int32, token string, parse func(id string) error) (str
 	if !ok {
 		return "", status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", token)
 	}
-	if err := parse(rest); err != nil {
+	if _, err := parse(rest); err != nil {
 		return "", status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", token, err)
 	}
 	return rest, nil
@@ -433,10 +433,7 @@ func listStart(maxEntries int32, token string, parse func(id string) error) (str
 
 // ListVolumes lists this driver's volumes in id order, with paging.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
-		_, err := volume.ParseVolumeID(id)
-		return err
-	})
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), volume.ParseVolumeID)
 	if err != nil {
 		return nil, err
 	}

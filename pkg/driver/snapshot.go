@@ -259,10 +259,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 // ListSnapshots lists this driver's snapshots in id order, with paging;
 // by snapshot id or source volume id when the request names one.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
-		_, err := volume.ParseSnapshotID(id)
-		return err
-	})
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), volume.ParseSnapshotID)
 	if err != nil {
 		return nil, err
 	}
