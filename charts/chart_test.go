@@ -91,25 +91,9 @@ func decoder(t *testing.T) runtime.Decoder {
 // render runs helm template and decodes every document strictly.
 func render(t *testing.T, args ...string) []runtime.Object {
 	t.Helper()
-	out, err := helm(t, append([]string{"template", "rbdj", chartDir, "--namespace", "csi-rbdj",
-		"--kube-version", kubeVersion}, args...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dec := decoder(t)
 	var objs []runtime.Object
-	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-			continue
-		}
+	for _, doc := range renderYAML(t, args...) {
 		obj, gvk, err := dec.Decode(doc, nil, nil)
 		if err != nil {
 			t.Fatalf("decode %v: %v\n%s", gvk, err, doc)
@@ -117,6 +101,31 @@ func render(t *testing.T, args ...string) []runtime.Object {
 		objs = append(objs, obj)
 	}
 	return objs
+}
+
+// renderYAML runs helm template and returns its documents that are more
+// than comments.
+func renderYAML(t *testing.T, args ...string) [][]byte {
+	t.Helper()
+	out, err := helm(t, append([]string{"template", "rbdj", chartDir, "--namespace", "csi-rbdj",
+		"--kube-version", kubeVersion}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs [][]byte
+	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) > 0 {
+			docs = append(docs, doc)
+		}
+	}
 }
 
 func stripComments(doc []byte) []byte {

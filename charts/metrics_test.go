@@ -1,11 +1,8 @@
 package charts
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"regexp"
 	"slices"
@@ -18,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apilabels "k8s.io/apimachinery/pkg/labels"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -187,24 +183,8 @@ spec:
 // data.
 func renderDocs(t *testing.T, args ...string) []map[string]any {
 	t.Helper()
-	out, err := helm(t, append([]string{"template", "rbdj", chartDir, "--namespace", "csi-rbdj",
-		"--kube-version", kubeVersion}, args...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var docs []map[string]any
-	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-			continue
-		}
+	for _, doc := range renderYAML(t, args...) {
 		var m map[string]any
 		if err := yaml.Unmarshal(doc, &m); err != nil {
 			t.Fatal(err)

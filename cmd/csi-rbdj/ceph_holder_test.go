@@ -3,9 +3,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
 	mrand "math/rand/v2"
 	"os"
 	"strings"
@@ -19,14 +16,28 @@ import (
 // first kill) while the plugin is SIGKILLed and restarted (each restart
 // takes the image lock over and fences the dead client) and stopped with
 // SIGTERM: 0 I/O errors, every acknowledged block kept, the same device.
-func TestCephRestartWithHolder(t *testing.T) {
+func TestCephRestartWithHolder(t *testing.T) { testCephRestartWithHolder(t, "") }
+
+// TestCephRestartWithHolderWriteBack is TestRestartWithHolderWriteBackKills
+// on Ceph: a Block volume with ackPolicy writeback, a fuse-holder keeping
+// the connection and the write-back ring, a raw writer (O_DIRECT, an fsync
+// every 50 writes) while the plugin is SIGKILLed (each restart fences the
+// dead client, replays, re-journals the ring) and stopped with SIGTERM:
+// 0 I/O errors, every acknowledged block kept, the same device.
+func TestCephRestartWithHolderWriteBack(t *testing.T) { testCephRestartWithHolder(t, "writeback") }
+
+func testCephRestartWithHolder(t *testing.T, ackPolicy string) {
 	e := newCephEnv(t)
 	kills, terms := holderKills(t)
-	image := e.createImage("csirbdj-holder")
+	prefix, vctx, w := "csirbdj-holder", map[string]string(nil), &blockWriter{syncEvery: 1, verify: true}
+	if ackPolicy == "writeback" {
+		prefix, vctx, w = "csirbdj-holder-wb", map[string]string{"csi-rbdj.dev/ackPolicy": ackPolicy}, &blockWriter{syncEvery: 50}
+	}
+	image := e.createImage(prefix)
 	h := startHolderChild(t, e.dir)
 	args := []string{"--ceph-credentials-dir", e.credsDir, "--fuse-holder-socket", h.sock}
 	p := e.startPlugin("node", args...)
-	target := p.stage(image)
+	target := p.stageWith(image, vctx)
 	var st0 syscall.Stat_t
 	if err := syscall.Stat(target, &st0); err != nil {
 		t.Fatal(err)
@@ -37,53 +48,14 @@ func TestCephRestartWithHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	const bs = 64 << 10
-	stamp := func(b []byte, blk, gen uint64) {
-		for off := 0; off < len(b); off += 16 {
-			binary.LittleEndian.PutUint64(b[off:], blk)
-			binary.LittleEndian.PutUint64(b[off+8:], gen)
-		}
-	}
-	gens := make([]uint64, imageSize/bs)
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		buf, rbuf := alignedBuf(bs), alignedBuf(bs)
-		for gen := uint64(1); ; gen++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			blk := uint64(mrand.IntN(len(gens)))
-			stamp(buf, blk, gen)
-			start := time.Now()
-			_, err := f.WriteAt(buf, int64(blk)*bs)
-			if err == nil {
-				err = f.Sync()
-			}
-			if err == nil {
-				gens[blk] = gen
-				old := uint64(mrand.IntN(len(gens)))
-				if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil && gens[old] != 0 {
-					stamp(buf, old, gens[old])
-					if !bytes.Equal(rbuf, buf) {
-						err = fmt.Errorf("block %d: want generation %d, read %d", old, gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
-					}
-				}
-			}
-			w.op(time.Since(start), err)
-		}
-	}()
+	w.start(f, imageSize)
 	var longestStart time.Duration
 	for i := range kills + terms {
 		time.Sleep(time.Duration(50+mrand.IntN(400)) * time.Millisecond)
 		if i < kills {
 			p.kill()
 		} else {
-			p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.exited
-			p.cmd = nil
+			p.child.stop(time.Minute)
 		}
 		start := time.Now()
 		p = e.startPlugin("node", args...)
@@ -94,31 +66,14 @@ func TestCephRestartWithHolder(t *testing.T) {
 	ops, maxPause := w.finish(t)
 	b, _ := os.ReadFile(p.log)
 	adopted := strings.Count(string(b), "Volume adopted after restart")
-	t.Logf("ceph block: %d SIGKILL + %d SIGTERM restarts, %d adoptions; writer: %d ops, longest op %v; longest plugin start %v",
-		kills, terms, adopted, ops, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
+	rejournals := strings.Count(string(b), "Re-journaled the write-back requests a dead predecessor acknowledged")
+	t.Logf("ceph block (ackPolicy %q): %d SIGKILL + %d SIGTERM restarts, %d adoptions, %d re-journaled acknowledged writes from the ring; writer: %d ops (%d acknowledged), longest op %v; longest plugin start %v",
+		ackPolicy, kills, terms, adopted, rejournals, ops, w.acked, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
 	if adopted != kills+terms || strings.Contains(string(b), "Volume re-served after restart") {
 		t.Errorf("%d restarts, %d adoptions", kills+terms, adopted)
 	}
-	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
-	for blk, gen := range gens {
-		if gen == 0 {
-			continue
-		}
-		if _, err := f.ReadAt(rbuf, int64(blk)*bs); err != nil {
-			t.Fatal(err)
-		}
-		stamp(buf, uint64(blk), gen)
-		if !bytes.Equal(rbuf, buf) {
-			t.Fatalf("block %d lost its acknowledged generation %d", blk, gen)
-		}
-	}
-	var st1 syscall.Stat_t
-	if err := syscall.Stat(target, &st1); err != nil || st1.Rdev != st0.Rdev {
-		t.Errorf("target device %d at the end, %d at the start (%v)", st1.Rdev, st0.Rdev, err)
-	}
-	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(ids, ",") {
-		t.Errorf("publish mount ids %v at the end, %v at the start", got, ids)
-	}
+	w.checkAcknowledged(t)
+	checkSameTarget(t, target, st0, ids)
 	f.Close()
 	p.unstage(image)
 }

@@ -134,8 +134,7 @@ func volumeID(image string) string {
 type plugin struct {
 	e        *cephEnv
 	stateDir string
-	cmd      *exec.Cmd
-	exited   chan error
+	child    *child
 	node     csi.NodeClient
 	log      string
 }
@@ -153,15 +152,7 @@ func (e *cephEnv) startPlugin(name string, extra ...string) *plugin {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	p.cmd, p.exited = cmd, make(chan error, 1)
-	go func() { p.exited <- cmd.Wait() }() // ends with the child, which the cleanup kills
+	p.child = startChild(e.t, logf, args...)
 	e.t.Cleanup(func() { p.stop() })
 	conn, err := dial(sock)
 	if err != nil {
@@ -169,24 +160,8 @@ func (e *cephEnv) startPlugin(name string, extra ...string) *plugin {
 	}
 	e.t.Cleanup(func() { conn.Close() })
 	p.node = csi.NewNodeClient(conn)
-	ident := csi.NewIdentityClient(conn)
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
-		cancel()
-		if err == nil && r.GetReady().GetValue() {
-			return p
-		}
-		select {
-		case err := <-p.exited:
-			p.cmd = nil
-			e.t.Fatalf("node plugin exited: %v\n%s", err, p.logTail())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	e.t.Fatalf("node plugin not ready after 1m\n%s", p.logTail())
-	return nil
+	p.child.waitReady(e.t, csi.NewIdentityClient(conn), p.logTail)
+	return p
 }
 
 func (p *plugin) logTail() string {
@@ -195,26 +170,12 @@ func (p *plugin) logTail() string {
 }
 
 // kill SIGKILLs the plugin: the crash under test.
-func (p *plugin) kill() {
-	if p.cmd != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.exited
-		p.cmd = nil
-	}
-}
+func (p *plugin) kill() { p.child.kill() }
 
 // stop ends the plugin (SIGTERM, then SIGKILL) and removes what it left
 // staged: mounts under the test directory, its FUSE mounts and loop devices.
 func (p *plugin) stop() {
-	if p.cmd != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(time.Minute):
-			p.kill()
-		}
-		p.cmd = nil
-	}
+	p.child.stop(time.Minute)
 	ms := mountsUnder(p.e.dir)
 	for i := len(ms) - 1; i >= 0; i-- {
 		if !strings.Contains(ms[i], "/fuse/") {
@@ -235,14 +196,16 @@ func (p *plugin) stop() {
 	}
 }
 
-var blockCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
 // stage stages image as a Block volume (with the secrets) and publishes it
 // at a target file; it returns the target.
 func (p *plugin) stage(image string) string {
+	p.e.t.Helper()
+	return p.stageWith(image, nil)
+}
+
+// stageWith is stage with a volume context for NodeStageVolume and
+// NodePublishVolume.
+func (p *plugin) stageWith(image string, vctx map[string]string) string {
 	t := p.e.t
 	t.Helper()
 	ctx := context.Background()
@@ -252,12 +215,12 @@ func (p *plugin) stage(image string) string {
 	}
 	start := time.Now()
 	if _, err := p.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volumeID(image), StagingTargetPath: staging,
-		VolumeCapability: blockCap, Secrets: p.e.secrets}); err != nil {
+		VolumeCapability: blockCap, Secrets: p.e.secrets, VolumeContext: vctx}); err != nil {
 		t.Fatalf("NodeStageVolume %s: %v", image, err)
 	}
 	t.Logf("NodeStageVolume %s: %v", image, time.Since(start).Round(time.Millisecond))
 	if _, err := p.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volumeID(image), StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: blockCap}); err != nil {
+		TargetPath: target, VolumeCapability: blockCap, VolumeContext: vctx}); err != nil {
 		t.Fatalf("NodePublishVolume %s: %v", image, err)
 	}
 	return target

@@ -42,26 +42,9 @@ func startHolderChild(t *testing.T, dir string) *holderProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "fuse-holder", "--socket", sock, "-v", "2")
-	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	h := &holderProc{cmd: cmd, done: done, sock: sock}
+	h := &holderProc{child: startChild(t, log, "fuse-holder", "--socket", sock, "-v", "2"), sock: sock}
 	t.Cleanup(func() {
-		if !h.exited {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		}
+		h.stop(30 * time.Second)
 		log.Close()
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -78,17 +61,8 @@ func startHolderChild(t *testing.T, dir string) *holderProc {
 
 // holderProc is a running fuse-holder child.
 type holderProc struct {
-	sock   string
-	cmd    *exec.Cmd
-	done   chan error
-	exited bool
-}
-
-// kill SIGKILLs the holder.
-func (h *holderProc) kill() {
-	_ = h.cmd.Process.Kill()
-	<-h.done
-	h.exited = true
+	*child
+	sock string
 }
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
@@ -121,6 +95,27 @@ func holderKills(t *testing.T) (kills, terms int) {
 		kills = n
 	}
 	return kills, terms
+}
+
+// newWorkload returns a workload to run.
+func newWorkload() *workload {
+	return &workload{stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// run runs step(0), step(1), ... in a goroutine until finish (or until
+// stop is closed).
+func (w *workload) run(step func(i uint64)) {
+	go func() { // owned by the workload: finish ends it
+		defer close(w.done)
+		for i := uint64(0); ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			step(i)
+		}
+	}()
 }
 
 // workload is a writer that keeps going while the plugin is killed.
@@ -228,62 +223,44 @@ func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 	e.startNode()
 	kills, terms := holderKills(t)
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	var params map[string]string
 	if ackPolicy != "" {
 		params = map[string]string{"ackPolicy": ackPolicy}
 	}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: params})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
 	staging, target := e.path("staging"), e.path("pods", "a", "vol")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	v := e.createPublished(ctx, "holder-"+fs, mountCap(fs), 320<<20, params, target)
 	dev, stagingIDs, targetIDs := mountSource(staging), mountIDs(staging), mountIDs(target)
 
 	// The writer: create, write, fsync a file; re-read it and an older one.
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
 	files := map[string][]byte{}
 	var names []string
-	go func() {
-		defer close(w.done)
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			b := make([]byte, 4096+mrand.IntN(60<<10))
-			rand.Read(b)
-			name := fmt.Sprintf("f%05d", i)
-			start := time.Now()
-			err := writeSync(filepath.Join(target, name), b)
-			if err == nil {
-				var got []byte
-				if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
-					err = fmt.Errorf("%s reads back different data", name)
-				}
-			}
-			if err == nil && len(names) > 0 {
-				old := names[mrand.IntN(len(names))]
-				if got, rerr := os.ReadFile(filepath.Join(target, old)); rerr != nil {
-					err = rerr
-				} else if !bytes.Equal(got, files[old]) {
-					err = fmt.Errorf("%s reads back different data", old)
-				}
-			}
-			w.op(time.Since(start), err)
-			if err == nil {
-				files[name] = b
-				names = append(names, name)
+	w := newWorkload()
+	w.run(func(i uint64) {
+		b := make([]byte, 4096+mrand.IntN(60<<10))
+		rand.Read(b)
+		name := fmt.Sprintf("f%05d", i)
+		start := time.Now()
+		err := writeSync(filepath.Join(target, name), b)
+		if err == nil {
+			var got []byte
+			if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
+				err = fmt.Errorf("%s reads back different data", name)
 			}
 		}
-	}()
+		if err == nil && len(names) > 0 {
+			old := names[mrand.IntN(len(names))]
+			if got, rerr := os.ReadFile(filepath.Join(target, old)); rerr != nil {
+				err = rerr
+			} else if !bytes.Equal(got, files[old]) {
+				err = fmt.Errorf("%s reads back different data", old)
+			}
+		}
+		w.op(time.Since(start), err)
+		if err == nil {
+			files[name] = b
+			names = append(names, name)
+		}
+	})
 	longestStart := e.restarts(t, kills, terms, w)
 	ops, maxPause := w.finish(t)
 	t.Logf("%s: %d SIGKILL + %d SIGTERM restarts; writer: %d ops (files kept: %d), longest op after the last restart %v; longest plugin start %v",
@@ -305,13 +282,9 @@ func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 			t.Fatalf("file %s lost or changed: %v", name, err)
 		}
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	e.checkFilesystem(id, fs)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
+	e.unstage(ctx, v)
+	e.checkFilesystem(v.id, fs)
+	e.deleteVolume(ctx, v)
 	waitNoLoops(t, e.dir)
 }
 
@@ -320,14 +293,12 @@ func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 func (e *env) checkFilesystem(id, fs string) {
 	t := e.t
 	ctx := context.Background()
-	bc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	staging, target := e.path("check-staging"), e.path("check", "dev")
-	e.must(os.MkdirAll(staging, 0o755))
-	_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: bc})
+	target := e.path("check", "dev")
+	v := &testVolume{id: id, staging: e.path("check-staging"), vc: blockCap}
+	e.must(os.MkdirAll(v.staging, 0o755))
+	_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: v.staging, VolumeCapability: blockCap})
 	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: bc})
-	e.must(err)
+	e.publish(ctx, v, target, false)
 	var cmd *exec.Cmd
 	if fs == "xfs" {
 		cmd = exec.Command("xfs_repair", "-n", target)
@@ -340,33 +311,39 @@ func (e *env) checkFilesystem(id, fs string) {
 	} else {
 		t.Logf("%v: clean", cmd.Args)
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
+	e.unstage(ctx, v)
 }
 
 // TestRestartWithHolderBlock: the same for a Block volume with a raw-device
 // writer (O_DIRECT, each block stamped with its number and a generation).
-func TestRestartWithHolderBlock(t *testing.T) {
+func TestRestartWithHolderBlock(t *testing.T) { testRestartWithHolderBlock(t, "") }
+
+// TestRestartWithHolderWriteBackKills: a Block volume with ackPolicy
+// writeback, a fuse-holder and write-back rings; a raw writer (one fd,
+// O_DIRECT, one 64 KiB write at a time, an fsync only every 50 writes)
+// keeps overwriting random blocks while the plugin is SIGKILLed
+// holderKills() times at random moments (then stopped with SIGTERM):
+// every restart adopts the connection, the writer sees no error, and at
+// the end every block holds the last generation acknowledged for it —
+// not one acknowledged write is lost, flushed or not: what the dead
+// plugins had acknowledged but not made durable was re-journaled from the
+// rings. The local backend syncs here (no --local-no-sync), so that
+// appends take long enough for kills to find writes not yet durable.
+func TestRestartWithHolderWriteBackKills(t *testing.T) { testRestartWithHolderBlock(t, "writeback") }
+
+func testRestartWithHolderBlock(t *testing.T, ackPolicy string) {
 	e := newEnv(t)
 	e.startHolder()
+	name, size, params, w := "holder-block", int64(64<<20), map[string]string(nil), &blockWriter{syncEvery: 1, verify: true}
+	if ackPolicy == "writeback" {
+		e.extra = append(e.extra, "--local-no-sync=false")
+		name, size, params, w = "holder-writeback-kills", 32<<20, map[string]string{"ackPolicy": ackPolicy}, &blockWriter{syncEvery: 50}
+	}
 	e.startNode()
 	kills, terms := holderKills(t)
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	const size, bs = 64 << 20, 64 << 10
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-block", VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, target := e.path("staging"), e.path("pods", "a", "dev")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	target := e.path("pods", "a", "dev")
+	v := e.createPublished(ctx, name, blockCap, size, params, target)
 	targetIDs := mountIDs(target)
 	var st0 syscall.Stat_t
 	e.must(syscall.Stat(target, &st0))
@@ -375,76 +352,115 @@ func TestRestartWithHolderBlock(t *testing.T) {
 	f, err := os.OpenFile(target, os.O_RDWR|syscall.O_DIRECT, 0)
 	e.must(err)
 	defer f.Close()
-	stamp := func(b []byte, blk, gen uint64) {
-		for off := 0; off < len(b); off += 16 {
-			binary.LittleEndian.PutUint64(b[off:], blk)
-			binary.LittleEndian.PutUint64(b[off+8:], gen)
-		}
+	w.start(f, size)
+	longestStart := e.restarts(t, kills, terms, w.workload)
+	ops, maxPause := w.finish(t)
+	b, err := os.ReadFile(e.path("node.log"))
+	e.must(err)
+	rejournals := strings.Count(string(b), "Re-journaled the write-back requests a dead predecessor acknowledged")
+	t.Logf("block (ackPolicy %q): %d SIGKILL + %d SIGTERM restarts; writer: %d ops (%d acknowledged), longest op after the last restart %v; longest plugin start %v; %d restarts re-journaled acknowledged writes from the ring",
+		ackPolicy, kills, terms, ops, w.acked, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond), rejournals)
+	if ackPolicy == "writeback" && kills >= 10 && rejournals == 0 {
+		t.Errorf("no kill found an acknowledged write that was not durable yet: the ring was never exercised")
 	}
-	gens := make([]uint64, size/bs) // acknowledged generation per block
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		buf, rbuf := alignedBuf(bs), alignedBuf(bs)
-		for gen := uint64(1); ; gen++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			blk := uint64(mrand.IntN(len(gens)))
-			stamp(buf, blk, gen)
-			start := time.Now()
-			_, err := f.WriteAt(buf, int64(blk)*bs)
-			if err == nil {
-				err = f.Sync()
-			}
-			if err == nil {
-				gens[blk] = gen
-				old := uint64(mrand.IntN(len(gens)))
-				if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil {
-					stamp(buf, old, gens[old])
-					if gens[old] != 0 && !bytes.Equal(rbuf, buf) {
-						err = fmt.Errorf("block %d: want generation %d, read %d", old, gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
-					}
+	w.checkAcknowledged(t)
+	checkSameTarget(t, target, st0, targetIDs)
+	f.Close()
+	e.teardown(ctx, v)
+}
+
+// stampBlock fills b with the block number and a generation, every 16
+// bytes.
+func stampBlock(b []byte, blk, gen uint64) {
+	for off := 0; off < len(b); off += 16 {
+		binary.LittleEndian.PutUint64(b[off:], blk)
+		binary.LittleEndian.PutUint64(b[off+8:], gen)
+	}
+}
+
+// blockWriterBS is the size of a blockWriter's writes.
+const blockWriterBS = 64 << 10
+
+// blockWriter is a raw-device writer that keeps going while the plugin is
+// restarted: through one fd (the pod's, O_DIRECT) it overwrites random
+// 64 KiB blocks, each stamped with its number and a new generation, and
+// records the generation acknowledged for each block.
+type blockWriter struct {
+	*workload
+	syncEvery uint64 // fsync after every syncEvery-th write (1: every write)
+	verify    bool   // after each acknowledged write, re-read a random block and check its generation
+
+	f     *os.File
+	gens  []uint64 // acknowledged generation per block (under workload.mu)
+	acked int      // acknowledged writes (under workload.mu)
+}
+
+// start runs the writer over the first size bytes of f until finish.
+func (w *blockWriter) start(f *os.File, size int64) {
+	w.f, w.gens = f, make([]uint64, size/blockWriterBS)
+	const bs = blockWriterBS
+	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+	w.workload = newWorkload()
+	w.run(func(i uint64) {
+		gen := i + 1
+		blk := uint64(mrand.IntN(len(w.gens)))
+		stampBlock(buf, blk, gen)
+		start := time.Now()
+		_, err := f.WriteAt(buf, int64(blk)*bs)
+		if err == nil && gen%w.syncEvery == 0 {
+			err = f.Sync()
+		}
+		if err == nil {
+			w.mu.Lock()
+			w.gens[blk] = gen
+			w.acked++
+			w.mu.Unlock()
+		}
+		if err == nil && w.verify {
+			old := uint64(mrand.IntN(len(w.gens)))
+			if _, err = f.ReadAt(rbuf, int64(old)*bs); err == nil && w.gens[old] != 0 {
+				stampBlock(buf, old, w.gens[old])
+				if !bytes.Equal(rbuf, buf) {
+					err = fmt.Errorf("block %d: want generation %d, read %d", old, w.gens[old], binary.LittleEndian.Uint64(rbuf[8:]))
 				}
 			}
-			w.op(time.Since(start), err)
 		}
-	}()
-	longestStart := e.restarts(t, kills, terms, w)
-	ops, maxPause := w.finish(t)
-	t.Logf("block: %d SIGKILL + %d SIGTERM restarts; writer: %d ops, longest op after the last restart %v; longest plugin start %v",
-		kills, terms, ops, maxPause.Round(time.Millisecond), longestStart.Round(time.Millisecond))
-	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
-	for blk, gen := range gens {
+		w.op(time.Since(start), err)
+	})
+}
+
+// checkAcknowledged reads every block back (after finish) and fails the
+// test if one does not hold the last generation acknowledged for it.
+func (w *blockWriter) checkAcknowledged(t *testing.T) {
+	t.Helper()
+	buf, rbuf := alignedBuf(blockWriterBS), alignedBuf(blockWriterBS)
+	for blk, gen := range w.gens {
 		if gen == 0 {
 			continue
 		}
-		_, err := f.ReadAt(rbuf, int64(blk)*bs)
-		e.must(err)
-		stamp(buf, uint64(blk), gen)
+		if _, err := w.f.ReadAt(rbuf, int64(blk)*blockWriterBS); err != nil {
+			t.Fatal(err)
+		}
+		stampBlock(buf, uint64(blk), gen)
 		if !bytes.Equal(rbuf, buf) {
-			t.Fatalf("block %d lost its acknowledged generation %d", blk, gen)
+			t.Fatalf("block %d lost its acknowledged generation %d (holds %d)", blk, gen, binary.LittleEndian.Uint64(rbuf[8:]))
 		}
 	}
+}
+
+// checkSameTarget fails the test unless target is still the device st0
+// describes, published by the mounts ids: the restarts adopted the
+// connection instead of re-serving the volume.
+func checkSameTarget(t *testing.T, target string, st0 syscall.Stat_t, ids []string) {
+	t.Helper()
 	var st1 syscall.Stat_t
-	e.must(syscall.Stat(target, &st1))
-	if st1.Rdev != st0.Rdev {
-		t.Errorf("target is device %d at the end, %d at the start", st1.Rdev, st0.Rdev)
+	if err := syscall.Stat(target, &st1); err != nil || st1.Rdev != st0.Rdev {
+		t.Errorf("target is device %d at the end, %d at the start (%v)", st1.Rdev, st0.Rdev, err)
 	}
-	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(targetIDs, ",") {
-		t.Errorf("publish mount ids %v at the end, %v at the start", got, targetIDs)
+	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(ids, ",") {
+		t.Errorf("publish mount ids %v at the end, %v at the start", got, ids)
 	}
-	t.Logf("same device %d:%d, publish mount %v", st0.Rdev>>8, st0.Rdev&0xff, targetIDs)
-	f.Close()
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
+	t.Logf("same device %d:%d, publish mount %v", st0.Rdev>>8, st0.Rdev&0xff, ids)
 }
 
 // TestFallbackNeverBareTarget: without a holder, a restart re-serves the
@@ -463,43 +479,25 @@ func testFallbackNeverBareTarget(t *testing.T, fs string) {
 	e := newEnv(t)
 	e.startNode()
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fallback-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, target := e.path("staging"), e.path("pods", "a", "vol")
-	e.must(os.Mkdir(staging, 0o755))
+	target := e.path("pods", "a", "vol")
 	e.must(os.MkdirAll(target, 0o750)) // as the kubelet does
 	host, err := os.Open(target)       // the host directory, beneath every mount
 	e.must(err)
 	defer host.Close()
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	v := e.createPublished(ctx, "fallback-"+fs, mountCap(fs), 320<<20, nil, target)
 
-	w := &workload{stop: make(chan struct{}), done: make(chan struct{})}
 	var durable []string
 	var failed int
-	go func() {
-		defer close(w.done)
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			name := fmt.Sprintf("f%05d", i)
-			if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
-				failed++
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			durable = append(durable, name)
+	w := newWorkload()
+	w.run(func(i uint64) {
+		name := fmt.Sprintf("f%05d", i)
+		if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
+			failed++
+			time.Sleep(time.Millisecond)
+			return
 		}
-	}()
+		durable = append(durable, name)
+	})
 	for range 3 {
 		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond)
 		e.killNode()
@@ -521,13 +519,7 @@ func testFallbackNeverBareTarget(t *testing.T, fs string) {
 	if names, err := host.Readdirnames(-1); err != nil || len(names) != 0 {
 		t.Errorf("host directory beneath the target holds %d entries (%v): writes landed outside the volume", len(names), err)
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
+	e.teardown(ctx, v)
 }
 
 // TestHolderRestart: the holder is killed and a new one started while the
@@ -539,18 +531,8 @@ func TestHolderRestart(t *testing.T) {
 	h := e.startHolder()
 	e.startNode()
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-restart", VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, target := e.path("staging"), e.path("pods", "a", "vol")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	target := e.path("pods", "a", "vol")
+	v := e.createPublished(ctx, "holder-restart", mountCap("ext4"), 64<<20, nil, target)
 	ids := mountIDs(target)
 
 	h.kill()
@@ -576,13 +558,7 @@ func TestHolderRestart(t *testing.T) {
 	if got := mountIDs(target); strings.Join(got, ",") != strings.Join(ids, ",") {
 		t.Errorf("publish mount ids %v, were %v: not adopted", got, ids)
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
+	e.teardown(ctx, v)
 }
 
 // TestHolderNotServedNoHang: the holder keeps a volume's connection, but
@@ -595,18 +571,8 @@ func TestHolderNotServedNoHang(t *testing.T) {
 	e.startHolder()
 	e.startNode()
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "holder-nohang", VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, target := e.path("staging"), e.path("pods", "a", "vol")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	target := e.path("pods", "a", "vol")
+	v := e.createPublished(ctx, "holder-nohang", mountCap("ext4"), 64<<20, nil, target)
 	e.must(writeSync(filepath.Join(target, "before"), []byte("kept")))
 
 	e.killNode()
@@ -631,11 +597,5 @@ func TestHolderNotServedNoHang(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(target, "before")); err != nil || string(b) != "kept" {
 		t.Errorf("after the storage came back: %q, %v", b, err)
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
+	e.teardown(ctx, v)
 }

@@ -40,18 +40,8 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 	e := newEnv(t)
 	e.startNode()
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "meta-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: map[string]string{"journalMode": "metadata"}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, rw := e.path("staging"), e.path("pods", "a", "vol")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: rw, VolumeCapability: vc})
-	e.must(err)
+	rw := e.path("pods", "a", "vol")
+	v := e.createPublished(ctx, "meta-"+fs, mountCap(fs), 320<<20, map[string]string{"journalMode": "metadata"}, rw)
 
 	var durable []int
 	next := 0
@@ -90,22 +80,18 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 				t.Fatalf("kill %d: fsynced file m%06d lost or damaged: %v", kill, seq, err)
 			}
 		}
-		st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: rw})
+		st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: rw})
 		e.must(err)
 		if c := st.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
 			t.Fatalf("kill %d: volume condition %v", kill, c)
 		}
 		t.Logf("kill %d: %d files fsynced in this round, %d verified after the restart (%s)", kill, len(got), len(durable), st.GetVolumeCondition().GetMessage())
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: rw})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
+	e.unstage(ctx, v)
 	if n := len(filesNamed(e.path("cluster"), "csi_rbdj_journal")); n == 0 {
 		t.Errorf("no extent log objects in the cluster directory before DeleteVolume")
 	}
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
+	e.deleteVolume(ctx, v)
 	waitNoLoops(t, e.dir)
 	if left := filesNamed(e.path("cluster"), "csi_rbdj_journal"); len(left) > 0 {
 		t.Errorf("extent log objects left after DeleteVolume: %v", left)

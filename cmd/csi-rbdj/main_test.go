@@ -50,15 +50,14 @@ func requireRoot(t *testing.T) {
 // env is a controller in-process and a node plugin child process sharing a
 // local cluster directory.
 type env struct {
-	t        *testing.T
-	dir      string
-	ctrl     csi.ControllerClient
-	node     csi.NodeClient
-	ident    csi.IdentityClient
-	child    *exec.Cmd
-	childErr chan error
-	log      *os.File
-	extra    []string // more flags for the node plugin (holder_test.go)
+	t     *testing.T
+	dir   string
+	ctrl  csi.ControllerClient
+	node  csi.NodeClient
+	ident csi.IdentityClient
+	child *child
+	log   *os.File
+	extra []string // more flags for the node plugin (holder_test.go)
 }
 
 func newEnv(t *testing.T) *env {
@@ -123,58 +122,91 @@ func (e *env) dial(sock string) *grpc.ClientConn {
 // startNode starts the node plugin child and waits until Probe says ready.
 func (e *env) startNode() {
 	e.t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--mode", "node", "--endpoint", "unix://"+e.path("node.sock"),
+	e.child = startChild(e.t, e.log, append([]string{"serve", "--mode", "node", "--endpoint", "unix://" + e.path("node.sock"),
 		"--backend", "local", "--local-dir", e.path("cluster"), "--local-no-sync", "--state-dir", e.path("node-state"),
-		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2")
-	cmd.Args = append(cmd.Args, e.extra...)
+		"--node-id", "test-node", "--request-timeout", "20s", "-v", "2"}, e.extra...)...)
+	e.child.waitReady(e.t, e.ident, func() string {
+		b, _ := os.ReadFile(e.path("node.log"))
+		return tail(string(b), 40)
+	})
+}
+
+// killNode SIGKILLs the node plugin (the crash under test).
+func (e *env) killNode() { e.child.kill() }
+
+// stopNode stops the node plugin with SIGTERM (SIGKILL after a minute).
+func (e *env) stopNode() { e.child.stop(time.Minute) }
+
+// child is a child process running the test binary as csi-rbdj (TestMain).
+type child struct {
+	cmd    *exec.Cmd
+	exited chan error // Wait's result
+	done   bool       // it exited and was waited for
+}
+
+// startChild runs `csi-rbdj args...` with its output to out; the kernel
+// SIGKILLs it if the test process dies.
+func startChild(t *testing.T, out *os.File, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "CSI_RBDJ_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = e.log, e.log
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.child = cmd
-	e.childErr = make(chan error, 1)
-	go func() { e.childErr <- cmd.Wait() }()
+	c := &child{cmd: cmd, exited: make(chan error, 1)}
+	go func() { c.exited <- cmd.Wait() }() // ends with the child, which kill and stop end
+	return c
+}
+
+// waitReady waits (a minute at most) until Probe through ident says
+// ready; it fails the test if the child exits first. logTail gives the
+// end of the child's log for the failure.
+func (c *child) waitReady(t *testing.T, ident csi.IdentityClient, logTail func() string) {
+	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		r, err := e.ident.Probe(ctx, &csi.ProbeRequest{})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
 		cancel()
 		if err == nil && r.GetReady().GetValue() {
 			return
 		}
 		select {
-		case err := <-e.childErr:
-			e.child = nil
-			e.t.Fatalf("node plugin exited: %v", err)
+		case err := <-c.exited:
+			c.done = true
+			t.Fatalf("node plugin exited: %v\n%s", err, logTail())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	e.t.Fatal("node plugin not ready after 1m")
+	t.Fatalf("node plugin not ready after 1m\n%s", logTail())
 }
 
-// killNode SIGKILLs the node plugin (the crash under test).
-func (e *env) killNode() {
-	if e.child != nil {
-		_ = e.child.Process.Signal(syscall.SIGKILL)
-		<-e.childErr
-		e.child = nil
-	}
-}
-
-func (e *env) stopNode() {
-	if e.child == nil {
+// kill SIGKILLs the child and waits for it; nothing once it ended.
+func (c *child) kill() {
+	if c == nil || c.done {
 		return
 	}
-	_ = e.child.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-e.childErr:
-	case <-time.After(time.Minute):
-		_ = e.child.Process.Kill()
-		<-e.childErr
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.exited
+	c.done = true
+}
+
+// stop SIGTERMs the child and waits for it, SIGKILLing it after grace;
+// nothing once it ended.
+func (c *child) stop(grace time.Duration) {
+	if c == nil || c.done {
+		return
 	}
-	e.child = nil
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(grace):
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+	c.done = true
 }
 
 // cleanupMounts removes whatever a failed test left: mounts under the
@@ -210,6 +242,88 @@ func (e *env) must(err error) {
 	}
 }
 
+// blockCap is a single-node-writer Block capability.
+var blockCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
+// mountCap is a single-node-writer Mount capability with filesystem fs.
+func mountCap(fs string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+}
+
+// testVolume is a volume a test created through the controller and staged
+// (and published) through the node plugin.
+type testVolume struct {
+	id, staging string
+	vc          *csi.VolumeCapability
+	vctx        map[string]string // the volume context CreateVolume returned
+	targets     []string          // where it is published
+}
+
+// createStaged creates volume name (size bytes, params) and stages it at
+// staging with vc, passing the volume context CreateVolume returned, as the
+// CO does.
+func (e *env) createStaged(ctx context.Context, name string, vc *csi.VolumeCapability, size int64, params map[string]string, staging string) *testVolume {
+	e.t.Helper()
+	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params})
+	e.must(err)
+	v := &testVolume{id: vol.GetVolume().GetVolumeId(), staging: staging, vc: vc, vctx: vol.GetVolume().GetVolumeContext()}
+	e.must(os.MkdirAll(staging, 0o755))
+	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: v.vctx})
+	e.must(err)
+	return v
+}
+
+// publish publishes v at target (read-only if ro).
+func (e *env) publish(ctx context.Context, v *testVolume, target string, ro bool) {
+	e.t.Helper()
+	_, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: target,
+		VolumeCapability: v.vc, VolumeContext: v.vctx, Readonly: ro})
+	e.must(err)
+	v.targets = append(v.targets, target)
+}
+
+// createPublished creates and stages a volume (createStaged, staged at
+// e.path("staging")) and publishes it at target.
+func (e *env) createPublished(ctx context.Context, name string, vc *csi.VolumeCapability, size int64, params map[string]string, target string) *testVolume {
+	e.t.Helper()
+	v := e.createStaged(ctx, name, vc, size, params, e.path("staging"))
+	e.publish(ctx, v, target, false)
+	return v
+}
+
+// unstage unpublishes v from its targets and unstages it.
+func (e *env) unstage(ctx context.Context, v *testVolume) {
+	e.t.Helper()
+	for _, target := range v.targets {
+		_, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: target})
+		e.must(err)
+	}
+	v.targets = nil
+	_, err := e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
+	e.must(err)
+}
+
+// deleteVolume deletes v through the controller.
+func (e *env) deleteVolume(ctx context.Context, v *testVolume) {
+	e.t.Helper()
+	_, err := e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id})
+	e.must(err)
+}
+
+// teardown unpublishes, unstages and deletes v, then checks that the
+// kernel released the test's loop devices.
+func (e *env) teardown(ctx context.Context, v *testVolume) {
+	e.t.Helper()
+	e.unstage(ctx, v)
+	e.deleteVolume(ctx, v)
+	waitNoLoops(e.t, e.dir)
+}
+
 // TestRestartFilesystem stages and publishes a filesystem volume (at a
 // read-write and a read-only target), writes files, SIGKILLs the node
 // plugin, starts it again and checks that the files are readable at the
@@ -227,24 +341,14 @@ func testRestartFilesystem(t *testing.T, fs string) {
 	ctx := context.Background()
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs, MountFlags: []string{"noatime"}}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restart-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Parameters: map[string]string{"ackPolicy": "journaled"}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
 	staging, rw, ro := e.path("staging"), e.path("pods", "a", "vol"), e.path("pods", "b", "vol")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()})
-	e.must(err)
+	v := e.createStaged(ctx, "restart-"+fs, vc, 320<<20, map[string]string{"ackPolicy": "journaled"}, staging)
+	id := v.id
 	if opts := mountOptions(staging); !strings.Contains(opts, "noatime") {
 		t.Errorf("mount flags not honoured: staging mounted with %q", opts)
 	}
-	for _, tgt := range []struct {
-		path string
-		ro   bool
-	}{{rw, false}, {ro, true}} {
-		_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: tgt.path, VolumeCapability: vc, Readonly: tgt.ro})
-		e.must(err)
-	}
+	e.publish(ctx, v, rw, false)
+	e.publish(ctx, v, ro, true)
 	want := map[string][]byte{}
 	for i := range 8 {
 		b := make([]byte, 64<<10+i*4096)
@@ -316,18 +420,12 @@ func testRestartFilesystem(t *testing.T, fs string) {
 	if st.GetVolumeCondition().GetAbnormal() || len(st.GetUsage()) != 2 {
 		t.Errorf("stats after restart: %v", st)
 	}
+	e.teardown(ctx, v)
 	for _, p := range []string{rw, ro} {
-		_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: p})
-		e.must(err)
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("target %s not removed: %v", p, err)
 		}
 	}
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
 }
 
 // TestRestartBlock does the same for a Block volume: data written to the
@@ -337,18 +435,8 @@ func TestRestartBlock(t *testing.T) {
 	e := newEnv(t)
 	e.startNode()
 	ctx := context.Background()
-	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restart-block", VolumeCapabilities: []*csi.VolumeCapability{vc},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}})
-	e.must(err)
-	id := vol.GetVolume().GetVolumeId()
-	staging, target := e.path("staging"), e.path("pods", "a", "dev")
-	e.must(os.Mkdir(staging, 0o755))
-	_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc})
-	e.must(err)
-	_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
-	e.must(err)
+	target := e.path("pods", "a", "dev")
+	v := e.createPublished(ctx, "restart-block", blockCap, 16<<20, nil, target)
 	data := make([]byte, 1<<20)
 	rand.Read(data)
 	f, err := os.OpenFile(target, os.O_RDWR, 0)
@@ -386,18 +474,12 @@ func TestRestartBlock(t *testing.T) {
 	if string(got) != string(data) {
 		t.Fatal("block data differs after a graceful restart")
 	}
-	st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+	st, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: target})
 	e.must(err)
 	if u := st.GetUsage(); len(u) != 1 || u[0].GetTotal() != 16<<20 || st.GetVolumeCondition().GetAbnormal() {
 		t.Errorf("block stats: %v", st)
 	}
-	_, err = e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-	e.must(err)
-	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-	e.must(err)
-	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	e.must(err)
-	waitNoLoops(t, e.dir)
+	e.teardown(ctx, v)
 }
 
 func alignedBuf(n int) []byte {

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
 // TestRestartSeveralVolumes: a node plugin serving several volumes is
@@ -36,26 +34,16 @@ func TestRestartSeveralVolumes(t *testing.T) {
 			}
 			e.startNode()
 			ctx := context.Background()
-			vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-				AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-			type vol struct{ id, staging, target string }
-			var vols []vol
+			var vols []*testVolume
 			for i := range n {
-				r, err := e.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("several-%d", i), VolumeCapabilities: []*csi.VolumeCapability{vc},
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
-				e.must(err)
-				v := vol{r.GetVolume().GetVolumeId(), e.path(fmt.Sprintf("staging-%d", i)), e.path("pods", fmt.Sprint(i), "vol")}
-				e.must(os.Mkdir(v.staging, 0o755))
-				_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: vc})
-				e.must(err)
-				_, err = e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: vc})
-				e.must(err)
-				e.must(writeSync(filepath.Join(v.target, "before"), []byte(v.id)))
+				v := e.createStaged(ctx, fmt.Sprintf("several-%d", i), mountCap("ext4"), 64<<20, nil, e.path(fmt.Sprintf("staging-%d", i)))
+				e.publish(ctx, v, e.path("pods", fmt.Sprint(i), "vol"), false)
+				e.must(writeSync(filepath.Join(v.targets[0], "before"), []byte(v.id)))
 				vols = append(vols, v)
 			}
 			ids := make([]string, n)
 			for i, v := range vols {
-				ids[i] = strings.Join(mountIDs(v.target), ",")
+				ids[i] = strings.Join(mountIDs(v.targets[0]), ",")
 			}
 			logBefore, err := os.ReadFile(e.path("node.log"))
 			e.must(err)
@@ -71,21 +59,18 @@ func TestRestartSeveralVolumes(t *testing.T) {
 				t.Errorf("the successor logged %q %d times, want %d", tc.line, got, n)
 			}
 			for i, v := range vols {
-				if b, err := os.ReadFile(filepath.Join(v.target, "before")); err != nil || string(b) != v.id {
+				target := v.targets[0]
+				if b, err := os.ReadFile(filepath.Join(target, "before")); err != nil || string(b) != v.id {
 					t.Errorf("volume %d: file written before the restart: %q, %v", i, b, err)
 				}
-				e.must(writeSync(filepath.Join(v.target, "after"), []byte("y")))
-				if got := strings.Join(mountIDs(v.target), ","); tc.holder && got != ids[i] {
+				e.must(writeSync(filepath.Join(target, "after"), []byte("y")))
+				if got := strings.Join(mountIDs(target), ","); tc.holder && got != ids[i] {
 					t.Errorf("volume %d: publish mount ids %s, were %s: not adopted", i, got, ids[i])
 				}
 			}
 			for _, v := range vols {
-				_, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target})
-				e.must(err)
-				_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
-				e.must(err)
-				_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id})
-				e.must(err)
+				e.unstage(ctx, v)
+				e.deleteVolume(ctx, v)
 			}
 			waitNoLoops(t, e.dir)
 		})

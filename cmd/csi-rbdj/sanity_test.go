@@ -17,6 +17,15 @@ func TestStandaloneCSISanity(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds csi-sanity and the driver binary")
 	}
+	runCSISanity(t, nil)
+}
+
+// runCSISanity builds the csi-rbdj binary (with the build tags), runs
+// hack/csi-sanity.sh against it with env added to the environment and
+// wants both csi-sanity runs (mount, block) to succeed; it returns the
+// script's output.
+func runCSISanity(t *testing.T, tags []string, env ...string) string {
+	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -26,14 +35,18 @@ func TestStandaloneCSISanity(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the go command is needed to build csi-rbdj: %v", err)
 	}
-	build := exec.Command(goBin, "build", "-o", bin, "./cmd/csi-rbdj")
+	args := []string{"build"}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	build := exec.Command(goBin, append(args, "-o", bin, "./cmd/csi-rbdj")...)
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	cmd := exec.Command(filepath.Join(root, "hack", "csi-sanity.sh"), bin)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH"))
+	cmd.Env = append(append(os.Environ(), "PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH")), env...)
 	out, err := cmd.CombinedOutput()
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		t.Log(line)
@@ -44,4 +57,5 @@ func TestStandaloneCSISanity(t *testing.T) {
 	if n := strings.Count(string(out), "SUCCESS!"); n != 2 {
 		t.Fatalf("want 2 successful csi-sanity runs (mount, block), got %d", n)
 	}
+	return string(out)
 }

@@ -197,6 +197,16 @@ func TestOverlappingWritesKeepJournalOrder(t *testing.T) {
 // uncommitted (that owner "crashed").
 func journalWrites(t *testing.T, pool objstore.Pool, name string, tagClass uint64, evs []rbdjournal.Event, pred *rbdjournal.TagPredecessor) uint64 {
 	t.Helper()
+	td := rbdjournal.TagData{}
+	if pred != nil {
+		td.Predecessor = *pred
+	}
+	return journalWritesTag(t, pool, name, tagClass, td, evs)
+}
+
+// journalWritesTag is journalWrites in a new epoch whose tag carries td.
+func journalWritesTag(t *testing.T, pool objstore.Pool, name string, tagClass uint64, td rbdjournal.TagData, evs []rbdjournal.Event) uint64 {
+	t.Helper()
 	ctx := context.Background()
 	img, err := image.Open(ctx, pool, name)
 	if err != nil {
@@ -207,10 +217,6 @@ func journalWrites(t *testing.T, pool objstore.Pool, name string, tagClass uint6
 		t.Fatal(err)
 	}
 	defer j.Close(ctx)
-	td := rbdjournal.TagData{}
-	if pred != nil {
-		td.Predecessor = *pred
-	}
 	tag, err := j.AllocateTag(ctx, tagClass, cephenc.Marshal(td))
 	if err != nil {
 		t.Fatal(err)

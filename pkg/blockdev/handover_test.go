@@ -75,24 +75,9 @@ func TestHandoverJournaled(t *testing.T) {
 			if s := os.Getenv("BLOCKDEV_HANDOVER_KILLS"); s != "" {
 				fmt.Sscan(s, &kills)
 			}
-			dir := t.TempDir()
-			pool := openPool(t, dir)
-			if err := image.Create(context.Background(), pool, "vol", 512<<20, image.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			stateDir := t.TempDir()
-			_, sock := handovertest.StartHolder(t)
-			t.Cleanup(func() {
-				_ = fuseholder.NewClient(sock).Drop(context.Background(), "vol")
-				if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
-					t.Errorf("Cleanup: %v", err)
-				}
-			})
-			start := func(t *testing.T) *handovertest.Proc {
-				return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", "BLOCKDEV_HANDOVER_DIR="+dir,
-					"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY="+policy.String()))
-			}
-			handovertest.Restarts(t, tc.fs, start, kills, terms, func() { handovertest.AbortMount(filepath.Join(stateDir, "vol", "fuse")) })
+			h := newHandoverEnv(t, 512<<20, true)
+			start := func(t *testing.T) *handovertest.Proc { return h.start(t, policy) }
+			handovertest.Restarts(t, tc.fs, start, kills, terms, func() { handovertest.AbortMount(h.mnt) })
 		})
 	}
 }
@@ -107,33 +92,11 @@ func TestHandoverResentWriteJournaled(t *testing.T) {
 	requireKernel(t)
 	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
 		t.Run(policy.String(), func(t *testing.T) {
-			dir := t.TempDir()
-			pool := openPool(t, dir)
-			if err := image.Create(context.Background(), pool, "vol", 64<<20, image.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			stateDir := t.TempDir()
-			mnt := filepath.Join(stateDir, "vol", "fuse")
-			_, sock := handovertest.StartHolder(t)
-			t.Cleanup(func() {
-				handovertest.AbortMount(mnt)
-				if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
-					t.Errorf("Cleanup: %v", err)
-				}
-			})
+			h := newHandoverEnv(t, 64<<20, false)
 			const off = 12 << 20
-			start := func(stall bool) func(t *testing.T) *handovertest.Proc {
-				return func(t *testing.T) *handovertest.Proc {
-					env := []string{"BLOCKDEV_HANDOVER_DIR=" + dir, "BLOCKDEV_HANDOVER_STATE=" + stateDir,
-						"BLOCKDEV_HANDOVER_SOCKET=" + sock, "BLOCKDEV_HANDOVER_POLICY=" + policy.String()}
-					if stall {
-						env = append(env, fmt.Sprintf("BLOCKDEV_HANDOVER_STALL=%d", off))
-					}
-					return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", env...))
-				}
-			}
-			first := start(true)(t)
-			handovertest.ResentWrite(t, first, start(false), off, func() { handovertest.AbortMount(mnt) })
+			first := h.start(t, policy, fmt.Sprintf("BLOCKDEV_HANDOVER_STALL=%d", off))
+			next := func(t *testing.T) *handovertest.Proc { return h.start(t, policy) }
+			handovertest.ResentWrite(t, first, next, off, func() { handovertest.AbortMount(h.mnt) })
 		})
 	}
 }
@@ -146,23 +109,46 @@ func TestHandoverJournaledRaw(t *testing.T) {
 	if testing.Short() {
 		kills, terms = 4, 2
 	}
-	dir := t.TempDir()
-	pool := openPool(t, dir)
-	if err := image.Create(context.Background(), pool, "vol", 64<<20, image.CreateOptions{}); err != nil {
+	h := newHandoverEnv(t, 64<<20, false)
+	start := func(t *testing.T) *handovertest.Proc { return h.start(t, AckJournaled) }
+	handovertest.RawRestarts(t, start, kills, terms, 4096, func() { handovertest.AbortMount(h.mnt) })
+}
+
+// handoverEnv is a local pool with image "vol" and a fuse-holder, for the
+// handover tests' serving children (TestHandoverServeHelper).
+type handoverEnv struct {
+	dir, stateDir, sock string
+	mnt                 string // the device's FUSE mount
+}
+
+// newHandoverEnv creates the image (size bytes) and starts the holder. At
+// the end of the test the connection the holder keeps is dropped
+// (dropHolder) or the FUSE mount aborted, then the device's leftovers are
+// cleaned up.
+func newHandoverEnv(t *testing.T, size int64, dropHolder bool) *handoverEnv {
+	t.Helper()
+	h := &handoverEnv{dir: t.TempDir(), stateDir: t.TempDir()}
+	pool := openPool(t, h.dir)
+	if err := image.Create(context.Background(), pool, "vol", size, image.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	stateDir := t.TempDir()
-	mnt := filepath.Join(stateDir, "vol", "fuse")
-	_, sock := handovertest.StartHolder(t)
+	h.mnt = filepath.Join(h.stateDir, "vol", "fuse")
+	_, h.sock = handovertest.StartHolder(t)
 	t.Cleanup(func() {
-		handovertest.AbortMount(mnt)
-		if err := fuseloop.Cleanup(context.Background(), stateDir, "vol"); err != nil {
+		if dropHolder {
+			_ = fuseholder.NewClient(h.sock).Drop(context.Background(), "vol")
+		} else {
+			handovertest.AbortMount(h.mnt)
+		}
+		if err := fuseloop.Cleanup(context.Background(), h.stateDir, "vol"); err != nil {
 			t.Errorf("Cleanup: %v", err)
 		}
 	})
-	start := func(t *testing.T) *handovertest.Proc {
-		return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", "BLOCKDEV_HANDOVER_DIR="+dir,
-			"BLOCKDEV_HANDOVER_STATE="+stateDir, "BLOCKDEV_HANDOVER_SOCKET="+sock, "BLOCKDEV_HANDOVER_POLICY=journaled"))
-	}
-	handovertest.RawRestarts(t, start, kills, terms, 4096, func() { handovertest.AbortMount(mnt) })
+	return h
+}
+
+// start runs a serving child with the ack policy and more environment.
+func (h *handoverEnv) start(t *testing.T, policy AckPolicy, env ...string) *handovertest.Proc {
+	return handovertest.Start(t, testproc.Command("^TestHandoverServeHelper$", append([]string{"BLOCKDEV_HANDOVER_DIR=" + h.dir,
+		"BLOCKDEV_HANDOVER_STATE=" + h.stateDir, "BLOCKDEV_HANDOVER_SOCKET=" + h.sock, "BLOCKDEV_HANDOVER_POLICY=" + policy.String()}, env...)...))
 }

@@ -232,20 +232,27 @@ func fileContent(seq int) []byte {
 // entry was fsynced.
 func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 	var durable []int
+	writeFilesEach(dir, first, stop, func(seq int) { durable = append(durable, seq) })
+	return durable
+}
+
+// writeFilesEach is writeFiles telling durable about each file as soon as
+// it is durable.
+func writeFilesEach(dir string, first int, stop <-chan struct{}, durable func(seq int)) {
 	d, err := os.Open(dir)
 	if err != nil {
-		return nil
+		return
 	}
 	defer d.Close()
 	for seq := first; ; seq++ {
 		select {
 		case <-stop:
-			return durable
+			return
 		default:
 		}
 		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
-			return durable
+			return
 		}
 		_, err = f.Write(fileContent(seq))
 		if err == nil {
@@ -256,9 +263,9 @@ func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 			err = d.Sync()
 		}
 		if err != nil {
-			return durable
+			return
 		}
-		durable = append(durable, seq)
+		durable(seq)
 	}
 }
 
@@ -286,56 +293,7 @@ func TestCrashConsistencyFilesystem(t *testing.T) {
 	for _, fs := range []string{"ext4", "xfs"} {
 		for _, policy := range []AckPolicy{AckJournaled, AckApplied, AckWriteBack} {
 			t.Run(fs+"/"+policy.String(), func(t *testing.T) {
-				s := newServer(t, policy, 512<<20)
-				s.start()
-				switch fs {
-				case "ext4":
-					run(t, "mkfs.ext4", "-q", "-F", s.dev)
-				case "xfs":
-					run(t, "mkfs.xfs", "-q", "-f", s.dev)
-				}
-				mnt := t.TempDir()
-				r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-				var durable []int
-				next := 0
-				for kill := 0; kill < kills; kill++ {
-					mount(t, s.dev, fs, mnt)
-					stop := make(chan struct{})
-					var got []int
-					var wg sync.WaitGroup
-					wg.Add(1)
-					go func() { defer wg.Done(); got = writeFiles(mnt, next, stop) }()
-					time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond)
-					s.crash() // the writer now gets EIO
-					close(stop)
-					wg.Wait()
-					unmount(t, mnt)
-					if err := fuseloop.Cleanup(context.Background(), s.stateDir, "vol"); err != nil {
-						t.Fatal(err)
-					}
-					durable = append(durable, got...)
-					next += len(got) + 1000
-
-					s.start() // replays the journal
-					// Let the filesystem recover its own log, then check it.
-					mount(t, s.dev, fs, mnt)
-					unmount(t, mnt)
-					fsck(t, fs, s.dev)
-					mount(t, s.dev, fs, mnt)
-					for _, seq := range durable {
-						b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
-						if err != nil || !bytes.Equal(b, fileContent(seq)) {
-							t.Fatalf("kill %d: fsynced file f%06d lost or damaged: %v", kill, seq, err)
-						}
-					}
-					t.Logf("kill %d: %d files written and fsynced in this round, %d verified", kill, len(got), len(durable))
-					// Make room for the next round.
-					for _, seq := range durable {
-						os.Remove(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)))
-					}
-					durable = nil
-					unmount(t, mnt)
-				}
+				filesystemCrashRounds(t, newServer(t, policy, 512<<20), fs, kills)
 			})
 		}
 	}

@@ -25,14 +25,22 @@ func newMetadataImage(t testing.TB, pool objstore.Pool, name string) {
 	}
 }
 
+// openMetadataDevice opens a journalMode metadata device (o, in metadata
+// mode) on a new image "vol" of a new local pool.
+func openMetadataDevice(t *testing.T, o Options) (objstore.Pool, *Device) {
+	t.Helper()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	o.JournalMode = JournalMetadata
+	return pool, openDevice(t, pool, "vol", o)
+}
+
 // TestMetadataModel: random writes, discards and write-zeroes on a
 // metadata-mode device read back as a reference model says, before and
 // after a reopen; a clean close leaves nothing to check.
 func TestMetadataModel(t *testing.T) {
 	ctx := context.Background()
-	pool := openPool(t, t.TempDir())
-	newMetadataImage(t, pool, "vol")
-	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	pool, d := openMetadataDevice(t, Options{})
 	if d.JournalMode() != JournalMetadata {
 		t.Fatalf("mode %v", d.JournalMode())
 	}
@@ -138,9 +146,7 @@ func logEntries(t *testing.T, pool objstore.Pool, name string, es []extentlog.En
 // checked.
 func TestMetadataReplayFindsTornExtents(t *testing.T) {
 	ctx := context.Background()
-	pool := openPool(t, t.TempDir())
-	newMetadataImage(t, pool, "vol")
-	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	pool, d := openMetadataDevice(t, Options{})
 	a := bytes.Repeat([]byte{0xaa}, 4096)
 	for _, off := range []int64{0, 8192, 16384, 65536} {
 		if _, err := d.WriteAt(ctx, a, off); err != nil {
@@ -180,9 +186,7 @@ func TestMetadataReplayFindsTornExtents(t *testing.T) {
 // extents written since a position, and advancing it drops them.
 func TestMetadataChangedExtents(t *testing.T) {
 	ctx := context.Background()
-	pool := openPool(t, t.TempDir())
-	newMetadataImage(t, pool, "vol")
-	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	pool, d := openMetadataDevice(t, Options{})
 	id := d.img.ID()
 	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
 		t.Fatal(err)
@@ -259,9 +263,7 @@ func equalExtents(a, b []extentlog.Extent) bool {
 // recorded in the extent log as op entries carrying librbd's resize events.
 func TestMetadataResizeJournaled(t *testing.T) {
 	ctx := context.Background()
-	pool := openPool(t, t.TempDir())
-	newMetadataImage(t, pool, "vol")
-	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	pool, d := openMetadataDevice(t, Options{})
 	id := d.img.ID()
 	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
 		t.Fatal(err)
@@ -326,9 +328,7 @@ func TestInsertMerged(t *testing.T) {
 // logged as op entries, and a reopen (replaying them) keeps it.
 func TestMetadataSnapshot(t *testing.T) {
 	ctx := context.Background()
-	pool := openPool(t, t.TempDir())
-	newMetadataImage(t, pool, "vol")
-	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata, Journal: journal.Settings{CommitAge: time.Hour}})
+	pool, d := openMetadataDevice(t, Options{Journal: journal.Settings{CommitAge: time.Hour}})
 	id := d.img.ID()
 	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
 		t.Fatal(err)

@@ -6,12 +6,8 @@ import (
 	"errors"
 	"syscall"
 	"testing"
-	"time"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/image"
-	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 )
@@ -150,24 +146,5 @@ func TestOpenRefusesNonPrimary(t *testing.T) {
 // owner (a mirror uuid; "" is local).
 func journalWritesOwned(t *testing.T, pool objstore.Pool, name, owner string, evs []rbdjournal.Event) {
 	t.Helper()
-	ctx := context.Background()
-	img, err := image.Open(ctx, pool, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := journal.Open(ctx, pool, img.ID(), "", journal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close(ctx)
-	tag, err := j.AllocateTag(ctx, 0, cephenc.Marshal(rbdjournal.TagData{MirrorUUID: owner}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ev := range evs {
-		j.Append(tag.Tid, cephenc.Marshal(rbdjournal.EventEntry{Event: ev, Timestamp: time.Now()}))
-	}
-	if err := j.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	journalWritesTag(t, pool, name, 0, rbdjournal.TagData{MirrorUUID: owner}, evs)
 }

@@ -38,36 +38,11 @@ func TestSnapshotWhileFsyncing(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d, err := os.Open(mnt)
-		if err != nil {
-			return
-		}
-		defer d.Close()
-		for seq := 0; ; seq++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			f, err := os.OpenFile(filepath.Join(mnt, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-			if err != nil {
-				return
-			}
-			_, err = f.Write(fileContent(seq))
-			if err == nil {
-				err = f.Sync()
-			}
-			f.Close()
-			if err == nil {
-				err = d.Sync()
-			}
-			if err != nil {
-				return
-			}
+		writeFilesEach(mnt, 0, stop, func(seq int) {
 			mu.Lock()
 			durable = append(durable, seq)
 			mu.Unlock()
-		}
+		})
 	}()
 	time.Sleep(1500 * time.Millisecond)
 

@@ -108,27 +108,30 @@ func (r *snapRequester) asyncRequest(req rbdnotify.AsyncRequestID, p rbdnotify.P
 // position of client "peer" (registered before the device wrote).
 func peerJournalEvents(t *testing.T, pool objstore.Pool, id string) []rbdjournal.Event {
 	t.Helper()
-	ctx := context.Background()
-	j, err := journal.Open(ctx, pool, id, "peer", journal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close(ctx)
 	var evs []rbdjournal.Event
-	if _, err := j.Replay(ctx, journal.ReplayOptions{}, func(_ context.Context, e journal.ReplayEntry) error {
-		var ee rbdjournal.EventEntry
-		if err := cephenc.Unmarshal(e.Data, &ee); err != nil {
-			return err
-		}
-		evs = append(evs, ee.Event)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	withPeerJournal(t, pool, id, func(ctx context.Context, j *journal.Journaler) error {
+		_, err := j.Replay(ctx, journal.ReplayOptions{}, func(_ context.Context, e journal.ReplayEntry) error {
+			var ee rbdjournal.EventEntry
+			if err := cephenc.Unmarshal(e.Data, &ee); err != nil {
+				return err
+			}
+			evs = append(evs, ee.Event)
+			return nil
+		})
+		return err
+	})
 	return evs
 }
 
+// registerPeer registers client "peer" in the image's journal.
 func registerPeer(t *testing.T, pool objstore.Pool, id string) {
+	t.Helper()
+	withPeerJournal(t, pool, id, func(ctx context.Context, j *journal.Journaler) error { return j.RegisterClient(ctx, nil) })
+}
+
+// withPeerJournal runs f on the image's journal opened as client "peer",
+// then closes it; an error fails the test.
+func withPeerJournal(t *testing.T, pool objstore.Pool, id string, f func(context.Context, *journal.Journaler) error) {
 	t.Helper()
 	ctx := context.Background()
 	j, err := journal.Open(ctx, pool, id, "peer", journal.Options{})
@@ -136,7 +139,7 @@ func registerPeer(t *testing.T, pool objstore.Pool, id string) {
 		t.Fatal(err)
 	}
 	defer j.Close(ctx)
-	if err := j.RegisterClient(ctx, nil); err != nil {
+	if err := f(ctx, j); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -102,15 +102,7 @@ func TestStaleEpochAfterTakeoverCeph(t *testing.T) {
 // holderOf returns the image lock's holder and cookie.
 func holderOf(t testing.TB, pool objstore.Pool, img string) (clslock.LockerID, bool) {
 	t.Helper()
-	im, err := image.Open(context.Background(), pool, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := clslock.GetLockInfo(context.Background(), pool, clsrbd.HeaderOID(im.ID()), exclusivelock.LockName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for id := range info.Lockers {
+	for id := range imageLockInfo(t, pool, img).Lockers {
 		return id, true
 	}
 	return clslock.LockerID{}, false
@@ -118,6 +110,15 @@ func holderOf(t testing.TB, pool objstore.Pool, img string) (clslock.LockerID, b
 
 // holderAddr returns the address of the image lock's holder.
 func holderAddr(t testing.TB, pool objstore.Pool, img string) string {
+	t.Helper()
+	for _, li := range imageLockInfo(t, pool, img).Lockers {
+		return li.Addr.ClientAddr()
+	}
+	return ""
+}
+
+// imageLockInfo reads the state of image img's exclusive lock.
+func imageLockInfo(t testing.TB, pool objstore.Pool, img string) clslock.LockInfo {
 	t.Helper()
 	im, err := image.Open(context.Background(), pool, img)
 	if err != nil {
@@ -127,10 +128,7 @@ func holderAddr(t testing.TB, pool objstore.Pool, img string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, li := range info.Lockers {
-		return li.Addr.ClientAddr()
-	}
-	return ""
+	return info
 }
 
 // TestLibrbdWriterRefusedCeph: `rbd bench --io-type write` on an image a

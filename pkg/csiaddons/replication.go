@@ -51,6 +51,7 @@ const (
 type request interface {
 	GetVolumeId() string
 	GetReplicationSource() *replication.ReplicationSource
+	GetSecrets() map[string]string
 }
 
 // volumeIDOf returns the volume a request is about. A volume group is
@@ -76,6 +77,7 @@ func volumeIDOf(req request) (string, error) {
 
 // target is the volume a call is about, opened.
 type target struct {
+	name string // the volume id as the request gave it
 	id   volume.VolumeID
 	st   storage.Storage
 	m    storage.Mirrorer
@@ -110,20 +112,28 @@ func (s *Server) open(ctx context.Context, id string, secrets map[string]string)
 	return &target{id: vid, st: st, m: m, pool: pool}, nil
 }
 
-// begin locks the volume and opens it.
-func (s *Server) begin(ctx context.Context, id string, secrets map[string]string) (*target, func(), error) {
-	if id == "" {
-		return nil, nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+// begin resolves the volume req is about (volumeIDOf), checks the
+// VolumeReplicationClass parameters (checkParams; nil for the calls that
+// do not take them), locks the volume and opens it with the request's
+// secrets.
+func (s *Server) begin(ctx context.Context, req request, params map[string]string) (*target, func(), error) {
+	id, err := volumeIDOf(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkParams(params); err != nil {
+		return nil, nil, err
 	}
 	unlock, err := s.lock(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := s.open(ctx, id, secrets)
+	t, err := s.open(ctx, id, req.GetSecrets())
 	if err != nil {
 		unlock()
 		return nil, nil, err
 	}
+	t.name = id
 	return t, unlock, nil
 }
 
@@ -153,20 +163,13 @@ func checkParams(params map[string]string) error {
 // (idempotent). A pool without mirroring is FailedPrecondition naming the
 // command that enables it.
 func (s *Server) EnableVolumeReplication(ctx context.Context, req *replication.EnableVolumeReplicationRequest) (*replication.EnableVolumeReplicationResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkParams(req.GetParameters()); err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if _, ok := req.GetParameters()[ParamSchedulingInterval]; ok {
-		klog.FromContext(ctx).V(2).Info("Ignoring a snapshot schedule: journal mirroring replicates every write", "volumeID", id)
+		klog.FromContext(ctx).V(2).Info("Ignoring a snapshot schedule: journal mirroring replicates every write", "volumeID", t.name)
 	}
 	if err := t.m.EnableJournalMirroring(ctx, t.pool, t.id.Image); err != nil {
 		return nil, mirrorErr(err, "enable journal mirroring of", t)
@@ -177,14 +180,7 @@ func (s *Server) EnableVolumeReplication(ctx context.Context, req *replication.E
 // DisableVolumeReplication disables mirroring of the volume's image
 // (idempotent). On a non-primary copy it needs the parameter force=true.
 func (s *Server) DisableVolumeReplication(ctx context.Context, req *replication.DisableVolumeReplicationRequest) (*replication.DisableVolumeReplicationResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkParams(req.GetParameters()); err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
@@ -200,11 +196,7 @@ func (s *Server) DisableVolumeReplication(ctx context.Context, req *replication.
 // though the current primary cannot be asked (its site is lost). A primary
 // copy is already promoted (OK).
 func (s *Server) PromoteVolume(ctx context.Context, req *replication.PromoteVolumeRequest) (*replication.PromoteVolumeResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -225,11 +217,7 @@ func (s *Server) PromoteVolume(ctx context.Context, req *replication.PromoteVolu
 // already demoted (OK); a copy staged on a node is refused
 // (FailedPrecondition): its user must stop first.
 func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolumeRequest) (*replication.DemoteVolumeResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -253,18 +241,14 @@ func (s *Server) DemoteVolume(ctx context.Context, req *replication.DemoteVolume
 // resynced unless force is set (the controller calls ResyncVolume on every
 // reconcile of a secondary). A primary copy is FailedPrecondition.
 func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolumeRequest) (*replication.ResyncVolumeResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	log := klog.FromContext(ctx).WithValues("volumeID", id)
+	log := klog.FromContext(ctx).WithValues("volumeID", t.name)
 	mi, err := t.m.MirrorInfo(ctx, t.pool, t.id.Image)
-	if errors.Is(err, image.ErrNotFound) && s.resyncing(id) {
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(t.name) {
 		log.V(2).Info("Resync in progress: rbd-mirror is re-creating the image")
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
@@ -279,7 +263,7 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 			what("resync", t), storage.ErrImagePrimary)
 	}
 	st, err := t.m.LocalMirrorStatus(ctx, t.pool, t.id.Image)
-	if errors.Is(err, image.ErrNotFound) && s.resyncing(id) {
+	if errors.Is(err, image.ErrNotFound) && s.resyncing(t.name) {
 		log.V(2).Info("Resync in progress: rbd-mirror is removing the image")
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
@@ -295,12 +279,12 @@ func (s *Server) ResyncVolume(ctx context.Context, req *replication.ResyncVolume
 		if err := t.m.ResyncImage(ctx, t.pool, t.id.Image); err != nil {
 			return nil, mirrorErr(err, "resync", t)
 		}
-		s.resyncRequested(id)
+		s.resyncRequested(t.name)
 		return &replication.ResyncVolumeResponse{Ready: false}, nil
 	}
 	ready, why := replayCaughtUp(st)
 	if ready {
-		s.resyncDone(id)
+		s.resyncDone(t.name)
 	}
 	log.V(2).Info("Resync status", "ready", ready, "why", why)
 	return &replication.ResyncVolumeResponse{Ready: ready}, nil
@@ -358,11 +342,7 @@ func entriesBehind(desc string) (int64, bool) {
 // the slowest one's. The backlog (entries, bytes, object sets) goes into
 // response headers, which the v0.2.0 response has no field for.
 func (s *Server) GetVolumeReplicationInfo(ctx context.Context, req *replication.GetVolumeReplicationInfoRequest) (*replication.GetVolumeReplicationInfoResponse, error) {
-	id, err := volumeIDOf(req)
-	if err != nil {
-		return nil, err
-	}
-	t, unlock, err := s.begin(ctx, id, req.GetSecrets())
+	t, unlock, err := s.begin(ctx, req, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +386,7 @@ func (s *Server) GetVolumeReplicationInfo(ctx context.Context, req *replication.
 	if ok {
 		resp.LastSyncTime = timestamppb.New(last)
 	}
-	klog.FromContext(ctx).V(2).Info("Replication info", "volumeID", id, "peer", slowest.MirrorUUID,
+	klog.FromContext(ctx).V(2).Info("Replication info", "volumeID", t.name, "peer", slowest.MirrorUUID,
 		"lastSync", last, "known", ok, "entriesBehind", slowest.EntriesBehind, "bytesBehind", slowest.BytesBehind, "setsBehind", slowest.SetsBehind)
 	return resp, nil
 }

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/klog/v2"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/grpcserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 )
 
@@ -50,11 +50,14 @@ type Server struct {
 	identity.UnimplementedIdentityServer
 	replication.UnimplementedControllerServer
 
-	o     Options
-	locks keyLocks
+	o Options
+	// locks gives one lock per volume: a second call on a volume while one
+	// is in flight fails with Aborted (the csi-addons spec's "operation
+	// pending for volume"), which the controller retries.
+	locks  grpcserver.KeyLocks
+	server grpcserver.Server
 
-	mu  sync.Mutex
-	srv *grpc.Server
+	mu sync.Mutex
 	// resyncs are the volumes this server asked rbd-mirror to resync, and
 	// when: rbd-mirror deletes the image and creates it anew about 30 s
 	// later (its replayer's restart interval), and a ResyncVolume in that
@@ -123,73 +126,27 @@ func (s *Server) Register(srv *grpc.Server) {
 // Serve serves on l until ctx is done or Stop is called; then it stops
 // gracefully (bounded by 10 s, then forcibly).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logInterceptor))
+	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	s.Register(srv)
-	s.mu.Lock()
-	s.srv = srv
-	s.mu.Unlock()
-	done := make(chan struct{})
-	defer close(done)
-	go func() { // owned by Serve: ends when Serve returns
-		select {
-		case <-ctx.Done():
-			s.Stop()
-		case <-done:
-		}
-	}()
+	s.server.Use(srv)
 	klog.FromContext(ctx).Info("Serving csi-addons", "driver", s.o.Name, "services", "identity, replication", "endpoint", l.Addr().String())
-	err := srv.Serve(l)
-	if errors.Is(err, grpc.ErrServerStopped) {
-		err = nil
-	}
-	return err
+	return s.server.Serve(ctx, l)
 }
 
 // Stop stops serving: in-flight calls get 10 s to finish.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	srv := s.srv
-	s.mu.Unlock()
-	if srv == nil {
-		return
-	}
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		srv.Stop()
-		<-stopped
-	}
-}
+func (s *Server) Stop() { s.server.Stop() }
 
-// logInterceptor logs each call with its volume id and outcome (never the
-// request: it carries secrets) and turns plain errors into Internal ones.
-func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	logger := klog.FromContext(ctx)
-	resp, err := handler(ctx, req)
-	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
-	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
-	if r, ok := req.(request); ok {
-		if id, err := volumeIDOf(r); err == nil {
-			kv = append(kv, "volumeID", id)
+// logCalls logs each csi-addons call with its volume id and outcome.
+var logCalls = grpcserver.LogCalls(grpcserver.CallLog{Failed: "csi-addons call failed", Succeeded: "csi-addons call",
+	Quiet: []string{"Probe"},
+	Keys: func(req any) []any {
+		if r, ok := req.(request); ok {
+			if id, err := volumeIDOf(r); err == nil {
+				return []any{"volumeID", id}
+			}
 		}
-	}
-	if err != nil {
-		if _, ok := status.FromError(err); !ok {
-			err = status.Error(codes.Internal, err.Error())
-		}
-		logger.Info("csi-addons call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
-		return resp, err
-	}
-	if method == "Probe" {
-		logger.V(5).Info("csi-addons call", kv...)
-	} else {
-		logger.V(2).Info("csi-addons call", kv...)
-	}
-	return resp, nil
-}
+		return nil
+	}})
 
 // --- Identity ---
 
@@ -213,39 +170,12 @@ func (s *Server) Probe(context.Context, *identity.ProbeRequest) (*identity.Probe
 	return &identity.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }
 
-// keyLocks gives one lock per volume: a second call on a volume while one
-// is in flight fails with Aborted (the csi-addons spec's "operation
-// pending for volume"), which the controller retries.
-type keyLocks struct {
-	mu   sync.Mutex
-	held map[string]bool
-}
-
-func (l *keyLocks) tryLock(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.held == nil {
-		l.held = map[string]bool{}
-	}
-	if l.held[key] {
-		return false
-	}
-	l.held[key] = true
-	return true
-}
-
-func (l *keyLocks) unlock(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.held, key)
-}
-
 // lock takes volume id's lock or fails with Aborted.
 func (s *Server) lock(id string) (func(), error) {
-	if !s.locks.tryLock(id) {
+	if !s.locks.TryLock(id) {
 		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is in progress", id)
 	}
-	return func() { s.locks.unlock(id) }, nil
+	return func() { s.locks.Unlock(id) }, nil
 }
 
 // what names a call's operation in errors.

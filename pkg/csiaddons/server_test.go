@@ -12,9 +12,9 @@ import (
 
 	"github.com/csi-addons/spec/lib/go/identity"
 	"github.com/csi-addons/spec/lib/go/replication"
+	"github.com/csi-rbdj/csi-rbdj/pkg/grpcserver/grpcservertest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -244,25 +244,11 @@ func serve(t *testing.T, b storage.Backend, now func() time.Time) (identity.Iden
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(t.TempDir(), "csi-addons.sock")
-	l, err := net.Listen("unix", sock)
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "csi-addons.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, l) }()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	conn := grpcservertest.Serve(t, l, s.Serve)
 	return identity.NewIdentityClient(conn), replication.NewControllerClient(conn)
 }
 

@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -126,6 +128,38 @@ func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) storage
 		t.Fatal(err)
 	}
 	return b
+}
+
+// servedPool is the driver served on the test cluster (servePool).
+type servedPool struct {
+	ctrl   csi.ControllerClient
+	node   csi.NodeClient
+	sec    map[string]string // the read-write user's secrets
+	params map[string]string // StorageClass parameters naming the test pool
+	pool   func(context.Context) (objstore.Pool, error)
+}
+
+// servePool serves the driver in dir on the test cluster (the read-only
+// user as default credentials) and opens the test pool as the read-write
+// user would.
+func (f *cephFixture) servePool(t *testing.T, dir string) servedPool {
+	t.Helper()
+	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	ctrl, node, _ := serveDriver(t, dir, b)
+	sec := secrets(f.rw)
+	return servedPool{ctrl: ctrl, node: node, sec: sec, params: cephPoolParams(),
+		pool: func(ctx context.Context) (objstore.Pool, error) {
+			st, err := b.Storage(ctx, cephTestCluster, sec)
+			if err != nil {
+				return nil, err
+			}
+			return st.Pool(ctx, cephtest.PoolName)
+		}}
+}
+
+// cephPoolParams are StorageClass parameters naming the test pool.
+func cephPoolParams() map[string]string {
+	return map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
 }
 
 // cephCLI runs a Ceph command-line tool (ceph, rbd, ceph-authtool) on the

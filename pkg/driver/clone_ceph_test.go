@@ -53,13 +53,34 @@ func TestCephServeLibrbdClone(t *testing.T) {
 	// The parent's head changes after the snapshot: the clone must not see it.
 	f.rbd(t, "bench", "--io-type", "write", "--io-size", "1M", "--io-total", "8M", "--io-pattern", "seq", p+parent)
 
+	writeServedClone(t, node, dir, &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(child), Secrets: secrets(f.rw)}, "the served clone", model)
+	cmd := exec.Command("rbd", "-c", f.conf, "export", "--no-progress", p+child, "-")
+	cmd.Env = append(cmd.Environ(), "CEPH_ARGS=--admin-socket=")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("rbd export: %v", err)
+	}
+	compareModel(t, "rbd export of the clone", out, model)
+	t.Log(f.rbd(t, "info", p+child))
+}
+
+// writeServedClone stages the clone stage names (with its secrets or
+// volume context) as a block device in dir and publishes it, checks that
+// it reads model (its parent's data), writes 4 KiB into several of its
+// objects (each copied up first) and checks that they read back over the
+// parent's data around them, then unpublishes and unstages it. model gets
+// the writes.
+func writeServedClone(t *testing.T, node csi.NodeClient, dir string, stage *csi.NodeStageVolumeRequest, what string, model []byte) {
+	t.Helper()
+	ctx := context.Background()
 	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	id := staticVolumeID(child)
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
-		t.Fatalf("stage the clone: %v", err)
+	id := stage.GetVolumeId()
+	stage.StagingTargetPath, stage.VolumeCapability = staging, blockVolCap
+	if _, err := node.NodeStageVolume(ctx, stage); err != nil {
+		t.Fatalf("stage %s: %v", what, err)
 	}
 	staged := true
 	unstage := func() {
@@ -78,21 +99,9 @@ func TestCephServeLibrbdClone(t *testing.T) {
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
 		t.Fatal(err)
 	}
-	compare := func(what string, got []byte) {
-		t.Helper()
-		if len(got) != len(model) {
-			t.Fatalf("%s: %d bytes, want %d", what, len(got), len(model))
-		}
-		for i := range got {
-			if got[i] != model[i] {
-				t.Fatalf("%s: first difference at byte %d (object %d)", what, i, i>>20)
-			}
-		}
-		t.Logf("%s: equal (%d bytes)", what, len(got))
-	}
 	readDev := func() []byte {
-		out := make([]byte, 0, size)
-		for off := int64(0); off < size; off += 4096 {
+		out := make([]byte, 0, len(model))
+		for off := int64(0); off < int64(len(model)); off += 4096 {
 			b, err := readBlock(target, off)
 			if err != nil {
 				t.Fatal(err)
@@ -101,7 +110,7 @@ func TestCephServeLibrbdClone(t *testing.T) {
 		}
 		return out
 	}
-	compare("the served clone before writes", readDev())
+	compareModel(t, what+" before writes (its parent's data)", readDev(), model)
 	for i, off := range []int64{1<<20 + 8192, 2<<20 + 4096, 3<<20 - 4096, 5 << 20, 8<<20 - 4096} {
 		data := bytes.Repeat([]byte{byte(0xa0 + i)}, 4096)
 		if err := writeBlock(target, off, data); err != nil {
@@ -109,14 +118,21 @@ func TestCephServeLibrbdClone(t *testing.T) {
 		}
 		copy(model[off:], data)
 	}
-	compare("the served clone after writes", readDev())
+	compareModel(t, what+" after partial writes (copy-up)", readDev(), model)
 	unstage()
-	cmd := exec.Command("rbd", "-c", f.conf, "export", "--no-progress", p+child, "-")
-	cmd.Env = append(cmd.Environ(), "CEPH_ARGS=--admin-socket=")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("rbd export: %v", err)
+}
+
+// compareModel fails the test unless got is model, naming the first
+// difference.
+func compareModel(t *testing.T, what string, got, model []byte) {
+	t.Helper()
+	if len(got) != len(model) {
+		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(model))
 	}
-	compare("rbd export of the clone", out)
-	t.Log(f.rbd(t, "info", p+child))
+	for i := range got {
+		if got[i] != model[i] {
+			t.Fatalf("%s: first difference at byte %d (object %d)", what, i, i>>20)
+		}
+	}
+	t.Logf("%s: equal (%d bytes)", what, len(got))
 }

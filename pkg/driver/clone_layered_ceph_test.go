@@ -5,9 +5,7 @@ package driver_test
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,7 +26,7 @@ import (
 func newCephCloneEnv(t *testing.T, f *cephFixture, params map[string]string) *cloneEnv {
 	t.Helper()
 	b := f.backend(t, f.configFile, credentialsDir(t, f.rw))
-	p := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
+	p := cephPoolParams()
 	for k, v := range params {
 		p[k] = v
 	}
@@ -231,56 +229,8 @@ func TestCephServeCSIClone(t *testing.T) {
 	names := []string{imageOf(src.GetVolume()), imageOf(restore)}
 	t.Cleanup(func() { checkCephFamilyGone(t, f, e, names, ids) })
 
-	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
-	if err := os.MkdirAll(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	id := restore.GetVolumeId()
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockVolCap, VolumeContext: restore.GetVolumeContext()}); err != nil {
-		t.Fatalf("stage the restore: %v", err)
-	}
-	staged := true
-	unstage := func() {
-		if !staged {
-			return
-		}
-		staged = false
-		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
-			t.Errorf("unpublish: %v", err)
-		}
-		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Errorf("unstage: %v", err)
-		}
-	}
-	t.Cleanup(unstage)
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
-		t.Fatal(err)
-	}
-	readDev := func() []byte {
-		out := make([]byte, 0, size)
-		for off := int64(0); off < size; off += 4096 {
-			b, err := readBlock(target, off)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, b...)
-		}
-		return out
-	}
-	if !bytes.Equal(readDev(), model) {
-		t.Fatal("the served restore does not read its parent's data at the snapshot")
-	}
-	for i, off := range []int64{1<<20 + 8192, 2<<20 + 4096, 3<<20 - 4096, 5 << 20, 8<<20 - 4096} {
-		data := bytes.Repeat([]byte{byte(0xa0 + i)}, 4096)
-		if err := writeBlock(target, off, data); err != nil {
-			t.Fatalf("write at %d: %v", off, err)
-		}
-		copy(model[off:], data)
-	}
-	if !bytes.Equal(readDev(), model) {
-		t.Fatal("the served restore reads other data after partial writes (copy-up)")
-	}
-	unstage()
+	writeServedClone(t, node, dir, &csi.NodeStageVolumeRequest{VolumeId: id, VolumeContext: restore.GetVolumeContext()}, "the served restore", model)
 	if !bytes.Equal(f.rbdExport(t, cephtest.PoolName+"/"+imageOf(restore)), model) {
 		t.Fatal("librbd reads the restore differently from what the node served")
 	}

@@ -463,12 +463,8 @@ func TestDeleteVolumeForeignSnapshot(t *testing.T) {
 // than cloneDepthSoftLimit by itself, soon after CreateVolume (woken, not
 // on its 30 s timer), and clears its record's flag.
 func TestBackgroundFlatten(t *testing.T) {
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, _, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	b, ctrl := d.b, d.ctrl
 	ctx := context.Background()
 	params := map[string]string{volume.ParamObjectOrder: "20", volume.ParamCloneDepthSoftLimit: "0"}
 	mk := func(name string, src *csi.VolumeContentSource) *csi.Volume {

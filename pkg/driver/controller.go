@@ -79,12 +79,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if !d.locks.TryLock("name/" + name) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", name)
+	ctx, done, err := d.operation(ctx, "name/"+name, "volume", name)
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("name/" + name)
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("name", name)
 
 	st, err := d.o.Backend.Storage(ctx, params.ClusterID, req.GetSecrets())
@@ -293,12 +292,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		}
 		return nil, err
 	}
-	if !d.locks.TryLock("id/" + vid.String()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", vid)
+	ctx, done, err := d.operation(ctx, "id/"+vid.String(), "volume", vid.String())
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("id/" + vid.String())
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 
 	st, err := volume.VolumeStorage(ctx, d.o.Backend, vid, req.GetSecrets(), volume.SecretsProvisioner)
 	if err != nil {
@@ -416,7 +414,7 @@ const listTokenPrefix = "after:"
 // listStart checks a List call's max_entries and starting token (issued by
 // this driver: listTokenPrefix and an id parse accepts) and returns the id
 // the page starts after ("" for the first page).
-func listStart(maxEntries int32, token string, parse func(id string) error) (string, error) {
+func listStart[ID any](maxEntries int32, token string, parse func(id string) (ID, error)) (string, error) {
 	if maxEntries < 0 {
 		return "", status.Errorf(codes.InvalidArgument, "max_entries %d is negative (0 means no limit)", maxEntries)
 	}
@@ -427,7 +425,7 @@ func listStart(maxEntries int32, token string, parse func(id string) error) (str
 	if !ok {
 		return "", status.Errorf(codes.Aborted, "starting_token %q was not issued by this driver; restart the listing without a token", token)
 	}
-	if err := parse(rest); err != nil {
+	if _, err := parse(rest); err != nil {
 		return "", status.Errorf(codes.Aborted, "starting_token %q is invalid (%v); restart the listing without a token", token, err)
 	}
 	return rest, nil
@@ -435,10 +433,7 @@ func listStart(maxEntries int32, token string, parse func(id string) error) (str
 
 // ListVolumes lists this driver's volumes in id order, with paging.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
-		_, err := volume.ParseVolumeID(id)
-		return err
-	})
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), volume.ParseVolumeID)
 	if err != nil {
 		return nil, err
 	}

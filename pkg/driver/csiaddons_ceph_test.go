@@ -13,9 +13,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-addons/spec/lib/go/replication"
-	"google.golang.org/grpc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/grpcserver/grpcservertest"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
@@ -31,26 +30,11 @@ func serveCSIAddons(t *testing.T, dir string, b storage.Backend) replication.Con
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "csi-addons.sock")
-	l, err := net.Listen("unix", sock)
+	l, err := net.Listen("unix", filepath.Join(dir, "csi-addons.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, l) }()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("csi-addons Serve: %v", err)
-		}
-	})
-	return replication.NewControllerClient(conn)
+	return replication.NewControllerClient(grpcservertest.Serve(t, l, s.Serve))
 }
 
 // TestCephCSIAddonsReplication drives the csi-addons replication calls

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/grpcserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -97,11 +98,12 @@ type Driver struct {
 
 	o Options
 
-	// locks serialises controller operations per volume name / id.
-	locks keyLocks
+	// locks serialises controller operations per volume name / id: a
+	// concurrent second operation on the same volume fails with Aborted,
+	// which the CO retries (the CSI spec's recommendation).
+	locks grpcserver.KeyLocks
 
-	mu  sync.Mutex
-	srv *grpc.Server
+	server grpcserver.Server
 
 	// flattenKick wakes the background flattener (flatten.go).
 	flattenKick chan struct{}
@@ -202,7 +204,7 @@ func Listen(endpoint string) (net.Listener, error) {
 // Serve serves CSI on l until ctx is done or Stop is called; then it stops
 // gracefully (bounded by 10 s, then forcibly).
 func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(append(slices.Clone(d.o.Interceptors), logInterceptor)...))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(append(slices.Clone(d.o.Interceptors), logCalls)...))
 	csi.RegisterIdentityServer(srv, d)
 	if d.o.Mode.controller() {
 		csi.RegisterControllerServer(srv, d)
@@ -210,19 +212,7 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 	if d.o.Mode.node() {
 		csi.RegisterNodeServer(srv, d.o.NodeServer)
 	}
-	d.mu.Lock()
-	d.srv = srv
-	d.mu.Unlock()
-
-	done := make(chan struct{})
-	defer close(done)
-	go func() { // owned by Serve: ends when Serve returns
-		select {
-		case <-ctx.Done():
-			d.Stop()
-		case <-done:
-		}
-	}()
+	d.server.Use(srv)
 	if d.o.Mode.controller() {
 		// The background flattener (flatten.go) lives as long as Serve.
 		fctx, fcancel := context.WithCancel(ctx)
@@ -239,89 +229,37 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 	}
 	logger.Info("Serving CSI", "driver", d.o.Name, "mode", d.o.Mode, "backend", d.o.Backend.Kind(),
 		"clusters", clusters, "endpoint", l.Addr().String())
-	err = srv.Serve(l)
-	if errors.Is(err, grpc.ErrServerStopped) {
-		err = nil
-	}
-	return err
+	return d.server.Serve(ctx, l)
 }
 
 // Stop stops serving: in-flight calls get 10 s to finish.
-func (d *Driver) Stop() {
-	d.mu.Lock()
-	srv := d.srv
-	d.mu.Unlock()
-	if srv == nil {
-		return
+func (d *Driver) Stop() { d.server.Stop() }
+
+// operation starts a controller operation: it takes the lock of key, or
+// fails with Aborted naming the volume or snapshot (kind, name) an
+// operation is already in progress on (the CO retries), and bounds the
+// returned context by controllerTimeout; done cancels it and unlocks.
+func (d *Driver) operation(ctx context.Context, key, kind, name string) (_ context.Context, done func(), err error) {
+	if !d.locks.TryLock(key) {
+		return ctx, nil, status.Errorf(codes.Aborted, "an operation on %s %q is already in progress; retry", kind, name)
 	}
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		srv.Stop()
-		<-stopped
-	}
+	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
+	return ctx, func() { cancel(); d.locks.Unlock(key) }, nil
 }
 
-// logInterceptor logs each call with its volume id and outcome (never the
-// request itself: it may carry secrets) and turns plain errors into
-// Internal ones.
-func logInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	logger := klog.FromContext(ctx)
-	resp, err := handler(ctx, req)
-	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
-	kv := []any{"method", method, "duration", time.Since(start).Round(time.Microsecond)}
-	if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
-		kv = append(kv, "volumeID", v.GetVolumeId())
-	}
-	if v, ok := req.(interface{ GetName() string }); ok && v.GetName() != "" {
-		kv = append(kv, "name", v.GetName())
-	}
-	if err != nil {
-		if _, ok := status.FromError(err); !ok {
-			err = status.Error(codes.Internal, err.Error())
+// logCalls logs each CSI call with its volume id (or name) and outcome.
+var logCalls = grpcserver.LogCalls(grpcserver.CallLog{Failed: "CSI call failed", Succeeded: "CSI call",
+	Quiet: []string{"Probe", "NodeGetCapabilities", "NodeGetVolumeStats"},
+	Keys: func(req any) []any {
+		var kv []any
+		if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
+			kv = append(kv, "volumeID", v.GetVolumeId())
 		}
-		logger.Info("CSI call failed", append(kv, "code", status.Code(err), "err", status.Convert(err).Message())...)
-		return resp, err
-	}
-	if method == "Probe" || method == "NodeGetCapabilities" || method == "NodeGetVolumeStats" {
-		logger.V(5).Info("CSI call", kv...)
-	} else {
-		logger.V(2).Info("CSI call", kv...)
-	}
-	return resp, nil
-}
-
-// keyLocks gives one mutex per key; TryLock-style acquisition makes a
-// concurrent second operation on the same volume fail with Aborted, which the
-// CO retries (the CSI spec's recommendation).
-type keyLocks struct {
-	mu   sync.Mutex
-	held map[string]bool
-}
-
-// TryLock takes key or returns false if it is held.
-func (l *keyLocks) TryLock(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.held == nil {
-		l.held = map[string]bool{}
-	}
-	if l.held[key] {
-		return false
-	}
-	l.held[key] = true
-	return true
-}
-
-// Unlock releases key.
-func (l *keyLocks) Unlock(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.held, key)
-}
+		if v, ok := req.(interface{ GetName() string }); ok && v.GetName() != "" {
+			kv = append(kv, "name", v.GetName())
+		}
+		return kv
+	}})
 
 // --- Identity ---
 

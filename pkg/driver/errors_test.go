@@ -2,6 +2,7 @@ package driver_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,12 +11,11 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/grpcserver/grpcservertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -23,13 +23,31 @@ import (
 // local cluster and returns clients; everything stops in t.Cleanup.
 func startDriver(t *testing.T) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient, string) {
 	t.Helper()
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
+	d := serveLocal(t)
+	return d.ctrl, d.node, d.ident, d.dir
+}
+
+// localDriver is a driver served on a new local cluster (serveLocal).
+type localDriver struct {
+	ctrl  csi.ControllerClient
+	node  csi.NodeClient
+	ident csi.IdentityClient
+	b     *storage.LocalBackend
+	dir   string // the test directory: the cluster in dir/cluster, the node state in dir/node
+}
+
+// serveLocal serves a driver in mode all over a unix socket on a new local
+// cluster in a test directory; everything stops in t.Cleanup.
+func serveLocal(t *testing.T) localDriver {
+	t.Helper()
+	d := localDriver{dir: t.TempDir()}
+	var err error
+	d.b, err = storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(d.dir, "cluster"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrl, node, ident := serveDriver(t, dir, b)
-	return ctrl, node, ident, dir
+	d.ctrl, d.node, d.ident = serveDriver(t, d.dir, d.b)
+	return d
 }
 
 // serveDriver serves a driver in mode all on backend b (closed at the
@@ -48,30 +66,20 @@ func serveDriver(t *testing.T, dir string, b storage.Backend, opts ...func(*node
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "csi.sock")
-	l, err := driver.Listen("unix://" + sock)
+	l, err := driver.Listen("unix://" + filepath.Join(dir, "csi.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ns.Start(ctx)
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, l) }()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
+	t.Cleanup(func() { // after the server stopped
 		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 		defer scancel()
 		ns.Stop(sctx)
 		b.Close()
 		cleanupNode(t, dir, filepath.Join(dir, "node"))
+	})
+	conn := grpcservertest.Serve(t, l, func(ctx context.Context, l net.Listener) error {
+		ns.Start(ctx)
+		return d.Serve(ctx, l)
 	})
 	return csi.NewControllerClient(conn), csi.NewNodeClient(conn), csi.NewIdentityClient(conn)
 }

@@ -44,12 +44,11 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, err
 	}
-	if !d.locks.TryLock("id/" + vid.String()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry", vid)
+	ctx, done, err := d.operation(ctx, "id/"+vid.String(), "volume", vid.String())
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("id/" + vid.String())
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("volumeID", vid.String())
 	ctx = klog.NewContext(ctx, logger)
 

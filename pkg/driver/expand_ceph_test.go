@@ -12,9 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
-	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 // TestCephExpandOnline is TestExpandOnline on the Ceph test cluster: the
@@ -33,18 +31,8 @@ func TestCephExpandOnline(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
-			ctrl, node, _ := serveDriver(t, dir, b)
-			sec := secrets(f.rw)
-			params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
-			pool := func(ctx context.Context) (objstore.Pool, error) {
-				st, err := b.Storage(ctx, cephTestCluster, sec)
-				if err != nil {
-					return nil, err
-				}
-				return st.Pool(ctx, cephtest.PoolName)
-			}
-			runExpand(t, ctrl, node, filepath.Join(dir), tc, pool, params, sec)
+			s := f.servePool(t, dir)
+			runExpand(t, s.ctrl, s.node, filepath.Join(dir), tc, s.pool, s.params, s.sec)
 		})
 	}
 }
@@ -81,8 +69,7 @@ func TestCephExpandFollowsResize(t *testing.T) {
 	f := newCephFixture(t)
 	dir := t.TempDir()
 	ctrl, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)))
-	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
-	runFollowResize(t, ctrl, node, dir, params, secrets(f.rw), func(ctx context.Context, imageName string, size int64) error {
+	runFollowResize(t, ctrl, node, dir, cephPoolParams(), secrets(f.rw), func(ctx context.Context, imageName string, size int64) error {
 		out, err := cephCLI(ctx, f.conf, "rbd", "resize", "--no-progress", "--size", fmt.Sprintf("%dM", size>>20), cephtest.PoolName+"/"+imageName)
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)

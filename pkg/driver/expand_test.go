@@ -46,12 +46,8 @@ func TestExpandOnline(t *testing.T) {
 		{name: "block", block: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctrl, node, _ := serveDriver(t, dir, b)
+			d := serveLocal(t)
+			dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 			runExpand(t, ctrl, node, dir, tc, func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }, nil, nil)
 		})
 	}
@@ -617,12 +613,8 @@ func lastLines(s string, n int) string {
 // PersistentVolume: no volume record) grows too; a volume that does not
 // exist is NotFound, a request without capacity InvalidArgument.
 func TestExpandStaticVolume(t *testing.T) {
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, _, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	b, ctrl := d.b, d.ctrl
 	ctx := context.Background()
 	pool, err := b.EnsurePool(ctx, "rbd")
 	if err != nil {
@@ -653,12 +645,8 @@ func TestExpandStaticVolume(t *testing.T) {
 // owner) has its device follow, as krbd's devices do.
 func TestExpandFollowsResize(t *testing.T) {
 	requireRoot(t)
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, node, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	resize := func(ctx context.Context, imageName string, size int64) error {
 		pool, err := b.Pool(ctx, "rbd")
 		if err != nil {

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -49,14 +48,7 @@ func markNew(ctx context.Context, pool objstore.Pool, imageName string, rec *vol
 
 // updateRecord replaces an existing record.
 func updateRecord(ctx context.Context, pool objstore.Pool, imageName string, rec volumeRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	var op objstore.WriteOp
-	op.AssertExists()
-	op.WriteFull(b)
-	if err := pool.Operate(ctx, recordPrefix+imageName, &op); err != nil {
+	if err := updateJSONObject(ctx, pool, recordPrefix+imageName, rec); err != nil {
 		return fmt.Errorf("update volume record %s%s: %w", recordPrefix, imageName, err)
 	}
 	return nil

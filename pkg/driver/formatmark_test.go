@@ -27,12 +27,8 @@ import (
 func TestNeverFormatVolumeThatHadData(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, node, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	pool, err := b.EnsurePool(ctx, volume.DefaultPool)
 	if err != nil {
 		t.Fatal(err)

@@ -62,12 +62,8 @@ func TestJournalModeCreateVolume(t *testing.T) {
 // journal but an extent log, and that DeleteVolume removes the log.
 func TestJournalModeMetadataStage(t *testing.T) {
 	requireRoot(t)
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, node, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	ctx := context.Background()
 	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: map[string]string{volume.ParamJournalMode: "metadata"}})

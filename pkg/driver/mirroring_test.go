@@ -16,7 +16,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
-	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,13 +31,9 @@ import (
 func TestMirroringLocal(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, node, _ := serveDriver(t, dir, b)
-	_, err = ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	d := serveLocal(t)
+	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
+	_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		Parameters: map[string]string{volume.ParamMirroring: "journal"}})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "needs the Ceph backend") {
 		t.Fatalf("mirroring on the local backend: %v, want InvalidArgument naming Ceph", err)
@@ -144,12 +139,8 @@ func TestJournalMaxConcurrentObjectSets(t *testing.T) {
 	}{{"", false}, {"2", true}} {
 		t.Run("bound="+tt.bound, func(t *testing.T) {
 			ctx := context.Background()
-			dir := t.TempDir()
-			b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctrl, node, _ := serveDriver(t, dir, b)
+			d := serveLocal(t)
+			dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 			params := map[string]string{volume.ParamJournalOrder: "16"}
 			if tt.bound != "" {
 				params[volume.ParamJournalMaxConcurrentObjectSets] = tt.bound

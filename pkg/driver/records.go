@@ -29,12 +29,28 @@ func readJSONObject[T any](ctx context.Context, pool objstore.Pool, oid, what st
 // createJSONObject creates object oid holding v; it fails with
 // objstore.ErrExists if the object exists.
 func createJSONObject(ctx context.Context, pool objstore.Pool, oid string, v any) error {
+	return writeJSONObject(ctx, pool, oid, v, true)
+}
+
+// updateJSONObject replaces the content of existing object oid with v in
+// JSON.
+func updateJSONObject(ctx context.Context, pool objstore.Pool, oid string, v any) error {
+	return writeJSONObject(ctx, pool, oid, v, false)
+}
+
+// writeJSONObject writes v in JSON as object oid: a new one (create) or an
+// existing one.
+func writeJSONObject(ctx context.Context, pool objstore.Pool, oid string, v any, create bool) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	var op objstore.WriteOp
-	op.Create(true)
+	if create {
+		op.Create(true)
+	} else {
+		op.AssertExists()
+	}
 	op.WriteFull(b)
 	return pool.Operate(ctx, oid, &op)
 }

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -82,12 +81,11 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err != nil {
 		return nil, err
 	}
-	if !d.locks.TryLock("snap/" + name) {
-		return nil, status.Errorf(codes.Aborted, "an operation on snapshot %q is already in progress; retry", name)
+	ctx, done, err := d.operation(ctx, "snap/"+name, "snapshot", name)
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("snap/" + name)
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("name", name, "sourceVolumeID", vid.String())
 	ctx = klog.NewContext(ctx, logger)
 
@@ -203,12 +201,11 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		}
 		return nil, err
 	}
-	if !d.locks.TryLock("snapid/" + sid.String()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on snapshot %q is already in progress; retry", sid)
+	ctx, done, err := d.operation(ctx, "snapid/"+sid.String(), "snapshot", sid.String())
+	if err != nil {
+		return nil, err
 	}
-	defer d.locks.Unlock("snapid/" + sid.String())
-	ctx, cancel := context.WithTimeout(ctx, controllerTimeout)
-	defer cancel()
+	defer done()
 	st, pool, err := d.volumePool(ctx, sid.VolumeID, req.GetSecrets(), volume.SecretsSnapshotter)
 	if status.Code(err) == codes.NotFound {
 		return &csi.DeleteSnapshotResponse{}, nil
@@ -262,10 +259,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 // ListSnapshots lists this driver's snapshots in id order, with paging;
 // by snapshot id or source volume id when the request names one.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), func(id string) error {
-		_, err := volume.ParseSnapshotID(id)
-		return err
-	})
+	after, err := listStart(req.GetMaxEntries(), req.GetStartingToken(), volume.ParseSnapshotID)
 	if err != nil {
 		return nil, err
 	}
@@ -490,14 +484,7 @@ func writeSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec s
 
 // updateSnapRecord replaces an existing snapshot record.
 func updateSnapRecord(ctx context.Context, pool objstore.Pool, snap string, rec snapshotRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	var op objstore.WriteOp
-	op.AssertExists()
-	op.WriteFull(b)
-	return pool.Operate(ctx, snapRecordPrefix+snap, &op)
+	return updateJSONObject(ctx, pool, snapRecordPrefix+snap, rec)
 }
 
 func removeSnapRecord(ctx context.Context, pool objstore.Pool, snap string) error {

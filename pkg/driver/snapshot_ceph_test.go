@@ -3,7 +3,6 @@
 package driver_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
@@ -27,18 +25,8 @@ func TestCephSnapshotRestoreClone(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	dir := t.TempDir()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
-	ctrl, node, _ := serveDriver(t, dir, b)
-	sec := secrets(f.rw)
-	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
-	pool := func(ctx context.Context) (objstore.Pool, error) {
-		st, err := b.Storage(ctx, cephTestCluster, sec)
-		if err != nil {
-			return nil, err
-		}
-		return st.Pool(ctx, cephtest.PoolName)
-	}
-	runSnapshotRestoreClone(t, ctrl, node, filepath.Join(dir), pool, params, sec, uniqueName("snap")+"-", func(src, restored, _ *csi.Volume, sid string) {
+	s := f.servePool(t, dir)
+	runSnapshotRestoreClone(t, s.ctrl, s.node, filepath.Join(dir), s.pool, s.params, s.sec, uniqueName("snap")+"-", func(src, restored, _ *csi.Volume, sid string) {
 		s, err := volume.ParseSnapshotID(sid)
 		if err != nil {
 			t.Fatal(err)
@@ -77,17 +65,6 @@ func TestCephSnapshotRestoreClone(t *testing.T) {
 // librbd is asked (it would wait for the owner).
 func TestCephSnapshotUnresponsiveOwner(t *testing.T) {
 	f := newCephFixture(t)
-	dir := t.TempDir()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
-	ctrl, _, _ := serveDriver(t, dir, b)
-	sec := secrets(f.rw)
-	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName}
-	pool := func(ctx context.Context) (objstore.Pool, error) {
-		st, err := b.Storage(ctx, cephTestCluster, sec)
-		if err != nil {
-			return nil, err
-		}
-		return st.Pool(ctx, cephtest.PoolName)
-	}
-	runSnapshotUnresponsiveOwner(t, ctrl, pool, params, sec, uniqueName("held")+"-")
+	s := f.servePool(t, t.TempDir())
+	runSnapshotUnresponsiveOwner(t, s.ctrl, s.pool, s.params, s.sec, uniqueName("held")+"-")
 }

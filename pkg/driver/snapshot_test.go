@@ -74,12 +74,8 @@ func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets 
 // bad inputs: each fails with its code and leaves nothing behind.
 func TestSnapshotRestoreClone(t *testing.T) {
 	requireRoot(t)
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, node, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	pool := func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }
 	runSnapshotRestoreClone(t, ctrl, node, dir, pool, nil, nil, "", nil)
 }
@@ -294,12 +290,8 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 // node leaves it) is not snapshotted: Unavailable naming the holder, and
 // nothing is left behind (no snapshot, no record).
 func TestSnapshotUnresponsiveOwner(t *testing.T) {
-	dir := t.TempDir()
-	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, _, _ := serveDriver(t, dir, b)
+	d := serveLocal(t)
+	b, ctrl := d.b, d.ctrl
 	runSnapshotUnresponsiveOwner(t, ctrl, func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }, nil, nil, "")
 }
 

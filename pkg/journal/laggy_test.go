@@ -46,9 +46,6 @@ var laggyCases = []laggyCase{
 // laggyScenario runs one case on journal id of pool.
 func laggyScenario(t *testing.T, pool objstore.Pool, id string, tt laggyCase) {
 	ctx := context.Background()
-	if err := Create(ctx, pool, id, CreateOptions{Order: 12, SplayWidth: 4}); err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var reported []LaggyClient
 	s := fastSettings
@@ -58,25 +55,14 @@ func laggyScenario(t *testing.T, pool objstore.Pool, id string, tt laggyCase) {
 		defer mu.Unlock()
 		reported = append(reported, c)
 	}
-	j, err := Open(ctx, pool, id, "", Options{Settings: s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close(context.Background()) })
-	if err := j.RegisterClient(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	tag, err := j.AllocateTag(ctx, clsjournal.TagClassNew, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, tagTid := newJournalWith(t, pool, id, CreateOptions{Order: 12, SplayWidth: 4}, s)
 	peer := &objstore.WriteOp{}
 	clsjournal.ClientRegister(peer, "mirror-peer-uuid", nil)
 	if err := pool.Operate(ctx, HeaderOID(id), peer); err != nil {
 		t.Fatal(err)
 	}
 
-	fs := appendAll(t, j, tag.Tid, payloads(rand.New(rand.NewPCG(1, 2)), 200, 1500))
+	fs := appendAll(t, j, tagTid, payloads(rand.New(rand.NewPCG(1, 2)), 200, 1500))
 	_, active := j.Sets()
 	if active < 6 {
 		t.Fatalf("active set %d: want several sets", active)
@@ -85,7 +71,7 @@ func laggyScenario(t *testing.T, pool objstore.Pool, id string, tt laggyCase) {
 		set := min(uint64(tt.peerSet), active-1)
 		op := &objstore.WriteOp{}
 		clsjournal.ClientCommit(op, "mirror-peer-uuid", clsjournal.ObjectSetPosition{ObjectPositions: []clsjournal.ObjectPosition{
-			{ObjectNumber: set * 4, TagTid: tag.Tid, EntryTid: 0}}})
+			{ObjectNumber: set * 4, TagTid: tagTid, EntryTid: 0}}})
 		if err := pool.Operate(ctx, HeaderOID(id), op); err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +100,7 @@ func laggyScenario(t *testing.T, pool objstore.Pool, id string, tt laggyCase) {
 		}
 	}
 	// A second flush disconnects nobody again.
-	fs = appendAll(t, j, tag.Tid, payloads(rand.New(rand.NewPCG(3, 4)), 10, 1500))
+	fs = appendAll(t, j, tagTid, payloads(rand.New(rand.NewPCG(3, 4)), 10, 1500))
 	for _, f := range fs {
 		j.Committed(f.CommitTid)
 	}

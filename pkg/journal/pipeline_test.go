@@ -16,8 +16,16 @@ import (
 // newJournalWidth is newJournal with a splay width and settings.
 func newJournalWidth(t testing.TB, pool objstore.Pool, id string, width uint8, s Settings) (*Journaler, uint64) {
 	t.Helper()
+	return newJournalWith(t, pool, id, CreateOptions{Order: 24, SplayWidth: width}, s)
+}
+
+// newJournalWith creates journal id (o), opens it with settings s (closed
+// at the end of the test), registers the image client and allocates a
+// tag; it returns the journaler and the tag's tid.
+func newJournalWith(t testing.TB, pool objstore.Pool, id string, o CreateOptions, s Settings) (*Journaler, uint64) {
+	t.Helper()
 	ctx := context.Background()
-	if err := Create(ctx, pool, id, CreateOptions{Order: 24, SplayWidth: width}); err != nil {
+	if err := Create(ctx, pool, id, o); err != nil {
 		t.Fatal(err)
 	}
 	j, err := Open(ctx, pool, id, "", Options{Settings: s})

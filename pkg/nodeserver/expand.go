@@ -32,28 +32,20 @@ const growTimeout = 5 * time.Minute
 // volume_path is the staging path or a publish target of the volume on
 // this node; staging_target_path, if given, must be where it is staged.
 func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+	id := req.GetVolumeId()
+	path, err := requireIDAndPath(id, req.GetVolumePath(), "volume_path")
+	if err != nil {
+		return nil, err
 	}
-	if path == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_path is missing")
-	}
-	path = filepath.Clean(path)
 	cr := req.GetCapacityRange()
 	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 || (cr.GetLimitBytes() > 0 && cr.GetRequiredBytes() > cr.GetLimitBytes()) {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity_range is invalid (required %d, limit %d)", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, id)
+	ctx, done, err := s.operation(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("volumeID", id, "volumePath", path)
 	ctx = klog.NewContext(ctx, logger)
 

@@ -34,10 +34,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	target, staging = filepath.Clean(target), filepath.Clean(staging)
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, id)
+	unlock, err := s.readyAndLocked(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -127,18 +124,12 @@ func (s *Server) bindTarget(r *record, target string, readOnly bool) error {
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
-	}
-	if target == "" {
-		return nil, status.Error(codes.InvalidArgument, "target_path is missing")
-	}
-	target = filepath.Clean(target)
-	if err := s.waitReady(ctx); err != nil {
+	id := req.GetVolumeId()
+	target, err := requireIDAndPath(id, req.GetTargetPath(), "target_path")
+	if err != nil {
 		return nil, err
 	}
-	unlock, err := s.lock(ctx, id)
+	unlock, err := s.readyAndLocked(ctx, id)
 	if err != nil {
 		return nil, err
 	}

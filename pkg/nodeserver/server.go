@@ -338,6 +338,40 @@ func (s *Server) lock(ctx context.Context, id string) (unlock func(), err error)
 	}
 }
 
+// requireIDAndPath checks that a request names a volume and a path (field
+// is the path's name in the request, for the error) and returns the path
+// cleaned.
+func requireIDAndPath(id, path, field string) (string, error) {
+	if id == "" {
+		return "", status.Error(codes.InvalidArgument, "volume_id is missing")
+	}
+	if path == "" {
+		return "", status.Error(codes.InvalidArgument, field+" is missing")
+	}
+	return filepath.Clean(path), nil
+}
+
+// readyAndLocked waits until the volumes staged before a restart are
+// served again, then takes volume id's operation lock; the caller runs
+// unlock when done.
+func (s *Server) readyAndLocked(ctx context.Context, id string) (unlock func(), err error) {
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	return s.lock(ctx, id)
+}
+
+// operation is readyAndLocked with the operation timeout on the returned
+// context; done cancels it and releases the lock.
+func (s *Server) operation(ctx context.Context, id string) (_ context.Context, done func(), err error) {
+	unlock, err := s.readyAndLocked(ctx, id)
+	if err != nil {
+		return ctx, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+	return ctx, func() { cancel(); unlock() }, nil
+}
+
 func (s *Server) get(id string) *stagedVolume {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -47,16 +47,11 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, want.VolumeID)
+	ctx, done, err := s.operation(ctx, want.VolumeID)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-	defer cancel()
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("volumeID", want.VolumeID, "stagingPath", want.StagingPath)
 	ctx = klog.NewContext(ctx, logger)
 
@@ -490,24 +485,16 @@ func (s *Server) teardown(ctx context.Context, v *stagedVolume) {
 // NodeUnstageVolume unmounts the staging path, detaches the loop device,
 // drains and commits the journal and releases the image.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	id, path := req.GetVolumeId(), req.GetStagingTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
-	}
-	if path == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging_target_path is missing")
-	}
-	path = filepath.Clean(path)
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, id)
+	id := req.GetVolumeId()
+	path, err := requireIDAndPath(id, req.GetStagingTargetPath(), "staging_target_path")
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-	defer cancel()
+	ctx, done, err := s.operation(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", path)
 	ctx = klog.NewContext(ctx, logger)
 

@@ -2,7 +2,6 @@ package nodeserver
 
 import (
 	"context"
-	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -14,14 +13,11 @@ import (
 // size) of a staged or published path, and the volume's condition: abnormal
 // when the loop device stopped serving or the journaled device failed.
 func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is missing")
+	id := req.GetVolumeId()
+	path, err := requireIDAndPath(id, req.GetVolumePath(), "volume_path")
+	if err != nil {
+		return nil, err
 	}
-	if path == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_path is missing")
-	}
-	path = filepath.Clean(path)
 	if err := s.waitReady(ctx); err != nil {
 		return nil, err
 	}

@@ -33,6 +33,17 @@ func openTestLocal(t *testing.T) (*LocalBackend, objstore.Pool) {
 	return b, pool
 }
 
+// openTestImage is openTestLocal with an image name of size bytes (default
+// options) in the pool.
+func openTestImage(t *testing.T, name string, size int64) (*LocalBackend, objstore.Pool) {
+	t.Helper()
+	b, pool := openTestLocal(t)
+	if err := b.CreateImage(context.Background(), pool, name, size, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return b, pool
+}
+
 func readImage(t *testing.T, pool objstore.Pool, name string) []byte {
 	t.Helper()
 	img, err := image.Open(context.Background(), pool, name)

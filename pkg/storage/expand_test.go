@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,18 +17,7 @@ import (
 // errors callers branch on.
 func TestLocalExpandImage(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenLocal(LocalOptions{Dir: filepath.Join(t.TempDir(), "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	pool, err := b.EnsurePool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.CreateImage(ctx, pool, "vol", 64<<20, image.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	b, pool := openTestImage(t, "vol", 64<<20)
 	size := func() int64 {
 		info, err := b.ImageInfo(ctx, pool, "vol")
 		if err != nil {

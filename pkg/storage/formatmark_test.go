@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -16,18 +15,7 @@ import (
 // cleared.
 func TestFormatBlankMarker(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenLocal(LocalOptions{Dir: t.TempDir(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	pool, err := b.EnsurePool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.CreateImage(ctx, pool, "img", 8<<20, image.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, pool := openTestImage(t, "img", 8<<20)
 	set := func(v string) {
 		t.Helper()
 		id, oid, err := headerOf(ctx, pool, "img")

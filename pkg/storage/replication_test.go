@@ -20,18 +20,7 @@ import (
 // measuring changes nothing.
 func TestJournalReplication(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenLocal(LocalOptions{Dir: t.TempDir(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	pool, err := b.EnsurePool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.CreateImage(ctx, pool, "img", 8<<20, image.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	b, pool := openTestImage(t, "img", 8<<20)
 	info, err := b.ImageInfo(ctx, pool, "img")
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"math/rand"
-	"path/filepath"
 	"testing"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
@@ -20,15 +19,7 @@ import (
 // (ErrSnapshotNotFound the second time).
 func TestLocalSnapshotCopy(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenLocal(LocalOptions{Dir: filepath.Join(t.TempDir(), "cluster"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	pool, err := b.EnsurePool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, pool := openTestLocal(t)
 	const order, objects = 16, 40
 	const size = objects << order
 	if err := b.CreateImage(ctx, pool, "src", size, image.CreateOptions{Order: order}); err != nil {

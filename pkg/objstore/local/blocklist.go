@@ -3,9 +3,7 @@ package local
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,15 +21,8 @@ func (c *Cluster) blocklistPath() string { return filepath.Join(c.dir, "blocklis
 
 func (c *Cluster) readBlocklist() (map[string]int64, error) {
 	m := map[string]int64{}
-	b, err := os.ReadFile(c.blocklistPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return m, nil
-	}
-	if err != nil {
+	if err := readJSONFile(c.blocklistPath(), &m, func(err error) error { return fmt.Errorf("%s: %w", c.blocklistPath(), err) }); err != nil {
 		return nil, err
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", c.blocklistPath(), err)
 	}
 	return m, nil
 }

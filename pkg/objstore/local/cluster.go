@@ -296,17 +296,27 @@ func (c *Cluster) statePath() string { return filepath.Join(c.dir, "cluster.json
 
 func (c *Cluster) readState() (*clusterState, error) {
 	st := &clusterState{NextPoolID: 1, NextClientID: firstClientID}
-	b, err := os.ReadFile(c.statePath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
-	}
-	if err != nil {
+	if err := readJSONFile(c.statePath(), st, func(err error) error { return fmt.Errorf("%s: %w", c.statePath(), err) }); err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(b, st); err != nil {
-		return nil, fmt.Errorf("%s: %w", c.statePath(), err)
-	}
 	return st, nil
+}
+
+// readJSONFile decodes the JSON file at path into v; a missing file leaves
+// v as it is. A file that does not decode is the error bad makes of the
+// decoding error (each caller names the file and its meaning).
+func readJSONFile(path string, v any, bad func(error) error) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return bad(err)
+	}
+	return nil
 }
 
 // writeFileAtomic replaces path durably: temp file, fsync, rename, fsync dir.

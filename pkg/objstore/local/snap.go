@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -214,17 +212,10 @@ func (p *pool) snapRegistryPath() string { return filepath.Join(p.dir, "snaps.js
 
 func (p *pool) readSnapRegistry() (snapRegistry, error) {
 	var reg snapRegistry
-	b, err := os.ReadFile(p.snapRegistryPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return reg, nil
-	}
-	if err != nil {
-		return reg, err
-	}
-	if err := json.Unmarshal(b, &reg); err != nil {
-		return reg, fmt.Errorf("%w: %s: %v", syscall.EIO, p.snapRegistryPath(), err)
-	}
-	return reg, nil
+	err := readJSONFile(p.snapRegistryPath(), &reg, func(err error) error {
+		return fmt.Errorf("%w: %s: %v", syscall.EIO, p.snapRegistryPath(), err)
+	})
+	return reg, err
 }
 
 // updateSnapRegistry changes the registry under the commit lock (which

@@ -210,7 +210,13 @@ func (o *opCtx) ensureExists() {
 		return
 	}
 	o.addMut(mut{kind: mutCreateFresh})
-	o.st.exists = true
+	o.reset(true)
+}
+
+// reset makes the object exist or not, with no data and empty metadata
+// of this operation's own (the mutation recorded by the caller says so).
+func (o *opCtx) reset(exists bool) {
+	o.st.exists = exists
 	o.st.size = 0
 	o.st.meta = &objMeta{}
 	o.metaOwned = true
@@ -233,11 +239,7 @@ func (o *opCtx) remove() error {
 		return syscall.ENOENT
 	}
 	o.addMut(mut{kind: mutRemove})
-	o.st.exists = false
-	o.st.size = 0
-	o.st.meta = &objMeta{}
-	o.metaOwned = true
-	o.metaChanged = false
+	o.reset(false)
 	return nil
 }
 

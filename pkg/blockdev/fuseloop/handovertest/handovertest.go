@@ -104,6 +104,22 @@ func (p *Proc) Blocked() <-chan struct{} { return p.blocked }
 // Resent is the last count of resent requests the child reported.
 func (p *Proc) Resent() uint64 { p.mu.Lock(); defer p.mu.Unlock(); return p.resent }
 
+// signalAndWait stops the child, with SIGTERM (planned) or SIGKILL, and
+// waits 30 s at most for it to exit; it reports whether it did.
+func (p *Proc) signalAndWait(planned bool) bool {
+	if planned {
+		_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	} else {
+		_ = p.Cmd.Process.Signal(syscall.SIGKILL)
+	}
+	select {
+	case <-p.Exited():
+		return true
+	case <-time.After(30 * time.Second):
+		return false
+	}
+}
+
 // Start starts cmd (a testproc.Command running Serve) and waits for READY.
 func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 	t.Helper()
@@ -377,14 +393,7 @@ func Restarts(t *testing.T, fstype string, start func(t *testing.T) *Proc, kills
 		planned := i >= kills
 		opsBefore, _, _ := w.Stats()
 		w.TakeMaxPause()
-		if planned {
-			_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-		} else {
-			_ = p.Cmd.Process.Signal(syscall.SIGKILL)
-		}
-		select {
-		case <-p.Exited():
-		case <-time.After(30 * time.Second):
+		if !p.signalAndWait(planned) {
 			abort()
 			t.Fatalf("restart %d: child did not exit", i)
 		}
@@ -724,14 +733,7 @@ func RawRestarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int,
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
 	for i := 0; i < kills+terms; i++ {
 		time.Sleep(time.Duration(100+r.IntN(400)) * time.Millisecond)
-		if i >= kills {
-			_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-		} else {
-			_ = p.Cmd.Process.Signal(syscall.SIGKILL)
-		}
-		select {
-		case <-p.Exited():
-		case <-time.After(30 * time.Second):
+		if !p.signalAndWait(i >= kills) {
 			abort()
 			stopWriters()
 			t.Fatalf("restart %d: child did not exit", i)
