@@ -142,7 +142,7 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		// (ImageWatcher::handle_request_lock); so do we. Asking a holder
 		// that is already releasing again is harmless: it answers 0 and
 		// releases once.
-		l.log.V(1).Info("Lock holder agreed to release the lock but still holds it; asking again", "object", l.oid, "holder", holder.String(), "after", wait)
+		l.log.Info("Lock holder agreed to release the lock but still holds it; asking again", "object", l.oid, "holder", holder.String(), "after", wait)
 	}
 }
 
