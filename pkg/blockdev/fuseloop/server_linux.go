@@ -33,7 +33,8 @@ const initTimeout = 10 * time.Second
 // The descriptor is deliberately not given to the Go runtime poller
 // (os.NewFile would register it with epoll): before mount(2) the kernel
 // answers POLLERR without registering the waiter, and the epoll item then
-// never wakes up.
+// never wakes up. The readers wait in the poller on a duplicate made once
+// the connection is mounted (openPoller).
 func openFuseDev() (int, error) {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -379,8 +380,9 @@ func (d *Device) shrink(bp *[]byte, n int) *[]byte {
 // reader exits after answering when enough others wait. Compared with one
 // reader starting a goroutine per request, this saves the goroutine (and
 // its stack growing again on every request: runtime.copystack was 4 % of a
-// 4K random-read profile) and, while requests keep coming, the poll(2)
-// before each read: a reader polls only when a read finds the queue empty.
+// 4K random-read profile) and, while requests keep coming, the wait before
+// each read: a reader waits (waitRequest) only when a read finds the queue
+// empty.
 // Requests are read from the one /dev/fuse descriptor (no
 // FUSE_DEV_IOC_CLONE): a cloned descriptor ends the requests read through
 // it when it is closed, and the holder could not keep them for a successor.
