@@ -302,7 +302,10 @@ func (d *Device) waitRequest() error {
 		return errReadStopped
 	}
 	if err != nil {
-		return fmt.Errorf("wait for a request on /dev/fuse: %w", err)
+		// The poller reports an aborted connection (EPOLLERR) as "not
+		// pollable": poll(2) names it (ENODEV), as without the poller.
+		_, err = d.waitReadable(-1)
+		return err
 	}
 	return nil
 }
