@@ -99,27 +99,59 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		return "", fmt.Errorf("lock %s: %w: held by %s, which still watches the image header", l.oid, ErrLocked, holder)
 	}
 	handle, _ := handleOf(id.Cookie)
-	res, err := l.requestLock(ctx, uint64(id.Locker.Num), handle)
-	if err != nil {
-		return "", err
+	deadline := time.Now().Add(releaseTimeout)
+	for {
+		// A ReleasedLock that arrived before this request cannot answer it.
+		select {
+		case <-l.releasedC:
+		default:
+		}
+		res, err := l.requestLock(ctx, uint64(id.Locker.Num), handle)
+		if err != nil {
+			return "", err
+		}
+		switch {
+		case res.gone:
+			return "stopped watching the image header", nil
+		case res.timedOut:
+			return fmt.Sprintf("did not answer a lock request within %v (frozen or partitioned)", l.o.OwnerTimeout), nil
+		case !res.answered:
+			return "", fmt.Errorf("lock %s: %w: held by %s, which is alive (it acknowledged a lock request without answering as the owner)", l.oid, ErrLocked, holder)
+		case res.result < 0:
+			return "", fmt.Errorf("lock %s: %w: held by %s, which refused to release it (%v)", l.oid, ErrLocked, holder, syscall.Errno(-res.result))
+		}
+		// The owner agreed to release the lock (a librbd client with the
+		// automatic policy): wait for it to do so.
+		wait := min(reRequestInterval, time.Until(deadline))
+		err = l.waitReleased(ctx, id, wait)
+		if err == nil {
+			return "", nil
+		}
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("lock %s: waiting for %s to release it: %w", l.oid, holder, ctx.Err())
+		}
+		if !time.Now().Before(deadline) {
+			return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, releaseTimeout)
+		}
+		// librbd answers 0 without releasing anything when the request
+		// arrives while it is still taking the lock (ExclusiveLock's
+		// accept_request is false outside STATE_LOCKED, and its result
+		// then 0): a client that just released the lock on request and
+		// took it back for its queued I/O, for one. librbd's own requester
+		// asks again when the owner acked but did not release
+		// (ImageWatcher::handle_request_lock); so do we. Asking a holder
+		// that is already releasing again is harmless: it answers 0 and
+		// releases once.
+		l.log.Info("Lock holder agreed to release the lock but still holds it; asking again", "object", l.oid, "holder", holder.String(), "after", wait)
 	}
-	switch {
-	case res.gone:
-		return "stopped watching the image header", nil
-	case res.timedOut:
-		return fmt.Sprintf("did not answer a lock request within %v (frozen or partitioned)", l.o.OwnerTimeout), nil
-	case !res.answered:
-		return "", fmt.Errorf("lock %s: %w: held by %s, which is alive (it acknowledged a lock request without answering as the owner)", l.oid, ErrLocked, holder)
-	case res.result < 0:
-		return "", fmt.Errorf("lock %s: %w: held by %s, which refused to release it (%v)", l.oid, ErrLocked, holder, syscall.Errno(-res.result))
-	}
-	// The owner agreed to release the lock (a librbd client with the
-	// automatic policy): wait for it to do so.
-	if err := l.waitReleased(ctx, id); err != nil {
-		return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, releaseTimeout)
-	}
-	return "", nil
 }
+
+// reRequestInterval is how long a holder that agreed to release the lock
+// has before it is asked again (within releaseTimeout). librbd asks again
+// after client_notify_timeout (10 s); a holder answering while it was
+// still taking the lock (see deadHolder) would cost that long on every
+// handover that races it.
+const reRequestInterval = 2 * time.Second
 
 type requestResult struct {
 	timedOut bool  // the holder's watch did not acknowledge in time
@@ -161,12 +193,12 @@ func (l *Lock) requestLock(ctx context.Context, gid, handle uint64) (requestResu
 	return requestResult{gone: true}, nil
 }
 
-// waitReleased waits until the lock of id is gone, for at most
-// releaseTimeout: it returns as soon as a ReleasedLock notification arrives
-// (the holder may want the lock back at once: the caller must try to take
-// it without delay), and polls in case the notification is lost.
-func (l *Lock) waitReleased(ctx context.Context, id clslock.LockerID) error {
-	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+// waitReleased waits until the lock of id is gone, for at most timeout: it
+// returns as soon as a ReleasedLock notification arrives (the holder may
+// want the lock back at once: the caller must try to take it without
+// delay), and polls in case the notification is lost.
+func (l *Lock) waitReleased(ctx context.Context, id clslock.LockerID, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()

@@ -367,32 +367,52 @@ func TestDeadOwnersBroken(t *testing.T) {
 
 // TestCooperativeHolderReleases: a holder that agrees to release (librbd's
 // automatic policy answers RequestLock with 0 and releases) is waited for,
-// not fenced.
+// not fenced. librbd also answers 0 without releasing when a request
+// arrives while it is still taking the lock (accept_request is false
+// outside STATE_LOCKED): such a holder is asked again, as librbd's own
+// requester does, instead of being waited for until releaseTimeout.
 func TestCooperativeHolderReleases(t *testing.T) {
-	dir, _, _ := newHeader(t)
-	_, p1 := client(t, dir)
-	coop := &releaser{p: p1}
-	w, err := p1.Watch(context.Background(), oid, coop)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close(context.Background())
-	coop.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
-	op := &objstore.WriteOp{}
-	clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, coop.cookie, exclusivelock.LockTag, "", 0, 0)
-	if err := p1.Operate(context.Background(), oid, op); err != nil {
-		t.Fatal(err)
-	}
-	c2, p2 := client(t, dir)
-	acquire(t, p2, exclusivelock.Options{Fencer: c2})
-	if bl, _ := c2.ListBlocklist(context.Background()); len(bl) != 0 {
-		t.Fatalf("a cooperative holder was fenced: %v", bl)
+	for _, tc := range []struct {
+		name string
+		// ignore: requests answered 0 without releasing the lock
+		ignore int32
+	}{
+		{"releases on the first request", 0},
+		{"agrees while still taking the lock", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, _, _ := newHeader(t)
+			_, p1 := client(t, dir)
+			coop := &releaser{p: p1}
+			coop.ignore.Store(tc.ignore)
+			w, err := p1.Watch(context.Background(), oid, coop)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(context.Background())
+			coop.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
+			op := &objstore.WriteOp{}
+			clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, coop.cookie, exclusivelock.LockTag, "", 0, 0)
+			if err := p1.Operate(context.Background(), oid, op); err != nil {
+				t.Fatal(err)
+			}
+			c2, p2 := client(t, dir)
+			acquire(t, p2, exclusivelock.Options{Fencer: c2})
+			if bl, _ := c2.ListBlocklist(context.Background()); len(bl) != 0 {
+				t.Fatalf("a cooperative holder was fenced: %v", bl)
+			}
+			if got, want := coop.requests.Load(), tc.ignore+1; got != want {
+				t.Fatalf("the holder got %d lock requests, want %d", got, want)
+			}
+		})
 	}
 }
 
 type releaser struct {
-	p      objstore.Pool
-	cookie string
+	p        objstore.Pool
+	cookie   string
+	ignore   atomic.Int32 // requests still to answer 0 without releasing
+	requests atomic.Int32
 }
 
 func (r *releaser) HandleNotify(_ context.Context, n *objstore.Notification) {
@@ -401,7 +421,11 @@ func (r *releaser) HandleNotify(_ context.Context, n *objstore.Notification) {
 		n.Ack(nil)
 		return
 	}
+	r.requests.Add(1)
 	n.Ack(rbdnotify.Response(0))
+	if r.ignore.Add(-1) >= 0 {
+		return
+	}
 	go func() {
 		time.Sleep(100 * time.Millisecond)
 		op := &objstore.WriteOp{}

@@ -118,8 +118,11 @@ type Device struct {
 	fd     int // /dev/fuse, valid while hasFD
 	wakeFD int // eventfd that stops the reader
 	hasFD  bool
-	init   InitParams
-	bufs   sync.Pool // request buffers (readBufSize)
+	// pollFile is a duplicate of fd in the Go runtime's poller, which
+	// readers wait on for requests (nil: they poll(2) fd and wakeFD).
+	pollFile atomic.Pointer[os.File]
+	init     InitParams
+	bufs     sync.Pool // request buffers (readBufSize)
 	// smallBufs: buffers (smallBufSize) small requests move to (shrink).
 	smallBufs sync.Pool
 	// nodeBufs bounds the request buffers node-wide (nil: no bound);

@@ -47,6 +47,11 @@ func TestRawDirectIO(t *testing.T) {
 	if !loopDirectIO(d.loopIdx) {
 		t.Errorf("loop direct I/O is off for %s", d.Path())
 	}
+	// The readers wait for requests in the Go poller (openPoller), not in
+	// poll(2); the I/O below proves they wake.
+	if d.pollFile.Load() == nil {
+		t.Errorf("the readers of %s do not wait in the Go poller", d.Path())
+	}
 	if got, err := blockDevSize(d.Path()); err != nil || got != 64*MiB {
 		t.Fatalf("size of %s = %d, %v; want %d", d.Path(), got, err, 64*MiB)
 	}

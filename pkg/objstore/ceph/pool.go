@@ -28,15 +28,16 @@ type Pool struct {
 	ioctx *rados.IOContext
 	io    *C.csi_ioctx // the C++ API's view of ioctx
 	// syncOps runs single operations (Operate, Read) as blocking calls
-	// on their own goroutine; batches and ordered submissions (Submit,
-	// OperateBatch: the journal's pipelined appends) always go through
-	// aio. It is the default: with single operations on aio too, taking
-	// the exclusive lock from a live librbd client (TestLibrbdOwnerHandsOverCeph)
-	// failed in about 1 of 3 runs — librbd agreed to release the lock and
-	// did not within 30 s — and never in 4 runs without; the suspect is a
-	// notify callback waiting on a completion delivered by the same
-	// librados finisher thread. Single-operation aio measured ~20 % more
-	// 4K read IOPS (BenchmarkRead4K compares the two).
+	// on their own goroutine instead of through the completion queue
+	// (aio); batches and ordered submissions (Submit, OperateBatch) always
+	// use aio. Off by default: a blocking call holds a thread and its
+	// scheduler slot for the round trip, and a 4K random read on an image
+	// cost this process 1.5-2x the CPU (BenchmarkRead4K compares the
+	// two). It was the default for a while because taking the lock from a
+	// live librbd client (TestLibrbdOwnerHandsOverCeph) failed in about 1
+	// of 3 runs with aio: the cause was not aio but a librbd answer that
+	// faster requests hit more often (an owner still taking the lock
+	// answers 0 without releasing it; pkg/exclusivelock now asks again).
 	syncOps bool
 }
 
@@ -47,7 +48,7 @@ func newPool(c *Cluster, name string, ioctx *rados.IOContext) (*Pool, error) {
 	if io == nil {
 		return nil, syscall.ENOMEM
 	}
-	return &Pool{c: c, name: name, id: ioctx.GetPoolID(), ioctx: ioctx, io: io, syncOps: true}, nil
+	return &Pool{c: c, name: name, id: ioctx.GetPoolID(), ioctx: ioctx, io: io}, nil
 }
 
 func (p *Pool) destroy() {
