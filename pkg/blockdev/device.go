@@ -859,6 +859,11 @@ func (d *Device) Close(ctx context.Context) error {
 	d.closed = true
 	d.mu.Unlock()
 	d.wg.Wait()
+	if d.meta != nil && d.j != nil {
+		if err := d.metaClose(ctx); err != nil {
+			return fmt.Errorf("close %s: %w", d.img.Name(), err)
+		}
+	}
 	if d.j != nil {
 		if err := d.j.Close(ctx); err != nil {
 			// Keep the lock: the next owner must find the journal as is

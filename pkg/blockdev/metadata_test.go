@@ -197,6 +197,11 @@ func TestMetadataChangedExtents(t *testing.T) {
 	}
 	write(0, 4096)
 	write(4096, 4096) // adjacent: merged
+	// A write is acknowledged before its exact entry is durable; a flush
+	// makes the entries of every acknowledged write durable.
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	mid, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
 	if err != nil {
 		t.Fatal(err)
