@@ -98,7 +98,7 @@ type metaState struct {
 
 	// hot are the regions (data objects) with a durable, uncommitted
 	// KindIntent entry: data there may be written before its exact entry
-	// is durable (regions.go of this mode: see metaWrite). Guarded by
+	// is durable (see metaWrite). Guarded by
 	// Device.mu.
 	hot map[uint64]*hotRegion
 	// intents are the uncommitted intents replay found: the previous
@@ -106,8 +106,8 @@ type metaState struct {
 	// KindUnknown, then commits them.
 	intents []metaReplayEntry
 	// commits carries exact entries to the committer, which commits each
-	// once it is durable; closed by metaClose. stopped is closed when the
-	// committer and the cooler have returned.
+	// once it is durable; closed by metaClose. stopped counts the
+	// committer and the cooler until they return.
 	commits chan *journal.Future
 	stop    chan struct{}
 	stopped sync.WaitGroup
@@ -147,6 +147,10 @@ const (
 	// whole device) does not make them hot: its extent is logged as
 	// KindUnknown, durable, before the data is changed.
 	wideRegions = 4
+	// metaLogFlushAge is how long an exact entry may wait for others to
+	// join its append (journal.Settings.FlushAge of the extent log):
+	// nothing waits for it but a flush, which sends it at once.
+	metaLogFlushAge = 5 * time.Millisecond
 )
 
 // openMetadata opens (creating it at the first open) the image's extent
@@ -166,7 +170,15 @@ func (d *Device) openMetadata(ctx context.Context) error {
 			return err
 		}
 	}
-	j, err := extentlog.Open(ctx, d.pool, d.img.ID(), d.o.ClientID, d.o.Journal)
+	// Only a flush, a new region's intent and management operations wait
+	// for the log (they send it at once: Journaler.Kick, Flush); the exact
+	// entries of acknowledged writes wait up to metaLogFlushAge for others
+	// to join their append.
+	ls := d.o.Journal
+	if ls.FlushAge == 0 {
+		ls.FlushAge = metaLogFlushAge
+	}
+	j, err := extentlog.Open(ctx, d.pool, d.img.ID(), d.o.ClientID, ls)
 	if err != nil {
 		return err
 	}
@@ -216,6 +228,7 @@ func (d *Device) relogIntents(ctx context.Context) error {
 	}
 	if len(payloads) > 0 {
 		fs := d.j.AppendBatch(d.tag, payloads)
+		d.j.Kick()
 		if err := fs[len(fs)-1].Wait(ctx); err != nil {
 			return fmt.Errorf("log the regions hot at the last stop: %w", err)
 		}
@@ -273,6 +286,9 @@ func (d *Device) cooler() {
 			fs[i] = d.j.Append(d.tag, intentEntry(r.objNo, d.img.Order()))
 		}
 		d.mu.Unlock()
+		if len(busy) > 0 {
+			d.j.Kick()
+		}
 		for i, r := range busy {
 			if fs[i].Wait(d.bg) != nil {
 				return // the journal failed; the device fails with it
@@ -327,6 +343,7 @@ func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion
 		d.mu.Lock()
 		f := d.j.Append(d.tag, extentlog.Entry{Kind: extentlog.KindUnknown, Offset: uint64(off), Length: uint64(end - off), Timestamp: time.Now()}.Encode())
 		d.mu.Unlock()
+		d.j.Kick()
 		d.meta.commits <- f // committed once durable, even if ctx ends first
 		if err := f.Wait(ctx); err != nil {
 			return nil, err
@@ -356,6 +373,9 @@ func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion
 		}
 	}
 	d.mu.Unlock()
+	if len(wait) > 0 {
+		d.j.Kick() // an intent, maybe another writer's: harmless twice
+	}
 	for _, r := range wait {
 		if err := r.intent.Wait(ctx); err != nil {
 			d.leaveRegions(rs, nil)

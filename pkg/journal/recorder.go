@@ -264,6 +264,20 @@ func (j *Journaler) Flush(ctx context.Context) error {
 	return last.Wait(ctx)
 }
 
+// Kick sends every append queued so far as soon as it may be sent (a
+// wave in flight still goes first), without waiting for FlushAge and
+// without waiting for the appends: a writer that waits for one entry
+// while most entries are batched for FlushAge (pkg/blockdev's metadata
+// mode: its intents) kicks it.
+func (j *Journaler) Kick() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if last := j.rec.lastFuture; last != nil {
+		j.rec.flushUntil = max(j.rec.flushUntil, last.CommitTid)
+		j.rec.kickAllLocked(j)
+	}
+}
+
 // maybeSendLocked starts a wave of appends: every splay object with a due
 // batch gets one append, all submitted together so that a backend with
 // group commit makes them durable with one sync. Everything appended while
