@@ -355,16 +355,7 @@ func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion
 	for n := first; n <= last; n++ {
 		r := d.meta.hot[n]
 		if r == nil {
-			if len(d.meta.hot) >= maxHotRegions {
-				for _, o := range d.meta.hot {
-					if d.coolLocked(o) && len(d.meta.hot) < maxHotRegions {
-						break
-					}
-				}
-			}
-			r = &hotRegion{objNo: n, declared: time.Now()}
-			r.intent = d.j.Append(d.tag, intentEntry(n, order))
-			d.meta.hot[n] = r
+			r = d.heatLocked(n)
 		}
 		r.inflight++
 		rs = append(rs, r)
@@ -372,8 +363,15 @@ func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion
 			wait = append(wait, r)
 		}
 	}
+	// A write into the last quarter of a region declares the next one
+	// too, without waiting: a sequential stream then finds it hot.
+	next := last + 1
+	ahead := uint64(end-1)-last<<order >= 3<<order/4 && next<<order < uint64(d.size.Load()) && d.meta.hot[next] == nil
+	if ahead {
+		d.heatLocked(next)
+	}
 	d.mu.Unlock()
-	if len(wait) > 0 {
+	if len(wait) > 0 || ahead {
 		d.j.Kick() // an intent, maybe another writer's: harmless twice
 	}
 	for _, r := range wait {
@@ -383,6 +381,23 @@ func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion
 		}
 	}
 	return rs, nil
+}
+
+// heatLocked appends an intent for region n and makes it hot, first
+// cooling regions down if the hot set is full (those that can be: the
+// bound is soft). Called with d.mu held.
+func (d *Device) heatLocked(n uint64) *hotRegion {
+	if len(d.meta.hot) >= maxHotRegions {
+		for _, o := range d.meta.hot {
+			if d.coolLocked(o) && len(d.meta.hot) < maxHotRegions {
+				break
+			}
+		}
+	}
+	r := &hotRegion{objNo: n, declared: time.Now()}
+	r.intent = d.j.Append(d.tag, intentEntry(n, d.img.Order()))
+	d.meta.hot[n] = r
+	return r
 }
 
 // leaveRegions counts the caller out of rs; last, if set, is its exact
