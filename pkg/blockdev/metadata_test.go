@@ -488,3 +488,60 @@ func TestMetadataSnapshot(t *testing.T) {
 		t.Errorf("torn extents after a clean close: %+v", d.MetadataReplayStats())
 	}
 }
+
+// TestMetadataRegionsCoolAndRedeclare: an idle hot region cools down (its
+// intent committed) within a couple of cooler ticks, and a region that
+// stays busy is re-declared (a fresh intent) rather than holding the
+// commit position behind its first intent.
+func TestMetadataRegionsCoolAndRedeclare(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	obj := d.img.ObjectSize()
+	for _, off := range []int64{0, obj} {
+		if _, err := d.WriteAt(ctx, make([]byte, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	busy := d.meta.hot[1]
+	if busy == nil || d.meta.hot[0] == nil {
+		d.mu.Unlock()
+		t.Fatalf("hot regions after two writes: %v", d.meta.hot)
+	}
+	first := busy.intent
+	busy.inflight++ // a write that stays in flight
+	d.mu.Unlock()
+	deadline := time.Now().Add(4*coolInterval + 2*time.Second)
+	for {
+		d.mu.Lock()
+		_, idleHot := d.meta.hot[0]
+		redeclared := busy.intent != first
+		stillHot := d.meta.hot[1] == busy
+		d.mu.Unlock()
+		if !idleHot && redeclared && stillHot {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: idle region still hot %v, busy region re-declared %v, still hot %v", 4*coolInterval, idleHot, redeclared, stillHot)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The first intent was committed once the fresh one was durable: the
+	// commit position moved past it.
+	waitUntil := time.Now().Add(2 * time.Second)
+	for {
+		ps := d.j.CommitPosition().ObjectPositions
+		if len(ps) > 0 && ps[0].TagTid == first.TagTid && ps[0].EntryTid >= first.EntryTid {
+			break
+		}
+		if time.Now().After(waitUntil) {
+			t.Fatalf("commit position %+v not past the first intent %d:%d", ps, first.TagTid, first.EntryTid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.mu.Lock()
+	busy.inflight--
+	d.mu.Unlock()
+}
