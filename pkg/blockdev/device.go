@@ -209,10 +209,11 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	}
 	o.MaxDirtyBytes = min(o.MaxDirtyBytes, o.MaxPendingBytes)
 	if o.AckPolicy == AckWriteBack && (o.Unjournaled || o.JournalMode == JournalMetadata) {
-		// Metadata mode writes the data in place before it journals the
-		// extent, and an unjournaled device has no queue: neither can
-		// acknowledge earlier. Journaled acknowledgements keep every
-		// promise of write-back (and more).
+		// Metadata mode acknowledges once the data is durable in place
+		// (its exact entry follows, batched: metadata.go), and an
+		// unjournaled device has no queue: neither acknowledges earlier.
+		// Their acknowledgements keep every promise of write-back (and
+		// more).
 		klog.FromContext(ctx).Info("Ack policy writeback is served as journaled in this mode", "image", name, "journalMode", o.JournalMode, "unjournaled", o.Unjournaled)
 		o.AckPolicy = AckJournaled
 	}
@@ -859,6 +860,11 @@ func (d *Device) Close(ctx context.Context) error {
 	d.closed = true
 	d.mu.Unlock()
 	d.wg.Wait()
+	if d.meta != nil && d.j != nil {
+		if err := d.metaClose(ctx); err != nil {
+			return fmt.Errorf("close %s: %w", d.img.Name(), err)
+		}
+	}
 	if d.j != nil {
 		if err := d.j.Close(ctx); err != nil {
 			// Keep the lock: the next owner must find the journal as is

@@ -255,12 +255,26 @@ func TestChangedExtentsAcrossCrash(t *testing.T) {
 			listed[b] = true
 		}
 	}
+	// Regions hot at the crash are listed whole (content unknown): a
+	// block there may be listed without having been written.
+	unknown := make([]bool, blocks)
+	nUnknown := 0
+	for _, c := range ch.Entries {
+		if c.Entry.Kind != extentlog.KindUnknown {
+			continue
+		}
+		nUnknown++
+		for b := c.Entry.Offset / blk; b < c.Entry.End()/blk; b++ {
+			unknown[b] = true
+		}
+	}
+
 	nAcked, nListed := 0, 0
 	for b := range blocks {
 		if acked[b] && !listed[b] {
 			t.Fatalf("block %d was written by an acknowledged write but is not listed", b)
 		}
-		if listed[b] && !acked[b] && !inflight[b] {
+		if listed[b] && !acked[b] && !inflight[b] && !unknown[b] {
 			t.Fatalf("block %d is listed but was never written", b)
 		}
 		if acked[b] {
@@ -270,8 +284,8 @@ func TestChangedExtentsAcrossCrash(t *testing.T) {
 			nListed++
 		}
 	}
-	t.Logf("%d+%d acknowledged writes around a SIGKILL; %d entries, %d merged extents, %d blocks listed, %d acknowledged blocks (positions %v..%v)",
-		n1, n2, len(ch.Entries), len(ch.Extents), nListed, nAcked, from, ch.Last)
+	t.Logf("%d+%d acknowledged writes around a SIGKILL; %d entries (%d regions of unknown content), %d merged extents, %d blocks listed, %d acknowledged blocks (positions %v..%v)",
+		n1, n2, len(ch.Entries), nUnknown, len(ch.Extents), nListed, nAcked, from, ch.Last)
 	if n1 == 0 || n2 == 0 {
 		t.Fatal("no writes were acknowledged")
 	}

@@ -95,7 +95,63 @@ type metaState struct {
 	// image, which already holds every acknowledged write.
 	order pendingSet
 	stats MetadataReplayStats
+
+	// hot are the regions (data objects) with a durable, uncommitted
+	// KindIntent entry: data there may be written before its exact entry
+	// is durable (see metaWrite). Guarded by
+	// Device.mu.
+	hot map[uint64]*hotRegion
+	// intents are the uncommitted intents replay found: the previous
+	// owner stopped with these regions hot. Open re-logs them as
+	// KindUnknown, then commits them.
+	intents []metaReplayEntry
+	// commits carries exact entries to the committer, which commits each
+	// once it is durable; closed by metaClose. stopped counts the
+	// committer and the cooler until they return.
+	commits chan *journal.Future
+	stop    chan struct{}
+	stopped sync.WaitGroup
 }
+
+// hotRegion is a region with an intent in the log.
+type hotRegion struct {
+	objNo uint64
+	// intent is the region's current intent entry (durable once it
+	// completes); declared when it was appended.
+	intent   *journal.Future
+	declared time.Time
+	// inflight counts the writes into the region that have not yet
+	// queued their exact entry; last is the region's last exact entry
+	// (futures complete in order: once it is durable, all are).
+	inflight int
+	last     *journal.Future
+}
+
+// Hot regions (metadata mode). A write into a region without an intent
+// first appends one and waits until it is durable; the intent is committed
+// once nothing is in flight in the region and its exact entries are
+// durable (the region cools down), so the uncommitted intents a crash
+// leaves name every region where data may have changed without a durable
+// exact entry.
+const (
+	// maxHotRegions bounds the hot set (softly: a region with writes in
+	// flight stays hot): a crash re-logs at most about this many regions
+	// as changed with unknown content.
+	maxHotRegions = 16
+	// coolInterval is how often idle regions are cooled down and busy
+	// ones re-declared (a fresh intent, then the old one committed), so
+	// that the commit position, and the log's trimming, never wait
+	// behind a region that stays busy for long.
+	coolInterval = time.Second
+	// wideRegions: a request spanning more regions (a discard of the
+	// whole device) does not make them hot: its extent is logged as
+	// KindUnknown, durable, before the data is changed.
+	wideRegions = 4
+	// metaLogFlushAge is how long an exact entry may wait for others to
+	// join its append (journal.Settings.FlushAge of the extent log):
+	// nothing waits for it but a flush, which sends it at once.
+	metaLogFlushAge = 5 * time.Millisecond
+)
 
 // openMetadata opens (creating it at the first open) the image's extent
 // log and replays it. Called by Open as owner of the image.
@@ -114,19 +170,270 @@ func (d *Device) openMetadata(ctx context.Context) error {
 			return err
 		}
 	}
-	j, err := extentlog.Open(ctx, d.pool, d.img.ID(), d.o.ClientID, d.o.Journal)
+	// Only a flush, a new region's intent and management operations wait
+	// for the log (they send it at once: Journaler.Kick, Flush); the exact
+	// entries of acknowledged writes wait up to metaLogFlushAge for others
+	// to join their append.
+	ls := d.o.Journal
+	if ls.FlushAge == 0 {
+		ls.FlushAge = metaLogFlushAge
+	}
+	j, err := extentlog.Open(ctx, d.pool, d.img.ID(), d.o.ClientID, ls)
 	if err != nil {
 		return err
 	}
 	d.j = j
-	// A data write completes before its entry is appended, and the
-	// append is a synced operation of the same pool client: it makes the
-	// lazily written data durable (objstore.WriteOp.SetLazy).
-	d.img.SetLazyWrites(true)
+	// A write is acknowledged once its data is durable, without waiting
+	// for a later synced operation: no lazy data writes
+	// (objstore.WriteOp.SetLazy; on Ceph every write is durable anyway).
+	d.img.SetLazyWrites(false)
+	d.meta.hot = map[uint64]*hotRegion{}
 	if err := d.start(ctx); err != nil {
 		_ = j.Close(context.WithoutCancel(ctx))
 		d.j = nil
 		return err
+	}
+	if err := d.relogIntents(ctx); err != nil {
+		_ = j.Close(context.WithoutCancel(ctx))
+		d.j = nil
+		return err
+	}
+	d.meta.commits = make(chan *journal.Future, 1024)
+	d.meta.stop = make(chan struct{})
+	d.meta.stopped.Add(2)
+	go d.committer()
+	go d.cooler()
+	return nil
+}
+
+// relogIntents appends, in the new epoch, a KindUnknown entry for each
+// region the previous owner left hot (its intent uncommitted: data there
+// may have changed without an exact entry), waits until they are durable,
+// and only then commits those intents, so that the log never lacks a
+// record of them: the changed-extent listing reports them.
+func (d *Device) relogIntents(ctx context.Context) error {
+	in := d.meta.intents
+	d.meta.intents = nil
+	if len(in) == 0 {
+		return nil
+	}
+	size := uint64(d.size.Load())
+	var payloads [][]byte
+	for _, me := range in {
+		off, end := me.e.Offset, min(me.e.End(), size)
+		if off >= end {
+			continue // beyond a shrunk image
+		}
+		payloads = append(payloads, extentlog.Entry{Kind: extentlog.KindUnknown, Offset: off, Length: end - off, Timestamp: time.Now()}.Encode())
+	}
+	if len(payloads) > 0 {
+		fs := d.j.AppendBatch(d.tag, payloads)
+		d.j.Kick()
+		if err := fs[len(fs)-1].Wait(ctx); err != nil {
+			return fmt.Errorf("log the regions hot at the last stop: %w", err)
+		}
+		for _, f := range fs {
+			d.j.Committed(f.CommitTid)
+		}
+	}
+	for _, me := range in {
+		d.j.Committed(me.commitTid)
+	}
+	d.log.Info("Logged the regions hot at the last stop as changed (content unknown)", "image", d.img.Name(), "regions", len(payloads))
+	return nil
+}
+
+// committer commits each exact entry once it is durable, in order. Owned
+// by the device: metaClose closes commits and waits.
+func (d *Device) committer() {
+	defer d.meta.stopped.Done()
+	for f := range d.meta.commits {
+		if err := f.Wait(d.bg); err != nil {
+			// Acknowledged, data in place, entry lost: the region's
+			// intent stays uncommitted (it does not cool down without
+			// durable entries), so the next owner logs it as unknown.
+			d.fail(fmt.Errorf("extent log append failed: %w", err))
+			continue
+		}
+		d.j.Committed(f.CommitTid)
+	}
+}
+
+// cooler cools down idle hot regions and re-declares busy ones every
+// coolInterval. Owned by the device: metaClose stops it.
+func (d *Device) cooler() {
+	defer d.meta.stopped.Done()
+	t := time.NewTicker(coolInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.meta.stop:
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		var busy []*hotRegion
+		for _, r := range d.meta.hot {
+			if !d.coolLocked(r) && time.Since(r.declared) >= 2*coolInterval && done(r.intent) {
+				busy = append(busy, r)
+			}
+		}
+		// A fresh intent for each busy region, appended under d.mu:
+		// exact entries appended after it are covered by it, those
+		// before it are durable once it is.
+		fs := make([]*journal.Future, len(busy))
+		for i, r := range busy {
+			fs[i] = d.j.Append(d.tag, intentEntry(r.objNo, d.img.Order()))
+		}
+		d.mu.Unlock()
+		if len(busy) > 0 {
+			d.j.Kick()
+		}
+		for i, r := range busy {
+			if fs[i].Wait(d.bg) != nil {
+				return // the journal failed; the device fails with it
+			}
+			d.mu.Lock()
+			old := r.intent
+			r.intent, r.declared = fs[i], time.Now()
+			cooled := d.meta.hot[r.objNo] != r // by a writer meanwhile
+			d.mu.Unlock()
+			d.j.Committed(old.CommitTid)
+			if cooled {
+				d.j.Committed(fs[i].CommitTid)
+			}
+		}
+	}
+}
+
+func done(f *journal.Future) bool {
+	select {
+	case <-f.Done():
+		return f.Err() == nil
+	default:
+		return false
+	}
+}
+
+// coolLocked commits r's intent and drops r from the hot set if nothing
+// is in flight in it and its exact entries are durable. Called with d.mu
+// held.
+func (d *Device) coolLocked(r *hotRegion) bool {
+	if r.inflight > 0 || !done(r.intent) || (r.last != nil && !done(r.last)) {
+		return false
+	}
+	delete(d.meta.hot, r.objNo)
+	d.j.Committed(r.intent.CommitTid)
+	return true
+}
+
+func intentEntry(objNo uint64, order uint8) []byte {
+	return extentlog.Entry{Kind: extentlog.KindIntent, Offset: objNo << order, Length: 1 << order, Timestamp: time.Now()}.Encode()
+}
+
+// enterRegions makes the regions of [off, end) hot (appending and waiting
+// for their intents where needed) and counts the caller in flight there;
+// the caller leaves them with leaveRegions. A request spanning more than
+// wideRegions regions instead logs its extent as KindUnknown and waits
+// until that is durable (nil regions).
+func (d *Device) enterRegions(ctx context.Context, off, end int64) ([]*hotRegion, error) {
+	order := d.img.Order()
+	first, last := uint64(off)>>order, uint64(end-1)>>order
+	if last-first+1 > wideRegions {
+		d.mu.Lock()
+		f := d.j.Append(d.tag, extentlog.Entry{Kind: extentlog.KindUnknown, Offset: uint64(off), Length: uint64(end - off), Timestamp: time.Now()}.Encode())
+		d.mu.Unlock()
+		d.j.Kick()
+		d.meta.commits <- f // committed once durable, even if ctx ends first
+		if err := f.Wait(ctx); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	var rs, wait []*hotRegion
+	d.mu.Lock()
+	for n := first; n <= last; n++ {
+		r := d.meta.hot[n]
+		if r == nil {
+			r = d.heatLocked(n)
+		}
+		r.inflight++
+		rs = append(rs, r)
+		if !done(r.intent) {
+			wait = append(wait, r)
+		}
+	}
+	// A write into the last quarter of a region declares the next one
+	// too, without waiting: a sequential stream then finds it hot.
+	next := last + 1
+	ahead := uint64(end-1)-last<<order >= 3<<order/4 && next<<order < uint64(d.size.Load()) && d.meta.hot[next] == nil
+	if ahead {
+		d.heatLocked(next)
+	}
+	d.mu.Unlock()
+	if len(wait) > 0 || ahead {
+		d.j.Kick() // an intent, maybe another writer's: harmless twice
+	}
+	for _, r := range wait {
+		if err := r.intent.Wait(ctx); err != nil {
+			d.leaveRegions(rs, nil)
+			return nil, err
+		}
+	}
+	return rs, nil
+}
+
+// heatLocked appends an intent for region n and makes it hot, first
+// cooling regions down if the hot set is full (those that can be: the
+// bound is soft). Called with d.mu held.
+func (d *Device) heatLocked(n uint64) *hotRegion {
+	if len(d.meta.hot) >= maxHotRegions {
+		for _, o := range d.meta.hot {
+			if d.coolLocked(o) && len(d.meta.hot) < maxHotRegions {
+				break
+			}
+		}
+	}
+	r := &hotRegion{objNo: n, declared: time.Now()}
+	r.intent = d.j.Append(d.tag, intentEntry(n, d.img.Order()))
+	d.meta.hot[n] = r
+	return r
+}
+
+// leaveRegions counts the caller out of rs; last, if set, is its exact
+// entry. Called with d.mu held.
+func (d *Device) leaveRegionsLocked(rs []*hotRegion, last *journal.Future) {
+	for _, r := range rs {
+		r.inflight--
+		if last != nil {
+			r.last = last
+		}
+	}
+}
+
+func (d *Device) leaveRegions(rs []*hotRegion, last *journal.Future) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.leaveRegionsLocked(rs, last)
+}
+
+// metaClose stops the committer and the cooler, then cools every region
+// down (Close waited for every write; the log is flushed first), so that
+// the next owner finds no intent uncommitted.
+func (d *Device) metaClose(ctx context.Context) error {
+	if d.meta.commits == nil {
+		return nil
+	}
+	close(d.meta.stop)
+	close(d.meta.commits)
+	d.meta.stopped.Wait()
+	if err := d.j.Flush(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.meta.hot {
+		d.coolLocked(r)
 	}
 	return nil
 }
@@ -148,15 +455,27 @@ func (d *Device) MetadataReplayStats() MetadataReplayStats {
 	return d.meta.stats
 }
 
-// metaWrite is the metadata-mode write path: the data goes to the image,
-// then its entry is appended, and the write is acknowledged once the entry
-// is durable (both ack policies: the data is in place by then). kind is
-// extentlog.KindWrite (data), KindDiscard or KindZero (length bytes).
+// metaWrite is the metadata-mode write path. The request's regions are
+// made hot first (an intent entry, durable before any data is sent into a
+// region without one: enterRegions), then its data goes to the image, then
+// its exact entry (extent, CRC-32C of the data, kind) is appended, and the
+// write is acknowledged once its data is durable, without waiting for the
+// exact entry (both ack policies): a flush waits for the entries. So the
+// log never lacks a change the image holds: an exact entry, or, if the
+// writer stopped before that was durable, the region's intent, which the
+// next owner logs as KindUnknown. kind is extentlog.KindWrite (data),
+// KindDiscard or KindZero (length bytes).
 func (d *Device) metaWrite(ctx context.Context, op string, kind extentlog.Kind, off, length int64, data []byte) error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return fmt.Errorf("%s on %s: %w", op, d.img.Name(), ErrClosed)
+	}
+	// A snapshot being made holds new writes back (snapshot.go; it
+	// drains the writes in order).
+	if err := d.waitWritable(ctx); err != nil {
+		d.mu.Unlock()
+		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
 	}
 	d.wg.Add(1)
 	w := d.meta.order.add(off, off+length, nil)
@@ -170,11 +489,17 @@ func (d *Device) metaWrite(ctx context.Context, op string, kind extentlog.Kind, 
 	for _, ch := range w.waitFor {
 		<-ch
 	}
+	rs, err := d.enterRegions(ctx, off, off+length)
+	if err != nil {
+		if ctx.Err() == nil { // the log failed, not the request
+			d.fail(fmt.Errorf("log intent for %s %d+%d: %w", op, off, length, err))
+		}
+		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	}
 	// The data reaches the image even if the request's context ends: an
 	// abandoned write must not leave the extent half written while a
 	// later overlapping write proceeds.
 	wctx := context.WithoutCancel(ctx)
-	var err error
 	e := extentlog.Entry{Kind: kind, Offset: uint64(off), Length: uint64(length), Timestamp: time.Now()}
 	switch kind {
 	case extentlog.KindWrite:
@@ -186,24 +511,25 @@ func (d *Device) metaWrite(ctx context.Context, op string, kind extentlog.Kind, 
 		err = d.img.WriteZeroes(wctx, off, length)
 	}
 	if err != nil {
-		// Not acknowledged and not logged: the extent's content is
-		// undefined, as after a failed write to a disk.
-		return fmt.Errorf("%s %s %d+%d: %w", op, d.img.Name(), off, length, err)
+		// Not acknowledged: the extent's content is undefined, as after
+		// a failed write to a disk. Part of it may have changed: it is
+		// logged as such.
+		e = extentlog.Entry{Kind: extentlog.KindUnknown, Offset: uint64(off), Length: uint64(length), Timestamp: time.Now()}
 	}
 	d.mu.Lock()
 	f := d.j.Append(d.tag, e.Encode())
+	d.leaveRegionsLocked(rs, f)
 	d.mu.Unlock()
-	if err := f.Wait(wctx); err != nil {
-		d.fail(fmt.Errorf("log %s %d+%d: %w", op, off, length, err))
-		return fmt.Errorf("%s %s: %w", op, d.img.Name(), err)
+	d.meta.commits <- f
+	if err != nil {
+		return fmt.Errorf("%s %s %d+%d: %w", op, d.img.Name(), off, length, err)
 	}
-	d.j.Committed(f.CommitTid)
 	return nil
 }
 
-// metaFlush: every acknowledged write is durable already (its entry is,
-// and appending it made its data durable), so a flush only waits for the
-// log's pending appends and the image.
+// metaFlush: every acknowledged write's data is durable already; a flush
+// waits for the log's pending appends (the exact entries of the writes
+// acknowledged before it) and the image.
 func (d *Device) metaFlush(ctx context.Context) error {
 	if err := d.j.Flush(ctx); err != nil {
 		return fmt.Errorf("flush %s: %w", d.img.Name(), err)
@@ -255,7 +581,14 @@ func (r *metaReplayer) check(ctx context.Context) error {
 	var todo []metaReplayEntry
 	for i := len(r.entries) - 1; i >= 0; i-- {
 		e := r.entries[i].e
-		if e.Kind == extentlog.KindOp {
+		switch e.Kind {
+		case extentlog.KindOp, extentlog.KindUnknown:
+			continue
+		case extentlog.KindIntent:
+			// Uncommitted: the region was hot when the previous owner
+			// stopped. Not checked (it records no content); Open logs
+			// it as unknown and commits it then.
+			d.meta.intents = append(d.meta.intents, r.entries[i])
 			continue
 		}
 		ext := extentlog.Extent{Offset: e.Offset, Length: e.Length}
@@ -330,7 +663,9 @@ func (r *metaReplayer) check(ctx context.Context) error {
 		}
 	}
 	for _, me := range r.entries {
-		d.j.Committed(me.commitTid)
+		if me.e.Kind != extentlog.KindIntent { // relogIntents commits them
+			d.j.Committed(me.commitTid)
+		}
 	}
 	return nil
 }

@@ -182,6 +182,82 @@ func TestMetadataReplayFindsTornExtents(t *testing.T) {
 	}
 }
 
+// TestMetadataRelogsHotRegions: intents the previous owner left
+// uncommitted (it stopped with those regions hot: data there may have
+// changed without an exact entry) are logged by the next owner as
+// unknown regions, which the changed-extent listing reports whole, and
+// are then committed; a clean close leaves none behind.
+func TestMetadataRelogsHotRegions(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	id, obj := d.img.ID(), uint64(d.img.ObjectSize())
+	if err := extentlog.RegisterConsumer(ctx, pool, id, "backup"); err != nil {
+		t.Fatal(err)
+	}
+	// Writes into two regions: their intents are committed by the close.
+	for _, off := range []int64{0, int64(obj) + 4096} {
+		if _, err := d.WriteAt(ctx, make([]byte, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A crashed owner: an intent for the third region, an exact entry in
+	// it, and an intent for the last region that lies beyond the image
+	// (the image shrank): not logged.
+	logEntries(t, pool, "vol", []extentlog.Entry{
+		{Kind: extentlog.KindIntent, Offset: 2 * obj, Length: obj},
+		{Kind: extentlog.KindWrite, Offset: 2*obj + 8192, Length: 4096, CRC: extentlog.Checksum(make([]byte, 4096))},
+		{Kind: extentlog.KindIntent, Offset: 1 << 40, Length: obj},
+	})
+	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	if st := d.MetadataReplayStats(); st != (MetadataReplayStats{Checked: 1}) {
+		t.Errorf("replay stats %+v, want the exact entry checked (intents are not)", st)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unknown []extentlog.Extent
+	for _, c := range ch.Entries {
+		if c.Entry.Kind == extentlog.KindIntent {
+			t.Errorf("intent listed as a change: %+v", c)
+		}
+		if c.Entry.Kind == extentlog.KindUnknown {
+			unknown = append(unknown, extentlog.Extent{Offset: c.Entry.Offset, Length: c.Entry.Length})
+		}
+	}
+	if want := []extentlog.Extent{{Offset: 2 * obj, Length: obj}}; !equalExtents(unknown, want) {
+		t.Errorf("unknown regions %v, want %v", unknown, want)
+	}
+	want := []extentlog.Extent{{Offset: 0, Length: 4096}, {Offset: obj + 4096, Length: 4096}, {Offset: 2 * obj, Length: obj}}
+	if !equalExtents(ch.Extents, want) {
+		t.Errorf("changed extents %v, want %v", ch.Extents, want)
+	}
+	// The intents were committed once the unknown entries were durable:
+	// the next open finds nothing to check or log again.
+	d = openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	if st := d.MetadataReplayStats(); st != (MetadataReplayStats{}) {
+		t.Errorf("second replay %+v", st)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := extentlog.ChangedExtents(ctx, pool, id, "backup", ch.Last, extentlog.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Entries) != 0 {
+		t.Errorf("the second open logged %v", again.Entries)
+	}
+}
+
 // TestMetadataChangedExtents: a registered consumer lists exactly the
 // extents written since a position, and advancing it drops them.
 func TestMetadataChangedExtents(t *testing.T) {
@@ -201,6 +277,11 @@ func TestMetadataChangedExtents(t *testing.T) {
 	}
 	write(0, 4096)
 	write(4096, 4096) // adjacent: merged
+	// A write is acknowledged before its exact entry is durable; a flush
+	// makes the entries of every acknowledged write durable.
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	mid, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, extentlog.Position{})
 	if err != nil {
 		t.Fatal(err)
@@ -406,4 +487,61 @@ func TestMetadataSnapshot(t *testing.T) {
 	if d.MetadataReplayStats().TornExtents != 0 {
 		t.Errorf("torn extents after a clean close: %+v", d.MetadataReplayStats())
 	}
+}
+
+// TestMetadataRegionsCoolAndRedeclare: an idle hot region cools down (its
+// intent committed) within a couple of cooler ticks, and a region that
+// stays busy is re-declared (a fresh intent) rather than holding the
+// commit position behind its first intent.
+func TestMetadataRegionsCoolAndRedeclare(t *testing.T) {
+	ctx := context.Background()
+	pool := openPool(t, t.TempDir())
+	newMetadataImage(t, pool, "vol")
+	d := openDevice(t, pool, "vol", Options{JournalMode: JournalMetadata})
+	obj := d.img.ObjectSize()
+	for _, off := range []int64{0, obj} {
+		if _, err := d.WriteAt(ctx, make([]byte, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	busy := d.meta.hot[1]
+	if busy == nil || d.meta.hot[0] == nil {
+		d.mu.Unlock()
+		t.Fatalf("hot regions after two writes: %v", d.meta.hot)
+	}
+	first := busy.intent
+	busy.inflight++ // a write that stays in flight
+	d.mu.Unlock()
+	deadline := time.Now().Add(4*coolInterval + 2*time.Second)
+	for {
+		d.mu.Lock()
+		_, idleHot := d.meta.hot[0]
+		redeclared := busy.intent != first
+		stillHot := d.meta.hot[1] == busy
+		d.mu.Unlock()
+		if !idleHot && redeclared && stillHot {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: idle region still hot %v, busy region re-declared %v, still hot %v", 4*coolInterval, idleHot, redeclared, stillHot)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The first intent was committed once the fresh one was durable: the
+	// commit position moved past it.
+	waitUntil := time.Now().Add(2 * time.Second)
+	for {
+		ps := d.j.CommitPosition().ObjectPositions
+		if len(ps) > 0 && ps[0].TagTid == first.TagTid && ps[0].EntryTid >= first.EntryTid {
+			break
+		}
+		if time.Now().After(waitUntil) {
+			t.Fatalf("commit position %+v not past the first intent %d:%d", ps, first.TagTid, first.EntryTid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.mu.Lock()
+	busy.inflight--
+	d.mu.Unlock()
 }

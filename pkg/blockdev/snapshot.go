@@ -191,6 +191,14 @@ func (d *Device) drain(ctx context.Context) error {
 	for _, w := range d.pending.list {
 		chans = append(chans, w.applied)
 	}
+	if d.meta != nil {
+		// Metadata mode: the writes in flight, each done once its data
+		// is in place and its exact entry queued (before the snapshot's
+		// op entry).
+		for _, w := range d.meta.order.list {
+			chans = append(chans, w.applied)
+		}
+	}
 	d.mu.Unlock()
 	for _, ch := range chans {
 		select {

@@ -57,7 +57,9 @@ type Change struct {
 
 // Changes is what ChangedExtents found.
 type Changes struct {
-	// Entries are the data changes in (from, to], in log order.
+	// Entries are the data changes in (from, to], in log order:
+	// writes, discards, write-zeroes, and regions whose content is unknown
+	// after a stop (KindUnknown: copy them whole).
 	Entries []Change
 	// Ops are the management operations in (from, to] (resize, ...), in
 	// log order; Entry.Op holds each one's librbd event encoding. A
@@ -128,8 +130,14 @@ func ChangedExtents(ctx context.Context, pool objstore.Pool, imageID, consumer s
 		if !from.Less(p) || (to != (Position{}) && to.Less(p)) {
 			return nil
 		}
-		if e.Kind == KindOp {
+		switch e.Kind {
+		case KindOp:
 			out.Ops = append(out.Ops, Change{Position: p, Entry: e})
+			return nil
+		case KindIntent:
+			// A declaration, not a change: the changes in the region
+			// have their own entries, or, if the writer stopped before
+			// it committed the intent, its successor's KindUnknown.
 			return nil
 		}
 		out.Entries = append(out.Entries, Change{Position: p, Entry: e})

@@ -38,6 +38,22 @@ const (
 	// event encoding, journaled as in full mode for the record, never
 	// replayed as data.
 	KindOp Kind = 4
+	// KindIntent: data in [Offset, Offset+Length) (a region: one data
+	// object of the image) may change from now on without a KindWrite,
+	// KindDiscard or KindZero entry being durable yet, until the writer
+	// commits this entry. The device appends one, and waits until it is
+	// durable, before the first write into a region it has not declared
+	// ("hot"); afterwards it writes data into the region at once and logs
+	// each change's exact entry after it, without waiting (a flush waits).
+	// Not a change in itself: ChangedExtents does not list it. Version 2.
+	KindIntent Kind = 5
+	// KindUnknown: [Offset, Offset+Length) may have changed, content
+	// unknown. The next owner of the image appends one, in its own epoch,
+	// for each KindIntent it finds uncommitted (the previous owner stopped
+	// with the region hot: changes there may have no exact entry), before
+	// it commits that intent. ChangedExtents lists it as a change; replay
+	// does not check it. Version 2.
+	KindUnknown Kind = 6
 )
 
 func (k Kind) String() string {
@@ -50,13 +66,28 @@ func (k Kind) String() string {
 		return "zero"
 	case KindOp:
 		return "op"
+	case KindIntent:
+		return "intent"
+	case KindUnknown:
+		return "unknown"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
-// Version is the entry encoding this package writes. Decode refuses other
-// versions rather than guess.
-const Version = 1
+// Version is the newest entry encoding this package writes: entries of
+// the kinds of version 1 (write, discard, zero, op) are still written as
+// version 1, KindIntent and KindUnknown as version 2, so that a build that
+// reads only version 1 refuses them (ErrVersion) rather than take a region
+// for a change or skip it. Decode refuses other versions rather than guess.
+const Version = 2
+
+// versionOf is the encoding version of an entry of kind k.
+func versionOf(k Kind) byte {
+	if k == KindIntent || k == KindUnknown {
+		return 2
+	}
+	return 1
+}
 
 // Entry is one metadata entry.
 type Entry struct {
@@ -92,7 +123,7 @@ const MaxOpSize = 1 << 20
 func (e Entry) Encode() []byte {
 	b := make([]byte, fixed+len(e.Op))
 	binary.LittleEndian.PutUint16(b[0:], magic)
-	b[2] = Version
+	b[2] = versionOf(e.Kind)
 	b[3] = byte(e.Kind)
 	binary.LittleEndian.PutUint64(b[4:], e.Offset)
 	binary.LittleEndian.PutUint64(b[12:], e.Length)
@@ -116,10 +147,14 @@ func Decode(b []byte) (Entry, error) {
 	if m := binary.LittleEndian.Uint16(b); m != magic {
 		return e, fmt.Errorf("%w: magic %#x", ErrCorrupt, m)
 	}
-	if b[2] != Version {
-		return e, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, b[2], Version)
+	if b[2] == 0 || b[2] > Version {
+		return e, fmt.Errorf("%w: %d (this build reads 1 to %d)", ErrVersion, b[2], Version)
 	}
 	e.Kind = Kind(b[3])
+	if k := e.Kind; k >= KindWrite && k <= KindUnknown && b[2] != versionOf(k) {
+		// One encoding per entry: each kind has its version.
+		return Entry{}, fmt.Errorf("%w: %v entry in version %d (written as version %d)", ErrVersion, k, b[2], versionOf(k))
+	}
 	e.Offset = binary.LittleEndian.Uint64(b[4:])
 	e.Length = binary.LittleEndian.Uint64(b[12:])
 	e.CRC = binary.LittleEndian.Uint32(b[20:])
@@ -131,7 +166,7 @@ func Decode(b []byte) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: op payload of %d bytes in a %d-byte entry", ErrCorrupt, n, len(b))
 	}
 	switch e.Kind {
-	case KindWrite, KindDiscard, KindZero:
+	case KindWrite, KindDiscard, KindZero, KindIntent, KindUnknown:
 		if n != 0 {
 			return Entry{}, fmt.Errorf("%w: %v entry with an op payload", ErrCorrupt, e.Kind)
 		}

@@ -14,6 +14,8 @@ func TestEntryRoundTrip(t *testing.T) {
 		{Kind: KindDiscard, Offset: 1 << 40, Length: 1 << 20},
 		{Kind: KindZero, Offset: 0, Length: 512, Timestamp: ts},
 		{Kind: KindOp, Op: []byte{1, 2, 3}, Timestamp: ts},
+		{Kind: KindIntent, Offset: 4 << 20, Length: 4 << 20, Timestamp: ts},
+		{Kind: KindUnknown, Offset: 8 << 20, Length: 4 << 20},
 	} {
 		got, err := Decode(e.Encode())
 		if err != nil {
@@ -37,7 +39,12 @@ func TestDecodeRefuses(t *testing.T) {
 		{"empty", nil, ErrCorrupt},
 		{"short", good[:fixed-1], ErrCorrupt},
 		{"librbd event", []byte{1, 1, 0x1c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ErrCorrupt},
-		{"version 2", mod(func(b []byte) []byte { b[2] = 2; return b }), ErrVersion},
+		{"write entry as version 2", mod(func(b []byte) []byte { b[2] = 2; return b }), ErrVersion},
+		{"version 3", mod(func(b []byte) []byte { b[2] = 3; return b }), ErrVersion},
+		{"version 0", mod(func(b []byte) []byte { b[2] = 0; return b }), ErrVersion},
+		{"intent as version 1", func() []byte { b := Entry{Kind: KindIntent, Length: 1}.Encode(); b[2] = 1; return b }(), ErrVersion},
+		{"intent with crc", Entry{Kind: KindIntent, Length: 1, CRC: 7}.Encode(), ErrCorrupt},
+		{"unknown without extent", Entry{Kind: KindUnknown}.Encode(), ErrCorrupt},
 		{"unknown kind", mod(func(b []byte) []byte { b[3] = 9; return b }), ErrCorrupt},
 		{"trailing bytes", append(append([]byte(nil), good...), 0), ErrCorrupt},
 		{"zero length", Entry{Kind: KindWrite, Offset: 5}.Encode(), ErrCorrupt},
@@ -59,6 +66,7 @@ func TestDecodeRefuses(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(Entry{Kind: KindWrite, Offset: 4096, Length: 4096, CRC: 5, Timestamp: time.Unix(1, 0)}.Encode())
 	f.Add(Entry{Kind: KindOp, Op: []byte("resize")}.Encode())
+	f.Add(Entry{Kind: KindIntent, Offset: 4 << 20, Length: 4 << 20}.Encode())
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := Decode(b)

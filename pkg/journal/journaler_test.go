@@ -573,3 +573,50 @@ func TestAppendsNeedNoGuard(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendMixedSizesOneBatch: a batch mixing entries of at least
+// ownStepBytes (each appended as a step of its own, not copied) with small
+// ones (joined into runs) lands in order and replays entry for entry.
+func TestAppendMixedSizesOneBatch(t *testing.T) {
+	mixedSizesScenario(t, newPool(t), "mixed")
+}
+
+// mixedSizesScenario is TestAppendMixedSizesOneBatch on pool (local or
+// Ceph: TestCephAppendMixedSizesOneBatch), under journal id.
+func mixedSizesScenario(t *testing.T, pool objstore.Pool, id string) {
+	j, tag := newJournal(t, pool, id, 22)
+	r := rand.New(rand.NewPCG(1, 2))
+	var ps [][]byte
+	for i := range 32 {
+		n := 1 + r.IntN(100)
+		if i%3 != 1 {
+			n = ownStepBytes + r.IntN(ownStepBytes)
+		}
+		p := make([]byte, n)
+		for k := range p {
+			p[k] = byte(r.Uint32())
+		}
+		ps = append(ps, p)
+	}
+	fs := j.AppendBatch(tag, ps)
+	if err := j.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fs {
+		if err := f.Err(); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	if st := j.Stats(); st.Appends >= uint64(len(ps)) {
+		t.Errorf("%d appends for %d entries: not batched", st.Appends, len(ps))
+	}
+	got, _ := replayAll(t, openJournal(t, pool, id))
+	if len(got) != len(ps) {
+		t.Fatalf("replayed %d entries, want %d", len(got), len(ps))
+	}
+	for i, e := range got {
+		if e.EntryTid != uint64(i) || !bytes.Equal(e.Data, ps[i]) {
+			t.Fatalf("entry %d: tid %d, %d bytes; want tid %d, %d bytes", i, e.EntryTid, len(e.Data), i, len(ps[i]))
+		}
+	}
+}

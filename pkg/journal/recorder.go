@@ -264,6 +264,20 @@ func (j *Journaler) Flush(ctx context.Context) error {
 	return last.Wait(ctx)
 }
 
+// Kick sends every append queued so far as soon as it may be sent (a
+// wave in flight still goes first), without waiting for FlushAge and
+// without waiting for the appends: a writer that waits for one entry
+// while most entries are batched for FlushAge (pkg/blockdev's metadata
+// mode: its intents) kicks it.
+func (j *Journaler) Kick() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if last := j.rec.lastFuture; last != nil {
+		j.rec.flushUntil = max(j.rec.flushUntil, last.CommitTid)
+		j.rec.kickAllLocked(j)
+	}
+}
+
 // maybeSendLocked starts a wave of appends: every splay object with a due
 // batch gets one append, all submitted together so that a backend with
 // group commit makes them durable with one sync. Everything appended while
@@ -344,7 +358,9 @@ func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
 		if w.cmpHead != nil {
 			op.CmpExt(uint64(w.cmpOff), w.cmpHead)
 		}
-		op.Append(w.buf)
+		for _, b := range w.bufs {
+			op.Append(b)
+		}
 		ops[i] = objstore.BatchOp{OID: j.DataOID(w.objNum), Op: op}
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(j.bg), j.s.OpTimeout) // an append runs to the end even after Close cancels bg
@@ -358,6 +374,10 @@ func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
 	j.wg.Add(1)
 	go j.finishWave(wave, ops, wait, start, cancel)
 }
+
+// ownStepBytes is the size from which an entry is appended as a step of
+// its own rather than copied into a joined run of entries.
+const ownStepBytes = 64 << 10
 
 // pipelineWorthItLocked reports whether enough waits for a pipelined wave
 // (Settings.PipelineBytes). Each append costs the OSD an operation whatever
@@ -380,8 +400,9 @@ type waveOp struct {
 	s      *splayRecorder
 	objNum uint64
 	batch  []*appendReq
-	buf    []byte
-	guard  bool // guard_append: the object's size is not known
+	bufs   [][]byte // the batch's encodings, appended in order
+	size   int      // their total
+	guard  bool     // guard_append: the object's size is not known
 	// cmpHead, if set, must be found at cmpOff (cmpext): the header of the
 	// last entry of the append in flight before this one.
 	cmpOff  int
@@ -437,19 +458,31 @@ func (j *Journaler) takeBatchLocked(s *splayRecorder) (waveOp, bool) {
 	if len(s.pending) > 0 {
 		s.firstPending = time.Now()
 	}
-	var buf []byte
-	if n == 1 {
-		// One entry (a large write): its encoding is the append, no copy.
-		batch[0].commit.objectNumber = objNum
-		buf = batch[0].data
-	} else {
-		buf = make([]byte, 0, size)
-		for _, req := range batch {
-			req.commit.objectNumber = objNum
-			buf = append(buf, req.data...)
+	// The batch's bytes, in order, as the append steps of one operation:
+	// a large entry is a step of its own, its encoding not copied (a
+	// 1 MiB write is four 256 KiB entries, all its bytes copied once more
+	// when they were joined); runs of small entries are joined into one
+	// step (each step costs the OSD a sub-operation).
+	var bufs [][]byte
+	var run []byte
+	for _, req := range batch {
+		req.commit.objectNumber = objNum
+		if len(req.data) >= ownStepBytes {
+			if len(run) > 0 {
+				bufs, run = append(bufs, run), nil
+			}
+			bufs = append(bufs, req.data)
+			continue
 		}
+		if run == nil {
+			run = make([]byte, 0, min(size, j.s.MaxBatchBytes))
+		}
+		run = append(run, req.data...)
 	}
-	op := waveOp{s: s, objNum: objNum, batch: batch, buf: buf, guard: !s.sized}
+	if len(run) > 0 {
+		bufs = append(bufs, run)
+	}
+	op := waveOp{s: s, objNum: objNum, batch: batch, bufs: bufs, size: size, guard: !s.sized}
 	if s.inflight > 0 {
 		op.cmpOff, op.cmpHead = s.guardOff, s.guardHead
 	}
@@ -493,7 +526,7 @@ func (j *Journaler) finishWave(wave []waveOp, ops []objstore.BatchOp, wait func(
 			// The object is full: re-send this batch, ahead of what queued
 			// behind it, to the next object set.
 			s.pending = append(append([]*appendReq(nil), w.batch...), s.pending...)
-			s.pendingBytes += len(w.buf)
+			s.pendingBytes += w.size
 			j.startAdvanceLocked()
 		default:
 			j.failLocked(fmt.Errorf("journal %s: append to %s: %w", j.id, ops[i].OID, err))
