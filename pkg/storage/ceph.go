@@ -92,11 +92,7 @@ func (b *cephBackend) Clusters() ([]string, error) {
 // Storage connects to the cluster (or reuses the connection of the same
 // cluster, monitors and credentials).
 func (b *cephBackend) Storage(ctx context.Context, clusterID string, secrets map[string]string) (Storage, error) {
-	cs, err := LoadCephConfig(b.o.ConfigFile)
-	if err != nil {
-		return nil, classify(ErrBadConfig, err)
-	}
-	cl, err := findCephCluster(b.o.ConfigFile, cs, clusterID)
+	cl, err := b.cluster(clusterID)
 	if err != nil {
 		return nil, err
 	}
@@ -283,15 +279,18 @@ func (s *cephStorage) ListPools(ctx context.Context) ([]string, error) {
 // poolScope returns the pools the --ceph-config file limits listing to on
 // clusterID (nil: no limit).
 func (b *cephBackend) poolScope(clusterID string) ([]string, error) {
+	cl, err := b.cluster(clusterID)
+	return cl.Pools, err
+}
+
+// cluster reads the --ceph-config file (anew: it is a mounted ConfigMap)
+// and returns the entry of clusterID.
+func (b *cephBackend) cluster(clusterID string) (CephCluster, error) {
 	cs, err := LoadCephConfig(b.o.ConfigFile)
 	if err != nil {
-		return nil, classify(ErrBadConfig, err)
+		return CephCluster{}, classify(ErrBadConfig, err)
 	}
-	cl, err := findCephCluster(b.o.ConfigFile, cs, clusterID)
-	if err != nil {
-		return nil, err
-	}
-	return cl.Pools, nil
+	return findCephCluster(b.o.ConfigFile, cs, clusterID)
 }
 
 func (s *cephStorage) CreateImage(ctx context.Context, pool objstore.Pool, name string, size int64, o image.CreateOptions) error {
