@@ -34,6 +34,10 @@ func TestNodeCollectorTornExtents(t *testing.T) {
 	if _, err := dev1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 8192); err != nil {
 		t.Fatal(err)
 	}
+	// A write's exact entry (extent and CRC) is durable by the next flush.
+	if err := dev1.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// A write that was never acknowledged (no entry) overwrote half of it.
 	img, err := image.Open(ctx, pool1, "vol")
 	if err != nil {
