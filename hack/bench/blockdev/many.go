@@ -101,7 +101,8 @@ func manyVolumes(ctx context.Context, o options, cl *cephCluster) ([]manyResult,
 	for _, backend := range backends {
 		// Later flags override earlier ones: the child gets the bench's
 		// own flags, then its part.
-		args := append(os.Args[1:len(os.Args):len(os.Args)], "-many-child="+backend, "-dir="+o.dir)
+		args := append(os.Args[1:len(os.Args):len(os.Args)], "-many-child="+backend, "-dir="+o.dir,
+			"-cpuprofile=") // the parent's profile file is the parent's
 		if backend == "ceph" {
 			if err := cl.fresh(ctx); err != nil {
 				return out, err
