@@ -252,28 +252,18 @@ func (s *cephStorage) EnsurePool(ctx context.Context, name string) (objstore.Poo
 }
 
 func (s *cephStorage) ListPools(ctx context.Context) ([]string, error) {
+	if s.poolScope != nil {
+		// A configured pool that is gone is skipped where it is opened,
+		// as any pool deleted while a listing runs.
+		if scope, err := s.poolScope(s.clusterID); err != nil || scope != nil {
+			return scope, err
+		}
+	}
 	names, err := s.c.ListPools(ctx)
 	if err != nil {
 		return nil, s.opErr(err)
 	}
-	if s.poolScope == nil {
-		return names, nil
-	}
-	scope, err := s.poolScope(s.clusterID)
-	if err != nil || scope == nil {
-		return names, err
-	}
-	exists := make(map[string]bool, len(names))
-	for _, n := range names {
-		exists[n] = true
-	}
-	var in []string
-	for _, n := range scope {
-		if exists[n] { // a configured pool that is gone has nothing to list
-			in = append(in, n)
-		}
-	}
-	return in, nil
+	return names, nil
 }
 
 // poolScope returns the pools the --ceph-config file limits listing to on
