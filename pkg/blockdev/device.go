@@ -186,6 +186,8 @@ type Device struct {
 	// dirty bounds MaxDirtyBytes (AckWriteBack; nil otherwise): each write
 	// holds its bytes of it until its journal entries are durable.
 	dirty *weighted
+	// node is this device's share of Options.Node (nil without one).
+	node *nodeShares
 	// ring records write-back requests before they are acknowledged
 	// (Options.Ring; nil unless AckWriteBack in full journal mode).
 	ring *Ring
@@ -227,6 +229,9 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	d := &Device{img: img, pool: pool, o: o, log: klog.FromContext(ctx), bg: context.WithoutCancel(ctx), inflight: newWeighted(o.MaxPendingBytes)}
 	if o.AckPolicy == AckWriteBack {
 		d.dirty = newWeighted(o.MaxDirtyBytes)
+	}
+	if o.Node != nil {
+		d.node = o.Node.newShares()
 	}
 	d.size.Store(img.Size())
 	// Own the image before touching its journal: replaying while another

@@ -87,9 +87,10 @@ const (
 
 // NodeBudget bounds the pending and dirty bytes, and the pending requests,
 // of every device sharing it (one per node plugin process), on top of each
-// device's own bounds. Its semaphores serve waiters first come, first
-// served, so no volume starves another. Its methods are safe for
-// concurrent use.
+// device's own bounds. Room that frees up goes to the waiting device that
+// holds the least of it (first come, first served within a device), so no
+// volume starves another (weighted.go says why arrival order alone did
+// not do). Its methods are safe for concurrent use.
 type NodeBudget struct {
 	pending, dirty, requests *weighted
 }
@@ -134,6 +135,16 @@ func (b *NodeBudget) Stats() NodeBudgetStats {
 	return st
 }
 
+// nodeShares is one device's part of a NodeBudget: its share of each of
+// the node's semaphores, which serve the device holding the least first.
+type nodeShares struct {
+	pending, dirty, requests *share
+}
+
+func (b *NodeBudget) newShares() *nodeShares {
+	return &nodeShares{pending: b.pending.newShare(), dirty: b.dirty.newShare(), requests: b.requests.newShare()}
+}
+
 // budget is what one request holds: its pending bytes (device and node),
 // and with AckWriteBack its dirty bytes (device and node).
 type budget struct {
@@ -154,7 +165,7 @@ func (d *Device) acquireBudget(ctx context.Context, weight int64) (*budget, erro
 	if err := d.inflight.acquire(ctx, weight); err != nil {
 		return nil, err
 	}
-	if n := d.o.Node; n != nil {
+	if n := d.node; n != nil {
 		if err := n.requests.acquire(ctx, 1); err != nil {
 			d.inflight.release(weight)
 			return nil, err
@@ -170,7 +181,7 @@ func (d *Device) acquireBudget(ctx context.Context, weight int64) (*budget, erro
 			d.releasePending(weight)
 			return nil, err
 		}
-		if n := d.o.Node; n != nil {
+		if n := d.node; n != nil {
 			if err := n.dirty.acquire(ctx, weight); err != nil {
 				d.dirty.release(weight)
 				d.releasePending(weight)
@@ -189,7 +200,7 @@ func (d *Device) durable(b *budget) {
 		return
 	}
 	b.dirtyHeld = false
-	if n := d.o.Node; n != nil {
+	if n := d.node; n != nil {
 		n.dirty.release(b.weight)
 	}
 	d.dirty.release(b.weight)
@@ -203,7 +214,7 @@ func (d *Device) releaseBudget(b *budget) {
 }
 
 func (d *Device) releasePending(weight int64) {
-	if n := d.o.Node; n != nil {
+	if n := d.node; n != nil {
 		n.pending.release(weight)
 		n.requests.release(1)
 	}
