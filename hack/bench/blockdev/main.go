@@ -99,10 +99,15 @@ type options struct {
 	cephFresh string
 	scripts   string
 
-	many       []int
-	manySpan   int64
-	manyJobs   []job
-	manyPolicy string
+	many []int
+	// manyRuntime: fio's runtime per many-volumes run. Longer than a
+	// row's: with 50 volumes on two cores, 3 s gave each volume too few
+	// I/Os for its figure, and the slowest-to-fastest ratio moved by half
+	// between runs of the same code.
+	manyRuntime time.Duration
+	manySpan    int64
+	manyJobs    []job
+	manyPolicy  string
 	// memProfile: write a heap profile at each many-volumes run's peak
 	// live heap to <memProfile>.<backend>-<volumes>-<job>.
 	memProfile string
@@ -143,6 +148,7 @@ func main() {
 	flag.StringVar(&o.cephFresh, "ceph-fresh", "round", `when to start the bench's cluster afresh: "round" (before the Ceph rows of each round) or "row" (before each Ceph row of each round)`)
 	flag.StringVar(&o.scripts, "ceph-scripts", "", "directory of ceph-up.sh and ceph-down.sh (default: ./hack, or ../hack next to this binary)")
 	many := flag.String("many", "1,10,50", `volume counts for the many-volumes run (one process serving them all, fio on all at once); "" skips it`)
+	flag.DurationVar(&o.manyRuntime, "many-runtime", 10*time.Second, "fio runtime per many-volumes run (after the ramp)")
 	manySpan := flag.Int("many-span-mib", 64, "size of each volume of the many-volumes run, MiB")
 	manyJobs := flag.String("many-jobs", "4K randwrite QD4,1M seqwrite QD4", `fio job run on every volume at once in the many-volumes run, one run per job: "<size> randwrite|seqwrite QD<n>", comma-separated`)
 	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
@@ -352,7 +358,7 @@ func run(ctx context.Context, o options) (*report, error) {
 	}
 	rep := &report{
 		Machine: machine(), Date: start.UTC().Format("2006-01-02 15:04 MST"),
-		Runtime: o.runtime.String(), Ramp: o.ramp.String(), Repeat: o.repeat,
+		Runtime: o.runtime.String(), Ramp: o.ramp.String(), Repeat: o.repeat, ManyRuntime: o.manyRuntime.String(),
 		Span: fmt.Sprintf("%d MiB", o.span>>20), Ratios: map[string]float64{},
 	}
 	policies, notes := policyRows(o.policies)

@@ -299,7 +299,7 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 	args := []string{
 		"--rw=" + j.RW, "--bs=" + j.BS, fmt.Sprintf("--iodepth=%d", j.QD),
 		fmt.Sprintf("--size=%d", o.manySpan), "--time_based",
-		fmt.Sprintf("--runtime=%d", max(1, int(o.runtime.Seconds()))),
+		fmt.Sprintf("--runtime=%d", max(1, int(o.manyRuntime.Seconds()))),
 		fmt.Sprintf("--ramp_time=%d", int(o.ramp.Seconds())),
 		"--ioengine=libaio", "--direct=1", "--thread",
 		"--output-format=json", "--randrepeat=0", "--norandommap",
@@ -338,7 +338,7 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 		}
 	}()
 	self0, osd0 := selfCPU(), procCPU(osdPID)
-	out, _, err := runFio(ctx, nil, o.runtime+o.ramp, args)
+	out, _, err := runFio(ctx, nil, o.manyRuntime+o.ramp, args)
 	self1, osd1 := selfCPU(), procCPU(osdPID)
 	close(done)
 	wg.Wait()

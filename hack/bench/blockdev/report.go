@@ -19,6 +19,7 @@ type report struct {
 	Runtime     string `json:"runtime_per_job"`
 	Ramp        string `json:"ramp_per_job"`
 	Repeat      int    `json:"runs_per_figure"`
+	ManyRuntime string `json:"many_volumes_runtime"`
 	Span        string `json:"span"`
 	CephCluster string `json:"ceph_cluster,omitempty"`
 	// Results hold per row the median of each job's runs (Values) and the
@@ -139,7 +140,7 @@ func markdown(rep *report) string {
 	}
 
 	if len(rep.Many) > 0 {
-		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once; medians of %d runs; each backend in a serving process of its own (started for this part, as a node plugin serves nothing else); peak RSS: the highest VmHWM of the serving process during a run (its RSS before its first volume was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.Repeat, baseRSS(rep.Many))
+		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once for %s after the ramp; medians of %d runs; each backend in a serving process of its own (started for this part, as a node plugin serves nothing else); peak RSS: the highest VmHWM of the serving process during a run (its RSS before its first volume was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.ManyRuntime, rep.Repeat, baseRSS(rep.Many))
 		b.WriteString("| backend | volumes | job per volume | aggregate | slowest / fastest volume | slowest ÷ fastest | peak RSS (MiB) | RSS after (MiB) | peak live Go heap (MiB) | goroutines idle / max | CPU s/GB serving / OSD |\n")
 		b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range rep.Many {
