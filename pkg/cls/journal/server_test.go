@@ -1,7 +1,6 @@
 package clsjournal
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
@@ -78,25 +78,11 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	mustOperate(t, p, func(op *objstore.WriteOp) { ClientRegister(op, "", librbdClientData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 0, TagClassNew, librbdTagData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 1, 0, librbdTagData) })
-	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "crash"))
+	cephenctest.CompareOmap(t, "omap", p.Objects[testOID].Omap, goldenOmap(t, "crash"))
 
 	// Then the commit position it flushed on close (golden-clean).
 	mustOperate(t, p, commit("", cleanCommitPosition.ObjectPositions...))
-	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "clean"))
-}
-
-func compareOmap(t *testing.T, got, want map[string][]byte) {
-	t.Helper()
-	for k, v := range want {
-		if !bytes.Equal(got[k], v) {
-			t.Errorf("%s = %x, want %x", k, got[k], v)
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			t.Errorf("unexpected key %s", k)
-		}
-	}
+	cephenctest.CompareOmap(t, "omap", p.Objects[testOID].Omap, goldenOmap(t, "clean"))
 }
 
 func TestTagKeys(t *testing.T) {
