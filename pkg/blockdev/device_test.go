@@ -49,6 +49,14 @@ func openDevice(t testing.TB, pool objstore.Pool, name string, o Options) *Devic
 	return d
 }
 
+// newDevice creates image "vol" (testSize, 4 MiB objects) in pool and opens
+// it with o, as openDevice does.
+func newDevice(t testing.TB, pool objstore.Pool, o Options) *Device {
+	t.Helper()
+	newImage(t, pool, "vol", 22)
+	return openDevice(t, pool, "vol", o)
+}
+
 func readAll(t testing.TB, d interface {
 	ReadAt(context.Context, []byte, int64) (int, error)
 }, size int) []byte {
@@ -156,8 +164,7 @@ func TestOverlappingWritesKeepJournalOrder(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
 			pool := openPool(t, dir)
-			newImage(t, pool, "vol", 22)
-			d := openDevice(t, pool, "vol", Options{AckPolicy: policy})
+			d := newDevice(t, pool, Options{AckPolicy: policy})
 			var wg sync.WaitGroup
 			for round := 0; round < 20; round++ {
 				for i := 0; i < 16; i++ {
@@ -378,8 +385,7 @@ func TestCorruptJournalFailsOpenAndChangesNothing(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	ctx := context.Background()
 	pool := openPool(t, t.TempDir())
-	newImage(t, pool, "vol", 22)
-	d := openDevice(t, pool, "vol", Options{})
+	d := newDevice(t, pool, Options{})
 	buf := make([]byte, 4096)
 	for _, tc := range []struct {
 		name string
