@@ -99,6 +99,18 @@ bool next_string(const char **p, const char *end, std::string *out) {
   return true;
 }
 
+// parse_keys reads the strings packed in [keys, keys+len) as next_string
+// reads them into *out; false if they are malformed.
+bool parse_keys(const char *keys, size_t len, std::set<std::string> *out) {
+  const char *p = keys, *end = keys + len;
+  while (p < end) {
+    std::string k;
+    if (!next_string(&p, end, &k)) return false;
+    out->insert(k);
+  }
+  return true;
+}
+
 bufferlist to_bl(const char *buf, size_t len) {
   bufferlist bl;
   if (len > 0) bl.append(buf, len);
@@ -226,12 +238,7 @@ int csi_wop_omap_set(csi_wop *op, const char *kv, size_t len) {
 int csi_wop_omap_rm_keys(csi_wop *op, const char *keys, size_t len) {
   return call_errno([&] {
     std::set<std::string> s;
-    const char *p = keys, *end = keys + len;
-    while (p < end) {
-      std::string k;
-      if (!next_string(&p, end, &k)) return -EINVAL;
-      s.insert(k);
-    }
+    if (!parse_keys(keys, len, &s)) return -EINVAL;
     op->op.omap_rm_keys(s);
     return 0;
   });
@@ -317,12 +324,7 @@ int csi_rop_omap_get_vals_by_keys(csi_rop *op, size_t i, const char *keys, size_
     ReadStep &s = op->steps[i];
     s.kind = kOmap;
     std::set<std::string> set;
-    const char *p = keys, *end = keys + len;
-    while (p < end) {
-      std::string k;
-      if (!next_string(&p, end, &k)) return -EINVAL;
-      set.insert(k);
-    }
+    if (!parse_keys(keys, len, &set)) return -EINVAL;
     op->op.omap_get_vals_by_keys(set, &s.kv, &s.rval);
     return 0;
   });
