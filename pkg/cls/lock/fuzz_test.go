@@ -143,7 +143,7 @@ func FuzzClassMethods(f *testing.F) {
 		var in []byte
 		switch m {
 		case "lock":
-			in = cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c", Duration: UTime{10, 0}})
+			in = cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c", Duration: UTime{Sec: 10, Nsec: 0}})
 		case "unlock":
 			in = cephenc.Marshal(UnlockOp{Name: "L", Cookie: "c"})
 		case "break_lock":
@@ -159,7 +159,7 @@ func FuzzClassMethods(f *testing.F) {
 		f.Add(uint8(i), in, []byte(nil), true, int64(20e9))
 	}
 	state := cephenc.Marshal(LockInfo{Type: LockShared, Lockers: map[LockerID]LockerInfo{
-		{nameA, "c"}: {Expiration: UTime{1_700_000_010, 0}, Addr: mustAddr(f, "v1:127.0.0.1:0/1")},
+		{nameA, "c"}: {Expiration: UTime{Sec: 1_700_000_010, Nsec: 0}, Addr: mustAddr(f, "v1:127.0.0.1:0/1")},
 		{nameB, "c"}: {Addr: mustAddr(f, "v1:local:0/2")},
 	}})
 	f.Add(uint8(0), cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c"}), state, false, int64(5e9))
