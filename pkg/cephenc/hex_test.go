@@ -56,3 +56,25 @@ func FuzzParseHex(f *testing.F) {
 		}
 	})
 }
+
+func TestHexKey(t *testing.T) {
+	tests := []struct {
+		v   uint64
+		key string
+	}{
+		{0, "tag_0000000000000000"},
+		{10, "tag_000000000000000a"},
+		{math.MaxUint64, "tag_ffffffffffffffff"},
+	}
+	for _, tt := range tests {
+		if got := HexKey("tag_", tt.v); got != tt.key {
+			t.Errorf("HexKey(tag_, %d) = %q, want %q", tt.v, got, tt.key)
+		}
+		if got := ParseHexKey("tag_", tt.key); got != tt.v {
+			t.Errorf("ParseHexKey(tag_, %q) = %d, want %d", tt.key, got, tt.v)
+		}
+	}
+	if got := ParseHexKey("snapshot_", "snap"); got != 0 {
+		t.Errorf("ParseHexKey of a key shorter than the prefix = %d, want 0", got)
+	}
+}
