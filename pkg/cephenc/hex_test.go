@@ -57,24 +57,30 @@ func FuzzParseHex(f *testing.F) {
 	})
 }
 
+// TestHexKey: the keys of cls_journal's tags (the same scheme as cls_rbd's
+// snapshots) and how the class parses them back.
 func TestHexKey(t *testing.T) {
 	tests := []struct {
-		v   uint64
+		tid uint64
 		key string
 	}{
 		{0, "tag_0000000000000000"},
+		{1, "tag_0000000000000001"},
 		{10, "tag_000000000000000a"},
-		{math.MaxUint64, "tag_ffffffffffffffff"},
+		{255, "tag_00000000000000ff"},
+		{1<<64 - 1, "tag_ffffffffffffffff"},
 	}
 	for _, tt := range tests {
-		if got := HexKey("tag_", tt.v); got != tt.key {
-			t.Errorf("HexKey(tag_, %d) = %q, want %q", tt.v, got, tt.key)
+		if got := HexKey("tag_", tt.tid); got != tt.key {
+			t.Errorf("HexKey(%d) = %s, want %s", tt.tid, got, tt.key)
 		}
-		if got := ParseHexKey("tag_", tt.key); got != tt.v {
-			t.Errorf("ParseHexKey(tag_, %q) = %d, want %d", tt.key, got, tt.v)
+		if got := ParseHexKey("tag_", tt.key); got != tt.tid {
+			t.Errorf("ParseHexKey(%s) = %d", tt.key, got)
 		}
 	}
-	if got := ParseHexKey("snapshot_", "snap"); got != 0 {
-		t.Errorf("ParseHexKey of a key shorter than the prefix = %d, want 0", got)
+	for key, want := range map[string]uint64{"tag_": 0, "tag_1z": 1, "tag_FF": 255, "tag_fffffffffffffffff": 1<<64 - 1, "ta": 0} {
+		if got := ParseHexKey("tag_", key); got != want {
+			t.Errorf("ParseHexKey(%q) = %d, want %d", key, got, want)
+		}
 	}
 }

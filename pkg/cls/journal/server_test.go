@@ -85,32 +85,6 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	cephenctest.CompareOmap(t, "omap", p.Objects[testOID].Omap, goldenOmap(t, "clean"))
 }
 
-func TestTagKeys(t *testing.T) {
-	tests := []struct {
-		tid uint64
-		key string
-	}{
-		{0, "tag_0000000000000000"},
-		{1, "tag_0000000000000001"},
-		{10, "tag_000000000000000a"},
-		{255, "tag_00000000000000ff"},
-		{1<<64 - 1, "tag_ffffffffffffffff"},
-	}
-	for _, tt := range tests {
-		if got := tagKey(tt.tid); got != tt.key {
-			t.Errorf("tagKey(%d) = %s, want %s", tt.tid, got, tt.key)
-		}
-		if got := tagTidFromKey(tt.key); got != tt.tid {
-			t.Errorf("tagTidFromKey(%s) = %d", tt.key, got)
-		}
-	}
-	for key, want := range map[string]uint64{"tag_": 0, "tag_1z": 1, "tag_FF": 255, "tag_fffffffffffffffff": 1<<64 - 1} {
-		if got := tagTidFromKey(key); got != want {
-			t.Errorf("tagTidFromKey(%q) = %d, want %d", key, got, want)
-		}
-	}
-}
-
 func TestMethodReturnCodes(t *testing.T) {
 	tests := []struct {
 		name  string
