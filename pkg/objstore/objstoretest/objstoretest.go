@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // Run runs the single-client part of the suite on a pool from newPool,
@@ -1342,13 +1343,8 @@ func testWatchClose(t *testing.T, s *suite) {
 		case <-time.After(200 * time.Millisecond):
 		}
 		release <- struct{}{}
-		select {
-		case err := <-closed:
-			if err != nil {
-				t.Fatalf("close: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close did not return after the handler call returned")
+		if err := testwait.Recv(t, closed, 10*time.Second, "Close to return after the handler call returned"); err != nil {
+			t.Fatalf("close: %v", err)
 		}
 		select {
 		case <-returned:
