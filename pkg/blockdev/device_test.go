@@ -19,6 +19,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"golang.org/x/sync/errgroup"
 )
 
 func openPool(t testing.TB, dir string) objstore.Pool {
@@ -83,12 +84,9 @@ func TestModel(t *testing.T) {
 			// Each worker owns a region, so the model needs no locking.
 			const workers = 8
 			region := int64(testSize / workers)
-			var wg sync.WaitGroup
-			errs := make(chan error, workers)
+			var g errgroup.Group
 			for w := 0; w < workers; w++ {
-				wg.Add(1)
-				go func(w int) {
-					defer wg.Done()
+				g.Go(func() error {
 					r := rand.New(rand.NewPCG(uint64(w), 99))
 					base := int64(w) * region
 					for i := 0; i < 150; i++ {
@@ -101,45 +99,38 @@ func TestModel(t *testing.T) {
 								b[k] = byte(r.Uint32())
 							}
 							if _, err := d.WriteAt(ctx, b, off); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							copy(model[off:], b)
 						case 3:
 							if err := d.Discard(ctx, off, n); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							clear(model[off : off+n])
 						case 4:
 							if err := d.WriteZeroes(ctx, off, n); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							clear(model[off : off+n])
 						case 5:
 							b := make([]byte, n)
 							if _, err := d.ReadAt(ctx, b, off); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							if !bytes.Equal(b, model[off:off+n]) {
-								errs <- fmt.Errorf("worker %d op %d: read %d+%d differs from what was written", w, i, off, n)
-								return
+								return fmt.Errorf("worker %d op %d: read %d+%d differs from what was written", w, i, off, n)
 							}
 						}
 						if i%25 == 0 {
 							if err := d.Flush(ctx); err != nil {
-								errs <- err
-								return
+								return err
 							}
 						}
 					}
-				}(w)
+					return nil
+				})
 			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
+			if err := g.Wait(); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(readAll(t, d, testSize), model) {

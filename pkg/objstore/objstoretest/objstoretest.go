@@ -25,6 +25,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
+	"golang.org/x/sync/errgroup"
 )
 
 // Run runs the single-client part of the suite on a pool from newPool,
@@ -1097,25 +1098,20 @@ func checkChunks(t *testing.T, data []byte, writers, perWriter int) {
 
 func appendChunks(t *testing.T, p objstore.Pool, oid string, writers, perWriter, first int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var g errgroup.Group
 	for w := 0; w < writers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
+		g.Go(func() error {
 			for q := 0; q < perWriter; q++ {
 				op := &objstore.WriteOp{}
 				op.Append(chunk(first+w, q))
 				if err := p.Operate(context.Background(), oid, op); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}(w)
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 }
