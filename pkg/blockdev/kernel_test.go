@@ -22,6 +22,7 @@ import (
 	"unsafe"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -218,14 +219,9 @@ func unmount(t *testing.T, mnt string) {
 	}
 }
 
-func fileContent(seq int) []byte {
-	r := rand.New(rand.NewPCG(uint64(seq), 7))
-	b := make([]byte, 4096+r.IntN(200<<10))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+// fileContent is the content of the kernel tests' file seq (4 KiB to
+// 204 KiB).
+func fileContent(seq int) []byte { return handovertest.RandomContent(seq, 7, 200<<10) }
 
 // writeFiles writes files until an error (the server died) or stop, and
 // returns the ones that were fully written, fsynced and whose directory
