@@ -37,15 +37,9 @@ import (
 // FUSE and loop, prints "READY <loop device>", and serves until SIGTERM
 // (clean close) or SIGKILL (the crash under test).
 func TestServeHelperProcess(t *testing.T) {
-	dir := os.Getenv("BLOCKDEV_SERVE_DIR")
-	if dir == "" {
-		t.Skip("helper process for the kernel crash tests")
-	}
+	dir, policy := helperProcessEnv(t, "BLOCKDEV_SERVE", "helper process for the kernel crash tests")
 	ctx := context.Background()
-	policy, err := ParseAckPolicy(os.Getenv("BLOCKDEV_SERVE_POLICY"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var err error
 	mode := JournalFull
 	if m := os.Getenv("BLOCKDEV_SERVE_MODE"); m != "" {
 		if mode, err = ParseJournalMode(m); err != nil {
@@ -93,6 +87,23 @@ func TestServeHelperProcess(t *testing.T) {
 		fmt.Printf("ERROR %v\n", err)
 	}
 	d.Close(ctx)
+}
+
+// helperProcessEnv reads what a serving child process is given: the local
+// cluster's directory in <prefix>_DIR and the ack policy in
+// <prefix>_POLICY. Without a directory the test was not started as a child
+// and skips, saying whose (skip).
+func helperProcessEnv(t *testing.T, prefix, skip string) (dir string, policy AckPolicy) {
+	t.Helper()
+	dir = os.Getenv(prefix + "_DIR")
+	if dir == "" {
+		t.Skip(skip)
+	}
+	policy, err := ParseAckPolicy(os.Getenv(prefix + "_POLICY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, policy
 }
 
 func requireKernel(t *testing.T) {
