@@ -1322,12 +1322,7 @@ func testWatchClose(t *testing.T, s *suite) {
 			notified <- err
 		}()
 		defer func() { <-notified }()
-		var hctx context.Context
-		select {
-		case hctx = <-entered:
-		case <-time.After(10 * time.Second):
-			t.Fatal("no notification delivered")
-		}
+		hctx := testwait.Recv(t, entered, 10*time.Second, "a notification delivered")
 		if v, _ := hctx.Value(ctxKey{}).(string); v != "mark" {
 			t.Errorf("the handler's context lacks the values of Watch's context (got %q)", v)
 		}
@@ -1366,13 +1361,8 @@ func testWatchClose(t *testing.T, s *suite) {
 		if _, err := s.p.Notify(ctxT(t), oid, nil, 5*time.Second); err != nil {
 			t.Fatalf("notify: %v", err)
 		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("close from the handler: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close from the handler deadlocked")
+		if err := testwait.Recv(t, done, 10*time.Second, "Close from the handler to return (deadlocked?)"); err != nil {
+			t.Fatalf("close from the handler: %v", err)
 		}
 		if hasWatcher(watchersOf(t, s.p, oid), s.p.Client(), w.Cookie()) {
 			t.Fatal("watch closed from its handler is still listed")
