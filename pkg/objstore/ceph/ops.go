@@ -345,11 +345,11 @@ func decodePage(b []byte) (objstore.OmapPage, error) {
 	var page objstore.OmapPage
 	d := cephenc.NewDecoder(b)
 	page.More = d.Bool()
-	n := d.U32()
+	n := d.Count(8) // two lengths at least
 	if err := shortResult(d); err != nil {
 		return page, err
 	}
-	page.Entries = make([]objstore.KV, 0, min(n, uint32(d.Remaining()/8)))
+	page.Entries = make([]objstore.KV, 0, n)
 	for range n {
 		k, v := d.Str(), d.Bytes()
 		if err := shortResult(d); err != nil {
