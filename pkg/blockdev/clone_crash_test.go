@@ -10,6 +10,7 @@ import (
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image/imagetest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
@@ -38,22 +39,7 @@ func makeLocalClone(t *testing.T, be takeoverBackend, child string) []byte {
 	if _, err := parent.WriteAt(ctx, model, 0); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := objstore.Snapper(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snapID, err := sn.SelfManagedSnapCreate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var op objstore.WriteOp
-	clsrbd.SnapshotAdd(&op, snapID, "base", clsrbd.SnapshotNamespace{Type: rbdnotify.SnapNamespaceUser})
-	if err := pool.Operate(ctx, clsrbd.HeaderOID(parent.ID()), &op); err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	snapID := imagetest.AddSnapshot(t, ctx, pool, parent, "base", clsrbd.SnapshotNamespace{Type: rbdnotify.SnapNamespaceUser})
 	if _, err := parent.WriteAt(ctx, pattern(8, cloneSize, false), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +48,7 @@ func makeLocalClone(t *testing.T, be takeoverBackend, child string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op = objstore.WriteOp{}
+	var op objstore.WriteOp
 	clsrbd.SetParent(&op, pool.ID(), parent.ID(), snapID, cloneSize)
 	if err := pool.Operate(ctx, clsrbd.HeaderOID(id), &op); err != nil {
 		t.Fatal(err)

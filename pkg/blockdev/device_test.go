@@ -19,6 +19,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
+	"golang.org/x/sync/errgroup"
 )
 
 func openPool(t testing.TB, dir string) objstore.Pool {
@@ -49,6 +50,14 @@ func openDevice(t testing.TB, pool objstore.Pool, name string, o Options) *Devic
 	return d
 }
 
+// newDevice creates image "vol" (testSize, 4 MiB objects) in pool and opens
+// it with o, as openDevice does.
+func newDevice(t testing.TB, pool objstore.Pool, o Options) *Device {
+	t.Helper()
+	newImage(t, pool, "vol", 22)
+	return openDevice(t, pool, "vol", o)
+}
+
 func readAll(t testing.TB, d interface {
 	ReadAt(context.Context, []byte, int64) (int, error)
 }, size int) []byte {
@@ -75,12 +84,9 @@ func TestModel(t *testing.T) {
 			// Each worker owns a region, so the model needs no locking.
 			const workers = 8
 			region := int64(testSize / workers)
-			var wg sync.WaitGroup
-			errs := make(chan error, workers)
+			var g errgroup.Group
 			for w := 0; w < workers; w++ {
-				wg.Add(1)
-				go func(w int) {
-					defer wg.Done()
+				g.Go(func() error {
 					r := rand.New(rand.NewPCG(uint64(w), 99))
 					base := int64(w) * region
 					for i := 0; i < 150; i++ {
@@ -93,45 +99,38 @@ func TestModel(t *testing.T) {
 								b[k] = byte(r.Uint32())
 							}
 							if _, err := d.WriteAt(ctx, b, off); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							copy(model[off:], b)
 						case 3:
 							if err := d.Discard(ctx, off, n); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							clear(model[off : off+n])
 						case 4:
 							if err := d.WriteZeroes(ctx, off, n); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							clear(model[off : off+n])
 						case 5:
 							b := make([]byte, n)
 							if _, err := d.ReadAt(ctx, b, off); err != nil {
-								errs <- err
-								return
+								return err
 							}
 							if !bytes.Equal(b, model[off:off+n]) {
-								errs <- fmt.Errorf("worker %d op %d: read %d+%d differs from what was written", w, i, off, n)
-								return
+								return fmt.Errorf("worker %d op %d: read %d+%d differs from what was written", w, i, off, n)
 							}
 						}
 						if i%25 == 0 {
 							if err := d.Flush(ctx); err != nil {
-								errs <- err
-								return
+								return err
 							}
 						}
 					}
-				}(w)
+					return nil
+				})
 			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
+			if err := g.Wait(); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(readAll(t, d, testSize), model) {
@@ -156,8 +155,7 @@ func TestOverlappingWritesKeepJournalOrder(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
 			pool := openPool(t, dir)
-			newImage(t, pool, "vol", 22)
-			d := openDevice(t, pool, "vol", Options{AckPolicy: policy})
+			d := newDevice(t, pool, Options{AckPolicy: policy})
 			var wg sync.WaitGroup
 			for round := 0; round < 20; round++ {
 				for i := 0; i < 16; i++ {
@@ -378,8 +376,7 @@ func TestCorruptJournalFailsOpenAndChangesNothing(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	ctx := context.Background()
 	pool := openPool(t, t.TempDir())
-	newImage(t, pool, "vol", 22)
-	d := openDevice(t, pool, "vol", Options{})
+	d := newDevice(t, pool, Options{})
 	buf := make([]byte, 4096)
 	for _, tc := range []struct {
 		name string

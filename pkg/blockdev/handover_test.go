@@ -22,15 +22,8 @@ import (
 // connection the holder kept (fuseloop.Adopt: NOTIFY_RESEND, serve) or, the
 // first time, attaches a new one and gives it to the holder.
 func TestHandoverServeHelper(t *testing.T) {
-	dir := os.Getenv("BLOCKDEV_HANDOVER_DIR")
-	if dir == "" {
-		t.Skip("serving child of TestHandoverJournaled")
-	}
+	dir, policy := helperProcessEnv(t, "BLOCKDEV_HANDOVER", "serving child of TestHandoverJournaled")
 	ctx := context.Background()
-	policy, err := ParseAckPolicy(os.Getenv("BLOCKDEV_HANDOVER_POLICY"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	c, pool := localtest.Open(t, dir, local.Options{})
 	d, err := Open(ctx, pool, "vol", Options{AckPolicy: policy, Fencer: c})
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"unsafe"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -36,15 +37,9 @@ import (
 // FUSE and loop, prints "READY <loop device>", and serves until SIGTERM
 // (clean close) or SIGKILL (the crash under test).
 func TestServeHelperProcess(t *testing.T) {
-	dir := os.Getenv("BLOCKDEV_SERVE_DIR")
-	if dir == "" {
-		t.Skip("helper process for the kernel crash tests")
-	}
+	dir, policy := helperProcessEnv(t, "BLOCKDEV_SERVE", "helper process for the kernel crash tests")
 	ctx := context.Background()
-	policy, err := ParseAckPolicy(os.Getenv("BLOCKDEV_SERVE_POLICY"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var err error
 	mode := JournalFull
 	if m := os.Getenv("BLOCKDEV_SERVE_MODE"); m != "" {
 		if mode, err = ParseJournalMode(m); err != nil {
@@ -92,6 +87,23 @@ func TestServeHelperProcess(t *testing.T) {
 		fmt.Printf("ERROR %v\n", err)
 	}
 	d.Close(ctx)
+}
+
+// helperProcessEnv reads what a serving child process is given: the local
+// cluster's directory in <prefix>_DIR and the ack policy in
+// <prefix>_POLICY. Without a directory the test was not started as a child
+// and skips, saying whose (skip).
+func helperProcessEnv(t *testing.T, prefix, skip string) (dir string, policy AckPolicy) {
+	t.Helper()
+	dir = os.Getenv(prefix + "_DIR")
+	if dir == "" {
+		t.Skip(skip)
+	}
+	policy, err := ParseAckPolicy(os.Getenv(prefix + "_POLICY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, policy
 }
 
 func requireKernel(t *testing.T) {
@@ -218,14 +230,9 @@ func unmount(t *testing.T, mnt string) {
 	}
 }
 
-func fileContent(seq int) []byte {
-	r := rand.New(rand.NewPCG(uint64(seq), 7))
-	b := make([]byte, 4096+r.IntN(200<<10))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+// fileContent is the content of the kernel tests' file seq (4 KiB to
+// 204 KiB).
+func fileContent(seq int) []byte { return handovertest.RandomContent(seq, 7, 200<<10) }
 
 // writeFiles writes files until an error (the server died) or stop, and
 // returns the ones that were fully written, fsynced and whose directory

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -233,11 +234,11 @@ func TestMetadataRelogsHotRegions(t *testing.T) {
 			unknown = append(unknown, extentlog.Extent{Offset: c.Entry.Offset, Length: c.Entry.Length})
 		}
 	}
-	if want := []extentlog.Extent{{Offset: 2 * obj, Length: obj}}; !equalExtents(unknown, want) {
+	if want := []extentlog.Extent{{Offset: 2 * obj, Length: obj}}; !slices.Equal(unknown, want) {
 		t.Errorf("unknown regions %v, want %v", unknown, want)
 	}
 	want := []extentlog.Extent{{Offset: 0, Length: 4096}, {Offset: obj + 4096, Length: 4096}, {Offset: 2 * obj, Length: obj}}
-	if !equalExtents(ch.Extents, want) {
+	if !slices.Equal(ch.Extents, want) {
 		t.Errorf("changed extents %v, want %v", ch.Extents, want)
 	}
 	// The intents were committed once the unknown entries were durable:
@@ -298,21 +299,21 @@ func TestMetadataChangedExtents(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantAll := []extentlog.Extent{{Offset: 0, Length: 8192}, {Offset: 1 << 20, Length: 512}, {Offset: 2 << 20, Length: 8192}}
-	if !equalExtents(all.Extents, wantAll) || len(all.Entries) != 4 {
+	if !slices.Equal(all.Extents, wantAll) || len(all.Entries) != 4 {
 		t.Errorf("all changes %v (%d entries), want %v", all.Extents, len(all.Entries), wantAll)
 	}
 	since, err := extentlog.ChangedExtents(ctx, pool, id, "backup", mid.Last, extentlog.Position{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := wantAll[1:]; !equalExtents(since.Extents, want) {
+	if want := wantAll[1:]; !slices.Equal(since.Extents, want) {
 		t.Errorf("changes since %v: %v, want %v", mid.Last, since.Extents, want)
 	}
 	upTo, err := extentlog.ChangedExtents(ctx, pool, id, "backup", extentlog.Position{}, mid.Last)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := wantAll[:1]; !equalExtents(upTo.Extents, want) {
+	if want := wantAll[:1]; !slices.Equal(upTo.Extents, want) {
 		t.Errorf("changes up to %v: %v, want %v", mid.Last, upTo.Extents, want)
 	}
 	if err := extentlog.AdvanceConsumer(ctx, pool, id, "backup", mid.Last); err != nil {
@@ -322,21 +323,9 @@ func TestMetadataChangedExtents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := wantAll[1:]; !equalExtents(rest.Extents, want) {
+	if want := wantAll[1:]; !slices.Equal(rest.Extents, want) {
 		t.Errorf("after advancing to %v: %v, want %v", mid.Last, rest.Extents, want)
 	}
-}
-
-func equalExtents(a, b []extentlog.Extent) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestMetadataResizeJournaled: a resize performed by a metadata-mode owner
@@ -397,7 +386,7 @@ func TestInsertMerged(t *testing.T) {
 			}
 			all = append(all, x)
 			merged = insertMerged(merged, x)
-			if want := extentlog.MergeExtents(all); !equalExtents(merged, want) {
+			if want := extentlog.MergeExtents(all); !slices.Equal(merged, want) {
 				t.Fatalf("after inserting %v: %v, want %v", all, merged, want)
 			}
 		}
@@ -471,14 +460,14 @@ func TestMetadataSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !equalExtents(between.Extents, want) {
+	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !slices.Equal(between.Extents, want) {
 		t.Errorf("changed between s1 and s2: %v, want %v", between.Extents, want)
 	}
 	upToS1, err := extentlog.ChangedBetweenSnapshots(ctx, pool, id, "backup", "", "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !equalExtents(upToS1.Extents, want) || len(upToS1.Entries) != 1 {
+	if want := []extentlog.Extent{{Offset: 1 << 20, Length: 65536}}; !slices.Equal(upToS1.Extents, want) || len(upToS1.Entries) != 1 {
 		t.Errorf("changed up to s1: %v (%d entries), want %v in 1", upToS1.Extents, len(upToS1.Entries), want)
 	}
 	if _, err := extentlog.ChangedBetweenSnapshots(ctx, pool, id, "backup", "s1", "nope"); !errors.Is(err, extentlog.ErrSnapshotNotLogged) {

@@ -1,7 +1,6 @@
 package blockdev
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -189,11 +188,7 @@ func (d *Device) resizeAsOwner(ctx context.Context, size uint64, allowShrink boo
 	clsrbd.SetSize(op, size)
 	err := d.pool.Operate(ctx, clsrbd.HeaderOID(d.img.ID()), op)
 	if d.j != nil {
-		r := int32(0)
-		if err != nil {
-			r = -int32(cmp.Or(objstore.Errno(err), syscall.EIO))
-		}
-		tid, jerr := d.appendOpEvent(ctx, rbdjournal.OpFinishEvent{OpTid: opTid, R: r})
+		tid, jerr := d.appendOpEvent(ctx, rbdjournal.OpFinishEvent{OpTid: opTid, R: objstore.Result(err)})
 		if jerr != nil && err == nil {
 			err = fmt.Errorf("journal the end of the resize: %w", jerr)
 		}

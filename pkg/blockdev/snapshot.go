@@ -266,15 +266,7 @@ func (d *Device) createSnapshot(ctx context.Context, ns clsrbd.SnapshotNamespace
 
 // finishOp journals an operation's OpFinish and commits its entries.
 func (d *Device) finishOp(ctx context.Context, opTid uint64, opErr error, commit []uint64) error {
-	r := int32(0)
-	if opErr != nil {
-		en := objstore.Errno(opErr)
-		if en == 0 {
-			en = syscall.EIO
-		}
-		r = -int32(en)
-	}
-	tid, err := d.appendOpEvent(ctx, rbdjournal.OpFinishEvent{OpTid: opTid, R: r})
+	tid, err := d.appendOpEvent(ctx, rbdjournal.OpFinishEvent{OpTid: opTid, R: objstore.Result(opErr)})
 	if err == nil {
 		commit = append(commit, tid)
 	}

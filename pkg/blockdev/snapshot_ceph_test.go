@@ -5,7 +5,6 @@ package blockdev
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,10 +24,7 @@ import (
 // holds SnapCreate and OpFinish; `rbd export` of the snapshot equals the
 // data acknowledged before it, while the head has the writes made after.
 func TestRBDSnapCLIOnServedImageCeph(t *testing.T) {
-	be := cephBackend(t)
-	conf := cephtest.Conf(t)
-	name := fmt.Sprintf("snapcli-%d", time.Now().UnixNano()%1e6)
-	be.createImage(t, name, imageSize)
+	be, conf, name := newCephImage(t, "snapcli")
 	pool, _ := be.connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

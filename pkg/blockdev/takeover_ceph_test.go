@@ -65,6 +65,17 @@ func rbdCLI(ctx context.Context, conf string, args ...string) (string, error) {
 	return string(out), err
 }
 
+// newCephImage creates a journaled image of imageSize named prefix and a
+// number on the test cluster (removed at the end of the test); it returns
+// the Ceph backend, the cluster's ceph.conf and the image name.
+func newCephImage(t *testing.T, prefix string) (be takeoverBackend, conf, img string) {
+	t.Helper()
+	be = cephBackend(t)
+	img = fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e6)
+	be.createImage(t, img, imageSize)
+	return be, cephtest.Conf(t), img
+}
+
 func cephBackend(t *testing.T) takeoverBackend {
 	conf := cephtest.Conf(t)
 	return takeoverBackend{
@@ -136,10 +147,7 @@ func imageLockInfo(t testing.TB, pool objstore.Pool, img string) clslock.LockInf
 // lock request), instead of hanging or taking the lock; the node keeps the
 // lock and its data.
 func TestLibrbdWriterRefusedCeph(t *testing.T) {
-	be := cephBackend(t)
-	conf := cephtest.Conf(t)
-	img := fmt.Sprintf("bench-refused-%d", time.Now().UnixNano()%1e6)
-	be.createImage(t, img, imageSize)
+	be, conf, img := newCephImage(t, "bench-refused")
 	pool, fencer := be.connect(t)
 	a, _ := startNode(t, be, "a", img, nodeOptions{})
 	a.write(0, blk, 1)
@@ -207,10 +215,7 @@ func (n *node) size() int64 {
 // and its device; shrinking is refused with EBUSY; snapshots, feature
 // changes and renames fail with EROFS. None takes the lock from the node.
 func TestLibrbdResizeHandledByOwnerCeph(t *testing.T) {
-	be := cephBackend(t)
-	conf := cephtest.Conf(t)
-	img := fmt.Sprintf("resize-owner-%d", time.Now().UnixNano()%1e6)
-	be.createImage(t, img, imageSize)
+	be, conf, img := newCephImage(t, "resize-owner")
 	pool, _ := be.connect(t)
 	a, _ := startNode(t, be, "a", img, nodeOptions{})
 	before, _ := holderOf(t, pool, img)
@@ -304,9 +309,7 @@ func TestWatchLostCeph(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the OSD's watch timeout")
 	}
-	be := cephBackend(t)
-	img := fmt.Sprintf("watch-lost-%d", time.Now().UnixNano()%1e6)
-	be.createImage(t, img, imageSize)
+	be, _, img := newCephImage(t, "watch-lost")
 	pool, _ := be.connect(t)
 	ctx := context.Background()
 	im, err := image.Open(ctx, pool, img)

@@ -59,8 +59,7 @@ func TestHeaderUpdateGrowsDevice(t *testing.T) {
 func TestWatchLostHeaderUpdateSeen(t *testing.T) {
 	dir := t.TempDir()
 	pool := openPool(t, dir)
-	newImage(t, pool, "vol", 22)
-	d := openDevice(t, pool, "vol", Options{})
+	d := newDevice(t, pool, Options{})
 	ctx := context.Background()
 	id := d.lock.ClientID()
 	oldCookie := d.lock.Cookie()
@@ -131,8 +130,7 @@ func (r *requester) result(id rbdnotify.AsyncRequestID) (int32, bool) {
 func TestProxiedResizeGrowsDevice(t *testing.T) {
 	dir := t.TempDir()
 	pool := openPool(t, dir)
-	newImage(t, pool, "vol", 22)
-	d := openDevice(t, pool, "vol", Options{})
+	d := newDevice(t, pool, Options{})
 	ctx := context.Background()
 	img, _ := image.Open(ctx, pool, "vol")
 	header := clsrbd.HeaderOID(img.ID())

@@ -110,8 +110,7 @@ func returnsWithin(d time.Duration, f func() error) (error, bool) {
 func TestWriteBackAcksBeforeDurable(t *testing.T) {
 	ctx := context.Background()
 	gp := &gatedPool{Pool: openPool(t, t.TempDir())}
-	newImage(t, gp, "vol", 22)
-	d := openDevice(t, gp, "vol", Options{AckPolicy: AckWriteBack})
+	d := newDevice(t, gp, Options{AckPolicy: AckWriteBack})
 	gp.close()
 	t.Cleanup(func() { gp.open(nil) }) // before Close (cleanups run last first)
 
@@ -148,8 +147,7 @@ func TestWriteBackAcksBeforeDurable(t *testing.T) {
 func TestWriteBackAppendFailureFailsDevice(t *testing.T) {
 	ctx := context.Background()
 	gp := &gatedPool{Pool: openPool(t, t.TempDir())}
-	newImage(t, gp, "vol", 22)
-	d := openDevice(t, gp, "vol", Options{AckPolicy: AckWriteBack})
+	d := newDevice(t, gp, Options{AckPolicy: AckWriteBack})
 	gp.close()
 	t.Cleanup(func() { gp.open(nil) })
 	if _, err := d.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0); err != nil {

@@ -1,6 +1,9 @@
 package cephenc
 
-import "bytes"
+import (
+	"bytes"
+	"fmt"
+)
 
 // A Coder runs a type's field list in one direction, as Ceph's DENC does:
 // the type lists its fields once, in encoding order, in a method that takes
@@ -33,6 +36,15 @@ func Encoding(e *Encoder) Coder { return Coder{e: e} }
 func DecodeWith(d *Decoder, denc func(Coder)) error {
 	denc(Coder{d: d})
 	return d.Err()
+}
+
+// DecodeAs is DecodeWith with what was being decoded in the error
+// ("decode <what>: ...").
+func DecodeAs(d *Decoder, what string, denc func(Coder)) error {
+	if err := DecodeWith(d, denc); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
+	}
+	return nil
 }
 
 // Struct codes a versioned struct whose fields the function codes

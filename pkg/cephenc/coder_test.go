@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
@@ -130,5 +131,19 @@ func TestRest(t *testing.T) {
 	d.Finish(s)
 	if got := d.Rest(); !bytes.Equal(got, []byte{0xdd}) || d.Err() != nil {
 		t.Errorf("rest of the input %x (%v), want dd", got, d.Err())
+	}
+}
+
+// TestDecodeAs: DecodeAs decodes as DecodeWith and names what it decoded in
+// its error, which still matches the Decoder's.
+func TestDecodeAs(t *testing.T) {
+	b := MarshalFunc(inner{X: 7}.Encode)
+	var i inner
+	if err := DecodeAs(NewDecoder(b), "inner", i.denc); err != nil || i.X != 7 {
+		t.Fatalf("DecodeAs = %v, %+v", err, i)
+	}
+	err := DecodeAs(NewDecoder(b[:len(b)-1]), "inner", i.denc)
+	if !errors.Is(err, ErrShortBuffer) || !strings.HasPrefix(err.Error(), "decode inner: ") {
+		t.Fatalf("DecodeAs of a short input: %v", err)
 	}
 }

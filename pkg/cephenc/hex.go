@@ -1,6 +1,20 @@
 package cephenc
 
-import "math"
+import (
+	"fmt"
+	"math"
+)
+
+// HexKey is an omap key as Ceph's classes write one for a number: prefix,
+// then v in 16 zero-padded lower-case hex digits (cls_journal's to_hex,
+// cls_rbd's key_from_snap_id), so that the keys sort in numeric order.
+func HexKey(prefix string, v uint64) string { return fmt.Sprintf("%s%016x", prefix, v) }
+
+// ParseHexKey parses the number of a key HexKey writes as the classes do:
+// ParseHex of what follows the prefix (which is not checked).
+func ParseHexKey(prefix, key string) uint64 {
+	return ParseHex(key[min(len(prefix), len(key)):])
+}
 
 // ParseHex parses the leading hex digits of s as a uint64, as Ceph's
 // classes parse the hex part of an omap key (`istringstream(s) >> std::hex

@@ -56,3 +56,31 @@ func FuzzParseHex(f *testing.F) {
 		}
 	})
 }
+
+// TestHexKey: the keys of cls_journal's tags (the same scheme as cls_rbd's
+// snapshots) and how the class parses them back.
+func TestHexKey(t *testing.T) {
+	tests := []struct {
+		tid uint64
+		key string
+	}{
+		{0, "tag_0000000000000000"},
+		{1, "tag_0000000000000001"},
+		{10, "tag_000000000000000a"},
+		{255, "tag_00000000000000ff"},
+		{1<<64 - 1, "tag_ffffffffffffffff"},
+	}
+	for _, tt := range tests {
+		if got := HexKey("tag_", tt.tid); got != tt.key {
+			t.Errorf("HexKey(%d) = %s, want %s", tt.tid, got, tt.key)
+		}
+		if got := ParseHexKey("tag_", tt.key); got != tt.tid {
+			t.Errorf("ParseHexKey(%s) = %d", tt.key, got)
+		}
+	}
+	for key, want := range map[string]uint64{"tag_": 0, "tag_1z": 1, "tag_FF": 255, "tag_fffffffffffffffff": 1<<64 - 1, "ta": 0} {
+		if got := ParseHexKey("tag_", key); got != want {
+			t.Errorf("ParseHexKey(%q) = %d, want %d", key, got, want)
+		}
+	}
+}

@@ -2,7 +2,7 @@ package exclusivelock
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"syscall"
 	"time"
 
@@ -102,52 +102,6 @@ func (l *Lock) handleResize(n *objstore.Notification, p rbdnotify.Resize) {
 		n.Ack(rbdnotify.Response(syscall.EOPNOTSUPP))
 		return
 	}
-	l.mu.Lock()
-	if p.Request.Client == l.clientIDLocked() {
-		l.mu.Unlock()
-		n.Ack(rbdnotify.Response(syscall.ERESTART))
-		return
-	}
-	if l.async[p.Request] {
-		l.mu.Unlock()
-		n.Ack(rbdnotify.Response(0))
-		return
-	}
-	l.async[p.Request] = true
-	l.wg.Add(1)
-	l.mu.Unlock()
-	n.Ack(rbdnotify.Response(0))
-	go func() {
-		defer l.wg.Done()
-		defer func() {
-			l.mu.Lock()
-			delete(l.async, p.Request)
-			l.mu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(l.ctx, resizeTimeout)
-		defer cancel()
-		start := time.Now()
-		err := l.o.Resize(ctx, p.Size, p.AllowShrink)
-		result := int32(0)
-		if err != nil {
-			en := objstore.Errno(err)
-			if en == 0 {
-				en = syscall.EIO
-			}
-			result = -int32(en)
-			l.log.Error(err, "Proxied resize failed", "object", l.oid, "request", p.Request.String(), "size", p.Size)
-		} else {
-			l.log.Info("Proxied resize done by the lock owner", "object", l.oid, "request", p.Request.String(), "size", p.Size, "duration", time.Since(start).Round(time.Millisecond))
-		}
-		// librbd retries the completion while its requester may not have
-		// heard it (ETIMEDOUT).
-		for attempt := 0; attempt < 3 && l.ctx.Err() == nil; attempt++ {
-			nctx, ncancel := context.WithTimeout(l.ctx, l.o.NotifyTimeout)
-			_, nerr := l.pool.Notify(nctx, l.oid, rbdnotify.Marshal(rbdnotify.AsyncComplete{Request: p.Request, Result: result}), l.o.NotifyTimeout)
-			ncancel()
-			if !errors.Is(nerr, objstore.ErrTimedOut) {
-				break
-			}
-		}
-	}()
+	run := func(ctx context.Context) error { return l.o.Resize(ctx, p.Size, p.AllowShrink) }
+	l.handleAsync(n, p.Request, fmt.Sprintf("resize to %d bytes", p.Size), resizeTimeout, run)
 }

@@ -50,18 +50,6 @@ func (l *Lock) handleSnapRemove(n *objstore.Notification, p rbdnotify.SnapRemove
 	l.handleDelayedAck(n, what, run)
 }
 
-// resultOf is an operation's result as librbd reports it: 0 or -errno.
-func resultOf(err error) int32 {
-	if err == nil {
-		return 0
-	}
-	en := objstore.Errno(err)
-	if en == 0 {
-		en = syscall.EIO
-	}
-	return -int32(en)
-}
-
 // handleDelayedAck runs op on its own goroutine (a watch handler must not
 // block) and acknowledges n with its result.
 func (l *Lock) handleDelayedAck(n *objstore.Notification, what string, op func(ctx context.Context) error) {
@@ -75,7 +63,7 @@ func (l *Lock) handleDelayedAck(n *objstore.Notification, what string, op func(c
 		start := time.Now()
 		err := op(ctx)
 		l.logResult(what, nil, err, start)
-		n.Ack(rbdnotify.Response(syscall.Errno(-resultOf(err))))
+		n.Ack(rbdnotify.Response(syscall.Errno(-objstore.Result(err))))
 	}()
 }
 
@@ -114,7 +102,7 @@ func (l *Lock) handleAsync(n *objstore.Notification, req rbdnotify.AsyncRequestI
 		// heard it (ETIMEDOUT).
 		for attempt := 0; attempt < 3 && l.ctx.Err() == nil; attempt++ {
 			nctx, ncancel := context.WithTimeout(l.ctx, l.o.NotifyTimeout)
-			_, nerr := l.pool.Notify(nctx, l.oid, rbdnotify.Marshal(rbdnotify.AsyncComplete{Request: req, Result: resultOf(err)}), l.o.NotifyTimeout)
+			_, nerr := l.pool.Notify(nctx, l.oid, rbdnotify.Marshal(rbdnotify.AsyncComplete{Request: req, Result: objstore.Result(err)}), l.o.NotifyTimeout)
 			ncancel()
 			if !errors.Is(nerr, objstore.ErrTimedOut) {
 				break

@@ -30,15 +30,10 @@ func BenchmarkWriteAt(b *testing.B) {
 				for i := range buf {
 					buf[i] = byte(i)
 				}
-				b.SetBytes(int64(size))
-				b.ResetTimer()
-				off := int64(0)
-				for b.Loop() {
-					if _, err := img.WriteAt(ctx, buf, off); err != nil {
-						b.Fatal(err)
-					}
-					off = (off + int64(size)) % img.Size()
-				}
+				sequential(b, img.Size(), buf, func(off int64) error {
+					_, err := img.WriteAt(ctx, buf, off)
+					return err
+				})
 			})
 		}
 	}
@@ -57,16 +52,25 @@ func BenchmarkReadAt(b *testing.B) {
 				}
 			}
 			buf := make([]byte, size)
-			b.SetBytes(int64(size))
-			b.ResetTimer()
-			off := int64(0)
-			for b.Loop() {
-				if _, err := img.ReadAt(ctx, buf, off); err != nil {
-					b.Fatal(err)
-				}
-				off = (off + int64(size)) % img.Size()
-			}
+			sequential(b, img.Size(), buf, func(off int64) error {
+				_, err := img.ReadAt(ctx, buf, off)
+				return err
+			})
 		})
+	}
+}
+
+// sequential times io of buf at consecutive offsets of an image of size
+// bytes, wrapping around, one call per iteration.
+func sequential(b *testing.B, size int64, buf []byte, io func(off int64) error) {
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	off := int64(0)
+	for b.Loop() {
+		if err := io(off); err != nil {
+			b.Fatal(err)
+		}
+		off = (off + int64(len(buf))) % size
 	}
 }
 

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"golang.org/x/sync/errgroup"
 )
 
 func TestDataOID(t *testing.T) {
@@ -395,31 +395,26 @@ func TestConcurrentIO(t *testing.T) {
 	const writers = 8
 	const stripe = 3*obj + 123
 	img := mustCreate(t, p, "vol", writers*stripe, CreateOptions{Order: 12})
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var g errgroup.Group
 	for w := range writers {
-		wg.Go(func() {
+		g.Go(func() error {
 			buf := bytes.Repeat([]byte{byte(w + 1)}, stripe)
 			for range 5 {
 				if _, err := img.WriteAt(ctx, buf, int64(w*stripe)); err != nil {
-					errs <- err
-					return
+					return err
 				}
 				got := make([]byte, stripe)
 				if _, err := img.ReadAt(ctx, got, int64(w*stripe)); err != nil {
-					errs <- err
-					return
+					return err
 				}
 				if !bytes.Equal(got, buf) {
-					errs <- fmt.Errorf("writer %d read back other data", w)
-					return
+					return fmt.Errorf("writer %d read back other data", w)
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	// A discard of the whole image fans out over every object.

@@ -464,7 +464,7 @@ func List(ctx context.Context, pool objstore.Pool) ([]ListEntry, error) {
 			return out, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list images: %w", err)
+			return nil, fmt.Errorf("list images of pool %s: %w", pool.Name(), err)
 		}
 		for _, e := range page {
 			out = append(out, ListEntry{Name: e.Name, ID: e.ID})

@@ -3,12 +3,9 @@ package image
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +16,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
@@ -41,21 +39,7 @@ func le64(v uint64) []byte {
 // by one owner that crashed (pkg/journal/testdata/ceph-pacific-journal).
 func goldenJournalHeader(t *testing.T) map[string][]byte {
 	t.Helper()
-	b, err := os.ReadFile("../journal/testdata/ceph-pacific-journal/golden-crash/journal-header-omap.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]string
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]byte{}
-	for k, v := range m {
-		if out[k], err = hex.DecodeString(v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
+	return cephenctest.ReadHexMap(t, "../journal/testdata/ceph-pacific-journal/golden-crash/journal-header-omap.json")
 }
 
 // TestCreateLayout checks every object and omap entry Create writes

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image/imagetest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
@@ -26,27 +27,12 @@ func makeClone(t *testing.T, p objstore.Pool, order uint8, parentSize, childSize
 	if _, err := parent.WriteAt(ctx, data, 0); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := objstore.Snapper(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snapID, err := sn.SelfManagedSnapCreate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var op objstore.WriteOp
-	clsrbd.SnapshotAdd(&op, snapID, "base", clsrbd.SnapshotNamespace{Type: rbdnotify.SnapNamespaceUser})
-	if err := p.Operate(ctx, clsrbd.HeaderOID(parent.ID()), &op); err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	snapID := imagetest.AddSnapshot(t, ctx, p, parent, "base", clsrbd.SnapshotNamespace{Type: rbdnotify.SnapNamespaceUser})
 	if _, err := parent.WriteAt(ctx, bytes.Repeat([]byte{0xee}, int(parentSize)), 0); err != nil {
 		t.Fatal(err)
 	}
 	child := mustCreate(t, p, "child", childSize, CreateOptions{Features: clsrbd.FeatureLayering, Order: order})
-	op = objstore.WriteOp{}
+	var op objstore.WriteOp
 	clsrbd.SetParent(&op, p.ID(), parent.ID(), snapID, uint64(overlap))
 	if err := p.Operate(ctx, clsrbd.HeaderOID(child.ID()), &op); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image/imagetest"
 )
 
 // TestSnapshotPointInTime: after a snapshot, writes, discards and
@@ -20,22 +20,7 @@ func TestSnapshotPointInTime(t *testing.T) {
 	if _, err := img.WriteAt(ctx, before[:2<<22], 0); err != nil { // objects 0 and 1; 2 never written
 		t.Fatal(err)
 	}
-	sn, err := objstore.Snapper(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := sn.SelfManagedSnapCreate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	op := &objstore.WriteOp{}
-	clsrbd.SnapshotAdd(op, id, "s1", clsrbd.SnapshotNamespace{})
-	if err := p.Operate(ctx, clsrbd.HeaderOID(img.ID()), op); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	id := imagetest.AddSnapshot(t, ctx, p, img, "s1", clsrbd.SnapshotNamespace{})
 	if sc := img.SnapContext(); sc.Seq != id || len(sc.Snaps) != 1 {
 		t.Fatalf("snap context after refresh: %+v", sc)
 	}

@@ -115,23 +115,35 @@ func (j *Journaler) FlushCommitPosition(ctx context.Context) error {
 	return j.trimLocked(ctx)
 }
 
+// connectedCommitsLocked returns the commit positions of the clients that
+// trimming waits for, the connected ones, and whether one of them has not
+// committed anything yet (it holds the whole journal). Called with mu held.
+func (j *Journaler) connectedCommitsLocked() (commits [][]clsjournal.ObjectPosition, anyEmpty bool) {
+	for _, c := range j.clients {
+		switch {
+		case c.State == clsjournal.ClientStateDisconnected:
+		case len(c.CommitPosition.ObjectPositions) == 0:
+			anyEmpty = true
+		default:
+			commits = append(commits, c.CommitPosition.ObjectPositions)
+		}
+	}
+	return commits, anyEmpty
+}
+
 // trimLocked removes the object sets that every connected client has
 // passed (JournalTrimmer). Called with commitMu held.
 func (j *Journaler) trimLocked(ctx context.Context) error {
 	j.mu.Lock()
 	minSet, activeSet, w := j.minimumSet, j.activeSet, uint64(j.splayWidth)
 	minCommitSet := activeSet
-	for _, c := range j.clients {
-		if c.State == clsjournal.ClientStateDisconnected {
-			continue
-		}
-		if len(c.CommitPosition.ObjectPositions) == 0 {
-			minCommitSet = minSet
-			break
-		}
-		for _, p := range c.CommitPosition.ObjectPositions {
-			if s := p.ObjectNumber / w; s < minCommitSet {
-				minCommitSet = s
+	commits, anyEmpty := j.connectedCommitsLocked()
+	if anyEmpty {
+		minCommitSet = minSet
+	} else {
+		for _, ps := range commits {
+			for _, p := range ps {
+				minCommitSet = min(minCommitSet, p.ObjectNumber/w)
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -68,7 +69,7 @@ func TestGoldenEntries(t *testing.T) {
 					tids = append(tids, e.EntryTid)
 					re = e.AppendEncoded(re)
 				}
-				if !equalU64(tids, wantTids[n]) {
+				if !slices.Equal(tids, wantTids[n]) {
 					t.Errorf("object %d tids %v, want %v", n, tids, wantTids[n])
 				}
 				if !bytes.Equal(re, b) {
@@ -77,18 +78,6 @@ func TestGoldenEntries(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalU64(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestDecodeEntryErrors(t *testing.T) {

@@ -3,15 +3,13 @@ package journal
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
@@ -19,23 +17,7 @@ import (
 
 func goldenOmap(t *testing.T, name string) map[string][]byte {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(goldenDir, name, "journal-header-omap.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hexed map[string]string
-	if err := json.Unmarshal(raw, &hexed); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]byte{}
-	for k, v := range hexed {
-		b, err := hex.DecodeString(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[k] = b
-	}
-	return out
+	return cephenctest.ReadHexMap(t, filepath.Join(goldenDir, name, "journal-header-omap.json"))
 }
 
 // loadGolden writes librbd's header omap and data objects into a local pool
@@ -187,18 +169,7 @@ func writeGoldenClean(t *testing.T, pool objstore.Pool, id string, golden map[ui
 // of journal id with librbd's golden-clean bytes (data objects golden).
 func checkGoldenClean(t *testing.T, pool objstore.Pool, id string, golden map[uint64][]byte) {
 	t.Helper()
-	got := headerOmap(t, pool, id)
-	want := goldenOmap(t, "golden-clean")
-	for k, v := range want {
-		if !bytes.Equal(got[k], v) {
-			t.Errorf("header omap %q:\n got %x\nwant %x", k, got[k], v)
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			t.Errorf("header omap has extra key %q", k)
-		}
-	}
+	cephenctest.CompareOmap(t, "header omap", headerOmap(t, pool, id), goldenOmap(t, "golden-clean"))
 	data := dataByNumber(t, pool, id)
 	for n, b := range golden {
 		if !bytes.Equal(data[n], b) {

@@ -199,20 +199,7 @@ func TestCephLibrbdWriterHelper(t *testing.T) {
 	if name == "" {
 		t.Skip("helper process for TestCephReplayLibrbdCrash")
 	}
-	// Without the cache: in writeback mode (after the first flush) librbd
-	// acks a write before its journal entry is safe, so a crash right
-	// after it may lose the entry.
-	cfg := cephtest.Config(t)
-	cfg.Options = map[string]string{"rbd_cache": "false"}
-	c, err := ceph.Connect(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := cephtest.PoolOf(t, c)
-	img, err := rbd.OpenImage(pool.IOContext(), name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, pool := cephtest.OpenUncached(t, name)
 	for _, w := range []struct {
 		off  int64
 		n    int

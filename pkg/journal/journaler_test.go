@@ -33,19 +33,7 @@ var fastSettings = Settings{CommitAge: 10 * time.Millisecond}
 // newJournal creates a journal with client "" registered and one tag.
 func newJournal(t testing.TB, pool objstore.Pool, id string, order uint8) (*Journaler, uint64) {
 	t.Helper()
-	ctx := context.Background()
-	if err := Create(ctx, pool, id, CreateOptions{Order: order, SplayWidth: 4}); err != nil {
-		t.Fatal(err)
-	}
-	j := openJournal(t, pool, id)
-	if err := j.RegisterClient(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	tag, err := j.AllocateTag(ctx, clsjournal.TagClassNew, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return j, tag.Tid
+	return newJournalWith(t, pool, id, CreateOptions{Order: order, SplayWidth: 4}, fastSettings)
 }
 
 func openJournal(t testing.TB, pool objstore.Pool, id string) *Journaler {

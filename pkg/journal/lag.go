@@ -112,17 +112,10 @@ func (x *lagIndex) trim(ps []clsjournal.ObjectPosition, anyEmpty bool) {
 // trimLagLocked drops from the lag index what every connected client has
 // committed (called after the clients were re-read).
 func (j *Journaler) trimLagLocked() {
-	var ps []clsjournal.ObjectPosition
-	anyEmpty := false
-	for _, c := range j.clients {
-		if c.State == clsjournal.ClientStateDisconnected {
-			continue
-		}
-		if len(c.CommitPosition.ObjectPositions) == 0 {
-			anyEmpty = true
-			continue
-		}
-		ps = append(ps, c.CommitPosition.ObjectPositions[0])
+	commits, anyEmpty := j.connectedCommitsLocked()
+	ps := make([]clsjournal.ObjectPosition, 0, len(commits))
+	for _, c := range commits {
+		ps = append(ps, c[0])
 	}
 	j.lag.trim(ps, anyEmpty)
 }

@@ -11,6 +11,7 @@ import (
 
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"golang.org/x/sync/errgroup"
 )
 
 // newJournalWidth is newJournal with a splay width and settings.
@@ -166,13 +167,10 @@ func TestPipelinedAppends(t *testing.T) {
 			r := rand.New(rand.NewPCG(5, 6))
 			var want [][]byte
 			var mu sync.Mutex
-			var wg sync.WaitGroup
-			errs := make(chan error, 8)
+			var g errgroup.Group
 			for w := range 8 {
 				ps := payloads(r, 64, 2048)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				g.Go(func() error {
 					for _, pl := range ps {
 						// Entry tids follow the order of Append calls.
 						mu.Lock()
@@ -180,15 +178,13 @@ func TestPipelinedAppends(t *testing.T) {
 						want = append(want, pl)
 						mu.Unlock()
 						if err := f.Wait(context.Background()); err != nil {
-							errs <- fmt.Errorf("writer %d: %w", w, err)
-							return
+							return fmt.Errorf("writer %d: %w", w, err)
 						}
 					}
-				}()
+					return nil
+				})
 			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
+			if err := g.Wait(); err != nil {
 				t.Fatal(err)
 			}
 			st := j.Stats()

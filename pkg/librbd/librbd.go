@@ -290,31 +290,12 @@ func CheckJournaled(ctx context.Context, pool objstore.Pool, name string) (Info,
 	return info, nil
 }
 
-// listPage is the directory page size (librbd lists 1024 at a time).
-const listPage = 1024
-
 // List returns the images of pool in name order, with their ids, from the
-// pool's rbd_directory (what librbd's list reads).
+// pool's rbd_directory (what librbd's list reads): image.List, for a Ceph
+// pool only, as the rest of this package.
 func List(ctx context.Context, pool objstore.Pool) ([]image.ListEntry, error) {
 	if _, err := cephPool(pool); err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
-	var out []image.ListEntry
-	start := ""
-	for {
-		page, err := clsrbd.DirList(ctx, pool, clsrbd.DirectoryOID, start, listPage)
-		if errors.Is(err, objstore.ErrNotFound) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list images of pool %s: %w", pool.Name(), err)
-		}
-		for _, e := range page {
-			out = append(out, image.ListEntry{Name: e.Name, ID: e.ID})
-		}
-		if len(page) < listPage {
-			return out, nil
-		}
-		start = page[len(page)-1].Name
-	}
+	return image.List(ctx, pool)
 }

@@ -65,30 +65,41 @@ func (m MirrorInfo) Enabled() bool { return m.State == rbd.MirrorImageEnabled.St
 
 // GetMirrorInfo returns the mirroring state of image name.
 func GetMirrorInfo(ctx context.Context, pool objstore.Pool, name string) (MirrorInfo, error) {
-	p, err := cephPool(pool)
-	if err != nil {
-		return MirrorInfo{}, err
-	}
-	var mi MirrorInfo
-	err = withImage(ctx, p, name, false, func(img *rbd.Image) error {
+	return mirrorRead(ctx, pool, name, "mirror info", func(img *rbd.Image) (MirrorInfo, error) {
 		info, err := img.GetMirrorImageInfo()
 		if err != nil {
-			return mapErr(err)
+			return MirrorInfo{}, mapErr(err)
 		}
-		mi = MirrorInfo{State: info.State.String(), Primary: info.Primary, GlobalID: info.GlobalID}
+		mi := MirrorInfo{State: info.State.String(), Primary: info.Primary, GlobalID: info.GlobalID}
 		if info.State == rbd.MirrorImageEnabled {
 			mode, err := img.GetImageMirrorMode()
 			if err != nil {
-				return mapErr(err)
+				return MirrorInfo{}, mapErr(err)
 			}
 			mi.Mode = mode.String()
 		}
-		return nil
+		return mi, nil
+	})
+}
+
+// mirrorRead opens image name read-only and returns what read finds; what
+// names the result in errors.
+func mirrorRead[T any](ctx context.Context, pool objstore.Pool, name, what string, read func(img *rbd.Image) (T, error)) (T, error) {
+	var v T
+	p, err := cephPool(pool)
+	if err != nil {
+		return v, err
+	}
+	err = withImage(ctx, p, name, false, func(img *rbd.Image) error {
+		var err error
+		v, err = read(img)
+		return err
 	})
 	if err != nil {
-		return MirrorInfo{}, fmt.Errorf("mirror info of image %s/%s: %w", p.Name(), name, err)
+		var zero T
+		return zero, fmt.Errorf("%s of image %s/%s: %w", what, p.Name(), name, err)
 	}
-	return mi, nil
+	return v, nil
 }
 
 // mirrorOp opens image name for writing and runs op on it.
@@ -152,31 +163,21 @@ type MirrorSiteStatus struct {
 // for image name. It reads the pool's rbd_mirroring object only (unlike
 // the rbd CLI it needs no mgr).
 func MirrorLocalStatus(ctx context.Context, pool objstore.Pool, name string) (MirrorSiteStatus, error) {
-	p, err := cephPool(pool)
-	if err != nil {
-		return MirrorSiteStatus{}, err
-	}
-	var st MirrorSiteStatus
-	err = withImage(ctx, p, name, false, func(img *rbd.Image) error {
+	return mirrorRead(ctx, pool, name, "mirror status", func(img *rbd.Image) (MirrorSiteStatus, error) {
 		gs, err := img.GetGlobalMirrorStatus()
 		if err != nil {
-			return mapErr(err)
+			return MirrorSiteStatus{}, mapErr(err)
 		}
 		ls, err := gs.LocalStatus()
 		if errors.Is(err, rbd.ErrNotExist) {
-			return nil
+			return MirrorSiteStatus{}, nil
 		}
 		if err != nil {
-			return mapErr(err)
+			return MirrorSiteStatus{}, mapErr(err)
 		}
-		st = MirrorSiteStatus{Known: true, Up: ls.Up, State: mirrorStateName(ls.State), Description: ls.Description,
-			LastUpdate: time.Unix(ls.LastUpdate, 0)}
-		return nil
+		return MirrorSiteStatus{Known: true, Up: ls.Up, State: mirrorStateName(ls.State), Description: ls.Description,
+			LastUpdate: time.Unix(ls.LastUpdate, 0)}, nil
 	})
-	if err != nil {
-		return MirrorSiteStatus{}, fmt.Errorf("mirror status of image %s/%s: %w", p.Name(), name, err)
-	}
-	return st, nil
 }
 
 // mirrorStateName names a state as rbd mirror image status does.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -60,13 +61,8 @@ func TestServer(t *testing.T) {
 	}
 
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve after cancel: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after its context ended")
+	if err := testwait.Recv(t, done, 10*time.Second, "Serve to return after its context ended"); err != nil {
+		t.Fatalf("Serve after cancel: %v", err)
 	}
 	// The address is free again.
 	l, err := net.Listen("tcp", s.Addr().String())

@@ -62,6 +62,20 @@ func Errno(err error) syscall.Errno {
 	return 0
 }
 
+// Result is err as a Ceph operation's result, as librbd reports it in
+// notifications and journal events: 0 for nil, otherwise the negated errno
+// err carries, -EIO when it carries none.
+func Result(err error) int32 {
+	if err == nil {
+		return 0
+	}
+	en := Errno(err)
+	if en == 0 {
+		en = syscall.EIO
+	}
+	return -int32(en)
+}
+
 // Pool is one pool (an I/O context): a flat namespace of objects.
 // All methods are safe for concurrent use.
 type Pool interface {

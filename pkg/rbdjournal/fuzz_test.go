@@ -2,8 +2,6 @@ package rbdjournal
 
 import (
 	"bytes"
-	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -36,18 +34,9 @@ func seedPayloads(f *testing.F) {
 }
 
 func seedHeaderData(f *testing.F) {
-	b, err := os.ReadFile(filepath.Join("testdata", "golden-crash", "journal-header-omap.json"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	var omap map[string]string
-	if err := json.Unmarshal(b, &omap); err != nil {
-		f.Fatal(err)
-	}
-	client, _ := hex.DecodeString(omap["client_"])
-	tag, _ := hex.DecodeString(omap["tag_0000000000000001"])
-	f.Add(client[14:33]) // ClientData
-	f.Add(tag[26:])      // TagData
+	omap := goldenHeaderOmap(f)
+	f.Add(omap["client_"][14:33])            // ClientData
+	f.Add(omap["tag_0000000000000001"][26:]) // TagData
 }
 
 // roundTrip checks that a decoded value re-encodes to bytes that decode to

@@ -3,8 +3,6 @@ package rbdjournal
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"os"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 )
 
 // testEntry is a journal entry as framed in a journal data object.
@@ -169,27 +168,19 @@ func TestGoldenSplitMatchesLibrbd(t *testing.T) {
 	}
 }
 
+// goldenHeaderOmap is the journal header omap of testdata/golden-crash.
+func goldenHeaderOmap(t testing.TB) map[string][]byte {
+	t.Helper()
+	return cephenctest.ReadHexMap(t, filepath.Join("testdata", "golden-crash", "journal-header-omap.json"))
+}
+
 func TestGoldenClientAndTagData(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("testdata", "golden-crash", "journal-header-omap.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var omap map[string]string
-	if err := json.Unmarshal(b, &omap); err != nil {
-		t.Fatal(err)
-	}
-	value := func(key string) []byte {
-		v, err := hex.DecodeString(omap[key])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	omap := goldenHeaderOmap(t)
 	// The data fields of the cls Client and Tag records: skip the
 	// envelopes and fixed fields (client: header 6, empty id 4, data
 	// length 4; tag: header 6, tid 8, class 8, data length 4).
-	clientData := value("client_")[14:33]
-	tagData := value("tag_0000000000000001")[26:]
+	clientData := omap["client_"][14:33]
+	tagData := omap["tag_0000000000000001"][26:]
 
 	var cd ClientData
 	if err := cephenc.Unmarshal(clientData, &cd); err != nil {

@@ -1,6 +1,6 @@
 // Package testwait lets tests wait for a condition that another goroutine
-// or process brings about: it polls until the condition holds or fails the
-// test after a timeout.
+// or process brings about: it polls until the condition holds, or receives
+// what the other side sends, and fails the test after a timeout.
 package testwait
 
 import (
@@ -22,5 +22,22 @@ func For(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(interval)
+	}
+}
+
+// Recv receives a value from ch, or fails t after timeout saying what it
+// waited for (then, with a t whose Fatalf returns, it returns the zero
+// value).
+func Recv[T any](t testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		var zero T
+		return zero
 	}
 }

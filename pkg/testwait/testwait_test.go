@@ -30,3 +30,18 @@ func TestFor(t *testing.T) {
 		t.Fatalf("failed %v after %v", r.failed.Load(), time.Since(start))
 	}
 }
+
+// TestRecv: Recv returns what is sent and fails the test when nothing comes
+// in time.
+func TestRecv(t *testing.T) {
+	ch := make(chan int, 1)
+	r := &fatalRecorder{TB: t}
+	ch <- 7
+	if got := Recv(r, ch, 5*time.Second, "a value"); got != 7 || r.failed.Load() {
+		t.Fatalf("got %d, failed %v", got, r.failed.Load())
+	}
+	start := time.Now()
+	if got := Recv(r, ch, 50*time.Millisecond, "nothing"); got != 0 || !r.failed.Load() || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("got %d, failed %v after %v", got, r.failed.Load(), time.Since(start))
+	}
+}

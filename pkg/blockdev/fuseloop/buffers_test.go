@@ -3,6 +3,8 @@ package fuseloop
 import (
 	"testing"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
 )
 
 // TestRequestBuffersBound: at most n buffers are out; a reader wanting
@@ -23,23 +25,13 @@ func TestRequestBuffersBound(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	r.put(a)
-	select {
-	case c := <-got:
-		if c != a {
-			t.Fatal("the waiting reader did not get the buffer given back")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a buffer given back did not reach the waiting reader")
+	if c := testwait.Recv(t, got, 5*time.Second, "the buffer given back to reach the waiting reader"); c != a {
+		t.Fatal("the waiting reader did not get the buffer given back")
 	}
 	go func() { got <- r.get(stop) }()
 	close(stop)
-	select {
-	case c := <-got:
-		if c != nil {
-			t.Fatal("a reader told to stop got a buffer past the bound")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a reader waiting for a buffer did not stop")
+	if c := testwait.Recv(t, got, 5*time.Second, "the reader waiting for a buffer to stop"); c != nil {
+		t.Fatal("a reader told to stop got a buffer past the bound")
 	}
 	if n := NewRequestBuffers(0); cap(n.tokens) != DefaultRequestBuffers {
 		t.Fatalf("default bound %d, want %d", cap(n.tokens), DefaultRequestBuffers)

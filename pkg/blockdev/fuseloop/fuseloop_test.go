@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -76,8 +77,7 @@ func TestRawDirectIO(t *testing.T) {
 
 	// Concurrent 4K writes from several goroutines, then verify every block.
 	const workers, perWorker = 8, 64
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
+	var g errgroup.Group
 	patterns := make([][]byte, workers)
 	for i := range workers {
 		patterns[i] = alignedBuf(t, 4096)
@@ -89,22 +89,17 @@ func TestRawDirectIO(t *testing.T) {
 	b.writeDelay.Store(int64(5 * time.Millisecond))
 	start := time.Now()
 	for i := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			for j := range perWorker {
 				o := int64(32*MiB) + int64(j*workers+i)*4096
 				if _, err := f.WriteAt(patterns[i], o); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	if err := within(t, 60*time.Second, "concurrent writes", func() error { wg.Wait(); close(errs); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	for err := range errs {
+	if err := within(t, 60*time.Second, "concurrent writes", g.Wait); err != nil {
 		t.Fatalf("concurrent write: %v", err)
 	}
 	for i := range workers {

@@ -709,11 +709,34 @@ func checkFH(h inHeader, fh uint64) syscall.Errno {
 	return 0
 }
 
-func (d *Device) read(h inHeader, body, buf []byte) error {
-	if len(body) < readInSize {
-		return d.reply(h.unique, syscall.EINVAL)
+// checkDiskIn checks the input of a request on the disk file: it holds the
+// request's fixed part (size bytes, the file handle first) and names the
+// disk with its fixed handle.
+func checkDiskIn(h inHeader, body []byte, size int) syscall.Errno {
+	if len(body) < size {
+		return syscall.EINVAL
 	}
-	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+	return checkFH(h, le.Uint64(body[0:]))
+}
+
+// call runs a Backend call of kind over [off, off+length) under the
+// watchdog and returns the errno to answer with: 0, or EIO when the device
+// has failed or the call fails (logged by ioError).
+func (d *Device) call(kind opKind, off, length int64, fn func() error) syscall.Errno {
+	o := d.begin(kind, off, length)
+	if o == nil {
+		return syscall.EIO
+	}
+	err := fn()
+	d.end(o)
+	if err != nil {
+		return d.ioError(kind, off, length, err)
+	}
+	return 0
+}
+
+func (d *Device) read(h inHeader, body, buf []byte) error {
+	if e := checkDiskIn(h, body, readInSize); e != 0 {
 		return d.reply(h.unique, e)
 	}
 	off := int64(le.Uint64(body[8:]))
@@ -732,29 +755,24 @@ func (d *Device) read(h inHeader, body, buf []byte) error {
 	} else {
 		dest = make([]byte, n)
 	}
-	o := d.begin(opRead, off, n)
-	if o == nil {
-		return d.reply(h.unique, syscall.EIO)
-	}
-	nr, err := d.b.ReadAt(d.bctx, dest, off)
-	d.end(o)
-	if err == io.EOF && nr == len(dest) {
-		err = nil
-	}
-	if err == nil && nr != len(dest) {
-		err = io.ErrUnexpectedEOF
-	}
-	if err != nil {
-		return d.reply(h.unique, d.ioError(opRead, off, n, err))
+	e := d.call(opRead, off, n, func() error {
+		nr, err := d.b.ReadAt(d.bctx, dest, off)
+		if err == io.EOF && nr == len(dest) {
+			err = nil
+		}
+		if err == nil && nr != len(dest) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	})
+	if e != 0 {
+		return d.reply(h.unique, e)
 	}
 	return d.reply(h.unique, 0, dest)
 }
 
 func (d *Device) write(h inHeader, body []byte) error {
-	if len(body) < writeInSize {
-		return d.reply(h.unique, syscall.EINVAL)
-	}
-	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+	if e := checkDiskIn(h, body, writeInSize); e != 0 {
 		return d.reply(h.unique, e)
 	}
 	if d.readOnly {
@@ -766,60 +784,43 @@ func (d *Device) write(h inHeader, body []byte) error {
 	if int64(len(data)) != n || !d.inRange(off, n) {
 		return d.reply(h.unique, syscall.EINVAL)
 	}
-	o := d.begin(opWrite, off, n)
-	if o == nil {
-		return d.reply(h.unique, syscall.EIO)
-	}
 	// A resent WRITE (unique has uniqueResend) is applied like any other:
 	// it carries absolute offset and data, so applying it again after the
 	// previous incarnation applied (or journaled) it leaves the same bytes.
-	nw, err := d.b.WriteAt(d.bctx, data, off)
-	d.end(o)
-	if err == nil && nw != len(data) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return d.reply(h.unique, d.ioError(opWrite, off, n, err))
+	e := d.call(opWrite, off, n, func() error {
+		nw, err := d.b.WriteAt(d.bctx, data, off)
+		if err == nil && nw != len(data) {
+			err = io.ErrShortWrite
+		}
+		return err
+	})
+	if e != 0 {
+		return d.reply(h.unique, e)
 	}
 	out := make([]byte, writeOutSize)
-	le.PutUint32(out[0:], uint32(nw))
+	le.PutUint32(out[0:], uint32(len(data)))
 	return d.reply(h.unique, 0, out)
 }
 
 // fsync is how the loop driver forwards REQ_OP_FLUSH (vfs_fsync on the file).
 // It must never answer ENOSYS: the kernel would stop sending it, silently.
 func (d *Device) fsync(h inHeader, body []byte) error {
-	if len(body) < fsyncInSize {
-		return d.reply(h.unique, syscall.EINVAL)
-	}
-	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+	if e := checkDiskIn(h, body, fsyncInSize); e != 0 {
 		return d.reply(h.unique, e)
 	}
 	if d.readOnly {
 		return d.reply(h.unique, 0)
 	}
-	o := d.begin(opFlush, 0, 0)
-	if o == nil {
-		return d.reply(h.unique, syscall.EIO)
-	}
 	// A resent FSYNC only needs what the kernel had seen completed before
 	// it to be durable: those writes were acknowledged, hence durable in
 	// the journal of whichever incarnation acknowledged them.
-	err := d.b.Flush(d.bctx)
-	d.end(o)
-	if err != nil {
-		return d.reply(h.unique, d.ioError(opFlush, 0, 0, err))
-	}
-	return d.reply(h.unique, 0)
+	return d.reply(h.unique, d.call(opFlush, 0, 0, func() error { return d.b.Flush(d.bctx) }))
 }
 
 // fallocate serves the loop driver's discard (PUNCH_HOLE|KEEP_SIZE) and
 // write-zeroes (ZERO_RANGE|KEEP_SIZE with REQ_NOUNMAP, else PUNCH_HOLE|KEEP_SIZE).
 func (d *Device) fallocate(h inHeader, body []byte) error {
-	if len(body) < fallocInSize {
-		return d.reply(h.unique, syscall.EINVAL)
-	}
-	if e := checkFH(h, le.Uint64(body[0:])); e != 0 {
+	if e := checkDiskIn(h, body, fallocInSize); e != 0 {
 		return d.reply(h.unique, e)
 	}
 	if d.readOnly {
@@ -844,21 +845,12 @@ func (d *Device) fallocate(h inHeader, body []byte) error {
 	if length == 0 {
 		return d.reply(h.unique, 0)
 	}
-	o := d.begin(kind, int64(off), int64(length))
-	if o == nil {
-		return d.reply(h.unique, syscall.EIO)
-	}
-	var err error
-	if kind == opDiscard {
-		err = d.b.Discard(d.bctx, int64(off), int64(length))
-	} else {
-		err = d.b.WriteZeroes(d.bctx, int64(off), int64(length))
-	}
-	d.end(o)
-	if err != nil {
-		return d.reply(h.unique, d.ioError(kind, int64(off), int64(length), err))
-	}
-	return d.reply(h.unique, 0)
+	return d.reply(h.unique, d.call(kind, int64(off), int64(length), func() error {
+		if kind == opDiscard {
+			return d.b.Discard(d.bctx, int64(off), int64(length))
+		}
+		return d.b.WriteZeroes(d.bctx, int64(off), int64(length))
+	}))
 }
 
 func (d *Device) statfs(h inHeader) error {

@@ -2,10 +2,7 @@ package clsjournal
 
 import (
 	"bytes"
-	"encoding/hex"
-	"encoding/json"
 	"maps"
-	"os"
 	"slices"
 	"testing"
 
@@ -17,17 +14,9 @@ import (
 // seedGolden adds every value of the golden header omaps to f's corpus.
 func seedGolden(f *testing.F) {
 	for _, name := range []string{"crash", "clean"} {
-		b, err := os.ReadFile("testdata/journal-header-omap-" + name + ".json")
-		if err != nil {
-			f.Fatal(err)
-		}
-		var hexes map[string]string
-		if err := json.Unmarshal(b, &hexes); err != nil {
-			f.Fatal(err)
-		}
-		for _, k := range slices.Sorted(maps.Keys(hexes)) {
-			v, _ := hex.DecodeString(hexes[k])
-			f.Add(v)
+		omap := goldenOmap(f, name)
+		for _, k := range slices.Sorted(maps.Keys(omap)) {
+			f.Add(omap[k])
 		}
 	}
 }

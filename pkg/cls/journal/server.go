@@ -38,13 +38,10 @@ func clientKey(id string) string { return clientPrefix + id }
 
 // tagKey is "tag_" and the tid in 16 zero-padded lower-case hex digits
 // (to_hex in cls_journal.cc), so that keys sort in tid order.
-func tagKey(tid uint64) string { return fmt.Sprintf("%s%016x", tagPrefix, tid) }
+func tagKey(tid uint64) string { return cephenc.HexKey(tagPrefix, tid) }
 
-// tagTidFromKey parses the tid of a tag key the way Ceph does
-// (cephenc.ParseHex after the prefix).
-func tagTidFromKey(key string) uint64 {
-	return cephenc.ParseHex(key[min(len(tagPrefix), len(key)):])
-}
+// tagTidFromKey parses the tid of a tag key the way Ceph does.
+func tagTidFromKey(key string) uint64 { return cephenc.ParseHexKey(tagPrefix, key) }
 
 // Class returns the "journal" object class: every method of Ceph 16's
 // cls_journal with the same inputs, outputs, omap keys, value encodings and

@@ -1,7 +1,6 @@
 package clsjournal
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classtest"
 )
@@ -78,51 +78,11 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	mustOperate(t, p, func(op *objstore.WriteOp) { ClientRegister(op, "", librbdClientData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 0, TagClassNew, librbdTagData) })
 	mustOperate(t, p, func(op *objstore.WriteOp) { TagCreate(op, 1, 0, librbdTagData) })
-	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "crash"))
+	cephenctest.CompareOmap(t, "omap", p.Objects[testOID].Omap, goldenOmap(t, "crash"))
 
 	// Then the commit position it flushed on close (golden-clean).
 	mustOperate(t, p, commit("", cleanCommitPosition.ObjectPositions...))
-	compareOmap(t, p.Objects[testOID].Omap, goldenOmap(t, "clean"))
-}
-
-func compareOmap(t *testing.T, got, want map[string][]byte) {
-	t.Helper()
-	for k, v := range want {
-		if !bytes.Equal(got[k], v) {
-			t.Errorf("%s = %x, want %x", k, got[k], v)
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			t.Errorf("unexpected key %s", k)
-		}
-	}
-}
-
-func TestTagKeys(t *testing.T) {
-	tests := []struct {
-		tid uint64
-		key string
-	}{
-		{0, "tag_0000000000000000"},
-		{1, "tag_0000000000000001"},
-		{10, "tag_000000000000000a"},
-		{255, "tag_00000000000000ff"},
-		{1<<64 - 1, "tag_ffffffffffffffff"},
-	}
-	for _, tt := range tests {
-		if got := tagKey(tt.tid); got != tt.key {
-			t.Errorf("tagKey(%d) = %s, want %s", tt.tid, got, tt.key)
-		}
-		if got := tagTidFromKey(tt.key); got != tt.tid {
-			t.Errorf("tagTidFromKey(%s) = %d", tt.key, got)
-		}
-	}
-	for key, want := range map[string]uint64{"tag_": 0, "tag_1z": 1, "tag_FF": 255, "tag_fffffffffffffffff": 1<<64 - 1} {
-		if got := tagTidFromKey(key); got != want {
-			t.Errorf("tagTidFromKey(%q) = %d, want %d", key, got, want)
-		}
-	}
+	cephenctest.CompareOmap(t, "omap", p.Objects[testOID].Omap, goldenOmap(t, "clean"))
 }
 
 func TestMethodReturnCodes(t *testing.T) {

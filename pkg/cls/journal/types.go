@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -50,10 +51,7 @@ func (p ObjectPosition) Encode(e *cephenc.Encoder) { p.denc(cephenc.Encoding(e))
 
 // Decode decodes p.
 func (p *ObjectPosition) Decode(d *cephenc.Decoder) error {
-	if err := cephenc.DecodeWith(d, p.denc); err != nil {
-		return fmt.Errorf("decode object position: %w", err)
-	}
-	return nil
+	return cephenc.DecodeAs(d, "object position", p.denc)
 }
 
 // String formats p the way Ceph prints it.
@@ -92,15 +90,7 @@ func (p *ObjectSetPosition) Decode(d *cephenc.Decoder) error {
 
 // Equal reports whether p and q hold the same positions in the same order.
 func (p ObjectSetPosition) Equal(q ObjectSetPosition) bool {
-	if len(p.ObjectPositions) != len(q.ObjectPositions) {
-		return false
-	}
-	for i := range p.ObjectPositions {
-		if p.ObjectPositions[i] != q.ObjectPositions[i] {
-			return false
-		}
-	}
-	return true
+	return slices.Equal(p.ObjectPositions, q.ObjectPositions)
 }
 
 // String formats p the way Ceph prints it.
@@ -159,12 +149,7 @@ func (c *Client) denc(cd cephenc.Coder) {
 func (c Client) Encode(e *cephenc.Encoder) { c.denc(cephenc.Encoding(e)) }
 
 // Decode decodes c. Data is a copy, not an alias of the input.
-func (c *Client) Decode(d *cephenc.Decoder) error {
-	if err := cephenc.DecodeWith(d, c.denc); err != nil {
-		return fmt.Errorf("decode client: %w", err)
-	}
-	return nil
-}
+func (c *Client) Decode(d *cephenc.Decoder) error { return cephenc.DecodeAs(d, "client", c.denc) }
 
 // Equal reports whether c and o are the same client record.
 func (c Client) Equal(o Client) bool {
@@ -194,12 +179,7 @@ func (t *Tag) denc(c cephenc.Coder) {
 func (t Tag) Encode(e *cephenc.Encoder) { t.denc(cephenc.Encoding(e)) }
 
 // Decode decodes t. Data is a copy, not an alias of the input.
-func (t *Tag) Decode(d *cephenc.Decoder) error {
-	if err := cephenc.DecodeWith(d, t.denc); err != nil {
-		return fmt.Errorf("decode tag: %w", err)
-	}
-	return nil
-}
+func (t *Tag) Decode(d *cephenc.Decoder) error { return cephenc.DecodeAs(d, "tag", t.denc) }
 
 // Equal reports whether t and o are the same tag.
 func (t Tag) Equal(o Tag) bool {

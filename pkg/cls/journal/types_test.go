@@ -3,34 +3,19 @@ package clsjournal
 import (
 	"bytes"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc/cephenctest"
 )
 
 // goldenOmap loads the header omap a librbd of Ceph 16.2.15 wrote (see
 // testdata/README.md), values as bytes.
 func goldenOmap(t testing.TB, name string) map[string][]byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "journal-header-omap-"+name+".json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hexes map[string]string
-	if err := json.Unmarshal(b, &hexes); err != nil {
-		t.Fatal(err)
-	}
-	omap := make(map[string][]byte, len(hexes))
-	for k, v := range hexes {
-		if omap[k], err = hex.DecodeString(v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return omap
+	return cephenctest.ReadHexMap(t, filepath.Join("testdata", "journal-header-omap-"+name+".json"))
 }
 
 // librbdClientData is the ClientData librbd registers its client with:

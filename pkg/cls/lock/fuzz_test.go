@@ -80,22 +80,31 @@ func FuzzListLocksReply(f *testing.F) {
 	fuzzCodec(f, func(a, b *ListLocksReply) bool { return slices.Equal(a.Locks, b.Locks) })
 }
 
-// FuzzParseEntityAddr checks that whatever parses prints as text that
-// parses to the same address, and that the client form keeps all but the
-// type.
-func FuzzParseEntityAddr(f *testing.F) {
-	for _, s := range []string{"127.0.0.1:0/3141592653", "v1:127.0.0.1:6789/0", "v2:[::1]:3300/12", "-",
-		"local:0/77", "v1:local:0/1", "any:[::ffff:1.2.3.4]:5/6", "fe80::1", "1.2.3.4/9"} {
+// fuzzParse fuzzes a text parser from seeds: a failure must match
+// ErrSyntax; check tests what parses.
+func fuzzParse[T any](f *testing.F, seeds []string, parse func(string) (T, error), check func(t *testing.T, s string, v T)) {
+	for _, s := range seeds {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		a, err := ParseEntityAddr(s)
+		v, err := parse(s)
 		if err != nil {
 			if !errors.Is(err, ErrSyntax) {
 				t.Fatalf("error %v does not match ErrSyntax", err)
 			}
 			return
 		}
+		check(t, s, v)
+	})
+}
+
+// FuzzParseEntityAddr checks that whatever parses prints as text that
+// parses to the same address, and that the client form keeps all but the
+// type.
+func FuzzParseEntityAddr(f *testing.F) {
+	seeds := []string{"127.0.0.1:0/3141592653", "v1:127.0.0.1:6789/0", "v2:[::1]:3300/12", "-",
+		"local:0/77", "v1:local:0/1", "any:[::ffff:1.2.3.4]:5/6", "fe80::1", "1.2.3.4/9"}
+	fuzzParse(f, seeds, ParseEntityAddr, func(t *testing.T, s string, a EntityAddr) {
 		again, err := ParseEntityAddr(a.String())
 		if err != nil || again != a {
 			t.Fatalf("%q parses to %v, which parses to %v, %v", s, a, again, err)
@@ -111,18 +120,11 @@ func FuzzParseEntityAddr(f *testing.F) {
 	})
 }
 
+// FuzzParseEntityName checks that whatever parses with a known number
+// prints as text that parses to the same name.
 func FuzzParseEntityName(f *testing.F) {
-	for _, s := range []string{"client.4123", "osd.0", "mgr.x", "client.-1", "client.+5"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := ParseEntityName(s)
-		if err != nil {
-			if !errors.Is(err, ErrSyntax) {
-				t.Fatalf("error %v does not match ErrSyntax", err)
-			}
-			return
-		}
+	seeds := []string{"client.4123", "osd.0", "mgr.x", "client.-1", "client.+5"}
+	fuzzParse(f, seeds, ParseEntityName, func(t *testing.T, s string, n EntityName) {
 		if n.Num < 0 {
 			return // prints as "client.?"
 		}
@@ -143,7 +145,7 @@ func FuzzClassMethods(f *testing.F) {
 		var in []byte
 		switch m {
 		case "lock":
-			in = cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c", Duration: UTime{10, 0}})
+			in = cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c", Duration: UTime{Sec: 10, Nsec: 0}})
 		case "unlock":
 			in = cephenc.Marshal(UnlockOp{Name: "L", Cookie: "c"})
 		case "break_lock":
@@ -159,7 +161,7 @@ func FuzzClassMethods(f *testing.F) {
 		f.Add(uint8(i), in, []byte(nil), true, int64(20e9))
 	}
 	state := cephenc.Marshal(LockInfo{Type: LockShared, Lockers: map[LockerID]LockerInfo{
-		{nameA, "c"}: {Expiration: UTime{1_700_000_010, 0}, Addr: mustAddr(f, "v1:127.0.0.1:0/1")},
+		{nameA, "c"}: {Expiration: UTime{Sec: 1_700_000_010, Nsec: 0}, Addr: mustAddr(f, "v1:127.0.0.1:0/1")},
 		{nameB, "c"}: {Addr: mustAddr(f, "v1:local:0/2")},
 	}})
 	f.Add(uint8(0), cephenc.Marshal(LockOp{Name: "L", Type: LockShared, Cookie: "c"}), state, false, int64(5e9))

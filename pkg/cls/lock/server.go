@@ -156,7 +156,7 @@ func (s server) lock(ctx objstore.MethodContext, in []byte) ([]byte, error) {
 	li.Type, li.Tag = op.Type, op.Tag
 	var expiration UTime
 	if !op.Duration.IsZero() {
-		expiration = UTimeOf(s.now()).add(op.Duration)
+		expiration = UTimeOf(s.now()).Add(op.Duration)
 	}
 	li.Lockers[id] = LockerInfo{Expiration: expiration, Addr: addr, Description: op.Description}
 	return nil, writeLock(ctx, op.Name, li)

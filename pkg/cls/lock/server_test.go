@@ -408,31 +408,14 @@ func TestExpiration(t *testing.T) {
 	})
 }
 
-func TestUTimeArithmetic(t *testing.T) {
-	tests := []struct {
-		now, d, want UTime
-	}{
-		{UTime{100, 5}, UTime{30, 0}, UTime{130, 5}},
-		{UTime{100, 600_000_000}, UTime{1, 500_000_000}, UTime{102, 100_000_000}},
-		{UTime{100, 500_000_000}, UTime{0, 500_000_000}, UTime{100, 1_000_000_000}}, // normalised only past 1e9
-		{UTime{100, 1}, UTime{0, 2_999_999_999}, UTime{103, 0}},
-		{UTime{100, 7}, UTime{0xfffffff0, 0}, UTime{0xffffffff, 7}},
-		{UTime{0xfffffff0, 999_999_999}, UTime{0xf, 999_999_999}, UTime{0xffffffff, 999_999_998}},
-	}
-	for _, tt := range tests {
-		if got := tt.now.add(tt.d); got != tt.want {
-			t.Errorf("%v + %v = %v, want %v", tt.now, tt.d, got, tt.want)
-		}
-	}
-	if got := DurationUTime(1500 * time.Millisecond); got != (UTime{1, 500_000_000}) {
+// TestDurationUTime: durations convert as Ceph's utime_t(timespan) does (the
+// arithmetic and UTimeOf are cephenc's, tested there).
+func TestDurationUTime(t *testing.T) {
+	if got := DurationUTime(1500 * time.Millisecond); got != (UTime{Sec: 1, Nsec: 500_000_000}) {
 		t.Errorf("DurationUTime(1.5s) = %v", got)
 	}
 	if got := DurationUTime(time.Duration(1<<62) * time.Nanosecond); got.Sec != 0xffffffff {
 		t.Errorf("DurationUTime(2^62 ns) = %v, want capped seconds", got)
-	}
-	now := time.Unix(1795261020, 228994343)
-	if got := UTimeOf(now); got != (UTime{1795261020, 228994343}) || !got.Time().Equal(now) {
-		t.Errorf("UTimeOf(%v) = %v", now, got)
 	}
 }
 

@@ -82,7 +82,7 @@ func TestGoldenEncodings(t *testing.T) {
 					Description: "abc",
 				},
 				{ClientName(4100), "auto1"}: {
-					Expiration: UTime{1795023424, 123456789},
+					Expiration: UTime{Sec: 1795023424, Nsec: 123456789},
 					Addr:       EntityAddr{Type: AddrLegacy, Nonce: 77},
 				},
 			}},
@@ -110,7 +110,7 @@ func TestGoldenEncodings(t *testing.T) {
 			      1e000000 00000000                 duration 30 s
 			      01`,
 			want: &LockOp{Name: "rbd_lock", Type: LockExclusive, Cookie: "auto 1234", Tag: "internal",
-				Duration: UTime{30, 0}, Flags: FlagMayRenew},
+				Duration: UTime{Sec: 30, Nsec: 0}, Flags: FlagMayRenew},
 			fresh: func() codec { return new(LockOp) },
 			equal: func(a, b codec) bool { return *a.(*LockOp) == *b.(*LockOp) },
 		},

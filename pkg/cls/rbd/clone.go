@@ -3,7 +3,6 @@ package clsrbd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sort"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
@@ -23,7 +22,7 @@ import (
 
 const snapChildrenKeyPrefix = "snap_children_"
 
-func snapChildrenKey(id uint64) string { return fmt.Sprintf("%s%016x", snapChildrenKeyPrefix, id) }
+func snapChildrenKey(id uint64) string { return cephenc.HexKey(snapChildrenKeyPrefix, id) }
 
 // ChildImageSpec names a clone (cls::rbd::ChildImageSpec).
 type ChildImageSpec struct {

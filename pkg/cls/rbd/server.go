@@ -41,13 +41,10 @@ func dirKeyForID(id string) string     { return dirIDKeyPrefix + id }
 
 // snapKey is "snapshot_" and the id in 16 zero-padded lower-case hex digits
 // (key_from_snap_id), so that keys sort in id order.
-func snapKey(id uint64) string { return fmt.Sprintf("%s%016x", snapKeyPrefix, id) }
+func snapKey(id uint64) string { return cephenc.HexKey(snapKeyPrefix, id) }
 
-// snapIDFromKey parses a snapshot key as snap_id_from_key does
-// (cephenc.ParseHex after the prefix).
-func snapIDFromKey(key string) uint64 {
-	return cephenc.ParseHex(key[min(len(snapKeyPrefix), len(key)):])
-}
+// snapIDFromKey parses a snapshot key as snap_id_from_key does.
+func snapIDFromKey(key string) uint64 { return cephenc.ParseHexKey(snapKeyPrefix, key) }
 
 // Class returns the "rbd" object class: the methods of Ceph 16's cls_rbd
 // that a format-2 image without snapshots, clones, object map or mirroring

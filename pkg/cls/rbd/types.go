@@ -145,36 +145,12 @@ func ParseFeatures(s string) (uint64, error) {
 	return f, nil
 }
 
-// UTime is Ceph's utime_t: seconds and nanoseconds since the epoch, each a
-// u32 on the wire.
-type UTime struct {
-	Sec  uint32
-	Nsec uint32
-}
+// UTime is Ceph's utime_t, as cls_rbd encodes it (snapshot timestamps,
+// access and modify times).
+type UTime = cephenc.UTime
 
-// UTimeOf converts t.
-func UTimeOf(t time.Time) UTime {
-	return UTime{Sec: uint32(t.Unix()), Nsec: uint32(t.Nanosecond())}
-}
-
-// Time converts u.
-func (u UTime) Time() time.Time { return time.Unix(int64(u.Sec), int64(u.Nsec)) }
-
-// Encode appends u's encoding.
-func (u UTime) Encode(e *cephenc.Encoder) {
-	e.U32(u.Sec)
-	e.U32(u.Nsec)
-}
-
-// Decode decodes u.
-func (u *UTime) Decode(d *cephenc.Decoder) error {
-	u.Sec = d.U32()
-	u.Nsec = d.U32()
-	if err := d.Err(); err != nil {
-		return fmt.Errorf("decode utime: %w", err)
-	}
-	return nil
-}
+// UTimeOf converts t (cephenc.UTimeOf).
+func UTimeOf(t time.Time) UTime { return cephenc.UTimeOf(t) }
 
 // SnapContext is what a writer sends with every data write so that the OSD
 // preserves snapshots (common/snap_types.h): the newest snapshot id ever

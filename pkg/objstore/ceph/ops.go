@@ -17,6 +17,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -329,38 +330,35 @@ func (r *readOp) free() {
 
 var errShortResult = fmt.Errorf("%w: malformed result from librados shim", syscall.EIO)
 
+// shortResult is nil, or errShortResult with what d failed on: the shim
+// writes its results with Ceph's primitive encodings (little-endian
+// integers, u32-length-prefixed bytes), which a cephenc.Decoder reads.
+func shortResult(d *cephenc.Decoder) error {
+	if err := d.Err(); err != nil {
+		return fmt.Errorf("%w: %w", errShortResult, err)
+	}
+	return nil
+}
+
 // decodePage decodes {u8 more, u32 n, n times {u32 klen, key, u32 vlen, value}}.
 func decodePage(b []byte) (objstore.OmapPage, error) {
 	var page objstore.OmapPage
-	if len(b) < 5 {
-		return page, errShortResult
-	}
-	page.More = b[0] != 0
-	n := binary.LittleEndian.Uint32(b[1:])
-	b = b[5:]
-	take := func() ([]byte, bool) {
-		if len(b) < 4 {
-			return nil, false
-		}
-		l := binary.LittleEndian.Uint32(b)
-		if uint64(len(b)-4) < uint64(l) {
-			return nil, false
-		}
-		v := b[4 : 4+l : 4+l]
-		b = b[4+l:]
-		return v, true
+	d := cephenc.NewDecoder(b)
+	page.More = d.Bool()
+	n := d.Count(8) // two lengths at least
+	if err := shortResult(d); err != nil {
+		return page, err
 	}
 	page.Entries = make([]objstore.KV, 0, n)
 	for range n {
-		k, ok1 := take()
-		v, ok2 := take()
-		if !ok1 || !ok2 {
-			return page, errShortResult
+		k, v := d.Str(), d.Bytes()
+		if err := shortResult(d); err != nil {
+			return page, err
 		}
 		if v == nil {
 			v = []byte{}
 		}
-		page.Entries = append(page.Entries, objstore.KV{Key: string(k), Value: v})
+		page.Entries = append(page.Entries, objstore.KV{Key: k, Value: v[:len(v):len(v)]})
 	}
 	return page, nil
 }
@@ -377,21 +375,14 @@ func listWatchers(io *C.csi_ioctx, oid string) ([]objstore.WatcherInfo, error) {
 		return nil, err
 	}
 	defer C.csi_free(unsafe.Pointer(out))
-	b := C.GoBytes(unsafe.Pointer(out), C.int(n))
+	d := cephenc.NewDecoder(C.GoBytes(unsafe.Pointer(out), C.int(n)))
 	var ws []objstore.WatcherInfo
-	for len(b) > 0 {
-		if len(b) < 4 {
-			return nil, errShortResult
+	for d.Remaining() > 0 {
+		addr, id, cookie := d.Str(), d.U64(), d.U64()
+		d.U32() // timeout_seconds
+		if err := shortResult(d); err != nil {
+			return nil, err
 		}
-		l := binary.LittleEndian.Uint32(b)
-		if uint64(len(b)) < 4+uint64(l)+20 {
-			return nil, errShortResult
-		}
-		addr := string(b[4 : 4+l])
-		b = b[4+l:]
-		id := binary.LittleEndian.Uint64(b)
-		cookie := binary.LittleEndian.Uint64(b[8:])
-		b = b[20:]
 		ws = append(ws, objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id, Addr: normalizeAddr(addr)}, Cookie: cookie})
 	}
 	return ws, nil

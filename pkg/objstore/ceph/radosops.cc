@@ -13,6 +13,7 @@
 #include <deque>
 #include <list>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <set>
@@ -46,6 +47,32 @@ struct ReadStep {
   std::string encoded;  // what csi_rop_bytes returns for map results
 };
 
+// call_errno runs f and returns its result, or the negative errno of what
+// it threw: no C++ exception may unwind into Go.
+template <typename F>
+int call_errno(F &&f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc &) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+// new_or_null returns a new T set up by init, or null if either throws
+// (the T is freed then).
+template <typename T, typename F>
+T *new_or_null(F &&init) {
+  try {
+    std::unique_ptr<T> v(new T);
+    init(v.get());
+    return v.release();
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 void put_u32(std::string *s, uint32_t v) {
   char b[4] = {char(v), char(v >> 8), char(v >> 16), char(v >> 24)};
   s->append(b, 4);
@@ -69,6 +96,18 @@ bool next_string(const char **p, const char *end, std::string *out) {
   if (uint64_t(end - *p) < n) return false;
   out->assign(*p, n);
   *p += n;
+  return true;
+}
+
+// parse_keys reads the strings packed in [keys, keys+len) as next_string
+// reads them into *out; false if they are malformed.
+bool parse_keys(const char *keys, size_t len, std::set<std::string> *out) {
+  const char *p = keys, *end = keys + len;
+  while (p < end) {
+    std::string k;
+    if (!next_string(&p, end, &k)) return false;
+    out->insert(k);
+  }
   return true;
 }
 
@@ -163,23 +202,13 @@ void aio_done(librados::completion_t c, void *arg) {
 extern "C" {
 
 csi_ioctx *csi_ioctx_new(rados_ioctx_t p) {
-  try {
-    csi_ioctx *io = new csi_ioctx;
-    librados::IoCtx::from_rados_ioctx_t(p, io->io);
-    return io;
-  } catch (...) {
-    return nullptr;
-  }
+  return new_or_null<csi_ioctx>([p](csi_ioctx *io) { librados::IoCtx::from_rados_ioctx_t(p, io->io); });
 }
 
 void csi_ioctx_free(csi_ioctx *io) { delete io; }
 
 csi_wop *csi_wop_new(void) {
-  try {
-    return new csi_wop;
-  } catch (...) {
-    return nullptr;
-  }
+  return new_or_null<csi_wop>([](csi_wop *) {});
 }
 
 void csi_wop_free(csi_wop *op) { delete op; }
@@ -193,7 +222,7 @@ void csi_wop_truncate(csi_wop *op, uint64_t size) { op->op.truncate(size); }
 void csi_wop_zero(csi_wop *op, uint64_t off, uint64_t len) { op->op.zero(off, len); }
 
 int csi_wop_omap_set(csi_wop *op, const char *kv, size_t len) {
-  try {
+  return call_errno([&] {
     std::map<std::string, bufferlist> m;
     const char *p = kv, *end = kv + len;
     while (p < end) {
@@ -203,29 +232,16 @@ int csi_wop_omap_set(csi_wop *op, const char *kv, size_t len) {
     }
     op->op.omap_set(m);
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_wop_omap_rm_keys(csi_wop *op, const char *keys, size_t len) {
-  try {
+  return call_errno([&] {
     std::set<std::string> s;
-    const char *p = keys, *end = keys + len;
-    while (p < end) {
-      std::string k;
-      if (!next_string(&p, end, &k)) return -EINVAL;
-      s.insert(k);
-    }
+    if (!parse_keys(keys, len, &s)) return -EINVAL;
     op->op.omap_rm_keys(s);
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 void csi_wop_omap_clear(csi_wop *op) { op->op.omap_clear(); }
@@ -242,7 +258,7 @@ void csi_wop_exec(csi_wop *op, const char *cls, const char *method, const char *
 
 int csi_wop_operate_snapc(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
                           const uint64_t *snaps, size_t nsnaps) {
-  try {
+  return call_errno([&] {
     // The context is the operation's, not the shared I/O context's, so
     // that concurrent writers with different contexts cannot mix them up.
     std::vector<librados::snap_t> v(snaps, snaps + nsnaps);
@@ -254,47 +270,30 @@ int csi_wop_operate_snapc(csi_ioctx *io, const char *oid, size_t oid_len, csi_wo
     }
     c->release();
     return r;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_selfmanaged_snap_create(csi_ioctx *io, uint64_t *snapid) {
-  try {
+  return call_errno([&] {
     return io->io.selfmanaged_snap_create(snapid);
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_selfmanaged_snap_remove(csi_ioctx *io, uint64_t snapid) {
-  try {
+  return call_errno([&] {
     return io->io.selfmanaged_snap_remove(snapid);
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_wop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op) {
-  try {
+  return call_errno([&] {
     return io->io.operate(std::string(oid, oid_len), &op->op);
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 csi_rop *csi_rop_new(size_t nsteps) {
-  try {
-    csi_rop *op = new csi_rop;
-    op->steps.resize(nsteps);  // never resized again: librados keeps pointers into it
-    return op;
-  } catch (...) {
-    return nullptr;
-  }
+  // never resized again: librados keeps pointers into the steps
+  return new_or_null<csi_rop>([nsteps](csi_rop *op) { op->steps.resize(nsteps); });
 }
 
 void csi_rop_free(csi_rop *op) { delete op; }
@@ -321,23 +320,14 @@ void csi_rop_omap_get_vals(csi_rop *op, size_t i, const char *after, size_t afte
 }
 
 int csi_rop_omap_get_vals_by_keys(csi_rop *op, size_t i, const char *keys, size_t len) {
-  try {
+  return call_errno([&] {
     ReadStep &s = op->steps[i];
     s.kind = kOmap;
     std::set<std::string> set;
-    const char *p = keys, *end = keys + len;
-    while (p < end) {
-      std::string k;
-      if (!next_string(&p, end, &k)) return -EINVAL;
-      set.insert(k);
-    }
+    if (!parse_keys(keys, len, &set)) return -EINVAL;
     op->op.omap_get_vals_by_keys(set, &s.kv, &s.rval);
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 void csi_rop_getxattr(csi_rop *op, size_t i, const char *name) {
@@ -369,7 +359,7 @@ int csi_rop_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op)
 }
 
 int csi_rop_operate_snap(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, uint64_t snapid) {
-  try {
+  return call_errno([&] {
     bufferlist out;
     int r;
     if (snapid == LIBRADOS_SNAP_HEAD) {
@@ -384,11 +374,7 @@ int csi_rop_operate_snap(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop
     }
     encode_rop_results(op);
     return r;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 }  // extern "C"
@@ -418,11 +404,7 @@ void encode_rop_results(csi_rop *op) {
 extern "C" {
 
 csi_cq *csi_cq_new(void) {
-  try {
-    return new csi_cq;
-  } catch (...) {
-    return nullptr;
-  }
+  return new_or_null<csi_cq>([](csi_cq *) {});
 }
 
 void csi_cq_free(csi_cq *cq) { delete cq; }
@@ -454,7 +436,7 @@ int csi_cq_wait(csi_cq *cq, uint64_t *tokens, int *rvals, int max) {
 int csi_wop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop *op, uint64_t seq,
                         const uint64_t *snaps, size_t nsnaps, csi_cq *cq, uint64_t token) {
   AioArg *a = nullptr;
-  try {
+  return call_errno([&] {
     a = new AioArg{cq, token, nullptr};
     librados::AioCompletion *c = librados::Rados::aio_create_completion(a, aio_done);
     int r;
@@ -467,27 +449,19 @@ int csi_wop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_wop 
     if (r < 0) delete a;  // never submitted: no callback
     c->release();
     return r;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_rop_aio_operate(csi_ioctx *io, const char *oid, size_t oid_len, csi_rop *op, csi_cq *cq,
                         uint64_t token) {
-  try {
+  return call_errno([&] {
     AioArg *a = new AioArg{cq, token, op};
     librados::AioCompletion *c = librados::Rados::aio_create_completion(a, aio_done);
     int r = io->io.aio_operate(std::string(oid, oid_len), c, &op->op, &op->out);
     if (r < 0) delete a;
     c->release();
     return r;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 void csi_wop_cmpext(csi_wop *op, uint64_t off, const char *buf, size_t len) {
@@ -515,7 +489,7 @@ void csi_rop_stat_result(csi_rop *op, size_t i, uint64_t *size, int64_t *sec, in
 }
 
 int csi_list_watchers(csi_ioctx *io, const char *oid, size_t oid_len, char **out, size_t *out_len) {
-  try {
+  return call_errno([&] {
     std::list<obj_watch_t> ws;
     int r = io->io.list_watchers(std::string(oid, oid_len), &ws);
     if (r < 0) return r;
@@ -533,11 +507,7 @@ int csi_list_watchers(csi_ioctx *io, const char *oid, size_t oid_len, char **out
     if (*out == nullptr) return -ENOMEM;
     memcpy(*out, enc.data(), enc.size());
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 void csi_free(void *p) { free(p); }
@@ -546,7 +516,7 @@ int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, 
                uint64_t timeout_ms, char **out, size_t *out_len) {
   *out = nullptr;
   *out_len = 0;
-  try {
+  return call_errno([&] {
     bufferlist bl = to_bl(buf, len), reply;
     int r = io->io.notify2(std::string(oid, oid_len), bl, timeout_ms, &reply);
     if (reply.length() > 0) {
@@ -556,17 +526,13 @@ int csi_notify(csi_ioctx *io, const char *oid, size_t oid_len, const char *buf, 
       *out_len = reply.length();
     }
     return r;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_watch_new(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t token, uint32_t timeout_s,
               csi_watch **out) {
   *out = nullptr;
-  try {
+  return call_errno([&] {
     csi_watch *w = new csi_watch(token);
     int r = io->io.watch3(std::string(oid, oid_len), &w->handle, &w->ctx, timeout_s);
     if (r < 0) {
@@ -575,44 +541,32 @@ int csi_watch_new(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t token
     }
     *out = w;
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 uint64_t csi_watch_handle(csi_watch *w) { return w->handle; }
 
 int csi_watch_check(csi_ioctx *io, csi_watch *w) {
-  try {
+  return call_errno([&] {
     return io->io.watch_check(w->handle);
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 int csi_unwatch(csi_ioctx *io, csi_watch *w) {
-  try {
+  return call_errno([&] {
     return io->io.unwatch2(w->handle);
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 void csi_watch_free(csi_watch *w) { delete w; }
 
 int csi_notify_ack(csi_ioctx *io, const char *oid, size_t oid_len, uint64_t notify_id, uint64_t cookie,
                    const char *buf, size_t len) {
-  try {
+  return call_errno([&] {
     bufferlist bl = to_bl(buf, len);
     io->io.notify_ack(std::string(oid, oid_len), notify_id, cookie, bl);
     return 0;
-  } catch (const std::bad_alloc &) {
-    return -ENOMEM;
-  } catch (...) {
-    return -EIO;
-  }
+  });
 }
 
 }  // extern "C"

@@ -10,7 +10,6 @@ import "C"
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 )
 
@@ -271,51 +271,20 @@ func decodeNotifyReply(b []byte) (objstore.NotifyResult, error) {
 	if len(b) == 0 {
 		return res, nil
 	}
-	d := decoder{b: b}
-	n := d.u32()
-	for i := uint32(0); i < n && d.err == nil; i++ {
-		id, cookie := d.u64(), d.u64()
-		reply := d.bytes()
+	d := cephenc.NewDecoder(b)
+	n := d.U32()
+	for i := uint32(0); i < n && d.Err() == nil; i++ {
+		id, cookie := d.U64(), d.U64()
+		reply := bytes.Clone(d.Bytes())
 		res.Acks = append(res.Acks, objstore.NotifyAck{
 			Watcher: objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id}, Cookie: cookie},
 			Reply:   reply,
 		})
 	}
-	n = d.u32()
-	for i := uint32(0); i < n && d.err == nil; i++ {
-		id, cookie := d.u64(), d.u64()
+	n = d.U32()
+	for i := uint32(0); i < n && d.Err() == nil; i++ {
+		id, cookie := d.U64(), d.U64()
 		res.TimedOut = append(res.TimedOut, objstore.WatcherInfo{Client: objstore.ClientInfo{ID: id}, Cookie: cookie})
 	}
-	return res, d.err
+	return res, shortResult(d)
 }
-
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) take(n uint64) []byte {
-	if d.err != nil || uint64(len(d.b)) < n {
-		d.err = errShortResult
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) u32() uint32 {
-	if b := d.take(4); b != nil {
-		return binary.LittleEndian.Uint32(b)
-	}
-	return 0
-}
-
-func (d *decoder) u64() uint64 {
-	if b := d.take(8); b != nil {
-		return binary.LittleEndian.Uint64(b)
-	}
-	return 0
-}
-
-func (d *decoder) bytes() []byte { return bytes.Clone(d.take(uint64(d.u32()))) }

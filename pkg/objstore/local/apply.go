@@ -2,6 +2,7 @@ package local
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -129,26 +130,23 @@ func openData(path string, flag int) (int, error) {
 	}
 }
 
+// pwriteAll writes all of b at off.
 func pwriteAll(fd int, b []byte, off int64) error {
-	for len(b) > 0 {
-		n, err := unix.Pwrite(fd, b, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-		off += int64(n)
-	}
-	return nil
+	return pioFull(unix.Pwrite, fd, b, off, io.ErrShortWrite)
 }
 
 // preadFull reads len(b) bytes at off, or up to the end of the file; the
 // rest of b is left alone.
 func preadFull(fd int, b []byte, off int64) error {
+	return pioFull(unix.Pread, fd, b, off, nil)
+}
+
+// pioFull calls pio (pread or pwrite) until it has done all of b, retrying
+// on EINTR and going on after a partial transfer. A call that transfers
+// nothing ends it with atZero: for a read, the end of the file.
+func pioFull(pio func(fd int, p []byte, off int64) (int, error), fd int, b []byte, off int64, atZero error) error {
 	for len(b) > 0 {
-		n, err := unix.Pread(fd, b, off)
+		n, err := pio(fd, b, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -156,7 +154,7 @@ func preadFull(fd int, b []byte, off int64) error {
 			return err
 		}
 		if n == 0 {
-			return nil
+			return atZero
 		}
 		b = b[n:]
 		off += int64(n)

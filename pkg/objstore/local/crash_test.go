@@ -221,6 +221,16 @@ func walRecords(t *testing.T, path string) (offs, lens []int64) {
 	return offs, lens
 }
 
+// openRW opens path for reading and writing; the caller closes it.
+func openRW(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestTornTail kills a child right after it wrote an operation's record to
 // the log and before it synced or applied it, then damages that last record
 // as a power loss could (cut short, or corrupted) and reopens: recovery must
@@ -239,18 +249,12 @@ func TestTornTail(t *testing.T) {
 			}
 		}, false},
 		{"last bytes missing", func(t *testing.T, wal string, off, n int64) {
-			f, err := os.OpenFile(wal, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			f := openRW(t, wal)
 			defer f.Close()
 			f.WriteAt(make([]byte, 7), off+n-7) // what a preallocated log holds where nothing was written
 		}, false},
 		{"corrupted", func(t *testing.T, wal string, off, n int64) {
-			f, err := os.OpenFile(wal, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			f := openRW(t, wal)
 			defer f.Close()
 			b := make([]byte, 1)
 			f.ReadAt(b, off+n/2)

@@ -67,24 +67,11 @@ func (c *Cluster) fullRecover() error {
 	}
 	s := c.shm
 	s.busy().Store(1)
-	if err := c.sync(c.wal); err != nil {
-		return err
-	}
-	n := 0
-	end, next, err := scanWAL(c.wal, walHeaderSize, startLSN, func(r *record) error {
-		n++
-		return c.applyRecord(r)
-	})
+	n, next, err := c.replayWAL(walHeaderSize, startLSN, c.applyRecord)
 	if err != nil {
 		return err
 	}
-	if err := c.cutWAL(end); err != nil {
-		return err
-	}
 	s.word(shmMagicOff).Store(shmMagic)
-	s.logEnd().Store(uint64(end))
-	s.nextLSN().Store(next)
-	s.evenBuckets()
 	s.commitSeq().Add(1)
 	s.blockVer().Add(1)
 	s.poolsVer().Add(1)
@@ -106,28 +93,40 @@ func (c *Cluster) recoverIfBusy() error {
 	if s.busy().Load() == 0 {
 		return nil
 	}
-	if err := c.sync(c.wal); err != nil {
-		return err
-	}
-	n := 0
-	end, next, err := scanWAL(c.wal, int64(s.logEnd().Load()), s.nextLSN().Load(), func(r *record) error {
-		n++
-		return c.applyLogged(r)
-	})
+	n, _, err := c.replayWAL(int64(s.logEnd().Load()), s.nextLSN().Load(), c.applyLogged)
 	if err != nil {
 		return err
 	}
-	if err := c.cutWAL(end); err != nil {
-		return err
-	}
-	s.logEnd().Store(uint64(end))
-	s.nextLSN().Store(next)
-	s.evenBuckets()
 	s.commitSeq().Add(1)
 	s.busy().Store(0)
 	c.takeovers.Add(1)
 	c.log.Info("local cluster: finished a dead committer's batch", "dir", c.dir, "records", n)
 	return nil
+}
+
+// replayWAL syncs the log and applies its valid records from offset off
+// (the first has sequence number lsn) with apply, cuts off what follows
+// them (a torn tail) and publishes the log's new end and next sequence
+// number. It returns how many records it applied and that next number.
+func (c *Cluster) replayWAL(off int64, lsn uint64, apply func(*record) error) (n int, next uint64, err error) {
+	if err := c.sync(c.wal); err != nil {
+		return 0, 0, err
+	}
+	end, next, err := scanWAL(c.wal, off, lsn, func(r *record) error {
+		n++
+		return apply(r)
+	})
+	if err != nil {
+		return n, 0, err
+	}
+	if err := c.cutWAL(end); err != nil {
+		return n, 0, err
+	}
+	s := c.shm
+	s.logEnd().Store(uint64(end))
+	s.nextLSN().Store(next)
+	s.evenBuckets()
+	return n, next, nil
 }
 
 // applyLogged applies a durable record, holding its seqlock bucket odd

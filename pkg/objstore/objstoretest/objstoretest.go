@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testwait"
+	"golang.org/x/sync/errgroup"
 )
 
 // Run runs the single-client part of the suite on a pool from newPool,
@@ -1096,25 +1098,20 @@ func checkChunks(t *testing.T, data []byte, writers, perWriter int) {
 
 func appendChunks(t *testing.T, p objstore.Pool, oid string, writers, perWriter, first int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var g errgroup.Group
 	for w := 0; w < writers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
+		g.Go(func() error {
 			for q := 0; q < perWriter; q++ {
 				op := &objstore.WriteOp{}
 				op.Append(chunk(first+w, q))
 				if err := p.Operate(context.Background(), oid, op); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}(w)
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -1325,12 +1322,7 @@ func testWatchClose(t *testing.T, s *suite) {
 			notified <- err
 		}()
 		defer func() { <-notified }()
-		var hctx context.Context
-		select {
-		case hctx = <-entered:
-		case <-time.After(10 * time.Second):
-			t.Fatal("no notification delivered")
-		}
+		hctx := testwait.Recv(t, entered, 10*time.Second, "a notification delivered")
 		if v, _ := hctx.Value(ctxKey{}).(string); v != "mark" {
 			t.Errorf("the handler's context lacks the values of Watch's context (got %q)", v)
 		}
@@ -1342,13 +1334,8 @@ func testWatchClose(t *testing.T, s *suite) {
 		case <-time.After(200 * time.Millisecond):
 		}
 		release <- struct{}{}
-		select {
-		case err := <-closed:
-			if err != nil {
-				t.Fatalf("close: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close did not return after the handler call returned")
+		if err := testwait.Recv(t, closed, 10*time.Second, "Close to return after the handler call returned"); err != nil {
+			t.Fatalf("close: %v", err)
 		}
 		select {
 		case <-returned:
@@ -1374,13 +1361,8 @@ func testWatchClose(t *testing.T, s *suite) {
 		if _, err := s.p.Notify(ctxT(t), oid, nil, 5*time.Second); err != nil {
 			t.Fatalf("notify: %v", err)
 		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("close from the handler: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close from the handler deadlocked")
+		if err := testwait.Recv(t, done, 10*time.Second, "Close from the handler to return (deadlocked?)"); err != nil {
+			t.Fatalf("close from the handler: %v", err)
 		}
 		if hasWatcher(watchersOf(t, s.p, oid), s.p.Client(), w.Cookie()) {
 			t.Fatal("watch closed from its handler is still listed")

@@ -185,9 +185,13 @@ type file struct {
 const maxFiles = 300
 
 // Content is the content of file seq (4 KiB to 128 KiB, deterministic).
-func Content(seq int) []byte {
-	r := rand.New(rand.NewPCG(uint64(seq), 13))
-	b := make([]byte, 4096+r.IntN(124<<10))
+func Content(seq int) []byte { return RandomContent(seq, 13, 124<<10) }
+
+// RandomContent is the deterministic pseudo-random content of file seq of a
+// file writer whose stream is seed: 4 KiB and up to maxExtra bytes more.
+func RandomContent(seq int, seed uint64, maxExtra int) []byte {
+	r := rand.New(rand.NewPCG(uint64(seq), seed))
+	b := make([]byte, 4096+r.IntN(maxExtra))
 	for i := range b {
 		b[i] = byte(r.Uint32())
 	}

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ceph/go-ceph/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 )
 
@@ -160,6 +161,28 @@ func PoolOf(t testing.TB, c *ceph.Cluster) *ceph.Pool {
 		t.Fatalf("open pool %s: %v", PoolName, err)
 	}
 	return p
+}
+
+// OpenUncached opens image name in PoolName with librbd, on a new client
+// whose cache is off (rbd_cache=false): in writeback mode librbd would ack a
+// write before its journal entry is safe, so a process that crashes right
+// after its writes could lose entries. It is for the librbd writer children
+// of the crash-replay tests, which exit without closing the image or the
+// client (the crash under test).
+func OpenUncached(t testing.TB, name string) (*rbd.Image, *ceph.Pool) {
+	t.Helper()
+	cfg := Config(t)
+	cfg.Options = map[string]string{"rbd_cache": "false"}
+	c, err := ceph.Connect(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := PoolOf(t, c)
+	img, err := rbd.OpenImage(pool.IOContext(), name, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, pool
 }
 
 // AdminKey returns client.admin's key (hack/ceph-up.sh writes it next to
