@@ -118,9 +118,9 @@ func credentialsDir(t *testing.T, c storage.Credentials) string {
 	return dir
 }
 
-// backend opens the ceph backend on configFile (closed by whoever serves
+// openCeph opens the ceph backend on configFile (closed by whoever serves
 // it) with default credentials from credsDir ("": none).
-func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) storage.Backend {
+func openCeph(t testing.TB, configFile, credsDir string) storage.Backend {
 	t.Helper()
 	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: configFile, CredentialsDir: credsDir,
 		ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
@@ -144,7 +144,7 @@ type servedPool struct {
 // user would.
 func (f *cephFixture) servePool(t *testing.T, dir string) servedPool {
 	t.Helper()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.ro))
 	ctrl, node, _ := serveDriver(t, dir, b)
 	sec := secrets(f.rw)
 	return servedPool{ctrl: ctrl, node: node, sec: sec, params: cephPoolParams(),

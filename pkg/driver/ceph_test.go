@@ -53,7 +53,7 @@ func TestCephSanityChild(t *testing.T) {
 	}
 	f := newCephFixture(t)
 	dir := t.TempDir()
-	cfg := sanityConfig(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)), at)
+	cfg := sanityConfig(t, dir, openCeph(t, f.configFile, credentialsDir(t, f.ro)), at)
 	cfg.TestVolumeParameters = map[string]string{
 		volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName,
 		volume.ParamJournalSplayWidth: "2", volume.ParamJournalOrder: "20",
@@ -173,7 +173,7 @@ func TestCephStageReplaysLibrbdCrash(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	_, node, _ := serveDriver(t, dir, openCeph(t, f.configFile, ""))
 	id := staticVolumeID(name)
 	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
 	if err := os.Mkdir(staging, 0o755); err != nil {
@@ -263,7 +263,7 @@ func wantStatus(t *testing.T, what string, err error, code codes.Code, want ...s
 // default credentials in credsDir ("": none).
 func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
 	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, f.backend(t, configFile, credsDir))
+	ctrl, node, _ := serveDriver(t, dir, openCeph(t, configFile, credsDir))
 	staging := filepath.Join(dir, "staging")
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)
@@ -409,7 +409,7 @@ func TestCephFencedConnectionReplaced(t *testing.T) {
 	f := newCephFixture(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	_, node, _ := serveDriver(t, dir, openCeph(t, f.configFile, ""))
 	a, b := uniqueName("csirbdj-fenced-a"), uniqueName("csirbdj-fenced-b")
 	f.createImage(t, a, "layering,exclusive-lock,journaling", 16)
 	f.createImage(t, b, "layering,exclusive-lock,journaling", 16)

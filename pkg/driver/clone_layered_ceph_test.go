@@ -25,7 +25,7 @@ import (
 
 func newCephCloneEnv(t *testing.T, f *cephFixture, params map[string]string) *cloneEnv {
 	t.Helper()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.rw))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.rw))
 	p := cephPoolParams()
 	for k, v := range params {
 		p[k] = v
@@ -194,7 +194,7 @@ func TestCephServeCSIClone(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	dir := t.TempDir()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.rw))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.rw))
 	ctrl, node, _ := serveDriver(t, dir, b)
 	ctx := context.Background()
 	prefix := uniqueName("srv") + "-"

@@ -68,11 +68,7 @@ func drSetup(t *testing.T) *drSites {
 // open opens a Ceph backend that reaches both sites.
 func (s *drSites) open(t *testing.T) storage.Backend {
 	t.Helper()
-	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: s.cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return openCeph(t, s.cfg, "")
 }
 
 // drDriver is the CSI driver (controller and node) of a DR test, served in

@@ -28,7 +28,7 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	f := newCephFixture(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	ctrl, node, _ := serveDriver(t, dir, openCeph(t, f.configFile, ""))
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
@@ -50,7 +50,7 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	})
 	spec := cephtest.PoolName + "/" + vid.Image
 	// Mirroring it is refused (InvalidArgument), before its first stage too.
-	b := f.backend(t, f.configFile, "")
+	b := openCeph(t, f.configFile, "")
 	t.Cleanup(func() { b.Close() })
 	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
 	if err != nil {

@@ -56,7 +56,7 @@ func TestCephMirroring(t *testing.T) {
 	f := newCephFixture(t)
 	ctx := context.Background()
 	pool := f.mirrorPool(t)
-	b := f.backend(t, f.configFile, "")
+	b := openCeph(t, f.configFile, "")
 	dir := t.TempDir()
 	ctrl, node, _ := serveDriver(t, dir, b)
 	staging := filepath.Join(dir, "staging")
