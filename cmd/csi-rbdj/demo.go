@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -22,6 +21,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -638,18 +638,13 @@ func (d *demo) cleanup() error {
 
 // mountsUnder lists the mount points under dir, in mount order.
 func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Mountpoint)
 	}
 	return out
 }
@@ -670,27 +665,23 @@ func loopsUnder(dir string) []string {
 	return out
 }
 
-// mountSource returns the device mounted at path.
-func mountSource(path string) string {
-	f, err := os.Open("/proc/self/mountinfo")
+// mountsAt returns the mounts stacked at path, the lowest first (nil if
+// mountinfo cannot be read).
+func mountsAt(path string) []*mountinfo.Info {
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
 	if err != nil {
+		return nil
+	}
+	return ms
+}
+
+// mountSource returns the device mounted at path (the top of the stack).
+func mountSource(path string) string {
+	ms := mountsAt(path)
+	if len(ms) == 0 {
 		return "?"
 	}
-	defer f.Close()
-	src := "?"
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) > 4 && fields[4] == path {
-			if i := strings.Index(line, " - "); i >= 0 {
-				if rest := strings.Fields(line[i+3:]); len(rest) > 1 {
-					src = rest[1]
-				}
-			}
-		}
-	}
-	return src
+	return ms[len(ms)-1].Source
 }
 
 func writeSync(path string, b []byte) error {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -67,18 +66,10 @@ type holderProc struct {
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
 func mountIDs(path string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var ids []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && fields[4] == path {
-			ids = append(ids, fields[0]+"("+fields[2]+")")
-		}
+	ms := mountsAt(path)
+	ids := make([]string, 0, len(ms))
+	for _, m := range ms {
+		ids = append(ids, fmt.Sprintf("%d(%d:%d)", m.ID, m.Major, m.Minor))
 	}
 	return ids
 }
