@@ -130,6 +130,26 @@ func openCeph(t testing.TB, configFile, credsDir string) storage.Backend {
 	return b
 }
 
+// mirrorer opens pool of the test cluster through b as the read-write
+// user, with the storage's Mirrorer.
+func (f *cephFixture) mirrorer(t *testing.T, b storage.Backend, pool string) (storage.Mirrorer, objstore.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := storage.MirrorerOf(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.Pool(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, p
+}
+
 // servedPool is the driver served on the test cluster (servePool).
 type servedPool struct {
 	ctrl   csi.ControllerClient

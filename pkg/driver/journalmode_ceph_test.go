@@ -52,18 +52,7 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	// Mirroring it is refused (InvalidArgument), before its first stage too.
 	b := openCeph(t, f.configFile, "")
 	t.Cleanup(func() { b.Close() })
-	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := storage.MirrorerOf(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := st.Pool(ctx, cephtest.PoolName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, pool := f.mirrorer(t, b, cephtest.PoolName)
 	err = m.EnableJournalMirroring(ctx, pool, vid.Image)
 	if !errors.Is(err, storage.ErrMetadataJournalMode) || status.Code(volume.MirrorStatus(err, volume.SecretsReplication, "enable")) != codes.InvalidArgument {
 		t.Errorf("EnableJournalMirroring of a metadata-mode volume: %v", err)

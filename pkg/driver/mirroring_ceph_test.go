@@ -101,18 +101,7 @@ func TestCephMirroring(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := storage.MirrorerOf(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := st.Pool(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, p := f.mirrorer(t, b, pool)
 	if err := m.DemoteImage(ctx, p, name); !errors.Is(err, image.ErrBusy) {
 		t.Fatalf("demote of a staged image: %v, want image.ErrBusy", err)
 	}
