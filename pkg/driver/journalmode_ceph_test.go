@@ -5,7 +5,6 @@ package driver_test
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -60,27 +59,8 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	if info := f.rbd(t, "info", spec); strings.Contains(info, "journaling") {
 		t.Errorf("metadata-mode image carries journaling:\n%s", info)
 	}
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc,
-		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: secrets(f.rw)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("in place"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
-		t.Errorf("volume condition %v", c)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
+	stageWriteUnstage(t, node, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: filepath.Join(dir, "staging"), VolumeCapability: vc,
+		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: secrets(f.rw)}, "journal mode metadata")
 	imageID := strings.TrimSpace(f.rbd(t, "info", "--format", "json", spec))
 	if i := strings.Index(imageID, `"id":"`); i >= 0 {
 		imageID = imageID[i+6:]
