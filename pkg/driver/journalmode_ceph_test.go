@@ -26,8 +26,7 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, openCeph(t, f.configFile, ""))
+	ctrl, node, dir := serveCeph(t, f.configFile, "")
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
