@@ -503,28 +503,48 @@ func (d *demo) startNode(ctx context.Context) (string, error) {
 			return "", err
 		}
 	}
-	id := csi.NewIdentityClient(d.nodeConn)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		r, err := id.Probe(pctx, &csi.ProbeRequest{})
-		cancel()
-		if err == nil && r.GetReady().GetValue() {
-			break
-		}
-		select {
-		case werr := <-d.nodeWait:
-			d.node = nil
-			return "", fmt.Errorf("node plugin exited: %v (see %s)", werr, d.path("node.log"))
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("node plugin not ready after 2m (see %s)", d.path("node.log"))
-		}
+	err = probeUntilReady(ctx, csi.NewIdentityClient(d.nodeConn), d.nodeWait, 2*time.Minute)
+	switch {
+	case errors.Is(err, errPluginExited):
+		d.node = nil
+		return "", fmt.Errorf("node plugin %w (see %s)", err, d.path("node.log"))
+	case errors.Is(err, errNotReady):
+		return "", fmt.Errorf("node plugin %w (see %s)", err, d.path("node.log"))
+	case err != nil:
+		return "", err
 	}
 	return fmt.Sprintf("pid %d, ready", cmd.Process.Pid), nil
+}
+
+var (
+	errPluginExited = errors.New("exited")
+	errNotReady     = errors.New("not ready")
+)
+
+// probeUntilReady calls Probe through ident until the plugin says it is
+// ready, for at most timeout: errNotReady then. If exited delivers first
+// (the plugin's process ended), the error is errPluginExited with the
+// process's.
+func probeUntilReady(ctx context.Context, ident csi.IdentityClient, exited <-chan error, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := ident.Probe(pctx, &csi.ProbeRequest{})
+		cancel()
+		if err == nil && r.GetReady().GetValue() {
+			return nil
+		}
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("%w: %v", errPluginExited, werr)
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w after %v (last probe: %v)", errNotReady, timeout, err)
+		}
+	}
 }
 
 func dial(sock string) (*grpc.ClientConn, error) {

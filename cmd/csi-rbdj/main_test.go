@@ -165,22 +165,13 @@ func startChild(t *testing.T, out *os.File, args ...string) *child {
 // end of the child's log for the failure.
 func (c *child) waitReady(t *testing.T, ident csi.IdentityClient, logTail func() string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
-		cancel()
-		if err == nil && r.GetReady().GetValue() {
-			return
-		}
-		select {
-		case err := <-c.exited:
-			c.done = true
-			t.Fatalf("node plugin exited: %v\n%s", err, logTail())
-		case <-time.After(20 * time.Millisecond):
-		}
+	err := probeUntilReady(context.Background(), ident, c.exited, time.Minute)
+	if errors.Is(err, errPluginExited) {
+		c.done = true
 	}
-	t.Fatalf("node plugin not ready after 1m\n%s", logTail())
+	if err != nil {
+		t.Fatalf("node plugin %v\n%s", err, logTail())
+	}
 }
 
 // kill SIGKILLs the child and waits for it; nothing once it ended.

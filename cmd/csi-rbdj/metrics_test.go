@@ -159,18 +159,8 @@ func TestServeMetrics(t *testing.T) {
 	}
 	defer cc.Close()
 	ctrl, node, ident := csi.NewControllerClient(cc), csi.NewNodeClient(cc), csi.NewIdentityClient(cc)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		pctx, pcancel := context.WithTimeout(ctx, time.Second)
-		r, err := ident.Probe(pctx, &csi.ProbeRequest{})
-		pcancel()
-		if err == nil && r.GetReady().GetValue() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plugin not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := probeUntilReady(ctx, ident, nil, time.Minute); err != nil {
+		t.Fatalf("plugin: %v", err)
 	}
 
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
@@ -242,7 +232,7 @@ func TestServeMetrics(t *testing.T) {
 		}
 	}
 	// Everything written gets applied and committed: our lag returns to 0.
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m := scrape(t, maddr)
 		e := sample(m, "csi_rbdj_volume_journal_lag_entries", "volume_id", id, "own", "true")
