@@ -156,7 +156,7 @@ func drReadOnlyReplica(t *testing.T, s *drSites, fsType string) {
 	if err := os.WriteFile(filepath.Join(stagingB, "site-b-write"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write to the read-only replica: %v, want EROFS", err)
 	}
-	mnt := mountOptionsAt(t, stagingB)
+	mnt := findmnt(t, "OPTIONS", stagingB)
 	// ext4 shows its noload as norecovery.
 	if !strings.Contains(","+mnt+",", ",ro,") || !strings.Contains(","+mnt+",", ",norecovery,") {
 		t.Errorf("mount options of the read-only replica: %s, want ro and norecovery (ext4: noload)", mnt)
@@ -180,14 +180,4 @@ func drReadOnlyReplica(t *testing.T, s *drSites, fsType string) {
 		t.Fatalf("site-b is not non-primary any more:\n%s", out)
 	}
 	t.Logf("%s: site-b equals site-a %v after site-a's unstage; still non-primary", fsType, took.Round(100*time.Millisecond))
-}
-
-// mountOptionsAt is the VFS and superblock options of the mount at mnt.
-func mountOptionsAt(t *testing.T, mnt string) string {
-	t.Helper()
-	out, err := exec.Command("findmnt", "-n", "-o", "OPTIONS", "--mountpoint", mnt).CombinedOutput()
-	if err != nil {
-		t.Fatalf("findmnt %s: %v %s", mnt, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }

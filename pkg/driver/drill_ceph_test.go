@@ -437,11 +437,8 @@ func fsUUID(t *testing.T, mnt string) string {
 	u := strings.TrimSpace(string(out))
 	if err != nil || u == "" {
 		// findmnt reads udev's database, which may lack loop devices.
-		src, err2 := exec.Command("findmnt", "-n", "-o", "SOURCE", "--mountpoint", mnt).Output()
-		if err2 != nil {
-			t.Fatalf("findmnt %s: %v %s / %v", mnt, err, out, err2)
-		}
-		out, err = exec.Command("blkid", "-p", "-s", "UUID", "-o", "value", strings.TrimSpace(string(src))).CombinedOutput()
+		src := findmnt(t, "SOURCE", mnt)
+		out, err = exec.Command("blkid", "-p", "-s", "UUID", "-o", "value", src).CombinedOutput()
 		u = strings.TrimSpace(string(out))
 		if err != nil || u == "" {
 			t.Fatalf("blkid of %s: %v %s", src, err, out)

@@ -165,7 +165,7 @@ func runExpand(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir
 		// This machine cannot grow a mounted ext4 (README): the error
 		// must say what is missing; the device grew nonetheless.
 		expectCode(t, "NodeExpandVolume of a mounted ext4 without CAP_SYS_RESOURCE", err, codes.FailedPrecondition, "CAP_SYS_RESOURCE", "SYS_RESOURCE")
-		if got := devSize(t, loopOf(t, staging)); got != expandRounded {
+		if got := devSize(t, findmnt(t, "SOURCE", staging)); got != expandRounded {
 			t.Errorf("loop device has %d bytes, want %d", got, expandRounded)
 		}
 	case err != nil:
@@ -261,12 +261,13 @@ func devSize(t *testing.T, dev string) int64 {
 	return n
 }
 
-// loopOf is the device mounted at a staging path.
-func loopOf(t *testing.T, staging string) string {
+// findmnt is the column (SOURCE: the device, OPTIONS: the VFS and
+// superblock options, ...) findmnt shows for the mount at mnt.
+func findmnt(t *testing.T, column, mnt string) string {
 	t.Helper()
-	out, err := exec.Command("findmnt", "-n", "-o", "SOURCE", "--mountpoint", staging).CombinedOutput()
+	out, err := exec.Command("findmnt", "-n", "-o", column, "--mountpoint", mnt).CombinedOutput()
 	if err != nil {
-		t.Fatalf("findmnt %s: %v %s", staging, err, out)
+		t.Fatalf("findmnt -o %s %s: %v %s", column, mnt, err, out)
 	}
 	return strings.TrimSpace(string(out))
 }
