@@ -100,11 +100,8 @@ func (s *drSites) createVolume(t *testing.T, ctrl csi.ControllerClient, csiName 
 	t.Helper()
 	p := map[string]string{volume.ParamClusterID: "site-a"}
 	maps.Copy(p, params)
-	r, err := ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{c},
+	r := createVolume(context.Background(), t, ctrl, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{c},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Secrets: s.sec, Parameters: p})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return r.GetVolume(), volume.ImageNameFor(csiName), strings.Replace(r.GetVolume().GetVolumeId(), "/site-a/", "/site-b/", 1)
 }
 

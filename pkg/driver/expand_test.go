@@ -82,12 +82,9 @@ func runExpand(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir
 	} else {
 		vc.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: tc.fs}}
 	}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("expand-%s-%d", tc.name, time.Now().UnixNano()),
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: fmt.Sprintf("expand-%s-%d", tc.name, time.Now().UnixNano()),
 		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: expandFrom},
 		Parameters: params, Secrets: secrets})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, err := volume.ParseVolumeID(id)
 	if err != nil {
@@ -672,11 +669,8 @@ func runFollowResize(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClien
 	defer cancel()
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("follow-%d", time.Now().UnixNano()),
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: fmt.Sprintf("follow-%d", time.Now().UnixNano()),
 		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: params, Secrets: secrets})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, _ := volume.ParseVolumeID(id)
 	t.Cleanup(func() {

@@ -29,12 +29,9 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	ctrl, node, dir := serveCeph(t, f.configFile, "")
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: secrets(f.rw),
 		Parameters: map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamJournalMode: "metadata"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, err := volume.ParseVolumeID(id)
 	if err != nil {

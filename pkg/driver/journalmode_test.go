@@ -65,11 +65,8 @@ func TestJournalModeMetadataStage(t *testing.T) {
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	ctx := context.Background()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: map[string]string{volume.ParamJournalMode: "metadata"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vc := vol.GetVolume().GetVolumeContext()
 	if vc[volume.CtxJournalMode] != "metadata" {
