@@ -484,14 +484,7 @@ check2_holder() {
   log "with the holder: SIGKILL the node plugin (pid $pid); the pods keep writing"
   t=$(date +%s.%N)
   kill -9 "$pid"
-  for i in $(seq 1 240); do
-    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$pr0" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
-      back=$(elapsed "$t")
-      break
-    fi
-    sleep 0.25
-  done
-  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  back=$(plugin_restarted "$np" "$pr0" "$t") || return 1
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
   sleep 5
   local bad=0
@@ -571,6 +564,20 @@ check2_holder() {
   K delete pod hblock hfs --wait=true >/dev/null
   K delete pvc data-hblock data-hfs --wait=true >/dev/null
 }
+# plugin_restarted POD RESTARTS T0: waits (60 s) until the node plugin's container in POD
+# has restarted more than RESTARTS times and is ready; prints the seconds since T0.
+plugin_restarted() {
+  local i
+  for i in $(seq 1 240); do
+    if [ "$(restarts_of "$NS" "$1" csi-rbdj)" -gt "$2" ] && [ "$(ready_of "$NS" "$1" csi-rbdj)" = true ]; then
+      elapsed "$3"
+      return 0
+    fi
+    sleep 0.25
+  done
+  log "node plugin not back after 60 s"
+  return 1
+}
 restarts_of() { # namespace pod container
   "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
 }
@@ -619,14 +626,7 @@ X
   log "SIGKILL the node plugin: pod $np, container ${cid:0:12}, pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60)...)"
   t=$(date +%s.%N)
   kill -9 "$pid"
-  for i in $(seq 1 240); do
-    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$plugin_restarts" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
-      back=$(elapsed "$t")
-      break
-    fi
-    sleep 0.25
-  done
-  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  back=$(plugin_restarted "$np" "$plugin_restarts" "$t") || return 1
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
   # diagnostics only: the lines may not be logged yet
   { "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Journal replayed|Volume re-served|Registered with the kubelet' | sed 's/^/    node plugin: /' >&2; } || true
