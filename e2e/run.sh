@@ -248,16 +248,17 @@ handle_of() { "$KUBECTL" get pv "$1" -o jsonpath='{.spec.csi.volumeHandle}'; }
 image_of() { echo "${1##*/}"; }
 pool_of() { local h=${1%/*}; echo "${h##*/}"; }
 
-pvc() { # name size [volumeMode]
+pvc() { # name size [volumeMode [storageClass [dataSource]]]
   K apply -f - >/dev/null <<X
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: $1}
 spec:
   accessModes: [ReadWriteOnce]
-  storageClassName: $SC
+  storageClassName: ${4:-$SC}
   volumeMode: ${3:-Filesystem}
-  resources: {requests: {storage: $2}}
+  resources: {requests: {storage: $2}}${5:+
+  dataSource: $5}
 X
 }
 
@@ -797,24 +798,8 @@ allowVolumeExpansion: true
 parameters:
 $params
 X
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data-grow}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC-xfs
-  resources: {requests: {storage: 512Mi}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data-grow-block}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  volumeMode: Block
-  resources: {requests: {storage: 256Mi}}
-X
+  pvc data-grow 512Mi Filesystem "$SC-xfs"
+  pvc data-grow-block 256Mi Block
   pod grower data-grow fs 'i=0; while true; do f=/data/f$i; head -c 65536 /dev/urandom > $f.tmp && dd if=$f.tmp of=$f bs=64k conv=fsync status=none && (cd /data && sha256sum f$i >> sums) && rm $f.tmp && sync /data/sums; i=$((i+1)); sleep 0.2; done' \
     "terminationGracePeriodSeconds: 2"
   pod grower-block data-grow-block block 'i=0; while [ ! -e /tmp/stop ]; do head -c 65536 /dev/urandom > /tmp/b && dd if=/tmp/b of=/dev/xvda bs=64k seek=$((i % 2048)) oflag=direct conv=fsync status=none && echo "$((i % 2048)) $(sha256sum < /tmp/b | cut -c1-64)" >> /tmp/sums; i=$((i+1)); sleep 0.2; done; touch /tmp/stopped; exec sleep infinity' \
@@ -993,25 +978,8 @@ X
   K wait volumesnapshot/snap-1 --for=jsonpath='{.status.readyToUse}'=true --timeout=120s >/dev/null ||
     { K describe volumesnapshot snap-1 >&2; return 1; }
   log "VolumeSnapshot snap-1 ready: $(K get volumesnapshot snap-1 -o jsonpath='{.status.boundVolumeSnapshotContentName} {.status.restoreSize}')"
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: snap-restore}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  resources: {requests: {storage: 256Mi}}
-  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-1}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: snap-clone}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  resources: {requests: {storage: 256Mi}}
-  dataSource: {kind: PersistentVolumeClaim, name: snap-src}
-X
+  pvc snap-restore 256Mi Filesystem "$SC" "{apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-1}"
+  pvc snap-clone 256Mi Filesystem "$SC" "{kind: PersistentVolumeClaim, name: snap-src}"
   local c r
   for c in snap-restore snap-clone; do
     K wait "pvc/$c" --for=jsonpath='{.status.phase}'=Bound --timeout=120s >/dev/null || { K describe pvc "$c" >&2; return 1; }
