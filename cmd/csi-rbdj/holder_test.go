@@ -461,9 +461,7 @@ func checkSameTarget(t *testing.T, target string, st0 syscall.Stat_t, ids []stri
 // file it made durable is on the volume afterwards, the host directory is
 // empty, and unpublish and unstage succeed.
 func TestFallbackNeverBareTarget(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testFallbackNeverBareTarget(t, fs) })
-	}
+	forEachFS(t, testFallbackNeverBareTarget)
 }
 
 func testFallbackNeverBareTarget(t *testing.T, fs string) {

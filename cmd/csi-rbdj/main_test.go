@@ -35,6 +35,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// forEachFS runs f as a subtest for each filesystem the node plugin
+// formats a volume with.
+func forEachFS(t *testing.T, f func(t *testing.T, fs string)) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { f(t, fs) })
+	}
+}
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -321,9 +329,7 @@ func (e *env) teardown(ctx context.Context, v *testVolume) {
 // publish paths, what a file descriptor opened before the kill sees, and
 // that the volume unstages and deletes cleanly.
 func TestRestartFilesystem(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testRestartFilesystem(t, fs) })
-	}
+	forEachFS(t, testRestartFilesystem)
 }
 
 func testRestartFilesystem(t *testing.T, fs string) {
