@@ -41,12 +41,13 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 || (cr.GetLimitBytes() > 0 && cr.GetRequiredBytes() > cr.GetLimitBytes()) {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity_range is invalid (required %d, limit %d)", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
-	ctx, done, err := s.operation(ctx, id, "volumePath", path)
+	ctx, done, err := s.operation(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx)
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "volumePath", path)
+	ctx = klog.NewContext(ctx, logger)
 
 	v := s.get(id)
 	if v == nil {

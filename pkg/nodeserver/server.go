@@ -362,15 +362,13 @@ func (s *Server) readyAndLocked(ctx context.Context, id string) (unlock func(), 
 }
 
 // operation is readyAndLocked with the operation timeout on the returned
-// context, and a logger on it with the volume id and the path the request
-// names (under pathKey); done cancels it and releases the lock.
-func (s *Server) operation(ctx context.Context, id, pathKey, path string) (_ context.Context, done func(), err error) {
+// context; done cancels it and releases the lock.
+func (s *Server) operation(ctx context.Context, id string) (_ context.Context, done func(), err error) {
 	unlock, err := s.readyAndLocked(ctx, id)
 	if err != nil {
 		return ctx, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
-	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("volumeID", id, pathKey, path))
 	return ctx, func() { cancel(); unlock() }, nil
 }
 

@@ -47,12 +47,13 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	ctx, done, err := s.operation(ctx, want.VolumeID, "stagingPath", want.StagingPath)
+	ctx, done, err := s.operation(ctx, want.VolumeID)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx)
+	logger := klog.FromContext(ctx).WithValues("volumeID", want.VolumeID, "stagingPath", want.StagingPath)
+	ctx = klog.NewContext(ctx, logger)
 
 	if v := s.get(want.VolumeID); v != nil {
 		if v.rec.StagingPath != want.StagingPath {
@@ -489,12 +490,13 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err != nil {
 		return nil, err
 	}
-	ctx, done, err := s.operation(ctx, id, "stagingPath", path)
+	ctx, done, err := s.operation(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx)
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", path)
+	ctx = klog.NewContext(ctx, logger)
 
 	v := s.get(id)
 	if v == nil {
