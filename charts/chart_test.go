@@ -179,6 +179,17 @@ func container(t *testing.T, spec corev1.PodSpec, name string) corev1.Container 
 	return corev1.Container{}
 }
 
+// wantArgs fails the test for each of want that container c (named what)
+// lacks in its args.
+func wantArgs(t *testing.T, what string, c corev1.Container, want ...string) {
+	t.Helper()
+	for _, a := range want {
+		if !slices.Contains(c.Args, a) {
+			t.Errorf("%s args %v lack %s", what, c.Args, a)
+		}
+	}
+}
+
 func TestLint(t *testing.T) {
 	for _, args := range [][]string{
 		nil,
@@ -229,16 +240,10 @@ func TestTemplateDefaults(t *testing.T) {
 	if rs.Image != "registry.k8s.io/sig-storage/csi-resizer:v1.14.0" {
 		t.Errorf("resizer image %s", rs.Image)
 	}
-	for _, a := range []string{"--csi-address=/csi/csi.sock", "--timeout=60s", "--handle-volume-inuse-error=false",
-		"--leader-election=true", "--leader-election-namespace=csi-rbdj"} {
-		if !slices.Contains(rs.Args, a) {
-			t.Errorf("resizer args %v lack %s", rs.Args, a)
-		}
-	}
+	wantArgs(t, "resizer", rs, "--csi-address=/csi/csi.sock", "--timeout=60s", "--handle-volume-inuse-error=false",
+		"--leader-election=true", "--leader-election-namespace=csi-rbdj")
 	ctl := container(t, dep.Spec.Template.Spec, "csi-rbdj")
-	if !slices.Contains(ctl.Args, "--mode=controller") || !slices.Contains(ctl.Args, "--backend=ceph") {
-		t.Errorf("controller args %v", ctl.Args)
-	}
+	wantArgs(t, "controller", ctl, "--mode=controller", "--backend=ceph")
 
 	ds := nodeDaemonSet(t, objs)
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
@@ -249,12 +254,8 @@ func TestTemplateDefaults(t *testing.T) {
 	if c := node.SecurityContext.Capabilities; c == nil || !slices.Contains(c.Add, "SYS_RESOURCE") {
 		t.Errorf("node plugin capabilities %+v lack SYS_RESOURCE", c)
 	}
-	for _, a := range []string{"--mode=node", "--kubelet-registration-dir=/var/lib/kubelet/plugins_registry",
-		"--endpoint=unix:///var/lib/kubelet/plugins/rbdj.csi-rbdj.dev/csi.sock", "--state-dir=/var/lib/csi-rbdj/node"} {
-		if !slices.Contains(node.Args, a) {
-			t.Errorf("node args %v lack %s", node.Args, a)
-		}
-	}
+	wantArgs(t, "node", node, "--mode=node", "--kubelet-registration-dir=/var/lib/kubelet/plugins_registry",
+		"--endpoint=unix:///var/lib/kubelet/plugins/rbdj.csi-rbdj.dev/csi.sock", "--state-dir=/var/lib/csi-rbdj/node")
 	mounts := map[string]corev1.VolumeMount{}
 	for _, m := range node.VolumeMounts {
 		mounts[m.MountPath] = m
@@ -421,13 +422,9 @@ func TestTemplateAllOptions(t *testing.T) {
 	}
 	ds := nodeDaemonSet(t, objs)
 	node := container(t, ds.Spec.Template.Spec, "csi-rbdj")
-	for _, a := range []string{"--kubelet-registration-dir=/var/lib/k0s/kubelet/plugins_registry",
+	wantArgs(t, "node", node, "--kubelet-registration-dir=/var/lib/k0s/kubelet/plugins_registry",
 		"--endpoint=unix:///var/lib/k0s/kubelet/plugins/rbdj.example.com/csi.sock",
-		"--journal-commit-age=2s", "--ceph-op-timeout=1m", "--ceph-config=/etc/csi-rbdj/config/config.json", "--ceph-credentials-dir=/etc/csi-rbdj/credentials", "--request-timeout=2m", "--max-volumes-per-node=64", "-v=4"} {
-		if !slices.Contains(node.Args, a) {
-			t.Errorf("node args %v lack %s", node.Args, a)
-		}
-	}
+		"--journal-commit-age=2s", "--ceph-op-timeout=1m", "--ceph-config=/etc/csi-rbdj/config/config.json", "--ceph-credentials-dir=/etc/csi-rbdj/credentials", "--request-timeout=2m", "--max-volumes-per-node=64", "-v=4")
 	dep := one[*appsv1.Deployment](t, objs)
 	prov := container(t, dep.Spec.Template.Spec, "csi-provisioner")
 	if !slices.Contains(prov.Args, "--worker-threads=20") || !slices.Contains(prov.Args, "--timeout=2m30s") ||
@@ -459,16 +456,10 @@ func TestTemplateCSIAddons(t *testing.T) {
 	objs := render(t, "-f", "testdata/all-options.yaml")
 	dep = one[*appsv1.Deployment](t, objs)
 	ctrl := container(t, dep.Spec.Template.Spec, "csi-rbdj")
-	if !slices.Contains(ctrl.Args, "--csi-addons-endpoint=unix:///csi/csi-addons.sock") {
-		t.Errorf("controller args %v lack the csi-addons endpoint", ctrl.Args)
-	}
+	wantArgs(t, "controller", ctrl, "--csi-addons-endpoint=unix:///csi/csi-addons.sock")
 	sc := container(t, dep.Spec.Template.Spec, "csi-addons")
-	for _, a := range []string{"--csi-addons-address=unix:///csi/csi-addons.sock", "--controller-port=9171", "--pod=$(POD_NAME)",
-		"--namespace=$(POD_NAMESPACE)", "--pod-uid=$(POD_UID)", "--node-id=$(NODE_ID)", "--v=5", "--enable-auth=false"} {
-		if !slices.Contains(sc.Args, a) {
-			t.Errorf("sidecar args %v lack %s", sc.Args, a)
-		}
-	}
+	wantArgs(t, "sidecar", sc, "--csi-addons-address=unix:///csi/csi-addons.sock", "--controller-port=9171", "--pod=$(POD_NAME)",
+		"--namespace=$(POD_NAMESPACE)", "--pod-uid=$(POD_UID)", "--node-id=$(NODE_ID)", "--v=5", "--enable-auth=false")
 	if sc.Image != "registry.example.com/csiaddons/k8s-sidecar:v0.12.0" || len(sc.Ports) != 1 || sc.Ports[0].ContainerPort != 9171 ||
 		len(sc.VolumeMounts) != 1 || sc.VolumeMounts[0].MountPath != "/csi" {
 		t.Errorf("sidecar %s ports %v mounts %v", sc.Image, sc.Ports, sc.VolumeMounts)
@@ -514,9 +505,7 @@ func TestTemplateLocal(t *testing.T) {
 			t.Errorf("affinity %+v", term)
 		}
 		c := container(t, spec, "csi-rbdj")
-		if !slices.Contains(c.Args, "--backend=local") || !slices.Contains(c.Args, "--local-dir=/tmp/csi-rbdj-e2e/local") {
-			t.Errorf("args %v", c.Args)
-		}
+		wantArgs(t, "csi-rbdj", c, "--backend=local", "--local-dir=/tmp/csi-rbdj-e2e/local")
 	}
 	role := one[*rbacv1.Role](t, objs)
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"leases"}) {
@@ -598,12 +587,8 @@ func TestTemplateSnapshotter(t *testing.T) {
 	if ss.Image != "registry.k8s.io/sig-storage/csi-snapshotter:v8.2.0" {
 		t.Errorf("snapshotter image %s", ss.Image)
 	}
-	for _, a := range []string{"--csi-address=/csi/csi.sock", "--timeout=60s", "--leader-election=true",
-		"--leader-election-namespace=csi-rbdj", "--worker-threads=4"} {
-		if !slices.Contains(ss.Args, a) {
-			t.Errorf("snapshotter args %v lack %s", ss.Args, a)
-		}
-	}
+	wantArgs(t, "snapshotter", ss, "--csi-address=/csi/csi.sock", "--timeout=60s", "--leader-election=true",
+		"--leader-election-namespace=csi-rbdj", "--worker-threads=4")
 	roles := map[string]bool{}
 	for _, r := range find[*rbacv1.ClusterRole](objs) {
 		roles[r.Name] = true
@@ -671,9 +656,7 @@ func TestTemplateFuseHolder(t *testing.T) {
 				}
 				return
 			}
-			if !slices.Contains(node.Args, "--fuse-holder-socket="+tc.sock) {
-				t.Errorf("plugin args %v lack --fuse-holder-socket=%s", node.Args, tc.sock)
-			}
+			wantArgs(t, "plugin", node, "--fuse-holder-socket="+tc.sock)
 			ds := daemonSet(t, objs, "-fuse-holder")
 			if ds.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
 				t.Errorf("holder update strategy %v, want OnDelete (a helm upgrade must not replace it)", ds.Spec.UpdateStrategy.Type)

@@ -248,16 +248,44 @@ handle_of() { "$KUBECTL" get pv "$1" -o jsonpath='{.spec.csi.volumeHandle}'; }
 image_of() { echo "${1##*/}"; }
 pool_of() { local h=${1%/*}; echo "${h##*/}"; }
 
-pvc() { # name size [volumeMode]
+pvc() { # name size [volumeMode [storageClass [dataSource]]]
   K apply -f - >/dev/null <<X
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: $1}
 spec:
   accessModes: [ReadWriteOnce]
-  storageClassName: $SC
+  storageClassName: ${4:-$SC}
   volumeMode: ${3:-Filesystem}
-  resources: {requests: {storage: $2}}
+  resources: {requests: {storage: $2}}${5:+
+  dataSource: $5}
+X
+}
+
+# pod NAME CLAIM fs|block SCRIPT [SPEC...]: applies a pod with one container, "app", on
+# the pods' image, that runs `bash -c SCRIPT` with CLAIM mounted at /data (fs) or as the
+# device /dev/xvda (block); each SPEC (e.g. "restartPolicy: Never") is a line of its spec.
+pod() {
+  local script=${4//\'/\'\'} data spec="" l # a YAML single-quoted string doubles its quotes
+  if [ "$3" = block ]; then
+    data="volumeDevices: [{name: data, devicePath: /dev/xvda}]"
+  else
+    data="volumeMounts: [{name: data, mountPath: /data}]"
+  fi
+  for l in "${@:5}"; do spec+="  $l"$'\n'; done
+  K apply -f - >/dev/null <<X
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  hostNetwork: true
+${spec}  containers:
+    - name: app
+      image: $POD_IMAGE
+      imagePullPolicy: Never
+      command: [bash, -c, '$script']
+      $data
+  volumes: [{name: data, persistentVolumeClaim: {claimName: $2}}]
 X
 }
 
@@ -484,14 +512,7 @@ check2_holder() {
   log "with the holder: SIGKILL the node plugin (pid $pid); the pods keep writing"
   t=$(date +%s.%N)
   kill -9 "$pid"
-  for i in $(seq 1 240); do
-    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$pr0" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
-      back=$(elapsed "$t")
-      break
-    fi
-    sleep 0.25
-  done
-  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  back=$(plugin_restarted "$np" "$pr0" "$t") || return 1
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
   sleep 5
   local bad=0
@@ -571,6 +592,20 @@ check2_holder() {
   K delete pod hblock hfs --wait=true >/dev/null
   K delete pvc data-hblock data-hfs --wait=true >/dev/null
 }
+# plugin_restarted POD RESTARTS T0: waits (60 s) until the node plugin's container in POD
+# has restarted more than RESTARTS times and is ready; prints the seconds since T0.
+plugin_restarted() {
+  local i
+  for i in $(seq 1 240); do
+    if [ "$(restarts_of "$NS" "$1" csi-rbdj)" -gt "$2" ] && [ "$(ready_of "$NS" "$1" csi-rbdj)" = true ]; then
+      elapsed "$3"
+      return 0
+    fi
+    sleep 0.25
+  done
+  log "node plugin not back after 60 s"
+  return 1
+}
 restarts_of() { # namespace pod container
   "$KUBECTL" -n "$1" get pod "$2" -o jsonpath="{.status.containerStatuses[?(@.name==\"$3\")].restartCount}"
 }
@@ -579,21 +614,8 @@ ready_of() {
 }
 check2() {
   # the watchers need the payload before they start: write it from a first pod
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: seed}
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  containers:
-    - name: seed
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, "dd if=/dev/urandom of=/data/payload bs=1M count=32 conv=fsync status=none && cd /data && sha256sum payload > payload.sha256 && sync && cat payload.sha256"]
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
-X
+  pod seed data-fs fs "dd if=/dev/urandom of=/data/payload bs=1M count=32 conv=fsync status=none && cd /data && sha256sum payload > payload.sha256 && sync && cat payload.sha256" \
+    "restartPolicy: Never"
   K wait pod/seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
   log "pod seed wrote 32 MiB (fsynced) and its checksum: $(K logs seed)"
   K delete pod seed --wait=true >/dev/null
@@ -619,14 +641,7 @@ X
   log "SIGKILL the node plugin: pod $np, container ${cid:0:12}, pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60)...)"
   t=$(date +%s.%N)
   kill -9 "$pid"
-  for i in $(seq 1 240); do
-    if [ "$(restarts_of "$NS" "$np" csi-rbdj)" -gt "$plugin_restarts" ] && [ "$(ready_of "$NS" "$np" csi-rbdj)" = true ]; then
-      back=$(elapsed "$t")
-      break
-    fi
-    sleep 0.25
-  done
-  [ -n "$back" ] || { log "node plugin not back after 60 s"; return 1; }
+  back=$(plugin_restarted "$np" "$plugin_restarts" "$t") || return 1
   log "node plugin restarted by the kubelet and ready ${back}s after the kill"
   # diagnostics only: the lines may not be logged yet
   { "$KUBECTL" -n "$NS" logs "$np" -c csi-rbdj | grep -E 'Journal replayed|Volume re-served|Registered with the kubelet' | sed 's/^/    node plugin: /' >&2; } || true
@@ -657,21 +672,7 @@ X
   fi
   # a new pod sees everything written before the crash and after the restart
   K delete pod watcher --wait=true >/dev/null
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: verify}
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  containers:
-    - name: verify
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, "cd /data && sha256sum -c payload.sha256 after-restart.sha256"]
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-fs}}]
-X
+  pod verify data-fs fs "cd /data && sha256sum -c payload.sha256 after-restart.sha256" "restartPolicy: Never"
   K wait pod/verify --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null ||
     { K logs verify >&2; return 1; }
   K logs verify | sed 's/^/    new pod: /' >&2
@@ -755,21 +756,7 @@ X
 
 # ---- check 5 ------------------------------------------------------------------
 block_pod() { # name script
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  containers:
-    - name: raw
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, '$2']
-      volumeDevices: [{name: data, devicePath: /dev/xvda}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-block}}]
-X
+  pod "$1" data-block block "$2" "restartPolicy: Never"
   K wait "pod/$1" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null || { K logs "$1" >&2; return 1; }
   K logs "$1"
   K delete pod "$1" --wait=true >/dev/null
@@ -811,52 +798,12 @@ allowVolumeExpansion: true
 parameters:
 $params
 X
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data-grow}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC-xfs
-  resources: {requests: {storage: 512Mi}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data-grow-block}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  volumeMode: Block
-  resources: {requests: {storage: 256Mi}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: grower}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
-    - name: app
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, 'i=0; while true; do f=/data/f\$i; head -c 65536 /dev/urandom > \$f.tmp && dd if=\$f.tmp of=\$f bs=64k conv=fsync status=none && (cd /data && sha256sum f\$i >> sums) && rm \$f.tmp && sync /data/sums; i=\$((i+1)); sleep 0.2; done']
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-grow}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: grower-block}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
-    - name: raw
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, 'i=0; while [ ! -e /tmp/stop ]; do head -c 65536 /dev/urandom > /tmp/b && dd if=/tmp/b of=/dev/xvda bs=64k seek=\$((i % 2048)) oflag=direct conv=fsync status=none && echo "\$((i % 2048)) \$(sha256sum < /tmp/b | cut -c1-64)" >> /tmp/sums; i=\$((i+1)); sleep 0.2; done; touch /tmp/stopped; exec sleep infinity']
-      volumeDevices: [{name: data, devicePath: /dev/xvda}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-grow-block}}]
-X
+  pvc data-grow 512Mi Filesystem "$SC-xfs"
+  pvc data-grow-block 256Mi Block
+  pod grower data-grow fs 'i=0; while true; do f=/data/f$i; head -c 65536 /dev/urandom > $f.tmp && dd if=$f.tmp of=$f bs=64k conv=fsync status=none && (cd /data && sha256sum f$i >> sums) && rm $f.tmp && sync /data/sums; i=$((i+1)); sleep 0.2; done' \
+    "terminationGracePeriodSeconds: 2"
+  pod grower-block data-grow-block block 'i=0; while [ ! -e /tmp/stop ]; do head -c 65536 /dev/urandom > /tmp/b && dd if=/tmp/b of=/dev/xvda bs=64k seek=$((i % 2048)) oflag=direct conv=fsync status=none && echo "$((i % 2048)) $(sha256sum < /tmp/b | cut -c1-64)" >> /tmp/sums; i=$((i+1)); sleep 0.2; done; touch /tmp/stopped; exec sleep infinity' \
+    "terminationGracePeriodSeconds: 2"
   K wait pod/grower pod/grower-block --for=condition=Ready --timeout=120s >/dev/null
   sleep 2
   local before after bbefore bafter t cap bcap i pv bpv
@@ -886,7 +833,7 @@ X
   log "in the running pods after the expansion: df $after bytes (was $before), device $bafter bytes (was $bbefore)"
   [ "$after" -gt $((before + 400 * 1024 * 1024)) ] || { log "the filesystem pod does not see the new size"; return 1; }
   [ "$bafter" = 1073741824 ] || { log "the block pod does not see the new size"; return 1; }
-  [ "$(restarts_of e2e grower app)" = 0 ] && [ "$(restarts_of e2e grower-block raw)" = 0 ] || { log "a writer's container was restarted"; return 1; }
+  [ "$(restarts_of e2e grower app)" = 0 ] && [ "$(restarts_of e2e grower-block app)" = 0 ] || { log "a writer's container was restarted"; return 1; }
   # The new space is usable, and everything the pods wrote is intact.
   K exec grower -- bash -c 'dd if=/dev/zero of=/data/big bs=1M count=544 conv=fsync status=none && echo "wrote a 544 MiB file (more than the 512Mi volume held)"; cd /data && n=$(wc -l < sums) && sha256sum -c --quiet sums && echo "$n files written during the expansion verified"' 2>&1 | sed 's/^/    grower: /' >&2
   K exec grower -- bash -c 'cd /data && sha256sum -c --quiet sums && [ "$(stat -c %s big)" = 570425344 ]' >/dev/null 2>&1 || { log "filesystem data check failed"; return 1; }
@@ -913,21 +860,8 @@ metric() {
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$1/metrics"; }
 check7() {
   pvc data-metrics 256Mi
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: metered}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
-    - name: app
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, 'i=0; while [ ! -e /data/stop ]; do head -c 65536 /dev/urandom > /data/f\$((i % 50)) && sync /data/f\$((i % 50)); i=\$((i+1)); sleep 0.05; done; sync; touch /tmp/stopped; exec sleep infinity']
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: data-metrics}}]
-X
+  pod metered data-metrics fs 'i=0; while [ ! -e /data/stop ]; do head -c 65536 /dev/urandom > /data/f$((i % 50)) && sync /data/f$((i % 50)); i=$((i+1)); sleep 0.05; done; sync; touch /tmp/stopped; exec sleep infinity' \
+    "terminationGracePeriodSeconds: 2"
   K wait pod/metered --for=condition=Ready --timeout=120s >/dev/null
   local h s1 s2 w1 w2 b2 acks appends state lag i
   h=$(handle_of "$(pv_of data-metrics)")
@@ -1002,22 +936,7 @@ check4() {
 # fs_pod NAME CLAIM SCRIPT: a pod that runs SCRIPT with CLAIM at /data; its log is
 # printed once SCRIPT has printed "done" (the pod keeps running: delete it).
 fs_pod() {
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: app
-      image: $POD_IMAGE
-      imagePullPolicy: Never
-      command: [bash, -c, '$3; echo done; sleep 3600']
-      volumeMounts: [{name: data, mountPath: /data}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: $2}}]
-X
+  pod "$1" "$2" fs "$3; echo done; sleep 3600" "restartPolicy: Never" "terminationGracePeriodSeconds: 1"
   local i
   for i in $(seq 1 120); do
     if K logs "$1" 2>/dev/null | grep -q '^done$'; then K logs "$1"; return 0; fi
@@ -1059,25 +978,8 @@ X
   K wait volumesnapshot/snap-1 --for=jsonpath='{.status.readyToUse}'=true --timeout=120s >/dev/null ||
     { K describe volumesnapshot snap-1 >&2; return 1; }
   log "VolumeSnapshot snap-1 ready: $(K get volumesnapshot snap-1 -o jsonpath='{.status.boundVolumeSnapshotContentName} {.status.restoreSize}')"
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: snap-restore}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  resources: {requests: {storage: 256Mi}}
-  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-1}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: snap-clone}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $SC
-  resources: {requests: {storage: 256Mi}}
-  dataSource: {kind: PersistentVolumeClaim, name: snap-src}
-X
+  pvc snap-restore 256Mi Filesystem "$SC" "{apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-1}"
+  pvc snap-clone 256Mi Filesystem "$SC" "{kind: PersistentVolumeClaim, name: snap-src}"
   local c r
   for c in snap-restore snap-clone; do
     K wait "pvc/$c" --for=jsonpath='{.status.phase}'=Bound --timeout=120s >/dev/null || { K describe pvc "$c" >&2; return 1; }

@@ -26,20 +26,8 @@ func TestServeCSIAddons(t *testing.T) {
 		"--endpoint", "unix://" + filepath.Join(dir, "csi.sock"), "--csi-addons-endpoint", "unix://" + filepath.Join(dir, "csi-addons.sock")}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, c) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop in 30s")
-		}
-	}()
+	defer serveInProcess(t, c, 30*time.Second)()
+	ctx := context.Background()
 
 	conn, err := dial(filepath.Join(dir, "csi-addons.sock"))
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -22,6 +21,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -503,28 +503,48 @@ func (d *demo) startNode(ctx context.Context) (string, error) {
 			return "", err
 		}
 	}
-	id := csi.NewIdentityClient(d.nodeConn)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		r, err := id.Probe(pctx, &csi.ProbeRequest{})
-		cancel()
-		if err == nil && r.GetReady().GetValue() {
-			break
-		}
-		select {
-		case werr := <-d.nodeWait:
-			d.node = nil
-			return "", fmt.Errorf("node plugin exited: %v (see %s)", werr, d.path("node.log"))
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("node plugin not ready after 2m (see %s)", d.path("node.log"))
-		}
+	err = probeUntilReady(ctx, csi.NewIdentityClient(d.nodeConn), d.nodeWait, 2*time.Minute)
+	switch {
+	case errors.Is(err, errPluginExited):
+		d.node = nil
+		return "", fmt.Errorf("node plugin %w (see %s)", err, d.path("node.log"))
+	case errors.Is(err, errNotReady):
+		return "", fmt.Errorf("node plugin %w (see %s)", err, d.path("node.log"))
+	case err != nil:
+		return "", err
 	}
 	return fmt.Sprintf("pid %d, ready", cmd.Process.Pid), nil
+}
+
+var (
+	errPluginExited = errors.New("exited")
+	errNotReady     = errors.New("not ready")
+)
+
+// probeUntilReady calls Probe through ident until the plugin says it is
+// ready, for at most timeout: errNotReady then. If exited delivers first
+// (the plugin's process ended), the error is errPluginExited with the
+// process's.
+func probeUntilReady(ctx context.Context, ident csi.IdentityClient, exited <-chan error, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := ident.Probe(pctx, &csi.ProbeRequest{})
+		cancel()
+		if err == nil && r.GetReady().GetValue() {
+			return nil
+		}
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("%w: %v", errPluginExited, werr)
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w after %v (last probe: %v)", errNotReady, timeout, err)
+		}
+	}
 }
 
 func dial(sock string) (*grpc.ClientConn, error) {
@@ -638,18 +658,13 @@ func (d *demo) cleanup() error {
 
 // mountsUnder lists the mount points under dir, in mount order.
 func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Mountpoint)
 	}
 	return out
 }
@@ -670,27 +685,23 @@ func loopsUnder(dir string) []string {
 	return out
 }
 
-// mountSource returns the device mounted at path.
-func mountSource(path string) string {
-	f, err := os.Open("/proc/self/mountinfo")
+// mountsAt returns the mounts stacked at path, the lowest first (nil if
+// mountinfo cannot be read).
+func mountsAt(path string) []*mountinfo.Info {
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
 	if err != nil {
+		return nil
+	}
+	return ms
+}
+
+// mountSource returns the device mounted at path (the top of the stack).
+func mountSource(path string) string {
+	ms := mountsAt(path)
+	if len(ms) == 0 {
 		return "?"
 	}
-	defer f.Close()
-	src := "?"
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) > 4 && fields[4] == path {
-			if i := strings.Index(line, " - "); i >= 0 {
-				if rest := strings.Fields(line[i+3:]); len(rest) > 1 {
-					src = rest[1]
-				}
-			}
-		}
-	}
-	return src
+	return ms[len(ms)-1].Source
 }
 
 func writeSync(path string, b []byte) error {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -67,18 +66,10 @@ type holderProc struct {
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
 func mountIDs(path string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var ids []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && fields[4] == path {
-			ids = append(ids, fields[0]+"("+fields[2]+")")
-		}
+	ms := mountsAt(path)
+	ids := make([]string, 0, len(ms))
+	for _, m := range ms {
+		ids = append(ids, fmt.Sprintf("%d(%d:%d)", m.ID, m.Major, m.Minor))
 	}
 	return ids
 }
@@ -470,9 +461,7 @@ func checkSameTarget(t *testing.T, target string, st0 syscall.Stat_t, ids []stri
 // file it made durable is on the volume afterwards, the host directory is
 // empty, and unpublish and unstage succeed.
 func TestFallbackNeverBareTarget(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testFallbackNeverBareTarget(t, fs) })
-	}
+	forEachFS(t, testFallbackNeverBareTarget)
 }
 
 func testFallbackNeverBareTarget(t *testing.T, fs string) {

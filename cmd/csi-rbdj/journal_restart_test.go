@@ -27,9 +27,7 @@ func TestRestartMetadataMode(t *testing.T) {
 	if v := os.Getenv("CSI_RBDJ_KILLS"); v != "" {
 		fmt.Sscan(v, &kills)
 	}
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testRestartMetadataMode(t, fs, kills) })
-	}
+	forEachFS(t, func(t *testing.T, fs string) { testRestartMetadataMode(t, fs, kills) })
 }
 
 func metaFile(seq int) []byte {

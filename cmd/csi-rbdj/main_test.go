@@ -35,6 +35,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// forEachFS runs f as a subtest for each filesystem the node plugin
+// formats a volume with.
+func forEachFS(t *testing.T, f func(t *testing.T, fs string)) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { f(t, fs) })
+	}
+}
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -165,22 +173,13 @@ func startChild(t *testing.T, out *os.File, args ...string) *child {
 // end of the child's log for the failure.
 func (c *child) waitReady(t *testing.T, ident csi.IdentityClient, logTail func() string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
-		cancel()
-		if err == nil && r.GetReady().GetValue() {
-			return
-		}
-		select {
-		case err := <-c.exited:
-			c.done = true
-			t.Fatalf("node plugin exited: %v\n%s", err, logTail())
-		case <-time.After(20 * time.Millisecond):
-		}
+	err := probeUntilReady(context.Background(), ident, c.exited, time.Minute)
+	if errors.Is(err, errPluginExited) {
+		c.done = true
 	}
-	t.Fatalf("node plugin not ready after 1m\n%s", logTail())
+	if err != nil {
+		t.Fatalf("node plugin %v\n%s", err, logTail())
+	}
 }
 
 // kill SIGKILLs the child and waits for it; nothing once it ended.
@@ -330,9 +329,7 @@ func (e *env) teardown(ctx context.Context, v *testVolume) {
 // publish paths, what a file descriptor opened before the kill sees, and
 // that the volume unstages and deletes cleanly.
 func TestRestartFilesystem(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
-		t.Run(fs, func(t *testing.T) { testRestartFilesystem(t, fs) })
-	}
+	forEachFS(t, testRestartFilesystem)
 }
 
 func testRestartFilesystem(t *testing.T, fs string) {

@@ -99,6 +99,26 @@ next:
 	return -1
 }
 
+// serveInProcess runs serve with c in a goroutine. The returned stop
+// cancels it and waits (at most timeout) for it to return, without error.
+func serveInProcess(t *testing.T, c serveConfig, timeout time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, c) }()
+	return func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(timeout):
+			t.Errorf("serve did not stop in %v", timeout)
+		}
+	}
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -122,19 +142,9 @@ func TestServeMetrics(t *testing.T) {
 	c := serveConfig{mode: "all", backend: "local", localDir: filepath.Join(dir, "cluster"), clusterID: "default", noSync: true,
 		stateDir: filepath.Join(dir, "state"), nodeID: "test-node", endpoint: "unix://" + filepath.Join(dir, "csi.sock"),
 		driverName: "rbdj.csi-rbdj.dev", requestTimeout: 20 * time.Second, metricsAddress: maddr}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, c) }()
+	stop := serveInProcess(t, c, 2*time.Minute)
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(2 * time.Minute):
-			t.Error("serve did not stop")
-		}
+		stop()
 		if l, err := net.Listen("tcp", maddr); err != nil {
 			t.Errorf("metrics address still bound after serve returned: %v", err)
 		} else {
@@ -142,24 +152,15 @@ func TestServeMetrics(t *testing.T) {
 		}
 		waitNoLoops(t, dir)
 	})
+	ctx := context.Background()
 	cc, err := dial(filepath.Join(dir, "csi.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
 	ctrl, node, ident := csi.NewControllerClient(cc), csi.NewNodeClient(cc), csi.NewIdentityClient(cc)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		pctx, pcancel := context.WithTimeout(ctx, time.Second)
-		r, err := ident.Probe(pctx, &csi.ProbeRequest{})
-		pcancel()
-		if err == nil && r.GetReady().GetValue() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plugin not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := probeUntilReady(ctx, ident, nil, time.Minute); err != nil {
+		t.Fatalf("plugin: %v", err)
 	}
 
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
@@ -231,7 +232,7 @@ func TestServeMetrics(t *testing.T) {
 		}
 	}
 	// Everything written gets applied and committed: our lag returns to 0.
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m := scrape(t, maddr)
 		e := sample(m, "csi_rbdj_volume_journal_lag_entries", "volume_id", id, "own", "true")

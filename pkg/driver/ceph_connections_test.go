@@ -18,7 +18,7 @@ import (
 func TestCephConnections(t *testing.T) {
 	f := newCephFixture(t)
 	conf := writeCephConfig(t, map[string][]string{cephTestCluster: {cephtest.MonHost(t)}, "unreachable": {"127.0.0.1:9"}})
-	b := f.backend(t, conf, "")
+	b := openCeph(t, conf, "")
 	defer b.Close()
 	r, ok := b.(storage.ConnectionReporter)
 	if !ok {

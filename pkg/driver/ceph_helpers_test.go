@@ -118,9 +118,9 @@ func credentialsDir(t *testing.T, c storage.Credentials) string {
 	return dir
 }
 
-// backend opens the ceph backend on configFile (closed by whoever serves
+// openCeph opens the ceph backend on configFile (closed by whoever serves
 // it) with default credentials from credsDir ("": none).
-func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) storage.Backend {
+func openCeph(t testing.TB, configFile, credsDir string) storage.Backend {
 	t.Helper()
 	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: configFile, CredentialsDir: credsDir,
 		ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
@@ -128,6 +128,26 @@ func (f *cephFixture) backend(t *testing.T, configFile, credsDir string) storage
 		t.Fatal(err)
 	}
 	return b
+}
+
+// mirrorer opens pool of the test cluster through b as the read-write
+// user, with the storage's Mirrorer.
+func (f *cephFixture) mirrorer(t *testing.T, b storage.Backend, pool string) (storage.Mirrorer, objstore.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := storage.MirrorerOf(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.Pool(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, p
 }
 
 // servedPool is the driver served on the test cluster (servePool).
@@ -144,7 +164,7 @@ type servedPool struct {
 // user would.
 func (f *cephFixture) servePool(t *testing.T, dir string) servedPool {
 	t.Helper()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.ro))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.ro))
 	ctrl, node, _ := serveDriver(t, dir, b)
 	sec := secrets(f.rw)
 	return servedPool{ctrl: ctrl, node: node, sec: sec, params: cephPoolParams(),

@@ -53,7 +53,7 @@ func TestCephSanityChild(t *testing.T) {
 	}
 	f := newCephFixture(t)
 	dir := t.TempDir()
-	cfg := sanityConfig(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)), at)
+	cfg := sanityConfig(t, dir, openCeph(t, f.configFile, credentialsDir(t, f.ro)), at)
 	cfg.TestVolumeParameters = map[string]string{
 		volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName,
 		volume.ParamJournalSplayWidth: "2", volume.ParamJournalOrder: "20",
@@ -172,8 +172,7 @@ func TestCephStageReplaysLibrbdCrash(t *testing.T) {
 		t.Fatalf("librbd left %d journal entries (%d errors), want at least %d:\n%s", entries, errs, len(librbdWrites()), inspect)
 	}
 
-	dir := t.TempDir()
-	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	_, node, dir := serveCeph(t, f.configFile, "")
 	id := staticVolumeID(name)
 	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
 	if err := os.Mkdir(staging, 0o755); err != nil {
@@ -259,11 +258,18 @@ func wantStatus(t *testing.T, what string, err error, code codes.Code, want ...s
 	return status.Convert(err).Message()
 }
 
-// serveCeph serves the driver on the test cluster with configFile and the
-// default credentials in credsDir ("": none).
-func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
+// serveCeph serves the driver on the Ceph backend with configFile and the
+// default credentials in credsDir ("": none), in a new directory it returns.
+func serveCeph(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
 	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, f.backend(t, configFile, credsDir))
+	ctrl, node, _ := serveDriver(t, dir, openCeph(t, configFile, credsDir))
+	return ctrl, node, dir
+}
+
+// serve serves the driver on the test cluster (serveCeph) and returns a
+// staging directory in its directory.
+func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
+	ctrl, node, dir := serveCeph(t, configFile, credsDir)
 	staging := filepath.Join(dir, "staging")
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)
@@ -408,8 +414,7 @@ func TestCephFencedConnectionReplaced(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	_, node, dir := serveCeph(t, f.configFile, "")
 	a, b := uniqueName("csirbdj-fenced-a"), uniqueName("csirbdj-fenced-b")
 	f.createImage(t, a, "layering,exclusive-lock,journaling", 16)
 	f.createImage(t, b, "layering,exclusive-lock,journaling", 16)

@@ -26,8 +26,7 @@ func TestCephServeLibrbdClone(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	_, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	_, node, dir := serveCeph(t, f.configFile, "")
 	parent, child := uniqueName("csirbdj-parent"), uniqueName("csirbdj-clone")
 	const size = 8 << 20
 	model := make([]byte, size)

@@ -25,7 +25,7 @@ import (
 
 func newCephCloneEnv(t *testing.T, f *cephFixture, params map[string]string) *cloneEnv {
 	t.Helper()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.rw))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.rw))
 	p := cephPoolParams()
 	for k, v := range params {
 		p[k] = v
@@ -194,17 +194,14 @@ func TestCephServeCSIClone(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	dir := t.TempDir()
-	b := f.backend(t, f.configFile, credentialsDir(t, f.rw))
+	b := openCeph(t, f.configFile, credentialsDir(t, f.rw))
 	ctrl, node, _ := serveDriver(t, dir, b)
 	ctx := context.Background()
 	prefix := uniqueName("srv") + "-"
 	params := map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamPool: cephtest.PoolName, volume.ParamObjectOrder: "20"}
 	const size = 8 << 20
-	src, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: prefix + "src", VolumeCapabilities: []*csi.VolumeCapability{blockCap},
+	src := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: prefix + "src", VolumeCapabilities: []*csi.VolumeCapability{blockCap},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params})
-	if err != nil {
-		t.Fatal(err)
-	}
 	st, _ := b.Storage(ctx, cephTestCluster, nil)
 	pool, err := st.Pool(ctx, cephtest.PoolName)
 	if err != nil {
@@ -219,11 +216,8 @@ func TestCephServeCSIClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.write(src.GetVolume(), bytes.Repeat([]byte{0xee}, size), 0) // after the snapshot: unseen
-	rs, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: prefix + "restore", VolumeCapabilities: []*csi.VolumeCapability{blockCap},
+	rs := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: prefix + "restore", VolumeCapabilities: []*csi.VolumeCapability{blockCap},
 		Parameters: params, VolumeContentSource: fromSnap(snap.GetSnapshot().GetSnapshotId())})
-	if err != nil {
-		t.Fatal(err)
-	}
 	restore := rs.GetVolume()
 	ids := e.familyIDs(map[string]*csi.Volume{"src": src.GetVolume(), "restore": restore})
 	names := []string{imageOf(src.GetVolume()), imageOf(restore)}

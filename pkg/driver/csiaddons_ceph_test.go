@@ -69,11 +69,8 @@ func TestCephCSIAddonsReplication(t *testing.T) {
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "replicated", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "replicated", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: map[string]string{volume.ParamPool: pool}, Secrets: sec})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	name := volume.ImageNameFor("replicated")
 	info := func() string { return f.rbd(t, "info", pool+"/"+name) }

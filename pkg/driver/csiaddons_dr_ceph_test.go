@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-addons/spec/lib/go/replication"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,8 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/csiaddons"
-	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
-	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 // TestDRCSIAddons drives a failover and failback through the csi-addons
@@ -49,41 +46,21 @@ func TestDRCSIAddons(t *testing.T) {
 	s := drSetup(t)
 	s.startMirror(t)
 	ctx := context.Background()
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
-	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, b)
-	repl := serveCSIAddons(t, dir, b)
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	csiName := uniqueName("dr-addons")
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, Secrets: sec,
-		Parameters: map[string]string{volume.ParamClusterID: "site-a"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := volume.ImageNameFor(csiName)
-	idA := vol.GetVolume().GetVolumeId()
-	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	sec := s.sec
+	d := s.serve(t)
+	repl := serveCSIAddons(t, d.dir, d.backend)
+	vol, name, idB := s.createVolume(t, d.ctrl, uniqueName("dr-addons"), 32<<20, rwo, nil)
+	idA := vol.GetVolumeId()
+	staging := d.staging
 	stage := func(id string) {
 		t.Helper()
-		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec}); err != nil {
+		if err := s.stage(d.node, id, staging, rwo, nil); err != nil {
 			t.Fatalf("stage %s: %v", id, err)
 		}
 	}
 	unstage := func(id string) {
 		t.Helper()
-		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Fatal(err)
-		}
+		s.unstage(t, d.node, id, staging)
 	}
 	write := func(from, to int) {
 		t.Helper()
@@ -159,7 +136,7 @@ func TestDRCSIAddons(t *testing.T) {
 	t.Logf("site-b caught up with the staged volume %v after EnableVolumeReplication", time.Since(enabled).Round(100*time.Millisecond))
 	unstage(idA)
 	s.waitEqual(t, name, 2*time.Minute)
-	_, err = repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: volSrc(idB), Secrets: sec})
+	_, err := repl.GetVolumeReplicationInfo(ctx, &replication.GetVolumeReplicationInfoRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "replication info of the replica", err, codes.FailedPrecondition, "non-primary")
 
 	// A backlog while rbd-mirror is away.
@@ -190,16 +167,10 @@ func TestDRCSIAddons(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	for {
+	retryFailedPrecondition(t, "promote of site-b after site-a's demotion", time.Minute, func() error {
 		_, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
-		if err == nil {
-			break
-		}
-		if status.Code(err) != codes.FailedPrecondition || time.Since(start) > time.Minute {
-			t.Fatalf("promote of site-b after site-a's demotion: %v", err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return err
+	})
 	t.Logf("site-b promoted %v after site-a's demotion", time.Since(start).Round(100*time.Millisecond))
 	_, err = repl.ResyncVolume(ctx, &replication.ResyncVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec})
 	wantStatus(t, "resync of the promoted site-b", err, codes.FailedPrecondition, "primary")

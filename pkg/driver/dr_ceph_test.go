@@ -4,6 +4,8 @@ package driver_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +37,8 @@ import (
 type drSites struct {
 	dir  string
 	mons map[string]string // site -> mon_host
+	cfg  string            // a config file with both sites as clusters "site-a" and "site-b"
+	sec  map[string]string // the CSI secret of every request (auth none: any key)
 }
 
 func drSetup(t *testing.T) *drSites {
@@ -56,7 +60,78 @@ func drSetup(t *testing.T) *drSites {
 		}
 		s.mons[site] = string(m[1])
 	}
+	s.cfg = writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
+	s.sec = map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)}
 	return s
+}
+
+// open opens a Ceph backend that reaches both sites.
+func (s *drSites) open(t *testing.T) storage.Backend {
+	t.Helper()
+	return openCeph(t, s.cfg, "")
+}
+
+// drDriver is the CSI driver (controller and node) of a DR test, served in
+// a directory of its own on a backend that reaches both sites.
+type drDriver struct {
+	ctrl    csi.ControllerClient
+	node    csi.NodeClient
+	backend storage.Backend // closed when the test ends
+	dir     string
+	staging string // dir/staging, created
+}
+
+// serve serves the driver on a new backend (s.open) in a new directory.
+func (s *drSites) serve(t *testing.T, opts ...func(*nodeserver.Options)) drDriver {
+	t.Helper()
+	d := drDriver{backend: s.open(t), dir: t.TempDir()}
+	d.ctrl, d.node, _ = serveDriver(t, d.dir, d.backend, opts...)
+	d.staging = filepath.Join(d.dir, "staging")
+	if err := os.Mkdir(d.staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// createVolume creates volume csiName of size bytes on site-a with
+// capability c and params (the cluster id site-a added). It returns the
+// volume, its image name and the id of its replica on site-b.
+func (s *drSites) createVolume(t *testing.T, ctrl csi.ControllerClient, csiName string, size int64, c *csi.VolumeCapability, params map[string]string) (vol *csi.Volume, name, idB string) {
+	t.Helper()
+	p := map[string]string{volume.ParamClusterID: "site-a"}
+	maps.Copy(p, params)
+	r := createVolume(context.Background(), t, ctrl, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{c},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Secrets: s.sec, Parameters: p})
+	return r.GetVolume(), volume.ImageNameFor(csiName), strings.Replace(r.GetVolume().GetVolumeId(), "/site-a/", "/site-b/", 1)
+}
+
+// stage stages volume id at staging on node with capability c and the
+// volume context volCtx (may be nil).
+func (s *drSites) stage(node csi.NodeClient, id, staging string, c *csi.VolumeCapability, volCtx map[string]string) error {
+	_, err := node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c,
+		VolumeContext: volCtx, Secrets: s.sec})
+	return err
+}
+
+// unstage unstages volume id from staging on node; failing fails the test.
+func (s *drSites) unstage(t *testing.T, node csi.NodeClient, id, staging string) {
+	t.Helper()
+	if _, err := node.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatalf("unstage %s: %v", id, err)
+	}
+}
+
+// waitReplica waits (2 min) until rbd-mirror has created site-b's
+// non-primary replica of image name.
+func (s *drSites) waitReplica(t *testing.T, name string) {
+	t.Helper()
+	retry(t, "replica on site-b", 2*time.Minute, func() error {
+		out, err := s.rbd(context.Background(), "site-b", "info", "rbd/"+name)
+		if err != nil || !strings.Contains(out, "mirroring primary: false") {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 }
 
 // rbd runs the rbd CLI on a site.
@@ -136,75 +211,35 @@ func (s *drSites) exportSum(ctx context.Context, site, name string) (string, err
 func TestDRFailoverSynced(t *testing.T) {
 	s := drSetup(t)
 	s.startMirror(t)
-	ctx := context.Background()
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
-	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, b)
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	csiName := uniqueName("dr-sync")
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, Secrets: sec,
-		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := volume.ImageNameFor(csiName)
-	idA := vol.GetVolume().GetVolumeId()
-	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	d := s.serve(t)
+	vol, name, idB := s.createVolume(t, d.ctrl, uniqueName("dr-sync"), 32<<20, rwo, map[string]string{volume.ParamMirroring: "journal"})
+	idA := vol.GetVolumeId()
 	stage := func(id string) {
 		t.Helper()
-		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec}); err != nil {
+		if err := s.stage(d.node, id, d.staging, rwo, nil); err != nil {
 			t.Fatalf("stage %s: %v", id, err)
-		}
-	}
-	unstage := func(id string) {
-		t.Helper()
-		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Fatal(err)
 		}
 	}
 	stage(idA)
 	for i := range 50 {
-		if err := os.WriteFile(filepath.Join(staging, "f"+strconv.Itoa(i)), []byte("file "+strconv.Itoa(i)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(d.staging, "f"+strconv.Itoa(i)), []byte("file "+strconv.Itoa(i)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	unstage(idA)
+	s.unstage(t, d.node, idA, d.staging)
 
-	start := time.Now()
-	sumA, err := s.exportSum(ctx, "site-a", name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		sumB, err := s.exportSum(ctx, "site-b", name)
-		if err == nil && sumB == sumA {
-			break
-		}
-		if time.Since(start) > 2*time.Minute {
-			t.Fatalf("site-b did not catch up in 2 min (%s vs %s, %v)", sumB, sumA, err)
-		}
-		time.Sleep(time.Second)
-	}
-	t.Logf("site-b equals site-a %v after the unstage", time.Since(start).Round(100*time.Millisecond))
+	took := s.waitEqual(t, name, 2*time.Minute)
+	t.Logf("site-b equals site-a %v after the unstage", took.Round(100*time.Millisecond))
 
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
 	stage(idB)
 	for i := range 50 {
-		b, err := os.ReadFile(filepath.Join(staging, "f"+strconv.Itoa(i)))
+		b, err := os.ReadFile(filepath.Join(d.staging, "f"+strconv.Itoa(i)))
 		if err != nil || string(b) != "file "+strconv.Itoa(i) {
 			t.Fatalf("file %d on the promoted replica: %q, %v", i, b, err)
 		}
 	}
-	unstage(idB)
+	s.unstage(t, d.node, idB, d.staging)
 }
 
 // startMirror (re)starts the setup's rbd-mirror daemon with its own script.
@@ -252,46 +287,19 @@ func (s *drSites) waitEqual(t *testing.T, name string, timeout time.Duration) ti
 func TestDRLaggyReplicator(t *testing.T) {
 	s := drSetup(t)
 	ctx := context.Background()
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
-	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
 	events := &drEvents{}
-	ctrl, node, _ := serveDriver(t, dir, b, func(o *nodeserver.Options) { o.Events = events })
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	d := s.serve(t, func(o *nodeserver.Options) { o.Events = events })
 	s.startMirror(t)
 	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: rwo.AccessMode}
 	csiName := uniqueName("dr-laggy")
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{block},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec,
-		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal",
-			volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2",
-			volume.CtxPVName: "pv-" + csiName}}) // as the external-provisioner with --extra-create-metadata
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pv := vol.GetVolume().GetVolumeContext()[volume.CtxPVName]; pv != "pv-"+csiName {
+	vol, name, _ := s.createVolume(t, d.ctrl, csiName, 16<<20, block, map[string]string{volume.ParamMirroring: "journal",
+		volume.ParamJournalOrder: "16", volume.ParamJournalMaxConcurrentObjectSets: "2",
+		volume.CtxPVName: "pv-" + csiName}) // as the external-provisioner with --extra-create-metadata
+	if pv := vol.GetVolumeContext()[volume.CtxPVName]; pv != "pv-"+csiName {
 		t.Fatalf("volume context names PV %q, want pv-%s (CreateVolume echoes the provisioner's parameter)", pv, csiName)
 	}
-	name := volume.ImageNameFor(csiName)
-	id := vol.GetVolume().GetVolumeId()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
-		if err == nil && strings.Contains(out, "mirroring primary: false") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	id := vol.GetVolumeId()
+	s.waitReplica(t, name)
 	s.waitEqual(t, name, 2*time.Minute) // bootstrapped and replaying
 	status := func() string { return s.mustRBD(t, "site-a", "journal", "status", "--pool", "rbd", "--image", name) }
 	if st := status(); strings.Count(st, "state=connected") != 2 {
@@ -299,12 +307,11 @@ func TestDRLaggyReplicator(t *testing.T) {
 	}
 
 	s.stopMirror(t)
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: block,
-		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: sec}); err != nil {
+	if err := s.stage(d.node, id, d.staging, block, vol.GetVolumeContext()); err != nil {
 		t.Fatal(err)
 	}
 	dev := ""
-	for _, l := range loopsUnder(dir) {
+	for _, l := range loopsUnder(d.dir) {
 		dev = "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(l)))
 	}
 	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
@@ -324,9 +331,7 @@ func TestDRLaggyReplicator(t *testing.T) {
 		}
 	}
 	f.Close()
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
+	s.unstage(t, d.node, id, d.staging)
 	st := status()
 	t.Logf("site-a journal after the writes:\n%s", st)
 	if !strings.Contains(st, "state=disconnected") {
@@ -367,47 +372,13 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	s := drSetup(t)
 	s.startMirror(t)
 	ctx := context.Background()
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
-	open := func(site string) (csi.ControllerClient, csi.NodeClient, string) {
-		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := t.TempDir()
-		ctrl, node, _ := serveDriver(t, dir, b)
-		staging := filepath.Join(dir, "staging")
-		if err := os.Mkdir(staging, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		return ctrl, node, staging
-	}
-	ctrlA, nodeA, stagingA := open("site-a")
-	ctrlB, nodeB, stagingB := open("site-b")
+	a, b := s.serve(t), s.serve(t)
 
-	csiName := uniqueName("dr")
-	vol, err := ctrlA.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: sec,
-		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := volume.ImageNameFor(csiName)
-	idA := vol.GetVolume().GetVolumeId()
-	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	vol, name, idB := s.createVolume(t, a.ctrl, uniqueName("dr"), 64<<20, rwo, map[string]string{volume.ParamMirroring: "journal"})
+	idA := vol.GetVolumeId()
 
 	// rbd-mirror bootstraps the replica on site-b (non-primary).
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
-		if err == nil && strings.Contains(out, "mirroring primary: false") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no replica on site-b after 2 min: %v\n%s", err, out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	s.waitReplica(t, name)
 	// rbd-mirror copied the format marker (the primary's image id): the
 	// reason it holds an image id, not "true".
 	// rbd-mirror creates the replica first and copies the metadata in a
@@ -425,30 +396,24 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	}
 
 	// Non-primary: not staged.
-	stage := func(node csi.NodeClient, id, staging string) error {
-		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: sec})
-		return err
-	}
-	_, err = nodeB.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: idB, StagingTargetPath: stagingB, VolumeCapability: rwo, Secrets: sec})
+	err := s.stage(b.node, idB, b.staging, rwo, nil)
 	wantStatus(t, "NodeStage of the non-primary replica", err, codes.FailedPrecondition, "non-primary", "rbd mirror image promote rbd/"+name)
 
 	// The replica never syncs what follows.
 	s.stopMirror(t)
-	if err := stage(nodeA, idA, stagingA); err != nil {
+	if err := s.stage(a.node, idA, a.staging, rwo, nil); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 20 {
-		if err := os.WriteFile(filepath.Join(stagingA, "f"+strconv.Itoa(i)), []byte("acknowledged"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(a.staging, "f"+strconv.Itoa(i)), []byte("acknowledged"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := nodeA.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: idA, StagingTargetPath: stagingA}); err != nil {
-		t.Fatal(err)
-	}
+	s.unstage(t, a.node, idA, a.staging)
 
 	// Site-a lost: force-promote the replica and stage it on site-b.
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	err = stage(nodeB, idB, stagingB)
+	err = s.stage(b.node, idB, b.staging, rwo, nil)
 	wantStatus(t, "NodeStage of the promoted, never-synced replica", err, codes.FailedPrecondition, "reads as blank",
 		"rbd image-meta set rbd/"+name+" csi-rbdj.format-blank true")
 	if du := s.mustRBD(t, "site-b", "du", "rbd/"+name); !strings.Contains(du, " 0 B") {
@@ -456,17 +421,15 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 	}
 
 	// A brand-new volume on site-b still gets its filesystem.
-	newVol, err := ctrlB.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("dr-new"), VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: sec, Parameters: map[string]string{volume.ParamClusterID: "site-b"}})
+	newVol, err := b.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("dr-new"), VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: s.sec, Parameters: map[string]string{volume.ParamClusterID: "site-b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stage(nodeB, newVol.GetVolume().GetVolumeId(), stagingB); err != nil {
+	if err := s.stage(b.node, newVol.GetVolume().GetVolumeId(), b.staging, rwo, nil); err != nil {
 		t.Fatalf("stage a brand-new volume on site-b: %v", err)
 	}
-	if _, err := nodeB.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: newVol.GetVolume().GetVolumeId(), StagingTargetPath: stagingB}); err != nil {
-		t.Fatal(err)
-	}
+	s.unstage(t, b.node, newVol.GetVolume().GetVolumeId(), b.staging)
 }
 
 // drEvents records the node plugin's Kubernetes events (the recorder the

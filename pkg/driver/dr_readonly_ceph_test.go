@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,7 +18,6 @@ import (
 	"github.com/csi-addons/spec/lib/go/replication"
 	"google.golang.org/grpc/codes"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
@@ -47,61 +45,37 @@ func TestDRReadOnlyReplica(t *testing.T) {
 	s := drSetup(t)
 	requireRoot(t)
 	s.startMirror(t)
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
 	for _, fsType := range []string{"ext4", "xfs"} {
-		t.Run(fsType, func(t *testing.T) { drReadOnlyReplica(t, s, cfg, sec, fsType) })
+		t.Run(fsType, func(t *testing.T) { drReadOnlyReplica(t, s, fsType) })
 	}
 }
 
-func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]string, fsType string) {
+func drReadOnlyReplica(t *testing.T, s *drSites, fsType string) {
 	ctx := context.Background()
-	b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, b)
-	addons, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sec := s.sec
+	d := s.serve(t)
+	addons := s.open(t)
 	t.Cleanup(func() { _ = addons.Close() })
-	repl := serveCSIAddons(t, dir, addons)
-	stagingA, stagingB, stagingRW := filepath.Join(dir, "site-a"), filepath.Join(dir, "site-b"), filepath.Join(dir, "site-b-rw")
-	for _, d := range []string{stagingA, stagingB, stagingRW} {
-		if err := os.Mkdir(d, 0o755); err != nil {
+	repl := serveCSIAddons(t, d.dir, addons)
+	stagingA, stagingB, stagingRW := filepath.Join(d.dir, "site-a"), filepath.Join(d.dir, "site-b"), filepath.Join(d.dir, "site-b-rw")
+	for _, dir := range []string{stagingA, stagingB, stagingRW} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	rw := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, fsType)
 	ro := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, fsType)
 
-	csiName := uniqueName("dr-ro-" + fsType)
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rw},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}, Secrets: sec, // xfs wants 300 MiB
-		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := volume.ImageNameFor(csiName)
-	idA := vol.GetVolume().GetVolumeId()
-	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
+	vol, name, idB := s.createVolume(t, d.ctrl, uniqueName("dr-ro-"+fsType), 320<<20, rw, // xfs wants 300 MiB
+		map[string]string{volume.ParamMirroring: "journal"})
+	idA := vol.GetVolumeId()
 	defer func() {
-		if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: idA, Secrets: sec}); err != nil {
+		if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: idA, Secrets: sec}); err != nil {
 			t.Logf("delete the volume on site-a: %v", err)
 		}
 	}()
 	stage := func(id, staging string, c *csi.VolumeCapability) error {
-		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c,
-			VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: sec})
-		return err
-	}
-	unstage := func(id, staging string) {
-		t.Helper()
-		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Fatalf("unstage %s: %v", id, err)
-		}
+		return s.stage(d.node, id, staging, c, vol.GetVolumeContext())
 	}
 	if err := stage(idA, stagingA, rw); err != nil {
 		t.Fatalf("stage on site-a: %v", err)
@@ -109,63 +83,23 @@ func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]stri
 	stagedA := true
 	defer func() {
 		if stagedA {
-			unstage(idA, stagingA)
+			s.unstage(t, d.node, idA, stagingA)
 		}
 	}()
-	retry(t, "replica on site-b", 2*time.Minute, func() error {
-		out, err := s.rbd(ctx, "site-b", "info", "rbd/"+name)
-		if err != nil || !strings.Contains(out, "mirroring primary: false") {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	s.waitReplica(t, name)
 
 	// The writer on site-a.
-	var (
-		mu    sync.Mutex
-		acked []int
-		werr  error
-		stopW = make(chan struct{})
-		wdone = make(chan struct{})
-	)
-	go func() {
-		defer close(wdone)
-		for n := 0; ; n++ {
-			select {
-			case <-stopW:
-				return
-			default:
-			}
-			if err := writeSynced(stagingA, n); err != nil {
-				mu.Lock()
-				werr = err
-				mu.Unlock()
-				return
-			}
-			mu.Lock()
-			acked = append(acked, n)
-			mu.Unlock()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	w := startSyncedWriter(stagingA)
 	stopWriter := func() {
-		select {
-		case <-stopW:
-		default:
-			close(stopW)
-		}
-		<-wdone
-		mu.Lock()
-		defer mu.Unlock()
-		if werr != nil {
-			t.Fatalf("writer on site-a: %v", werr)
+		if err := w.stop(t); err != nil {
+			t.Fatalf("writer on site-a: %v", err)
 		}
 	}
 	defer stopWriter()
 	time.Sleep(3 * time.Second)
 
 	// Read-write on site-b: refused.
-	err = stage(idB, stagingRW, rw)
+	err := stage(idB, stagingRW, rw)
 	wantStatus(t, "read-write NodeStage of the non-primary replica", err, codes.FailedPrecondition,
 		"non-primary", `primary site "site-a"`, "rbd mirror image promote rbd/"+name, "read-only staging")
 
@@ -187,9 +121,7 @@ func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]stri
 	// A consistent point on site-a: fsfreeze checkpoints the filesystem's
 	// journal, so what was fsynced before it is in place, readable without
 	// journal recovery.
-	mu.Lock()
-	frozen := append([]int(nil), acked...)
-	mu.Unlock()
+	frozen := w.files(0)
 	if out, err := exec.Command("fsfreeze", "-f", stagingA).CombinedOutput(); err != nil {
 		t.Fatalf("fsfreeze -f: %v %s", err, out)
 	}
@@ -219,14 +151,12 @@ func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]stri
 	if lost := verifyFiles(t, stagingB, frozen); len(lost) > 0 {
 		t.Fatalf("%d of the %d files fsynced before the freeze are missing or wrong on the read-only replica: %v", len(lost), len(frozen), lost)
 	}
-	mu.Lock()
-	later := slicesFrom(acked, len(frozen))
-	mu.Unlock()
+	later := w.files(len(frozen))
 	seenLater := len(later) - len(verifyFilesQuiet(stagingB, later))
 	if err := os.WriteFile(filepath.Join(stagingB, "site-b-write"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write to the read-only replica: %v, want EROFS", err)
 	}
-	mnt := mountOptionsAt(t, stagingB)
+	mnt := findmnt(t, "OPTIONS", stagingB)
 	// ext4 shows its noload as norecovery.
 	if !strings.Contains(","+mnt+",", ",ro,") || !strings.Contains(","+mnt+",", ",norecovery,") {
 		t.Errorf("mount options of the read-only replica: %s, want ro and norecovery (ext4: noload)", mnt)
@@ -236,36 +166,18 @@ func drReadOnlyReplica(t *testing.T, s *drSites, cfg string, sec map[string]stri
 	}
 	t.Logf("%s: site-b replicated past site-a's freeze %v after it; staged read-only in %v while site-a writes: all %d files fsynced before the freeze intact (plus %d of the %d written since); write: EROFS; mount: %s; site-b's lock untouched (%s)",
 		fsType, replicatedAfter.Round(100*time.Millisecond), stagedIn.Round(time.Millisecond), len(frozen), seenLater, len(later), mnt, strings.Join(strings.Fields(lockB), " "))
-	unstage(idB, stagingB)
+	s.unstage(t, d.node, idB, stagingB)
 	if left := mountsUnder(stagingB); len(left) > 0 {
 		t.Fatalf("the read-only unstage left mounts: %v", left)
 	}
 
 	// rbd-mirror was not disturbed: site-b equals site-a once it is unstaged.
 	stopWriter()
-	unstage(idA, stagingA)
+	s.unstage(t, d.node, idA, stagingA)
 	stagedA = false
 	took := s.waitEqual(t, name, 3*time.Minute)
 	if out := s.mustRBD(t, "site-b", "info", "rbd/"+name); !strings.Contains(out, "mirroring primary: false") {
 		t.Fatalf("site-b is not non-primary any more:\n%s", out)
 	}
 	t.Logf("%s: site-b equals site-a %v after site-a's unstage; still non-primary", fsType, took.Round(100*time.Millisecond))
-}
-
-// slicesFrom is s[i:], or nil past its end.
-func slicesFrom(s []int, i int) []int {
-	if i >= len(s) {
-		return nil
-	}
-	return append([]int(nil), s[i:]...)
-}
-
-// mountOptionsAt is the VFS and superblock options of the mount at mnt.
-func mountOptionsAt(t *testing.T, mnt string) string {
-	t.Helper()
-	out, err := exec.Command("findmnt", "-n", "-o", "OPTIONS", "--mountpoint", mnt).CombinedOutput()
-	if err != nil {
-		t.Fatalf("findmnt %s: %v %s", mnt, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }

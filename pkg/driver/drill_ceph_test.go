@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
-	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
@@ -64,29 +63,21 @@ func TestDRDrill(t *testing.T) {
 	s := drSetup(t)
 	requireRoot(t)
 	ctx := context.Background()
-	cfg := writeCephConfig(t, map[string][]string{"site-a": {s.mons["site-a"]}, "site-b": {s.mons["site-b"]}})
-	sec := map[string]string{storage.SecretUserID: "admin", storage.SecretUserKey: wrongKey(t)} // auth none: any key
-	open := func() storage.Backend {
-		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: cfg, ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	sec := s.sec
 	dir := t.TempDir()
 	drillStart := time.Now()
 	phase := func(what string) { t.Logf("[drill +%v] %s", time.Since(drillStart).Round(100*time.Millisecond), what) }
 
 	// The controller, site-b's node plugin and the csi-addons server in
 	// this process; site-a's node plugin in a child (killed below).
-	sockB, stopB := serveNode(t, open(), dir, "site-b-node", driver.ModeAll)
+	sockB, stopB := serveNode(t, s.open(t), dir, "site-b-node", driver.ModeAll)
 	connB := dial(t, sockB)
 	ctrl, nodeB := csi.NewControllerClient(connB), csi.NewNodeClient(connB)
-	addons := open()
+	addons := s.open(t)
 	t.Cleanup(func() { _ = addons.Close() })
 	repl := serveCSIAddons(t, dir, addons)
 
-	cmd := testproc.Command("^TestTakeoverNodeChild$", "CSI_RBDJ_TAKEOVER_DIR="+dir, "CSI_RBDJ_TAKEOVER_BACKEND=ceph", "CSI_RBDJ_TAKEOVER_CEPH_CONFIG="+cfg)
+	cmd := testproc.Command("^TestTakeoverNodeChild$", "CSI_RBDJ_TAKEOVER_DIR="+dir, "CSI_RBDJ_TAKEOVER_BACKEND=ceph", "CSI_RBDJ_TAKEOVER_CEPH_CONFIG="+s.cfg)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -118,77 +109,21 @@ func TestDRDrill(t *testing.T) {
 		}
 	}
 	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}, AccessMode: rwo.AccessMode}
-	stage := func(n csi.NodeClient, id, staging string, c *csi.VolumeCapability) error {
-		_, err := n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c, Secrets: sec})
-		return err
-	}
-	unstage := func(n csi.NodeClient, id, staging string) {
-		t.Helper()
-		if _, err := n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Fatalf("unstage %s: %v", id, err)
-		}
-	}
 
 	// 1. Create on site-a (rbd-mirror for site-b stopped), stage, write.
 	s.startMirror(t) // site-a's daemon must run (a test before may have stopped site-b's)
 	s.stopMirror(t)
-	csiName := uniqueName("drill")
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: sec,
-		Parameters: map[string]string{volume.ParamClusterID: "site-a", volume.ParamMirroring: "journal"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := volume.ImageNameFor(csiName)
-	idA := vol.GetVolume().GetVolumeId()
-	idB := strings.Replace(idA, "/site-a/", "/site-b/", 1)
-	if err := stage(nodeA, idA, stagingA, rwo); err != nil {
+	vol, name, idB := s.createVolume(t, ctrl, uniqueName("drill"), 64<<20, rwo, map[string]string{volume.ParamMirroring: "journal"})
+	idA := vol.GetVolumeId()
+	if err := s.stage(nodeA, idA, stagingA, rwo, nil); err != nil {
 		t.Fatalf("stage on site-a: %v", err)
 	}
 	uuidA := fsUUID(t, stagingA)
 	phase(fmt.Sprintf("volume %s created with mirroring: journal and staged (ext4 %s) by site-a's node plugin (pid %d)", name, uuidA, cmd.Process.Pid))
 
-	var (
-		mu     sync.Mutex
-		acks   []drillAck
-		werr   error
-		stopW  = make(chan struct{})
-		wdone  = make(chan struct{})
-		wstart = time.Now()
-	)
-	go func() { // the writer: a file every ~20 ms, each fsynced with its directory
-		defer close(wdone)
-		for n := 0; ; n++ {
-			select {
-			case <-stopW:
-				return
-			default:
-			}
-			if err := writeSynced(stagingA, n); err != nil {
-				mu.Lock()
-				werr = err
-				mu.Unlock()
-				return
-			}
-			mu.Lock()
-			acks = append(acks, drillAck{n: n, at: time.Now()})
-			mu.Unlock()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	stopWriter := func() {
-		select {
-		case <-stopW:
-		default:
-			close(stopW)
-		}
-		select {
-		case <-wdone:
-		case <-time.After(time.Minute):
-			t.Errorf("the writer did not stop in a minute")
-		}
-	}
-	defer stopWriter()
+	wstart := time.Now()
+	w := startSyncedWriter(stagingA) // a file every ~20 ms, each fsynced with its directory
+	defer func() { _ = w.stop(t) }()
 	time.Sleep(3 * time.Second)
 	s.startMirror(t)
 	mirrorStart := time.Now()
@@ -220,21 +155,22 @@ func TestDRDrill(t *testing.T) {
 			pollLags = append(pollLags, now.Sub(point))
 		}
 		lastPoint = point
-		mu.Lock()
-		for i := range acks {
-			if acks[i].rep.IsZero() && acks[i].at.Before(point) {
-				acks[i].rep = now
-				lags = append(lags, now.Sub(acks[i].at))
-				if firstSynced == 0 {
-					firstSynced = now.Sub(mirrorStart)
-				} else if acks[i].at.After(mirrorStart.Add(firstSynced)) {
-					steadyLags = append(steadyLags, now.Sub(acks[i].at))
+		var n int
+		var e error
+		w.locked(func(acks []drillAck, err error) {
+			for i := range acks {
+				if acks[i].rep.IsZero() && acks[i].at.Before(point) {
+					acks[i].rep = now
+					lags = append(lags, now.Sub(acks[i].at))
+					if firstSynced == 0 {
+						firstSynced = now.Sub(mirrorStart)
+					} else if acks[i].at.After(mirrorStart.Add(firstSynced)) {
+						steadyLags = append(steadyLags, now.Sub(acks[i].at))
+					}
 				}
 			}
-		}
-		n := len(acks)
-		e := werr
-		mu.Unlock()
+			n, e = len(acks), err
+		})
 		if e != nil {
 			t.Fatalf("writer on site-a: %v", e)
 		}
@@ -259,18 +195,19 @@ func TestDRDrill(t *testing.T) {
 	child.Kill()
 	nodeAStopped = true
 	killed := time.Now()
-	stopWriter()
-	mu.Lock()
+	_ = w.stop(t) // its writes fail with the node gone
 	var must, after []int
-	for _, a := range acks {
-		if a.at.Before(lastPoint) {
-			must = append(must, a.n)
-		} else {
-			after = append(after, a.n)
+	var nAcked int
+	w.locked(func(acks []drillAck, _ error) {
+		for _, a := range acks {
+			if a.at.Before(lastPoint) {
+				must = append(must, a.n)
+			} else {
+				after = append(after, a.n)
+			}
 		}
-	}
-	nAcked := len(acks)
-	mu.Unlock()
+		nAcked = len(acks)
+	})
 	phase(fmt.Sprintf("site-a's node plugin killed (SIGKILL) with %d files fsynced in %v; %d of them before the last observed replicated point (%v before the kill), %d after",
 		nAcked, killed.Sub(wstart).Round(100*time.Millisecond), len(must), killed.Sub(lastPoint).Round(10*time.Millisecond), len(after)))
 	if len(must) == 0 {
@@ -286,7 +223,7 @@ func TestDRDrill(t *testing.T) {
 	if _, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idB), Force: true, Secrets: sec}); err != nil {
 		t.Fatalf("PromoteVolume(force) on site-b: %v", err)
 	}
-	if err := stage(nodeB, idB, stagingB, rwo); err != nil {
+	if err := s.stage(nodeB, idB, stagingB, rwo, nil); err != nil {
 		t.Fatalf("NodeStage of the promoted replica on site-b: %v", err)
 	}
 	phase(fmt.Sprintf("site-b promoted (force) and staged %v after the kill (%v for promote + stage)", time.Since(killed).Round(100*time.Millisecond), time.Since(failover).Round(100*time.Millisecond)))
@@ -299,13 +236,13 @@ func TestDRDrill(t *testing.T) {
 	}
 	extra := len(after) - len(verifyFilesQuiet(stagingB, after))
 	phase(fmt.Sprintf("site-b: all %d files fsynced before the last replicated point intact, plus %d of the %d fsynced after it; same filesystem (UUID %s)", len(must), extra, len(after), uuidA))
-	unstage(nodeB, idB, stagingB)
-	if err := stage(nodeB, idB, stagingB, block); err != nil {
+	s.unstage(t, nodeB, idB, stagingB)
+	if err := s.stage(nodeB, idB, stagingB, block, nil); err != nil {
 		t.Fatal(err)
 	}
 	fsckClean(t, filepath.Join(dir, "site-b-node"))
-	unstage(nodeB, idB, stagingB)
-	if err := stage(nodeB, idB, stagingB, rwo); err != nil {
+	s.unstage(t, nodeB, idB, stagingB)
+	if err := s.stage(nodeB, idB, stagingB, rwo, nil); err != nil {
 		t.Fatal(err)
 	}
 	siteB := make([]int, 20)
@@ -315,22 +252,16 @@ func TestDRDrill(t *testing.T) {
 			t.Fatalf("write on site-b: %v", err)
 		}
 	}
-	unstage(nodeB, idB, stagingB)
+	s.unstage(t, nodeB, idB, stagingB)
 	phase("site-b: e2fsck -fn clean; 20 more files written there")
 
 	// 5. Failback. Site-a returns: its copy (still primary, diverged) is
 	// demoted, then resynced from site-b by site-a's rbd-mirror.
 	s.startMirror(t)
 	failback := time.Now()
-	retry(t, "DemoteVolume on site-a (the dead node's watch expires first)", 3*time.Minute, func() error {
+	retryFailedPrecondition(t, "DemoteVolume on site-a (the dead node's watch expires first)", 3*time.Minute, func() error {
 		_, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: volSrc(idA), Secrets: sec})
-		if status.Code(err) == codes.FailedPrecondition {
-			return err
-		}
-		if err != nil {
-			t.Fatalf("DemoteVolume on site-a: %v", err)
-		}
-		return nil
+		return err
 	})
 	phase(fmt.Sprintf("site-a demoted %v after it returned", time.Since(failback).Round(100*time.Millisecond)))
 	retry(t, "ResyncVolume on site-a until ready", 5*time.Minute, func() error {
@@ -347,20 +278,14 @@ func TestDRDrill(t *testing.T) {
 	if _, err := repl.DemoteVolume(ctx, &replication.DemoteVolumeRequest{ReplicationSource: volSrc(idB), Secrets: sec}); err != nil {
 		t.Fatalf("DemoteVolume on site-b: %v", err)
 	}
-	retry(t, "PromoteVolume on site-a once site-b's demotion replicated", 2*time.Minute, func() error {
+	retryFailedPrecondition(t, "PromoteVolume on site-a once site-b's demotion replicated", 2*time.Minute, func() error {
 		_, err := repl.PromoteVolume(ctx, &replication.PromoteVolumeRequest{ReplicationSource: volSrc(idA), Secrets: sec})
-		if status.Code(err) == codes.FailedPrecondition {
-			return err
-		}
-		if err != nil {
-			t.Fatalf("PromoteVolume on site-a: %v", err)
-		}
-		return nil
+		return err
 	})
-	sockA, stopA := serveNode(t, open(), dir, "site-a-node2", driver.ModeNode)
+	sockA, stopA := serveNode(t, s.open(t), dir, "site-a-node2", driver.ModeNode)
 	defer func() { stopA(); cleanupNode(t, stagingA, filepath.Join(dir, "site-a-node2")) }()
 	nodeA2 := csi.NewNodeClient(dial(t, sockA))
-	if err := stage(nodeA2, idA, stagingA, rwo); err != nil {
+	if err := s.stage(nodeA2, idA, stagingA, rwo, nil); err != nil {
 		t.Fatalf("NodeStage on site-a after the failback: %v", err)
 	}
 	if u := fsUUID(t, stagingA); u != uuidA {
@@ -369,7 +294,7 @@ func TestDRDrill(t *testing.T) {
 	if lost := verifyFiles(t, stagingA, append(slices.Clone(must), siteB...)); len(lost) > 0 {
 		t.Fatalf("after the failback %d files are missing or wrong on site-a: %v", len(lost), lost)
 	}
-	unstage(nodeA2, idA, stagingA)
+	s.unstage(t, nodeA2, idA, stagingA)
 	phase(fmt.Sprintf("failback done %v after site-a returned: site-a primary again, staged, its %d files and site-b's 20 intact",
 		time.Since(failback).Round(100*time.Millisecond), len(must)))
 	took := s.waitEqual(t, name, 3*time.Minute)
@@ -377,6 +302,82 @@ func TestDRDrill(t *testing.T) {
 	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: idA, Secrets: sec}); err != nil {
 		t.Logf("delete the drill's volume on site-a: %v", err)
 	}
+}
+
+// syncedWriter creates the files dir/f0, f1, ... (writeSynced) one every
+// ~20 ms until it is stopped or a write fails, and records when each was
+// acknowledged.
+type syncedWriter struct {
+	mu    sync.Mutex
+	acks  []drillAck
+	err   error // the failed write's
+	stopC chan struct{}
+	done  chan struct{}
+}
+
+func startSyncedWriter(dir string) *syncedWriter {
+	w := &syncedWriter{stopC: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for n := 0; ; n++ {
+			select {
+			case <-w.stopC:
+				return
+			default:
+			}
+			err := writeSynced(dir, n)
+			w.mu.Lock()
+			if err != nil {
+				w.err = err
+			} else {
+				w.acks = append(w.acks, drillAck{n: n, at: time.Now()})
+			}
+			w.mu.Unlock()
+			if err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return w
+}
+
+// locked calls f with the files acknowledged so far and the write error,
+// holding the writer's lock (f may update the records' rep).
+func (w *syncedWriter) locked(f func(acks []drillAck, err error)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f(w.acks, w.err)
+}
+
+// files is the numbers of the acknowledged files from the from-th on.
+func (w *syncedWriter) files(from int) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var ns []int
+	for _, a := range w.acks[min(from, len(w.acks)):] {
+		ns = append(ns, a.n)
+	}
+	return ns
+}
+
+// stop stops the writer, waits for it (a minute at most) and returns the
+// error of its failed write, if one failed. It may be called again.
+func (w *syncedWriter) stop(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-w.stopC:
+	default:
+		close(w.stopC)
+	}
+	select {
+	case <-w.done:
+	case <-time.After(time.Minute):
+		t.Errorf("the writer did not stop in a minute")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 // writeSynced creates dir/f<n> with its content and fsyncs it and dir.
@@ -436,11 +437,8 @@ func fsUUID(t *testing.T, mnt string) string {
 	u := strings.TrimSpace(string(out))
 	if err != nil || u == "" {
 		// findmnt reads udev's database, which may lack loop devices.
-		src, err2 := exec.Command("findmnt", "-n", "-o", "SOURCE", "--mountpoint", mnt).Output()
-		if err2 != nil {
-			t.Fatalf("findmnt %s: %v %s / %v", mnt, err, out, err2)
-		}
-		out, err = exec.Command("blkid", "-p", "-s", "UUID", "-o", "value", strings.TrimSpace(string(src))).CombinedOutput()
+		src := findmnt(t, "SOURCE", mnt)
+		out, err = exec.Command("blkid", "-p", "-s", "UUID", "-o", "value", src).CombinedOutput()
 		u = strings.TrimSpace(string(out))
 		if err != nil || u == "" {
 			t.Fatalf("blkid of %s: %v %s", src, err, out)
@@ -479,6 +477,20 @@ func retry(t *testing.T, what string, timeout time.Duration, f func() error) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// retryFailedPrecondition calls f, every second for at most timeout, while
+// it fails with FailedPrecondition (a state that has yet to replicate or
+// expire); any other error fails the test.
+func retryFailedPrecondition(t *testing.T, what string, timeout time.Duration, f func() error) {
+	t.Helper()
+	retry(t, what, timeout, func() error {
+		err := f()
+		if err != nil && status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return err
+	})
 }
 
 // durStats is "median M, p90 P, max X (n)" of ds.

@@ -50,6 +50,16 @@ func serveLocal(t *testing.T) localDriver {
 	return d
 }
 
+// createVolume calls CreateVolume with req, failing the test on an error.
+func createVolume(ctx context.Context, t testing.TB, ctrl csi.ControllerClient, req *csi.CreateVolumeRequest) *csi.CreateVolumeResponse {
+	t.Helper()
+	r, err := ctrl.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // serveDriver serves a driver in mode all on backend b (closed at the
 // end) over a unix socket in dir, with its node state in dir/node.
 func serveDriver(t *testing.T, dir string, b storage.Backend, opts ...func(*nodeserver.Options)) (csi.ControllerClient, csi.NodeClient, csi.IdentityClient) {
@@ -98,11 +108,8 @@ var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "ext4")
 func TestErrorPaths(t *testing.T) {
 	ctrl, node, _, dir := startDriver(t)
 	ctx := context.Background()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "existing", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "existing", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	existing := vol.GetVolume().GetVolumeId()
 	unknown := volume.VolumeID{Backend: "local", Cluster: "default", Pool: "rbd", Image: volume.ImageNameFor("never-created")}.String()
 	otherCluster := volume.VolumeID{Backend: "local", Cluster: "elsewhere", Pool: "rbd", Image: "csi-vol-x"}.String()

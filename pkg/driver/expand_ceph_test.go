@@ -67,8 +67,7 @@ func TestCephExpandStatic(t *testing.T) {
 func TestCephExpandFollowsResize(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, credentialsDir(t, f.ro)))
+	ctrl, node, dir := serveCeph(t, f.configFile, credentialsDir(t, f.ro))
 	runFollowResize(t, ctrl, node, dir, cephPoolParams(), secrets(f.rw), func(ctx context.Context, imageName string, size int64) error {
 		out, err := cephCLI(ctx, f.conf, "rbd", "resize", "--no-progress", "--size", fmt.Sprintf("%dM", size>>20), cephtest.PoolName+"/"+imageName)
 		if err != nil {

@@ -82,12 +82,9 @@ func runExpand(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir
 	} else {
 		vc.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: tc.fs}}
 	}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("expand-%s-%d", tc.name, time.Now().UnixNano()),
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: fmt.Sprintf("expand-%s-%d", tc.name, time.Now().UnixNano()),
 		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: expandFrom},
 		Parameters: params, Secrets: secrets})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, err := volume.ParseVolumeID(id)
 	if err != nil {
@@ -165,7 +162,7 @@ func runExpand(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClient, dir
 		// This machine cannot grow a mounted ext4 (README): the error
 		// must say what is missing; the device grew nonetheless.
 		expectCode(t, "NodeExpandVolume of a mounted ext4 without CAP_SYS_RESOURCE", err, codes.FailedPrecondition, "CAP_SYS_RESOURCE", "SYS_RESOURCE")
-		if got := devSize(t, loopOf(t, staging)); got != expandRounded {
+		if got := devSize(t, findmnt(t, "SOURCE", staging)); got != expandRounded {
 			t.Errorf("loop device has %d bytes, want %d", got, expandRounded)
 		}
 	case err != nil:
@@ -261,12 +258,13 @@ func devSize(t *testing.T, dev string) int64 {
 	return n
 }
 
-// loopOf is the device mounted at a staging path.
-func loopOf(t *testing.T, staging string) string {
+// findmnt is the column (SOURCE: the device, OPTIONS: the VFS and
+// superblock options, ...) findmnt shows for the mount at mnt.
+func findmnt(t *testing.T, column, mnt string) string {
 	t.Helper()
-	out, err := exec.Command("findmnt", "-n", "-o", "SOURCE", "--mountpoint", staging).CombinedOutput()
+	out, err := exec.Command("findmnt", "-n", "-o", column, "--mountpoint", mnt).CombinedOutput()
 	if err != nil {
-		t.Fatalf("findmnt %s: %v %s", staging, err, out)
+		t.Fatalf("findmnt -o %s %s: %v %s", column, mnt, err, out)
 	}
 	return strings.TrimSpace(string(out))
 }
@@ -671,11 +669,8 @@ func runFollowResize(t *testing.T, ctrl csi.ControllerClient, node csi.NodeClien
 	defer cancel()
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("follow-%d", time.Now().UnixNano()),
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: fmt.Sprintf("follow-%d", time.Now().UnixNano()),
 		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: params, Secrets: secrets})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, _ := volume.ParseVolumeID(id)
 	t.Cleanup(func() {

@@ -35,11 +35,8 @@ func TestCephFormatMarker(t *testing.T) {
 	}
 
 	csiName := uniqueName("fmt")
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: csiName, VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Secrets: secrets(f.rw)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	name := volume.ImageNameFor(csiName)
 	t.Cleanup(func() { f.removeImage(t, name) })
@@ -75,7 +72,7 @@ func TestCephFormatMarker(t *testing.T) {
 
 	static := uniqueName("static-blank")
 	f.createImage(t, static, "layering,exclusive-lock,journaling", 16)
-	err = stage(staticVolumeID(static))
+	err := stage(staticVolumeID(static))
 	wantStatus(t, "NodeStage of a blank static image", err, codes.FailedPrecondition, "reads as blank",
 		"rbd image-meta set "+cephtest.PoolName+"/"+static+" csi-rbdj.format-blank true")
 	if du := f.rbd(t, "du", cephtest.PoolName+"/"+static); !strings.Contains(du, " 0 B") {

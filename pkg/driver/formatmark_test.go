@@ -82,11 +82,8 @@ func TestNeverFormatVolumeThatHadData(t *testing.T) {
 	}
 
 	// A new volume: marked at CreateVolume, formatted at the first stage.
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fresh", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "fresh", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	name := volume.ImageNameFor("fresh")
 	if f := mark(name); f != storage.FormatBlankNew {

@@ -5,7 +5,6 @@ package driver_test
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,16 +26,12 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	requireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	ctrl, node, _ := serveDriver(t, dir, f.backend(t, f.configFile, ""))
+	ctrl, node, dir := serveCeph(t, f.configFile, "")
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Secrets: secrets(f.rw),
 		Parameters: map[string]string{volume.ParamClusterID: cephTestCluster, volume.ParamJournalMode: "metadata"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vid, err := volume.ParseVolumeID(id)
 	if err != nil {
@@ -50,20 +45,9 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	})
 	spec := cephtest.PoolName + "/" + vid.Image
 	// Mirroring it is refused (InvalidArgument), before its first stage too.
-	b := f.backend(t, f.configFile, "")
+	b := openCeph(t, f.configFile, "")
 	t.Cleanup(func() { b.Close() })
-	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := storage.MirrorerOf(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := st.Pool(ctx, cephtest.PoolName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, pool := f.mirrorer(t, b, cephtest.PoolName)
 	err = m.EnableJournalMirroring(ctx, pool, vid.Image)
 	if !errors.Is(err, storage.ErrMetadataJournalMode) || status.Code(volume.MirrorStatus(err, volume.SecretsReplication, "enable")) != codes.InvalidArgument {
 		t.Errorf("EnableJournalMirroring of a metadata-mode volume: %v", err)
@@ -71,27 +55,8 @@ func TestCephJournalModeMetadata(t *testing.T) {
 	if info := f.rbd(t, "info", spec); strings.Contains(info, "journaling") {
 		t.Errorf("metadata-mode image carries journaling:\n%s", info)
 	}
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc,
-		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: secrets(f.rw)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("in place"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata") {
-		t.Errorf("volume condition %v", c)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
+	stageWriteUnstage(t, node, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: filepath.Join(dir, "staging"), VolumeCapability: vc,
+		VolumeContext: vol.GetVolume().GetVolumeContext(), Secrets: secrets(f.rw)}, "journal mode metadata")
 	imageID := strings.TrimSpace(f.rbd(t, "info", "--format", "json", spec))
 	if i := strings.Index(imageID, `"id":"`); i >= 0 {
 		imageID = imageID[i+6:]

@@ -65,36 +65,15 @@ func TestJournalModeMetadataStage(t *testing.T) {
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	ctx := context.Background()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "m", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: map[string]string{volume.ParamJournalMode: "metadata"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	vc := vol.GetVolume().GetVolumeContext()
 	if vc[volume.CtxJournalMode] != "metadata" {
 		t.Fatalf("volume context %v lacks the journal mode", vc)
 	}
-	staging := filepath.Join(dir, "staging")
-	if err := os.Mkdir(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, VolumeContext: vc}); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("metadata mode"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), "journal mode metadata, 0 torn extents") {
-		t.Errorf("volume condition %v", c)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
+	stageWriteUnstage(t, node, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: filepath.Join(dir, "staging"), VolumeCapability: rwo, VolumeContext: vc},
+		"journal mode metadata, 0 torn extents")
 	vid, err := volume.ParseVolumeID(id)
 	if err != nil {
 		t.Fatal(err)
@@ -129,5 +108,33 @@ func TestJournalModeMetadataStage(t *testing.T) {
 	left, err := pool.List(ctx, "csi_rbdj_journal")
 	if err != nil || len(left) != 0 {
 		t.Errorf("extent log objects left: %v %v", left, err)
+	}
+}
+
+// stageWriteUnstage stages a filesystem volume with req (its staging path
+// created first), writes a file on it, checks that NodeGetVolumeStats
+// reports it healthy with wantCondition in the message, and unstages it.
+func stageWriteUnstage(t *testing.T, node csi.NodeClient, req *csi.NodeStageVolumeRequest, wantCondition string) {
+	t.Helper()
+	ctx := context.Background()
+	staging := req.GetStagingTargetPath()
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeStageVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "hello"), []byte("staged"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: req.GetVolumeId(), VolumePath: staging})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := stats.GetVolumeCondition(); c.GetAbnormal() || !strings.Contains(c.GetMessage(), wantCondition) {
+		t.Errorf("volume condition %v, want healthy with %q", c, wantCondition)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: req.GetVolumeId(), StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
 	}
 }

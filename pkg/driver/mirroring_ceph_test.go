@@ -56,7 +56,7 @@ func TestCephMirroring(t *testing.T) {
 	f := newCephFixture(t)
 	ctx := context.Background()
 	pool := f.mirrorPool(t)
-	b := f.backend(t, f.configFile, "")
+	b := openCeph(t, f.configFile, "")
 	dir := t.TempDir()
 	ctrl, node, _ := serveDriver(t, dir, b)
 	staging := filepath.Join(dir, "staging")
@@ -101,18 +101,7 @@ func TestCephMirroring(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := b.Storage(ctx, cephTestCluster, secrets(f.rw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := storage.MirrorerOf(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := st.Pool(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, p := f.mirrorer(t, b, pool)
 	if err := m.DemoteImage(ctx, p, name); !errors.Is(err, image.ErrBusy) {
 		t.Fatalf("demote of a staged image: %v, want image.ErrBusy", err)
 	}

@@ -51,10 +51,7 @@ func TestMirroringLocal(t *testing.T) {
 		t.Fatalf("a refused CreateVolume created images: %v", objs)
 	}
 
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "replica", VolumeCapabilities: []*csi.VolumeCapability{rwo}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "replica", VolumeCapabilities: []*csi.VolumeCapability{rwo}})
 	staging := filepath.Join(dir, "staging")
 	if err := os.Mkdir(staging, 0o755); err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"github.com/moby/sys/mountinfo"
 )
 
 // TestSanity runs csi-test's sanity suite against the driver in mode all,
@@ -224,23 +224,15 @@ func reverse(s []string) []string {
 	return out
 }
 
+// mountsUnder lists the mount points under dir, in mount order.
 func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	return scanMounts(f, dir)
-}
-
-func scanMounts(r io.Reader, dir string) []string {
-	var out []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Mountpoint)
 	}
 	return out
 }

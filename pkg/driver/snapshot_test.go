@@ -300,11 +300,8 @@ func TestSnapshotUnresponsiveOwner(t *testing.T) {
 func runSnapshotUnresponsiveOwner(t *testing.T, ctrl csi.ControllerClient, openPool func(context.Context) (objstore.Pool, error), params, secrets map[string]string, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: prefix + "held", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: prefix + "held", VolumeCapabilities: []*csi.VolumeCapability{ext4Cap},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: params, Secrets: secrets})
-	if err != nil {
-		t.Fatal(err)
-	}
 	vid, _ := volume.ParseVolumeID(vol.GetVolume().GetVolumeId())
 	pool, err := openPool(ctx)
 	if err != nil {

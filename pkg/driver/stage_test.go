@@ -19,11 +19,8 @@ func TestStageErrorsCleanUp(t *testing.T) {
 	requireRoot(t)
 	ctrl, node, _, dir := startDriver(t)
 	ctx := context.Background()
-	vol, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "v", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "v", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := vol.GetVolume().GetVolumeId()
 	staging, other := filepath.Join(dir, "staging"), filepath.Join(dir, "other")
 	for _, p := range []string{staging, other} {
@@ -35,7 +32,7 @@ func TestStageErrorsCleanUp(t *testing.T) {
 	// A blank volume cannot be formatted read-only: the stage fails after
 	// serving and attaching the device, and must undo both.
 	roCap := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, "ext4")
-	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: roCap})
+	_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: roCap})
 	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "unformatted") {
 		t.Fatalf("read-only stage of a blank volume: %v", err)
 	}

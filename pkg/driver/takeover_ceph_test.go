@@ -9,7 +9,6 @@ package driver_test
 import (
 	"context"
 	"testing"
-	"time"
 
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
@@ -21,12 +20,7 @@ import (
 
 func init() {
 	takeoverBackends["ceph"] = func(t testing.TB, getenv func(string) string) storage.Backend {
-		b, err := storage.OpenCeph(storage.CephOptions{ConfigFile: getenv("CSI_RBDJ_TAKEOVER_CEPH_CONFIG"),
-			CredentialsDir: getenv("CSI_RBDJ_TAKEOVER_CEPH_CREDS"), ConnectTimeout: 5 * time.Second, OpTimeout: 60 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
+		return openCeph(t, getenv("CSI_RBDJ_TAKEOVER_CEPH_CONFIG"), getenv("CSI_RBDJ_TAKEOVER_CEPH_CREDS"))
 	}
 }
 

@@ -489,15 +489,26 @@ func checkFlattenable(ctx context.Context, pool objstore.Pool, name, hdr string)
 	return nil
 }
 
-func (s *localStorage) ParkImage(ctx context.Context, pool objstore.Pool, name string) (string, error) {
+// parkableID returns the id of image name if it may be parked: it exists
+// (else image.ErrNotFound) and nothing watches it (else image.ErrBusy).
+// opErr wraps the backend's other errors.
+func parkableID(ctx context.Context, pool objstore.Pool, name string, opErr func(error) error) (string, error) {
 	id, _, err := headerOf(ctx, pool, name)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return "", fmt.Errorf("park %q: %w: %w", name, image.ErrNotFound, err)
 	}
 	if err != nil {
-		return "", err
+		return "", opErr(err)
 	}
 	if err := checkUnused(ctx, pool, name); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func (s *localStorage) ParkImage(ctx context.Context, pool objstore.Pool, name string) (string, error) {
+	id, err := parkableID(ctx, pool, name, func(err error) error { return err })
+	if err != nil {
 		return "", err
 	}
 	to := ParkedName(id)

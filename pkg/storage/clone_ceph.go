@@ -83,14 +83,8 @@ func (s *cephStorage) FlattenImage(ctx context.Context, pool objstore.Pool, name
 }
 
 func (s *cephStorage) ParkImage(ctx context.Context, pool objstore.Pool, name string) (string, error) {
-	id, _, err := headerOf(ctx, pool, name)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return "", fmt.Errorf("park %q: %w: %w", name, image.ErrNotFound, err)
-	}
+	id, err := parkableID(ctx, pool, name, s.opErr)
 	if err != nil {
-		return "", s.opErr(err)
-	}
-	if err := checkUnused(ctx, pool, name); err != nil {
 		return "", err
 	}
 	to := ParkedName(id)

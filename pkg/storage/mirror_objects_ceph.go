@@ -73,16 +73,5 @@ func ensureJournaling(ctx context.Context, pool objstore.Pool, name string, befo
 // peer site watches the primary's journal header without opening the
 // image, and must not make the image look in use.
 func imageOpeners(ctx context.Context, pool objstore.Pool, name string) ([]objstore.WatcherInfo, error) {
-	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
-	if err != nil {
-		if errors.Is(err, objstore.ErrNotFound) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("image %q id: %w", name, err)
-	}
-	ws, err := pool.ListWatchers(ctx, clsrbd.HeaderOID(id))
-	if err != nil && !errors.Is(err, objstore.ErrNotFound) {
-		return nil, fmt.Errorf("watchers of %s: %w", clsrbd.HeaderOID(id), err)
-	}
-	return ws, nil
+	return imageWatchers(ctx, pool, name, false)
 }

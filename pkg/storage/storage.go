@@ -210,6 +210,12 @@ func (s *localStorage) ImageUsers(ctx context.Context, pool objstore.Pool, name 
 
 // imageUsers lists the watchers of the image header and journal header.
 func imageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstore.WatcherInfo, error) {
+	return imageWatchers(ctx, pool, name, true)
+}
+
+// imageWatchers lists the watchers of the image's header and, with
+// withJournal, of its journal header. An image that does not exist has none.
+func imageWatchers(ctx context.Context, pool objstore.Pool, name string, withJournal bool) ([]objstore.WatcherInfo, error) {
 	id, err := clsrbd.GetID(ctx, pool, clsrbd.IDOID(name))
 	if err != nil {
 		if errors.Is(err, objstore.ErrNotFound) {
@@ -217,8 +223,12 @@ func imageUsers(ctx context.Context, pool objstore.Pool, name string) ([]objstor
 		}
 		return nil, fmt.Errorf("image %q id: %w", name, err)
 	}
+	oids := []string{clsrbd.HeaderOID(id)}
+	if withJournal {
+		oids = append(oids, journal.HeaderOID(id))
+	}
 	var users []objstore.WatcherInfo
-	for _, oid := range []string{clsrbd.HeaderOID(id), journal.HeaderOID(id)} {
+	for _, oid := range oids {
 		ws, err := pool.ListWatchers(ctx, oid)
 		if err != nil && !errors.Is(err, objstore.ErrNotFound) {
 			return nil, fmt.Errorf("watchers of %s: %w", oid, err)

@@ -38,22 +38,32 @@ func localGroup(o options, policies []policyRow) *group {
 
 const plainLoopName = "plain loop on a file"
 
+// localPool opens a new local backend in a scratch directory (scratchDir)
+// and its pool "rbd"; drop closes the backend and removes the directory.
+func localPool(ctx context.Context, o options, name string) (c *local.Cluster, pool objstore.Pool, dir string, drop func(), err error) {
+	dir, err = scratchDir(o, name)
+	if err != nil {
+		return nil, nil, "", nil, err
+	}
+	c, err = local.Open(dir, local.Options{Classes: classes.Standard()})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, "", nil, err
+	}
+	drop = func() { c.Close(); os.RemoveAll(dir) }
+	pool, err = c.Pool(ctx, "rbd")
+	if err != nil {
+		drop()
+		return nil, nil, "", nil, err
+	}
+	return c, pool, dir, drop, nil
+}
+
 // localDevice serves a new image of a new local backend as a loop device;
 // closing it removes both.
 func localDevice(ctx context.Context, o options, name string, bo blockdev.Options) (*target, error) {
-	dir, err := scratchDir(o, name)
+	c, pool, dir, drop, err := localPool(ctx, o, name)
 	if err != nil {
-		return nil, err
-	}
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	drop := func() { c.Close(); os.RemoveAll(dir) }
-	pool, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		drop()
 		return nil, err
 	}
 	if err := image.Create(ctx, pool, "bench", o.span, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth, Features: featuresFor(bo)}); err != nil {

@@ -22,8 +22,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/memlimit"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/classes"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
@@ -258,19 +256,8 @@ func manyOnBackend(ctx context.Context, o options, open func(context.Context) (*
 
 // localManyVolumes puts the volumes in one local backend.
 func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
-	dir, err := scratchDir(o, "many")
+	c, pool, dir, drop, err := localPool(ctx, o, "many")
 	if err != nil {
-		return nil, err
-	}
-	c, err := local.Open(dir, local.Options{Classes: classes.Standard()})
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	pool, err := c.Pool(ctx, "rbd")
-	if err != nil {
-		c.Close()
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	return &manyEnv{
@@ -283,7 +270,7 @@ func localManyVolumes(ctx context.Context, o options) (*manyEnv, error) {
 			bo.Fencer = c
 			return serveDevice(ctx, pool, name, filepath.Join(dir, "state"), bo, o.reqBufs)
 		},
-		close: func() { c.Close(); os.RemoveAll(dir) },
+		close: drop,
 	}, nil
 }
 

@@ -84,7 +84,9 @@ func markdown(rep *report) string {
 	}
 	b.WriteString("\n")
 	a := anchor(rep)
-	header := func(title string, units bool) {
+	// table writes a table with a row per target and a column per job; a
+	// job a target did not run shows "-", the others cell(job, its stats).
+	table := func(title string, units bool, cell func(j job, js *jobStats) string) {
 		fmt.Fprintf(&b, "| %s | backend |", title)
 		for _, j := range jobs {
 			if units {
@@ -98,46 +100,37 @@ func markdown(rep *report) string {
 			b.WriteString("---:|")
 		}
 		b.WriteString("\n")
-	}
-	header("target", true)
-	for _, r := range rep.Results {
-		fmt.Fprintf(&b, "| %s | %s |", r.Target, r.Backend)
-		for _, j := range jobs {
-			js := r.Jobs[j.Name]
-			if js == nil {
-				b.WriteString(" - |")
-				continue
+		for _, r := range rep.Results {
+			fmt.Fprintf(&b, "| %s | %s |", r.Target, r.Backend)
+			for _, j := range jobs {
+				if js := r.Jobs[j.Name]; js == nil {
+					b.WriteString(" - |")
+				} else {
+					b.WriteString(cell(j, js))
+				}
 			}
-			fmt.Fprintf(&b, " %.0f", js.Median)
-			if a != nil && a.Values[j.Name] > 0 {
-				fmt.Fprintf(&b, " (%.2f×)", js.Median/a.Values[j.Name])
-			}
-			if len(js.Runs) > 1 {
-				fmt.Fprintf(&b, " ±%.0f%%", js.Spread*100)
-			}
-			b.WriteString(" |")
+			b.WriteString("\n")
 		}
-		b.WriteString("\n")
 	}
+	table("target", true, func(j job, js *jobStats) string {
+		c := fmt.Sprintf(" %.0f", js.Median)
+		if a != nil && a.Values[j.Name] > 0 {
+			c += fmt.Sprintf(" (%.2f×)", js.Median/a.Values[j.Name])
+		}
+		if len(js.Runs) > 1 {
+			c += fmt.Sprintf(" ±%.0f%%", js.Spread*100)
+		}
+		return c + " |"
+	})
 	if a != nil {
 		fmt.Fprintf(&b, "\n×: ratio to the anchor, %s. ", anchorName)
 	}
 	b.WriteString("±: half the range of the runs, relative to the median.\n")
 
 	b.WriteString("\nCPU seconds per GB moved (written; read for the read job): the process serving the block path (ours: the bench process, which serves our devices; librbd: fio with librbd in it, or rbd) / the OSD. Whole runs, ramp included.\n\n")
-	header("CPU s/GB: serving / OSD", false)
-	for _, r := range rep.Results {
-		fmt.Fprintf(&b, "| %s | %s |", r.Target, r.Backend)
-		for _, j := range jobs {
-			js := r.Jobs[j.Name]
-			if js == nil {
-				b.WriteString(" - |")
-				continue
-			}
-			fmt.Fprintf(&b, " %s / %s |", fmtPtr(js.ServeCPUPerGB), fmtPtr(js.OSDCPUPerGB))
-		}
-		b.WriteString("\n")
-	}
+	table("CPU s/GB: serving / OSD", false, func(_ job, js *jobStats) string {
+		return fmt.Sprintf(" %s / %s |", fmtPtr(js.ServeCPUPerGB), fmtPtr(js.OSDCPUPerGB))
+	})
 
 	if len(rep.Many) > 0 {
 		fmt.Fprintf(&b, "\nMany volumes served by one process (ack policy %s): fio runs the job on every volume at once for %s after the ramp; medians of %d runs; each backend in a serving process of its own (started for this part, as a node plugin serves nothing else); peak RSS: the highest VmHWM of the serving process during a run (its RSS before its first volume was opened: %s); peak live Go heap: the highest heap the Go GC found live (RSS adds the garbage GOGC lets grow, cgo's memory and the runtime's).\n\n", rep.Many[0].Policy, rep.ManyRuntime, rep.Repeat, baseRSS(rep.Many))
