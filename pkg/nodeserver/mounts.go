@@ -10,11 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mountsAt returns the mounts stacked at path, read from mountinfo (never
-// touching the path itself: the filesystem there may be dead and answer
-// EIO).
+// mountsAt returns the mounts stacked at path, lowest first (mountinfo's
+// order), read from mountinfo (never touching the path itself: the
+// filesystem there may be dead and answer EIO). Not
+// mountinfo.SingleEntryFilter: it stops at the first, lowest mount, and
+// callers look for stacked ones and at the top one.
 func mountsAt(path string) ([]*mountinfo.Info, error) {
-	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(filepath.Clean(path)))
+	path = filepath.Clean(path)
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
