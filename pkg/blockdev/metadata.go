@@ -109,6 +109,9 @@ type metaState struct {
 	// once it is durable; closed by metaClose. stopped counts the
 	// committer and the cooler until they return.
 	commits chan *journal.Future
+	// sync makes the log's completed appends durable (extentlog.OpenLazy:
+	// on the local store they are lazy); a flush calls it.
+	sync    func(context.Context) error
 	stop    chan struct{}
 	stopped sync.WaitGroup
 }
@@ -178,11 +181,22 @@ func (d *Device) openMetadata(ctx context.Context) error {
 	if ls.FlushAge == 0 {
 		ls.FlushAge = metaLogFlushAge
 	}
-	j, err := extentlog.Open(ctx, d.pool, d.img.ID(), d.o.ClientID, ls)
+	// On the local store the log's appends are lazy (extentlog.OpenLazy),
+	// so an entry costs no log sync of its own: "durable" below means that
+	// its future completed, which makes it durable no later than this
+	// client's next synced operation, and nothing that operation writes
+	// can outlive it in a crash (the store's log is one sequence). Each
+	// wait for an entry is followed by such an operation before anything
+	// relies on the entry: the data write after an intent, the commit
+	// position update after exact entries (the committer, cooling down),
+	// the snapshot or resize after its op entry, and d.meta.sync in a
+	// flush and in Close. On Ceph every append is durable when it
+	// completes.
+	j, sync, err := extentlog.OpenLazy(ctx, d.pool, d.img.ID(), d.o.ClientID, ls)
 	if err != nil {
 		return err
 	}
-	d.j = j
+	d.j, d.meta.sync = j, sync
 	// A write is acknowledged once its data is durable, without waiting
 	// for a later synced operation: no lazy data writes
 	// (objstore.WriteOp.SetLazy; on Ceph every write is durable anyway).
@@ -430,6 +444,9 @@ func (d *Device) metaClose(ctx context.Context) error {
 	if err := d.j.Flush(ctx); err != nil {
 		return err
 	}
+	if err := d.meta.sync(ctx); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, r := range d.meta.hot {
@@ -532,6 +549,9 @@ func (d *Device) metaWrite(ctx context.Context, op string, kind extentlog.Kind, 
 // acknowledged before it) and the image.
 func (d *Device) metaFlush(ctx context.Context) error {
 	if err := d.j.Flush(ctx); err != nil {
+		return fmt.Errorf("flush %s: %w", d.img.Name(), err)
+	}
+	if err := d.meta.sync(ctx); err != nil {
 		return fmt.Errorf("flush %s: %w", d.img.Name(), err)
 	}
 	return d.img.Flush(ctx)
