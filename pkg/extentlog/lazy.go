@@ -22,6 +22,13 @@ type syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// backgroundSubmitter queues operations whose completion nobody answers at
+// once with new operations (pkg/objstore/local: its committer does not
+// wait for company after them).
+type backgroundSubmitter interface {
+	SubmitBackground(ctx context.Context, ops []objstore.BatchOp) func() []error
+}
+
 // OpenLazy opens image id's extent log as clientID, as Open does, for the
 // device that owns the image in metadata mode, whose data writes are
 // synced: on a backend with lazy operations (the local store), its appends
@@ -50,6 +57,7 @@ type syncer interface {
 func OpenLazy(ctx context.Context, pool objstore.Pool, imageID, clientID string, s journal.Settings) (_ *journal.Journaler, sync func(context.Context) error, _ error) {
 	sy, ok := pool.(syncer)
 	sub, ok2 := pool.(objstore.Submitter)
+	bg, _ := pool.(backgroundSubmitter)
 	bat, ok3 := pool.(objstore.Batcher)
 	if !ok || !ok2 || !ok3 {
 		j, err := Open(ctx, pool, imageID, clientID, s)
@@ -58,7 +66,7 @@ func OpenLazy(ctx context.Context, pool objstore.Pool, imageID, clientID string,
 	if err := truncateTornTails(ctx, pool, imageID); err != nil {
 		return nil, nil, err
 	}
-	lp := &lazyPool{Pool: pool, sub: sub, bat: bat, prefix: Naming.DataOIDPrefix(pool.ID(), imageID)}
+	lp := &lazyPool{Pool: pool, sub: sub, bg: bg, bat: bat, prefix: Naming.DataOIDPrefix(pool.ID(), imageID)}
 	j, err := Open(ctx, lp, imageID, clientID, s)
 	if err != nil {
 		return nil, nil, err
@@ -76,6 +84,7 @@ func OpenLazy(ctx context.Context, pool objstore.Pool, imageID, clientID string,
 type lazyPool struct {
 	objstore.Pool
 	sub    objstore.Submitter
+	bg     backgroundSubmitter // nil if the pool has none
 	bat    objstore.Batcher
 	prefix string
 }
@@ -114,9 +123,21 @@ func (p *lazyPool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []e
 	return p.bat.OperateBatch(ctx, ops)
 }
 
+// Submit is how the journaler sends its waves of appends. Their completion
+// is seldom answered at once with new operations (a write's exact entry is
+// waited for only by a flush; a sequential stream declares the next
+// region's intent ahead of its writes), so they are queued as background
+// operations where the pool has that: after a batch of a data write and a
+// wave the local store's committer then does not wait for a second
+// operation that is not coming.
 func (p *lazyPool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	all := true
 	for _, o := range ops {
 		p.mark(o.OID, o.Op)
+		all = all && o.Op != nil && o.Op.Lazy()
+	}
+	if all && p.bg != nil {
+		return p.bg.SubmitBackground(ctx, ops)
 	}
 	return p.sub.Submit(ctx, ops)
 }

@@ -33,6 +33,8 @@ type request struct {
 	// barrier marks a Sync request: no operation, only its completion
 	// (op is nil).
 	barrier bool
+	// background: queued by SubmitBackground (not counted by gather).
+	background bool
 }
 
 func opSize(op *objstore.WriteOp) int {
@@ -61,6 +63,19 @@ func (p *pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error
 // applies queued operations in queue order, so successive submissions apply
 // in order on each object.
 func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	return p.submit(ctx, ops, false)
+}
+
+// SubmitBackground is Submit for operations whose completion nobody
+// answers at once with new operations (pkg/extentlog's lazy appends): the
+// committer does not count them among the operations it expects to see
+// queued again after their batch (gather), so a batch that held one does
+// not make the next one wait for an operation that is not coming.
+func (p *pool) SubmitBackground(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	return p.submit(ctx, ops, true)
+}
+
+func (p *pool) submit(ctx context.Context, ops []objstore.BatchOp, background bool) func() []error {
 	c := p.c
 	errs := make([]error, len(ops))
 	if err := c.enter(); err != nil {
@@ -77,7 +92,7 @@ func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []erro
 		case ctx.Err() != nil:
 			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: ctx.Err()}
 		default:
-			reqs[i] = &request{p: p, oid: o.OID, op: o.Op, size: opSize(o.Op), done: make(chan struct{})}
+			reqs[i] = &request{p: p, oid: o.OID, op: o.Op, size: opSize(o.Op), done: make(chan struct{}), background: background}
 		}
 	}
 	c.enqueue(reqs)
@@ -164,7 +179,12 @@ func (c *Cluster) committer() {
 			if len(batch) == 0 {
 				break
 			}
-			prev = len(batch)
+			prev = 0
+			for _, r := range batch {
+				if !r.background {
+					prev++
+				}
+			}
 			c.commitBatch(batch)
 		}
 	}
