@@ -167,3 +167,27 @@ func TestOpenLazy(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTornTail: tornTail never cuts before a readable entry, and what it
+// keeps reads as entries and zeros.
+func FuzzTornTail(f *testing.F) {
+	three := encodedEntries(1, 0, 3)
+	f.Add(three)
+	f.Add(append(append([]byte(nil), three...), encodedEntries(1, 3, 1)[:20]...))
+	f.Add(append(append([]byte(nil), three...), make([]byte, 30)...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		off := tornTail(data)
+		if off < -1 || off >= len(data) && off != -1 {
+			t.Fatalf("tornTail = %d for %d bytes", off, len(data))
+		}
+		if off < 0 {
+			return
+		}
+		if entryAfter(data, off+1) {
+			t.Fatalf("cut at %d before a readable entry", off)
+		}
+		if got := tornTail(data[:off]); got != -1 {
+			t.Fatalf("what is kept (%d bytes) has a torn tail at %d", off, got)
+		}
+	})
+}
