@@ -64,6 +64,10 @@ type Cluster struct {
 	pending []*request
 	kick    chan struct{}
 	walBuf  []byte
+	// lazyUnsynced: this client logged lazy records since its last log
+	// sync (a non-lazy operation that logs nothing must still sync them).
+	// Owned by the committer.
+	lazyUnsynced bool
 
 	// pools
 	poolMu    sync.Mutex

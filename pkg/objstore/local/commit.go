@@ -30,6 +30,11 @@ type request struct {
 	state atomic.Int32
 	err   error
 	done  chan struct{}
+	// barrier marks a Sync request: no operation, only its completion
+	// (op is nil).
+	barrier bool
+	// background: queued by SubmitBackground (not counted by gather).
+	background bool
 }
 
 func opSize(op *objstore.WriteOp) int {
@@ -58,6 +63,19 @@ func (p *pool) OperateBatch(ctx context.Context, ops []objstore.BatchOp) []error
 // applies queued operations in queue order, so successive submissions apply
 // in order on each object.
 func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	return p.submit(ctx, ops, false)
+}
+
+// SubmitBackground is Submit for operations whose completion nobody
+// answers at once with new operations (pkg/extentlog's lazy appends): the
+// committer does not count them among the operations it expects to see
+// queued again after their batch (gather), so a batch that held one does
+// not make the next one wait for an operation that is not coming.
+func (p *pool) SubmitBackground(ctx context.Context, ops []objstore.BatchOp) func() []error {
+	return p.submit(ctx, ops, true)
+}
+
+func (p *pool) submit(ctx context.Context, ops []objstore.BatchOp, background bool) func() []error {
 	c := p.c
 	errs := make([]error, len(ops))
 	if err := c.enter(); err != nil {
@@ -74,9 +92,44 @@ func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []erro
 		case ctx.Err() != nil:
 			errs[i] = &objstore.OpError{Op: "operate", OID: o.OID, Err: ctx.Err()}
 		default:
-			reqs[i] = &request{p: p, oid: o.OID, op: o.Op, size: opSize(o.Op), done: make(chan struct{})}
+			reqs[i] = &request{p: p, oid: o.OID, op: o.Op, size: opSize(o.Op), done: make(chan struct{}), background: background}
 		}
 	}
+	c.enqueue(reqs)
+	return func() []error {
+		defer c.exit()
+		for i, r := range reqs {
+			if r != nil {
+				errs[i] = c.wait(ctx, r)
+			}
+		}
+		return errs
+	}
+}
+
+// Sync returns once every operation this client completed before the call
+// is durable, lazy ones (objstore.WriteOp.SetLazy) included: it is a
+// non-lazy operation that changes nothing, so by SetLazy's contract the
+// lazy operations before it are durable when it completes. It costs a log
+// sync only if this client logged a lazy operation since its last sync.
+// pkg/extentlog finds it by an interface assertion (a backend whose
+// operations are all durable has nothing to sync).
+func (p *pool) Sync(ctx context.Context) error {
+	c := p.c
+	if err := c.enter(); err != nil {
+		return &objstore.OpError{Op: "sync", Err: err}
+	}
+	defer c.exit()
+	if err := ctx.Err(); err != nil {
+		return &objstore.OpError{Op: "sync", Err: err}
+	}
+	r := &request{p: p, barrier: true, done: make(chan struct{})}
+	c.enqueue([]*request{r})
+	return c.wait(ctx, r)
+}
+
+// enqueue queues the requests (nil ones skipped) for the committer.
+func (c *Cluster) enqueue(reqs []*request) {
 	c.pendMu.Lock()
 	for _, r := range reqs {
 		if r != nil {
@@ -87,15 +140,6 @@ func (p *pool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []erro
 	select {
 	case c.kick <- struct{}{}:
 	default:
-	}
-	return func() []error {
-		defer c.exit()
-		for i, r := range reqs {
-			if r != nil {
-				errs[i] = c.wait(ctx, r)
-			}
-		}
-		return errs
 	}
 }
 
@@ -135,7 +179,12 @@ func (c *Cluster) committer() {
 			if len(batch) == 0 {
 				break
 			}
-			prev = len(batch)
+			prev = 0
+			for _, r := range batch {
+				if !r.background {
+					prev++
+				}
+			}
 			c.commitBatch(batch)
 		}
 	}
@@ -261,7 +310,18 @@ func (c *Cluster) commitBatch(batch []*request) {
 	recs := make([]pendingRec, 0, len(batch))
 	lsn := s.nextLSN().Load()
 	buf := c.walBuf[:0]
+	// A lazy operation is durable once a later non-lazy one of this
+	// client completes (objstore.WriteOp.SetLazy), even one that fails
+	// or changes nothing (a Sync): such a batch syncs the log if lazy
+	// records are not yet synced.
+	nonLazy := false
 	for _, r := range batch {
+		nonLazy = nonLazy || r.barrier || !r.op.Lazy()
+	}
+	for _, r := range batch {
+		if r.barrier {
+			continue
+		}
 		// A write with a newer snapshot context first preserves its
 		// object (snap.go): those records precede the write's.
 		pre, keep, err := c.snapPrepare(r, states, now)
@@ -296,6 +356,19 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	if len(recs) == 0 {
 		s.busy().Store(0)
+		if nonLazy && c.lazyUnsynced {
+			c.stats.syncs.Add(1)
+			if err := c.sync(c.wal); err != nil {
+				c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
+				for _, r := range batch {
+					if r.err == nil {
+						r.err = &objstore.OpError{Op: "sync", OID: r.oid, Err: fmt.Errorf("%w: %v", syscall.EIO, err)}
+					}
+				}
+				return
+			}
+			c.lazyUnsynced = false
+		}
 		return
 	}
 	logEnd := int64(s.logEnd().Load())
@@ -321,13 +394,12 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	// A batch of lazy operations only is not synced: a later synced batch
 	// syncs the whole log, these records included.
-	needSync := false
-	for _, pr := range recs {
-		needSync = needSync || !pr.r.op.Lazy()
-	}
+	needSync := nonLazy
 	c.stats.batches.Add(1)
 	c.stats.ops.Add(uint64(len(recs)))
-	if needSync {
+	if !needSync {
+		c.lazyUnsynced = true
+	} else {
 		c.stats.syncs.Add(1)
 		if err := c.sync(c.wal); err != nil {
 			c.abandonLogged(logEnd)
@@ -335,6 +407,7 @@ func (c *Cluster) commitBatch(batch []*request) {
 			fail(err)
 			return
 		}
+		c.lazyUnsynced = false
 	}
 	for _, pr := range recs {
 		if err := c.applyLogged(pr.rec); err != nil {

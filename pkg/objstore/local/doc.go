@@ -63,6 +63,14 @@
 // only an unacknowledged batch can leave), and truncates the log there so
 // that no stale record can ever follow a later one.
 //
+// A batch of lazy operations only (objstore.WriteOp.SetLazy) is written
+// and applied without the fdatasync; the client's next non-lazy operation
+// syncs the log, and with it those records, even if it logs nothing (one
+// that fails, or the pool's Sync). A record is durable only with every
+// record logged before it. SubmitBackground queues operations whose
+// completion nobody answers at once with new ones: the committer does not
+// wait for company after them (the gather after a batch).
+//
 // The log grows in 4 MiB chunks of written zeros, so a batch overwrites
 // allocated blocks and its fdatasync has no file metadata to commit. When
 // the log passes Options.MaxLogBytes a committer checkpoints: syncfs (every

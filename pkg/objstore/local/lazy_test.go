@@ -54,3 +54,67 @@ func TestLazyOperations(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncAfterLazy: lazy operations are synced by the client's next
+// non-lazy operation even when that one logs nothing — a Sync, or an
+// operation that fails — and only then (objstore.WriteOp.SetLazy's
+// contract); a Sync with nothing lazy to sync costs no log sync.
+func TestSyncAfterLazy(t *testing.T) {
+	ctx := context.Background()
+	lazyWrite := func(t *testing.T, pool objstore.Pool) {
+		t.Helper()
+		op := &objstore.WriteOp{}
+		op.SetLazy()
+		op.Append([]byte("entry"))
+		if err := pool.Operate(ctx, "log", op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync := func(t *testing.T, pool objstore.Pool) {
+		t.Helper()
+		if err := pool.(interface{ Sync(context.Context) error }).Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failing := func(t *testing.T, pool objstore.Pool) {
+		t.Helper()
+		op := &objstore.WriteOp{}
+		op.AssertExists()
+		op.Write(0, []byte("x"))
+		if err := pool.Operate(ctx, "missing", op); err == nil {
+			t.Fatal("write to a missing object with assert-exists succeeded")
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		steps     []func(*testing.T, objstore.Pool)
+		wantSyncs uint64
+	}{
+		{"sync with nothing lazy", []func(*testing.T, objstore.Pool){sync, sync}, 0},
+		{"lazy alone", []func(*testing.T, objstore.Pool){lazyWrite, lazyWrite}, 0},
+		{"lazy then sync", []func(*testing.T, objstore.Pool){lazyWrite, lazyWrite, sync}, 1},
+		{"lazy then sync twice", []func(*testing.T, objstore.Pool){lazyWrite, sync, sync}, 1},
+		{"lazy, sync, lazy, sync", []func(*testing.T, objstore.Pool){lazyWrite, sync, lazyWrite, sync}, 2},
+		{"lazy then a failing operation", []func(*testing.T, objstore.Pool){lazyWrite, failing, sync}, 1},
+		{"a failing operation alone", []func(*testing.T, objstore.Pool){failing}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Open(t.TempDir(), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			pool, err := c.Pool(ctx, "rbd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := c.Stats().Syncs
+			for _, step := range tc.steps {
+				step(t, pool)
+			}
+			if got := c.Stats().Syncs - before; got != tc.wantSyncs {
+				t.Fatalf("log syncs: got %d, want %d", got, tc.wantSyncs)
+			}
+		})
+	}
+}
