@@ -31,11 +31,14 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -56,7 +59,7 @@ type cephEnv struct {
 }
 
 func newCephEnv(t *testing.T) *cephEnv {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	e := &cephEnv{t: t, dir: t.TempDir(), conf: cephtest.Conf(t)}
 	key, err := e.cli("ceph", "auth", "get-or-create-key", "client."+cephUser, "mon", "profile rbd", "osd", "profile rbd")
 	if err != nil {
@@ -176,7 +179,7 @@ func (p *plugin) kill() { p.child.kill() }
 // staged: mounts under the test directory, its FUSE mounts and loop devices.
 func (p *plugin) stop() {
 	p.child.stop(time.Minute)
-	ms := mountsUnder(p.e.dir)
+	ms := fsprobe.MountsUnder(p.e.dir)
 	for i := len(ms) - 1; i >= 0; i-- {
 		if !strings.Contains(ms[i], "/fuse/") {
 			_ = unix.Unmount(ms[i], unix.MNT_DETACH)

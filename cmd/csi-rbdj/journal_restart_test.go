@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 )
 
 // TestRestartMetadataMode: a journalMode metadata volume (ext4, xfs) is
@@ -56,10 +59,10 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 					return
 				default:
 				}
-				if err := writeSync(filepath.Join(rw, fmt.Sprintf("m%06d", seq)), metaFile(seq)); err != nil {
+				if err := fsprobe.WriteSync(filepath.Join(rw, fmt.Sprintf("m%06d", seq)), metaFile(seq)); err != nil {
 					return
 				}
-				if err := syncPath(rw); err != nil {
+				if err := atomicfile.SyncDir(rw); err != nil {
 					return
 				}
 				got = append(got, seq)

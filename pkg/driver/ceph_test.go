@@ -22,14 +22,16 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // TestCephSanity runs csi-test's sanity suite against the driver with the
@@ -40,7 +42,7 @@ import (
 // had the driver used them where a request has secrets, creating a volume
 // would fail.
 func TestCephSanity(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	newCephFixture(t) // no cluster: skip (or fail) here, not in the children
 	runSanityChildren(t, "TestCephSanityChild")
 }
@@ -153,7 +155,7 @@ func TestCephLibrbdCrashWriter(t *testing.T) {
 // `rbd journal status` shows it) covers our epoch and `rbd export` has the
 // data.
 func TestCephStageReplaysLibrbdCrash(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	name := uniqueName("csirbdj-librbd-crash")
@@ -384,7 +386,7 @@ func TestCephErrorUnknownCluster(t *testing.T) {
 // the image and the command that enables journaling; after running that
 // command the same NodeStageVolume succeeds.
 func TestCephErrorNotJournaled(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	_, node, staging := f.serve(t, f.configFile, "")
 	name := uniqueName("csirbdj-static-plain")
@@ -411,7 +413,7 @@ func TestCephErrorNotJournaled(t *testing.T) {
 // credentials connects anew and works (at once: a stage that finds its
 // connection fenced retries on a new one itself).
 func TestCephFencedConnectionReplaced(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	_, node, dir := serveCeph(t, f.configFile, "")

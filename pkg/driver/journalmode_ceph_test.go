@@ -11,11 +11,13 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // TestCephJournalModeMetadata: a journalMode metadata volume on Ceph, with
@@ -23,7 +25,7 @@ import (
 // the node keeps the extent log, a filesystem on it survives an unstage
 // (rbd sees the data in place), and DeleteVolume removes the log.
 func TestCephJournalModeMetadata(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	ctrl, node, dir := serveCeph(t, f.configFile, "")

@@ -11,14 +11,16 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"google.golang.org/grpc/codes"
 )
 
 // acked returns the items the writer has written and fsynced so far.
@@ -73,7 +75,7 @@ func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets 
 // formatted: they carry no format marker), mounted and verified. Then the
 // bad inputs: each fails with its code and leaves nothing behind.
 func TestSnapshotRestoreClone(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	pool := func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }

@@ -20,16 +20,19 @@ import (
 	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
-	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
-	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
-	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
-	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
+	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
 // takeoverBackends open the backend the two nodes share, by name, from
@@ -143,7 +146,7 @@ type twoNodes struct {
 // child, both on the cluster kind names (local: a directory under dir).
 func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 	t.Helper()
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	dir := t.TempDir()
 	tn := &twoNodes{dir: dir, kind: kind(dir)}
 	// n2 and the controller, in this process.
@@ -162,7 +165,7 @@ func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 		tn.child.Cmd.Process.Signal(syscall.SIGCONT)
 		tn.child.Kill()
 		in.Close()
-		for _, m := range reverse(mountsUnder(dir)) {
+		for _, m := range reverse(fsprobe.MountsUnder(dir)) {
 			if !strings.Contains(m, "/fuse/") && strings.Contains(m, "/n1-") {
 				_ = unix.Unmount(m, unix.MNT_DETACH)
 			}
