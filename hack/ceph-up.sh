@@ -70,11 +70,8 @@ chmod 700 "$CEPH_DIR"
 FSID=$(cat /proc/sys/kernel/random/uuid)
 {
   echo "[global]"
-  conf_global "$FSID"
+  conf_global "$FSID" cephx
   cat <<EOF
-auth_cluster_required = cephx
-auth_service_required = cephx
-auth_client_required = cephx
 auth_allow_insecure_global_id_reclaim = false
 keyring = $CEPH_DIR/keyring
 # daemons only (below): clients of one user would fight over one socket

@@ -49,11 +49,8 @@ mkdir -p "$CEPH_DIR"/{run,log,mon.a,osd.0,mgr.x}
 FSID=$(cat /proc/sys/kernel/random/uuid)
 {
   echo "[global]"
-  conf_global "$FSID"
+  conf_global "$FSID" none
   cat <<EOF
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
 auth_supported = none
 keyring = /dev/null
 admin_socket = $CEPH_DIR/run/\$name.asok

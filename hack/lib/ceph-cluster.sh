@@ -32,8 +32,9 @@ stop_leftovers() {
   log "stopped old daemons"
 }
 
-# conf_global FSID prints the [global] lines of the node's addresses and
-# the state directory's layout.
+# conf_global FSID AUTH prints the [global] lines of the node's addresses,
+# the auth required everywhere (cephx or none) and the state directory's
+# layout.
 conf_global() {
   cat <<CONF
 fsid = $1
@@ -41,6 +42,9 @@ mon_host = [v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_PORT1]
 mon_initial_members = a
 public_addr = 127.0.0.1
 cluster_addr = 127.0.0.1
+auth_cluster_required = $2
+auth_service_required = $2
+auth_client_required = $2
 run_dir = $CEPH_DIR/run
 pid_file = $CEPH_DIR/run/\$name.pid
 log_file = $CEPH_DIR/log/\$name.log
