@@ -356,13 +356,10 @@ check1() {
   fi
 }
 
-# ---- check 2 ------------------------------------------------------------------
-# Two containers run e2e/pods/watch.sh and log each change of what they see:
-#   app  the default mountPropagation (None), with a liveness probe that reads the volume
-#        (O_DIRECT): the kubelet restarts it when the volume fails, as the README advises;
-#   h2c  mountPropagation HostToContainer and no probe: does the re-served mount reach a
-#        running container?
-watch_pod() { # name pvc
+# script_pod NAME PVC CONTAINERS: applies pod NAME on the host network with the PVC as
+# volume "data" and the e2e-scripts ConfigMap (e2e/pods/) as volume "scripts";
+# CONTAINERS is the YAML of its containers list.
+script_pod() {
   K apply -f - >/dev/null <<X
 apiVersion: v1
 kind: Pod
@@ -371,6 +368,21 @@ spec:
   hostNetwork: true
   terminationGracePeriodSeconds: 2
   containers:
+$3
+  volumes:
+    - {name: data, persistentVolumeClaim: {claimName: $2}}
+    - {name: scripts, configMap: {name: e2e-scripts}}
+X
+}
+
+# ---- check 2 ------------------------------------------------------------------
+# Two containers run e2e/pods/watch.sh and log each change of what they see:
+#   app  the default mountPropagation (None), with a liveness probe that reads the volume
+#        (O_DIRECT): the kubelet restarts it when the volume fails, as the README advises;
+#   h2c  mountPropagation HostToContainer and no probe: does the re-served mount reach a
+#        running container?
+watch_pod() { # name pvc
+  script_pod "$1" "$2" "$(cat <<X
     - name: app
       image: $POD_IMAGE
       imagePullPolicy: Never
@@ -388,10 +400,8 @@ spec:
       command: [bash, /scripts/watch.sh]
       env: [{name: CONTAINER, value: h2c}]
       volumeMounts: [{name: data, mountPath: /data, mountPropagation: HostToContainer}, {name: scripts, mountPath: /scripts}]
-  volumes:
-    - {name: data, persistentVolumeClaim: {claimName: $2}}
-    - {name: scripts, configMap: {name: e2e-scripts}}
 X
+)"
 }
 holder_pod() { "$KUBECTL" -n "$NS" get pod -l app.kubernetes.io/component=fuse-holder -o jsonpath='{.items[0].metadata.name}'; }
 task_pid() { # pod container (in $NS): the pid of the container's task
@@ -417,23 +427,14 @@ writer_pod() { # name pvc fs|block
     mount="volumeDevices: [{name: data, devicePath: /dev/xvda}]
       volumeMounts: [{name: scripts, mountPath: /scripts}]"
   fi
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
+  script_pod "$1" "$2" "$(cat <<X
     - name: w
       image: $POD_IMAGE
       imagePullPolicy: Never
       command: [bash, /scripts/writer.sh, $3, $([ "$3" = fs ] && echo /data || echo /dev/xvda)]
       $mount
-  volumes:
-    - {name: data, persistentVolumeClaim: {claimName: $2}}
-    - {name: scripts, configMap: {name: e2e-scripts}}
 X
+)"
 }
 # The host's mounts of the check's volumes (mount id @ device) and their loop devices
 # (name, major:minor, diskseq: a re-attached loop device gets a new diskseq).
