@@ -21,15 +21,17 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
-	"golang.org/x/sys/unix"
 )
 
 // TestServeHelperProcess is the serving process of the kernel tests: it
@@ -104,16 +106,6 @@ func helperProcessEnv(t *testing.T, prefix, skip string) (dir string, policy Ack
 		t.Fatal(err)
 	}
 	return dir, policy
-}
-
-func requireKernel(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, FUSE, mounts)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
 }
 
 // server runs and kills serving processes for one device.
@@ -292,7 +284,7 @@ func fsck(t *testing.T, fs, dev string) {
 // while files are written and fsynced. After each kill and replay the
 // filesystem checks clean and every file whose fsync returned is intact.
 func TestCrashConsistencyFilesystem(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills := 5
 	if testing.Short() {
 		kills = 2
@@ -333,7 +325,7 @@ func rawContent(block, gen uint64) []byte {
 // acknowledged, unflushed writes (TestWriteBackCrashPrefix checks what it
 // keeps).
 func TestCrashConsistencyRaw(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills := 3
 	if testing.Short() {
 		kills = 1

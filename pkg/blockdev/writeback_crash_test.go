@@ -8,12 +8,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // TestWriteBackCrashPrefix is issue 15's crash test of the write-back
 // policy on the local backend: see writeBackCrashRounds.
 func TestWriteBackCrashPrefix(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := newServer(t, AckWriteBack, 64<<20)
 	writeBackCrashRounds(t, s, writeBackKills())
 }
@@ -23,7 +25,7 @@ func TestWriteBackCrashPrefix(t *testing.T) {
 // fuse-holder does): after each SIGKILL and replay, every acknowledged
 // write is there, flushed or not.
 func TestWriteBackCrashRing(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := newServer(t, AckWriteBack, 64<<20)
 	s.ring = newTestRing(t, RingSize(0))
 	writeBackCrashRounds(t, s, writeBackKills())
