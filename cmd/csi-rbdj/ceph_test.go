@@ -31,14 +31,13 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -287,7 +286,7 @@ func writeDevice(t *testing.T, path string, ws []write) {
 	}
 	defer f.Close()
 	for _, w := range ws {
-		buf := alignedBuf(len(w.data))
+		buf := kerneltest.AlignedBuf(len(w.data))
 		copy(buf, w.data)
 		if _, err := f.WriteAt(buf, w.off); err != nil {
 			t.Fatalf("write at %d: %v", w.off, err)
@@ -296,21 +295,6 @@ func writeDevice(t *testing.T, path string, ws []write) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// readDevice reads the whole device with O_DIRECT.
-func readDevice(t *testing.T, path string) []byte {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := alignedBuf(imageSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return buf
 }
 
 // export returns the image's content as `rbd export` writes it.
@@ -535,7 +519,7 @@ func TestCephJournalExportImport(t *testing.T) {
 
 	p := e.startPlugin("node-import")
 	target := p.stage(dst)
-	if d := firstDiff(readDevice(t, target), content(ws)); d != "" {
+	if d := firstDiff(kerneltest.ReadDirect(t, target, 0, imageSize), content(ws)); d != "" {
 		t.Fatalf("our replay of the imported journal: the device differs from what was written to %s: %s", src, d)
 	}
 	p.unstage(dst)
@@ -584,7 +568,7 @@ func TestCephRestartReserves(t *testing.T) {
 	start := time.Now()
 	p = e.startPlugin("node", "--ceph-credentials-dir", e.credsDir)
 	t.Logf("restarted plugin ready (volume re-served with the default credentials) after %v", time.Since(start).Round(time.Millisecond))
-	if d := firstDiff(readDevice(t, target), content(ws)); d != "" {
+	if d := firstDiff(kerneltest.ReadDirect(t, target, 0, imageSize), content(ws)); d != "" {
 		t.Fatalf("after the restart the device differs: %s", d)
 	}
 	more := []write{{5 << 20, bytes.Repeat([]byte{0x5a}, 8192)}}

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // startHolder runs `csi-rbdj fuse-holder` as a child process and points
@@ -392,7 +392,7 @@ type blockWriter struct {
 func (w *blockWriter) start(f *os.File, size int64) {
 	w.f, w.gens = f, make([]uint64, size/blockWriterBS)
 	const bs = blockWriterBS
-	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+	buf, rbuf := kerneltest.AlignedBuf(bs), kerneltest.AlignedBuf(bs)
 	w.workload = newWorkload()
 	w.run(func(i uint64) {
 		gen := i + 1
@@ -426,7 +426,7 @@ func (w *blockWriter) start(f *os.File, size int64) {
 // test if one does not hold the last generation acknowledged for it.
 func (w *blockWriter) checkAcknowledged(t *testing.T) {
 	t.Helper()
-	buf, rbuf := alignedBuf(blockWriterBS), alignedBuf(blockWriterBS)
+	buf, rbuf := kerneltest.AlignedBuf(blockWriterBS), kerneltest.AlignedBuf(blockWriterBS)
 	for blk, gen := range w.gens {
 		if gen == 0 {
 			continue

@@ -15,17 +15,16 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestMain lets the test binary act as the csi-rbdj command: the tests run
@@ -440,7 +439,7 @@ func TestRestartBlock(t *testing.T) {
 
 	f, err = os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
 	e.must(err)
-	got := alignedBuf(len(data))
+	got := kerneltest.AlignedBuf(len(data))
 	_, err = f.ReadAt(got, 3<<20)
 	f.Close()
 	e.must(err)
@@ -469,12 +468,6 @@ func TestRestartBlock(t *testing.T) {
 		t.Errorf("block stats: %v", st)
 	}
 	e.teardown(ctx, v)
-}
-
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 4096 - int(uintptr(unsafePointer(b))&4095)
-	return b[off : off+n]
 }
 
 // waitNoLoops waits for the kernel to release loop devices of dir (a

@@ -15,11 +15,10 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-
-	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // TestServeMetricsBindFailure: a metrics address that cannot be bound

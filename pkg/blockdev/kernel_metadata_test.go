@@ -12,14 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
+	"golang.org/x/sys/unix"
 )
 
 // metadataFeatures are the features of a journalMode metadata image: no
@@ -204,7 +203,7 @@ func TestChangedExtentsAcrossCrash(t *testing.T) {
 						}
 						first, cursor = cursor, cursor+cnt
 					}
-					buf := alignedBuf(cnt * blk)
+					buf := kerneltest.AlignedBuf(cnt * blk)
 					for i := range buf {
 						buf[i] = byte(r.Uint32())
 					}

@@ -19,9 +19,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
@@ -32,6 +29,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+	"golang.org/x/sys/unix"
 )
 
 // TestServeHelperProcess is the serving process of the kernel tests: it
@@ -352,7 +350,7 @@ func TestCrashConsistencyRaw(t *testing.T) {
 					go func(w uint64) {
 						defer wg.Done()
 						wr := rand.New(rand.NewPCG(w, uint64(kill)))
-						buf := alignedBuf(rawBlock)
+						buf := kerneltest.AlignedBuf(rawBlock)
 						for {
 							blk := w + 8*wr.Uint64N(rawBlocks/8) // each writer owns its blocks
 							mu.Lock()
@@ -395,7 +393,7 @@ func TestCrashConsistencyRaw(t *testing.T) {
 // acknowledged for it) zeros; then it adopts what it found.
 func verifyRaw(t *testing.T, f *os.File, acked, inflight []uint64, when string) {
 	t.Helper()
-	buf := alignedBuf(rawBlock)
+	buf := kerneltest.AlignedBuf(rawBlock)
 	zero := make([]byte, rawBlock)
 	for blk := uint64(0); blk < rawBlocks; blk++ {
 		if _, err := f.ReadAt(buf, int64(blk*rawBlock)); err != nil {
@@ -422,10 +420,4 @@ func parseRaw(b []byte, blk uint64) (gen uint64, ok bool) {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(b[16:]), true
-}
-
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 4096 - int(uintptr(unsafe.Pointer(&b[0]))%4096)
-	return b[off : off+n]
 }

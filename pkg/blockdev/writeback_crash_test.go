@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
+	"golang.org/x/sys/unix"
 )
 
 // TestWriteBackCrashPrefix is issue 15's crash test of the write-back
@@ -95,7 +94,7 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		go func() { // owned by this round: ends when the device fails
 			defer close(done)
 			wr := rand.New(rand.NewPCG(seed, 1))
-			buf := alignedBuf(crashMaxBlocks * rawBlock)
+			buf := kerneltest.AlignedBuf(crashMaxBlocks * rawBlock)
 			for n := uint64(0); ; n++ {
 				if wr.IntN(16) == 0 {
 					mu.Lock()
@@ -167,15 +166,7 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 // readStamps reads the test area of dev (O_DIRECT) and parses each block.
 func readStamps(t *testing.T, dev string) []uint64 {
 	t.Helper()
-	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := alignedBuf(crashBlocks * rawBlock)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		t.Fatalf("read %s: %v", dev, err)
-	}
+	buf := kerneltest.ReadDirect(t, dev, 0, crashBlocks*rawBlock)
 	out := make([]uint64, crashBlocks)
 	for b := range out {
 		out[b] = parseStamp(buf[b*rawBlock:(b+1)*rawBlock], b)

@@ -17,15 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
@@ -33,6 +26,11 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // takeoverBackends open the backend the two nodes share, by name, from
@@ -244,7 +242,7 @@ func directIO(path string, off int64, data []byte, write bool) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	buf := alignedBlock(len(data))
+	buf := kerneltest.AlignedBuf(len(data))
 	if write {
 		copy(buf, data)
 		if _, err := f.WriteAt(buf, off); err != nil {
@@ -256,12 +254,6 @@ func directIO(path string, off int64, data []byte, write bool) ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
-}
-
-func alignedBlock(n int) []byte {
-	b := make([]byte, n+4096)
-	off := (4096 - int(uintptr(unsafe.Pointer(&b[0]))%4096)) % 4096
-	return b[off : off+n : off+n]
 }
 
 func randomBlock(seed uint64) []byte {

@@ -17,10 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
-
-	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 const (

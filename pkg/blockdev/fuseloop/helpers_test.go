@@ -20,9 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
+	"golang.org/x/sys/unix"
 )
 
 // ---- the test backend ----
