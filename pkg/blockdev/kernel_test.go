@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
@@ -236,34 +236,7 @@ func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 // writeFilesEach is writeFiles telling durable about each file as soon as
 // it is durable.
 func writeFilesEach(dir string, first int, stop <-chan struct{}, durable func(seq int)) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	for seq := first; ; seq++ {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-		if err != nil {
-			return
-		}
-		_, err = f.Write(fileContent(seq))
-		if err == nil {
-			err = f.Sync()
-		}
-		f.Close()
-		if err == nil {
-			err = d.Sync()
-		}
-		if err != nil {
-			return
-		}
-		durable(seq)
-	}
+	fsprobe.Files{Dir: dir, Prefix: "f", Content: fileContent}.WriteUntil(first, stop, durable)
 }
 
 func fsck(t *testing.T, fs, dev string) {

@@ -1,11 +1,14 @@
 // Package fsprobe does to a mounted volume what an application in a pod
 // does, and looks at what is mounted, for the demo (cmd/csi-rbdj demo) and
 // the tests that check served volumes from the outside: write a file and
-// fsync it, list the mounts under a directory.
+// fsync it, keep writing durable files until the volume goes away, list the
+// mounts under a directory.
 package fsprobe
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/moby/sys/mountinfo"
 )
@@ -41,4 +44,43 @@ func MountsUnder(dir string) []string {
 		out = append(out, m.Mountpoint)
 	}
 	return out
+}
+
+// Files is a series of files Dir/<Prefix><seq in 6 digits> holding
+// Content(seq).
+type Files struct {
+	Dir     string
+	Prefix  string
+	Content func(seq int) []byte
+}
+
+// Path returns the path of file seq.
+func (fs Files) Path(seq int) string {
+	return filepath.Join(fs.Dir, fmt.Sprintf("%s%06d", fs.Prefix, seq))
+}
+
+// WriteUntil writes the files first, first+1, ..., each fsynced and its
+// directory entry too, until stop is closed or an operation fails (the
+// volume went away: the caller's test decides what that means), and calls
+// durable with each file's seq once it is durable.
+func (fs Files) WriteUntil(first int, stop <-chan struct{}, durable func(seq int)) {
+	d, err := os.Open(fs.Dir)
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	for seq := first; ; seq++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if err := WriteSync(fs.Path(seq), fs.Content(seq)); err != nil {
+			return
+		}
+		if err := d.Sync(); err != nil {
+			return
+		}
+		durable(seq)
+	}
 }
