@@ -20,10 +20,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -118,19 +116,7 @@ func TestCephLibrbdCrashWriter(t *testing.T) {
 	if name == "" {
 		t.Skip("child process of TestCephStageReplaysLibrbdCrash")
 	}
-	cfg := cephtest.Config(t)
-	// Without the cache librbd acknowledges a write only once its journal
-	// entry is safe, so the crash loses none of them.
-	cfg.Options = map[string]string{"rbd_cache": "false"}
-	c, err := ceph.Connect(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := cephtest.PoolOf(t, c)
-	img, err := rbd.OpenImage(pool.IOContext(), name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, pool := cephtest.OpenUncached(t, name) // the crash loses no acked write
 	for i, w := range librbdWrites() {
 		if i == librbdCrashFlushAfter {
 			if err := img.Flush(); err != nil {
