@@ -70,7 +70,7 @@ func demoMain(args []string) error {
 	fs.BoolVar(&d.holder, "holder", true, "run a fuse-holder next to the node plugin, so the crash is a pause (false: the fallback, the pod sees EIO)")
 	fs.IntVar(&d.fileSize, "file-size", 256<<10, "bytes per file")
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {

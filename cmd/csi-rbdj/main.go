@@ -157,14 +157,11 @@ func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var c serveConfig
 	serveFlags(fs, &c)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if c.maxPendingBytes < 0 || c.maxDirtyBytes < 0 {
 		return fmt.Errorf("--max-pending-bytes %d, --max-dirty-bytes %d: must be >= 0 (0: the default)", c.maxPendingBytes, c.maxDirtyBytes)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
 	limit, src, err := memlimit.Apply(c.memoryLimit)
 	if err != nil {
@@ -332,11 +329,24 @@ func listenKubeletRegistration(ctx context.Context, c serveConfig) (*kubeletreg.
 	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir, Logger: klog.FromContext(ctx)})
 }
 
+// parseArgs parses a subcommand's flags and rejects positional arguments:
+// none takes any, and one is usually a flag whose value went astray (say
+// "--fs xfs extra"), which would otherwise be ignored silently.
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return nil
+}
+
 func nodeCleanupMain(args []string) error {
 	fs := flag.NewFlagSet("node-cleanup", flag.ExitOnError)
 	stateDir := fs.String("state-dir", "/var/lib/csi-rbdj/node", "the node plugin's --state-dir")
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
