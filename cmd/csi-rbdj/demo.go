@@ -28,7 +28,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/klog/v2"
 )
 
 // demo runs the driver's main job end to end on the local backend, the way
@@ -69,7 +68,6 @@ func demoMain(args []string) error {
 	fs.IntVar(&d.files, "files", 16, "files written before the crash")
 	fs.BoolVar(&d.holder, "holder", true, "run a fuse-holder next to the node plugin, so the crash is a pause (false: the fallback, the pod sees EIO)")
 	fs.IntVar(&d.fileSize, "file-size", 256<<10, "bytes per file")
-	klog.InitFlags(fs)
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}

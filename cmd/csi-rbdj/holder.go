@@ -20,7 +20,6 @@ import (
 func holderMain(args []string) error {
 	fs := flag.NewFlagSet("fuse-holder", flag.ExitOnError)
 	socket := fs.String("socket", "/run/csi-rbdj-holder/holder.sock", "unix socket to serve on (its directory is shared with the node plugin)")
-	klog.InitFlags(fs)
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
