@@ -262,17 +262,12 @@ spec:
 X
 }
 
-# pod NAME CLAIM fs|block SCRIPT [SPEC...]: applies a pod with one container, "app", on
-# the pods' image, that runs `bash -c SCRIPT` with CLAIM mounted at /data (fs) or as the
-# device /dev/xvda (block); each SPEC (e.g. "restartPolicy: Never") is a line of its spec.
-pod() {
-  local script=${4//\'/\'\'} data spec="" l # a YAML single-quoted string doubles its quotes
-  if [ "$3" = block ]; then
-    data="volumeDevices: [{name: data, devicePath: /dev/xvda}]"
-  else
-    data="volumeMounts: [{name: data, mountPath: /data}]"
-  fi
-  for l in "${@:5}"; do spec+="  $l"$'\n'; done
+# apply_pod NAME CONTAINERS VOLUMES [SPEC...]: applies pod NAME on the host network;
+# CONTAINERS and VOLUMES are the YAML of its lists, each SPEC (e.g. "restartPolicy:
+# Never") a further line of its spec.
+apply_pod() {
+  local spec="" l
+  for l in "${@:4}"; do spec+="  $l"$'\n'; done
   K apply -f - >/dev/null <<X
 apiVersion: v1
 kind: Pod
@@ -280,13 +275,27 @@ metadata: {name: $1}
 spec:
   hostNetwork: true
 ${spec}  containers:
-    - name: app
+$2
+  volumes:
+$3
+X
+}
+
+# pod NAME CLAIM fs|block SCRIPT [SPEC...]: applies a pod with one container, "app", on
+# the pods' image, that runs `bash -c SCRIPT` with CLAIM mounted at /data (fs) or as the
+# device /dev/xvda (block); each SPEC is a line of its spec.
+pod() {
+  local script=${4//\'/\'\'} data # a YAML single-quoted string doubles its quotes
+  if [ "$3" = block ]; then
+    data="volumeDevices: [{name: data, devicePath: /dev/xvda}]"
+  else
+    data="volumeMounts: [{name: data, mountPath: /data}]"
+  fi
+  apply_pod "$1" "    - name: app
       image: $POD_IMAGE
       imagePullPolicy: Never
       command: [bash, -c, '$script']
-      $data
-  volumes: [{name: data, persistentVolumeClaim: {claimName: $2}}]
-X
+      $data" "    - {name: data, persistentVolumeClaim: {claimName: $2}}" "${@:5}"
 }
 
 # inspect_image POOL IMAGE: JSON (local) or `rbd info` text (ceph), with journaling shown.
@@ -356,6 +365,14 @@ check1() {
   fi
 }
 
+# script_pod NAME PVC CONTAINERS: applies pod NAME (apply_pod) with the PVC as volume
+# "data" and the e2e-scripts ConfigMap (e2e/pods/) as volume "scripts"; CONTAINERS is
+# the YAML of its containers list.
+script_pod() {
+  apply_pod "$1" "$3" "    - {name: data, persistentVolumeClaim: {claimName: $2}}
+    - {name: scripts, configMap: {name: e2e-scripts}}" "terminationGracePeriodSeconds: 2"
+}
+
 # ---- check 2 ------------------------------------------------------------------
 # Two containers run e2e/pods/watch.sh and log each change of what they see:
 #   app  the default mountPropagation (None), with a liveness probe that reads the volume
@@ -363,14 +380,7 @@ check1() {
 #   h2c  mountPropagation HostToContainer and no probe: does the re-served mount reach a
 #        running container?
 watch_pod() { # name pvc
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
+  script_pod "$1" "$2" "$(cat <<X
     - name: app
       image: $POD_IMAGE
       imagePullPolicy: Never
@@ -388,10 +398,8 @@ spec:
       command: [bash, /scripts/watch.sh]
       env: [{name: CONTAINER, value: h2c}]
       volumeMounts: [{name: data, mountPath: /data, mountPropagation: HostToContainer}, {name: scripts, mountPath: /scripts}]
-  volumes:
-    - {name: data, persistentVolumeClaim: {claimName: $2}}
-    - {name: scripts, configMap: {name: e2e-scripts}}
 X
+)"
 }
 holder_pod() { "$KUBECTL" -n "$NS" get pod -l app.kubernetes.io/component=fuse-holder -o jsonpath='{.items[0].metadata.name}'; }
 task_pid() { # pod container (in $NS): the pid of the container's task
@@ -417,23 +425,14 @@ writer_pod() { # name pvc fs|block
     mount="volumeDevices: [{name: data, devicePath: /dev/xvda}]
       volumeMounts: [{name: scripts, mountPath: /scripts}]"
   fi
-  K apply -f - >/dev/null <<X
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 2
-  containers:
+  script_pod "$1" "$2" "$(cat <<X
     - name: w
       image: $POD_IMAGE
       imagePullPolicy: Never
       command: [bash, /scripts/writer.sh, $3, $([ "$3" = fs ] && echo /data || echo /dev/xvda)]
       $mount
-  volumes:
-    - {name: data, persistentVolumeClaim: {claimName: $2}}
-    - {name: scripts, configMap: {name: e2e-scripts}}
 X
+)"
 }
 # The host's mounts of the check's volumes (mount id @ device) and their loop devices
 # (name, major:minor, diskseq: a re-attached loop device gets a new diskseq).

@@ -36,11 +36,7 @@ export CEPH_CONF=$CONF
 
 log() { echo "[ceph-up $(date +%T.%3N)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-
-# A pid counts as running unless it is gone or a zombie (init may reap
-# orphans slowly, and kill -0 succeeds on zombies).
-running() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-alive() { [ -s "$1" ] && running "$(cat "$1")"; }
+. "$HERE/lib/ceph-cluster.sh"
 
 # ---- packages ---------------------------------------------------------------
 need=(ceph-mon ceph-osd ceph rbd monmaptool ceph-authtool)
@@ -60,66 +56,29 @@ flock -w 300 9 || die "another hack/ceph-up.sh holds $CEPH_DIR.lock for 5 minute
 
 # ---- reuse a running cluster ------------------------------------------------
 if [ "${CEPH_FRESH:-0}" != 1 ] && [ -f "$CONF" ] && [ -f "$CEPH_DIR/ready" ] \
-   && alive "$CEPH_DIR/run/mon.a.pid" && alive "$CEPH_DIR/run/osd.0.pid" \
-   && timeout 10 ceph osd dump 2>/dev/null | grep -q '^osd.0 up *in' \
-   && ! timeout 10 ceph health 2>/dev/null | grep -q 'full'; then
+   && cluster_running && ! timeout 10 ceph health 2>/dev/null | grep -q 'full'; then
   log "cluster already running ($CEPH_DIR)"
   echo "$CONF"; exit 0
 fi
 
 # ---- stop leftovers (by pid file only) and wipe -----------------------------
-if [ -d "$CEPH_DIR/run" ]; then # the state is wiped anyway: SIGKILL is fine
-  for p in "$CEPH_DIR"/run/*.pid; do
-    [ -s "$p" ] || continue
-    pid=$(cat "$p")
-    # only kill a process that is one of ours (its command line names our conf)
-    if running "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CONF"; then
-      kill -9 "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
-    fi
-  done
-  log "stopped old daemons"
-fi
+stop_leftovers
 rm -rf "$CEPH_DIR"
 mkdir -p "$CEPH_DIR"/{run,log,mon.a,osd.0,crash}
 chmod 700 "$CEPH_DIR"
 
 FSID=$(cat /proc/sys/kernel/random/uuid)
-cat >"$CONF" <<EOF
-[global]
-fsid = $FSID
-mon_host = [v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_PORT1]
-mon_initial_members = a
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
-auth_cluster_required = cephx
-auth_service_required = cephx
-auth_client_required = cephx
+{
+  echo "[global]"
+  conf_global "$FSID" cephx
+  cat <<EOF
+auth_allow_insecure_global_id_reclaim = false
 keyring = $CEPH_DIR/keyring
-run_dir = $CEPH_DIR/run
-pid_file = $CEPH_DIR/run/\$name.pid
 # daemons only (below): clients of one user would fight over one socket
 admin_socket =
-log_file = $CEPH_DIR/log/\$name.log
-mon_cluster_log_file = $CEPH_DIR/log/cluster.log
-crash_dir = $CEPH_DIR/crash
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-osd_crush_chooseleaf_type = 0
-mon_allow_pool_size_one = true
-mon_allow_pool_delete = true
-mon_warn_on_pool_no_redundancy = false
-mon_warn_on_insecure_global_id_reclaim_allowed = false
-auth_allow_insecure_global_id_reclaim = false
-mon_data_avail_warn = 2
-mon_data_avail_crit = 1
-mon_mgr_mkfs_grace = 86400
-debug_ms = 0
-# the mon batches map updates every 1 s by default; 0.1 s halves bring-up
-paxos_propose_interval = 0.1
+EOF
+  conf_single_osd
+  cat <<EOF
 ${CEPH_EXTRA_CONF:-}
 [mon]
 mon_data = $CEPH_DIR/mon.\$id
@@ -139,6 +98,7 @@ osd_class_dir = /usr/lib/x86_64-linux-gnu/rados-classes
 osd_class_load_list = *
 osd_class_default_list = *
 EOF
+} >"$CONF"
 
 # ---- keys -------------------------------------------------------------------
 umask 077
@@ -150,17 +110,13 @@ umask 022
 
 # ---- mon --------------------------------------------------------------------
 log "mkfs mon.a (fsid $FSID, port $MON_PORT)"
-# An explicit monmap naming the mon "a": otherwise mkfs names it "noname-a"
-# and the mon binds public_addr with the default ports.
-monmaptool --create --fsid "$FSID" \
-  --addv a "[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_PORT1]" "$CEPH_DIR/monmap" >/dev/null
+make_monmap "$FSID"
 ceph-mon --mkfs -i a -c "$CONF" --monmap "$CEPH_DIR/monmap" --keyring "$CEPH_DIR/keyring" \
   >"$CEPH_DIR/log/mon-mkfs.out" 2>&1 || { cat "$CEPH_DIR/log/mon-mkfs.out" >&2; die "mon mkfs failed"; }
 # daemonizes (the parent returns once the child is up) and writes run/mon.a.pid
 ceph-mon -i a -c "$CONF" 9>&- 2>>"$CEPH_DIR/log/mon-start.out" \
   || { tail -5 "$CEPH_DIR/log/mon.a.log" >&2; die "mon did not start (port $MON_PORT in use? set CEPH_MON_PORT)"; }
-for _ in $(seq 100); do timeout 5 ceph mon stat >/dev/null 2>&1 && break; sleep 0.2; done
-timeout 5 ceph mon stat >/dev/null 2>&1 || die "mon does not answer; see $CEPH_DIR/log/mon.a.log"
+wait_mon || die "mon does not answer; see $CEPH_DIR/log/mon.a.log"
 log "mon up"
 
 # ---- osd --------------------------------------------------------------------
@@ -177,15 +133,10 @@ ceph-osd -i 0 -c "$CONF" --mkfs --osd-uuid "$OSD_UUID" >"$CEPH_DIR/log/osd-mkfs.
 # daemonizes; adds itself to the CRUSH map on start
 ceph-osd -i 0 -c "$CONF" 9>&- 2>>"$CEPH_DIR/log/osd-start.out" \
   || { tail -5 "$CEPH_DIR/log/osd.0.log" >&2; die "osd did not start"; }
-for _ in $(seq 300); do
-  ceph osd dump 2>/dev/null | grep -q '^osd.0 up *in' && break; sleep 0.2
-done
-ceph osd dump | grep -q '^osd.0 up *in' || die "osd did not come up; see $CEPH_DIR/log/osd.0.log"
+wait_osd 0 || die "osd did not come up; see $CEPH_DIR/log/osd.0.log"
 log "osd.0 up+in"
 
 # ---- rbd pool ---------------------------------------------------------------
-ceph osd pool create "$RBD_POOL" 8 8 >/dev/null 2>&1
-rbd pool init "$RBD_POOL"
-log "pool $RBD_POOL created (size 1) and rbd-initialised"
+create_rbd_pool "$RBD_POOL"
 touch "$CEPH_DIR/ready"
 echo "$CONF"

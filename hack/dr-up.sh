@@ -19,7 +19,7 @@ for tool in ceph-mon ceph-osd rbd rbd-mirror python3; do
 done
 [ "${DR_FRESH:-0}" = 1 ] && "$HERE/dr-down.sh" --wipe >&2
 mkdir -p "$MIRROR_DIR/conf"
-cp "$HERE"/dr/*.sh "$MIRROR_DIR/"
+cp "$HERE"/dr/*.sh "$HERE"/lib/ceph-cluster.sh "$MIRROR_DIR/"
 up() {  # site port
   CEPH_CLUSTER=$1 CEPH_DIR=$MIRROR_DIR/$1 CEPH_MON_PORT=$2 CEPH_RBD_POOL=rbd CEPH_MGR=0 \
     CEPH_FRESH=${DR_FRESH:-0} "$MIRROR_DIR/cluster-up.sh" >/dev/null

@@ -32,6 +32,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -56,7 +58,7 @@ type cephEnv struct {
 }
 
 func newCephEnv(t *testing.T) *cephEnv {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	e := &cephEnv{t: t, dir: t.TempDir(), conf: cephtest.Conf(t)}
 	key, err := e.cli("ceph", "auth", "get-or-create-key", "client."+cephUser, "mon", "profile rbd", "osd", "profile rbd")
 	if err != nil {
@@ -176,7 +178,7 @@ func (p *plugin) kill() { p.child.kill() }
 // staged: mounts under the test directory, its FUSE mounts and loop devices.
 func (p *plugin) stop() {
 	p.child.stop(time.Minute)
-	ms := mountsUnder(p.e.dir)
+	ms := fsprobe.MountsUnder(p.e.dir)
 	for i := len(ms) - 1; i >= 0; i-- {
 		if !strings.Contains(ms[i], "/fuse/") {
 			_ = unix.Unmount(ms[i], unix.MNT_DETACH)
@@ -284,7 +286,7 @@ func writeDevice(t *testing.T, path string, ws []write) {
 	}
 	defer f.Close()
 	for _, w := range ws {
-		buf := alignedBuf(len(w.data))
+		buf := kerneltest.AlignedBuf(len(w.data))
 		copy(buf, w.data)
 		if _, err := f.WriteAt(buf, w.off); err != nil {
 			t.Fatalf("write at %d: %v", w.off, err)
@@ -293,21 +295,6 @@ func writeDevice(t *testing.T, path string, ws []write) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// readDevice reads the whole device with O_DIRECT.
-func readDevice(t *testing.T, path string) []byte {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := alignedBuf(imageSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return buf
 }
 
 // export returns the image's content as `rbd export` writes it.
@@ -532,7 +519,7 @@ func TestCephJournalExportImport(t *testing.T) {
 
 	p := e.startPlugin("node-import")
 	target := p.stage(dst)
-	if d := firstDiff(readDevice(t, target), content(ws)); d != "" {
+	if d := firstDiff(kerneltest.ReadDirect(t, target, 0, imageSize), content(ws)); d != "" {
 		t.Fatalf("our replay of the imported journal: the device differs from what was written to %s: %s", src, d)
 	}
 	p.unstage(dst)
@@ -581,7 +568,7 @@ func TestCephRestartReserves(t *testing.T) {
 	start := time.Now()
 	p = e.startPlugin("node", "--ceph-credentials-dir", e.credsDir)
 	t.Logf("restarted plugin ready (volume re-served with the default credentials) after %v", time.Since(start).Round(time.Millisecond))
-	if d := firstDiff(readDevice(t, target), content(ws)); d != "" {
+	if d := firstDiff(kerneltest.ReadDirect(t, target, 0, imageSize), content(ws)); d != "" {
 		t.Fatalf("after the restart the device differs: %s", d)
 	}
 	more := []write{{5 << 20, bytes.Repeat([]byte{0x5a}, 8192)}}

@@ -22,7 +22,7 @@ func TestServeCSIAddons(t *testing.T) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var c serveConfig
 	serveFlags(fs, &c)
-	if err := fs.Parse([]string{"--mode", "controller", "--backend", "local", "--local-dir", filepath.Join(dir, "cluster"), "--local-no-sync",
+	if err := parseArgs(fs, []string{"--mode", "controller", "--backend", "local", "--local-dir", filepath.Join(dir, "cluster"), "--local-no-sync",
 		"--endpoint", "unix://" + filepath.Join(dir, "csi.sock"), "--csi-addons-endpoint", "unix://" + filepath.Join(dir, "csi-addons.sock")}); err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/moby/sys/mountinfo"
@@ -26,7 +28,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/klog/v2"
 )
 
 // demo runs the driver's main job end to end on the local backend, the way
@@ -67,8 +68,7 @@ func demoMain(args []string) error {
 	fs.IntVar(&d.files, "files", 16, "files written before the crash")
 	fs.BoolVar(&d.holder, "holder", true, "run a fuse-holder next to the node plugin, so the crash is a pause (false: the fallback, the pod sees EIO)")
 	fs.IntVar(&d.fileSize, "file-size", 256<<10, "bytes per file")
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {
@@ -227,7 +227,7 @@ func (d *demo) run(ctx context.Context) error {
 				return "", err
 			}
 			name := fmt.Sprintf("file-%03d", i)
-			if err := writeSync(filepath.Join(target, name), b); err != nil {
+			if err := fsprobe.WriteSync(filepath.Join(target, name), b); err != nil {
 				return "", err
 			}
 			sums[name] = sha256.Sum256(b)
@@ -235,7 +235,7 @@ func (d *demo) run(ctx context.Context) error {
 				file0 = b
 			}
 		}
-		if err := syncPath(target); err != nil {
+		if err := atomicfile.SyncDir(target); err != nil {
 			return "", err
 		}
 		f, err := os.OpenFile(filepath.Join(target, "file-000"), os.O_RDWR, 0)
@@ -371,7 +371,7 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	if err := d.do("write after the restart (fsync)", func() (string, error) {
-		return "", writeSync(filepath.Join(target, "after-restart"), []byte("written by the pod after the node plugin came back\n"))
+		return "", fsprobe.WriteSync(filepath.Join(target, "after-restart"), []byte("written by the pod after the node plugin came back\n"))
 	}); err != nil {
 		return err
 	}
@@ -607,7 +607,7 @@ func (d *demo) stopAll() error {
 // directory is left.
 func (d *demo) checkClean() error {
 	var left []string
-	for _, m := range mountsUnder(d.dir) {
+	for _, m := range fsprobe.MountsUnder(d.dir) {
 		left = append(left, "mount "+m)
 	}
 	for _, l := range loopsUnder(d.dir) {
@@ -630,7 +630,7 @@ func (d *demo) cleanup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Publish and staging mounts first (deepest first), then the devices.
-	ms := mountsUnder(d.dir)
+	ms := fsprobe.MountsUnder(d.dir)
 	for i := len(ms) - 1; i >= 0; i-- {
 		if !strings.Contains(ms[i], "/node-state/fuse/") {
 			_ = unix.Unmount(ms[i], unix.MNT_DETACH)
@@ -654,19 +654,6 @@ func (d *demo) cleanup() error {
 		return nil
 	}
 	return os.RemoveAll(d.dir)
-}
-
-// mountsUnder lists the mount points under dir, in mount order.
-func mountsUnder(dir string) []string {
-	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return nil
-	}
-	out := make([]string, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, m.Mountpoint)
-	}
-	return out
 }
 
 // loopsUnder lists loop devices whose backing file is under dir.
@@ -704,37 +691,12 @@ func mountSource(path string) string {
 	return ms[len(ms)-1].Source
 }
 
-func writeSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
 // gapReport tries what a pod would do while the node plugin is down.
 func gapReport(target string) string {
 	var parts []string
 	_, err := os.ReadFile(filepath.Join(target, "file-001"))
 	parts = append(parts, "read of a cached file: "+errString(err))
-	err = writeSync(filepath.Join(target, "during-gap"), bytes.Repeat([]byte("x"), 8192))
+	err = fsprobe.WriteSync(filepath.Join(target, "during-gap"), bytes.Repeat([]byte("x"), 8192))
 	parts = append(parts, "create+write+fsync: "+errString(err))
 	_, err = os.ReadDir(target)
 	parts = append(parts, "readdir: "+errString(err))

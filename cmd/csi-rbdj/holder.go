@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
 
@@ -21,12 +20,8 @@ import (
 func holderMain(args []string) error {
 	fs := flag.NewFlagSet("fuse-holder", flag.ExitOnError)
 	socket := fs.String("socket", "/run/csi-rbdj-holder/holder.sock", "unix socket to serve on (its directory is shared with the node plugin)")
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if err := os.MkdirAll(filepath.Dir(*socket), 0o700); err != nil {
 		return err

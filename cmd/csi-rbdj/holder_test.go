@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // startHolder runs `csi-rbdj fuse-holder` as a child process and points
@@ -231,7 +233,7 @@ func testRestartWithHolderFilesystem(t *testing.T, fs, ackPolicy string) {
 		rand.Read(b)
 		name := fmt.Sprintf("f%05d", i)
 		start := time.Now()
-		err := writeSync(filepath.Join(target, name), b)
+		err := fsprobe.WriteSync(filepath.Join(target, name), b)
 		if err == nil {
 			var got []byte
 			if got, err = os.ReadFile(filepath.Join(target, name)); err == nil && !bytes.Equal(got, b) {
@@ -390,7 +392,7 @@ type blockWriter struct {
 func (w *blockWriter) start(f *os.File, size int64) {
 	w.f, w.gens = f, make([]uint64, size/blockWriterBS)
 	const bs = blockWriterBS
-	buf, rbuf := alignedBuf(bs), alignedBuf(bs)
+	buf, rbuf := kerneltest.AlignedBuf(bs), kerneltest.AlignedBuf(bs)
 	w.workload = newWorkload()
 	w.run(func(i uint64) {
 		gen := i + 1
@@ -424,7 +426,7 @@ func (w *blockWriter) start(f *os.File, size int64) {
 // test if one does not hold the last generation acknowledged for it.
 func (w *blockWriter) checkAcknowledged(t *testing.T) {
 	t.Helper()
-	buf, rbuf := alignedBuf(blockWriterBS), alignedBuf(blockWriterBS)
+	buf, rbuf := kerneltest.AlignedBuf(blockWriterBS), kerneltest.AlignedBuf(blockWriterBS)
 	for blk, gen := range w.gens {
 		if gen == 0 {
 			continue
@@ -480,7 +482,7 @@ func testFallbackNeverBareTarget(t *testing.T, fs string) {
 	w := newWorkload()
 	w.run(func(i uint64) {
 		name := fmt.Sprintf("f%05d", i)
-		if err := writeSync(filepath.Join(target, name), []byte(name)); err != nil {
+		if err := fsprobe.WriteSync(filepath.Join(target, name), []byte(name)); err != nil {
 			failed++
 			time.Sleep(time.Millisecond)
 			return
@@ -525,7 +527,7 @@ func TestHolderRestart(t *testing.T) {
 	ids := mountIDs(target)
 
 	h.kill()
-	e.must(writeSync(filepath.Join(target, "holder-gone"), []byte("x"))) // the plugin still serves
+	e.must(fsprobe.WriteSync(filepath.Join(target, "holder-gone"), []byte("x"))) // the plugin still serves
 	e.startHolder()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -540,7 +542,7 @@ func TestHolderRestart(t *testing.T) {
 	}
 	e.killNode()
 	e.startNode()
-	e.must(writeSync(filepath.Join(target, "after"), []byte("y")))
+	e.must(fsprobe.WriteSync(filepath.Join(target, "after"), []byte("y")))
 	if b, err := os.ReadFile(filepath.Join(target, "holder-gone")); err != nil || string(b) != "x" {
 		t.Errorf("file written while the holder was away: %q, %v", b, err)
 	}
@@ -562,14 +564,14 @@ func TestHolderNotServedNoHang(t *testing.T) {
 	ctx := context.Background()
 	target := e.path("pods", "a", "vol")
 	v := e.createPublished(ctx, "holder-nohang", mountCap("ext4"), 64<<20, nil, target)
-	e.must(writeSync(filepath.Join(target, "before"), []byte("kept")))
+	e.must(fsprobe.WriteSync(filepath.Join(target, "before"), []byte("kept")))
 
 	e.killNode()
 	withHolder := e.extra
 	e.extra = append(append([]string(nil), withHolder...), "--local-dir", e.path("no-such-cluster")) // the last flag wins
 	e.startNode()
 	done := make(chan error, 1)
-	go func() { done <- writeSync(filepath.Join(target, "during"), []byte("x")) }()
+	go func() { done <- fsprobe.WriteSync(filepath.Join(target, "during"), []byte("x")) }()
 	select {
 	case err := <-done:
 		if err == nil {

@@ -73,7 +73,7 @@ func journalMain(args []string) error {
 	fromSnap := fs.String("from-snap", "", "changed-extents: list changes after the creation of this snapshot (with --to-snap)")
 	toSnap := fs.String("to-snap", "", "changed-extents: list changes up to the creation of this snapshot")
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound of the whole command")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return err
 	}
 	from, err := extentlog.ParsePosition(*fromS)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 )
 
 // TestRestartMetadataMode: a journalMode metadata volume (ext4, xfs) is
@@ -39,6 +40,7 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 	e.startNode()
 	ctx := context.Background()
 	rw := e.path("pods", "a", "vol")
+	files := fsprobe.Files{Dir: rw, Prefix: "m", Content: metaFile}
 	v := e.createPublished(ctx, "meta-"+fs, mountCap(fs), 320<<20, map[string]string{"journalMode": "metadata"}, rw)
 
 	var durable []int
@@ -50,20 +52,7 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for seq := next; ; seq++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if err := writeSync(filepath.Join(rw, fmt.Sprintf("m%06d", seq)), metaFile(seq)); err != nil {
-					return
-				}
-				if err := syncPath(rw); err != nil {
-					return
-				}
-				got = append(got, seq)
-			}
+			files.WriteUntil(next, stop, func(seq int) { got = append(got, seq) })
 		}()
 		time.Sleep(700 * time.Millisecond)
 		e.killNode()
@@ -73,7 +62,7 @@ func testRestartMetadataMode(t *testing.T, fs string, kills int) {
 		next += len(got) + 1000
 		e.startNode()
 		for _, seq := range durable {
-			b, err := os.ReadFile(filepath.Join(rw, fmt.Sprintf("m%06d", seq)))
+			b, err := os.ReadFile(files.Path(seq))
 			if err != nil || !bytes.Equal(b, metaFile(seq)) {
 				t.Fatalf("kill %d: fsynced file m%06d lost or damaged: %v", kill, seq, err)
 			}

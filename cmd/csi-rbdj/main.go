@@ -150,21 +150,17 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.Int64Var(&c.maxDirtyBytes, "max-dirty-bytes", blockdev.DefaultNodeMaxDirtyBytes, "node: bound, shared by every volume served with ackPolicy writeback, of the bytes acknowledged but not yet durable in the journal (what a crash may lose after the last flush); writers wait beyond it (each volume also has its own 24 MiB bound)")
 	fs.Int64Var(&c.memoryLimit, "memory-limit", 0, "Go soft memory limit in bytes (the garbage collector works harder near it): 0 derives it: GOMEMLIMIT if set, else 3/4 of the container's cgroup memory.max, else 512 MiB (what the node-wide bounds need with 50 volumes); negative: none")
 	fs.BoolVar(&c.writeBackRing, "writeback-ring", true, "node, with --fuse-holder-socket: keep each writeback volume's acknowledged, not yet durable writes in a memfd the holder keeps too (up to about 26 MiB of shared memory per volume while writes are in flight), so that a kill -9 of the plugin loses none and the connection is handed over; false: such a crash aborts the connection (EIO in the pods)")
-	klog.InitFlags(fs)
 }
 
 func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var c serveConfig
 	serveFlags(fs, &c)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if c.maxPendingBytes < 0 || c.maxDirtyBytes < 0 {
 		return fmt.Errorf("--max-pending-bytes %d, --max-dirty-bytes %d: must be >= 0 (0: the default)", c.maxPendingBytes, c.maxDirtyBytes)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
 	limit, src, err := memlimit.Apply(c.memoryLimit)
 	if err != nil {
@@ -332,11 +328,25 @@ func listenKubeletRegistration(ctx context.Context, c serveConfig) (*kubeletreg.
 	return kubeletreg.Listen(kubeletreg.Options{DriverName: c.driverName, Endpoint: path, Dir: c.kubeletRegDir, Logger: klog.FromContext(ctx)})
 }
 
+// parseArgs adds klog's flags (-v, ...) to a subcommand's, parses args and
+// rejects positional arguments: no subcommand takes any, and one is usually
+// a flag whose value went astray (say "--fs xfs extra"), which would
+// otherwise be ignored silently.
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return nil
+}
+
 func nodeCleanupMain(args []string) error {
 	fs := flag.NewFlagSet("node-cleanup", flag.ExitOnError)
 	stateDir := fs.String("state-dir", "/var/lib/csi-rbdj/node", "the node plugin's --state-dir")
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

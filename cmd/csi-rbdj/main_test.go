@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -43,18 +46,6 @@ func forEachFS(t *testing.T, f func(t *testing.T, fs string)) {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, FUSE, mounts)")
-	}
-	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("needs %s", p)
-		}
-	}
-}
-
 // env is a controller in-process and a node plugin child process sharing a
 // local cluster directory.
 type env struct {
@@ -69,7 +60,7 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	e := &env{t: t, dir: t.TempDir()}
 	st, err := storage.OpenLocal(storage.LocalOptions{Dir: e.path("cluster"), NoSync: true})
 	if err != nil {
@@ -211,7 +202,7 @@ func (c *child) stop(grace time.Duration) {
 // cleanupMounts removes whatever a failed test left: mounts under the
 // directory (deepest first), then the devices' FUSE mounts and loop devices.
 func (e *env) cleanupMounts() {
-	ms := mountsUnder(e.dir)
+	ms := fsprobe.MountsUnder(e.dir)
 	for i := len(ms) - 1; i >= 0; i-- {
 		if !strings.Contains(ms[i], "/node-state/fuse/") {
 			e.t.Logf("cleanup: unmounting leftover %s", ms[i])
@@ -226,7 +217,7 @@ func (e *env) cleanupMounts() {
 		}
 		cancel()
 	}
-	if left := mountsUnder(e.dir); len(left) > 0 {
+	if left := fsprobe.MountsUnder(e.dir); len(left) > 0 {
 		e.t.Errorf("mounts left: %v", left)
 	}
 	if left := loopsUnder(e.dir); len(left) > 0 {
@@ -351,10 +342,10 @@ func testRestartFilesystem(t *testing.T, fs string) {
 		b := make([]byte, 64<<10+i*4096)
 		rand.Read(b)
 		name := fmt.Sprintf("f%d", i)
-		e.must(writeSync(filepath.Join(rw, name), b))
+		e.must(fsprobe.WriteSync(filepath.Join(rw, name), b))
 		want[name] = b
 	}
-	e.must(syncPath(rw))
+	e.must(atomicfile.SyncDir(rw))
 	oldFd, err := os.Open(filepath.Join(rw, "f0"))
 	e.must(err)
 	defer oldFd.Close()
@@ -368,7 +359,7 @@ func testRestartFilesystem(t *testing.T, fs string) {
 
 	e.killNode()
 	// The gap: a new file cannot be made durable.
-	if err := writeSync(filepath.Join(rw, "gap"), []byte("lost")); err == nil {
+	if err := fsprobe.WriteSync(filepath.Join(rw, "gap"), []byte("lost")); err == nil {
 		t.Errorf("fsync during the gap succeeded")
 	} else {
 		t.Logf("during the gap: create+write+fsync: %v", err)
@@ -395,10 +386,10 @@ func testRestartFilesystem(t *testing.T, fs string) {
 	if _, err := os.Stat(filepath.Join(rw, "gap")); err == nil {
 		t.Logf("the file created during the gap exists after the restart")
 	}
-	if err := writeSync(filepath.Join(ro, "x"), []byte("x")); !errors.Is(err, syscall.EROFS) {
+	if err := fsprobe.WriteSync(filepath.Join(ro, "x"), []byte("x")); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write at the read-only target after restart: %v, want EROFS", err)
 	}
-	e.must(writeSync(filepath.Join(rw, "after"), []byte("after restart")))
+	e.must(fsprobe.WriteSync(filepath.Join(rw, "after"), []byte("after restart")))
 
 	// The descriptor opened before the kill still points at the old, dead
 	// filesystem: cached pages read, anything else fails.
@@ -448,7 +439,7 @@ func TestRestartBlock(t *testing.T) {
 
 	f, err = os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
 	e.must(err)
-	got := alignedBuf(len(data))
+	got := kerneltest.AlignedBuf(len(data))
 	_, err = f.ReadAt(got, 3<<20)
 	f.Close()
 	e.must(err)
@@ -477,12 +468,6 @@ func TestRestartBlock(t *testing.T) {
 		t.Errorf("block stats: %v", st)
 	}
 	e.teardown(ctx, v)
-}
-
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 4096 - int(uintptr(unsafePointer(b))&4095)
-	return b[off : off+n]
 }
 
 // waitNoLoops waits for the kernel to release loop devices of dir (a

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -136,7 +137,7 @@ func freePort(t *testing.T) string {
 // journal lag returns to 0, the CSI calls and the backend connection are
 // counted, and the volume's series go when it is unstaged.
 func TestServeMetrics(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	dir := t.TempDir()
 	maddr := freePort(t)
 	c := serveConfig{mode: "all", backend: "local", localDir: filepath.Join(dir, "cluster"), clusterID: "default", noSync: true,

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 )
 
 // TestRestartSeveralVolumes: a node plugin serving several volumes is
@@ -38,7 +40,7 @@ func TestRestartSeveralVolumes(t *testing.T) {
 			for i := range n {
 				v := e.createStaged(ctx, fmt.Sprintf("several-%d", i), mountCap("ext4"), 64<<20, nil, e.path(fmt.Sprintf("staging-%d", i)))
 				e.publish(ctx, v, e.path("pods", fmt.Sprint(i), "vol"), false)
-				e.must(writeSync(filepath.Join(v.targets[0], "before"), []byte(v.id)))
+				e.must(fsprobe.WriteSync(filepath.Join(v.targets[0], "before"), []byte(v.id)))
 				vols = append(vols, v)
 			}
 			ids := make([]string, n)
@@ -63,7 +65,7 @@ func TestRestartSeveralVolumes(t *testing.T) {
 				if b, err := os.ReadFile(filepath.Join(target, "before")); err != nil || string(b) != v.id {
 					t.Errorf("volume %d: file written before the restart: %q, %v", i, b, err)
 				}
-				e.must(writeSync(filepath.Join(target, "after"), []byte("y")))
+				e.must(fsprobe.WriteSync(filepath.Join(target, "after"), []byte("y")))
 				if got := strings.Join(mountIDs(target), ","); tc.holder && got != ids[i] {
 					t.Errorf("volume %d: publish mount ids %s, were %s: not adopted", i, got, ids[i])
 				}

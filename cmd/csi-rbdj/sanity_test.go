@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // TestStandaloneCSISanity builds the csi-rbdj binary, starts it by hand
@@ -13,7 +15,7 @@ import (
 // command against its socket, for the mount and the block access types,
 // through hack/csi-sanity.sh.
 func TestStandaloneCSISanity(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	if testing.Short() {
 		t.Skip("builds csi-sanity and the driver binary")
 	}

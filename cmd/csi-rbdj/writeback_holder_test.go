@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // TestRestartWithHolderWriteBack: a Block volume with ackPolicy writeback
@@ -48,7 +50,7 @@ func testRestartWithHolderWriteBack(t *testing.T, ring bool) {
 	e.must(syscall.Stat(target, &st0))
 
 	block := func(blk, gen uint64) []byte {
-		b := alignedBuf(bs)
+		b := kerneltest.AlignedBuf(bs)
 		stampBlock(b, blk, gen)
 		return b
 	}
@@ -66,7 +68,7 @@ func testRestartWithHolderWriteBack(t *testing.T, ring bool) {
 	}
 	check := func(g *os.File, blk, gen uint64, when string) {
 		t.Helper()
-		r := alignedBuf(bs)
+		r := kerneltest.AlignedBuf(bs)
 		if _, err := g.ReadAt(r, int64(blk)*bs); err != nil {
 			t.Fatalf("%s: read block %d: %v", when, blk, err)
 		}

@@ -28,67 +28,35 @@ RBD_POOL=${CEPH_RBD_POOL-rbd}
 CONF=$CEPH_DIR/$CLUSTER.conf
 export CEPH_CONF=$CONF
 log() { echo "[cluster-up $CLUSTER $(date +%T.%3N)] $*" >&2; }
-
-# a pid counts as running unless gone or a zombie (this VM's init reaps
-# orphans only every ~1.5 s, and kill -0 succeeds on zombies)
-running() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-alive() { [ -s "$1" ] && running "$(cat "$1")"; }
+# the helpers shared with hack/ceph-up.sh: next to this script in the DR work
+# dir (hack/dr-up.sh copies them there), in hack/lib in the repository
+HERE=$(cd "$(dirname "$0")" && pwd)
+LIB=$HERE/ceph-cluster.sh
+[ -f "$LIB" ] || LIB=$HERE/../lib/ceph-cluster.sh
+. "$LIB"
 
 # ---- reuse a running cluster ------------------------------------------------
-if [ "${CEPH_FRESH:-0}" != 1 ] && [ -f "$CONF" ] \
-   && alive "$CEPH_DIR/run/mon.a.pid" && alive "$CEPH_DIR/run/osd.0.pid" \
-   && timeout 10 ceph osd dump 2>/dev/null | grep -q '^osd.0 up *in'; then
+if [ "${CEPH_FRESH:-0}" != 1 ] && [ -f "$CONF" ] && cluster_running; then
   log "cluster already running"
   echo "$CONF"; exit 0
 fi
 
 # ---- stop leftovers (by pid file only) and wipe -----------------------------
-if [ -d "$CEPH_DIR/run" ]; then        # state is wiped anyway: SIGKILL is fine
-  for p in "$CEPH_DIR"/run/*.pid; do
-    [ -s "$p" ] || continue
-    pid=$(cat "$p"); kill -9 "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
-  done
-fi
-log "stopped old daemons"
+stop_leftovers
 rm -rf "$CEPH_DIR"
 mkdir -p "$CEPH_DIR"/{run,log,mon.a,osd.0,mgr.x}
 
 FSID=$(cat /proc/sys/kernel/random/uuid)
-cat > "$CONF" <<EOF
-[global]
-fsid = $FSID
-mon_host = [v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_PORT1]
-mon_initial_members = a
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
+{
+  echo "[global]"
+  conf_global "$FSID" none
+  cat <<EOF
 auth_supported = none
-run_dir = $CEPH_DIR/run
-pid_file = $CEPH_DIR/run/\$name.pid
-admin_socket = $CEPH_DIR/run/\$name.asok
-log_file = $CEPH_DIR/log/\$name.log
-mon_cluster_log_file = $CEPH_DIR/log/cluster.log
-crash_dir = $CEPH_DIR/crash
 keyring = /dev/null
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-osd_crush_chooseleaf_type = 0
-mon_allow_pool_size_one = true
-mon_allow_pool_delete = true
-mon_warn_on_pool_no_redundancy = false
-mon_warn_on_insecure_global_id_reclaim_allowed = false
-mon_data_avail_warn = 2
-mon_data_avail_crit = 1
-mon_mgr_mkfs_grace = 86400
-debug_ms = 0
-# mon batches map updates every 1 s by default; 0.1 s halves bring-up time
-paxos_propose_interval = 0.1
+admin_socket = $CEPH_DIR/run/\$name.asok
+EOF
+  conf_single_osd
+  cat <<EOF
 ${CEPH_EXTRA_CONF:-}
 [client]
 # several rbd CLI processes / rbd-mirror contexts at once: unique sockets
@@ -110,18 +78,16 @@ osd_class_default_list = *
 [mgr]
 mgr_data = $CEPH_DIR/mgr.\$id
 EOF
+} >"$CONF"
 
 # ---- mon --------------------------------------------------------------------
 log "mkfs mon.a (fsid $FSID)"
-# explicit monmap naming the mon "a": otherwise mkfs names it "noname-a" and the
-# mon binds public_addr with the *default* ports 3300/6789 (EADDRINUSE clash)
-monmaptool --create --fsid "$FSID" \
-  --addv a "[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_PORT1]" "$CEPH_DIR/monmap" >/dev/null
+make_monmap "$FSID"
 ceph-mon --cluster "$CLUSTER" --mkfs -i a -c "$CONF" --monmap "$CEPH_DIR/monmap" >"$CEPH_DIR/log/mon-mkfs.out" 2>&1
 # daemonizes (parent returns once the child is up), writes run/mon.a.pid
 ceph-mon --cluster "$CLUSTER" -i a -c "$CONF" 2>>"$CEPH_DIR/log/mon-start.out" \
   || { tail -5 "$CEPH_DIR/log/mon.a.log" >&2; exit 1; }
-for _ in $(seq 100); do timeout 5 ceph mon stat >/dev/null 2>&1 && break; sleep 0.2; done
+wait_mon || { log "mon does not answer; see $CEPH_DIR/log/mon.a.log"; exit 1; }
 log "mon up"
 
 # ---- mgr (optional) ---------------------------------------------------------
@@ -138,16 +104,11 @@ ceph-osd --cluster "$CLUSTER" -i "$OSD_ID" -c "$CONF" --mkfs --osd-uuid "$OSD_UU
 # daemonizes; adds itself to the CRUSH map (host=$(hostname)) on start
 ceph-osd --cluster "$CLUSTER" -i "$OSD_ID" -c "$CONF" 2>>"$CEPH_DIR/log/osd-start.out" \
   || { tail -5 "$CEPH_DIR/log/osd.$OSD_ID.log" >&2; exit 1; }
-for _ in $(seq 300); do
-  ceph osd dump 2>/dev/null | grep -q "^osd.$OSD_ID up *in" && break; sleep 0.2
-done
-ceph osd dump | grep -q "^osd.$OSD_ID up *in" || { log "osd did not come up"; exit 1; }
+wait_osd "$OSD_ID" || { log "osd did not come up"; exit 1; }
 log "osd.$OSD_ID up+in"
 
 # ---- rbd pool ---------------------------------------------------------------
 if [ -n "$RBD_POOL" ]; then
-  ceph osd pool create "$RBD_POOL" 8 8 >/dev/null 2>&1
-  rbd pool init "$RBD_POOL"
-  log "pool $RBD_POOL created (size 1) and rbd-initialised"
+  create_rbd_pool "$RBD_POOL"
 fi
 echo "$CONF"

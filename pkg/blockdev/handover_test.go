@@ -11,6 +11,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/fuseholder"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -54,7 +55,7 @@ func TestHandoverServeHelper(t *testing.T) {
 //
 //	BLOCKDEV_HANDOVER_KILLS=N overrides the number of SIGKILLs (20; 4 with -short).
 func TestHandoverJournaled(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	for _, tc := range []struct {
 		fs     string
 		policy AckPolicy
@@ -82,7 +83,7 @@ func TestHandoverJournaled(t *testing.T) {
 // again: same offset, same bytes, so the result is the same; the writer
 // sees success and a later write to the block wins.
 func TestHandoverResentWriteJournaled(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	for _, policy := range []AckPolicy{AckJournaled, AckApplied} {
 		t.Run(policy.String(), func(t *testing.T) {
 			h := newHandoverEnv(t, 64<<20, false)
@@ -97,7 +98,7 @@ func TestHandoverResentWriteJournaled(t *testing.T) {
 // A Block volume: raw O_DIRECT writers on the loop device across SIGKILL
 // and SIGTERM restarts of the journaled device's server.
 func TestHandoverJournaledRaw(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills, terms := 20, 5
 	if testing.Short() {
 		kills, terms = 4, 2

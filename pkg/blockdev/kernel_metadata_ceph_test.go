@@ -10,6 +10,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -19,7 +20,7 @@ import (
 // new one fences its dead predecessor, checks the in-flight extents, and
 // the filesystem checks clean with every fsynced file intact.
 func TestCrashConsistencyFilesystemMetadataCeph(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	conf := cephtest.Conf(t)
 	kills := crashKills()
 	for _, fs := range []string{"ext4", "xfs"} {

@@ -16,6 +16,7 @@ import (
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"golang.org/x/sys/unix"
 )
@@ -42,7 +43,7 @@ func newMetadataServer(t *testing.T, size int64) (*server, objstore.Pool) {
 // each kill and restart the filesystem checks clean, every file whose
 // fsync returned is intact, and replay found no torn extent.
 func TestCrashConsistencyFilesystemMetadata(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills := crashKills()
 	for _, fs := range []string{"ext4", "xfs"} {
 		t.Run(fs, func(t *testing.T) {
@@ -148,7 +149,7 @@ func cleanupAfterCrash(t *testing.T, s *server) {
 // Before the kill no two writes overlap, so replay must find every logged
 // extent intact (no torn extents).
 func TestChangedExtentsAcrossCrash(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	const blk = 4096
 	const blocks = 65536 // 256 MiB
 	s, pool := newMetadataServer(t, blocks*blk)
@@ -202,7 +203,7 @@ func TestChangedExtentsAcrossCrash(t *testing.T) {
 						}
 						first, cursor = cursor, cursor+cnt
 					}
-					buf := alignedBuf(cnt * blk)
+					buf := kerneltest.AlignedBuf(cnt * blk)
 					for i := range buf {
 						buf[i] = byte(r.Uint32())
 					}

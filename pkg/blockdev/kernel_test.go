@@ -13,18 +13,18 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop/handovertest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
@@ -104,16 +104,6 @@ func helperProcessEnv(t *testing.T, prefix, skip string) (dir string, policy Ack
 		t.Fatal(err)
 	}
 	return dir, policy
-}
-
-func requireKernel(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, FUSE, mounts)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
 }
 
 // server runs and kills serving processes for one device.
@@ -246,34 +236,7 @@ func writeFiles(dir string, first int, stop <-chan struct{}) []int {
 // writeFilesEach is writeFiles telling durable about each file as soon as
 // it is durable.
 func writeFilesEach(dir string, first int, stop <-chan struct{}, durable func(seq int)) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	for seq := first; ; seq++ {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%06d", seq)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-		if err != nil {
-			return
-		}
-		_, err = f.Write(fileContent(seq))
-		if err == nil {
-			err = f.Sync()
-		}
-		f.Close()
-		if err == nil {
-			err = d.Sync()
-		}
-		if err != nil {
-			return
-		}
-		durable(seq)
-	}
+	fsprobe.Files{Dir: dir, Prefix: "f", Content: fileContent}.WriteUntil(first, stop, durable)
 }
 
 func fsck(t *testing.T, fs, dev string) {
@@ -292,7 +255,7 @@ func fsck(t *testing.T, fs, dev string) {
 // while files are written and fsynced. After each kill and replay the
 // filesystem checks clean and every file whose fsync returned is intact.
 func TestCrashConsistencyFilesystem(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills := 5
 	if testing.Short() {
 		kills = 2
@@ -333,7 +296,7 @@ func rawContent(block, gen uint64) []byte {
 // acknowledged, unflushed writes (TestWriteBackCrashPrefix checks what it
 // keeps).
 func TestCrashConsistencyRaw(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	kills := 3
 	if testing.Short() {
 		kills = 1
@@ -360,7 +323,7 @@ func TestCrashConsistencyRaw(t *testing.T) {
 					go func(w uint64) {
 						defer wg.Done()
 						wr := rand.New(rand.NewPCG(w, uint64(kill)))
-						buf := alignedBuf(rawBlock)
+						buf := kerneltest.AlignedBuf(rawBlock)
 						for {
 							blk := w + 8*wr.Uint64N(rawBlocks/8) // each writer owns its blocks
 							mu.Lock()
@@ -403,7 +366,7 @@ func TestCrashConsistencyRaw(t *testing.T) {
 // acknowledged for it) zeros; then it adopts what it found.
 func verifyRaw(t *testing.T, f *os.File, acked, inflight []uint64, when string) {
 	t.Helper()
-	buf := alignedBuf(rawBlock)
+	buf := kerneltest.AlignedBuf(rawBlock)
 	zero := make([]byte, rawBlock)
 	for blk := uint64(0); blk < rawBlocks; blk++ {
 		if _, err := f.ReadAt(buf, int64(blk*rawBlock)); err != nil {
@@ -430,10 +393,4 @@ func parseRaw(b []byte, blk uint64) (gen uint64, ok bool) {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(b[16:]), true
-}
-
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 4096 - int(uintptr(unsafe.Pointer(&b[0]))%4096)
-	return b[off : off+n]
 }

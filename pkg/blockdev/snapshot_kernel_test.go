@@ -12,6 +12,7 @@ import (
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 )
 
@@ -22,7 +23,7 @@ import (
 // request was sent: its copy mounts (after ext4's own log recovery),
 // checks clean, and has them all intact.
 func TestSnapshotWhileFsyncing(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	const size = 256 << 20
 	s := newServer(t, AckJournaled, size)
 	s.start()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -57,7 +58,7 @@ func cephWriteBackServer(t *testing.T, prefix string, size int64) *server {
 // new serving process fences its SIGKILLed predecessor (blocklist) and
 // replays its journal.
 func TestWriteBackCrashPrefixCeph(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := cephWriteBackServer(t, "wb-crash", 64<<20)
 	writeBackCrashRounds(t, s, writeBackKills())
 }
@@ -66,7 +67,7 @@ func TestWriteBackCrashPrefixCeph(t *testing.T) {
 // write-back device on Ceph, crashKills() SIGKILLs each: fsck clean and
 // every fsynced file intact after each replay.
 func TestCrashConsistencyFilesystemWriteBackCeph(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	for _, fs := range []string{"ext4", "xfs"} {
 		t.Run(fs, func(t *testing.T) {
 			s := cephWriteBackServer(t, "wb-fs-"+fs, 512<<20)
@@ -79,7 +80,7 @@ func TestCrashConsistencyFilesystemWriteBackCeph(t *testing.T) {
 // write-back ring, no acknowledged write is lost to a SIGKILL, flushed or
 // not.
 func TestWriteBackCrashRingCeph(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := cephWriteBackServer(t, "wb-ring", 64<<20)
 	s.ring = newTestRing(t, RingSize(0))
 	writeBackCrashRounds(t, s, writeBackKills())

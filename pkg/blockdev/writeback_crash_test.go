@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"golang.org/x/sys/unix"
 )
 
 // TestWriteBackCrashPrefix is issue 15's crash test of the write-back
 // policy on the local backend: see writeBackCrashRounds.
 func TestWriteBackCrashPrefix(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := newServer(t, AckWriteBack, 64<<20)
 	writeBackCrashRounds(t, s, writeBackKills())
 }
@@ -23,7 +24,7 @@ func TestWriteBackCrashPrefix(t *testing.T) {
 // fuse-holder does): after each SIGKILL and replay, every acknowledged
 // write is there, flushed or not.
 func TestWriteBackCrashRing(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	s := newServer(t, AckWriteBack, 64<<20)
 	s.ring = newTestRing(t, RingSize(0))
 	writeBackCrashRounds(t, s, writeBackKills())
@@ -93,7 +94,7 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 		go func() { // owned by this round: ends when the device fails
 			defer close(done)
 			wr := rand.New(rand.NewPCG(seed, 1))
-			buf := alignedBuf(crashMaxBlocks * rawBlock)
+			buf := kerneltest.AlignedBuf(crashMaxBlocks * rawBlock)
 			for n := uint64(0); ; n++ {
 				if wr.IntN(16) == 0 {
 					mu.Lock()
@@ -165,15 +166,7 @@ func writeBackCrashRounds(t *testing.T, s *server, kills int) {
 // readStamps reads the test area of dev (O_DIRECT) and parses each block.
 func readStamps(t *testing.T, dev string) []uint64 {
 	t.Helper()
-	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := alignedBuf(crashBlocks * rawBlock)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		t.Fatalf("read %s: %v", dev, err)
-	}
+	buf := kerneltest.ReadDirect(t, dev, 0, crashBlocks*rawBlock)
 	out := make([]uint64, crashBlocks)
 	for b := range out {
 		out[b] = parseStamp(buf[b*rawBlock:(b+1)*rawBlock], b)

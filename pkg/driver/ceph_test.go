@@ -20,9 +20,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -40,7 +39,7 @@ import (
 // had the driver used them where a request has secrets, creating a volume
 // would fail.
 func TestCephSanity(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	newCephFixture(t) // no cluster: skip (or fail) here, not in the children
 	runSanityChildren(t, "TestCephSanityChild")
 }
@@ -117,19 +116,7 @@ func TestCephLibrbdCrashWriter(t *testing.T) {
 	if name == "" {
 		t.Skip("child process of TestCephStageReplaysLibrbdCrash")
 	}
-	cfg := cephtest.Config(t)
-	// Without the cache librbd acknowledges a write only once its journal
-	// entry is safe, so the crash loses none of them.
-	cfg.Options = map[string]string{"rbd_cache": "false"}
-	c, err := ceph.Connect(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := cephtest.PoolOf(t, c)
-	img, err := rbd.OpenImage(pool.IOContext(), name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, pool := cephtest.OpenUncached(t, name) // the crash loses no acked write
 	for i, w := range librbdWrites() {
 		if i == librbdCrashFlushAfter {
 			if err := img.Flush(); err != nil {
@@ -153,7 +140,7 @@ func TestCephLibrbdCrashWriter(t *testing.T) {
 // `rbd journal status` shows it) covers our epoch and `rbd export` has the
 // data.
 func TestCephStageReplaysLibrbdCrash(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	name := uniqueName("csirbdj-librbd-crash")
@@ -384,7 +371,7 @@ func TestCephErrorUnknownCluster(t *testing.T) {
 // the image and the command that enables journaling; after running that
 // command the same NodeStageVolume succeeds.
 func TestCephErrorNotJournaled(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	_, node, staging := f.serve(t, f.configFile, "")
 	name := uniqueName("csirbdj-static-plain")
@@ -411,7 +398,7 @@ func TestCephErrorNotJournaled(t *testing.T) {
 // credentials connects anew and works (at once: a stage that finds its
 // connection fenced retries on a new one itself).
 func TestCephFencedConnectionReplaced(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	_, node, dir := serveCeph(t, f.configFile, "")

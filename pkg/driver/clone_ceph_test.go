@@ -13,6 +13,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -23,7 +24,7 @@ import (
 // them; after unstaging, librbd reads the clone (`rbd export`) equal to
 // what was written over the parent.
 func TestCephServeLibrbdClone(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	_, node, dir := serveCeph(t, f.configFile, "")

@@ -12,6 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
@@ -191,7 +192,7 @@ func TestCephCloneFlatten(t *testing.T) {
 // volume, the snapshot and the restore are deleted (parent first) and
 // nothing is left.
 func TestCephServeCSIClone(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	dir := t.TempDir()
 	b := openCeph(t, f.configFile, credentialsDir(t, f.rw))

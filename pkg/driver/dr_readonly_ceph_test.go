@@ -18,6 +18,8 @@ import (
 	"github.com/csi-addons/spec/lib/go/replication"
 	"google.golang.org/grpc/codes"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
 
@@ -43,7 +45,7 @@ import (
 // For ext4 (mounted ro,noload) and xfs (ro,norecovery).
 func TestDRReadOnlyReplica(t *testing.T) {
 	s := drSetup(t)
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	s.startMirror(t)
 	for _, fsType := range []string{"ext4", "xfs"} {
 		t.Run(fsType, func(t *testing.T) { drReadOnlyReplica(t, s, fsType) })
@@ -167,7 +169,7 @@ func drReadOnlyReplica(t *testing.T, s *drSites, fsType string) {
 	t.Logf("%s: site-b replicated past site-a's freeze %v after it; staged read-only in %v while site-a writes: all %d files fsynced before the freeze intact (plus %d of the %d written since); write: EROFS; mount: %s; site-b's lock untouched (%s)",
 		fsType, replicatedAfter.Round(100*time.Millisecond), stagedIn.Round(time.Millisecond), len(frozen), seenLater, len(later), mnt, strings.Join(strings.Fields(lockB), " "))
 	s.unstage(t, d.node, idB, stagingB)
-	if left := mountsUnder(stagingB); len(left) > 0 {
+	if left := fsprobe.MountsUnder(stagingB); len(left) > 0 {
 		t.Fatalf("the read-only unstage left mounts: %v", left)
 	}
 

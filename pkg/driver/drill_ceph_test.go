@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
@@ -61,7 +62,7 @@ type drillAck struct {
 //     are there; site-b replays site-a again and equals it.
 func TestDRDrill(t *testing.T) {
 	s := drSetup(t)
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	ctx := context.Background()
 	sec := s.sec
 	dir := t.TempDir()

@@ -12,6 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -22,7 +23,7 @@ import (
 // OpFinish) and grows the header; NodeExpandVolume grows the loop device
 // and the filesystem online.
 func TestCephExpandOnline(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	for _, tc := range []expandCase{
 		{name: "xfs", fs: "xfs"},
@@ -65,7 +66,7 @@ func TestCephExpandStatic(t *testing.T) {
 // (librbd proxies it to the node, the lock owner) grows the device the
 // pod sees without a NodeExpandVolume.
 func TestCephExpandFollowsResize(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctrl, node, dir := serveCeph(t, f.configFile, credentialsDir(t, f.ro))
 	runFollowResize(t, ctrl, node, dir, cephPoolParams(), secrets(f.rw), func(ctx context.Context, imageName string, size int64) error {

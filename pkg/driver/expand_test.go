@@ -19,8 +19,10 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
@@ -39,7 +41,7 @@ import (
 // written before and during the expansion is intact; the filesystem
 // checks clean.
 func TestExpandOnline(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	for _, tc := range []expandCase{
 		{name: "xfs", fs: "xfs"},
 		{name: "ext4", fs: "ext4"},
@@ -368,7 +370,7 @@ func startExpandWriter(t *testing.T, tc expandCase, target string) *expandWriter
 				err = writeBlock(target, off, data)
 			} else {
 				key = fmt.Sprintf("f-%06d", i)
-				err = writeFileSync(filepath.Join(target, key), bytes.Repeat(data, 16))
+				err = fsprobe.WriteSync(filepath.Join(target, key), bytes.Repeat(data, 16))
 				data = bytes.Repeat(data, 16)
 			}
 			if err != nil {
@@ -425,7 +427,7 @@ func (w *expandWriter) useNewSpace(t *testing.T, oldSize int64) {
 		return
 	}
 	big := bytes.Repeat(data, int(oldSize+16<<20)/4096) // more than the old filesystem could hold
-	if err := writeFileSync(filepath.Join(w.target, "big"), big); err != nil {
+	if err := fsprobe.WriteSync(filepath.Join(w.target, "big"), big); err != nil {
 		t.Fatalf("write a %d-byte file after the expansion: %v", len(big), err)
 	}
 	w.items["big"] = sha256.Sum256(big)
@@ -465,22 +467,6 @@ func verifyItems(t *testing.T, tc expandCase, target string, items map[string][3
 		t.Fatalf("%d of %d items differ", bad, len(items))
 	}
 	t.Logf("%s: %d items read back intact", tc.name, len(items))
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // writeBlock writes 4 KiB at off with O_DIRECT (and fdatasync).
@@ -642,7 +628,7 @@ func TestExpandStaticVolume(t *testing.T) {
 // NodeExpandVolume (`rbd resize` by hand: the node performs it as lock
 // owner) has its device follow, as krbd's devices do.
 func TestExpandFollowsResize(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	resize := func(ctx context.Context, imageName string, size int64) error {

@@ -9,7 +9,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -25,7 +27,7 @@ import (
 // pre-provisioned blank image (no marker) is refused too; the documented
 // override (image metadata csi-rbdj.format-blank=true) formats it.
 func TestNeverFormatVolumeThatHadData(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	ctx := context.Background()
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
@@ -76,7 +78,7 @@ func TestNeverFormatVolumeThatHadData(t *testing.T) {
 		if objs := dataObjects(name); len(objs) != 0 {
 			t.Fatalf("%s: the refused stage wrote %d data objects (formatted?)", what, len(objs))
 		}
-		if m := mountsUnder(dir); len(m) != 0 {
+		if m := fsprobe.MountsUnder(dir); len(m) != 0 {
 			t.Fatalf("%s: left mounts %v", what, m)
 		}
 	}

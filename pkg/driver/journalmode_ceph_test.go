@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -23,7 +24,7 @@ import (
 // the node keeps the extent log, a filesystem on it survives an unstage
 // (rbd sees the data in place), and DeleteVolume removes the log.
 func TestCephJournalModeMetadata(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	ctx := context.Background()
 	ctrl, node, dir := serveCeph(t, f.configFile, "")

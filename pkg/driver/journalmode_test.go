@@ -11,6 +11,7 @@ import (
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/extentlog"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
@@ -61,7 +62,7 @@ func TestJournalModeCreateVolume(t *testing.T) {
 // driver (ext4 formatted on it), and checks that its image has no librbd
 // journal but an extent log, and that DeleteVolume removes the log.
 func TestJournalModeMetadataStage(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	ctx := context.Background()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -139,7 +140,7 @@ func TestCephMirroring(t *testing.T) {
 	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: rwo, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStage (read-write) of a demoted image", err, codes.FailedPrecondition,
 		"demoted", "rbd mirror image promote "+pool+"/"+name, "read-only staging")
-	if left := mountsUnder(dir); len(left) > 0 {
+	if left := fsprobe.MountsUnder(dir); len(left) > 0 {
 		t.Fatalf("refused stage left mounts: %v", left)
 	}
 	// Read-only (both reader-only modes): served without owning the image.
@@ -168,7 +169,7 @@ func TestCephMirroring(t *testing.T) {
 	if mi, err := m.MirrorInfo(ctx, p, name); err != nil || mi.Primary {
 		t.Fatalf("mirror info after the read-only stagings: %+v, %v (the image must stay demoted)", mi, err)
 	}
-	if left := mountsUnder(dir); len(left) > 0 {
+	if left := fsprobe.MountsUnder(dir); len(left) > 0 {
 		t.Fatalf("read-only stagings left mounts: %v", left)
 	}
 

@@ -14,6 +14,7 @@ import (
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -29,7 +30,7 @@ import (
 // MULTI_NODE_READER_ONLY) serves it without owning it: its file is read, a
 // write fails with EROFS; neither touches the journal.
 func TestMirroringLocal(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	ctx := context.Background()
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
@@ -129,7 +130,7 @@ func TestMirroringLocal(t *testing.T) {
 // nothing) holds back trimming of a volume without the bound and is
 // disconnected, no longer holding it back, with journalMaxConcurrentObjectSets 2.
 func TestJournalMaxConcurrentObjectSets(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	for _, tt := range []struct {
 		bound    string
 		wantDisc bool

@@ -16,11 +16,12 @@ import (
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
-	"github.com/moby/sys/mountinfo"
 )
 
 // TestSanity runs csi-test's sanity suite against the driver in mode all,
@@ -28,7 +29,7 @@ import (
 // device, mkfs, mounts): once with the mount access type, once with block.
 // Each run is a child process (Ginkgo runs one suite per process).
 func TestSanity(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	runSanityChildren(t, "TestSanityChild")
 }
 
@@ -197,7 +198,7 @@ func (l *slowFirstAccept) Accept() (net.Conn, error) {
 // (deepest first) and the devices' FUSE mounts and loop devices.
 func cleanupNode(t *testing.T, dir, stateDir string) {
 	t.Helper()
-	for _, m := range reverse(mountsUnder(dir)) {
+	for _, m := range reverse(fsprobe.MountsUnder(dir)) {
 		if !strings.Contains(m, "/fuse/") {
 			t.Logf("cleanup: unmounting leftover %s", m)
 			_ = exec.Command("umount", "-l", m).Run()
@@ -211,7 +212,7 @@ func cleanupNode(t *testing.T, dir, stateDir string) {
 		}
 		cancel()
 	}
-	if left := mountsUnder(dir); len(left) > 0 {
+	if left := fsprobe.MountsUnder(dir); len(left) > 0 {
 		t.Errorf("mounts left under %s: %v", dir, left)
 	}
 }
@@ -222,31 +223,6 @@ func reverse(s []string) []string {
 		out[len(s)-1-i] = v
 	}
 	return out
-}
-
-// mountsUnder lists the mount points under dir, in mount order.
-func mountsUnder(dir string) []string {
-	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return nil
-	}
-	out := make([]string, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, m.Mountpoint)
-	}
-	return out
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, FUSE, mounts)")
-	}
-	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("needs %s", p)
-		}
-	}
 }
 
 // loopsUnder lists loop devices whose backing file is under dir.

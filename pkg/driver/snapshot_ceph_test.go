@@ -11,6 +11,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 )
@@ -22,7 +23,7 @@ import (
 // sees the CSI snapshot (`rbd snap ls`) and reads the restored volume
 // equal to the snapshot (`rbd export` of both, over the snapshot's size).
 func TestCephSnapshotRestoreClone(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	f := newCephFixture(t)
 	dir := t.TempDir()
 	s := f.servePool(t, dir)

@@ -14,6 +14,7 @@ import (
 	clslock "github.com/csi-rbdj/csi-rbdj/pkg/cls/lock"
 	clsrbd "github.com/csi-rbdj/csi-rbdj/pkg/cls/rbd"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
 	"github.com/csi-rbdj/csi-rbdj/pkg/rbdnotify"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
@@ -73,7 +74,7 @@ func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets 
 // formatted: they carry no format marker), mounted and verified. Then the
 // bad inputs: each fails with its code and leaves nothing behind.
 func TestSnapshotRestoreClone(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	d := serveLocal(t)
 	dir, b, ctrl, node := d.dir, d.b, d.ctrl, d.node
 	pool := func(ctx context.Context) (objstore.Pool, error) { return b.Pool(ctx, "rbd") }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -16,7 +18,7 @@ import (
 // served leaves nothing behind (no loop device, no FUSE mount, no record,
 // no watcher: the volume deletes), and staging conflicts are refused.
 func TestStageErrorsCleanUp(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	ctrl, node, _, dir := startDriver(t)
 	ctx := context.Background()
 	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: "v", VolumeCapabilities: []*csi.VolumeCapability{rwo},
@@ -39,7 +41,7 @@ func TestStageErrorsCleanUp(t *testing.T) {
 	if left := loopsUnder(dir); len(left) > 0 {
 		t.Errorf("failed stage left loop devices: %v", left)
 	}
-	if left := mountsUnder(dir); len(left) > 0 {
+	if left := fsprobe.MountsUnder(dir); len(left) > 0 {
 		t.Errorf("failed stage left mounts: %v", left)
 	}
 	if recs, _ := filepath.Glob(filepath.Join(dir, "node", "volumes", "*")); len(recs) > 0 {

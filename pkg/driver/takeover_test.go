@@ -17,10 +17,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/csi-rbdj/csi-rbdj/pkg/driver"
+	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
@@ -143,7 +144,7 @@ type twoNodes struct {
 // child, both on the cluster kind names (local: a directory under dir).
 func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 	t.Helper()
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	dir := t.TempDir()
 	tn := &twoNodes{dir: dir, kind: kind(dir)}
 	// n2 and the controller, in this process.
@@ -162,7 +163,7 @@ func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 		tn.child.Cmd.Process.Signal(syscall.SIGCONT)
 		tn.child.Kill()
 		in.Close()
-		for _, m := range reverse(mountsUnder(dir)) {
+		for _, m := range reverse(fsprobe.MountsUnder(dir)) {
 			if !strings.Contains(m, "/fuse/") && strings.Contains(m, "/n1-") {
 				_ = unix.Unmount(m, unix.MNT_DETACH)
 			}
@@ -241,7 +242,7 @@ func directIO(path string, off int64, data []byte, write bool) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	buf := alignedBlock(len(data))
+	buf := kerneltest.AlignedBuf(len(data))
 	if write {
 		copy(buf, data)
 		if _, err := f.WriteAt(buf, off); err != nil {
@@ -253,12 +254,6 @@ func directIO(path string, off int64, data []byte, write bool) ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
-}
-
-func alignedBlock(n int) []byte {
-	b := make([]byte, n+4096)
-	off := (4096 - int(uintptr(unsafe.Pointer(&b[0]))%4096)) % 4096
-	return b[off : off+n : off+n]
 }
 
 func randomBlock(seed uint64) []byte {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/atomicfile"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/exclusivelock"
@@ -102,7 +103,7 @@ func childMain(raw string) int {
 		return exitOpen
 	}
 	opened := time.Now()
-	if err := writeFileSync(cfg.OwnerFile, d.Owner().Addr); err != nil {
+	if err := atomicfile.Write(cfg.OwnerFile, []byte(d.Owner().Addr), atomicfile.Options{Perm: 0o644}); err != nil {
 		fmt.Fprintf(os.Stderr, "child: record owner: %v\n", err)
 		_ = d.Close(ctx)
 		return exitOpen
@@ -147,26 +148,4 @@ func childMain(raw string) int {
 	}
 	fmt.Printf("STOPPED %d %d\n", handedOff.Sub(t), time.Since(handedOff))
 	return exitOK
-}
-
-// writeFileSync replaces path with s, durably (the next incarnation reads
-// it after a SIGKILL).
-func writeFileSync(path, s string) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(s); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

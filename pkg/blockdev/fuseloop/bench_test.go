@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // BenchmarkServe measures the FUSE server alone (a memory backend) with
@@ -26,7 +28,7 @@ import (
 // -benchtime=1x (each fio job runs a fixed time); on a shared machine
 // repeat it (-count) and compare modes within one run.
 func BenchmarkServe(b *testing.B) {
-	requireKernel(b)
+	kerneltest.RequireRoot(b)
 	requireTools(b, "fio")
 	jobs := []struct {
 		name, rw, bs string

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +39,7 @@ func openDirect(t *testing.T, dev string) *os.File {
 // Raw I/O through /dev/loopN with O_DIRECT round-trips, is served
 // concurrently, and backend errors come back as EIO.
 func TestRawDirectIO(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	b := newMemBackend(64*MiB, 64*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
 
@@ -142,7 +143,7 @@ func TestRawDirectIO(t *testing.T) {
 
 // Requests on the FUSE file itself: range checks, unsupported modes, no truncate.
 func TestFuseFileSemantics(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	b := newMemBackend(16*MiB, 16*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
 	f, err := os.OpenFile(d.file, os.O_RDWR, 0)
@@ -195,7 +196,7 @@ func TestFuseFileSemantics(t *testing.T) {
 }
 
 func TestReadOnly(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	b := newMemBackend(16*MiB, 16*MiB)
 	copy(b.buf, "hello")
 	d := attach(t, b, Options{ReadOnly: true, RequestTimeout: 30 * time.Second})
@@ -229,7 +230,7 @@ func TestReadOnly(t *testing.T) {
 // mkfs + mount + files + fsync + umount + fsck, for ext4 and xfs; fsync in
 // the filesystem reaches Backend.Flush; Close is refused while mounted.
 func TestFilesystems(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	for _, tc := range []struct {
 		fstype string
 		size   int64
@@ -333,7 +334,7 @@ func lastLine(s string) string {
 // blkdiscard reaches Backend.Discard; blkdiscard -z (BLKZEROOUT) and
 // fallocate ZERO_RANGE reach Backend.WriteZeroes; the ranges read back as zeroes.
 func TestDiscardAndWriteZeroes(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "blkdiscard")
 	b := newMemBackend(64*MiB, 64*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
@@ -406,7 +407,7 @@ func TestDiscardAndWriteZeroes(t *testing.T) {
 
 // Resize grows the device the kernel sees.
 func TestResize(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "blockdev")
 	b := newMemBackend(64*MiB, 256*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
@@ -459,7 +460,7 @@ func TestResize(t *testing.T) {
 // Attach under the same name is refused until Cleanup, Cleanup leaves no
 // mount, loop device or FUSE connection, and the name can be served again.
 func TestServerProcessDeath(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "mkfs.ext4", "dd")
 	stateDir := t.TempDir()
 	const name = "vol-death"
@@ -559,7 +560,7 @@ func TestServerProcessDeath(t *testing.T) {
 // connection within the timeout, writers get errors, nothing stays in D state,
 // and the device can be torn down.
 func TestHungBackendWatchdog(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "mkfs.ext4", "dd")
 	b := newMemBackend(128*MiB, 128*MiB)
 	const timeout = 2 * time.Second
@@ -633,7 +634,7 @@ func TestHungBackendWatchdog(t *testing.T) {
 // by the watchdog; Abort reports the stuck goroutine after a bounded wait and
 // completes once the call returns.
 func TestHungBackendIgnoringContext(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "dd")
 	b := newMemBackend(32*MiB, 32*MiB)
 	var releaseOnce sync.Once
@@ -673,7 +674,7 @@ func TestHungBackendIgnoringContext(t *testing.T) {
 
 // Cleanup with nothing to clean is a no-op, and rejects bad names.
 func TestCleanupNothing(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	dir := t.TempDir()
 	for range 2 {
 		if err := Cleanup(context.Background(), dir, "nothing-here"); err != nil {
@@ -687,7 +688,7 @@ func TestCleanupNothing(t *testing.T) {
 
 // An Attach that fails half-way leaves nothing behind.
 func TestAttachFailureUndoes(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // Attach notices after mounting the FUSE filesystem
@@ -704,7 +705,7 @@ func TestAttachFailureUndoes(t *testing.T) {
 // Without fusectl the connection is aborted by a forced unmount; a negative
 // RequestTimeout disables the watchdog.
 func TestAbortByForcedUnmount(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	requireTools(t, "dd")
 	b := newMemBackend(32*MiB, 32*MiB)
 	d := attach(t, b, Options{RequestTimeout: -1})

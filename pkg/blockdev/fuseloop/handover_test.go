@@ -8,13 +8,15 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 )
 
 // What Adopt refuses, quickly and with the right error: a file that is not
 // /dev/fuse, a /dev/fuse never mounted, a connection the kernel aborted,
 // metadata of another layout or a kernel without resend, stale metadata.
 func TestAdoptFaults(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	b := newMemBackend(16*MiB, 16*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
 	good := d.Meta(true)
@@ -85,7 +87,7 @@ func TestAdoptFaults(t *testing.T) {
 // connection kept aside (the holder's role) is adopted; the adopted device
 // serves, resizes and closes cleanly (loop detached, FUSE unmounted).
 func TestHandoffAdoptInProcess(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	b := newMemBackend(32*MiB, 64*MiB)
 	stateDir := t.TempDir()
 	d := attach(t, b, Options{StateDir: stateDir, RequestTimeout: 30 * time.Second})
@@ -149,7 +151,7 @@ func TestHandoffAdoptInProcess(t *testing.T) {
 // shows "/disk") is still recognised by the FUSE superblock and node id it
 // recorded, and only for the right connection.
 func TestLoopIsOursByDevice(t *testing.T) {
-	requireKernel(t)
+	kerneltest.RequireRoot(t)
 	d := attach(t, newMemBackend(4*MiB, 4*MiB), Options{RequestTimeout: 30 * time.Second})
 	for _, tc := range []struct {
 		name string

@@ -169,18 +169,6 @@ func (b *memBackend) bytesAt(off, n int64) []byte {
 
 // ---- environment ----
 
-func requireKernel(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("fuseloop kernel tests need root (mount, loop devices)")
-	}
-	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("fuseloop kernel tests need %s: %v", p, err)
-		}
-	}
-}
-
 func requireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
