@@ -92,7 +92,12 @@ func (l *Lock) rewatchOnce() error {
 	oldCookie := l.cookie
 	l.mu.Unlock()
 	newCookie := cookieOf(w.Cookie())
-	if held {
+	// librados may give the new watch the handle of the old one (it is the
+	// address of its linger op): the lock already carries that cookie, and
+	// lock.set_cookie to a cookie that is held answers EBUSY, which would
+	// read as a broken lock. librbd skips the reacquire then too
+	// (ManagedLock: "skipping reacquire since cookie still valid").
+	if held && newCookie != oldCookie {
 		op := &objstore.WriteOp{}
 		clslock.SetCookie(op, LockName, clslock.LockExclusive, oldCookie, LockTag, newCookie)
 		err = l.pool.Operate(ctx, l.oid, op)
