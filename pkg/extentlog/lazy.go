@@ -1,9 +1,7 @@
 package extentlog
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -52,7 +50,8 @@ type backgroundSubmitter interface {
 // store applies a record to the object's file at once, unsynced). The
 // player ignores such a torn tail, but the next append would land after
 // it, and a bad entry followed by good ones is corruption; so OpenLazy
-// first cuts a torn tail off the active objects (truncateTornTails). The
+// first cuts a torn tail off the active objects (truncateTornTails), found
+// as the player finds one (journal.TornTail). The
 // caller must own the log (the image's exclusive lock).
 func OpenLazy(ctx context.Context, pool objstore.Pool, imageID, clientID string, s journal.Settings) (_ *journal.Journaler, sync func(context.Context) error, _ error) {
 	sy, ok := pool.(syncer)
@@ -142,7 +141,7 @@ func (p *lazyPool) Submit(ctx context.Context, ops []objstore.BatchOp) func() []
 	return p.sub.Submit(ctx, ops)
 }
 
-// truncateTornTails cuts a torn tail (tornTail) off each object of the
+// truncateTornTails cuts a torn tail (journal.TornTail) off each object of the
 // active set of image id's extent log. Only the active set can have one:
 // moving to the next set updates the header, a synced operation, after
 // the appends to the previous set completed.
@@ -172,7 +171,7 @@ func truncateTornTails(ctx context.Context, pool objstore.Pool, imageID string) 
 			return fmt.Errorf("extent log of image %s: read %s: %w", imageID, oid, err)
 		}
 		data := res.Data()
-		off := tornTail(data)
+		off := journal.TornTail(data)
 		if off < 0 {
 			continue
 		}
@@ -187,48 +186,4 @@ func truncateTornTails(ctx context.Context, pool objstore.Pool, imageID string) 
 		klog.FromContext(ctx).Info("Cut a torn tail off the extent log (an append lost with a power loss)", "object", oid, "offset", off, "bytes", len(data)-off)
 	}
 	return nil
-}
-
-// tornTail returns where the torn tail of a log data object starts, or -1
-// if it has none: the first bytes that are neither zeros (padding, or a
-// hole a power loss left) nor a readable entry, if no readable entry
-// follows them. (If one does, the object is corrupt: left as it is, for
-// the player to report.)
-func tornTail(data []byte) int {
-	for off := 0; off < len(data); {
-		z := 0
-		for off+z < len(data) && data[off+z] == 0 {
-			z++
-		}
-		if z > 0 {
-			off += z
-			continue
-		}
-		_, n, err := journal.DecodeEntry(data[off:])
-		if err != nil {
-			if entryAfter(data, off+1) {
-				return -1
-			}
-			return off
-		}
-		off += n
-	}
-	return -1
-}
-
-// entryAfter reports whether a readable entry starts at or after from.
-func entryAfter(data []byte, from int) bool {
-	var pre [8]byte
-	binary.LittleEndian.PutUint64(pre[:], journal.Preamble)
-	for from < len(data) {
-		i := bytes.Index(data[from:], pre[:])
-		if i < 0 {
-			return false
-		}
-		if _, _, err := journal.DecodeEntry(data[from+i:]); err == nil {
-			return true
-		}
-		from += i + 1
-	}
-	return false
 }

@@ -53,7 +53,7 @@ func TestTornTail(t *testing.T) {
 		{"garbage followed by a good one: corruption, left alone", cat(three, []byte("garbage"), fourth), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := tornTail(tc.data); got != tc.want {
+			if got := journal.TornTail(tc.data); got != tc.want {
 				t.Fatalf("tornTail = %d, want %d", got, tc.want)
 			}
 		})
@@ -170,7 +170,7 @@ func TestOpenLazy(t *testing.T) {
 	}
 }
 
-// FuzzTornTail: tornTail never cuts before a readable entry, and what it
+// FuzzTornTail: journal.TornTail never cuts before a readable entry, and what it
 // keeps reads as entries and zeros.
 func FuzzTornTail(f *testing.F) {
 	three := encodedEntries(1, 0, 3)
@@ -178,17 +178,19 @@ func FuzzTornTail(f *testing.F) {
 	f.Add(append(append([]byte(nil), three...), encodedEntries(1, 3, 1)[:20]...))
 	f.Add(append(append([]byte(nil), three...), make([]byte, 30)...))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		off := tornTail(data)
+		off := journal.TornTail(data)
 		if off < -1 || off >= len(data) && off != -1 {
 			t.Fatalf("tornTail = %d for %d bytes", off, len(data))
 		}
 		if off < 0 {
 			return
 		}
-		if entryAfter(data, off+1) {
-			t.Fatalf("cut at %d before a readable entry", off)
+		for i := off + 1; i < len(data); i++ {
+			if _, _, err := journal.DecodeEntry(data[i:]); err == nil {
+				t.Fatalf("cut at %d before a readable entry at %d", off, i)
+			}
 		}
-		if got := tornTail(data[:off]); got != -1 {
+		if got := journal.TornTail(data[:off]); got != -1 {
 			t.Fatalf("what is kept (%d bytes) has a torn tail at %d", off, got)
 		}
 	})

@@ -454,6 +454,19 @@ func (r *replayer) badEntry(p *splayPlayer, obj replayObject) error {
 	return nil
 }
 
+// TornTail returns where the torn tail of journal data object data starts
+// (its first unreadable entry, if no readable entry follows it: what a
+// replay ignores), or -1 if it has none. A writer that appends lazily cuts
+// it off before appending (pkg/extentlog), since a readable entry after it
+// would make the object corrupt.
+func TornTail(data []byte) int {
+	o := decodeReplayObject("", data)
+	if o.bad == nil || !o.badLast {
+		return -1
+	}
+	return int(o.bad.Offset)
+}
+
 // laterEntry reports whether a valid entry starts anywhere at or after from.
 func laterEntry(data []byte, from int) bool {
 	var pre [8]byte
