@@ -308,7 +308,7 @@ func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, 
 	// its values (the logger with the volume).
 	d.bctx, d.bstop = context.WithCancel(context.WithoutCancel(ctx))
 	d.tr.init()
-	d.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	d.bufs.New = func() any { return newRequestBuffer(readBufSize) }
 	d.smallBufs.New = func() any { b := make([]byte, smallBufSize); return &b }
 	return d
 }

@@ -206,8 +206,7 @@ func (d *Device) answerInit() error {
 	deadline := time.Now().Add(initTimeout)
 	// Once: not kept in a pool (with node-wide buffers, a device's pool
 	// would keep it until the next collections).
-	b := make([]byte, readBufSize)
-	bp := &b
+	bp := newRequestBuffer(readBufSize)
 	var n int
 	for n == 0 {
 		left := time.Until(deadline)
