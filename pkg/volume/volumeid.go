@@ -64,6 +64,10 @@ func ParseVolumeID(s string) (VolumeID, error) {
 	return v, nil
 }
 
+// volumeID returns v; a SnapshotID has it too (of its volume), for
+// resolveID.
+func (v VolumeID) volumeID() VolumeID { return v }
+
 // Validate checks every field.
 func (v VolumeID) Validate() error {
 	if v.Backend != storage.BackendLocal && v.Backend != storage.BackendCeph {
