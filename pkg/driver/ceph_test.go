@@ -253,6 +253,17 @@ func serveCeph(t *testing.T, configFile, credsDir string) (csi.ControllerClient,
 	return ctrl, node, dir
 }
 
+// serveCephAsRoot starts a test that stages volumes on the test cluster:
+// it needs root, and serves the driver on the cluster (serveCeph, no default
+// credentials).
+func serveCephAsRoot(t *testing.T) (*cephFixture, csi.ControllerClient, csi.NodeClient, string) {
+	t.Helper()
+	kerneltest.RequireRoot(t)
+	f := newCephFixture(t)
+	ctrl, node, dir := serveCeph(t, f.configFile, "")
+	return f, ctrl, node, dir
+}
+
 // serve serves the driver on the test cluster (serveCeph) and returns a
 // staging directory in its directory.
 func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
@@ -398,10 +409,8 @@ func TestCephErrorNotJournaled(t *testing.T) {
 // credentials connects anew and works (at once: a stage that finds its
 // connection fenced retries on a new one itself).
 func TestCephFencedConnectionReplaced(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	f := newCephFixture(t)
+	f, _, node, dir := serveCephAsRoot(t)
 	ctx := context.Background()
-	_, node, dir := serveCeph(t, f.configFile, "")
 	a, b := uniqueName("csirbdj-fenced-a"), uniqueName("csirbdj-fenced-b")
 	f.createImage(t, a, "layering,exclusive-lock,journaling", 16)
 	f.createImage(t, b, "layering,exclusive-lock,journaling", 16)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -24,10 +23,8 @@ import (
 // them; after unstaging, librbd reads the clone (`rbd export`) equal to
 // what was written over the parent.
 func TestCephServeLibrbdClone(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	f := newCephFixture(t)
+	f, _, node, dir := serveCephAsRoot(t)
 	ctx := context.Background()
-	_, node, dir := serveCeph(t, f.configFile, "")
 	parent, child := uniqueName("csirbdj-parent"), uniqueName("csirbdj-clone")
 	const size = 8 << 20
 	model := make([]byte, size)
