@@ -37,10 +37,7 @@ func (s SnapshotID) Validate() error {
 	if err := storage.ValidateName("snapshot", s.Snap); err != nil {
 		return err
 	}
-	if len(s.String()) > maxVolumeIDLen {
-		return fmt.Errorf("snapshot id longer than %d bytes", maxVolumeIDLen)
-	}
-	return nil
+	return checkIDLen("snapshot id", s.String())
 }
 
 // ParseSnapshotID parses an id made by SnapshotID.String; the errors wrap
