@@ -46,10 +46,7 @@ func TestCephSanity(t *testing.T) {
 
 // TestCephSanityChild is the child process of TestCephSanity.
 func TestCephSanityChild(t *testing.T) {
-	at := os.Getenv("CSI_RBDJ_SANITY_ACCESS_TYPE")
-	if at == "" {
-		t.Skip("child process of TestCephSanity")
-	}
+	at := testproc.ChildEnv(t, "CSI_RBDJ_SANITY_ACCESS_TYPE", "child process of TestCephSanity")
 	f := newCephFixture(t)
 	dir := t.TempDir()
 	cfg := sanityConfig(t, dir, openCeph(t, f.configFile, credentialsDir(t, f.ro)), at)
@@ -112,10 +109,7 @@ const librbdCrashFlushAfter = 2 // writes before the flush
 // (a crash, as far as the journal is concerned: its commit position never
 // moves, so every entry stays to be replayed).
 func TestCephLibrbdCrashWriter(t *testing.T) {
-	name := os.Getenv("CSI_RBDJ_LIBRBD_CRASH_IMAGE")
-	if name == "" {
-		t.Skip("child process of TestCephStageReplaysLibrbdCrash")
-	}
+	name := testproc.ChildEnv(t, "CSI_RBDJ_LIBRBD_CRASH_IMAGE", "child process of TestCephStageReplaysLibrbdCrash")
 	img, pool := cephtest.OpenUncached(t, name) // the crash loses no acked write
 	for i, w := range librbdWrites() {
 		if i == librbdCrashFlushAfter {

@@ -117,10 +117,7 @@ func dial(t *testing.T, sock string) *grpc.ClientConn {
 // TestTakeoverNodeChild is node n1 of the two-node tests: it serves the
 // node service on the shared cluster until killed.
 func TestTakeoverNodeChild(t *testing.T) {
-	kind := os.Getenv("CSI_RBDJ_TAKEOVER_BACKEND")
-	if kind == "" {
-		t.Skip("child process of the two-node tests")
-	}
+	kind := testproc.ChildEnv(t, "CSI_RBDJ_TAKEOVER_BACKEND", "child process of the two-node tests")
 	open, ok := takeoverBackends[kind]
 	if !ok {
 		t.Fatalf("backend %q not built into this binary", kind)
