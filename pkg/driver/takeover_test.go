@@ -200,6 +200,16 @@ func (tn *twoNodes) stageAndPublish(ctx context.Context, n csi.NodeClient, id, n
 	return target, nil
 }
 
+// mustStageAndPublish is stageAndPublish failing the test on an error.
+func (tn *twoNodes) mustStageAndPublish(t *testing.T, n csi.NodeClient, id, name string) string {
+	t.Helper()
+	target, err := tn.stageAndPublish(context.Background(), n, id, name)
+	if err != nil {
+		t.Fatalf("stage and publish on %s: %v", name, err)
+	}
+	return target
+}
+
 func (tn *twoNodes) unpublishAndUnstage(t *testing.T, n csi.NodeClient, id, name string) {
 	t.Helper()
 	ctx := context.Background()
@@ -290,17 +300,14 @@ func testNodeStageWhileAnotherNodeHoldsTheLock(t *testing.T, kind func(string) n
 	tn := startTwoNodes(t, kind)
 	ctx := context.Background()
 	id := tn.createVolume(t, "shared")
-	target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	target1 := tn.mustStageAndPublish(t, tn.n1, id, "n1")
 	data := randomBlock(1)
 	if _, err := directIO(target1, 0, data, true); err != nil {
 		t.Fatal(err)
 	}
 
 	start := time.Now()
-	_, err = tn.stageAndPublish(ctx, tn.n2, id, "n2")
+	_, err := tn.stageAndPublish(ctx, tn.n2, id, "n2")
 	took := time.Since(start)
 	t.Logf("NodeStageVolume on n2 while n1 serves: %v after %v", err, took.Round(time.Millisecond))
 	if status.Code(err) != codes.FailedPrecondition {
@@ -342,10 +349,7 @@ func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 			tn := startTwoNodes(t, kind)
 			ctx := context.Background()
 			id := tn.createVolume(t, "moving")
-			target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			target1 := tn.mustStageAndPublish(t, tn.n1, id, "n1")
 			for i := range 8 {
 				if _, err := directIO(target1, int64(i)*64<<10, randomBlock(uint64(i)), true); err != nil {
 					t.Fatal(err)
@@ -409,10 +413,7 @@ func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 			}
 			tn.unpublishAndUnstage(t, tn.n2, id, "n2")
 			// What is in the image now, through a fresh stage.
-			target2, err = tn.stageAndPublish(ctx, tn.n2, id, "n2")
-			if err != nil {
-				t.Fatal(err)
-			}
+			target2 = tn.mustStageAndPublish(t, tn.n2, id, "n2")
 			if got, err := directIO(target2, 0, make([]byte, 64<<10), false); err != nil || !bytes.Equal(got, randomBlock(0)) {
 				t.Fatalf("block 0 after restaging: %v", err)
 			}
