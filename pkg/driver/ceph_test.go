@@ -69,12 +69,6 @@ func TestCephSanityChild(t *testing.T) {
 	sanity.Test(t, cfg)
 }
 
-// blockVolCap is a Block volume for one node.
-var blockVolCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
 // librbdWrite is one write of TestCephLibrbdCrashWriter.
 type librbdWrite struct {
 	off  int64
@@ -161,12 +155,12 @@ func TestCephStageReplaysLibrbdCrash(t *testing.T) {
 	}
 	start := time.Now()
 	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("NodeStageVolume (fence the dead librbd client, break its lock, replay) took %v", time.Since(start).Round(time.Millisecond))
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
+		TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		t.Fatal(err)
 	}
 	dev, err := os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
@@ -270,7 +264,7 @@ func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.Cont
 }
 
 func createReq(name string, params map[string]string, sec map[string]string) *csi.CreateVolumeRequest {
-	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockVolCap},
+	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockCap},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: params, Secrets: sec}
 }
 
@@ -284,7 +278,7 @@ func TestCephErrorWrongPool(t *testing.T) {
 	wantStatus(t, "CreateVolume in pool no-such-pool", err, codes.InvalidArgument, `"pool"`, `pool "no-such-pool"`, "ceph osd pool create no-such-pool")
 	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: cephTestCluster, Pool: "no-such-pool", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume in pool no-such-pool", err, codes.NotFound, `pool "no-such-pool"`)
 }
 
@@ -318,7 +312,7 @@ func TestCephErrorUnreachableMonitors(t *testing.T) {
 	t.Logf("failed after %v (connect timeout 5s)", time.Since(start).Round(time.Millisecond))
 	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: "unreachable", Pool: "rbd", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume on unreachable monitors", err, codes.Unavailable, "127.0.0.1:9")
 }
 
@@ -336,7 +330,7 @@ func TestCephErrorWrongKey(t *testing.T) {
 			t.Errorf("the error carries the key: %s", msg)
 		}
 		_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID("img"), StagingTargetPath: staging,
-			VolumeCapability: blockVolCap, Secrets: sec})
+			VolumeCapability: blockCap, Secrets: sec})
 		if msg := wantStatus(t, "NodeStageVolume with a wrong key", err, codes.Unauthenticated, "client."+cephUserRW); strings.Contains(msg, key) {
 			t.Errorf("the error carries the key: %s", msg)
 		}
@@ -354,7 +348,7 @@ func TestCephErrorMissingSecrets(t *testing.T) {
 	wantStatus(t, "CreateVolume without secrets", err, codes.InvalidArgument,
 		"csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/provisioner-secret-namespace", "userID", "userKey")
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID("img"), StagingTargetPath: staging,
-		VolumeCapability: blockVolCap})
+		VolumeCapability: blockCap})
 	wantStatus(t, "NodeStageVolume without secrets", err, codes.InvalidArgument, "csi.storage.k8s.io/node-stage-secret-name")
 	_, err = ctrl.CreateVolume(context.Background(), createReq("half-secrets", nil, map[string]string{storage.SecretUserID: cephUserRW}))
 	wantStatus(t, "CreateVolume with userID only", err, codes.InvalidArgument, `no "userKey"`)
@@ -381,7 +375,7 @@ func TestCephErrorNotJournaled(t *testing.T) {
 	_, node, staging := f.serve(t, f.configFile, "")
 	name := uniqueName("csirbdj-static-plain")
 	f.createImage(t, name, "layering", 16)
-	req := &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging, VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}
+	req := &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging, VolumeCapability: blockCap, Secrets: secrets(f.rw)}
 	_, err := node.NodeStageVolume(context.Background(), req)
 	enable := fmt.Sprintf("rbd feature enable rbd/%s exclusive-lock journaling", name)
 	wantStatus(t, "NodeStageVolume of an image without journaling", err, codes.FailedPrecondition, "rbd/"+name, "does not have the journaling feature", enable)
@@ -414,11 +408,11 @@ func TestCephFencedConnectionReplaced(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
-			VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
+			VolumeCapability: blockCap, Secrets: secrets(f.rw)}); err != nil {
 			return "", err
 		}
 		_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
-			TargetPath: target, VolumeCapability: blockVolCap})
+			TargetPath: target, VolumeCapability: blockCap})
 		return target, err
 	}
 	unstage := func(name string) {

@@ -75,7 +75,7 @@ func writeServedClone(t *testing.T, node csi.NodeClient, dir string, stage *csi.
 		t.Fatal(err)
 	}
 	id := stage.GetVolumeId()
-	stage.StagingTargetPath, stage.VolumeCapability = staging, blockVolCap
+	stage.StagingTargetPath, stage.VolumeCapability = staging, blockCap
 	if _, err := node.NodeStageVolume(ctx, stage); err != nil {
 		t.Fatalf("stage %s: %v", what, err)
 	}
@@ -93,7 +93,7 @@ func writeServedClone(t *testing.T, node csi.NodeClient, dir string, stage *csi.
 		}
 	}
 	t.Cleanup(unstage)
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		t.Fatal(err)
 	}
 	readDev := func() []byte {

@@ -178,11 +178,6 @@ func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 	return tn
 }
 
-var blockRWO = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
 // stageAndPublish stages the volume on a node and publishes it as a block
 // device file at dir/<name>-target; it returns that path.
 func (tn *twoNodes) stageAndPublish(ctx context.Context, n csi.NodeClient, id, name string) (string, error) {
@@ -191,10 +186,10 @@ func (tn *twoNodes) stageAndPublish(ctx context.Context, n csi.NodeClient, id, n
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return "", err
 	}
-	if _, err := n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockRWO}); err != nil {
+	if _, err := n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap}); err != nil {
 		return "", err
 	}
-	if _, err := n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockRWO}); err != nil {
+	if _, err := n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		return "", err
 	}
 	return target, nil
@@ -224,7 +219,7 @@ func (tn *twoNodes) unpublishAndUnstage(t *testing.T, n csi.NodeClient, id, name
 func (tn *twoNodes) createVolume(t *testing.T, name string) string {
 	t.Helper()
 	vol, err := tn.ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()),
-		VolumeCapabilities: []*csi.VolumeCapability{blockRWO}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{blockCap}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
 		Parameters: tn.kind.params})
 	if err != nil {
 		t.Fatal(err)
