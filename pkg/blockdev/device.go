@@ -305,7 +305,7 @@ func (d *Device) start(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("journal client %q is not an image client", d.o.ClientID)
 	}
-	epochEnd, err := d.epochEnds(ctx, meta.TagClass)
+	epochEnd, err := extentlog.EpochEnds(ctx, d.j, &meta.TagClass)
 	if err != nil {
 		return err
 	}
@@ -350,29 +350,6 @@ func (d *Device) start(ctx context.Context) error {
 		"droppedEntries", st.Dropped, "replayTime", time.Since(start), "journalMode", d.JournalMode(),
 		"tornExtents", d.MetadataReplayStats().TornExtents)
 	return nil
-}
-
-// epochEnds reads, from the tags of the image's class, where each epoch
-// that was taken over ended.
-func (d *Device) epochEnds(ctx context.Context, tagClass uint64) (map[uint64]uint64, error) {
-	tags, err := d.j.Tags(ctx, &tagClass)
-	if err != nil {
-		return nil, err
-	}
-	ends := map[uint64]uint64{}
-	for _, t := range tags {
-		var td rbdjournal.TagData
-		if err := cephenc.Unmarshal(t.Data, &td); err != nil {
-			return nil, fmt.Errorf("tag %d data: %w", t.Tid, err)
-		}
-		p := td.Predecessor
-		if p.CommitValid && p.MirrorUUID == rbdjournal.LocalMirrorUUID && td.MirrorUUID == rbdjournal.LocalMirrorUUID {
-			if e, ok := ends[p.TagTid]; !ok || p.EntryTid < e {
-				ends[p.TagTid] = p.EntryTid
-			}
-		}
-	}
-	return ends, nil
 }
 
 func (d *Device) applyEvent(ctx context.Context, ev rbdjournal.Event) error {

@@ -100,10 +100,7 @@ func (noFencer) Blocklist(context.Context, string, time.Duration) error { return
 //	s                                   device size       -> SIZE <bytes>
 //	c                                   close and exit    -> OK | ERR <error>
 func TestTakeoverHelperProcess(t *testing.T) {
-	be := os.Getenv("TAKEOVER_BACKEND")
-	if be == "" {
-		t.Skip("helper process of the takeover tests")
-	}
+	be := testproc.ChildEnv(t, "TAKEOVER_BACKEND", "helper process of the takeover tests")
 	connect, ok := helperConnectors[be]
 	if !ok {
 		fmt.Printf("OPENERR no backend %q in this binary\n", be)

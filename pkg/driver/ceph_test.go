@@ -46,10 +46,7 @@ func TestCephSanity(t *testing.T) {
 
 // TestCephSanityChild is the child process of TestCephSanity.
 func TestCephSanityChild(t *testing.T) {
-	at := os.Getenv("CSI_RBDJ_SANITY_ACCESS_TYPE")
-	if at == "" {
-		t.Skip("child process of TestCephSanity")
-	}
+	at := testproc.ChildEnv(t, "CSI_RBDJ_SANITY_ACCESS_TYPE", "child process of TestCephSanity")
 	f := newCephFixture(t)
 	dir := t.TempDir()
 	cfg := sanityConfig(t, dir, openCeph(t, f.configFile, credentialsDir(t, f.ro)), at)
@@ -70,12 +67,6 @@ func TestCephSanityChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	sanity.Test(t, cfg)
-}
-
-// blockVolCap is a Block volume for one node.
-var blockVolCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 }
 
 // librbdWrite is one write of TestCephLibrbdCrashWriter.
@@ -112,10 +103,7 @@ const librbdCrashFlushAfter = 2 // writes before the flush
 // (a crash, as far as the journal is concerned: its commit position never
 // moves, so every entry stays to be replayed).
 func TestCephLibrbdCrashWriter(t *testing.T) {
-	name := os.Getenv("CSI_RBDJ_LIBRBD_CRASH_IMAGE")
-	if name == "" {
-		t.Skip("child process of TestCephStageReplaysLibrbdCrash")
-	}
+	name := testproc.ChildEnv(t, "CSI_RBDJ_LIBRBD_CRASH_IMAGE", "child process of TestCephStageReplaysLibrbdCrash")
 	img, pool := cephtest.OpenUncached(t, name) // the crash loses no acked write
 	for i, w := range librbdWrites() {
 		if i == librbdCrashFlushAfter {
@@ -167,12 +155,12 @@ func TestCephStageReplaysLibrbdCrash(t *testing.T) {
 	}
 	start := time.Now()
 	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("NodeStageVolume (fence the dead librbd client, break its lock, replay) took %v", time.Since(start).Round(time.Millisecond))
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
+		TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		t.Fatal(err)
 	}
 	dev, err := os.OpenFile(target, os.O_RDONLY|syscall.O_DIRECT, 0)
@@ -253,6 +241,17 @@ func serveCeph(t *testing.T, configFile, credsDir string) (csi.ControllerClient,
 	return ctrl, node, dir
 }
 
+// serveCephAsRoot starts a test that stages volumes on the test cluster:
+// it needs root, and serves the driver on the cluster (serveCeph, no default
+// credentials).
+func serveCephAsRoot(t *testing.T) (*cephFixture, csi.ControllerClient, csi.NodeClient, string) {
+	t.Helper()
+	kerneltest.RequireRoot(t)
+	f := newCephFixture(t)
+	ctrl, node, dir := serveCeph(t, f.configFile, "")
+	return f, ctrl, node, dir
+}
+
 // serve serves the driver on the test cluster (serveCeph) and returns a
 // staging directory in its directory.
 func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.ControllerClient, csi.NodeClient, string) {
@@ -265,7 +264,7 @@ func (f *cephFixture) serve(t *testing.T, configFile, credsDir string) (csi.Cont
 }
 
 func createReq(name string, params map[string]string, sec map[string]string) *csi.CreateVolumeRequest {
-	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockVolCap},
+	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{blockCap},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, Parameters: params, Secrets: sec}
 }
 
@@ -279,7 +278,7 @@ func TestCephErrorWrongPool(t *testing.T) {
 	wantStatus(t, "CreateVolume in pool no-such-pool", err, codes.InvalidArgument, `"pool"`, `pool "no-such-pool"`, "ceph osd pool create no-such-pool")
 	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: cephTestCluster, Pool: "no-such-pool", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume in pool no-such-pool", err, codes.NotFound, `pool "no-such-pool"`)
 }
 
@@ -313,7 +312,7 @@ func TestCephErrorUnreachableMonitors(t *testing.T) {
 	t.Logf("failed after %v (connect timeout 5s)", time.Since(start).Round(time.Millisecond))
 	id := volume.VolumeID{Backend: storage.BackendCeph, Cluster: "unreachable", Pool: "rbd", Image: "img"}.String()
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		VolumeCapability: blockVolCap, Secrets: secrets(f.rw)})
+		VolumeCapability: blockCap, Secrets: secrets(f.rw)})
 	wantStatus(t, "NodeStageVolume on unreachable monitors", err, codes.Unavailable, "127.0.0.1:9")
 }
 
@@ -331,7 +330,7 @@ func TestCephErrorWrongKey(t *testing.T) {
 			t.Errorf("the error carries the key: %s", msg)
 		}
 		_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID("img"), StagingTargetPath: staging,
-			VolumeCapability: blockVolCap, Secrets: sec})
+			VolumeCapability: blockCap, Secrets: sec})
 		if msg := wantStatus(t, "NodeStageVolume with a wrong key", err, codes.Unauthenticated, "client."+cephUserRW); strings.Contains(msg, key) {
 			t.Errorf("the error carries the key: %s", msg)
 		}
@@ -349,7 +348,7 @@ func TestCephErrorMissingSecrets(t *testing.T) {
 	wantStatus(t, "CreateVolume without secrets", err, codes.InvalidArgument,
 		"csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/provisioner-secret-namespace", "userID", "userKey")
 	_, err = node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID("img"), StagingTargetPath: staging,
-		VolumeCapability: blockVolCap})
+		VolumeCapability: blockCap})
 	wantStatus(t, "NodeStageVolume without secrets", err, codes.InvalidArgument, "csi.storage.k8s.io/node-stage-secret-name")
 	_, err = ctrl.CreateVolume(context.Background(), createReq("half-secrets", nil, map[string]string{storage.SecretUserID: cephUserRW}))
 	wantStatus(t, "CreateVolume with userID only", err, codes.InvalidArgument, `no "userKey"`)
@@ -376,7 +375,7 @@ func TestCephErrorNotJournaled(t *testing.T) {
 	_, node, staging := f.serve(t, f.configFile, "")
 	name := uniqueName("csirbdj-static-plain")
 	f.createImage(t, name, "layering", 16)
-	req := &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging, VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}
+	req := &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging, VolumeCapability: blockCap, Secrets: secrets(f.rw)}
 	_, err := node.NodeStageVolume(context.Background(), req)
 	enable := fmt.Sprintf("rbd feature enable rbd/%s exclusive-lock journaling", name)
 	wantStatus(t, "NodeStageVolume of an image without journaling", err, codes.FailedPrecondition, "rbd/"+name, "does not have the journaling feature", enable)
@@ -398,10 +397,8 @@ func TestCephErrorNotJournaled(t *testing.T) {
 // credentials connects anew and works (at once: a stage that finds its
 // connection fenced retries on a new one itself).
 func TestCephFencedConnectionReplaced(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	f := newCephFixture(t)
+	f, _, node, dir := serveCephAsRoot(t)
 	ctx := context.Background()
-	_, node, dir := serveCeph(t, f.configFile, "")
 	a, b := uniqueName("csirbdj-fenced-a"), uniqueName("csirbdj-fenced-b")
 	f.createImage(t, a, "layering,exclusive-lock,journaling", 16)
 	f.createImage(t, b, "layering,exclusive-lock,journaling", 16)
@@ -411,11 +408,11 @@ func TestCephFencedConnectionReplaced(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
-			VolumeCapability: blockVolCap, Secrets: secrets(f.rw)}); err != nil {
+			VolumeCapability: blockCap, Secrets: secrets(f.rw)}); err != nil {
 			return "", err
 		}
 		_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: staticVolumeID(name), StagingTargetPath: staging,
-			TargetPath: target, VolumeCapability: blockVolCap})
+			TargetPath: target, VolumeCapability: blockCap})
 		return target, err
 	}
 	unstage := func(name string) {

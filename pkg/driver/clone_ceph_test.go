@@ -13,7 +13,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 )
 
@@ -24,10 +23,8 @@ import (
 // them; after unstaging, librbd reads the clone (`rbd export`) equal to
 // what was written over the parent.
 func TestCephServeLibrbdClone(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	f := newCephFixture(t)
+	f, _, node, dir := serveCephAsRoot(t)
 	ctx := context.Background()
-	_, node, dir := serveCeph(t, f.configFile, "")
 	parent, child := uniqueName("csirbdj-parent"), uniqueName("csirbdj-clone")
 	const size = 8 << 20
 	model := make([]byte, size)
@@ -78,7 +75,7 @@ func writeServedClone(t *testing.T, node csi.NodeClient, dir string, stage *csi.
 		t.Fatal(err)
 	}
 	id := stage.GetVolumeId()
-	stage.StagingTargetPath, stage.VolumeCapability = staging, blockVolCap
+	stage.StagingTargetPath, stage.VolumeCapability = staging, blockCap
 	if _, err := node.NodeStageVolume(ctx, stage); err != nil {
 		t.Fatalf("stage %s: %v", what, err)
 	}
@@ -96,7 +93,7 @@ func writeServedClone(t *testing.T, node csi.NodeClient, dir string, stage *csi.
 		}
 	}
 	t.Cleanup(unstage)
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockVolCap}); err != nil {
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		t.Fatal(err)
 	}
 	readDev := func() []byte {

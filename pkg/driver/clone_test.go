@@ -31,6 +31,7 @@ import (
 
 const cloneTestSize = 4 << 20 // 4 objects of 1 MiB
 
+// blockCap is a Block volume for one node.
 var blockCap = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 

@@ -15,6 +15,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -103,6 +104,15 @@ func mountCap(mode csi.VolumeCapability_AccessMode_Mode, fs string) *csi.VolumeC
 
 var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "ext4")
 
+// rpc is a table entry's call: the client method m with req; only the
+// error counts.
+func rpc[Req, Resp any](ctx context.Context, m func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) func() error {
+	return func() error {
+		_, err := m(ctx, req)
+		return err
+	}
+}
+
 // TestErrorPaths checks each CSI error path: the status code and that the
 // message says what to fix.
 func TestErrorPaths(t *testing.T) {
@@ -119,16 +129,10 @@ func TestErrorPaths(t *testing.T) {
 	}
 
 	create := func(name string, caps []*csi.VolumeCapability, params map[string]string, cr *csi.CapacityRange) func() error {
-		return func() error {
-			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: caps, Parameters: params, CapacityRange: cr})
-			return err
-		}
+		return rpc(ctx, ctrl.CreateVolume, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: caps, Parameters: params, CapacityRange: cr})
 	}
 	stage := func(id string, c *csi.VolumeCapability, path string) func() error {
-		return func() error {
-			_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, VolumeCapability: c, StagingTargetPath: path})
-			return err
-		}
+		return rpc(ctx, node.NodeStageVolume, &csi.NodeStageVolumeRequest{VolumeId: id, VolumeCapability: c, StagingTargetPath: path})
 	}
 	caps := []*csi.VolumeCapability{rwo}
 	for _, tc := range []struct {
@@ -150,70 +154,31 @@ func TestErrorPaths(t *testing.T) {
 			codes.InvalidArgument, "no access mode"},
 		{"stage multi-node", stage(existing, mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER, ""), staging),
 			codes.InvalidArgument, "one node at a time"},
-		{"publish multi-node", func() error {
-			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"),
-				VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "")})
-			return err
-		}, codes.InvalidArgument, "one journal writer"},
+		{"publish multi-node", rpc(ctx, node.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"),
+			VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "")}), codes.InvalidArgument, "one journal writer"},
 
 		// Missing arguments.
 		{"create no name", create("", caps, nil, nil), codes.InvalidArgument, "name is missing"},
 		{"create no capabilities", create("v", nil, nil, nil), codes.InvalidArgument, "volume capabilities are missing"},
-		{"delete no id", func() error { _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{}); return err }, codes.InvalidArgument, "volume_id is missing"},
-		{"validate no caps", func() error {
-			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: existing})
-			return err
-		}, codes.InvalidArgument, "volume_capabilities are missing"},
+		{"delete no id", rpc(ctx, ctrl.DeleteVolume, &csi.DeleteVolumeRequest{}), codes.InvalidArgument, "volume_id is missing"},
+		{"validate no caps", rpc(ctx, ctrl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: existing}), codes.InvalidArgument, "volume_capabilities are missing"},
 		{"stage no id", stage("", rwo, staging), codes.InvalidArgument, "volume_id is missing"},
 		{"stage no path", stage(existing, rwo, ""), codes.InvalidArgument, "staging_target_path is missing"},
 		{"stage no capability", stage(existing, nil, staging), codes.InvalidArgument, "volume_capability is missing"},
-		{"publish no target", func() error {
-			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, VolumeCapability: rwo})
-			return err
-		}, codes.InvalidArgument, "target_path is missing"},
-		{"publish no staging path", func() error {
-			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo})
-			return err
-		}, codes.InvalidArgument, "call NodeStageVolume first"},
-		{"unstage no path", func() error {
-			_, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: existing})
-			return err
-		}, codes.InvalidArgument, "staging_target_path is missing"},
-		{"stats no path", func() error {
-			_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: existing})
-			return err
-		}, codes.InvalidArgument, "volume_path is missing"},
+		{"publish no target", rpc(ctx, node.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, VolumeCapability: rwo}), codes.InvalidArgument, "target_path is missing"},
+		{"publish no staging path", rpc(ctx, node.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: existing, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo}), codes.InvalidArgument, "call NodeStageVolume first"},
+		{"unstage no path", rpc(ctx, node.NodeUnstageVolume, &csi.NodeUnstageVolumeRequest{VolumeId: existing}), codes.InvalidArgument, "staging_target_path is missing"},
+		{"stats no path", rpc(ctx, node.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: existing}), codes.InvalidArgument, "volume_path is missing"},
 
 		// Unknown volume.
-		{"validate unknown", func() error {
-			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: unknown, VolumeCapabilities: caps})
-			return err
-		}, codes.NotFound, "does not exist"},
-		{"validate foreign id", func() error {
-			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "pvc-1234", VolumeCapabilities: caps})
-			return err
-		}, codes.NotFound, "not a csi-rbdj volume id"},
-		{"validate damaged id", func() error {
-			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "rbdj1/local/default/rbd", VolumeCapabilities: caps})
-			return err
-		}, codes.InvalidArgument, "want 5 '/'-separated fields"},
-		{"validate other cluster", func() error {
-			_, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: otherCluster, VolumeCapabilities: caps})
-			return err
-		}, codes.FailedPrecondition, "use the plugin configured for that cluster"},
+		{"validate unknown", rpc(ctx, ctrl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: unknown, VolumeCapabilities: caps}), codes.NotFound, "does not exist"},
+		{"validate foreign id", rpc(ctx, ctrl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "pvc-1234", VolumeCapabilities: caps}), codes.NotFound, "not a csi-rbdj volume id"},
+		{"validate damaged id", rpc(ctx, ctrl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "rbdj1/local/default/rbd", VolumeCapabilities: caps}), codes.InvalidArgument, "want 5 '/'-separated fields"},
+		{"validate other cluster", rpc(ctx, ctrl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: otherCluster, VolumeCapabilities: caps}), codes.FailedPrecondition, "use the plugin configured for that cluster"},
 		{"stage unknown", stage(unknown, rwo, staging), codes.NotFound, "does not exist"},
-		{"publish unstaged", func() error {
-			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo})
-			return err
-		}, codes.FailedPrecondition, "call NodeStageVolume first"},
-		{"stats unknown", func() error {
-			_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: unknown, VolumePath: staging})
-			return err
-		}, codes.NotFound, "not staged on this node"},
-		{"list bad token", func() error {
-			_, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "garbage"})
-			return err
-		}, codes.Aborted, "restart the listing without a token"},
+		{"publish unstaged", rpc(ctx, node.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: existing, StagingTargetPath: staging, TargetPath: filepath.Join(dir, "t"), VolumeCapability: rwo}), codes.FailedPrecondition, "call NodeStageVolume first"},
+		{"stats unknown", rpc(ctx, node.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: unknown, VolumePath: staging}), codes.NotFound, "not staged on this node"},
+		{"list bad token", rpc(ctx, ctrl.ListVolumes, &csi.ListVolumesRequest{StartingToken: "garbage"}), codes.Aborted, "restart the listing without a token"},
 
 		// Capacity too large.
 		{"create too large", create("big", caps, nil, &csi.CapacityRange{RequiredBytes: 2 << 40}), codes.OutOfRange, "request less"},
@@ -238,20 +203,11 @@ func TestErrorPaths(t *testing.T) {
 		{"fs type", create("p", caps, map[string]string{"fsType": "zfs"}, nil), codes.InvalidArgument, `want one of ext4, xfs`},
 		{"ack policy", create("p", caps, map[string]string{"ackPolicy": "never"}, nil), codes.InvalidArgument, `want applied, journaled or writeback`},
 		{"existing with other params", create("existing", caps, map[string]string{"journalSplayWidth": "8"}, nil), codes.AlreadyExists, "different parameters"},
-		{"empty content source", func() error {
-			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{}})
-			return err
-		}, codes.InvalidArgument, "names neither a snapshot nor a volume"},
-		{"clone into another pool", func() error {
-			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, Parameters: map[string]string{"pool": "elsewhere"},
-				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}})
-			return err
-		}, codes.InvalidArgument, "clones within one cluster and pool"},
-		{"restore from a snapshot id of another driver", func() error {
-			_, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps,
-				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "pvc-snap-1"}}}})
-			return err
-		}, codes.NotFound, "does not exist"},
+		{"empty content source", rpc(ctx, ctrl.CreateVolume, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{}}), codes.InvalidArgument, "names neither a snapshot nor a volume"},
+		{"clone into another pool", rpc(ctx, ctrl.CreateVolume, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps, Parameters: map[string]string{"pool": "elsewhere"},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: existing}}}}), codes.InvalidArgument, "clones within one cluster and pool"},
+		{"restore from a snapshot id of another driver", rpc(ctx, ctrl.CreateVolume, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: caps,
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "pvc-snap-1"}}}}), codes.NotFound, "does not exist"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call()

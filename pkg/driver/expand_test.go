@@ -499,32 +499,8 @@ func expectCode(t *testing.T, what string, err error, code codes.Code, want ...s
 // and fills the device (where it could grow), then unstages it.
 func checkAfterExpand(t *testing.T, node csi.NodeClient, id string, volCtx, secrets map[string]string, dir string, tc expandCase) {
 	t.Helper()
-	ctx := context.Background()
-	staging := filepath.Join(dir, "check-"+tc.name)
-	if err := os.MkdirAll(staging, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	blockCap := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap,
-		VolumeContext: volCtx, Secrets: secrets}); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-			t.Errorf("unstage: %v", err)
-		}
-	}()
-	target := filepath.Join(dir, "check-dev-"+tc.name)
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target,
-		VolumeCapability: blockCap, VolumeContext: volCtx}); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
-			t.Errorf("unpublish: %v", err)
-		}
-	}()
+	target, unstage := stagePublish(t, node, id, blockCap, volCtx, secrets, dir, "check-"+tc.name)
+	defer unstage()
 	if got := devSize(t, target); got != expandRounded {
 		t.Errorf("staged again: the device has %d bytes, want %d", got, expandRounded)
 	}

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
@@ -24,10 +23,8 @@ import (
 // the node keeps the extent log, a filesystem on it survives an unstage
 // (rbd sees the data in place), and DeleteVolume removes the log.
 func TestCephJournalModeMetadata(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	f := newCephFixture(t)
+	f, ctrl, node, dir := serveCephAsRoot(t)
 	ctx := context.Background()
-	ctrl, node, dir := serveCeph(t, f.configFile, "")
 	vc := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	vol := createVolume(ctx, t, ctrl, &csi.CreateVolumeRequest{Name: uniqueName("csirbdj-meta"), VolumeCapabilities: []*csi.VolumeCapability{vc},

@@ -20,6 +20,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/nodeserver"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
+	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 )
@@ -117,10 +118,7 @@ func logSkipped(t *testing.T, report string) {
 
 // TestSanityChild is the child process of TestSanity.
 func TestSanityChild(t *testing.T) {
-	at := os.Getenv("CSI_RBDJ_SANITY_ACCESS_TYPE")
-	if at == "" {
-		t.Skip("child process of TestSanity")
-	}
+	at := testproc.ChildEnv(t, "CSI_RBDJ_SANITY_ACCESS_TYPE", "child process of TestSanity")
 	dir := t.TempDir()
 	b, err := storage.OpenLocal(storage.LocalOptions{Dir: filepath.Join(dir, "cluster"), NoSync: true})
 	if err != nil {

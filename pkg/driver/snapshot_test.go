@@ -32,17 +32,17 @@ func (w *expandWriter) acked() map[string][32]byte {
 var ext4Cap = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 
-// stagePublish stages and publishes volume id (ext4) under dir/name and
-// returns the publish path and a function that unpublishes and unstages
-// it (also run at the end of the test).
-func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets map[string]string, dir, name string) (string, func()) {
+// stagePublish stages and publishes volume id with capability c under
+// dir/name and returns the publish path and a function that unpublishes
+// and unstages it (also run at the end of the test).
+func stagePublish(t *testing.T, node csi.NodeClient, id string, c *csi.VolumeCapability, volCtx, secrets map[string]string, dir, name string) (string, func()) {
 	t.Helper()
 	ctx := context.Background()
 	staging, target := filepath.Join(dir, "staging-"+name), filepath.Join(dir, "pods", name, "vol")
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: ext4Cap, VolumeContext: volCtx, Secrets: secrets}); err != nil {
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c, VolumeContext: volCtx, Secrets: secrets}); err != nil {
 		t.Fatalf("stage %s: %v", name, err)
 	}
 	done := false
@@ -60,7 +60,7 @@ func stagePublish(t *testing.T, node csi.NodeClient, id string, volCtx, secrets 
 	}
 	t.Cleanup(undo)
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target,
-		VolumeCapability: ext4Cap, VolumeContext: volCtx}); err != nil {
+		VolumeCapability: c, VolumeContext: volCtx}); err != nil {
 		t.Fatalf("publish %s: %v", name, err)
 	}
 	return target, undo
@@ -117,7 +117,7 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 	if err != nil {
 		t.Fatal(err)
 	}
-	target, unstageSource := stagePublish(t, node, src.GetVolumeId(), src.GetVolumeContext(), secrets, dir, "source")
+	target, unstageSource := stagePublish(t, node, src.GetVolumeId(), ext4Cap, src.GetVolumeContext(), secrets, dir, "source")
 	w := startExpandWriter(t, expandCase{name: "snap", fs: "ext4"}, target)
 	time.Sleep(500 * time.Millisecond)
 
@@ -200,7 +200,7 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 		if fb, err := storage.GetFormatBlank(ctx, pool, v.Image); err != nil || fb != storage.FormatBlankUnset {
 			t.Errorf("%s: format marker %v (%v); want unset: a copy of a formatted volume is never formatted", c.name, fb, err)
 		}
-		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), c.vol.GetVolumeContext(), secrets, dir, c.name)
+		tgt, undo := stagePublish(t, node, c.vol.GetVolumeId(), ext4Cap, c.vol.GetVolumeContext(), secrets, dir, c.name)
 		verifyItems(t, expandCase{name: c.name, fs: "ext4"}, tgt, c.items)
 		undo()
 	}
@@ -277,7 +277,7 @@ func runSnapshotRestoreClone(t *testing.T, ctrl csi.ControllerClient, node csi.N
 	if err != nil {
 		t.Fatalf("restore after the source volume was deleted: %v", err)
 	}
-	tgt, undo := stagePublish(t, node, restored2.GetVolumeId(), restored2.GetVolumeContext(), secrets, dir, "restore-2")
+	tgt, undo := stagePublish(t, node, restored2.GetVolumeId(), ext4Cap, restored2.GetVolumeContext(), secrets, dir, "restore-2")
 	verifyItems(t, expandCase{name: "restore-2", fs: "ext4"}, tgt, beforeSnap)
 	undo()
 	deleteSnap()

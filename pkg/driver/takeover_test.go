@@ -117,10 +117,7 @@ func dial(t *testing.T, sock string) *grpc.ClientConn {
 // TestTakeoverNodeChild is node n1 of the two-node tests: it serves the
 // node service on the shared cluster until killed.
 func TestTakeoverNodeChild(t *testing.T) {
-	kind := os.Getenv("CSI_RBDJ_TAKEOVER_BACKEND")
-	if kind == "" {
-		t.Skip("child process of the two-node tests")
-	}
+	kind := testproc.ChildEnv(t, "CSI_RBDJ_TAKEOVER_BACKEND", "child process of the two-node tests")
 	open, ok := takeoverBackends[kind]
 	if !ok {
 		t.Fatalf("backend %q not built into this binary", kind)
@@ -181,11 +178,6 @@ func startTwoNodes(t *testing.T, kind func(dir string) nodeKind) *twoNodes {
 	return tn
 }
 
-var blockRWO = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
 // stageAndPublish stages the volume on a node and publishes it as a block
 // device file at dir/<name>-target; it returns that path.
 func (tn *twoNodes) stageAndPublish(ctx context.Context, n csi.NodeClient, id, name string) (string, error) {
@@ -194,13 +186,23 @@ func (tn *twoNodes) stageAndPublish(ctx context.Context, n csi.NodeClient, id, n
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return "", err
 	}
-	if _, err := n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockRWO}); err != nil {
+	if _, err := n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap}); err != nil {
 		return "", err
 	}
-	if _, err := n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockRWO}); err != nil {
+	if _, err := n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blockCap}); err != nil {
 		return "", err
 	}
 	return target, nil
+}
+
+// mustStageAndPublish is stageAndPublish failing the test on an error.
+func (tn *twoNodes) mustStageAndPublish(t *testing.T, n csi.NodeClient, id, name string) string {
+	t.Helper()
+	target, err := tn.stageAndPublish(context.Background(), n, id, name)
+	if err != nil {
+		t.Fatalf("stage and publish on %s: %v", name, err)
+	}
+	return target
 }
 
 func (tn *twoNodes) unpublishAndUnstage(t *testing.T, n csi.NodeClient, id, name string) {
@@ -217,7 +219,7 @@ func (tn *twoNodes) unpublishAndUnstage(t *testing.T, n csi.NodeClient, id, name
 func (tn *twoNodes) createVolume(t *testing.T, name string) string {
 	t.Helper()
 	vol, err := tn.ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()),
-		VolumeCapabilities: []*csi.VolumeCapability{blockRWO}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{blockCap}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
 		Parameters: tn.kind.params})
 	if err != nil {
 		t.Fatal(err)
@@ -293,17 +295,14 @@ func testNodeStageWhileAnotherNodeHoldsTheLock(t *testing.T, kind func(string) n
 	tn := startTwoNodes(t, kind)
 	ctx := context.Background()
 	id := tn.createVolume(t, "shared")
-	target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	target1 := tn.mustStageAndPublish(t, tn.n1, id, "n1")
 	data := randomBlock(1)
 	if _, err := directIO(target1, 0, data, true); err != nil {
 		t.Fatal(err)
 	}
 
 	start := time.Now()
-	_, err = tn.stageAndPublish(ctx, tn.n2, id, "n2")
+	_, err := tn.stageAndPublish(ctx, tn.n2, id, "n2")
 	took := time.Since(start)
 	t.Logf("NodeStageVolume on n2 while n1 serves: %v after %v", err, took.Round(time.Millisecond))
 	if status.Code(err) != codes.FailedPrecondition {
@@ -345,10 +344,7 @@ func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 			tn := startTwoNodes(t, kind)
 			ctx := context.Background()
 			id := tn.createVolume(t, "moving")
-			target1, err := tn.stageAndPublish(ctx, tn.n1, id, "n1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			target1 := tn.mustStageAndPublish(t, tn.n1, id, "n1")
 			for i := range 8 {
 				if _, err := directIO(target1, int64(i)*64<<10, randomBlock(uint64(i)), true); err != nil {
 					t.Fatal(err)
@@ -412,10 +408,7 @@ func testNodeStageTakeover(t *testing.T, kind func(string) nodeKind) {
 			}
 			tn.unpublishAndUnstage(t, tn.n2, id, "n2")
 			// What is in the image now, through a fresh stage.
-			target2, err = tn.stageAndPublish(ctx, tn.n2, id, "n2")
-			if err != nil {
-				t.Fatal(err)
-			}
+			target2 = tn.mustStageAndPublish(t, tn.n2, id, "n2")
 			if got, err := directIO(target2, 0, make([]byte, 64<<10), false); err != nil || !bytes.Equal(got, randomBlock(0)) {
 				t.Fatalf("block 0 after restaging: %v", err)
 			}

@@ -184,7 +184,7 @@ func walk(ctx context.Context, pool objstore.Pool, imageID, consumer string, fn 
 	if _, err := j.Client(); err != nil {
 		return fmt.Errorf("%w: %q (csi-rbdj journal register-consumer)", ErrNoConsumer, consumer)
 	}
-	ends, err := EpochEnds(ctx, j)
+	ends, err := EpochEnds(ctx, j, nil)
 	if err != nil {
 		return err
 	}
@@ -201,12 +201,12 @@ func walk(ctx context.Context, pool objstore.Pool, imageID, consumer string, fn 
 	return j.FlushCommitPosition(ctx)
 }
 
-// EpochEnds reads, from the log's tags, where each epoch that was taken
-// over ended (the tag predecessors), as blockdev does for a full journal:
-// a fenced writer's entries past its epoch's end are never replayed or
-// listed.
-func EpochEnds(ctx context.Context, j *journal.Journaler) (map[uint64]uint64, error) {
-	tags, err := j.Tags(ctx, nil)
+// EpochEnds reads, from the journal's tags (of tagClass; nil: all), where
+// each epoch that was taken over ended (the tag predecessors): a fenced
+// writer's entries past its epoch's end are never replayed or listed. It
+// serves both the extent log and blockdev's full journal.
+func EpochEnds(ctx context.Context, j *journal.Journaler, tagClass *uint64) (map[uint64]uint64, error) {
+	tags, err := j.Tags(ctx, tagClass)
 	if err != nil {
 		return nil, err
 	}

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/csi-rbdj/csi-rbdj/pkg/cephenc"
 	clsjournal "github.com/csi-rbdj/csi-rbdj/pkg/cls/journal"
+	"github.com/csi-rbdj/csi-rbdj/pkg/image"
 	"github.com/csi-rbdj/csi-rbdj/pkg/journal"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore"
-	"github.com/csi-rbdj/csi-rbdj/pkg/rbdjournal"
 )
 
 // Naming is the object naming of an extent log: distinct from librbd's
@@ -25,8 +24,8 @@ const ImageClientID = ""
 
 // Create creates image id's extent log with the layout given (zero values:
 // pkg/journal's defaults) and sets it up as librbd sets an image journal up
-// (a tag class owned by the local image, the image client registered with
-// it), so that the device's epoch logic (tags and their predecessors) is
+// (image.InitJournal: a tag class owned by the local image, the image
+// client registered with it), so that the device's epoch logic (tags and their predecessors) is
 // the same in both modes. Tags and client data live in the log's own
 // header only. It fails with an error wrapping objstore.ErrExists if the
 // log exists.
@@ -39,20 +38,7 @@ func Create(ctx context.Context, pool objstore.Pool, imageID string, order, spla
 			_ = journal.RemoveNamed(context.WithoutCancel(ctx), pool, nil, imageID, Naming)
 		}
 	}()
-	j, err := Open(ctx, pool, imageID, ImageClientID, journal.Settings{})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := j.Close(ctx); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	tag, err := j.AllocateTag(ctx, clsjournal.TagClassNew, cephenc.Marshal(rbdjournal.TagData{MirrorUUID: rbdjournal.LocalMirrorUUID}))
-	if err != nil {
-		return fmt.Errorf("create extent log of image %s: %w", imageID, err)
-	}
-	if err := j.RegisterClient(ctx, cephenc.Marshal(rbdjournal.ClientData{Meta: rbdjournal.ImageClientMeta{TagClass: tag.TagClass}})); err != nil {
+	if err := image.InitJournal(ctx, pool, imageID, Naming); err != nil {
 		return fmt.Errorf("create extent log of image %s: %w", imageID, err)
 	}
 	return nil

@@ -42,6 +42,14 @@ func mustCreate(t testing.TB, p objstore.Pool, name string, size int64, o Create
 	return img
 }
 
+// newTestImage creates image "vol" of size bytes in 4 KiB objects (order
+// 12: a few KiB of I/O already span objects) on a new pool.
+func newTestImage(t testing.TB, size int64) (objstore.Pool, *Image) {
+	t.Helper()
+	p := newPool(t)
+	return p, mustCreate(t, p, "vol", size, CreateOptions{Order: 12})
+}
+
 func objects(t testing.TB, p objstore.Pool, prefix string) []string {
 	t.Helper()
 	names, err := p.List(ctxT(t), prefix)

@@ -153,10 +153,9 @@ func allZero(b []byte) bool {
 }
 
 func TestSparseRead(t *testing.T) {
-	p := newPool(t)
 	ctx := ctxT(t)
 	const obj = 1 << 12
-	img := mustCreate(t, p, "vol", 4*obj, CreateOptions{Order: 12})
+	p, img := newTestImage(t, 4*obj)
 	buf := bytes.Repeat([]byte{0xee}, 4*obj)
 	if _, err := img.ReadAt(ctx, buf, 0); err != nil || !allZero(buf) {
 		t.Fatalf("fresh image: %v, zero %v", err, allZero(buf))
@@ -211,9 +210,8 @@ func TestDiscardSemantics(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newPool(t)
 			ctx := ctxT(t)
-			img := mustCreate(t, p, "vol", size, CreateOptions{Order: 12})
+			p, img := newTestImage(t, size)
 			fill := bytes.Repeat([]byte{0x5a}, int(size))
 			if _, err := img.WriteAt(ctx, fill, 0); err != nil {
 				t.Fatal(err)
@@ -243,9 +241,8 @@ func TestDiscardSemantics(t *testing.T) {
 	}
 
 	// Discarding or zeroing missing objects does not create them.
-	p := newPool(t)
 	ctx := ctxT(t)
-	img := mustCreate(t, p, "vol", size, CreateOptions{Order: 12})
+	p, img := newTestImage(t, size)
 	for _, r := range [][2]int64{{0, size}, {100, 200}, {obj + 10, obj}, {3*obj + 10, 990}} {
 		if err := img.Discard(ctx, r[0], r[1]); err != nil {
 			t.Fatal(err)
@@ -260,10 +257,9 @@ func TestDiscardSemantics(t *testing.T) {
 }
 
 func TestOutOfRange(t *testing.T) {
-	p := newPool(t)
 	ctx := ctxT(t)
 	const size = 10000
-	img := mustCreate(t, p, "vol", size, CreateOptions{Order: 12})
+	_, img := newTestImage(t, size)
 	tests := []struct {
 		off, n int64
 		ok     bool
@@ -389,12 +385,11 @@ func TestOpenUnsupported(t *testing.T) {
 // TestConcurrentIO writes disjoint stripes from many goroutines, each
 // crossing object boundaries, and reads them back.
 func TestConcurrentIO(t *testing.T) {
-	p := newPool(t)
 	ctx := ctxT(t)
 	const obj = 1 << 12
 	const writers = 8
 	const stripe = 3*obj + 123
-	img := mustCreate(t, p, "vol", writers*stripe, CreateOptions{Order: 12})
+	p, img := newTestImage(t, writers*stripe)
 	var g errgroup.Group
 	for w := range writers {
 		g.Go(func() error {
@@ -427,8 +422,7 @@ func TestConcurrentIO(t *testing.T) {
 }
 
 func TestCancelledIO(t *testing.T) {
-	p := newPool(t)
-	img := mustCreate(t, p, "vol", 1<<20, CreateOptions{Order: 12})
+	_, img := newTestImage(t, 1<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := img.WriteAt(ctx, make([]byte, 3<<12), 0); !errors.Is(err, context.Canceled) {

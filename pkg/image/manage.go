@@ -225,7 +225,7 @@ func create(ctx context.Context, pool objstore.Pool, name, id string, size uint6
 			return err
 		}
 		undo = append(undo, func(ctx context.Context) error { return journal.Remove(ctx, pool, nil, id) })
-		if err := initJournal(ctx, pool, id); err != nil {
+		if err := InitJournal(ctx, pool, id, journal.Naming{}); err != nil {
 			return err
 		}
 	}
@@ -236,12 +236,14 @@ func create(ctx context.Context, pool objstore.Pool, name, id string, size uint6
 // (librbd::Journal::IMAGE_CLIENT_ID).
 const imageClientID = ""
 
-// initJournal sets a new image journal up as librbd's
-// journal::CreateRequest does: a tag of a new class owned by the local
-// image (TagData with an empty mirror uuid), then the image's client ""
-// registered with that tag class.
-func initJournal(ctx context.Context, pool objstore.Pool, id string) (err error) {
-	j, err := journal.Open(ctx, pool, id, imageClientID, journal.Options{})
+// InitJournal sets up a new journal of image id, with objects named by
+// naming (zero: librbd's image journal), as librbd's journal::CreateRequest
+// does: a tag of a new class owned by the local image (TagData with an
+// empty mirror uuid), then the image's client "" registered with that tag
+// class. extentlog's metadata journal is set up the same way, so that the
+// device's epoch logic is the same in both modes.
+func InitJournal(ctx context.Context, pool objstore.Pool, id string, naming journal.Naming) (err error) {
+	j, err := journal.Open(ctx, pool, id, imageClientID, journal.Options{Naming: naming})
 	if err != nil {
 		return err
 	}

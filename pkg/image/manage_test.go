@@ -363,8 +363,7 @@ func TestRemove(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newPool(t)
-			img := mustCreate(t, p, "vol", 40<<12, CreateOptions{Order: 12})
+			p, img := newTestImage(t, 40<<12)
 			for _, off := range []int64{0, 5 << 12, 39<<12 + 100} {
 				if _, err := img.WriteAt(ctx, []byte("data"), off); err != nil {
 					t.Fatal(err)
@@ -426,10 +425,9 @@ func TestRemoveBusy(t *testing.T) {
 }
 
 func TestResize(t *testing.T) {
-	p := newPool(t)
 	ctx := ctxT(t)
 	const obj = 1 << 12
-	img := mustCreate(t, p, "vol", 10*obj, CreateOptions{Order: 12})
+	p, img := newTestImage(t, 10*obj)
 	fill := bytes.Repeat([]byte{0xab}, 10*obj)
 	if _, err := img.WriteAt(ctx, fill, 0); err != nil {
 		t.Fatal(err)

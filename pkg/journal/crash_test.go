@@ -32,10 +32,7 @@ func crashPayload(seed, idx uint64) []byte {
 // then appends continuously under a few tags and reports each append before
 // issuing it ("I idx tag tid") and once its future completed ("K idx").
 func TestCrashHelperProcess(t *testing.T) {
-	dir := os.Getenv("JOURNAL_CRASH_DIR")
-	if dir == "" {
-		t.Skip("helper process for TestCrashReplaysAcknowledgedPrefix")
-	}
+	dir := testproc.ChildEnv(t, "JOURNAL_CRASH_DIR", "helper process for TestCrashReplaysAcknowledgedPrefix")
 	seed, _ := strconv.ParseUint(os.Getenv("JOURNAL_CRASH_SEED"), 10, 64)
 	ctx := context.Background()
 	out := func(format string, args ...any) { os.Stdout.WriteString(fmt.Sprintf(format, args...) + "\n") }

@@ -195,10 +195,7 @@ func TestCephGoldenBytes(t *testing.T) {
 // opens the image with librbd, performs the golden-crash writes and exits
 // without closing the image (the commit position stays empty).
 func TestCephLibrbdWriterHelper(t *testing.T) {
-	name := os.Getenv("JOURNAL_CEPH_LIBRBD_IMAGE")
-	if name == "" {
-		t.Skip("helper process for TestCephReplayLibrbdCrash")
-	}
+	name := testproc.ChildEnv(t, "JOURNAL_CEPH_LIBRBD_IMAGE", "helper process for TestCephReplayLibrbdCrash")
 	img, pool := cephtest.OpenUncached(t, name)
 	for _, w := range []struct {
 		off  int64

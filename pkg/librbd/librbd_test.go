@@ -20,6 +20,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/ceph/cephtest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local"
+	"github.com/csi-rbdj/csi-rbdj/pkg/objstore/local/localtest"
 )
 
 func TestMain(m *testing.M) { cephtest.Main(m) }
@@ -166,15 +167,7 @@ func TestErrors(t *testing.T) {
 	check("wrong pool", err, ceph.ErrPoolNotFound, objstore.ErrNotFound)
 
 	// A pool of another backend.
-	lc, err := local.Open(t.TempDir(), local.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lc.Close()
-	lp, err := lc.Pool(ctx, "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, lp := localtest.Open(t, t.TempDir(), local.Options{})
 	check("local pool", librbd.Create(ctx, lp, name, 1<<20, image.CreateOptions{}), librbd.ErrNotCeph)
 
 	// A pre-provisioned image without journaling.

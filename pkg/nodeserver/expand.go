@@ -41,13 +41,12 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 || (cr.GetLimitBytes() > 0 && cr.GetRequiredBytes() > cr.GetLimitBytes()) {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity_range is invalid (required %d, limit %d)", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
-	ctx, done, err := s.operation(ctx, id)
+	ctx, done, err := s.operation(ctx, id, "volumePath", path)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx).WithValues("volumeID", id, "volumePath", path)
-	ctx = klog.NewContext(ctx, logger)
+	logger := klog.FromContext(ctx)
 
 	v := s.get(id)
 	if v == nil {

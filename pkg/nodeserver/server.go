@@ -362,13 +362,15 @@ func (s *Server) readyAndLocked(ctx context.Context, id string) (unlock func(), 
 }
 
 // operation is readyAndLocked with the operation timeout on the returned
-// context; done cancels it and releases the lock.
-func (s *Server) operation(ctx context.Context, id string) (_ context.Context, done func(), err error) {
+// context, and a logger with the volume id and kv (the path the request
+// names) in it; done cancels it and releases the lock.
+func (s *Server) operation(ctx context.Context, id string, kv ...any) (_ context.Context, done func(), err error) {
 	unlock, err := s.readyAndLocked(ctx, id)
 	if err != nil {
 		return ctx, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.OpTimeout)
+	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("volumeID", id).WithValues(kv...))
 	return ctx, func() { cancel(); unlock() }, nil
 }
 

@@ -176,6 +176,15 @@ func wantCode(t *testing.T, err error, code codes.Code, want string) {
 	}
 }
 
+// rpc is a table entry's call: method m of the server with req; only the
+// error counts.
+func rpc[Req, Resp any](m func(*Server, context.Context, Req) (Resp, error), req Req) func(context.Context, *Server) error {
+	return func(ctx context.Context, s *Server) error {
+		_, err := m(s, ctx, req)
+		return err
+	}
+}
+
 func TestArgumentChecks(t *testing.T) {
 	dir := t.TempDir()
 	staging := filepath.Join(dir, "staging")
@@ -184,20 +193,14 @@ func TestArgumentChecks(t *testing.T) {
 	}
 	target := filepath.Join(dir, "target")
 	stageReq := func(f func(*csi.NodeStageVolumeRequest)) func(context.Context, *Server) error {
-		return func(ctx context.Context, s *Server) error {
-			req := &csi.NodeStageVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging, VolumeCapability: mountCap(rwo, "ext4")}
-			f(req)
-			_, err := s.NodeStageVolume(ctx, req)
-			return err
-		}
+		req := &csi.NodeStageVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging, VolumeCapability: mountCap(rwo, "ext4")}
+		f(req)
+		return rpc((*Server).NodeStageVolume, req)
 	}
 	publishReq := func(f func(*csi.NodePublishVolumeRequest)) func(context.Context, *Server) error {
-		return func(ctx context.Context, s *Server) error {
-			req := &csi.NodePublishVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap(rwo, "ext4")}
-			f(req)
-			_, err := s.NodePublishVolume(ctx, req)
-			return err
-		}
+		req := &csi.NodePublishVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap(rwo, "ext4")}
+		f(req)
+		return rpc((*Server).NodePublishVolume, req)
 	}
 	ceph := func(err error) *fakeBackend { return &fakeBackend{kind: storage.BackendCeph, err: err} }
 	for _, tc := range []struct {
@@ -237,18 +240,9 @@ func TestArgumentChecks(t *testing.T) {
 			code: codes.Unauthenticated, msg: "client.csi"},
 
 		// NodeUnstageVolume.
-		{name: "unstage/no volume id", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{StagingTargetPath: staging})
-			return err
-		}, code: codes.InvalidArgument, msg: "volume_id is missing"},
-		{name: "unstage/no staging path", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: testVolID})
-			return err
-		}, code: codes.InvalidArgument, msg: "staging_target_path is missing"},
-		{name: "unstage/not staged", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging})
-			return err
-		}, code: codes.OK},
+		{name: "unstage/no volume id", call: rpc((*Server).NodeUnstageVolume, &csi.NodeUnstageVolumeRequest{StagingTargetPath: staging}), code: codes.InvalidArgument, msg: "volume_id is missing"},
+		{name: "unstage/no staging path", call: rpc((*Server).NodeUnstageVolume, &csi.NodeUnstageVolumeRequest{VolumeId: testVolID}), code: codes.InvalidArgument, msg: "staging_target_path is missing"},
+		{name: "unstage/not staged", call: rpc((*Server).NodeUnstageVolume, &csi.NodeUnstageVolumeRequest{VolumeId: testVolID, StagingTargetPath: staging}), code: codes.OK},
 
 		// NodePublishVolume.
 		{name: "publish/no volume id", call: publishReq(func(r *csi.NodePublishVolumeRequest) { r.VolumeId = "" }), code: codes.InvalidArgument, msg: "volume_id is missing"},
@@ -261,32 +255,14 @@ func TestArgumentChecks(t *testing.T) {
 		{name: "publish/not staged", call: publishReq(func(*csi.NodePublishVolumeRequest) {}), code: codes.FailedPrecondition, msg: "is not staged at " + staging},
 
 		// NodeUnpublishVolume.
-		{name: "unpublish/no volume id", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{TargetPath: target})
-			return err
-		}, code: codes.InvalidArgument, msg: "volume_id is missing"},
-		{name: "unpublish/no target", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: testVolID})
-			return err
-		}, code: codes.InvalidArgument, msg: "target_path is missing"},
-		{name: "unpublish/not published", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: testVolID, TargetPath: target})
-			return err
-		}, code: codes.OK},
+		{name: "unpublish/no volume id", call: rpc((*Server).NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{TargetPath: target}), code: codes.InvalidArgument, msg: "volume_id is missing"},
+		{name: "unpublish/no target", call: rpc((*Server).NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: testVolID}), code: codes.InvalidArgument, msg: "target_path is missing"},
+		{name: "unpublish/not published", call: rpc((*Server).NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: testVolID, TargetPath: target}), code: codes.OK},
 
 		// NodeGetVolumeStats.
-		{name: "stats/no volume id", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumePath: staging})
-			return err
-		}, code: codes.InvalidArgument, msg: "volume_id is missing"},
-		{name: "stats/no path", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: testVolID})
-			return err
-		}, code: codes.InvalidArgument, msg: "volume_path is missing"},
-		{name: "stats/not staged", call: func(ctx context.Context, s *Server) error {
-			_, err := s.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: testVolID, VolumePath: staging})
-			return err
-		}, code: codes.NotFound, msg: "is not staged on this node"},
+		{name: "stats/no volume id", call: rpc((*Server).NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumePath: staging}), code: codes.InvalidArgument, msg: "volume_id is missing"},
+		{name: "stats/no path", call: rpc((*Server).NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: testVolID}), code: codes.InvalidArgument, msg: "volume_path is missing"},
+		{name: "stats/not staged", call: rpc((*Server).NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: testVolID, VolumePath: staging}), code: codes.NotFound, msg: "is not staged on this node"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t, tc.backend, "")

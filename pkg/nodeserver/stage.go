@@ -47,13 +47,12 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	ctx, done, err := s.operation(ctx, want.VolumeID)
+	ctx, done, err := s.operation(ctx, want.VolumeID, "stagingPath", want.StagingPath)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx).WithValues("volumeID", want.VolumeID, "stagingPath", want.StagingPath)
-	ctx = klog.NewContext(ctx, logger)
+	logger := klog.FromContext(ctx)
 
 	if v := s.get(want.VolumeID); v != nil {
 		if v.rec.StagingPath != want.StagingPath {
@@ -490,13 +489,12 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err != nil {
 		return nil, err
 	}
-	ctx, done, err := s.operation(ctx, id)
+	ctx, done, err := s.operation(ctx, id, "stagingPath", path)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", path)
-	ctx = klog.NewContext(ctx, logger)
+	logger := klog.FromContext(ctx)
 
 	v := s.get(id)
 	if v == nil {

@@ -24,6 +24,18 @@ func Command(run string, env ...string) *exec.Cmd {
 	return cmd
 }
 
+// ChildEnv returns environment variable name, which the parent test sets
+// (Command's env) to run a test as its helper child. Run any other way
+// (name unset) the test is skipped, with why (whose child it is).
+func ChildEnv(t testing.TB, name, why string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Skip(why)
+	}
+	return v
+}
+
 // reapTimeout bounds how long the end of a test waits for a killed child
 // (one stuck in the kernel, say on a dead FUSE mount, may never exit).
 const reapTimeout = 30 * time.Second

@@ -71,3 +71,21 @@ func TestBufferKeepsTheFirstMiB(t *testing.T) {
 		t.Fatalf("kept %d bytes", b.Len())
 	}
 }
+
+// TestChildEnv: a test run as a helper child gets its setting; run any
+// other way it is skipped at once.
+func TestChildEnv(t *testing.T) {
+	var skipped, ran bool
+	t.Run("unset", func(t *testing.T) {
+		defer func() { skipped = t.Skipped() }()
+		ChildEnv(t, "TESTPROC_NOT_SET", "helper child of TestChildEnv")
+		ran = true
+	})
+	if !skipped || ran {
+		t.Fatalf("with the variable unset: skipped %v, ran on %v", skipped, ran)
+	}
+	t.Setenv("TESTPROC_SET", "x")
+	if got := ChildEnv(t, "TESTPROC_SET", "helper child of TestChildEnv"); got != "x" {
+		t.Fatalf("ChildEnv = %q, want x", got)
+	}
+}

@@ -15,22 +15,35 @@ import (
 // FailedPrecondition for a volume of another backend. Whether the plugin
 // knows the id's cluster is checked by VolumeStorage.
 func ResolveVolumeID(b storage.Backend, id string) (VolumeID, error) {
+	return resolveID(b, "volume", id, ParseVolumeID)
+}
+
+// ResolveSnapshotID is ResolveVolumeID for a snapshot id.
+func ResolveSnapshotID(b storage.Backend, id string) (SnapshotID, error) {
+	return resolveID(b, "snapshot", id, ParseSnapshotID)
+}
+
+// resolveID parses id, a volume or a snapshot id (kind names it in the
+// messages: "volume", "snapshot"), with parse and checks that b serves the
+// volume it names.
+func resolveID[ID interface{ volumeID() VolumeID }](b storage.Backend, kind, id string, parse func(string) (ID, error)) (ID, error) {
+	var none ID
 	if id == "" {
-		return VolumeID{}, status.Error(codes.InvalidArgument, "volume_id is missing")
+		return none, status.Errorf(codes.InvalidArgument, "%s_id is missing", kind)
 	}
-	v, err := ParseVolumeID(id)
+	parsed, err := parse(id)
 	switch {
 	case errors.Is(err, ErrForeignVolumeID):
-		return VolumeID{}, status.Errorf(codes.NotFound, "volume %q does not exist: %v", id, err)
+		return none, status.Errorf(codes.NotFound, "%s %q does not exist: %v", kind, id, err)
 	case err != nil:
-		return VolumeID{}, status.Errorf(codes.InvalidArgument, "%v", err)
+		return none, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if v.Backend != b.Kind() {
-		return VolumeID{}, status.Errorf(codes.FailedPrecondition,
-			"volume %q belongs to cluster %q of backend %q, but this plugin serves backend %q: use the plugin configured for that backend",
-			id, v.Cluster, v.Backend, b.Kind())
+	if v := parsed.volumeID(); v.Backend != b.Kind() {
+		return none, status.Errorf(codes.FailedPrecondition,
+			"%s %q belongs to cluster %q of backend %q, but this plugin serves backend %q: use the plugin configured for that backend",
+			kind, id, v.Cluster, v.Backend, b.Kind())
 	}
-	return v, nil
+	return parsed, nil
 }
 
 // VolumeStorage opens the storage of vid's cluster with the request's

@@ -3,13 +3,10 @@ package volume
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // SecretsSnapshotter: CreateSnapshot and DeleteSnapshot (the
@@ -40,10 +37,7 @@ func (s SnapshotID) Validate() error {
 	if err := storage.ValidateName("snapshot", s.Snap); err != nil {
 		return err
 	}
-	if len(s.String()) > maxVolumeIDLen {
-		return fmt.Errorf("snapshot id longer than %d bytes", maxVolumeIDLen)
-	}
-	return nil
+	return checkIDLen("snapshot id", s.String())
 }
 
 // ParseSnapshotID parses an id made by SnapshotID.String; the errors wrap
@@ -72,26 +66,4 @@ func ParseSnapshotID(s string) (SnapshotID, error) {
 func SnapNameFor(csiName string) string {
 	sum := sha256.Sum256([]byte(csiName))
 	return snapPrefix + hex.EncodeToString(sum[:12])
-}
-
-// ResolveSnapshotID parses a snapshot id from a request and checks that
-// this plugin's backend serves it: InvalidArgument for a missing or
-// damaged id, NotFound for one this driver never issues,
-// FailedPrecondition for another backend's.
-func ResolveSnapshotID(b storage.Backend, id string) (SnapshotID, error) {
-	if id == "" {
-		return SnapshotID{}, status.Error(codes.InvalidArgument, "snapshot_id is missing")
-	}
-	s, err := ParseSnapshotID(id)
-	switch {
-	case errors.Is(err, ErrForeignVolumeID):
-		return SnapshotID{}, status.Errorf(codes.NotFound, "snapshot %q does not exist: %v", id, err)
-	case err != nil:
-		return SnapshotID{}, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	if s.Backend != b.Kind() {
-		return SnapshotID{}, status.Errorf(codes.FailedPrecondition,
-			"snapshot %q belongs to backend %q, but this plugin serves backend %q", id, s.Backend, b.Kind())
-	}
-	return s, nil
 }

@@ -64,6 +64,10 @@ func ParseVolumeID(s string) (VolumeID, error) {
 	return v, nil
 }
 
+// volumeID returns v; a SnapshotID has it too (of its volume), for
+// resolveID.
+func (v VolumeID) volumeID() VolumeID { return v }
+
 // Validate checks every field.
 func (v VolumeID) Validate() error {
 	if v.Backend != storage.BackendLocal && v.Backend != storage.BackendCeph {
@@ -78,8 +82,14 @@ func (v VolumeID) Validate() error {
 	if err := storage.ValidateName("image", v.Image); err != nil {
 		return err
 	}
-	if len(v.String()) > maxVolumeIDLen {
-		return fmt.Errorf("id longer than %d bytes", maxVolumeIDLen)
+	return checkIDLen("id", v.String())
+}
+
+// checkIDLen enforces the CSI limit on an id the driver issues (what
+// names it in the error).
+func checkIDLen(what, id string) error {
+	if len(id) > maxVolumeIDLen {
+		return fmt.Errorf("%s longer than %d bytes", what, maxVolumeIDLen)
 	}
 	return nil
 }

@@ -55,3 +55,27 @@ func TestParseParamsDefaults(t *testing.T) {
 		t.Errorf("defaults: %+v", p)
 	}
 }
+
+// TestIDLengthLimit: volume and snapshot ids longer than CSI's 128 bytes
+// are refused even when every name in them is valid.
+func TestIDLengthLimit(t *testing.T) {
+	long := VolumeID{Backend: storage.BackendLocal, Cluster: "default", Pool: strings.Repeat("p", 60), Image: strings.Repeat("i", 60)}
+	short := VolumeID{Backend: storage.BackendLocal, Cluster: "default", Pool: "rbd", Image: strings.Repeat("i", 60)}
+	for _, tc := range []struct {
+		name string
+		id   interface{ Validate() error }
+		want string // "": valid
+	}{
+		{"volume", short, ""},
+		{"volume too long", long, "id longer than 128 bytes"},
+		{"snapshot", SnapshotID{VolumeID: short, Snap: "s"}, ""},
+		{"snapshot too long", SnapshotID{VolumeID: short, Snap: strings.Repeat("s", 50)}, "snapshot id longer than 128 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.id.Validate()
+			if (tc.want == "" && err != nil) || (tc.want != "" && (err == nil || err.Error() != tc.want)) {
+				t.Errorf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -23,12 +23,7 @@ func connectCeph(ctx context.Context, cfg childConfig) (*backendConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := c.OpenPool(ctx, cfg.Pool)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return &backendConn{pool: p, fencer: c, close: func() { c.Close() }}, nil
+	return poolConn(ctx, c, cfg.Pool)
 }
 
 // createCeph creates a journaled image (the features a StorageClass of the

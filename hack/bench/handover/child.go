@@ -45,6 +45,25 @@ type backendConn struct {
 	close  func()
 }
 
+// cluster is what the backends' clusters (objstore/local, objstore/ceph)
+// give the benchmark.
+type cluster interface {
+	exclusivelock.Fencer
+	Pool(ctx context.Context, name string) (objstore.Pool, error)
+	Close() error
+}
+
+// poolConn opens pool name of c as a backendConn; c is closed if that
+// fails, and by the backendConn's close.
+func poolConn(ctx context.Context, c cluster, name string) (*backendConn, error) {
+	p, err := c.Pool(ctx, name)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &backendConn{pool: p, fencer: c, close: func() { c.Close() }}, nil
+}
+
 // The serving child's exit codes (the parent names them in its errors).
 const (
 	exitOK = iota

@@ -14,33 +14,29 @@ import (
 func connectBackend(ctx context.Context, cfg childConfig) (*backendConn, error) {
 	switch cfg.Backend {
 	case "local":
-		c, err := local.Open(cfg.LocalDir, local.Options{Classes: classes.Standard()})
-		if err != nil {
-			return nil, err
-		}
-		pool, err := c.Pool(ctx, cfg.Pool)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		return &backendConn{pool: pool, fencer: c, close: func() { c.Close() }}, nil
+		return connectLocal(ctx, cfg)
 	case "ceph":
 		return connectCeph(ctx, cfg)
 	}
 	return nil, fmt.Errorf("unknown backend %q", cfg.Backend)
 }
 
+// connectLocal opens the local cluster under cfg.LocalDir.
+func connectLocal(ctx context.Context, cfg childConfig) (*backendConn, error) {
+	c, err := local.Open(cfg.LocalDir, local.Options{Classes: classes.Standard()})
+	if err != nil {
+		return nil, err
+	}
+	return poolConn(ctx, c, cfg.Pool)
+}
+
 // createLocal creates the benchmark's image in a new local cluster under
 // cfg.LocalDir (a journaled image, as a StorageClass of the driver makes).
 func createLocal(ctx context.Context, cfg childConfig, size int64) error {
-	c, err := local.Open(cfg.LocalDir, local.Options{Classes: classes.Standard()})
+	conn, err := connectLocal(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	pool, err := c.Pool(ctx, cfg.Pool)
-	if err != nil {
-		return err
-	}
-	return image.Create(ctx, pool, cfg.Image, size, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth})
+	defer conn.close()
+	return image.Create(ctx, conn.pool, cfg.Image, size, image.CreateOptions{JournalSplayWidth: volume.DefaultJournalSplayWidth})
 }
