@@ -25,8 +25,8 @@ const ImageClientID = ""
 // Create creates image id's extent log with the layout given (zero values:
 // pkg/journal's defaults) and sets it up as librbd sets an image journal up
 // (image.InitJournal: a tag class owned by the local image, the image
-// client registered with it), so that the device's epoch logic (tags and their predecessors) is
-// the same in both modes. Tags and client data live in the log's own
+// client registered with it), so that the device's epoch logic (tags and
+// their predecessors) is the same in both modes. Tags and client data live in the log's own
 // header only. It fails with an error wrapping objstore.ErrExists if the
 // log exists.
 func Create(ctx context.Context, pool objstore.Pool, imageID string, order, splayWidth uint8) (err error) {

@@ -170,7 +170,7 @@ func cephGroup(o options, cl *cephCluster, policies []policyRow) (*group, []stri
 			if err != nil {
 				return nil, err
 			}
-			ft := fioTarget{o: o, engine: fioDeviceEngine(dev.path), serve: servedByUs, osdPID: env.pid}
+			ft := fioTarget{o: o, engine: fioDeviceEngine(dev.path), serve: servedByUs, osdPID: env.pid, lat: observeLatency(o, dev)}
 			return &target{Name: label, Backend: "ceph", run: ft.run, fill: ft.fill, close: func() error { return dev.close(ctx) }}, nil
 		}}
 	}

@@ -76,7 +76,7 @@ func localDevice(ctx context.Context, o options, name string, bo blockdev.Option
 		drop()
 		return nil, err
 	}
-	ft := fioTarget{o: o, engine: fioDeviceEngine(dev.path), serve: servedByUs}
+	ft := fioTarget{o: o, engine: fioDeviceEngine(dev.path), serve: servedByUs, lat: observeLatency(o, dev)}
 	return &target{
 		Name: name, Backend: "local", run: ft.run, fill: ft.fill,
 		close: func() error { err := dev.close(ctx); drop(); return err },
@@ -90,6 +90,7 @@ func fioDeviceEngine(dev string) []string {
 // servedDevice is one of our devices attached as a loop device.
 type servedDevice struct {
 	path  string
+	dev   *blockdev.Device
 	close func(ctx context.Context) error
 }
 
@@ -109,6 +110,7 @@ func serveDevice(ctx context.Context, pool objstore.Pool, name, stateDir string,
 	}
 	return &servedDevice{
 		path: dev.Path(),
+		dev:  d,
 		close: func(ctx context.Context) error {
 			cctx, cancel := cleanupCtx(ctx)
 			defer cancel()

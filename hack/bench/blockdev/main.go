@@ -111,6 +111,8 @@ type options struct {
 	// memProfile: write a heap profile at each many-volumes run's peak
 	// live heap to <memProfile>.<backend>-<volumes>-<job>.
 	memProfile string
+	// latency: print our device's mean latencies per run (-latency).
+	latency bool
 	// reqBufs: the node-wide FUSE request buffers of the many-volumes
 	// run (nil elsewhere: no node-wide bound).
 	reqBufs *fuseloop.RequestBuffers
@@ -153,6 +155,7 @@ func main() {
 	manyJobs := flag.String("many-jobs", "4K randwrite QD4,1M seqwrite QD4", `fio job run on every volume at once in the many-volumes run, one run per job: "<size> randwrite|seqwrite QD<n>", comma-separated`)
 	flag.StringVar(&o.manyPolicy, "many-policy", volume.DefaultAckPolicy, "ack policy of the many-volumes run (default: the driver's)")
 	logFile := flag.String("log", "", "write the served devices' logs (klog) to this file (default: discarded)")
+	flag.BoolVar(&o.latency, "latency", false, "print, for each run on our device, the mean request, journal-append and apply latencies (where a write's time goes)")
 	flag.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the peak live heap of each many-volumes run to <this>.<backend>-<volumes>-<job> (go tool pprof -sample_index=inuse_space)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (our devices are served in this process)")
 	flag.StringVar(&o.manyChild, "many-child", "", "internal: serve the many-volumes run of this backend (local, ceph) in this process and print its results as JSON")
@@ -508,6 +511,9 @@ func runRow(ctx context.Context, o options, row rowSpec, r int, acc *accumulator
 		acc.add(row, j, s)
 		fmt.Fprintf(os.Stderr, "[%d/%d] %-42s %-6s %-18s %10.0f %-4s  cpu/GB serve %s osd %s\n",
 			r+1, o.repeat, row.Name, row.Backend, j.Name, s.Value, j.Metric, fmtCPU(perGB(s.ServeCPU, s.Bytes)), fmtCPU(perGB(s.OSDCPU, s.Bytes)))
+		if s.Latency != "" {
+			fmt.Fprintf(os.Stderr, "      latency: %s\n", s.Latency)
+		}
 	}
 	if err := t.close(); err != nil {
 		return fmt.Errorf("%s: close: %w", row.label(), err)

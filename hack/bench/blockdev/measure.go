@@ -25,6 +25,10 @@ type sample struct {
 	// for the plain loop, which the kernel serves), of fio, of the OSD
 	// (NaN without one).
 	ServeCPU, FioCPU, OSDCPU float64
+	// Latency, with -latency: fio's mean latency and, on our device, the
+	// device's mean latencies (measured part of the run; device: ramp
+	// included).
+	Latency string
 }
 
 // serving says which process serves a target's block path, for its CPU
@@ -44,6 +48,9 @@ type fioTarget struct {
 	engine []string // fio options selecting the device or image
 	serve  serving
 	osdPID func() int // nil without an OSD
+	// lat, with -latency, sums our device's latencies: each run prints
+	// their means (where a write's time goes: journal append, apply).
+	lat *latencyObserver
 }
 
 func (f fioTarget) osd() int {
@@ -63,6 +70,7 @@ func (f fioTarget) run(ctx context.Context, j job) (sample, error) {
 		"--output-format=json", "--randrepeat=0", "--norandommap",
 	}, f.engine...)
 	osd := f.osd()
+	lat0 := f.lat.snapshot()
 	self0, osd0 := selfCPU(), procCPU(osd)
 	out, fioCPU, err := runFio(ctx, f.env, f.o.runtime+f.o.ramp, args)
 	self1, osd1 := selfCPU(), procCPU(osd)
@@ -88,6 +96,12 @@ func (f fioTarget) run(ctx context.Context, j job) (sample, error) {
 	}
 	if j.Metric == "MB/s" {
 		s.Value = st.BWBytes / 1e6
+	}
+	if f.o.latency {
+		s.Latency = fmt.Sprintf("fio mean %v", time.Duration(st.Lat.Mean).Round(time.Microsecond))
+		if f.lat != nil {
+			s.Latency += "; device means: " + f.lat.snapshot().since(lat0)
+		}
 	}
 	switch f.serve {
 	case servedByUs:
@@ -155,6 +169,9 @@ type fioDir struct {
 	BWBytes   float64 `json:"bw_bytes"`
 	IOBytes   float64 `json:"io_bytes"`
 	RuntimeMS float64 `json:"runtime"`
+	Lat       struct {
+		Mean float64 `json:"mean"` // ns, submission to completion
+	} `json:"lat_ns"`
 }
 
 type fioJob struct {
