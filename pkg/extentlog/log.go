@@ -26,9 +26,9 @@ const ImageClientID = ""
 // pkg/journal's defaults) and sets it up as librbd sets an image journal up
 // (image.InitJournal: a tag class owned by the local image, the image
 // client registered with it), so that the device's epoch logic (tags and
-// their predecessors) is the same in both modes. Tags and client data live in the log's own
-// header only. It fails with an error wrapping objstore.ErrExists if the
-// log exists.
+// their predecessors) is the same in both modes. Tags and client data live
+// in the log's own header only. It fails with an error wrapping
+// objstore.ErrExists if the log exists.
 func Create(ctx context.Context, pool objstore.Pool, imageID string, order, splayWidth uint8) (err error) {
 	if err := journal.Create(ctx, pool, imageID, journal.CreateOptions{Order: order, SplayWidth: splayWidth, DataPoolID: -1, Naming: Naming}); err != nil {
 		return fmt.Errorf("create extent log of image %s: %w", imageID, err)
