@@ -73,9 +73,9 @@ func (r *RequestBuffers) put(b *[]byte) {
 // of leaving it for a successor to be resent. A server killed while a
 // reader was in read(2) failed the write it was reading in this way ("loop:
 // writeback error", an I/O error in the filesystem on the device): 2 of 17
-// runs of TestHandoverJournaled did, and 8 of 12 of its subtests when an
-// experiment dropped the buffer's pages before every read (0 of 12 when
-// they were written again before the read). A page stays mapped while the
+// runs of TestHandoverJournaled on a loaded machine did, and 8 of 12 of
+// its subtests when an experiment dropped the buffer's pages before every
+// read (0 of 12 when they were written again before the read). A page stays mapped while the
 // buffer is in use: Go returns to the system only the memory of freed
 // objects, and a node without swap never pages anonymous memory out.
 func newRequestBuffer(size int) *[]byte {
