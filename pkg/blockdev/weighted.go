@@ -104,11 +104,7 @@ func (s *share) acquire(ctx context.Context, n int64) error {
 			w.cur -= n
 			s.held -= n
 		default:
-			s.waiters.Remove(elem)
-			if s.waiters.Len() == 0 {
-				w.waiting.Remove(s.elem)
-				s.elem = nil
-			}
+			s.removeWaiterLocked(elem)
 		}
 		// Those behind it may fit now.
 		w.grantLocked()
@@ -126,6 +122,16 @@ func (s *share) release(n int64) {
 	s.held -= n
 	w.grantLocked()
 	w.mu.Unlock()
+}
+
+// removeWaiterLocked takes waiter e off s; a share left without waiters
+// leaves its weighted's waiting list.
+func (s *share) removeWaiterLocked(e *list.Element) {
+	s.waiters.Remove(e)
+	if s.waiters.Len() == 0 {
+		s.w.waiting.Remove(s.elem)
+		s.elem = nil
+	}
 }
 
 // grantLocked grants waiters while the next one fits: the first waiter of
@@ -151,11 +157,7 @@ func (w *weighted) grantLocked() {
 		}
 		w.cur += wt.n
 		next.held += wt.n
-		next.waiters.Remove(front)
-		if next.waiters.Len() == 0 {
-			w.waiting.Remove(next.elem)
-			next.elem = nil
-		}
+		next.removeWaiterLocked(front)
 		close(wt.ready)
 	}
 }
