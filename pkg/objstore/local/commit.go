@@ -143,6 +143,18 @@ func (c *Cluster) enqueue(reqs []*request) {
 	}
 }
 
+// syncLog syncs the log (counted in the stats); afterwards no lazy record
+// of this client is unsynced. A failure is logged and returned.
+func (c *Cluster) syncLog() error {
+	c.stats.syncs.Add(1)
+	if err := c.sync(c.wal); err != nil {
+		c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
+		return err
+	}
+	c.lazyUnsynced = false
+	return nil
+}
+
 // wait waits for a queued request's outcome.
 func (c *Cluster) wait(ctx context.Context, r *request) error {
 	select {
@@ -357,17 +369,13 @@ func (c *Cluster) commitBatch(batch []*request) {
 	if len(recs) == 0 {
 		s.busy().Store(0)
 		if nonLazy && c.lazyUnsynced {
-			c.stats.syncs.Add(1)
-			if err := c.sync(c.wal); err != nil {
-				c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
+			if err := c.syncLog(); err != nil {
 				for _, r := range batch {
 					if r.err == nil {
 						r.err = &objstore.OpError{Op: "sync", OID: r.oid, Err: fmt.Errorf("%w: %v", syscall.EIO, err)}
 					}
 				}
-				return
 			}
-			c.lazyUnsynced = false
 		}
 		return
 	}
@@ -394,20 +402,14 @@ func (c *Cluster) commitBatch(batch []*request) {
 	}
 	// A batch of lazy operations only is not synced: a later synced batch
 	// syncs the whole log, these records included.
-	needSync := nonLazy
 	c.stats.batches.Add(1)
 	c.stats.ops.Add(uint64(len(recs)))
-	if !needSync {
+	if !nonLazy {
 		c.lazyUnsynced = true
-	} else {
-		c.stats.syncs.Add(1)
-		if err := c.sync(c.wal); err != nil {
-			c.abandonLogged(logEnd)
-			c.log.Error(err, "local cluster: log sync failed", "dir", c.dir)
-			fail(err)
-			return
-		}
-		c.lazyUnsynced = false
+	} else if err := c.syncLog(); err != nil {
+		c.abandonLogged(logEnd)
+		fail(err)
+		return
 	}
 	for _, pr := range recs {
 		if err := c.applyLogged(pr.rec); err != nil {
