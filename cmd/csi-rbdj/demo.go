@@ -23,7 +23,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/fsprobe"
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -672,19 +671,9 @@ func loopsUnder(dir string) []string {
 	return out
 }
 
-// mountsAt returns the mounts stacked at path, the lowest first (nil if
-// mountinfo cannot be read).
-func mountsAt(path string) []*mountinfo.Info {
-	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
-	if err != nil {
-		return nil
-	}
-	return ms
-}
-
 // mountSource returns the device mounted at path (the top of the stack).
 func mountSource(path string) string {
-	ms := mountsAt(path)
+	ms := fsprobe.MountsAt(path)
 	if len(ms) == 0 {
 		return "?"
 	}

@@ -68,7 +68,7 @@ type holderProc struct {
 
 // mountIDs returns the mountinfo mount ids and sources stacked at path.
 func mountIDs(path string) []string {
-	ms := mountsAt(path)
+	ms := fsprobe.MountsAt(path)
 	ids := make([]string, 0, len(ms))
 	for _, m := range ms {
 		ids = append(ids, fmt.Sprintf("%d(%d:%d)", m.ID, m.Major, m.Minor))

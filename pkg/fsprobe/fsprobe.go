@@ -2,7 +2,7 @@
 // does, and looks at what is mounted, for the demo (cmd/csi-rbdj demo) and
 // the tests that check served volumes from the outside: write a file and
 // fsync it, keep writing durable files until the volume goes away, list the
-// mounts under a directory.
+// mounts under a directory or stacked at a path.
 package fsprobe
 
 import (
@@ -44,6 +44,18 @@ func MountsUnder(dir string) []string {
 		out = append(out, m.Mountpoint)
 	}
 	return out
+}
+
+// MountsAt returns the mounts stacked at path, the lowest first (nil if
+// mountinfo cannot be read). Not mountinfo.SingleEntryFilter: it stops at
+// the lowest mount, and a restart can stack a new one on top.
+func MountsAt(path string) []*mountinfo.Info {
+	path = filepath.Clean(path)
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
+	if err != nil {
+		return nil
+	}
+	return ms
 }
 
 // Files is a series of files Dir/<Prefix><seq in 6 digits> holding
