@@ -59,7 +59,7 @@ func TestRawDirectIO(t *testing.T) {
 	}
 
 	f := openDirect(t, d.Path())
-	w := alignedBuf(t, int(MiB))
+	w := kerneltest.AlignedBuf(int(MiB))
 	_, _ = rand.Read(w)
 	off := 7*4096 + 3*MiB
 	if n, err := f.WriteAt(w, off); err != nil || n != len(w) {
@@ -68,7 +68,7 @@ func TestRawDirectIO(t *testing.T) {
 	if !bytes.Equal(b.bytesAt(off, MiB), w) {
 		t.Fatalf("backend does not hold the written bytes")
 	}
-	r := alignedBuf(t, int(MiB))
+	r := kerneltest.AlignedBuf(int(MiB))
 	if n, err := f.ReadAt(r, off); err != nil || n != len(r) {
 		t.Fatalf("O_DIRECT read: %d, %v", n, err)
 	}
@@ -81,7 +81,7 @@ func TestRawDirectIO(t *testing.T) {
 	var g errgroup.Group
 	patterns := make([][]byte, workers)
 	for i := range workers {
-		patterns[i] = alignedBuf(t, 4096)
+		patterns[i] = kerneltest.AlignedBuf(4096)
 		_, _ = rand.Read(patterns[i])
 	}
 	// A slow store (5 ms per write) makes concurrency visible: served one at
@@ -204,7 +204,7 @@ func TestReadOnly(t *testing.T) {
 		t.Errorf("/sys/block/loop%d/ro = %q, %v", d.loopIdx, ro, err)
 	}
 	if wf, err := os.OpenFile(d.Path(), os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
-		wb := alignedBuf(t, 4096)
+		wb := kerneltest.AlignedBuf(4096)
 		if _, err := wf.WriteAt(wb, 0); err == nil {
 			t.Errorf("wrote to a read-only loop device")
 		}
@@ -218,7 +218,7 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	r := alignedBuf(t, 4096)
+	r := kerneltest.AlignedBuf(4096)
 	if _, err := f.ReadAt(r, 0); err != nil || string(r[:5]) != "hello" {
 		t.Errorf("read: %q, %v", r[:5], err)
 	}
@@ -339,7 +339,7 @@ func TestDiscardAndWriteZeroes(t *testing.T) {
 	b := newMemBackend(64*MiB, 64*MiB)
 	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
 	f := openDirect(t, d.Path())
-	pattern := alignedBuf(t, int(4*MiB))
+	pattern := kerneltest.AlignedBuf(int(4 * MiB))
 	for i := range pattern {
 		pattern[i] = 0xA5
 	}
@@ -352,7 +352,7 @@ func TestDiscardAndWriteZeroes(t *testing.T) {
 	}
 	readBack := func(off int64) []byte {
 		t.Helper()
-		r := alignedBuf(t, int(4*MiB))
+		r := kerneltest.AlignedBuf(int(4 * MiB))
 		if _, err := f.ReadAt(r, off); err != nil {
 			t.Fatal(err)
 		}
@@ -440,7 +440,7 @@ func TestResize(t *testing.T) {
 		t.Fatalf("blockdev --getsize64 after second Resize = %d, want %d", got, 192*MiB)
 	}
 	f := openDirect(t, d.Path())
-	w := alignedBuf(t, 4096)
+	w := kerneltest.AlignedBuf(4096)
 	copy(w, "tail")
 	if _, err := f.WriteAt(w, 192*MiB-4096); err != nil {
 		t.Fatalf("write at the new end: %v", err)

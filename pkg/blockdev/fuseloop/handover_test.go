@@ -96,7 +96,7 @@ func TestHandoffAdoptInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := openDirect(t, d.Path())
-	w := alignedBuf(t, 4096)
+	w := kerneltest.AlignedBuf(4096)
 	copy(w, "before handoff")
 	if _, err := f.WriteAt(w, 4096); err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestHandoffAdoptInProcess(t *testing.T) {
 	if got := string(b.bytesAt(8192, 19)); got != "while nobody serves" {
 		t.Errorf("backend holds %q", got)
 	}
-	r := alignedBuf(t, 4096)
+	r := kerneltest.AlignedBuf(4096)
 	if _, err := f.ReadAt(r, 4096); err != nil || string(r[:14]) != "before handoff" {
 		t.Errorf("read through the adopted device: %q %v", r[:14], err)
 	}

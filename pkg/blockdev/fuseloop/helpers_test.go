@@ -422,16 +422,6 @@ func mountFS(t *testing.T, dev, fstype string) string {
 	return dir
 }
 
-// alignedBuf returns a page-aligned buffer for O_DIRECT.
-func alignedBuf(t testing.TB, n int) []byte {
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatalf("mmap: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Munmap(b) })
-	return b
-}
-
 // ---- the serving child process ----
 
 const (

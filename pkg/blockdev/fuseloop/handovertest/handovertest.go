@@ -24,6 +24,7 @@ import (
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev/fuseloop"
 	"github.com/csi-rbdj/csi-rbdj/pkg/fuseholder"
+	"github.com/csi-rbdj/csi-rbdj/pkg/kerneltest"
 	"github.com/csi-rbdj/csi-rbdj/pkg/testproc"
 )
 
@@ -597,7 +598,7 @@ func ResentWrite(t *testing.T, first *Proc, start func(t *testing.T) *Proc, off 
 		t.Fatal(err)
 	}
 	defer f.Close()
-	buf := alignedBuf(t, 4096)
+	buf := kerneltest.AlignedBuf(4096)
 	for i := range buf {
 		buf[i] = byte(i*7 + 1)
 	}
@@ -638,7 +639,7 @@ func ResentWrite(t *testing.T, first *Proc, start func(t *testing.T) *Proc, off 
 	if p.Resent() == 0 {
 		t.Errorf("the successor reported no resent request")
 	}
-	got := alignedBuf(t, 4096)
+	got := kerneltest.AlignedBuf(4096)
 	if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, buf) {
 		t.Fatalf("read back after the resend: %v, equal %v", err, bytes.Equal(got, buf))
 	}
@@ -652,15 +653,6 @@ func ResentWrite(t *testing.T, first *Proc, start func(t *testing.T) *Proc, off 
 		t.Fatalf("a later write did not win: %v", err)
 	}
 	t.Logf("the write the dead server applied but never answered was resent (%d resent requests) and completed without error", p.Resent())
-}
-
-func alignedBuf(t *testing.T, n int) []byte {
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = syscall.Munmap(b) })
-	return b
 }
 
 // RawRestarts is Restarts for a Block volume: 8 writers on the raw loop
@@ -690,7 +682,7 @@ func RawRestarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int,
 		go func(w int) {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			buf, rb := alignedBuf(t, 4096), alignedBuf(t, 4096)
+			buf, rb := kerneltest.AlignedBuf(4096), kerneltest.AlignedBuf(4096)
 			for {
 				select {
 				case <-stop:
@@ -758,7 +750,7 @@ func RawRestarts(t *testing.T, start func(t *testing.T) *Proc, kills, terms int,
 	if len(errs) > 0 {
 		t.Fatalf("raw writer errors: %v", errs)
 	}
-	buf, want := alignedBuf(t, 4096), alignedBuf(t, 4096)
+	buf, want := kerneltest.AlignedBuf(4096), kerneltest.AlignedBuf(4096)
 	zero := make([]byte, 4096)
 	for blk := 0; blk < blocks; blk++ {
 		if _, err := f.ReadAt(buf, int64(blk)*4096); err != nil {
