@@ -99,7 +99,7 @@ func appendOnly(op *objstore.WriteOp) bool {
 	appends := false
 	for _, s := range op.Steps() {
 		switch {
-		case s.Kind == objstore.StepAppend:
+		case s.Kind == objstore.StepAppend, s.Kind == objstore.StepAppendv:
 			appends = true
 		case s.Kind == objstore.StepCmpExt:
 		case s.Kind == objstore.StepExec && s.Class == "journal" && s.Method == "guard_append":

@@ -189,11 +189,13 @@ func (img *Image) writeObject(ctx context.Context, objNo uint64, batch []*queued
 		if j == i+1 {
 			op.Write(batch[i].off, batch[i].data)
 		} else {
-			buf := make([]byte, 0, end-batch[i].off)
-			for _, w := range batch[i:j] {
-				buf = append(buf, w.data...)
+			// One step gathered from the writers' buffers by the
+			// store: no buffer of its own to allocate and fill.
+			bufs := make([][]byte, j-i)
+			for k, w := range batch[i:j] {
+				bufs[k] = w.data
 			}
-			op.Write(batch[i].off, buf)
+			op.Writev(batch[i].off, bufs)
 		}
 		i = j
 	}

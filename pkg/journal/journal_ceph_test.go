@@ -170,9 +170,8 @@ func TestCephDifferentialHeader(t *testing.T) {
 // TestCephGoldenBytes is TestGoldenBytes on Ceph: our journaler driven
 // through what librbd did for golden-clean writes librbd's header omap and
 // data objects byte for byte, through the OSD's cls_journal.
-// TestCephAppendMixedSizesOneBatch: large entries appended as steps of
-// their own and runs of small ones, in one operation, land in order on an
-// OSD (several append steps in one compound operation).
+// TestCephAppendMixedSizesOneBatch: large and small entries, the pieces of
+// one vectored append step, land in order on an OSD.
 func TestCephAppendMixedSizesOneBatch(t *testing.T) {
 	pool := cephtest.Pool(t)
 	id := cephID("mixed")

@@ -562,9 +562,9 @@ func TestAppendsNeedNoGuard(t *testing.T) {
 	}
 }
 
-// TestAppendMixedSizesOneBatch: a batch mixing entries of at least
-// ownStepBytes (each appended as a step of its own, not copied) with small
-// ones (joined into runs) lands in order and replays entry for entry.
+// TestAppendMixedSizesOneBatch: a batch mixing large entries (64 KiB and
+// more) with small ones, appended as the pieces of one vectored append
+// step, lands in order and replays entry for entry.
 func TestAppendMixedSizesOneBatch(t *testing.T) {
 	mixedSizesScenario(t, newPool(t), "mixed")
 }
@@ -578,7 +578,7 @@ func mixedSizesScenario(t *testing.T, pool objstore.Pool, id string) {
 	for i := range 32 {
 		n := 1 + r.IntN(100)
 		if i%3 != 1 {
-			n = ownStepBytes + r.IntN(ownStepBytes)
+			n = 64<<10 + r.IntN(64<<10)
 		}
 		p := make([]byte, n)
 		for k := range p {

@@ -358,9 +358,7 @@ func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
 		if w.cmpHead != nil {
 			op.CmpExt(uint64(w.cmpOff), w.cmpHead)
 		}
-		for _, b := range w.bufs {
-			op.Append(b)
-		}
+		op.Appendv(w.bufs)
 		ops[i] = objstore.BatchOp{OID: j.DataOID(w.objNum), Op: op}
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(j.bg), j.s.OpTimeout) // an append runs to the end even after Close cancels bg
@@ -374,10 +372,6 @@ func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
 	j.wg.Add(1)
 	go j.finishWave(wave, ops, wait, start, cancel)
 }
-
-// ownStepBytes is the size from which an entry is appended as a step of
-// its own rather than copied into a joined run of entries.
-const ownStepBytes = 64 << 10
 
 // pipelineWorthItLocked reports whether enough waits for a pipelined wave
 // (Settings.PipelineBytes). Each append costs the OSD an operation whatever
@@ -400,7 +394,7 @@ type waveOp struct {
 	s      *splayRecorder
 	objNum uint64
 	batch  []*appendReq
-	bufs   [][]byte // the batch's encodings, appended in order
+	bufs   [][]byte // the batch's encodings, appended in order (one step)
 	size   int      // their total
 	guard  bool     // guard_append: the object's size is not known
 	// cmpHead, if set, must be found at cmpOff (cmpext): the header of the
@@ -458,29 +452,14 @@ func (j *Journaler) takeBatchLocked(s *splayRecorder) (waveOp, bool) {
 	if len(s.pending) > 0 {
 		s.firstPending = time.Now()
 	}
-	// The batch's bytes, in order, as the append steps of one operation:
-	// a large entry is a step of its own, its encoding not copied (a
-	// 1 MiB write is four 256 KiB entries, all its bytes copied once more
-	// when they were joined); runs of small entries are joined into one
-	// step (each step costs the OSD a sub-operation).
-	var bufs [][]byte
-	var run []byte
-	for _, req := range batch {
+	// The batch's encodings, in order, are the pieces of one append step
+	// (Appendv): the store gathers them as it encodes the operation, so
+	// they are neither joined into a buffer of ours (copied and zeroed)
+	// nor each a step (a sub-operation on the OSD).
+	bufs := make([][]byte, len(batch))
+	for i, req := range batch {
 		req.commit.objectNumber = objNum
-		if len(req.data) >= ownStepBytes {
-			if len(run) > 0 {
-				bufs, run = append(bufs, run), nil
-			}
-			bufs = append(bufs, req.data)
-			continue
-		}
-		if run == nil {
-			run = make([]byte, 0, min(size, j.s.MaxBatchBytes))
-		}
-		run = append(run, req.data...)
-	}
-	if len(run) > 0 {
-		bufs = append(bufs, run)
+		bufs[i] = req.data
 	}
 	op := waveOp{s: s, objNum: objNum, batch: batch, bufs: bufs, size: size, guard: !s.sized}
 	if s.inflight > 0 {

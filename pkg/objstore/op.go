@@ -27,15 +27,18 @@ const (
 	StepGetXattr
 	StepGetXattrs
 	StepCmpExt
+	StepWritev
+	StepAppendv
 )
 
 // Step is one step of a WriteOp or ReadOp, exported for backends.
 type Step struct {
 	Kind      StepKind
-	Exclusive bool   // StepCreate
-	Off, Len  uint64 // StepWrite, StepZero, StepRead; Off is the size for StepTruncate
-	Data      []byte // StepWrite, StepWriteFull, StepAppend, StepSetXattr value, StepExec input
-	Name      string // xattr name
+	Exclusive bool     // StepCreate
+	Off, Len  uint64   // StepWrite, StepZero, StepRead; Off is the size for StepTruncate
+	Data      []byte   // StepWrite, StepWriteFull, StepAppend, StepSetXattr value, StepExec input
+	Bufs      [][]byte // StepWritev, StepAppendv: the data, in pieces
+	Name      string   // xattr name
 	Omap      map[string][]byte
 	Keys      []string
 	Class     string // StepExec
@@ -59,6 +62,8 @@ var stepNames = map[StepKind]string{
 	StepStat: "stat", StepGetOmapVals: "omap-get-vals",
 	StepGetOmapValsByKeys: "omap-get-vals-by-keys", StepGetXattr: "getxattr",
 	StepGetXattrs: "getxattrs", StepCmpExt: "cmpext",
+	// A vectored step is the same operation to the store.
+	StepWritev: "write", StepAppendv: "append",
 }
 
 // OpName names the step in errors (OpError.Op), the same for every backend:
@@ -111,6 +116,13 @@ func (op *WriteOp) Write(off uint64, data []byte) {
 	op.steps = append(op.steps, Step{Kind: StepWrite, Off: off, Data: data})
 }
 
+// Writev is Write of the concatenation of bufs, which the backend gathers
+// as it encodes the operation: a caller combining several writes into one
+// saves building (and zeroing) a buffer of their bytes.
+func (op *WriteOp) Writev(off uint64, bufs [][]byte) {
+	op.steps = append(op.steps, Step{Kind: StepWritev, Off: off, Bufs: bufs})
+}
+
 // WriteFull replaces the object's data with data.
 func (op *WriteOp) WriteFull(data []byte) {
 	op.steps = append(op.steps, Step{Kind: StepWriteFull, Data: data})
@@ -119,6 +131,11 @@ func (op *WriteOp) WriteFull(data []byte) {
 // Append writes data at the object's current end.
 func (op *WriteOp) Append(data []byte) {
 	op.steps = append(op.steps, Step{Kind: StepAppend, Data: data})
+}
+
+// Appendv is Append of the concatenation of bufs (see Writev).
+func (op *WriteOp) Appendv(bufs [][]byte) {
+	op.steps = append(op.steps, Step{Kind: StepAppendv, Bufs: bufs})
 }
 
 // Truncate sets the object's size.

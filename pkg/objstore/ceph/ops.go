@@ -115,6 +115,25 @@ func (n *cnames) free() {
 	*n = nil
 }
 
+// gather copies the pieces of a vectored step into the operation, one
+// piece per call so that no Go pointer is handed to C inside Go memory.
+func (w *writeOp) gather(bufs [][]byte) error {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	for i, b := range bufs {
+		reserve := 0
+		if i == 0 {
+			reserve = total
+		}
+		if err := errnoOf(C.csi_wop_gather(w.p, cbuf(b), C.size_t(len(b)), C.size_t(reserve))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (w *writeOp) add(s *objstore.Step) error {
 	switch s.Kind {
 	case objstore.StepCreate:
@@ -131,6 +150,16 @@ func (w *writeOp) add(s *objstore.Step) error {
 		C.csi_wop_write_full(w.p, cbuf(s.Data), C.size_t(len(s.Data)))
 	case objstore.StepAppend:
 		C.csi_wop_append(w.p, cbuf(s.Data), C.size_t(len(s.Data)))
+	case objstore.StepWritev:
+		if err := w.gather(s.Bufs); err != nil {
+			return err
+		}
+		C.csi_wop_write_gathered(w.p, C.uint64_t(s.Off))
+	case objstore.StepAppendv:
+		if err := w.gather(s.Bufs); err != nil {
+			return err
+		}
+		C.csi_wop_append_gathered(w.p)
 	case objstore.StepTruncate:
 		C.csi_wop_truncate(w.p, C.uint64_t(s.Off))
 	case objstore.StepZero:

@@ -30,6 +30,7 @@ struct csi_ioctx {
 
 struct csi_wop {
   librados::ObjectWriteOperation op;
+  bufferlist gathered;  // the pieces of the next vectored step
 };
 
 namespace {
@@ -218,6 +219,22 @@ void csi_wop_remove(csi_wop *op) { op->op.remove(); }
 void csi_wop_write(csi_wop *op, uint64_t off, const char *buf, size_t len) { op->op.write(off, to_bl(buf, len)); }
 void csi_wop_write_full(csi_wop *op, const char *buf, size_t len) { op->op.write_full(to_bl(buf, len)); }
 void csi_wop_append(csi_wop *op, const char *buf, size_t len) { op->op.append(to_bl(buf, len)); }
+int csi_wop_gather(csi_wop *op, const char *buf, size_t len, size_t reserve) {
+  return call_errno([&] {
+    if (reserve > 0) op->gathered.reserve(reserve);
+    if (len > 0) op->gathered.append(buf, len);
+    return 0;
+  });
+}
+// The step shares the gathered buffers (no copy); the list starts afresh.
+void csi_wop_write_gathered(csi_wop *op, uint64_t off) {
+  op->op.write(off, op->gathered);
+  op->gathered.clear();
+}
+void csi_wop_append_gathered(csi_wop *op) {
+  op->op.append(op->gathered);
+  op->gathered.clear();
+}
 void csi_wop_truncate(csi_wop *op, uint64_t size) { op->op.truncate(size); }
 void csi_wop_zero(csi_wop *op, uint64_t off, uint64_t len) { op->op.zero(off, len); }
 

@@ -314,6 +314,10 @@ func (p *Pool) Operate(_ context.Context, oid string, op *objstore.WriteOp) erro
 			err = o.WriteFull(s.Data)
 		case objstore.StepAppend:
 			err = o.Write(uint64(len(o.Data)), s.Data)
+		case objstore.StepWritev:
+			err = o.Write(s.Off, bytes.Join(s.Bufs, nil))
+		case objstore.StepAppendv:
+			err = o.Write(uint64(len(o.Data)), bytes.Join(s.Bufs, nil))
 		case objstore.StepSetXattr:
 			err = o.SetXattr(s.Name, s.Data)
 		case objstore.StepExec:

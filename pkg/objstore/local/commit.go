@@ -41,6 +41,9 @@ func opSize(op *objstore.WriteOp) int {
 	n := 0
 	for _, s := range op.Steps() {
 		n += 64 + len(s.Data)
+		for _, b := range s.Bufs {
+			n += len(b)
+		}
 		for k, v := range s.Omap {
 			n += len(k) + len(v)
 		}

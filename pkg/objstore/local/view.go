@@ -269,6 +269,28 @@ func (o *opCtx) writeAt(off uint64, data []byte) error {
 	return nil
 }
 
+// writev writes the concatenation of bufs at off: a mutation per piece,
+// which the record copies as it would one buffer of them all.
+func (o *opCtx) writev(off uint64, bufs [][]byte) error {
+	n := uint64(0)
+	for _, b := range bufs {
+		n += uint64(len(b))
+	}
+	if err := o.checkExtent(off, n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return o.writeAt(off, nil)
+	}
+	for _, b := range bufs {
+		if err := o.writeAt(off, b); err != nil {
+			return err
+		}
+		off += uint64(len(b))
+	}
+	return nil
+}
+
 func (o *opCtx) writeFull(data []byte) error {
 	if err := o.checkExtent(0, uint64(len(data))); err != nil {
 		return err
@@ -363,6 +385,11 @@ func (o *opCtx) writeStep(s *objstore.Step) error {
 	case objstore.StepAppend:
 		o.ensureExists()
 		return o.writeAt(o.st.size, s.Data)
+	case objstore.StepWritev:
+		return o.writev(s.Off, s.Bufs)
+	case objstore.StepAppendv:
+		o.ensureExists()
+		return o.writev(o.st.size, s.Bufs)
 	case objstore.StepTruncate:
 		return o.truncate(s.Off)
 	case objstore.StepZero:

@@ -45,6 +45,7 @@ func Run(t *testing.T, newPool func(t *testing.T) objstore.Pool) {
 		{"Write", testWrite},
 		{"WriteFull", testWriteFull},
 		{"Append", testAppend},
+		{"Vectored", testVectored},
 		{"Truncate", testTruncate},
 		{"Zero", testZero},
 		{"ReadRanges", testReadRanges},
@@ -431,6 +432,57 @@ func testAppend(t *testing.T, s *suite) {
 		op.Append([]byte(",four"))
 	})
 	wantData(t, s.p, oid, []byte("one,two,three,four"))
+}
+
+// testVectored: Writev and Appendv write the concatenation of their
+// pieces (empty pieces, none at all, pieces large enough for the backend to
+// gather several buffers), in order with the operation's other steps, and
+// fail as one write would.
+func testVectored(t *testing.T, s *suite) {
+	big := make([]byte, 300<<10)
+	for i := range big {
+		big[i] = byte(i*7 + i>>10)
+	}
+	for _, tc := range []struct {
+		name  string
+		build func(op *objstore.WriteOp)
+		want  []byte
+	}{
+		{"writev", func(op *objstore.WriteOp) {
+			op.Writev(0, [][]byte{[]byte("hello"), nil, []byte(" "), []byte("world")})
+		}, []byte("hello world")},
+		{"writev past the end", func(op *objstore.WriteOp) {
+			op.Writev(3, [][]byte{[]byte("ab"), []byte("cd")})
+		}, []byte("\x00\x00\x00abcd")},
+		{"writev of nothing creates", func(op *objstore.WriteOp) { op.Writev(0, nil) }, []byte{}},
+		{"writev over earlier steps", func(op *objstore.WriteOp) {
+			op.Write(0, []byte("aaaaaaaa"))
+			op.Writev(2, [][]byte{[]byte("b"), []byte("cc")})
+			op.Append([]byte("z"))
+		}, []byte("aabccaaaz")},
+		{"appendv", func(op *objstore.WriteOp) {
+			op.Append([]byte("one"))
+			op.Appendv([][]byte{[]byte(",two"), {}, []byte(",three")})
+			op.Appendv([][]byte{[]byte(",four")})
+		}, []byte("one,two,three,four")},
+		{"large pieces", func(op *objstore.WriteOp) {
+			op.Appendv([][]byte{big[:100], big[100 : 200<<10], big[200<<10:]})
+			op.Writev(uint64(len(big)), [][]byte{big[:70<<10], big[70<<10:]})
+		}, append(append([]byte{}, big...), big...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			oid := s.oid(t)
+			mustOperate(t, s.p, oid, tc.build)
+			wantData(t, s.p, oid, tc.want)
+		})
+	}
+	oid := s.oid(t)
+	mustOperate(t, s.p, oid, func(op *objstore.WriteOp) { op.Write(0, []byte("keep")) })
+	wantErrno(t, "writev at 1 TiB", operate(t, s.p, oid, func(op *objstore.WriteOp) {
+		op.Append([]byte("lost"))
+		op.Writev(1<<40, [][]byte{[]byte("x"), []byte("y")})
+	}), syscall.EFBIG)
+	wantData(t, s.p, oid, []byte("keep"))
 }
 
 func testTruncate(t *testing.T, s *suite) {
