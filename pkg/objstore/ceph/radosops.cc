@@ -30,7 +30,7 @@ struct csi_ioctx {
 
 struct csi_wop {
   librados::ObjectWriteOperation op;
-  bufferlist gathered;  // the pieces of the next vectored step
+  ceph::bufferptr gathered;  // the data of the next vectored step
 };
 
 namespace {
@@ -115,6 +115,14 @@ bool parse_keys(const char *keys, size_t len, std::set<std::string> *out) {
 bufferlist to_bl(const char *buf, size_t len) {
   bufferlist bl;
   if (len > 0) bl.append(buf, len);
+  return bl;
+}
+
+// take_gathered returns op's gathered data as a list and leaves none.
+bufferlist take_gathered(csi_wop *op) {
+  bufferlist bl;
+  if (op->gathered.length() > 0) bl.push_back(std::move(op->gathered));
+  op->gathered = ceph::bufferptr();
   return bl;
 }
 
@@ -221,20 +229,21 @@ void csi_wop_write_full(csi_wop *op, const char *buf, size_t len) { op->op.write
 void csi_wop_append(csi_wop *op, const char *buf, size_t len) { op->op.append(to_bl(buf, len)); }
 int csi_wop_gather(csi_wop *op, const char *buf, size_t len, size_t reserve) {
   return call_errno([&] {
-    if (reserve > 0) op->gathered.reserve(reserve);
+    if (reserve > 0) {
+      // buffer::create, as bufferlist::append allocates: malloc-like
+      // alignment. (bufferlist::reserve allocates page-aligned, which
+      // fragments the heap: the serving process's RSS grew by a fifth.)
+      op->gathered = ceph::buffer::create(reserve);
+      op->gathered.set_length(0);
+    }
+    if (len > op->gathered.unused_tail_length()) return -EINVAL;
     if (len > 0) op->gathered.append(buf, len);
     return 0;
   });
 }
-// The step shares the gathered buffers (no copy); the list starts afresh.
-void csi_wop_write_gathered(csi_wop *op, uint64_t off) {
-  op->op.write(off, op->gathered);
-  op->gathered.clear();
-}
-void csi_wop_append_gathered(csi_wop *op) {
-  op->op.append(op->gathered);
-  op->gathered.clear();
-}
+// The step takes the gathered buffer (no copy).
+void csi_wop_write_gathered(csi_wop *op, uint64_t off) { op->op.write(off, take_gathered(op)); }
+void csi_wop_append_gathered(csi_wop *op) { op->op.append(take_gathered(op)); }
 void csi_wop_truncate(csi_wop *op, uint64_t size) { op->op.truncate(size); }
 void csi_wop_zero(csi_wop *op, uint64_t off, uint64_t len) { op->op.zero(off, len); }
 

@@ -30,11 +30,11 @@ void csi_wop_remove(csi_wop *op);
 void csi_wop_write(csi_wop *op, uint64_t off, const char *buf, size_t len);
 void csi_wop_write_full(csi_wop *op, const char *buf, size_t len);
 void csi_wop_append(csi_wop *op, const char *buf, size_t len);
-// Vectored steps: csi_wop_gather copies one piece of a step's data (the
-// first piece with reserve set to the step's total, so that the pieces land
-// in one buffer); csi_wop_write_gathered and csi_wop_append_gathered add the
-// step with every piece gathered since the previous such step. Returns 0
-// or -ENOMEM.
+// Vectored steps: csi_wop_gather copies one piece of a step's data into
+// one buffer, made by the first piece's call with reserve set to the step's
+// total; csi_wop_write_gathered and csi_wop_append_gathered add the step
+// with that buffer. Returns 0, -ENOMEM, or -EINVAL for a piece past the
+// total.
 int csi_wop_gather(csi_wop *op, const char *buf, size_t len, size_t reserve);
 void csi_wop_write_gathered(csi_wop *op, uint64_t off);
 void csi_wop_append_gathered(csi_wop *op);
