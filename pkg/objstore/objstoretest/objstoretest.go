@@ -435,9 +435,8 @@ func testAppend(t *testing.T, s *suite) {
 }
 
 // testVectored: Writev and Appendv write the concatenation of their
-// pieces (empty pieces, none at all, pieces large enough for the backend to
-// gather several buffers), in order with the operation's other steps, and
-// fail as one write would.
+// pieces (empty pieces, none at all, large ones), in order with the
+// operation's other steps, and fail as one write would.
 func testVectored(t *testing.T, s *suite) {
 	big := make([]byte, 300<<10)
 	for i := range big {
