@@ -75,9 +75,10 @@ func (r *RequestBuffers) put(b *[]byte) {
 // writeback error", an I/O error in the filesystem on the device): 2 of 17
 // runs of TestHandoverJournaled on a loaded machine did, and 8 of 12 of
 // its subtests when an experiment dropped the buffer's pages before every
-// read (0 of 12 when they were written again before the read). A page stays mapped while the
-// buffer is in use: Go returns to the system only the memory of freed
-// objects, and a node without swap never pages anonymous memory out.
+// read (0 of 12 when they were written again before the read). A page
+// stays mapped while the buffer is in use: Go returns to the system only
+// the memory of freed objects, and a node without swap never pages
+// anonymous memory out.
 func newRequestBuffer(size int) *[]byte {
 	b := make([]byte, size)
 	prefault(b)

@@ -55,7 +55,7 @@ func TestRequestBufferMapped(t *testing.T) {
 		t.Skip("a fresh 16 MiB buffer is all in memory: the check cannot tell")
 	}
 	d := &Device{}
-	d.bufs.New = func() any { return newRequestBuffer(readBufSize) }
+	d.initBufPools()
 	for name, get := range map[string]func() *[]byte{
 		"newRequestBuffer":   func() *[]byte { return newRequestBuffer(4 << 20) },
 		"RequestBuffers.get": func() *[]byte { return NewRequestBuffers(4).get(nil) },

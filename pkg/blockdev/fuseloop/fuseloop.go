@@ -308,9 +308,16 @@ func newDevice(ctx context.Context, b Backend, name, mnt string, readOnly bool, 
 	// its values (the logger with the volume).
 	d.bctx, d.bstop = context.WithCancel(context.WithoutCancel(ctx))
 	d.tr.init()
+	d.initBufPools()
+	return d
+}
+
+// initBufPools sets up the device's buffer pools: request buffers are made
+// with their pages mapped (newRequestBuffer); small ones only receive our
+// own copies (shrink), so plain memory does.
+func (d *Device) initBufPools() {
 	d.bufs.New = func() any { return newRequestBuffer(readBufSize) }
 	d.smallBufs.New = func() any { b := make([]byte, smallBufSize); return &b }
-	return d
 }
 
 // watchdog aborts the FUSE connection when a Backend call runs longer than
