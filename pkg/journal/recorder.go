@@ -358,7 +358,7 @@ func (j *Journaler) maybeSendLocked(_ *splayRecorder) {
 		if w.cmpHead != nil {
 			op.CmpExt(uint64(w.cmpOff), w.cmpHead)
 		}
-		op.Appendv(w.bufs)
+		op.Appendv(w.encodings())
 		ops[i] = objstore.BatchOp{OID: j.DataOID(w.objNum), Op: op}
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(j.bg), j.s.OpTimeout) // an append runs to the end even after Close cancels bg
@@ -394,13 +394,24 @@ type waveOp struct {
 	s      *splayRecorder
 	objNum uint64
 	batch  []*appendReq
-	bufs   [][]byte // the batch's encodings, appended in order (one step)
-	size   int      // their total
-	guard  bool     // guard_append: the object's size is not known
+	size   int  // the total of the batch's encodings
+	guard  bool // guard_append: the object's size is not known
 	// cmpHead, if set, must be found at cmpOff (cmpext): the header of the
 	// last entry of the append in flight before this one.
 	cmpOff  int
 	cmpHead []byte
+}
+
+// encodings returns the batch's encodings in order, the pieces of its one
+// append step (Appendv): the store gathers them as it encodes the
+// operation, so they are neither joined into a buffer of ours (copied and
+// zeroed) nor each a step (a sub-operation on the OSD).
+func (w waveOp) encodings() [][]byte {
+	bufs := make([][]byte, len(w.batch))
+	for i, req := range w.batch {
+		bufs[i] = req.data
+	}
+	return bufs
 }
 
 // takeBatchLocked takes s's due batch, if any.
@@ -452,16 +463,10 @@ func (j *Journaler) takeBatchLocked(s *splayRecorder) (waveOp, bool) {
 	if len(s.pending) > 0 {
 		s.firstPending = time.Now()
 	}
-	// The batch's encodings, in order, are the pieces of one append step
-	// (Appendv): the store gathers them as it encodes the operation, so
-	// they are neither joined into a buffer of ours (copied and zeroed)
-	// nor each a step (a sub-operation on the OSD).
-	bufs := make([][]byte, len(batch))
-	for i, req := range batch {
+	for _, req := range batch {
 		req.commit.objectNumber = objNum
-		bufs[i] = req.data
 	}
-	op := waveOp{s: s, objNum: objNum, batch: batch, bufs: bufs, size: size, guard: !s.sized}
+	op := waveOp{s: s, objNum: objNum, batch: batch, size: size, guard: !s.sized}
 	if s.inflight > 0 {
 		op.cmpOff, op.cmpHead = s.guardOff, s.guardHead
 	}
