@@ -44,6 +44,7 @@ type fakeMirrorer struct {
 	resyncs  int
 	unreach  bool
 	blockRun chan struct{} // PromoteImage waits on it when set
+	running  chan struct{} // PromoteImage sends on it before it waits on blockRun
 }
 
 func (f *fakeMirrorer) img(name string) (*fakeImage, error) {
@@ -108,6 +109,7 @@ func (f *fakeMirrorer) mirrored(name string) (*fakeImage, error) {
 
 func (f *fakeMirrorer) PromoteImage(_ context.Context, _ objstore.Pool, name string, force bool) error {
 	if f.blockRun != nil {
+		f.running <- struct{}{}
 		<-f.blockRun
 	}
 	f.mu.Lock()
@@ -560,23 +562,24 @@ func TestSecrets(t *testing.T) {
 // TestConcurrentCallAborted: a second call on a volume while one runs is
 // Aborted (the spec's "operation pending for volume").
 func TestConcurrentCallAborted(t *testing.T) {
-	m := &fakeMirrorer{images: testImages(), blockRun: make(chan struct{})}
+	m := &fakeMirrorer{images: testImages(), blockRun: make(chan struct{}), running: make(chan struct{})}
 	_, c := serve(t, &fakeBackend{st: fakeStorage{fakeMirrorer: m}}, nil)
 	ctx := context.Background()
 	first := make(chan error, 1)
 	go func() { first <- promote(volIDOf("replica"), false)(ctx, c) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := demote(volIDOf("replica"))(ctx, c)
-		if status.Code(err) == codes.Aborted {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("second call: %v, want Aborted while the first runs", err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	// The second call starts only once the first is inside the backend:
+	// started any earlier, it may win the volume's lock itself and the
+	// promotion is the one Aborted.
+	select {
+	case <-m.running:
+	case err := <-first:
+		t.Fatalf("first call returned before it reached the backend: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("first call did not reach the backend in 10s")
 	}
+	err := demote(volIDOf("replica"))(ctx, c)
 	close(m.blockRun)
+	wantCode(t, "second call", err, codes.Aborted, "in progress")
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
