@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -548,15 +549,8 @@ func (d *Device) Resize(ctx context.Context, newSize int64) error {
 		return err
 	}
 	d.size.Store(newSize)
-	// Invalidate the kernel's cached attributes, then stat so the FUSE inode's
-	// i_size is refreshed before the loop driver reads it.
-	if err := d.invalidateAttr(); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("fuseloop: invalidate attributes of %s: %w", d.file, err)
-	}
-	if st, err := os.Stat(d.file); err != nil {
-		return fmt.Errorf("fuseloop: %w", err)
-	} else if st.Size() != newSize {
-		return fmt.Errorf("fuseloop: %s still has size %d after resize to %d", d.file, st.Size(), newSize)
+	if err := d.syncKernelSize(ctx, newSize); err != nil {
+		return err
 	}
 	if err := loopSetCapacity(d.loopIdx); err != nil {
 		return err
@@ -570,6 +564,52 @@ func (d *Device) Resize(ctx context.Context, newSize int64) error {
 	}
 	klog.FromContext(ctx).Info("fuseloop: resized", "name", d.name, "device", d.loopPath, "from", cur, "to", newSize)
 	return nil
+}
+
+// kernelSizeTimeout bounds syncKernelSize.
+const kernelSizeTimeout = 10 * time.Second
+
+// syncKernelSize makes the kernel's size of the FUSE file newSize before
+// the loop device grows.
+//
+// Why not just invalidate and stat: the size the loop driver's direct reads
+// are bounded by is the FUSE inode's i_size (a read at or past it returns 0
+// bytes, which the loop device fails with EIO: xfs_growfs reading the new
+// last sector failed so), and the kernel drops a GETATTR answer that a
+// direct write completed during (each write bumps the inode's attribute
+// version) while stat(2) still reports the answer's size. With a
+// filesystem writing on the device, stat could say newSize and i_size stay
+// the old size. lseek(SEEK_END) answers with i_size itself (after a GETATTR
+// when the attributes are invalid): it is asked again, after another
+// invalidation, until it says newSize.
+func (d *Device) syncKernelSize(ctx context.Context, newSize int64) error {
+	f, err := os.Open(d.file)
+	if err != nil {
+		return fmt.Errorf("fuseloop: %w", err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(ctx, kernelSizeTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		if err := d.invalidateAttr(); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("fuseloop: invalidate attributes of %s: %w", d.file, err)
+		}
+		got, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return fmt.Errorf("fuseloop: size of %s: %w", d.file, err)
+		}
+		if got == newSize {
+			if attempt > 0 {
+				klog.FromContext(ctx).V(2).Info("fuseloop: the kernel took the new size after retries", "name", d.name, "size", newSize, "retries", attempt)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fuseloop: the kernel still sees %d bytes in %s after resizing it to %d (%d attempts): %w", got, d.file, newSize, attempt+1, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func mountPoint(stateDir, name string) string {

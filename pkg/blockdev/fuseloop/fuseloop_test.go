@@ -456,6 +456,55 @@ func TestResize(t *testing.T) {
 	}
 }
 
+// TestResizeUnderWrites: growing the device while writes go on gives the
+// kernel the new size for real: the new last block reads at once. A direct
+// write completing during the GETATTR that refreshes the size makes the
+// kernel drop its answer (stat still reports it), so the FUSE file's i_size,
+// which bounds the loop driver's reads, stayed old and the first read past
+// it failed with EIO (xfs_growfs in TestExpandOnline, once in ~30 runs).
+func TestResizeUnderWrites(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	const step, steps = 4 * MiB, 40
+	b := newMemBackend(64*MiB, 64*MiB+steps*step)
+	d := attach(t, b, Options{RequestTimeout: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := os.OpenFile(d.Path(), os.O_WRONLY|syscall.O_DIRECT, 0)
+			if err != nil {
+				t.Errorf("writer %d: %v", w, err)
+				return
+			}
+			defer f.Close()
+			buf := kerneltest.AlignedBuf(4096)
+			for i := int64(0); ctx.Err() == nil; i++ {
+				if _, err := f.WriteAt(buf, (i*4+int64(w))%(64*MiB/4096)*4096); err != nil {
+					t.Errorf("writer %d: %v", w, err)
+					return
+				}
+			}
+		}()
+	}
+	f := openDirect(t, d.Path())
+	buf := kerneltest.AlignedBuf(4096)
+	size := int64(64 * MiB)
+	for range steps {
+		size += step
+		b.grow(size)
+		if err := d.Resize(ctx, size); err != nil {
+			t.Fatalf("Resize to %d: %v", size, err)
+		}
+		if n, err := f.ReadAt(buf, size-4096); err != nil || n != 4096 {
+			t.Fatalf("read of the last block after Resize to %d: %d bytes, %v", size, n, err)
+		}
+	}
+}
+
 // The serving process dies: I/O fails with EIO at once (no hang), a new
 // Attach under the same name is refused until Cleanup, Cleanup leaves no
 // mount, loop device or FUSE connection, and the name can be served again.
