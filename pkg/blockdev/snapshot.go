@@ -187,15 +187,15 @@ func (d *Device) waitWritable(ctx context.Context) error {
 // drain waits until every change pending now is applied to the image.
 func (d *Device) drain(ctx context.Context) error {
 	d.mu.Lock()
-	chans := make([]chan struct{}, 0, len(d.pending.list))
-	for _, w := range d.pending.list {
+	var chans []chan struct{}
+	for _, w := range d.pending.all() {
 		chans = append(chans, w.applied)
 	}
 	if d.meta != nil {
 		// Metadata mode: the writes in flight, each done once its data
 		// is in place and its exact entry queued (before the snapshot's
 		// op entry).
-		for _, w := range d.meta.order.list {
+		for _, w := range d.meta.order.all() {
 			chans = append(chans, w.applied)
 		}
 	}
