@@ -19,9 +19,10 @@ type pendingWrite struct {
 // pendingSet is the ordered set of pending writes. Its methods are called
 // with Device.mu held.
 //
-// The changes are indexed by the 1 MiB regions (buckets) they touch: in
-// AckWriteBack mode tens of thousands of small writes may be pending (the
-// dirty and pending bounds allow 88 MiB of 4 KiB writes), and with one list
+// The changes are indexed by the 1 MiB regions (buckets) they touch:
+// thousands of small writes may be pending (applies linger for more to
+// combine, and the default pending bound, 64 MiB, is 16384 4 KiB writes;
+// AckWriteBack keeps the backlog full), and with one list
 // every write scanned all of them under the device's lock and every apply
 // shifted the rest of the list (a few percent of the CPU in a 4K
 // random-write profile, growing with the backlog). A change spanning more
