@@ -32,7 +32,6 @@ type pendingSet struct {
 	buckets map[int64][]*pendingWrite
 	wide    []*pendingWrite
 	seq     uint64
-	n       int
 }
 
 const (
@@ -55,7 +54,6 @@ func (s *pendingSet) add(off, end int64, data []byte) *pendingWrite {
 	s.seq++
 	w := &pendingWrite{off: off, end: end, data: data, applied: make(chan struct{}), seq: s.seq}
 	s.visit(off, end, func(p *pendingWrite) { w.waitFor = append(w.waitFor, p.applied) })
-	s.n++
 	first, last, ok := bucketRange(off, end)
 	if !ok {
 		s.wide = append(s.wide, w)
@@ -84,23 +82,15 @@ func (s *pendingSet) remove(w *pendingWrite) {
 			}
 		}
 	}
-	s.n--
 	close(w.applied)
 }
 
-// deleteWrite removes w from l. Changes are mostly applied in the order
-// they were added, so w is usually first: the slice then just moves on.
+// deleteWrite removes w from l.
 func deleteWrite(l []*pendingWrite, w *pendingWrite) []*pendingWrite {
-	i := slices.Index(l, w)
-	switch {
-	case i < 0:
-		return l
-	case i == 0:
-		l[0] = nil // not kept reachable by the array
-		return l[1:]
-	default:
+	if i := slices.Index(l, w); i >= 0 {
 		return slices.Delete(l, i, i+1)
 	}
+	return l
 }
 
 // visit calls fn once for each pending change overlapping [off, end), in
@@ -158,8 +148,7 @@ func (s *pendingSet) overlapping(off, end int64) []*pendingWrite {
 
 // all returns every pending change, in no particular order.
 func (s *pendingSet) all() []*pendingWrite {
-	out := make([]*pendingWrite, 0, s.n)
-	out = append(out, s.wide...)
+	out := slices.Clone(s.wide)
 	for b, l := range s.buckets {
 		for _, p := range l {
 			if b == p.off>>pendingBucketShift {
