@@ -17,26 +17,48 @@ import (
 // semaphores; a device's own semaphores have a single share). Within a
 // share, waiters are served first come, first served: a large request is
 // not overtaken for ever by small ones (the algorithm of
-// golang.org/x/sync/semaphore). Between shares, the room that frees up goes
-// to the waiting share that holds the least, ties to the one whose first
-// waiter came first. Serving the whole node in arrival order was not
-// enough to keep volumes from starving each other: a volume whose
-// requests take longer to apply piles up more of them (up to the whole
-// node's bound), and with them more goroutines competing for the CPU that
-// applies them, so it drew ahead; with 50 volumes the slowest wrote at a
-// third of the fastest's rate. Least-held-first keeps the backlogs even,
-// and it is work-conserving: a share alone may still take everything.
+// golang.org/x/sync/semaphore). Between shares, two rules keep volumes
+// from starving each other:
+//
+//   - Room that frees up goes to the waiting share that holds the least,
+//     ties to the one whose first waiter came first. Serving the whole
+//     node in arrival order was not enough: a volume whose requests take
+//     longer to apply piles up more of them (up to the whole node's
+//     bound), and with them more goroutines competing for the CPU that
+//     applies them, so it drew ahead; with 50 volumes the slowest wrote at
+//     a third of the fastest's rate.
+//   - Beyond an equal part of the whole (rounded up to a whole request),
+//     a share may not take room that another active share (one holding or
+//     waiting) is entitled to and has recently used: as much as that one
+//     held at most in the last second or two, twice over, up to its equal
+//     part. Least-held-first alone only decides between waiters, and the
+//     room frees up in bursts (a journal batch applied at once): whoever
+//     came back for more fastest took all of it, and with 50 volumes on
+//     `local` the slowest wrote at 0.40 of the fastest's rate (0.90-0.96
+//     with the reserves). A share alone, or beside shares that use
+//     little, may still take everything but their reserves, and a share
+//     holding nothing may always take one request that fits (so a request
+//     larger than its part still proceeds).
 type weighted struct {
 	mu      sync.Mutex
 	size    int64
 	cur     int64
 	waiting list.List // of *share with waiters
+	active  list.List // of *share holding something or waiting
 	def     share     // the share of acquire and release
 	arrival uint64    // waiters' arrival numbers, for ties between shares
+	start   time.Time // origin of the demand windows
+	now     func() time.Time
 
 	waits     atomic.Uint64 // acquisitions that had to wait
 	waitNanos atomic.Int64  // their summed wait
 }
+
+// demandWindow is the span over which a share's peak holding is its
+// demand: long enough to span a few journal batches and the bursts
+// between them, short enough that a volume gone quiet soon leaves its
+// room to the others.
+const demandWindow = time.Second
 
 // share is one holder group of a weighted: what it holds and its waiters.
 // Only its weighted's mutex guards it.
@@ -45,6 +67,11 @@ type share struct {
 	held    int64
 	waiters list.List     // of *waiter, in arrival order
 	elem    *list.Element // in w.waiting while it has waiters
+	aelem   *list.Element // in w.active while it holds or waits
+	// peak is the most the share held in demand window win, prevPeak in
+	// the window before it.
+	peak, prevPeak int64
+	win            int64
 }
 
 type waiter struct {
@@ -54,7 +81,7 @@ type waiter struct {
 }
 
 func newWeighted(size int64) *weighted {
-	w := &weighted{size: size}
+	w := &weighted{size: size, start: time.Now(), now: time.Now}
 	w.def.w = w
 	return w
 }
@@ -74,9 +101,8 @@ func (s *share) acquire(ctx context.Context, n int64) error {
 	w := s.w
 	n = min(n, w.size)
 	w.mu.Lock()
-	if w.waiting.Len() == 0 && w.cur+n <= w.size {
-		w.cur += n
-		s.held += n
+	if w.waiting.Len() == 0 && w.grantableLocked(s, n) {
+		s.takeLocked(n)
 		w.mu.Unlock()
 		return nil
 	}
@@ -86,10 +112,16 @@ func (s *share) acquire(ctx context.Context, n int64) error {
 	if s.elem == nil {
 		s.elem = w.waiting.PushBack(s)
 	}
-	// Room may be free (others were waiting, not holding it all) and s may
-	// be the share it goes to.
+	s.updateActiveLocked()
+	// Room may be free (others were waiting, not holding it all, or it
+	// was reserved for s) and s may be the share it goes to.
 	w.grantLocked()
 	w.mu.Unlock()
+	select {
+	case <-wt.ready:
+		return nil // granted at once: not a wait
+	default:
+	}
 	w.waits.Add(1)
 	start := time.Now()
 	defer func() { w.waitNanos.Add(int64(time.Since(start))) }()
@@ -106,6 +138,7 @@ func (s *share) acquire(ctx context.Context, n int64) error {
 		default:
 			s.removeWaiterLocked(elem)
 		}
+		s.updateActiveLocked()
 		// Those behind it may fit now.
 		w.grantLocked()
 		w.mu.Unlock()
@@ -120,8 +153,83 @@ func (s *share) release(n int64) {
 	w.mu.Lock()
 	w.cur -= n
 	s.held -= n
+	s.updateActiveLocked()
 	w.grantLocked()
 	w.mu.Unlock()
+}
+
+// takeLocked grants n to s.
+func (s *share) takeLocked(n int64) {
+	w := s.w
+	w.cur += n
+	s.held += n
+	if win := w.windowLocked(); win != s.win {
+		if win == s.win+1 {
+			s.prevPeak = s.peak
+		} else {
+			s.prevPeak = 0
+		}
+		s.peak, s.win = 0, win
+	}
+	s.peak = max(s.peak, s.held)
+	s.updateActiveLocked()
+}
+
+// windowLocked is the number of the current demand window.
+func (w *weighted) windowLocked() int64 { return int64(w.now().Sub(w.start) / demandWindow) }
+
+// reserveLocked is the room s is entitled to beyond what it holds, given
+// each active share's equal part: as much as it held at most in this
+// demand window or the one before, twice over, up to the part.
+func (s *share) reserveLocked(part int64, win int64) int64 {
+	var demand int64
+	switch s.win {
+	case win:
+		demand = max(s.peak, s.prevPeak)
+	case win - 1:
+		demand = s.peak
+	}
+	return max(min(part, 2*max(demand, s.held))-s.held, 0)
+}
+
+// grantableLocked reports whether n may go to s now: it fits, and s holds
+// nothing, or less than its part, or leaves the other active shares their
+// reserves.
+func (w *weighted) grantableLocked(s *share, n int64) bool {
+	if w.cur+n > w.size {
+		return false
+	}
+	if s.held == 0 { // even with parts rounded down to nothing
+		return true
+	}
+	actives := int64(w.active.Len())
+	if s.aelem == nil {
+		actives++
+	}
+	part, win := w.size/actives, w.windowLocked()
+	if s.held < part {
+		return true
+	}
+	free := w.size - w.cur - n
+	for e := w.active.Front(); e != nil; e = e.Next() {
+		if o := e.Value.(*share); o != s {
+			if free -= o.reserveLocked(part, win); free < 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// updateActiveLocked puts s in or takes it off w's active shares.
+func (s *share) updateActiveLocked() {
+	switch active := s.held > 0 || s.waiters.Len() > 0; {
+	case active && s.aelem == nil:
+		s.aelem = s.w.active.PushBack(s)
+	case !active && s.aelem != nil:
+		s.w.active.Remove(s.aelem)
+		s.aelem = nil
+	}
 }
 
 // removeWaiterLocked takes waiter e off s; a share left without waiters
@@ -134,9 +242,10 @@ func (s *share) removeWaiterLocked(e *list.Element) {
 	}
 }
 
-// grantLocked grants waiters while the next one fits: the first waiter of
-// the waiting share that holds the least (ties: the earliest first
-// waiter). When that one does not fit, nobody else is served before it.
+// grantLocked grants waiters while the next one may go: the first waiter
+// of the waiting share that holds the least (ties: the earliest first
+// waiter). When that one may not go (it does not fit, or the room is
+// other shares' reserve), nobody else is served before it.
 func (w *weighted) grantLocked() {
 	for {
 		var next *share
@@ -152,12 +261,11 @@ func (w *weighted) grantLocked() {
 		}
 		front := next.waiters.Front()
 		wt := front.Value.(*waiter)
-		if w.cur+wt.n > w.size {
+		if !w.grantableLocked(next, wt.n) {
 			return
 		}
-		w.cur += wt.n
-		next.held += wt.n
 		next.removeWaiterLocked(front)
+		next.takeLocked(wt.n)
 		close(wt.ready)
 	}
 }
