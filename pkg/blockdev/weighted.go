@@ -34,7 +34,7 @@ import (
 //     part. Least-held-first alone only decides between waiters, and the
 //     room frees up in bursts (a journal batch applied at once): whoever
 //     came back for more fastest took all of it, and with 50 volumes on
-//     `local` the slowest wrote at 0.40 of the fastest's rate (0.90-0.96
+//     `local` the slowest wrote at 0.40 of the fastest's rate (0.90-0.95
 //     with the reserves). A share alone, or beside shares that use
 //     little, may still take everything but their reserves, and a share
 //     holding nothing may always take one request that fits (so a request
