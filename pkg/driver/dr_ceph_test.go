@@ -22,6 +22,7 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // drSites is the two-site rbd-mirror setup of hack/dr-up.sh (the recipe
@@ -232,7 +233,9 @@ func TestDRFailoverSynced(t *testing.T) {
 	t.Logf("site-b equals site-a %v after the unstage", took.Round(100*time.Millisecond))
 
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	stage(idB)
+	if err := stageAfterPromote(t, s, d.node, idB, d.staging); err != nil {
+		t.Fatalf("stage %s: %v", idB, err)
+	}
 	for i := range 50 {
 		b, err := os.ReadFile(filepath.Join(d.staging, "f"+strconv.Itoa(i)))
 		if err != nil || string(b) != "file "+strconv.Itoa(i) {
@@ -240,6 +243,27 @@ func TestDRFailoverSynced(t *testing.T) {
 		}
 	}
 	s.unstage(t, d.node, idB, d.staging)
+}
+
+// stageAfterPromote stages id right after `rbd mirror image promote
+// --force` on its site and returns the outcome once it is not the lock
+// refusal of rbd-mirror. The promotion takes the image's lock from the
+// replayer of rbd-mirror and gives it back, and the replayer may take it
+// again and hold it until it notices the promotion, refusing to release
+// it (EROFS) meanwhile: NodeStage then fails with FailedPrecondition "in
+// use elsewhere", which kubelet retries; so does this, every second for at
+// most a minute.
+func stageAfterPromote(t *testing.T, s *drSites, node csi.NodeClient, id, staging string) error {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := s.stage(node, id, staging, rwo, nil)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "in use elsewhere") || time.Now().After(deadline) {
+			return err
+		}
+		t.Logf("stage of the promoted replica, retried as kubelet would: %v", err)
+		time.Sleep(time.Second)
+	}
 }
 
 // startMirror (re)starts the setup's rbd-mirror daemon with its own script.
@@ -413,7 +437,7 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 
 	// Site-a lost: force-promote the replica and stage it on site-b.
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	err = s.stage(b.node, idB, b.staging, rwo, nil)
+	err = stageAfterPromote(t, s, b.node, idB, b.staging)
 	wantStatus(t, "NodeStage of the promoted, never-synced replica", err, codes.FailedPrecondition, "reads as blank",
 		"rbd image-meta set rbd/"+name+" csi-rbdj.format-blank true")
 	if du := s.mustRBD(t, "site-b", "du", "rbd/"+name); !strings.Contains(du, " 0 B") {
