@@ -302,8 +302,10 @@ loop:
 		got = append(got, g)
 		lo, hi = min(lo, g), max(hi, g)
 	}
-	if lo*2 < hi {
-		t.Fatalf("grants per share %v (odd ones slow): slowest under half the fastest", got)
+	// About even now, a tenth before the reserves; a quarter leaves room
+	// for a loaded machine delaying the slow shares' timers.
+	if lo*4 < hi {
+		t.Fatalf("grants per share %v (odd ones slow): slowest under a quarter of the fastest", got)
 	}
 	t.Logf("grants per share (odd ones slow): %v", got)
 }

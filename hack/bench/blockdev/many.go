@@ -16,6 +16,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/csi-rbdj/csi-rbdj/pkg/blockdev"
@@ -280,6 +281,7 @@ func runMany(ctx context.Context, o options, j job, devs []*servedDevice, osdPID
 	// Measure the serving of these volumes, not what earlier rows left
 	// on the heap.
 	debug.FreeOSMemory()
+	syscall.Sync() // as fioTarget.run: no writeback of the last run's files
 	if err := resetPeakRSS(); err != nil {
 		return manyRun{}, fmt.Errorf("resetting the peak RSS: %w", err)
 	}

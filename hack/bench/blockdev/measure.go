@@ -69,6 +69,11 @@ func (f fioTarget) run(ctx context.Context, j job) (sample, error) {
 		fmt.Sprintf("--ramp_time=%d", int(f.o.ramp.Seconds())),
 		"--output-format=json", "--randrepeat=0", "--norandommap",
 	}, f.engine...)
+	// Each run starts with no dirty page cache: the kernel writes the
+	// local store's object files (and the plain loop's file) back after
+	// the run that wrote them, and that writeback landed on the next run
+	// (the row after a 1M job measured up to a third slower).
+	syscall.Sync()
 	osd := f.osd()
 	lat0 := f.lat.snapshot()
 	self0, osd0 := selfCPU(), procCPU(osd)
