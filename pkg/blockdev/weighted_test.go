@@ -212,13 +212,13 @@ func TestWeightedReserve(t *testing.T) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			for _, o := range tc.others {
-				os := w.newShare()
-				os.takeLocked(o.peak)
+				sh := w.newShare()
+				sh.takeLocked(o.peak)
 				w.cur -= o.peak - o.held
-				os.held = o.held
-				os.updateActiveLocked()
-				if o.idle != (os.aelem == nil) {
-					t.Fatalf("share holding %d: active %v", o.held, os.aelem != nil)
+				sh.held = o.held
+				sh.updateActiveLocked()
+				if o.idle != (sh.aelem == nil) {
+					t.Fatalf("share holding %d: active %v", o.held, sh.aelem != nil)
 				}
 			}
 			if tc.held > 0 {
