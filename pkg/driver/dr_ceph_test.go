@@ -247,12 +247,12 @@ func TestDRFailoverSynced(t *testing.T) {
 
 // stageAfterPromote stages id right after `rbd mirror image promote
 // --force` on its site and returns the outcome once it is not the lock
-// refusal of rbd-mirror. The promotion takes the image's lock from the
-// replayer of rbd-mirror and gives it back, and the replayer may take it
-// again and hold it until it notices the promotion, refusing to release
-// it (EROFS) meanwhile: NodeStage then fails with FailedPrecondition "in
-// use elsewhere", which kubelet retries; so does this, every second for at
-// most a minute.
+// refusal of rbd-mirror. Right after the promotion the replayer of
+// rbd-mirror may still hold the image's lock (seen once in a make test:
+// client of rbd-mirror holding it, a NodeStage 10 ms after the promote),
+// refusing to release it (EROFS) until it notices the promotion: NodeStage
+// then fails with FailedPrecondition "in use elsewhere", which kubelet
+// retries; so does this, every second for at most a minute.
 func stageAfterPromote(t *testing.T, s *drSites, node csi.NodeClient, id, staging string) error {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
