@@ -249,7 +249,7 @@ func TestDRFailoverSynced(t *testing.T) {
 // --force` on its site and returns the outcome once it is not the lock
 // refusal of rbd-mirror. Right after the promotion the replayer of
 // rbd-mirror may still hold the image's lock (seen once in a make test:
-// client of rbd-mirror holding it, a NodeStage 10 ms after the promote),
+// a client of rbd-mirror held it at a NodeStage right after the promote),
 // refusing to release it (EROFS) until it notices the promotion: NodeStage
 // then fails with FailedPrecondition "in use elsewhere", which kubelet
 // retries; so does this, every second for at most a minute.
