@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"cmp"
+	"math"
 	"slices"
 )
 
@@ -146,16 +147,11 @@ func (s *pendingSet) overlapping(off, end int64) []*pendingWrite {
 	return out
 }
 
-// all returns every pending change, in no particular order.
+// all returns every pending change, in no particular order: the changes
+// overlapping every offset there is.
 func (s *pendingSet) all() []*pendingWrite {
-	out := slices.Clone(s.wide)
-	for b, l := range s.buckets {
-		for _, p := range l {
-			if b == p.off>>pendingBucketShift {
-				out = append(out, p)
-			}
-		}
-	}
+	var out []*pendingWrite
+	s.visit(math.MinInt64, math.MaxInt64, func(p *pendingWrite) { out = append(out, p) })
 	return out
 }
 

@@ -206,10 +206,11 @@ func (w *weighted) grantableLocked(s *share, n int64) bool {
 	if s.aelem == nil {
 		actives++
 	}
-	part, win := w.size/actives, w.windowLocked()
+	part := w.size / actives
 	if s.held < part {
 		return true
 	}
+	win := w.windowLocked()
 	free := w.size - w.cur - n
 	for e := w.active.Front(); e != nil; e = e.Next() {
 		if o := e.Value.(*share); o != s {
