@@ -130,6 +130,11 @@ type Options struct {
 	Fencer exclusivelock.Fencer
 	// LockDescription is recorded with the lock (e.g. the node's name).
 	LockDescription string
+	// LockRefusedWait is how long a librbd client that refuses to give
+	// up the image's lock is asked again (exclusivelock.Options.RefusedWait:
+	// rbd-mirror holds an image it replayed into until it notices the
+	// promotion). Zero: Open fails at the first refusal.
+	LockRefusedWait time.Duration
 	// DeadOwners are client addresses known dead (this node plugin's own
 	// previous incarnation): their locks are broken without waiting for
 	// their watches to time out.
@@ -238,7 +243,7 @@ func Open(ctx context.Context, pool objstore.Pool, name string, o Options) (*Dev
 	// writer appends would race it.
 	lk, err := exclusivelock.Acquire(ctx, pool, clsrbd.HeaderOID(img.ID()), exclusivelock.Options{
 		Fencer: o.Fencer, Description: o.LockDescription, Dead: o.DeadOwners, OwnerTimeout: o.OwnerTimeout,
-		OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
+		RefusedWait: o.LockRefusedWait, OnHeaderUpdate: d.headerUpdated, Resize: d.resizeAsOwner,
 		SnapCreate: d.snapCreateAsOwner, SnapRemove: d.snapRemoveAsOwner,
 	})
 	if err != nil {

@@ -22,7 +22,6 @@ import (
 	"github.com/csi-rbdj/csi-rbdj/pkg/storage"
 	"github.com/csi-rbdj/csi-rbdj/pkg/volume"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // drSites is the two-site rbd-mirror setup of hack/dr-up.sh (the recipe
@@ -233,9 +232,14 @@ func TestDRFailoverSynced(t *testing.T) {
 	t.Logf("site-b equals site-a %v after the unstage", took.Round(100*time.Millisecond))
 
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	if err := stageAfterPromote(t, s, d.node, idB, d.staging); err != nil {
+	// No retry: right after the promotion, the rbd-mirror replayer may
+	// still hold the image's lock and refuse it (EROFS) until it notices;
+	// NodeStage waits that out (nodeserver's lockRefusedWait).
+	start := time.Now()
+	if err := s.stage(d.node, idB, d.staging, rwo, nil); err != nil {
 		t.Fatalf("stage %s: %v", idB, err)
 	}
+	t.Logf("staged the promoted replica in %v", time.Since(start).Round(100*time.Millisecond))
 	for i := range 50 {
 		b, err := os.ReadFile(filepath.Join(d.staging, "f"+strconv.Itoa(i)))
 		if err != nil || string(b) != "file "+strconv.Itoa(i) {
@@ -243,27 +247,6 @@ func TestDRFailoverSynced(t *testing.T) {
 		}
 	}
 	s.unstage(t, d.node, idB, d.staging)
-}
-
-// stageAfterPromote stages id right after `rbd mirror image promote
-// --force` on its site and returns the outcome once it is not the lock
-// refusal of rbd-mirror. Right after the promotion the replayer of
-// rbd-mirror may still hold the image's lock (seen once in a make test:
-// a client of rbd-mirror held it at a NodeStage right after the promote),
-// refusing to release it (EROFS) until it notices the promotion: NodeStage
-// then fails with FailedPrecondition "in use elsewhere", which kubelet
-// retries; so does this, every second for at most a minute.
-func stageAfterPromote(t *testing.T, s *drSites, node csi.NodeClient, id, staging string) error {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := s.stage(node, id, staging, rwo, nil)
-		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "in use elsewhere") || time.Now().After(deadline) {
-			return err
-		}
-		t.Logf("stage of the promoted replica, retried as kubelet would: %v", err)
-		time.Sleep(time.Second)
-	}
 }
 
 // startMirror (re)starts the setup's rbd-mirror daemon with its own script.
@@ -437,7 +420,7 @@ func TestDRNeverSyncedReplica(t *testing.T) {
 
 	// Site-a lost: force-promote the replica and stage it on site-b.
 	s.mustRBD(t, "site-b", "mirror", "image", "promote", "--force", "rbd/"+name)
-	err = stageAfterPromote(t, s, b.node, idB, b.staging)
+	err = s.stage(b.node, idB, b.staging, rwo, nil)
 	wantStatus(t, "NodeStage of the promoted, never-synced replica", err, codes.FailedPrecondition, "reads as blank",
 		"rbd image-meta set rbd/"+name+" csi-rbdj.format-blank true")
 	if du := s.mustRBD(t, "site-b", "du", "rbd/"+name); !strings.Contains(du, " 0 B") {

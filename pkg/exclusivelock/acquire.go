@@ -100,6 +100,7 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 	}
 	handle, _ := handleOf(id.Cookie)
 	deadline := time.Now().Add(releaseTimeout)
+	var refusedUntil time.Time // set at the first refusal waited out
 	for {
 		// A ReleasedLock that arrived before this request cannot answer it.
 		select {
@@ -118,7 +119,27 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		case !res.answered:
 			return "", fmt.Errorf("lock %s: %w: held by %s, which is alive (it acknowledged a lock request without answering as the owner)", l.oid, ErrLocked, holder)
 		case res.result < 0:
-			return "", fmt.Errorf("lock %s: %w: held by %s, which refused to release it (%v)", l.oid, ErrLocked, holder, syscall.Errno(-res.result))
+			refused := fmt.Errorf("lock %s: %w: held by %s, which refused to release it (%v)", l.oid, ErrLocked, holder, syscall.Errno(-res.result))
+			if syscall.Errno(-res.result) != syscall.EROFS || holder.Description != "" || l.o.RefusedWait <= 0 {
+				return "", refused
+			}
+			now := time.Now()
+			if refusedUntil.IsZero() {
+				refusedUntil = now.Add(l.o.RefusedWait)
+				l.log.Info("Lock holder refused to release the lock; asking again for a while (a mirror daemon lets go once it notices a promotion)",
+					"object", l.oid, "holder", holder.String(), "for", l.o.RefusedWait)
+			}
+			if !now.Before(refusedUntil) {
+				return "", fmt.Errorf("%w, and still refused after %v", refused, l.o.RefusedWait)
+			}
+			err := l.waitReleased(ctx, id, min(reRequestInterval, time.Until(refusedUntil)))
+			if err == nil {
+				return "", nil
+			}
+			if ctx.Err() != nil {
+				return "", fmt.Errorf("%w; waiting for it to change its mind: %w", refused, ctx.Err())
+			}
+			continue
 		}
 		// The owner agreed to release the lock (a librbd client with the
 		// automatic policy): wait for it to do so.

@@ -134,6 +134,17 @@ type Options struct {
 	// fenced. Zero: DefaultOwnerTimeout. Negative: a watching holder is
 	// never fenced; Acquire fails with ErrLocked until its watch expires.
 	OwnerTimeout time.Duration
+	// RefusedWait is how long a librbd holder (its lock has no
+	// description) that refuses to release the lock (-EROFS) is asked
+	// again before Acquire fails with ErrLocked. rbd-mirror replaying
+	// into an image holds its lock and refuses every request until it
+	// notices that the image was promoted and stops (Ceph's
+	// MirrorExclusiveLockPolicy): right after a failover, the promoted
+	// image is held for a while by the daemon that replayed into it. A
+	// holder with a description (another csi-rbdj node) is not waited
+	// for: it refuses for as long as it serves the volume. Zero: fail on
+	// the first refusal.
+	RefusedWait time.Duration
 	// NotifyTimeout bounds the notifications the lock sends
 	// (DefaultNotifyTimeout if zero).
 	NotifyTimeout time.Duration

@@ -411,7 +411,8 @@ func TestCooperativeHolderReleases(t *testing.T) {
 type releaser struct {
 	p        objstore.Pool
 	cookie   string
-	ignore   atomic.Int32 // requests still to answer 0 without releasing
+	refuse   atomic.Int32 // requests still to refuse with -EROFS (-1: all)
+	ignore   atomic.Int32 // then, requests still to answer 0 without releasing
 	requests atomic.Int32
 }
 
@@ -422,6 +423,13 @@ func (r *releaser) HandleNotify(_ context.Context, n *objstore.Notification) {
 		return
 	}
 	r.requests.Add(1)
+	if left := r.refuse.Load(); left != 0 {
+		if left > 0 {
+			r.refuse.Add(-1)
+		}
+		n.Ack(rbdnotify.Response(syscall.EROFS))
+		return
+	}
 	n.Ack(rbdnotify.Response(0))
 	if r.ignore.Add(-1) >= 0 {
 		return
@@ -435,6 +443,70 @@ func (r *releaser) HandleNotify(_ context.Context, n *objstore.Notification) {
 }
 
 func (r *releaser) HandleWatchError(context.Context, error) {}
+
+// TestRefusingHolder: a librbd holder that refuses the lock (-EROFS), as
+// rbd-mirror does with an image it replays into until it notices a
+// promotion, is asked again for Options.RefusedWait and the lock is taken
+// once it lets go; one that goes on refusing fails Acquire after that
+// long; a holder with a description (another csi-rbdj node) or a zero
+// RefusedWait fails it at the first refusal. None is fenced.
+func TestRefusingHolder(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		description string
+		refuse      int32 // -1: every request
+		wait        time.Duration
+		wantErr     string // "" : acquired
+		wantReqs    int32
+		minTime     time.Duration
+		maxTime     time.Duration
+	}{
+		{name: "mirror daemon lets go", refuse: 2, wait: 20 * time.Second, wantReqs: 3, maxTime: 10 * time.Second},
+		{name: "refuses for longer than the wait", refuse: -1, wait: 2 * time.Second, wantErr: "still refused after 2s", minTime: 2 * time.Second, maxTime: 8 * time.Second},
+		{name: "csi-rbdj holder not waited for", description: "csi-rbdj node a", refuse: -1, wait: 20 * time.Second, wantErr: "refused", wantReqs: 1, maxTime: time.Second},
+		{name: "no wait", refuse: 1, wantErr: "refused", wantReqs: 1, maxTime: time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, _, _ := newHeader(t)
+			_, p1 := client(t, dir)
+			h := &releaser{p: p1}
+			h.refuse.Store(tc.refuse)
+			w, err := p1.Watch(context.Background(), oid, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(context.Background())
+			h.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
+			op := &objstore.WriteOp{}
+			clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, h.cookie, exclusivelock.LockTag, tc.description, 0, 0)
+			if err := p1.Operate(context.Background(), oid, op); err != nil {
+				t.Fatal(err)
+			}
+			c2, p2 := client(t, dir)
+			start := time.Now()
+			l, err := exclusivelock.Acquire(context.Background(), p2, oid, exclusivelock.Options{Fencer: c2, RefusedWait: tc.wait})
+			took := time.Since(start)
+			if l != nil {
+				defer l.Release(context.Background())
+			}
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("acquire: %v", err)
+			case tc.wantErr != "" && (!errors.Is(err, exclusivelock.ErrLocked) || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("acquire: %v; want ErrLocked saying %q", err, tc.wantErr)
+			}
+			if took < tc.minTime || took > tc.maxTime {
+				t.Errorf("acquire took %v, want %v to %v", took, tc.minTime, tc.maxTime)
+			}
+			if got := h.requests.Load(); tc.wantReqs > 0 && got != tc.wantReqs {
+				t.Errorf("the holder got %d lock requests, want %d", got, tc.wantReqs)
+			}
+			if bl, _ := c2.ListBlocklist(context.Background()); len(bl) != 0 {
+				t.Fatalf("a refusing holder was fenced: %v", bl)
+			}
+		})
+	}
+}
 
 // removeWatchRegistration breaks a local watch for real: its registration
 // disappears, as when the OSD drops a watch that timed out.

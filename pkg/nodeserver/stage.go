@@ -233,6 +233,16 @@ func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.Volume
 // first tries to adopt the connection the holder keeps, and only when that
 // is not possible calls prepare (which takes the dead mounts down) before
 // attaching a new device.
+// lockRefusedWait is how long staging keeps asking a librbd client that
+// refuses to give up the image's lock. After a failover (`rbd mirror
+// image promote --force`), the rbd-mirror daemon that replayed into the
+// image still holds its lock and refuses until it notices the promotion
+// and stops replaying; the disaster-recovery drill saw that window. Other
+// refusing holders (an exclusive rbd-nbd or krbd mapping) cost a stage
+// this long before it fails; another csi-rbdj node's refusal fails it at
+// once.
+const lockRefusedWait = 30 * time.Second
+
 func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, prepare func(context.Context)) error {
 	logger := klog.FromContext(ctx)
 	cleanup := func() error {
@@ -302,6 +312,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 			Fencer:          st.Fencer(),
 			LockDescription: "csi-rbdj node " + s.o.NodeID,
 			DeadOwners:      dead,
+			LockRefusedWait: lockRefusedWait,
 			Journal:         s.journalSettings(ctx, v.rec),
 			OnResize:        func(int64) { s.followResize(v.rec.VolumeID) }, // expand.go
 		})
@@ -315,7 +326,7 @@ func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID
 	case errors.Is(err, image.ErrNotFound):
 		return status.Errorf(codes.NotFound, "volume %s does not exist (no image %s in pool %s)", vid, vid.Image, vid.Pool)
 	case errors.Is(err, blockdev.ErrLocked):
-		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the other node first", vid, err)
+		return status.Errorf(codes.FailedPrecondition, "volume %s is in use elsewhere (%v): a journaled volume has one writer; unstage it on the node that serves it, or stop the client that holds the image (right after a promotion, the rbd-mirror daemon that replayed into it holds it until it notices)", vid, err)
 	case errors.Is(err, blockdev.ErrNotPrimary):
 		// Demoted (or replaced by a replica) between servedUnowned's
 		// check and the lock: nothing was replayed or tagged.
