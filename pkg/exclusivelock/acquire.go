@@ -137,7 +137,7 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 				return "", nil
 			}
 			if ctx.Err() != nil {
-				return "", fmt.Errorf("%w; waiting for it to change its mind: %w", refused, ctx.Err())
+				return "", fmt.Errorf("%w; asking it again: %w", refused, ctx.Err())
 			}
 			continue
 		}

@@ -456,13 +456,15 @@ func TestRefusingHolder(t *testing.T) {
 		description string
 		refuse      int32 // -1: every request
 		wait        time.Duration
-		wantErr     string // "" : acquired
+		ctxTimeout  time.Duration // 0: none
+		wantErr     string        // "" : acquired
 		wantReqs    int32
 		minTime     time.Duration
 		maxTime     time.Duration
 	}{
 		{name: "mirror daemon lets go", refuse: 2, wait: 20 * time.Second, wantReqs: 3, maxTime: 10 * time.Second},
 		{name: "refuses for longer than the wait", refuse: -1, wait: 2 * time.Second, wantErr: "still refused after 2s", minTime: 2 * time.Second, maxTime: 8 * time.Second},
+		{name: "caller gives up first", refuse: -1, wait: 20 * time.Second, ctxTimeout: time.Second, wantErr: "context deadline exceeded", minTime: time.Second, maxTime: 5 * time.Second},
 		{name: "csi-rbdj holder not waited for", description: "csi-rbdj node a", refuse: -1, wait: 20 * time.Second, wantErr: "refused", wantReqs: 1, maxTime: time.Second},
 		{name: "no wait", refuse: 1, wantErr: "refused", wantReqs: 1, maxTime: time.Second},
 	} {
@@ -483,8 +485,14 @@ func TestRefusingHolder(t *testing.T) {
 				t.Fatal(err)
 			}
 			c2, p2 := client(t, dir)
+			ctx := context.Background()
+			if tc.ctxTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.ctxTimeout)
+				defer cancel()
+			}
 			start := time.Now()
-			l, err := exclusivelock.Acquire(context.Background(), p2, oid, exclusivelock.Options{Fencer: c2, RefusedWait: tc.wait})
+			l, err := exclusivelock.Acquire(ctx, p2, oid, exclusivelock.Options{Fencer: c2, RefusedWait: tc.wait})
 			took := time.Since(start)
 			if l != nil {
 				defer l.Release(context.Background())
