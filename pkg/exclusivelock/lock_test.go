@@ -382,20 +382,9 @@ func TestCooperativeHolderReleases(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, _, _ := newHeader(t)
-			_, p1 := client(t, dir)
-			coop := &releaser{p: p1}
+			coop := &releaser{}
 			coop.ignore.Store(tc.ignore)
-			w, err := p1.Watch(context.Background(), oid, coop)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close(context.Background())
-			coop.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
-			op := &objstore.WriteOp{}
-			clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, coop.cookie, exclusivelock.LockTag, "", 0, 0)
-			if err := p1.Operate(context.Background(), oid, op); err != nil {
-				t.Fatal(err)
-			}
+			holdWith(t, dir, coop, "")
 			c2, p2 := client(t, dir)
 			acquire(t, p2, exclusivelock.Options{Fencer: c2})
 			if bl, _ := c2.ListBlocklist(context.Background()); len(bl) != 0 {
@@ -405,6 +394,25 @@ func TestCooperativeHolderReleases(t *testing.T) {
 				t.Fatalf("the holder got %d lock requests, want %d", got, want)
 			}
 		})
+	}
+}
+
+// holdWith takes the lock the way a librbd client does, from a new client
+// of the store in dir, with r as its header watch and the lock's
+// description.
+func holdWith(t *testing.T, dir string, r *releaser, description string) {
+	t.Helper()
+	_, r.p = client(t, dir)
+	w, err := r.p.Watch(context.Background(), oid, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(context.Background()) })
+	r.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
+	op := &objstore.WriteOp{}
+	clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, r.cookie, exclusivelock.LockTag, description, 0, 0)
+	if err := r.p.Operate(context.Background(), oid, op); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -470,20 +478,9 @@ func TestRefusingHolder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, _, _ := newHeader(t)
-			_, p1 := client(t, dir)
-			h := &releaser{p: p1}
+			h := &releaser{}
 			h.refuse.Store(tc.refuse)
-			w, err := p1.Watch(context.Background(), oid, h)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close(context.Background())
-			h.cookie = "auto " + strconv.FormatUint(w.Cookie(), 10)
-			op := &objstore.WriteOp{}
-			clslock.Lock(op, exclusivelock.LockName, clslock.LockExclusive, h.cookie, exclusivelock.LockTag, tc.description, 0, 0)
-			if err := p1.Operate(context.Background(), oid, op); err != nil {
-				t.Fatal(err)
-			}
+			holdWith(t, dir, h, tc.description)
 			c2, p2 := client(t, dir)
 			ctx := context.Background()
 			if tc.ctxTimeout > 0 {
