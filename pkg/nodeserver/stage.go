@@ -223,16 +223,6 @@ func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.Volume
 	return s.serve(ctx, v, vid, st, prepare)
 }
 
-// serve opens the journaled device (lock, replay, new epoch) and attaches
-// it as a loop device; on success v.dev, v.loop and v.rec.Device are set
-// and v.adopted says whether the device is the one a previous incarnation
-// served (holder.go). It clears what a dead instance may have left for
-// this volume before attaching a new device.
-//
-// prepare is nil for a new stage. For a re-serve it is non-nil: serve then
-// first tries to adopt the connection the holder keeps, and only when that
-// is not possible calls prepare (which takes the dead mounts down) before
-// attaching a new device.
 // lockRefusedWait is how long staging keeps asking a librbd client that
 // refuses to give up the image's lock. After a failover (`rbd mirror
 // image promote --force`), the rbd-mirror daemon that replayed into the
@@ -243,6 +233,16 @@ func (s *Server) serveOn(ctx context.Context, v *stagedVolume, vid volume.Volume
 // once.
 const lockRefusedWait = 30 * time.Second
 
+// serve opens the journaled device (lock, replay, new epoch) and attaches
+// it as a loop device; on success v.dev, v.loop and v.rec.Device are set
+// and v.adopted says whether the device is the one a previous incarnation
+// served (holder.go). It clears what a dead instance may have left for
+// this volume before attaching a new device.
+//
+// prepare is nil for a new stage. For a re-serve it is non-nil: serve then
+// first tries to adopt the connection the holder keeps, and only when that
+// is not possible calls prepare (which takes the dead mounts down) before
+// attaching a new device.
 func (s *Server) serve(ctx context.Context, v *stagedVolume, vid volume.VolumeID, st storage.Storage, prepare func(context.Context)) error {
 	logger := klog.FromContext(ctx)
 	cleanup := func() error {
