@@ -99,8 +99,11 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		return "", fmt.Errorf("lock %s: %w: held by %s, which still watches the image header", l.oid, ErrLocked, holder)
 	}
 	handle, _ := handleOf(id.Cookie)
-	deadline := time.Now().Add(releaseTimeout)
+	// Each wait runs from the holder's first answer of its kind: a mirror
+	// daemon that refused for most of RefusedWait and then agrees still
+	// gets the whole ReleaseTimeout to let go.
 	var refusedUntil time.Time // set at the first refusal waited out
+	var agreedUntil time.Time  // set at the first agreement
 	for {
 		// A ReleasedLock that arrived before this request cannot answer it.
 		select {
@@ -143,7 +146,10 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		}
 		// The owner agreed to release the lock (a librbd client with the
 		// automatic policy): wait for it to do so.
-		wait := min(reRequestInterval, time.Until(deadline))
+		if agreedUntil.IsZero() {
+			agreedUntil = time.Now().Add(l.o.ReleaseTimeout)
+		}
+		wait := min(reRequestInterval, time.Until(agreedUntil))
 		err = l.waitReleased(ctx, id, wait)
 		if err == nil {
 			return "", nil
@@ -151,8 +157,8 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("lock %s: waiting for %s to release it: %w", l.oid, holder, ctx.Err())
 		}
-		if !time.Now().Before(deadline) {
-			return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, releaseTimeout)
+		if !time.Now().Before(agreedUntil) {
+			return "", fmt.Errorf("lock %s: %w: held by %s, which agreed to release it but did not within %v", l.oid, ErrLocked, holder, l.o.ReleaseTimeout)
 		}
 		// librbd answers 0 without releasing anything when the request
 		// arrives while it is still taking the lock (ExclusiveLock's
@@ -168,7 +174,7 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 }
 
 // reRequestInterval is how long a holder that agreed to release the lock
-// has before it is asked again (within releaseTimeout). librbd asks again
+// has before it is asked again (within Options.ReleaseTimeout). librbd asks again
 // after client_notify_timeout (10 s); a holder answering while it was
 // still taking the lock (see deadHolder) would cost that long on every
 // handover that races it.

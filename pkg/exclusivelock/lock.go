@@ -145,6 +145,12 @@ type Options struct {
 	// for: it refuses for as long as it serves the volume. Zero: fail on
 	// the first refusal.
 	RefusedWait time.Duration
+	// ReleaseTimeout is how long a holder that agreed to release the lock
+	// (a librbd client with the automatic policy) has to do it, from its
+	// first agreement: librbd flushes its I/O and closes its journal
+	// first, which may wait for its commit age (rbd_journal_commit_age,
+	// 5 s). Zero: DefaultReleaseTimeout.
+	ReleaseTimeout time.Duration
 	// NotifyTimeout bounds the notifications the lock sends
 	// (DefaultNotifyTimeout if zero).
 	NotifyTimeout time.Duration
@@ -174,6 +180,9 @@ func (o Options) withDefaults() Options {
 	if o.NotifyTimeout <= 0 {
 		o.NotifyTimeout = DefaultNotifyTimeout
 	}
+	if o.ReleaseTimeout <= 0 {
+		o.ReleaseTimeout = DefaultReleaseTimeout
+	}
 	return o
 }
 
@@ -193,11 +202,8 @@ func (h Holder) String() string {
 	return s
 }
 
-// releaseTimeout is how long a holder that agreed to release the lock (a
-// librbd client with the automatic policy) has to do it: librbd flushes
-// its I/O and closes its journal first, which may wait for its commit age
-// (rbd_journal_commit_age, 5 s).
-const releaseTimeout = 30 * time.Second
+// DefaultReleaseTimeout is Options.ReleaseTimeout's default.
+const DefaultReleaseTimeout = 30 * time.Second
 
 // Lock is an acquired exclusive lock. Its methods are safe for concurrent
 // use.

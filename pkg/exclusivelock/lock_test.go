@@ -370,7 +370,7 @@ func TestDeadOwnersBroken(t *testing.T) {
 // not fenced. librbd also answers 0 without releasing when a request
 // arrives while it is still taking the lock (accept_request is false
 // outside STATE_LOCKED): such a holder is asked again, as librbd's own
-// requester does, instead of being waited for until releaseTimeout.
+// requester does, instead of being waited for until Options.ReleaseTimeout.
 func TestCooperativeHolderReleases(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -463,7 +463,9 @@ func TestRefusingHolder(t *testing.T) {
 		name        string
 		description string
 		refuse      int32 // -1: every request
+		ignore      int32 // then, agreements without releasing
 		wait        time.Duration
+		release     time.Duration // Options.ReleaseTimeout (0: default)
 		ctxTimeout  time.Duration // 0: none
 		wantErr     string        // "" : acquired
 		wantReqs    int32
@@ -471,6 +473,9 @@ func TestRefusingHolder(t *testing.T) {
 		maxTime     time.Duration
 	}{
 		{name: "mirror daemon lets go", refuse: 2, wait: 20 * time.Second, wantReqs: 3, maxTime: 10 * time.Second},
+		// ReleaseTimeout runs from the first agreement, not from the
+		// first request: 4 s of refusals leave the 3 s intact.
+		{name: "agrees after refusing", refuse: 2, ignore: 1, wait: 20 * time.Second, release: 3 * time.Second, wantReqs: 4, minTime: 5 * time.Second, maxTime: 12 * time.Second},
 		{name: "refuses for longer than the wait", refuse: -1, wait: 2 * time.Second, wantErr: "still refused after 2s", minTime: 2 * time.Second, maxTime: 8 * time.Second},
 		{name: "caller gives up first", refuse: -1, wait: 20 * time.Second, ctxTimeout: time.Second, wantErr: "context deadline exceeded", minTime: time.Second, maxTime: 5 * time.Second},
 		{name: "csi-rbdj holder not waited for", description: "csi-rbdj node a", refuse: -1, wait: 20 * time.Second, wantErr: "refused", wantReqs: 1, maxTime: time.Second},
@@ -480,6 +485,7 @@ func TestRefusingHolder(t *testing.T) {
 			dir, _, _ := newHeader(t)
 			h := &releaser{}
 			h.refuse.Store(tc.refuse)
+			h.ignore.Store(tc.ignore)
 			holdWith(t, dir, h, tc.description)
 			c2, p2 := client(t, dir)
 			ctx := context.Background()
@@ -489,7 +495,7 @@ func TestRefusingHolder(t *testing.T) {
 				defer cancel()
 			}
 			start := time.Now()
-			l, err := exclusivelock.Acquire(ctx, p2, oid, exclusivelock.Options{Fencer: c2, RefusedWait: tc.wait})
+			l, err := exclusivelock.Acquire(ctx, p2, oid, exclusivelock.Options{Fencer: c2, RefusedWait: tc.wait, ReleaseTimeout: tc.release})
 			took := time.Since(start)
 			if l != nil {
 				defer l.Release(context.Background())
