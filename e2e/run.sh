@@ -588,8 +588,8 @@ check2_holder() {
   log "hfs: $v"
   v=$(K exec hblock -- bash /scripts/writer.sh verify block /dev/xvda 2>&1) || { log "hblock: data check failed: $v"; return 1; }
   log "hblock: $v"
-  K delete pod hblock hfs --wait=true >/dev/null
-  K delete pvc data-hblock data-hfs --wait=true >/dev/null
+  K delete pod hblock hfs --wait=true --timeout=120s >/dev/null
+  K delete pvc data-hblock data-hfs --wait=true --timeout=120s >/dev/null
 }
 # plugin_restarted POD RESTARTS T0: waits (60 s) until the node plugin's container in POD
 # has restarted more than RESTARTS times and is ready; prints the seconds since T0.
@@ -617,7 +617,7 @@ check2() {
     "restartPolicy: Never"
   K wait pod/seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
   log "pod seed wrote 32 MiB (fsynced) and its checksum: $(K logs seed)"
-  K delete pod seed --wait=true >/dev/null
+  K delete pod seed --wait=true --timeout=120s >/dev/null
   watch_pod watcher data-fs
   K wait pod/watcher --for=condition=Ready --timeout=120s >/dev/null
   sleep 2
@@ -670,12 +670,12 @@ check2() {
     log "h2c: still the dead mount (the re-served mount does not propagate over the container's bind of the old one)"
   fi
   # a new pod sees everything written before the crash and after the restart
-  K delete pod watcher --wait=true >/dev/null
+  K delete pod watcher --wait=true --timeout=120s >/dev/null
   pod verify data-fs fs "cd /data && sha256sum -c payload.sha256 after-restart.sha256" "restartPolicy: Never"
   K wait pod/verify --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null ||
     { K logs verify >&2; return 1; }
   K logs verify | sed 's/^/    new pod: /' >&2
-  K delete pod verify --wait=true >/dev/null
+  K delete pod verify --wait=true --timeout=120s >/dev/null
 }
 
 # ---- check 3 ------------------------------------------------------------------
@@ -738,9 +738,19 @@ X
     log "$p: $(echo "${ids[$p]}" | tr '\n' ' ')"
   done
   [ "${ids[web-0]}" != "${ids[web-1]}" ] || { log "replicas share data"; return 1; }
-  K delete pod web-0 web-1 --wait=true >/dev/null
+  # Not `delete --wait`: it follows the pods by name, and the StatefulSet
+  # re-creates them under the same names; it once waited here for 8 minutes
+  # after both had been re-created. Wait for the old pods' UIDs to go.
+  local old_uids uids i
+  old_uids=$(K get pod web-0 web-1 -o jsonpath='{.items[*].metadata.uid}')
+  K delete pod web-0 web-1 --wait=false >/dev/null
+  for i in $(seq 1 120); do
+    uids=$(K get pod web-0 web-1 -o jsonpath='{.items[*].metadata.uid}' 2>/dev/null || true)
+    grep -qFf <(tr ' ' '\n' <<<"$old_uids") <(tr ' ' '\n' <<<"$uids") || break
+    [ "$i" -lt 120 ] || { log "web-0 and web-1 not deleted after 120 s"; K get pods -o wide >&2; return 1; }
+    sleep 1
+  done
   log "deleted web-0 and web-1; waiting for the StatefulSet to re-create them"
-  sleep 1
   sts_ready || return 1
   K wait pod/web-0 pod/web-1 --for=condition=Ready --timeout=120s >/dev/null
   for p in web-0 web-1; do
@@ -758,7 +768,7 @@ block_pod() { # name script
   pod "$1" data-block block "$2" "restartPolicy: Never"
   K wait "pod/$1" --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null || { K logs "$1" >&2; return 1; }
   K logs "$1"
-  K delete pod "$1" --wait=true >/dev/null
+  K delete pod "$1" --wait=true --timeout=120s >/dev/null
 }
 check5() {
   pvc data-block 128Mi Block
@@ -839,8 +849,8 @@ X
   K exec grower-block -- bash -c 'touch /tmp/stop; for i in $(seq 1 50); do [ -e /tmp/stopped ] && exit 0; sleep 0.1; done; exit 1' || { log "the block writer did not stop"; return 1; }
   K exec grower-block -- bash -c 'set -e; head -c 1M /dev/urandom > /tmp/n; dd if=/tmp/n of=/dev/xvda bs=1M seek=1000 oflag=direct conv=fsync status=none; [ "$(dd if=/dev/xvda bs=1M skip=1000 count=1 iflag=direct status=none | sha256sum)" = "$(sha256sum < /tmp/n)" ] && echo "wrote and read back 1 MiB at 1000 MiB, past the old end"; tac /tmp/sums | sort -n -s -k1,1 -u | while read -r b s; do [ "$(dd if=/dev/xvda bs=64k skip=$b count=1 iflag=direct status=none | sha256sum | cut -c1-64)" = "$s" ] || { echo "block $b differs"; exit 1; }; done; echo "$(wc -l < /tmp/sums) writes during the expansion, the last of each block verified"' 2>&1 | sed 's/^/    grower-block: /' >&2
   K exec grower-block -- bash -c 'tac /tmp/sums | sort -n -s -k1,1 -u | while read -r b s; do [ "$(dd if=/dev/xvda bs=64k skip=$b count=1 iflag=direct status=none | sha256sum | cut -c1-64)" = "$s" ] || exit 1; done' >/dev/null 2>&1 || { log "block data check failed"; return 1; }
-  K delete pod grower grower-block --wait=true >/dev/null
-  K delete pvc data-grow data-grow-block --wait=true >/dev/null
+  K delete pod grower grower-block --wait=true --timeout=120s >/dev/null
+  K delete pvc data-grow data-grow-block --wait=true --timeout=120s >/dev/null
   "$KUBECTL" wait "pv/$pv" "pv/$bpv" --for=delete --timeout=120s >/dev/null 2>&1 || { log "PVs $pv $bpv not deleted"; return 1; }
   "$KUBECTL" delete storageclass "$SC-xfs" >/dev/null
 }
@@ -893,8 +903,8 @@ check7() {
   creates=$(metric "$(scrape 9811)" csi_rbdj_csi_calls_total 'method="CreateVolume"' 'code="OK"')
   log "CSI calls: NodeStageVolume OK ${calls:-none} (node), CreateVolume OK ${creates:-none} (controller)"
   awk -v a="${calls:-0}" -v b="${creates:-0}" 'BEGIN {exit !(a >= 1 && b >= 1)}' || { log "CSI call counters missing"; return 1; }
-  K delete pod metered --wait=true >/dev/null
-  K delete pvc data-metrics --wait=true >/dev/null
+  K delete pod metered --wait=true --timeout=120s >/dev/null
+  K delete pvc data-metrics --wait=true --timeout=120s >/dev/null
   for i in $(seq 1 60); do # the kubelet unstages shortly after the pod is gone
     s2=$(scrape 9810) || true
     grep -qF "volume_id=\"$h\"" <<< "$s2" || break
@@ -914,9 +924,9 @@ check4() {
     idsof[$c]=$(image_id "$(pool_of "$h")" "$(image_of "$h")")
     [ -n "${idsof[$c]}" ] || { log "$c: image $(image_of "$h") not found before deletion"; return 1; }
   done
-  K delete statefulset web --wait=true >/dev/null
-  K delete pod --all --wait=true >/dev/null
-  K delete pvc "${claims[@]}" --wait=true >/dev/null
+  K delete statefulset web --wait=true --timeout=120s >/dev/null
+  K delete pod --all --wait=true --timeout=120s >/dev/null
+  K delete pvc "${claims[@]}" --wait=true --timeout=120s >/dev/null
   for c in "${claims[@]}"; do
     "$KUBECTL" wait "pv/${pvs[$c]}" --for=delete --timeout=120s >/dev/null 2>&1 || true
     if "$KUBECTL" get pv "${pvs[$c]}" >/dev/null 2>&1; then log "PV ${pvs[$c]} of $c not deleted"; return 1; fi
@@ -990,7 +1000,7 @@ X
   # go once DeleteVolume succeeded.
   local pvs=() pv
   for c in snap-restore snap-clone snap-src; do pvs+=("$(pv_of "$c")"); done
-  K delete pod snap-writer reader-snap-restore reader-snap-clone --wait=true >/dev/null
+  K delete pod snap-writer reader-snap-restore reader-snap-clone --wait=true --timeout=120s >/dev/null
   K delete volumesnapshot snap-1 --wait=true --timeout=120s >/dev/null
   K delete pvc snap-restore snap-clone snap-src --wait=true --timeout=120s >/dev/null
   "$KUBECTL" delete volumesnapshotclass rbdj >/dev/null
