@@ -174,10 +174,10 @@ func (l *Lock) deadHolder(ctx context.Context, holder Holder, id clslock.LockerI
 }
 
 // reRequestInterval is how long a holder that agreed to release the lock
-// has before it is asked again (within Options.ReleaseTimeout). librbd asks again
-// after client_notify_timeout (10 s); a holder answering while it was
-// still taking the lock (see deadHolder) would cost that long on every
-// handover that races it.
+// has before it is asked again (within Options.ReleaseTimeout). librbd
+// asks again after client_notify_timeout (10 s); a holder answering while
+// it was still taking the lock (see deadHolder) would cost that long on
+// every handover that races it.
 const reRequestInterval = 2 * time.Second
 
 type requestResult struct {
