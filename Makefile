@@ -23,7 +23,7 @@ CEPHPKGS = $(shell grep -rlE --include='*_test.go' '^//go:build.*\bceph\b' pkg c
 TESTFLAGS ?= -count=1 -timeout 20m
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test test-steps e2e helm deps vet vet-ceph unit unit-noceph unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
+.PHONY: all build demo test e2e helm deps vet vet-ceph unit unit-noceph unit-ceph test-ceph ceph-up ceph-down fuzz bench bench-go clean csi-sanity dr-drill dr-up dr-down
 
 all: build
 
@@ -41,15 +41,10 @@ demo: deps build
 ## tags), the unit tests, the Ceph tests against the cluster, the two-site
 ## disaster-recovery drill (make dr-drill: ~7.5 min), and the end-to-end
 ## test on a real Kubernetes (make e2e: ~5 min with the Kubernetes binaries cached
-## in ~/.cache/csi-rbdj/k8s; building them takes ~18 min on two cores, which
-## make test does in the background while the steps before the e2e run:
-## hack/with-e2e-tools.sh).
+## in ~/.cache/csi-rbdj/k8s, ~18 min more on a machine that has to build them).
 ## The unit tests of the packages with Ceph tests run once, in unit-ceph (their
 ## build with the Ceph tags has every test the plain one has).
-test: deps
-	./hack/with-e2e-tools.sh $(MAKE) --no-print-directory test-steps
-
-test-steps: ceph-up vet vet-ceph unit-noceph unit-ceph dr-drill e2e
+test: deps ceph-up vet vet-ceph unit-noceph unit-ceph dr-drill e2e
 
 ## test-ceph: only the Ceph side (cluster, vet and tests with the Ceph tags).
 test-ceph: deps ceph-up vet-ceph unit-ceph

@@ -35,15 +35,6 @@ MC=$(go env GOMODCACHE)
 
 log() { echo "build-tools: $*" >&2; }
 
-# One build at a time: make test builds in the background (hack/with-e2e-tools.sh)
-# while e2e/run.sh may ask for the same binaries; the second waits, then finds
-# them built. (The go builds inherit the descriptor; they end with this script.)
-exec 8>"$CACHE/.build.lock"
-if ! flock -n 8; then
-  log "another build-tools.sh is building in $CACHE: waiting for it"
-  flock -w 3600 8 || { log "still locked after an hour: $CACHE/.build.lock"; exit 1; }
-fi
-
 # stamp NAME VERSION: true when $BIN/NAME was built at VERSION.
 have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" > "$BIN/.$1.version"; }
